@@ -1,0 +1,101 @@
+"""Small numpy/Pillow helpers shared by every figure: colour maps, overlays, PNG encoding."""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One image of the report. `thumb` (optional) is shown inline; the full `png` opens on click."""
+
+    png: bytes
+    alt: str  # what it shows: method, layer, image, class
+    caption: str = ""
+    thumb: bytes | None = None
+    width: int = 0
+    height: int = 0
+
+
+def make_figure(pixels: np.ndarray, alt: str, caption: str = "", thumb_side: int | None = None) -> Figure:
+    """(H, W[, 3|4]) uint8 pixels -> Figure, with a thumbnail when the image is larger than `thumb_side`."""
+    h, w = pixels.shape[:2]
+    thumb = None
+    if thumb_side is not None and max(h, w) > thumb_side:
+        thumb = to_png(thumbnail(pixels, thumb_side))
+    return Figure(png=to_png(pixels), alt=alt, caption=caption, thumb=thumb, width=w, height=h)
+
+
+def upscale_nearest(pixels: np.ndarray, min_side: int) -> np.ndarray:
+    """Integer nearest-neighbour upscaling so tiny maps (7x7) stay crisp: smallest factor reaching `min_side`."""
+    h, w = pixels.shape[:2]
+    factor = max(1, -(-min_side // max(1, min(h, w))))
+    if factor == 1:
+        return pixels
+    return np.repeat(np.repeat(pixels, factor, axis=0), factor, axis=1)
+
+
+@lru_cache(maxsize=None)
+def _lut(name: str) -> np.ndarray:
+    from matplotlib import colormaps  # no pyplot: no global state
+
+    return (colormaps[name](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)  # (256, 3)
+
+
+def apply_colormap(values: np.ndarray, name: str = "jet") -> np.ndarray:
+    """(H, W) floats in [0, 1] -> (H, W, 3) uint8 RGB through matplotlib's colour map `name`."""
+    index = np.clip(np.nan_to_num(values) * 255.0, 0, 255).astype(np.uint8)
+    return _lut(name)[index]
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+    """Heat map (H, W) in [0, 1] over an RGB image (H, W, 3) uint8 -> (H, W, 3) uint8.
+
+    `alpha` is the heat map's weight. The heat map is resized to the image when sizes differ.
+    """
+    if heat.shape != image.shape[:2]:
+        heat = resize_float(heat, image.shape[:2])
+    colour = apply_colormap(heat, cmap).astype(np.float32)
+    mixed = alpha * colour + (1.0 - alpha) * image[..., :3].astype(np.float32)
+    return np.clip(mixed, 0, 255).round().astype(np.uint8)
+
+
+def resize_float(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a (H, W) float map to size (h, w)."""
+    h, w = size
+    img = Image.fromarray(np.asarray(values, dtype=np.float32), mode="F")
+    return np.asarray(img.resize((w, h), Image.BILINEAR), dtype=np.float32)
+
+
+def normalize01(values: np.ndarray) -> np.ndarray:
+    """Min-max scale to [0, 1]; a constant map becomes zeros."""
+    values = np.asarray(values, dtype=np.float32)
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    if not np.isfinite(lo) or hi - lo <= 0:
+        return np.zeros_like(values)
+    return (values - lo) / (hi - lo)
+
+
+def to_png(pixels: np.ndarray) -> bytes:
+    """(H, W) or (H, W, 3|4) uint8 -> PNG bytes (lossless, compressed, no timestamp)."""
+    pixels = np.ascontiguousarray(pixels)
+    if pixels.dtype != np.uint8:
+        raise TypeError(f"to_png wants uint8 pixels, got {pixels.dtype}")
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", optimize=False, compress_level=6)
+    return buffer.getvalue()
+
+
+def thumbnail(pixels: np.ndarray, max_side: int) -> np.ndarray:
+    """Downscale (never upscale) so the longer side is at most `max_side`."""
+    h, w = pixels.shape[:2]
+    scale = max_side / max(h, w)
+    if scale >= 1:
+        return pixels
+    img = Image.fromarray(pixels)
+    img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.LANCZOS)
+    return np.asarray(img)
