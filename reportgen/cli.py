@@ -1,0 +1,157 @@
+"""`reportgen` command line: thin over the Python API. torch is imported only by commands that need it."""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .errors import ReportgenError
+
+
+class _Progress:
+    def __init__(self, quiet: bool, verbose: bool):
+        self.quiet, self.verbose, self.start = quiet, verbose, time.perf_counter()
+
+    def log(self, message: str) -> None:
+        if not self.quiet:
+            click.echo(f"[{time.perf_counter() - self.start:6.1f}s] {message}", err=True)
+
+    def detail(self, message: str) -> None:
+        if self.verbose and not self.quiet:
+            click.echo(message, err=True)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def _load(config_path: str, overrides: tuple[str, ...], out: str | None = None, save_arrays: bool = False):
+    from .config import load_config
+
+    config = load_config(config_path, overrides)
+    output = config.output
+    if out is not None:
+        output = dataclasses.replace(output, dir=Path(out).resolve())
+    if save_arrays:
+        output = dataclasses.replace(output, save_arrays=True)
+    return dataclasses.replace(config, output=output)
+
+
+_set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                           help="Override a config key, e.g. --set model.name=resnet50 (repeatable).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="reportgen")
+def main() -> None:
+    """Explain a PyTorch CNN in one self-contained HTML report."""
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "out", type=click.Path(file_okay=False), help="Output folder (overrides output.dir).")
+@_set_option
+@click.option("--save-arrays", is_flag=True, help="Also write arrays.npz with the numbers behind every figure.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+@click.option("-v", "--verbose", is_flag=True, help="More detail on stderr (tracebacks of failed stages).")
+def build(config: str, out: str | None, overrides: tuple[str, ...], save_arrays: bool, quiet: bool,
+          verbose: bool) -> None:
+    """Build the report CONFIG describes. Exit 0: built; 1: built, a stage failed; 2: bad input."""
+    progress = _Progress(quiet, verbose)
+    try:
+        cfg = _load(config, overrides, out, save_arrays)
+        from .pipeline import build as run_build
+
+        report = run_build(cfg, log=progress.log, detail=progress.detail)
+    except ReportgenError as exc:
+        _fail(str(exc))
+        return
+    failed = [s.name for s in report.stages if s.status == "failed"]
+    if not quiet:
+        size = report.size_bytes / 1e6
+        click.echo(f"wrote {report.html_path} ({size:.2f} MB)", err=True)
+        if failed:
+            click.echo(f"stages failed: {', '.join(failed)} (the report says why)", err=True)
+    sys.exit(report.exit_code)
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@_set_option
+def validate(config: str, overrides: tuple[str, ...]) -> None:
+    """Check CONFIG: keys, files, model construction, layer names, stage options. Runs no analysis."""
+    try:
+        cfg = _load(config, overrides)
+        from .pipeline import validate as run_validate
+
+        info = run_validate(cfg)
+    except ReportgenError as exc:
+        _fail(str(exc))
+        return
+    stages = ", ".join(cfg.analyses.enabled()) or "none"
+    click.echo(f"{config}: valid. Model {info.description}, {info.num_classes} classes; stages: {stages}.")
+
+
+@main.command()
+@click.argument("target")
+@click.option("--input-size", default="3,224,224", show_default=True,
+              help="C,H,W of the example input, when TARGET is a torchvision model name.")
+@click.option("--all", "show_all", is_flag=True, help="Also list containers and layers that were not called.")
+def layers(target: str, input_size: str, show_all: bool) -> None:
+    """List layer names, types and output shapes of a model (a torchvision name or a CONFIG file).
+
+    Use the names in `target_layers`, `layers` and friends."""
+    try:
+        if target.endswith((".yaml", ".yml")) or Path(target).is_file():
+            cfg = _load(target, ())
+        else:
+            from .config import Config, ModelConfig
+
+            try:
+                size = tuple(int(v) for v in input_size.split(","))
+            except ValueError:
+                raise click.BadParameter("expected C,H,W like 3,224,224", param_hint="--input-size") from None
+            cfg = Config(model=ModelConfig(source="torchvision", name=target, input_size=size, labels=None))
+        from .pipeline import prepare_model
+
+        info, _ = prepare_model(cfg)
+    except ReportgenError as exc:
+        _fail(str(exc))
+        return
+    from .stages import default_cam_layer
+
+    rows = [l for l in info.layers.values() if show_all or (l.output_shape is not None)]
+    width = max([len(l.name) for l in rows] + [5])
+    click.echo(f"{'layer':<{width}}  {'type':<22} {'output shape':<22} {'params':>12}")
+    for l in rows:
+        shape = "x".join(map(str, l.output_shape)) if l.output_shape else "-"
+        click.echo(f"{l.name:<{width}}  {l.type:<22} {shape:<22} {l.num_params:>12,}")
+    try:
+        click.echo(f"\ndefault CAM layer: {default_cam_layer(info)}")
+    except ReportgenError:
+        click.echo("\nno spatial layer: CAM methods do not apply")
+
+
+@main.command()
+@click.argument("path", default="reportgen.yaml", type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init(path: str, force: bool) -> None:
+    """Write a commented starter config (default: reportgen.yaml)."""
+    from .config import STARTER
+
+    target = Path(path)
+    if target.exists() and not force:
+        _fail(f"{target} exists; use --force to overwrite it.")
+    try:
+        target.write_text(STARTER, encoding="utf-8")
+    except OSError as exc:
+        _fail(f"cannot write {target}: {exc.strerror or exc}")
+    click.echo(f"wrote {target}; edit it, then run: reportgen build {target}")
+
+
+if __name__ == "__main__":
+    main()

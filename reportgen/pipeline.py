@@ -1,0 +1,269 @@
+"""The build: config -> model and inputs -> stages (data) -> figures (pixels) -> HTML -> files.
+
+`build(config)` is the Python API behind `reportgen build`. Everything that can be checked before
+the analysis runs is checked first (ReportgenError, exit code 2, nothing written); a stage that fails
+while running is marked failed in the report (exit code 1) and the rest of the report is built.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import platform
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .config import Config
+from .errors import ReportgenError
+from .inputs import find_images, prepare_image, read_image, resolve_preprocess, unique_names
+from .models import load_labels, load_model
+from .stages import Context, ImageInput, ModelInfo, describe_layers
+
+Log = Callable[[str], None]
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+@dataclass
+class StageRun:
+    name: str
+    status: str  # ok | failed | skipped
+    seconds: float = 0.0
+    error: str | None = None
+    result: object = None
+    section: dict | None = None  # what figures.<name>.plot returned
+
+
+@dataclass
+class Report:
+    config: Config
+    out_dir: Path
+    html_path: Path
+    json_path: Path
+    stages: list[StageRun] = field(default_factory=list)
+    size_bytes: int = 0
+    data: dict = field(default_factory=dict)  # report.json content
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if any(s.status == "failed" for s in self.stages) else 0
+
+
+def stage_module(name: str):
+    return importlib.import_module(f"reportgen.stages.{name}")
+
+
+def figures_module(name: str):
+    return importlib.import_module(f"reportgen.figures.{name}")
+
+
+def prepare_model(config: Config, log: Log = _quiet) -> tuple[ModelInfo, object]:
+    """Load the model, describe its layers with one forward of a zero input, read its labels."""
+    loaded = load_model(config.model, base_dir=config.source.parent if config.source else None)
+    example = torch.zeros((1, *config.model.input_size), device=loaded.device)
+    try:
+        layers = describe_layers(loaded.model, example)
+        with torch.no_grad():
+            out = loaded.model(example)
+    except Exception as exc:
+        raise ReportgenError(f"the model does not run on an input of shape {list(example.shape)} "
+                             f"(`model.input_size`): {type(exc).__name__}: {exc}") from None
+    if not torch.is_tensor(out) or out.dim() != 2:
+        shape = list(out.shape) if torch.is_tensor(out) else type(out).__name__
+        raise ReportgenError(f"the model's output is {shape}; reportgen explains classifiers with logits of "
+                             "shape (N, num_classes).")
+    labels, note = load_labels(config.model.labels, out.shape[1], loaded.weights)
+    info = ModelInfo(model=loaded.model, config=config, labels=labels, num_classes=out.shape[1], layers=layers,
+                     description=loaded.description, notes=[note] if note else [])
+    return info, loaded
+
+
+def check_stages(info: ModelInfo) -> None:
+    """Every enabled stage's `check`: bad layer names, class indices, ... raise ReportgenError."""
+    for name in info.config.analyses.enabled():
+        check = getattr(stage_module(name), "check", None)
+        if check is not None:
+            check(info, getattr(info.config.analyses, name))
+
+
+def load_inputs(config: Config, weights: object | None) -> tuple[list[ImageInput], torch.Tensor]:
+    paths = find_images(config.inputs.images)
+    pre = resolve_preprocess(config.inputs.preprocess, weights)
+    images, tensors = [], []
+    for name, path in zip(unique_names(paths), paths):
+        pixels = read_image(path)
+        prepared = prepare_image(pixels, pre, config.model.input_size)
+        images.append(ImageInput(name=name, source=str(path), original=pixels, display=prepared.display))
+        tensors.append(prepared.tensor)
+    shapes = {tuple(t.shape) for t in tensors}
+    if len(shapes) > 1:
+        raise ReportgenError(f"`inputs.preprocess`: the images come out in different sizes {sorted(shapes)}; "
+                             "set `center_crop` (or `resize: [h, w]`) so they share one size.")
+    return images, torch.stack(tensors)
+
+
+def validate(config: Config, log: Log = _quiet) -> ModelInfo:
+    """What `reportgen validate` checks: config, files, model construction, layer names, stage options."""
+    check_output_dir(config.output.dir)
+    info, loaded = prepare_model(config, log)
+    check_stages(info)
+    paths = find_images(config.inputs.images)
+    for path in paths:
+        read_image(path)
+    return info
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """The output folder must be creatable and writable; checked before anything runs."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ReportgenError(f"`output.dir`: {out_dir} exists and is not a folder.")
+    probe = out_dir
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ReportgenError(f"`output.dir`: cannot write to {out_dir} ({probe} is not writable). "
+                             "Choose another folder with `-o DIR` or `output.dir`.")
+
+
+def build(config: Config, log: Log = _quiet, detail: Log = _quiet) -> Report:
+    """Run every configured stage and write the report. Raises ReportgenError for bad input."""
+    from . import render, write  # presentation and disk last: not needed by validate
+
+    started = time.perf_counter()
+    check_output_dir(config.output.dir)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed % 2**32)
+    log("loading model")
+    info, loaded = prepare_model(config, detail)
+    check_stages(info)
+    log("reading images")
+    images, batch = load_inputs(config, loaded.weights)
+    batch = batch.to(loaded.device)
+    logits = _logits(info.model, batch, config.inputs.batch_size)
+    ctx = Context(info=info, device=loaded.device, batch=batch, images=images, logits=logits, log=detail)
+
+    runs = []
+    for name in config.analyses.enabled():
+        runs.append(_run_stage(name, ctx, log, detail))
+    report_data = _report_json(config, ctx, runs)
+    arrays = _collect_arrays(ctx, runs) if config.output.save_arrays else None
+    log("rendering")
+    html, assets = render.render_report(config, ctx, runs, report_data)
+    out = config.output.dir
+    files = write.write_report(out, html=html, report_json=report_data, arrays=arrays, assets=assets,
+                               self_contained=config.output.self_contained)
+    if config.output.tensorboard is not None:
+        _write_tensorboard(config, ctx, runs, log)
+    report = Report(config=config, out_dir=out, html_path=files["html"], json_path=files["json"], stages=runs,
+                    size_bytes=files["size"], data=report_data)
+    log(f"done in {time.perf_counter() - started:.1f} s")
+    return report
+
+
+def _logits(model, batch: torch.Tensor, batch_size: int) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model(chunk).float().cpu() for chunk in batch.split(batch_size)])
+
+
+def _run_stage(name: str, ctx: Context, log: Log, detail: Log) -> StageRun:
+    cfg = getattr(ctx.config.analyses, name)
+    log(f"stage {name}")
+    start = time.perf_counter()
+    try:
+        result = stage_module(name).run(ctx, cfg)
+        ctx.results[name] = result
+        section = figures_module(name).plot(result, ctx)
+    except Exception as exc:  # a failed stage is reported, the rest of the report is built
+        message = str(exc) if isinstance(exc, ReportgenError) else f"{type(exc).__name__}: {exc}"
+        detail(traceback.format_exc())
+        log(f"stage {name} failed: {message}")
+        return StageRun(name=name, status="failed", seconds=time.perf_counter() - start, error=message)
+    return StageRun(name=name, status="ok", seconds=time.perf_counter() - start, result=result, section=section)
+
+
+def predictions(ctx: Context, k: int) -> list[list[dict]]:
+    probs = ctx.probabilities
+    k = min(k, probs.shape[1])
+    top = probs.topk(k, dim=1)
+    return [
+        [{"index": int(i), "label": ctx.label(int(i)), "probability": float(p)} for p, i in zip(ps, idx)]
+        for ps, idx in zip(top.values.tolist(), top.indices.tolist())
+    ]
+
+
+def _versions() -> dict:
+    import torchvision
+
+    return {"reportgen": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "python": platform.python_version()}
+
+
+def _report_json(config: Config, ctx: Context, runs: list[StageRun]) -> dict:
+    data = {
+        "title": config.title,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "config": config.to_dict(),
+        "model": {"description": ctx.info.description, "num_classes": ctx.info.num_classes,
+                  "input_size": list(config.model.input_size), "device": str(ctx.device)},
+        "images": [
+            {"name": img.name, "source": img.source, "top_k": top}
+            for img, top in zip(ctx.images, predictions(ctx, config.inputs.top_k))
+        ],
+        "stages": [{"name": r.name, "status": r.status, "seconds": round(r.seconds, 3), "error": r.error}
+                   for r in runs],
+    }
+    for run in runs:
+        to_json = getattr(stage_module(run.name), "to_json", None)
+        if run.status == "ok" and to_json is not None:
+            entry = to_json(run.result)
+            if entry is not None:
+                data[run.name] = entry
+    return data
+
+
+def _collect_arrays(ctx: Context, runs: list[StageRun]) -> dict[str, np.ndarray]:
+    arrays = {f"logits/{img.name}": ctx.logits[i].numpy().astype(np.float32) for i, img in enumerate(ctx.images)}
+    for run in runs:
+        if run.status == "ok":
+            for key, value in stage_module(run.name).arrays(run.result).items():
+                arrays[key] = np.asarray(value, dtype=np.float32)
+    return arrays
+
+
+def _write_tensorboard(config: Config, ctx: Context, runs: list[StageRun], log: Log) -> None:
+    try:
+        tb = importlib.import_module("reportgen.tensorboard")
+    except ImportError:
+        return
+    from .render import section_figures
+
+    from PIL import Image
+    import io
+
+    images = {}
+    for run in runs:
+        if run.section is not None:
+            for i, fig in enumerate(section_figures(run.section)):
+                with Image.open(io.BytesIO(fig.png)) as img:
+                    images[f"{run.name}/{i:03d}"] = np.asarray(img.convert("RGB"))
+    histograms = {name: p.detach().float().cpu().numpy() for name, p in ctx.model.named_parameters()
+                  if name.endswith("weight") and p.dim() == 4}
+    summary = next((r.result for r in runs if r.name == "summary" and r.status == "ok"), None)
+    texts = {}
+    if summary is not None:
+        head = "| layer | type | output shape | params |\n|---|---|---|---|\n"
+        texts["summary"] = head + "\n".join(
+            f"| {r.name or r.class_name} | {r.class_name} | {r.output_shape} | {r.num_params:,} |" for r in summary.rows)
+    log(f"writing TensorBoard events to {config.output.tensorboard}")
+    tb.write_tensorboard(config.output.tensorboard, images=images, histograms=histograms, texts=texts)

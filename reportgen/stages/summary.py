@@ -1,0 +1,130 @@
+"""The model summary: torchinfo's table and totals as plain records (no display strings inside)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..config import SummaryConfig
+from . import Context, ModelInfo
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    name: str  # qualified name (`layer1.0.conv1`), "" for the model itself
+    class_name: str
+    depth: int  # 0 for the model, 1 for its children, ...
+    depth_index: int  # torchinfo's running index within the depth (`3-18`)
+    output_shape: list[int] | None
+    num_params: int  # the parameters this row stands for, as torchinfo shows them (0 = "--")
+    mult_adds: int  # as torchinfo shows them (0 = "--")
+    kernel_size: list[int] | None
+    trainable: str  # "yes" | "no" | "partial" | "" (no parameters)
+    recursive: bool  # a module already seen in this pass: its parameters are not counted again
+    is_leaf: bool
+
+
+@dataclass(frozen=True)
+class SummaryTotals:
+    total_params: int
+    trainable_params: int
+    non_trainable_params: int
+    total_mult_adds: int
+    input_size_mb: float
+    forward_backward_pass_size_mb: float
+    params_size_mb: float
+    estimated_total_size_mb: float
+
+
+@dataclass(frozen=True)
+class SummaryResult:
+    model_name: str
+    input_shape: list[int]  # [1, C, H, W]
+    rows: list[SummaryRow]  # up to the configured depth
+    totals: SummaryTotals
+
+
+def check(info: ModelInfo, cfg: SummaryConfig) -> None:
+    pass  # nothing beyond the config's own checks
+
+
+def run(ctx: Context, cfg: SummaryConfig) -> SummaryResult:
+    return compute_summary(ctx.model, ctx.config.model.input_size, depth=cfg.depth, device=ctx.device)
+
+
+def compute_summary(model, input_size, *, depth: int = 3, device=None) -> SummaryResult:
+    """torchinfo 1.8.0's numbers for `model` at (1, *input_size), rows up to `depth`."""
+    from torchinfo import summary
+
+    input_shape = [1, *input_size]
+    stats = summary(model, input_size=input_shape, depth=max(depth, 1), verbose=0, device=device,
+                    col_names=("output_size", "num_params", "mult_adds", "kernel_size", "trainable"))
+    rows = []
+    for layer in stats.summary_list:
+        if layer.depth > depth:
+            continue
+        at_max_depth = layer.depth == depth
+        if layer.is_recursive:
+            params = 0
+        elif layer.is_leaf_layer or at_max_depth:
+            params = layer.num_params
+        else:
+            params = max(layer.leftover_params(), 0)
+        if layer.is_leaf_layer:
+            macs = layer.macs
+        elif at_max_depth:
+            macs = sum(child.macs for child in layer.children if child.is_leaf_layer)
+        else:
+            macs = 0
+        rows.append(SummaryRow(
+            name=_qualified_name(layer),
+            class_name=layer.class_name,
+            depth=layer.depth,
+            depth_index=layer.depth_index or 0,
+            output_shape=list(layer.output_size) if layer.output_size else None,
+            num_params=max(params, 0),
+            mult_adds=max(macs, 0),
+            kernel_size=_kernel(layer.kernel_size),
+            trainable={"True": "yes", "False": "no", "Partial": "partial"}.get(layer.trainable, ""),
+            recursive=layer.is_recursive,
+            is_leaf=layer.is_leaf_layer,
+        ))
+    total = stats.total_input + stats.total_output_bytes + stats.total_param_bytes
+    totals = SummaryTotals(
+        total_params=stats.total_params,
+        trainable_params=stats.trainable_params,
+        non_trainable_params=stats.total_params - stats.trainable_params,
+        total_mult_adds=stats.total_mult_adds,
+        input_size_mb=round(stats.total_input / 1e6, 2),
+        forward_backward_pass_size_mb=round(stats.total_output_bytes / 1e6, 2),
+        params_size_mb=round(stats.total_param_bytes / 1e6, 2),
+        estimated_total_size_mb=round(total / 1e6, 2),
+    )
+    return SummaryResult(model_name=type(model).__name__, input_shape=input_shape, rows=rows, totals=totals)
+
+
+def _qualified_name(layer) -> str:
+    parts = []
+    while layer is not None and layer.depth > 0:
+        parts.append(layer.var_name)
+        layer = layer.parent_info
+    return ".".join(reversed(parts))
+
+
+def _kernel(size) -> list[int] | None:
+    if size is None:
+        return None
+    return list(size) if isinstance(size, (list, tuple)) else [int(size)]
+
+
+def arrays(result: SummaryResult) -> dict:
+    return {}
+
+
+def to_json(result: SummaryResult) -> dict:
+    return {
+        "totals": asdict(result.totals),
+        "rows": [
+            {k: v for k, v in asdict(row).items() if k in
+             ("name", "class_name", "depth", "output_shape", "num_params", "mult_adds", "kernel_size", "trainable")}
+            for row in result.rows
+        ],
+    }
