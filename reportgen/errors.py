@@ -1,0 +1,21 @@
+"""Errors a user can fix. The CLI prints their message and exits with code 2."""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class ReportgenError(Exception):
+    """Bad config, bad input or bad usage: one clear message, no traceback."""
+
+
+class ConfigError(ReportgenError):
+    """A problem in the YAML config, ideally naming the key path and its line."""
+
+
+def did_you_mean(word: str, choices: Iterable[str], n: int = 1) -> str:
+    """" Did you mean `x`?" for the closest choice, or "" when none is close."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=n, cutoff=0.6)
+    if not close:
+        return ""
+    return " Did you mean " + " or ".join(f"`{c}`" for c in close) + "?"

@@ -1,0 +1,65 @@
+"""Shared fixtures: a tiny network beside a config in a temporary folder, and images the tests make."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+torch.set_num_threads(2)
+
+TINYNET = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+    def build(num_classes=3, width=8):
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes),
+        )
+''')
+
+
+def make_image(path: Path, size=(40, 32), seed=0, mode="RGB") -> Path:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).convert(mode).save(path)
+    return path
+
+
+@pytest.fixture
+def project(tmp_path: Path):
+    """A folder with tinynet.py, two images and a `write(config_dict)` helper returning the YAML path."""
+    (tmp_path / "tinynet.py").write_text(TINYNET)
+    (tmp_path / "images").mkdir()
+    make_image(tmp_path / "images" / "a.png", seed=1)
+    make_image(tmp_path / "images" / "b.jpg", seed=2)
+
+    def base() -> dict:
+        return {
+            "title": "Tiny",
+            "model": {"source": "module", "factory": "tinynet:build", "kwargs": {"num_classes": 3},
+                      "input_size": [3, 16, 16], "labels": None, "device": "cpu"},
+            "inputs": {"images": ["images/"], "preprocess": {"normalize": "none"}},
+            "analyses": {"summary": {"depth": 2}},
+            "output": {"dir": "out"},
+        }
+
+    def write(config: dict | None = None, name: str = "config.yaml", text: str | None = None) -> Path:
+        path = tmp_path / name
+        path.write_text(text if text is not None else yaml.safe_dump(config or base(), sort_keys=False))
+        return path
+
+    class Project:
+        root = tmp_path
+
+    p = Project()
+    p.base = base
+    p.write = write
+    return p

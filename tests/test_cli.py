@@ -1,0 +1,205 @@
+"""The CLI in-process: a good build, and every bad input -> exit 2, one clear message, nothing written."""
+import json
+import pickle
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from PIL import Image
+
+from reportgen.cli import main
+from tests.conftest import make_image
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def files_in(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()} if folder.exists() else {}
+
+
+def test_build_writes_report_json_and_html(project):
+    result = run("build", project.write(), "--save-arrays", "-q")
+    assert result.exit_code == 0, result.output
+    out = project.root / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["arrays.npz", "report.html", "report.json"]
+    data = json.loads((out / "report.json").read_text())
+    assert set(data) >= {"title", "created", "versions", "config", "summary", "images", "stages"}
+    assert set(data["versions"]) == {"reportgen", "torch", "torchvision", "python"}
+    assert set(data["summary"]["totals"]) == {
+        "total_params", "trainable_params", "non_trainable_params", "total_mult_adds", "input_size_mb",
+        "forward_backward_pass_size_mb", "params_size_mb", "estimated_total_size_mb"}
+    assert set(data["summary"]["rows"][1]) == {"name", "class_name", "depth", "output_shape", "num_params",
+                                               "mult_adds", "kernel_size", "trainable"}
+    assert [i["name"] for i in data["images"]] == ["a", "b"]
+    top = data["images"][0]["top_k"]
+    assert len(top) == 3 and abs(sum(t["probability"] for t in top) - 1) < 1e-5
+    assert set(top[0]) == {"index", "label", "probability"} and top[0]["label"] == f"class {top[0]['index']}"
+    assert data["stages"] == [{"name": "summary", "status": "ok", "seconds": data["stages"][0]["seconds"], "error": None}]
+    import numpy as np
+    with np.load(out / "arrays.npz") as arrays:
+        assert sorted(arrays.files) == ["logits/a", "logits/b"]
+        assert arrays["logits/a"].dtype == np.float32 and arrays["logits/a"].shape == (3,)
+
+
+def test_report_is_self_contained_and_has_a_csp(project):
+    assert run("build", project.write(), "-q").exit_code == 0
+    html = (project.root / "out" / "report.html").read_text()
+    import html as htmllib
+    csp = re.search(r'<meta http-equiv="Content-Security-Policy" content="([^"]*)"', html)
+    assert htmllib.unescape(csp.group(1)).startswith("default-src 'none'; img-src data:;")
+    refs = re.findall(r'(?:src|href)\s*=\s*"([^"]*)"', html) + re.findall(r"url\(([^)]*)\)", html)
+    assert refs, "expected some src/href"
+    for ref in refs:
+        assert ref.startswith(("data:", "#")), ref
+    assert "http://" not in html.replace("http-equiv", "") and "https://" not in html
+    assert 'id="summary"' in html and 'id="inputs"' in html
+
+
+def test_hostile_title_file_name_and_label_are_escaped(project):
+    evil = "<script>alert(1)</script>"
+    make_image(project.root / "images" / f"{evil}.png".replace("/", "_"), seed=3)
+    labels = project.root / "labels.txt"
+    labels.write_text(f"{evil}\n<img src=x onerror=alert(1)>\nok\n")
+    config = project.base()
+    config["title"] = evil
+    config["model"]["labels"] = "labels.txt"
+    config["inputs"]["top_k"] = 3
+    assert run("build", project.write(config), "-q").exit_code == 0
+    html = (project.root / "out" / "report.html").read_text()
+    assert "<script>alert" not in html and "<img src=x" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert html.count("<script>") == 1  # ours only
+
+
+def test_set_and_out_options(project, tmp_path):
+    result = run("build", project.write(), "--set", "title=Overridden", "-o", tmp_path / "elsewhere", "-q")
+    assert result.exit_code == 0
+    data = json.loads((tmp_path / "elsewhere" / "report.json").read_text())
+    assert data["title"] == "Overridden"
+
+
+def test_progress_goes_to_stderr_and_quiet_silences_it(project):
+    loud = CliRunner().invoke(main, ["build", str(project.write())])
+    assert "stage summary" in loud.stderr and "wrote" in loud.stderr and loud.stdout == ""
+    quiet = CliRunner().invoke(main, ["build", str(project.write()), "-q"])
+    assert quiet.stderr == "" and quiet.exit_code == 0
+
+
+def _bad_cases(project):
+    """(name, how to break the project, expected message fragment)"""
+    def cfg(mutate):
+        def apply():
+            config = project.base()
+            mutate(config)
+            return project.write(config)
+        return apply
+
+    def text(t):
+        return lambda: project.write(text=t)
+
+    def checkpoint(obj):
+        def apply():
+            torch.save(obj, project.root / "ckpt.pt")
+            config = project.base()
+            config["model"]["checkpoint"] = "ckpt.pt"
+            return project.write(config)
+        return apply
+
+    def not_an_image():
+        (project.root / "images" / "c.png").write_text("this is text")
+        return project.write()
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (project.root / "pwned",))
+
+    def unwritable():
+        (project.root / "locked").write_text("a file where a folder should be")
+        config = project.base()
+        config["output"]["dir"] = "locked/out"
+        return project.write(config)
+
+    return [
+        ("malformed yaml", text("title: [unclosed\nmodel: {}"), "not valid YAML at line"),
+        ("wrong type", cfg(lambda c: c["analyses"].update(summary={"depth": "three"})), "`analyses.summary.depth`"),
+        ("unknown key", cfg(lambda c: c["analyses"].update(sumary={})), "Did you mean `summary`?"),
+        ("python tag", text("title: !!python/object/apply:os.system ['touch pwned']"), "python tags are refused"),
+        ("missing image", cfg(lambda c: c["inputs"].update(images=["images/nope.png"])), "nope.png does not exist"),
+        ("no match", cfg(lambda c: c["inputs"].update(images=["images/*.tif"])), "no image matches"),
+        ("not an image", not_an_image, "c.png is not an image"),
+        ("unknown model", cfg(lambda c: c["model"].update(source="torchvision", name="resnet181")),
+         "Did you mean `resnet18`?"),
+        ("bad factory", cfg(lambda c: c["model"].update(factory="tinynet:buidl")), "Did you mean `build`?"),
+        ("mismatched checkpoint", checkpoint({"0.weight": torch.zeros(2, 2)}), "does not match the model: missing"),
+        ("unsafe checkpoint", checkpoint({"state_dict": Evil()}), "needs full unpickling"),
+        ("unknown layer", cfg(lambda c: c["analyses"].update(cam={"target_layers": ["4x"]})), "layer `4x` does not exist"),
+        ("labels count", cfg(lambda c: c["model"].update(labels="images/../tinynet.py")), "labels, but the model has 3"),
+        ("unwritable output", unwritable, "cannot write to"),
+    ]
+
+
+CASES = [c[0] for c in _bad_cases(type("P", (), {"root": Path("."), "base": dict, "write": None})())]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_exits_2_with_one_message_and_writes_nothing(project, case):
+    name, apply, expected = next(c for c in _bad_cases(project) if c[0] == case)
+    # a previous good report must survive untouched
+    good = run("build", project.write(), "-q")
+    assert good.exit_code == 0
+    before = files_in(project.root / "out")
+    config_path = apply()
+    result = CliRunner().invoke(main, ["build", str(config_path)])
+    assert result.exit_code == 2, result.output
+    assert expected in result.stderr, result.stderr
+    assert "Traceback" not in result.output
+    assert result.stderr.count("error:") == 1
+    assert files_in(project.root / "out") == before
+    assert not (project.root / "pwned").exists()
+    # validate says the same
+    checked = CliRunner().invoke(main, ["validate", str(config_path)])
+    assert checked.exit_code == 2 and expected in checked.stderr
+
+
+def test_trusted_checkpoint_loads_when_allowed(project):
+    from tests.conftest import TINYNET
+    namespace = {}
+    exec(TINYNET, namespace)
+    model = namespace["build"](num_classes=3)
+    torch.save({"model": model, "epoch": 3}, project.root / "full.pt")  # a whole pickled module
+    config = project.base()
+    config["model"]["checkpoint"] = "full.pt"
+    refused = run("build", project.write(config), "-q")
+    assert refused.exit_code == 2
+    config["model"]["trust_checkpoint"] = True
+    assert run("build", project.write(config), "-q").exit_code == 0
+
+
+def test_validate_layers_and_init(project, tmp_path, monkeypatch):
+    result = run("validate", project.write())
+    assert result.exit_code == 0 and "valid" in result.output
+    layers = run("layers", project.write())
+    assert layers.exit_code == 0
+    assert re.search(r"^2\s+ReLU\s+1x8x16x16", layers.output, re.M)
+    assert "default CAM layer: 4" in layers.output
+    tv = run("layers", "resnet18", "--input-size", "3,64,64")
+    assert "layer4.1.conv2" in tv.output and "default CAM layer: layer4" in tv.output
+    monkeypatch.chdir(tmp_path)
+    assert run("init").exit_code == 0
+    assert yaml.safe_load(Path("reportgen.yaml").read_text())["model"]["name"] == "resnet18"
+    again = CliRunner().invoke(main, ["init"])
+    assert again.exit_code == 2 and "exists" in again.stderr
+
+
+def test_help_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys; from reportgen.cli import main\ntry:\n main(['--help'])\nexcept SystemExit: pass\nprint('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().endswith("False")

@@ -1,0 +1,134 @@
+"""Image reading and preprocessing, model loading and checkpoints."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from torch import nn
+
+from reportgen.config import ModelConfig, Normalize, Preprocess
+from reportgen.errors import ReportgenError
+from reportgen.inputs import find_images, prepare_image, read_image, unique_names
+from reportgen.models import load_checkpoint, load_labels, load_model, weights_cache_path
+
+RGB = np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [255, 255, 255]]], dtype=np.uint8)  # 2x2
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "P", "RGBA", "CMYK", "I;16", "LA", "1"])
+def test_every_mode_becomes_rgb_uint8(tmp_path, mode):
+    img = Image.fromarray(RGB).convert(mode)
+    if mode == "I;16":
+        img = Image.fromarray((np.array([[0, 65535], [32768, 1000]], dtype=np.uint16)))
+    suffix = ".tiff" if mode in ("CMYK", "I;16") else ".png"
+    path = tmp_path / f"x{suffix}"
+    img.save(path)
+    pixels = read_image(path)
+    assert pixels.dtype == np.uint8 and pixels.shape == (2, 2, 3)
+    if mode == "RGB":
+        np.testing.assert_array_equal(pixels, RGB)
+    if mode == "I;16":
+        np.testing.assert_array_equal(pixels[..., 0], [[0, 255], [128, 4]])  # 16 bits scaled to 8
+
+
+def test_rgba_is_composited_on_white_and_palette_transparency_honoured(tmp_path):
+    rgba = np.zeros((1, 2, 4), dtype=np.uint8)
+    rgba[0, 0] = [255, 0, 0, 255]  # opaque red
+    rgba[0, 1] = [255, 0, 0, 0]  # fully transparent
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "a.png")[0], [[255, 0, 0], [255, 255, 255]])
+
+
+def test_exif_orientation_is_honoured(tmp_path):
+    wide = np.zeros((10, 20, 3), dtype=np.uint8)
+    wide[:, :10] = 255  # left half white
+    img = Image.fromarray(wide)
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90° clockwise for display
+    img.save(tmp_path / "r.jpg", exif=exif, quality=100)
+    pixels = read_image(tmp_path / "r.jpg")
+    assert pixels.shape == (20, 10, 3)
+    assert pixels[:8].mean() > 200 and pixels[12:].mean() < 50  # white on top after rotation
+
+
+def test_preprocess_matches_torchvision_transforms():
+    from torchvision import transforms as T
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    pre = Preprocess(resize=(256,), center_crop=(224,), normalize=Normalize())
+    ours = prepare_image(pixels, pre, (3, 224, 224))
+    ref = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
+                     T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])(Image.fromarray(pixels))
+    assert ours.tensor.shape == (3, 224, 224) and ours.display.shape == (224, 224, 3)
+    torch.testing.assert_close(ours.tensor, ref, atol=1e-5, rtol=0)
+
+
+def test_default_preprocess_fits_the_input_size_and_grayscale_models_get_one_channel():
+    pixels = np.zeros((50, 80, 3), dtype=np.uint8)
+    out = prepare_image(pixels, Preprocess(normalize=None), (1, 32, 24))
+    assert out.tensor.shape == (1, 32, 24) and out.display.shape == (32, 24, 3)
+
+
+def test_find_images_folders_globs_and_unique_names(tmp_path):
+    for sub, name in [("a", "x.png"), ("b", "x.png"), ("a", "y.jpg")]:
+        (tmp_path / sub).mkdir(exist_ok=True)
+        Image.fromarray(RGB).save(tmp_path / sub / name)
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    found = find_images((str(tmp_path / "a"), str(tmp_path / "*" / "x.png")))
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a/x.png", "a/y.jpg", "b/x.png"]
+    assert unique_names(found) == ["x", "y", "x_2"]
+
+
+def test_checkpoint_wrappers_and_dataparallel_prefix(tmp_path):
+    torch.manual_seed(0)
+    source = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.LazyLinear(2))
+    source(torch.zeros(1, 3, 5, 5))
+    state = source.state_dict()
+    for i, wrapped in enumerate([state, {"state_dict": state, "epoch": 1}, {"model": state},
+                                 {f"module.{k}": v for k, v in state.items()}]):
+        torch.save(wrapped, tmp_path / f"c{i}.pt")
+        target = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(18, 2))
+        load_checkpoint(target, tmp_path / f"c{i}.pt")
+        for k, v in target.state_dict().items():
+            torch.testing.assert_close(v, state[k])
+    wrong = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(36, 2))
+    with pytest.raises(ReportgenError, match=r"wrong shape \(file vs model\): 0.weight \(2, 3, 3, 3\) vs \(4, 3, 3, 3\)"):
+        load_checkpoint(wrong, tmp_path / "c0.pt")
+
+
+def test_torchvision_weights_are_never_downloaded(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:
+        with pytest.raises(ReportgenError) as err:
+            load_model(ModelConfig(name="resnet18", weights="IMAGENET1K_V1", device="cpu"))
+        expected = weights_cache_path(torchvision.models.ResNet18_Weights.IMAGENET1K_V1)
+        assert str(expected) in str(err.value) and "never downloads" in str(err.value)
+        # a file in the cache is used
+        expected.parent.mkdir(parents=True)
+        torch.save(torchvision.models.resnet18().state_dict(), expected)
+        loaded = load_model(ModelConfig(name="resnet18", weights="IMAGENET1K_V1", device="cpu"))
+        assert loaded.weights is torchvision.models.ResNet18_Weights.IMAGENET1K_V1 and not loaded.model.training
+        with pytest.raises(ReportgenError, match="Did you mean `IMAGENET1K_V1`"):
+            load_model(ModelConfig(name="resnet18", weights="IMAGENET1K_V2", device="cpu"))
+    finally:
+        torch.hub.set_dir(str(Path.home() / ".cache" / "torch" / "hub"))
+
+
+def test_torchscript_model(tmp_path):
+    model = torch.jit.script(nn.Sequential(nn.Conv2d(3, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+    model.save(str(tmp_path / "m.ts"))
+    loaded = load_model(ModelConfig(source="torchscript", path=tmp_path / "m.ts", device="cpu"))
+    assert loaded.model(torch.zeros(1, 3, 8, 8)).shape == (1, 2)
+    (tmp_path / "bad.ts").write_text("nope")
+    with pytest.raises(ReportgenError, match="is not a TorchScript model"):
+        load_model(ModelConfig(source="torchscript", path=tmp_path / "bad.ts", device="cpu"))
+
+
+def test_labels():
+    labels, note = load_labels("imagenet", 1000)
+    assert labels[0] == "tench" and len(labels) == 1000 and note == ""
+    labels, note = load_labels("imagenet", 10)
+    assert labels is None and "do not fit" in note
