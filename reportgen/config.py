@@ -6,6 +6,7 @@ the closest valid spelling. No torch import here: `reportgen validate` and `--he
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -426,7 +427,7 @@ def _convert(value: Any, tp: Any, path: tuple, ctx: _Ctx) -> Any:
 
 def _resolve(value: str | Path, ctx: _Ctx) -> Path:
     p = Path(value).expanduser()
-    return p if p.is_absolute() else (ctx.base_dir / p)
+    return Path(os.path.normpath(p if p.is_absolute() else ctx.base_dir / p))
 
 
 def _convert_dataclass(value: Any, tp: type, path: tuple, ctx: _Ctx) -> Any:

@@ -103,13 +103,24 @@ def load_inputs(config: Config, weights: object | None) -> tuple[list[ImageInput
     for name, path in zip(unique_names(paths), paths):
         pixels = read_image(path)
         prepared = prepare_image(pixels, pre, config.model.input_size)
-        images.append(ImageInput(name=name, source=str(path), original=pixels, display=prepared.display))
+        images.append(ImageInput(name=name, source=_shown_path(path, config), original=pixels,
+                                 display=prepared.display))
         tensors.append(prepared.tensor)
     shapes = {tuple(t.shape) for t in tensors}
     if len(shapes) > 1:
         raise ReportgenError(f"`inputs.preprocess`: the images come out in different sizes {sorted(shapes)}; "
                              "set `center_crop` (or `resize: [h, w]`) so they share one size.")
     return images, torch.stack(tensors)
+
+
+def _shown_path(path: Path, config: Config) -> str:
+    """Paths relative to the config's folder where possible: a published report should not leak home folders."""
+    if config.source is not None:
+        try:
+            return os.path.relpath(path, config.source.parent)
+        except ValueError:
+            pass
+    return str(path)
 
 
 def validate(config: Config, log: Log = _quiet) -> ModelInfo:

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from .figures.common import Figure, make_figure
+from .figures.common import Figure, make_figure, upscale_nearest
 
 STAGE_TITLES = {
     "summary": "Model summary",
@@ -102,7 +102,8 @@ def render_report(config, ctx, runs, report_data: dict) -> tuple[str, dict[str, 
            "base-uri 'none'; form-action 'none'")
     inputs = [
         {"name": img.name, "source": img.source,
-         "figure": make_figure(img.display, alt=f"input image {img.name} as the model sees it", thumb_side=256),
+         "figure": make_figure(upscale_nearest(img.display, 160), alt=f"input image {img.name} as the model sees it",
+                               thumb_side=320),
          "top_k": entry["top_k"]}
         for img, entry in zip(ctx.images, report_data["images"])
     ]
