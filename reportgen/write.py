@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename it into place: readers never see half a file,
-    and the previous file survives a crash."""
+def _write_temp(path: Path, data: bytes) -> str:
+    """Write `data` to a temporary file beside `path`; return its name (removed again on error)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -20,33 +19,47 @@ def write_atomic(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        os.unlink(tmp)
         raise
+    return tmp
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Readers never see half a file, and the previous file survives a crash."""
+    os.replace(_write_temp(path, data), path)
 
 
 def write_report(out_dir: Path, *, html: str, report_json: dict, arrays: dict[str, np.ndarray] | None,
                  assets: dict[str, bytes], self_contained: bool) -> dict:
     """Write report.html (or index.html + assets/), report.json and arrays.npz into `out_dir`.
-    The HTML goes last, so a report never points at files that are not there yet."""
+
+    Every file is first written in full under a temporary name; only then are they renamed into place,
+    the HTML last. A crash before the renames leaves the previous report as it was."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    files: list[tuple[Path, bytes]] = []
     if arrays is not None:
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
-        write_atomic(out_dir / "arrays.npz", buffer.getvalue())
+        files.append((out_dir / "arrays.npz", buffer.getvalue()))
     json_path = out_dir / "report.json"
-    write_atomic(json_path, json.dumps(report_json, indent=2, ensure_ascii=False).encode("utf-8"))
-    size = 0
+    files.append((json_path, json.dumps(report_json, indent=2, ensure_ascii=False).encode("utf-8")))
     if assets:
         (out_dir / "assets").mkdir(exist_ok=True)
-        for name, data in assets.items():
-            target = out_dir / "assets" / name
-            if not target.exists():  # names are content hashes: an existing file is the same file
-                write_atomic(target, data)
-            size += len(data)
+        # names are content hashes: an existing file is already the same file
+        files += [(out_dir / "assets" / name, data) for name, data in assets.items()
+                  if not (out_dir / "assets" / name).exists()]
     html_path = out_dir / ("report.html" if self_contained else "index.html")
-    encoded = html.encode("utf-8")
-    write_atomic(html_path, encoded)
-    return {"html": html_path, "json": json_path, "size": size + len(encoded)}
+    files.append((html_path, html.encode("utf-8")))
+    pending: list[tuple[str, Path]] = []
+    try:
+        for path, data in files:
+            pending.append((_write_temp(path, data), path))
+    except BaseException:
+        for tmp, _ in pending:
+            os.unlink(tmp)
+        raise
+    for tmp, path in pending:
+        os.replace(tmp, path)
+    size = len(files[-1][1]) + sum(len(data) for data in assets.values())  # what a reader downloads
+    return {"html": html_path, "json": json_path, "size": size}

@@ -1,0 +1,72 @@
+"""Report outputs: static-site mode, failed stages, atomic writes."""
+import json
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from reportgen import write
+from reportgen.cli import main
+
+
+def build(config_path, *args):
+    return CliRunner().invoke(main, ["build", str(config_path), "-q", *args])
+
+
+def test_static_site_mode_writes_index_and_assets_with_relative_links(project):
+    config = project.base()
+    config["output"]["self_contained"] = False
+    assert build(project.write(config)).exit_code == 0
+    out = project.root / "out"
+    html = (out / "index.html").read_text()
+    srcs = re.findall(r'src="([^"]+)"', html)
+    assert srcs and all(s.startswith("assets/") for s in srcs)
+    for src in srcs:
+        assert (out / src).is_file()
+    assert "data:image" not in html
+
+
+def test_a_failing_stage_is_reported_and_exits_1(project, monkeypatch):
+    import reportgen.stages.summary as summary
+
+    def boom(ctx, cfg):
+        raise RuntimeError("the <b>summary</b> exploded")
+
+    monkeypatch.setattr(summary, "run", boom)
+    result = CliRunner().invoke(main, ["build", str(project.write())])
+    assert result.exit_code == 1
+    assert "stages failed: summary" in result.stderr
+    data = json.loads((project.root / "out" / "report.json").read_text())
+    assert data["stages"][0]["status"] == "failed"
+    assert data["stages"][0]["error"] == "RuntimeError: the <b>summary</b> exploded"
+    html = (project.root / "out" / "report.html").read_text()
+    assert "This stage failed." in html and "the &lt;b&gt;summary&lt;/b&gt; exploded" in html
+
+
+def test_a_crash_while_writing_keeps_the_previous_report(project, monkeypatch):
+    assert build(project.write()).exit_code == 0
+    out = project.root / "out"
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real = write._write_temp
+
+    def crash_on_html(path, data):
+        if path.name == "report.html":
+            raise OSError("disk full")  # after report.json was written under its temporary name
+        return real(path, data)
+
+    monkeypatch.setattr(write, "_write_temp", crash_on_html)
+    config = project.base()
+    config["title"] = "second"
+    with pytest.raises(OSError):
+        CliRunner().invoke(main, ["build", str(project.write(config)), "-q"], catch_exceptions=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_write_atomic_leaves_no_temp_file_on_error(tmp_path):
+    target = tmp_path / "f.txt"
+    target.write_text("old")
+    with pytest.raises(TypeError):
+        write.write_atomic(target, object())  # not bytes: fails inside the write
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
