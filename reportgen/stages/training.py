@@ -130,12 +130,13 @@ def run(ctx, cfg: TrainingConfig) -> TrainingResult:
     files = find_log_files(cfg.logs, warnings)
     if not files:
         raise ReportgenError("no training logs found: " + " ".join(warnings))
-    ctx.log(f"training: {len(files)} log files")
+    ctx.log(f"training: reading {_count(len(files), 'log file')}")
     runs = load_runs(files, warnings)
     scalar_tags = list(dict.fromkeys(tag for r in runs for tag in r.scalars))
     histogram_tags = list(dict.fromkeys(tag for r in runs for tag in r.histograms))
     if not scalar_tags and not histogram_tags:
-        raise ReportgenError(f"no training data could be read from {len(files)} log files: " + " ".join(warnings))
+        raise ReportgenError(f"no training data could be read from {_count(len(files), 'log file')}: "
+                             + " ".join(warnings))
 
     selected = select_tags(cfg.tags, scalar_tags + histogram_tags, warnings)
     series = tuple(
@@ -343,12 +344,19 @@ class _Run:
         self.axes.update({tag: data.axis for tag in data.scalars})
 
 
-def load_runs(files: Sequence[Path], warnings: list[str]) -> list["_Run"]:
+def load_runs(files: Sequence[Path], warnings: list[str]) -> list[_Run]:
     """Read every log file, grouped into runs by folder (see the module docstring for the naming)."""
     folders: dict[Path, list[Path]] = {}
     for f in files:
         folders.setdefault(f.parent, []).append(f)
     names = _run_names(list(folders))
+    events = [f for f in files if _kind(f) == "events"]
+    if events:
+        try:
+            _tensorboard()
+        except ReportgenError as exc:
+            warnings.append(f"{exc} ({_count(len(events), 'event file')} skipped)")
+            folders = {folder: [p for p in paths if _kind(p) != "events"] for folder, paths in folders.items()}
     runs: list[_Run] = []
     for folder, paths in folders.items():
         sources: list[tuple[list[Path], _LogData]] = []
@@ -446,11 +454,7 @@ def read_records(path: Path, masked_crc32c) -> tuple[list[bytes], str | None]:
 
 def load_event_files(paths: Sequence[Path], warnings: list[str]) -> _LogData:
     """Scalars and histograms of one run's event files (name order), nothing sampled away."""
-    try:
-        data_compat, dataclass_compat, event_pb2, masked_crc32c, tensor_util = _tensorboard()
-    except ReportgenError as exc:
-        warnings.append(f"{exc} ({len(paths)} event files in `{paths[0].parent}` skipped)")
-        return _LogData()
+    data_compat, dataclass_compat, event_pb2, masked_crc32c, tensor_util = _tensorboard()
     out = _LogData()
     plugins: dict[str, str] = {}  # tag -> plugin name, from the first value that carries metadata
     initial_metadata: dict = {}  # dataclass_compat's per-run state
@@ -701,3 +705,7 @@ def _listing(names: Sequence[str], limit: int = 30) -> str:
         return "none"
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
