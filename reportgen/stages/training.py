@@ -226,7 +226,6 @@ def compute_distribution(buckets: np.ndarray, basis_points: Sequence[int] = BASI
     right = buckets[:, 1]
     cumulative = (buckets[:, 2] * basis_points[-1] / (buckets[:, 2].sum() or 1.0)).cumsum()
     out = np.full(len(basis_points), highest)
-    i = 0
     for j, bp in enumerate(basis_points):
         i = int(np.searchsorted(cumulative, bp, side="right"))
         while i < len(cumulative):
@@ -280,7 +279,8 @@ def find_log_files(patterns: Iterable[str], warnings: list[str]) -> list[Path]:
         if not files and not matches:
             warnings.append(f"no log files match `{pattern}`.")
         elif not files and (glob.has_magic(pattern) or any(m.is_dir() for m in matches)):
-            warnings.append(f"`{pattern}` holds no TensorBoard event files (`events.out.tfevents.*`), "
+            what = "holds" if os.path.isdir(pattern) else f"matches {_count(len(matches), 'path')} but"
+            warnings.append(f"`{pattern}` {what} no TensorBoard event files (`events.out.tfevents.*`), "
                             "CSV or JSON-lines logs.")
         for f in files:
             found.setdefault(f.resolve(), None)
