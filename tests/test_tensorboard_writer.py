@@ -62,8 +62,10 @@ def test_each_call_adds_a_new_event_file(tmp_path):
     first = write_tensorboard(tmp_path, texts={"a": "one"})
     second = write_tensorboard(tmp_path, texts={"a": "two"}, step=1)
     assert first != second and first.exists() and second.exists()
-    events = EventAccumulator(str(tmp_path), size_guidance=STORE_EVERYTHING_SIZE_GUIDANCE).Reload().Tensors("a/text_summary")
-    assert [(e.step, tensor_util.make_ndarray(e.tensor_proto).tolist()) for e in events] == [(0, [b"one"]), (1, [b"two"])]
+    acc = EventAccumulator(str(tmp_path), size_guidance=STORE_EVERYTHING_SIZE_GUIDANCE).Reload()
+    events = acc.Tensors("a/text_summary")
+    assert [(e.step, tensor_util.make_ndarray(e.tensor_proto).tolist()) for e in events] == [(0, [b"one"]),
+                                                                                               (1, [b"two"])]
 
 
 def test_bad_pixels_are_refused_before_anything_is_written(tmp_path):

@@ -266,7 +266,10 @@ def find_log_files(patterns: Iterable[str], warnings: list[str]) -> list[Path]:
     """Log files from paths, folders (walked recursively) and globs, in a stable order, without duplicates."""
     found: dict[Path, None] = {}
     for pattern in patterns:
-        matches = [Path(pattern)] if os.path.exists(pattern) else [Path(p) for p in sorted(glob.glob(pattern, recursive=True))]
+        if os.path.exists(pattern):  # a literal path, even where it holds glob characters (`run[1]`)
+            matches = [Path(pattern)]
+        else:
+            matches = [Path(p) for p in sorted(glob.glob(pattern, recursive=True))]
         files: list[Path] = []
         for match in matches:
             if match.is_dir():
@@ -573,7 +576,8 @@ class _RowReport:
             out.append(f"`{self.name}`: cells that are not numbers skipped: "
                        + ", ".join(f"{count} in `{name}`" for name, count in bad.items()) + ".")
         if non_numeric:
-            out.append(f"`{self.name}`: columns without numbers skipped: " + ", ".join(f"`{c}`" for c in non_numeric) + ".")
+            out.append(f"`{self.name}`: columns without numbers skipped: "
+                       + ", ".join(f"`{c}`" for c in non_numeric) + ".")
         return out
 
 
