@@ -1,0 +1,220 @@
+"""The `kernels` stage: weights, layer selection, activation maximisation, figures and template."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import jinja2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from reportgen.config import (AnalysesConfig, Config, InputsConfig, KernelsConfig, LayerPattern, Normalize,
+                              OptimizeConfig, Preprocess)
+from reportgen.errors import ReportgenError
+from reportgen.figures import kernels as kernel_figures
+from reportgen.figures.grid import grid_cols, grid_size
+from reportgen.hooks import count_hooks
+from reportgen.stages import Context
+from reportgen.stages import kernels
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+
+
+class Net(nn.Module):
+    """`head` is registered before `stem` but called after it: the default layer must follow the forward order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Conv2d(8, 12, 3, padding=1)
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 5, padding=2), nn.ReLU())
+        self.act = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(12, 4)
+        self.forwards = 0  # counts forward calls without registering hooks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.forwards += 1
+        x = self.act(self.head(self.stem(x)))
+        return self.fc(self.pool(x).flatten(1))
+
+
+def make_ctx(kcfg: KernelsConfig, seed: int = 0, n: int = 2, size: int = 24) -> Context:
+    torch.manual_seed(seed)
+    model = Net()
+    batch = torch.randn(n, 3, size, size)
+    config = Config(analyses=AnalysesConfig(kernels=kcfg), seed=seed,
+                    inputs=InputsConfig(preprocess=Preprocess(normalize=Normalize((0.5,) * 3, (0.25,) * 3))))
+    return Context.for_tests(model, batch, config=config)
+
+
+def test_kernels_array_equals_module_weight_and_default_is_first_called_conv():
+    ctx = make_ctx(KernelsConfig())
+    result = kernels.run(ctx, KernelsConfig())
+    assert [layer.name for layer in result.layers] == ["stem.0"]  # not `head`, registered first
+    out = kernels.arrays(result)
+    assert list(out) == ["kernels/stem.0"]
+    expected = ctx.model.stem[0].weight.detach().numpy()
+    assert out["kernels/stem.0"].dtype == np.float32
+    np.testing.assert_array_equal(out["kernels/stem.0"], expected)
+    norms = np.sqrt((expected.astype(np.float64) ** 2).sum(axis=(1, 2, 3)))
+    np.testing.assert_allclose(result.layers[0].norms, norms, rtol=1e-6)
+    assert count_hooks(ctx.model) == 0
+    json.dumps(kernels.to_json(result))
+
+
+def test_pattern_selects_by_type_and_depth_in_forward_order():
+    cfg = KernelsConfig(layers=(LayerPattern(type="Conv2d"),))
+    ctx = make_ctx(cfg)
+    assert kernels.kernel_layers(ctx.info, cfg) == ["stem.0", "head"]
+    cfg = KernelsConfig(layers=(LayerPattern(type="Conv2d", depth=1), "stem.0", LayerPattern(type="Conv2d")))
+    assert kernels.kernel_layers(ctx.info, cfg) == ["head", "stem.0"]  # no duplicates, order given
+    result = kernels.run(ctx, cfg)
+    out = kernels.arrays(result)
+    np.testing.assert_array_equal(out["kernels/head"], ctx.model.head.weight.detach().numpy())
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("stemm.0", "Did you mean `stem.0`?"),
+    ("stem", "is a Sequential, not a Conv2d"),
+    ("fc", "is a Linear, not a Conv2d"),
+    (LayerPattern(type="Conv3d"), "Types in the model: AdaptiveAvgPool2d, Conv2d, Linear, ReLU, Sequential"),
+    (LayerPattern(type="Linear", depth=2), "Types at depth 2: Conv2d, ReLU"),
+])
+def test_bad_layers_are_clear_errors(spec, message):
+    cfg = KernelsConfig(layers=(spec,))
+    ctx = make_ctx(cfg)
+    with pytest.raises(ReportgenError, match="analyses.kernels.layers") as err:
+        kernels.check(ctx.info, cfg)
+    assert message in str(err.value)
+
+
+def test_non_conv_error_lists_the_convs_inside():
+    cfg = KernelsConfig(layers=("stem",))
+    with pytest.raises(ReportgenError, match=r"Conv layers inside it: stem\.0"):
+        kernels.check(make_ctx(cfg).info, cfg)
+
+
+def test_optimize_settings_are_checked_before_running():
+    ctx = make_ctx(KernelsConfig())
+    with pytest.raises(ReportgenError, match="filter 12 does not exist in `head`, which has 12 channels"):
+        kernels.check(ctx.info, KernelsConfig(optimize=OptimizeConfig(layers=("head",), filters=(0, 12))))
+    with pytest.raises(ReportgenError, match="outputs shape \\(1, 4\\), not an \\(N, C, H, W\\) feature map"):
+        kernels.check(ctx.info, KernelsConfig(optimize=OptimizeConfig(layers=("fc",))))
+    with pytest.raises(ReportgenError, match="jitter` must be at least 0"):
+        kernels.check(ctx.info, KernelsConfig(optimize=OptimizeConfig(jitter=-1)))
+    # the default filter list (0..15) is clipped to the 8 channels of stem.0, with a note
+    filters, note = kernels.filters_for(ctx.info, "stem.0", OptimizeConfig())
+    assert filters == list(range(8)) and "8 channels" in note
+
+
+def test_activation_maximisation_raises_the_target_filters_activation():
+    torch.manual_seed(1)
+    model = Net().eval()
+    filters = [0, 3, 5, 7]
+    vis = kernels.maximize_activation(model, "stem", filters, size=(24, 24), steps=24, lr=0.1, blur=0.5,
+                                      blur_every=4, jitter=2, normalize=Normalize((0.5,) * 3, (0.25,) * 3), seed=3)
+    # oracle: the images' activations measured independently, from the returned pixels
+    x = (torch.from_numpy(vis.images).permute(0, 3, 1, 2) - 0.5) / 0.25
+    with torch.no_grad():
+        act = model.stem(x)  # (F, 8, 24, 24)
+    measured = act[torch.arange(len(filters)), torch.tensor(filters)].mean(dim=(1, 2)).numpy()
+    np.testing.assert_allclose(vis.end, measured, rtol=1e-4, atol=1e-6)
+    assert (vis.start > 0).all()
+    assert (vis.end / vis.start).min() > 5.0  # well above the random start, for every filter
+    assert vis.images.shape == (4, 24, 24, 3) and vis.images.min() >= 0 and vis.images.max() <= 1
+    assert count_hooks(model) == 0
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_activation_maximisation_is_one_batch_for_all_filters_and_seeded():
+    torch.manual_seed(2)
+    model = Net().eval()
+    settings = dict(size=(16, 16), steps=6, lr=0.05, jitter=1, seed=7)
+    model.forwards = 0
+    many = kernels.maximize_activation(model, "head", list(range(8)), **settings)
+    assert model.forwards == settings["steps"] + 2  # start, steps, end: whatever the number of filters
+    again = kernels.maximize_activation(model, "head", list(range(8)), **settings)
+    np.testing.assert_array_equal(many.images, again.images)
+    # the batch is a set of independent runs: filter 0 alone gives (almost) the same image
+    alone = kernels.maximize_activation(model, "head", [0], **settings)
+    np.testing.assert_allclose(alone.images[0], many.images[0], atol=1e-4)
+
+
+def test_stage_runs_optimize_with_the_configured_normalisation():
+    cfg = KernelsConfig(layers=("stem.0", "head"), optimize=OptimizeConfig(layers=("stem",), filters=(1, 2),
+                                                                            steps=3))
+    ctx = make_ctx(cfg)
+    result = kernels.run(ctx, cfg)
+    assert [v.layer for v in result.optimized] == ["stem"]
+    vis = result.optimized[0]
+    assert vis.filters == (1, 2) and vis.images.shape == (2, 24, 24, 3) and vis.seed == ctx.config.seed
+    assert count_hooks(ctx.model) == 0
+    assert list(kernels.arrays(result)) == ["kernels/stem.0", "kernels/head"]
+
+
+def _decode(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def _tile_count(pixels: np.ndarray, width: int) -> int:
+    """Tiles in a grid picture: cells between the white padding lines that hold any non-white pixel."""
+    region = pixels[:, :width]
+    ink = (region != 255).any(axis=2)
+    rows = _runs(ink.any(axis=1))
+    cols = _runs(ink.any(axis=0))
+    return sum(bool(ink[r0:r1, c0:c1].any()) for r0, r1 in rows for c0, c1 in cols)
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(int), [0]])))
+    return list(zip(edges[::2], edges[1::2]))
+
+
+def test_kernel_figures_have_one_tile_per_filter():
+    cfg = KernelsConfig(layers=("stem.0", "head"), max_filters=10, max_channels=3,
+                        optimize=OptimizeConfig(layers=("head",), filters=(0, 1, 2), steps=2))
+    ctx = make_ctx(cfg)
+    section = kernel_figures.plot(kernels.run(ctx, cfg), ctx)
+    rgb, deep = section["layers"]
+    # stem.0: 8 filters of (3, 5, 5) -> 8 RGB tiles, 5 px upscaled by ceil(42 / 5) = 9
+    pixels = _decode(rgb["grid"].png)
+    cols = grid_cols(8)
+    gh, gw = grid_size(8, (45, 45), cols, pad=2)
+    assert pixels.shape[0] == gh and pixels.shape[1] > gw  # the colour bar sits to the right
+    assert _tile_count(pixels, gw) == 8
+    assert (rgb["grid"].width, rgb["grid"].height) == (pixels.shape[1], pixels.shape[0])
+    assert "all 8 filters" in rgb["caption"]
+    # head: 12 filters x 8 channels, capped at 10 filters x 3 channels
+    assert "10 of 12 filters" in deep["caption"] and "input channels 0 to 2 of 8" in deep["caption"]
+    vis = _decode(section["optimized"][0]["grid"].png)
+    assert _tile_count(vis, vis.shape[1]) == 3
+    Image.open(io.BytesIO(rgb["stats"].png)).verify()
+    # reproducible bytes: the same figures twice
+    again = kernel_figures.plot(kernels.run(ctx, cfg), ctx)
+    assert again["layers"][0]["stats"].png == rgb["stats"].png
+    assert again["layers"][1]["grid"].png == deep["grid"].png
+
+
+def test_template_renders_and_escapes():
+    cfg = KernelsConfig(optimize=OptimizeConfig(filters=(0, 1), steps=2))
+    ctx = make_ctx(cfg)
+    section = kernel_figures.plot(kernels.run(ctx, cfg), ctx)
+    section["warnings"] = ["<script>alert(1)</script>"]
+    html = render("kernels", section)
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert html.count("<figure") == 3  # kernel grid, weight statistics, filter visualisation
+    assert "<code>stem.0</code>" in html and 'style="' not in html
+
+
+def render(name: str, section: dict) -> str:
+    stub = ('{% macro figure(fig) %}<figure><img alt="{{ fig.alt }}" src="data:,">'
+            "<figcaption>{{ fig.caption }}</figcaption></figure>{% endmacro %}")
+    env = jinja2.Environment(
+        loader=jinja2.ChoiceLoader([jinja2.DictLoader({"macros.html.jinja2": stub}),
+                                    jinja2.FileSystemLoader(TEMPLATES)]),
+        autoescape=True, undefined=jinja2.StrictUndefined)
+    return env.get_template(f"sections/{name}.html.jinja2").render(section=section, report={})
