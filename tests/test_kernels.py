@@ -124,7 +124,7 @@ def test_activation_maximisation_raises_the_target_filters_activation():
     measured = act[torch.arange(len(filters)), torch.tensor(filters)].mean(dim=(1, 2)).numpy()
     np.testing.assert_allclose(vis.end, measured, rtol=1e-4, atol=1e-6)
     assert (vis.start > 0).all()
-    assert (vis.end / vis.start).min() > 5.0  # well above the random start, for every filter
+    assert (vis.end / vis.start).min() > 10.0  # well above the random start, for every filter (seen: 16 to 62)
     assert vis.images.shape == (4, 24, 24, 3) and vis.images.min() >= 0 and vis.images.max() <= 1
     assert count_hooks(model) == 0
     assert all(p.grad is None for p in model.parameters())

@@ -1,0 +1,229 @@
+"""The `feature_maps` stage: what each listed layer outputs for each image.
+
+One forward pass per chunk of `inputs.batch_size` images, with forward hooks on ALL listed layers
+at once (`hooks.capture_outputs`, removed on exit, also when a layer raises). Each layer keeps its
+full (N, C, h, w) output as float32 on the CPU, the channels to show and a few statistics.
+
+Default layers, "the top-level blocks":
+  1. start at the model; while exactly one child has a 4-D output (adaptive pooling aside) and that
+     child is a container (VGG's or our demo's `features`), descend into it;
+  2. candidates = the children with a 4-D (N, C, h, w) output, h*w > 1 (if any), not adaptive pooling;
+  3. if some candidates are containers, keep only those (ResNet: layer1 ... layer4, not the stem);
+  4. more than 8: keep the last layer before each change of spatial size (VGG: the ReLU ending
+     each stage), then at most 8 evenly spaced ones.
+
+Channels shown (`order`): the first `max_channels` (index), or the most active over all images by
+spatial mean (mean) or spatial max (max), the same channels for every image so grids compare.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..config import FeatureMapsConfig
+from ..errors import ReportgenError
+from ..hooks import capture_outputs
+from . import Context, ModelInfo
+from .kernels import depth_of, select_layers
+
+MAX_DEFAULT_LAYERS = 8
+TOP_CHANNELS = 3  # most active channels listed per image
+
+
+@dataclass(frozen=True)
+class LayerMaps:
+    name: str
+    type: str
+    maps: np.ndarray  # (N, C, h, w) float32: the layer's output for every image
+    channels: tuple[int, ...]  # (K,) channels to show, in display order, K <= max_channels
+    mean: np.ndarray  # (N,) float32 over channels and space
+    std: np.ndarray  # (N,) float32
+    zeros: np.ndarray  # (N,) float32: fraction of exact zeros (dead ReLU units)
+    dead_channels: np.ndarray  # (N,) int64: channels that are zero everywhere
+    top: np.ndarray  # (N, TOP_CHANNELS) int64: most active channels by spatial mean, most active first
+    top_values: np.ndarray  # (N, TOP_CHANNELS) float32: their spatial means
+
+
+@dataclass(frozen=True)
+class FeatureMapsResult:
+    images: tuple[str, ...]  # (N,) image names
+    layers: tuple[LayerMaps, ...]
+    order: str
+    scale: str  # "channel" | "shared": how the figures scale tiles
+    max_channels: int
+    notes: tuple[str, ...] = ()  # skipped layers, with why
+
+
+# ---------------------------------------------------------------------------- layer selection
+
+def _is_map(info: ModelInfo, name: str, spatial: bool = True) -> bool:
+    """Called, with a 4-D output, not adaptive (global) pooling; `spatial`: and h*w > 1."""
+    layer = info.layers[name]
+    shape = layer.output_shape
+    return (layer.order is not None and shape is not None and len(shape) == 4
+            and (not spatial or math.prod(shape[2:]) > 1) and not layer.type.startswith("Adaptive"))
+
+
+def _children(info: ModelInfo, prefix: str) -> list[str]:
+    depth = depth_of(prefix) if prefix else 0
+    return [n for n in info.layers
+            if depth_of(n) == depth + 1 and (not prefix or n.startswith(prefix + "."))]
+
+
+def default_layers(info: ModelInfo) -> list[str]:
+    """The top-level blocks with a spatial feature map (see the module docstring)."""
+    prefix = ""
+    while True:
+        maps = [n for n in _children(info, prefix) if _is_map(info, n, spatial=False)]
+        if len(maps) == 1 and not info.layers[maps[0]].is_leaf:
+            prefix = maps[0]
+            continue
+        break
+    candidates = [n for n in maps if _is_map(info, n)] or maps
+    if not candidates:
+        if not prefix:
+            raise ReportgenError(f"{type(info.model).__name__} has no top-level layer with an (N, C, H, W) "
+                                 "feature map output: list layers under `analyses.feature_maps.layers`.")
+        candidates = [prefix]
+    containers = [n for n in candidates if not info.layers[n].is_leaf]
+    if containers:
+        candidates = containers
+    candidates.sort(key=lambda n: info.layers[n].order)
+    if len(candidates) > MAX_DEFAULT_LAYERS:
+        spatial = [info.layers[n].output_shape[2:] for n in candidates]
+        candidates = [n for i, n in enumerate(candidates) if i == len(candidates) - 1 or spatial[i] != spatial[i + 1]]
+    if len(candidates) > MAX_DEFAULT_LAYERS:
+        picks = np.linspace(0, len(candidates) - 1, MAX_DEFAULT_LAYERS).round().astype(int)
+        candidates = [candidates[i] for i in sorted(set(picks.tolist()))]
+    return candidates
+
+
+def listed_layers(info: ModelInfo, cfg: FeatureMapsConfig) -> tuple[list[str], list[str]]:
+    """(layers to capture, notes on listed layers skipped because they give no 4-D feature map)."""
+    if not cfg.layers:
+        return default_layers(info), []
+    keep, notes = [], []
+    for name in select_layers(info, cfg.layers, "analyses.feature_maps.layers"):
+        layer = info.layers[name]
+        if layer.order is None:
+            notes.append(f"`{name}` ({layer.type}) is not called by the forward pass: skipped.")
+        elif layer.output_shape is None or len(layer.output_shape) != 4:
+            what = "no tensor" if layer.output_shape is None else f"shape {_batchless(layer.output_shape)}"
+            notes.append(f"`{name}` ({layer.type}) produces {what}, not a (C, H, W) feature map: skipped.")
+        else:
+            keep.append(name)
+    return keep, notes
+
+
+def _batchless(shape: Sequence[int]) -> str:
+    return "(N, " + ", ".join(str(s) for s in shape[1:]) + ")" if len(shape) > 1 else str(tuple(shape))
+
+
+# ---------------------------------------------------------------------------- stage contract
+
+def check(info: ModelInfo, cfg: FeatureMapsConfig) -> None:
+    listed_layers(info, cfg)
+
+
+def run(ctx: Context, cfg: FeatureMapsConfig) -> FeatureMapsResult:
+    names, notes = listed_layers(ctx.info, cfg)
+    outputs, runtime_notes = capture_maps(ctx.model, ctx.batch, names, ctx.config.inputs.batch_size)
+    notes += runtime_notes
+    layers = tuple(summarize(name, ctx.info.layers[name].type, outputs[name], cfg.max_channels, cfg.order)
+                   for name in names if name in outputs)
+    ctx.log(f"feature_maps: {len(layers)} layers for {len(ctx.images)} images")
+    return FeatureMapsResult(images=tuple(im.name for im in ctx.images), layers=layers, order=cfg.order,
+                             scale=cfg.scale, max_channels=cfg.max_channels, notes=tuple(notes))
+
+
+def arrays(result: FeatureMapsResult) -> dict[str, np.ndarray]:
+    return {f"feature_maps/{layer.name}/{image}": layer.maps[i].astype(np.float32)
+            for layer in result.layers for i, image in enumerate(result.images)}
+
+
+def to_json(result: FeatureMapsResult) -> dict:
+    return {
+        "order": result.order,
+        "scale": result.scale,
+        "layers": [{
+            "name": layer.name,
+            "type": layer.type,
+            "shape": list(layer.maps.shape[1:]),
+            "channels_shown": list(layer.channels),
+            "images": [{
+                "image": image,
+                "mean": float(layer.mean[i]),
+                "std": float(layer.std[i]),
+                "zero_fraction": float(layer.zeros[i]),
+                "dead_channels": int(layer.dead_channels[i]),
+                "top_channels": [int(c) for c in layer.top[i]],
+            } for i, image in enumerate(result.images)],
+        } for layer in result.layers],
+        "notes": list(result.notes),
+    }
+
+
+# ---------------------------------------------------------------------------- compute
+
+def capture_maps(model: torch.nn.Module, batch: torch.Tensor, names: Sequence[str],
+                 chunk: int) -> tuple[dict[str, np.ndarray], list[str]]:
+    """One forward per chunk of images with hooks on every layer in `names` -> (name -> (N, C, h, w) float32,
+    notes on layers that produced something else at run time). Hooks are gone on return, also on error."""
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    bad: dict[str, str] = {}
+    if names:
+        with torch.no_grad(), capture_outputs(model, names) as outputs:
+            for start in range(0, batch.shape[0], max(1, chunk)):
+                outputs.clear()
+                model(batch[start:start + chunk])
+                for name in names:
+                    out = outputs.get(name)
+                    if not torch.is_tensor(out) or out.dim() != 4:
+                        bad[name] = "no tensor" if not torch.is_tensor(out) else f"shape {_batchless(out.shape)}"
+                        continue
+                    parts[name].append(out.float().cpu().numpy())
+    maps = {name: np.concatenate(p) for name, p in parts.items() if name not in bad and p}
+    notes = [f"`{name}` produced {what} during the forward pass, not a (C, H, W) feature map: skipped."
+             for name, what in bad.items()]
+    return maps, notes
+
+
+def choose_channels(maps: np.ndarray, k: int, order: str) -> tuple[int, ...]:
+    """(N, C, h, w) -> k channel indices: the first k (index) or the k largest by mean over images of the
+    spatial mean (mean) or spatial max (max), largest first; ties keep the lower index."""
+    c = maps.shape[1]
+    k = min(k, c)
+    if order == "index":
+        return tuple(range(k))
+    if order == "mean":
+        score = maps.mean(axis=(2, 3), dtype=np.float64).mean(axis=0)
+    elif order == "max":
+        score = maps.max(axis=(2, 3)).astype(np.float64).mean(axis=0)
+    else:
+        raise ValueError(f"unknown channel order {order!r}")
+    return tuple(int(i) for i in np.argsort(-score, kind="stable")[:k])
+
+
+def summarize(name: str, kind: str, maps: np.ndarray, max_channels: int, order: str) -> LayerMaps:
+    """Channels to show and per-image statistics of one layer's (N, C, h, w) output."""
+    n, c = maps.shape[:2]
+    flat = maps.reshape(n, c, -1)  # (N, C, h*w)
+    spatial_mean = flat.mean(axis=2, dtype=np.float64)  # (N, C)
+    k = min(TOP_CHANNELS, c)
+    top = np.argsort(-spatial_mean, axis=1, kind="stable")[:, :k]  # (N, k)
+    return LayerMaps(
+        name=name,
+        type=kind,
+        maps=maps,
+        channels=choose_channels(maps, max_channels, order),
+        mean=flat.mean(axis=(1, 2), dtype=np.float64).astype(np.float32),
+        std=flat.reshape(n, -1).std(axis=1, dtype=np.float64).astype(np.float32),
+        zeros=(flat == 0).mean(axis=(1, 2)).astype(np.float32),
+        dead_channels=(flat == 0).all(axis=2).sum(axis=1).astype(np.int64),
+        top=top.astype(np.int64),
+        top_values=np.take_along_axis(spatial_mean, top, axis=1).astype(np.float32),
+    )
