@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import yaml
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
+from PIL import Image
 
-from .figures.common import Figure, make_figure, upscale_nearest
+from .figures.common import Figure, make_figure
 
 STAGE_TITLES = {
     "summary": "Model summary",
@@ -32,19 +36,60 @@ def templates_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "templates"
 
 
+def optimise_png(png: bytes) -> bytes:
+    """Lossless re-encoding: the smaller of the given PNG and a leaner one with exactly the same pixels.
+
+    An alpha channel that is opaque everywhere is dropped (matplotlib's charts), and a picture with at most
+    256 colours (maps through a colour map, kernel grids, flat charts) becomes a palette PNG."""
+    with Image.open(io.BytesIO(png)) as img:
+        img.load()
+    candidates = [png]
+    if img.mode == "RGBA" and img.getextrema()[3] == (255, 255):
+        img = img.convert("RGB")
+        candidates.append(_encode(img))
+    if img.mode == "RGB" and img.getcolors(256) is not None:
+        pixels = np.asarray(img)  # (H, W, 3) uint8
+        packed = (pixels[..., 0].astype(np.uint32) << 16) | (pixels[..., 1].astype(np.uint32) << 8) | pixels[..., 2]
+        colours, index = np.unique(packed, return_inverse=True)  # (K,) with K <= 256, (H*W,)
+        palette = np.stack([(colours >> 16) & 255, (colours >> 8) & 255, colours & 255], axis=1).astype(np.uint8)
+        indexed = Image.fromarray(index.reshape(pixels.shape[:2]).astype(np.uint8), mode="P")
+        indexed.putpalette(palette.tobytes())
+        candidates.append(_encode(indexed, optimize=True))
+    return min(candidates, key=len)
+
+
+def _encode(img: Image.Image, optimize: bool = False) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG", optimize=optimize, compress_level=6)
+    return buffer.getvalue()
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """(width, height) from the PNG header."""
+    with Image.open(io.BytesIO(png)) as img:
+        return img.size
+
+
 class _Images:
-    """Turns Figures into `src` values: data: URIs (self-contained) or files under assets/."""
+    """Turns Figures into `src` values: data: URIs (self-contained) or files under assets/.
+
+    Every PNG is optimised once (see `optimise_png`); the same bytes give the same URI or asset name."""
 
     def __init__(self, self_contained: bool):
         self.self_contained = self_contained
         self.assets: dict[str, bytes] = {}
+        self._srcs: dict[bytes, str] = {}
 
     def src(self, png: bytes) -> str:
-        if self.self_contained:
-            return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-        name = hashlib.sha256(png).hexdigest()[:20] + ".png"
-        self.assets[name] = png
-        return "assets/" + name
+        if png not in self._srcs:
+            data = optimise_png(png)
+            if self.self_contained:
+                self._srcs[png] = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+            else:
+                name = hashlib.sha256(data).hexdigest()[:20] + ".png"
+                self.assets[name] = data
+                self._srcs[png] = "assets/" + name
+        return self._srcs[png]
 
 
 def _intcomma(value) -> str:
@@ -69,6 +114,8 @@ def make_environment(images: _Images) -> Environment:
     env.filters["shape"] = _shape
     env.filters["pct"] = lambda v, digits=1: f"{100 * float(v):.{digits}f}%"
     env.filters["num"] = lambda v, digits=3: f"{float(v):.{digits}g}"
+    env.filters["shown_size"] = lambda fig: png_size(fig.thumb or fig.png)  # (w, h) of the inline picture
+    env.globals["self_contained"] = images.self_contained
     return env
 
 
@@ -90,8 +137,20 @@ def section_figures(section) -> list[Figure]:
     return found
 
 
+def _input_alt(name: str, top_k: list[dict]) -> str:
+    alt = f"Input image {name} as the model sees it"
+    if top_k:
+        best = top_k[0]
+        alt += f"; predicted class {best['label']} ({100 * best['probability']:.1f}%)"
+    return alt
+
+
 def render_report(config, ctx, runs, report_data: dict) -> tuple[str, dict[str, bytes]]:
-    """(HTML text, assets for the non-self-contained mode)."""
+    """(HTML text, assets for the non-self-contained mode).
+
+    Each stage's section is rendered on its own: a section template that raises marks that stage failed
+    (in `runs` and `report_data["stages"]` too, so report.json and the exit code agree) and the rest of
+    the report is still drawn."""
     images = _Images(config.output.self_contained)
     env = make_environment(images)
     folder = templates_dir()
@@ -102,15 +161,11 @@ def render_report(config, ctx, runs, report_data: dict) -> tuple[str, dict[str, 
            "base-uri 'none'; form-action 'none'")
     inputs = [
         {"name": img.name, "source": img.source,
-         "figure": make_figure(upscale_nearest(img.display, 160), alt=f"input image {img.name} as the model sees it",
-                               thumb_side=320),
+         # the pixels themselves: small inputs are enlarged by CSS with hard edges ("pixel"), not in the PNG
+         "figure": make_figure(img.display, alt=_input_alt(img.name, entry["top_k"]), thumb_side=320),
+         "figure_class": "pixel" if max(img.display.shape[:2]) < 160 else "",
          "top_k": entry["top_k"]}
         for img, entry in zip(ctx.images, report_data["images"])
-    ]
-    stages = [
-        {"name": run.name, "title": STAGE_TITLES.get(run.name, run.name), "status": run.status,
-         "error": run.error, "seconds": run.seconds, "section": run.section}
-        for run in runs
     ]
     report = {
         "title": config.title,
@@ -120,10 +175,24 @@ def render_report(config, ctx, runs, report_data: dict) -> tuple[str, dict[str, 
         "notes": list(ctx.info.notes),
         "config_yaml": yaml.safe_dump(report_data["config"], sort_keys=False, allow_unicode=True),
         "inputs": inputs,
-        "stages": stages,
+        "self_contained": config.output.self_contained,
         "css": css,
         "js": js,
         "csp": csp,
     }
+    stages: list[dict] = []
+    report["stages"] = stages
+    for i, run in enumerate(runs):
+        html = Markup("")
+        if run.status == "ok":
+            try:
+                html = Markup(env.get_template(f"sections/{run.name}.html.jinja2").render(
+                    section=run.section, report=report))
+            except Exception as exc:  # a broken section must not take the whole report down
+                run.status, run.error = "failed", f"the section could not be drawn: {type(exc).__name__}: {exc}"
+                if i < len(report_data.get("stages", [])):
+                    report_data["stages"][i].update(status=run.status, error=run.error)
+        stages.append({"name": run.name, "title": STAGE_TITLES.get(run.name, run.name), "status": run.status,
+                       "error": run.error, "seconds": run.seconds, "section": run.section, "html": html})
     html = env.get_template("report.html.jinja2").render(report=report)
     return html, images.assets

@@ -1,80 +1,177 @@
+/* reportgen report: progressive enhancement only. Everything is readable without this script. */
 (function () {
   "use strict";
-  // Lightbox: any figure link opens its full image; Esc closes, arrows step through figures.
-  var box = document.getElementById("lightbox"), boxImg = box.querySelector("img"), boxCap = box.querySelector("figcaption");
-  var links = Array.prototype.slice.call(document.querySelectorAll("a.zoom")), current = -1;
-  function show(i) {
-    if (i < 0 || i >= links.length) return;
-    current = i;
-    var link = links[i], img = link.querySelector("img"), href = link.getAttribute("href");
-    boxImg.src = href && href !== "#" ? href : img.src;
-    boxImg.alt = img.alt;
-    boxCap.textContent = link.getAttribute("data-caption") || img.alt;
-    box.hidden = false;
-    box.querySelector(".close").focus();
+  var doc = document, root = doc.documentElement;
+  root.classList.add("js");
+  function all(selector, scope) { return Array.prototype.slice.call((scope || doc).querySelectorAll(selector)); }
+  function activate(el, action) {  // click, Enter and Space
+    el.addEventListener("click", action);
+    el.addEventListener("keydown", function (e) {
+      if (e.key === "Enter" || e.key === " ") { e.preventDefault(); action(e); }
+    });
   }
-  function hide() { box.hidden = true; if (current >= 0) links[current].focus(); current = -1; }
-  links.forEach(function (link, i) {
-    link.addEventListener("click", function (e) { e.preventDefault(); show(i); });
-  });
-  box.addEventListener("click", function (e) { if (e.target !== boxImg) hide(); });
-  document.addEventListener("keydown", function (e) {
-    if (box.hidden) return;
-    if (e.key === "Escape") hide();
-    else if (e.key === "ArrowRight") show(current + 1);
-    else if (e.key === "ArrowLeft") show(current - 1);
-  });
+
+  // Lightbox: every figure opens large; Esc closes, arrows step through the figures in page order.
+  var box = doc.getElementById("lightbox"), zooms = all("figure.fig .zoom");
+  if (box && typeof box.showModal === "function") {
+    var boxImg = box.querySelector("img"), boxCap = box.querySelector("figcaption"), count = box.querySelector(".lb-count");
+    var current = -1;
+    var show = function (i) {
+      current = (i + zooms.length) % zooms.length;
+      var el = zooms[current], img = el.tagName === "IMG" ? el : el.querySelector("img");
+      var fig = el.closest("figure"), cap = fig.querySelector("figcaption");
+      boxImg.src = el.tagName === "A" ? el.getAttribute("href") : img.getAttribute("src");
+      boxImg.alt = img.alt;
+      boxImg.className = fig.classList.contains("pixel") ? "pixel" : "";
+      boxCap.textContent = cap ? cap.textContent : img.alt;
+      count.textContent = (current + 1) + " / " + zooms.length;
+      if (!box.open) box.showModal();
+    };
+    zooms.forEach(function (el, i) {
+      el.setAttribute("aria-haspopup", "dialog");
+      if (el.tagName === "IMG") { el.tabIndex = 0; el.setAttribute("role", "button"); }
+      activate(el, function (e) { e.preventDefault(); show(i); });
+    });
+    box.querySelector(".lb-prev").addEventListener("click", function () { show(current - 1); });
+    box.querySelector(".lb-next").addEventListener("click", function () { show(current + 1); });
+    box.querySelector(".lb-close").addEventListener("click", function () { box.close(); });
+    box.addEventListener("click", function (e) {  // a click beside the picture closes
+      if (e.target === box || e.target.tagName === "FIGURE") box.close();
+    });
+    box.addEventListener("keydown", function (e) {
+      if (e.key === "ArrowRight") { e.preventDefault(); show(current + 1); }
+      else if (e.key === "ArrowLeft") { e.preventDefault(); show(current - 1); }
+    });
+    box.addEventListener("close", function () { boxImg.removeAttribute("src"); current = -1; });
+  }
+
   // Summary table: fold a layer's children.
-  document.querySelectorAll("button.fold").forEach(function (button) {
+  all("button.fold").forEach(function (button) {
     button.addEventListener("click", function () {
-      var row = button.closest("tr"), name = row.getAttribute("data-name"), open = button.getAttribute("aria-expanded") === "false";
+      var row = button.closest("tr"), open = button.getAttribute("aria-expanded") === "false";
+      var depth = +row.getAttribute("data-depth"), next = row.nextElementSibling;
       button.setAttribute("aria-expanded", open ? "true" : "false");
-      var prefix = name ? name + "." : "", next = row.nextElementSibling, depth = +row.getAttribute("data-depth");
       while (next && +next.getAttribute("data-depth") > depth) {
-        if (!prefix || next.getAttribute("data-name").indexOf(prefix) === 0 || +next.getAttribute("data-depth") > depth) next.hidden = !open;
+        next.hidden = !open;
         var inner = next.querySelector("button.fold");
         if (inner && open) inner.setAttribute("aria-expanded", "true");
         next = next.nextElementSibling;
       }
     });
   });
-  // Filter rows of a table by text.
-  document.querySelectorAll("input.filter").forEach(function (input) {
-    var table = document.getElementById(input.getAttribute("data-table"));
-    input.addEventListener("input", function () {
-      var q = input.value.trim().toLowerCase();
-      table.querySelectorAll("tbody tr").forEach(function (tr) { tr.hidden = q !== "" && tr.textContent.toLowerCase().indexOf(q) < 0; });
-    });
+
+  // Filter a table's rows by its first two columns (layer name and type in the summary).
+  all("input.filter").forEach(function (input) {
+    var table = doc.getElementById(input.getAttribute("data-table"));
+    if (!table) return;
+    var rows = all("tbody tr", table), shown = doc.createElement("span");
+    shown.className = "note filter-count";
+    shown.setAttribute("aria-live", "polite");
+    input.parentNode.parentNode.appendChild(shown);
+    var update = function () {
+      var q = input.value.trim().toLowerCase(), n = 0;
+      rows.forEach(function (tr) {
+        var text = Array.prototype.slice.call(tr.cells, 0, 2).map(function (c) { return c.textContent; }).join(" ");
+        var out = q !== "" && text.toLowerCase().indexOf(q) < 0;
+        tr.classList.toggle("filtered-out", out);
+        if (!out) n += 1;
+      });
+      shown.textContent = q ? n + " of " + rows.length + " rows" : "";
+    };
+    input.addEventListener("input", update);
   });
-  // Sort a table by a column (click its header); numbers use data-sort.
-  document.querySelectorAll("table.sortable").forEach(function (table) {
-    var heads = table.querySelectorAll("thead th"), body = table.tBodies[0], original = Array.prototype.slice.call(body.rows);
+
+  // Sort a table by a column: its header becomes a button; numbers sort by data-sort. Third press: original order.
+  all("table.sortable").forEach(function (table) {
+    var heads = all("thead th", table), body = table.tBodies[0], original = Array.prototype.slice.call(body.rows);
     heads.forEach(function (th, col) {
-      th.tabIndex = 0;
-      function sort() {
-        var dir = th.getAttribute("aria-sort") === "ascending" ? "descending" : (th.getAttribute("aria-sort") === "descending" ? "none" : "ascending");
+      var button = doc.createElement("button");
+      button.type = "button";
+      button.className = "sort";
+      while (th.firstChild) button.appendChild(th.firstChild);
+      th.appendChild(button);
+      button.addEventListener("click", function () {
+        var state = th.getAttribute("aria-sort");
+        var dir = state === "ascending" ? "descending" : state === "descending" ? "none" : "ascending";
         heads.forEach(function (h) { h.removeAttribute("aria-sort"); });
         var rows = original.slice();
         if (dir !== "none") {
           th.setAttribute("aria-sort", dir);
-          var key = function (tr) { var c = tr.cells[col]; var v = c.getAttribute("data-sort"); return v !== null ? +v : c.textContent.trim().toLowerCase(); };
-          rows.sort(function (a, b) { var x = key(a), y = key(b); var r = x < y ? -1 : x > y ? 1 : 0; return dir === "ascending" ? r : -r; });
+          var key = function (tr) {
+            var cell = tr.cells[col], v = cell.getAttribute("data-sort");
+            return v !== null && v !== "" && !isNaN(+v) ? +v : cell.textContent.trim().toLowerCase();
+          };
+          rows.sort(function (a, b) {
+            var x = key(a), y = key(b), r = x < y ? -1 : x > y ? 1 : 0;
+            return dir === "ascending" ? r : -r;
+          });
         }
         rows.forEach(function (tr) { body.appendChild(tr); });
-      }
-      th.addEventListener("click", sort);
-      th.addEventListener("keydown", function (e) { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); sort(); } });
+      });
     });
   });
-  // Table of contents follows the scroll position.
-  var tocLinks = Array.prototype.slice.call(document.querySelectorAll("#toc a[href^='#']"));
-  if ("IntersectionObserver" in window) {
-    var observer = new IntersectionObserver(function (entries) {
-      entries.forEach(function (entry) {
-        if (!entry.isIntersecting) return;
-        tocLinks.forEach(function (a) { a.classList.toggle("active", a.getAttribute("href") === "#" + entry.target.id); });
-      });
-    }, { rootMargin: "0px 0px -70% 0px" });
-    tocLinks.forEach(function (a) { var el = document.getElementById(a.getAttribute("href").slice(1)); if (el) observer.observe(el); });
-  }
+
+  // Table of contents: the stage (and image) on screen is marked as you scroll.
+  var toc = doc.getElementById("toc");
+  var stageLinks = all("#toc .toc-stages a"), imageLinks = all("#toc .toc-images a");
+  var target = function (a) { return doc.getElementById(decodeURIComponent(a.hash.slice(1))); };
+  var mark = function (links, active) {
+    links.forEach(function (a) {
+      a.classList.toggle("active", a === active);
+      if (a === active) a.setAttribute("aria-current", "location"); else a.removeAttribute("aria-current");
+    });
+    if (active && toc && toc.scrollHeight > toc.clientHeight) {  // keep the marked link in the sidebar's view
+      var top = active.offsetTop - toc.offsetTop;
+      if (top < toc.scrollTop || top > toc.scrollTop + toc.clientHeight - 40) toc.scrollTop = top - toc.clientHeight / 3;
+    }
+  };
+  var inView = function (el) { var r = el.getBoundingClientRect(); return r.bottom > 0 && r.top < window.innerHeight; };
+  var pending = false;
+  var track = function () {
+    pending = false;
+    var line = Math.min(window.innerHeight * 0.25, 160);
+    var followed = location.hash ? doc.getElementById(decodeURIComponent(location.hash.slice(1))) : null;
+    if (followed && !inView(followed)) followed = null;
+    var atEnd = window.innerHeight + window.scrollY >= root.scrollHeight - 2;
+    var stage = stageLinks[0], image = null;
+    stageLinks.forEach(function (a) {
+      var el = target(a);
+      if (el && el.getBoundingClientRect().top <= line) stage = a;
+      if (atEnd && el && el === followed) stage = a;  // the last sections never reach the line: trust the link followed
+    });
+    imageLinks.forEach(function (a) {
+      var el = target(a);
+      if (!el) return;
+      var r = el.getBoundingClientRect();
+      if (el === followed || (!image && r.top <= line && r.bottom > line)) image = a;
+    });
+    mark(stageLinks, stage);
+    mark(imageLinks, image);
+  };
+  var schedule = function () { if (!pending) { pending = true; window.requestAnimationFrame(track); } };
+  window.addEventListener("scroll", schedule, { passive: true });
+  window.addEventListener("resize", schedule);
+  window.addEventListener("hashchange", schedule);
+  all("a[href^='#']").forEach(function (a) {  // a folded section opens when a link to it (or into it) is followed
+    a.addEventListener("click", function () {
+      var el = target(a);
+      if (!el) return;
+      var own = el.querySelector(":scope > details");
+      if (own) own.open = true;
+      for (var d = el.closest("details"); d; d = d.parentElement.closest("details")) d.open = true;
+    });
+  });
+  track();
+
+  // Printing: open every folded section and load every picture, then put things back.
+  var reopened = [];
+  window.addEventListener("beforeprint", function () {
+    all("img[loading=lazy]").forEach(function (img) { img.loading = "eager"; });
+    reopened = all("details:not([open])");
+    reopened.forEach(function (d) { d.open = true; });
+  });
+  window.addEventListener("afterprint", function () {
+    reopened.forEach(function (d) { d.open = false; });
+    reopened = [];
+  });
 })();
