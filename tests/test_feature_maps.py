@@ -212,7 +212,7 @@ def test_template_renders_and_escapes():
     ctx = make_ctx(cfg, n=2)
     section = fm_figures.plot(feature_maps.run(ctx, cfg), ctx)
     section["images"][0]["name"] = "<img src=x onerror=alert(1)>"
-    stub = ('{% macro figure(fig) %}<figure><img alt="{{ fig.alt }}" src="data:,">'
+    stub = ('{% macro figure(fig, cls="") %}<figure><img alt="{{ fig.alt }}" src="data:,">'
             "<figcaption>{{ fig.caption }}</figcaption></figure>{% endmacro %}")
     env = jinja2.Environment(
         loader=jinja2.ChoiceLoader([jinja2.DictLoader({"macros.html.jinja2": stub}),

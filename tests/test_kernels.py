@@ -211,7 +211,7 @@ def test_template_renders_and_escapes():
 
 
 def render(name: str, section: dict) -> str:
-    stub = ('{% macro figure(fig) %}<figure><img alt="{{ fig.alt }}" src="data:,">'
+    stub = ('{% macro figure(fig, cls="") %}<figure><img alt="{{ fig.alt }}" src="data:,">'
             "<figcaption>{{ fig.caption }}</figcaption></figure>{% endmacro %}")
     env = jinja2.Environment(
         loader=jinja2.ChoiceLoader([jinja2.DictLoader({"macros.html.jinja2": stub}),

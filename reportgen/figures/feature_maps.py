@@ -12,15 +12,15 @@ import numpy as np
 
 from ..stages import Context
 from ..stages.feature_maps import FeatureMapsResult, LayerMaps
-from .common import Figure, apply_colormap, make_figure, thumbnail
+from .common import Figure, apply_colormap, make_figure, thumbnail, upscale_nearest
 from .grid import colorbar_image, compose_grid, grid_cols, hstack, label_tiles, resize_tiles, scale_tiles, to_uint8
 
 CMAP = "viridis"
 TILE_MIN = 48
 TILE_MAX = 64
 PAD = 2
-INPUT_SIDE = 256  # px: the input image beside the grids is at most this big
-THUMB_SIDE = 720
+INPUT_MIN = 128  # px: small inputs (64 x 64) are enlarged with nearest neighbours to about this
+INPUT_SIDE = 192  # px: the input image beside the grids is at most this big (it is also in the inputs section)
 
 
 def plot(result: FeatureMapsResult, ctx: Context) -> dict:
@@ -30,8 +30,8 @@ def plot(result: FeatureMapsResult, ctx: Context) -> dict:
         images.append({
             "name": name,
             "input": None if display is None else make_figure(
-                thumbnail(display, INPUT_SIDE), alt=f"Input image {name} as the model sees it",
-                caption=f"{name} (input)"),
+                thumbnail(upscale_nearest(display, INPUT_MIN), INPUT_SIDE),
+                alt=f"Input image {name} as the model sees it", caption=f"{name} (input)"),
             "grids": [{"layer": layer.name, "figure": plot_grid(layer, i, name, result.scale, result.order)}
                       for layer in result.layers],
         })
@@ -76,12 +76,13 @@ def plot_grid(layer: LayerMaps, index: int, image: str, scale: str, order: str) 
              "max": "most active first (by max)"}[order]
     if scale == "shared":
         grid = hstack([grid, colorbar_image(CMAP, lo, hi, grid.shape[0])], gap=6)
-        how = f"one shared scale [{lo:.3g}, {hi:.3g}]"
+        how = f"one shared scale from {lo:.3g} to {hi:.3g}"
     else:
-        how = f"each tile min-max scaled on its own (values {lo:.3g} to {hi:.3g})"
+        how = f"each tile min-max scaled on its own, values {lo:.3g} to {hi:.3g}"
     count = f"{shown} of {total} channels" if shown < total else f"all {total} channels"
+    # the caption stays short: it sets the figure's width in the report's horizontal rows
     return make_figure(
         grid,
-        alt=f"Feature maps of layer {layer.name} for image {image}: {count}, labelled with the channel index",
-        caption=f"`{layer.name}` ({layer.type}): {count}, {which}; {how}.",
-        thumb_side=THUMB_SIDE)
+        alt=f"Feature maps of layer {layer.name} ({layer.type}) for image {image}: {count} {which}, {how}, "
+            "labelled with the channel index",
+        caption=f"{layer.name}: {count}")

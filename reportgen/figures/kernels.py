@@ -5,6 +5,9 @@ zero is always the same colour (mid grey in RGB tiles, white in the diverging `R
 tiles compare within the figure. A conv with 3 input channels shows each filter (3, kh, kw) as an
 RGB tile (channel c of the weight drives colour channel c; grey = 0); deeper convs show a strip of
 per-input-channel tiles per filter. Tiny kernels are upscaled with nearest neighbours.
+
+No thumbnails: nearest-upscaled tiles of flat colour compress far better at full size than a
+smoothly resampled thumbnail would (the page scales them down with `image-rendering: pixelated`).
 """
 from __future__ import annotations
 
@@ -24,7 +27,6 @@ DIVERGING = "RdBu_r"
 RGB_TILE = 42  # px: the short side of an upscaled RGB kernel tile
 CHANNEL_TILE = 24  # px: ... of one input channel's tile in deeper layers
 OPTIMIZED_TILE = 112  # px: long side of a filter-visualisation tile
-THUMB_SIDE = 720
 
 
 def plot(result: KernelsResult, ctx: Context) -> dict:
@@ -120,7 +122,7 @@ def plot_kernel_grid(layer: LayerKernels, max_filters: int, max_channels: int) -
     caption = f"`{layer.name}` ({layer.type}, weight {out}x{cin}x{kh}x{kw}): {cap}, {what}."
     pixels = hstack([grid, bar], gap=6)
     alt = f"Convolution kernels of layer {layer.name}: {cap}, {'RGB tiles' if rgb else 'per-channel tiles'}"
-    return make_figure(pixels, alt=alt, caption=caption, thumb_side=THUMB_SIDE), caption
+    return make_figure(pixels, alt=alt, caption=caption), caption
 
 
 def plot_weight_stats(layer: LayerKernels) -> Figure:
@@ -167,7 +169,7 @@ def plot_optimized(vis: FilterVisualisation) -> Figure:
         caption=f"`{vis.layer}`: inputs synthesised by gradient ascent ({vis.steps} steps, lr {vis.lr:g}, "
                 f"seed {vis.seed}), one per filter, labelled with the filter index; each tile contrast-stretched "
                 "(1st to 99th percentile).",
-        thumb_side=THUMB_SIDE)
+)
 
 
 def stretch(images: np.ndarray, low: float = 1.0, high: float = 99.0) -> np.ndarray:
