@@ -56,52 +56,55 @@ def count_hooks(model: nn.Module) -> int:
 
 # ---------------------------------------------------------------------------- ReLU backward rules
 
-class _GuidedReLU(torch.autograd.Function):
-    """relu forward; backward passes only positive gradients where the input was positive."""
+RELU_RULES = ("plain", "guided", "deconv")
 
+
+class ReluRule:
+    """How the ReLU modules hooked by `relu_backward_rule` back-propagate: "plain" (the ordinary ReLU
+    gradient), "guided" (guided backprop: relu(grad) where the input was positive) or "deconv"
+    (deconvnet: relu(grad)). Read at backward time: one forward serves several rules when `name`
+    changes between `torch.autograd.grad(..., retain_graph=True)` calls."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.hooked = 0  # how many nn.ReLU modules are hooked
+
+
+class _RuledReLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, rule: ReluRule) -> torch.Tensor:
+        ctx.rule = rule
         ctx.save_for_backward(x)
         return x.clamp_min(0)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (x,) = ctx.saved_tensors
-        return grad.clamp_min(0) * (x > 0)
-
-
-class _DeconvReLU(torch.autograd.Function):
-    """relu forward; backward is relu of the incoming gradient, whatever the input was."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        return x.clamp_min(0)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return grad.clamp_min(0)
-
-
-RELU_RULES = {"guided": _GuidedReLU, "deconv": _DeconvReLU}
+        name = ctx.rule.name
+        if name == "deconv":
+            return grad.clamp_min(0), None
+        if name == "guided":
+            grad = grad.clamp_min(0)
+        return torch.where(x > 0, grad, torch.zeros((), dtype=grad.dtype, device=grad.device)), None
 
 
 @contextmanager
-def relu_backward_rule(model: nn.Module, rule: str) -> Iterator[int]:
-    """Inside the block, every `nn.ReLU` module of `model` back-propagates with `rule`:
-    "guided" (guided backprop: relu(grad) where the input was positive) or "deconv" (deconvnet:
-    relu(grad)). Yields how many ReLU modules were hooked.
+def relu_backward_rule(model: nn.Module, rule: str = "guided") -> Iterator[ReluRule]:
+    """Inside the block, every `nn.ReLU` module of `model` back-propagates by the yielded `ReluRule`
+    (initially `rule`; see ReluRule for the rules).
 
-    Each call of a hooked ReLU (a module reused several times per forward included) returns
-    `rule(input)` computed from the input it was called with, so its backward never goes through
-    the ReLU's own autograd node. The module still runs, on a detached copy of its input (an
-    `inplace=True` ReLU therefore cannot overwrite the tensor the rule needs). No attribute of the
-    model changes; every hook is removed on exit, also on error. `F.relu` calls are not affected
-    (as in Captum, which hooks `nn.ReLU` modules only).
+    Each call of a hooked ReLU (a module reused several times per forward included) returns the rule's
+    function of the input it was called with, so its backward never goes through the ReLU's own
+    autograd node, and a ReLU input that also feeds another path keeps that path's plain gradient.
+    The module itself still runs, on a detached copy of its input (an `inplace=True` ReLU therefore
+    cannot overwrite the tensor the rule needs). No attribute of the model changes; every hook is
+    removed on exit, also on error. `F.relu` calls are not affected (Captum, which hooks `nn.ReLU`
+    modules only, does the same).
     """
     if rule not in RELU_RULES:
         raise ValueError(f"unknown ReLU rule `{rule}`; expected one of {', '.join(RELU_RULES)}")
-    function = RELU_RULES[rule]
-    pending: dict[int, list[torch.Tensor]] = {}  # id(module) -> inputs of calls whose forward runs now
+    state = ReluRule(rule)
+    pending: dict[int, list[torch.Tensor]] = {}  # id(module) -> inputs of its calls now running
     handles = []
 
     def pre_hook(module: nn.Module, args: tuple) -> tuple:
@@ -111,15 +114,40 @@ def relu_backward_rule(model: nn.Module, rule: str) -> Iterator[int]:
         return (shadow, *rest)
 
     def forward_hook(module: nn.Module, _args: tuple, _output: torch.Tensor) -> torch.Tensor:
-        return function.apply(pending[id(module)].pop())
+        return _RuledReLU.apply(pending[id(module)].pop(), state)
 
     try:
         for module in model.modules():
             if isinstance(module, nn.ReLU):
                 handles.append(module.register_forward_pre_hook(pre_hook))
                 handles.append(module.register_forward_hook(forward_hook))
-        yield len(handles) // 2
+                state.hooked += 1
+        yield state
     finally:
         for handle in handles:
             handle.remove()
         pending.clear()
+
+
+@contextmanager
+def capture_outputs_passing_copies(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Like `capture_outputs(detach=False)`, but the rest of the model receives a copy (`clone()`) of each
+    named layer's output, so a later in-place op (VGG's `ReLU(inplace=True)`) changes the copy and never
+    the captured tensor: the captured output and its gradient are the layer's own, as in Captum's layer
+    attributions (`forward_hook_with_return`)."""
+    outputs: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def make_hook(name: str):
+        def hook(_module, _inputs, output):
+            outputs[name] = output
+            return output.clone() if torch.is_tensor(output) else output
+        return hook
+
+    try:
+        for name in names:
+            handles.append(get_layer(model, name).register_forward_hook(make_hook(name)))
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -1,0 +1,134 @@
+"""Gradient saliency maps as pictures, in the display conventions of Captum's `visualize_image_attr`:
+channels reduced to one map, a sign transform, scaling by the value below which (100 − outlier_perc)% of
+the cumulative |attribution| lies, clipping to [−1, 1]; then a heat map and an overlay on the image.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..stages.gradients import GAP_WARNING, GradientsResult
+from .common import Figure, apply_colormap, make_figure, overlay, to_png, upscale_nearest
+from .grid import colorbar_image
+
+METHOD_NAMES = {
+    "saliency": "Saliency",
+    "input_x_gradient": "Input × gradient",
+    "guided_backprop": "Guided backprop",
+    "deconvnet": "Deconvnet",
+    "guided_gradcam": "Guided Grad-CAM",
+    "smoothgrad": "SmoothGrad",
+    "integrated_gradients": "Integrated gradients",
+}
+DEFAULT_CMAPS = {"absolute_value": "Blues", "positive": "Greens", "all": "RdBu_r"}  # Captum's, diverging for all
+MIN_SIDE = 160  # small inputs (64x64) are upscaled (nearest) to at least this many pixels
+THUMB_SIDE = 224
+
+
+def reduce_channels(attr: np.ndarray, sign: str) -> np.ndarray:
+    """(C, H, W) -> (H, W): the sum of absolute values over channels for `absolute_value`, the plain sum
+    (Captum's `np.sum(attr, axis=2)`) for `positive` and `all`, so that signs survive."""
+    attr = np.asarray(attr, dtype=np.float32)
+    return np.abs(attr).sum(axis=0) if sign == "absolute_value" else attr.sum(axis=0)
+
+
+def cumulative_sum_threshold(values: np.ndarray, percentile: float) -> float:
+    """Captum's `_cumulative_sum_threshold`: the smallest value at which the sorted cumulative sum of
+    `values` (non-negative) reaches `percentile`% of the total."""
+    sorted_vals = np.sort(values.flatten())
+    cum_sums = np.cumsum(sorted_vals)
+    index = np.where(cum_sums >= cum_sums[-1] * 0.01 * percentile)[0][0]
+    return float(sorted_vals[index])
+
+
+def normalize_attribution(attr: np.ndarray, sign: str, outlier_perc: float) -> np.ndarray:
+    """(C, H, W) attribution -> (H, W) float32 in [0, 1] (`absolute_value`, `positive`) or [−1, 1] (`all`):
+    Captum's `_normalize_attr` on the channel-reduced map. An all-zero map stays zero."""
+    reduced = reduce_channels(attr, sign)
+    if sign == "positive":
+        reduced = np.maximum(reduced, 0)
+    elif sign == "absolute_value":
+        reduced = np.abs(reduced)
+    threshold = cumulative_sum_threshold(np.abs(reduced), 100.0 - outlier_perc)
+    if threshold == 0:
+        return np.zeros(reduced.shape, dtype=np.float32)
+    return np.clip(reduced / threshold, -1, 1).astype(np.float32)
+
+
+def colour(normed: np.ndarray, sign: str, cmap: str) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W) normalised map -> ((H, W) position on the colour map in [0, 1], (H, W, 3) uint8 heat map)."""
+    position = (normed + 1) / 2 if sign == "all" else normed
+    return position, apply_colormap(position, cmap)
+
+
+def plot(result: GradientsResult, ctx) -> dict:
+    cfg = result.config
+    sign, cmap = cfg.sign, cfg.colormap or DEFAULT_CMAPS[cfg.sign]
+    c = result.completeness
+    groups, rows = [], []
+    for i, image in enumerate(ctx.images):
+        grey = np.repeat(image.display[..., :3].mean(axis=2, keepdims=True), 3, axis=2).round().astype(np.uint8)
+        for r, cls in enumerate(result.classes[i]):
+            cls = int(cls)
+            what = f"{image.name}, class {cls} ({ctx.label(cls)})"
+            figures = []
+            for method, maps in result.maps.items():
+                name = METHOD_NAMES[method]
+                position, heat = colour(normalize_attribution(maps[i, r], sign, cfg.outlier_perc), sign, cmap)
+                blended = overlay(grey, position, alpha=cfg.alpha, cmap=cmap)
+                figures.append(_figure(heat, f"{name} heat map ({sign}) for {what}", f"{name}: heat map"))
+                figures.append(_figure(blended, f"{name} over the image ({sign}) for {what}", f"{name}: overlay"))
+            gap = None if c is None else float(c.gap[i, r])
+            groups.append({
+                "title": f"{image.name}: {ctx.label(cls)} (class {cls}, rank {r + 1})",
+                "image": _figure(image.display[..., :3], f"Input image {image.name}", "input"),
+                "figures": figures,
+                "gap": None if gap is None else _gap_text(gap),
+                "gap_warn": gap is not None and not gap <= GAP_WARNING,
+            })
+            if c is not None:
+                rows.append({
+                    "image": image.name, "class_index": cls, "label": ctx.label(cls),
+                    "attribution_sum": float(c.attribution_sum[i, r]), "score_difference": float(c.delta[i, r]),
+                    "gap": _gap_text(gap), "ok": not gap > GAP_WARNING,
+                })
+    lo = -1.0 if sign == "all" else 0.0
+    scale = colorbar_image(cmap, lo, 1.0, height=MIN_SIDE)
+    return {
+        "sign": sign,
+        "outlier_perc": cfg.outlier_perc,
+        "scale": Figure(png=to_png(scale), alt=f"Colour scale {cmap}: {lo:g} to 1, in units of the clipping value",
+                        width=scale.shape[1], height=scale.shape[0]),
+        "notes": _notes(result, ctx),
+        "warnings": list(result.warnings),
+        "groups": groups,
+        "completeness": rows,
+        "timings": [{"method": METHOD_NAMES[m], "seconds": s} for m, s in result.seconds.items()],
+    }
+
+
+def _figure(pixels: np.ndarray, alt: str, caption: str) -> Figure:
+    return make_figure(upscale_nearest(pixels, MIN_SIDE), alt=alt, caption=caption, thumb_side=THUMB_SIDE)
+
+
+def _gap_text(gap: float) -> str:
+    return "undefined (f(x) = f(baseline))" if math.isnan(gap) else f"{100 * gap:.2f}%"
+
+
+def _notes(result: GradientsResult, ctx) -> list[str]:
+    cfg = result.config
+    notes = []
+    methods = result.maps
+    if ("saliency" in methods or "input_x_gradient" in methods) and any(result.reused_cam_pass):
+        notes.append("Saliency and input × gradient reuse the forward and backward pass of the CAM section: "
+                     "they cost no extra pass.")
+    if result.cam_layer is not None:
+        notes.append(f"Guided Grad-CAM: Grad-CAM at layer {result.cam_layer}, upsampled (nearest) to the input, "
+                     "times guided backprop.")
+    if "smoothgrad" in methods:
+        notes.append(f"SmoothGrad: mean |gradient| over {cfg.samples} noisy copies, noise sd {cfg.stdev:g} × the "
+                     f"image's value range, seed {ctx.config.seed}.")
+    if "integrated_gradients" in methods:
+        notes.append(f"Integrated gradients: {cfg.steps} Gauss–Legendre steps from a {result.baseline} baseline.")
+    return notes

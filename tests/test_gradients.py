@@ -1,0 +1,412 @@
+"""Gradient saliency: every deterministic method equals Captum 0.9.0's `attribute()`; smoothgrad matches
+Captum's NoiseTunnel seeded the same way; IG's completeness gap is right; hooks, ReLUs and inputs are left
+as they were; shared passes are really shared; bad options fail at validation with exit code 2."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from captum.attr import (
+    Deconvolution, GuidedBackprop, GuidedGradCam, InputXGradient, IntegratedGradients, NoiseTunnel, Saliency,
+)
+from captum.attr._utils.visualization import _normalize_attr
+from click.testing import CliRunner
+from torch import nn
+
+from reportgen.cli import main
+from reportgen.config import Config, GradientsConfig, TargetSpec
+from reportgen.engine import forward_backward
+from reportgen.errors import ReportgenError
+from reportgen.figures import gradients as gfig
+from reportgen.hooks import count_hooks, relu_backward_rule
+from reportgen.stages import Context
+from reportgen.stages import gradients as G
+
+ALL = ("saliency", "input_x_gradient", "guided_backprop", "deconvnet", "guided_gradcam", "smoothgrad",
+       "integrated_gradients")
+DETERMINISTIC = tuple(m for m in ALL if m != "smoothgrad")
+TOL = 1e-4  # max |ours − Captum| relative to max |Captum|
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Many small forwards: one intra-op thread is several times faster than two on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class TinyNet(nn.Module):
+    """Biases (so IG is not exact at any step count), one ReLU module used twice, one in-place ReLU."""
+
+    def __init__(self, classes: int = 5):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.conv3 = nn.Conv2d(8, 16, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.act = nn.ReLU(inplace=True)
+        self.pool = nn.MaxPool2d(2)
+        self.head = nn.Linear(16, classes)
+
+    def forward(self, x):
+        x = self.pool(self.relu(self.conv1(x)))
+        x = self.relu(self.conv2(x))
+        x = self.act(self.conv3(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def tiny() -> nn.Module:
+    torch.manual_seed(0)
+    return TinyNet().eval()
+
+
+def batch(n: int = 3, size: int = 64, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def relative(ours: np.ndarray, ref: torch.Tensor) -> float:
+    ref = ref.detach().float().numpy()
+    return float(np.abs(ours - ref).max() / np.abs(ref).max())
+
+
+def captum_maps(model, x, targets, layer, *, steps, samples, stdev, seed, internal_batch_size=None) -> dict:
+    """Captum's attribution for each method, `targets` one class per image."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Captum warns about its ReLU hooks
+        out = {
+            "saliency": Saliency(model).attribute(x, target=targets),
+            "input_x_gradient": InputXGradient(model).attribute(x, target=targets),
+            "guided_backprop": GuidedBackprop(model).attribute(x, target=targets),
+            "deconvnet": Deconvolution(model).attribute(x, target=targets),
+            "guided_gradcam": GuidedGradCam(model, model.get_submodule(layer)).attribute(x, target=targets),
+            "integrated_gradients": IntegratedGradients(model).attribute(
+                x, target=targets, n_steps=steps, internal_batch_size=internal_batch_size),
+        }
+        torch.manual_seed(seed)  # our generator's seed, drawn image by image as we do
+        out["smoothgrad"] = torch.cat([
+            NoiseTunnel(Saliency(model)).attribute(x[i:i + 1], nt_type="smoothgrad", nt_samples=samples,
+                                                   stdevs=stdev * float(x[i].max() - x[i].min()), target=t)
+            for i, t in enumerate(targets)])
+    return out
+
+
+MODELS = {
+    "tiny": (tiny, "conv3", 50),
+    "resnet18": (lambda: torchvision.models.resnet18(num_classes=10), None, 8),  # reused ReLU modules
+    "mobilenet_v3_small": (lambda: torchvision.models.mobilenet_v3_small(num_classes=10), None, 8),  # inplace ReLUs
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_method_equals_captum(name):
+    build, layer, steps = MODELS[name]
+    torch.manual_seed(0)
+    model = build().eval()
+    x = batch()
+    before = x.clone()
+    ctx = Context.for_tests(model, x)
+    cfg = GradientsConfig(methods=ALL, targets=TargetSpec(k=2), steps=steps, samples=4, stdev=0.15,
+                          cam_layer=layer, internal_batch_size=7 if name == "tiny" else None)
+    result = G.run(ctx, cfg)
+    assert result.classes.shape == (3, 2)
+    assert len({tuple(c) for c in result.classes.T.tolist()}) == 2  # ranks differ
+    saved = G.arrays(result)
+    for r in range(2):
+        targets = result.classes[:, r].tolist()
+        ref = captum_maps(model, x, targets, result.cam_layer, steps=steps, samples=4, stdev=0.15, seed=0,
+                          internal_batch_size=cfg.internal_batch_size)
+        for method in DETERMINISTIC:
+            assert relative(result.maps[method][:, r], ref[method]) <= TOL, (method, r)
+            for i, image in enumerate(result.images):
+                key = f"gradients/{method}/{image}/{targets[i]}"
+                assert saved[key].dtype == np.float32 and saved[key].shape == (3, 64, 64)
+        # smoothgrad: same noise (seeded the same way, CPU), so far more than correlated
+        ours, theirs = result.maps["smoothgrad"][:, r].ravel(), ref["smoothgrad"].numpy().ravel()
+        assert np.corrcoef(ours, theirs)[0, 1] > 0.999
+        assert relative(result.maps["smoothgrad"][:, r], ref["smoothgrad"]) <= TOL
+    assert torch.equal(x, before)
+    assert count_hooks(model) == 0
+
+
+def test_guided_backprop_where_captum_is_wrong():
+    """A ReLU whose input also feeds a skip path: Captum's hook on the ReLU's *input tensor* rewrites the
+    skip path's gradient too. Ours changes only the ReLU's own backward, as a hand-derived oracle does."""
+
+    class PreActivationSkip(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.relu = nn.ReLU()
+            self.fc = nn.Linear(4 * 8 * 8, 5)
+
+        def forward(self, x):
+            h = self.conv(x)
+            return self.fc((self.relu(h) + 0.5 * h).flatten(1))
+
+    torch.manual_seed(0)
+    model = PreActivationSkip().eval()
+    x = batch(2, 8)
+    targets = [0, 3]
+    for rule, captum_cls in (("guided", GuidedBackprop), ("deconv", Deconvolution)):
+        xx = x.clone().requires_grad_()
+        h = model.conv(xx)
+        g_out = model.fc.weight[targets].view(2, 4, 8, 8)  # ∂ logit / ∂ (relu(h) + 0.5 h)
+        g_relu = g_out.clamp_min(0) * (h > 0) if rule == "guided" else g_out.clamp_min(0)
+        oracle = torch.autograd.grad(h, xx, g_relu + 0.5 * g_out)[0]
+        ours = G.compute_relu_rule_gradient(model, x, targets, rule)
+        torch.testing.assert_close(ours, oracle, rtol=1e-5, atol=1e-7)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theirs = captum_cls(model).attribute(x, target=targets)
+        assert (theirs - oracle).abs().max() > 0.1 * oracle.abs().max()  # captum 0.9.0 differs here
+
+
+def test_integrated_gradients_completeness():
+    model, x = tiny(), batch(2, 32)
+    ctx = Context.for_tests(model, x)
+    result = G.run(ctx, GradientsConfig(methods=("integrated_gradients",), steps=200))
+    c = result.completeness
+    assert c.gap.shape == (2, 1) and (c.gap < 0.01).all()
+    assert not result.warnings
+    # the gap is Captum's convergence delta relative to f(x) − f(baseline)
+    targets = result.classes[:, 0].tolist()
+    _, delta = IntegratedGradients(model).attribute(x, target=targets, n_steps=200, return_convergence_delta=True)
+    np.testing.assert_allclose(c.gap[:, 0] * np.abs(c.delta[:, 0]), delta.abs().double().numpy(), rtol=1e-3,
+                               atol=1e-6)
+    with torch.no_grad():
+        logits = model(x)
+        expected = (logits - model(torch.zeros_like(x)))[torch.arange(2), targets].double().numpy()
+    np.testing.assert_allclose(c.delta[:, 0], expected, rtol=1e-5)
+    # too few steps: a large gap and a warning that says what to do, for exactly the images over 5%
+    coarse = G.run(ctx, GradientsConfig(methods=("integrated_gradients",), steps=1))
+    over = int((coarse.completeness.gap > G.GAP_WARNING).sum())
+    assert over >= 1 and len(coarse.warnings) == over and all("`steps`" in w for w in coarse.warnings)
+    section = gfig.plot(coarse, ctx)
+    assert [row["ok"] for row in section["completeness"]] == [g <= 0.05 for g in coarse.completeness.gap[:, 0]]
+
+
+@pytest.mark.parametrize("kind", ["blur", "uniform", "file"])
+def test_baselines(kind, tmp_path):
+    model, x = tiny(), batch(2, 32)
+    if kind == "file":
+        np.save(tmp_path / "grey.npy", np.full((3, 32, 32), 0.25, dtype=np.float32))
+        spec = tmp_path / "grey.npy"
+    else:
+        spec = kind
+    base, text = G.make_baseline(spec, x, seed=3)
+    assert base.shape == x.shape and text
+    if kind == "blur":
+        from scipy.ndimage import gaussian_filter
+
+        sigma = G.BLUR_SIGMA * 32
+        ref = np.stack([[gaussian_filter(ch, sigma, mode="nearest", truncate=np.ceil(3 * sigma) / sigma)
+                         for ch in img] for img in x.numpy().astype(np.float64)])
+        np.testing.assert_allclose(base.numpy(), ref, atol=1e-5)
+    if kind == "uniform":
+        lo, hi = x.amin(dim=(1, 2, 3), keepdim=True), x.amax(dim=(1, 2, 3), keepdim=True)
+        assert ((base >= lo) & (base <= hi)).all() and base.std() > 0
+        assert torch.equal(base, G.make_baseline(spec, x, seed=3)[0])
+        assert not torch.equal(base, G.make_baseline(spec, x, seed=4)[0])
+    (ours,) = G.compute_integrated_gradients(model, x, [[1, 2]], baseline=base, steps=20, batch_size=16)
+    ref = IntegratedGradients(model).attribute(x, baselines=base, target=[1, 2], n_steps=20)
+    assert relative(ours.numpy(), ref) <= TOL
+
+
+def test_no_hook_left_relus_unchanged_input_unmodified():
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
+    x = batch(2, 64)
+    before_x, before_state = x.clone(), copy.deepcopy(model.state_dict())
+    relus = {name: dict(vars(m)) for name, m in model.named_modules() if isinstance(m, nn.ReLU)}
+    assert any(r["inplace"] for r in relus.values())
+    with torch.no_grad():
+        logits = model(x)
+    ctx = Context.for_tests(model, x)
+    G.run(ctx, GradientsConfig(methods=ALL, steps=4, samples=2))
+    assert count_hooks(model) == 0
+    assert torch.equal(x, before_x)
+    assert all(p.grad is None for p in model.parameters())
+    after = {name: dict(vars(m)) for name, m in model.named_modules() if isinstance(m, nn.ReLU)}
+    assert after == relus
+    assert all(torch.equal(v, before_state[k]) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        assert torch.equal(model(x), logits)
+
+    class Boom(Exception):
+        pass
+
+    def explode(*_):
+        raise Boom
+
+    handle = model.classifier.register_forward_hook(explode)
+    with pytest.raises(Boom), relu_backward_rule(model, "guided") as rule:
+        assert rule.hooked == len(relus) and count_hooks(model) == 2 * len(relus) + 1
+        model(x)
+    handle.remove()
+    assert count_hooks(model) == 0
+
+
+class ForwardCounter:
+    def __init__(self, model: nn.Module):
+        self.calls = 0
+        self.handle = model.register_forward_pre_hook(self)
+
+    def __call__(self, *_):
+        self.calls += 1
+
+
+def test_saliency_and_input_x_gradient_reuse_the_cam_pass():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = batch(2, 64)
+    ctx = Context.for_tests(model, x)
+    classes = tuple(ctx.logits.argmax(1).tolist())
+    shared = forward_backward(model, x, ["layer4"], classes, input_grad=True)  # what the CAM stage leaves
+    ctx.shared[("grad_pass", classes)] = shared
+    counter = ForwardCounter(model)
+    result = G.run(ctx, GradientsConfig(methods=("saliency", "input_x_gradient")))
+    assert counter.calls == 0 and result.reused_cam_pass == (True,)
+    np.testing.assert_array_equal(result.maps["saliency"][:, 0], shared.input_grad.abs().numpy())
+    np.testing.assert_array_equal(result.maps["input_x_gradient"][:, 0], (x * shared.input_grad).numpy())
+    # guided_gradcam takes its own Grad-CAM pass (Captum's layer semantics) and the guided pass: 2 forwards
+    G.run(ctx, GradientsConfig(methods=("saliency", "guided_gradcam"), cam_layer="layer4"))
+    assert counter.calls == 2
+    # without a shared pass: ONE forward for both methods and both target ranks (two backward passes),
+    ctx.shared.clear()
+    result = G.run(ctx, GradientsConfig(methods=("saliency", "input_x_gradient"), targets=TargetSpec(k=2)))
+    assert counter.calls == 2 + 1 and result.reused_cam_pass == (False, False)
+    # also when guided_gradcam runs: its Grad-CAM forward gives the input gradient too
+    G.run(ctx, GradientsConfig(methods=("saliency", "input_x_gradient", "guided_gradcam", "guided_backprop",
+                                        "deconvnet"), targets=TargetSpec(k=2), cam_layer="layer4"))
+    assert counter.calls == 3 + 2
+    counter.handle.remove()
+    for r, classes in enumerate(result.classes.T.tolist()):
+        expected = forward_backward(model, x, [], classes, input_grad=True).input_grad
+        np.testing.assert_allclose(result.maps["saliency"][:, r], expected.abs().numpy(), rtol=1e-6, atol=1e-9)
+
+
+def test_with_the_cam_stage_one_forward_serves_gradient_cams_saliency_and_input_x_gradient():
+    from reportgen.config import AnalysesConfig, CamConfig
+    from reportgen.stages import cam
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = batch(2, 64)
+    analyses = AnalysesConfig(
+        cam=CamConfig(methods=("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam"), targets=TargetSpec(k=2)),
+        gradients=GradientsConfig(methods=("saliency", "input_x_gradient"), targets=TargetSpec(k=2)))
+    ctx = Context.for_tests(model, x, config=Config(analyses=analyses))
+    counter = ForwardCounter(model)
+    cam.run(ctx, analyses.cam)
+    result = G.run(ctx, analyses.gradients)
+    counter.handle.remove()
+    assert counter.calls == 1 and result.reused_cam_pass == (True, True)
+    for r, classes in enumerate(result.classes.T.tolist()):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = Saliency(model).attribute(x, target=classes)
+        assert relative(result.maps["saliency"][:, r], expected) <= TOL
+
+
+def test_smoothgrad_is_seeded():
+    model, x = tiny(), batch(2, 32)
+
+    def run(seed):
+        ctx = Context.for_tests(model, x, config=Config(seed=seed))
+        return G.run(ctx, GradientsConfig(methods=("smoothgrad",), samples=3)).maps["smoothgrad"]
+
+    a, b, c = run(0), run(0), run(1)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    # without noise, smoothgrad is saliency
+    ctx = Context.for_tests(model, x)
+    plain = G.run(ctx, GradientsConfig(methods=("smoothgrad", "saliency"), samples=2, stdev=0.0)).maps
+    np.testing.assert_allclose(plain["smoothgrad"], plain["saliency"], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("sign", ["absolute_value", "positive", "all"])
+def test_display_scaling_is_captums(sign):
+    rng = np.random.default_rng(0)
+    attr = rng.normal(size=(3, 20, 24)).astype(np.float32) * rng.uniform(0, 3, size=(1, 20, 24)).astype(np.float32)
+    ours = gfig.normalize_attribution(attr, sign, outlier_perc=2)
+    # Captum sums channels (HWC axis 2); for absolute_value we sum absolute values (the issue's rule)
+    reduced = np.abs(attr).sum(0) if sign == "absolute_value" else attr.sum(0)
+    np.testing.assert_array_equal(ours, _normalize_attr(reduced, sign, 2).astype(np.float32))
+    assert ours.min() >= (-1 if sign == "all" else 0) and np.abs(ours).max() == 1
+    assert (np.abs(ours) == 1).sum() >= 1  # the top 2% of the mass is clipped at 1
+    assert not gfig.normalize_attribution(np.zeros((3, 4, 4)), sign, 2).any()
+
+
+def test_plot_figures_and_template_escape_names():
+    from reportgen.render import _Images, make_environment
+
+    model, x = tiny(), batch(1, 32)
+    ctx = Context.for_tests(model, x, names=["<script>alert(1)</script>"])
+    cfg = GradientsConfig(methods=("saliency", "integrated_gradients"), sign="all", steps=10)
+    result = G.run(ctx, cfg)
+    section = gfig.plot(result, ctx)
+    (group,) = section["groups"]
+    assert len(group["figures"]) == 2 * 2
+    cls = int(result.classes[0, 0])
+    assert all(f"class {cls}" in fig.alt and "<script>" in fig.alt for fig in group["figures"])
+    assert {fig.alt.split(" ")[0] for fig in group["figures"]} == {"Saliency", "Integrated"}
+    assert all(fig.png.startswith(b"\x89PNG") and fig.width >= gfig.MIN_SIDE for fig in group["figures"])
+    html = make_environment(_Images(True)).get_template("sections/gradients.html.jinja2").render(
+        section=section, report={})
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert html.count("<img") == 1 + 1 + 4 and "completeness" in html
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"cam_layer": "layer9"}, "layer9"),
+    ({"cam_layer": "fc"}, "spatial"),
+    ({"steps": 0}, "steps"),
+    ({"samples": 0}, "samples"),
+    ({"methods": ("salency",)}, "Did you mean `saliency`"),
+])
+def test_check_rejects_bad_options(change, message):
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    ctx = Context.for_tests(model, batch(1, 32))
+    cfg = dataclasses.replace(GradientsConfig(methods=("guided_gradcam", "smoothgrad", "integrated_gradients")), **change)
+    with pytest.raises(ReportgenError, match=message):
+        G.check(ctx.info, cfg)
+
+
+def test_guided_gradcam_without_a_spatial_layer():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    ctx = Context.for_tests(model, batch(1, 2))
+    with pytest.raises(ReportgenError, match="cam_layer"):
+        G.check(ctx.info, GradientsConfig(methods=("guided_gradcam",)))
+    G.check(ctx.info, GradientsConfig(methods=("saliency", "guided_backprop")))  # those need no layer
+
+
+@pytest.mark.parametrize("baseline, message", [("wrong.npy", r"shape \[3, 8, 8\]"), ("zeroo", "Did you mean `zero`")])
+def test_validate_exits_2_for_a_bad_baseline(project, baseline, message):
+    np.save(project.root / "wrong.npy", np.zeros((3, 8, 8), dtype=np.float32))
+    config = project.base()
+    config["analyses"]["gradients"] = {"methods": ["ig"], "baseline": baseline}
+    result = CliRunner().invoke(main, ["validate", str(project.write(config))])
+    assert result.exit_code == 2, result.output
+    assert "baseline" in result.output and __import__("re").search(message, result.output)
+    assert "Traceback" not in result.output
+
+
+def test_build_with_gradients_saves_arrays(project):
+    config = project.base()
+    config["analyses"] = {"gradients": {"methods": list(ALL), "steps": 4, "samples": 2, "targets": "top2"}}
+    config["output"]["save_arrays"] = True
+    result = CliRunner().invoke(main, ["build", str(project.write(config)), "-q"])
+    assert result.exit_code == 0, result.output
+    arrays = np.load(project.root / "out" / "arrays.npz")
+    keys = [k for k in arrays.files if k.startswith("gradients/")]
+    assert len(keys) == len(ALL) * 2 * 2  # methods x images x top-2 classes
+    assert all(arrays[k].shape == (3, 16, 16) and arrays[k].dtype == np.float32 for k in keys)
+    html = (project.root / "out" / "report.html").read_text()
+    assert 'id="gradients"' in html and "Integrated gradients: completeness" in html
