@@ -16,7 +16,7 @@ from torch import nn
 from reportgen.config import AnalysesConfig, Config, FeatureMapsConfig, InputsConfig, LayerPattern
 from reportgen.errors import ReportgenError
 from reportgen.figures import feature_maps as fm_figures
-from reportgen.figures.grid import grid_cols, grid_size
+from reportgen.figures.grid import compose_grid, grid_cols, grid_size
 from reportgen.hooks import count_hooks
 from reportgen.stages import Context
 from reportgen.stages import feature_maps
@@ -222,3 +222,18 @@ def test_template_renders_and_escapes():
     assert "<img src=x" not in html and "&lt;img src=x" in html
     assert html.count("<figure") == 2 * 2  # per image: the input and one grid
     assert "produces shape (N, 3)" in html and 'class="warn"' in html and 'style="' not in html
+
+
+@pytest.mark.parametrize("n, cols, channels", [(7, 3, ()), (8, 4, (3,)), (1, 5, ())])
+def test_compose_grid_places_every_tile(n, cols, channels):
+    rng = np.random.default_rng(n)
+    tiles = rng.integers(0, 255, size=(n, 5, 4) + channels, dtype=np.uint8)  # never the pad value 255
+    pad = 2
+    grid = compose_grid(tiles, cols, pad=pad)
+    cols = min(cols, n)
+    assert grid.shape[:2] == grid_size(n, (5, 4), cols, pad)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        y, x = pad + r * (5 + pad), pad + c * (4 + pad)
+        np.testing.assert_array_equal(grid[y:y + 5, x:x + 4], tiles[i])
+    assert (grid == 255).sum() == grid.size - tiles.size  # everything else is padding

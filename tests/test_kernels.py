@@ -190,6 +190,12 @@ def test_kernel_figures_have_one_tile_per_filter():
     assert "all 8 filters" in rgb["caption"]
     # head: 12 filters x 8 channels, capped at 10 filters x 3 channels
     assert "10 of 12 filters" in deep["caption"] and "input channels 0 to 2 of 8" in deep["caption"]
+    # ... drawn as 10 strips of a label cell and 3 channel tiles (3x3 upscaled by 8), padded 1 px, 6 px apart
+    strip = grid_size(4, (24, 24), 4, pad=1)
+    cols = grid_cols(10, aspect=2.0 * strip[0] / strip[1])
+    gh, gw = grid_size(10, strip, cols, pad=6)
+    pixels = _decode(deep["grid"].png)
+    assert pixels.shape[0] == gh and _tile_count(pixels, gw) == 10 * 4
     vis = _decode(section["optimized"][0]["grid"].png)
     assert _tile_count(vis, vis.shape[1]) == 3
     Image.open(io.BytesIO(rgb["stats"].png)).verify()

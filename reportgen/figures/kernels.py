@@ -27,19 +27,18 @@ DIVERGING = "RdBu_r"
 RGB_TILE = 42  # px: the short side of an upscaled RGB kernel tile
 CHANNEL_TILE = 24  # px: ... of one input channel's tile in deeper layers
 OPTIMIZED_TILE = 112  # px: long side of a filter-visualisation tile
+SIDE_BY_SIDE = 256  # px: kernel grids up to this tall sit beside their statistics (a report row's height)
 
 
 def plot(result: KernelsResult, ctx: Context) -> dict:
-    cfg = ctx.config.analyses.kernels
-    max_filters = cfg.max_filters if cfg is not None else 64
-    max_channels = cfg.max_channels if cfg is not None else 8
     layers = []
     for layer in result.layers:
-        grid, caption = plot_kernel_grid(layer, max_filters, max_channels)
+        grid, caption = plot_kernel_grid(layer, result.max_filters, result.max_channels)
         layers.append({
             "name": layer.name,
             "grid": grid,
-            "caption": caption,
+            "caption": caption,  # the long description, shown under the figures
+            "side_by_side": grid.height <= SIDE_BY_SIDE,
             "stats": plot_weight_stats(layer),
             "row": _layer_row(layer),
         })
@@ -119,15 +118,16 @@ def plot_kernel_grid(layer: LayerKernels, max_filters: int, max_channels: int) -
         what = (f"one strip per filter, one tile per input channel (input channels 0 to {shown_c - 1} of {cin}), "
                 f"colour scale [-{m:.3g}, {m:.3g}], white = 0")
     cap = f"{shown_f} of {out} filters" if shown_f < out else f"all {out} filters"
-    caption = f"`{layer.name}` ({layer.type}, weight {out}x{cin}x{kh}x{kw}): {cap}, {what}."
+    caption = f"{layer.name} ({layer.type}, weight {out} x {cin} x {kh} x {kw}): {cap}, {what}."
     pixels = hstack([grid, bar], gap=6)
     alt = f"Convolution kernels of layer {layer.name}: {cap}, {'RGB tiles' if rgb else 'per-channel tiles'}"
-    return make_figure(pixels, alt=alt, caption=caption), caption
+    short = f"{layer.name}: {cap}" if rgb else f"{layer.name}: {cap} x {values.shape[1]} of {cin} input channels"
+    return make_figure(pixels, alt=alt, caption=short), caption
 
 
 def plot_weight_stats(layer: LayerKernels) -> Figure:
     """Weight histogram and per-filter L2 norms (dead filters in blue, exploding in red), matplotlib object API."""
-    fig = MplFigure(figsize=(8.0, 2.4), dpi=100)
+    fig = MplFigure(figsize=(6.0, 2.4), dpi=100)
     FigureCanvasAgg(fig)
     ax_hist, ax_norm = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.6]})
     ax_hist.hist(layer.weight.ravel(), bins=60, color="#4c72b0")
@@ -138,7 +138,7 @@ def plot_weight_stats(layer: LayerKernels) -> Figure:
     colours[list(layer.exploding)] = "#d62728"
     ax_norm.bar(np.arange(len(layer.norms)), layer.norms, width=0.9, color=list(colours))
     ax_norm.axhline(float(np.median(layer.norms)), color="black", linewidth=0.8, linestyle="--")
-    ax_norm.set_title("L2 norm per filter (dashed: median; blue: dead, red: exploding)", fontsize=9)
+    ax_norm.set_title("L2 norm per filter (--- median; blue: dead, red: exploding)", fontsize=8)
     ax_norm.set_xlabel("filter", fontsize=8)
     ax_norm.set_xlim(-0.8, len(layer.norms) - 0.2)
     for ax in (ax_hist, ax_norm):
@@ -149,7 +149,7 @@ def plot_weight_stats(layer: LayerKernels) -> Figure:
     png = buffer.getvalue()
     width, height = (int(v) for v in fig.canvas.get_width_height())
     return Figure(png=png, alt=f"Weight histogram and per-filter L2 norms of layer {layer.name}",
-                  caption=f"`{layer.name}`: weight distribution and each filter's L2 norm.",
+                  caption=f"{layer.name}: weights and filter norms",
                   width=width, height=height)
 
 
@@ -166,7 +166,7 @@ def plot_optimized(vis: FilterVisualisation) -> Figure:
         grid,
         alt=f"Activation maximisation for layer {vis.layer}: the input that most excites filters "
             f"{', '.join(map(str, vis.filters))}",
-        caption=f"`{vis.layer}`: inputs synthesised by gradient ascent ({vis.steps} steps, lr {vis.lr:g}, "
+        caption=f"{vis.layer}: inputs synthesised by gradient ascent ({vis.steps} steps, lr {vis.lr:g}, "
                 f"seed {vis.seed}), one per filter, labelled with the filter index; each tile contrast-stretched "
                 "(1st to 99th percentile).",
 )

@@ -65,6 +65,8 @@ class KernelsResult:
     optimized: tuple[FilterVisualisation, ...] = ()
     notes: tuple[str, ...] = ()  # informative (defaults adjusted to the model)
     warnings: tuple[str, ...] = ()  # worth a look: dead or exploding filters
+    max_filters: int = 64  # figure caps, from the config
+    max_channels: int = 8
 
 
 # ---------------------------------------------------------------------------- layer selection
@@ -235,7 +237,8 @@ def run(ctx: Context, cfg: KernelsConfig) -> KernelsResult:
         if layer.exploding:
             warnings.append(f"`{layer.name}`: {len(layer.exploding)} filter(s) with a norm over "
                          f"{EXPLODING_FACTOR:g} x the median (exploding): {_indices(layer.exploding)}.")
-    return KernelsResult(layers=layers, optimized=tuple(optimized), notes=tuple(notes), warnings=tuple(warnings))
+    return KernelsResult(layers=layers, optimized=tuple(optimized), notes=tuple(notes), warnings=tuple(warnings),
+                         max_filters=cfg.max_filters, max_channels=cfg.max_channels)
 
 
 def arrays(result: KernelsResult) -> dict[str, np.ndarray]:
