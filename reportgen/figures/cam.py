@@ -1,0 +1,100 @@
+"""Class activation maps as pictures: per image and target class, each method's map as an overlay on
+the pixels the model sees next to the bare heat map (one PNG per method), and a compact grid
+(one composed PNG per image: the original, then each method's overlay for the top target)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..stages.cam import FUSED, METHOD_TITLES, CamResult
+from .common import apply_colormap, make_figure, overlay, resize_float, upscale_nearest
+from .grid import colorbar_image, fit_height, hstack
+
+MIN_SIDE = 160  # small inputs (64x64) are enlarged (nearest, after drawing) to at least this many pixels
+GRID_TILE = 112  # height of a tile in the compact grid
+
+
+def plot(result: CamResult, ctx) -> dict:
+    cfg = result.config
+    alpha, cmap = cfg.alpha, cfg.colormap
+    titles = [METHOD_TITLES[m] for m in result.methods]
+    details = []
+    grid_rows = []
+    for i, image in enumerate(ctx.images):
+        base = np.ascontiguousarray(image.display[..., :3])  # (H, W, 3) uint8: the pixels the model sees
+        if i < cfg.detail_images:
+            details.append(_detail(result, i, image.name, base, alpha, cmap))
+        grid_rows.append(_grid_row(result, i, image.name, base, alpha, cmap))
+    small_input = max(ctx.images[0].display.shape[:2]) < MIN_SIDE if ctx.images else False
+    layer_rows = [{"name": name, "shape": list(result.layer_shapes[name])} for name in result.layers]
+    return {
+        "methods": titles,
+        "figure_class": "pixel" if small_input else "",  # enlarged pictures keep hard pixel edges
+        "layers": layer_rows,
+        "layer_auto": result.layer_auto,
+        "fused": result.fused,
+        "notes": list(result.notes),
+        "warnings": list(result.warnings),
+        "not_applicable": [{"method": METHOD_TITLES[m], "why": why} for m, why in result.not_applicable.items()],
+        "colorbar": make_figure(colorbar_image(cmap, 0.0, 1.0, height=120),
+                                alt=f"Colour scale of the maps ({cmap}): bottom 0, top 1 (the map's maximum)"),
+        "images": details,
+        "hidden_images": max(0, len(ctx.images) - cfg.detail_images),
+        "grid": grid_rows if len(ctx.images) > 1 else [],
+        "grid_columns": ", ".join(["the input"] + [METHOD_TITLES[m] for m in result.computed_methods]),
+        "timings": [{"step": METHOD_TITLES.get(step, step.replace("_", " ")), "seconds": float(s)}
+                    for step, s in result.seconds.items()],
+    }
+
+
+def _class_text(result: CamResult, c: int) -> str:
+    label = result.labels.get(c, f"class {c}")
+    return label if label == f"class {c}" else f"{label} ({c})"
+
+
+def _heat(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) map in [0, 1] at model-input size -> (h', w') at display size (bilinear)."""
+    values = np.asarray(values, dtype=np.float32)
+    return values if values.shape == shape else np.clip(resize_float(values, shape), 0.0, 1.0)
+
+
+def _detail(result: CamResult, i: int, name: str, base: np.ndarray, alpha: float, cmap: str) -> dict:
+    shape = base.shape[:2]
+    classes = []
+    for c, p in zip(result.targets[i], result.probabilities[i]):
+        what = _class_text(result, c)
+        rows = []
+        for layer in result.map_layers:
+            where = "all target layers fused" if layer == FUSED else f"layer {layer}"
+            cells = []
+            for method in result.methods:
+                title = METHOD_TITLES[method]
+                if method in result.not_applicable:
+                    cells.append({"title": title, "figure": None, "why": result.not_applicable[method]})
+                    continue
+                heat = _heat(result.maps[(method, layer, i, c)], shape)
+                pair = hstack([overlay(base, heat, alpha=alpha, cmap=cmap), apply_colormap(heat, cmap)], gap=2)
+                pair = upscale_nearest(pair, MIN_SIDE)  # exact pixel repeats: a small input stays a small PNG
+                alt = f"{title} for image {name}, class {what}, {where}: overlay on the image, then the heat map alone"
+                cells.append({"title": title, "figure": make_figure(pair, alt=alt, caption=title),
+                              "why": ""})
+            rows.append({"layer": FUSED if layer == FUSED else layer, "fused": layer == FUSED, "cells": cells})
+        classes.append({"index": c, "label": what, "probability": p, "rows": rows})
+    original = make_figure(upscale_nearest(base, MIN_SIDE), alt=f"Input image {name} as the model sees it", caption=name)
+    return {"name": name, "original": original, "classes": classes}
+
+
+def _grid_row(result: CamResult, i: int, name: str, base: np.ndarray, alpha: float, cmap: str) -> dict:
+    """One composed picture: the input, then every computed method's overlay for the image's top target."""
+    c = result.targets[i][0]
+    small = fit_height(base, GRID_TILE) if base.shape[0] > GRID_TILE else base
+    tiles = [small]
+    for method in result.computed_methods:
+        heat = _heat(result.maps[(method, result.main_layer, i, c)], small.shape[:2])
+        tiles.append(overlay(small, heat, alpha=alpha, cmap=cmap))
+    strip = upscale_nearest(hstack(tiles, gap=2), GRID_TILE)
+    methods = ", ".join(METHOD_TITLES[m] for m in result.computed_methods)
+    where = "all target layers fused" if result.fused else f"layer {result.main_layer}"
+    alt = f"Image {name}, class {_class_text(result, c)}: the input, then the maps of {methods} ({where})"
+    return {"name": name, "label": _class_text(result, c), "probability": result.probabilities[i][0],
+            "figure": make_figure(strip, alt=alt)}
+
