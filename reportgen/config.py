@@ -151,6 +151,7 @@ class CamConfig:
     batch_size: int = 32  # masked forwards of scorecam / ablationcam
     alpha: float = 0.5  # heat-map weight in overlays
     colormap: str = "jet"
+    detail_images: int = 8  # images shown with every class, overlay and heat map; the compact grid shows all
 
 
 @dataclass(frozen=True)
