@@ -10,6 +10,9 @@ filter k's mean activation in image k grows, from a seeded random start, with th
 that keep the result readable: random jitter (roll) before each forward, a gaussian blur every
 `blur_every` steps, optional total variation and weight decay, and clipping to the valid pixel
 range [0, 1] expressed in normalised space. Start and end activations are recorded per filter.
+FlashTorch 0.1.3 by contrast runs one filter at a time from unseeded noise, takes plain steps of the
+RMS-normalised input gradient with no jitter, blur, decay or clipping (its results leave the valid
+pixel range and are high-frequency), and only displays them standardised.
 
 Layers are qualified names or patterns: `{type: Conv2d, depth: 2}` (depth = dots + 1, torchinfo's
 convention: `layer1` is depth 1, `layer1.0.conv1` depth 3), matched in forward order.
