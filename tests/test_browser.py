@@ -24,7 +24,8 @@ from reportgen.cli import main
 from tests.conftest import make_image
 
 ROOT = Path(__file__).resolve().parent.parent
-QUICKSTART = ROOT / "example_configs" / "quickstart.yaml"
+# REPORTGEN_BROWSER_CONFIG runs the same checks on another config (the size budget is the quickstart's)
+QUICKSTART = Path(os.environ.get("REPORTGEN_BROWSER_CONFIG", ROOT / "example_configs" / "quickstart.yaml"))
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMEDRIVER = os.environ.get("REPORTGEN_CHROMEDRIVER", "/usr/bin/chromedriver")
 CHROMIUM = os.environ.get("REPORTGEN_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -221,6 +222,21 @@ def test_every_sidebar_link_lands_on_its_section_and_is_marked(driver, quickstar
         assert landed
 
 
+def test_the_sidebar_marks_the_section_scrolled_to(driver, quickstart):
+    open_page(driver, quickstart["html"])
+    active = "return [...document.querySelectorAll('#toc .toc-stages a.active')].map(a => a.hash)"
+    assert js(driver, active) == ["#overview"]
+    ids = [a.get_attribute("hash") for a in driver.find_elements("css selector", "#toc .toc-stages a")]
+    for href in ids[1:]:
+        js(driver, "document.getElementById(arguments[0]).scrollIntoView(); window.scrollBy(0, 1)", href[1:])
+        at_end = js(driver, "return window.scrollY + innerHeight >= document.documentElement.scrollHeight - 2")
+        if at_end:  # sections at the very end cannot reach the top of the window; the last reached one is marked
+            break
+        assert wait_for(lambda: js(driver, active) == [href], message=f"{href} marked while scrolling")
+    js(driver, "window.scrollTo(0, 0)")
+    assert wait_for(lambda: js(driver, active) == ["#overview"])
+
+
 def test_lightbox_opens_steps_with_arrows_and_closes_with_escape(driver, quickstart):
     from selenium.webdriver.common.keys import Keys
 
@@ -245,6 +261,13 @@ def test_lightbox_opens_steps_with_arrows_and_closes_with_escape(driver, quickst
     box.send_keys(Keys.ESCAPE)
     closed = wait_for(lambda: (s := js(driver, state, zooms[0])) and not s["open"] and s, message="closing")
     assert closed["focus"], "focus goes back to the figure that opened the lightbox"
+    js(driver, "arguments[0].scrollIntoView({block: 'center'})", zooms[0])
+    js(driver, "arguments[0].focus()", zooms[0])
+    zooms[0].send_keys(Keys.ENTER)  # from the keyboard too
+    assert wait_for(lambda: js(driver, state, zooms[0])["open"], message="Enter to open")
+    assert js(driver, "return document.activeElement.className") == "lb-close"
+    box.send_keys(Keys.ESCAPE)
+    assert wait_for(lambda: not js(driver, state, zooms[0])["open"])
     zooms[-1].click()  # the last figure opens too, and the close button closes
     assert wait_for(lambda: js(driver, state, zooms[-1])["count"] == f"{total} / {total}")
     driver.find_element("css selector", "#lightbox .lb-close").click()
