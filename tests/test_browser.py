@@ -272,6 +272,7 @@ def test_lightbox_opens_steps_with_arrows_and_closes_with_escape(driver, quickst
     assert wait_for(lambda: js(driver, state, zooms[-1])["count"] == f"{total} / {total}")
     driver.find_element("css selector", "#lightbox .lb-close").click()
     assert wait_for(lambda: not js(driver, state, zooms[-1])["open"])
+    assert_offline_and_clean(page_events(driver))  # no script error, no request while browsing the figures
 
 
 def test_summary_table_sorts_by_a_column_and_filters_by_name_or_type(driver, quickstart):
@@ -308,6 +309,7 @@ def test_summary_table_sorts_by_a_column_and_filters_by_name_or_type(driver, qui
     box.clear()
     box.send_keys(" ")  # an empty query shows every row again
     assert js(driver, rows, table) == everything
+    assert_offline_and_clean(page_events(driver))
 
 
 def test_sections_fold_and_unfold(driver, quickstart):
