@@ -45,18 +45,22 @@
     box.addEventListener("close", function () { boxImg.removeAttribute("src"); current = -1; });
   }
 
-  // Summary table: fold a layer's children.
+  // Summary table: fold a layer's children (rows named "<layer>.*"), whatever order the rows are sorted in.
+  var unfoldAll = function (table) {
+    all("button.fold", table).forEach(function (b) { b.setAttribute("aria-expanded", "true"); });
+    all("tbody tr", table).forEach(function (tr) { tr.hidden = false; });
+  };
   all("button.fold").forEach(function (button) {
     button.addEventListener("click", function () {
-      var row = button.closest("tr"), open = button.getAttribute("aria-expanded") === "false";
-      var depth = +row.getAttribute("data-depth"), next = row.nextElementSibling;
+      var row = button.closest("tr"), name = row.getAttribute("data-name") || "";
+      var open = button.getAttribute("aria-expanded") === "false", prefix = name ? name + "." : "";
       button.setAttribute("aria-expanded", open ? "true" : "false");
-      while (next && +next.getAttribute("data-depth") > depth) {
-        next.hidden = !open;
-        var inner = next.querySelector("button.fold");
+      all("tr[data-name]", row.parentNode).forEach(function (tr) {
+        if (tr === row || tr.getAttribute("data-name").indexOf(prefix) !== 0) return;
+        tr.hidden = !open;
+        var inner = tr.querySelector("button.fold");
         if (inner && open) inner.setAttribute("aria-expanded", "true");
-        next = next.nextElementSibling;
-      }
+      });
     });
   });
 
@@ -70,6 +74,7 @@
     input.parentNode.parentNode.appendChild(shown);
     var update = function () {
       var q = input.value.trim().toLowerCase(), n = 0;
+      if (q) unfoldAll(table);  // a match inside a folded layer is shown
       rows.forEach(function (tr) {
         var text = Array.prototype.slice.call(tr.cells, 0, 2).map(function (c) { return c.textContent; }).join(" ");
         var out = q !== "" && text.toLowerCase().indexOf(q) < 0;

@@ -297,6 +297,22 @@ def test_summary_table_sorts_by_a_column_and_filters_by_name_or_type(driver, qui
         button.click()
         assert heads[col].get_attribute("aria-sort") is None
         assert js(driver, column, table, col) == original
+    folds = driver.find_elements("css selector", "tr[data-name]:not([data-name='']) button.fold")
+    assert folds, "the summary folds its nested layers"
+    fold = folds[0]
+    layer = js(driver, "return arguments[0].closest('tr').dataset.name", fold)
+    hidden = "return [...document.querySelectorAll('tr[data-name]')].filter(r => r.hidden).map(r => r.dataset.name).sort()"
+    children = sorted(js(driver, "return [...document.querySelectorAll('tr[data-name]')].map(r => r.dataset.name)"
+                                 ".filter(n => n.startsWith(arguments[0] + '.'))", layer))
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", fold)
+    for sort_first in (False, True):  # folding works in the original order and sorted
+        if sort_first:
+            heads = tables[0].find_elements("css selector", "thead th button.sort")
+            driver.execute_script("arguments[0].click()", heads[-1])
+        driver.execute_script("arguments[0].click()", fold)
+        assert fold.get_attribute("aria-expanded") == "false" and js(driver, hidden) == children and children
+        driver.execute_script("arguments[0].click()", fold)
+        assert fold.get_attribute("aria-expanded") == "true" and js(driver, hidden) == []
     box = driver.find_element("css selector", "input.filter")
     table = driver.find_element("id", box.get_attribute("data-table"))
     rows = "return [...arguments[0].tBodies[0].rows].filter(r => r.offsetParent !== null).map(r => r.cells[0].textContent + ' ' + r.cells[1].textContent)"
