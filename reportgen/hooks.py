@@ -85,7 +85,7 @@ class _RuledReLU(torch.autograd.Function):
             return grad.clamp_min(0), None
         if name == "guided":
             grad = grad.clamp_min(0)
-        return torch.where(x > 0, grad, torch.zeros((), dtype=grad.dtype, device=grad.device)), None
+        return torch.ops.aten.threshold_backward(grad, x, 0), None  # grad where x > 0, else 0: relu's own rule
 
 
 @contextmanager
@@ -96,8 +96,8 @@ def relu_backward_rule(model: nn.Module, rule: str = "guided") -> Iterator[ReluR
     Each call of a hooked ReLU (a module reused several times per forward included) returns the rule's
     function of the input it was called with, so its backward never goes through the ReLU's own
     autograd node, and a ReLU input that also feeds another path keeps that path's plain gradient.
-    The module itself still runs, on a detached copy of its input (an `inplace=True` ReLU therefore
-    cannot overwrite the tensor the rule needs). No attribute of the model changes; every hook is
+    The module itself runs on an empty tensor (so an `inplace=True` ReLU cannot overwrite the tensor
+    the rule needs, and no work is wasted). No attribute of the model changes; every hook is
     removed on exit, also on error. `F.relu` calls are not affected (Captum, which hooks `nn.ReLU`
     modules only, does the same).
     """
@@ -110,8 +110,7 @@ def relu_backward_rule(model: nn.Module, rule: str = "guided") -> Iterator[ReluR
     def pre_hook(module: nn.Module, args: tuple) -> tuple:
         (x, *rest) = args
         pending.setdefault(id(module), []).append(x)
-        shadow = x.detach().clone() if getattr(module, "inplace", False) else x.detach()
-        return (shadow, *rest)
+        return (x.new_empty(0), *rest)  # the module runs on nothing: its output is replaced below
 
     def forward_hook(module: nn.Module, _args: tuple, _output: torch.Tensor) -> torch.Tensor:
         return _RuledReLU.apply(pending[id(module)].pop(), state)

@@ -75,6 +75,8 @@ def plot(result: GradientsResult, ctx) -> dict:
             figures = []
             for method, maps in result.maps.items():
                 name = METHOD_NAMES[method]
+                if method == "guided_gradcam":
+                    name += f" at {result.cam_layer}"
                 position, heat = colour(normalize_attribution(maps[i, r], sign, cfg.outlier_perc), sign, cmap)
                 blended = overlay(grey, position, alpha=cfg.alpha, cmap=cmap)
                 figures.append(_figure(heat, f"{name} heat map ({sign}) for {what}", f"{name}: heat map"))

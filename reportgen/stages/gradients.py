@@ -1,16 +1,18 @@
 """Gradient saliency: which input pixels move a class score, by seven attribution methods that equal
 Captum 0.9.0's `attribute()` for the same target (reference: captum/attr/_core/*.py).
 
-- `saliency` |∂s/∂x| and `input_x_gradient` x·∂s/∂x come from ONE forward+backward per target rank,
-  the one the CAM stage already ran when it left an `engine.GradPass` in
-  `ctx.shared[("grad_pass", classes)]` (then they cost no pass at all).
-- `guided_backprop` / `deconvnet`: one pass with the ReLU backward rule swapped (`hooks.relu_backward_rule`).
+- `saliency` |∂s/∂x| and `input_x_gradient` x·∂s/∂x: the input gradient of the pass the CAM stage left in
+  `ctx.shared[("grad_pass", classes)]` (no pass of their own), else of one forward and one backward per
+  target rank (shared with guided_gradcam's Grad-CAM forward when that runs).
+- `guided_backprop` / `deconvnet`: one forward with the ReLU backward rule made switchable
+  (`hooks.relu_backward_rule`), one backward per rule and rank.
 - `guided_gradcam`: Grad-CAM at `cam_layer` (ReLU, nearest upsampling) times guided backprop.
 - `smoothgrad`: mean |∂s/∂x| over `samples` noisy copies, noise sd = `stdev` × (max − min) of each image.
 - `integrated_gradients`: Gauss–Legendre quadrature over `steps` points from a baseline, times (x − baseline),
   plus its completeness gap |Σ attributions − (f(x) − f(baseline))| / |f(x) − f(baseline)| per image.
 
-Here s = Σ_i logit[i, class_i]: one target class per image per rank (top-1, top-2, ...).
+Here s = Σ_i logit[i, class_i]: one target class per image per rank (top-1, top-2, ...). Every forward
+serves all ranks (one backward each).
 """
 from __future__ import annotations
 
@@ -199,7 +201,8 @@ def run(ctx: Context, cfg: GradientsConfig) -> GradientsResult:
             out["integrated_gradients"] = compute_integrated_gradients(
                 model, batch, class_sets, baseline=baseline, steps=cfg.steps, batch_size=batch_size)
             sums = torch.stack([a.double().sum(dim=(1, 2, 3)) for a in out["integrated_gradients"]], dim=1)
-            completeness = _completeness(sums.cpu().numpy(), score_difference(model, batch, baseline, class_sets))
+            deltas = score_difference(model, ctx.logits, baseline, class_sets)
+            completeness = _completeness(sums.cpu().numpy(), deltas)
         warnings += _gap_warnings(completeness, targets, ctx, cfg.steps)
 
     maps = {m: torch.stack(out[m], dim=1).detach().float().cpu().numpy() for m in cfg.methods}  # (N, R, C, H, W)
@@ -353,12 +356,13 @@ def compute_integrated_gradients(model: nn.Module, batch: torch.Tensor, class_se
     return [total * diff for total in _sum_input_grads(model, rows(), class_sets, batch, batch_size)]
 
 
-def score_difference(model: nn.Module, batch: torch.Tensor, baseline: torch.Tensor,
+def score_difference(model: nn.Module, logits: torch.Tensor, baseline: torch.Tensor,
                      class_sets: Sequence[Sequence[int]]) -> np.ndarray:
-    """f(x) − f(baseline) of each image's target logit, (N, R) float64: what IG's attributions should sum to."""
+    """f(x) − f(baseline) of each image's target logit, (N, R) float64: what IG's attributions should sum to.
+    `logits` (N, K) are f(x), already known; f(baseline) costs one forward without autograd."""
     with torch.no_grad():
-        ends = [model(part) for part in (batch, baseline)]
-    return torch.stack([(_pick(ends[0], c) - _pick(ends[1], c)) for c in class_sets], dim=1).double().cpu().numpy()
+        start = model(baseline).to(logits)
+    return torch.stack([_pick(logits, c) - _pick(start, c) for c in class_sets], dim=1).double().numpy()
 
 
 def make_baseline(kind: str | Path, batch: torch.Tensor, seed: int) -> tuple[torch.Tensor, str]:
