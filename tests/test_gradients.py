@@ -275,17 +275,17 @@ def test_saliency_and_input_x_gradient_reuse_the_cam_pass():
     assert counter.calls == 0 and result.reused_cam_pass == (True,)
     np.testing.assert_array_equal(result.maps["saliency"][:, 0], shared.input_grad.abs().numpy())
     np.testing.assert_array_equal(result.maps["input_x_gradient"][:, 0], (x * shared.input_grad).numpy())
-    # guided_gradcam takes its own Grad-CAM pass (Captum's layer semantics) and the guided pass: 2 forwards
+    # guided_gradcam: ONE forward gives its Grad-CAM (plain backward) and guided backprop (guided backward)
     G.run(ctx, GradientsConfig(methods=("saliency", "guided_gradcam"), cam_layer="layer4"))
-    assert counter.calls == 2
+    assert counter.calls == 1
     # without a shared pass: ONE forward for both methods and both target ranks (two backward passes),
     ctx.shared.clear()
     result = G.run(ctx, GradientsConfig(methods=("saliency", "input_x_gradient"), targets=TargetSpec(k=2)))
-    assert counter.calls == 2 + 1 and result.reused_cam_pass == (False, False)
-    # also when guided_gradcam runs: its Grad-CAM forward gives the input gradient too
+    assert counter.calls == 1 + 1 and result.reused_cam_pass == (False, False)
+    # and ONE forward for five methods and two ranks (plain, guided and deconv backward passes per rank)
     G.run(ctx, GradientsConfig(methods=("saliency", "input_x_gradient", "guided_gradcam", "guided_backprop",
                                         "deconvnet"), targets=TargetSpec(k=2), cam_layer="layer4"))
-    assert counter.calls == 3 + 2
+    assert counter.calls == 2 + 1
     counter.handle.remove()
     for r, classes in enumerate(result.classes.T.tolist()):
         expected = forward_backward(model, x, [], classes, input_grad=True).input_grad

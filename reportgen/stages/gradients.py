@@ -3,9 +3,10 @@ Captum 0.9.0's `attribute()` for the same target (reference: captum/attr/_core/*
 
 - `saliency` |∂s/∂x| and `input_x_gradient` x·∂s/∂x: the input gradient of the pass the CAM stage left in
   `ctx.shared[("grad_pass", classes)]` (no pass of their own), else of one forward and one backward per
-  target rank (shared with guided_gradcam's Grad-CAM forward when that runs).
-- `guided_backprop` / `deconvnet`: one forward with the ReLU backward rule made switchable
-  (`hooks.relu_backward_rule`), one backward per rule and rank.
+  target rank (the ReLU-rule forward below, when that runs).
+- `guided_backprop` / `deconvnet` / `guided_gradcam`: ONE forward with the ReLU backward rule made
+  switchable (`hooks.relu_backward_rule`), one backward per rule and rank; it also gives guided_gradcam's
+  plain layer gradient, and the input gradient when no CAM pass is there to reuse.
 - `guided_gradcam`: Grad-CAM at `cam_layer` (ReLU, nearest upsampling) times guided backprop.
 - `smoothgrad`: mean |∂s/∂x| over `samples` noisy copies, noise sd = `stdev` × (max − min) of each image.
 - `integrated_gradients`: Gauss–Legendre quadrature over `steps` points from a baseline, times (x − baseline),
@@ -152,43 +153,41 @@ def run(ctx: Context, cfg: GradientsConfig) -> GradientsResult:
         warnings.append("The model has no nn.ReLU modules (it may call F.relu): guided backprop, deconvnet and "
                         "guided Grad-CAM then use plain gradients, as Captum does.")
 
-    # saliency and input_x_gradient: the CAM stage's pass, else one forward and one backward per rank, shared
-    # with guided_gradcam's Grad-CAM when that runs
+    # saliency, input_x_gradient: the CAM stage's pass, else ONE forward for them, guided backprop, deconvnet
+    # and guided_gradcam's Grad-CAM, with one backward per ReLU rule and rank
     wants_input = bool(methods & {"saliency", "input_x_gradient"})
     input_grads = [_shared_input_grad(ctx, classes) if wants_input else None for classes in class_sets]
     reused = tuple(grad is not None for grad in input_grads)
     missing = [r for r, grad in enumerate(input_grads) if grad is None] if wants_input else []
-    if layer is not None:
-        with clock("guided_gradcam"):
-            ctx.log(f"gradients: one forward for Grad-CAM at {layer}")
-            layer_passes = compute_layer_gradients(model, batch, layer, class_sets, input_grad=bool(missing))
+    rules = [rule for method, rule in (("guided_backprop", "guided"), ("guided_gradcam", "guided"),
+                                       ("deconvnet", "deconv")) if method in methods]
+    ruled = None
+    if rules:
+        with clock(_first(cfg.methods, ("guided_backprop", "deconvnet", "guided_gradcam"))):
+            ctx.log(f"gradients: one forward, backward by the ReLU rules {', '.join(dict.fromkeys(rules))}")
+            ruled = compute_ruled_pass(model, batch, class_sets, rules + (["plain"] if missing else []), layer)
+        for r in missing:
+            input_grads[r] = ruled.input_grads["plain"][r]
     elif missing:
         with clock(_first(cfg.methods, ("saliency", "input_x_gradient"))):
             ctx.log("gradients: one forward for the input gradient")
             passes = forward_backward_many(model, batch, [], [class_sets[r] for r in missing], input_grad=True)
-    for r in missing:
-        input_grads[r] = layer_passes[r][2] if layer is not None else passes[missing.index(r)].input_grad
+        for r, grad_pass in zip(missing, passes):
+            input_grads[r] = grad_pass.input_grad
     if "saliency" in methods:
         with clock("saliency"):
             out["saliency"] = [g.abs() for g in input_grads]
     if "input_x_gradient" in methods:
         with clock("input_x_gradient"):
             out["input_x_gradient"] = [batch * g for g in input_grads]
-
-    # guided backprop and deconvnet: one forward with switchable ReLU rules, one backward per rule and rank
-    rules = [rule for method, rule in (("guided_backprop", "guided"), ("guided_gradcam", "guided"),
-                                       ("deconvnet", "deconv")) if method in methods]
-    if rules:
-        with clock(_first(cfg.methods, ("guided_backprop", "deconvnet", "guided_gradcam"))):
-            by_rule = compute_relu_rule_gradients(model, batch, class_sets, list(dict.fromkeys(rules)))
-        if "guided_backprop" in methods:
-            out["guided_backprop"] = by_rule["guided"]
-        if "deconvnet" in methods:
-            out["deconvnet"] = by_rule["deconv"]
+    if "guided_backprop" in methods:
+        out["guided_backprop"] = ruled.input_grads["guided"]
+    if "deconvnet" in methods:
+        out["deconvnet"] = ruled.input_grads["deconv"]
     if layer is not None:
         with clock("guided_gradcam"):
-            out["guided_gradcam"] = [compute_guided_gradcam(act, grad, guided)
-                                     for (act, grad, _), guided in zip(layer_passes, by_rule["guided"])]
+            out["guided_gradcam"] = [compute_guided_gradcam(ruled.activations, grad, guided)
+                                     for grad, guided in zip(ruled.layer_grads, ruled.input_grads["guided"])]
 
     if "smoothgrad" in methods:
         with clock("smoothgrad"):
@@ -253,49 +252,52 @@ def to_json(result: GradientsResult) -> dict:
 # ---------------------------------------------------------------------------- the methods
 
 
-def compute_relu_rule_gradients(model: nn.Module, batch: torch.Tensor, class_sets: Sequence[Sequence[int]],
-                                rules: Sequence[str]) -> dict[str, list[torch.Tensor]]:
-    """∂ Σ_i logit[i, classes[i]] / ∂ input with every nn.ReLU back-propagating by a rule ("guided": Captum's
-    GuidedBackprop, "deconv": Captum's Deconvolution): ONE forward, then one backward per rule and class
-    set. rule -> per class set (N, C, H, W)."""
+@dataclass(frozen=True)
+class RuledPass:
+    """What one forward with switchable ReLU rules gave, per class set (target rank)."""
+
+    input_grads: dict[str, list[torch.Tensor]]  # rule -> per class set ∂s/∂input (N, C, H, W)
+    activations: torch.Tensor | None  # (N, C', h, w): the layer's own output (when a layer was asked for)
+    layer_grads: list[torch.Tensor]  # per class set plain ∂s/∂layer output (N, C', h, w)
+
+
+def compute_ruled_pass(model: nn.Module, batch: torch.Tensor, class_sets: Sequence[Sequence[int]],
+                       rules: Sequence[str], layer: str | None = None) -> RuledPass:
+    """ONE forward with every nn.ReLU's backward switchable (`hooks.relu_backward_rule`), then per class set
+    one backward per rule: ∂ Σ_i logit[i, classes[i]] / ∂ input under "plain" (Captum's Saliency gradient),
+    "guided" (GuidedBackprop) or "deconv" (Deconvolution). With `layer`, the plain backward also gives the
+    gradient with respect to that layer's own output, as Captum's LayerGradCam takes it: the rest of the
+    model gets a copy of the output, so an in-place op after the layer (VGG's ReLU(inplace=True)) changes
+    neither the activation nor its gradient."""
+    rules = list(dict.fromkeys(rules))
+    if layer is not None and "plain" not in rules:
+        rules.append("plain")
     x = batch.detach().clone().requires_grad_()
-    out: dict[str, list[torch.Tensor]] = {rule: [] for rule in rules}
-    with relu_backward_rule(model, rules[0]) as state, torch.enable_grad():
+    grads: dict[str, list[torch.Tensor]] = {rule: [] for rule in rules}
+    layer_grads: list[torch.Tensor] = []
+    with relu_backward_rule(model, rules[0]) as state, \
+            capture_outputs_passing_copies(model, [layer] if layer else []) as outputs, torch.enable_grad():
         logits = model(x)
-        last = len(class_sets) * len(rules) - 1
-        for k, classes in enumerate(class_sets):
-            score = _score(logits, classes)
-            for j, rule in enumerate(rules):
-                state.name = rule
-                (grad,) = torch.autograd.grad(score, x, retain_graph=k * len(rules) + j < last)
-                out[rule].append(grad)
-    return out
+    output = outputs.get(layer) if layer else None
+    last = len(class_sets) * len(rules) - 1
+    for k, classes in enumerate(class_sets):
+        score = _score(logits, classes)
+        for j, rule in enumerate(rules):
+            state.name = rule
+            wrt = [x, output] if rule == "plain" and output is not None else [x]
+            found = torch.autograd.grad(score, wrt, retain_graph=k * len(rules) + j < last, allow_unused=True)
+            found = [torch.zeros_like(w) if g is None else g for g, w in zip(found, wrt)]
+            grads[rule].append(found[0])
+            if len(found) > 1:
+                layer_grads.append(found[1])
+    return RuledPass(input_grads=grads, activations=None if output is None else output.detach(),
+                     layer_grads=layer_grads)
 
 
 def compute_relu_rule_gradient(model: nn.Module, batch: torch.Tensor, classes: Sequence[int],
                                rule: str) -> torch.Tensor:
     """One class set, one rule: (N, C, H, W)."""
-    return compute_relu_rule_gradients(model, batch, [classes], [rule])[rule][0]
-
-
-def compute_layer_gradients(model: nn.Module, batch: torch.Tensor, layer: str, class_sets: Sequence[Sequence[int]],
-                            *, input_grad: bool = False) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-    """Captum's `compute_layer_gradients_and_eval`: ONE forward; per class set the layer's own output and the
-    gradient with respect to it (the rest of the model gets a copy, so an in-place op after the layer, like
-    VGG's ReLU(inplace=True), changes neither), and optionally the input gradient.
-    Per class set: (activation (N, C', h, w), gradient (N, C', h, w), input gradient (N, C, H, W) or None)."""
-    x = batch.detach().clone().requires_grad_()
-    with torch.enable_grad(), capture_outputs_passing_copies(model, [layer]) as outputs:
-        logits = model(x)
-        output = outputs[layer]
-        passes = []
-        for k, classes in enumerate(class_sets):
-            wrt = [output, x] if input_grad else [output]
-            grads = torch.autograd.grad(_score(logits, classes), wrt, retain_graph=k < len(class_sets) - 1,
-                                        allow_unused=True)
-            grads = [torch.zeros_like(w) if g is None else g for g, w in zip(grads, wrt)]
-            passes.append((output.detach(), grads[0], grads[1] if input_grad else None))
-    return passes
+    return compute_ruled_pass(model, batch, [classes], [rule]).input_grads[rule][0]
 
 
 def compute_gradcam(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
