@@ -256,7 +256,7 @@ def to_json(result: GradientsResult) -> dict:
 class RuledPass:
     """What one forward with switchable ReLU rules gave, per class set (target rank)."""
 
-    input_grads: dict[str, list[torch.Tensor]]  # rule -> per class set ∂s/∂input (N, C, H, W)
+    input_grads: dict[str, list[torch.Tensor]]  # rule -> per class set ∂s/∂input (N, C, H, W), for the rules asked
     activations: torch.Tensor | None  # (N, C', h, w): the layer's own output (when a layer was asked for)
     layer_grads: list[torch.Tensor]  # per class set plain ∂s/∂layer output (N, C', h, w)
 
@@ -270,7 +270,8 @@ def compute_ruled_pass(model: nn.Module, batch: torch.Tensor, class_sets: Sequen
     model gets a copy of the output, so an in-place op after the layer (VGG's ReLU(inplace=True)) changes
     neither the activation nor its gradient."""
     rules = list(dict.fromkeys(rules))
-    if layer is not None and "plain" not in rules:
+    plain_to_input = "plain" in rules  # else the plain backward stops at the layer
+    if layer is not None and not plain_to_input:
         rules.append("plain")
     x = batch.detach().clone().requires_grad_()
     grads: dict[str, list[torch.Tensor]] = {rule: [] for rule in rules}
@@ -284,12 +285,14 @@ def compute_ruled_pass(model: nn.Module, batch: torch.Tensor, class_sets: Sequen
         score = _score(logits, classes)
         for j, rule in enumerate(rules):
             state.name = rule
-            wrt = [x, output] if rule == "plain" and output is not None else [x]
+            to_input = rule != "plain" or plain_to_input
+            wrt = ([x] if to_input else []) + ([output] if rule == "plain" and output is not None else [])
             found = torch.autograd.grad(score, wrt, retain_graph=k * len(rules) + j < last, allow_unused=True)
             found = [torch.zeros_like(w) if g is None else g for g, w in zip(found, wrt)]
-            grads[rule].append(found[0])
-            if len(found) > 1:
-                layer_grads.append(found[1])
+            if to_input:
+                grads[rule].append(found[0])
+            if rule == "plain" and output is not None:
+                layer_grads.append(found[-1])
     return RuledPass(input_grads=grads, activations=None if output is None else output.detach(),
                      layer_grads=layer_grads)
 
