@@ -374,7 +374,8 @@ def test_check_rejects_bad_options(change, message):
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10).eval()
     ctx = Context.for_tests(model, batch(1, 32))
-    cfg = dataclasses.replace(GradientsConfig(methods=("guided_gradcam", "smoothgrad", "integrated_gradients")), **change)
+    methods = ("guided_gradcam", "smoothgrad", "integrated_gradients")
+    cfg = dataclasses.replace(GradientsConfig(methods=methods), **change)
     with pytest.raises(ReportgenError, match=message):
         G.check(ctx.info, cfg)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -325,14 +325,21 @@ def compute_smoothgrad(model: nn.Module, batch: torch.Tensor, class_sets: Sequen
     noisy copies (one forward each). Per class set (N, C, H, W)."""
     generator = torch.Generator().manual_seed(seed)
     sds = [stdev * float(x.max() - x.min()) for x in batch]
+    noise: dict[int, torch.Tensor] = {}  # image -> (S, C, H, W) noise, drawn in image order, dropped once used
 
-    def rows() -> Iterator[tuple[int, torch.Tensor]]:
-        for i, x in enumerate(batch):
-            noise = torch.randn((samples, *x.shape), generator=generator).to(x.device)  # (S, C, H, W)
-            for s in range(samples):
-                yield i, x + noise[s] * sds[i]
+    def inputs(rows: torch.Tensor) -> torch.Tensor:  # rows image-major: image = row // S, sample = row % S
+        images = rows // samples
+        for i in range(int(images[0]), int(images[-1]) + 1):
+            if i not in noise:
+                noise[i] = torch.randn((samples, *batch.shape[1:]), generator=generator).to(batch) * sds[i]
+        chunk = torch.stack([batch[i] + noise[i][s] for i, s in zip(images.tolist(), (rows % samples).tolist())])
+        for i in [i for i in noise if i < int(images[-1])]:
+            del noise[i]
+        return chunk
 
-    totals = _sum_input_grads(model, rows(), class_sets, batch, batch_size, transform=torch.abs)
+    rows = batch.shape[0] * samples
+    totals = _sum_input_grads(model, inputs, torch.arange(rows) // samples, None, class_sets, batch, batch_size,
+                              transform=torch.abs)
     return [total / samples for total in totals]
 
 
@@ -351,14 +358,18 @@ def compute_integrated_gradients(model: nn.Module, batch: torch.Tensor, class_se
         raise ReportgenError(f"integrated gradients: the baseline has shape {list(baseline.shape)}, the inputs "
                              f"{list(batch.shape)}.")
     alphas, weights = gauss_legendre(steps)
+    n = batch.shape[0]
+    alphas = torch.tensor(alphas, dtype=batch.dtype, device=batch.device).view(-1, 1, 1, 1)
     diff = batch - baseline
 
-    def rows() -> Iterator[tuple[int, torch.Tensor, float]]:
-        for k, alpha in enumerate(alphas):
-            for i in range(batch.shape[0]):
-                yield i, baseline[i] + alpha * diff[i], weights[k]
+    def inputs(rows: torch.Tensor) -> torch.Tensor:  # rows step-major (as Captum): step = row // N, image = row % N
+        images = (rows % n).to(batch.device)
+        return baseline[images] + alphas[(rows // n).to(batch.device)] * diff[images]
 
-    return [total * diff for total in _sum_input_grads(model, rows(), class_sets, batch, batch_size)]
+    rows = torch.arange(steps * n)
+    totals = _sum_input_grads(model, inputs, rows % n, torch.tensor(weights, dtype=torch.float32)[rows // n],
+                              class_sets, batch, batch_size)
+    return [total * diff for total in totals]
 
 
 def score_difference(model: nn.Module, logits: torch.Tensor, baseline: torch.Tensor,
@@ -405,40 +416,28 @@ def gaussian_blur(batch: torch.Tensor, sigma: float) -> torch.Tensor:
 # ---------------------------------------------------------------------------- helpers
 
 
-def _sum_input_grads(model: nn.Module, rows: Iterator[tuple], class_sets: Sequence[Sequence[int]],
-                     batch: torch.Tensor, batch_size: int,
+def _sum_input_grads(model: nn.Module, inputs: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                     weights: torch.Tensor | None, class_sets: Sequence[Sequence[int]], batch: torch.Tensor,
+                     batch_size: int,
                      transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[torch.Tensor]:
-    """Per class set, Σ over rows of weight · transform(∂ logit[classes[i]] / ∂ row) for each image i, with
-    `batch_size` rows per forward (one backward per class set). Rows are (image index, input (C, H, W)[,
-    weight]). Returns per class set (N, C, H, W)."""
+    """Per class set, Σ over rows r of weights[r] · transform(∂ logit[classes[images[r]]] / ∂ input_r) for each
+    image, `batch_size` rows per forward (one backward per class set). `inputs(rows)` builds the (B, C, H, W)
+    inputs of a chunk of row indices; images (M,) and weights (M,) are per row. Per class set (N, C, H, W)."""
     totals = [torch.zeros_like(batch) for _ in class_sets]
-    chunk: list[tuple] = []
-
-    def flush() -> None:
-        index = [row[0] for row in chunk]
-        inputs = torch.stack([row[1] for row in chunk])
-        passes = forward_backward_many(model, inputs, [], [[classes[row[0]] for row in chunk] for classes in class_sets],
+    # not under torch.no_grad(): engine.forward_backward then returns zero gradients
+    for start in range(0, len(images), batch_size):
+        rows = torch.arange(start, min(start + batch_size, len(images)))
+        owner = images[rows].tolist()
+        passes = forward_backward_many(model, inputs(rows), [], [[c[i] for i in owner] for c in class_sets],
                                        input_grad=True)
-        weights = None
-        if len(chunk[0]) > 2:
-            weights = torch.tensor([row[2] for row in chunk], dtype=torch.float32, device=batch.device).view(-1, 1, 1, 1)
         for total, grad_pass in zip(totals, passes):
-            grad = grad_pass.input_grad
+            grad = grad_pass.input_grad  # (B, C, H, W)
             if transform is not None:
                 grad = transform(grad)
             if weights is not None:
-                grad = grad * weights
-            for j, i in enumerate(index):  # a loop: index_add_ is slow on busy CPUs
-                total[i] += grad[j]
-        chunk.clear()
-
-    # not under torch.no_grad(): engine.forward_backward then returns zero gradients
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) == batch_size:
-            flush()
-    if chunk:
-        flush()
+                grad = grad * weights[rows].to(grad).view(-1, 1, 1, 1)
+            for i in sorted(set(owner)):
+                total[i] += grad[[j for j, o in enumerate(owner) if o == i]].sum(dim=0)
     return totals
 
 
