@@ -97,13 +97,14 @@ def forward_backward_many(
     passes = []
     for k, classes in enumerate(class_sets):
         index = torch.as_tensor(classes, device=logits.device).view(-1, 1)
-        score = logits.gather(1, index).sum()
         grads: list[torch.Tensor | None] = [None] * len(wrt)
-        if live and score.requires_grad:
-            found = torch.autograd.grad(score, [wrt[i] for i in live], allow_unused=True,
-                                        retain_graph=k < len(class_sets) - 1)
-            for i, g in zip(live, found):
-                grads[i] = g
+        with torch.enable_grad():  # also when the caller is inside torch.no_grad()
+            score = logits.gather(1, index).sum()
+            if live and score.requires_grad:
+                found = torch.autograd.grad(score, [wrt[i] for i in live], allow_unused=True,
+                                            retain_graph=k < len(class_sets) - 1)
+                for i, g in zip(live, found):
+                    grads[i] = g
         passes.append(GradPass(
             classes=classes,
             logits=logits.detach(),
