@@ -495,7 +495,7 @@ def test_figures_and_section_describe_every_map() -> None:
     assert "&lt;b&gt;fish&lt;/b&gt; (2)" in html and "<b>fish" not in html
     assert "style=" not in html and "<script" not in html and '="http' not in html
     assert html.count("<img") == 1 + 3 + 2 * (1 + 2 * 3 * 2)  # colour bar, grid rows, originals + maps
-    assert "<strong>CAM</strong> is not applicable here" in html
+    assert "<strong>CAM</strong> is not applicable on layer `body`: CAM needs" in html
 
 
 # ---------------------------------------------------------------- the shipped shapes model

@@ -265,7 +265,7 @@ def compute_maps(
             elif method == "cam":
                 why = _cam_not_applicable(head, a, logits)
                 if why:
-                    not_applicable["cam"] = why
+                    not_applicable["cam"] = f"on layer `{name}`: {why}"
                     break
                 weights = head.weight.detach().float()[torch.as_tensor(class_sets, device=a.device)]  # (k, N, C)
                 raw[name][method] = torch.einsum("knc,nchw->knhw", weights, a)
