@@ -17,11 +17,14 @@ def test_wheel_contains_templates_and_builds_from_another_folder(tmp_path, proje
                      "reportgen/templates/style.css", "reportgen/templates/report.js",
                      "reportgen/templates/sections/summary.html.jinja2"):
         assert required in names, required
-    # install it (no deps: the test environment has them) into a venv and build from an unrelated folder
+    # install it (no deps: the test environment has them) into a venv and build from an unrelated folder;
+    # --ignore-installed because CI has already installed reportgen into the site-packages the venv can see
+
     env_dir = tmp_path / "venv"
     venv.create(env_dir, system_site_packages=True, with_pip=False)
     python = env_dir / "bin" / "python"
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--ignore-installed", "-q",
+                    str(wheel)],
                    check=True, capture_output=True)
     config = project.write()
     done = subprocess.run([str(env_dir / "bin" / "reportgen"), "build", str(config), "-q"], cwd=tmp_path,
