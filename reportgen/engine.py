@@ -17,13 +17,13 @@ later operation changes that tensor in place (DenseNet's `F.relu(features, inpla
 activations are the tensor as it is after the forward. That is exactly what pytorch-grad-cam 1.5.7
 records (a tensor hook registered on the output, and the output object itself), so the maps agree.
 
-The hooks used here are registered and removed inside `_capture` (the one exception to
-`reportgen.hooks` being the only place with hooks: capturing the gradient edge and cutting the
-graph must happen while the layer runs, which `capture_outputs` cannot do).
+The hooks of `_capture` capture the gradient edge and cut the graph while the layer runs (which
+`capture_outputs` cannot do); they are registered and removed by
+`reportgen.hooks.forward_hooks`.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -32,7 +32,7 @@ from torch import nn
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from .errors import ReportgenError
-from .hooks import capture_outputs, get_layer
+from .hooks import ForwardHook, capture_outputs, forward_hooks
 
 
 @dataclass(frozen=True)
@@ -134,17 +134,11 @@ def forward_replacing(
 
     `output` may have a larger batch than `batch` (b, C, h, w) when everything after the layer
     broadcasts a batch of 1 (the caller checks that the logits make sense)."""
-    module = get_layer(model, layer)
-
     def hook(_module, _inputs, _output):
         return output
 
-    handle = module.register_forward_hook(hook)
-    try:
-        with torch.no_grad():
-            return model(batch)
-    finally:
-        handle.remove()
+    with forward_hooks(model, [(layer, hook)]), torch.no_grad():
+        return model(batch)
 
 
 @contextmanager
@@ -157,9 +151,8 @@ def _capture(
     on and hands the rest of the model a copy of a fresh leaf, so the graph starts there.
     """
     captured: dict[str, tuple[torch.Tensor, torch.Tensor | GradientEdge | None]] = {}
-    handles = []
 
-    def make_hook(name: str) -> Callable:
+    def make_hook(name: str) -> ForwardHook:
         def hook(_module, _inputs, output):
             if not torch.is_tensor(output):
                 raise ReportgenError(f"layer `{name}` returns a {type(output).__name__}, not a tensor; "
@@ -175,13 +168,8 @@ def _capture(
 
         return hook
 
-    try:
-        for name in layers:
-            handles.append(get_layer(model, name).register_forward_hook(make_hook(name)))
+    with forward_hooks(model, [(name, make_hook(name)) for name in layers]):
         yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
     missing = [name for name in layers if name not in captured]
     if missing:
         raise ReportgenError(f"layer `{missing[0]}` is not called in {type(model).__name__}'s forward pass.")

@@ -1,8 +1,9 @@
 """The one place that registers hooks on a model. Every hook is removed on exit, also on error."""
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,6 +23,23 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
         ) from None
 
 
+ForwardHook = Callable[[nn.Module, tuple, Any], Any]  # (module, inputs, output) -> None or a replacement output
+
+
+@contextmanager
+def forward_hooks(model: nn.Module, hooks: Sequence[tuple[str, ForwardHook]]) -> Iterator[None]:
+    """Register each (layer name, forward hook) pair on the named layer for the block; every hook is
+    removed on exit, also on error (an unknown layer name included: the hooks registered before it go too)."""
+    handles = []
+    try:
+        for name, hook in hooks:
+            handles.append(get_layer(model, name).register_forward_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @contextmanager
 def capture_outputs(
     model: nn.Module, names: Sequence[str], *, detach: bool = True
@@ -33,16 +51,14 @@ def capture_outputs(
     in the autograd graph, so `torch.autograd.grad(score, outputs[name])` works.
     """
     outputs: dict[str, torch.Tensor] = {}
-    handles = []
-    try:
-        for name in names:
-            def hook(_module, _inputs, output, name=name):
-                outputs[name] = output.detach() if (detach and torch.is_tensor(output)) else output
-            handles.append(get_layer(model, name).register_forward_hook(hook))
+
+    def make_hook(name: str) -> ForwardHook:
+        def hook(_module, _inputs, output):
+            outputs[name] = output.detach() if (detach and torch.is_tensor(output)) else output
+        return hook
+
+    with forward_hooks(model, [(name, make_hook(name)) for name in names]):
         yield outputs
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def count_hooks(model: nn.Module) -> int:
@@ -135,18 +151,12 @@ def capture_outputs_passing_copies(model: nn.Module, names: Sequence[str]) -> It
     the captured tensor: the captured output and its gradient are the layer's own, as in Captum's layer
     attributions (`forward_hook_with_return`)."""
     outputs: dict[str, torch.Tensor] = {}
-    handles = []
 
-    def make_hook(name: str):
+    def make_hook(name: str) -> ForwardHook:
         def hook(_module, _inputs, output):
             outputs[name] = output
             return output.clone() if torch.is_tensor(output) else output
         return hook
 
-    try:
-        for name in names:
-            handles.append(get_layer(model, name).register_forward_hook(make_hook(name)))
+    with forward_hooks(model, [(name, make_hook(name)) for name in names]):
         yield outputs
-    finally:
-        for handle in handles:
-            handle.remove()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import jinja2
 import numpy as np
 import pytest
 import torch
@@ -11,6 +12,8 @@ import yaml
 from PIL import Image
 
 torch.set_num_threads(2)
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 
 TINYNET = textwrap.dedent('''
     import torch
@@ -63,3 +66,25 @@ def project(tmp_path: Path):
     p.base = base
     p.write = write
     return p
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Many small forwards: one intra-op thread is several times faster than two on a busy 2-core machine.
+    Use per module: `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def render_section(name: str, section: dict) -> str:
+    """templates/sections/<name>.html.jinja2 rendered with `section`, autoescaped, with a stub `figure` macro
+    (<figure> with the alt text and caption, no image)."""
+    stub = ('{% macro figure(fig, cls="") %}<figure><img alt="{{ fig.alt }}" src="data:,">'
+            "<figcaption>{{ fig.caption }}</figcaption></figure>{% endmacro %}")
+    env = jinja2.Environment(
+        loader=jinja2.ChoiceLoader([jinja2.DictLoader({"macros.html.jinja2": stub}),
+                                    jinja2.FileSystemLoader(TEMPLATES)]),
+        autoescape=True, undefined=jinja2.StrictUndefined)
+    return env.get_template(f"sections/{name}.html.jinja2").render(section=section, report={})

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
-import jinja2
 import numpy as np
 import pytest
 import torch
@@ -20,8 +18,7 @@ from reportgen.figures.grid import compose_grid, grid_cols, grid_size
 from reportgen.hooks import count_hooks
 from reportgen.stages import Context
 from reportgen.stages import feature_maps
-
-TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+from tests.conftest import render_section
 
 
 class Boom(nn.Module):
@@ -212,13 +209,7 @@ def test_template_renders_and_escapes():
     ctx = make_ctx(cfg, n=2)
     section = fm_figures.plot(feature_maps.run(ctx, cfg), ctx)
     section["images"][0]["name"] = "<img src=x onerror=alert(1)>"
-    stub = ('{% macro figure(fig, cls="") %}<figure><img alt="{{ fig.alt }}" src="data:,">'
-            "<figcaption>{{ fig.caption }}</figcaption></figure>{% endmacro %}")
-    env = jinja2.Environment(
-        loader=jinja2.ChoiceLoader([jinja2.DictLoader({"macros.html.jinja2": stub}),
-                                    jinja2.FileSystemLoader(TEMPLATES)]),
-        autoescape=True, undefined=jinja2.StrictUndefined)
-    html = env.get_template("sections/feature_maps.html.jinja2").render(section=section, report={})
+    html = render_section("feature_maps", section)
     assert "<img src=x" not in html and "&lt;img src=x" in html
     assert html.count("<figure") == 2 * 2  # per image: the input and one grid
     assert "produces shape (N, 3)" in html and 'class="warn"' in html and 'style="' not in html

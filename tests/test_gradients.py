@@ -33,13 +33,7 @@ DETERMINISTIC = tuple(m for m in ALL if m != "smoothgrad")
 TOL = 1e-4  # max |ours − Captum| relative to max |Captum|
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Many small forwards: one intra-op thread is several times faster than two on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class TinyNet(nn.Module):

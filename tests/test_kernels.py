@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
-import jinja2
 import numpy as np
 import pytest
 import torch
@@ -20,8 +18,7 @@ from reportgen.figures.grid import grid_cols, grid_size
 from reportgen.hooks import count_hooks
 from reportgen.stages import Context
 from reportgen.stages import kernels
-
-TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+from tests.conftest import render_section
 
 
 class Net(nn.Module):
@@ -210,17 +207,7 @@ def test_template_renders_and_escapes():
     ctx = make_ctx(cfg)
     section = kernel_figures.plot(kernels.run(ctx, cfg), ctx)
     section["warnings"] = ["<script>alert(1)</script>"]
-    html = render("kernels", section)
+    html = render_section("kernels", section)
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert html.count("<figure") == 3  # kernel grid, weight statistics, filter visualisation
     assert "<code>stem.0</code>" in html and 'style="' not in html
-
-
-def render(name: str, section: dict) -> str:
-    stub = ('{% macro figure(fig, cls="") %}<figure><img alt="{{ fig.alt }}" src="data:,">'
-            "<figcaption>{{ fig.caption }}</figcaption></figure>{% endmacro %}")
-    env = jinja2.Environment(
-        loader=jinja2.ChoiceLoader([jinja2.DictLoader({"macros.html.jinja2": stub}),
-                                    jinja2.FileSystemLoader(TEMPLATES)]),
-        autoescape=True, undefined=jinja2.StrictUndefined)
-    return env.get_template(f"sections/{name}.html.jinja2").render(section=section, report={})

@@ -126,27 +126,28 @@ def as_rgb(pixels: np.ndarray) -> np.ndarray:
 
 def hstack(images: Sequence[np.ndarray], gap: int = 8, pad_value: int = PAD_VALUE) -> np.ndarray:
     """Place RGB images side by side, top-aligned, `gap` px apart -> (H, W, 3) uint8."""
-    images = [as_rgb(im) for im in images]
-    height = max(im.shape[0] for im in images)
-    width = sum(im.shape[1] for im in images) + gap * (len(images) - 1)
-    out = np.full((height, width, 3), pad_value, dtype=np.uint8)
-    x = 0
-    for im in images:
-        out[: im.shape[0], x : x + im.shape[1]] = im
-        x += im.shape[1] + gap
-    return out
+    return _stack(images, 1, gap, pad_value)
 
 
 def vstack(images: Sequence[np.ndarray], gap: int = 8, pad_value: int = PAD_VALUE) -> np.ndarray:
     """Stack RGB images top to bottom, left-aligned, `gap` px apart -> (H, W, 3) uint8."""
+    return _stack(images, 0, gap, pad_value)
+
+
+def _stack(images: Sequence[np.ndarray], axis: int, gap: int, pad_value: int) -> np.ndarray:
+    """RGB images one after another along `axis` (0: down, 1: across), `gap` px apart, aligned at the
+    start of the other axis -> (H, W, 3) uint8."""
     images = [as_rgb(im) for im in images]
-    width = max(im.shape[1] for im in images)
-    height = sum(im.shape[0] for im in images) + gap * (len(images) - 1)
-    out = np.full((height, width, 3), pad_value, dtype=np.uint8)
-    y = 0
+    shape = [0, 0, 3]
+    shape[axis] = sum(im.shape[axis] for im in images) + gap * (len(images) - 1)
+    shape[1 - axis] = max(im.shape[1 - axis] for im in images)
+    out = np.full(tuple(shape), pad_value, dtype=np.uint8)
+    at = 0
     for im in images:
-        out[y : y + im.shape[0], : im.shape[1]] = im
-        y += im.shape[0] + gap
+        place = [slice(0, im.shape[0]), slice(0, im.shape[1])]
+        place[axis] = slice(at, at + im.shape[axis])
+        out[tuple(place)] = im
+        at += im.shape[axis] + gap
     return out
 
 
