@@ -257,17 +257,14 @@ def _write_tensorboard(config: Config, ctx: Context, runs: list[StageRun], log: 
         tb = importlib.import_module("reportgen.tensorboard")
     except ImportError:
         return
+    from .figures.common import flatten
     from .render import section_figures
-
-    from PIL import Image
-    import io
 
     images = {}
     for run in runs:
         if run.section is not None:
             for i, fig in enumerate(section_figures(run.section)):
-                with Image.open(io.BytesIO(fig.png)) as img:
-                    images[f"{run.name}/{i:03d} {fig.alt}"[:120]] = np.asarray(img.convert("RGB"))
+                images[f"{run.name}/{i:03d} {fig.alt}"[:120]] = flatten(fig)  # overlays composed, as the page shows them
     histograms = {name: p.detach().float().cpu().numpy() for name, p in ctx.model.named_parameters()
                   if name.endswith("weight") and p.dim() == 4}
     summary = next((r.result for r in runs if r.name == "summary" and r.status == "ok"), None)

@@ -73,12 +73,27 @@ def png_size(png: bytes) -> tuple[int, int]:
 class _Images:
     """Turns Figures into `src` values: data: URIs (self-contained) or files under assets/.
 
-    Every PNG is optimised once (see `optimise_png`); the same bytes give the same URI or asset name."""
+    Every PNG is optimised once (see `optimise_png`); the same bytes give the same URI or asset name.
+    Pictures beneath overlays become CSS classes (`css()`), one rule per distinct picture and opacity."""
 
     def __init__(self, self_contained: bool):
         self.self_contained = self_contained
         self.assets: dict[str, bytes] = {}
         self._srcs: dict[bytes, str] = {}
+        self._unders: dict[bytes, str] = {}  # PNG -> class name
+        self._alphas: dict[float, str] = {}
+
+    def under_class(self, png: bytes) -> str:
+        return self._unders.setdefault(png, f"u{len(self._unders)}")
+
+    def alpha_class(self, alpha: float) -> str:
+        return self._alphas.setdefault(round(float(alpha), 3), f"o{len(self._alphas)}")
+
+    def css(self) -> str:
+        """The rules the overlays use: `.uN` draws picture N beneath, `.oN` sets the map's opacity."""
+        rules = [f'.{name}{{background-image:url("{self.src(png)}")}}' for png, name in self._unders.items()]
+        rules += [f".{name}{{opacity:{alpha:g}}}" for alpha, name in self._alphas.items()]
+        return "\n".join(rules)
 
     def src(self, png: bytes) -> str:
         if png not in self._srcs:
@@ -114,6 +129,8 @@ def make_environment(images: _Images) -> Environment:
     env.filters["shape"] = _shape
     env.filters["pct"] = lambda v, digits=1: f"{100 * float(v):.{digits}f}%"
     env.filters["num"] = lambda v, digits=3: f"{float(v):.{digits}g}"
+    env.filters["under_class"] = lambda fig: images.under_class(fig.under)
+    env.filters["alpha_class"] = lambda fig: images.alpha_class(fig.alpha)
     env.filters["shown_size"] = lambda fig: png_size(fig.thumb or fig.png)  # (w, h) of the inline picture
     env.globals["self_contained"] = images.self_contained
     return env
@@ -156,9 +173,6 @@ def render_report(config, ctx, runs, report_data: dict) -> tuple[str, dict[str, 
     folder = templates_dir()
     css = (folder / "style.css").read_text(encoding="utf-8")
     js = (folder / "report.js").read_text(encoding="utf-8")
-    img_src = "data:" if config.output.self_contained else "'self' data:"
-    csp = (f"default-src 'none'; img-src {img_src}; style-src {_csp_hash(css)}; script-src {_csp_hash(js)}; "
-           "base-uri 'none'; form-action 'none'")
     inputs = [
         {"name": img.name, "source": img.source,
          # the pixels themselves: small inputs are enlarged by CSS with hard edges ("pixel"), not in the PNG
@@ -176,9 +190,7 @@ def render_report(config, ctx, runs, report_data: dict) -> tuple[str, dict[str, 
         "config_yaml": yaml.safe_dump(report_data["config"], sort_keys=False, allow_unicode=True),
         "inputs": inputs,
         "self_contained": config.output.self_contained,
-        "css": css,
         "js": js,
-        "csp": csp,
     }
     stages: list[dict] = []
     report["stages"] = stages
@@ -194,5 +206,10 @@ def render_report(config, ctx, runs, report_data: dict) -> tuple[str, dict[str, 
                     report_data["stages"][i].update(status=run.status, error=run.error)
         stages.append({"name": run.name, "title": STAGE_TITLES.get(run.name, run.name), "status": run.status,
                        "error": run.error, "seconds": run.seconds, "section": run.section, "html": html})
+    css += "\n/* the pictures beneath overlays, one rule each */\n" + images.css()  # complete once the sections are drawn
+    img_src = "data:" if config.output.self_contained else "'self' data:"
+    report["css"] = css
+    report["csp"] = (f"default-src 'none'; img-src {img_src}; style-src {_csp_hash(css)}; "
+                     f"script-src {_csp_hash(js)}; base-uri 'none'; form-action 'none'")
     html = env.get_template("report.html.jinja2").render(report=report)
     return html, images.assets

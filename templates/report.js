@@ -12,24 +12,38 @@
   }
 
   // Lightbox: every figure opens large; Esc closes, arrows step through the figures in page order.
+  // An overlay (span.stack) opens as one too: its picture beneath comes along as the same CSS class.
   var box = doc.getElementById("lightbox"), zooms = all("figure.fig .zoom");
   if (box && typeof box.showModal === "function") {
-    var boxImg = box.querySelector("img"), boxCap = box.querySelector("figcaption"), count = box.querySelector(".lb-count");
+    var boxImg = box.querySelector("img"), boxStack = box.querySelector(".lb-stack");
+    var boxCap = box.querySelector("figcaption"), count = box.querySelector(".lb-count");
     var current = -1;
+    var fit = function () {  // the largest size with the picture's aspect ratio that fits above the caption
+      if (current < 0) return;
+      var img = zooms[current].tagName === "IMG" ? zooms[current] : zooms[current].querySelector("img");
+      var w = +img.getAttribute("width") || img.naturalWidth || 1, h = +img.getAttribute("height") || img.naturalHeight || 1;
+      var room = box.querySelector("figure").getBoundingClientRect();
+      var scale = Math.min(room.width / w, (room.height - boxCap.offsetHeight - 8) / h);
+      boxStack.style.width = Math.max(1, Math.floor(w * scale)) + "px";  // CSSOM, allowed by the page's CSP
+      boxStack.style.height = Math.max(1, Math.floor(h * scale)) + "px";
+    };
     var show = function (i) {
       current = (i + zooms.length) % zooms.length;
       var el = zooms[current], img = el.tagName === "IMG" ? el : el.querySelector("img");
-      var fig = el.closest("figure"), cap = fig.querySelector("figcaption");
+      var fig = el.closest("figure"), cap = fig.querySelector("figcaption"), pixel = fig.classList.contains("pixel");
       boxImg.src = el.tagName === "A" ? el.getAttribute("href") : img.getAttribute("src");
       boxImg.alt = img.alt;
-      boxImg.className = fig.classList.contains("pixel") ? "pixel" : "";
+      boxImg.className = img.className;  // an overlay's opacity class
+      boxStack.className = "lb-stack" + (el.classList.contains("stack") ? " " + el.className.replace(/\b(zoom|stack)\b/g, "") : "") + (pixel ? " pixel" : "");
       boxCap.textContent = cap ? cap.textContent : img.alt;
       count.textContent = (current + 1) + " / " + zooms.length;
       if (!box.open) box.showModal();
+      fit();
     };
+    window.addEventListener("resize", fit);
     zooms.forEach(function (el, i) {
       el.setAttribute("aria-haspopup", "dialog");
-      if (el.tagName === "IMG") { el.tabIndex = 0; el.setAttribute("role", "button"); }
+      if (el.tagName !== "A") { el.tabIndex = 0; el.setAttribute("role", "button"); }
       activate(el, function (e) { e.preventDefault(); show(i); });
     });
     box.querySelector(".lb-prev").addEventListener("click", function () { show(current - 1); });
@@ -168,10 +182,9 @@
   });
   track();
 
-  // Printing: open every folded section and load every picture, then put things back.
+  // Printing: open every folded section, then put things back.
   var reopened = [];
   window.addEventListener("beforeprint", function () {
-    all("img[loading=lazy]").forEach(function (img) { img.loading = "eager"; });
     reopened = all("details:not([open])");
     reopened.forEach(function (d) { d.open = true; });
   });

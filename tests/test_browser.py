@@ -141,10 +141,18 @@ const imgs = [...document.images].filter(i => !i.closest('#lightbox'));
 imgs.forEach(i => { i.loading = 'eager'; });
 const full = [...document.querySelectorAll('a.zoom')].map(a => { const im = new Image(); im.src = a.href; return im; });
 const settle = im => im.decode().then(() => null, e => String(e));
-Promise.all([...imgs, ...full].map(settle)).then(errors => done({
+const stacks = [...document.querySelectorAll('figure.fig .stack')];  // overlays: the picture beneath is a CSS background
+const under = stacks.map(s => { const m = getComputedStyle(s).backgroundImage.match(/^url\("(.*)"\)$/);
+                                const im = new Image(); im.src = m ? m[1] : 'data:,'; return im; });
+Promise.all([...imgs, ...full, ...under].map(settle)).then(errors => done({
   inline: imgs.map((im, k) => ({src: im.getAttribute('src').slice(0, 80), width: im.naturalWidth,
                                 alt: im.getAttribute('alt'), error: errors[k]})),
   full: full.map((im, k) => ({src: im.src.slice(0, 80), width: im.naturalWidth, error: errors[imgs.length + k]})),
+  under: under.map((im, k) => {
+    const top = stacks[k].querySelector('img'), box = stacks[k].getBoundingClientRect(), shown = top.getBoundingClientRect();
+    return {src: im.src.slice(0, 80), width: im.naturalWidth, error: errors[imgs.length + full.length + k],
+            opacity: +getComputedStyle(top).opacity, same_box: Math.abs(box.width - shown.width) < 1 && Math.abs(box.height - shown.height) < 1};
+  }),
 }));
 """
 
@@ -194,10 +202,19 @@ def test_opens_offline_with_no_console_error_and_no_network_request(driver, quic
 
 def test_every_image_decodes_and_says_what_it_shows(driver, quickstart):
     open_page(driver, quickstart["html"])
+    # every picture has its box from the start (no layout shift moving the sections a link lands on)
+    empty = js(driver, """return [...document.images].filter(i => !i.closest('#lightbox, details:not([open])'))
+        .filter(i => { const r = i.getBoundingClientRect(); return !(r.width > 0 && r.height > 0); }).map(i => i.alt)""")
+    assert empty == []
     images = decode_all(driver)
     assert len(images["inline"]) >= len(quickstart["json"]["images"])
     for img in images["inline"] + images["full"]:
         assert img["error"] is None and img["width"] > 0, img
+    # overlays (CAM, gradients): the heat map lies on the picture beneath, exactly covering it, half transparent
+    overlays = {s["name"] for s in quickstart["json"]["stages"]} & {"cam", "gradients"}
+    assert bool(images["under"]) == bool(overlays), overlays
+    for img in images["under"]:
+        assert img["error"] is None and img["width"] > 0 and img["same_box"] and 0 < img["opacity"] < 1, img
     for img in images["inline"]:
         assert len(img["alt"].split()) >= 3, img  # a sentence, not a file name
     assert all(img["src"].startswith("data:image/png;base64,") for img in images["inline"])
@@ -275,6 +292,20 @@ def test_lightbox_opens_steps_with_arrows_and_closes_with_escape(driver, quickst
     assert wait_for(lambda: js(driver, state, zooms[-1])["count"] == f"{total} / {total}")
     driver.find_element("css selector", "#lightbox .lb-close").click()
     assert wait_for(lambda: not js(driver, state, zooms[-1])["open"])
+    overlays = driver.find_elements("css selector", "figure.fig .stack")
+    if overlays:  # an overlay opens large with its picture beneath, sized to the picture's aspect ratio
+        js(driver, "arguments[0].scrollIntoView({block: 'center'})", overlays[0])
+        overlays[0].click()
+        big = wait_for(lambda: js(driver, """const b = document.getElementById('lightbox'), s = b.querySelector('.lb-stack');
+            const r = s.getBoundingClientRect(), im = s.querySelector('img'), top = arguments[0].querySelector('img');
+            return b.open && im.complete && im.naturalWidth ? {under: getComputedStyle(s).backgroundImage,
+                same: getComputedStyle(arguments[0]).backgroundImage, opacity: +getComputedStyle(im).opacity,
+                ratio: r.width / r.height, own: top.width / top.height, height: r.height, room: innerHeight} : null;""",
+            overlays[0]), message="the overlay in the lightbox")
+        assert big["under"].startswith('url("data:image/png') and big["under"] == big["same"], big
+        assert 0 < big["opacity"] < 1 and abs(big["ratio"] - big["own"]) < 0.02 and big["height"] > big["room"] / 2, big
+        box.send_keys(Keys.ESCAPE)
+        assert wait_for(lambda: not js(driver, state, overlays[0])["open"])
     assert_offline_and_clean(page_events(driver))  # no script error, no request while browsing the figures
 
 
@@ -477,6 +508,11 @@ def test_static_site_mode_has_the_same_content_and_stays_inside_its_folder(drive
     images = decode_all(driver)
     for img in images["inline"] + images["full"]:
         assert img["error"] is None and img["width"] > 0, img
+    # overlays (CAM, gradients): the heat map lies on the picture beneath, exactly covering it, half transparent
+    overlays = {s["name"] for s in quickstart["json"]["stages"]} & {"cam", "gradients"}
+    assert bool(images["under"]) == bool(overlays), overlays
+    for img in images["under"]:
+        assert img["error"] is None and img["width"] > 0 and img["same_box"] and 0 < img["opacity"] < 1, img
     folder = quickstart["site"].parent.resolve().as_uri() + "/assets/"
     srcs = js(driver, "return [...document.images].filter(i => i.getAttribute('src')).map(i => i.src)")
     assert srcs and all(s.startswith(folder) for s in srcs), srcs[:3]

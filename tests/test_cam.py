@@ -466,6 +466,7 @@ def test_cli_validate_exits_2_for_a_bad_target_layer(project) -> None:
 
 def test_figures_and_section_describe_every_map() -> None:
     from reportgen import render
+    from reportgen.figures.common import flatten, overlay, upscale_nearest
 
     model = _seeded(TinyNet)
     labels = ["cat", "dog", "<b>fish</b>", "owl"]
@@ -478,17 +479,25 @@ def test_figures_and_section_describe_every_map() -> None:
     cells = [cell for image in section["images"] for cls in image["classes"] for row in cls["rows"]
              for cell in row["cells"]]
     assert len(cells) == 2 * 2 * 3 * 3  # images x classes x (2 layers + fused) x methods
-    assert [cell["figure"] is None for cell in cells[:3]] == [True, False, False]  # cam is not applicable
-    figure = cells[1]["figure"]
-    assert "Grad-CAM" in figure.alt and "image a" in figure.alt and "<b>fish</b> (2)" in figure.alt
-    assert "layer body" in figure.alt and figure.png.startswith(b"\x89PNG")
-    assert figure.height >= cam_figures.MIN_SIDE  # small inputs are enlarged
+    assert [cell["figures"] == [] for cell in cells[:3]] == [True, False, False]  # cam is not applicable
+    over, heat = cells[1]["figures"]
+    for figure in (over, heat):
+        assert "Grad-CAM" in figure.alt and "image a" in figure.alt and "<b>fish</b> (2)" in figure.alt
+        assert "layer body" in figure.alt and figure.png.startswith(b"\x89PNG")
+        assert figure.height >= cam_figures.MIN_SIDE  # small inputs are enlarged
+    assert over.under is not None and heat.under is None and over.png == heat.png
+    # the page lays the heat map over the image: composed, that is exactly the classic blend
+    base, values = ctx.images[0].display[..., :3], result.maps[("gradcam", "body", 0, 2)]
+    expected = upscale_nearest(overlay(base, values, alpha=cfg.alpha, cmap=cfg.colormap), cam_figures.MIN_SIDE)
+    np.testing.assert_array_equal(flatten(over), expected)
     html = render.make_environment(render._Images(True)).get_template("sections/cam.html.jinja2").render(
         section=section, report={})
     assert "<i>b</i>" not in html and "&lt;i&gt;b&lt;/i&gt;" in html
     assert "&lt;b&gt;fish&lt;/b&gt; (2)" in html and "<b>fish" not in html
     assert "style=" not in html and "<script" not in html and '="http' not in html
-    assert html.count("<img") == 1 + 3 + 2 * (1 + 2 * 3 * 2)  # colour bar, grid rows, originals + maps
+    # colour bar, grid rows (input + 2 overlays), originals + (overlay, heat map) per map
+    assert html.count("<img") == 1 + 3 * (1 + 2) + 2 * (1 + 2 * 3 * 2 * 2)
+    assert html.count('class="zoom stack u') == 3 * 2 + 2 * 2 * 3 * 2  # overlays, each over its image's picture
     assert "<strong>CAM</strong> is not applicable on layer `body`: CAM needs" in html
 
 

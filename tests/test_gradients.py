@@ -338,6 +338,7 @@ def test_display_scaling_is_captums(sign):
 
 
 def test_plot_figures_and_template_escape_names():
+    from reportgen.figures.common import flatten, overlay, upscale_nearest
     from reportgen.render import _Images, make_environment
 
     model, x = tiny(), batch(1, 32)
@@ -351,10 +352,18 @@ def test_plot_figures_and_template_escape_names():
     assert all(f"class {cls}" in fig.alt and "<script>" in fig.alt for fig in group["figures"])
     assert {fig.alt.split(" ")[0] for fig in group["figures"]} == {"Saliency", "Integrated"}
     assert all(fig.png.startswith(b"\x89PNG") and fig.width >= gfig.MIN_SIDE for fig in group["figures"])
+    heat, over = group["figures"][:2]
+    assert heat.under is None and over.under is not None and over.alpha == cfg.alpha
+    # composed by the page, the overlay is the heat map blended over the grey image
+    grey = np.repeat(ctx.images[0].display.mean(axis=2, keepdims=True), 3, axis=2).round().astype(np.uint8)
+    position, _ = gfig.colour(gfig.normalize_attribution(result.maps["saliency"][0, 0], "all", 2), "all", "RdBu_r")
+    expected = upscale_nearest(overlay(grey, position, alpha=cfg.alpha, cmap="RdBu_r"), gfig.MIN_SIDE)
+    np.testing.assert_array_equal(flatten(over), expected)
     html = make_environment(_Images(True)).get_template("sections/gradients.html.jinja2").render(
         section=section, report={})
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert html.count("<img") == 1 + 1 + 4 and "completeness" in html
+    assert html.count('class="zoom stack u0"') == 2  # both overlays over the one grey picture
 
 
 @pytest.mark.parametrize("change, message", [

@@ -1,13 +1,14 @@
 """Class activation maps as pictures: per image and target class, each method's map as an overlay on
-the pixels the model sees next to the bare heat map (one PNG per method), and a compact grid
-(one composed PNG per image: the original, then each method's overlay for the top target)."""
+the pixels the model sees, then the bare heat map; and a compact grid (per image: the input, then each
+method's overlay for the top target). Overlays are `overlay_figure`s: the page lays the heat map over the
+image, so the image's pixels are carried once per report, not once per map."""
 from __future__ import annotations
 
 import numpy as np
 
 from ..stages.cam import FUSED, METHOD_TITLES, CamResult
-from .common import apply_colormap, make_figure, overlay, resize_float, upscale_nearest
-from .grid import colorbar_image, fit_height, hstack
+from .common import apply_colormap, make_figure, overlay_figure, resize_float, to_png, upscale_nearest
+from .grid import colorbar_image, fit_height
 
 MIN_SIDE = 160  # small inputs (64x64) are enlarged (nearest, after drawing) to at least this many pixels
 GRID_TILE = 112  # height of a tile in the compact grid
@@ -59,6 +60,7 @@ def _heat(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def _detail(result: CamResult, i: int, name: str, base: np.ndarray, alpha: float, cmap: str) -> dict:
     shape = base.shape[:2]
+    under = to_png(base)
     classes = []
     for c, p in zip(result.targets[i], result.probabilities[i]):
         what = _class_text(result, c)
@@ -69,14 +71,17 @@ def _detail(result: CamResult, i: int, name: str, base: np.ndarray, alpha: float
             for method in result.methods:
                 title = METHOD_TITLES[method]
                 if method in result.not_applicable:
-                    cells.append({"title": title, "figure": None, "why": result.not_applicable[method]})
+                    cells.append({"title": title, "figures": [], "why": result.not_applicable[method]})
                     continue
-                heat = _heat(result.maps[(method, layer, i, c)], shape)
-                pair = hstack([overlay(base, heat, alpha=alpha, cmap=cmap), apply_colormap(heat, cmap)], gap=2)
-                pair = upscale_nearest(pair, MIN_SIDE)  # exact pixel repeats: a small input stays a small PNG
-                alt = f"{title} for image {name}, class {what}, {where}: overlay on the image, then the heat map alone"
-                cells.append({"title": title, "figure": make_figure(pair, alt=alt, caption=title),
-                              "why": ""})
+                heat = apply_colormap(_heat(result.maps[(method, layer, i, c)], shape), cmap)
+                about = f"{title} for image {name}, class {what}, {where}"
+                figures = [
+                    overlay_figure(under, heat, alpha, alt=f"{about}: the heat map over the image",
+                                   caption=title, min_side=MIN_SIDE),
+                    make_figure(upscale_nearest(heat, MIN_SIDE), alt=f"{about}: the heat map alone",
+                                caption=f"{title}: heat map"),
+                ]
+                cells.append({"title": title, "figures": figures, "why": ""})
             rows.append({"layer": FUSED if layer == FUSED else layer, "fused": layer == FUSED, "cells": cells})
         classes.append({"index": c, "label": what, "probability": p, "rows": rows})
     original = make_figure(upscale_nearest(base, MIN_SIDE), alt=f"Input image {name} as the model sees it", caption=name)
@@ -84,17 +89,17 @@ def _detail(result: CamResult, i: int, name: str, base: np.ndarray, alpha: float
 
 
 def _grid_row(result: CamResult, i: int, name: str, base: np.ndarray, alpha: float, cmap: str) -> dict:
-    """One composed picture: the input, then every computed method's overlay for the image's top target."""
+    """The input, then every computed method's overlay for the image's top target, as small tiles."""
     c = result.targets[i][0]
     small = fit_height(base, GRID_TILE) if base.shape[0] > GRID_TILE else base
-    tiles = [small]
-    for method in result.computed_methods:
-        heat = _heat(result.maps[(method, result.main_layer, i, c)], small.shape[:2])
-        tiles.append(overlay(small, heat, alpha=alpha, cmap=cmap))
-    strip = upscale_nearest(hstack(tiles, gap=2), GRID_TILE)
-    methods = ", ".join(METHOD_TITLES[m] for m in result.computed_methods)
+    under = to_png(small)
     where = "all target layers fused" if result.fused else f"layer {result.main_layer}"
-    alt = f"Image {name}, class {_class_text(result, c)}: the input, then the maps of {methods} ({where})"
+    tiles = [make_figure(upscale_nearest(small, GRID_TILE), alt=f"Input image {name}", caption="input")]
+    for method in result.computed_methods:
+        heat = apply_colormap(_heat(result.maps[(method, result.main_layer, i, c)], small.shape[:2]), cmap)
+        title = METHOD_TITLES[method]
+        tiles.append(overlay_figure(under, heat, alpha, caption=title, min_side=GRID_TILE,
+                                    alt=f"{title} for image {name}, class {_class_text(result, c)}, {where}: "
+                                        "the heat map over the image"))
     return {"name": name, "label": _class_text(result, c), "probability": result.probabilities[i][0],
-            "figure": make_figure(strip, alt=alt)}
-
+            "figures": tiles}

@@ -11,7 +11,11 @@ from PIL import Image
 
 @dataclass(frozen=True)
 class Figure:
-    """One image of the report. `thumb` (optional) is shown inline; the full `png` opens on click."""
+    """One image of the report. `thumb` (optional) is shown inline; the full `png` opens on click.
+
+    An overlay keeps its two layers apart: `png` is the colour map alone and `under` the picture beneath it;
+    the page lays `png` over `under` with opacity `alpha`, which is exactly `overlay()`'s blend. Every overlay
+    of one image shares the same `under` bytes, so the report carries that picture once, not once per map."""
 
     png: bytes
     alt: str  # what it shows: method, layer, image, class
@@ -19,6 +23,8 @@ class Figure:
     thumb: bytes | None = None
     width: int = 0
     height: int = 0
+    under: bytes | None = None
+    alpha: float = 1.0
 
 
 def make_figure(pixels: np.ndarray, alt: str, caption: str = "", thumb_side: int | None = None) -> Figure:
@@ -28,6 +34,34 @@ def make_figure(pixels: np.ndarray, alt: str, caption: str = "", thumb_side: int
     if thumb_side is not None and max(h, w) > thumb_side:
         thumb = to_png(thumbnail(pixels, thumb_side))
     return Figure(png=to_png(pixels), alt=alt, caption=caption, thumb=thumb, width=w, height=h)
+
+
+def overlay_figure(under: bytes, colour: np.ndarray, alpha: float, alt: str, caption: str = "",
+                   min_side: int = 0) -> Figure:
+    """A colour map (H, W, 3) uint8 to be laid with opacity `alpha` over the PNG `under` (same aspect ratio;
+    the page stretches it to the colour map's size). Small maps are enlarged by whole pixels to `min_side`."""
+    colour = upscale_nearest(colour, min_side)
+    return Figure(png=to_png(colour), alt=alt, caption=caption, width=colour.shape[1], height=colour.shape[0],
+                  under=under, alpha=float(alpha))
+
+
+def flatten(fig: Figure) -> np.ndarray:
+    """(H, W, 3) uint8: the figure as the page shows it (an overlay composed as `overlay()` blends)."""
+    top = _decode(fig.png)
+    if fig.under is None:
+        return top
+    under = _decode(fig.under)
+    if under.shape != top.shape:  # the page stretches the picture beneath to the map (nearest for small inputs)
+        rows = np.arange(top.shape[0]) * under.shape[0] // top.shape[0]
+        cols = np.arange(top.shape[1]) * under.shape[1] // top.shape[1]
+        under = under[rows][:, cols]
+    mixed = fig.alpha * top.astype(np.float32) + (1.0 - fig.alpha) * under.astype(np.float32)
+    return np.clip(mixed, 0, 255).round().astype(np.uint8)
+
+
+def _decode(png: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(png)) as img:
+        return np.asarray(img.convert("RGB"))
 
 
 def upscale_nearest(pixels: np.ndarray, min_side: int) -> np.ndarray:

@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from ..stages.gradients import GAP_WARNING, GradientsResult
-from .common import Figure, apply_colormap, make_figure, overlay, to_png, upscale_nearest
+from .common import Figure, apply_colormap, make_figure, overlay_figure, to_png, upscale_nearest
 from .grid import colorbar_image
 
 METHOD_NAMES = {
@@ -69,6 +69,7 @@ def plot(result: GradientsResult, ctx) -> dict:
     groups, rows = [], []
     for i, image in enumerate(ctx.images):
         grey = np.repeat(image.display[..., :3].mean(axis=2, keepdims=True), 3, axis=2).round().astype(np.uint8)
+        under = to_png(grey)  # beneath every overlay of this image: one copy in the report
         for r, cls in enumerate(result.classes[i]):
             cls = int(cls)
             what = f"{image.name}, class {cls} ({ctx.label(cls)})"
@@ -77,10 +78,10 @@ def plot(result: GradientsResult, ctx) -> dict:
                 name = METHOD_NAMES[method]
                 if method == "guided_gradcam":
                     name += f" at {result.cam_layer}"
-                position, heat = colour(normalize_attribution(maps[i, r], sign, cfg.outlier_perc), sign, cmap)
-                blended = overlay(grey, position, alpha=cfg.alpha, cmap=cmap)
+                _, heat = colour(normalize_attribution(maps[i, r], sign, cfg.outlier_perc), sign, cmap)
                 figures.append(_figure(heat, f"{name} heat map ({sign}) for {what}", f"{name}: heat map"))
-                figures.append(_figure(blended, f"{name} over the image ({sign}) for {what}", f"{name}: overlay"))
+                figures.append(overlay_figure(under, heat, cfg.alpha, f"{name} over the image ({sign}) for {what}",
+                                              f"{name}: overlay", min_side=MIN_SIDE))
             gap = None if c is None else float(c.gap[i, r])
             groups.append({
                 "title": f"{image.name}: {ctx.label(cls)} (class {cls}, rank {r + 1})",
