@@ -1,6 +1,6 @@
 """Regenerate docs/report.png (the README's picture): the quickstart report at desktop width in headless Chromium.
 
-    python docs/make_screenshot.py [--out docs/report.png] [--width 1300] [--height 1500] [--scroll 0]
+    python docs/make_screenshot.py [--out docs/report.png] [--width 1300] [--height 1500] [--scroll 0] [--at cam]
 
 Needs Debian's `chromium` and `chromium-driver`. The PNG is reduced to a 256-colour palette so it stays small.
 """
@@ -19,7 +19,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def screenshot(html: Path, width: int, height: int, scroll: int, dark: bool) -> bytes:
+def screenshot(html: Path, width: int, height: int, scroll: int, dark: bool, at: str | None = None) -> bytes:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -38,7 +38,9 @@ def screenshot(html: Path, width: int, height: int, scroll: int, dark: bool) -> 
             {"name": "prefers-color-scheme", "value": "dark" if dark else "light"},
             {"name": "prefers-reduced-motion", "value": "reduce"}]})
         driver.get(html.resolve().as_uri())
-        driver.execute_script("window.scrollTo(0, arguments[0])", scroll)
+        if at:  # the top of that element, then `scroll` pixels further
+            driver.execute_script("document.getElementById(arguments[0]).scrollIntoView()", at)
+        driver.execute_script("window.scrollBy(0, arguments[0])", scroll)
         driver.execute_async_script("const done = arguments[arguments.length - 1];"
                                     "const imgs = [...document.images].filter(i => i.src); imgs.forEach(i => { i.loading = 'eager'; });"
                                     "Promise.all(imgs.map(i => i.decode()"
@@ -55,12 +57,13 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1300)
     parser.add_argument("--height", type=int, default=1500)
     parser.add_argument("--scroll", type=int, default=0, help="pixels to scroll down before the shot")
+    parser.add_argument("--at", default=None, help="an element id to scroll to first (a section: cam, gradients, ...)")
     parser.add_argument("--dark", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as out:
         subprocess.run([sys.executable, "-m", "reportgen", "build", str(ROOT / "example_configs" / "quickstart.yaml"),
                         "-o", out, "-q"], check=True)
-        png = screenshot(Path(out) / "report.html", args.width, args.height, args.scroll, args.dark)
+        png = screenshot(Path(out) / "report.html", args.width, args.height, args.scroll, args.dark, args.at)
     image = Image.open(io.BytesIO(png)).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT,
                                                                 dither=Image.Dither.NONE)
     image.save(args.out, optimize=True)
