@@ -25,7 +25,7 @@ from .config import Config
 from .errors import ReportgenError
 from .inputs import find_images, prepare_image, read_image, resolve_preprocess, unique_names
 from .models import load_labels, load_model
-from .stages import Context, ImageInput, ModelInfo, describe_layers
+from .stages import Context, ImageInput, ModelInfo, describe_model
 
 Log = Callable[[str], None]
 
@@ -72,9 +72,7 @@ def prepare_model(config: Config, log: Log = _quiet) -> tuple[ModelInfo, object]
     loaded = load_model(config.model, base_dir=config.source.parent if config.source else None)
     example = torch.zeros((1, *config.model.input_size), device=loaded.device)
     try:
-        layers = describe_layers(loaded.model, example)
-        with torch.no_grad():
-            out = loaded.model(example)
+        layers, out = describe_model(loaded.model, example)
     except Exception as exc:
         raise ReportgenError(f"the model does not run on an input of shape {list(example.shape)} "
                              f"(`model.input_size`): {type(exc).__name__}: {exc}") from None

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..config import Config, TargetSpec
 from ..errors import ReportgenError, did_you_mean
+from ..hooks import forward_hooks
 
 
 @dataclass(frozen=True)
@@ -148,23 +149,22 @@ def _to_display(batch: torch.Tensor) -> list[np.ndarray]:
 
 def describe_layers(model: nn.Module, example: torch.Tensor) -> dict[str, LayerInfo]:
     """Every named module with its type, parameter count and output shape in one forward of `example`."""
+    return describe_model(model, example)[0]
+
+
+def describe_model(model: nn.Module, example: torch.Tensor) -> tuple[dict[str, LayerInfo], object]:
+    """(`describe_layers`, the model's output) from the same single forward of `example` (no grad)."""
     shapes: dict[str, tuple | None] = {}
-    handles = []
-    try:
-        for name, module in model.named_modules():
-            if not name:
-                continue
 
-            def hook(_m, _i, output, name=name):
-                shapes.pop(name, None)  # re-insert: dict order = order of last call
-                shapes[name] = tuple(output.shape) if torch.is_tensor(output) else None
+    def hook_for(name: str):
+        def hook(_m, _i, output):
+            shapes.pop(name, None)  # re-insert: dict order = order of last call
+            shapes[name] = tuple(output.shape) if torch.is_tensor(output) else None
+        return hook
 
-            handles.append(module.register_forward_hook(hook))
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
+    named = [name for name, _ in model.named_modules() if name]
+    with forward_hooks(model, [(name, hook_for(name)) for name in named]), torch.no_grad():
+        out = model(example)
     order = {name: i for i, name in enumerate(shapes)}
     return {
         name: LayerInfo(
@@ -177,7 +177,7 @@ def describe_layers(model: nn.Module, example: torch.Tensor) -> dict[str, LayerI
         )
         for name, module in model.named_modules()
         if name
-    }
+    }, out
 
 
 def default_cam_layer(info: ModelInfo) -> str:
