@@ -161,6 +161,16 @@ def decode_all(driver) -> dict:
     return driver.execute_async_script(DECODE_ALL)
 
 
+def assert_every_picture_decodes(images: dict, report_json: dict) -> None:
+    for img in images["inline"] + images["full"]:
+        assert img["error"] is None and img["width"] > 0, img
+    # overlays (CAM, gradients): the heat map lies on the picture beneath, exactly covering it, half transparent
+    overlays = {s["name"] for s in report_json["stages"]} & {"cam", "gradients"}
+    assert bool(images["under"]) == bool(overlays), overlays
+    for img in images["under"]:
+        assert img["error"] is None and img["width"] > 0 and img["same_box"] and 0 < img["opacity"] < 1, img
+
+
 def save_screenshot(driver, name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / name
@@ -208,13 +218,7 @@ def test_every_image_decodes_and_says_what_it_shows(driver, quickstart):
     assert empty == []
     images = decode_all(driver)
     assert len(images["inline"]) >= len(quickstart["json"]["images"])
-    for img in images["inline"] + images["full"]:
-        assert img["error"] is None and img["width"] > 0, img
-    # overlays (CAM, gradients): the heat map lies on the picture beneath, exactly covering it, half transparent
-    overlays = {s["name"] for s in quickstart["json"]["stages"]} & {"cam", "gradients"}
-    assert bool(images["under"]) == bool(overlays), overlays
-    for img in images["under"]:
-        assert img["error"] is None and img["width"] > 0 and img["same_box"] and 0 < img["opacity"] < 1, img
+    assert_every_picture_decodes(images, quickstart["json"])
     for img in images["inline"]:
         assert len(img["alt"].split()) >= 3, img  # a sentence, not a file name
     assert all(img["src"].startswith("data:image/png;base64,") for img in images["inline"])
@@ -506,13 +510,7 @@ def test_static_site_mode_has_the_same_content_and_stays_inside_its_folder(drive
     assert site["sections"] == one_file["sections"] and site["alts"] == one_file["alts"]
     assert site["toc"] == one_file["toc"]
     images = decode_all(driver)
-    for img in images["inline"] + images["full"]:
-        assert img["error"] is None and img["width"] > 0, img
-    # overlays (CAM, gradients): the heat map lies on the picture beneath, exactly covering it, half transparent
-    overlays = {s["name"] for s in quickstart["json"]["stages"]} & {"cam", "gradients"}
-    assert bool(images["under"]) == bool(overlays), overlays
-    for img in images["under"]:
-        assert img["error"] is None and img["width"] > 0 and img["same_box"] and 0 < img["opacity"] < 1, img
+    assert_every_picture_decodes(images, quickstart["json"])
     folder = quickstart["site"].parent.resolve().as_uri() + "/assets/"
     srcs = js(driver, "return [...document.images].filter(i => i.getAttribute('src')).map(i => i.src)")
     assert srcs and all(s.startswith(folder) for s in srcs), srcs[:3]
