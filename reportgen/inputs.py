@@ -46,8 +46,12 @@ def read_image(path: Path) -> np.ndarray:
             return _to_rgb(img)
     except UnidentifiedImageError:
         raise ReportgenError(f"`inputs.images`: {path} is not an image Pillow can read.") from None
+    except Image.DecompressionBombError as exc:
+        raise ReportgenError(f"`inputs.images`: {path} is too large to read safely ({exc}). Resize it first.") from None
     except OSError as exc:
         raise ReportgenError(f"`inputs.images`: cannot read {path}: {exc}.") from None
+    except Exception as exc:  # Pillow raises SyntaxError, ValueError, ... for broken files
+        raise ReportgenError(f"`inputs.images`: {path} is a broken image ({type(exc).__name__}: {exc}).") from None
 
 
 def _to_rgb(img: Image.Image) -> np.ndarray:

@@ -9,6 +9,7 @@ import importlib
 import pickle
 import sys
 from dataclasses import dataclass
+from unittest import mock
 from pathlib import Path
 
 import torch
@@ -69,9 +70,8 @@ def _torchvision_model(cfg: ModelConfig) -> tuple[nn.Module, object | None]:
     if cfg.name not in names:
         raise ReportgenError(f"`model.name`: `{cfg.name}` is not a torchvision classification model."
                              f"{did_you_mean(cfg.name, names)} See `torchvision.models.list_models()`.")
-    model = tvm.get_model(cfg.name, weights=None)
     if cfg.weights is None:
-        return model, None
+        return tvm.get_model(cfg.name, weights=None), None
     enum = tvm.get_model_weights(cfg.name)
     choices = [w.name for w in enum] + ["DEFAULT"]
     if cfg.weights not in choices:
@@ -85,9 +85,23 @@ def _torchvision_model(cfg: ModelConfig) -> tuple[nn.Module, object | None]:
             f"downloads. Copy the file there (it comes from {weights.url}), or set `model.weights: null` for "
             "random weights, or give a `checkpoint:`."
         )
-    state = _torch_load(path, trust=False)
-    model.load_state_dict(state)
+    state = _torch_load(path, trust=False, key="model.weights")
+    # torchvision's own builder, fed the state dict we loaded safely: it renames old keys (DenseNet) and sets
+    # what the weights imply (GoogLeNet's and Inception's transform_input, the class count); nothing is fetched
+    try:
+        with mock.patch.object(type(weights), "get_state_dict", lambda self, *args, **kwargs: state):
+            model = tvm.get_model(cfg.name, weights=weights)
+    except Exception as exc:
+        raise ReportgenError(f"`model.weights`: the file {path} does not fit {cfg.name} "
+                             f"({type(exc).__name__}: {_first_line(exc)}). Replace it with the file from "
+                             f"{weights.url}.") from None
     return model, weights
+
+
+def _first_line(exc: BaseException) -> str:
+    """The start of an exception's message on one line (torch's are long and span many lines)."""
+    text = " ".join(str(exc).split())
+    return (text[:300] + " ...") if len(text) > 300 else (text or type(exc).__name__)
 
 
 def weights_cache_path(weights: object) -> Path:
@@ -104,6 +118,9 @@ def _factory_model(cfg: ModelConfig, base_dir: Path | None) -> nn.Module:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ReportgenError(f"`model.factory`: cannot import `{module_name}`: {exc}.") from None
+    except Exception as exc:  # a SyntaxError or an error raised while the user's module runs
+        raise ReportgenError(f"`model.factory`: importing `{module_name}` failed: {type(exc).__name__}: "
+                             f"{_first_line(exc)}.") from None
     finally:
         if added:
             sys.path.remove(str(base_dir))
@@ -116,6 +133,9 @@ def _factory_model(cfg: ModelConfig, base_dir: Path | None) -> nn.Module:
         model = function(**cfg.kwargs)
     except TypeError as exc:
         raise ReportgenError(f"`model.kwargs`: calling {cfg.factory} failed: {exc}.") from None
+    except Exception as exc:
+        raise ReportgenError(f"`model.factory`: {cfg.factory}({', '.join(cfg.kwargs)}) raised "
+                             f"{type(exc).__name__}: {_first_line(exc)}.") from None
     if not isinstance(model, nn.Module):
         raise ReportgenError(f"`model.factory`: {cfg.factory} returned a {type(model).__name__}, not an nn.Module.")
     return model
@@ -130,26 +150,29 @@ def _torchscript_model(cfg: ModelConfig) -> nn.Module:
         raise ReportgenError(f"`model.path`: {cfg.path} is not a TorchScript model ({type(exc).__name__}).") from None
 
 
-def _torch_load(path: Path, *, trust: bool) -> object:
+def _torch_load(path: Path, *, trust: bool, key: str = "model.checkpoint") -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise ReportgenError(f"`model.checkpoint`: the file {path} does not exist.") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, TypeError, ValueError) as exc:
+        raise ReportgenError(f"`{key}`: the file {path} does not exist.") from None
+    except IsADirectoryError:
+        raise ReportgenError(f"`{key}`: {path} is a folder, not a checkpoint file.") from None
+    except Exception as exc:  # torch raises many kinds for files that are not checkpoints
         if not trust:
-            looks_unsafe = "weights_only" in str(exc) or "Unsupported global" in str(exc)
+            looks_unsafe = "Unsupported global" in str(exc)  # a pickled object, not garbage
             if looks_unsafe:
                 raise ReportgenError(
-                    f"`model.checkpoint`: {path.name} holds Python objects beyond tensors and needs full unpickling, "
+                    f"`{key}`: {path.name} holds Python objects beyond tensors and needs full unpickling, "
                     "which can run arbitrary code. Refused. Save a plain state_dict "
                     "(torch.save(model.state_dict(), path)), or set `model.trust_checkpoint: true` if you trust "
                     "the file."
                 ) from None
-            raise ReportgenError(f"`model.checkpoint`: {path} is not a PyTorch checkpoint ({exc}).") from None
+            raise ReportgenError(f"`{key}`: {path} is not a PyTorch checkpoint "
+                                 f"({type(exc).__name__}: {_first_line(exc)}).") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise ReportgenError(f"`model.checkpoint`: {path} could not be loaded ({exc}).") from None
+        raise ReportgenError(f"`{key}`: {path} could not be loaded ({type(exc).__name__}: {_first_line(exc)}).") from None
 
 
 def unwrap_state_dict(obj: object) -> dict[str, torch.Tensor]:

@@ -118,6 +118,30 @@ def _bad_cases(project):
         def __reduce__(self):
             return (Path.touch, (project.root / "pwned",))
 
+    def module(name: str, source: str):  # a module name of its own: imports are cached for the whole session
+        def apply():
+            (project.root / f"{name}.py").write_text(source)
+            config = project.base()
+            config["model"].update(factory=f"{name}:build", kwargs={})
+            return project.write(config)
+        return apply
+
+    def text_checkpoint():
+        (project.root / "ckpt.pt").write_text("not a checkpoint at all " * 10)
+        config = project.base()
+        config["model"]["checkpoint"] = "ckpt.pt"
+        return project.write(config)
+
+    def huge_image():  # a PNG header claiming 20000 x 20000 pixels: over Pillow's decompression-bomb limit
+        import struct
+        import zlib
+        header = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+        chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data
+                                    + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+        (project.root / "images" / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                                                           + chunk(b"IEND", b""))
+        return project.write()
+
     def unwritable():
         (project.root / "locked").write_text("a file where a folder should be")
         config = project.base()
@@ -140,6 +164,11 @@ def _bad_cases(project):
         ("unknown layer", cfg(lambda c: c["analyses"].update(cam={"target_layers": ["4x"]})), "layer `4x` does not exist"),
         ("labels count", cfg(lambda c: c["model"].update(labels="images/../tinynet.py")), "labels, but the model has 3"),
         ("unwritable output", unwritable, "cannot write to"),
+        ("text checkpoint", text_checkpoint, "ckpt.pt is not a PyTorch checkpoint"),
+        ("factory raises", module("raising", "def build():\n    raise RuntimeError('no GPU here')\n"),
+         "raising:build() raised RuntimeError: no GPU here"),
+        ("module with a syntax error", module("broken", "def build(:\n"), "importing `broken` failed: SyntaxError"),
+        ("huge image", huge_image, "huge.png is too large to read safely"),
     ]
 
 

@@ -117,6 +117,36 @@ def test_torchvision_weights_are_never_downloaded(tmp_path, monkeypatch):
         torch.hub.set_dir(str(Path.home() / ".cache" / "torch" / "hub"))
 
 
+def test_cached_weights_go_through_torchvisions_builder(tmp_path):
+    """DenseNet's published file has old key names (`norm.1`) that torchvision's builder renames; GoogLeNet's
+    weights switch on `transform_input`. Both come out as torchvision builds them, from the local file only."""
+    import re
+
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:
+        reference = torchvision.models.densenet121()
+        old = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+        published = {}
+        for key, value in reference.state_dict().items():
+            match = old.match(key)
+            published[f"{match.group(1)}.{match.group(2)}" if match else key] = value
+        assert any(".norm.1." in key for key in published)
+        path = weights_cache_path(torchvision.models.DenseNet121_Weights.IMAGENET1K_V1)
+        path.parent.mkdir(parents=True)
+        torch.save(published, path)
+        loaded = load_model(ModelConfig(name="densenet121", weights="IMAGENET1K_V1", device="cpu")).model
+        for (key, value), (ref_key, ref_value) in zip(loaded.state_dict().items(), reference.state_dict().items()):
+            assert key == ref_key and torch.equal(value, ref_value), key
+        google = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=False)  # as published
+        torch.save(google.state_dict(), weights_cache_path(torchvision.models.GoogLeNet_Weights.IMAGENET1K_V1))
+        assert load_model(ModelConfig(name="googlenet", weights="IMAGENET1K_V1", device="cpu")).model.transform_input
+        path.write_bytes(b"truncated")
+        with pytest.raises(ReportgenError, match="`model.weights`: .* is not a PyTorch checkpoint"):
+            load_model(ModelConfig(name="densenet121", weights="IMAGENET1K_V1", device="cpu"))
+    finally:
+        torch.hub.set_dir(str(Path.home() / ".cache" / "torch" / "hub"))
+
+
 def test_torchscript_model(tmp_path):
     model = torch.jit.script(nn.Sequential(nn.Conv2d(3, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()))
     model.save(str(tmp_path / "m.ts"))
