@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import os
 import platform
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -123,7 +125,7 @@ def _shown_path(path: Path, config: Config) -> str:
 
 def validate(config: Config, log: Log = _quiet) -> ModelInfo:
     """What `reportgen validate` checks: config, files, model construction, layer names, stage options."""
-    check_output_dir(config.output.dir)
+    check_outputs(config)
     info, loaded = prepare_model(config, log)
     check_stages(info)
     paths = find_images(config.inputs.images)
@@ -132,16 +134,33 @@ def validate(config: Config, log: Log = _quiet) -> ModelInfo:
     return info
 
 
-def check_output_dir(out_dir: Path) -> None:
-    """The output folder must be creatable and writable; checked before anything runs."""
+def check_output_dir(out_dir: Path, key: str = "output.dir") -> None:
+    """The output folder must be creatable and writable; checked before anything runs, by writing (and
+    removing) a temporary file in the folder or its nearest existing parent: nothing is left behind."""
     if out_dir.exists() and not out_dir.is_dir():
-        raise ReportgenError(f"`output.dir`: {out_dir} exists and is not a folder.")
+        raise ReportgenError(f"`{key}`: {out_dir} exists and is not a folder.")
     probe = out_dir
     while not probe.exists():
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise ReportgenError(f"`output.dir`: cannot write to {out_dir} ({probe} is not writable). "
+    problem = None if probe.is_dir() else "not a folder"
+    if problem is None:
+        try:
+            with tempfile.TemporaryFile(dir=probe):
+                pass
+        except OSError as exc:
+            problem = exc.strerror or str(exc)
+    if problem:
+        raise ReportgenError(f"`{key}`: cannot write to {out_dir} ({probe}: {problem}). "
                              "Choose another folder with `-o DIR` or `output.dir`.")
+
+
+def check_outputs(config: Config) -> None:
+    check_output_dir(config.output.dir)
+    if config.output.tensorboard is not None:
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ReportgenError("`output.tensorboard` needs the tensorboard package: "
+                                 "pip install 'reportgen[tensorboard]' (or remove the key).")
+        check_output_dir(config.output.tensorboard, key="output.tensorboard")
 
 
 def build(config: Config, log: Log = _quiet, detail: Log = _quiet) -> Report:
@@ -149,7 +168,7 @@ def build(config: Config, log: Log = _quiet, detail: Log = _quiet) -> Report:
     from . import render, write  # presentation and disk last: not needed by validate
 
     started = time.perf_counter()
-    check_output_dir(config.output.dir)
+    check_outputs(config)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
     log("loading model")
@@ -169,10 +188,14 @@ def build(config: Config, log: Log = _quiet, detail: Log = _quiet) -> Report:
     log("rendering")
     html, assets = render.render_report(config, ctx, runs, report_data)
     out = config.output.dir
-    files = write.write_report(out, html=html, report_json=report_data, arrays=arrays, assets=assets,
-                               self_contained=config.output.self_contained)
-    if config.output.tensorboard is not None:
-        _write_tensorboard(config, ctx, runs, log)
+    try:
+        if config.output.tensorboard is not None:  # before the report's files: an error leaves those untouched
+            _write_tensorboard(config, ctx, runs, log)
+        files = write.write_report(out, html=html, report_json=report_data, arrays=arrays, assets=assets,
+                                   self_contained=config.output.self_contained)
+    except OSError as exc:
+        raise ReportgenError(f"`output.dir`: writing the report to {out} failed ({exc.strerror or exc}); "
+                             "the previous report, if any, is unchanged.") from None
     report = Report(config=config, out_dir=out, html_path=files["html"], json_path=files["json"], stages=runs,
                     size_bytes=files["size"], data=report_data)
     log(f"done in {time.perf_counter() - started:.1f} s")
@@ -197,6 +220,8 @@ def _run_stage(name: str, ctx: Context, log: Log, detail: Log) -> StageRun:
         detail(traceback.format_exc())
         log(f"stage {name} failed: {message}")
         return StageRun(name=name, status="failed", seconds=time.perf_counter() - start, error=message)
+    for warning in getattr(result, "warnings", ()):  # the report shows them too
+        log(f"stage {name}: warning: {warning}")
     return StageRun(name=name, status="ok", seconds=time.perf_counter() - start, result=result, section=section)
 
 

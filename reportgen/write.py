@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -61,5 +62,23 @@ def write_report(out_dir: Path, *, html: str, report_json: dict, arrays: dict[st
         raise
     for tmp, path in pending:
         os.replace(tmp, path)
+    _remove_stale(out_dir, keep={path for path, _ in files} | {out_dir / "assets" / name for name in assets})
     size = len(files[-1][1]) + sum(len(data) for data in assets.values())  # what a reader downloads
     return {"html": html_path, "json": json_path, "size": size}
+
+
+ASSET_NAME = re.compile(r"^[0-9a-f]{20}\.png$")  # render.py names assets by content hash
+
+
+def _remove_stale(out_dir: Path, keep: set[Path]) -> None:
+    """Once the new report is in place, remove what an earlier build wrote and this one did not: the other
+    output mode's HTML, an old arrays.npz, assets no page refers to. Only reportgen's own file names."""
+    ours = [out_dir / "report.html", out_dir / "index.html", out_dir / "arrays.npz"]
+    assets = out_dir / "assets"
+    if assets.is_dir():
+        ours += [path for path in assets.iterdir() if ASSET_NAME.match(path.name)]
+    for path in ours:
+        if path not in keep and path.is_file():
+            path.unlink()
+    if assets.is_dir() and not any(assets.iterdir()):
+        assets.rmdir()

@@ -57,10 +57,30 @@ def test_a_crash_while_writing_keeps_the_previous_report(project, monkeypatch):
     monkeypatch.setattr(write, "_write_temp", crash_on_html)
     config = project.base()
     config["title"] = "second"
-    with pytest.raises(OSError):
-        CliRunner().invoke(main, ["build", str(project.write(config)), "-q"], catch_exceptions=False)
+    result = CliRunner().invoke(main, ["build", str(project.write(config)), "-q"], catch_exceptions=False)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "writing the report to" in result.stderr and "disk full" in result.stderr and "unchanged" in result.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_rebuild_removes_what_it_no_longer_writes(project):
+    """Arrays from an earlier --save-arrays build, the other output mode's page and unreferenced assets go."""
+    out = project.root / "out"
+    assert build(project.write(), "--save-arrays").exit_code == 0
+    assert (out / "arrays.npz").is_file()
+    static = project.base()
+    static["output"]["self_contained"] = False
+    assert build(project.write(static)).exit_code == 0
+    assets = {p.name for p in (out / "assets").iterdir()}
+    page = (out / "index.html").read_text()
+    assert not (out / "report.html").exists() and not (out / "arrays.npz").exists()
+    assert assets and all(f"assets/{name}" in page for name in assets)  # every asset left is one the page uses
+    (out / "assets" / "notes.txt").write_text("the user's own file")
+    (out / "assets" / ("0" * 20 + ".png")).write_bytes(b"an old asset")
+    assert build(project.write()).exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["assets", "report.html", "report.json"]
+    assert [p.name for p in (out / "assets").iterdir()] == ["notes.txt"]  # only reportgen's own names go
 
 
 def test_write_atomic_leaves_no_temp_file_on_error(tmp_path):

@@ -81,3 +81,46 @@ def test_without_tensorboard_the_message_names_the_extra(tmp_path, monkeypatch):
     with pytest.raises(ReportgenError, match=r"needs the tensorboard package: pip install 'reportgen\[tensorboard\]'"):
         write_tensorboard(tmp_path / "tb", texts={"a": "b"})
     assert not (tmp_path / "tb").exists()
+
+
+def test_a_build_writes_every_section_into_tensorboard(project):
+    """`reportgen build` with output.tensorboard: the figures of each section (overlays composed), the conv
+    weight histograms and the summary text, read back with TensorBoard's reader."""
+    from click.testing import CliRunner
+
+    from reportgen.cli import main
+
+    config = project.base()
+    config["analyses"].update(kernels={}, feature_maps={}, cam={"methods": ["gradcam"]},
+                              gradients={"methods": ["saliency"]})
+    config["output"]["tensorboard"] = "tb"
+    result = CliRunner().invoke(main, ["build", str(project.write(config)), "-q"])
+    assert result.exit_code == 0, result.output
+    (event_file,) = (project.root / "tb").glob("events.out.tfevents.*")
+    acc = EventAccumulator(str(event_file), size_guidance=STORE_EVERYTHING_SIZE_GUIDANCE)
+    acc.Reload()
+    tags = acc.Tags()
+    sections = {tag.split("/")[0] for tag in tags["images"]}
+    assert {"kernels", "feature_maps", "cam", "gradients"} <= sections
+    overlay = next(tag for tag in tags["images"] if tag.startswith("cam/") and "over the image" in tag)
+    pixels = _decode(acc.Images(overlay)[0].encoded_image_string)
+    assert pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.std() > 0  # the composed overlay, not blank
+    assert {"0.weight", "3.weight"} <= set(tags["histograms"])
+    assert any(tag.startswith("summary") for tag in tags["tensors"])
+
+
+def test_a_tensorboard_folder_that_cannot_be_written_stops_the_build_before_anything_runs(project):
+    from click.testing import CliRunner
+
+    from reportgen.cli import main
+
+    assert CliRunner().invoke(main, ["build", str(project.write()), "-q"]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in (project.root / "out").iterdir()}
+    (project.root / "tb").write_text("a file, not a folder")
+    config = project.base()
+    config["output"]["tensorboard"] = "tb"
+    config["title"] = "changed"
+    for command in ("validate", "build"):
+        result = CliRunner().invoke(main, [command, str(project.write(config))])
+        assert result.exit_code == 2 and "`output.tensorboard`" in result.stderr and "Traceback" not in result.output
+    assert {p.name: p.read_bytes() for p in (project.root / "out").iterdir()} == before
