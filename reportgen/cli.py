@@ -62,13 +62,14 @@ def build(config: str, out: str | None, overrides: tuple[str, ...], save_arrays:
           verbose: bool) -> None:
     """Build the report CONFIG describes. Exit 0: built; 1: built, a stage failed; 2: bad input."""
     progress = _Progress(quiet, verbose)
+    cfg = None
     try:
         cfg = _load(config, overrides, out, save_arrays)
         from .pipeline import build as run_build
 
         report = run_build(cfg, log=progress.log, detail=progress.detail)
     except ReportgenError as exc:
-        _fail(str(exc))
+        _fail(cfg.locate(str(exc)) if cfg is not None else str(exc))
         return
     failed = [s.name for s in report.stages if s.status == "failed"]
     if not quiet:
@@ -84,13 +85,14 @@ def build(config: str, out: str | None, overrides: tuple[str, ...], save_arrays:
 @_set_option
 def validate(config: str, overrides: tuple[str, ...]) -> None:
     """Check CONFIG: keys, files, model construction, layer names, stage options. Runs no analysis."""
+    cfg = None
     try:
         cfg = _load(config, overrides)
         from .pipeline import validate as run_validate
 
         info = run_validate(cfg)
     except ReportgenError as exc:
-        _fail(str(exc))
+        _fail(cfg.locate(str(exc)) if cfg is not None else str(exc))
         return
     stages = ", ".join(cfg.analyses.enabled()) or "none"
     click.echo(f"{config}: valid. Model {info.description}, {info.num_classes} classes; stages: {stages}.")

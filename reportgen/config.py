@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -208,16 +209,29 @@ class Config:
     analyses: AnalysesConfig = field(default_factory=AnalysesConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     source: Path | None = None  # the YAML file (not a YAML key)
+    lines: _Lines | None = field(default=None, compare=False, repr=False)  # where each key is (not a YAML key)
 
     def to_dict(self) -> dict:
         """The resolved config as plain JSON-able data (for report.json and the report)."""
         return _plain(self)
 
+    def locate(self, message: str) -> str:
+        """A message that starts with a key path ("`model.name`: ...") gains where that key is written:
+        "`model.name` (config.yaml, line 7): ..." or "(from --set)"."""
+        match = re.match(r"`([a-z_]+(?:\.[a-z_0-9]+)*)`", message)
+        if self.lines is None or match is None or match.group(1).split(".")[0] not in _TOP_KEYS:
+            return message
+        path = tuple(int(p) if p.isdigit() else p for p in match.group(1).split("."))
+        return message[:match.end()] + self.lines.where(path) + message[match.end():]
+
+
+_TOP_KEYS = ("title", "seed", "model", "inputs", "analyses", "output")
+
 
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)
-                if not (isinstance(value, Config) and f.name == "source")}
+                if not (isinstance(value, Config) and f.name in ("source", "lines"))}
     if isinstance(value, (tuple, list)):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
@@ -309,7 +323,7 @@ def parse_config(
     for item in overrides:
         _apply_override(data, item, lines)
     config = _convert(data, Config, (), _Ctx(lines, base_dir))
-    return dataclasses.replace(config, source=source)
+    return dataclasses.replace(config, source=source, lines=lines)
 
 
 def _apply_override(data: dict, item: str, lines: _Lines) -> None:
@@ -440,7 +454,7 @@ def _convert_dataclass(value: Any, tp: type, path: tuple, ctx: _Ctx) -> Any:
     if not isinstance(value, dict):
         raise ctx.error(path, f"expected a mapping of keys, got {value!r}.")
     hints = typing.get_type_hints(tp)
-    names = [f.name for f in dataclasses.fields(tp) if not (tp is Config and f.name == "source")]
+    names = [f.name for f in dataclasses.fields(tp) if not (tp is Config and f.name in ("source", "lines"))]
     kwargs = {}
     for key, raw in value.items():
         sub = path + (str(key),)

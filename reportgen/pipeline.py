@@ -93,7 +93,13 @@ def check_stages(info: ModelInfo) -> None:
     for name in info.config.analyses.enabled():
         check = getattr(stage_module(name), "check", None)
         if check is not None:
-            check(info, getattr(info.config.analyses, name))
+            try:
+                check(info, getattr(info.config.analyses, name))
+            except ReportgenError as exc:  # every message names the stage's key, so the CLI can add its line
+                message = str(exc)
+                if not message.startswith("`analyses."):
+                    raise ReportgenError(f"`analyses.{name}`: {message}") from None
+                raise
 
 
 def load_inputs(config: Config, weights: object | None) -> tuple[list[ImageInput], torch.Tensor]:

@@ -232,3 +232,23 @@ def test_help_does_not_import_torch():
     code = "import sys; from reportgen.cli import main\ntry:\n main(['--help'])\nexcept SystemExit: pass\nprint('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().endswith("False")
+
+
+def test_errors_found_after_parsing_name_the_key_and_its_line(project):
+    """Model, file and layer problems surface after the YAML is parsed; they still say where the key is."""
+    config = project.base()
+    config["model"]["factory"] = "tinynet:buidl"
+    config["analyses"]["cam"] = {"targets": [7]}
+    path = project.write(config)
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "factory:" in text)
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 2 and f"`model.factory` (config.yaml, line {line}): " in result.stderr
+    config["model"]["factory"] = "tinynet:build"
+    path = project.write(config)
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.strip() == "cam:")
+    result = CliRunner().invoke(main, ["build", str(path)])
+    assert result.exit_code == 2, result.output
+    assert f"`analyses.cam` (config.yaml, line {line}): class index 7 is outside" in result.stderr
+    result = CliRunner().invoke(main, ["validate", str(path), "--set", "analyses.cam.targets=[0]",
+                                       "--set", "model.name=resnet181", "--set", "model.source=torchvision"])
+    assert "`model.name` (from --set): `resnet181`" in result.stderr
