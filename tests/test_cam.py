@@ -19,7 +19,8 @@ from torch import nn
 import pytorch_grad_cam as pgc
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from reportgen.config import AnalysesConfig, CamConfig, Config, GradientsConfig, TargetSpec, parse_config
+from reportgen.config import (AnalysesConfig, CamConfig, Config, GradientsConfig, InputsConfig, TargetSpec,
+                              parse_config)
 from reportgen.engine import forward_backward, forward_backward_many
 from reportgen.errors import ConfigError, ReportgenError
 from reportgen.figures import cam as cam_figures
@@ -262,6 +263,112 @@ def test_cam_is_not_applicable_without_a_gap_linear_head() -> None:
     assert not any(key.startswith("cam/cam/") for key in C.arrays(result))
 
 
+def _section_html(result, ctx) -> str:
+    from reportgen import render
+
+    section = cam_figures.plot(result, ctx)
+    return render.make_environment(render._Images(True)).get_template("sections/cam.html.jinja2").render(
+        section=section, report={})
+
+
+@pytest.mark.parametrize("layers", [("stem",), ("stem", "body")])
+def test_cam_alone_on_layers_where_it_does_not_apply_is_not_applicable(layers) -> None:
+    """`methods: [cam]` on layers not feeding GAP + linear: no maps, the section says why (no crash)."""
+    model = _seeded(TinyNet)
+    x = _batch(2, size=20)
+    ctx, result = _run(model, x, ["cam"], layers)
+    assert result.computed_methods == () and result.maps == {} and C.arrays(result) == {}
+    why = result.not_applicable["cam"]
+    assert all(f"`{name}`" in why for name in layers) and "linear" in why
+    assert C.to_json(result)["not_applicable"] == {"cam": why}
+    html = _section_html(result, ctx)
+    assert f"<strong>CAM</strong> is not applicable {why}" in html
+    assert html.count("CAM: not applicable") == 2 * (len(layers) + (len(layers) > 1))  # images x rows
+    assert count_hooks(model) == 0
+
+
+def test_cam_is_computed_on_the_layers_it_applies_to() -> None:
+    """[body, act]: CAM applies to `act` only (it feeds GAP + linear); `body` is skipped with a note."""
+    model = _seeded(TinyNet)
+    x = _batch(3, size=20)
+    ctx, result = _run(model, x, ["cam", "gradcam"], ["body", "act"], TargetSpec(k=2))
+    _, alone = _run(model, x, ["cam"], ["act"], TargetSpec(k=2))
+    assert result.not_applicable == {} and result.computed_methods == ("cam", "gradcam")
+    assert list(result.layer_not_applicable["cam"]) == ["body"]
+    assert "linear" in result.layer_not_applicable["cam"]["body"]
+    assert C.to_json(result)["not_applicable_layers"] == {"cam": result.layer_not_applicable["cam"]}
+    for i in range(3):
+        for c in result.targets[i]:
+            assert ("cam", "body", i, c) not in result.maps
+            assert _max_diff(result.maps[("cam", "act", i, c)], alone.maps[("cam", "act", i, c)]) < 1e-6
+            assert _max_diff(result.maps[("cam", C.FUSED, i, c)], alone.maps[("cam", "act", i, c)]) < 1e-6
+            assert ("gradcam", "body", i, c) in result.maps
+    section = cam_figures.plot(result, ctx)
+    rows = section["images"][0]["classes"][0]["rows"]
+    assert [[bool(cell["figures"]) for cell in row["cells"]] for row in rows] == [[False, True], [True, True],
+                                                                               [True, True]]
+    assert "linear" in rows[0]["cells"][0]["why"]
+
+
+def test_engine_runs_one_forward_and_backward_per_chunk_of_inputs_batch_size() -> None:
+    """5 images with `inputs.batch_size: 2`: 3 forwards, 3 backwards per rank; the maps and the input gradient
+    shared with the gradients stage equal those of one pass over all images."""
+    model = _seeded(TinyNet)
+    x = _batch(5, size=20)
+    methods = GRADIENT_METHODS + ("eigencam", "cam", "scorecam", "ablationcam")
+    analyses = AnalysesConfig(cam=CamConfig(), gradients=GradientsConfig(methods=("saliency",)))
+    results = {}
+    for chunk in (2, 8):
+        config = Config(inputs=InputsConfig(batch_size=chunk), analyses=analyses)
+        ctx = Context.for_tests(model, x, config=config)
+        counts, handles = _count_passes(model, model.fc)
+        try:
+            cfg = CamConfig(methods=methods, target_layers=("body", "act"), targets=TargetSpec(k=2), batch_size=4)
+            results[chunk] = (C.run(ctx, cfg), ctx.shared, dict(counts))
+        finally:
+            for handle in handles:
+                handle.remove()
+    (chunked, shared, counts), (whole, whole_shared, whole_counts) = results[2], results[8]
+    assert counts["backward"] == 3 * 2 and whole_counts["backward"] == 2  # one per chunk and rank
+    assert counts["forward"] - whole_counts["forward"] == 3 - 1  # the masked forwards are the same
+    assert set(chunked.maps) == set(whole.maps) and len(chunked.maps) == 10 * 3 * 5 * 2 - 5 * 2  # no cam on body
+    for key, values in whole.maps.items():
+        assert _max_diff(chunked.maps[key], values) < 1e-5, key
+    assert set(shared) == set(whole_shared) and len(shared) == 2
+    for key, grad_pass in shared.items():
+        assert grad_pass.classes == key[1] and grad_pass.input_grad.shape == x.shape
+        assert torch.allclose(grad_pass.input_grad, whole_shared[key].input_grad, atol=1e-6)
+        assert torch.allclose(grad_pass.gradients["act"], whole_shared[key].gradients["act"], atol=1e-6)
+    assert count_hooks(model) == 0
+
+
+class InplaceBNNet(nn.Module):
+    """conv -> BN (`bn`) -> ReLU(inplace=True) -> conv -> GAP -> linear: the ReLU overwrites the BN's output."""
+
+    def __init__(self, num_classes: int = 3):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.relu = nn.ReLU(inplace=True)
+        self.head = nn.Conv2d(6, 6, 3, padding=1, stride=2)
+        self.fc = nn.Linear(6, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.head(self.relu(self.bn(self.conv(x)))).mean(dim=(2, 3)))
+
+
+def test_parity_on_a_bn_layer_followed_by_an_inplace_relu() -> None:
+    """The in-place hazard in the engine: gradients are the BN output's own; the activations are the tensor after
+    the ReLU changed it, as pytorch-grad-cam 1.5.7 records them (on the CPU), for the gradient methods and
+    Eigen-CAM (a forward without autograd) alike."""
+    model = _seeded(InplaceBNNet)
+    with torch.no_grad():
+        model.bn.bias.normal_()  # the BN's output has negative values: the ReLU really changes it
+    x = _batch(2, size=16)
+    _check_parity(model, x, GRADIENT_AND_EIGEN, ["bn"], k=1)
+    _check_parity(model, x, ("eigencam",), ["bn"], k=1)
+
+
 def test_eigen_sign_is_fixed_by_positive_loadings() -> None:
     values = _batch(3, size=6)[:, :, :, :]  # (3, 3, 6, 6): three "channels"
     fixed = C.project_2d(values)
@@ -309,8 +416,14 @@ def test_six_gradient_methods_and_eigencam_take_one_forward_and_one_backward_per
         for handle in handles:
             handle.remove()
     assert counts == {"forward": 1, "backward": k}
-    assert "cam" in result.not_applicable  # layer3 does not feed the linear head
-    assert len(result.maps) == 7 * 3 * 2 * k  # computed methods x (2 layers + fused) x images x ranks
+    # layer3 does not feed the linear head: CAM on layer4 only, and its fused map is layer4's
+    assert result.not_applicable == {} and list(result.layer_not_applicable["cam"]) == ["layer3"]
+    assert any("`layer3`" in note and "fused CAM map uses `layer4` only" in note for note in result.notes)
+    assert len(result.maps) == 7 * 3 * 2 * k + 2 * 2 * k  # 7 methods x (2 layers + fused) + cam x (layer4, fused)
+    assert not any(key[:2] == ("cam", "layer3") for key in result.maps)
+    for (method, layer, i, c), values in result.maps.items():
+        if method == "cam" and layer == "fused":
+            assert _max_diff(values, result.maps[("cam", "layer4", i, c)]) < 1e-6
     assert count_hooks(model) == 0
     assert all(p.grad is None for p in model.parameters())
     assert torch.equal(x, before)
@@ -496,9 +609,11 @@ def test_figures_and_section_describe_every_map() -> None:
     assert "&lt;b&gt;fish&lt;/b&gt; (2)" in html and "<b>fish" not in html
     assert "style=" not in html and "<script" not in html and '="http' not in html
     # colour bar, grid rows (input + 2 overlays), originals + (overlay, heat map) per map
-    assert html.count("<img") == 1 + 3 * (1 + 2) + 2 * (1 + 2 * 3 * 2 * 2)
-    assert html.count('class="zoom stack u') == 3 * 2 + 2 * 2 * 3 * 2  # overlays, each over its image's picture
-    assert "<strong>CAM</strong> is not applicable on layer `body`: CAM needs" in html
+    cells_with_maps = 3 * 3 - 1  # (2 layers + fused) x methods, but no CAM on `body`
+    assert html.count("<img") == 1 + 3 * (1 + 3) + 2 * (1 + 2 * cells_with_maps * 2)
+    assert html.count('class="zoom stack u') == 3 * 3 + 2 * 2 * cells_with_maps  # overlays, each over its picture
+    assert "CAM is not applicable on layer `body`: CAM needs" in html  # CAM has maps on `act` and fused only
+    assert "fused CAM map uses `act` only" in html
 
 
 # ---------------------------------------------------------------- the shipped shapes model

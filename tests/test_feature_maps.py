@@ -92,6 +92,68 @@ def test_arrays_equal_independent_hooks_from_one_forward_per_chunk():
     json.dumps(feature_maps.to_json(result))
 
 
+class InplaceNet(nn.Module):
+    """conv -> BN -> ReLU(inplace=True): the ReLU overwrites the BN's output tensor after the BN returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 5, 3, padding=1)
+        self.bn = nn.BatchNorm2d(5)
+        self.relu = nn.ReLU(inplace=True)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.relu(self.bn(self.conv(x)))).flatten(1))
+
+
+def cloned_outputs(model: nn.Module, batch: torch.Tensor, names: list[str]) -> dict[str, np.ndarray]:
+    """The oracle for in-place models: each output cloned inside an independent hook, as the layer returns it."""
+    out: dict[str, torch.Tensor] = {}
+    handles = [model.get_submodule(name).register_forward_hook(
+        lambda _m, _i, o, name=name: out.__setitem__(name, o.detach().clone())) for name in names]
+    try:
+        with torch.no_grad():
+            model(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: v.numpy() for name, v in out.items()}
+
+
+def test_maps_are_copied_before_a_later_inplace_op_changes_them():
+    torch.manual_seed(0)
+    cfg = FeatureMapsConfig(layers=("bn", "relu"))
+    config = Config(analyses=AnalysesConfig(feature_maps=cfg), inputs=InputsConfig(batch_size=2))
+    ctx = Context.for_tests(InplaceNet().eval(), torch.randn(3, 3, 12, 12), config=config)
+    result = feature_maps.run(ctx, cfg)
+    bn, relu = result.layers
+    oracle = cloned_outputs(ctx.model, ctx.batch, ["bn", "relu"])
+    np.testing.assert_allclose(bn.maps, oracle["bn"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(relu.maps, oracle["relu"], rtol=1e-5, atol=1e-6)
+    assert bn.maps.min() < 0 and relu.maps.min() == 0  # the BN's own output, not the ReLU's
+    for i in range(3):  # the statistics are the BN's too: almost no exact zeros before the ReLU
+        assert bn.zeros[i] == pytest.approx(float((oracle["bn"][i] == 0).mean()))
+        assert relu.zeros[i] == pytest.approx(float((oracle["relu"][i] == 0).mean())) and relu.zeros[i] > 0.2
+    assert count_hooks(ctx.model) == 0
+
+
+def test_resnet_bn_outputs_keep_their_negative_values():
+    """ResNet-18 `bn1` (then ReLU(inplace=True)) and `layer1.0.bn2` (then `out += identity` and the ReLU)."""
+    torch.manual_seed(0)
+    names = ["bn1", "layer1.0.bn2", "layer1.0"]
+    cfg = FeatureMapsConfig(layers=tuple(names))
+    config = Config(analyses=AnalysesConfig(feature_maps=cfg))
+    ctx = Context.for_tests(torchvision.models.resnet18().eval(), torch.randn(2, 3, 32, 32), config=config)
+    result = feature_maps.run(ctx, cfg)
+    oracle = cloned_outputs(ctx.model, ctx.batch, names)
+    for layer in result.layers:
+        np.testing.assert_allclose(layer.maps, oracle[layer.name], rtol=1e-5, atol=1e-5)
+    by_name = {layer.name: layer for layer in result.layers}
+    assert by_name["bn1"].maps.min() < 0 and by_name["layer1.0.bn2"].maps.min() < 0
+    assert by_name["layer1.0"].maps.min() == 0
+
+
 def test_hooks_are_removed_when_a_layer_raises():
     cfg = FeatureMapsConfig(layers=("features.0", "features.2"))
     ctx = make_ctx(cfg)

@@ -70,8 +70,9 @@ def _detail(result: CamResult, i: int, name: str, base: np.ndarray, alpha: float
             cells = []
             for method in result.methods:
                 title = METHOD_TITLES[method]
-                if method in result.not_applicable:
-                    cells.append({"title": title, "figures": [], "why": result.not_applicable[method]})
+                why = result.not_applicable.get(method) or result.layer_not_applicable.get(method, {}).get(layer)
+                if why:
+                    cells.append({"title": title, "figures": [], "why": why})
                     continue
                 heat = apply_colormap(_heat(result.maps[(method, layer, i, c)], shape), cmap)
                 about = f"{title} for image {name}, class {what}, {where}"

@@ -2,10 +2,12 @@
 
 Ten methods, the same maps as pytorch-grad-cam 1.5.7 (`grayscale_cam` for `ClassifierOutputTarget`):
 
-- from ONE forward and ONE backward pass per target rank (`engine.forward_backward_many`):
+- from ONE forward and ONE backward pass per target rank (`engine.forward_backward_many`) per chunk of
+  `inputs.batch_size` images (so autograd never holds the graph of more images than that):
   `gradcam`, `gradcampp`, `xgradcam`, `layercam`, `hirescam`, `eigengradcam`;
-- from the same forward: `eigencam`, and `cam` (the original CAM: the weights of the linear layer
-  after global average pooling; "not applicable" for other heads);
+- from the same forwards: `eigencam`, and `cam` (the original CAM: the weights of the linear layer
+  after global average pooling; "not applicable" on a layer that does not feed such a head: with
+  several target layers, CAM has maps on the layers it applies to and its fused map uses those only);
 - from masked forwards in batches of `batch_size`: `scorecam` (input × upsampled channel) and
   `ablationcam` (one channel of the layer removed). Their forwards serve every target class at once.
 
@@ -62,6 +64,8 @@ class CamResult:
     # (method, layer or "fused", image index, class) -> (H, W) float32 in [0, 1]
     maps: dict[tuple[str, str, int, int], np.ndarray] = field(repr=False)
     not_applicable: dict[str, str] = field(default_factory=dict)  # method -> why it has no maps
+    # method -> {layer -> why}: layers without the method's maps although other layers have them
+    layer_not_applicable: dict[str, dict[str, str]] = field(default_factory=dict)
     notes: tuple[str, ...] = ()  # facts worth showing (auto-picked layer, shared passes)
     warnings: tuple[str, ...] = ()  # things that may make the maps misleading
     seconds: dict[str, float] = field(default_factory=dict)  # step -> wall time
@@ -136,17 +140,22 @@ def run(ctx: Context, cfg: CamConfig) -> CamResult:
     head = _linear_head(info)
 
     computed = compute_maps(ctx.model, ctx.batch, layers, cfg.methods, class_sets, batch_size=cfg.batch_size,
-                            input_grad=share, head=head, log=ctx.log)
+                            chunk=ctx.config.inputs.batch_size, input_grad=share, head=head, log=ctx.log)
     if share and computed.passes is not None:
         for grad_pass in computed.passes:
             ctx.shared[("grad_pass", grad_pass.classes)] = grad_pass
         notes.append("The gradients section reuses this section's forward and backward pass for "
                      "saliency / input × gradient.")
 
+    for method, skipped in computed.layer_not_applicable.items():
+        kept = [f"`{name}`" for name in layers if name not in skipped]
+        fused = f" The fused {METHOD_TITLES[method]} map uses {', '.join(kept)} only." if len(layers) > 1 else ""
+        notes.append(f"{METHOD_TITLES[method]} is not applicable {_on_layers(skipped)} Its maps are shown for "
+                     f"{', '.join(kept)}.{fused}")
     maps: dict[tuple[str, str, int, int], np.ndarray] = {}
     for layer_key, stack in computed.final.items():
-        values = stack.cpu().numpy()  # (M, k, N, H, W)
-        for m, method in enumerate(computed.methods):
+        values = stack.cpu().numpy()  # (M, k, N, H, W) over computed.layer_methods[layer_key]
+        for m, method in enumerate(computed.layer_methods[layer_key]):
             for r in range(k):
                 for i in range(n):
                     maps[(method, layer_key, i, class_sets[r][i])] = values[m, r, i]
@@ -169,6 +178,7 @@ def run(ctx: Context, cfg: CamConfig) -> CamResult:
         input_size=tuple(ctx.batch.shape[-2:]),
         maps=maps,
         not_applicable=computed.not_applicable,
+        layer_not_applicable=computed.layer_not_applicable,
         notes=tuple(notes),
         warnings=tuple(warnings),
         seconds=computed.seconds,
@@ -189,6 +199,7 @@ def to_json(result: CamResult) -> dict:
         "layer_shapes": {name: list(shape) for name, shape in result.layer_shapes.items()},
         "methods": list(result.methods),
         "not_applicable": dict(result.not_applicable),
+        "not_applicable_layers": {method: dict(why) for method, why in result.layer_not_applicable.items()},
         "fused": result.fused,
         "images": [
             {"name": name, "targets": [{"index": c, "label": result.labels[c], "probability": p}
@@ -206,11 +217,13 @@ def to_json(result: CamResult) -> dict:
 
 @dataclass(frozen=True)
 class ComputedMaps:
-    methods: tuple[str, ...]  # the computed ones, in request order
-    final: dict[str, torch.Tensor]  # layer or "fused" -> (M, k, N, H, W) float32 in [0, 1]
+    methods: tuple[str, ...]  # computed on at least one layer, in request order
+    final: dict[str, torch.Tensor]  # layer or "fused" -> (M, k, N, H, W) float32 in [0, 1], M = layer_methods[key]
+    layer_methods: dict[str, tuple[str, ...]]  # layer or "fused" -> the methods stacked in final[key], request order
     shapes: dict[str, tuple[int, ...]]  # layer -> (C, h, w)
-    passes: list[GradPass] | None  # the engine's passes (one per rank) when gradient methods ran
-    not_applicable: dict[str, str]
+    passes: list[GradPass] | None  # the engine's passes (one per rank, all images) when gradient methods ran
+    not_applicable: dict[str, str]  # method -> why it has no maps on any layer
+    layer_not_applicable: dict[str, dict[str, str]]  # method -> {layer -> why} where other layers have its maps
     warnings: tuple[str, ...]
     seconds: dict[str, float]
 
@@ -223,37 +236,45 @@ def compute_maps(
     class_sets: Sequence[Sequence[int]],
     *,
     batch_size: int = 32,
+    chunk: int | None = None,
     input_grad: bool = False,
     head: nn.Linear | None = None,
     log: Callable[[str], None] = lambda message: None,
 ) -> ComputedMaps:
     """Every requested method's maps for `class_sets[r][i]` (rank r, image i), on each layer.
 
-    batch: (N, C, H, W) preprocessed. One engine pass per rank covers all gradient methods; score and
-    ablation forwards are shared by all ranks. `head`: the linear layer after global average pooling
-    (for `cam`).
+    batch: (N, C, H, W) preprocessed. One engine pass per rank covers all gradient methods, per `chunk`
+    images (None: all at once); score and ablation forwards (`batch_size` masks each) are shared by all
+    ranks. `head`: the linear layer after global average pooling (for `cam`).
     """
     seconds: dict[str, float] = {}
     clock = time.perf_counter
     layers = list(layers)
+    n = batch.shape[0]
     size = tuple(batch.shape[-2:])
     class_sets = [tuple(int(c) for c in classes) for classes in class_sets]
-    per_image = [tuple(classes[i] for classes in class_sets) for i in range(batch.shape[0])]  # (N, k)
+    per_image = [tuple(classes[i] for classes in class_sets) for i in range(n)]  # (N, k)
     warnings: list[str] = []
-    not_applicable: dict[str, str] = {}
+    step = max(1, chunk or n)
+    starts = range(0, n, step)
 
     start = clock()
     passes = None
     if any(m in GRADIENT_METHODS for m in methods) or input_grad:
-        log(f"cam: 1 forward + {len(class_sets)} backward on {', '.join(layers)}")
-        passes = forward_backward_many(model, batch, layers, class_sets, input_grad=input_grad)
+        log(f"cam: {len(starts)} forward + {len(starts) * len(class_sets)} backward on {', '.join(layers)}")
+        passes = _concat_passes([
+            forward_backward_many(model, batch[s:s + step], layers, [c[s:s + step] for c in class_sets],
+                                  input_grad=input_grad) for s in starts])
         logits, activations = passes[0].logits, passes[0].activations
     else:
-        logits, activations = forward_activations(model, batch, layers)
+        parts = [forward_activations(model, batch[s:s + step], layers) for s in starts]
+        logits = torch.cat([p[0] for p in parts])
+        activations = {name: torch.cat([p[1][name] for p in parts]) for name in layers}
     seconds["forward_backward" if passes else "forward"] = clock() - start
     shapes = {name: tuple(activations[name].shape[1:]) for name in layers}
 
     raw: dict[str, dict[str, torch.Tensor]] = {name: {} for name in layers}  # layer -> method -> (k, N, h, w)
+    skipped: dict[str, dict[str, str]] = {}  # method -> layer -> why it does not apply there
     for method in methods:
         start = clock()
         for name in layers:
@@ -265,8 +286,8 @@ def compute_maps(
             elif method == "cam":
                 why = _cam_not_applicable(head, a, logits)
                 if why:
-                    not_applicable["cam"] = f"on layer `{name}`: {why}"
-                    break
+                    skipped.setdefault(method, {})[name] = why
+                    continue
                 weights = head.weight.detach().float()[torch.as_tensor(class_sets, device=a.device)]  # (k, N, C)
                 raw[name][method] = torch.einsum("knc,nchw->knhw", weights, a)
             elif method == "scorecam":
@@ -281,16 +302,52 @@ def compute_maps(
             else:
                 raise ValueError(f"unknown CAM method {method!r}")
         seconds[method] = seconds.get(method, 0.0) + clock() - start
+    not_applicable = {m: _on_layers(why) for m, why in skipped.items() if len(why) == len(layers)}
+    layer_not_applicable = {m: why for m, why in skipped.items() if m not in not_applicable}
 
     start = clock()
     done = tuple(m for m in methods if m not in not_applicable)
-    per_layer = {name: scale_cams(torch.stack([raw[name][m] for m in done]).clamp_min(0), size) for name in layers}
+    layer_methods = {name: tuple(m for m in done if m in raw[name]) for name in layers}
+    empty = batch.new_zeros((0, len(class_sets), n, *size), dtype=torch.float32)
+    per_layer = {name: scale_cams(torch.stack([raw[name][m] for m in layer_methods[name]]).clamp_min(0), size)
+                 if layer_methods[name] else empty for name in layers}  # (M, k, N, H, W)
     final = {name: scale_cams(stage.clamp_min(0)) for name, stage in per_layer.items()}
     if len(layers) > 1:
-        final[FUSED] = scale_cams(torch.stack(list(per_layer.values())).clamp_min(0).mean(0))
+        fused = []
+        for method in done:  # the mean over the layers that have the method
+            have = [per_layer[name][layer_methods[name].index(method)] for name in layers if method in raw[name]]
+            fused.append(scale_cams(torch.stack(have).clamp_min(0).mean(0)))
+        final[FUSED] = torch.stack(fused) if fused else empty
+        layer_methods[FUSED] = done
     seconds["postprocess"] = clock() - start
-    return ComputedMaps(methods=done, final=final, shapes=shapes, passes=passes, not_applicable=not_applicable,
+    return ComputedMaps(methods=done, final=final, layer_methods=layer_methods, shapes=shapes, passes=passes,
+                        not_applicable=not_applicable, layer_not_applicable=layer_not_applicable,
                         warnings=tuple(warnings), seconds=seconds)
+
+
+def _concat_passes(chunks: Sequence[list[GradPass]]) -> list[GradPass]:
+    """Per rank, one GradPass for all images from the passes of consecutive chunks of images
+    (activations and logits are shared by the ranks, as the engine's passes are)."""
+    if len(chunks) == 1:
+        return chunks[0]
+    first = chunks[0][0]
+    logits = torch.cat([c[0].logits for c in chunks])
+    activations = {name: torch.cat([c[0].activations[name] for c in chunks]) for name in first.activations}
+    return [GradPass(
+        classes=tuple(cls for c in chunks for cls in c[r].classes),
+        logits=logits,
+        activations=activations,
+        gradients={name: torch.cat([c[r].gradients[name] for c in chunks]) for name in first.gradients},
+        input_grad=None if first.input_grad is None else torch.cat([c[r].input_grad for c in chunks]),
+    ) for r in range(len(chunks[0]))]
+
+
+def _on_layers(reasons: dict[str, str]) -> str:
+    """{layer: why} -> "on layer `a`: why" (layers with the same reason share it)."""
+    by_why: dict[str, list[str]] = {}
+    for name, why in reasons.items():
+        by_why.setdefault(why, []).append(f"`{name}`")
+    return " ".join(f"on layer{'s' if len(names) > 1 else ''} {', '.join(names)}: {why}" for why, names in by_why.items())
 
 
 def scale_cams(cams: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:

@@ -1,8 +1,10 @@
 """The `feature_maps` stage: what each listed layer outputs for each image.
 
 One forward pass per chunk of `inputs.batch_size` images, with forward hooks on ALL listed layers
-at once (`hooks.capture_outputs`, removed on exit, also when a layer raises). Each layer keeps its
-full (N, C, h, w) output as float32 on the CPU, the channels to show and a few statistics.
+at once (`hooks.forward_hooks`, removed on exit, also when a layer raises). Each hook copies the
+layer's output (float32, on the CPU) the moment the layer returns, so a later in-place op (ResNet's
+`ReLU(inplace=True)` after `bn1`, `out += identity` after a block's `bn2`) cannot change what we keep.
+Each layer keeps its full (N, C, h, w) output, the channels to show and a few statistics.
 
 Default layers, "the top-level blocks":
   1. start at the model; while exactly one child has a 4-D output (adaptive pooling aside) and that
@@ -26,7 +28,7 @@ import torch
 
 from ..config import FeatureMapsConfig
 from ..errors import ReportgenError
-from ..hooks import capture_outputs
+from ..hooks import ForwardHook, forward_hooks
 from . import Context, ModelInfo
 from .kernels import depth_of, select_layers
 
@@ -172,11 +174,21 @@ def to_json(result: FeatureMapsResult) -> dict:
 def capture_maps(model: torch.nn.Module, batch: torch.Tensor, names: Sequence[str],
                  chunk: int) -> tuple[dict[str, np.ndarray], list[str]]:
     """One forward per chunk of images with hooks on every layer in `names` -> (name -> (N, C, h, w) float32,
-    notes on layers that produced something else at run time). Hooks are gone on return, also on error."""
+    notes on layers that produced something else at run time). Each output is copied while its layer returns
+    (a later in-place op cannot change it); a layer called twice keeps its last call's output. Hooks are
+    gone on return, also on error."""
     parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
     bad: dict[str, str] = {}
+    outputs: dict[str, object] = {}  # name -> (n, C, h, w) float32 CPU copy, or what else the layer returned
+
+    def copy_output(name: str) -> ForwardHook:
+        def hook(_module, _inputs, output):
+            is_map = torch.is_tensor(output) and output.dim() == 4
+            outputs[name] = output.detach().to("cpu", torch.float32, copy=True) if is_map else output
+        return hook
+
     if names:
-        with torch.no_grad(), capture_outputs(model, names) as outputs:
+        with torch.no_grad(), forward_hooks(model, [(name, copy_output(name)) for name in names]):
             for start in range(0, batch.shape[0], max(1, chunk)):
                 outputs.clear()
                 model(batch[start:start + chunk])
@@ -185,7 +197,7 @@ def capture_maps(model: torch.nn.Module, batch: torch.Tensor, names: Sequence[st
                     if not torch.is_tensor(out) or out.dim() != 4:
                         bad[name] = "no tensor" if not torch.is_tensor(out) else f"shape {_batchless(out.shape)}"
                         continue
-                    parts[name].append(out.float().cpu().numpy())
+                    parts[name].append(out.numpy())
     maps = {name: np.concatenate(p) for name, p in parts.items() if name not in bad and p}
     notes = [f"`{name}` produced {what} during the forward pass, not a (C, H, W) feature map: skipped."
              for name, what in bad.items()]
