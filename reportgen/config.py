@@ -211,9 +211,15 @@ class Config:
     source: Path | None = None  # the YAML file (not a YAML key)
     lines: _Lines | None = field(default=None, compare=False, repr=False)  # where each key is (not a YAML key)
 
-    def to_dict(self) -> dict:
-        """The resolved config as plain JSON-able data (for report.json and the report)."""
-        return _plain(self)
+    def to_dict(self, relative: bool = False) -> dict:
+        """The resolved config as plain JSON-able data. With `relative`, file paths and path patterns are
+        written relative to the config's folder (what a published report shows: no home folders)."""
+        base = self.source.parent if relative and self.source is not None else None
+        return _plain(self, base)
+
+    def shown_path(self, path: str | Path) -> str:
+        """A path as a published report shows it: relative to the config's folder (no home folders)."""
+        return _relative(str(path), self.source.parent if self.source is not None else None)
 
     def locate(self, message: str) -> str:
         """A message that starts with a key path ("`model.name`: ...") gains where that key is written:
@@ -228,17 +234,28 @@ class Config:
 _TOP_KEYS = ("title", "seed", "model", "inputs", "analyses", "output")
 
 
-def _plain(value: Any) -> Any:
+def _plain(value: Any, base: Path | None = None, patterns: bool = False) -> Any:
+    """Dataclasses, tuples and paths as JSON-able data; paths relative to `base` when one is given."""
     if dataclasses.is_dataclass(value):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)
+        return {f.name: _plain(getattr(value, f.name), base, (type(value).__name__, f.name) in _PATH_TEXT_FIELDS)
+                for f in dataclasses.fields(value)
                 if not (isinstance(value, Config) and f.name in ("source", "lines"))}
     if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
+        return [_plain(v, base, patterns) for v in value]
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, Path):
-        return str(value)
+        return {str(k): _plain(v, base) for k, v in value.items()}
+    if isinstance(value, Path) or (patterns and isinstance(value, str)):
+        return _relative(str(value), base)
     return value
+
+
+def _relative(path: str, base: Path | None) -> str:
+    if base is None or not os.path.isabs(path):
+        return path
+    try:
+        return os.path.relpath(path, base)
+    except ValueError:  # another drive
+        return path
 
 
 # ---------------------------------------------------------------------------- loading
@@ -360,6 +377,7 @@ class _Ctx:
 _PATH_FIELDS = {("ModelConfig", "checkpoint"), ("ModelConfig", "path"), ("OutputConfig", "dir"),
                 ("OutputConfig", "tensorboard")}
 _PATTERN_FIELDS = {("InputsConfig", "images"), ("TrainingConfig", "logs")}
+_PATH_TEXT_FIELDS = _PATTERN_FIELDS | {("ModelConfig", "labels")}  # strings that hold paths
 _POSITIVE = {"depth", "max_filters", "max_channels", "batch_size", "steps", "samples", "top_k", "k",
              "internal_batch_size"}
 

@@ -109,7 +109,7 @@ def load_inputs(config: Config, weights: object | None) -> tuple[list[ImageInput
     for name, path in zip(unique_names(paths), paths):
         pixels = read_image(path)
         prepared = prepare_image(pixels, pre, config.model.input_size)
-        images.append(ImageInput(name=name, source=_shown_path(path, config), original=pixels,
+        images.append(ImageInput(name=name, source=config.shown_path(path), original=pixels,
                                  display=prepared.display))
         tensors.append(prepared.tensor)
     shapes = {tuple(t.shape) for t in tensors}
@@ -117,16 +117,6 @@ def load_inputs(config: Config, weights: object | None) -> tuple[list[ImageInput
         raise ReportgenError(f"`inputs.preprocess`: the images come out in different sizes {sorted(shapes)}; "
                              "set `center_crop` (or `resize: [h, w]`) so they share one size.")
     return images, torch.stack(tensors)
-
-
-def _shown_path(path: Path, config: Config) -> str:
-    """Paths relative to the config's folder where possible: a published report should not leak home folders."""
-    if config.source is not None:
-        try:
-            return os.path.relpath(path, config.source.parent)
-        except ValueError:
-            pass
-    return str(path)
 
 
 def validate(config: Config, log: Log = _quiet) -> ModelInfo:
@@ -253,7 +243,7 @@ def _report_json(config: Config, ctx: Context, runs: list[StageRun]) -> dict:
         "title": config.title,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions(),
-        "config": config.to_dict(),
+        "config": config.to_dict(relative=True),  # no home folders in a published report
         "model": {"description": ctx.info.description, "num_classes": ctx.info.num_classes,
                   "input_size": list(config.model.input_size), "device": str(ctx.device)},
         "images": [

@@ -1,6 +1,7 @@
 """Report outputs: static-site mode, failed stages, atomic writes."""
 import json
 import re
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -90,3 +91,23 @@ def test_write_atomic_leaves_no_temp_file_on_error(tmp_path):
         write.write_atomic(target, object())  # not bytes: fails inside the write
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_a_published_report_shows_no_home_folders(project):
+    """Paths in the report (config block, report.json, training runs, warnings) are relative to the config."""
+    import shutil
+
+    shutil.copy(Path(__file__).resolve().parent.parent / "example_configs" / "shapes" / "metrics.csv",
+                project.root / "metrics.csv")
+    (project.root / "labels.txt").write_text("a\nb\nc\n")
+    config = project.base()
+    config["model"]["labels"] = "labels.txt"
+    config["analyses"]["training"] = {"logs": ["metrics.csv", "runs/*"]}  # the second matches nothing
+    assert build(project.write(config)).exit_code == 0
+    out = project.root / "out"
+    for name in ("report.html", "report.json"):
+        text = (out / name).read_text()
+        assert str(project.root) not in text, name
+    saved = json.loads((out / "report.json").read_text())["config"]
+    assert saved["model"]["labels"] == "labels.txt" and saved["analyses"]["training"]["logs"] == ["metrics.csv", "runs/*"]
+    assert "no log files match `runs/*`" in (out / "report.html").read_text()

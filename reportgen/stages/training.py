@@ -30,7 +30,7 @@ import json
 import math
 import os
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -127,7 +127,8 @@ def check(info, cfg: TrainingConfig) -> None:
 
 def run(ctx, cfg: TrainingConfig) -> TrainingResult:
     warnings: list[str] = []
-    files = find_log_files(cfg.logs, warnings)
+    config = getattr(ctx, "config", None)  # None: a bare context (tests)
+    files = find_log_files(cfg.logs, warnings, shown=config.shown_path if config is not None else str)
     if not files:
         raise ReportgenError("no training logs found: " + " ".join(warnings))
     ctx.log(f"training: reading {_count(len(files), 'log file')}")
@@ -262,8 +263,9 @@ def select_tags(patterns: Sequence[str], available: Sequence[str], warnings: lis
 # ---------------------------------------------------------------------------- finding files
 
 
-def find_log_files(patterns: Iterable[str], warnings: list[str]) -> list[Path]:
-    """Log files from paths, folders (walked recursively) and globs, in a stable order, without duplicates."""
+def find_log_files(patterns: Iterable[str], warnings: list[str], shown: Callable[[str], str] = str) -> list[Path]:
+    """Log files from paths, folders (walked recursively) and globs, in a stable order, without duplicates.
+    Warnings name paths as `shown` writes them (relative to the config's folder in a report)."""
     found: dict[Path, None] = {}
     for pattern in patterns:
         if os.path.exists(pattern):  # a literal path, even where it holds glob characters (`run[1]`)
@@ -277,13 +279,13 @@ def find_log_files(patterns: Iterable[str], warnings: list[str]) -> list[Path]:
             elif _kind(match) is not None:
                 files.append(match)
             elif match.exists() and not glob.has_magic(pattern):
-                warnings.append(f"`{match}` is not a log reportgen reads (TensorBoard `events.out.tfevents.*`, "
+                warnings.append(f"`{shown(match)}` is not a log reportgen reads (TensorBoard `events.out.tfevents.*`, "
                                 f"`*.csv` or `*.jsonl`): skipped.")
         if not files and not matches:
-            warnings.append(f"no log files match `{pattern}`.")
+            warnings.append(f"no log files match `{shown(pattern)}`.")
         elif not files and (glob.has_magic(pattern) or any(m.is_dir() for m in matches)):
             what = "holds" if os.path.isdir(pattern) else f"matches {_count(len(matches), 'path')} but"
-            warnings.append(f"`{pattern}` {what} no TensorBoard event files (`events.out.tfevents.*`), "
+            warnings.append(f"`{shown(pattern)}` {what} no TensorBoard event files (`events.out.tfevents.*`), "
                             "CSV or JSON-lines logs.")
         for f in files:
             found.setdefault(f.resolve(), None)
