@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -59,6 +60,12 @@ def write_scalars(folder: Path, scalars: dict[str, dict[int, float]], histograms
             if step in points:
                 writer.add_histogram(tag, points[step], step)
     writer.close()
+    # SummaryWriter names files `...<seconds>.<host>.<pid>.<counter>`, and the process-wide counter sorts ".10"
+    # before ".9": name the new file so it sorts after the folder's earlier ones, as a later run's file would
+    ours = re.compile(r"^events\.out\.tfevents\.\d{4}$")
+    files = list(folder.glob("events.out.tfevents.*"))
+    (new,) = [f for f in files if not ours.match(f.name)]
+    new.rename(folder / f"events.out.tfevents.{len(files) - 1:04d}")
 
 
 def event_file(folder: Path) -> Path:
