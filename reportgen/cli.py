@@ -90,10 +90,12 @@ def validate(config: str, overrides: tuple[str, ...]) -> None:
         cfg = _load(config, overrides)
         from .pipeline import validate as run_validate
 
-        info = run_validate(cfg)
+        info, warnings = run_validate(cfg)
     except ReportgenError as exc:
         _fail(cfg.locate(str(exc)) if cfg is not None else str(exc))
         return
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
     stages = ", ".join(cfg.analyses.enabled()) or "none"
     click.echo(f"{config}: valid. Model {info.description}, {info.num_classes} classes; stages: {stages}.")
 

@@ -13,6 +13,10 @@ class ConfigError(ReportgenError):
     """A problem in the YAML config, ideally naming the key path and its line."""
 
 
+class StageSkipped(ReportgenError):
+    """A stage found nothing to show (no training logs match): the report says why; not a failure."""
+
+
 def did_you_mean(word: str, choices: Iterable[str], n: int = 1) -> str:
     """" Did you mean `x`?" for the closest choice, or "" when none is close."""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=n, cutoff=0.6)

@@ -24,7 +24,7 @@ import torch
 
 from . import __version__
 from .config import Config
-from .errors import ReportgenError
+from .errors import ReportgenError, StageSkipped
 from .inputs import find_images, prepare_image, read_image, resolve_preprocess, unique_names
 from .models import load_labels, load_model
 from .stages import Context, ImageInput, ModelInfo, describe_model
@@ -119,15 +119,22 @@ def load_inputs(config: Config, weights: object | None) -> tuple[list[ImageInput
     return images, torch.stack(tensors)
 
 
-def validate(config: Config, log: Log = _quiet) -> ModelInfo:
-    """What `reportgen validate` checks: config, files, model construction, layer names, stage options."""
+def validate(config: Config, log: Log = _quiet) -> tuple[ModelInfo, list[str]]:
+    """What `reportgen validate` checks: config, files, model construction, layer names, stage options.
+    Returns the model's description and warnings: training logs that match nothing would skip that stage."""
     check_outputs(config)
     info, loaded = prepare_model(config, log)
     check_stages(info)
     paths = find_images(config.inputs.images)
     for path in paths:
         read_image(path)
-    return info
+    warnings: list[str] = []
+    if "training" in config.analyses.enabled():
+        from .stages.training import find_log_files
+
+        if not find_log_files(config.analyses.training.logs, warnings, shown=config.shown_path):
+            warnings.append("the training stage would be skipped: no log files found.")
+    return info, warnings
 
 
 def check_output_dir(out_dir: Path, key: str = "output.dir") -> None:
@@ -211,6 +218,9 @@ def _run_stage(name: str, ctx: Context, log: Log, detail: Log) -> StageRun:
         result = stage_module(name).run(ctx, cfg)
         ctx.results[name] = result
         section = figures_module(name).plot(result, ctx)
+    except StageSkipped as exc:
+        log(f"stage {name} skipped: {exc}")
+        return StageRun(name=name, status="skipped", seconds=time.perf_counter() - start, error=str(exc))
     except Exception as exc:  # a failed stage is reported, the rest of the report is built
         message = str(exc) if isinstance(exc, ReportgenError) else f"{type(exc).__name__}: {exc}"
         detail(traceback.format_exc())

@@ -111,3 +111,18 @@ def test_a_published_report_shows_no_home_folders(project):
     saved = json.loads((out / "report.json").read_text())["config"]
     assert saved["model"]["labels"] == "labels.txt" and saved["analyses"]["training"]["logs"] == ["metrics.csv", "runs/*"]
     assert "no log files match `runs/*`" in (out / "report.html").read_text()
+
+
+def test_training_logs_that_are_all_missing_skip_the_stage_and_the_build_succeeds(project):
+    config = project.base()
+    config["analyses"]["training"] = {"logs": ["runs/*", "missing.csv"]}
+    result = CliRunner().invoke(main, ["build", str(project.write(config))])
+    assert result.exit_code == 0, result.output
+    assert "stage training skipped: no training logs found" in result.stderr
+    stages = {s["name"]: s for s in json.loads((project.root / "out" / "report.json").read_text())["stages"]}
+    assert stages["training"]["status"] == "skipped" and "missing.csv" in stages["training"]["error"]
+    html = (project.root / "out" / "report.html").read_text()
+    assert "Skipped: no training logs found: no log files match `runs/*`" in html
+    checked = CliRunner().invoke(main, ["validate", str(project.write(config))])
+    assert checked.exit_code == 0 and "warning: no log files match `runs/*`" in checked.stderr
+    assert "the training stage would be skipped" in checked.stderr

@@ -21,7 +21,7 @@ from tensorboard.plugins.distribution.compressor import compress_histogram
 from torch.utils.tensorboard import SummaryWriter
 
 from reportgen.config import TrainingConfig
-from reportgen.errors import ReportgenError
+from reportgen.errors import ReportgenError, StageSkipped
 from reportgen.figures import training as figures
 from reportgen.stages import training
 from reportgen.stages.training import BASIS_POINTS, compute_distribution, compute_stats, smooth
@@ -344,11 +344,11 @@ def test_globs_that_match_nothing_are_named(tmp_path):
     missing = str(tmp_path / "nope" / "*.csv")
     result = run(tmp_path / "ok", missing)
     assert any(missing in w and "no log files match" in w for w in result.warnings)
-    with pytest.raises(ReportgenError, match="no training logs found: no log files match") as info:
+    with pytest.raises(StageSkipped, match="no training logs found: no log files match") as info:
         run(missing, tmp_path / "absent.csv")
     assert missing in str(info.value) and "absent.csv" in str(info.value)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ReportgenError, match="holds no TensorBoard event files"):
+    with pytest.raises(StageSkipped, match="holds no TensorBoard event files"):
         run(tmp_path / "empty")
     with pytest.raises(ReportgenError, match="is empty"):
         training.check(None, TrainingConfig(logs=()))

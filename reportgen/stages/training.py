@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import TrainingConfig
-from ..errors import ReportgenError, did_you_mean
+from ..errors import ReportgenError, StageSkipped, did_you_mean
 
 TENSORBOARD_MISSING = ("reading TensorBoard event files needs the tensorboard package: "
                        "pip install 'reportgen[tensorboard]'")
@@ -130,13 +130,13 @@ def run(ctx, cfg: TrainingConfig) -> TrainingResult:
     config = getattr(ctx, "config", None)  # None: a bare context (tests)
     files = find_log_files(cfg.logs, warnings, shown=config.shown_path if config is not None else str)
     if not files:
-        raise ReportgenError("no training logs found: " + " ".join(warnings))
+        raise StageSkipped("no training logs found: " + " ".join(warnings))
     ctx.log(f"training: reading {_count(len(files), 'log file')}")
     runs = load_runs(files, warnings)
     scalar_tags = list(dict.fromkeys(tag for r in runs for tag in r.scalars))
     histogram_tags = list(dict.fromkeys(tag for r in runs for tag in r.histograms))
     if not scalar_tags and not histogram_tags:
-        raise ReportgenError(f"no training data could be read from {_count(len(files), 'log file')}: "
+        raise StageSkipped(f"no training data could be read from {_count(len(files), 'log file')}: "
                              + " ".join(warnings))
 
     selected = select_tags(cfg.tags, scalar_tags + histogram_tags, warnings)
