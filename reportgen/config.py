@@ -81,6 +81,7 @@ class Preprocess:
     center_crop: tuple[int, ...] | None = None
     normalize: Normalize | None = field(default_factory=Normalize)
     from_weights: bool = False
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"  # of `resize` (from_weights: theirs)
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,7 @@ def resolve_preprocess(pre: Preprocess, weights: object | None) -> Preprocess:
         raise ReportgenError("`inputs.preprocess: from_weights` needs torchvision weights (`model.weights`).")
     t = weights.transforms()
     return Preprocess(resize=tuple(t.resize_size), center_crop=tuple(t.crop_size),
-                      normalize=Normalize(mean=tuple(t.mean), std=tuple(t.std)))
+                      normalize=Normalize(mean=tuple(t.mean), std=tuple(t.std)), interpolation=t.interpolation.value)
 
 
 def prepare_image(pixels: np.ndarray, pre: Preprocess, input_size: tuple[int, ...]) -> PreparedImage:
@@ -99,7 +99,7 @@ def prepare_image(pixels: np.ndarray, pre: Preprocess, input_size: tuple[int, ..
         img = _center_crop(img, (height, width))
     else:
         if pre.resize is not None:
-            img = _resize(img, pre.resize)
+            img = _resize(img, pre.resize, RESAMPLE[pre.interpolation])
         if pre.center_crop is not None:
             crop = pre.center_crop
             img = _center_crop(img, (crop[0], crop[-1]))
@@ -119,14 +119,17 @@ def prepare_image(pixels: np.ndarray, pre: Preprocess, input_size: tuple[int, ..
     return PreparedImage(display=display, tensor=x.float())
 
 
-def _resize(img: Image.Image, size: tuple[int, ...]) -> Image.Image:
+RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+
+
+def _resize(img: Image.Image, size: tuple[int, ...], resample: int = Image.BILINEAR) -> Image.Image:
     """torchvision semantics: one number = the shorter side; two = (height, width)."""
     if len(size) == 2:
-        return img.resize((size[1], size[0]), Image.BILINEAR)
+        return img.resize((size[1], size[0]), resample)
     short, long = sorted((img.width, img.height))
     new_short, new_long = size[0], int(size[0] * long / short)
     w, h = (new_short, new_long) if img.width <= img.height else (new_long, new_short)
-    return img.resize((w, h), Image.BILINEAR)
+    return img.resize((w, h), resample)
 
 
 def _center_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:

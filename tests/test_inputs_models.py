@@ -65,6 +65,19 @@ def test_preprocess_matches_torchvision_transforms():
     torch.testing.assert_close(ours.tensor, ref, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["EfficientNet_B0_Weights", "ResNet50_Weights"])
+def test_preprocess_from_weights_is_the_weights_own_transform(name):
+    """EfficientNet-B0 resizes bicubic to 256 and crops 224; ResNet-50 V2 bilinear 232 -> 224."""
+    from reportgen.inputs import resolve_preprocess
+
+    weights = getattr(torchvision.models, name).DEFAULT
+    pixels = np.random.default_rng(1).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    pre = resolve_preprocess(Preprocess(from_weights=True), weights)
+    assert pre.interpolation == weights.transforms().interpolation.value
+    ours = prepare_image(pixels, pre, (3, 224, 224)).tensor
+    torch.testing.assert_close(ours, weights.transforms()(Image.fromarray(pixels)), atol=1e-5, rtol=0)
+
+
 def test_default_preprocess_fits_the_input_size_and_grayscale_models_get_one_channel():
     pixels = np.zeros((50, 80, 3), dtype=np.uint8)
     out = prepare_image(pixels, Preprocess(normalize=None), (1, 32, 24))
