@@ -276,6 +276,9 @@ class _Lines:
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 sub = path + (str(key.value),)
+                if sub in self.lines:  # YAML would keep the last one silently
+                    raise ConfigError(f"`{'.'.join(map(str, sub))}` is given twice ({self.origin}, lines "
+                                      f"{self.lines[sub]} and {key.start_mark.line + 1}): keep one.")
                 self.lines[sub] = key.start_mark.line + 1
                 self._walk(value, sub)
         elif isinstance(node, yaml.SequenceNode):

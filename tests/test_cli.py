@@ -150,6 +150,8 @@ def _bad_cases(project):
 
     return [
         ("malformed yaml", text("title: [unclosed\nmodel: {}"), "not valid YAML at line"),
+        ("duplicate key", text("title: a\nanalyses: {summary: {}}\ntitle: b\n"),
+         "`title` is given twice (config.yaml, lines 1 and 3)"),
         ("wrong type", cfg(lambda c: c["analyses"].update(summary={"depth": "three"})), "`analyses.summary.depth`"),
         ("unknown key", cfg(lambda c: c["analyses"].update(sumary={})), "Did you mean `summary`?"),
         ("python tag", text("title: !!python/object/apply:os.system ['touch pwned']"), "python tags are refused"),
