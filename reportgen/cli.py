@@ -80,7 +80,7 @@ def build(config: str, out: str | None, overrides: tuple[str, ...], save_arrays:
     sys.exit(report.exit_code)
 
 
-@main.command()
+@main.command(short_help="Check a config without running any analysis.")
 @click.argument("config", type=click.Path(dir_okay=False))
 @_set_option
 def validate(config: str, overrides: tuple[str, ...]) -> None:
@@ -100,7 +100,7 @@ def validate(config: str, overrides: tuple[str, ...]) -> None:
     click.echo(f"{config}: valid. Model {info.description}, {info.num_classes} classes; stages: {stages}.")
 
 
-@main.command()
+@main.command(short_help="List a model's layer names, types and output shapes.")
 @click.argument("target")
 @click.option("--input-size", default="3,224,224", show_default=True,
               help="C,H,W of the example input, when TARGET is a torchvision model name.")

@@ -343,6 +343,9 @@ def parse_config(
                           f"not a {type(data).__name__}.")
     for item in overrides:
         _apply_override(data, item, lines)
+    if "model" not in data:
+        raise ConfigError(f"{origin} has no `model:` section: every config names the model to explain "
+                          "(`reportgen init` writes a commented starter config).")
     config = _convert(data, Config, (), _Ctx(lines, base_dir))
     return dataclasses.replace(config, source=source, lines=lines)
 

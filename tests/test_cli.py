@@ -150,6 +150,7 @@ def _bad_cases(project):
 
     return [
         ("malformed yaml", text("title: [unclosed\nmodel: {}"), "not valid YAML at line"),
+        ("empty config", text(""), "config.yaml has no `model:` section"),
         ("duplicate key", text("title: a\nanalyses: {summary: {}}\ntitle: b\n"),
          "`title` is given twice (config.yaml, lines 1 and 3)"),
         ("wrong type", cfg(lambda c: c["analyses"].update(summary={"depth": "three"})), "`analyses.summary.depth`"),
