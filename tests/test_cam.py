@@ -557,9 +557,10 @@ def test_check_rejects_a_model_without_spatial_layers() -> None:
 
 
 def test_unknown_method_is_a_config_error_with_a_suggestion() -> None:
+    head = "model: {name: resnet18}\nanalyses:\n"
     with pytest.raises(ConfigError, match="Did you mean `gradcampp`"):
-        parse_config("analyses:\n  cam: {methods: [gradcampps]}\n", base_dir=Path("."))
-    config = parse_config("analyses:\n  cam: {methods: [Grad-CAM++, Score-CAM]}\n", base_dir=Path("."))
+        parse_config(head + "  cam: {methods: [gradcampps]}\n", base_dir=Path("."))
+    config = parse_config(head + "  cam: {methods: [Grad-CAM++, Score-CAM]}\n", base_dir=Path("."))
     assert config.analyses.cam.methods == ("gradcampp", "scorecam")
 
 
