@@ -119,10 +119,10 @@ class OptimizeConfig:
     layers: tuple[str | LayerPattern, ...] = ()  # default: the kernels stage's layers
     filters: tuple[int, ...] = tuple(range(16))
     steps: int = 64
-    lr: float = 0.05
+    lr: float = 0.1
     jitter: int = 4
     blur: float = 0.5  # gaussian sigma in pixels applied every `blur_every` steps; 0 = off
-    blur_every: int = 4
+    blur_every: int = 8
     tv: float = 0.0  # total-variation weight
     weight_decay: float = 1e-4
     size: int | None = None  # input side; default: model input size
