@@ -103,14 +103,15 @@ def validate(config: str, overrides: tuple[str, ...]) -> None:
 @main.command(short_help="List a model's layer names, types and output shapes.")
 @click.argument("target")
 @click.option("--input-size", default="3,224,224", show_default=True,
-              help="C,H,W of the example input, when TARGET is a torchvision model name.")
+              help="C,H,W of the example input, when TARGET is not a config file.")
 @click.option("--all", "show_all", is_flag=True, help="Also list containers and layers that were not called.")
 def layers(target: str, input_size: str, show_all: bool) -> None:
-    """List layer names, types and output shapes of a model (a torchvision name or a CONFIG file).
+    """List layer names, types and output shapes of a model: TARGET is a CONFIG file, a torchvision model
+    name, a TorchScript file (.pt, .ts) or a factory `package.module:function`.
 
     Use the names in `target_layers`, `layers` and friends."""
     try:
-        if target.endswith((".yaml", ".yml")) or Path(target).is_file():
+        if target.endswith((".yaml", ".yml")):
             cfg = _load(target, ())
         else:
             from .config import Config, ModelConfig
@@ -119,7 +120,13 @@ def layers(target: str, input_size: str, show_all: bool) -> None:
                 size = tuple(int(v) for v in input_size.split(","))
             except ValueError:
                 raise click.BadParameter("expected C,H,W like 3,224,224", param_hint="--input-size") from None
-            cfg = Config(model=ModelConfig(source="torchvision", name=target, input_size=size, labels=None))
+            if Path(target).is_file():
+                model = ModelConfig(source="torchscript", path=Path(target).resolve(), input_size=size, labels=None)
+            elif ":" in target:
+                model = ModelConfig(source="module", factory=target, input_size=size, labels=None)
+            else:
+                model = ModelConfig(source="torchvision", name=target, input_size=size, labels=None)
+            cfg = Config(model=model, source=Path.cwd() / "layers")  # a factory's module may sit in this folder
         from .pipeline import prepare_model
 
         info, _ = prepare_model(cfg)
@@ -128,12 +135,16 @@ def layers(target: str, input_size: str, show_all: bool) -> None:
         return
     from .stages import default_cam_layer
 
-    rows = [l for l in info.layers.values() if show_all or (l.output_shape is not None)]
+    traced = any(l.output_shape is not None for l in info.layers.values())
+    rows = [l for l in info.layers.values() if show_all or not traced or l.output_shape is not None]
     width = max([len(l.name) for l in rows] + [5])
     click.echo(f"{'layer':<{width}}  {'type':<22} {'output shape':<22} {'params':>12}")
     for l in rows:
         shape = "x".join(map(str, l.output_shape)) if l.output_shape else "-"
         click.echo(f"{l.name:<{width}}  {l.type:<22} {shape:<22} {l.num_params:>12,}")
+    if not traced:
+        click.echo("\nno output shapes: a TorchScript model takes no hooks (feature maps and CAM need a Python model)")
+        return
     try:
         click.echo(f"\ndefault CAM layer: {default_cam_layer(info)}")
     except ReportgenError:

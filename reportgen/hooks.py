@@ -15,12 +15,15 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
     """The submodule with qualified name `name` (`layer4.1.conv2`); a clear error with close matches otherwise."""
     try:
         return model.get_submodule(name)
+    except RuntimeError:  # a TorchScript module has no get_submodule
+        found = dict(model.named_modules()).get(name)
+        if found is not None:
+            return found
     except AttributeError:
-        names = [n for n, _ in model.named_modules() if n]
-        raise ReportgenError(
-            f"layer `{name}` does not exist in {type(model).__name__}.{did_you_mean(name, names)}"
-            " Run `reportgen layers CONFIG` to list the layer names."
-        ) from None
+        pass
+    names = [n for n, _ in model.named_modules() if n]
+    raise ReportgenError(f"layer `{name}` does not exist in {type(model).__name__}.{did_you_mean(name, names)}"
+                         " Run `reportgen layers CONFIG` to list the layer names.")
 
 
 ForwardHook = Callable[[nn.Module, tuple, Any], Any]  # (module, inputs, output) -> None or a replacement output
@@ -30,6 +33,10 @@ ForwardHook = Callable[[nn.Module, tuple, Any], Any]  # (module, inputs, output)
 def forward_hooks(model: nn.Module, hooks: Sequence[tuple[str, ForwardHook]]) -> Iterator[None]:
     """Register each (layer name, forward hook) pair on the named layer for the block; every hook is
     removed on exit, also on error (an unknown layer name included: the hooks registered before it go too)."""
+    if isinstance(model, torch.jit.ScriptModule) and hooks:
+        raise ReportgenError("a TorchScript model takes no hooks, so layer outputs (feature maps, CAM, guided "
+                             "backprop) cannot be read from it: load the model from Python for those "
+                             "(`model.source: module`).")
     handles = []
     try:
         for name, hook in hooks:

@@ -91,6 +91,7 @@ def prepare_model(config: Config, log: Log = _quiet) -> tuple[ModelInfo, object]
 def check_stages(info: ModelInfo) -> None:
     """Every enabled stage's `check`: bad layer names, class indices, ... raise ReportgenError."""
     for name in info.config.analyses.enabled():
+        _check_hooks_possible(info, name)
         check = getattr(stage_module(name), "check", None)
         if check is not None:
             try:
@@ -100,6 +101,23 @@ def check_stages(info: ModelInfo) -> None:
                 if not message.startswith("`analyses."):
                     raise ReportgenError(f"`analyses.{name}`: {message}") from None
                 raise
+
+
+HOOKED = {"feature_maps": None, "cam": None, "gradients": ("guided_backprop", "deconvnet", "guided_gradcam")}
+
+
+def _check_hooks_possible(info: ModelInfo, name: str) -> None:
+    """A TorchScript model takes no hooks: the stages (and gradient methods) that read layers cannot run."""
+    if not isinstance(info.model, torch.jit.ScriptModule) or name not in HOOKED:
+        return
+    methods = HOOKED[name]
+    if methods is not None:
+        methods = [m for m in getattr(info.config.analyses, name).methods if m in methods]
+        if not methods:
+            return
+    what = "needs" if not methods else f"{', '.join(methods)} need{'s' if len(methods) == 1 else ''}"
+    raise ReportgenError(f"`analyses.{name}`: {what} hooks on the model's layers, which a TorchScript model does "
+                         "not take. Load the model from Python (`model.source: module`) or leave this out.")
 
 
 def load_inputs(config: Config, weights: object | None) -> tuple[list[ImageInput], torch.Tensor]:

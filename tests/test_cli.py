@@ -221,6 +221,17 @@ def test_validate_layers_and_init(project, tmp_path, monkeypatch):
     assert "default CAM layer: 4" in layers.output
     tv = run("layers", "resnet18", "--input-size", "3,64,64")
     assert "layer4.1.conv2" in tv.output and "default CAM layer: layer4" in tv.output
+    monkeypatch.chdir(project.root)  # a factory's module beside the working folder, and a TorchScript file
+    factory = run("layers", "tinynet:build", "--input-size", "3,16,16")
+    assert factory.exit_code == 0 and re.search(r"^2\s+ReLU\s+1x8x16x16", factory.output, re.M)
+    import torch
+    from tests.conftest import TINYNET
+    namespace = {}
+    exec(TINYNET, namespace)
+    torch.jit.save(torch.jit.script(namespace["build"]()), "tiny.ts")
+    scripted = run("layers", "tiny.ts", "--input-size", "3,16,16")
+    assert scripted.exit_code == 0 and re.search(r"^3\s+Conv2d\s+-", scripted.output, re.M), scripted.output
+    assert "TorchScript model takes no hooks" in scripted.output
     monkeypatch.chdir(tmp_path)
     assert run("init").exit_code == 0
     assert yaml.safe_load(Path("reportgen.yaml").read_text())["model"]["name"] == "resnet18"
@@ -255,3 +266,27 @@ def test_errors_found_after_parsing_name_the_key_and_its_line(project):
     result = CliRunner().invoke(main, ["validate", str(path), "--set", "analyses.cam.targets=[0]",
                                        "--set", "model.name=resnet181", "--set", "model.source=torchvision"])
     assert "`model.name` (from --set): `resnet181`" in result.stderr
+
+
+def test_a_torchscript_model_builds_what_needs_no_hooks_and_says_what_does(project):
+    import torch
+    from tests.conftest import TINYNET
+    namespace = {}
+    exec(TINYNET, namespace)
+    torch.jit.save(torch.jit.script(namespace["build"]()), project.root / "tiny.ts")
+    config = project.base()
+    config["model"] = {"source": "torchscript", "path": "tiny.ts", "input_size": [3, 16, 16], "labels": None,
+                       "device": "cpu"}
+    config["analyses"].update(kernels={}, gradients={"methods": ["saliency", "integrated_gradients"], "steps": 8})
+    built = run("build", project.write(config), "-q")
+    assert built.exit_code == 0, built.output
+    stages = json.loads((project.root / "out" / "report.json").read_text())["stages"]
+    assert [(s["name"], s["status"]) for s in stages] == [("summary", "ok"), ("kernels", "ok"), ("gradients", "ok")]
+    config["analyses"]["gradients"]["methods"] = ["saliency", "guided_backprop"]
+    config["analyses"]["feature_maps"] = {}
+    refused = CliRunner().invoke(main, ["validate", str(project.write(config))])
+    assert refused.exit_code == 2 and "`analyses.feature_maps`" in refused.stderr
+    assert "a TorchScript model does not take" in refused.stderr
+    del config["analyses"]["feature_maps"]
+    refused = CliRunner().invoke(main, ["validate", str(project.write(config))])
+    assert "`analyses.gradients` (config.yaml, line" in refused.stderr and "guided_backprop needs hooks" in refused.stderr

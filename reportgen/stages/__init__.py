@@ -163,13 +163,15 @@ def describe_model(model: nn.Module, example: torch.Tensor) -> tuple[dict[str, L
         return hook
 
     named = [name for name, _ in model.named_modules() if name]
+    if isinstance(model, torch.jit.ScriptModule):  # no hooks: the layers are listed without output shapes
+        named = []
     with forward_hooks(model, [(name, hook_for(name)) for name in named]), torch.no_grad():
         out = model(example)
     order = {name: i for i, name in enumerate(shapes)}
     return {
         name: LayerInfo(
             name=name,
-            type=type(module).__name__,
+            type=getattr(module, "original_name", type(module).__name__),  # TorchScript keeps it there
             output_shape=shapes.get(name),
             num_params=sum(p.numel() for p in module.parameters(recurse=False)),
             is_leaf=not any(True for _ in module.children()),
