@@ -47,21 +47,37 @@ def forward_hooks(model: nn.Module, hooks: Sequence[tuple[str, ForwardHook]]) ->
             handle.remove()
 
 
+class StopForward(Exception):
+    """Raised by a `capture_outputs(..., stop_after=name)` hook once that layer has run: the rest of the
+    forward pass is not needed. `forward_until` runs a model and swallows it."""
+
+
+def forward_until(model: nn.Module, inputs: torch.Tensor) -> None:
+    """`model(inputs)`, ending where a `stop_after` capture says so (the captured outputs keep their graph)."""
+    try:
+        model(inputs)
+    except StopForward:
+        pass
+
+
 @contextmanager
 def capture_outputs(
-    model: nn.Module, names: Sequence[str], *, detach: bool = True
+    model: nn.Module, names: Sequence[str], *, detach: bool = True, stop_after: str | None = None
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Record the output of each named layer during forward passes inside the block.
 
     Yields a dict filled as the model runs: name -> output of the layer's LAST call
     (a layer called twice keeps its second output). With `detach=False` the outputs stay
-    in the autograd graph, so `torch.autograd.grad(score, outputs[name])` works.
+    in the autograd graph, so `torch.autograd.grad(score, outputs[name])` works. With `stop_after`,
+    that layer's first output ends the pass (run it with `forward_until`).
     """
     outputs: dict[str, torch.Tensor] = {}
 
     def make_hook(name: str) -> ForwardHook:
         def hook(_module, _inputs, output):
             outputs[name] = output.detach() if (detach and torch.is_tensor(output)) else output
+            if name == stop_after:
+                raise StopForward
         return hook
 
     with forward_hooks(model, [(name, make_hook(name)) for name in names]):

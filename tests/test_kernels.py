@@ -127,6 +127,18 @@ def test_activation_maximisation_raises_the_target_filters_activation():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_activation_maximisation_stops_each_forward_at_the_target_layer():
+    """The layers after the target cannot change its activation: they are not run at all."""
+    torch.manual_seed(1)
+    model = Net().eval()
+    model.head.forward = lambda x, real=model.head.forward: (setattr(model, "heads", model.heads + 1), real(x))[1]
+    model.heads = 0
+    kernels.maximize_activation(model, "stem", [0, 1], size=(16, 16), steps=5, seed=0)
+    assert model.forwards == 5 + 2 and model.heads == 0 and count_hooks(model) == 0
+    kernels.maximize_activation(model, "head", [0, 1], size=(16, 16), steps=5, seed=0)
+    assert model.heads == 5 + 2
+
+
 def test_activation_maximisation_is_one_batch_for_all_filters_and_seeded():
     torch.manual_seed(2)
     model = Net().eval()

@@ -31,7 +31,7 @@ from torch import nn
 
 from ..config import KernelsConfig, LayerPattern, Normalize, OptimizeConfig
 from ..errors import ReportgenError, did_you_mean
-from ..hooks import capture_outputs, get_layer
+from ..hooks import capture_outputs, forward_until, get_layer
 from . import Context, ModelInfo
 
 DEAD_FRACTION = 0.01  # a filter whose L2 norm is below 1 % of the layer's median norm is "dead"
@@ -344,9 +344,10 @@ def maximize_activation(
 
     was_training = model.training
     model.eval()  # BatchNorm with running statistics: the images of the batch do not interact
-    with _restore_mode(model, was_training), capture_outputs(model, [layer], detach=False) as outputs:
+    with (_restore_mode(model, was_training),
+          capture_outputs(model, [layer], detach=False, stop_after=layer) as outputs):
         def score(inputs: torch.Tensor) -> torch.Tensor:  # (F,) mean activation of filter k in image k
-            model(inputs)
+            forward_until(model, inputs)  # the layers after `layer` do not matter
             act = outputs[layer]  # (F, C', h, w)
             return act[rows, index].float().mean(dim=(1, 2))
 
