@@ -81,18 +81,31 @@ class _Images:
         self.assets: dict[str, bytes] = {}
         self._srcs: dict[bytes, str] = {}
         self._unders: dict[bytes, str] = {}  # PNG -> class name
+        self._layers: dict[bytes, str] = {}
         self._alphas: dict[float, str] = {}
+        self._blanks: dict[tuple[int, int], str] = {}
 
-    def under_class(self, png: bytes) -> str:
-        return self._unders.setdefault(png, f"u{len(self._unders)}")
+    def under_class(self, png: bytes | None) -> str:
+        return "" if png is None else self._unders.setdefault(png, f"u{len(self._unders)}")
+
+    def layer_class(self, png: bytes) -> str:
+        return self._layers.setdefault(png, f"m{len(self._layers)}")
 
     def alpha_class(self, alpha: float) -> str:
         return self._alphas.setdefault(round(float(alpha), 3), f"o{len(self._alphas)}")
 
+    def blank_src(self, size: tuple[int, int]) -> str:
+        """A transparent PNG of `size` (w, h): the <img> of a layered figure, for its box and its alt text."""
+        if size not in self._blanks:
+            self._blanks[size] = self.src(_encode(Image.new("LA", size), optimize=True))
+        return self._blanks[size]
+
     def css(self) -> str:
-        """The rules the overlays use: `.uN` draws picture N beneath, `.oN` sets the map's opacity."""
+        """The rules layered figures use: `.uN` draws picture N beneath, `.mN` draws map N over it (its
+        `::after`), `.oN` sets the map's opacity. Each picture's bytes appear once, here."""
         rules = [f'.{name}{{background-image:url("{self.src(png)}")}}' for png, name in self._unders.items()]
-        rules += [f".{name}{{opacity:{alpha:g}}}" for alpha, name in self._alphas.items()]
+        rules += [f'.{name}::after{{background-image:url("{self.src(png)}")}}' for png, name in self._layers.items()]
+        rules += [f".{name}::after{{opacity:{alpha:g}}}" for alpha, name in self._alphas.items()]
         return "\n".join(rules)
 
     def src(self, png: bytes) -> str:
@@ -130,6 +143,8 @@ def make_environment(images: _Images) -> Environment:
     env.filters["pct"] = lambda v, digits=1: f"{100 * float(v):.{digits}f}%"
     env.filters["num"] = lambda v, digits=3: f"{float(v):.{digits}g}"
     env.filters["under_class"] = lambda fig: images.under_class(fig.under)
+    env.filters["layer_class"] = lambda fig: images.layer_class(fig.png)
+    env.filters["blank_src"] = lambda fig: images.blank_src(png_size(fig.png))
     env.filters["alpha_class"] = lambda fig: images.alpha_class(fig.alpha)
     env.filters["shown_size"] = lambda fig: png_size(fig.thumb or fig.png)  # (w, h) of the inline picture
     env.globals["self_contained"] = images.self_contained

@@ -12,7 +12,7 @@
   }
 
   // Lightbox: every figure opens large; Esc closes, arrows step through the figures in page order.
-  // An overlay (span.stack) opens as one too: its picture beneath comes along as the same CSS class.
+  // A layered figure (span.stack: an overlay or a map) opens as one too, with the same CSS classes.
   var box = doc.getElementById("lightbox"), zooms = all("figure.fig .zoom");
   if (box && typeof box.showModal === "function") {
     var boxImg = box.querySelector("img"), boxStack = box.querySelector(".lb-stack");
@@ -33,7 +33,7 @@
       var fig = el.closest("figure"), cap = fig.querySelector("figcaption"), pixel = fig.classList.contains("pixel");
       boxImg.src = el.tagName === "A" ? el.getAttribute("href") : img.getAttribute("src");
       boxImg.alt = img.alt;
-      boxImg.className = img.className;  // an overlay's opacity class
+      // a layered figure brings its classes along: the picture beneath, the map over it, its opacity
       boxStack.className = "lb-stack" + (el.classList.contains("stack") ? " " + el.className.replace(/\b(zoom|stack)\b/g, "") : "") + (pixel ? " pixel" : "");
       boxCap.textContent = cap ? cap.textContent : img.alt;
       count.textContent = (current + 1) + " / " + zooms.length;

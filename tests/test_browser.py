@@ -141,17 +141,22 @@ const imgs = [...document.images].filter(i => !i.closest('#lightbox'));
 imgs.forEach(i => { i.loading = 'eager'; });
 const full = [...document.querySelectorAll('a.zoom')].map(a => { const im = new Image(); im.src = a.href; return im; });
 const settle = im => im.decode().then(() => null, e => String(e));
-const stacks = [...document.querySelectorAll('figure.fig .stack')];  // overlays: the picture beneath is a CSS background
-const under = stacks.map(s => { const m = getComputedStyle(s).backgroundImage.match(/^url\("(.*)"\)$/);
-                                const im = new Image(); im.src = m ? m[1] : 'data:,'; return im; });
-Promise.all([...imgs, ...full, ...under].map(settle)).then(errors => done({
+const stacks = [...document.querySelectorAll('figure.fig .stack')];  // layered figures: pictures from the page's CSS
+const url = css => { const m = css.match(/^url\("(.*)"\)$/); const im = new Image(); im.src = m ? m[1] : 'data:,'; return im; };
+const unders = stacks.map(s => getComputedStyle(s).backgroundImage);
+const under = stacks.map((s, k) => url(unders[k] === 'none' ? 'url("data:image/png;base64,")' : unders[k]));
+const layer = stacks.map(s => url(getComputedStyle(s, '::after').backgroundImage));
+const n = imgs.length + full.length;
+Promise.all([...imgs, ...full, ...under, ...layer].map(settle)).then(errors => done({
   inline: imgs.map((im, k) => ({src: im.getAttribute('src').slice(0, 80), width: im.naturalWidth,
                                 alt: im.getAttribute('alt'), error: errors[k]})),
   full: full.map((im, k) => ({src: im.src.slice(0, 80), width: im.naturalWidth, error: errors[imgs.length + k]})),
-  under: under.map((im, k) => {
-    const top = stacks[k].querySelector('img'), box = stacks[k].getBoundingClientRect(), shown = top.getBoundingClientRect();
-    return {src: im.src.slice(0, 80), width: im.naturalWidth, error: errors[imgs.length + full.length + k],
-            opacity: +getComputedStyle(top).opacity, same_box: Math.abs(box.width - shown.width) < 1 && Math.abs(box.height - shown.height) < 1};
+  layered: stacks.map((s, k) => {
+    const box = s.getBoundingClientRect(), shown = s.querySelector('img').getBoundingClientRect();
+    return {overlay: unders[k] !== 'none', under_width: under[k].naturalWidth, under_error: errors[n + k],
+            map_width: layer[k].naturalWidth, map_error: errors[n + stacks.length + k],
+            opacity: +getComputedStyle(s, '::after').opacity,
+            same_box: Math.abs(box.width - shown.width) < 1 && Math.abs(box.height - shown.height) < 1};
   }),
 }));
 """
@@ -164,11 +169,16 @@ def decode_all(driver) -> dict:
 def assert_every_picture_decodes(images: dict, report_json: dict) -> None:
     for img in images["inline"] + images["full"]:
         assert img["error"] is None and img["width"] > 0, img
-    # overlays (CAM, gradients): the heat map lies on the picture beneath, exactly covering it, half transparent
+    # layered figures (CAM, gradients): each map decodes and covers its box; an overlay's map lies half
+    # transparent on a picture beneath that decodes too; a map alone is opaque
     overlays = {s["name"] for s in report_json["stages"]} & {"cam", "gradients"}
-    assert bool(images["under"]) == bool(overlays), overlays
-    for img in images["under"]:
-        assert img["error"] is None and img["width"] > 0 and img["same_box"] and 0 < img["opacity"] < 1, img
+    assert any(f["overlay"] for f in images["layered"]) == bool(overlays), overlays
+    for fig in images["layered"]:
+        assert fig["map_error"] is None and fig["map_width"] > 0 and fig["same_box"], fig
+        if fig["overlay"]:
+            assert fig["under_error"] is None and fig["under_width"] > 0 and 0 < fig["opacity"] < 1, fig
+        else:
+            assert fig["opacity"] == 1, fig
 
 
 def save_screenshot(driver, name: str) -> Path:
@@ -296,17 +306,20 @@ def test_lightbox_opens_steps_with_arrows_and_closes_with_escape(driver, quickst
     assert wait_for(lambda: js(driver, state, zooms[-1])["count"] == f"{total} / {total}")
     driver.find_element("css selector", "#lightbox .lb-close").click()
     assert wait_for(lambda: not js(driver, state, zooms[-1])["open"])
-    overlays = driver.find_elements("css selector", "figure.fig .stack")
+    overlays = driver.find_elements("css selector", "figure.fig .stack[class*=' u']")  # a map over a picture
     if overlays:  # an overlay opens large with its picture beneath, sized to the picture's aspect ratio
         js(driver, "arguments[0].scrollIntoView({block: 'center'})", overlays[0])
         overlays[0].click()
         big = wait_for(lambda: js(driver, """const b = document.getElementById('lightbox'), s = b.querySelector('.lb-stack');
             const r = s.getBoundingClientRect(), im = s.querySelector('img'), top = arguments[0].querySelector('img');
             return b.open && im.complete && im.naturalWidth ? {under: getComputedStyle(s).backgroundImage,
-                same: getComputedStyle(arguments[0]).backgroundImage, opacity: +getComputedStyle(im).opacity,
+                same: getComputedStyle(arguments[0]).backgroundImage, opacity: +getComputedStyle(s, '::after').opacity,
+                map: getComputedStyle(s, '::after').backgroundImage,
+                same_map: getComputedStyle(arguments[0], '::after').backgroundImage,
                 ratio: r.width / r.height, own: top.width / top.height, height: r.height, room: innerHeight} : null;""",
             overlays[0]), message="the overlay in the lightbox")
         assert big["under"].startswith('url("data:image/png') and big["under"] == big["same"], big
+        assert big["map"].startswith('url("data:image/png') and big["map"] == big["same_map"], big
         assert 0 < big["opacity"] < 1 and abs(big["ratio"] - big["own"]) < 0.02 and big["height"] > big["room"] / 2, big
         box.send_keys(Keys.ESCAPE)
         assert wait_for(lambda: not js(driver, state, overlays[0])["open"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import warnings
 from pathlib import Path
 
@@ -604,7 +605,8 @@ def test_figures_and_section_describe_every_map() -> None:
     base, values = ctx.images[0].display[..., :3], result.maps[("gradcam", "body", 0, 2)]
     expected = upscale_nearest(overlay(base, values, alpha=cfg.alpha, cmap=cfg.colormap), cam_figures.MIN_SIDE)
     np.testing.assert_array_equal(flatten(over), expected)
-    html = render.make_environment(render._Images(True)).get_template("sections/cam.html.jinja2").render(
+    images = render._Images(True)
+    html = render.make_environment(images).get_template("sections/cam.html.jinja2").render(
         section=section, report={})
     assert "<i>b</i>" not in html and "&lt;i&gt;b&lt;/i&gt;" in html
     assert "&lt;b&gt;fish&lt;/b&gt; (2)" in html and "<b>fish" not in html
@@ -612,7 +614,16 @@ def test_figures_and_section_describe_every_map() -> None:
     # colour bar, grid rows (input + 2 overlays), originals + (overlay, heat map) per map
     cells_with_maps = 3 * 3 - 1  # (2 layers + fused) x methods, but no CAM on `body`
     assert html.count("<img") == 1 + 3 * (1 + 3) + 2 * (1 + 2 * cells_with_maps * 2)
-    assert html.count('class="zoom stack u') == 3 * 3 + 2 * 2 * cells_with_maps  # overlays, each over its picture
+    assert html.count('class="zoom stack layered u') == 3 * 3 + 2 * 2 * cells_with_maps  # overlays
+    assert html.count('class="zoom stack layered m') == 2 * 2 * cells_with_maps  # heat maps alone
+    # a heat map shown alone and in its overlay is one picture: the same CSS class, its bytes once in the page
+    pairs = re.findall(r'<div class="pair">(.*?)</div>', html, re.S)
+    assert len(pairs) == 2 * 2 * cells_with_maps
+    for pair in pairs:
+        over_map, alone_map = re.findall(r'class="zoom stack layered (?:u\d+ )?(m\d+) o\d+"', pair)
+        assert over_map == alone_map
+    assert len(images.css().splitlines()) == len(images._unders) + len(images._layers) + len(images._alphas)
+    assert all(images.css().count(images.src(png)) == 1 for png in images._layers)
     assert "CAM is not applicable on layer `body`: CAM needs" in html  # CAM has maps on `act` and fused only
     assert "fused CAM map uses `act` only" in html
 

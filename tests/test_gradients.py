@@ -359,11 +359,14 @@ def test_plot_figures_and_template_escape_names():
     position, _ = gfig.colour(gfig.normalize_attribution(result.maps["saliency"][0, 0], "all", 2), "all", "RdBu_r")
     expected = upscale_nearest(overlay(grey, position, alpha=cfg.alpha, cmap="RdBu_r"), gfig.MIN_SIDE)
     np.testing.assert_array_equal(flatten(over), expected)
-    html = make_environment(_Images(True)).get_template("sections/gradients.html.jinja2").render(
+    images = _Images(True)
+    html = make_environment(images).get_template("sections/gradients.html.jinja2").render(
         section=section, report={})
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert html.count("<img") == 1 + 1 + 4 and "completeness" in html
-    assert html.count('class="zoom stack u0"') == 2  # both overlays over the one grey picture
+    assert html.count('class="zoom stack layered u0 m') == 2  # both overlays over the one grey picture
+    assert html.count('class="zoom stack layered m') == 2  # the heat maps alone: the same two pictures
+    assert len(images._layers) == 2 and len(images._unders) == 1  # each picture once in the page's CSS
 
 
 @pytest.mark.parametrize("change, message", [

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..stages.cam import FUSED, METHOD_TITLES, CamResult
-from .common import apply_colormap, make_figure, overlay_figure, resize_float, to_png, upscale_nearest
+from .common import apply_colormap, make_figure, map_figure, overlay_figure, resize_float, to_png, upscale_nearest
 from .grid import colorbar_image, fit_height
 
 MIN_SIDE = 160  # small inputs (64x64) are enlarged (nearest, after drawing) to at least this many pixels
@@ -79,8 +79,8 @@ def _detail(result: CamResult, i: int, name: str, base: np.ndarray, alpha: float
                 figures = [
                     overlay_figure(under, heat, alpha, alt=f"{about}: the heat map over the image",
                                    caption=title, min_side=MIN_SIDE),
-                    make_figure(upscale_nearest(heat, MIN_SIDE), alt=f"{about}: the heat map alone",
-                                caption=f"{title}: heat map"),
+                    map_figure(heat, alt=f"{about}: the heat map alone", caption=f"{title}: heat map",
+                               min_side=MIN_SIDE),
                 ]
                 cells.append({"title": title, "figures": figures, "why": ""})
             rows.append({"layer": FUSED if layer == FUSED else layer, "fused": layer == FUSED, "cells": cells})

@@ -15,7 +15,8 @@ class Figure:
 
     An overlay keeps its two layers apart: `png` is the colour map alone and `under` the picture beneath it;
     the page lays `png` over `under` with opacity `alpha`, which is exactly `overlay()`'s blend. Every overlay
-    of one image shares the same `under` bytes, so the report carries that picture once, not once per map."""
+    of one image shares the same `under` bytes, and a map shown both alone and in its overlay (`layer`) the
+    same `png` bytes, so the report carries each picture once, however often it appears."""
 
     png: bytes
     alt: str  # what it shows: method, layer, image, class
@@ -25,6 +26,7 @@ class Figure:
     height: int = 0
     under: bytes | None = None
     alpha: float = 1.0
+    layer: bool = False  # `png` is a map also shown elsewhere (alone and in an overlay): the page carries it once
 
 
 def make_figure(pixels: np.ndarray, alt: str, caption: str = "", thumb_side: int | None = None) -> Figure:
@@ -42,7 +44,14 @@ def overlay_figure(under: bytes, colour: np.ndarray, alpha: float, alt: str, cap
     the page stretches it to the colour map's size). Small maps are enlarged by whole pixels to `min_side`."""
     colour = upscale_nearest(colour, min_side)
     return Figure(png=to_png(colour), alt=alt, caption=caption, width=colour.shape[1], height=colour.shape[0],
-                  under=under, alpha=float(alpha))
+                  under=under, alpha=float(alpha), layer=True)
+
+
+def map_figure(colour: np.ndarray, alt: str, caption: str = "", min_side: int = 0) -> Figure:
+    """A colour map shown alone that an `overlay_figure` shows too: the page carries its pixels once."""
+    colour = upscale_nearest(colour, min_side)
+    return Figure(png=to_png(colour), alt=alt, caption=caption, width=colour.shape[1], height=colour.shape[0],
+                  layer=True)
 
 
 def flatten(fig: Figure) -> np.ndarray:

@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from ..stages.gradients import GAP_WARNING, GradientsResult
-from .common import Figure, apply_colormap, make_figure, overlay_figure, to_png, upscale_nearest
+from .common import Figure, apply_colormap, make_figure, map_figure, overlay_figure, to_png, upscale_nearest
 from .grid import colorbar_image
 
 METHOD_NAMES = {
@@ -79,7 +79,8 @@ def plot(result: GradientsResult, ctx) -> dict:
                 if method == "guided_gradcam":
                     name += f" at {result.cam_layer}"
                 _, heat = colour(normalize_attribution(maps[i, r], sign, cfg.outlier_perc), sign, cmap)
-                figures.append(_figure(heat, f"{name} heat map ({sign}) for {what}", f"{name}: heat map"))
+                figures.append(map_figure(heat, f"{name} heat map ({sign}) for {what}", f"{name}: heat map",
+                                          min_side=MIN_SIDE))
                 figures.append(overlay_figure(under, heat, cfg.alpha, f"{name} over the image ({sign}) for {what}",
                                               f"{name}: overlay", min_side=MIN_SIDE))
             gap = None if c is None else float(c.gap[i, r])
