@@ -102,6 +102,8 @@ def main() -> int:
               f"built in {seconds:.0f} s")
         for name, size, figures in breakdown(html):
             print(f"  {name:<14} {size / MB:7.2f} MB  {figures:4d} images")
+        style = sum(len(m) for m in re.findall(r"<style>(.*?)</style>", html, re.S))
+        print(f"  {'(style)':<14} {style / MB:7.2f} MB  the pictures of overlays and heat maps, each once")
         print(f"  {'(embedded PNG)':<14} {embedded / MB:7.2f} MB  of the page")
         if assets:
             print(f"  {'(assets/)':<14} {sum(p.stat().st_size for p in assets) / MB:7.2f} MB  {len(assets)} files")
