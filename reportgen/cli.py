@@ -24,8 +24,9 @@ class _Progress:
             click.echo(message, err=True)
 
 
-def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
+def _fail(message: str, config=None) -> None:
+    """Exit 2 with one message; a loaded `config` adds where the key it names is written."""
+    click.echo(f"error: {config.locate(message) if config is not None else message}", err=True)
     sys.exit(2)
 
 
@@ -69,7 +70,7 @@ def build(config: str, out: str | None, overrides: tuple[str, ...], save_arrays:
 
         report = run_build(cfg, log=progress.log, detail=progress.detail)
     except ReportgenError as exc:
-        _fail(cfg.locate(str(exc)) if cfg is not None else str(exc))
+        _fail(str(exc), cfg)
         return
     failed = [s.name for s in report.stages if s.status == "failed"]
     if not quiet:
@@ -92,7 +93,7 @@ def validate(config: str, overrides: tuple[str, ...]) -> None:
 
         info, warnings = run_validate(cfg)
     except ReportgenError as exc:
-        _fail(cfg.locate(str(exc)) if cfg is not None else str(exc))
+        _fail(str(exc), cfg)
         return
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)

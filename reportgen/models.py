@@ -6,7 +6,6 @@ or a `checkpoint` state_dict loaded with `torch.load(weights_only=True)`. Nothin
 from __future__ import annotations
 
 import importlib
-import pickle
 import sys
 from dataclasses import dataclass
 from unittest import mock

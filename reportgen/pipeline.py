@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
-import os
 import platform
 import tempfile
 import time
@@ -139,7 +138,7 @@ def load_inputs(config: Config, weights: object | None) -> tuple[list[ImageInput
 
 def validate(config: Config, log: Log = _quiet) -> tuple[ModelInfo, list[str]]:
     """What `reportgen validate` checks: config, files, model construction, layer names, stage options.
-    Returns the model's description and warnings: training logs that match nothing would skip that stage."""
+    Returns the model's info and warnings (training logs that match nothing would skip that stage)."""
     check_outputs(config)
     info, loaded = prepare_model(config, log)
     check_stages(info)

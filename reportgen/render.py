@@ -74,7 +74,8 @@ class _Images:
     """Turns Figures into `src` values: data: URIs (self-contained) or files under assets/.
 
     Every PNG is optimised once (see `optimise_png`); the same bytes give the same URI or asset name.
-    Pictures beneath overlays become CSS classes (`css()`), one rule per distinct picture and opacity."""
+    The pictures of layered figures (overlays and the maps they show) become CSS rules (`css()`), one per
+    distinct picture and opacity."""
 
     def __init__(self, self_contained: bool):
         self.self_contained = self_contained
@@ -221,7 +222,7 @@ def render_report(config, ctx, runs, report_data: dict) -> tuple[str, dict[str, 
                     report_data["stages"][i].update(status=run.status, error=run.error)
         stages.append({"name": run.name, "title": STAGE_TITLES.get(run.name, run.name), "status": run.status,
                        "error": run.error, "seconds": run.seconds, "section": run.section, "html": html})
-    css += "\n/* the pictures beneath overlays, one rule each */\n" + images.css()  # complete once the sections are drawn
+    css += "\n/* the pictures of layered figures, one rule each */\n" + images.css()  # complete once the sections are drawn
     img_src = "data:" if config.output.self_contained else "'self' data:"
     report["css"] = css
     report["csp"] = (f"default-src 'none'; img-src {img_src}; style-src {_csp_hash(css)}; "

@@ -64,8 +64,7 @@ def flatten(fig: Figure) -> np.ndarray:
         rows = np.arange(top.shape[0]) * under.shape[0] // top.shape[0]
         cols = np.arange(top.shape[1]) * under.shape[1] // top.shape[1]
         under = under[rows][:, cols]
-    mixed = fig.alpha * top.astype(np.float32) + (1.0 - fig.alpha) * under.astype(np.float32)
-    return np.clip(mixed, 0, 255).round().astype(np.uint8)
+    return blend(top, under, fig.alpha)
 
 
 def _decode(png: bytes) -> np.ndarray:
@@ -102,8 +101,13 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, cmap: str =
     """
     if heat.shape != image.shape[:2]:
         heat = resize_float(heat, image.shape[:2])
-    colour = apply_colormap(heat, cmap).astype(np.float32)
-    mixed = alpha * colour + (1.0 - alpha) * image[..., :3].astype(np.float32)
+    return blend(apply_colormap(heat, cmap), image[..., :3], alpha)
+
+
+def blend(top: np.ndarray, under: np.ndarray, alpha: float) -> np.ndarray:
+    """`top` laid with opacity `alpha` over `under`, both (H, W, 3) uint8 -> (H, W, 3) uint8: what a browser
+    draws for an element of that opacity (see `flatten`)."""
+    mixed = alpha * top.astype(np.float32) + (1.0 - alpha) * under.astype(np.float32)
     return np.clip(mixed, 0, 255).round().astype(np.uint8)
 
 

@@ -305,6 +305,9 @@ def _normalization(ctx: Context) -> Normalize | None:
     return pre.normalize
 
 
+_OPTIMIZE = OptimizeConfig()  # the defaults of `kernels.optimize`, one source for the config and this function
+
+
 def maximize_activation(
     model: nn.Module,
     layer: str,
@@ -313,13 +316,13 @@ def maximize_activation(
     channels: int = 3,
     size: tuple[int, int] = (224, 224),
     normalize: Normalize | None = None,
-    steps: int = 64,
-    lr: float = 0.1,
-    jitter: int = 4,
-    blur: float = 0.5,
-    blur_every: int = 8,
-    tv: float = 0.0,
-    weight_decay: float = 1e-4,
+    steps: int = _OPTIMIZE.steps,
+    lr: float = _OPTIMIZE.lr,
+    jitter: int = _OPTIMIZE.jitter,
+    blur: float = _OPTIMIZE.blur,
+    blur_every: int = _OPTIMIZE.blur_every,
+    tv: float = _OPTIMIZE.tv,
+    weight_decay: float = _OPTIMIZE.weight_decay,
     seed: int = 0,
     device: torch.device | str = "cpu",
 ) -> FilterVisualisation:
