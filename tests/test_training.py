@@ -1,11 +1,13 @@
-"""The training stage: logs read back value by value, TensorBoard's smoothing and distributions, bad input."""
+"""The training stage and reportgen.logs: logs read back value by value, smoothing, distributions, bad input."""
 from __future__ import annotations
 
 import csv
 import io
 import json
 import math
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from torch.utils.tensorboard import SummaryWriter
 from reportgen.config import TrainingConfig
 from reportgen.errors import ReportgenError, StageSkipped
 from reportgen.figures import training as figures
+from reportgen.logs import find_log_files, load_runs
 from reportgen.stages import training
 from reportgen.stages.training import BASIS_POINTS, compute_distribution, compute_stats, smooth
 
@@ -150,6 +153,28 @@ def test_event_files_read_back_every_scalar_and_histogram(tmp_path):
     assert entry["max"] == float(str(np.float32(max(loss.values()))))
     json.dumps(entries, allow_nan=False)
     assert training.arrays(result) == {}
+
+
+def test_logs_package_keeps_histogram_buckets_unless_told_to_summarize(tmp_path):
+    weights = {s: np.random.default_rng(s).normal(size=100) for s in (0, 5)}
+    write_scalars(tmp_path / "run", {"loss": {0: 1.0, 5: 0.5}}, {"w": weights})
+    files = find_log_files([str(tmp_path / "run")], [])
+    warnings: list[str] = []
+    (raw,) = load_runs(files, warnings)
+    (summarized,) = load_runs(files, warnings, summarize=compute_distribution)
+    assert warnings == [] and raw.histograms["w"][0] == summarized.histograms["w"][0] == [0, 5]
+    for buckets, row in zip(raw.histograms["w"][1], summarized.histograms["w"][1]):
+        assert buckets.ndim == 2 and buckets.shape[1] == 3 and buckets[:, 2].sum() == 100
+        np.testing.assert_array_equal(compute_distribution(buckets), row)
+    assert raw.scalars["loss"].steps == [0, 5] and raw.scalars["loss"].values == [1.0, 0.5]
+
+
+def test_logs_package_imports_neither_torch_nor_the_stages():
+    code = ("import sys, reportgen.logs, reportgen.logs.events, reportgen.logs.tables; "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'reportgen.stages'))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.stdout.strip() == "[]"
 
 
 def test_truncated_event_file_keeps_its_whole_records_and_warns(tmp_path):
