@@ -10,7 +10,7 @@ ResNets) unless `--layer`, each image's top-1 class as target. Each repeat times
     training step or pytorch-grad-cam's own `loss.backward()` computes them);
 (b) pytorch-grad-cam: GradCAM, GradCAMPlusPlus, XGradCAM, LayerCAM, HiResCAM, EigenGradCAM one after
     another, each `with Method(model, [layer]) as cam: cam(x, targets)` (its `grayscale_cam`);
-(c) reportgen: `stages.cam.compute_maps` for the same six methods, copied to numpy.
+(c) reportgen: `methods.cam.compute_maps` for the same six methods, copied to numpy.
 
 Prints the median (and min) seconds of each, the ratios (b)/(a) and (c)/(a), the speed-up (b)/(c), and
 the largest difference between the two maps for the five methods with a defined sign (EigenGrad-CAM's
@@ -34,8 +34,9 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reportgen.config import Config  # noqa: E402
-from reportgen.stages import Context, default_cam_layer  # noqa: E402
-from reportgen.stages.cam import compute_maps  # noqa: E402
+from reportgen.layers import default_cam_layer  # noqa: E402
+from reportgen.methods.cam import compute_maps  # noqa: E402
+from tests.helpers import make_context  # noqa: E402
 
 SIX = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigengradcam")
 
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     model = getattr(torchvision.models, args.model)().eval().to(device)
     x = torch.randn(args.images, 3, args.size, args.size, generator=torch.Generator().manual_seed(1)).to(device)
-    ctx = Context.for_tests(model, x[:1], config=Config())
+    ctx = make_context(model, x[:1], config=Config())
     layer = args.layer or default_cam_layer(ctx.info)
     with torch.no_grad():
         classes = model(x).argmax(1).tolist()

@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reportgen.config import AnalysesConfig, CamConfig, Config, GradientsConfig, TargetSpec  # noqa: E402
 from reportgen.engine import forward_backward  # noqa: E402
-from reportgen.stages import Context, default_cam_layer  # noqa: E402
+from reportgen.layers import default_cam_layer  # noqa: E402
 from reportgen.stages import gradients as G  # noqa: E402
+from tests.helpers import make_context  # noqa: E402
 
 GRADIENT_CAMS = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam")
 
@@ -98,7 +99,7 @@ def main() -> None:
     device = torch.device(args.device)
     model = torchvision.models.get_model(args.model, weights=None).eval().to(device)
     x = torch.randn(args.images, 3, args.size, args.size, generator=torch.Generator().manual_seed(1)).to(device)
-    ctx = Context.for_tests(model, x)
+    ctx = make_context(model, x)
     layer = default_cam_layer(ctx.info)
     targets = ctx.targets(TargetSpec(k=args.top))
     class_sets = [[t[r] for t in targets] for r in range(args.top)]
@@ -111,6 +112,7 @@ def main() -> None:
                               samples=args.samples, stdev=args.stdev, cam_layer=layer)
 
         def ours():
+            ctx.engine.clear()  # no pass kept from the previous run
             G.run(ctx, cfg)
 
         def theirs():
@@ -131,10 +133,10 @@ def main() -> None:
 
     analyses = AnalysesConfig(cam=CamConfig(methods=GRADIENT_CAMS, target_layers=(layer,), targets=TargetSpec(k=1)),
                               gradients=GradientsConfig(methods=("saliency", "input_x_gradient")))
-    shared_ctx = Context.for_tests(model, x, config=Config(analyses=analyses))
+    shared_ctx = make_context(model, x, config=Config(analyses=analyses))
 
     def both():
-        shared_ctx.shared.clear()
+        shared_ctx.engine.clear()
         cam.run(shared_ctx, analyses.cam)
         G.run(shared_ctx, analyses.gradients)
 

@@ -134,7 +134,7 @@ def layers(target: str, input_size: str, show_all: bool) -> None:
     except ReportgenError as exc:
         _fail(str(exc))
         return
-    from .stages import default_cam_layer
+    from .layers import default_cam_layer
 
     traced = any(l.output_shape is not None for l in info.layers.values())
     rows = [l for l in info.layers.values() if show_all or not traced or l.output_shape is not None]

@@ -23,7 +23,7 @@ The hooks of `_capture` capture the gradient edge and cut the graph while the la
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -42,6 +42,7 @@ class GradPass:
     activations: dict[str, torch.Tensor]  # layer -> (N, C, h, w) detached
     gradients: dict[str, torch.Tensor]  # layer -> d(Σ_i logit[i, class_i]) / d activation, (N, C, h, w)
     input_grad: torch.Tensor | None  # (N, C, H, W) d(Σ_i logit[i, class_i]) / d input, when asked for
+    modified: tuple[str, ...] = ()  # layers whose output an in-place op changed after the layer returned
 
 
 def forward_backward(
@@ -64,12 +65,15 @@ def forward_backward_many(
     class_sets: Sequence[Sequence[int]],
     *,
     input_grad: bool = False,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> list[GradPass]:
     """One forward, then one backward per entry of `class_sets` (each: one class per image).
 
     All GradPasses share the forward's logits and activations. `batch` is not modified; parameters
-    get no .grad; every hook is removed on return.
+    get no .grad; every hook is removed on return. `forward` (default: `model`) maps the input to the
+    logits (a model adapter's `forward`, which unwraps outputs that are not a tensor).
     """
+    forward = forward or model
     n = batch.shape[0]
     class_sets = [tuple(int(c) for c in classes) for classes in class_sets]
     for classes in class_sets:
@@ -81,7 +85,7 @@ def forward_backward_many(
     for attempt in range(2):
         x.requires_grad_(not cut)
         with _capture(model, layers, cut=cut) as captured, torch.set_grad_enabled(not cut):
-            logits = model(x)
+            logits = forward(x)
         complete = logits.requires_grad and all(captured[name][1] is not None for name in layers)
         if complete or attempt == 1:
             break
@@ -92,6 +96,7 @@ def forward_backward_many(
         raise ReportgenError(f"{type(model).__name__} returns an output of shape {tuple(logits.shape)}; "
                              "class activation maps need (N, num_classes) scores.")
     activations = {name: captured[name][0].detach() for name in layers}
+    modified = tuple(name for name in layers if captured[name][0]._version != captured[name][2])
     wrt = [captured[name][1] for name in layers] + ([x] if input_grad else [])
     live = [i for i, w in enumerate(wrt) if w is not None]
     passes = []
@@ -111,24 +116,35 @@ def forward_backward_many(
             activations=activations,
             gradients={name: _zeros_if_none(g, activations[name]) for name, g in zip(layers, grads)},
             input_grad=_zeros_if_none(grads[-1], x).detach() if input_grad else None,
+            modified=modified,
         ))
     return passes
 
 
 def forward_activations(
-    model: nn.Module, batch: torch.Tensor, layers: Sequence[str]
+    model: nn.Module, batch: torch.Tensor, layers: Sequence[str],
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One forward without autograd: (logits (N, K), layer -> output (N, C, h, w)), detached."""
-    with torch.no_grad(), capture_outputs(model, list(dict.fromkeys(layers)), detach=True) as outputs:
-        logits = model(batch)
+    return _forward_activations(model, batch, layers, forward)[:2]
+
+
+def _forward_activations(model, batch, layers, forward=None) -> tuple[torch.Tensor, dict, tuple[str, ...]]:
+    """`forward_activations` and the layers whose output an in-place op changed after the layer returned."""
+    versions: dict[str, int] = {}
+    with torch.no_grad(), capture_outputs(model, list(dict.fromkeys(layers)), detach=True,
+                                          versions=versions) as outputs:
+        logits = (forward or model)(batch)
     missing = [name for name in layers if not torch.is_tensor(outputs.get(name))]
     if missing:
         raise ReportgenError(f"layer `{missing[0]}` produced no tensor output in the forward pass.")
-    return logits.detach(), {name: outputs[name] for name in layers}
+    modified = tuple(name for name in layers if outputs[name]._version != versions[name])
+    return logits.detach(), {name: outputs[name] for name in layers}, modified
 
 
 def forward_replacing(
-    model: nn.Module, batch: torch.Tensor, layer: str, output: torch.Tensor
+    model: nn.Module, batch: torch.Tensor, layer: str, output: torch.Tensor,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Logits of a no-grad forward of `batch` in which `layer` returns `output` instead of its own result.
 
@@ -138,19 +154,20 @@ def forward_replacing(
         return output
 
     with forward_hooks(model, [(layer, hook)]), torch.no_grad():
-        return model(batch)
+        return (forward or model)(batch)
 
 
 @contextmanager
 def _capture(
     model: nn.Module, layers: Sequence[str], *, cut: bool
-) -> Iterator[dict[str, tuple[torch.Tensor, torch.Tensor | GradientEdge | None]]]:
-    """name -> (output tensor, what to differentiate with respect to), filled as the model runs.
+) -> Iterator[dict[str, tuple[torch.Tensor, torch.Tensor | GradientEdge | None, int]]]:
+    """name -> (output tensor, what to differentiate with respect to, the tensor's version when the layer
+    returned), filled as the model runs.
 
     With `cut`, the model starts without autograd; the first target layer to finish turns autograd
     on and hands the rest of the model a copy of a fresh leaf, so the graph starts there.
     """
-    captured: dict[str, tuple[torch.Tensor, torch.Tensor | GradientEdge | None]] = {}
+    captured: dict[str, tuple[torch.Tensor, torch.Tensor | GradientEdge | None, int]] = {}
 
     def make_hook(name: str) -> ForwardHook:
         def hook(_module, _inputs, output):
@@ -161,9 +178,9 @@ def _capture(
                 leaf = output.detach().requires_grad_()
                 torch.set_grad_enabled(True)  # restored when the caller's grad-mode block exits
                 passed_on = leaf.clone()  # later in-place ops change this copy, never the leaf
-                captured[name] = (passed_on, leaf)
+                captured[name] = (passed_on, leaf, passed_on._version)
                 return passed_on
-            captured[name] = (output, get_gradient_edge(output) if output.requires_grad else None)
+            captured[name] = (output, get_gradient_edge(output) if output.requires_grad else None, output._version)
             return None
 
         return hook
@@ -177,3 +194,100 @@ def _capture(
 
 def _zeros_if_none(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(like).detach() if grad is None else grad.detach()
+
+
+class Engine:
+    """The passes of one build over one batch, computed once and cached for every stage that asks.
+
+    `passes(layers, class_sets)` runs ONE forward and one backward per class set (target rank) per chunk of
+    `chunk` images (so autograd never holds the graph of more images than that) and keeps the result, keyed
+    by (layers, class sets, input gradient): a stage never reads another stage's results or config to
+    reuse a pass, it asks the engine. `input_grad_wanted` (set by the pipeline when a stage declared it will
+    ask for input gradients) makes every gradient pass also take the input gradient, so a later
+    `input_grads(classes)` is served from the pass an earlier stage already ran.
+    """
+
+    def __init__(self, model: nn.Module, batch: torch.Tensor, *, chunk: int | None = None,
+                 forward: Callable[[torch.Tensor], torch.Tensor] | None = None, input_grad_wanted: bool = False):
+        self.model = model
+        self.batch = batch  # (N, C, H, W), never modified
+        self.forward = forward or model
+        self.step = max(1, chunk or batch.shape[0])
+        self.input_grad_wanted = input_grad_wanted
+        self._passes: dict[tuple, list[GradPass]] = {}
+        self._activations: dict[tuple, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
+        self._modified: set[str] = set()  # layers whose output an in-place op changed after they returned
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.batch.shape[0] // self.step)
+
+    def _starts(self) -> range:
+        return range(0, self.batch.shape[0], self.step)
+
+    def passes(self, layers: Sequence[str], class_sets: Sequence[Sequence[int]], *,
+               input_grad: bool = False) -> list[GradPass]:
+        """Per class set, the GradPass of all images (`forward_backward_many` per chunk, concatenated)."""
+        layers = tuple(dict.fromkeys(layers))
+        class_sets = tuple(tuple(int(c) for c in classes) for classes in class_sets)
+        input_grad = input_grad or self.input_grad_wanted
+        key = (layers, class_sets, input_grad)
+        if key not in self._passes:
+            step = self.step
+            self._passes[key] = concat_passes([
+                forward_backward_many(self.model, self.batch[s:s + step], layers, [c[s:s + step] for c in class_sets],
+                                      input_grad=input_grad, forward=self.forward) for s in self._starts()])
+            self._modified.update(name for p in self._passes[key] for name in p.modified)
+        return self._passes[key]
+
+    def activations(self, layers: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(logits (N, K), layer -> output (N, C, h, w)) of forwards without autograd, one per chunk."""
+        layers = tuple(dict.fromkeys(layers))
+        if layers not in self._activations:
+            parts = [_forward_activations(self.model, self.batch[s:s + self.step], layers, self.forward)
+                     for s in self._starts()]
+            self._modified.update(name for p in parts for name in p[2])
+            self._activations[layers] = (torch.cat([p[0] for p in parts]),
+                                         {name: torch.cat([p[1][name] for p in parts]) for name in layers})
+        return self._activations[layers]
+
+    def input_grad(self, classes: Sequence[int]) -> torch.Tensor | None:
+        """(N, C, H, W) ∂(Σ_i logit[i, classes[i]])/∂input from a pass already run for these classes, or None."""
+        classes = tuple(int(c) for c in classes)
+        for (_layers, _sets, with_input), passes in self._passes.items():
+            for grad_pass in passes:
+                if with_input and grad_pass.classes == classes:
+                    return grad_pass.input_grad
+        return None
+
+    def modified_in_place(self, layers: Sequence[str]) -> list[str]:
+        """Of `layers`, those whose output an in-place op changed after the layer returned, in the passes run."""
+        return [name for name in layers if name in self._modified]
+
+    def clear(self) -> None:
+        """Forget every pass (benchmarks: time the next one afresh)."""
+        self._passes.clear()
+        self._activations.clear()
+        self._modified.clear()
+
+    def cached_passes(self) -> list[GradPass]:
+        """Every gradient pass the engine holds (tests, `-v` detail)."""
+        return [p for passes in self._passes.values() for p in passes]
+
+
+def concat_passes(chunks: Sequence[list[GradPass]]) -> list[GradPass]:
+    """Per rank, one GradPass for all images from the passes of consecutive chunks of images
+    (activations and logits are shared by the ranks, as the engine's passes are)."""
+    if len(chunks) == 1:
+        return chunks[0]
+    first = chunks[0][0]
+    logits = torch.cat([c[0].logits for c in chunks])
+    activations = {name: torch.cat([c[0].activations[name] for c in chunks]) for name in first.activations}
+    return [GradPass(
+        classes=tuple(cls for c in chunks for cls in c[r].classes),
+        logits=logits,
+        activations=activations,
+        gradients={name: torch.cat([c[r].gradients[name] for c in chunks]) for name in first.gradients},
+        input_grad=None if first.input_grad is None else torch.cat([c[r].input_grad for c in chunks]),
+        modified=tuple(dict.fromkeys(name for c in chunks for name in c[r].modified)),
+    ) for r in range(len(chunks[0]))]

@@ -62,20 +62,24 @@ def forward_until(model: nn.Module, inputs: torch.Tensor) -> None:
 
 @contextmanager
 def capture_outputs(
-    model: nn.Module, names: Sequence[str], *, detach: bool = True, stop_after: str | None = None
+    model: nn.Module, names: Sequence[str], *, detach: bool = True, stop_after: str | None = None,
+    versions: dict[str, int] | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Record the output of each named layer during forward passes inside the block.
 
     Yields a dict filled as the model runs: name -> output of the layer's LAST call
     (a layer called twice keeps its second output). With `detach=False` the outputs stay
     in the autograd graph, so `torch.autograd.grad(score, outputs[name])` works. With `stop_after`,
-    that layer's first output ends the pass (run it with `forward_until`).
+    that layer's first output ends the pass (run it with `forward_until`). With `versions`, each output's
+    version counter as the layer returned it goes there (a later in-place op raises the counter).
     """
     outputs: dict[str, torch.Tensor] = {}
 
     def make_hook(name: str) -> ForwardHook:
         def hook(_module, _inputs, output):
             outputs[name] = output.detach() if (detach and torch.is_tensor(output)) else output
+            if versions is not None and torch.is_tensor(output):
+                versions[name] = output._version
             if name == stop_after:
                 raise StopForward
         return hook

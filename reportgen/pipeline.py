@@ -6,7 +6,6 @@ while running is marked failed in the report (exit code 1) and the rest of the r
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import importlib.util
 import platform
@@ -23,10 +22,14 @@ import torch
 
 from . import __version__
 from .config import Config
+from .context import Context, ImageInput, ModelInfo
+from .engine import Engine
 from .errors import ReportgenError, StageSkipped
 from .inputs import find_images, prepare_image, read_image, resolve_preprocess, unique_names
+from .layers import describe_model
 from .models import load_labels, load_model
-from .stages import Context, ImageInput, ModelInfo, describe_model
+from .ops import batches
+from .stages import Stage, input_grad_wanted, planned
 
 Log = Callable[[str], None]
 
@@ -38,11 +41,13 @@ def _quiet(message: str) -> None:
 @dataclass
 class StageRun:
     name: str
+    title: str
     status: str  # ok | failed | skipped
     seconds: float = 0.0
     error: str | None = None
     result: object = None
     section: dict | None = None  # what figures.<name>.plot returned
+    stage: Stage | None = field(default=None, repr=False)  # its record (set when it ran)
 
 
 @dataclass
@@ -60,10 +65,6 @@ class Report:
         return 1 if any(s.status == "failed" for s in self.stages) else 0
 
 
-def stage_module(name: str):
-    return importlib.import_module(f"reportgen.stages.{name}")
-
-
 def figures_module(name: str):
     return importlib.import_module(f"reportgen.figures.{name}")
 
@@ -71,9 +72,10 @@ def figures_module(name: str):
 def prepare_model(config: Config, log: Log = _quiet) -> tuple[ModelInfo, object]:
     """Load the model, describe its layers with one forward of a zero input, read its labels."""
     loaded = load_model(config.model, base_dir=config.source.parent if config.source else None)
+    hooks = not isinstance(loaded.model, torch.jit.ScriptModule)
     example = torch.zeros((1, *config.model.input_size), device=loaded.device)
     try:
-        layers, out = describe_model(loaded.model, example)
+        layers, out = describe_model(loaded.model, example, hooks=hooks)
     except Exception as exc:
         raise ReportgenError(f"the model does not run on an input of shape {list(example.shape)} "
                              f"(`model.input_size`): {type(exc).__name__}: {exc}") from None
@@ -82,46 +84,44 @@ def prepare_model(config: Config, log: Log = _quiet) -> tuple[ModelInfo, object]
         raise ReportgenError(f"the model's output is {shape}; reportgen explains classifiers with logits of "
                              "shape (N, num_classes).")
     labels, note = load_labels(config.model.labels, out.shape[1], loaded.weights)
+    pre = resolve_preprocess(config.inputs.preprocess, loaded.weights)
     info = ModelInfo(model=loaded.model, config=config, labels=labels, num_classes=out.shape[1], layers=layers,
-                     description=loaded.description, notes=[note] if note else [])
+                     description=loaded.description, notes=[note] if note else [], hooks=hooks,
+                     normalize=pre.normalize, preprocess=pre)
     return info, loaded
 
 
-def check_stages(info: ModelInfo) -> None:
-    """Every enabled stage's `check`: bad layer names, class indices, ... raise ReportgenError."""
-    for name in info.config.analyses.enabled():
-        _check_hooks_possible(info, name)
-        check = getattr(stage_module(name), "check", None)
-        if check is not None:
+def check_stages(info: ModelInfo) -> list[Stage]:
+    """The stages to run, in order, each checked (`check`: bad layer names, class indices, ... raise
+    ReportgenError naming the stage's key). A stage that needs hooks on a model that takes none is refused."""
+    stages = planned(info.config)
+    for stage in stages:
+        cfg = getattr(info.config.analyses, stage.name)
+        _check_hooks_possible(info, stage, cfg)
+        if stage.check is not None:
             try:
-                check(info, getattr(info.config.analyses, name))
+                stage.check(info, cfg)
             except ReportgenError as exc:  # every message names the stage's key, so the CLI can add its line
                 message = str(exc)
                 if not message.startswith("`analyses."):
-                    raise ReportgenError(f"`analyses.{name}`: {message}") from None
+                    raise ReportgenError(f"`analyses.{stage.name}`: {message}") from None
                 raise
+    return stages
 
 
-HOOKED = {"feature_maps": None, "cam": None, "gradients": ("guided_backprop", "deconvnet", "guided_gradcam")}
-
-
-def _check_hooks_possible(info: ModelInfo, name: str) -> None:
-    """A TorchScript model takes no hooks: the stages (and gradient methods) that read layers cannot run."""
-    if not isinstance(info.model, torch.jit.ScriptModule) or name not in HOOKED:
+def _check_hooks_possible(info: ModelInfo, stage: Stage, cfg) -> None:
+    """A model that takes no hooks (TorchScript) cannot run what reads its layers."""
+    hooked = stage.hooked(cfg)
+    if info.hooks or not hooked:
         return
-    methods = HOOKED[name]
-    if methods is not None:
-        methods = [m for m in getattr(info.config.analyses, name).methods if m in methods]
-        if not methods:
-            return
-    what = "needs" if not methods else f"{', '.join(methods)} need{'s' if len(methods) == 1 else ''}"
-    raise ReportgenError(f"`analyses.{name}`: {what} hooks on the model's layers, which a TorchScript model does "
-                         "not take. Load the model from Python (`model.source: module`) or leave this out.")
+    what = "needs" if hooked is True else f"{', '.join(hooked)} need{'s' if len(hooked) == 1 else ''}"
+    raise ReportgenError(f"`analyses.{stage.name}`: {what} hooks on the model's layers, which a TorchScript model "
+                         "does not take. Load the model from Python (`model.source: module`) or leave this out.")
 
 
-def load_inputs(config: Config, weights: object | None) -> tuple[list[ImageInput], torch.Tensor]:
+def load_inputs(config: Config, pre) -> tuple[list[ImageInput], torch.Tensor]:
+    """The images (names, pixels) and the (N, C, H, W) batch prepared with the resolved preprocessing `pre`."""
     paths = find_images(config.inputs.images)
-    pre = resolve_preprocess(config.inputs.preprocess, weights)
     images, tensors = [], []
     for name, path in zip(unique_names(paths), paths):
         pixels = read_image(path)
@@ -147,7 +147,7 @@ def validate(config: Config, log: Log = _quiet) -> tuple[ModelInfo, list[str]]:
         read_image(path)
     warnings: list[str] = []
     if "training" in config.analyses.enabled():
-        from .stages.training import find_log_files
+        from .logs import find_log_files
 
         if not find_log_files(config.analyses.training.logs, warnings, shown=config.shown_path):
             warnings.append("the training stage would be skipped: no log files found.")
@@ -193,20 +193,28 @@ def build(config: Config, log: Log = _quiet, detail: Log = _quiet) -> Report:
     np.random.seed(config.seed % 2**32)
     log("loading model")
     info, loaded = prepare_model(config, detail)
-    check_stages(info)
+    stages = check_stages(info)
     log("reading images")
-    images, batch = load_inputs(config, loaded.weights)
+    images, batch = load_inputs(config, info.preprocess)
     batch = batch.to(loaded.device)
-    logits = _logits(info.model, batch, config.inputs.batch_size)
-    ctx = Context(info=info, device=loaded.device, batch=batch, images=images, logits=logits, log=detail)
+    logits = _logits(info, batch, config.inputs.batch_size)
+    engine = Engine(info.model, batch, chunk=config.inputs.batch_size, forward=info.forward,
+                    input_grad_wanted=input_grad_wanted(config))
+    ctx = Context(info=info, device=loaded.device, batch=batch, images=images, logits=logits, engine=engine,
+                  log=detail)
 
-    runs = []
-    for name in config.analyses.enabled():
-        runs.append(_run_stage(name, ctx, log, detail))
+    runs: list[StageRun] = []
+    for stage in stages:
+        runs.append(_run_stage(stage, ctx, runs, log, detail))
     report_data = _report_json(config, ctx, runs)
     arrays = _collect_arrays(ctx, runs) if config.output.save_arrays else None
     log("rendering")
-    html, assets = render.render_report(config, ctx, runs, report_data)
+    html, assets, section_errors = render.render_report(config, ctx, runs, report_data)
+    for run in runs:  # a section that could not be drawn marks its stage failed, in report.json too
+        if run.name in section_errors:
+            run.status, run.error = "failed", section_errors[run.name]
+    if section_errors:
+        report_data["stages"] = _stage_entries(runs)
     out = config.output.dir
     try:
         if config.output.tensorboard is not None:  # before the report's files: an error leaves those untouched
@@ -222,30 +230,40 @@ def build(config: Config, log: Log = _quiet, detail: Log = _quiet) -> Report:
     return report
 
 
-def _logits(model, batch: torch.Tensor, batch_size: int) -> torch.Tensor:
+def _logits(info: ModelInfo, batch: torch.Tensor, batch_size: int) -> torch.Tensor:
+    forward = info.forward or info.model
     with torch.no_grad():
-        return torch.cat([model(chunk).float().cpu() for chunk in batch.split(batch_size)])
+        return torch.cat([forward(batch[rows]).float().cpu() for rows in batches(batch.shape[0], batch_size)])
 
 
-def _run_stage(name: str, ctx: Context, log: Log, detail: Log) -> StageRun:
+def _run_stage(stage: Stage, ctx: Context, done: list[StageRun], log: Log, detail: Log) -> StageRun:
+    name = stage.name
     cfg = getattr(ctx.config.analyses, name)
-    log(f"stage {name}")
     start = time.perf_counter()
+    unmet = [r for r in done if r.name in stage.requires and r.status != "ok"]
+    if unmet:
+        why = "; ".join(f"it needs the {r.name} section, which {r.status}" for r in unmet)
+        log(f"stage {name} skipped: {why}")
+        return StageRun(name=name, title=stage.title, status="skipped", error=why)
+    log(f"stage {name}")
     try:
-        result = stage_module(name).run(ctx, cfg)
-        ctx.results[name] = result
+        result = stage.run(ctx, cfg)
+        ctx.results.add(result)
         section = figures_module(name).plot(result, ctx)
     except StageSkipped as exc:
         log(f"stage {name} skipped: {exc}")
-        return StageRun(name=name, status="skipped", seconds=time.perf_counter() - start, error=str(exc))
+        return StageRun(name=name, title=stage.title, status="skipped", seconds=time.perf_counter() - start,
+                        error=str(exc))
     except Exception as exc:  # a failed stage is reported, the rest of the report is built
         message = str(exc) if isinstance(exc, ReportgenError) else f"{type(exc).__name__}: {exc}"
         detail(traceback.format_exc())
         log(f"stage {name} failed: {message}")
-        return StageRun(name=name, status="failed", seconds=time.perf_counter() - start, error=message)
+        return StageRun(name=name, title=stage.title, status="failed", seconds=time.perf_counter() - start,
+                        error=message)
     for warning in getattr(result, "warnings", ()):  # the report shows them too
         log(f"stage {name}: warning: {warning}")
-    return StageRun(name=name, status="ok", seconds=time.perf_counter() - start, result=result, section=section)
+    return StageRun(name=name, title=stage.title, status="ok", seconds=time.perf_counter() - start, result=result,
+                    section=section, stage=stage)
 
 
 def predictions(ctx: Context, k: int) -> list[list[dict]]:
@@ -277,23 +295,25 @@ def _report_json(config: Config, ctx: Context, runs: list[StageRun]) -> dict:
             {"name": img.name, "source": img.source, "top_k": top}
             for img, top in zip(ctx.images, predictions(ctx, config.inputs.top_k))
         ],
-        "stages": [{"name": r.name, "status": r.status, "seconds": round(r.seconds, 3), "error": r.error}
-                   for r in runs],
+        "stages": _stage_entries(runs),
     }
     for run in runs:
-        to_json = getattr(stage_module(run.name), "to_json", None)
-        if run.status == "ok" and to_json is not None:
-            entry = to_json(run.result)
+        if run.status == "ok" and run.stage.to_json is not None:
+            entry = run.stage.to_json(run.result)
             if entry is not None:
                 data[run.name] = entry
     return data
+
+
+def _stage_entries(runs: list[StageRun]) -> list[dict]:
+    return [{"name": r.name, "status": r.status, "seconds": round(r.seconds, 3), "error": r.error} for r in runs]
 
 
 def _collect_arrays(ctx: Context, runs: list[StageRun]) -> dict[str, np.ndarray]:
     arrays = {f"logits/{img.name}": ctx.logits[i].numpy().astype(np.float32) for i, img in enumerate(ctx.images)}
     for run in runs:
         if run.status == "ok":
-            for key, value in stage_module(run.name).arrays(run.result).items():
+            for key, value in run.stage.arrays(run.result).items():
                 arrays[key] = np.asarray(value, dtype=np.float32)
     return arrays
 

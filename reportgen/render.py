@@ -15,15 +15,6 @@ from PIL import Image
 
 from .figures.common import Figure, make_figure
 
-STAGE_TITLES = {
-    "summary": "Model summary",
-    "kernels": "Convolution kernels",
-    "feature_maps": "Feature maps",
-    "cam": "Class activation maps",
-    "gradients": "Gradient saliency",
-    "training": "Training curves",
-}
-
 
 def templates_dir() -> Path:
     """The templates shipped in the wheel (`reportgen/templates`), or the repo's `templates/` folder."""
@@ -178,12 +169,13 @@ def _input_alt(name: str, top_k: list[dict]) -> str:
     return alt
 
 
-def render_report(config, ctx, runs, report_data: dict) -> tuple[str, dict[str, bytes]]:
-    """(HTML text, assets for the non-self-contained mode).
+def render_report(config, ctx, runs, report_data: dict) -> tuple[str, dict[str, bytes], dict[str, str]]:
+    """(HTML text, assets for the non-self-contained mode, stage name -> error for sections that could not
+    be drawn). Changes none of its inputs.
 
-    Each stage's section is rendered on its own: a section template that raises marks that stage failed
-    (in `runs` and `report_data["stages"]` too, so report.json and the exit code agree) and the rest of
-    the report is still drawn."""
+    Each stage's section is rendered on its own: a section template that raises shows that stage as failed
+    (the caller marks it failed in the build's record too, so report.json and the exit code agree) and the
+    rest of the report is still drawn."""
     images = _Images(config.output.self_contained)
     env = make_environment(images)
     folder = templates_dir()
@@ -210,22 +202,23 @@ def render_report(config, ctx, runs, report_data: dict) -> tuple[str, dict[str, 
     }
     stages: list[dict] = []
     report["stages"] = stages
-    for i, run in enumerate(runs):
+    errors: dict[str, str] = {}
+    for run in runs:
         html = Markup("")
+        status, error = run.status, run.error
         if run.status == "ok":
             try:
                 html = Markup(env.get_template(f"sections/{run.name}.html.jinja2").render(
                     section=run.section, report=report))
             except Exception as exc:  # a broken section must not take the whole report down
-                run.status, run.error = "failed", f"the section could not be drawn: {type(exc).__name__}: {exc}"
-                if i < len(report_data.get("stages", [])):
-                    report_data["stages"][i].update(status=run.status, error=run.error)
-        stages.append({"name": run.name, "title": STAGE_TITLES.get(run.name, run.name), "status": run.status,
-                       "error": run.error, "seconds": run.seconds, "section": run.section, "html": html})
+                status, error = "failed", f"the section could not be drawn: {type(exc).__name__}: {exc}"
+                errors[run.name] = error
+        stages.append({"name": run.name, "title": run.title, "status": status,
+                       "error": error, "seconds": run.seconds, "section": run.section, "html": html})
     css += "\n/* the pictures of layered figures, one rule each */\n" + images.css()  # complete once the sections are drawn
     img_src = "data:" if config.output.self_contained else "'self' data:"
     report["css"] = css
     report["csp"] = (f"default-src 'none'; img-src {img_src}; style-src {_csp_hash(css)}; "
                      f"script-src {_csp_hash(js)}; base-uri 'none'; form-action 'none'")
     html = env.get_template("report.html.jinja2").render(report=report)
-    return html, images.assets
+    return html, images.assets, errors

@@ -7,6 +7,7 @@ without them these tests fail and say so. Screenshots (desktop, phone, dark) and
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -556,7 +557,7 @@ def test_a_failed_stage_and_hostile_names_render_as_text_and_run_no_script(drive
     def boom(ctx, cfg):
         raise RuntimeError(f"cannot read {HOSTILE}")
 
-    monkeypatch.setattr(training, "run", boom)
+    monkeypatch.setattr(training, "SPEC", dataclasses.replace(training.SPEC, run=boom))
     (project.root / "hostilenet.py").write_text(HOSTILE_NET)
     make_image(project.root / "images" / f"{HOSTILE}.png", seed=3)
     (project.root / "labels.txt").write_text(f"cat\n{HOSTILE}\ndog\n")

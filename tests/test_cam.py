@@ -26,7 +26,8 @@ from reportgen.engine import forward_backward, forward_backward_many
 from reportgen.errors import ConfigError, ReportgenError
 from reportgen.figures import cam as cam_figures
 from reportgen.hooks import count_hooks
-from reportgen.stages import Context
+from tests.helpers import make_context, shared_passes
+from reportgen import methods
 from reportgen.stages import cam as C
 
 TOL = 1e-3  # the issue's bound on max |ours - pytorch-grad-cam|
@@ -35,7 +36,7 @@ REFERENCE = {
     "hirescam": pgc.HiResCAM, "eigencam": pgc.EigenCAM, "eigengradcam": pgc.EigenGradCAM,
     "scorecam": pgc.ScoreCAM, "ablationcam": pgc.AblationCAM,
 }
-GRADIENT_METHODS = C.GRADIENT_METHODS
+GRADIENT_METHODS = tuple(m for m in methods.ids("cam") if "gradients" in methods.get(m).needs)  # the six
 EIGEN = ("eigencam", "eigengradcam")
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,7 +85,7 @@ def _batch(n: int, size: int = 64, seed: int = 1) -> torch.Tensor:
 
 
 def _run(model, x, methods, layers=(), targets=TargetSpec(k=1), batch_size=32, config=None, labels=None):
-    ctx = Context.for_tests(model, x, labels=labels, config=config)
+    ctx = make_context(model, x, labels=labels, config=config)
     cfg = CamConfig(methods=tuple(methods), target_layers=tuple(layers), targets=targets, batch_size=batch_size)
     return ctx, C.run(ctx, cfg)
 
@@ -170,7 +171,7 @@ def test_parity_default_layer(name: str) -> None:
     `F.relu(inplace=True)` after the layer, which pytorch-grad-cam sees too."""
     model = _seeded(getattr(torchvision.models, name))
     x = _batch(3)
-    ctx = Context.for_tests(model, x)
+    ctx = make_context(model, x)
     (layer,), auto = C.target_layers(ctx.info, CamConfig())
     assert auto and layer == "features"
     _check_parity(model, x, GRADIENT_AND_EIGEN, [layer], k=1)
@@ -321,11 +322,11 @@ def test_engine_runs_one_forward_and_backward_per_chunk_of_inputs_batch_size() -
     results = {}
     for chunk in (2, 8):
         config = Config(inputs=InputsConfig(batch_size=chunk), analyses=analyses)
-        ctx = Context.for_tests(model, x, config=config)
+        ctx = make_context(model, x, config=config)
         counts, handles = _count_passes(model, model.fc)
         try:
             cfg = CamConfig(methods=methods, target_layers=("body", "act"), targets=TargetSpec(k=2), batch_size=4)
-            results[chunk] = (C.run(ctx, cfg), ctx.shared, dict(counts))
+            results[chunk] = (C.run(ctx, cfg), shared_passes(ctx), dict(counts))
         finally:
             for handle in handles:
                 handle.remove()
@@ -407,7 +408,7 @@ def test_six_gradient_methods_and_eigencam_take_one_forward_and_one_backward_per
     model = _seeded(torchvision.models.resnet18)
     x = _batch(2)
     before = x.clone()
-    ctx = Context.for_tests(model, x)
+    ctx = make_context(model, x)
     counts, handles = _count_passes(model, model.fc)
     try:
         cfg = CamConfig(methods=GRADIENT_METHODS + ("eigencam", "cam"), target_layers=("layer3", "layer4"),
@@ -428,7 +429,7 @@ def test_six_gradient_methods_and_eigencam_take_one_forward_and_one_backward_per
     assert count_hooks(model) == 0
     assert all(p.grad is None for p in model.parameters())
     assert torch.equal(x, before)
-    assert ctx.shared == {}  # no gradients stage configured: nothing kept
+    assert shared_passes(ctx) == {}  # no gradients stage configured: nothing kept
 
 
 def test_engine_many_equals_separate_passes_and_graph_starts_at_the_first_layer() -> None:
@@ -488,10 +489,10 @@ def test_input_gradient_is_shared_with_the_gradients_stage() -> None:
     x = _batch(2, size=20)
     config = Config(analyses=AnalysesConfig(cam=CamConfig(), gradients=GradientsConfig(methods=("saliency",))))
     ctx, result = _run(model, x, ["gradcam"], ["act"], TargetSpec(k=2), config=config)
-    assert len(ctx.shared) == 2
+    assert len(shared_passes(ctx)) == 2
     for r in range(2):
         classes = tuple(result.targets[i][r] for i in range(2))
-        grad_pass = ctx.shared[("grad_pass", classes)]
+        grad_pass = shared_passes(ctx)[("grad_pass", classes)]
         xi = x.clone().requires_grad_()
         logits = model(xi)
         (expected,) = torch.autograd.grad(logits.gather(1, torch.tensor(classes).view(-1, 1)).sum(), xi)
@@ -545,14 +546,14 @@ def test_explicit_targets_by_label_and_duplicates() -> None:
 def test_check_rejects_bad_layers_and_classes(cfg: CamConfig, message: str) -> None:
     model = _seeded(TinyNet)
     model.unused = nn.Conv2d(1, 1, 1)
-    info = Context.for_tests(model, _batch(1, size=20), labels=["cat", "dog", "emu", "owl"]).info
+    info = make_context(model, _batch(1, size=20), labels=["cat", "dog", "emu", "owl"]).info
     with pytest.raises(ReportgenError, match=message):
         C.check(info, cfg)
 
 
 def test_check_rejects_a_model_without_spatial_layers() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5)).eval()
-    info = Context.for_tests(model, _batch(1, size=4)).info
+    info = make_context(model, _batch(1, size=4)).info
     with pytest.raises(ReportgenError, match="no layer with a spatial"):
         C.check(info, CamConfig())
 
@@ -585,7 +586,7 @@ def test_figures_and_section_describe_every_map() -> None:
 
     model = _seeded(TinyNet)
     labels = ["cat", "dog", "<b>fish</b>", "owl"]
-    ctx = Context.for_tests(model, _batch(3, size=20), labels=labels, names=["a", "<i>b</i>", "c"])
+    ctx = make_context(model, _batch(3, size=20), labels=labels, names=["a", "<i>b</i>", "c"])
     cfg = CamConfig(methods=("cam", "gradcam", "scorecam"), target_layers=("body", "act"),
                     targets=TargetSpec(classes=(2, 0)), detail_images=2)
     result = C.run(ctx, cfg)

@@ -16,7 +16,7 @@ from reportgen.errors import ReportgenError
 from reportgen.figures import feature_maps as fm_figures
 from reportgen.figures.grid import compose_grid, grid_cols, grid_size
 from reportgen.hooks import count_hooks
-from reportgen.stages import Context
+from tests.helpers import make_context
 from reportgen.stages import feature_maps
 from tests.conftest import render_section
 
@@ -51,10 +51,10 @@ class Net(nn.Module):
         return self.fc(self.pool(self.features(x)).flatten(1))
 
 
-def make_ctx(cfg: FeatureMapsConfig, n: int = 3, batch_size: int = 8, size: int = 16) -> Context:
+def make_ctx(cfg: FeatureMapsConfig, n: int = 3, batch_size: int = 8, size: int = 16):
     torch.manual_seed(0)
     config = Config(analyses=AnalysesConfig(feature_maps=cfg), inputs=InputsConfig(batch_size=batch_size))
-    return Context.for_tests(Net(), torch.randn(n, 3, size, size), config=config)
+    return make_context(Net(), torch.randn(n, 3, size, size), config=config)
 
 
 def independent_outputs(model: nn.Module, batch: torch.Tensor, names: list[str]) -> dict[str, np.ndarray]:
@@ -125,7 +125,7 @@ def test_maps_are_copied_before_a_later_inplace_op_changes_them():
     torch.manual_seed(0)
     cfg = FeatureMapsConfig(layers=("bn", "relu"))
     config = Config(analyses=AnalysesConfig(feature_maps=cfg), inputs=InputsConfig(batch_size=2))
-    ctx = Context.for_tests(InplaceNet().eval(), torch.randn(3, 3, 12, 12), config=config)
+    ctx = make_context(InplaceNet().eval(), torch.randn(3, 3, 12, 12), config=config)
     result = feature_maps.run(ctx, cfg)
     bn, relu = result.layers
     oracle = cloned_outputs(ctx.model, ctx.batch, ["bn", "relu"])
@@ -144,7 +144,7 @@ def test_resnet_bn_outputs_keep_their_negative_values():
     names = ["bn1", "layer1.0.bn2", "layer1.0"]
     cfg = FeatureMapsConfig(layers=tuple(names))
     config = Config(analyses=AnalysesConfig(feature_maps=cfg))
-    ctx = Context.for_tests(torchvision.models.resnet18().eval(), torch.randn(2, 3, 32, 32), config=config)
+    ctx = make_context(torchvision.models.resnet18().eval(), torch.randn(2, 3, 32, 32), config=config)
     result = feature_maps.run(ctx, cfg)
     oracle = cloned_outputs(ctx.model, ctx.batch, names)
     for layer in result.layers:
@@ -214,19 +214,29 @@ def test_default_layers_are_the_top_level_blocks():
         def forward(self, x):
             return self.head(self.features(x))
 
-    resnet = Context.for_tests(torchvision.models.resnet18(num_classes=4), torch.randn(1, 3, 64, 64))
+    resnet = make_context(torchvision.models.resnet18(num_classes=4), torch.randn(1, 3, 64, 64))
     assert feature_maps.default_layers(resnet.info) == ["layer1", "layer2", "layer3", "layer4"]  # not the stem
-    flat = Context.for_tests(Flat(), torch.randn(1, 3, 16, 16))
+    flat = make_context(Flat(), torch.randn(1, 3, 16, 16))
     # sizes 16 (0-3), 8 (4-8), 4 (9-13), 2 (14-18), 1 (19: not spatial)
     assert feature_maps.default_layers(flat.info) == ["features.3", "features.8", "features.13", "features.18"]
 
 
-def test_non_feature_map_layers_are_skipped_with_a_note_and_unknown_names_fail():
-    cfg = FeatureMapsConfig(layers=("fc", "features.2", "pool"))
+def test_non_feature_map_layers_fail_by_name_are_skipped_by_pattern_and_unknown_names_fail():
+    cfg = FeatureMapsConfig(layers=("features.2", "pool"))
     ctx = make_ctx(cfg)
     result = feature_maps.run(ctx, cfg)
     assert [layer.name for layer in result.layers] == ["features.2", "pool"]  # a 1x1 map is still a map
+    # named explicitly: the same clear error CAM gives, at validation
+    with pytest.raises(ReportgenError, match=r"layer `fc` \(Linear\) produces shape \(N, 3\), not a \(C, H, W\) "
+                                             r"feature map\. Choose layers with an \(N, C, H, W\) output"):
+        feature_maps.check(ctx.info, FeatureMapsConfig(layers=("fc", "features.2")))
+    # matched by a pattern: skipped with a note
+    by_type = FeatureMapsConfig(layers=(LayerPattern(type="Linear"), "features.2"))
+    result = feature_maps.run(ctx, by_type)
+    assert [layer.name for layer in result.layers] == ["features.2"]
     assert len(result.notes) == 1 and "`fc` (Linear) produces shape (N, 3)" in result.notes[0]
+    with pytest.raises(ReportgenError, match="none of the layers matched gives a"):
+        feature_maps.check(ctx.info, FeatureMapsConfig(layers=(LayerPattern(type="Linear"),)))
     with pytest.raises(ReportgenError, match=r"layer `featurs.2` does not exist in Net\. Did you mean `features.2`"):
         feature_maps.check(ctx.info, FeatureMapsConfig(layers=("featurs.2",)))
     with pytest.raises(ReportgenError, match="no layer of Net matches {type: Conv3d}"):
@@ -267,7 +277,7 @@ def test_grids_have_one_tile_per_channel(scale):
 
 
 def test_template_renders_and_escapes():
-    cfg = FeatureMapsConfig(layers=("features.1", "fc"), max_channels=4)
+    cfg = FeatureMapsConfig(layers=("features.1", LayerPattern(type="Linear")), max_channels=4)
     ctx = make_ctx(cfg, n=2)
     section = fm_figures.plot(feature_maps.run(ctx, cfg), ctx)
     section["images"][0]["name"] = "<img src=x onerror=alert(1)>"

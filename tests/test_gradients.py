@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from pathlib import Path
 import warnings
 
 import numpy as np
@@ -24,7 +25,8 @@ from reportgen.engine import forward_backward
 from reportgen.errors import ReportgenError
 from reportgen.figures import gradients as gfig
 from reportgen.hooks import count_hooks, relu_backward_rule
-from reportgen.stages import Context
+from tests.helpers import make_context
+from reportgen.methods import gradients as MG
 from reportgen.stages import gradients as G
 
 ALL = ("saliency", "input_x_gradient", "guided_backprop", "deconvnet", "guided_gradcam", "smoothgrad",
@@ -105,7 +107,7 @@ def test_every_method_equals_captum(name):
     model = build().eval()
     x = batch()
     before = x.clone()
-    ctx = Context.for_tests(model, x)
+    ctx = make_context(model, x)
     cfg = GradientsConfig(methods=ALL, targets=TargetSpec(k=2), steps=steps, samples=4, stdev=0.15,
                           cam_layer=layer, internal_batch_size=7 if name == "tiny" else None)
     result = G.run(ctx, cfg)
@@ -154,7 +156,7 @@ def test_guided_backprop_where_captum_is_wrong():
         g_out = model.fc.weight[targets].view(2, 4, 8, 8)  # ∂ logit / ∂ (relu(h) + 0.5 h)
         g_relu = g_out.clamp_min(0) * (h > 0) if rule == "guided" else g_out.clamp_min(0)
         oracle = torch.autograd.grad(h, xx, g_relu + 0.5 * g_out)[0]
-        ours = G.compute_relu_rule_gradient(model, x, targets, rule)
+        ours = MG.compute_relu_rule_gradient(model, x, targets, rule)
         torch.testing.assert_close(ours, oracle, rtol=1e-5, atol=1e-7)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -164,7 +166,7 @@ def test_guided_backprop_where_captum_is_wrong():
 
 def test_integrated_gradients_completeness():
     model, x = tiny(), batch(2, 32)
-    ctx = Context.for_tests(model, x)
+    ctx = make_context(model, x)
     result = G.run(ctx, GradientsConfig(methods=("integrated_gradients",), steps=200))
     c = result.completeness
     assert c.gap.shape == (2, 1) and (c.gap < 0.01).all()
@@ -208,7 +210,7 @@ def test_baselines(kind, tmp_path):
         assert ((base >= lo) & (base <= hi)).all() and base.std() > 0
         assert torch.equal(base, G.make_baseline(spec, x, seed=3)[0])
         assert not torch.equal(base, G.make_baseline(spec, x, seed=4)[0])
-    (ours,) = G.compute_integrated_gradients(model, x, [[1, 2]], baseline=base, steps=20, batch_size=16)
+    (ours,) = MG.compute_integrated_gradients(model, x, [[1, 2]], baseline=base, steps=20, batch_size=16)
     ref = IntegratedGradients(model).attribute(x, baselines=base, target=[1, 2], n_steps=20)
     assert relative(ours.numpy(), ref) <= TOL
 
@@ -222,7 +224,7 @@ def test_no_hook_left_relus_unchanged_input_unmodified():
     assert any(r["inplace"] for r in relus.values())
     with torch.no_grad():
         logits = model(x)
-    ctx = Context.for_tests(model, x)
+    ctx = make_context(model, x)
     G.run(ctx, GradientsConfig(methods=ALL, steps=4, samples=2))
     assert count_hooks(model) == 0
     assert torch.equal(x, before_x)
@@ -260,10 +262,9 @@ def test_saliency_and_input_x_gradient_reuse_the_cam_pass():
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10).eval()
     x = batch(2, 64)
-    ctx = Context.for_tests(model, x)
+    ctx = make_context(model, x)
     classes = tuple(ctx.logits.argmax(1).tolist())
-    shared = forward_backward(model, x, ["layer4"], classes, input_grad=True)  # what the CAM stage leaves
-    ctx.shared[("grad_pass", classes)] = shared
+    (shared,) = ctx.engine.passes(["layer4"], [classes], input_grad=True)  # what the CAM stage leaves
     counter = ForwardCounter(model)
     result = G.run(ctx, GradientsConfig(methods=("saliency", "input_x_gradient")))
     assert counter.calls == 0 and result.reused_cam_pass == (True,)
@@ -273,7 +274,7 @@ def test_saliency_and_input_x_gradient_reuse_the_cam_pass():
     G.run(ctx, GradientsConfig(methods=("saliency", "guided_gradcam"), cam_layer="layer4"))
     assert counter.calls == 1
     # without a shared pass: ONE forward for both methods and both target ranks (two backward passes),
-    ctx.shared.clear()
+    ctx.engine.clear()
     result = G.run(ctx, GradientsConfig(methods=("saliency", "input_x_gradient"), targets=TargetSpec(k=2)))
     assert counter.calls == 1 + 1 and result.reused_cam_pass == (False, False)
     # and ONE forward for five methods and two ranks (plain, guided and deconv backward passes per rank)
@@ -296,7 +297,7 @@ def test_with_the_cam_stage_one_forward_serves_gradient_cams_saliency_and_input_
     analyses = AnalysesConfig(
         cam=CamConfig(methods=("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam"), targets=TargetSpec(k=2)),
         gradients=GradientsConfig(methods=("saliency", "input_x_gradient"), targets=TargetSpec(k=2)))
-    ctx = Context.for_tests(model, x, config=Config(analyses=analyses))
+    ctx = make_context(model, x, config=Config(analyses=analyses))
     counter = ForwardCounter(model)
     cam.run(ctx, analyses.cam)
     result = G.run(ctx, analyses.gradients)
@@ -313,13 +314,13 @@ def test_smoothgrad_is_seeded():
     model, x = tiny(), batch(2, 32)
 
     def run(seed):
-        ctx = Context.for_tests(model, x, config=Config(seed=seed))
+        ctx = make_context(model, x, config=Config(seed=seed))
         return G.run(ctx, GradientsConfig(methods=("smoothgrad",), samples=3)).maps["smoothgrad"]
 
     a, b, c = run(0), run(0), run(1)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     # without noise, smoothgrad is saliency
-    ctx = Context.for_tests(model, x)
+    ctx = make_context(model, x)
     plain = G.run(ctx, GradientsConfig(methods=("smoothgrad", "saliency"), samples=2, stdev=0.0)).maps
     np.testing.assert_allclose(plain["smoothgrad"], plain["saliency"], rtol=1e-6, atol=1e-9)
 
@@ -342,7 +343,7 @@ def test_plot_figures_and_template_escape_names():
     from reportgen.render import _Images, make_environment
 
     model, x = tiny(), batch(1, 32)
-    ctx = Context.for_tests(model, x, names=["<script>alert(1)</script>"])
+    ctx = make_context(model, x, names=["<script>alert(1)</script>"])
     cfg = GradientsConfig(methods=("saliency", "integrated_gradients"), sign="all", steps=10)
     result = G.run(ctx, cfg)
     section = gfig.plot(result, ctx)
@@ -369,17 +370,29 @@ def test_plot_figures_and_template_escape_names():
     assert len(images._layers) == 2 and len(images._unders) == 1  # each picture once in the page's CSS
 
 
+@pytest.mark.parametrize("yaml_options, message", [
+    ("steps: 0", r"`analyses.gradients.steps` \(c.yaml, line 3\): must be at least 1"),
+    ("samples: 0", r"`analyses.gradients.samples` \(c.yaml, line 3\): must be at least 1"),
+    ("methods: [salency]", r"`analyses.gradients.methods\[0\]` \(c.yaml, line 3\): unknown method `salency`. "
+                           r"Did you mean `saliency`"),
+])
+def test_the_schema_rejects_bad_options(yaml_options, message):
+    """What needs no model is the config's to check, with the key's line."""
+    from reportgen.config import parse_config
+
+    text = f"model: {{name: resnet18}}\nanalyses:\n  gradients: {{{yaml_options}}}\n"
+    with pytest.raises(ReportgenError, match=message):
+        parse_config(text, base_dir=Path("."), origin="c.yaml")
+
+
 @pytest.mark.parametrize("change, message", [
     ({"cam_layer": "layer9"}, "layer9"),
     ({"cam_layer": "fc"}, "spatial"),
-    ({"steps": 0}, "steps"),
-    ({"samples": 0}, "samples"),
-    ({"methods": ("salency",)}, "Did you mean `saliency`"),
 ])
 def test_check_rejects_bad_options(change, message):
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10).eval()
-    ctx = Context.for_tests(model, batch(1, 32))
+    ctx = make_context(model, batch(1, 32))
     methods = ("guided_gradcam", "smoothgrad", "integrated_gradients")
     cfg = dataclasses.replace(GradientsConfig(methods=methods), **change)
     with pytest.raises(ReportgenError, match=message):
@@ -388,7 +401,7 @@ def test_check_rejects_bad_options(change, message):
 
 def test_guided_gradcam_without_a_spatial_layer():
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
-    ctx = Context.for_tests(model, batch(1, 2))
+    ctx = make_context(model, batch(1, 2))
     with pytest.raises(ReportgenError, match="cam_layer"):
         G.check(ctx.info, GradientsConfig(methods=("guided_gradcam",)))
     G.check(ctx.info, GradientsConfig(methods=("saliency", "guided_backprop")))  # those need no layer

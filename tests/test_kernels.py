@@ -16,7 +16,7 @@ from reportgen.errors import ReportgenError
 from reportgen.figures import kernels as kernel_figures
 from reportgen.figures.grid import grid_cols, grid_size
 from reportgen.hooks import count_hooks
-from reportgen.stages import Context
+from tests.helpers import make_context
 from reportgen.stages import kernels
 from tests.conftest import render_section
 
@@ -39,13 +39,13 @@ class Net(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
 
-def make_ctx(kcfg: KernelsConfig, seed: int = 0, n: int = 2, size: int = 24) -> Context:
+def make_ctx(kcfg: KernelsConfig, seed: int = 0, n: int = 2, size: int = 24):
     torch.manual_seed(seed)
     model = Net()
     batch = torch.randn(n, 3, size, size)
     config = Config(analyses=AnalysesConfig(kernels=kcfg), seed=seed,
                     inputs=InputsConfig(preprocess=Preprocess(normalize=Normalize((0.5,) * 3, (0.25,) * 3))))
-    return Context.for_tests(model, batch, config=config)
+    return make_context(model, batch, config=config)
 
 
 def test_kernels_array_equals_module_weight_and_default_is_first_called_conv():

@@ -34,9 +34,10 @@ def _fake_report(self_contained: bool = True):
     config = SimpleNamespace(title=f"Frame {HOSTILE}", output=SimpleNamespace(self_contained=self_contained))
     images = [SimpleNamespace(name=f"cat {HOSTILE}", source=f"images/{HOSTILE}.png", display=pixels)]
     ctx = SimpleNamespace(images=images, info=SimpleNamespace(notes=[f"note {HOSTILE}"]))
-    runs = [SimpleNamespace(name="cam", status="failed", error=f"ValueError: bad layer {HOSTILE}", seconds=0.5,
-                            section=None),
-            SimpleNamespace(name="training", status="skipped", error="no logs", seconds=0.0, section=None)]
+    runs = [SimpleNamespace(name="cam", title="Class activation maps", status="failed",
+                            error=f"ValueError: bad layer {HOSTILE}", seconds=0.5, section=None),
+            SimpleNamespace(name="training", title="Training curves", status="skipped", error="no logs", seconds=0.0,
+                            section=None)]
     data = {
         "created": "2026-01-01T00:00:00+00:00",
         "versions": {"reportgen": "0.0", "torch": "t", "torchvision": "tv", "python": "3"},
@@ -45,7 +46,9 @@ def _fake_report(self_contained: bool = True):
         "images": [{"top_k": [{"index": 2, "label": f"label {HOSTILE}", "probability": 0.75}]}],
         "stages": [{"name": r.name, "status": r.status, "seconds": r.seconds, "error": r.error} for r in runs],
     }
-    return render.render_report(config, ctx, runs, data)
+    html, assets, errors = render.render_report(config, ctx, runs, data)
+    assert errors == {}  # both sections were drawn as they are
+    return html, assets
 
 
 def _normalise(html: str) -> str:

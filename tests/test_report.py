@@ -1,4 +1,5 @@
 """Report outputs: static-site mode, failed stages, atomic writes."""
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -33,7 +34,7 @@ def test_a_failing_stage_is_reported_and_exits_1(project, monkeypatch):
     def boom(ctx, cfg):
         raise RuntimeError("the <b>summary</b> exploded")
 
-    monkeypatch.setattr(summary, "run", boom)
+    monkeypatch.setattr(summary, "SPEC", dataclasses.replace(summary.SPEC, run=boom))
     result = CliRunner().invoke(main, ["build", str(project.write())])
     assert result.exit_code == 1
     assert "stages failed: summary" in result.stderr

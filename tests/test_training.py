@@ -22,7 +22,7 @@ from tensorboard.backend.event_processing.event_accumulator import (
 from tensorboard.plugins.distribution.compressor import compress_histogram
 from torch.utils.tensorboard import SummaryWriter
 
-from reportgen.config import TrainingConfig
+from reportgen.config import Config, TrainingConfig
 from reportgen.errors import ReportgenError, StageSkipped
 from reportgen.figures import training as figures
 from reportgen.logs import find_log_files, load_runs
@@ -37,6 +37,7 @@ class _Ctx:
 
     def __init__(self):
         self.messages: list[str] = []
+        self.config = Config()  # paths shown as they are
 
     def log(self, message: str) -> None:
         self.messages.append(message)

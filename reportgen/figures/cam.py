@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..stages.cam import FUSED, METHOD_TITLES, CamResult
+from ..methods import title as method_title
+from ..stages.cam import FUSED, CamResult
 from .common import apply_colormap, make_figure, map_figure, overlay_figure, resize_float, to_png, upscale_nearest
 from .grid import colorbar_image, fit_height
 
@@ -17,7 +18,7 @@ GRID_TILE = 112  # height of a tile in the compact grid
 def plot(result: CamResult, ctx) -> dict:
     cfg = result.config
     alpha, cmap = cfg.alpha, cfg.colormap
-    titles = [METHOD_TITLES[m] for m in result.methods]
+    titles = [method_title(m) for m in result.methods]
     details = []
     grid_rows = []
     for i, image in enumerate(ctx.images):
@@ -35,14 +36,14 @@ def plot(result: CamResult, ctx) -> dict:
         "fused": result.fused,
         "notes": list(result.notes),
         "warnings": list(result.warnings),
-        "not_applicable": [{"method": METHOD_TITLES[m], "why": why} for m, why in result.not_applicable.items()],
+        "not_applicable": [{"method": method_title(m), "why": why} for m, why in result.not_applicable.items()],
         "colorbar": make_figure(colorbar_image(cmap, 0.0, 1.0, height=120),
                                 alt=f"Colour scale of the maps ({cmap}): bottom 0, top 1 (the map's maximum)"),
         "images": details,
         "hidden_images": max(0, len(ctx.images) - cfg.detail_images),
         "grid": grid_rows if len(ctx.images) > 1 else [],
-        "grid_columns": ", ".join(["the input"] + [METHOD_TITLES[m] for m in result.computed_methods]),
-        "timings": [{"step": METHOD_TITLES.get(step, step.replace("_", " ")), "seconds": float(s)}
+        "grid_columns": ", ".join(["the input"] + [method_title(m) for m in result.computed_methods]),
+        "timings": [{"step": method_title(step), "seconds": float(s)}
                     for step, s in result.seconds.items()],
     }
 
@@ -69,7 +70,7 @@ def _detail(result: CamResult, i: int, name: str, base: np.ndarray, alpha: float
             where = "all target layers fused" if layer == FUSED else f"layer {layer}"
             cells = []
             for method in result.methods:
-                title = METHOD_TITLES[method]
+                title = method_title(method)
                 why = result.not_applicable.get(method) or result.layer_not_applicable.get(method, {}).get(layer)
                 if why:
                     cells.append({"title": title, "figures": [], "why": why})
@@ -98,7 +99,7 @@ def _grid_row(result: CamResult, i: int, name: str, base: np.ndarray, alpha: flo
     tiles = [make_figure(upscale_nearest(small, GRID_TILE), alt=f"Input image {name}", caption="input")]
     for method in result.computed_methods:
         heat = apply_colormap(_heat(result.maps[(method, result.main_layer, i, c)], small.shape[:2]), cmap)
-        title = METHOD_TITLES[method]
+        title = method_title(method)
         tiles.append(overlay_figure(under, heat, alpha, caption=title, min_side=GRID_TILE,
                                     alt=f"{title} for image {name}, class {_class_text(result, c)}, {where}: "
                                         "the heat map over the image"))

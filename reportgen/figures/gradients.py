@@ -8,19 +8,11 @@ import math
 
 import numpy as np
 
+from ..methods import title as method_title
 from ..stages.gradients import GAP_WARNING, GradientsResult
 from .common import Figure, apply_colormap, make_figure, map_figure, overlay_figure, to_png, upscale_nearest
 from .grid import colorbar_image
 
-METHOD_NAMES = {
-    "saliency": "Saliency",
-    "input_x_gradient": "Input × gradient",
-    "guided_backprop": "Guided backprop",
-    "deconvnet": "Deconvnet",
-    "guided_gradcam": "Guided Grad-CAM",
-    "smoothgrad": "SmoothGrad",
-    "integrated_gradients": "Integrated gradients",
-}
 DEFAULT_CMAPS = {"absolute_value": "Blues", "positive": "Greens", "all": "RdBu_r"}  # Captum's, diverging for all
 MIN_SIDE = 160  # small inputs (64x64) are upscaled (nearest) to at least this many pixels
 THUMB_SIDE = 224
@@ -75,7 +67,7 @@ def plot(result: GradientsResult, ctx) -> dict:
             what = f"{image.name}, class {cls} ({ctx.label(cls)})"
             figures = []
             for method, maps in result.maps.items():
-                name = METHOD_NAMES[method]
+                name = method_title(method)
                 if method == "guided_gradcam":
                     name += f" at {result.cam_layer}"
                 _, heat = colour(normalize_attribution(maps[i, r], sign, cfg.outlier_perc), sign, cmap)
@@ -108,7 +100,7 @@ def plot(result: GradientsResult, ctx) -> dict:
         "warnings": list(result.warnings),
         "groups": groups,
         "completeness": rows,
-        "timings": [{"method": METHOD_NAMES[m], "seconds": s} for m, s in result.seconds.items()],
+        "timings": [{"method": method_title(m), "seconds": s} for m, s in result.seconds.items()],
     }
 
 
@@ -132,7 +124,7 @@ def _notes(result: GradientsResult, ctx) -> list[str]:
                      "times guided backprop.")
     if "smoothgrad" in methods:
         notes.append(f"SmoothGrad: mean |gradient| over {cfg.samples} noisy copies, noise sd {cfg.stdev:g} × the "
-                     f"image's value range, seed {ctx.config.seed}.")
+                     f"image's value range, seed {result.seed}.")
     if "integrated_gradients" in methods:
         notes.append(f"Integrated gradients: {cfg.steps} Gauss–Legendre steps from a {result.baseline} baseline.")
     return notes

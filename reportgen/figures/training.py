@@ -36,9 +36,7 @@ def plot(result: TrainingResult, ctx=None) -> dict:
         hists = [h for h in result.histograms if h.run == run.name]
         if hists:
             distributions.append(plot_distributions(run.name, hists))
-    config = getattr(ctx, "config", None)
-    shown = config.shown_path if config is not None else str  # no home folders in a published report
-    runs = [{"name": r.name, "folder": shown(r.folder), "files": ", ".join(r.files),
+    runs = [{"name": r.name, "folder": r.folder, "files": ", ".join(r.files),
              "tags": sum(1 for s in result.series if s.run == r.name)
              + sum(1 for h in result.histograms if h.run == r.name)} for r in result.runs]
     notes = []

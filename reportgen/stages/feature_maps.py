@@ -19,18 +19,18 @@ spatial mean (mean) or spatial max (max), the same channels for every image so g
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..config import FeatureMapsConfig
+from ..config import FeatureMapsConfig, LayerPattern
 from ..errors import ReportgenError
 from ..hooks import ForwardHook, forward_hooks
-from . import Context, ModelInfo
-from .kernels import depth_of, select_layers
+from ..layers import depth_of, is_spatial_map, select_layers
+from ..ops import batches
+from . import Context, ModelInfo, Stage
 
 MAX_DEFAULT_LAYERS = 8
 TOP_CHANNELS = 3  # most active channels listed per image
@@ -62,14 +62,6 @@ class FeatureMapsResult:
 
 # ---------------------------------------------------------------------------- layer selection
 
-def _is_map(info: ModelInfo, name: str, spatial: bool = True) -> bool:
-    """Called, with a 4-D output, not adaptive (global) pooling; `spatial`: and h*w > 1."""
-    layer = info.layers[name]
-    shape = layer.output_shape
-    return (layer.order is not None and shape is not None and len(shape) == 4
-            and (not spatial or math.prod(shape[2:]) > 1) and not layer.type.startswith("Adaptive"))
-
-
 def _children(info: ModelInfo, prefix: str) -> list[str]:
     depth = depth_of(prefix) if prefix else 0
     return [n for n in info.layers
@@ -80,12 +72,12 @@ def default_layers(info: ModelInfo) -> list[str]:
     """The top-level blocks with a spatial feature map (see the module docstring)."""
     prefix = ""
     while True:
-        maps = [n for n in _children(info, prefix) if _is_map(info, n, spatial=False)]
+        maps = [n for n in _children(info, prefix) if is_spatial_map(info, n, spatial=False)]
         if len(maps) == 1 and not info.layers[maps[0]].is_leaf:
             prefix = maps[0]
             continue
         break
-    candidates = [n for n in maps if _is_map(info, n)] or maps
+    candidates = [n for n in maps if is_spatial_map(info, n)] or maps
     if not candidates:
         if not prefix:
             raise ReportgenError(f"{type(info.model).__name__} has no top-level layer with an (N, C, H, W) "
@@ -105,19 +97,35 @@ def default_layers(info: ModelInfo) -> list[str]:
 
 
 def listed_layers(info: ModelInfo, cfg: FeatureMapsConfig) -> tuple[list[str], list[str]]:
-    """(layers to capture, notes on listed layers skipped because they give no 4-D feature map)."""
+    """(layers to capture, notes on layers a pattern matched that give no 4-D feature map, skipped).
+
+    A layer named explicitly must give a feature map: otherwise a ReportgenError says why (as CAM does)."""
     if not cfg.layers:
         return default_layers(info), []
+    named = {spec for spec in cfg.layers if not isinstance(spec, LayerPattern)}
     keep, notes = [], []
     for name in select_layers(info, cfg.layers, "analyses.feature_maps.layers"):
         layer = info.layers[name]
         if layer.order is None:
-            notes.append(f"`{name}` ({layer.type}) is not called by the forward pass: skipped.")
+            why = "is not called by the forward pass"
         elif layer.output_shape is None or len(layer.output_shape) != 4:
             what = "no tensor" if layer.output_shape is None else f"shape {_batchless(layer.output_shape)}"
-            notes.append(f"`{name}` ({layer.type}) produces {what}, not a (C, H, W) feature map: skipped.")
+            why = f"produces {what}, not a (C, H, W) feature map"
         else:
             keep.append(name)
+            continue
+        if name in named:
+            try:
+                hint = ", ".join(f"`{n}`" for n in default_layers(info)[:4])
+            except ReportgenError:
+                hint = ""
+            raise ReportgenError(f"`analyses.feature_maps.layers`: layer `{name}` ({layer.type}) {why}. Choose "
+                                 f"layers with an (N, C, H, W) output{', like ' + hint if hint else ''}; "
+                                 "`reportgen layers CONFIG` lists every layer's output shape.")
+        notes.append(f"`{name}` ({layer.type}) {why}: skipped.")
+    if not keep:
+        raise ReportgenError("`analyses.feature_maps.layers`: none of the layers matched gives a (C, H, W) "
+                             "feature map. " + " ".join(notes))
     return keep, notes
 
 
@@ -133,7 +141,8 @@ def check(info: ModelInfo, cfg: FeatureMapsConfig) -> None:
 
 def run(ctx: Context, cfg: FeatureMapsConfig) -> FeatureMapsResult:
     names, notes = listed_layers(ctx.info, cfg)
-    outputs, runtime_notes = capture_maps(ctx.model, ctx.batch, names, ctx.config.inputs.batch_size)
+    outputs, runtime_notes = capture_maps(ctx.model, ctx.batch, names, ctx.config.inputs.batch_size,
+                                          forward=ctx.forward)
     notes += runtime_notes
     layers = tuple(summarize(name, ctx.info.layers[name].type, outputs[name], cfg.max_channels, cfg.order)
                    for name in names if name in outputs)
@@ -172,7 +181,7 @@ def to_json(result: FeatureMapsResult) -> dict:
 # ---------------------------------------------------------------------------- compute
 
 def capture_maps(model: torch.nn.Module, batch: torch.Tensor, names: Sequence[str],
-                 chunk: int) -> tuple[dict[str, np.ndarray], list[str]]:
+                 chunk: int, forward=None) -> tuple[dict[str, np.ndarray], list[str]]:
     """One forward per chunk of images with hooks on every layer in `names` -> (name -> (N, C, h, w) float32,
     notes on layers that produced something else at run time). Each output is copied while its layer returns
     (a later in-place op cannot change it); a layer called twice keeps its last call's output. Hooks are
@@ -189,9 +198,9 @@ def capture_maps(model: torch.nn.Module, batch: torch.Tensor, names: Sequence[st
 
     if names:
         with torch.no_grad(), forward_hooks(model, [(name, copy_output(name)) for name in names]):
-            for start in range(0, batch.shape[0], max(1, chunk)):
+            for rows in batches(batch.shape[0], chunk):
                 outputs.clear()
-                model(batch[start:start + chunk])
+                (forward or model)(batch[rows])
                 for name in names:
                     out = outputs.get(name)
                     if not torch.is_tensor(out) or out.dim() != 4:
@@ -239,3 +248,7 @@ def summarize(name: str, kind: str, maps: np.ndarray, max_channels: int, order: 
         top=top.astype(np.int64),
         top_values=np.take_along_axis(spatial_mean, top, axis=1).astype(np.float32),
     )
+
+
+SPEC = Stage(name="feature_maps", title="Feature maps", config=FeatureMapsConfig, run=run, check=check, arrays=arrays,
+             to_json=to_json, needs_hooks=True)

@@ -1,44 +1,37 @@
-"""Gradient saliency: which input pixels move a class score, by seven attribution methods that equal
-Captum 0.9.0's `attribute()` for the same target (reference: captum/attr/_core/*.py).
+"""The `gradients` stage: which input pixels move a class score, by the attribution methods of the gradient
+family in `reportgen.methods`, equal to Captum 0.9.0's `attribute()` for the same target; the computation is
+`reportgen.methods.gradients`.
 
-- `saliency` |∂s/∂x| and `input_x_gradient` x·∂s/∂x: the input gradient of the pass the CAM stage left in
-  `ctx.shared[("grad_pass", classes)]` (no pass of their own), else of one forward and one backward per
-  target rank (the ReLU-rule forward below, when that runs).
-- `guided_backprop` / `deconvnet` / `guided_gradcam`: ONE forward with the ReLU backward rule made
-  switchable (`hooks.relu_backward_rule`), one backward per rule and rank; it also gives guided_gradcam's
-  plain layer gradient, and the input gradient when no CAM pass is there to reuse.
-- `guided_gradcam`: Grad-CAM at `cam_layer` (ReLU, nearest upsampling) times guided backprop.
-- `smoothgrad`: mean |∂s/∂x| over `samples` noisy copies, noise sd = `stdev` × (max − min) of each image.
-- `integrated_gradients`: Gauss–Legendre quadrature over `steps` points from a baseline, times (x − baseline),
-  plus its completeness gap |Σ attributions − (f(x) − f(baseline))| / |f(x) − f(baseline)| per image.
-
-Here s = Σ_i logit[i, class_i]: one target class per image per rank (top-1, top-2, ...). Every forward
-serves all ranks (one backward each).
+The stage plans the passes its methods need (`Method.needs`): the input gradient of one forward and one
+backward per target rank (from the engine, which serves a pass an earlier stage ran for the same classes),
+ONE forward with switchable ReLU rules for the methods that have one, and their own passes for
+SmoothGrad and integrated gradients (plus the latter's completeness gap |Σ attributions − (f(x) −
+f(baseline))| / |f(x) − f(baseline)| per image).
 """
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..config import GRADIENT_METHODS, GradientsConfig
-from ..engine import forward_backward_many
+from ..config import GradientsConfig
 from ..errors import ReportgenError, did_you_mean
-from ..hooks import capture_outputs_passing_copies, relu_backward_rule
-from . import Context, ModelInfo, default_cam_layer
+from ..layers import auto_cam_layer
+from ..methods import REGISTRY
+from ..methods.gradients import GradientJob, compute_ruled_pass, score_difference
+from ..ops import gaussian_blur
+from . import Context, ModelInfo, Stage
+from .cam import CamResult
 
 BASELINES = ("zero", "blur", "uniform")
 BLUR_SIGMA = 0.05  # `blur` baseline: gaussian sigma = 5% of the shorter image side (11.2 px at 224x224)
 GAP_WARNING = 0.05  # integrated gradients: warn when the completeness gap exceeds 5%
 BATCH_ELEMENTS = 64 * 3 * 224 * 224  # default inputs per forward (ig, smoothgrad): 64 at 3x224x224
-NEEDS_LAYER = ("guided_gradcam",)
 
 
 @dataclass(frozen=True)
@@ -62,26 +55,15 @@ class GradientsResult:
     reused_cam_pass: tuple[bool, ...]  # per rank: saliency/input_x_gradient came from the CAM stage's pass
     seconds: dict[str, float]  # method -> compute time (a shared pass counts for the first method using it)
     warnings: tuple[str, ...]
+    seed: int = 0  # of SmoothGrad's noise and the uniform baseline
 
 
 # ---------------------------------------------------------------------------- validation
 
 
 def check(info: ModelInfo, cfg: GradientsConfig) -> None:
-    """Everything knowable before running: method ids, counts, the CAM layer, the baseline, class ids."""
-    for method in cfg.methods:
-        if method not in GRADIENT_METHODS:
-            raise ReportgenError(f"`analyses.gradients.methods`: unknown method `{method}`."
-                                 f"{did_you_mean(method, GRADIENT_METHODS)} Methods: {', '.join(GRADIENT_METHODS)}.")
-    for key in ("steps", "samples"):
-        if getattr(cfg, key) < 1:
-            raise ReportgenError(f"`analyses.gradients.{key}` must be at least 1, got {getattr(cfg, key)}.")
-    if cfg.internal_batch_size is not None and cfg.internal_batch_size < 1:
-        raise ReportgenError(f"`analyses.gradients.internal_batch_size` must be at least 1, "
-                             f"got {cfg.internal_batch_size}.")
-    if cfg.stdev < 0:
-        raise ReportgenError(f"`analyses.gradients.stdev` must be at least 0, got {cfg.stdev}.")
-    if any(m in NEEDS_LAYER for m in cfg.methods):
+    """What needs the model: the CAM layer, the baseline file's shape, class ids."""
+    if _needs_layer(cfg):
         cam_layer(info, cfg)
     if "integrated_gradients" in cfg.methods and isinstance(cfg.baseline, Path):
         load_baseline_file(cfg.baseline, tuple(info.config.model.input_size))
@@ -89,17 +71,20 @@ def check(info: ModelInfo, cfg: GradientsConfig) -> None:
         info.class_index(target)
 
 
-def cam_layer(info: ModelInfo, cfg: GradientsConfig) -> str:
-    """guided_gradcam's layer: `cam_layer`, else the CAM stage's first target layer, else the auto-picked one.
-    It must give a spatial (N, C, h, w) output."""
-    cam_cfg = info.config.analyses.cam
+def _needs_layer(cfg: GradientsConfig) -> bool:
+    return any("activations" in REGISTRY[m].needs for m in cfg.methods)
+
+
+def cam_layer(info: ModelInfo, cfg: GradientsConfig, cam: CamResult | None = None) -> str:
+    """guided_gradcam's layer: `cam_layer`, else the CAM section's first target layer (when it ran), else the
+    automatic CAM layer. It must give a spatial (N, C, h, w) output."""
     if cfg.cam_layer is not None:
         name, origin = cfg.cam_layer, "`analyses.gradients.cam_layer`"
-    elif cam_cfg is not None and cam_cfg.target_layers:
-        name, origin = cam_cfg.target_layers[0], "`analyses.cam.target_layers[0]`"
+    elif cam is not None:
+        name, origin = cam.layers[0], "the CAM section's target layer"
     else:
         try:
-            name = default_cam_layer(info)
+            name = auto_cam_layer(info).name
         except ReportgenError as exc:
             raise ReportgenError(f"guided_gradcam needs a convolutional layer: {exc} "
                                  "Set `analyses.gradients.cam_layer` or drop guided_gradcam.") from None
@@ -137,70 +122,63 @@ def load_baseline_file(path: Path, input_size: tuple[int, ...]) -> np.ndarray:
 
 
 def run(ctx: Context, cfg: GradientsConfig) -> GradientsResult:
-    check(ctx.info, cfg)
     model, batch = ctx.model, ctx.batch  # batch (N, C, H, W), never modified
     targets = ctx.targets(cfg.targets)  # per image, R classes
     class_sets = [tuple(int(t[r]) for t in targets) for r in range(len(targets[0]))]  # per rank, one class per image
-    methods = set(cfg.methods)
-    layer = cam_layer(ctx.info, cfg) if "guided_gradcam" in methods else None
+    records = [REGISTRY[m] for m in cfg.methods]
+    layer = cam_layer(ctx.info, cfg, ctx.results.get(CamResult)) if _needs_layer(cfg) else None
     batch_size = cfg.internal_batch_size or max(1, BATCH_ELEMENTS // batch[0].numel())
     out: dict[str, list[torch.Tensor]] = {}  # method -> per rank (N, C, H, W)
     seconds = dict.fromkeys(cfg.methods, 0.0)
     clock = _Clock(seconds)
     warnings: list[str] = []
-    if methods & {"guided_backprop", "deconvnet", "guided_gradcam"} and not any(
-            isinstance(m, nn.ReLU) for m in model.modules()):
+    ruled_methods = [m for m in records if m.relu_rule is not None]
+    if ruled_methods and not any(isinstance(m, nn.ReLU) for m in model.modules()):
         warnings.append("The model has no nn.ReLU modules (it may call F.relu): guided backprop, deconvnet and "
                         "guided Grad-CAM then use plain gradients, as Captum does.")
 
-    # saliency, input_x_gradient: the CAM stage's pass, else ONE forward for them, guided backprop, deconvnet
-    # and guided_gradcam's Grad-CAM, with one backward per ReLU rule and rank
-    wants_input = bool(methods & {"saliency", "input_x_gradient"})
-    input_grads = [_shared_input_grad(ctx, classes) if wants_input else None for classes in class_sets]
+    # the input gradient: from the engine's passes (an earlier stage's, for the same classes), else from the ONE
+    # forward with switchable ReLU rules when one runs (one backward per rule and rank), else a pass of its own
+    input_methods = [m for m in records if "input_grad" in m.needs]
+    input_grads = [ctx.engine.input_grad(classes) if input_methods else None for classes in class_sets]
     reused = tuple(grad is not None for grad in input_grads)
-    missing = [r for r, grad in enumerate(input_grads) if grad is None] if wants_input else []
-    rules = [rule for method, rule in (("guided_backprop", "guided"), ("guided_gradcam", "guided"),
-                                       ("deconvnet", "deconv")) if method in methods]
+    missing = [r for r, grad in enumerate(input_grads) if grad is None] if input_methods else []
+    rules = [m.relu_rule for m in ruled_methods]
     ruled = None
     if rules:
-        with clock(_first(cfg.methods, ("guided_backprop", "deconvnet", "guided_gradcam"))):
+        with clock(ruled_methods[0].id):
             ctx.log(f"gradients: one forward, backward by the ReLU rules {', '.join(dict.fromkeys(rules))}")
-            ruled = compute_ruled_pass(model, batch, class_sets, rules + (["plain"] if missing else []), layer)
+            ruled = compute_ruled_pass(model, batch, class_sets, rules + (["plain"] if missing else []), layer,
+                                       forward=ctx.forward)
         for r in missing:
             input_grads[r] = ruled.input_grads["plain"][r]
     elif missing:
-        with clock(_first(cfg.methods, ("saliency", "input_x_gradient"))):
+        with clock(input_methods[0].id):
             ctx.log("gradients: one forward for the input gradient")
-            passes = forward_backward_many(model, batch, [], [class_sets[r] for r in missing], input_grad=True)
+            passes = ctx.engine.passes([], [class_sets[r] for r in missing], input_grad=True)
         for r, grad_pass in zip(missing, passes):
             input_grads[r] = grad_pass.input_grad
-    if "saliency" in methods:
-        with clock("saliency"):
-            out["saliency"] = [g.abs() for g in input_grads]
-    if "input_x_gradient" in methods:
-        with clock("input_x_gradient"):
-            out["input_x_gradient"] = [batch * g for g in input_grads]
-    if "guided_backprop" in methods:
-        out["guided_backprop"] = ruled.input_grads["guided"]
-    if "deconvnet" in methods:
-        out["deconvnet"] = ruled.input_grads["deconv"]
-    if layer is not None:
-        with clock("guided_gradcam"):
-            out["guided_gradcam"] = [compute_guided_gradcam(ruled.activations, grad, guided)
-                                     for grad, guided in zip(ruled.layer_grads, ruled.input_grads["guided"])]
 
-    if "smoothgrad" in methods:
-        with clock("smoothgrad"):
-            out["smoothgrad"] = compute_smoothgrad(model, batch, class_sets, samples=cfg.samples, stdev=cfg.stdev,
-                                                   seed=ctx.config.seed, batch_size=batch_size)
-    completeness, baseline_text = None, ""
-    if "integrated_gradients" in methods:
+    baseline, baseline_text = None, ""
+    if "integrated_gradients" in cfg.methods:
+        baseline, baseline_text = make_baseline(cfg.baseline, batch, ctx.config.seed)
+    job = GradientJob(model=model, forward=ctx.forward, batch=batch, class_sets=class_sets, batch_size=batch_size,
+                      seed=ctx.config.seed, samples=cfg.samples, stdev=cfg.stdev, steps=cfg.steps, baseline=baseline)
+    for method in records:
+        fn = method.function()
+        with clock(method.id):
+            if "input_grad" in method.needs:
+                out[method.id] = [fn(batch, grad) for grad in input_grads]
+            elif method.relu_rule is not None:
+                out[method.id] = [fn(ruled, r) for r in range(len(class_sets))]
+            else:
+                out[method.id] = fn(job)
+
+    completeness = None
+    if "integrated_gradients" in cfg.methods:
         with clock("integrated_gradients"):
-            baseline, baseline_text = make_baseline(cfg.baseline, batch, ctx.config.seed)
-            out["integrated_gradients"] = compute_integrated_gradients(
-                model, batch, class_sets, baseline=baseline, steps=cfg.steps, batch_size=batch_size)
             sums = torch.stack([a.double().sum(dim=(1, 2, 3)) for a in out["integrated_gradients"]], dim=1)
-            deltas = score_difference(model, ctx.logits, baseline, class_sets)
+            deltas = score_difference(ctx.forward, ctx.logits, baseline, class_sets)
             completeness = _completeness(sums.cpu().numpy(), deltas)
         warnings += _gap_warnings(completeness, targets, ctx, cfg.steps)
 
@@ -208,7 +186,7 @@ def run(ctx: Context, cfg: GradientsConfig) -> GradientsResult:
     return GradientsResult(
         config=cfg, images=tuple(img.name for img in ctx.images), classes=np.asarray(targets, dtype=np.int64),
         maps=maps, cam_layer=layer, completeness=completeness, baseline=baseline_text,
-        reused_cam_pass=reused, seconds=seconds, warnings=tuple(warnings),
+        reused_cam_pass=reused, seconds=seconds, warnings=tuple(warnings), seed=ctx.config.seed,
     )
 
 
@@ -249,137 +227,6 @@ def to_json(result: GradientsResult) -> dict:
     return entry
 
 
-# ---------------------------------------------------------------------------- the methods
-
-
-@dataclass(frozen=True)
-class RuledPass:
-    """What one forward with switchable ReLU rules gave, per class set (target rank)."""
-
-    input_grads: dict[str, list[torch.Tensor]]  # rule -> per class set ∂s/∂input (N, C, H, W), for the rules asked
-    activations: torch.Tensor | None  # (N, C', h, w): the layer's own output (when a layer was asked for)
-    layer_grads: list[torch.Tensor]  # per class set plain ∂s/∂layer output (N, C', h, w)
-
-
-def compute_ruled_pass(model: nn.Module, batch: torch.Tensor, class_sets: Sequence[Sequence[int]],
-                       rules: Sequence[str], layer: str | None = None) -> RuledPass:
-    """ONE forward with every nn.ReLU's backward switchable (`hooks.relu_backward_rule`), then per class set
-    one backward per rule: ∂ Σ_i logit[i, classes[i]] / ∂ input under "plain" (Captum's Saliency gradient),
-    "guided" (GuidedBackprop) or "deconv" (Deconvolution). With `layer`, the plain backward also gives the
-    gradient with respect to that layer's own output, as Captum's LayerGradCam takes it: the rest of the
-    model gets a copy of the output, so an in-place op after the layer (VGG's ReLU(inplace=True)) changes
-    neither the activation nor its gradient."""
-    rules = list(dict.fromkeys(rules))
-    plain_to_input = "plain" in rules  # else the plain backward stops at the layer
-    if layer is not None and not plain_to_input:
-        rules.append("plain")
-    x = batch.detach().clone().requires_grad_()
-    grads: dict[str, list[torch.Tensor]] = {rule: [] for rule in rules}
-    layer_grads: list[torch.Tensor] = []
-    with relu_backward_rule(model, rules[0]) as state, \
-            capture_outputs_passing_copies(model, [layer] if layer else []) as outputs, torch.enable_grad():
-        logits = model(x)
-    output = outputs.get(layer) if layer else None
-    last = len(class_sets) * len(rules) - 1
-    for k, classes in enumerate(class_sets):
-        score = _score(logits, classes)
-        for j, rule in enumerate(rules):
-            state.name = rule
-            to_input = rule != "plain" or plain_to_input
-            wrt = ([x] if to_input else []) + ([output] if rule == "plain" and output is not None else [])
-            found = torch.autograd.grad(score, wrt, retain_graph=k * len(rules) + j < last, allow_unused=True)
-            found = [torch.zeros_like(w) if g is None else g for g, w in zip(found, wrt)]
-            if to_input:
-                grads[rule].append(found[0])
-            if rule == "plain" and output is not None:
-                layer_grads.append(found[-1])
-    return RuledPass(input_grads=grads, activations=None if output is None else output.detach(),
-                     layer_grads=layer_grads)
-
-
-def compute_relu_rule_gradient(model: nn.Module, batch: torch.Tensor, classes: Sequence[int],
-                               rule: str) -> torch.Tensor:
-    """One class set, one rule: (N, C, H, W)."""
-    return compute_ruled_pass(model, batch, [classes], [rule]).input_grads[rule][0]
-
-
-def compute_gradcam(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
-    """Captum's LayerGradCam with relu_attributions: relu(Σ_c mean_hw(grad) · A). (N, C, h, w) -> (N, 1, h, w)."""
-    weights = gradient.mean(dim=(2, 3), keepdim=True)
-    return F.relu((weights * activation).sum(dim=1, keepdim=True))
-
-
-def compute_guided_gradcam(activation: torch.Tensor, gradient: torch.Tensor, guided: torch.Tensor) -> torch.Tensor:
-    """Captum's GuidedGradCam: Grad-CAM upsampled (nearest) to the input size, times guided backprop, for
-    every input channel. activation/gradient (N, C', h, w), guided (N, C, H, W) -> (N, C, H, W)."""
-    cam = compute_gradcam(activation, gradient)
-    return guided * F.interpolate(cam.to(guided.dtype), size=tuple(guided.shape[2:]), mode="nearest")
-
-
-def compute_smoothgrad(model: nn.Module, batch: torch.Tensor, class_sets: Sequence[Sequence[int]], *, samples: int,
-                       stdev: float, seed: int, batch_size: int) -> list[torch.Tensor]:
-    """Captum's NoiseTunnel(Saliency), nt_type="smoothgrad": the mean of |∂s/∂x| over `samples` copies of each
-    image plus gaussian noise of sd `stdev` × (max − min of that image). The noise is drawn on the CPU from a
-    torch.Generator seeded with `seed`, image after image, (samples, C, H, W) each: the numbers Captum draws
-    after `torch.manual_seed(seed)` when called image by image on the CPU. Every class set sees the same
-    noisy copies (one forward each). Per class set (N, C, H, W)."""
-    generator = torch.Generator().manual_seed(seed)
-    sds = [stdev * float(x.max() - x.min()) for x in batch]
-    noise: dict[int, torch.Tensor] = {}  # image -> (S, C, H, W) noise, drawn in image order, dropped once used
-
-    def inputs(rows: torch.Tensor) -> torch.Tensor:  # rows image-major: image = row // S, sample = row % S
-        images = rows // samples
-        for i in range(int(images[0]), int(images[-1]) + 1):
-            if i not in noise:
-                noise[i] = torch.randn((samples, *batch.shape[1:]), generator=generator).to(batch) * sds[i]
-        chunk = torch.stack([batch[i] + noise[i][s] for i, s in zip(images.tolist(), (rows % samples).tolist())])
-        for i in [i for i in noise if i < int(images[-1])]:
-            del noise[i]
-        return chunk
-
-    rows = batch.shape[0] * samples
-    totals = _sum_input_grads(model, inputs, torch.arange(rows) // samples, None, class_sets, batch, batch_size,
-                              transform=torch.abs)
-    return [total / samples for total in totals]
-
-
-def gauss_legendre(steps: int) -> tuple[list[float], list[float]]:
-    """Captum's Gauss–Legendre points on [0, 1] and their weights (approximation_methods.py)."""
-    nodes, weights = np.polynomial.legendre.leggauss(steps)
-    return (0.5 * (1 + nodes)).tolist(), (0.5 * weights).tolist()
-
-
-def compute_integrated_gradients(model: nn.Module, batch: torch.Tensor, class_sets: Sequence[Sequence[int]], *,
-                                 baseline: torch.Tensor, steps: int, batch_size: int) -> list[torch.Tensor]:
-    """Captum's IntegratedGradients (method="gausslegendre", multiply_by_inputs): (x − b) · Σ_k w_k ∂s/∂x at
-    b + α_k (x − b), with `batch_size` inputs per forward, one forward per chunk for all class sets.
-    baseline (N, C, H, W). Per class set (N, C, H, W)."""
-    if baseline.shape != batch.shape:
-        raise ReportgenError(f"integrated gradients: the baseline has shape {list(baseline.shape)}, the inputs "
-                             f"{list(batch.shape)}.")
-    alphas, weights = gauss_legendre(steps)
-    n = batch.shape[0]
-    alphas = torch.tensor(alphas, dtype=batch.dtype, device=batch.device).view(-1, 1, 1, 1)
-    diff = batch - baseline
-
-    def inputs(rows: torch.Tensor) -> torch.Tensor:  # rows step-major (as Captum): step = row // N, image = row % N
-        images = (rows % n).to(batch.device)
-        return baseline[images] + alphas[(rows // n).to(batch.device)] * diff[images]
-
-    rows = torch.arange(steps * n)
-    totals = _sum_input_grads(model, inputs, rows % n, torch.tensor(weights, dtype=torch.float32)[rows // n],
-                              class_sets, batch, batch_size)
-    return [total * diff for total in totals]
-
-
-def score_difference(model: nn.Module, logits: torch.Tensor, baseline: torch.Tensor,
-                     class_sets: Sequence[Sequence[int]]) -> np.ndarray:
-    """f(x) − f(baseline) of each image's target logit, (N, R) float64: what IG's attributions should sum to.
-    `logits` (N, K) are f(x), already known; f(baseline) costs one forward without autograd."""
-    with torch.no_grad():
-        start = model(baseline).to(logits)
-    return torch.stack([_pick(logits, c) - _pick(start, c) for c in class_sets], dim=1).double().numpy()
-
 
 def make_baseline(kind: str | Path, batch: torch.Tensor, seed: int) -> tuple[torch.Tensor, str]:
     """The IG baseline (N, C, H, W) and a description of it: zeros, each image blurred, uniform noise over
@@ -399,56 +246,6 @@ def make_baseline(kind: str | Path, batch: torch.Tensor, seed: int) -> tuple[tor
         hi = batch.amax(dim=(1, 2, 3), keepdim=True)
         return lo + noise * (hi - lo), f"uniform noise over each image's range, seed {seed}"
     raise ReportgenError(f"unknown baseline `{kind}`.{did_you_mean(str(kind), BASELINES)}")
-
-
-def gaussian_blur(batch: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable gaussian blur of (N, C, H, W) per channel; radius ceil(3 sigma), edges replicated."""
-    radius = max(1, math.ceil(3 * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = (kernel / kernel.sum()).to(batch)
-    c = batch.shape[1]
-    x = F.pad(batch, (radius, radius, radius, radius), mode="replicate")
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    return F.conv2d(x, kernel.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
-
-
-# ---------------------------------------------------------------------------- helpers
-
-
-def _sum_input_grads(model: nn.Module, inputs: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
-                     weights: torch.Tensor | None, class_sets: Sequence[Sequence[int]], batch: torch.Tensor,
-                     batch_size: int,
-                     transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[torch.Tensor]:
-    """Per class set, Σ over rows r of weights[r] · transform(∂ logit[classes[images[r]]] / ∂ input_r) for each
-    image, `batch_size` rows per forward (one backward per class set). `inputs(rows)` builds the (B, C, H, W)
-    inputs of a chunk of row indices; images (M,) and weights (M,) are per row. Per class set (N, C, H, W)."""
-    totals = [torch.zeros_like(batch) for _ in class_sets]
-    # not under torch.no_grad(): engine.forward_backward then returns zero gradients
-    for start in range(0, len(images), batch_size):
-        rows = torch.arange(start, min(start + batch_size, len(images)))
-        owner = images[rows].tolist()
-        passes = forward_backward_many(model, inputs(rows), [], [[c[i] for i in owner] for c in class_sets],
-                                       input_grad=True)
-        for total, grad_pass in zip(totals, passes):
-            grad = grad_pass.input_grad  # (B, C, H, W)
-            if transform is not None:
-                grad = transform(grad)
-            if weights is not None:
-                grad = grad * weights[rows].to(grad).view(-1, 1, 1, 1)
-            for i in sorted(set(owner)):
-                total[i] += grad[[j for j, o in enumerate(owner) if o == i]].sum(dim=0)
-    return totals
-
-
-def _score(logits: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
-    """Σ_i logit[i, classes[i]]."""
-    return _pick(logits, classes).sum()
-
-
-def _pick(logits: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
-    """(N,) logit[i, classes[i]]."""
-    return logits.gather(1, torch.as_tensor(list(classes), device=logits.device).view(-1, 1)).view(-1)
 
 
 def _completeness(sums: np.ndarray, deltas: np.ndarray) -> Completeness:
@@ -472,16 +269,6 @@ def _gap_warnings(c: Completeness, targets: list[list[int]], ctx: Context, steps
     return out
 
 
-def _shared_input_grad(ctx: Context, classes: tuple[int, ...]) -> torch.Tensor | None:
-    """The input gradient of the pass the CAM stage left for these classes, if any."""
-    shared = ctx.shared.get(("grad_pass", classes))
-    return None if shared is None else shared.input_grad
-
-
-def _first(methods: Sequence[str], among: Sequence[str]) -> str:
-    return next(m for m in methods if m in among)
-
-
 class _Clock:
     """`with clock(method):` adds the block's wall time to seconds[method]."""
 
@@ -498,3 +285,11 @@ class _Clock:
 
     def __exit__(self, *exc) -> None:
         self.seconds[self.method] += time.perf_counter() - self.start
+
+
+SPEC = Stage(
+    name="gradients", title="Gradient saliency", config=GradientsConfig, run=run, check=check, arrays=arrays,
+    to_json=to_json,
+    needs_hooks=lambda cfg: tuple(m for m in cfg.methods if REGISTRY[m].hooks),
+    wants_input_grad=lambda cfg: any("input_grad" in REGISTRY[m].needs for m in cfg.methods),
+)

@@ -19,20 +19,21 @@ convention: `layer1` is depth 1, `layer1.0.conv1` depth 3), matched in forward o
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..config import KernelsConfig, LayerPattern, Normalize, OptimizeConfig
-from ..errors import ReportgenError, did_you_mean
+from ..config import KernelsConfig, Normalize, OptimizeConfig
+from ..errors import ReportgenError
 from ..hooks import capture_outputs, forward_until, get_layer
-from . import Context, ModelInfo
+from ..layers import first_conv, is_conv, select_layers
+from ..ops import gaussian_blur
+from ..progress import track
+from . import Context, ModelInfo, Stage
 
 DEAD_FRACTION = 0.01  # a filter whose L2 norm is below 1 % of the layer's median norm is "dead"
 EXPLODING_FACTOR = 10.0  # ... above 10 x the median norm is "exploding"
@@ -73,78 +74,6 @@ class KernelsResult:
 
 
 # ---------------------------------------------------------------------------- layer selection
-
-def depth_of(name: str) -> int:
-    """torchinfo's depth: `layer1` -> 1, `layer1.0.conv1` -> 3."""
-    return name.count(".") + 1
-
-
-def match_pattern(info: ModelInfo, pattern: LayerPattern) -> list[str]:
-    """Layers of `info` whose class name and depth match, in forward order (never-called layers last)."""
-    found = [layer for layer in info.layers.values()
-             if (pattern.type is None or layer.type == pattern.type)
-             and (pattern.depth is None or depth_of(layer.name) == pattern.depth)]
-    position = {name: i for i, name in enumerate(info.layers)}
-    found.sort(key=lambda l: (l.order is None, l.order if l.order is not None else 0, position[l.name]))
-    return [layer.name for layer in found]
-
-
-def describe_pattern(pattern: LayerPattern) -> str:
-    parts = ([f"type: {pattern.type}"] if pattern.type is not None else []) + \
-            ([f"depth: {pattern.depth}"] if pattern.depth is not None else [])
-    return "{" + ", ".join(parts) + "}"
-
-
-def select_layers(info: ModelInfo, specs: Sequence[str | LayerPattern], key: str) -> list[str]:
-    """Qualified names for a list of names and patterns, without duplicates, in the order given.
-
-    Unknown names and patterns that match nothing raise ReportgenError naming `key` (the config key)."""
-    names: list[str] = []
-    for spec in specs:
-        if isinstance(spec, LayerPattern):
-            matched = match_pattern(info, spec)
-            if not matched:
-                raise ReportgenError(_no_match(info, spec, key))
-        else:
-            try:
-                info.layer(spec)
-            except ReportgenError as exc:
-                raise ReportgenError(f"`{key}`: {exc}") from None
-            matched = [spec]
-        names.extend(m for m in matched if m not in names)
-    return names
-
-
-def _no_match(info: ModelInfo, pattern: LayerPattern, key: str) -> str:
-    model = type(info.model).__name__
-    message = f"`{key}`: no layer of {model} matches {describe_pattern(pattern)}."
-    if pattern.depth is not None:
-        at_depth = sorted({l.type for l in info.layers.values() if depth_of(l.name) == pattern.depth})
-        deepest = max((depth_of(n) for n in info.layers), default=0)
-        if not at_depth:
-            return message + f" Its layers go down to depth {deepest}."
-        message += f" Types at depth {pattern.depth}: {', '.join(at_depth)}."
-    types = sorted({l.type for l in info.layers.values()})
-    if pattern.type is not None and pattern.type not in types:
-        message += did_you_mean(pattern.type, types) + f" Types in the model: {', '.join(types)}."
-    return message
-
-
-def is_conv(module: nn.Module) -> bool:
-    """An nn.Conv2d (or subclass), also inside a TorchScript module."""
-    return isinstance(module, nn.Conv2d) or getattr(module, "original_name", None) == "Conv2d"
-
-
-def first_conv(info: ModelInfo) -> str:
-    """The first Conv2d the forward pass calls."""
-    convs = [n for n in match_pattern(info, LayerPattern(type="Conv2d"))
-             if is_conv(get_layer(info.model, n))]
-    if not convs:
-        convs = [n for n, m in info.model.named_modules() if n and is_conv(m)]
-    if not convs:
-        raise ReportgenError(f"{type(info.model).__name__} has no nn.Conv2d layer, so it has no kernels to show.")
-    return convs[0]
-
 
 def kernel_layers(info: ModelInfo, cfg: KernelsConfig) -> list[str]:
     """The conv layers `cfg.layers` lists (default: the first conv); a clear error for non-conv layers."""
@@ -213,14 +142,13 @@ def check(info: ModelInfo, cfg: KernelsConfig) -> None:
 
 
 def run(ctx: Context, cfg: KernelsConfig) -> KernelsResult:
-    check(ctx.info, cfg)
     layers = tuple(compute_kernels(ctx.model, name) for name in kernel_layers(ctx.info, cfg))
     notes: list[str] = []
     optimized: list[FilterVisualisation] = []
     if cfg.optimize is not None:
         opt = cfg.optimize
         size = (opt.size, opt.size) if opt.size else tuple(ctx.batch.shape[2:])
-        normalize = _normalization(ctx)
+        normalize = ctx.info.normalize  # what the inputs are normalised with, whatever set it
         seed = ctx.config.seed if opt.seed is None else opt.seed
         for name in optimize_layers(ctx.info, cfg):
             filters, note = filters_for(ctx.info, name, opt)
@@ -298,13 +226,6 @@ def compute_kernels(model: nn.Module, name: str) -> LayerKernels:
                         groups=int(getattr(module, "groups", 1)))
 
 
-def _normalization(ctx: Context) -> Normalize | None:
-    pre = ctx.config.inputs.preprocess
-    if pre.from_weights:  # torchvision classification weights all use the ImageNet statistics
-        return Normalize()
-    return pre.normalize
-
-
 _OPTIMIZE = OptimizeConfig()  # the defaults of `kernels.optimize`, one source for the config and this function
 
 
@@ -356,7 +277,7 @@ def maximize_activation(
 
         with torch.no_grad():
             start = score(x)
-        for step in range(steps):
+        for step in track(range(steps), total=steps, desc=f"maximising {layer}", unit="step"):
             shifted = x
             if jitter > 0:
                 dy, dx = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=generator))
@@ -369,7 +290,7 @@ def maximize_activation(
             with torch.no_grad():
                 adam.step(grad)
                 if blur > 0 and (step + 1) % blur_every == 0:
-                    x.copy_(gaussian_blur(x, blur))
+                    x.copy_(gaussian_blur(x, blur, padding="reflect"))
                 x.copy_(torch.maximum(torch.minimum(x, hi), lo))
         with torch.no_grad():
             end = score(x)
@@ -439,14 +360,5 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
     return dh + dw
 
 
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(N, C, H, W) -> same shape, separable gaussian blur with reflect padding (radius 3 sigma)."""
-    radius = max(1, math.ceil(3 * sigma))
-    radius = min(radius, x.shape[2] - 1, x.shape[3] - 1)
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    c = x.shape[1]
-    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    return F.conv2d(x, kernel.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+SPEC = Stage(name="kernels", title="Convolution kernels", config=KernelsConfig, run=run, check=check, arrays=arrays,
+             to_json=to_json, needs_hooks=lambda cfg: ("optimize",) if cfg.optimize is not None else ())

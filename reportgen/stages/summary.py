@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ..config import SummaryConfig
-from . import Context, ModelInfo
+from . import Context, ModelInfo, Stage
 
 
 @dataclass(frozen=True)
@@ -128,3 +128,7 @@ def to_json(result: SummaryResult) -> dict:
             for row in result.rows
         ],
     }
+
+
+SPEC = Stage(name="summary", title="Model summary", config=SummaryConfig, run=run, check=check, arrays=arrays,
+             to_json=to_json)

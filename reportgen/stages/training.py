@@ -23,7 +23,8 @@ import numpy as np
 
 from ..config import TrainingConfig
 from ..errors import ReportgenError, StageSkipped, did_you_mean
-from ..logs import Points, find_log_files, listing, load_runs, plural  # find_log_files: pipeline takes it from here
+from ..logs import Points, find_log_files, listing, load_runs, plural
+from . import Stage
 
 # TensorBoard's distributions view: values at these basis points (1/100 of a percent) of each histogram
 BASIS_POINTS = (0, 668, 1587, 3085, 5000, 6915, 8413, 9332, 10000)
@@ -74,7 +75,7 @@ class HistogramSeries:
 @dataclass(frozen=True)
 class RunInfo:
     name: str
-    folder: str
+    folder: str  # as the report shows it: relative to the config's folder
     files: tuple[str, ...]  # file names (relative to `folder`) that gave data
 
 
@@ -105,8 +106,8 @@ def check(info, cfg: TrainingConfig) -> None:
 
 def run(ctx, cfg: TrainingConfig) -> TrainingResult:
     warnings: list[str] = []
-    config = getattr(ctx, "config", None)  # None: a bare context (tests)
-    files = find_log_files(cfg.logs, warnings, shown=config.shown_path if config is not None else str)
+    shown = ctx.config.shown_path  # no home folders in a published report
+    files = find_log_files(cfg.logs, warnings, shown=shown)
     if not files:
         raise StageSkipped("no training logs found: " + " ".join(warnings))
     ctx.log(f"training: reading {plural(len(files), 'log file')}")
@@ -130,7 +131,7 @@ def run(ctx, cfg: TrainingConfig) -> TrainingResult:
     )
     if not series and not histograms:
         raise ReportgenError("none of the tags in `analyses.training.tags` is in the logs: " + " ".join(warnings))
-    infos = tuple(RunInfo(name=r.name, folder=str(r.folder), files=tuple(r.files)) for r in runs)
+    infos = tuple(RunInfo(name=r.name, folder=shown(str(r.folder)), files=tuple(r.files)) for r in runs)
     return TrainingResult(runs=infos, series=series, histograms=histograms, tags=tuple(scalar_tags),
                           histogram_tags=tuple(histogram_tags), smoothing=cfg.smoothing, warnings=tuple(warnings))
 
@@ -245,3 +246,7 @@ def _make_series(run: str, tag: str, points: Points, axis: str, weight: float) -
     return Series(run=run, tag=tag, steps=steps[order], values=values,
                   smoothed=smooth(values, weight).astype(np.float32),
                   wall_times=np.asarray(points.wall_times, dtype=np.float64)[order], axis=axis)
+
+
+SPEC = Stage(name="training", title="Training curves", config=TrainingConfig, run=run, check=check, arrays=arrays,
+             to_json=to_json)

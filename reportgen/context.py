@@ -1,0 +1,134 @@
+"""What the stages work on: the model's facts (`ModelInfo`), the images, and one build's `Context`."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import Config, Normalize, Preprocess, TargetSpec
+from .engine import Engine
+from .errors import ReportgenError, did_you_mean
+from .layers import LayerInfo
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    name: str  # unique file stem: the `<image>` of arrays.npz keys
+    source: str  # the file it came from
+    original: np.ndarray  # (H0, W0, 3) uint8 RGB, EXIF-oriented, as loaded
+    display: np.ndarray  # (H, W, 3) uint8 RGB: the resized/cropped pixels the model sees, before normalisation
+
+
+@dataclass
+class ModelInfo:
+    """What can be known about the model without analysing images: for `check()` and `reportgen layers`."""
+
+    model: nn.Module
+    config: Config
+    labels: list[str] | None
+    num_classes: int
+    layers: dict[str, LayerInfo]  # in named_modules() order; "" (the model itself) excluded
+    description: str = ""  # one line for the report header
+    notes: list[str] = field(default_factory=list)  # things the report should say (e.g. labels dropped)
+    hooks: bool = True  # whether the model takes forward hooks (a TorchScript model does not)
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None  # input -> logits (N, K); None: the model
+    preprocess: Preprocess | None = None  # how the inputs are prepared, resolved (from_weights: the weights')
+    normalize: Normalize | None = None  # the normalisation inside it (None: pixels in [0, 1])
+
+    def layer(self, name: str) -> LayerInfo:
+        if name not in self.layers:
+            raise ReportgenError(
+                f"layer `{name}` does not exist in {type(self.model).__name__}.{did_you_mean(name, self.layers)}"
+                " Run `reportgen layers CONFIG` to list the layer names."
+            )
+        return self.layers[name]
+
+    def class_index(self, target: int | str) -> int:
+        """A class index from an index or a label (any case); a clear error when out of range or unknown."""
+        if isinstance(target, int):
+            if not 0 <= target < self.num_classes:
+                raise ReportgenError(f"class index {target} is outside the model's {self.num_classes} outputs "
+                                     f"(0 to {self.num_classes - 1}).")
+            return target
+        if not self.labels:
+            raise ReportgenError(f"class `{target}` is a label, but the model has no labels: set `model.labels`"
+                                 " or give class indices.")
+        if target in self.labels:
+            return self.labels.index(target)
+        folded = [label.casefold() for label in self.labels]
+        if folded.count(target.casefold()) == 1:
+            return folded.index(target.casefold())
+        if target.casefold() in folded:
+            raise ReportgenError(f"class `{target}` matches several labels that differ only in case: "
+                                 f"{', '.join(l for l in self.labels if l.casefold() == target.casefold())}; "
+                                 "write it exactly.")
+        raise ReportgenError(f"class `{target}` is not in the label list.{did_you_mean(target, self.labels)}")
+
+
+class Results:
+    """The results of the stages that ran before, read by type: `ctx.results.get(CamResult)`."""
+
+    def __init__(self) -> None:
+        self._by_type: dict[type, object] = {}
+
+    def add(self, result: object) -> None:
+        self._by_type[type(result)] = result
+
+    def get(self, kind: type[T]) -> T | None:
+        return self._by_type.get(kind)  # type: ignore[return-value]
+
+
+@dataclass
+class Context:
+    """Everything a stage's `run` may use. Built once per build by the pipeline."""
+
+    info: ModelInfo
+    device: torch.device
+    batch: torch.Tensor  # (N, C, H, W) float32, preprocessed, on `device`; never modified by a stage
+    images: list[ImageInput]
+    logits: torch.Tensor  # (N, K) float32 on the CPU, from one forward pass of `batch`
+    engine: Engine  # the passes over `batch`, cached for every stage
+    results: Results = field(default_factory=Results)  # typed results of the stages that ran before
+    log: Callable[[str], None] = lambda message: None  # detail for `-v`
+
+    @property
+    def model(self) -> nn.Module:
+        return self.info.model
+
+    @property
+    def forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Input -> logits (N, K): the adapter's forward (unwraps outputs that are not a tensor)."""
+        return self.info.forward or self.info.model
+
+    @property
+    def config(self) -> Config:
+        """The build's config: stages read its global sections (seed, inputs, model), never another
+        stage's options."""
+        return self.info.config
+
+    @property
+    def labels(self) -> list[str] | None:
+        return self.info.labels
+
+    def label(self, index: int) -> str:
+        if self.labels and 0 <= index < len(self.labels):
+            return self.labels[index]
+        return f"class {index}"
+
+    @property
+    def probabilities(self) -> torch.Tensor:  # (N, K)
+        return torch.softmax(self.logits.float(), dim=1)
+
+    def targets(self, spec: TargetSpec) -> list[list[int]]:
+        """Per image, the class indices a TargetSpec asks for (top-k predictions or the explicit list)."""
+        if spec.explicit:
+            classes = [self.info.class_index(c) for c in spec.classes]
+            return [list(classes) for _ in self.images]
+        k = min(spec.k, self.logits.shape[1])
+        return self.logits.topk(k, dim=1).indices.tolist()

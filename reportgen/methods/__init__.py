@@ -1,0 +1,146 @@
+"""The method registry: one record per CAM and gradient method, the only place a method is named.
+
+A record says what the method is called (id, aliases, title), which stage computes it (`family`), what
+it needs from the engine and whether it needs hooks on the model's layers. Config validation reads the
+records (ids, aliases, family) and so does everything after it: the stages dispatch on `needs`, the
+figures take the titles, the pipeline refuses hooked methods on a model that takes no hooks.
+
+This module imports no torch: `reportgen --help` and `reportgen validate`'s parsing stay fast. The
+computation is named by `compute`, a "module:function" string resolved on first use (or the function
+itself, for a method registered at run time: a plug-in or a test).
+
+What a CAM method's function receives depends on `needs` (see `reportgen.methods.cam`):
+
+- `needs` has "gradients": `fn(a, g) -> (N, h, w)` from the layer's activations and gradients
+  (N, C, h, w) of the engine's one forward and one backward pass, called once per target rank;
+- otherwise `fn(job) -> (k, N, h, w)` with a `CamJob` (the model, the batch, the layer's activations,
+  the logits, the classes, ...); it may raise `NotApplicable(why)` for a layer it does not apply to.
+
+Either returns raw maps: ReLU, min-max and resizing (pytorch-grad-cam's post-processing) come after.
+
+A gradient method's function (see `reportgen.methods.gradients`) gets:
+
+- `needs` has "input_grad": `fn(x, grad) -> (N, C, H, W)` per rank, from the input gradient;
+- `relu_rule` set: `fn(pass_, r) -> (N, C, H, W)` from the one forward with switchable ReLU rules;
+- otherwise `fn(job) -> list of (N, C, H, W)`, one per rank, with a `GradientJob`.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+FAMILIES = ("cam", "gradients")
+# what a method can need from the engine
+NEEDS = ("activations", "gradients", "input_grad", "masked_forwards", "head", "relu_rule", "own_passes")
+
+
+@dataclass(frozen=True)
+class Method:
+    id: str  # the config's method id and the `<method>` of arrays.npz keys
+    family: str  # "cam" or "gradients": the stage that computes it
+    title: str  # what the report calls it
+    aliases: tuple[str, ...] = ()  # other spellings a config may use (compared without case and punctuation)
+    needs: frozenset[str] = frozenset()  # from NEEDS
+    relu_rule: str | None = None  # gradient methods: the ReLU backward rule ("guided", "deconv")
+    hooks: bool = True  # needs hooks on the model's layers (a TorchScript model takes none)
+    compute: str | Callable | None = field(default=None, compare=False)  # "module:function" or the function
+    note: str = ""  # one line for the README's method list
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"method {self.id!r}: family must be one of {FAMILIES}, got {self.family!r}")
+        unknown = set(self.needs) - set(NEEDS)
+        if unknown:
+            raise ValueError(f"method {self.id!r}: unknown needs {sorted(unknown)}; known: {NEEDS}")
+        object.__setattr__(self, "needs", frozenset(self.needs))
+
+    def function(self) -> Callable:
+        """The computation (imported on first use when named by a string)."""
+        if callable(self.compute):
+            return self.compute
+        if not isinstance(self.compute, str):
+            raise TypeError(f"method {self.id!r} has no compute function")
+        module, _, name = self.compute.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add a method (or replace one with the same id). Returns it."""
+    REGISTRY[method.id] = method
+    return method
+
+
+def unregister(method_id: str) -> None:
+    REGISTRY.pop(method_id, None)
+
+
+def get(method_id: str) -> Method:
+    return REGISTRY[method_id]
+
+
+def ids(family: str) -> tuple[str, ...]:
+    """The family's method ids, in registration order."""
+    return tuple(m.id for m in REGISTRY.values() if m.family == family)
+
+
+def title(method_id: str) -> str:
+    method = REGISTRY.get(method_id)
+    return method.title if method is not None else method_id.replace("_", " ")
+
+
+def alias_key(name: str) -> str:
+    """How names are compared: lower case, `++` as `pp`, `+` as `p`, only letters and digits."""
+    return "".join(ch for ch in str(name).lower().replace("++", "pp").replace("+", "p") if ch.isalnum())
+
+
+def canonical(name: str, family: str | None = None) -> str | None:
+    """The method id `name` spells (an id or an alias, any case), within `family` when given; None if none."""
+    key = alias_key(name)
+    for method in REGISTRY.values():
+        if family is not None and method.family != family:
+            continue
+        if key == alias_key(method.id) or key in {alias_key(a) for a in method.aliases}:
+            return method.id
+    return None
+
+
+def _cam(id: str, title: str, needs: set[str], fn: str, aliases: tuple[str, ...] = (), note: str = "") -> None:
+    register(Method(id=id, family="cam", title=title, aliases=aliases, needs=frozenset(needs),
+                    compute=f"reportgen.methods.cam:{fn}", note=note))
+
+
+def _grad(id: str, title: str, needs: set[str], fn: str, aliases: tuple[str, ...] = (), relu_rule: str | None = None,
+          hooks: bool = False, note: str = "") -> None:
+    register(Method(id=id, family="gradients", title=title, aliases=aliases, needs=frozenset(needs),
+                    relu_rule=relu_rule, hooks=hooks, compute=f"reportgen.methods.gradients:{fn}", note=note))
+
+
+# ---------------------------------------------------------------------------- the CAM family (pytorch-grad-cam 1.5.7)
+
+_cam("cam", "CAM", {"activations", "head"}, "original_cam", note="the weights of the linear head after global average pooling")
+_cam("gradcam", "Grad-CAM", {"activations", "gradients"}, "gradcam")
+_cam("gradcampp", "Grad-CAM++", {"activations", "gradients"}, "gradcampp", aliases=("gradcamplusplus",))
+_cam("xgradcam", "XGrad-CAM", {"activations", "gradients"}, "xgradcam")
+_cam("layercam", "LayerCAM", {"activations", "gradients"}, "layercam", aliases=("layerwisecam",))
+_cam("hirescam", "HiResCAM", {"activations", "gradients"}, "hirescam")
+_cam("eigencam", "Eigen-CAM", {"activations"}, "eigencam")
+_cam("eigengradcam", "EigenGrad-CAM", {"activations", "gradients"}, "eigengradcam")
+_cam("scorecam", "Score-CAM", {"activations", "masked_forwards"}, "scorecam")
+_cam("ablationcam", "Ablation-CAM", {"activations", "masked_forwards"}, "ablationcam")
+
+# ---------------------------------------------------------------------------- the gradient family (Captum 0.9.0)
+
+_grad("saliency", "Saliency", {"input_grad"}, "saliency", aliases=("vanillagradient",))
+_grad("input_x_gradient", "Input × gradient", {"input_grad"}, "input_x_gradient", aliases=("inputxgradient",))
+_grad("guided_backprop", "Guided backprop", {"relu_rule"}, "guided_backprop", relu_rule="guided", hooks=True,
+      aliases=("guidedbackpropagation",))
+_grad("deconvnet", "Deconvnet", {"relu_rule"}, "deconvnet", relu_rule="deconv", hooks=True,
+      aliases=("deconvolution",))
+_grad("guided_gradcam", "Guided Grad-CAM", {"relu_rule", "activations", "gradients"}, "guided_gradcam",
+      relu_rule="guided", hooks=True)
+_grad("smoothgrad", "SmoothGrad", {"own_passes"}, "smoothgrad", aliases=("noisetunnel",))
+_grad("integrated_gradients", "Integrated gradients", {"own_passes"}, "integrated_gradients", aliases=("ig",))
