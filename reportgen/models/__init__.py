@@ -1,0 +1,74 @@
+"""Load the model a config names, as a `ModelAdapter`: torchvision by name, the user's own factory, or TorchScript.
+
+Weights come only from local files: a torchvision weights enum from the local torch hub cache, or a
+`checkpoint` state_dict loaded with `torch.load(weights_only=True)`. Nothing is downloaded.
+
+Adding a model source is one module with a `load(cfg, base_dir) -> ModelAdapter` function (the model as
+built, on the CPU; a subclass of `ModelAdapter` where the source needs other answers) plus one record in
+`SOURCES`; `load_model` does what every source shares: the checkpoint, eval mode, the device, `model.output`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ..config import ModelConfig
+from ..errors import ReportgenError, did_you_mean
+from . import module as _module
+from . import torchscript as _torchscript
+from . import torchvision as _torchvision
+from .adapter import (TORCHSCRIPT_LIMITS, LoadedModel, ModelAdapter, describe_output, hooks_refused, pick_logits,
+                      takes_hooks)
+from .checkpoint import load_checkpoint, pickle_globals, torch_load, unwrap_state_dict
+from .labels import load_labels
+from .torchvision import preprocess_from_weights, torchvision_names, weights_cache_path
+
+Loader = Callable[[ModelConfig, "Path | None"], ModelAdapter]
+
+# `model.source` -> its loader: (config, the config file's folder) -> the adapter, model as built, on the CPU
+SOURCES: dict[str, Loader] = {
+    "torchvision": _torchvision.load,
+    "module": _module.load,
+    "torchscript": _torchscript.load,
+}
+
+__all__ = [
+    "SOURCES", "TORCHSCRIPT_LIMITS", "LoadedModel", "ModelAdapter", "describe_output", "hooks_refused",
+    "load_checkpoint", "load_labels", "load_model", "pick_logits", "pickle_globals", "preprocess_from_weights",
+    "resolve_device", "takes_hooks", "torch_load", "torchvision_names", "unwrap_state_dict", "weights_cache_path",
+]
+
+
+def resolve_device(choice: str) -> torch.device:
+    """`model.device` (auto | cpu | cuda) as a torch.device; auto takes CUDA when there is one."""
+    if choice == "cuda":
+        if not torch.cuda.is_available():
+            raise ReportgenError("`model.device` is cuda, but no CUDA device is available here."
+                                 " Use `device: auto` or `device: cpu`.")
+        return torch.device("cuda")
+    if choice == "auto" and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def load_model(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
+    """The model `cfg` names, as an adapter: built by its source's loader, the `checkpoint` loaded into it,
+    in eval mode, on the device, with `model.output` saying where its logits are. `base_dir` is the config
+    file's folder (a factory's module may sit there)."""
+    device = resolve_device(cfg.device)
+    loader = SOURCES.get(cfg.source)
+    if loader is None:
+        raise ReportgenError(f"`model.source`: `{cfg.source}` is not a model source."
+                             f"{did_you_mean(cfg.source, SOURCES)} Valid: {', '.join(SOURCES)}.")
+    adapter = loader(cfg, base_dir)
+    description = adapter.description
+    if cfg.checkpoint is not None:
+        load_checkpoint(adapter.model, cfg.checkpoint, trust=cfg.trust_checkpoint)
+        description += f", checkpoint {cfg.checkpoint.name}"
+    adapter.model.eval().to(device)
+    output = getattr(cfg, "output", None)  # `model.output`, once ModelConfig has it
+    return dataclasses.replace(adapter, device=device, description=description,
+                               output=adapter.output if output is None else output)

@@ -1,0 +1,219 @@
+"""The model adapter: what the rest of reportgen may know about a model, whatever its source.
+
+A source (torchvision, the user's factory, TorchScript, later timm or Hugging Face) builds a `ModelAdapter`;
+downstream code asks the adapter, never the source, for
+
+- the logits: `forward(x)` runs the model and `pick_logits(out)` unwraps an output that is not a tensor
+  (a tuple, a dict, a Hugging Face `ModelOutput`) into logits of shape (N, K);
+- the preprocessing: `preprocess(pre)` resolves `inputs.preprocess: from_weights` to what the source
+  prescribes, and `normalize(pre)` gives the mean/std the inputs were normalised with;
+- the labels the source knows: `categories`;
+- whether layers take forward hooks: `hooks`, and `refuse_hooks(...)` for the one message saying why not;
+- how a layer's output becomes (N, C, H, W): `layer_view(name)` (None: it already is).
+
+A source that needs other answers subclasses `ModelAdapter` and overrides the method.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import Normalize, Preprocess
+from ..errors import ReportgenError, did_you_mean
+
+Output = int | str | None  # `model.output`: an index (tuple/list) or a key (dict, attribute), None: the output itself
+
+# the one statement of what a TorchScript model cannot do, and what to do instead
+TORCHSCRIPT_LIMITS = ("which a TorchScript model does not take. Load the model from Python "
+                      "(`model.source: module`) or leave this out.")
+
+
+def takes_hooks(model: nn.Module) -> bool:
+    """Whether forward hooks can be registered on the model's layers: not on a TorchScript model."""
+    return not isinstance(model, torch.jit.ScriptModule)
+
+
+def hooks_refused(what: str, *, plural: bool = False, key: str | None = None) -> ReportgenError:
+    """The error for something that reads layers of a model that takes no hooks (TorchScript):
+    "`{key}`: {what} need(s) hooks on the model's layers, which a TorchScript model does not take. ..."."""
+    prefix = f"`{key}`: " if key else ""
+    return ReportgenError(f"{prefix}{what} need{'' if plural else 's'} hooks on the model's layers, "
+                          f"{TORCHSCRIPT_LIMITS}")
+
+
+@dataclass(frozen=True, eq=False)
+class ModelAdapter:
+    """A loaded model and what reportgen needs to know about it.
+
+    model: in eval mode, on `device`. source: the `model.source` that built it. description: one line for
+    the report header. output: `model.output` (see `pick_logits`). categories: class labels the source knows
+    (torchvision weights' meta["categories"]), in class-index order, or None. prescribed: the preprocessing
+    the source prescribes for `inputs.preprocess: from_weights` (torchvision weights' transforms), or None.
+    weights: the torchvision weights enum member, when one was loaded; kept only for callers not yet moved
+    to `preprocess`/`normalize`/`categories`.
+    """
+
+    model: nn.Module
+    device: torch.device = torch.device("cpu")
+    source: str = "module"
+    description: str = ""
+    output: Output = None
+    categories: list[str] | None = None
+    prescribed: Preprocess | None = None
+    weights: object | None = None
+
+    # ---- logits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, K) for inputs x (N, C, H, W) already on `device`: `model(x)` unwrapped by `pick_logits`."""
+        return self.pick_logits(self.model(x))
+
+    __call__ = forward
+
+    def pick_logits(self, out: object) -> torch.Tensor:
+        """The logits (N, K) inside an output `model(x)` already returned (for callers that run the model
+        themselves, with hooks). See the module function `pick_logits`."""
+        return pick_logits(out, self.output)
+
+    # ---- preprocessing
+
+    def preprocess(self, pre: Preprocess) -> Preprocess:
+        """The preprocessing to apply: for `pre.from_weights` the one the source prescribes (torchvision
+        weights: their resize, crop, interpolation, mean and std); otherwise `pre` unchanged."""
+        if not pre.from_weights:
+            return pre
+        if self.prescribed is None:
+            raise ReportgenError("`inputs.preprocess: from_weights` needs torchvision weights (`model.weights`)"
+                                 + ("." if self.source == "torchvision" else
+                                    f": a `{self.source}` model prescribes no preprocessing. Give `resize`, "
+                                    "`center_crop` and `normalize` instead."))
+        return self.prescribed
+
+    def normalize(self, pre: Preprocess) -> Normalize | None:
+        """The mean/std (one value or one per channel) the inputs are normalised with after `preprocess(pre)`,
+        or None when they are not: what an input made from scratch (activation maximisation) must match."""
+        return self.preprocess(pre).normalize
+
+    # ---- hooks and layers
+
+    @property
+    def hooks(self) -> bool:
+        """Whether forward hooks can be taken on the model's layers (False for TorchScript)."""
+        return takes_hooks(self.model)
+
+    def refuse_hooks(self, what: str, *, plural: bool = False, key: str | None = None) -> ReportgenError:
+        """The error to raise when `what` (a stage, methods) needs hooks that this model does not take."""
+        return hooks_refused(what, plural=plural, key=key)
+
+    def layer_view(self, name: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """How the output of layer `name` becomes (N, C, H, W), or None when it already is (CNNs). A source
+        whose layers give tokens (N, L, C) overrides this to fold them into a grid."""
+        return None
+
+
+LoadedModel = ModelAdapter  # the name before the adapter
+
+
+def pick_logits(out: object, output: Output = None) -> torch.Tensor:
+    """The logits (N, K) in a model's output.
+
+    output None: a tensor is the logits; an object with a `.logits` tensor (Hugging Face `ModelOutput`)
+    gives that; anything else (a tuple, a dict, ...) is an error that lists what `model.output` can pick.
+    output an int: `out[output]` of a tuple or list; a str: `out[output]` of a mapping, else the attribute
+    `out.output` (named tuples, `ModelOutput`). The result must be a tensor of shape (N, K).
+    """
+    if output is None:
+        if torch.is_tensor(out):
+            return _check_logits(out, None)
+        logits = getattr(out, "logits", None)
+        if torch.is_tensor(logits):
+            return _check_logits(logits, "logits")
+        choices = _choices(out)
+        hint = (f" Set `model.output: <index or key>` to the one that holds the logits: "
+                f"{' or '.join(f'`{c}`' for c in choices[:8])}{' or ...' if len(choices) > 8 else ''}."
+                if choices else "")
+        raise ReportgenError(f"the model returns {describe_output(out)}, not a logits tensor of shape "
+                             f"(N, num_classes).{hint}")
+    if torch.is_tensor(out):
+        raise ReportgenError(f"`model.output` is {output!r}, but the model returns a tensor "
+                             f"{list(out.shape)}: leave `model.output` out.")
+    picked = _select(out, output)
+    if not torch.is_tensor(picked):
+        raise ReportgenError(f"`model.output`: {output!r} picks {describe_output(picked)} from the model's "
+                             "output, not a logits tensor." + _also(out))
+    return _check_logits(picked, output)
+
+
+def _select(out: object, output: int | str) -> object:
+    if isinstance(output, str) and output.lstrip("-").isdigit() and isinstance(out, (tuple, list)):
+        output = int(output)  # `--set model.output=1` may arrive as text
+    if isinstance(out, (tuple, list)):
+        if isinstance(output, int) and not isinstance(output, bool) and -len(out) <= output < len(out):
+            return out[output]
+        if isinstance(output, str) and output in getattr(out, "_fields", ()):  # a named tuple
+            return getattr(out, output)
+    elif isinstance(out, Mapping):
+        if output in out:
+            return out[output]
+        to_tuple = getattr(out, "to_tuple", None)  # a Hugging Face ModelOutput also takes an index
+        if isinstance(output, int) and callable(to_tuple) and -len(out) <= output < len(out):
+            return to_tuple()[output]
+    elif isinstance(output, str) and hasattr(out, output) and not output.startswith("_"):
+        return getattr(out, output)
+    choices = _choices(out)
+    raise ReportgenError(f"`model.output`: {output!r} is not in the model's output, {describe_output(out)}."
+                         f"{did_you_mean(str(output), [str(c) for c in choices])}"
+                         + (f" Valid: {', '.join(map(str, choices))}." if choices else ""))
+
+
+def _also(out: object) -> str:
+    choices = _choices(out)
+    return f" The output is {describe_output(out)}." if choices else ""
+
+
+def _check_logits(logits: torch.Tensor, output: Output) -> torch.Tensor:
+    if logits.dim() != 2:
+        which = f"output `{output}`" if output is not None else "output"
+        raise ReportgenError(f"the model's {which} is {list(logits.shape)}; reportgen explains classifiers with "
+                             "logits of shape (N, num_classes).")
+    return logits
+
+
+def _choices(out: object) -> list[int | str]:
+    """What `model.output` can pick from `out`: indices, keys or tensor-valued attribute names."""
+    if isinstance(out, (tuple, list)):
+        return list(getattr(out, "_fields", ())) or list(range(len(out)))
+    if isinstance(out, Mapping):
+        return list(out.keys())
+    attributes = getattr(out, "__dict__", None)
+    if isinstance(attributes, dict):
+        return [k for k, v in attributes.items() if not k.startswith("_") and torch.is_tensor(v)]
+    return []
+
+
+def describe_output(out: object) -> str:
+    """A model output in words, with shapes: "a tuple of 2: [0] Tensor (1, 10), [1] Tensor (1, 8)"."""
+    if torch.is_tensor(out):
+        return f"a tensor {list(out.shape)}"
+    kind = type(out).__name__
+    if isinstance(out, (tuple, list)):
+        names = getattr(out, "_fields", None)
+        items = [f"{names[i] if names else f'[{i}]'} {_brief(v)}" for i, v in enumerate(out)]
+        return f"a {kind} of {len(out)}" + (f": {', '.join(items[:8])}{', ...' if len(items) > 8 else ''}"
+                                           if items else "")
+    if isinstance(out, Mapping):
+        items = [f"{k!r} {_brief(v)}" for k, v in out.items()]
+        return f"a {kind}" + (f" with keys {', '.join(items[:8])}{', ...' if len(items) > 8 else ''}"
+                              if items else " with no keys")
+    choices = _choices(out)
+    article = "an" if kind[:1].lower() in "aeiou" else "a"
+    if choices:
+        return f"{article} {kind} with tensors {', '.join(f'`{c}` {_brief(getattr(out, c))}' for c in choices[:8])}"
+    return "None" if out is None else f"{article} {kind}"
+
+
+def _brief(value: object) -> str:
+    return f"Tensor {tuple(value.shape)}" if torch.is_tensor(value) else type(value).__name__

@@ -1,0 +1,41 @@
+"""Class labels: the ones the model's source knows, ImageNet's, or a text file, one label a line."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import ReportgenError
+
+
+def load_labels(choice: str | None, num_classes: int,
+                categories: Sequence[str] | None = None) -> tuple[list[str] | None, str]:
+    """(labels or None, a note for the report). `choice` is `model.labels`: "imagenet", a file path, or None.
+
+    "imagenet" takes `categories`, the labels the model's source knows (`ModelAdapter.categories`), when
+    given, else torchvision's ImageNet list; labels that do not fit the model's `num_classes` outputs are
+    dropped with a note. A file must hold exactly `num_classes` labels.
+    """
+    if choice is None:
+        return None, ""
+    if categories is not None and not isinstance(categories, (list, tuple)):
+        categories = getattr(categories, "meta", {}).get("categories")  # a torchvision weights enum (old callers)
+    if choice == "imagenet":
+        if categories:
+            labels = list(categories)
+        else:
+            from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+            labels = list(_IMAGENET_CATEGORIES)
+        if len(labels) != num_classes:
+            return None, (f"ImageNet labels ({len(labels)}) do not fit the model's {num_classes} outputs; "
+                          "classes are shown by index. Set `model.labels` to a labels file.")
+        return labels, ""
+    path = Path(choice)
+    try:
+        labels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except OSError as exc:
+        raise ReportgenError(f"`model.labels`: cannot read the labels file {path}: {exc.strerror or exc}.") from None
+    if len(labels) != num_classes:
+        raise ReportgenError(f"`model.labels`: {path.name} has {len(labels)} labels, but the model has "
+                             f"{num_classes} outputs: one label a line, in class-index order.")
+    return labels, ""

@@ -1,0 +1,50 @@
+"""`model.source: module`: the user's own factory, `package.module:function`, called with `model.kwargs`.
+
+The module may sit beside the config file: the config's folder is on `sys.path` while it is imported.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+from torch import nn
+
+from ..config import ModelConfig
+from ..errors import ReportgenError, did_you_mean
+from .adapter import ModelAdapter
+from .checkpoint import first_line
+
+
+def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
+    """The nn.Module that `cfg.factory(**cfg.kwargs)` returns."""
+    module_name, _, function_name = cfg.factory.partition(":")
+    added = base_dir is not None and str(base_dir) not in sys.path
+    if added:
+        sys.path.insert(0, str(base_dir))  # the user's module may sit beside the config
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ReportgenError(f"`model.factory`: cannot import `{module_name}`: {exc}.") from None
+    except Exception as exc:  # a SyntaxError or an error raised while the user's module runs
+        raise ReportgenError(f"`model.factory`: importing `{module_name}` failed: {type(exc).__name__}: "
+                             f"{first_line(exc)}.") from None
+    finally:
+        if added:
+            sys.path.remove(str(base_dir))
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        public = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+        raise ReportgenError(f"`model.factory`: `{module_name}` has no function `{function_name}`."
+                             f"{did_you_mean(function_name, public)}")
+    try:
+        model = function(**cfg.kwargs)
+    except TypeError as exc:
+        raise ReportgenError(f"`model.kwargs`: calling {cfg.factory} failed: {exc}.") from None
+    except Exception as exc:
+        raise ReportgenError(f"`model.factory`: {cfg.factory}({', '.join(cfg.kwargs)}) raised "
+                             f"{type(exc).__name__}: {first_line(exc)}.") from None
+    if not isinstance(model, nn.Module):
+        raise ReportgenError(f"`model.factory`: {cfg.factory} returned a {type(model).__name__}, not an nn.Module.")
+    description = f"{cfg.factory}({', '.join(f'{k}={v!r}' for k, v in cfg.kwargs.items())})"
+    return ModelAdapter(model=model, source="module", description=description)

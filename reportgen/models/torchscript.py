@@ -1,0 +1,28 @@
+"""`model.source: torchscript`: a TorchScript file (`torch.jit.save`), loaded on the CPU.
+
+A TorchScript model runs, and its parameters can be read (kernels, summary), but its layers take no forward
+hooks: what reads layer outputs cannot run (`ModelAdapter.hooks` is False; see `adapter.TORCHSCRIPT_LIMITS`).
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..config import ModelConfig
+from ..errors import ReportgenError
+from .adapter import ModelAdapter
+
+
+def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
+    """The TorchScript model in `cfg.path`."""
+    if not cfg.path.is_file():
+        raise ReportgenError(f"`model.path`: the TorchScript file {cfg.path} does not exist.")
+    try:
+        with warnings.catch_warnings():  # torch's note that torch.jit.load is deprecated: not the user's to act on
+            warnings.simplefilter("ignore", FutureWarning)
+            model = torch.jit.load(str(cfg.path), map_location="cpu")
+    except Exception as exc:  # torch raises RuntimeError/ValueError for non-TorchScript files
+        raise ReportgenError(f"`model.path`: {cfg.path} is not a TorchScript model ({type(exc).__name__}).") from None
+    return ModelAdapter(model=model, source="torchscript", description=f"TorchScript {cfg.path.name}")

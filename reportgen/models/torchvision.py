@@ -1,0 +1,108 @@
+"""`model.source: torchvision`: a classification model by name, random or with weights from the local cache.
+
+Weights come only from the local torch hub cache (never downloaded) and load with `weights_only=True`;
+torchvision's own builder then gets that state dict, so it renames old keys (DenseNet) and sets what the
+weights imply (GoogLeNet's and Inception's transform_input, the class count). The weights also carry the
+preprocessing (`weights.transforms()`) and the class names (`weights.meta["categories"]`).
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from unittest import mock
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig, Normalize, Preprocess
+from ..errors import ReportgenError, did_you_mean
+from .adapter import ModelAdapter
+from .checkpoint import first_line, torch_load
+
+
+def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
+    """The torchvision model `cfg.name` built with `cfg.kwargs`, with `cfg.weights` from the local cache."""
+    import torchvision.models as tvm
+
+    names = torchvision_names()
+    if cfg.name not in names:
+        raise ReportgenError(f"`model.name`: `{cfg.name}` is not a torchvision classification model."
+                             f"{did_you_mean(cfg.name, names)} See `torchvision.models.list_models()`.")
+    kwargs = dict(cfg.kwargs)
+    call = cfg.name + (f"({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})" if kwargs else "")
+    if cfg.weights is None:
+        model = _build(cfg.name, None, kwargs)
+        return ModelAdapter(model=model, source="torchvision", description=f"torchvision {call} (random weights)")
+    enum = tvm.get_model_weights(cfg.name)
+    choices = [w.name for w in enum] + ["DEFAULT"]
+    if cfg.weights not in choices:
+        raise ReportgenError(f"`model.weights`: `{cfg.weights}` is not a weights name of {cfg.name}."
+                             f"{did_you_mean(cfg.weights, choices)} Valid: {', '.join(choices)}.")
+    weights = enum[cfg.weights] if cfg.weights != "DEFAULT" else enum.DEFAULT
+    path = weights_cache_path(weights)
+    if not path.is_file():
+        raise ReportgenError(
+            f"the weights {weights} are not in the local torch cache: expected the file {path}. reportgen never "
+            f"downloads. Copy the file there (it comes from {weights.url}), or set `model.weights: null` for "
+            "random weights, or give a `checkpoint:`."
+        )
+    state = torch_load(path, trust=False, key="model.weights", hint=f"Replace it with the file from {weights.url}.")
+    # torchvision's own builder, fed the state dict we loaded safely; nothing is fetched
+    with mock.patch.object(type(weights), "get_state_dict", lambda self, *args, **kwargs: state):
+        model = _build(cfg.name, weights, kwargs, path)
+    categories = weights.meta.get("categories")
+    return ModelAdapter(model=model, source="torchvision", description=f"torchvision {call} ({weights})",
+                        categories=list(categories) if categories else None,
+                        prescribed=preprocess_from_weights(weights), weights=weights)
+
+
+def _build(name: str, weights: object | None, kwargs: dict, path: Path | None = None) -> nn.Module:
+    """torchvision's builder, its warnings kept off the terminal (GoogLeNet's and Inception's notes about
+    their default initialisation); an error names the key to mend."""
+    import torchvision.models as tvm
+
+    shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return tvm.get_model(name, weights=weights, **kwargs)
+    except Exception as exc:
+        if kwargs and isinstance(exc, TypeError):  # an unknown keyword, a value of the wrong type
+            raise ReportgenError(f"`model.kwargs`: torchvision's {name}({shown}) failed: {first_line(exc)}.") from None
+        if kwargs and weights is not None and isinstance(exc, ValueError) and "expected value" in str(exc):
+            raise ReportgenError(f"`model.kwargs`: {first_line(exc)}: the weights {weights} fix it. Leave it out "
+                                 "of `model.kwargs`, or set `model.weights: null`.") from None
+        if kwargs and weights is not None:
+            raise ReportgenError(f"`model.kwargs`: {name}({shown}) does not fit the weights file {path} "
+                                 f"({type(exc).__name__}: {first_line(exc)}). The weights fix the architecture: "
+                                 "leave out the kwargs that change it.") from None
+        if weights is None:
+            raise ReportgenError(f"`model.{'kwargs' if kwargs else 'name'}`: torchvision's {name}({shown}) raised "
+                                 f"{type(exc).__name__}: {first_line(exc)}.") from None
+        raise ReportgenError(f"`model.weights`: the file {path} does not fit {name} "
+                             f"({type(exc).__name__}: {first_line(exc)}). Replace it with the file from "
+                             f"{weights.url}.") from None
+
+
+def preprocess_from_weights(weights: object) -> Preprocess | None:
+    """The resize/crop/interpolation/mean/std of torchvision weights' `transforms()`, or None when they
+    give no image-classification transform."""
+    try:
+        t = weights.transforms()
+        return Preprocess(resize=tuple(t.resize_size), center_crop=tuple(t.crop_size),
+                          normalize=Normalize(mean=tuple(t.mean), std=tuple(t.std)),
+                          interpolation=t.interpolation.value)
+    except (AttributeError, TypeError):
+        return None
+
+
+def torchvision_names() -> list[str]:
+    """The names of torchvision's classification models."""
+    import torchvision.models as tvm
+
+    return sorted(tvm.list_models(module=tvm))
+
+
+def weights_cache_path(weights: object) -> Path:
+    """Where torchvision would keep a weights file: <torch hub dir>/checkpoints/<file name of the URL>."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
