@@ -13,6 +13,7 @@ from .config import Config, Normalize, Preprocess, TargetSpec
 from .engine import Engine
 from .errors import ReportgenError, did_you_mean
 from .layers import LayerInfo
+from .models import ModelAdapter
 
 T = TypeVar("T")
 
@@ -36,10 +37,19 @@ class ModelInfo:
     layers: dict[str, LayerInfo]  # in named_modules() order; "" (the model itself) excluded
     description: str = ""  # one line for the report header
     notes: list[str] = field(default_factory=list)  # things the report should say (e.g. labels dropped)
-    hooks: bool = True  # whether the model takes forward hooks (a TorchScript model does not)
-    forward: Callable[[torch.Tensor], torch.Tensor] | None = None  # input -> logits (N, K); None: the model
+    adapter: ModelAdapter | None = None  # what loaded it (None: the model as it is, returning logits)
     preprocess: Preprocess | None = None  # how the inputs are prepared, resolved (from_weights: the weights')
     normalize: Normalize | None = None  # the normalisation inside it (None: pixels in [0, 1])
+
+    @property
+    def forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Input -> logits (N, K): the adapter's forward (unwraps outputs that are not a tensor)."""
+        return self.adapter.forward if self.adapter is not None else self.model
+
+    @property
+    def hooks(self) -> bool:
+        """Whether the model takes forward hooks (a TorchScript model does not)."""
+        return self.adapter.hooks if self.adapter is not None else True
 
     def layer(self, name: str) -> LayerInfo:
         if name not in self.layers:
@@ -104,7 +114,7 @@ class Context:
     @property
     def forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """Input -> logits (N, K): the adapter's forward (unwraps outputs that are not a tensor)."""
-        return self.info.forward or self.info.model
+        return self.info.forward
 
     @property
     def config(self) -> Config:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .errors import ReportgenError, did_you_mean
+from .models.adapter import hooks_refused, takes_hooks
 
 
 def get_layer(model: nn.Module, name: str) -> nn.Module:
@@ -33,10 +34,8 @@ ForwardHook = Callable[[nn.Module, tuple, Any], Any]  # (module, inputs, output)
 def forward_hooks(model: nn.Module, hooks: Sequence[tuple[str, ForwardHook]]) -> Iterator[None]:
     """Register each (layer name, forward hook) pair on the named layer for the block; every hook is
     removed on exit, also on error (an unknown layer name included: the hooks registered before it go too)."""
-    if isinstance(model, torch.jit.ScriptModule) and hooks:
-        raise ReportgenError("a TorchScript model takes no hooks, so layer outputs (feature maps, CAM, guided "
-                             "backprop) cannot be read from it: load the model from Python for those "
-                             "(`model.source: module`).")
+    if hooks and not takes_hooks(model):  # the pipeline refuses such stages first (`Stage.needs_hooks`)
+        raise hooks_refused("reading layer outputs")
     handles = []
     try:
         for name, hook in hooks:

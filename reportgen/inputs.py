@@ -77,17 +77,6 @@ class PreparedImage:
     tensor: torch.Tensor  # (C, H, W) float32, normalised
 
 
-def resolve_preprocess(pre: Preprocess, weights: object | None) -> Preprocess:
-    """`preprocess: from_weights` -> the resize/crop/normalisation of the torchvision weights' transforms."""
-    if not pre.from_weights:
-        return pre
-    if weights is None:
-        raise ReportgenError("`inputs.preprocess: from_weights` needs torchvision weights (`model.weights`).")
-    t = weights.transforms()
-    return Preprocess(resize=tuple(t.resize_size), center_crop=tuple(t.crop_size),
-                      normalize=Normalize(mean=tuple(t.mean), std=tuple(t.std)), interpolation=t.interpolation.value)
-
-
 def prepare_image(pixels: np.ndarray, pre: Preprocess, input_size: tuple[int, ...]) -> PreparedImage:
     channels, height, width = input_size
     img = Image.fromarray(pixels)

@@ -25,9 +25,9 @@ from .config import Config
 from .context import Context, ImageInput, ModelInfo
 from .engine import Engine
 from .errors import ReportgenError, StageSkipped
-from .inputs import find_images, prepare_image, read_image, resolve_preprocess, unique_names
+from .inputs import find_images, prepare_image, read_image, unique_names
 from .layers import describe_model
-from .models import load_labels, load_model
+from .models import hooks_refused, load_labels, load_model
 from .ops import batches
 from .stages import Stage, input_grad_wanted, planned
 
@@ -72,21 +72,17 @@ def figures_module(name: str):
 def prepare_model(config: Config, log: Log = _quiet) -> tuple[ModelInfo, object]:
     """Load the model, describe its layers with one forward of a zero input, read its labels."""
     loaded = load_model(config.model, base_dir=config.source.parent if config.source else None)
-    hooks = not isinstance(loaded.model, torch.jit.ScriptModule)
     example = torch.zeros((1, *config.model.input_size), device=loaded.device)
     try:
-        layers, out = describe_model(loaded.model, example, hooks=hooks)
+        layers, out = describe_model(loaded.model, example, hooks=loaded.hooks)
     except Exception as exc:
         raise ReportgenError(f"the model does not run on an input of shape {list(example.shape)} "
                              f"(`model.input_size`): {type(exc).__name__}: {exc}") from None
-    if not torch.is_tensor(out) or out.dim() != 2:
-        shape = list(out.shape) if torch.is_tensor(out) else type(out).__name__
-        raise ReportgenError(f"the model's output is {shape}; reportgen explains classifiers with logits of "
-                             "shape (N, num_classes).")
-    labels, note = load_labels(config.model.labels, out.shape[1], loaded.weights)
-    pre = resolve_preprocess(config.inputs.preprocess, loaded.weights)
-    info = ModelInfo(model=loaded.model, config=config, labels=labels, num_classes=out.shape[1], layers=layers,
-                     description=loaded.description, notes=[note] if note else [], hooks=hooks,
+    logits = loaded.pick_logits(out)  # (1, K); a clear error for outputs that hold no logits
+    labels, note = load_labels(config.model.labels, logits.shape[1], loaded.categories)
+    pre = loaded.preprocess(config.inputs.preprocess)
+    info = ModelInfo(model=loaded.model, config=config, labels=labels, num_classes=logits.shape[1], layers=layers,
+                     description=loaded.description, notes=[note] if note else [], adapter=loaded,
                      normalize=pre.normalize, preprocess=pre)
     return info, loaded
 
@@ -114,9 +110,8 @@ def _check_hooks_possible(info: ModelInfo, stage: Stage, cfg) -> None:
     hooked = stage.hooked(cfg)
     if info.hooks or not hooked:
         return
-    what = "needs" if hooked is True else f"{', '.join(hooked)} need{'s' if len(hooked) == 1 else ''}"
-    raise ReportgenError(f"`analyses.{stage.name}`: {what} hooks on the model's layers, which a TorchScript model "
-                         "does not take. Load the model from Python (`model.source: module`) or leave this out.")
+    what = f"the {stage.name} section" if hooked is True else ", ".join(hooked)
+    raise hooks_refused(what, plural=hooked is not True and len(hooked) > 1, key=f"analyses.{stage.name}")
 
 
 def load_inputs(config: Config, pre) -> tuple[list[ImageInput], torch.Tensor]:
@@ -231,9 +226,8 @@ def build(config: Config, log: Log = _quiet, detail: Log = _quiet) -> Report:
 
 
 def _logits(info: ModelInfo, batch: torch.Tensor, batch_size: int) -> torch.Tensor:
-    forward = info.forward or info.model
     with torch.no_grad():
-        return torch.cat([forward(batch[rows]).float().cpu() for rows in batches(batch.shape[0], batch_size)])
+        return torch.cat([info.forward(batch[rows]).float().cpu() for rows in batches(batch.shape[0], batch_size)])
 
 
 def _run_stage(stage: Stage, ctx: Context, done: list[StageRun], log: Log, detail: Log) -> StageRun:

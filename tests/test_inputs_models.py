@@ -68,11 +68,12 @@ def test_preprocess_matches_torchvision_transforms():
 @pytest.mark.parametrize("name", ["EfficientNet_B0_Weights", "ResNet50_Weights"])
 def test_preprocess_from_weights_is_the_weights_own_transform(name):
     """EfficientNet-B0 resizes bicubic to 256 and crops 224; ResNet-50 V2 bilinear 232 -> 224."""
-    from reportgen.inputs import resolve_preprocess
+    from reportgen.models import ModelAdapter, preprocess_from_weights
 
     weights = getattr(torchvision.models, name).DEFAULT
     pixels = np.random.default_rng(1).integers(0, 256, (300, 400, 3), dtype=np.uint8)
-    pre = resolve_preprocess(Preprocess(from_weights=True), weights)
+    adapter = ModelAdapter(model=torch.nn.Identity(), source="torchvision", prescribed=preprocess_from_weights(weights))
+    pre = adapter.preprocess(Preprocess(from_weights=True))
     assert pre.interpolation == weights.transforms().interpolation.value
     ours = prepare_image(pixels, pre, (3, 224, 224)).tensor
     torch.testing.assert_close(ours, weights.transforms()(Image.fromarray(pixels)), atol=1e-5, rtol=0)
@@ -123,7 +124,8 @@ def test_torchvision_weights_are_never_downloaded(tmp_path, monkeypatch):
         expected.parent.mkdir(parents=True)
         torch.save(torchvision.models.resnet18().state_dict(), expected)
         loaded = load_model(ModelConfig(name="resnet18", weights="IMAGENET1K_V1", device="cpu"))
-        assert loaded.weights is torchvision.models.ResNet18_Weights.IMAGENET1K_V1 and not loaded.model.training
+        assert "(ResNet18_Weights.IMAGENET1K_V1)" in loaded.description and not loaded.model.training
+        assert loaded.categories == torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
         with pytest.raises(ReportgenError, match="Did you mean `IMAGENET1K_V1`"):
             load_model(ModelConfig(name="resnet18", weights="IMAGENET1K_V2", device="cpu"))
     finally:

@@ -95,7 +95,7 @@ def test_a_module_adapter_and_what_it_knows():
     assert adapter.description == "tests.test_models:tiny(num_classes=5)"
     assert adapter.forward(torch.zeros(2, 3, 8, 8)).shape == (2, 5)
     assert adapter.hooks and adapter.layer_view("0") is None and adapter.categories is None
-    assert adapter.weights is None
+    assert adapter.prescribed is None
     pre = Preprocess(resize=(10,), normalize=Normalize(mean=(0.5,), std=(0.25,)))
     assert adapter.preprocess(pre) is pre and adapter.normalize(pre) == Normalize(mean=(0.5,), std=(0.25,))
     with pytest.raises(ReportgenError, match=r"`inputs.preprocess: from_weights` needs torchvision weights .*"

@@ -52,8 +52,6 @@ class ModelAdapter:
     the report header. output: `model.output` (see `pick_logits`). categories: class labels the source knows
     (torchvision weights' meta["categories"]), in class-index order, or None. prescribed: the preprocessing
     the source prescribes for `inputs.preprocess: from_weights` (torchvision weights' transforms), or None.
-    weights: the torchvision weights enum member, when one was loaded; kept only for callers not yet moved
-    to `preprocess`/`normalize`/`categories`.
     """
 
     model: nn.Module
@@ -63,7 +61,6 @@ class ModelAdapter:
     output: Output = None
     categories: list[str] | None = None
     prescribed: Preprocess | None = None
-    weights: object | None = None
 
     # ---- logits
 

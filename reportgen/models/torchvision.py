@@ -53,7 +53,7 @@ def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
     categories = weights.meta.get("categories")
     return ModelAdapter(model=model, source="torchvision", description=f"torchvision {call} ({weights})",
                         categories=list(categories) if categories else None,
-                        prescribed=preprocess_from_weights(weights), weights=weights)
+                        prescribed=preprocess_from_weights(weights))
 
 
 def _build(name: str, weights: object | None, kwargs: dict, path: Path | None = None) -> nn.Module:
