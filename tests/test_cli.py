@@ -26,7 +26,8 @@ def test_build_writes_report_json_and_html(project):
     result = run("build", project.write(), "--save-arrays", "-q")
     assert result.exit_code == 0, result.output
     out = project.root / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["arrays.npz", "report.html", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".reportgen-manifest.json", "arrays.npz", "report.html",
+                                                     "report.json"]
     data = json.loads((out / "report.json").read_text())
     assert set(data) >= {"title", "created", "versions", "config", "summary", "images", "stages"}
     assert set(data["versions"]) == {"reportgen", "torch", "torchvision", "python"}
