@@ -34,6 +34,10 @@ class _Progress:
             click.echo(message, err=True)
 
 
+def _stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
 def _fail(message: str, config=None) -> None:
     """Exit 2 with one message; a loaded `config` adds where the key it names is written."""
     click.echo(f"error: {config.locate(message) if config is not None else message}", err=True)
@@ -149,7 +153,7 @@ def build(config: str, out: str | None, overrides: tuple[str, ...], save_arrays:
     if verbose:  # -v shows what the libraries say, too
         warnings.filterwarnings("default", module=LIBRARY_WARNINGS)
     cfg = None
-    progress_bars.configure(not quiet and sys.stderr.isatty())
+    progress_bars.configure(not quiet and _stderr_is_terminal())  # a file or a pipe gets one line a stage
     try:
         cfg = _load(config, overrides, out, save_arrays)
         _check_out_dir(cfg)
