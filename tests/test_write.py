@@ -235,3 +235,32 @@ def test_ctrl_c_in_other_commands_exits_130(project, monkeypatch):
     monkeypatch.setattr(reportgen.pipeline, "validate", _interrupt)
     result = CliRunner().invoke(main, ["validate", str(project.write())])
     assert result.exit_code == 130 and result.stderr == "interrupted, nothing written\n"
+
+
+def test_a_real_ctrl_c_exits_130_with_one_line(project):
+    """The whole way: SIGINT to a `reportgen build` process while its model loads."""
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parent.parent
+    ready = project.root / "ready"
+    (project.root / "sleepy.py").write_text(
+        "import pathlib, time\nfrom tinynet import build as tiny\n\n"
+        f"def build():\n    pathlib.Path({str(ready)!r}).touch()\n    time.sleep(60)\n    return tiny()\n")
+    config = project.base()
+    config["model"].update(factory="sleepy:build", kwargs={})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    process = subprocess.Popen([sys.executable, "-m", "reportgen", "build", str(project.write(config))],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert err.splitlines()[-1] == "interrupted, nothing written" and "Traceback" not in err and out == ""
+    assert not (project.root / "out").exists()
