@@ -148,7 +148,8 @@ def main() -> None:
 @click.option("-v", "--verbose", is_flag=True, help="More detail on stderr (tracebacks of failed stages).")
 def build(config: str, out: str | None, overrides: tuple[str, ...], save_arrays: bool, quiet: bool,
           verbose: bool) -> None:
-    """Build the report CONFIG describes. Exit 0: built; 1: built, a stage failed; 2: bad input."""
+    """Build the report CONFIG describes. Exit 0: built; 1: built, a stage failed; 2: bad input; 130:
+    interrupted (Ctrl-C; the previous report is left as it was)."""
     progress = _Progress(quiet, verbose)
     if verbose:  # -v shows what the libraries say, too
         warnings.filterwarnings("default", module=LIBRARY_WARNINGS)
