@@ -2,13 +2,23 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import sys
 import time
+import typing
+import warnings
 from pathlib import Path
 
 import click
 
+from . import progress as progress_bars
 from .errors import ReportgenError
+
+INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT)
+# warnings raised inside these packages are about their own future or internals: nothing a user of
+# reportgen can act on (torchvision's GoogLeNet "default weight initialization" FutureWarning, say)
+LIBRARY_WARNINGS = r"(torch|torchvision)(\.|$)"
 
 
 class _Progress:
@@ -24,6 +34,10 @@ class _Progress:
             click.echo(message, err=True)
 
 
+def _stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
 def _fail(message: str, config=None) -> None:
     """Exit 2 with one message; a loaded `config` adds where the key it names is written."""
     click.echo(f"error: {config.locate(message) if config is not None else message}", err=True)
@@ -33,7 +47,7 @@ def _fail(message: str, config=None) -> None:
 def _load(config_path: str, overrides: tuple[str, ...], out: str | None = None, save_arrays: bool = False):
     from .config import load_config
 
-    config = load_config(config_path, overrides)
+    config = load_config(config_path, _paths_from_here(overrides))
     output = config.output
     if out is not None:
         output = dataclasses.replace(output, dir=Path(out).resolve())
@@ -42,11 +56,83 @@ def _load(config_path: str, overrides: tuple[str, ...], out: str | None = None, 
     return dataclasses.replace(config, output=output)
 
 
-_set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                           help="Override a config key, e.g. --set model.name=resnet50 (repeatable).")
+def _path_keys() -> set[str]:
+    """Dotted config keys that hold paths (model.checkpoint, inputs.images, output.dir, ...)."""
+    from . import config as schema
+
+    fields = schema._PATH_FIELDS | schema._PATH_TEXT_FIELDS
+    keys: set[str] = set()
+
+    def walk(tp: type, prefix: str) -> None:
+        hints = typing.get_type_hints(tp)
+        for f in dataclasses.fields(tp):
+            if (tp.__name__, f.name) in fields:
+                keys.add(prefix + f.name)
+            for sub in (hints.get(f.name), *typing.get_args(hints.get(f.name))):
+                if isinstance(sub, type) and dataclasses.is_dataclass(sub):
+                    walk(sub, f"{prefix}{f.name}.")
+
+    walk(schema.Config, "")
+    return keys
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _paths_from_here(overrides: tuple[str, ...]) -> tuple[str, ...]:
+    """A relative path given with --set resolves against the current folder, like -o (the config's folder
+    is for paths written in the file): such values are made absolute before the config reads them."""
+    import yaml
+
+    keys = _path_keys()
+
+    def absolute(value, key: str):
+        if isinstance(value, dict):
+            return {k: absolute(v, f"{key}.{k}") for k, v in value.items()}
+        if key not in keys:
+            return value
+        if isinstance(value, list):
+            return [absolute(v, key) for v in value]
+        if isinstance(value, str) and not (key == "model.labels" and value == "imagenet"):
+            path = Path(value).expanduser()
+            return value if path.is_absolute() else os.path.normpath(Path.cwd() / path)
+        return value
+
+    result = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if sep and key and raw.strip():
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError:
+                value = raw
+            changed = absolute(value, key)
+            if changed != value:
+                item = f"{key}={json.dumps(changed)}"  # JSON is YAML
+        result.append(item)
+    return tuple(result)
+
+
+_set_option = click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+    help="Override a config key, e.g. --set model.name=resnet50 (repeatable). A relative path given here "
+         "resolves against the current folder; paths written in the config file resolve against its folder.")
+
+
+class _Main(click.Group):
+    """Every command: library warnings a user cannot act on stay silent (ours show); Ctrl-C exits 130 with
+    one line instead of click's "Aborted!" (exit 1, the code of a failed stage)."""
+
+    def invoke(self, ctx: click.Context):
+        with warnings.catch_warnings():
+            for category in (UserWarning, FutureWarning, DeprecationWarning):
+                warnings.filterwarnings("ignore", category=category, module=LIBRARY_WARNINGS)
+            try:
+                return super().invoke(ctx)
+            except KeyboardInterrupt:
+                click.echo("interrupted, nothing written", err=True)
+                ctx.exit(INTERRUPTED)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="reportgen")
 def main() -> None:
     """Explain a PyTorch CNN in one self-contained HTML report."""
@@ -54,24 +140,32 @@ def main() -> None:
 
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
-@click.option("-o", "--out", "out", type=click.Path(file_okay=False), help="Output folder (overrides output.dir).")
+@click.option("-o", "--out", "out", type=click.Path(file_okay=False),
+              help="Output folder (overrides output.dir); a relative path resolves against the current folder.")
 @_set_option
 @click.option("--save-arrays", is_flag=True, help="Also write arrays.npz with the numbers behind every figure.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 @click.option("-v", "--verbose", is_flag=True, help="More detail on stderr (tracebacks of failed stages).")
 def build(config: str, out: str | None, overrides: tuple[str, ...], save_arrays: bool, quiet: bool,
           verbose: bool) -> None:
-    """Build the report CONFIG describes. Exit 0: built; 1: built, a stage failed; 2: bad input."""
+    """Build the report CONFIG describes. Exit 0: built; 1: built, a stage failed; 2: bad input; 130:
+    interrupted (Ctrl-C; the previous report is left as it was)."""
     progress = _Progress(quiet, verbose)
+    if verbose:  # -v shows what the libraries say, too
+        warnings.filterwarnings("default", module=LIBRARY_WARNINGS)
     cfg = None
+    progress_bars.configure(not quiet and _stderr_is_terminal())  # a file or a pipe gets one line a stage
     try:
         cfg = _load(config, overrides, out, save_arrays)
+        _check_out_dir(cfg)
         from .pipeline import build as run_build
 
         report = run_build(cfg, log=progress.log, detail=progress.detail)
     except ReportgenError as exc:
         _fail(str(exc), cfg)
         return
+    finally:
+        progress_bars.configure(False)
     failed = [s.name for s in report.stages if s.status == "failed"]
     if not quiet:
         size = report.size_bytes / 1e6
@@ -79,6 +173,14 @@ def build(config: str, out: str | None, overrides: tuple[str, ...], save_arrays:
         if failed:
             click.echo(f"stages failed: {', '.join(failed)} (the report says why)", err=True)
     sys.exit(report.exit_code)
+
+
+def _check_out_dir(cfg) -> None:
+    """Before anything runs: the output folder holds no file of the user's that the build would replace."""
+    from . import write
+
+    names = write.planned_files(self_contained=cfg.output.self_contained, save_arrays=cfg.output.save_arrays)
+    write.check_out_dir(cfg.output.dir, names)
 
 
 @main.command(short_help="Check a config without running any analysis.")
@@ -89,6 +191,7 @@ def validate(config: str, overrides: tuple[str, ...]) -> None:
     cfg = None
     try:
         cfg = _load(config, overrides)
+        _check_out_dir(cfg)
         from .pipeline import validate as run_validate
 
         info, warnings = run_validate(cfg)
@@ -101,12 +204,23 @@ def validate(config: str, overrides: tuple[str, ...]) -> None:
     click.echo(f"{config}: valid. Model {info.description}, {info.num_classes} classes; stages: {stages}.")
 
 
+def _input_size(value: str) -> tuple[int, int, int]:
+    """--input-size: three positive integers C,H,W (as `model.input_size` in a config)."""
+    try:
+        size = tuple(int(v) for v in value.replace(" ", "").split(","))
+    except ValueError:
+        size = ()
+    if len(size) != 3 or min(size) < 1:
+        raise click.BadParameter(f"expected three positive numbers C,H,W like 3,224,224, got `{value}`.")
+    return size
+
+
 @main.command(short_help="List a model's layer names, types and output shapes.")
 @click.argument("target")
-@click.option("--input-size", default="3,224,224", show_default=True,
-              help="C,H,W of the example input, when TARGET is not a config file.")
+@click.option("--input-size", default="3,224,224", show_default=True, callback=lambda ctx, param, value:
+              _input_size(value), help="C,H,W of the example input, when TARGET is not a config file.")
 @click.option("--all", "show_all", is_flag=True, help="Also list containers and layers that were not called.")
-def layers(target: str, input_size: str, show_all: bool) -> None:
+def layers(target: str, input_size: tuple[int, int, int], show_all: bool) -> None:
     """List layer names, types and output shapes of a model: TARGET is a CONFIG file, a torchvision model
     name, a TorchScript file (.pt, .ts) or a factory `package.module:function`.
 
@@ -117,10 +231,7 @@ def layers(target: str, input_size: str, show_all: bool) -> None:
         else:
             from .config import Config, ModelConfig
 
-            try:
-                size = tuple(int(v) for v in input_size.split(","))
-            except ValueError:
-                raise click.BadParameter("expected C,H,W like 3,224,224", param_hint="--input-size") from None
+            size = input_size
             if Path(target).is_file():
                 model = ModelConfig(source="torchscript", path=Path(target).resolve(), input_size=size, labels=None)
             elif ":" in target:
@@ -153,17 +264,22 @@ def layers(target: str, input_size: str, show_all: bool) -> None:
 
 
 @main.command()
-@click.argument("path", default="reportgen.yaml", type=click.Path(dir_okay=False))
+@click.argument("path", default="reportgen.yaml", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 def init(path: str, force: bool) -> None:
-    """Write a commented starter config (default: reportgen.yaml)."""
+    """Write a commented starter config to PATH (default: reportgen.yaml; `-`: standard output)."""
     from .config import STARTER
+
+    if path == "-":
+        click.echo(STARTER, nl=False)
+        return
+    from .write import write_atomic
 
     target = Path(path)
     if target.exists() and not force:
         _fail(f"{target} exists; use --force to overwrite it.")
     try:
-        target.write_text(STARTER, encoding="utf-8")
+        write_atomic(target, STARTER.encode("utf-8"))
     except OSError as exc:
         _fail(f"cannot write {target}: {exc.strerror or exc}")
     click.echo(f"wrote {target}; edit it, then run: reportgen build {target}")

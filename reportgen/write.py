@@ -1,14 +1,31 @@
-"""The only module (with the CLI) that touches the disk: atomic writes of the report's files."""
+"""The only module (with the CLI) that touches the disk: atomic writes of the report's files.
+
+Ownership: a build records the files it wrote in `.reportgen-manifest.json` in the output folder (relative
+POSIX paths). A later build removes only files that manifest lists and it no longer writes, and it refuses
+to overwrite a file it would write that no manifest lists (the user's own `index.html`, say). A folder an
+older reportgen wrote (no manifest) is recognised by its report.json (`"versions": {"reportgen": ...}`):
+then report.html, index.html, report.json, arrays.npz and assets/<hash>.png count as reportgen's.
+"""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
+import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
+
+from .errors import ReportgenError
+
+MANIFEST = ".reportgen-manifest.json"
+ASSET_NAME = re.compile(r"^[0-9a-f]{20}\.png$")  # render.py names assets by content hash
+LEGACY_NAMES = ("report.html", "index.html", "report.json", "arrays.npz")  # before manifests existed
 
 
 def _write_temp(path: Path, data: bytes) -> str:
@@ -31,54 +48,234 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(_write_temp(path, data), path)
 
 
+def owned_files(out_dir: Path) -> set[str]:
+    """The relative paths (POSIX) in `out_dir` that an earlier build wrote: its manifest's list, or, for a
+    folder an older reportgen wrote without a manifest, reportgen's file names beside a report.json of ours."""
+    manifest = out_dir / MANIFEST
+    if manifest.is_file():
+        try:
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+            files = data["files"]
+            if isinstance(files, list) and all(isinstance(f, str) for f in files):
+                return {f for f in files if _safe_relative(f)}
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return set()  # unreadable: nothing counts as ours (we never delete on a guess)
+    try:
+        legacy = json.loads((out_dir / "report.json").read_text(encoding="utf-8"))
+        ours = isinstance(legacy, dict) and isinstance(legacy.get("versions"), dict) \
+            and "reportgen" in legacy["versions"]
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        return set()
+    names = {name for name in LEGACY_NAMES if (out_dir / name).is_file()}
+    assets = out_dir / "assets"
+    if assets.is_dir():
+        names |= {f"assets/{p.name}" for p in assets.iterdir() if ASSET_NAME.match(p.name) and p.is_file()}
+    return names
+
+
+def _safe_relative(name: str) -> bool:
+    """A manifest entry names a file inside the output folder (a tampered manifest deletes nothing outside)."""
+    parts = Path(name).parts
+    return bool(parts) and not Path(name).is_absolute() and ".." not in parts and "\\" not in name
+
+
+def planned_files(*, self_contained: bool, save_arrays: bool) -> list[str]:
+    """The fixed file names a build writes (assets, named by content, come on top in static-site mode)."""
+    names = ["report.json", "report.html" if self_contained else "index.html"]
+    return names + (["arrays.npz"] if save_arrays else [])
+
+
+def check_out_dir(out_dir: Path, names, owned: set[str] | None = None, assets: dict[str, bytes] | None = None,
+                  key: str = "output.dir") -> None:
+    """Refuse (ReportgenError) to write into `out_dir` when a file the build would write there exists and no
+    earlier build of reportgen wrote it. Cheap: call it before the analysis runs (nothing is written)."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return
+    if owned is None:
+        owned = owned_files(out_dir)
+    for name in names:
+        path = out_dir / name
+        if name not in owned and (path.exists() or path.is_symlink()):
+            raise ReportgenError(
+                f"`{key}`: {path} exists and reportgen did not write it; a build never overwrites your files. "
+                f"Choose another folder with `-o DIR` (or `{key}`), or remove {name}.")
+    for name, data in (assets or {}).items():
+        rel = f"assets/{name}"
+        path = out_dir / rel
+        if rel not in owned and (path.exists() or path.is_symlink()) and not _same_bytes(path, data):
+            raise ReportgenError(
+                f"`{key}`: {path} exists and reportgen did not write it; a build never overwrites your files. "
+                f"Choose another folder with `-o DIR` (or `{key}`), or remove {rel}.")
+
+
+def _same_bytes(path: Path, data: bytes) -> bool:
+    try:
+        return path.is_file() and not path.is_symlink() and path.stat().st_size == len(data) \
+            and path.read_bytes() == data
+    except OSError:
+        return False
+
+
 def write_report(out_dir: Path, *, html: str, report_json: dict, arrays: dict[str, np.ndarray] | None,
                  assets: dict[str, bytes], self_contained: bool) -> dict:
     """Write report.html (or index.html + assets/), report.json and arrays.npz into `out_dir`.
 
-    Every file is first written in full under a temporary name; only then are they renamed into place,
-    the HTML last. A crash before the renames leaves the previous report as it was."""
+    Raises ReportgenError (nothing written) when one of those files exists and reportgen did not write it.
+    Every file is first written in full under a temporary name; only then are they renamed into place, the
+    HTML last. Any error or KeyboardInterrupt before the last rename undoes the renames already made: the
+    previous report is left as it was, and no temporary file stays behind. Then what the previous build
+    wrote and this one does not is removed (only files the previous manifest lists), and the manifest
+    is rewritten."""
+    out_dir = Path(out_dir)
+    owned = owned_files(out_dir)
+    names = planned_files(self_contained=self_contained, save_arrays=arrays is not None)
+    check_out_dir(out_dir, names, owned, assets)
+    made = [d for d in (out_dir, *out_dir.parents) if not d.exists()]  # removed again if the write fails
+    if assets and (out_dir / "assets") not in made and not (out_dir / "assets").exists():
+        made.insert(0, out_dir / "assets")
+    try:
+        result = _write_report(out_dir, owned, html=html, report_json=report_json, arrays=arrays, assets=assets,
+                               self_contained=self_contained)
+    except BaseException:
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty
+        raise
+    return result
+
+
+def _write_report(out_dir: Path, owned: set[str], *, html, report_json, arrays, assets, self_contained) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
-    files: list[tuple[Path, bytes]] = []
+    files: list[tuple[str, bytes]] = []
     if arrays is not None:
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
-        files.append((out_dir / "arrays.npz", buffer.getvalue()))
-    json_path = out_dir / "report.json"
-    files.append((json_path, json.dumps(report_json, indent=2, ensure_ascii=False).encode("utf-8")))
+        files.append(("arrays.npz", buffer.getvalue()))
+    files.append(("report.json", json.dumps(report_json, indent=2, ensure_ascii=False).encode("utf-8")))
     if assets:
         (out_dir / "assets").mkdir(exist_ok=True)
-        # names are content hashes: an existing file is already the same file
-        files += [(out_dir / "assets" / name, data) for name, data in assets.items()
-                  if not (out_dir / "assets" / name).exists()]
-    html_path = out_dir / ("report.html" if self_contained else "index.html")
-    files.append((html_path, html.encode("utf-8")))
+    # names are content hashes: a file already there with these bytes is already the same file
+    new_assets = [name for name, data in assets.items() if not _same_bytes(out_dir / "assets" / name, data)]
+    files += [(f"assets/{name}", assets[name]) for name in new_assets]
+    html_name = "report.html" if self_contained else "index.html"
+    html_bytes = html.encode("utf-8")
+    files.append((html_name, html_bytes))
+    # ours: what this build writes, and the assets an earlier build wrote with the same bytes (an identical
+    # copy the user put there stays the user's: it is neither claimed nor ever removed)
+    written = {name for name, _ in files} | {f"assets/{name}" for name in assets if f"assets/{name}" in owned}
+
+    # while the files move into place, the manifest lists both the old and the new files: a crash at any
+    # point leaves every file of ours listed (a listed file that does not exist is harmless)
+    files.insert(0, (MANIFEST, _manifest(owned | written)))
     pending: list[tuple[str, Path]] = []
     try:
-        for path, data in files:
-            pending.append((_write_temp(path, data), path))
+        for name, data in files:
+            pending.append((_write_temp(out_dir / name, data), out_dir / name))
     except BaseException:
         for tmp, _ in pending:
-            os.unlink(tmp)
+            _unlink(tmp)
         raise
-    for tmp, path in pending:
-        os.replace(tmp, path)
-    _remove_stale(out_dir, keep={path for path, _ in files} | {out_dir / "assets" / name for name in assets})
-    size = len(files[-1][1]) + sum(len(data) for data in assets.values())  # what a reader downloads
-    return {"html": html_path, "json": json_path, "size": size}
+    _commit(pending)
+    with _interrupts_deferred():  # the new report is in place: tidying up is not interrupted
+        _remove_stale(out_dir, owned - written)
+        write_atomic(out_dir / MANIFEST, _manifest(written))
+    size = len(html_bytes) + sum(len(data) for data in assets.values())  # what a reader downloads
+    return {"html": out_dir / html_name, "json": out_dir / "report.json", "size": size,
+            "files": sorted(written)}
 
 
-ASSET_NAME = re.compile(r"^[0-9a-f]{20}\.png$")  # render.py names assets by content hash
+def _manifest(files: set[str]) -> bytes:
+    from . import __version__
+
+    return json.dumps({"reportgen": __version__, "files": sorted(files)}, indent=1).encode("utf-8")
 
 
-def _remove_stale(out_dir: Path, keep: set[Path]) -> None:
-    """Once the new report is in place, remove what an earlier build wrote and this one did not: the other
-    output mode's HTML, an old arrays.npz, assets no page refers to. Only reportgen's own file names."""
-    ours = [out_dir / "report.html", out_dir / "index.html", out_dir / "arrays.npz"]
+def _commit(pending: list[tuple[str, Path]]) -> None:
+    """Rename every temporary file into place, or (on any error or interrupt) none: the files replaced so
+    far are put back from hard-linked (or copied) backups and the new ones removed."""
+    backups: dict[Path, str | None] = {}
+    done: list[Path] = []
+    try:
+        for _, path in pending:
+            backups[path] = _backup(path)
+        for tmp, path in pending:
+            os.replace(tmp, path)
+            done.append(path)
+    except BaseException:
+        with _interrupts_deferred():
+            for path in reversed(done):
+                backup = backups.get(path)
+                if backup is not None:
+                    os.replace(backup, path)
+                    backups[path] = None
+                else:
+                    _unlink(path)
+            for tmp, path in pending:
+                if path not in done:
+                    _unlink(tmp)
+            for backup in backups.values():
+                if backup is not None:
+                    _unlink(backup)
+        raise
+    for backup in backups.values():
+        if backup is not None:
+            _unlink(backup)
+
+
+def _backup(path: Path) -> str | None:
+    """A second name for the file now at `path` (None when there is none), to put it back if need be."""
+    if not path.is_file() or path.is_symlink():
+        return None
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        os.unlink(tmp)
+        try:
+            os.link(path, tmp)
+        except OSError:  # no hard links here: a copy
+            shutil.copy2(path, tmp)
+    except BaseException:
+        _unlink(tmp)
+        raise
+    return tmp
+
+
+def _unlink(path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Ignore Ctrl-C (SIGINT) for the few file operations that must not stop half-way: putting the previous
+    report back, and tidying up once the new one is in place (the build is done; it says so)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach the main thread only
+        return
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except (ValueError, OSError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
+
+def _remove_stale(out_dir: Path, stale: set[str]) -> None:
+    """Remove what the previous build wrote and this one did not (the other output mode's HTML, an old
+    arrays.npz, assets the page no longer uses). Only files a manifest lists: never a file of the user's."""
+    for name in sorted(stale):
+        if not _safe_relative(name):
+            continue
+        path = out_dir / name
+        if path.is_file() and not path.is_symlink():
+            _unlink(path)
     assets = out_dir / "assets"
-    if assets.is_dir():
-        ours += [path for path in assets.iterdir() if ASSET_NAME.match(path.name)]
-    for path in ours:
-        if path not in keep and path.is_file():
-            path.unlink()
     if assets.is_dir() and not any(assets.iterdir()):
         assets.rmdir()

@@ -26,7 +26,8 @@ def test_build_writes_report_json_and_html(project):
     result = run("build", project.write(), "--save-arrays", "-q")
     assert result.exit_code == 0, result.output
     out = project.root / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["arrays.npz", "report.html", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".reportgen-manifest.json", "arrays.npz", "report.html",
+                                                     "report.json"]
     data = json.loads((out / "report.json").read_text())
     assert set(data) >= {"title", "created", "versions", "config", "summary", "images", "stages"}
     assert set(data["versions"]) == {"reportgen", "torch", "torchvision", "python"}
@@ -290,3 +291,70 @@ def test_a_torchscript_model_builds_what_needs_no_hooks_and_says_what_does(proje
     del config["analyses"]["feature_maps"]
     refused = CliRunner().invoke(main, ["validate", str(project.write(config))])
     assert "`analyses.gradients` (config.yaml, line" in refused.stderr and "guided_backprop needs hooks" in refused.stderr
+
+
+def test_init_dash_writes_to_standard_output(tmp_path, monkeypatch):
+    from reportgen.config import STARTER
+
+    monkeypatch.chdir(tmp_path)
+    result = run("init", "-")
+    assert result.exit_code == 0 and result.stdout == STARTER
+    assert list(tmp_path.iterdir()) == []
+    yaml.safe_load(result.stdout)
+
+
+@pytest.mark.parametrize("size", ["64,64", "1,3,64,64", "3,0,64", "3,x,64", ""])
+def test_layers_input_size_takes_exactly_c_h_w(size):
+    result = CliRunner().invoke(main, ["layers", "resnet18", "--input-size", size])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--input-size'" in result.stderr and "C,H,W" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_set_and_out_paths_resolve_against_the_current_folder(project, tmp_path_factory, monkeypatch):
+    help_text = " ".join(run("build", "--help").output.split())
+    assert "(overrides output.dir); a relative path resolves against the current folder" in help_text
+    assert "A relative path given here resolves against the current folder; paths written in the config " \
+           "file resolve against its folder" in help_text
+    assert "resolves against the current folder" in " ".join(run("validate", "--help").output.split())
+    here = tmp_path_factory.mktemp("here")
+    (here / "pics").mkdir()
+    make_image(here / "pics" / "elsewhere.png", seed=5)
+    monkeypatch.chdir(here)
+    config = project.write()
+    result = run("build", config, "--set", "inputs.images=[pics/]", "-o", "site", "-q")
+    assert result.exit_code == 0, result.output
+    data = json.loads((here / "site" / "report.json").read_text())
+    assert [i["name"] for i in data["images"]] == ["elsewhere"]
+    assert run("build", config, "--set", "output={dir: out2}", "-q").exit_code == 0  # inside a mapping too
+    assert (here / "out2" / "report.json").is_file()
+    assert run("build", config, "-q").exit_code == 0  # written in the file: the config's folder
+    assert (project.root / "out" / "report.json").is_file()
+
+
+def test_library_warnings_are_silenced_ours_are_not(project, monkeypatch):
+    """torchvision's GoogLeNet FutureWarning (default weight initialization) is nothing a user can act on."""
+    import warnings
+
+    import torchvision
+
+    with warnings.catch_warnings(record=True) as seen:  # the control: the warning is there to silence
+        warnings.simplefilter("always")
+        torchvision.models.googlenet(weights=None, aux_logits=False, num_classes=4)
+    assert any("default weight initialization" in str(w.message) for w in seen)
+    with warnings.catch_warnings(record=True) as seen:  # what is recorded here is what a terminal shows
+        warnings.simplefilter("always")
+        result = CliRunner().invoke(main, ["layers", "googlenet", "--input-size", "3,64,64"])
+    assert result.exit_code == 0, result.output
+    assert "inception5b" in result.output
+    assert "default weight initialization" not in result.output
+    assert not [w for w in seen if "default weight initialization" in str(w.message)], [str(w.message) for w in seen]
+    (project.root / "warner.py").write_text(
+        "import warnings\nfrom tinynet import build as tiny\n\n"
+        "def build():\n    warnings.warn('a warning of the user\\'s own', UserWarning)\n    return tiny()\n")
+    monkeypatch.chdir(project.root)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        result = CliRunner().invoke(main, ["layers", "warner:build", "--input-size", "3,16,16"])
+    assert result.exit_code == 0, result.output
+    assert [str(w.message) for w in seen] == ["a warning of the user's own"]

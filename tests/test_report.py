@@ -67,7 +67,8 @@ def test_a_crash_while_writing_keeps_the_previous_report(project, monkeypatch):
 
 
 def test_a_rebuild_removes_what_it_no_longer_writes(project):
-    """Arrays from an earlier --save-arrays build, the other output mode's page and unreferenced assets go."""
+    """Arrays from an earlier --save-arrays build, the other output mode's page and unreferenced assets go;
+    files the user put there stay, even when they are named like reportgen's."""
     out = project.root / "out"
     assert build(project.write(), "--save-arrays").exit_code == 0
     assert (out / "arrays.npz").is_file()
@@ -79,10 +80,11 @@ def test_a_rebuild_removes_what_it_no_longer_writes(project):
     assert not (out / "report.html").exists() and not (out / "arrays.npz").exists()
     assert assets and all(f"assets/{name}" in page for name in assets)  # every asset left is one the page uses
     (out / "assets" / "notes.txt").write_text("the user's own file")
-    (out / "assets" / ("0" * 20 + ".png")).write_bytes(b"an old asset")
+    (out / "assets" / ("0" * 20 + ".png")).write_bytes(b"the user's picture, named like an asset")
     assert build(project.write()).exit_code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["assets", "report.html", "report.json"]
-    assert [p.name for p in (out / "assets").iterdir()] == ["notes.txt"]  # only reportgen's own names go
+    assert sorted(p.name for p in out.iterdir()) == [write.MANIFEST, "assets", "report.html", "report.json"]
+    assert sorted(p.name for p in (out / "assets").iterdir()) == ["0" * 20 + ".png", "notes.txt"]
+    assert json.loads((out / write.MANIFEST).read_text())["files"] == ["report.html", "report.json"]
 
 
 def test_write_atomic_leaves_no_temp_file_on_error(tmp_path):
