@@ -157,7 +157,6 @@ def build(config: str, out: str | None, overrides: tuple[str, ...], save_arrays:
     progress_bars.configure(not quiet and _stderr_is_terminal())  # a file or a pipe gets one line a stage
     try:
         cfg = _load(config, overrides, out, save_arrays)
-        _check_out_dir(cfg)
         from .pipeline import build as run_build
 
         report = run_build(cfg, log=progress.log, detail=progress.detail)
@@ -175,14 +174,6 @@ def build(config: str, out: str | None, overrides: tuple[str, ...], save_arrays:
     sys.exit(report.exit_code)
 
 
-def _check_out_dir(cfg) -> None:
-    """Before anything runs: the output folder holds no file of the user's that the build would replace."""
-    from . import write
-
-    names = write.planned_files(self_contained=cfg.output.self_contained, save_arrays=cfg.output.save_arrays)
-    write.check_out_dir(cfg.output.dir, names)
-
-
 @main.command(short_help="Check a config without running any analysis.")
 @click.argument("config", type=click.Path(dir_okay=False))
 @_set_option
@@ -191,7 +182,6 @@ def validate(config: str, overrides: tuple[str, ...]) -> None:
     cfg = None
     try:
         cfg = _load(config, overrides)
-        _check_out_dir(cfg)
         from .pipeline import validate as run_validate
 
         info, warnings = run_validate(cfg)

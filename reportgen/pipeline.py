@@ -170,7 +170,13 @@ def check_output_dir(out_dir: Path, key: str = "output.dir") -> None:
 
 
 def check_outputs(config: Config) -> None:
+    """Before anything runs: the output folders can be written, and `output.dir` holds no file of the user's
+    that the build would replace (only what an earlier build recorded in its manifest is ours to replace)."""
+    from . import write
+
     check_output_dir(config.output.dir)
+    write.check_out_dir(config.output.dir, write.planned_files(self_contained=config.output.self_contained,
+                                                               save_arrays=config.output.save_arrays))
     if config.output.tensorboard is not None:
         if importlib.util.find_spec("tensorboard") is None:
             raise ReportgenError("`output.tensorboard` needs the tensorboard package: "

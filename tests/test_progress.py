@@ -1,4 +1,6 @@
 """Progress bars: off by default (the Python API prints nothing), tqdm on stderr when the CLI turns them on."""
+import dataclasses
+
 import pytest
 from click.testing import CliRunner
 
@@ -49,7 +51,7 @@ def test_a_bar_is_closed_on_an_error(capsys):
 def _stage_sees_progress(monkeypatch):
     import reportgen.stages.summary as summary
 
-    real, states = summary.run, []
+    real, states = summary.SPEC.run, []
 
     def run(ctx, cfg):
         states.append(progress.enabled())
@@ -57,7 +59,7 @@ def _stage_sees_progress(monkeypatch):
             pass
         return real(ctx, cfg)
 
-    monkeypatch.setattr(summary, "run", run)
+    monkeypatch.setattr(summary, "SPEC", dataclasses.replace(summary.SPEC, run=run))
     return states
 
 

@@ -1,5 +1,6 @@
 """Writing the report: ownership (a build deletes and replaces only what reportgen wrote), interrupts and
 crashes (the previous report survives, no temporary file stays behind)."""
+import dataclasses
 import json
 import os
 import signal
@@ -213,7 +214,8 @@ def test_ctrl_c_during_a_build_exits_130_and_keeps_the_previous_report(project, 
     if where == "pipeline":
         monkeypatch.setattr(reportgen.pipeline, "build", _interrupt)
     elif where == "stage":
-        monkeypatch.setattr(reportgen.stages.summary, "run", _interrupt)
+        monkeypatch.setattr(reportgen.stages.summary, "SPEC",
+                            dataclasses.replace(reportgen.stages.summary.SPEC, run=_interrupt))
     else:
         _fail_on_call(monkeypatch, os, "replace", 2, KeyboardInterrupt())
     config = project.base()
