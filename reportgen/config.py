@@ -885,11 +885,14 @@ model:
   input_size: [3, 224, 224]
   labels: imagenet               # imagenet | path to a text file, one label a line | null
   device: auto                   # auto | cpu | cuda
+  # output: logits               # a tuple / dict output: the element holding the logits (0, logits, ...)
 
 inputs:
   images: [images/]              # files, folders, globs
   preprocess: {resize: 256, center_crop: 224, normalize: imagenet}
   top_k: 5
+  alpha: drop                    # transparent images: drop (as torchvision's loader) | white | black
+  # max_value: 4095              # 16-bit images holding 12-bit data (default: 65535)
 
 analyses:                        # each key present = that stage runs
   summary: {depth: 3}
