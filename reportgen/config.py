@@ -103,10 +103,17 @@ class Rules:
     null_means_default: bool = False
     yaml: str | None = None
 
-    def bounds_text(self) -> str:
+    def bounds_text(self, value: float | None = None) -> str:
+        """"between 0 and 1", "in [0, 100)", "positive", "at least 1", ...; with a huge upper bound, the side
+        `value` breaks."""
+        if value is not None and not (self.le is None and self.lt is None):
+            hi = self.le if self.le is not None else self.lt
+            if abs(hi) >= 2**31:
+                broken_high = value > hi if self.le is not None else value >= hi
+                return (Rules(le=self.le, lt=self.lt) if broken_high else Rules(ge=self.ge, gt=self.gt)).bounds_text()
         lo = self.ge if self.ge is not None else self.gt
         hi = self.le if self.le is not None else self.lt
-        if lo is not None and hi is not None:
+        if lo is not None and hi is not None and abs(hi) < 2**31:
             if self.ge is not None and self.le is not None:
                 return f"between {_num(lo)} and {_num(hi)}"
             return f"in {'[' if self.ge is not None else '('}{_num(lo)}, {_num(hi)}{']' if self.le is not None else ')'}"
@@ -130,6 +137,15 @@ class Rules:
 
 
 _NO_RULES = Rules()
+
+
+@dataclass(frozen=True)
+class Shorthand:
+    """What a `_from_yaml` returns when the YAML value stands for one field (`targets: [3, cat]` is
+    `classes`): that field is converted with its rules, and errors name the key as written."""
+
+    field: str
+    value: Any
 
 
 def setting(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **rules: Any) -> Any:
@@ -207,7 +223,7 @@ class TargetSpec:
             value = [value]
         if (isinstance(value, list) and value
                 and all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in value)):
-            return {"classes": value}
+            return Shorthand("classes", value)
         raise ctx.error(path, f"{cls._EXPECTED}{value!r}.")
 
     def _validate(self, err: Callable[[str, str], None]) -> TargetSpec:
@@ -263,7 +279,7 @@ class Preprocess:
     resize: tuple[int, ...] | None = setting(None, **_SIZE)
     center_crop: tuple[int, ...] | None = setting(None, **_SIZE)
     normalize: Normalize | None = field(default_factory=Normalize)
-    from_weights: bool = False
+    from_weights: bool = setting(False, yaml="")  # set by the shorthand `preprocess: from_weights`
     interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"  # of `resize` (from_weights: theirs)
 
     @classmethod
@@ -463,7 +479,7 @@ def _plain(value: Any, base: Path | None = None, patterns: bool = False) -> Any:
     """Dataclasses, tuples and paths as JSON-able data; paths relative to `base` when one is given."""
     if dataclasses.is_dataclass(value):
         return {f.name: _plain(getattr(value, f.name), base, rules_of(f).kind in ("patterns", "path_text"))
-                for f in yaml_fields(type(value)).values()}
+                for f in dataclasses.fields(value) if not (isinstance(value, Config) and f.name in ("source", "lines"))}
     if isinstance(value, (tuple, list)):
         return [_plain(v, base, patterns) for v in value]
     if isinstance(value, dict):
@@ -576,8 +592,9 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Confi
 def _read_yaml(text: str, origin: str) -> tuple[yaml.Node | None, Any]:
     """(node, data) of one YAML document with yaml's safe loader; a document that expands (through aliases)
     to more than MAX_NODES values or nests deeper than MAX_DEPTH is refused before it is built."""
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)
         node = loader.get_single_node()
         if node is None:
             return None, None
@@ -597,7 +614,8 @@ def _read_yaml(text: str, origin: str) -> tuple[yaml.Node | None, Any]:
     except (ValueError, OverflowError, TypeError) as exc:  # e.g. an integer of more digits than Python converts
         raise ConfigError(f"{origin} holds a value YAML cannot convert: {_clean(exc)}.") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _check_expansion(root: yaml.Node, origin: str) -> None:
@@ -804,9 +822,12 @@ def _resolve(value: str | Path, path: tuple, ctx: _Ctx) -> Path:
 
 def _convert_dataclass(value: Any, tp: type, path: tuple, ctx: _Ctx) -> Any:
     shorthand = getattr(tp, "_from_yaml", None)
+    inline = None
     if shorthand is not None:
         value = shorthand(value, path, ctx)
-        if not isinstance(value, dict):
+        if isinstance(value, Shorthand):
+            inline, value = value.field, {value.field: value.value}
+        elif not isinstance(value, dict):
             return value  # a shorthand that stands for a whole value (or None)
     if value is None:
         value = {}
@@ -816,7 +837,7 @@ def _convert_dataclass(value: Any, tp: type, path: tuple, ctx: _Ctx) -> Any:
     fields = yaml_fields(tp)
     kwargs = {}
     for key, raw in value.items():
-        sub = path + (key if isinstance(key, str) else str(key),)
+        sub = path if key == inline else path + (key if isinstance(key, str) else str(key),)
         f = fields.get(key) if isinstance(key, str) else None
         if f is None:
             names = list(fields)
@@ -854,7 +875,7 @@ def _convert_field(raw: Any, tp: Any, rules: Rules, path: tuple, ctx: _Ctx) -> A
         for i, v in enumerate(items):
             if isinstance(v, (int, float)) and not isinstance(v, bool) and not rules.in_bounds(v):
                 where = path + (i,) if isinstance(value, tuple) else path
-                raise ctx.error(where, f"must be {rules.bounds_text()}, got {v}.")
+                raise ctx.error(where, f"must be {rules.bounds_text(v)}, got {v}.")
     if rules.methods is not None:
         value = canonical_methods(value, rules.methods, path, ctx)
     if rules.pattern is not None and isinstance(value, str) and not re.fullmatch(rules.pattern, value):
