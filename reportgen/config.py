@@ -547,24 +547,29 @@ class _Lines:
         return f" ({self.origin}, line {line})" if line else f" ({self.origin})"
 
     def overridden_below(self, path: tuple, message: str) -> tuple | None:
-        """The --set key under section `path` whose value `message` quotes (a later --set wins), or None."""
+        """The full key, below section `path`, of a --set value that `message` quotes (a later --set wins):
+        `--set analyses.cam.targets=[Cat]` and "`analyses.cam`: class `Cat` ..." give analyses.cam.targets."""
         for key, value in reversed(list(self.override_values.items())):
-            if len(key) <= len(path) or key[: len(path)] != path:
+            if key[: len(path)] != path and path[: len(key)] != key:
                 continue
-            if any(re.search(rf"(?<![\w.-]){re.escape(text)}(?![\w-])", message) for text in _scalars(value)):
-                return key
+            for sub, text in _scalars(value):
+                full = key + sub
+                if (len(full) > len(path) and full[: len(path)] == path
+                        and re.search(rf"(?<![\w.-]){re.escape(text)}(?![\w-])", message)):
+                    return full
         return None
 
 
-def _scalars(value: Any) -> list[str]:
-    """The scalar texts inside an override value (strings and numbers, not true/false/null)."""
+def _scalars(value: Any, sub: tuple = ()) -> list[tuple[tuple, str]]:
+    """(key path inside the value, text) of the scalars in an override value: strings and numbers, not
+    true / false / null; list items count for the list's key."""
     if isinstance(value, dict):
-        return [t for v in value.values() for t in _scalars(v)]
+        return [t for k, v in value.items() for t in _scalars(v, sub + (str(k),))]
     if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _scalars(v)]
+        return [t for v in value for t in _scalars(v, sub)]
     if value is None or isinstance(value, bool) or str(value).strip() == "":
         return []
-    return [str(value)]
+    return [(sub, str(value))]
 
 
 def _dotted(path: tuple) -> str:

@@ -201,7 +201,7 @@ def test_an_alias_bomb_is_refused_at_once(tmp_path):
     ("model: {name: r}\n\ttitle: x", "not valid YAML"),
     ("model: {name: r}\ntitle: \x07", "not valid YAML"),
     ("model: {name: r}\n---\nmodel: {name: s}", "not valid YAML"),
-])
+], ids=["recursive alias", "200 deep", "5000 deep", "5000 digits", "tab", "control character", "two documents"])
 def test_odd_yaml_is_one_clear_error(text, expected):
     assert expected in error(text)
 
@@ -227,6 +227,9 @@ def test_a_set_value_error_names_the_full_key_and_from_set():
     assert config.locate("`analyses.cam`: class index 7 is outside the model's 3 outputs") == \
            "`analyses.cam.targets` (from --set): class index 7 is outside the model's 3 outputs"
     assert "`analyses.cam.targets[0]` (from --set): must be at least 0" in error(text, ["analyses.cam.targets=[-3]"])
+    config = parse(text, overrides=["analyses.cam={methods: [gradcam], targets: [Cat]}"])
+    assert config.locate("`analyses.cam`: class `Cat` is not in the label list.") == \
+           "`analyses.cam.targets` (from --set): class `Cat` is not in the label list."
 
 
 def test_set_error_end_to_end(project):
