@@ -116,7 +116,8 @@ class Rules:
         if lo is not None and hi is not None and abs(hi) < 2**31:
             if self.ge is not None and self.le is not None:
                 return f"between {_num(lo)} and {_num(hi)}"
-            return f"in {'[' if self.ge is not None else '('}{_num(lo)}, {_num(hi)}{']' if self.le is not None else ')'}"
+            opening, closing = "[" if self.ge is not None else "(", "]" if self.le is not None else ")"
+            return f"in {opening}{_num(lo)}, {_num(hi)}{closing}"
         if self.gt == 0:
             return "positive"
         if self.gt is not None:
@@ -299,15 +300,6 @@ class Preprocess:
         return self
 
 
-def _check_factory_fields(model: ModelConfig, err: Callable[[str, str], None]) -> None:
-    if model.source == "torchvision" and not model.name:
-        err("name", "source `torchvision` needs a model name (like resnet18).")
-    if model.source == "module" and not model.factory:
-        err("factory", 'source `module` needs `factory: "package.module:function"`.')
-    if model.source == "torchscript" and model.path is None:
-        err("path", "source `torchscript` needs `path:` to the saved model.")
-
-
 @dataclass(frozen=True)
 class ModelConfig:
     source: Literal["torchvision", "module", "torchscript"] = "torchvision"
@@ -326,9 +318,15 @@ class ModelConfig:
     output: int | str | None = None  # which element of a tuple / dict output holds the logits; None: the output
 
     def _validate(self, err: Callable[[str, str], None]) -> None:
-        _check_factory_fields(self, err)
-        if any(not isinstance(k, str) for k in self.kwargs):
-            err("kwargs", f"keyword names must be strings, got {[k for k in self.kwargs if not isinstance(k, str)][0]!r}.")
+        if self.source == "torchvision" and not self.name:
+            err("name", "source `torchvision` needs a model name (like resnet18).")
+        if self.source == "module" and not self.factory:
+            err("factory", 'source `module` needs `factory: "package.module:function"`.')
+        if self.source == "torchscript" and self.path is None:
+            err("path", "source `torchscript` needs `path:` to the saved model.")
+        for key in self.kwargs:
+            if not isinstance(key, str):
+                err("kwargs", f"keyword names must be strings, got {key!r}.")
 
 
 @dataclass(frozen=True)
@@ -798,7 +796,8 @@ def _convert(value: Any, tp: Any, path: tuple, ctx: _Ctx) -> Any:
         except OverflowError:
             number = math.inf
         if not math.isfinite(number):
-            raise ctx.error(path, f"expected a finite number, got {'a huge integer' if isinstance(value, int) else value}.")
+            shown = "a huge integer" if isinstance(value, int) else value
+            raise ctx.error(path, f"expected a finite number, got {shown}.")
         return number
     if tp is str:
         if isinstance(value, (dict, list, set)) or value is None:
