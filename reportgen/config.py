@@ -1,15 +1,21 @@
 """The YAML config: parsed with `yaml.safe_load`, validated into frozen dataclasses.
 
-Every error names the key path, its line in the file and, for a misspelled key or value,
+The schema validates itself: each dataclass field carries its rules (`setting(...)`: ranges, list lengths,
+path handling, method families, patterns), and shorthand YAML forms (`targets: top1`, `normalize: imagenet`,
+`preprocess: from_weights`) live beside their class as `_from_yaml`; cross-field rules are a class's small
+`_validate` hook. Unknown keys, wrong types, out-of-range values and "Did you mean" hints all derive from it.
+Every error names the key path, its line in the file (or "from --set") and, for a misspelled key or value,
 the closest valid spelling. No torch import here: `reportgen validate` and `--help` stay fast.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -18,7 +24,7 @@ import yaml
 
 from .errors import ConfigError, did_you_mean
 
-# ---------------------------------------------------------------------------- schema
+# ---------------------------------------------------------------------------- method ids
 
 CAM_METHODS = (
     "cam", "gradcam", "gradcampp", "xgradcam", "layercam", "hirescam",
@@ -45,43 +51,253 @@ METHOD_ALIASES = {_alias_key(m): m for m in CAM_METHODS + GRADIENT_METHODS} | {
     "vanillagradient": "saliency",
     "noisetunnel": "smoothgrad",
 }
+_METHOD_FAMILIES = {"cam": CAM_METHODS, "gradients": GRADIENT_METHODS}
+
+
+def canonical_methods(names: typing.Sequence[str], family: str, path: tuple, ctx: _Ctx) -> tuple[str, ...]:
+    """The canonical ids of method `names` of `family` ("cam" or "gradients"), in order, without repeats.
+    Case, spaces, `-`, `_` and `++` are forgiven, aliases accepted; an unknown name or an empty list raises
+    ConfigError at `path` (the methods key). The one place method names are checked."""
+    allowed = _METHOD_FAMILIES[family]
+    methods: list[str] = []
+    for i, name in enumerate(names):
+        canonical = METHOD_ALIASES.get(_alias_key(str(name)))
+        if canonical not in allowed:
+            raise ctx.error(path + (i,), f"unknown method `{_clean(name)}`.{did_you_mean(name, allowed)}"
+                            f" Methods: {', '.join(allowed)}.")
+        if canonical not in methods:
+            methods.append(canonical)
+    if not methods:
+        raise ctx.error(path, "needs at least one method.")
+    return tuple(methods)
+
+
+# ---------------------------------------------------------------------------- field rules
+
+INT_LIMIT = 2**63 - 1  # no integer setting may exceed a 64-bit integer
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What a field accepts beyond its type. Numbers (or each number of a list) must satisfy the bounds;
+    `kind`: "path" (resolved against the config's folder; --set values: the current folder), "patterns"
+    (a path, folder or glob, or a list of them, resolved likewise), "path_text" (a string that is a path
+    unless it is one of `keep`); `lengths`: allowed list lengths, described as `shape`; `methods`: a method
+    family, names canonicalised by `canonical_methods`; `pattern`: a regular expression a string must match
+    fully, described as `pattern_text`; `check`: value -> error message or None; `null_means_default`: a
+    null value means the type's defaults (`summary:` runs the stage); `yaml`: the YAML key when it differs
+    from the field name ("" = not a YAML key)."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    kind: Literal["path", "patterns", "path_text"] | None = None
+    keep: tuple = ()
+    lengths: tuple[int, ...] = ()
+    shape: str = ""
+    methods: str | None = None
+    pattern: str | None = None
+    pattern_text: str = ""
+    check: Callable[[Any], str | None] | None = None
+    null_means_default: bool = False
+    yaml: str | None = None
+
+    def bounds_text(self, value: float | None = None) -> str:
+        """"between 0 and 1", "in [0, 100)", "positive", "at least 1", ...; with a huge upper bound, the side
+        `value` breaks."""
+        if value is not None and not (self.le is None and self.lt is None):
+            hi = self.le if self.le is not None else self.lt
+            if abs(hi) >= 2**31:
+                broken_high = value > hi if self.le is not None else value >= hi
+                return (Rules(le=self.le, lt=self.lt) if broken_high else Rules(ge=self.ge, gt=self.gt)).bounds_text()
+        lo = self.ge if self.ge is not None else self.gt
+        hi = self.le if self.le is not None else self.lt
+        if lo is not None and hi is not None and abs(hi) < 2**31:
+            if self.ge is not None and self.le is not None:
+                return f"between {_num(lo)} and {_num(hi)}"
+            opening, closing = "[" if self.ge is not None else "(", "]" if self.le is not None else ")"
+            return f"in {opening}{_num(lo)}, {_num(hi)}{closing}"
+        if self.gt == 0:
+            return "positive"
+        if self.gt is not None:
+            return f"more than {_num(self.gt)}"
+        if self.ge is not None:
+            return f"at least {_num(self.ge)}"
+        if self.lt is not None:
+            return f"less than {_num(self.lt)}"
+        return f"at most {_num(self.le)}"
+
+    @property
+    def has_bounds(self) -> bool:
+        return any(b is not None for b in (self.ge, self.gt, self.le, self.lt))
+
+    def in_bounds(self, v: float) -> bool:
+        return ((self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
+                and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt))
+
+
+_NO_RULES = Rules()
+
+
+@dataclass(frozen=True)
+class Shorthand:
+    """What a `_from_yaml` returns when the YAML value stands for one field (`targets: [3, cat]` is
+    `classes`): that field is converted with its rules, and errors name the key as written."""
+
+    field: str
+    value: Any
+
+
+def setting(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **rules: Any) -> Any:
+    """A dataclass field with its rules (see `Rules`)."""
+    return field(default=default, default_factory=factory, metadata={"rules": Rules(**rules)})
+
+
+def rules_of(f: dataclasses.Field) -> Rules:
+    return f.metadata.get("rules", _NO_RULES)
+
+
+def yaml_fields(tp: type) -> dict[str, dataclasses.Field]:
+    """YAML key -> field, for every field of dataclass `tp` that is a YAML key."""
+    out = {}
+    for f in dataclasses.fields(tp):
+        key = rules_of(f).yaml
+        if key != "":
+            out[key or f.name] = f
+    return out
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else str(v)
+
+
+def _clean(text: Any) -> str:
+    """User text inside a one-line message: control characters escaped."""
+    text = str(text)
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
+def _colormap(name: str) -> str | None:
+    from matplotlib import colormaps  # cheap: no pyplot
+
+    if name in colormaps:
+        return None
+    return f"unknown colour map `{_clean(name)}`.{did_you_mean(name, list(colormaps))}"
+
+
+_SEED = dict(ge=0, le=INT_LIMIT)
+_COUNT = dict(ge=1)  # a positive integer
+_SIZE = dict(ge=1, lengths=(1, 2), shape="a positive size or [height, width]")
+
+# ---------------------------------------------------------------------------- schema
 
 
 @dataclass(frozen=True)
 class TargetSpec:
     """Which classes to explain: the top `k` predictions, or an explicit list (indices or labels)."""
 
-    k: int = 1
-    classes: tuple[int | str, ...] = ()
+    k: int = setting(1, ge=0, yaml="topk")  # 0 with explicit classes
+    classes: tuple[int | str, ...] = setting((), ge=0)
 
     @property
     def explicit(self) -> bool:
         return bool(self.classes)
+
+    _EXPECTED = "expected top1, {topk: N}, or a list of class indices or labels; got "
+
+    @classmethod
+    def _from_yaml(cls, value: Any, path: tuple, ctx: _Ctx) -> Any:
+        """top1 | topN | {topk: N} | {classes: [...]} | an index or a label | a list of them."""
+        if value is None:
+            return cls(k=1)
+        if isinstance(value, str):
+            match = re.fullmatch(r"(?i)top[-_ ]?(\d+)", value.strip())
+            if match:
+                return cls(k=max(1, int(match.group(1))))
+            if not value.strip():
+                raise ctx.error(path, f"{cls._EXPECTED}{value!r}.")
+            return cls(k=0, classes=(value,))  # one label
+        if isinstance(value, dict):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = [value]
+        if (isinstance(value, list) and value
+                and all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in value)):
+            return Shorthand("classes", value)
+        raise ctx.error(path, f"{cls._EXPECTED}{value!r}.")
+
+    def _validate(self, err: Callable[[str, str], None]) -> TargetSpec:
+        if self.classes:
+            if self.k not in (0, 1):
+                err("topk", "give `topk` or `classes`, not both.")
+            return TargetSpec(k=0, classes=self.classes)
+        if self.k < 1:
+            err("topk", f"must be at least 1, got {self.k}.")
+        return self
 
 
 @dataclass(frozen=True)
 class LayerPattern:
     """Select layers by type and/or depth (`{type: Conv2d, depth: 2}`) instead of by name."""
 
-    type: str | None = None
-    depth: int | None = None
+    type: str | None = setting(None, pattern=r"[A-Za-z_]\w*", pattern_text="a module class name like Conv2d")
+    depth: int | None = setting(None, **_COUNT)
+
+    @classmethod
+    def _from_yaml(cls, value: Any, path: tuple, ctx: _Ctx) -> Any:
+        if not isinstance(value, dict):
+            raise ctx.error(path, f"expected a layer name or {{type: Conv2d, depth: 2}}, got {value!r}.")
+        return value
+
+    def _validate(self, err: Callable[[str, str], None]) -> None:
+        if self.type is None and self.depth is None:
+            err("", "a layer pattern needs `type:` and/or `depth:`.")
 
 
 @dataclass(frozen=True)
 class Normalize:
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    std: tuple[float, ...] = setting((0.229, 0.224, 0.225), gt=0)
+
+    @classmethod
+    def _from_yaml(cls, value: Any, path: tuple, ctx: _Ctx) -> Any:
+        """imagenet | none | {mean: [...], std: [...]} (a missing mean is 0, a missing std 1)."""
+        if value == "imagenet":
+            return cls()
+        if value is None or value is False or value == "none":
+            return None
+        if isinstance(value, dict):
+            return {"mean": [0.0], "std": [1.0]} | value
+        hint = did_you_mean(value, ["imagenet", "none"]) if isinstance(value, str) else ""
+        raise ctx.error(path, f"expected imagenet, none or {{mean: [...], std: [...]}}, got {value!r}.{hint}")
 
 
 @dataclass(frozen=True)
 class Preprocess:
     """resize: shorter side (int) or [h, w]; center_crop: int or [h, w]. Both null: fit to input_size."""
 
-    resize: tuple[int, ...] | None = None
-    center_crop: tuple[int, ...] | None = None
+    resize: tuple[int, ...] | None = setting(None, **_SIZE)
+    center_crop: tuple[int, ...] | None = setting(None, **_SIZE)
     normalize: Normalize | None = field(default_factory=Normalize)
-    from_weights: bool = False
+    from_weights: bool = setting(False, yaml="")  # set by the shorthand `preprocess: from_weights`
     interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"  # of `resize` (from_weights: theirs)
+
+    @classmethod
+    def _from_yaml(cls, value: Any, path: tuple, ctx: _Ctx) -> Any:
+        if value == "from_weights":
+            return cls(normalize=None, from_weights=True)
+        if value is None:
+            return cls()
+        if not isinstance(value, dict):
+            keys = ", ".join(yaml_fields(cls))
+            raise ctx.error(path, f"expected from_weights or a mapping ({keys}), got {value!r}.")
+        return value
+
+    def _validate(self, err: Callable[[str, str], None]) -> Preprocess:
+        if self.from_weights and self.normalize is not None:  # the weights' own normalisation is used
+            return dataclasses.replace(self, normalize=None)
+        return self
 
 
 @dataclass(frozen=True)
@@ -89,27 +305,43 @@ class ModelConfig:
     source: Literal["torchvision", "module", "torchscript"] = "torchvision"
     name: str | None = None
     weights: str | None = None
-    checkpoint: Path | None = None
+    checkpoint: Path | None = setting(None, kind="path")
     trust_checkpoint: bool = False
-    factory: str | None = None
+    factory: str | None = setting(None, pattern=r"[A-Za-z_][\w.]*:[A-Za-z_]\w*",
+                                  pattern_text='"package.module:function"')
     kwargs: dict = field(default_factory=dict)
-    path: Path | None = None
-    input_size: tuple[int, ...] = (3, 224, 224)
-    labels: str | None = "imagenet"  # "imagenet", an absolute path to a labels file, or None
+    path: Path | None = setting(None, kind="path")
+    input_size: tuple[int, ...] = setting((3, 224, 224), ge=1, le=16384, lengths=(3,),
+                                          shape="[channels, height, width]")
+    labels: str | None = setting("imagenet", kind="path_text", keep=("imagenet",))  # "imagenet", a path, None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    output: int | str | None = None  # which element of a tuple / dict output holds the logits; None: the output
+
+    def _validate(self, err: Callable[[str, str], None]) -> None:
+        if self.source == "torchvision" and not self.name:
+            err("name", "source `torchvision` needs a model name (like resnet18).")
+        if self.source == "module" and not self.factory:
+            err("factory", 'source `module` needs `factory: "package.module:function"`.')
+        if self.source == "torchscript" and self.path is None:
+            err("path", "source `torchscript` needs `path:` to the saved model.")
+        for key in self.kwargs:
+            if not isinstance(key, str):
+                err("kwargs", f"keyword names must be strings, got {key!r}.")
 
 
 @dataclass(frozen=True)
 class InputsConfig:
-    images: tuple[str, ...] = ()  # absolute file, folder or glob patterns
+    images: tuple[str, ...] = setting((), kind="patterns")  # absolute file, folder or glob patterns
     preprocess: Preprocess = field(default_factory=Preprocess)
-    top_k: int = 5
-    batch_size: int = 8
+    top_k: int = setting(5, **_COUNT)
+    batch_size: int = setting(8, **_COUNT)
+    alpha: Literal["drop", "white", "black"] = "drop"  # transparent pixels: drop alpha (torchvision's loader)
+    max_value: int | None = setting(None, ge=1, le=2**32 - 1)  # full scale of 16-bit images; None: 65535
 
 
 @dataclass(frozen=True)
 class SummaryConfig:
-    depth: int = 3
+    depth: int = setting(3, **_COUNT)
 
 
 @dataclass(frozen=True)
@@ -117,76 +349,76 @@ class OptimizeConfig:
     """Activation maximisation (filter visualisation) by gradient ascent on the input."""
 
     layers: tuple[str | LayerPattern, ...] = ()  # default: the kernels stage's layers
-    filters: tuple[int, ...] = tuple(range(16))
-    steps: int = 64
-    lr: float = 0.1
-    jitter: int = 4
-    blur: float = 0.5  # gaussian sigma in pixels applied every `blur_every` steps; 0 = off
-    blur_every: int = 8
-    tv: float = 0.0  # total-variation weight
-    weight_decay: float = 1e-4
-    size: int | None = None  # input side; default: model input size
-    seed: int | None = None  # default: the config's seed
+    filters: tuple[int, ...] = setting(tuple(range(16)), ge=0)
+    steps: int = setting(64, **_COUNT)
+    lr: float = setting(0.1, gt=0)
+    jitter: int = setting(4, ge=0)
+    blur: float = setting(0.5, ge=0)  # gaussian sigma in pixels applied every `blur_every` steps; 0 = off
+    blur_every: int = setting(8, **_COUNT)
+    tv: float = setting(0.0, ge=0)  # total-variation weight
+    weight_decay: float = setting(1e-4, ge=0)
+    size: int | None = setting(None, ge=8, le=16384)  # input side; default: model input size
+    seed: int | None = setting(None, **_SEED)  # default: the config's seed
 
 
 @dataclass(frozen=True)
 class KernelsConfig:
     layers: tuple[str | LayerPattern, ...] = ()  # default: the first conv layer
-    max_filters: int = 64
-    max_channels: int = 8
+    max_filters: int = setting(64, **_COUNT)
+    max_channels: int = setting(8, **_COUNT)
     optimize: OptimizeConfig | None = None
 
 
 @dataclass(frozen=True)
 class FeatureMapsConfig:
     layers: tuple[str | LayerPattern, ...] = ()  # default: the top-level blocks
-    max_channels: int = 32
+    max_channels: int = setting(32, **_COUNT)
     order: Literal["index", "mean", "max"] = "index"
     scale: Literal["channel", "shared"] = "channel"
 
 
 @dataclass(frozen=True)
 class CamConfig:
-    methods: tuple[str, ...] = ("gradcam",)
+    methods: tuple[str, ...] = setting(("gradcam",), methods="cam")
     target_layers: tuple[str, ...] = ()  # default: last 4-D layer before global pooling
     targets: TargetSpec = field(default_factory=TargetSpec)
-    batch_size: int = 32  # masked forwards of scorecam / ablationcam
-    alpha: float = 0.5  # heat-map weight in overlays
-    colormap: str = "jet"
-    detail_images: int = 8  # images shown with every class, overlay and heat map; the compact grid shows all
+    batch_size: int = setting(32, **_COUNT)  # masked forwards of scorecam / ablationcam
+    alpha: float = setting(0.5, ge=0, le=1)  # heat-map weight in overlays
+    colormap: str = setting("jet", check=_colormap)
+    detail_images: int = setting(8, ge=0)  # images shown with every class, overlay and heat map
 
 
 @dataclass(frozen=True)
 class GradientsConfig:
-    methods: tuple[str, ...] = ("saliency",)
+    methods: tuple[str, ...] = setting(("saliency",), methods="gradients")
     targets: TargetSpec = field(default_factory=TargetSpec)
-    steps: int = 50  # integrated gradients
-    baseline: Literal["zero", "blur", "uniform"] | Path = "zero"  # or a .npy file (C, H, W) in model-input space
-    internal_batch_size: int | None = None  # inputs per forward (ig, smoothgrad); default: about 64 at 224x224
-    samples: int = 25  # smoothgrad
-    stdev: float = 0.15  # smoothgrad noise, fraction of the input range
+    steps: int = setting(50, **_COUNT)  # integrated gradients
+    baseline: Literal["zero", "blur", "uniform"] | Path = setting("zero", kind="path")  # or a .npy (C, H, W)
+    internal_batch_size: int | None = setting(None, **_COUNT)  # inputs per forward (ig, smoothgrad)
+    samples: int = setting(25, **_COUNT)  # smoothgrad
+    stdev: float = setting(0.15, ge=0)  # smoothgrad noise, fraction of the input range
     cam_layer: str | None = None  # guided_gradcam; default: the cam stage's layer or the auto-picked one
     sign: Literal["absolute_value", "positive", "all"] = "absolute_value"
-    outlier_perc: float = 2.0
-    alpha: float = 0.5
-    colormap: str | None = None  # default: by sign
+    outlier_perc: float = setting(2.0, ge=0, lt=100)
+    alpha: float = setting(0.5, ge=0, le=1)
+    colormap: str | None = setting(None, check=_colormap)  # default: by sign
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    logs: tuple[str, ...] = ()  # absolute file, folder or glob patterns
+    logs: tuple[str, ...] = setting((), kind="patterns")  # absolute file, folder or glob patterns
     tags: tuple[str, ...] = ()  # default: every tag
-    smoothing: float = 0.6
+    smoothing: float = setting(0.6, ge=0, lt=1)
 
 
 @dataclass(frozen=True)
 class AnalysesConfig:
-    summary: SummaryConfig | None = None
-    kernels: KernelsConfig | None = None
-    feature_maps: FeatureMapsConfig | None = None
-    cam: CamConfig | None = None
-    gradients: GradientsConfig | None = None
-    training: TrainingConfig | None = None
+    summary: SummaryConfig | None = setting(None, null_means_default=True)
+    kernels: KernelsConfig | None = setting(None, null_means_default=True)
+    feature_maps: FeatureMapsConfig | None = setting(None, null_means_default=True)
+    cam: CamConfig | None = setting(None, null_means_default=True)
+    gradients: GradientsConfig | None = setting(None, null_means_default=True)
+    training: TrainingConfig | None = setting(None, null_means_default=True)
 
     def enabled(self) -> list[str]:
         """The stages that run, in report order."""
@@ -195,22 +427,23 @@ class AnalysesConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    dir: Path = Path("reports/report")
+    dir: Path = setting(Path("reports/report"), kind="path")
     self_contained: bool = True
     save_arrays: bool = False
-    tensorboard: Path | None = None
+    tensorboard: Path | None = setting(None, kind="path")
 
 
 @dataclass(frozen=True)
 class Config:
     title: str = "reportgen report"
-    seed: int = 0
+    seed: int = setting(0, **_SEED)
     model: ModelConfig = field(default_factory=ModelConfig)
     inputs: InputsConfig = field(default_factory=InputsConfig)
     analyses: AnalysesConfig = field(default_factory=AnalysesConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
-    source: Path | None = None  # the YAML file (not a YAML key)
-    lines: _Lines | None = field(default=None, compare=False, repr=False)  # where each key is (not a YAML key)
+    source: Path | None = setting(None, yaml="")  # the YAML file (not a YAML key)
+    lines: _Lines | None = field(default=None, compare=False, repr=False,
+                                 metadata={"rules": Rules(yaml="")})  # where each key is (not a YAML key)
 
     def to_dict(self, relative: bool = False) -> dict:
         """The resolved config as plain JSON-able data. With `relative`, file paths and path patterns are
@@ -224,23 +457,27 @@ class Config:
 
     def locate(self, message: str) -> str:
         """A message that starts with a key path ("`model.name`: ...") gains where that key is written:
-        "`model.name` (config.yaml, line 7): ..." or "(from --set)"."""
+        "`model.name` (config.yaml, line 7): ..." or "(from --set)". When the key is a section and a value
+        the message quotes was given with --set below it, the message names that full key instead."""
         match = re.match(r"`([a-z_]+(?:\.[a-z_0-9]+)*)`", message)
         if self.lines is None or match is None or match.group(1).split(".")[0] not in _TOP_KEYS:
             return message
         path = tuple(int(p) if p.isdigit() else p for p in match.group(1).split("."))
-        return message[:match.end()] + self.lines.where(path) + message[match.end():]
+        rest = message[match.end():]
+        full = self.lines.overridden_below(path, rest)
+        if full is not None:
+            return f"`{_dotted(full)}`{self.lines.where(full)}{rest}"
+        return message[:match.end()] + self.lines.where(path) + rest
 
 
-_TOP_KEYS = ("title", "seed", "model", "inputs", "analyses", "output")
+_TOP_KEYS = tuple(yaml_fields(Config))
 
 
 def _plain(value: Any, base: Path | None = None, patterns: bool = False) -> Any:
     """Dataclasses, tuples and paths as JSON-able data; paths relative to `base` when one is given."""
     if dataclasses.is_dataclass(value):
-        return {f.name: _plain(getattr(value, f.name), base, (type(value).__name__, f.name) in _PATH_TEXT_FIELDS)
-                for f in dataclasses.fields(value)
-                if not (isinstance(value, Config) and f.name in ("source", "lines"))}
+        return {f.name: _plain(getattr(value, f.name), base, rules_of(f).kind in ("patterns", "path_text"))
+                for f in dataclasses.fields(value) if not (isinstance(value, Config) and f.name in ("source", "lines"))}
     if isinstance(value, (tuple, list)):
         return [_plain(v, base, patterns) for v in value]
     if isinstance(value, dict):
@@ -261,13 +498,18 @@ def _relative(path: str, base: Path | None) -> str:
 
 # ---------------------------------------------------------------------------- loading
 
+MAX_NODES = 100_000  # values a document may expand to (aliases counted at every use)
+MAX_DEPTH = 64  # nesting levels
+
+
 class _Lines:
-    """Key path -> line number (1-based) in the YAML file."""
+    """Key path -> line number (1-based) in the YAML file, and the keys --set gave."""
 
     def __init__(self, node: yaml.Node | None, origin: str):
         self.origin = origin
         self.lines: dict[tuple, int] = {}
         self.overridden: set[tuple] = set()
+        self.override_values: dict[tuple, Any] = {}  # --set key -> its value, in the order given
         if node is not None:
             self._walk(node, ())
 
@@ -277,7 +519,7 @@ class _Lines:
             for key, value in node.value:
                 sub = path + (str(key.value),)
                 if sub in self.lines:  # YAML would keep the last one silently
-                    raise ConfigError(f"`{'.'.join(map(str, sub))}` is given twice ({self.origin}, lines "
+                    raise ConfigError(f"`{_dotted(sub)}` is given twice ({self.origin}, lines "
                                       f"{self.lines[sub]} and {key.start_mark.line + 1}): keep one.")
                 self.lines[sub] = key.start_mark.line + 1
                 self._walk(value, sub)
@@ -285,8 +527,16 @@ class _Lines:
             for i, item in enumerate(node.value):
                 self._walk(item, path + (i,))
 
+    def override(self, path: tuple, value: Any) -> None:
+        self.overridden.add(path)
+        self.override_values.pop(path, None)
+        self.override_values[path] = value
+
+    def is_overridden(self, path: tuple) -> bool:
+        return any(path[: len(o)] == o for o in self.overridden)
+
     def where(self, path: tuple) -> str:
-        if any(path[: len(o)] == o for o in self.overridden):
+        if self.is_overridden(path):
             return " (from --set)"
         p = path
         while p and p not in self.lines:
@@ -294,11 +544,36 @@ class _Lines:
         line = self.lines.get(p)
         return f" ({self.origin}, line {line})" if line else f" ({self.origin})"
 
+    def overridden_below(self, path: tuple, message: str) -> tuple | None:
+        """The full key, below section `path`, of a --set value that `message` quotes (a later --set wins):
+        `--set analyses.cam.targets=[Cat]` and "`analyses.cam`: class `Cat` ..." give analyses.cam.targets."""
+        for key, value in reversed(list(self.override_values.items())):
+            if key[: len(path)] != path and path[: len(key)] != key:
+                continue
+            for sub, text in _scalars(value):
+                full = key + sub
+                if (len(full) > len(path) and full[: len(path)] == path
+                        and re.search(rf"(?<![\w.-]){re.escape(text)}(?![\w-])", message)):
+                    return full
+        return None
+
+
+def _scalars(value: Any, sub: tuple = ()) -> list[tuple[tuple, str]]:
+    """(key path inside the value, text) of the scalars in an override value: strings and numbers, not
+    true / false / null; list items count for the list's key."""
+    if isinstance(value, dict):
+        return [t for k, v in value.items() for t in _scalars(v, sub + (str(k),))]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _scalars(v, sub)]
+    if value is None or isinstance(value, bool) or str(value).strip() == "":
+        return []
+    return [(sub, str(value))]
+
 
 def _dotted(path: tuple) -> str:
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        out += f"[{part}]" if isinstance(part, int) else (f".{_clean(part)}" if out else _clean(part))
     return out or "(top level)"
 
 
@@ -309,10 +584,80 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Confi
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file `{path}` does not exist.") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read config file `{path}`: it is not UTF-8 text (byte {exc.start}).") from None
+    except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read config file `{path}`: {exc}") from None
     return parse_config(text, base_dir=path.resolve().parent, origin=path.name, overrides=overrides,
                         source=path.resolve())
+
+
+def _read_yaml(text: str, origin: str) -> tuple[yaml.Node | None, Any]:
+    """(node, data) of one YAML document with yaml's safe loader; a document that expands (through aliases)
+    to more than MAX_NODES values or nests deeper than MAX_DEPTH is refused before it is built."""
+    loader = None
+    try:
+        loader = yaml.SafeLoader(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        _check_expansion(node, origin)
+        return node, loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = exc.problem or str(exc)
+        if "python/" in str(exc):
+            problem += " (python tags are refused: reportgen reads YAML with yaml.safe_load)"
+        raise ConfigError(f"{origin} is not valid YAML{where}: {_clean(problem)}.") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{origin} is not valid YAML: {_clean(exc)}") from None
+    except RecursionError:
+        raise ConfigError(f"{origin} is nested too deeply (more than {MAX_DEPTH} levels).") from None
+    except (ValueError, OverflowError, TypeError) as exc:  # e.g. an integer of more digits than Python converts
+        raise ConfigError(f"{origin} holds a value YAML cannot convert: {_clean(exc)}.") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _check_expansion(root: yaml.Node, origin: str) -> None:
+    """Count the values `root` expands to, each alias use counted in full, without expanding anything."""
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    entered: set[int] = set()
+    aliased = False
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        kids = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
+                else list(node.value) if isinstance(node, yaml.SequenceNode) else [])
+        if done:
+            size[id(node)] = 1 + sum(size[id(k)] for k in kids)
+            depth[id(node)] = 1 + max((depth[id(k)] for k in kids), default=0)
+            if size[id(node)] > MAX_NODES:
+                if aliased:
+                    raise ConfigError(f"{origin} uses YAML aliases that expand to more than {MAX_NODES:,} values "
+                                      "(an alias bomb?): refused. Write the values out, or use fewer aliases.")
+                raise ConfigError(f"{origin} holds more than {MAX_NODES:,} values: refused.")
+            if depth[id(node)] > MAX_DEPTH:
+                raise ConfigError(f"{origin} is nested too deeply (more than {MAX_DEPTH} levels).")
+            continue
+        if id(node) in size:
+            aliased = True  # seen before: an alias
+            continue
+        if id(node) in entered:
+            raise ConfigError(f"{origin} uses a YAML alias inside its own anchor (a value that contains "
+                              f"itself): refused.")
+        entered.add(id(node))
+        stack.append((node, True))
+        for kid in kids:
+            if id(kid) in entered and id(kid) not in size:
+                raise ConfigError(f"{origin} uses a YAML alias inside its own anchor (a value that contains "
+                                  f"itself): refused.")
+            if id(kid) in size:
+                aliased = True
+            stack.append((kid, False))
 
 
 def parse_config(
@@ -323,26 +668,15 @@ def parse_config(
     overrides: typing.Sequence[str] = (),
     source: Path | None = None,
 ) -> Config:
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = exc.problem or str(exc)
-        if "python/" in str(exc):
-            problem += " (python tags are refused: reportgen reads YAML with yaml.safe_load)"
-        raise ConfigError(f"{origin} is not valid YAML{where}: {problem}.") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{origin} is not valid YAML: {exc}") from None
+    node, data = _read_yaml(text, origin)
     if data is None:
         data = {}
-    lines = _Lines(node, origin)
     if not isinstance(data, dict):
-        raise ConfigError(f"{origin} must be a mapping of keys (title, model, inputs, analyses, output), "
+        raise ConfigError(f"{origin} must be a mapping of keys ({', '.join(_TOP_KEYS)}), "
                           f"not a {type(data).__name__}.")
+    lines = _Lines(node, origin)
     for item in overrides:
-        _apply_override(data, item, lines)
+        data = _apply_override(data, item, lines)
     if "model" not in data:
         raise ConfigError(f"{origin} has no `model:` section: every config names the model to explain "
                           "(`reportgen init` writes a commented starter config).")
@@ -350,25 +684,31 @@ def parse_config(
     return dataclasses.replace(config, source=source, lines=lines)
 
 
-def _apply_override(data: dict, item: str, lines: _Lines) -> None:
+def _apply_override(data: dict, item: str, lines: _Lines) -> dict:
+    """`a.b=value` (value in YAML) into a copy of the mappings on its way; returns the new top mapping."""
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError(f"--set expects KEY=VALUE (like model.name=resnet50), got `{item}`.")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
+        raise ConfigError(f"--set expects KEY=VALUE (like model.name=resnet50), got `{_clean(item)}`.")
     parts = tuple(key.split("."))
-    node = data
-    for i, part in enumerate(parts[:-1]):
+    if any(not p for p in parts):
+        raise ConfigError(f"--set: `{_clean(key)}` is not a key path (like model.name).")
+    try:
+        value = _read_yaml(raw, f"--set {parts[-1]}")[1] if raw.strip() else None
+    except ConfigError as exc:
+        if "not valid YAML" not in str(exc):
+            raise
+        value = raw
+    top = dict(data)
+    node = top
+    for part in parts[:-1]:
         child = node.get(part)
-        if not isinstance(child, dict):
-            child = {}
-            node[part] = child
+        child = dict(child) if isinstance(child, dict) else {}  # copies: an anchor's other uses stay as written
+        node[part] = child
         node = child
     node[parts[-1]] = value
-    lines.overridden.add(parts)
+    lines.override(parts, value)
+    return top
 
 
 @dataclass
@@ -379,14 +719,12 @@ class _Ctx:
     def error(self, path: tuple, message: str) -> ConfigError:
         return ConfigError(f"`{_dotted(path)}`{self.lines.where(path)}: {message}")
 
+    def base_for(self, path: tuple) -> Path:
+        """Paths written in the file resolve against its folder; paths given with --set, the current folder."""
+        return Path.cwd() if self.lines.is_overridden(path) else self.base_dir
 
-# Fields whose YAML form is not the dataclass form get a converter here: (owner, field) -> fn.
-_PATH_FIELDS = {("ModelConfig", "checkpoint"), ("ModelConfig", "path"), ("OutputConfig", "dir"),
-                ("OutputConfig", "tensorboard")}
-_PATTERN_FIELDS = {("InputsConfig", "images"), ("TrainingConfig", "logs")}
-_PATH_TEXT_FIELDS = _PATTERN_FIELDS | {("ModelConfig", "labels")}  # strings that hold paths
-_POSITIVE = {"depth", "max_filters", "max_channels", "batch_size", "steps", "samples", "top_k", "k",
-             "internal_batch_size"}
+
+# ---------------------------------------------------------------------------- conversion
 
 
 def _type_name(tp: Any) -> str:
@@ -410,9 +748,10 @@ def _convert(value: Any, tp: Any, path: tuple, ctx: _Ctx) -> Any:
         return _convert_dataclass(value, tp, path, ctx)
     if origin is Literal:
         choices = typing.get_args(tp)
-        if value not in choices:
+        if isinstance(value, (dict, list)) or value not in choices:
             hint = did_you_mean(value, choices) if isinstance(value, str) else ""
-            raise ctx.error(path, f"`{value}` is not one of {', '.join(map(str, choices))}.{hint}")
+            shown = _clean(value) if not isinstance(value, (dict, list)) else repr(value)
+            raise ctx.error(path, f"`{shown}` is not one of {', '.join(map(str, choices))}.{hint}")
         return value
     if origin in (Union, types.UnionType):
         options = typing.get_args(tp)
@@ -445,13 +784,23 @@ def _convert(value: Any, tp: Any, path: tuple, ctx: _Ctx) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ctx.error(path, f"expected an integer, got {value!r}.")
+        if abs(value) > INT_LIMIT:
+            raise ctx.error(path, f"expected an integer of at most {INT_LIMIT}, got one of {len(str(abs(value)))} "
+                                  "digits.")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ctx.error(path, f"expected a number, got {value!r}.")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            shown = "a huge integer" if isinstance(value, int) else value
+            raise ctx.error(path, f"expected a finite number, got {shown}.")
+        return number
     if tp is str:
-        if isinstance(value, (dict, list)) or value is None:
+        if isinstance(value, (dict, list, set)) or value is None:
             raise ctx.error(path, f"expected a string, got {value!r}.")
         return str(value)
     if tp is dict:
@@ -459,186 +808,87 @@ def _convert(value: Any, tp: Any, path: tuple, ctx: _Ctx) -> Any:
             raise ctx.error(path, f"expected a mapping, got {value!r}.")
         return dict(value)
     if tp is Path:
-        if not isinstance(value, (str, Path)):
+        if not isinstance(value, (str, Path)) or not str(value).strip():
             raise ctx.error(path, f"expected a path, got {value!r}.")
-        return _resolve(value, ctx)
+        return _resolve(value, path, ctx)
     raise TypeError(f"no converter for {tp}")  # a schema bug, not a user error
 
 
-def _resolve(value: str | Path, ctx: _Ctx) -> Path:
-    p = Path(value).expanduser()
-    return Path(os.path.normpath(p if p.is_absolute() else ctx.base_dir / p))
+def _resolve(value: str | Path, path: tuple, ctx: _Ctx) -> Path:
+    if "\0" in str(value):
+        raise ctx.error(path, "a path cannot hold a NUL character.")
+    try:
+        p = Path(value).expanduser()
+    except RuntimeError:  # ~user that does not exist
+        p = Path(value)
+    return Path(os.path.normpath(p if p.is_absolute() else ctx.base_for(path) / p))
 
 
 def _convert_dataclass(value: Any, tp: type, path: tuple, ctx: _Ctx) -> Any:
-    special = _SPECIAL.get(tp)
-    if special is not None:
-        return special(value, path, ctx)
+    shorthand = getattr(tp, "_from_yaml", None)
+    inline = None
+    if shorthand is not None:
+        value = shorthand(value, path, ctx)
+        if isinstance(value, Shorthand):
+            inline, value = value.field, {value.field: value.value}
+        elif not isinstance(value, dict):
+            return value  # a shorthand that stands for a whole value (or None)
     if value is None:
         value = {}
     if not isinstance(value, dict):
         raise ctx.error(path, f"expected a mapping of keys, got {value!r}.")
     hints = typing.get_type_hints(tp)
-    names = [f.name for f in dataclasses.fields(tp) if not (tp is Config and f.name in ("source", "lines"))]
+    fields = yaml_fields(tp)
     kwargs = {}
     for key, raw in value.items():
-        sub = path + (str(key),)
-        if key not in names:
+        sub = path if key == inline else path + (key if isinstance(key, str) else str(key),)
+        f = fields.get(key) if isinstance(key, str) else None
+        if f is None:
+            names = list(fields)
             raise ConfigError(f"unknown key `{_dotted(sub)}`{ctx.lines.where(sub)}."
                               f"{did_you_mean(str(key), names) or ' Valid keys here: ' + ', '.join(names) + '.'}")
-        owner_field = (tp.__name__, key)
-        if owner_field in _PATTERN_FIELDS:
-            items = raw if isinstance(raw, list) else [raw]
-            if not all(isinstance(i, str) for i in items):
-                raise ctx.error(sub, "expected a path, a folder or a glob, or a list of them.")
-            kwargs[key] = tuple(str(_resolve(i, ctx)) for i in items)
-            continue
-        if tp is AnalysesConfig and raw is None:
-            raw = {}
-        converted = _convert(raw, hints[key], sub, ctx)
-        if owner_field in _PATH_FIELDS and isinstance(converted, str):
-            converted = _resolve(converted, ctx)
-        _check_value(key, converted, sub, ctx)
-        kwargs[key] = converted
+        kwargs[f.name] = _convert_field(raw, hints[f.name], rules_of(f), sub, ctx)
     obj = tp(**kwargs)
-    _check_object(obj, path, ctx)
+    validate = getattr(obj, "_validate", None)
+    if validate is not None:
+        def err(key: str, message: str) -> typing.NoReturn:
+            raise ctx.error(path + ((key,) if key else ()), message)
+
+        obj = validate(err) or obj
     return obj
 
 
-def _check_value(key: str, value: Any, path: tuple, ctx: _Ctx) -> None:
-    if key in _POSITIVE and isinstance(value, int) and value < 1:
-        raise ctx.error(path, f"must be at least 1, got {value}.")
-
-
-def _check_object(obj: Any, path: tuple, ctx: _Ctx) -> None:
-    if isinstance(obj, ModelConfig):
-        if obj.source == "torchvision" and not obj.name:
-            raise ctx.error(path + ("name",), "source `torchvision` needs a model name (like resnet18).")
-        if obj.source == "module" and not obj.factory:
-            raise ctx.error(path + ("factory",), 'source `module` needs `factory: "package.module:function"`.')
-        if obj.source == "module" and ":" not in obj.factory:
-            raise ctx.error(path + ("factory",), f'expected "package.module:function", got `{obj.factory}`.')
-        if obj.source == "torchscript" and obj.path is None:
-            raise ctx.error(path + ("path",), "source `torchscript` needs `path:` to the saved model.")
-        if len(obj.input_size) != 3 or min(obj.input_size) < 1:
-            raise ctx.error(path + ("input_size",), f"expected [channels, height, width], got {list(obj.input_size)}.")
-        if obj.labels not in (None, "imagenet"):
-            object.__setattr__(obj, "labels", str(_resolve(obj.labels, ctx)))
-    if isinstance(obj, (CamConfig, GradientsConfig)):
-        allowed = CAM_METHODS if isinstance(obj, CamConfig) else GRADIENT_METHODS
-        methods = []
-        for i, m in enumerate(obj.methods):
-            canonical = METHOD_ALIASES.get(_alias_key(m))
-            if canonical not in allowed:
-                raise ctx.error(path + ("methods", i), f"unknown method `{m}`.{did_you_mean(m, allowed)}"
-                                f" Methods: {', '.join(allowed)}.")
-            if canonical not in methods:
-                methods.append(canonical)
-        object.__setattr__(obj, "methods", tuple(methods))
-    if isinstance(obj, (CamConfig, GradientsConfig)) and not obj.methods:
-        raise ctx.error(path + ("methods",), "needs at least one method.")
-    if isinstance(obj, (CamConfig, GradientsConfig)) and not 0.0 <= obj.alpha <= 1.0:
-        raise ctx.error(path + ("alpha",), f"must be between 0 and 1, got {obj.alpha}.")
-    if isinstance(obj, GradientsConfig):
-        if obj.stdev < 0:
-            raise ctx.error(path + ("stdev",), f"must be at least 0, got {obj.stdev}.")
-        if not 0 <= obj.outlier_perc < 100:
-            raise ctx.error(path + ("outlier_perc",), f"must be in [0, 100), got {obj.outlier_perc}.")
-    if isinstance(obj, TrainingConfig) and not 0.0 <= obj.smoothing < 1.0:
-        raise ctx.error(path + ("smoothing",), f"must be in [0, 1), got {obj.smoothing}.")
-    if isinstance(obj, OptimizeConfig) and obj.lr <= 0:
-        raise ctx.error(path + ("lr",), f"must be positive, got {obj.lr}.")
-    if isinstance(obj, (CamConfig, GradientsConfig)) and obj.colormap is not None:
-        from matplotlib import colormaps  # cheap: no pyplot
-
-        if obj.colormap not in colormaps:
-            raise ctx.error(path + ("colormap",), f"unknown colour map `{obj.colormap}`."
-                            f"{did_you_mean(obj.colormap, list(colormaps))}")
-
-
-# -- fields with a YAML shorthand
-
-
-def _targets(value: Any, path: tuple, ctx: _Ctx) -> TargetSpec:
-    if value is None or value == "top1":
-        return TargetSpec(k=1)
-    if isinstance(value, str) and value.startswith("top") and value[3:].isdigit():
-        return TargetSpec(k=max(1, int(value[3:])))
-    if isinstance(value, dict) and set(value) == {"topk"}:
-        k = value["topk"]
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ctx.error(path + ("topk",), f"expected a positive integer, got {k!r}.")
-        return TargetSpec(k=k)
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = [value]
-    if isinstance(value, list) and value and all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in value):
-        for i, v in enumerate(value):
-            if isinstance(v, int) and v < 0:
-                raise ctx.error(path + (i,), f"class index must be at least 0, got {v}.")
-        return TargetSpec(k=0, classes=tuple(value))
-    raise ctx.error(path, f"expected top1, {{topk: N}}, or a list of class indices or labels; got {value!r}.")
-
-
-def _layer_pattern(value: Any, path: tuple, ctx: _Ctx) -> LayerPattern:
-    if not isinstance(value, dict):
-        raise ctx.error(path, f"expected a layer name or {{type: Conv2d, depth: 2}}, got {value!r}.")
-    unknown = set(value) - {"type", "depth"}
-    if unknown:
-        key = sorted(unknown)[0]
-        raise ConfigError(f"unknown key `{_dotted(path + (key,))}`{ctx.lines.where(path + (key,))}."
-                          f"{did_you_mean(key, ['type', 'depth'])}")
-    t, d = value.get("type"), value.get("depth")
-    if t is not None and not isinstance(t, str):
-        raise ctx.error(path + ("type",), f"expected a module class name like Conv2d, got {t!r}.")
-    if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 1):
-        raise ctx.error(path + ("depth",), f"expected a positive integer, got {d!r}.")
-    if t is None and d is None:
-        raise ctx.error(path, "a layer pattern needs `type:` and/or `depth:`.")
-    return LayerPattern(type=t, depth=d)
-
-
-def _normalize(value: Any, path: tuple, ctx: _Ctx) -> Normalize:
-    if value == "imagenet":
-        return Normalize()
-    if isinstance(value, dict):
-        unknown = set(value) - {"mean", "std"}
-        if unknown:
-            key = sorted(unknown)[0]
-            raise ConfigError(f"unknown key `{_dotted(path + (key,))}`{ctx.lines.where(path + (key,))}."
-                              f"{did_you_mean(key, ['mean', 'std'])}")
-        mean = _convert(value.get("mean", [0.0]), tuple[float, ...], path + ("mean",), ctx)
-        std = _convert(value.get("std", [1.0]), tuple[float, ...], path + ("std",), ctx)
-        if any(s <= 0 for s in std):
-            raise ctx.error(path + ("std",), "every std must be positive.")
-        return Normalize(mean=mean, std=std)
-    hint = did_you_mean(value, ["imagenet", "none"]) if isinstance(value, str) else ""
-    raise ctx.error(path, f"expected imagenet, none or {{mean: [...], std: [...]}}, got {value!r}.{hint}")
-
-
-def _preprocess(value: Any, path: tuple, ctx: _Ctx) -> Preprocess:
-    if value == "from_weights":
-        return Preprocess(normalize=None, from_weights=True)
+def _convert_field(raw: Any, tp: Any, rules: Rules, path: tuple, ctx: _Ctx) -> Any:
+    """One field's YAML value -> its dataclass value, by its type and rules."""
+    if raw is None and rules.null_means_default:
+        raw = {}
+    if rules.kind == "patterns":
+        items = raw if isinstance(raw, list) else [raw]
+        if not all(isinstance(i, str) and i.strip() for i in items):
+            raise ctx.error(path, "expected a path, a folder or a glob, or a list of them.")
+        return tuple(str(_resolve(i, path + (n,), ctx)) for n, i in enumerate(items))
+    value = _convert(raw, tp, path, ctx)
     if value is None:
-        return Preprocess()
-    if not isinstance(value, dict):
-        raise ctx.error(path, f"expected from_weights or a mapping (resize, center_crop, normalize), got {value!r}.")
-    names = ["resize", "center_crop", "normalize"]
-    kwargs: dict[str, Any] = {}
-    for key, raw in value.items():
-        sub = path + (str(key),)
-        if key not in names:
-            raise ConfigError(f"unknown key `{_dotted(sub)}`{ctx.lines.where(sub)}.{did_you_mean(str(key), names)}")
-        if key == "normalize":
-            kwargs[key] = None if raw in (None, "none", False) else _normalize(raw, sub, ctx)
-        elif raw is not None:
-            size = _convert(raw, tuple[int, ...], sub, ctx)
-            if len(size) not in (1, 2) or min(size) < 1:
-                raise ctx.error(sub, f"expected a positive size or [height, width], got {raw!r}.")
-            kwargs[key] = size
-    return Preprocess(**kwargs)
-
-
-_SPECIAL = {TargetSpec: _targets, LayerPattern: _layer_pattern, Normalize: _normalize, Preprocess: _preprocess}
+        return None
+    if rules.kind == "path_text" and isinstance(value, str) and value not in rules.keep:
+        value = str(_resolve(value, path, ctx))
+    if rules.lengths and isinstance(value, tuple) and len(value) not in rules.lengths:
+        raise ctx.error(path, f"expected {rules.shape}, got {list(value)}.")
+    if rules.has_bounds:
+        items = value if isinstance(value, tuple) else (value,)
+        for i, v in enumerate(items):
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not rules.in_bounds(v):
+                where = path + (i,) if isinstance(value, tuple) else path
+                raise ctx.error(where, f"must be {rules.bounds_text(v)}, got {v}.")
+    if rules.methods is not None:
+        value = canonical_methods(value, rules.methods, path, ctx)
+    if rules.pattern is not None and isinstance(value, str) and not re.fullmatch(rules.pattern, value):
+        raise ctx.error(path, f"expected {rules.pattern_text}, got `{_clean(value)}`.")
+    if rules.check is not None:
+        problem = rules.check(value)
+        if problem:
+            raise ctx.error(path, problem)
+    return value
 
 
 # ---------------------------------------------------------------------------- starter config
@@ -660,11 +910,14 @@ model:
   input_size: [3, 224, 224]
   labels: imagenet               # imagenet | path to a text file, one label a line | null
   device: auto                   # auto | cpu | cuda
+  # output: logits               # a tuple / dict output: the element holding the logits (0, logits, ...)
 
 inputs:
   images: [images/]              # files, folders, globs
   preprocess: {resize: 256, center_crop: 224, normalize: imagenet}
   top_k: 5
+  alpha: drop                    # transparent images: drop (as torchvision's loader) | white | black
+  # max_value: 4095              # 16-bit images holding 12-bit data (default: 65535)
 
 analyses:                        # each key present = that stage runs
   summary: {depth: 3}

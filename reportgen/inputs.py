@@ -36,14 +36,24 @@ def find_images(patterns: tuple[str, ...]) -> list[Path]:
     return found
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Any image Pillow reads -> (H, W, 3) uint8 RGB: EXIF orientation applied, alpha composited on white,
-    16-bit and float images scaled to 8 bits, palette/grayscale/CMYK converted."""
+ALPHA = {"white": (255, 255, 255), "black": (0, 0, 0)}  # and "drop": alpha discarded
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def read_image(path: Path, alpha: str = "drop", max_value: int | None = None) -> np.ndarray:
+    """Any image Pillow reads -> (H, W, 3) uint8 RGB: EXIF orientation applied, palette/grayscale/CMYK
+    converted. Transparency (`inputs.alpha`): "drop" discards alpha as torchvision's ImageFolder loader
+    does (`convert("RGB")`), "white" / "black" composite on that colour. 16-bit images ("I;16*", "I") are
+    scaled from their full range (65535, or `max_value`, the `inputs.max_value` of 12-bit data in 16-bit
+    files: 4095) to 8 bits, as torchvision's `to_dtype(..., scale=True)` does; float ("F") images from
+    [0, 1] when they fit, else from 0..255 or 0..65535."""
+    if alpha not in ("drop", *ALPHA):
+        raise ValueError(f"alpha must be drop, white or black, not {alpha!r}")
     try:
         with Image.open(path) as img:
             img.seek(0)  # first frame of animations / multi-page files
             img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+            return _to_rgb(img, alpha, max_value)
     except UnidentifiedImageError:
         raise ReportgenError(f"`inputs.images`: {path} is not an image Pillow can read.") from None
     except Image.DecompressionBombError as exc:
@@ -54,21 +64,25 @@ def read_image(path: Path) -> np.ndarray:
         raise ReportgenError(f"`inputs.images`: {path} is a broken image ({type(exc).__name__}: {exc}).") from None
 
 
-def _to_rgb(img: Image.Image) -> np.ndarray:
+def _to_rgb(img: Image.Image, alpha: str = "drop", max_value: int | None = None) -> np.ndarray:
     mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    if mode in SIXTEEN_BIT_MODES or mode == "F":
         values = np.asarray(img, dtype=np.float64)
-        top = 1.0 if mode == "F" and values.max() <= 1.0 else (255.0 if values.max() <= 255 else 65535.0)
+        if mode == "F":
+            peak = values.max() if values.size else 0.0
+            top = 1.0 if peak <= 1.0 else (255.0 if peak <= 255 else 65535.0)
+        else:
+            top = float(max_value) if max_value is not None else 65535.0
         gray = np.clip(values / top * 255.0, 0, 255).round().astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
-    if mode == "P":
-        img = img.convert("RGBA")
-    if mode in ("LA", "La", "PA"):
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "RGBa"):
-        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, img.convert("RGBA"))
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    has_alpha = mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in img.info
+    if not has_alpha:
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    rgba = img.convert("RGBA")  # palette / grey transparency becomes an alpha channel
+    if alpha == "drop":
+        return np.asarray(rgba.convert("RGB"), dtype=np.uint8)
+    background = Image.new("RGBA", img.size, (*ALPHA[alpha], 255))
+    return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"), dtype=np.uint8)
 
 
 @dataclass(frozen=True)

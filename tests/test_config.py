@@ -71,8 +71,9 @@ def test_targets_forms():
     assert targets("top1") == TargetSpec(k=1)
     assert targets("{topk: 5}") == TargetSpec(k=5)
     assert targets("[3, tabby]") == TargetSpec(k=0, classes=(3, "tabby"))
+    assert targets("best") == TargetSpec(k=0, classes=("best",))  # one label, like a one-element list
     with pytest.raises(ConfigError, match="expected top1"):
-        targets("best")
+        targets("3.5")
 
 
 def test_missing_config_file(tmp_path):

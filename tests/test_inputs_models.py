@@ -32,12 +32,67 @@ def test_every_mode_becomes_rgb_uint8(tmp_path, mode):
         np.testing.assert_array_equal(pixels[..., 0], [[0, 255], [128, 4]])  # 16 bits scaled to 8
 
 
-def test_rgba_is_composited_on_white_and_palette_transparency_honoured(tmp_path):
+def _transparent_images(tmp_path):
+    """The same two pixels, opaque red and fully transparent red, as RGBA, LA-like grey and palette images."""
     rgba = np.zeros((1, 2, 4), dtype=np.uint8)
     rgba[0, 0] = [255, 0, 0, 255]  # opaque red
     rgba[0, 1] = [255, 0, 0, 0]  # fully transparent
     Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
-    np.testing.assert_array_equal(read_image(tmp_path / "a.png")[0], [[255, 0, 0], [255, 255, 255]])
+    palette = Image.new("P", (2, 1))
+    palette.putpalette([255, 0, 0, 255, 0, 0] + [0] * 762)
+    palette.putpixel((1, 0), 1)
+    palette.save(tmp_path / "p.png", transparency=1)  # colour 1 (red, at x=1) transparent
+    Image.fromarray(np.array([[[200, 255], [200, 0]]], dtype=np.uint8), "LA").save(tmp_path / "la.png")
+    return tmp_path / "a.png", tmp_path / "p.png", tmp_path / "la.png"
+
+
+def test_alpha_is_dropped_by_default_like_torchvisions_loader(tmp_path):
+    from torchvision.datasets.folder import pil_loader
+
+    for path in _transparent_images(tmp_path):
+        ours = read_image(path)
+        np.testing.assert_array_equal(ours, np.asarray(pil_loader(str(path))), err_msg=path.name)
+    a, p, la = _transparent_images(tmp_path)
+    np.testing.assert_array_equal(read_image(a)[0], [[255, 0, 0], [255, 0, 0]])
+    np.testing.assert_array_equal(read_image(la)[0], [[200, 200, 200], [200, 200, 200]])
+
+
+@pytest.mark.parametrize("alpha, colour", [("white", 255), ("black", 0)])
+def test_alpha_white_or_black_composites_on_that_colour_palette_transparency_honoured(tmp_path, alpha, colour):
+    a, p, la = _transparent_images(tmp_path)
+    np.testing.assert_array_equal(read_image(a, alpha=alpha)[0], [[255, 0, 0], [colour] * 3])
+    np.testing.assert_array_equal(read_image(p, alpha=alpha)[0], [[255, 0, 0], [colour] * 3])
+    np.testing.assert_array_equal(read_image(la, alpha=alpha)[0], [[200] * 3, [colour] * 3])
+    rgb = tmp_path / "rgb.png"
+    Image.fromarray(RGB).save(rgb)
+    np.testing.assert_array_equal(read_image(rgb, alpha=alpha), RGB)  # no alpha: nothing composited
+
+
+def test_16_bit_images_scale_by_their_full_range_or_max_value(tmp_path):
+    """torchvision's to_dtype(scale=True): 16-bit data over 65535, whatever the content; `max_value` (12-bit
+    data: 4095) overrides the full scale. Dark 16-bit images stay dark (no stretching to their own max)."""
+    from torchvision.transforms.v2 import functional as F
+
+    data = np.array([[0, 1000], [2048, 4095]], dtype=np.uint16)
+    Image.fromarray(data).save(tmp_path / "d.png")
+    assert Image.open(tmp_path / "d.png").mode == "I;16"
+    ours = read_image(tmp_path / "d.png")
+    ref = F.to_dtype(torch.from_numpy(data), torch.float32, scale=True)
+    np.testing.assert_array_equal(ours[..., 0], (ref * 255).round().numpy().astype(np.uint8))
+    np.testing.assert_array_equal(ours[..., 0], [[0, 4], [8, 16]])
+    np.testing.assert_array_equal(read_image(tmp_path / "d.png", max_value=4095)[..., 0], [[0, 62], [128, 255]])
+    Image.fromarray(data.astype(np.int32)).save(tmp_path / "i.tiff")  # mode "I"
+    assert Image.open(tmp_path / "i.tiff").mode == "I"
+    np.testing.assert_array_equal(read_image(tmp_path / "i.tiff")[..., 0], [[0, 4], [8, 16]])
+    np.testing.assert_array_equal(read_image(tmp_path / "i.tiff", max_value=4095)[..., 0], [[0, 62], [128, 255]])
+    over = np.array([[5000, 0]], dtype=np.uint16)  # above max_value: clipped to full white
+    Image.fromarray(over).save(tmp_path / "o.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "o.png", max_value=4095)[..., 0], [[255, 0]])
+
+
+def test_float_images_keep_their_scaling(tmp_path):
+    Image.fromarray(np.array([[0.0, 0.5], [1.0, 0.25]], dtype=np.float32)).save(tmp_path / "f.tiff")
+    np.testing.assert_array_equal(read_image(tmp_path / "f.tiff", max_value=4095)[..., 0], [[0, 128], [255, 64]])
 
 
 def test_exif_orientation_is_honoured(tmp_path):
