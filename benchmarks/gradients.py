@@ -29,6 +29,7 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reportgen.config import AnalysesConfig, CamConfig, Config, GradientsConfig, TargetSpec  # noqa: E402
+from reportgen import methods  # noqa: E402
 from reportgen.engine import forward_backward  # noqa: E402
 from reportgen.layers import default_cam_layer  # noqa: E402
 from reportgen.stages import gradients as G  # noqa: E402
@@ -87,7 +88,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=10, help="smoothgrad samples")
     parser.add_argument("--stdev", type=float, default=0.15, help="smoothgrad noise, fraction of the input range")
     parser.add_argument("--top", type=int, default=1, help="target ranks (top-k classes)")
-    parser.add_argument("--methods", default=",".join(G.GRADIENT_METHODS), help="comma-separated method ids")
+    parser.add_argument("--methods", default=",".join(methods.ids("gradients")), help="comma-separated method ids")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()

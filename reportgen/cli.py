@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import sys
 import time
-import typing
 import warnings
 from pathlib import Path
 
@@ -47,68 +44,13 @@ def _fail(message: str, config=None) -> None:
 def _load(config_path: str, overrides: tuple[str, ...], out: str | None = None, save_arrays: bool = False):
     from .config import load_config
 
-    config = load_config(config_path, _paths_from_here(overrides))
+    config = load_config(config_path, overrides)  # --set paths resolve against the current folder
     output = config.output
     if out is not None:
         output = dataclasses.replace(output, dir=Path(out).resolve())
     if save_arrays:
         output = dataclasses.replace(output, save_arrays=True)
     return dataclasses.replace(config, output=output)
-
-
-def _path_keys() -> set[str]:
-    """Dotted config keys that hold paths (model.checkpoint, inputs.images, output.dir, ...)."""
-    from . import config as schema
-
-    fields = schema._PATH_FIELDS | schema._PATH_TEXT_FIELDS
-    keys: set[str] = set()
-
-    def walk(tp: type, prefix: str) -> None:
-        hints = typing.get_type_hints(tp)
-        for f in dataclasses.fields(tp):
-            if (tp.__name__, f.name) in fields:
-                keys.add(prefix + f.name)
-            for sub in (hints.get(f.name), *typing.get_args(hints.get(f.name))):
-                if isinstance(sub, type) and dataclasses.is_dataclass(sub):
-                    walk(sub, f"{prefix}{f.name}.")
-
-    walk(schema.Config, "")
-    return keys
-
-
-def _paths_from_here(overrides: tuple[str, ...]) -> tuple[str, ...]:
-    """A relative path given with --set resolves against the current folder, like -o (the config's folder
-    is for paths written in the file): such values are made absolute before the config reads them."""
-    import yaml
-
-    keys = _path_keys()
-
-    def absolute(value, key: str):
-        if isinstance(value, dict):
-            return {k: absolute(v, f"{key}.{k}") for k, v in value.items()}
-        if key not in keys:
-            return value
-        if isinstance(value, list):
-            return [absolute(v, key) for v in value]
-        if isinstance(value, str) and not (key == "model.labels" and value == "imagenet"):
-            path = Path(value).expanduser()
-            return value if path.is_absolute() else os.path.normpath(Path.cwd() / path)
-        return value
-
-    result = []
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if sep and key and raw.strip():
-            try:
-                value = yaml.safe_load(raw)
-            except yaml.YAMLError:
-                value = raw
-            changed = absolute(value, key)
-            if changed != value:
-                item = f"{key}={json.dumps(changed)}"  # JSON is YAML
-        result.append(item)
-    return tuple(result)
 
 
 _set_option = click.option(

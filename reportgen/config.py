@@ -22,47 +22,22 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from . import methods as method_registry
 from .errors import ConfigError, did_you_mean
 
 # ---------------------------------------------------------------------------- method ids
-
-CAM_METHODS = (
-    "cam", "gradcam", "gradcampp", "xgradcam", "layercam", "hirescam",
-    "eigencam", "eigengradcam", "scorecam", "ablationcam",
-)
-GRADIENT_METHODS = (
-    "saliency", "input_x_gradient", "guided_backprop", "deconvnet",
-    "guided_gradcam", "smoothgrad", "integrated_gradients",
-)
-STAGE_ORDER = ("summary", "kernels", "feature_maps", "cam", "gradients", "training")
-
-
-def _alias_key(name: str) -> str:
-    return "".join(ch for ch in name.lower().replace("++", "pp").replace("+", "p") if ch.isalnum())
-
-
-METHOD_ALIASES = {_alias_key(m): m for m in CAM_METHODS + GRADIENT_METHODS} | {
-    "gradcamplusplus": "gradcampp",
-    "layerwisecam": "layercam",
-    "ig": "integrated_gradients",
-    "inputxgradient": "input_x_gradient",
-    "guidedbackpropagation": "guided_backprop",
-    "deconvolution": "deconvnet",
-    "vanillagradient": "saliency",
-    "noisetunnel": "smoothgrad",
-}
-_METHOD_FAMILIES = {"cam": CAM_METHODS, "gradients": GRADIENT_METHODS}
 
 
 def canonical_methods(names: typing.Sequence[str], family: str, path: tuple, ctx: _Ctx) -> tuple[str, ...]:
     """The canonical ids of method `names` of `family` ("cam" or "gradients"), in order, without repeats.
     Case, spaces, `-`, `_` and `++` are forgiven, aliases accepted; an unknown name or an empty list raises
-    ConfigError at `path` (the methods key). The one place method names are checked."""
-    allowed = _METHOD_FAMILIES[family]
+    ConfigError at `path` (the methods key). The one place method names are checked: against the records of
+    `reportgen.methods` (which import no torch)."""
+    allowed = method_registry.ids(family)
     methods: list[str] = []
     for i, name in enumerate(names):
-        canonical = METHOD_ALIASES.get(_alias_key(str(name)))
-        if canonical not in allowed:
+        canonical = method_registry.canonical(str(name), family)
+        if canonical is None:
             raise ctx.error(path + (i,), f"unknown method `{_clean(name)}`.{did_you_mean(name, allowed)}"
                             f" Methods: {', '.join(allowed)}.")
         if canonical not in methods:
@@ -422,7 +397,7 @@ class AnalysesConfig:
 
     def enabled(self) -> list[str]:
         """The stages that run, in report order."""
-        return [name for name in STAGE_ORDER if getattr(self, name) is not None]
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
 
 
 @dataclass(frozen=True)

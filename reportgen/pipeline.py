@@ -119,7 +119,7 @@ def load_inputs(config: Config, pre) -> tuple[list[ImageInput], torch.Tensor]:
     paths = find_images(config.inputs.images)
     images, tensors = [], []
     for name, path in zip(unique_names(paths), paths):
-        pixels = read_image(path)
+        pixels = read_image(path, alpha=config.inputs.alpha, max_value=config.inputs.max_value)
         prepared = prepare_image(pixels, pre, config.model.input_size)
         images.append(ImageInput(name=name, source=config.shown_path(path), original=pixels,
                                  display=prepared.display))
@@ -139,7 +139,7 @@ def validate(config: Config, log: Log = _quiet) -> tuple[ModelInfo, list[str]]:
     check_stages(info)
     paths = find_images(config.inputs.images)
     for path in paths:
-        read_image(path)
+        read_image(path, alpha=config.inputs.alpha, max_value=config.inputs.max_value)
     warnings: list[str] = []
     if "training" in config.analyses.enabled():
         from .logs import find_log_files

@@ -5,11 +5,14 @@ import io
 import json
 
 import numpy as np
+from pathlib import Path
+
 import pytest
 import torch
 from PIL import Image
 from torch import nn
 
+from reportgen.config import parse_config
 from reportgen.config import (AnalysesConfig, Config, InputsConfig, KernelsConfig, LayerPattern, Normalize,
                               OptimizeConfig, Preprocess)
 from reportgen.errors import ReportgenError
@@ -101,8 +104,9 @@ def test_optimize_settings_are_checked_before_running():
         kernels.check(ctx.info, KernelsConfig(optimize=OptimizeConfig(layers=("head",), filters=(0, 12))))
     with pytest.raises(ReportgenError, match="outputs shape \\(1, 4\\), not an \\(N, C, H, W\\) feature map"):
         kernels.check(ctx.info, KernelsConfig(optimize=OptimizeConfig(layers=("fc",))))
-    with pytest.raises(ReportgenError, match="jitter` must be at least 0"):
-        kernels.check(ctx.info, KernelsConfig(optimize=OptimizeConfig(jitter=-1)))
+    with pytest.raises(ReportgenError, match=r"`analyses.kernels.optimize.jitter` \(c.yaml, line 3\): must be at least 0"):
+        parse_config("model: {name: r}\nanalyses:\n  kernels: {optimize: {jitter: -1}}\n", base_dir=Path("."),
+                     origin="c.yaml")  # ranges are the schema's: checked when the config is read
     # the default filter list (0..15) is clipped to the 8 channels of stem.0, with a note
     filters, note = kernels.filters_for(ctx.info, "stem.0", OptimizeConfig())
     assert filters == list(range(8)) and "8 channels" in note

@@ -126,19 +126,11 @@ def filters_for(info: ModelInfo, layer: str, opt: OptimizeConfig) -> tuple[list[
 # ---------------------------------------------------------------------------- stage contract
 
 def check(info: ModelInfo, cfg: KernelsConfig) -> None:
+    """What needs the model (the schema checked the ranges): the layers and the filters in them."""
     kernel_layers(info, cfg)
     if cfg.optimize is not None:
-        opt = cfg.optimize
-        for key, value in (("jitter", opt.jitter), ("blur", opt.blur), ("tv", opt.tv),
-                           ("weight_decay", opt.weight_decay)):
-            if value < 0:
-                raise ReportgenError(f"`analyses.kernels.optimize.{key}` must be at least 0, got {value}.")
-        if opt.blur_every < 1:
-            raise ReportgenError(f"`analyses.kernels.optimize.blur_every` must be at least 1, got {opt.blur_every}.")
-        if opt.size is not None and opt.size < 8:
-            raise ReportgenError(f"`analyses.kernels.optimize.size` must be at least 8 pixels, got {opt.size}.")
         for layer in optimize_layers(info, cfg):
-            filters_for(info, layer, opt)
+            filters_for(info, layer, cfg.optimize)
 
 
 def run(ctx: Context, cfg: KernelsConfig) -> KernelsResult:

@@ -1,0 +1,112 @@
+"""Extension points: a CAM method is one function plus one record, registered here in the test and seen
+validated, computed, drawn, written to arrays.npz and report.json with no other edit; stages run in the
+order their requirements give."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from reportgen import methods
+from reportgen.cli import main
+from reportgen.config import AnalysesConfig, Config, FeatureMapsConfig, GradientsConfig, SummaryConfig
+from reportgen.errors import ReportgenError
+from reportgen.methods.cam import scale_cams
+from reportgen.stages import planned, spec, stage_names
+
+
+def toycam(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """A gradient-based CAM: activations weighted by the magnitude of their gradients. (N, C, h, w) -> (N, h, w)."""
+    return (a * g.abs()).sum(dim=1)
+
+
+@pytest.fixture
+def toy_method():
+    record = methods.register(methods.Method(id="toycam", family="cam", title="Toy-CAM", aliases=("toy cam",),
+                                             needs=frozenset({"activations", "gradients"}), compute=toycam))
+    yield record
+    methods.unregister("toycam")
+
+
+def test_a_registered_cam_method_is_validated_computed_drawn_and_written(project, toy_method):
+    config = project.base()
+    config["analyses"] = {"cam": {"methods": ["Toy-CAM", "gradcam"], "target_layers": ["3"]}}  # tinynet's 2nd conv
+    config["output"]["save_arrays"] = True
+    done = CliRunner().invoke(main, ["build", str(project.write(config)), "-q"])
+    assert done.exit_code == 0, done.output
+    out = project.root / "out"
+    data = json.loads((out / "report.json").read_text())
+    assert data["cam"]["methods"] == ["toycam", "gradcam"]  # the alias resolved to the id
+    html = (out / "report.html").read_text()
+    assert "Toy-CAM" in html
+    arrays = np.load(out / "arrays.npz")
+    keys = [k for k in arrays.files if k.startswith("cam/toycam/3/")]
+    assert len(keys) == 2  # two images, top-1 each
+
+    # the same map by hand: activations and gradients of layer 3, then pytorch-grad-cam's post-processing
+    from reportgen.inputs import prepare_image, read_image
+    from reportgen.config import Preprocess
+    import sys
+
+    sys.path.insert(0, str(project.root))
+    try:
+        import tinynet
+    finally:
+        sys.path.remove(str(project.root))
+    model = tinynet.build(num_classes=3).eval()
+    x = torch.stack([prepare_image(read_image(project.root / "images" / name), Preprocess(normalize=None),
+                                   (3, 16, 16)).tensor for name in ("a.png", "b.jpg")])
+    store = {}
+    handle = model[3].register_forward_hook(lambda _m, _i, o: store.update(a=o))
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    classes = logits.argmax(1)
+    (g,) = torch.autograd.grad(logits.gather(1, classes.view(-1, 1)).sum(), store["a"])
+    expected = scale_cams(scale_cams(toycam(store["a"].detach(), g).clamp_min(0), (16, 16)).clamp_min(0))
+    for i, name in enumerate(("a", "b")):
+        got = arrays[f"cam/toycam/3/{name}/{int(classes[i])}"]
+        assert np.abs(got - expected[i].numpy()).max() < 1e-5
+
+
+def test_an_unknown_method_is_refused_with_the_registered_ones_suggested(project, toy_method):
+    config = project.base()
+    config["analyses"] = {"cam": {"methods": ["toycm"]}}
+    done = CliRunner().invoke(main, ["validate", str(project.write(config))])
+    assert done.exit_code == 2
+    assert "unknown method `toycm`" in done.stderr and "Did you mean `toycam`" in done.stderr
+
+
+def test_every_stage_has_one_record_and_the_records_order_the_run():
+    for name in stage_names():
+        record = spec(name)
+        assert record.name == name and record.title and record.config.__name__.endswith("Config")
+    config = Config(analyses=AnalysesConfig(gradients=GradientsConfig(), summary=SummaryConfig(),
+                                            feature_maps=FeatureMapsConfig()))
+    assert [s.name for s in planned(config)] == ["summary", "feature_maps", "gradients"]
+
+
+def test_a_stage_runs_after_what_it_requires_and_a_missing_requirement_is_named(monkeypatch):
+    import dataclasses
+
+    import reportgen.stages.summary as summary
+
+    monkeypatch.setattr(summary, "SPEC", dataclasses.replace(summary.SPEC, requires=("feature_maps",)))
+    config = Config(analyses=AnalysesConfig(summary=SummaryConfig(), feature_maps=FeatureMapsConfig()))
+    assert [s.name for s in planned(config)] == ["feature_maps", "summary"]
+    with pytest.raises(ReportgenError, match=r"`analyses.summary` needs `analyses.feature_maps`"):
+        planned(Config(analyses=AnalysesConfig(summary=SummaryConfig())))
+
+
+def test_the_method_records_are_read_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; import reportgen.methods as m; import reportgen.config; "
+            "print(len(m.ids('cam')), len(m.ids('gradients')), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["10", "7", "False"]
