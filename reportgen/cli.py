@@ -173,11 +173,11 @@ def layers(target: str, input_size: tuple[int, int, int], show_all: bool) -> Non
             cfg = Config(model=model, source=Path.cwd() / "layers")  # a factory's module may sit in this folder
         from .pipeline import prepare_model
 
-        info, _ = prepare_model(cfg)
+        info, _ = prepare_model(cfg, strict=False)  # the layers are listed whatever the model returns
     except ReportgenError as exc:
         _fail(str(exc))
         return
-    from .layers import default_cam_layer
+    from .layers import auto_cam_layer
 
     traced = any(l.output_shape is not None for l in info.layers.values())
     rows = [l for l in info.layers.values() if show_all or not traced or l.output_shape is not None]
@@ -189,10 +189,17 @@ def layers(target: str, input_size: tuple[int, int, int], show_all: bool) -> Non
     if not traced:
         click.echo("\nno output shapes: a TorchScript model takes no hooks (feature maps and CAM need a Python model)")
         return
+    for note in info.notes:
+        click.echo(f"\nnote: {note}")
     try:
-        click.echo(f"\ndefault CAM layer: {default_cam_layer(info)}")
+        auto = auto_cam_layer(info)
     except ReportgenError:
         click.echo("\nno spatial layer: CAM methods do not apply")
+        return
+    click.echo(f"\ndefault CAM layer: {auto.name}")
+    if auto.skipped:
+        passed = ", ".join(f"{name} ({'x'.join(map(str, shape[1:]))})" for name, shape in auto.skipped)
+        click.echo(f"passed over: {passed}: a 1x1 output gives a constant map")
 
 
 @main.command()

@@ -106,6 +106,17 @@ class Context:
     engine: Engine  # the passes over `batch`, cached for every stage
     results: Results = field(default_factory=Results)  # typed results of the stages that ran before
     log: Callable[[str], None] = lambda message: None  # detail for `-v`
+    carry: dict = field(default_factory=dict)  # what a streamed stage keeps from one batch to the next (a generator)
+    offset: int = 0  # the index of this context's first image among all images
+
+    def for_batch(self, rows: slice) -> "Context":
+        """The context of the images `rows` (a batch of a streamed build): their tensors, logits and an engine
+        of their own, the results of the stages that ran on this batch before, the build's `carry`."""
+        batch = self.batch[rows]
+        engine = Engine(self.model, batch, forward=self.engine.forward, input_grad_wanted=self.engine.input_grad_wanted)
+        return Context(info=self.info, device=self.device, batch=batch, images=self.images[rows],
+                       logits=self.logits[rows], engine=engine, log=self.log, carry=self.carry,
+                       offset=self.offset + (rows.start or 0))
 
     @property
     def model(self) -> nn.Module:

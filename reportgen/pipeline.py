@@ -69,8 +69,9 @@ def figures_module(name: str):
     return importlib.import_module(f"reportgen.figures.{name}")
 
 
-def prepare_model(config: Config, log: Log = _quiet) -> tuple[ModelInfo, object]:
-    """Load the model, describe its layers with one forward of a zero input, read its labels."""
+def prepare_model(config: Config, log: Log = _quiet, *, strict: bool = True) -> tuple[ModelInfo, object]:
+    """Load the model, describe its layers with one forward of a zero input, read its labels. Not `strict`
+    (`reportgen layers`): an output that holds no logits is a note (num_classes 0), not an error."""
     loaded = load_model(config.model, base_dir=config.source.parent if config.source else None)
     example = torch.zeros((1, *config.model.input_size), device=loaded.device)
     try:
@@ -78,7 +79,13 @@ def prepare_model(config: Config, log: Log = _quiet) -> tuple[ModelInfo, object]
     except Exception as exc:
         raise ReportgenError(f"the model does not run on an input of shape {list(example.shape)} "
                              f"(`model.input_size`): {type(exc).__name__}: {exc}") from None
-    logits = loaded.pick_logits(out)  # (1, K); a clear error for outputs that hold no logits
+    try:
+        logits = loaded.pick_logits(out)  # (1, K); a clear error for outputs that hold no logits
+    except ReportgenError as exc:
+        if strict:
+            raise
+        return ModelInfo(model=loaded.model, config=config, labels=None, num_classes=0, layers=layers,
+                         description=loaded.description, notes=[str(exc)], adapter=loaded), loaded
     labels, note = load_labels(config.model.labels, logits.shape[1], loaded.categories)
     pre = loaded.preprocess(config.inputs.preprocess)
     info = ModelInfo(model=loaded.model, config=config, labels=labels, num_classes=logits.shape[1], layers=layers,
@@ -205,8 +212,9 @@ def build(config: Config, log: Log = _quiet, detail: Log = _quiet) -> Report:
                   log=detail)
 
     runs: list[StageRun] = []
-    for stage in stages:
-        runs.append(_run_stage(stage, ctx, runs, log, detail))
+    for group in _groups(stages):  # a stage on its own, or consecutive stages streamed batch by batch together
+        runs += _stream(group, ctx, runs, log, detail) if group[0].reduce else [_run_stage(group[0], ctx, runs, log,
+                                                                                             detail)]
     report_data = _report_json(config, ctx, runs)
     arrays = _collect_arrays(ctx, runs) if config.output.save_arrays else None
     log("rendering")
@@ -236,34 +244,109 @@ def _logits(info: ModelInfo, batch: torch.Tensor, batch_size: int) -> torch.Tens
         return torch.cat([info.forward(batch[rows]).float().cpu() for rows in batches(batch.shape[0], batch_size)])
 
 
-def _run_stage(stage: Stage, ctx: Context, done: list[StageRun], log: Log, detail: Log) -> StageRun:
-    name = stage.name
-    cfg = getattr(ctx.config.analyses, name)
-    start = time.perf_counter()
+def _groups(stages: list[Stage]) -> list[list[Stage]]:
+    """Consecutive streamed stages (those with `reduce`) form one group; every other stage is a group alone."""
+    groups: list[list[Stage]] = []
+    for stage in stages:
+        if stage.reduce is not None and groups and groups[-1][0].reduce is not None:
+            groups[-1].append(stage)
+        else:
+            groups.append([stage])
+    return groups
+
+
+def _unmet(stage: Stage, done: list[StageRun]) -> str | None:
+    """Why `stage` cannot run: a stage it requires did not succeed (None: it can run)."""
     unmet = [r for r in done if r.name in stage.requires and r.status != "ok"]
-    if unmet:
-        why = "; ".join(f"it needs the {r.name} section, which {r.status}" for r in unmet)
-        log(f"stage {name} skipped: {why}")
-        return StageRun(name=name, title=stage.title, status="skipped", error=why)
-    log(f"stage {name}")
+    return "; ".join(f"it needs the {r.name} section, which {r.status}" for r in unmet) or None
+
+
+def _outcome(stage: Stage, exc: BaseException, seconds: float, log: Log, detail: Log) -> StageRun:
+    """The record of a stage that raised: skipped (StageSkipped) or failed (anything else)."""
+    if isinstance(exc, StageSkipped):
+        log(f"stage {stage.name} skipped: {exc}")
+        return StageRun(name=stage.name, title=stage.title, status="skipped", seconds=seconds, error=str(exc))
+    message = str(exc) if isinstance(exc, ReportgenError) else f"{type(exc).__name__}: {exc}"
+    detail("".join(traceback.format_exception(exc)))
+    log(f"stage {stage.name} failed: {message}")
+    return StageRun(name=stage.name, title=stage.title, status="failed", seconds=seconds, error=message)
+
+
+def _finish(stage: Stage, result: object, ctx: Context, seconds: float, log: Log, detail: Log) -> StageRun:
+    """A stage's result made available to later stages and drawn."""
+    start = time.perf_counter()
     try:
-        result = stage.run(ctx, cfg)
         ctx.results.add(result)
-        section = figures_module(name).plot(result, ctx)
-    except StageSkipped as exc:
-        log(f"stage {name} skipped: {exc}")
-        return StageRun(name=name, title=stage.title, status="skipped", seconds=time.perf_counter() - start,
-                        error=str(exc))
+        section = figures_module(stage.name).plot(result, ctx)
     except Exception as exc:  # a failed stage is reported, the rest of the report is built
-        message = str(exc) if isinstance(exc, ReportgenError) else f"{type(exc).__name__}: {exc}"
-        detail(traceback.format_exc())
-        log(f"stage {name} failed: {message}")
-        return StageRun(name=name, title=stage.title, status="failed", seconds=time.perf_counter() - start,
-                        error=message)
+        return _outcome(stage, exc, seconds + time.perf_counter() - start, log, detail)
     for warning in getattr(result, "warnings", ()):  # the report shows them too
-        log(f"stage {name}: warning: {warning}")
-    return StageRun(name=name, title=stage.title, status="ok", seconds=time.perf_counter() - start, result=result,
-                    section=section, stage=stage)
+        log(f"stage {stage.name}: warning: {warning}")
+    return StageRun(name=stage.name, title=stage.title, status="ok", seconds=seconds + time.perf_counter() - start,
+                    result=result, section=section, stage=stage)
+
+
+def _run_stage(stage: Stage, ctx: Context, done: list[StageRun], log: Log, detail: Log) -> StageRun:
+    """A stage that sees all images at once (or none: summary, kernels, training)."""
+    why = _unmet(stage, done)
+    if why:
+        log(f"stage {stage.name} skipped: {why}")
+        return StageRun(name=stage.name, title=stage.title, status="skipped", error=why)
+    log(f"stage {stage.name}")
+    start = time.perf_counter()
+    try:
+        result = stage.run(ctx, getattr(ctx.config.analyses, stage.name))
+    except Exception as exc:
+        return _outcome(stage, exc, time.perf_counter() - start, log, detail)
+    return _finish(stage, result, ctx, time.perf_counter() - start, log, detail)
+
+
+def _stream(group: list[Stage], ctx: Context, done: list[StageRun], log: Log, detail: Log) -> list[StageRun]:
+    """Stages over images, batch by batch (`inputs.batch_size`): each batch goes through every stage of the
+    group in order, with a context of its own (so a later stage finds the engine passes an earlier one ran on
+    the same batch), then each stage reduces its batch results to one."""
+    ended: dict[str, StageRun] = {}  # stages that failed or were skipped
+    partials: dict[str, list] = {stage.name: [] for stage in group}
+    seconds = dict.fromkeys(partials, 0.0)
+    for stage in group:
+        why = _unmet(stage, done)
+        if why:
+            log(f"stage {stage.name} skipped: {why}")
+            ended[stage.name] = StageRun(name=stage.name, title=stage.title, status="skipped", error=why)
+    rows = list(batches(len(ctx.images), ctx.config.inputs.batch_size))
+    log(f"stage{'s' if len(group) > 1 else ''} {', '.join(s.name for s in group if s.name not in ended)}: "
+        f"{len(ctx.images)} images in {len(rows)} batch{'es' if len(rows) > 1 else ''}")
+    for part in rows:
+        bctx = ctx.for_batch(part)
+        for stage in group:
+            if stage.name in ended:
+                continue
+            why = _unmet(stage, list(ended.values()))
+            if why:
+                ended[stage.name] = StageRun(name=stage.name, title=stage.title, status="skipped", error=why)
+                continue
+            start = time.perf_counter()
+            try:
+                result = stage.run(bctx, getattr(ctx.config.analyses, stage.name))
+                bctx.results.add(result)
+                partials[stage.name].append(result)
+            except Exception as exc:
+                ended[stage.name] = _outcome(stage, exc, seconds[stage.name] + time.perf_counter() - start, log,
+                                             detail)
+            seconds[stage.name] += time.perf_counter() - start
+    runs = []
+    for stage in group:
+        if stage.name in ended:
+            runs.append(ended[stage.name])
+            continue
+        start = time.perf_counter()
+        try:
+            result = stage.reduce(partials[stage.name])
+        except Exception as exc:
+            runs.append(_outcome(stage, exc, seconds[stage.name] + time.perf_counter() - start, log, detail))
+            continue
+        runs.append(_finish(stage, result, ctx, seconds[stage.name] + time.perf_counter() - start, log, detail))
+    return runs
 
 
 def predictions(ctx: Context, k: int) -> list[list[dict]]:

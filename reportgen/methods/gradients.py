@@ -39,6 +39,7 @@ class GradientJob:
     class_sets: list[tuple[int, ...]]  # per rank, one class per image
     batch_size: int  # inputs per forward
     seed: int
+    generator: torch.Generator | None = None  # smoothgrad's noise: a build's batches draw from one generator
     samples: int = 25  # smoothgrad
     stdev: float = 0.15  # smoothgrad
     steps: int = 50  # integrated gradients
@@ -70,7 +71,8 @@ def guided_gradcam(ruled: "RuledPass", r: int) -> torch.Tensor:
 
 def smoothgrad(job: GradientJob) -> list[torch.Tensor]:
     return compute_smoothgrad(job.model, job.batch, job.class_sets, samples=job.samples, stdev=job.stdev,
-                              seed=job.seed, batch_size=job.batch_size, forward=job.forward)
+                              seed=job.seed, batch_size=job.batch_size, forward=job.forward,
+                              generator=job.generator)
 
 
 def integrated_gradients(job: GradientJob) -> list[torch.Tensor]:
@@ -146,13 +148,14 @@ def compute_guided_gradcam(activation: torch.Tensor, gradient: torch.Tensor, gui
 
 
 def compute_smoothgrad(model: nn.Module, batch: torch.Tensor, class_sets: Sequence[Sequence[int]], *, samples: int,
-                       stdev: float, seed: int, batch_size: int, forward: Callable | None = None) -> list[torch.Tensor]:
+                       stdev: float, seed: int, batch_size: int, forward: Callable | None = None,
+                       generator: torch.Generator | None = None) -> list[torch.Tensor]:
     """Captum's NoiseTunnel(Saliency), nt_type="smoothgrad": the mean of |∂s/∂x| over `samples` copies of each
     image plus gaussian noise of sd `stdev` × (max − min of that image). The noise is drawn on the CPU from a
     torch.Generator seeded with `seed`, image after image, (samples, C, H, W) each: the numbers Captum draws
     after `torch.manual_seed(seed)` when called image by image on the CPU. Every class set sees the same
     noisy copies (one forward each). Per class set (N, C, H, W)."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = generator or torch.Generator().manual_seed(seed)  # given: it goes on where the last batch ended
     sds = [stdev * float(x.max() - x.min()) for x in batch]
     noise: dict[int, torch.Tensor] = {}  # image -> (S, C, H, W) noise, drawn in image order, dropped once used
 

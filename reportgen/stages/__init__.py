@@ -8,6 +8,11 @@ its functions:
     check(info: ModelInfo, cfg) -> None          optional: what needs the model (layer names, class
                                                  indices); the config schema checked the rest already
     run(ctx: Context, cfg) -> <Name>Result       the computation, a small frozen dataclass of arrays
+    reduce(results: list) -> <Name>Result        stages over images: the result of all images from the
+                                                 results of consecutive batches. With it, `run` is the
+                                                 per-batch step: the pipeline streams the images batch by
+                                                 batch (`inputs.batch_size`) through every such stage,
+                                                 each batch with a context of its own (`Context.for_batch`)
     arrays(result) -> dict[str, np.ndarray]      the `arrays.npz` entries (keys as in DESIGN.md), float32
     to_json(result) -> dict | list | None        optional: the stage's entry in report.json
 
@@ -33,6 +38,7 @@ class Stage:
     config: type  # the options' dataclass
     run: Callable[[Context, Any], Any]
     check: Callable[[ModelInfo, Any], None] | None = None
+    reduce: Callable[[list], Any] | None = None  # batch results -> the result (None: `run` sees all images)
     arrays: Callable[[Any], dict] = lambda result: {}
     to_json: Callable[[Any], Any] | None = None
     requires: tuple[str, ...] = ()  # stages whose results this one reads

@@ -18,6 +18,7 @@ of them (pytorch-grad-cam's multi-layer mode), stored under the layer name `fuse
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -219,7 +220,40 @@ def _in_place_warnings(ctx: Context, layers: tuple[str, ...]) -> list[str]:
             for name in changed]
 
 
+def reduce(results: list[CamResult]) -> CamResult:
+    """The result of all images from those of consecutive batches (maps re-keyed by the image's index among
+    all images; notes and warnings once; times added up)."""
+    first = results[0]
+    if len(results) == 1:
+        return first
+    maps: dict[tuple[str, str, int, int], np.ndarray] = {}
+    offset = 0
+    for r in results:
+        maps.update({(method, layer, offset + i, c): values for (method, layer, i, c), values in r.maps.items()})
+        offset += len(r.images)
+    seconds: dict[str, float] = {}
+    for r in results:
+        for step, s in r.seconds.items():
+            seconds[step] = seconds.get(step, 0.0) + s
+    layer_not_applicable: dict[str, dict[str, str]] = {}
+    for r in results:
+        for method, why in r.layer_not_applicable.items():
+            layer_not_applicable.setdefault(method, {}).update(why)
+    return dataclasses.replace(
+        first,
+        images=tuple(name for r in results for name in r.images),
+        targets=tuple(t for r in results for t in r.targets),
+        probabilities=tuple(p for r in results for p in r.probabilities),
+        labels={c: label for r in results for c, label in r.labels.items()},
+        maps=maps,
+        layer_not_applicable=layer_not_applicable,
+        notes=tuple(dict.fromkeys(note for r in results for note in r.notes)),
+        warnings=tuple(dict.fromkeys(w for r in results for w in r.warnings)),
+        seconds=seconds,
+    )
+
+
 SPEC = Stage(
-    name="cam", title="Class activation maps", config=CamConfig, run=run, check=check, arrays=arrays,
+    name="cam", title="Class activation maps", config=CamConfig, run=run, check=check, reduce=reduce, arrays=arrays,
     to_json=to_json, needs_hooks=True,
 )

@@ -20,6 +20,7 @@ spatial mean (mean) or spatial max (max), the same channels for every image so g
 from __future__ import annotations
 
 from collections.abc import Sequence
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -250,5 +251,17 @@ def summarize(name: str, kind: str, maps: np.ndarray, max_channels: int, order: 
     )
 
 
-SPEC = Stage(name="feature_maps", title="Feature maps", config=FeatureMapsConfig, run=run, check=check, arrays=arrays,
-             to_json=to_json, needs_hooks=True)
+def reduce(results: list[FeatureMapsResult]) -> FeatureMapsResult:
+    """The result of all images from those of consecutive batches: each layer's maps joined, then its channels
+    chosen and its statistics taken as for one batch of all of them."""
+    first = results[0]
+    if len(results) == 1:
+        return first
+    layers = tuple(summarize(layer.name, layer.type, np.concatenate([r.layers[j].maps for r in results]),
+                             first.max_channels, first.order) for j, layer in enumerate(first.layers))
+    return dataclasses.replace(first, images=tuple(name for r in results for name in r.images), layers=layers,
+                               notes=tuple(dict.fromkeys(note for r in results for note in r.notes)))
+
+
+SPEC = Stage(name="feature_maps", title="Feature maps", config=FeatureMapsConfig, run=run, check=check, reduce=reduce,
+             arrays=arrays, to_json=to_json, needs_hooks=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,9 +162,11 @@ def run(ctx: Context, cfg: GradientsConfig) -> GradientsResult:
 
     baseline, baseline_text = None, ""
     if "integrated_gradients" in cfg.methods:
-        baseline, baseline_text = make_baseline(cfg.baseline, batch, ctx.config.seed)
+        baseline, baseline_text = make_baseline(cfg.baseline, batch, ctx.config.seed,
+                                                generator=_generator(ctx, "uniform baseline"))
     job = GradientJob(model=model, forward=ctx.forward, batch=batch, class_sets=class_sets, batch_size=batch_size,
-                      seed=ctx.config.seed, samples=cfg.samples, stdev=cfg.stdev, steps=cfg.steps, baseline=baseline)
+                      seed=ctx.config.seed, generator=_generator(ctx, "smoothgrad"), samples=cfg.samples,
+                      stdev=cfg.stdev, steps=cfg.steps, baseline=baseline)
     for method in records:
         fn = method.function()
         with clock(method.id):
@@ -228,7 +231,14 @@ def to_json(result: GradientsResult) -> dict:
 
 
 
-def make_baseline(kind: str | Path, batch: torch.Tensor, seed: int) -> tuple[torch.Tensor, str]:
+def _generator(ctx: Context, what: str) -> torch.Generator:
+    """The build's generator for `what`, seeded with the config's seed: the batches of a streamed build draw
+    from it one after the other, as one batch of all images would."""
+    return ctx.carry.setdefault(("gradients", what), torch.Generator().manual_seed(ctx.config.seed))
+
+
+def make_baseline(kind: str | Path, batch: torch.Tensor, seed: int,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, str]:
     """The IG baseline (N, C, H, W) and a description of it: zeros, each image blurred, uniform noise over
     each image's range (seeded), or a .npy file for every image."""
     n, c, h, w = batch.shape
@@ -241,7 +251,7 @@ def make_baseline(kind: str | Path, batch: torch.Tensor, seed: int) -> tuple[tor
         sigma = BLUR_SIGMA * min(h, w)
         return gaussian_blur(batch, sigma), f"gaussian blur, sigma {sigma:.1f} px"
     if kind == "uniform":
-        noise = torch.rand(batch.shape, generator=torch.Generator().manual_seed(seed)).to(batch)
+        noise = torch.rand(batch.shape, generator=generator or torch.Generator().manual_seed(seed)).to(batch)
         lo = batch.amin(dim=(1, 2, 3), keepdim=True)
         hi = batch.amax(dim=(1, 2, 3), keepdim=True)
         return lo + noise * (hi - lo), f"uniform noise over each image's range, seed {seed}"
@@ -287,9 +297,30 @@ class _Clock:
         self.seconds[self.method] += time.perf_counter() - self.start
 
 
+def reduce(results: list[GradientsResult]) -> GradientsResult:
+    """The result of all images from those of consecutive batches."""
+    first = results[0]
+    if len(results) == 1:
+        return first
+    completeness = None
+    if first.completeness is not None:
+        completeness = Completeness(**{f: np.concatenate([getattr(r.completeness, f) for r in results])
+                                       for f in ("attribution_sum", "delta", "gap")})
+    return dataclasses.replace(
+        first,
+        images=tuple(name for r in results for name in r.images),
+        classes=np.concatenate([r.classes for r in results]),
+        maps={m: np.concatenate([r.maps[m] for r in results]) for m in first.maps},
+        completeness=completeness,
+        reused_cam_pass=tuple(all(flags) for flags in zip(*(r.reused_cam_pass for r in results))),
+        seconds={m: sum(r.seconds[m] for r in results) for m in first.seconds},
+        warnings=tuple(dict.fromkeys(w for r in results for w in r.warnings)),
+    )
+
+
 SPEC = Stage(
-    name="gradients", title="Gradient saliency", config=GradientsConfig, run=run, check=check, arrays=arrays,
-    to_json=to_json,
+    name="gradients", title="Gradient saliency", config=GradientsConfig, run=run, check=check, reduce=reduce,
+    arrays=arrays, to_json=to_json,
     needs_hooks=lambda cfg: tuple(m for m in cfg.methods if REGISTRY[m].hooks),
     wants_input_grad=lambda cfg: any("input_grad" in REGISTRY[m].needs for m in cfg.methods),
 )

@@ -1,0 +1,197 @@
+"""Build-level behaviour of the house: models whose output is not a tensor, in-place changes after a CAM
+layer, the automatic CAM layer on small inputs, labels in any case, stages that need a stage that failed."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import textwrap
+
+import numpy as np
+from click.testing import CliRunner
+from PIL import Image
+
+from reportgen.cli import main
+
+TUPLE_NET = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+    class TupleNet(nn.Module):
+        """Returns (logits, pooled features): the logits are element 0."""
+
+        def __init__(self, as_dict=False):
+            super().__init__()
+            torch.manual_seed(0)
+            self.as_dict = as_dict
+            self.conv = nn.Conv2d(3, 6, 3, padding=1)
+            self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
+            self.fc = nn.Linear(6, 3)
+
+        def forward(self, x):
+            h = self.conv2(torch.relu(self.conv(x)))
+            feats = h.mean(dim=(2, 3))
+            logits = self.fc(torch.relu(feats))
+            return {"logits": logits, "features": feats} if self.as_dict else (logits, feats)
+
+    class InPlaceNet(nn.Module):
+        """`h = conv2(x); h += x; relu_(h)`: conv2's output is changed in place after conv2 returns."""
+
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+            self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            x = torch.relu(self.conv1(x))
+            h = self.conv2(x)
+            h += x
+            torch.relu_(h)
+            return self.fc(h.mean(dim=(2, 3)))
+
+    def tuple_net(as_dict=False):
+        return TupleNet(as_dict)
+
+    def in_place_net():
+        return InPlaceNet()
+''')
+
+
+def _config(project, factory: str, analyses: dict, **model) -> dict:
+    (project.root / "nets.py").write_text(TUPLE_NET)
+    config = project.base()
+    config["model"].update({"factory": f"nets:{factory}", "kwargs": {}}, **model)
+    config["analyses"] = analyses
+    return config
+
+
+def test_a_model_returning_a_tuple_or_dict_is_explained_with_model_output(project):
+    analyses = {"feature_maps": {"layers": ["conv2"]}, "cam": {"methods": ["gradcam", "scorecam"]},
+                "gradients": {"methods": ["saliency", "guided_backprop"]}}
+    runner = CliRunner()
+    refused = runner.invoke(main, ["build", str(project.write(_config(project, "tuple_net", analyses)))])
+    assert refused.exit_code == 2 and "model.output" in refused.stderr and "Traceback" not in refused.output
+    layers = runner.invoke(main, ["layers", str(project.write(_config(project, "tuple_net", analyses)))])
+    assert layers.exit_code == 0 and "conv2" in layers.output and "model.output" in layers.output
+    for kwargs, output in (({}, 0), ({"as_dict": True}, "logits")):
+        config = _config(project, "tuple_net", analyses, output=output, kwargs=kwargs)
+        done = runner.invoke(main, ["build", str(project.write(config)), "-q"])
+        assert done.exit_code == 0, done.output
+        data = json.loads((project.root / "out" / "report.json").read_text())
+        assert [s["status"] for s in data["stages"]] == ["ok", "ok", "ok"]
+        assert data["model"]["num_classes"] == 3 and data["cam"]["layers"] == ["conv2"]
+
+
+def test_cam_warns_when_its_layer_output_is_changed_in_place(project):
+    config = _config(project, "in_place_net", {"cam": {"methods": ["gradcam"], "target_layers": ["conv2"]}})
+    done = CliRunner().invoke(main, ["build", str(project.write(config)), "-q"])
+    assert done.exit_code == 0, done.output
+    warnings = json.loads((project.root / "out" / "report.json").read_text())["cam"]["warnings"]
+    assert any("`conv2`'s output is changed in place" in w and "pytorch-grad-cam" in w for w in warnings)
+    config["analyses"]["cam"]["target_layers"] = ["conv1"]  # nothing changes conv1's output afterwards
+    assert CliRunner().invoke(main, ["build", str(project.write(config)), "-q"]).exit_code == 0
+    warnings = json.loads((project.root / "out" / "report.json").read_text())["cam"]["warnings"]
+    assert not any("in place" in w for w in warnings)
+
+
+def test_the_automatic_cam_layer_says_what_it_passed_over_on_a_small_input(project):
+    config = project.base()
+    config["model"] = {"source": "torchvision", "name": "resnet18", "kwargs": {"num_classes": 4},
+                       "input_size": [3, 32, 32], "labels": None, "device": "cpu"}
+    config["analyses"] = {"cam": {"methods": ["gradcam"]}}
+    done = CliRunner().invoke(main, ["build", str(project.write(config)), "-q"])
+    assert done.exit_code == 0, done.output
+    cam = json.loads((project.root / "out" / "report.json").read_text())["cam"]
+    assert cam["layers"] == ["layer3"]
+    assert any("`layer4` (512×1×1) were passed over" in note for note in cam["notes"])
+    assert any("`layer3` gives 2×2 maps" in w for w in cam["warnings"])
+    layers = CliRunner().invoke(main, ["layers", "resnet18", "--input-size", "3,32,32"])
+    assert "default CAM layer: layer3" in layers.output and "passed over: layer4 (512x1x1)" in layers.output
+
+
+def test_labels_match_in_any_case_and_a_single_label_is_a_target(project):
+    (project.root / "labels.txt").write_text("Cat\ndog\nbird\n")
+    config = project.base()
+    config["model"]["labels"] = "labels.txt"
+    config["analyses"] = {"cam": {"methods": ["gradcam"], "targets": "cat"}}
+    config["output"]["save_arrays"] = True
+    done = CliRunner().invoke(main, ["build", str(project.write(config)), "-q"])
+    assert done.exit_code == 0, done.output
+    keys = np.load(project.root / "out" / "arrays.npz").files
+    assert sorted(k for k in keys if k.startswith("cam/")) == ["cam/gradcam/4/a/0", "cam/gradcam/4/b/0"]
+
+
+def test_a_stage_whose_requirement_failed_is_skipped_with_the_reason(project, monkeypatch):
+    import reportgen.stages.feature_maps as feature_maps
+    import reportgen.stages.summary as summary
+
+    def boom(ctx, cfg):
+        raise RuntimeError("summary broke")
+
+    monkeypatch.setattr(summary, "SPEC", dataclasses.replace(summary.SPEC, run=boom))
+    monkeypatch.setattr(feature_maps, "SPEC", dataclasses.replace(feature_maps.SPEC, requires=("summary",)))
+    config = project.base()
+    config["analyses"] = {"feature_maps": {}, "summary": {}}
+    done = CliRunner().invoke(main, ["build", str(project.write(config)), "-q"])
+    assert done.exit_code == 1
+    stages = json.loads((project.root / "out" / "report.json").read_text())["stages"]
+    assert [(s["name"], s["status"]) for s in stages] == [("summary", "failed"), ("feature_maps", "skipped")]
+    assert stages[1]["error"] == "it needs the summary section, which failed"
+
+
+def test_transparent_and_sixteen_bit_images_reach_the_model_as_configured(project):
+    rgba = np.zeros((16, 16, 4), dtype=np.uint8)
+    rgba[..., 0] = 200
+    rgba[..., 3] = 0  # fully transparent red
+    Image.fromarray(rgba, "RGBA").save(project.root / "images" / "a.png")
+    deep = (np.arange(256, dtype=np.uint16).reshape(16, 16) * 16)  # 12-bit data, 0..4080
+    Image.fromarray(deep).save(project.root / "images" / "b.png")
+    (project.root / "images" / "b.jpg").unlink()
+    config = project.base()
+    config["analyses"] = {}
+    config["output"]["save_arrays"] = True
+    logits = {}
+    for alpha, max_value in (("drop", None), ("white", None), ("drop", 4095)):
+        config["inputs"].update(alpha=alpha, max_value=max_value)
+        done = CliRunner().invoke(main, ["build", str(project.write(config)), "-q"])
+        assert done.exit_code == 0, done.output
+        arrays = np.load(project.root / "out" / "arrays.npz")
+        logits[(alpha, max_value)] = (arrays["logits/a"], arrays["logits/b"])
+    assert not np.allclose(logits[("drop", None)][0], logits[("white", None)][0])  # red kept vs. white
+    assert np.allclose(logits[("drop", None)][0], logits[("drop", 4095)][0])
+    assert not np.allclose(logits[("drop", None)][1], logits[("drop", 4095)][1])  # 12-bit range stretched
+
+
+def test_a_streamed_build_equals_one_batch_of_every_image(project):
+    """`inputs.batch_size: 2` streams 5 images in 3 batches through feature maps, CAM and gradients: every array
+    equals the build that sees them in one batch, SmoothGrad's noise and the uniform baseline included, and the
+    gradients still reuse the CAM pass of each batch."""
+    from tests.conftest import make_image
+
+    for i in range(3):
+        make_image(project.root / "images" / f"c{i}.png", seed=10 + i)
+    config = project.base()
+    config["analyses"] = {
+        "feature_maps": {"order": "mean"},
+        "cam": {"methods": ["gradcam", "scorecam", "ablationcam", "cam"], "targets": "top2"},
+        "gradients": {"methods": ["saliency", "input_x_gradient", "guided_gradcam", "smoothgrad",
+                                  "integrated_gradients"], "samples": 3, "steps": 4, "baseline": "uniform",
+                      "targets": "top2"},
+    }
+    config["output"]["save_arrays"] = True
+    arrays, data = {}, {}
+    for batch_size in (2, 8):
+        config["inputs"]["batch_size"] = batch_size
+        done = CliRunner().invoke(main, ["build", str(project.write(config)), "-q"])
+        assert done.exit_code == 0, done.output
+        with np.load(project.root / "out" / "arrays.npz") as npz:
+            arrays[batch_size] = {key: npz[key] for key in npz.files}
+        data[batch_size] = json.loads((project.root / "out" / "report.json").read_text())
+    assert set(arrays[2]) == set(arrays[8]) and len([k for k in arrays[2] if k.startswith("cam/")]) == 4 * 5 * 2
+    for key, value in arrays[8].items():
+        assert np.abs(arrays[2][key] - value).max() <= 1e-5 * (1 + np.abs(value).max()), key
+    for batch_size in (2, 8):
+        assert data[batch_size]["gradients"]["reused_cam_pass"] == [True, True]
+        assert [i["name"] for i in data[batch_size]["cam"]["images"]] == ["a", "b", "c0", "c1", "c2"]
+    assert data[2]["feature_maps"] == data[8]["feature_maps"]
