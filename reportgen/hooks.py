@@ -62,7 +62,7 @@ def forward_until(model: nn.Module, inputs: torch.Tensor) -> None:
 @contextmanager
 def capture_outputs(
     model: nn.Module, names: Sequence[str], *, detach: bool = True, stop_after: str | None = None,
-    versions: dict[str, int] | None = None,
+    versions: dict[str, int] | None = None, keep: Callable[[Any], Any] | None = None, pass_copies: bool = False,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Record the output of each named layer during forward passes inside the block.
 
@@ -71,16 +71,26 @@ def capture_outputs(
     in the autograd graph, so `torch.autograd.grad(score, outputs[name])` works. With `stop_after`,
     that layer's first output ends the pass (run it with `forward_until`). With `versions`, each output's
     version counter as the layer returned it goes there (a later in-place op raises the counter).
+    `keep(output)` decides what is recorded instead (a copy on the CPU, a shape, ...). With `pass_copies`,
+    the rest of the model receives a copy (`clone()`) of each output, so a later in-place op (VGG's
+    `ReLU(inplace=True)`) changes the copy and never the recorded tensor: the output and its gradient are
+    the layer's own, as in Captum's layer attributions (`forward_hook_with_return`). The dict's order is
+    the order of the layers' last calls.
     """
     outputs: dict[str, torch.Tensor] = {}
 
     def make_hook(name: str) -> ForwardHook:
         def hook(_module, _inputs, output):
-            outputs[name] = output.detach() if (detach and torch.is_tensor(output)) else output
+            outputs.pop(name, None)  # re-inserted: the dict's order is the order of last calls
+            if keep is not None:
+                outputs[name] = keep(output)
+            else:
+                outputs[name] = output.detach() if (detach and torch.is_tensor(output)) else output
             if versions is not None and torch.is_tensor(output):
                 versions[name] = output._version
             if name == stop_after:
                 raise StopForward
+            return output.clone() if pass_copies and torch.is_tensor(output) else None
         return hook
 
     with forward_hooks(model, [(name, make_hook(name)) for name in names]):
@@ -168,21 +178,3 @@ def relu_backward_rule(model: nn.Module, rule: str = "guided") -> Iterator[ReluR
         for handle in handles:
             handle.remove()
         pending.clear()
-
-
-@contextmanager
-def capture_outputs_passing_copies(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
-    """Like `capture_outputs(detach=False)`, but the rest of the model receives a copy (`clone()`) of each
-    named layer's output, so a later in-place op (VGG's `ReLU(inplace=True)`) changes the copy and never
-    the captured tensor: the captured output and its gradient are the layer's own, as in Captum's layer
-    attributions (`forward_hook_with_return`)."""
-    outputs: dict[str, torch.Tensor] = {}
-
-    def make_hook(name: str) -> ForwardHook:
-        def hook(_module, _inputs, output):
-            outputs[name] = output
-            return output.clone() if torch.is_tensor(output) else output
-        return hook
-
-    with forward_hooks(model, [(name, make_hook(name)) for name in names]):
-        yield outputs

@@ -12,7 +12,7 @@ from torch import nn
 
 from .config import LayerPattern
 from .errors import ReportgenError, did_you_mean
-from .hooks import forward_hooks, get_layer
+from .hooks import capture_outputs, get_layer
 
 if TYPE_CHECKING:
     from .context import ModelInfo
@@ -37,16 +37,9 @@ def describe_model(model: nn.Module, example: torch.Tensor, *, hooks: bool = Tru
                    ) -> tuple[dict[str, LayerInfo], object]:
     """(`describe_layers`, the model's raw output) from the same single forward of `example` (no grad).
     Without `hooks` (a TorchScript model takes none) the layers are listed without output shapes."""
-    shapes: dict[str, tuple | None] = {}
-
-    def hook_for(name: str):
-        def hook(_m, _i, output):
-            shapes.pop(name, None)  # re-insert: dict order = order of last call
-            shapes[name] = tuple(output.shape) if torch.is_tensor(output) else None
-        return hook
-
     named = [name for name, _ in model.named_modules() if name] if hooks else []
-    with forward_hooks(model, [(name, hook_for(name)) for name in named]), torch.no_grad():
+    shape_of = lambda output: tuple(output.shape) if torch.is_tensor(output) else None  # noqa: E731
+    with capture_outputs(model, named, keep=shape_of) as shapes, torch.no_grad():
         out = model(example)
     order = {name: i for i, name in enumerate(shapes)}
     return {

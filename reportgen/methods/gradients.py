@@ -24,7 +24,7 @@ from torch import nn
 
 from ..engine import forward_backward_many
 from ..errors import ReportgenError
-from ..hooks import capture_outputs_passing_copies, relu_backward_rule
+from ..hooks import capture_outputs, relu_backward_rule
 from ..ops import batches
 from ..progress import track
 
@@ -108,7 +108,7 @@ def compute_ruled_pass(model: nn.Module, batch: torch.Tensor, class_sets: Sequen
     grads: dict[str, list[torch.Tensor]] = {rule: [] for rule in rules}
     layer_grads: list[torch.Tensor] = []
     with relu_backward_rule(model, rules[0]) as state, \
-            capture_outputs_passing_copies(model, [layer] if layer else []) as outputs, torch.enable_grad():
+            capture_outputs(model, [layer] if layer else [], detach=False, pass_copies=True) as outputs, torch.enable_grad():
         logits = (forward or model)(x)
     output = outputs.get(layer) if layer else None
     last = len(class_sets) * len(rules) - 1

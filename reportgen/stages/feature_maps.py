@@ -28,7 +28,7 @@ import torch
 
 from ..config import FeatureMapsConfig, LayerPattern
 from ..errors import ReportgenError
-from ..hooks import ForwardHook, forward_hooks
+from ..hooks import capture_outputs
 from ..layers import depth_of, is_spatial_map, select_layers
 from ..ops import batches
 from . import Context, ModelInfo, Stage
@@ -189,16 +189,13 @@ def capture_maps(model: torch.nn.Module, batch: torch.Tensor, names: Sequence[st
     gone on return, also on error."""
     parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
     bad: dict[str, str] = {}
-    outputs: dict[str, object] = {}  # name -> (n, C, h, w) float32 CPU copy, or what else the layer returned
 
-    def copy_output(name: str) -> ForwardHook:
-        def hook(_module, _inputs, output):
-            is_map = torch.is_tensor(output) and output.dim() == 4
-            outputs[name] = output.detach().to("cpu", torch.float32, copy=True) if is_map else output
-        return hook
+    def copy(output: object) -> object:  # (n, C, h, w) float32 CPU copy, or what else the layer returned
+        is_map = torch.is_tensor(output) and output.dim() == 4
+        return output.detach().to("cpu", torch.float32, copy=True) if is_map else output
 
     if names:
-        with torch.no_grad(), forward_hooks(model, [(name, copy_output(name)) for name in names]):
+        with torch.no_grad(), capture_outputs(model, names, keep=copy) as outputs:
             for rows in batches(batch.shape[0], chunk):
                 outputs.clear()
                 (forward or model)(batch[rows])
