@@ -33,6 +33,7 @@ from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from .errors import ReportgenError
 from .hooks import ForwardHook, capture_outputs, forward_hooks
+from .ops import batches
 
 
 @dataclass(frozen=True)
@@ -222,8 +223,6 @@ class Engine:
     def chunks(self) -> int:
         return -(-self.batch.shape[0] // self.step)
 
-    def _starts(self) -> range:
-        return range(0, self.batch.shape[0], self.step)
 
     def passes(self, layers: Sequence[str], class_sets: Sequence[Sequence[int]], *,
                input_grad: bool = False) -> list[GradPass]:
@@ -233,10 +232,10 @@ class Engine:
         input_grad = input_grad or self.input_grad_wanted
         key = (layers, class_sets, input_grad)
         if key not in self._passes:
-            step = self.step
             self._passes[key] = concat_passes([
-                forward_backward_many(self.model, self.batch[s:s + step], layers, [c[s:s + step] for c in class_sets],
-                                      input_grad=input_grad, forward=self.forward) for s in self._starts()])
+                forward_backward_many(self.model, self.batch[rows], layers, [c[rows] for c in class_sets],
+                                      input_grad=input_grad, forward=self.forward)
+                for rows in batches(self.batch.shape[0], self.step)])
             self._modified.update(name for p in self._passes[key] for name in p.modified)
         return self._passes[key]
 
@@ -244,8 +243,8 @@ class Engine:
         """(logits (N, K), layer -> output (N, C, h, w)) of forwards without autograd, one per chunk."""
         layers = tuple(dict.fromkeys(layers))
         if layers not in self._activations:
-            parts = [_forward_activations(self.model, self.batch[s:s + self.step], layers, self.forward)
-                     for s in self._starts()]
+            parts = [_forward_activations(self.model, self.batch[rows], layers, self.forward)
+                     for rows in batches(self.batch.shape[0], self.step)]
             self._modified.update(name for p in parts for name in p[2])
             self._activations[layers] = (torch.cat([p[0] for p in parts]),
                                          {name: torch.cat([p[1][name] for p in parts]) for name in layers})

@@ -29,6 +29,7 @@ from .inputs import find_images, prepare_image, read_image, unique_names
 from .layers import describe_model
 from .models import hooks_refused, load_labels, load_model
 from .ops import batches
+from .progress import track
 from .stages import Stage, input_grad_wanted, planned
 
 Log = Callable[[str], None]
@@ -125,7 +126,8 @@ def load_inputs(config: Config, pre) -> tuple[list[ImageInput], torch.Tensor]:
     """The images (names, pixels) and the (N, C, H, W) batch prepared with the resolved preprocessing `pre`."""
     paths = find_images(config.inputs.images)
     images, tensors = [], []
-    for name, path in zip(unique_names(paths), paths):
+    for name, path in track(list(zip(unique_names(paths), paths)), total=len(paths), desc="reading images",
+                            unit="image"):
         pixels = read_image(path, alpha=config.inputs.alpha, max_value=config.inputs.max_value)
         prepared = prepare_image(pixels, pre, config.model.input_size)
         images.append(ImageInput(name=name, source=config.shown_path(path), original=pixels,

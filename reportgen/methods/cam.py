@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..engine import Engine, GradPass, forward_replacing
+from ..ops import batches
 from ..progress import track
 from . import REGISTRY, Method, title
 
@@ -155,8 +156,8 @@ def score_cam_weights(
         for i in track(range(n), total=n, desc="Score-CAM", unit="image"):
             index = torch.as_tensor(classes[i], device=batch.device)
             scores = []
-            for start in range(0, c, batch_size):
-                up = F.interpolate(activations[i:i + 1, start:start + batch_size].float(), size=size,
+            for channels in batches(c, batch_size):
+                up = F.interpolate(activations[i:i + 1, channels].float(), size=size,
                                    mode="bilinear", align_corners=True)[0]  # (b, H, W)
                 lo = up.amin(dim=(1, 2), keepdim=True)
                 hi = up.amax(dim=(1, 2), keepdim=True)
@@ -193,11 +194,11 @@ def ablation_cam_weights(
                 broadcast = _broadcasts(model, batch[i:i + 1], layer, a, logits[i], forward)
             values = _ablation_values(a, min(batch_size, c))  # (b,) or None for zeros
             scores = []
-            for start in range(0, c, batch_size):
-                b = min(batch_size, c - start)
+            for channels in batches(c, batch_size):
+                b = channels.stop - channels.start
                 ablated = a.unsqueeze(0).repeat(b, 1, 1, 1)
                 rows = torch.arange(b, device=a.device)
-                ablated[rows, start + rows] = 0.0 if values is None else values[:b, None, None]
+                ablated[rows, channels.start + rows] = 0.0 if values is None else values[:b, None, None]
                 inputs = batch[i:i + 1] if broadcast else batch[i:i + 1].expand(b, -1, -1, -1)
                 out = forward_replacing(model, inputs, layer, ablated, forward=forward)
                 scores.append(out.float()[:, index])  # (b, k)
