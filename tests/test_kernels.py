@@ -143,6 +143,22 @@ def test_activation_maximisation_stops_each_forward_at_the_target_layer():
     assert model.heads == 5 + 2
 
 
+def test_activation_maximisation_runs_on_one_thread_and_restores_the_count():
+    """Many tiny parallel ops: one intra-op thread keeps it steady on shared cores (see `_one_thread`)."""
+    torch.manual_seed(1)
+    model = Net().eval()
+    seen = []
+    handle = model.stem.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        kernels.maximize_activation(model, "stem", [0, 1], size=(16, 16), steps=3, seed=0)
+        assert set(seen) == {1} and torch.get_num_threads() == 2
+    finally:
+        handle.remove()
+        torch.set_num_threads(before)
+
+
 def test_activation_maximisation_is_one_batch_for_all_filters_and_seeded():
     torch.manual_seed(2)
     model = Net().eval()

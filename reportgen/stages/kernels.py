@@ -260,7 +260,7 @@ def maximize_activation(
 
     was_training = model.training
     model.eval()  # BatchNorm with running statistics: the images of the batch do not interact
-    with (_restore_mode(model, was_training),
+    with (_restore_mode(model, was_training), _one_thread(device),
           capture_outputs(model, [layer], detach=False, stop_after=layer) as outputs):
         def score(inputs: torch.Tensor) -> torch.Tensor:  # (F,) mean activation of filter k in image k
             forward_until(model, inputs)  # the layers after `layer` do not matter
@@ -300,6 +300,24 @@ def _restore_mode(model: nn.Module, training: bool) -> Iterator[None]:
         yield
     finally:
         model.train(training)
+
+
+@contextmanager
+def _one_thread(device: torch.device) -> Iterator[None]:
+    """One intra-op thread on the CPU for the block (the previous count restored after). Each of the many small
+    steps runs dozens of short parallel ops; torch's OpenMP threads spin-wait at the end of each, so when another
+    process wants a core, the two threads wait on each other: the quickstart's maximisation took 2 to 28 s on two
+    shared cores, against 1.0 to 2.7 s with one thread (0.7 s against 1.05 s on idle cores:
+    `python benchmarks/quickstart.py`, README "Speed")."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class Adam:
