@@ -24,6 +24,7 @@ class ImageInput:
     source: str  # the file it came from
     original: np.ndarray  # (H0, W0, 3) uint8 RGB, EXIF-oriented, as loaded
     display: np.ndarray  # (H, W, 3) uint8 RGB: the resized/cropped pixels the model sees, before normalisation
+    label: int | None = None  # the true class index, where the inputs give ground truth
 
 
 @dataclass
