@@ -6,6 +6,7 @@ while running is marked failed in the report (exit code 1) and the rest of the r
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import platform
@@ -195,7 +196,7 @@ def check_outputs(config: Config) -> None:
 
 def build(config: Config, log: Log = _quiet, detail: Log = _quiet) -> Report:
     """Run every configured stage and write the report. Raises ReportgenError for bad input."""
-    from . import render, write  # presentation and disk last: not needed by validate
+    from . import write  # disk last: not needed by validate
 
     started = time.perf_counter()
     check_outputs(config)
@@ -212,13 +213,29 @@ def build(config: Config, log: Log = _quiet, detail: Log = _quiet) -> Report:
                     input_grad_wanted=input_grad_wanted(config))
     ctx = Context(info=info, device=loaded.device, batch=batch, images=images, logits=logits, engine=engine,
                   log=detail)
+    # arrays.npz is written entry by entry as the stages (and the batches of streamed stages) finish
+    sink = write.ArraysWriter(config.output.dir) if config.output.save_arrays else None
+    with sink if sink is not None else contextlib.nullcontext():
+        return _build(config, ctx, stages, sink, started, log, detail)
 
+
+def _build(config: Config, ctx: Context, stages: list[Stage], sink, started: float, log: Log, detail: Log) -> Report:
+    """The stages, the page and the files, once the model and the images are ready (`sink`: the arrays.npz
+    being written, or None)."""
+    from . import render, write  # presentation and disk last: not needed by validate
+
+    if sink is not None:
+        sink.add({f"logits/{img.name}": ctx.logits[i].numpy() for i, img in enumerate(ctx.images)})
     runs: list[StageRun] = []
     for group in _groups(stages):  # a stage on its own, or consecutive stages streamed batch by batch together
-        runs += _stream(group, ctx, runs, log, detail) if group[0].reduce else [_run_stage(group[0], ctx, runs, log,
-                                                                                             detail)]
+        if group[0].reduce is not None:
+            runs += _stream(group, ctx, runs, log, detail, sink)
+            continue
+        run = _run_stage(group[0], ctx, runs, log, detail)
+        if sink is not None and run.status == "ok":
+            sink.add(run.stage.arrays(run.result))
+        runs.append(run)
     report_data = _report_json(config, ctx, runs)
-    arrays = _collect_arrays(ctx, runs) if config.output.save_arrays else None
     log("rendering")
     html, assets, section_errors = render.render_report(config, ctx, runs, report_data)
     for run in runs:  # a section that could not be drawn marks its stage failed, in report.json too
@@ -230,7 +247,7 @@ def build(config: Config, log: Log = _quiet, detail: Log = _quiet) -> Report:
     try:
         if config.output.tensorboard is not None:  # before the report's files: an error leaves those untouched
             _write_tensorboard(config, ctx, runs, log)
-        files = write.write_report(out, html=html, report_json=report_data, arrays=arrays, assets=assets,
+        files = write.write_report(out, html=html, report_json=report_data, arrays=sink, assets=assets,
                                    self_contained=config.output.self_contained)
     except OSError as exc:
         raise ReportgenError(f"`output.dir`: writing the report to {out} failed ({exc.strerror or exc}); "
@@ -303,12 +320,15 @@ def _run_stage(stage: Stage, ctx: Context, done: list[StageRun], log: Log, detai
     return _finish(stage, result, ctx, time.perf_counter() - start, log, detail)
 
 
-def _stream(group: list[Stage], ctx: Context, done: list[StageRun], log: Log, detail: Log) -> list[StageRun]:
+def _stream(group: list[Stage], ctx: Context, done: list[StageRun], log: Log, detail: Log,
+            sink=None) -> list[StageRun]:
     """Stages over images, batch by batch (`inputs.batch_size`): each batch goes through every stage of the
     group in order, with a context of its own (so a later stage finds the engine passes an earlier one ran on
-    the same batch), then each stage reduces its batch results to one."""
+    the same batch), then each stage reduces its batch results to one. Each batch's arrays go to `sink` (an
+    `ArraysWriter`) as the batch finishes; those of a stage that fails later are taken back."""
     ended: dict[str, StageRun] = {}  # stages that failed or were skipped
     partials: dict[str, list] = {stage.name: [] for stage in group}
+    written: dict[str, list[str]] = {stage.name: [] for stage in group}  # arrays.npz keys, per stage
     seconds = dict.fromkeys(partials, 0.0)
     for stage in group:
         why = _unmet(stage, done)
@@ -332,6 +352,10 @@ def _stream(group: list[Stage], ctx: Context, done: list[StageRun], log: Log, de
                 result = stage.run(bctx, getattr(ctx.config.analyses, stage.name))
                 bctx.results.add(result)
                 partials[stage.name].append(result)
+                if sink is not None:
+                    arrays = stage.arrays(result)
+                    sink.add(arrays)
+                    written[stage.name] += list(arrays)
             except Exception as exc:
                 ended[stage.name] = _outcome(stage, exc, seconds[stage.name] + time.perf_counter() - start, log,
                                              detail)
@@ -348,6 +372,10 @@ def _stream(group: list[Stage], ctx: Context, done: list[StageRun], log: Log, de
             runs.append(_outcome(stage, exc, seconds[stage.name] + time.perf_counter() - start, log, detail))
             continue
         runs.append(_finish(stage, result, ctx, seconds[stage.name] + time.perf_counter() - start, log, detail))
+    if sink is not None:
+        for run in runs:
+            if run.status != "ok":
+                sink.drop(written[run.name])
     return runs
 
 
@@ -392,15 +420,6 @@ def _report_json(config: Config, ctx: Context, runs: list[StageRun]) -> dict:
 
 def _stage_entries(runs: list[StageRun]) -> list[dict]:
     return [{"name": r.name, "status": r.status, "seconds": round(r.seconds, 3), "error": r.error} for r in runs]
-
-
-def _collect_arrays(ctx: Context, runs: list[StageRun]) -> dict[str, np.ndarray]:
-    arrays = {f"logits/{img.name}": ctx.logits[i].numpy().astype(np.float32) for i, img in enumerate(ctx.images)}
-    for run in runs:
-        if run.status == "ok":
-            for key, value in run.stage.arrays(run.result).items():
-                arrays[key] = np.asarray(value, dtype=np.float32)
-    return arrays
 
 
 def _write_tensorboard(config: Config, ctx: Context, runs: list[StageRun], log: Log) -> None:

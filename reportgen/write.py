@@ -17,6 +17,8 @@ import shutil
 import signal
 import tempfile
 import threading
+import zipfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +48,80 @@ def _write_temp(path: Path, data: bytes) -> str:
 def write_atomic(path: Path, data: bytes) -> None:
     """Readers never see half a file, and the previous file survives a crash."""
     os.replace(_write_temp(path, data), path)
+
+
+class ArraysWriter:
+    """`arrays.npz` written entry by entry as a build produces them (one `.npy` member per key, deflated,
+    as `np.savez_compressed` writes them), into a temporary file in the output folder: the build never holds
+    every array at once. `write_report` renames it into place with the rest of the report; `discard()` (or
+    leaving the `with` block on an error) removes it, and the output folder if this writer made it.
+
+    `drop(keys)` takes entries back (a stage that failed part-way): they are left out when the file is
+    finished."""
+
+    def __init__(self, out_dir: Path):
+        out_dir = Path(out_dir)
+        self.made = [d for d in (out_dir, *out_dir.parents) if not d.exists()]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, self.path = tempfile.mkstemp(dir=out_dir, prefix=".arrays.npz.", suffix=".tmp")
+        os.close(fd)
+        self._zip: zipfile.ZipFile | None = zipfile.ZipFile(self.path, "w", compression=zipfile.ZIP_DEFLATED,
+                                                             allowZip64=True)
+        self.keys: list[str] = []
+        self._dropped: set[str] = set()
+
+    def add(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Write each array (as float32) under its key; a key written before is a bug, not a user error."""
+        for key, value in arrays.items():
+            if key in self.keys:
+                raise ValueError(f"arrays.npz: the key {key!r} is written twice")
+            with self._zip.open(f"{key}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asarray(value, dtype=np.float32), allow_pickle=False)
+            self.keys.append(key)
+
+    def drop(self, keys: Iterable[str]) -> None:
+        self._dropped.update(keys)
+
+    def finish(self) -> str:
+        """Close the file (without the dropped entries) and return its temporary name."""
+        if self._zip is not None:
+            self._zip.close()
+            self._zip = None
+            if self._dropped & set(self.keys):
+                self._rewrite([k for k in self.keys if k not in self._dropped])
+        return self.path
+
+    def _rewrite(self, keep: Iterable[str]) -> None:
+        fd, tmp = tempfile.mkstemp(dir=Path(self.path).parent, prefix=".arrays.npz.", suffix=".tmp")
+        os.close(fd)
+        try:
+            with zipfile.ZipFile(self.path) as source, \
+                    zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as target:
+                for key in keep:
+                    with source.open(f"{key}.npy") as src, target.open(f"{key}.npy", "w", force_zip64=True) as dst:
+                        shutil.copyfileobj(src, dst)
+        except BaseException:
+            _unlink(tmp)
+            raise
+        os.replace(tmp, self.path)
+        self.keys = [k for k in self.keys if k not in self._dropped]
+
+    def discard(self) -> None:
+        if self._zip is not None:
+            with contextlib.suppress(Exception):
+                self._zip.close()
+            self._zip = None
+        _unlink(self.path)
+        for folder in self.made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty
+
+    def __enter__(self) -> "ArraysWriter":
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        if kind is not None:
+            self.discard()
 
 
 def owned_files(out_dir: Path) -> set[str]:
@@ -120,9 +196,11 @@ def _same_bytes(path: Path, data: bytes) -> bool:
         return False
 
 
-def write_report(out_dir: Path, *, html: str, report_json: dict, arrays: dict[str, np.ndarray] | None,
-                 assets: dict[str, bytes], self_contained: bool) -> dict:
-    """Write report.html (or index.html + assets/), report.json and arrays.npz into `out_dir`.
+def write_report(out_dir: Path, *, html: str, report_json: dict,
+                 arrays: dict[str, np.ndarray] | ArraysWriter | None, assets: dict[str, bytes],
+                 self_contained: bool) -> dict:
+    """Write report.html (or index.html + assets/), report.json and arrays.npz into `out_dir`. `arrays`: a
+    mapping written here, or an `ArraysWriter` that already wrote them (its file is renamed into place).
 
     Raises ReportgenError (nothing written) when one of those files exists and reportgen did not write it.
     Every file is first written in full under a temporary name; only then are they renamed into place, the
@@ -151,7 +229,10 @@ def write_report(out_dir: Path, *, html: str, report_json: dict, arrays: dict[st
 def _write_report(out_dir: Path, owned: set[str], *, html, report_json, arrays, assets, self_contained) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     files: list[tuple[str, bytes]] = []
-    if arrays is not None:
+    prewritten: list[tuple[str, Path]] = []  # (temporary file, its place): written before, renamed with the rest
+    if isinstance(arrays, ArraysWriter):
+        prewritten.append((arrays.finish(), out_dir / "arrays.npz"))
+    elif arrays is not None:
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
         files.append(("arrays.npz", buffer.getvalue()))
@@ -167,6 +248,7 @@ def _write_report(out_dir: Path, owned: set[str], *, html, report_json, arrays, 
     # ours: what this build writes, and the assets an earlier build wrote with the same bytes (an identical
     # copy the user put there stays the user's: it is neither claimed nor ever removed)
     written = {name for name, _ in files} | {f"assets/{name}" for name in assets if f"assets/{name}" in owned}
+    written |= {path.name for _, path in prewritten}
 
     # while the files move into place, the manifest lists both the old and the new files: a crash at any
     # point leaves every file of ours listed (a listed file that does not exist is harmless)
@@ -175,6 +257,8 @@ def _write_report(out_dir: Path, owned: set[str], *, html, report_json, arrays, 
     try:
         for name, data in files:
             pending.append((_write_temp(out_dir / name, data), out_dir / name))
+            if name == MANIFEST:
+                pending += prewritten  # renamed after the manifest that lists them, before the page
     except BaseException:
         for tmp, _ in pending:
             _unlink(tmp)

@@ -195,3 +195,68 @@ def test_a_streamed_build_equals_one_batch_of_every_image(project):
         assert data[batch_size]["gradients"]["reused_cam_pass"] == [True, True]
         assert [i["name"] for i in data[batch_size]["cam"]["images"]] == ["a", "b", "c0", "c1", "c2"]
     assert data[2]["feature_maps"] == data[8]["feature_maps"]
+
+
+def _five_images(project):
+    from tests.conftest import make_image
+
+    for i in range(3):
+        make_image(project.root / "images" / f"c{i}.png", seed=10 + i)
+
+
+def test_arrays_are_written_as_batches_finish_and_a_stage_failing_late_takes_its_entries_back(project, monkeypatch):
+    import reportgen.stages.cam as cam
+    from reportgen import write
+
+    _five_images(project)
+    events = []
+    real_add = write.ArraysWriter.add
+
+    def add(self, arrays):
+        events.append(("add", sorted(arrays)))
+        return real_add(self, arrays)
+
+    calls = {"n": 0}
+
+    def run(ctx, cfg):  # fails on the third batch
+        calls["n"] += 1
+        events.append(("cam", [image.name for image in ctx.images]))
+        if calls["n"] == 3:
+            raise RuntimeError("cam broke on the last batch")
+        return real_run(ctx, cfg)
+
+    real_run = cam.SPEC.run
+    monkeypatch.setattr(write.ArraysWriter, "add", add)
+    monkeypatch.setattr(cam, "SPEC", dataclasses.replace(cam.SPEC, run=run))
+    config = project.base()
+    config["inputs"]["batch_size"] = 2
+    config["analyses"] = {"feature_maps": {}, "cam": {"methods": ["gradcam"]}}
+    config["output"]["save_arrays"] = True
+    done = CliRunner().invoke(main, ["build", str(project.write(config)), "-q"])
+    assert done.exit_code == 1  # cam failed
+    # the first batch's feature maps were written before the second batch ran
+    first_fm = next(i for i, e in enumerate(events) if e[0] == "add" and any("/a" in k for k in e[1])
+                    and all(k.startswith("feature_maps/") for k in e[1]))
+    second_cam = next(i for i, e in enumerate(events) if e == ("cam", ["c0", "c1"]))
+    assert first_fm < second_cam
+    with np.load(project.root / "out" / "arrays.npz") as npz:
+        keys = npz.files
+    assert not any(k.startswith("cam/") for k in keys)  # taken back: the stage failed
+    assert {k.rsplit("/", 1)[1] for k in keys if k.startswith("feature_maps/")} == {"a", "b", "c0", "c1", "c2"}
+    assert sum(k.startswith("logits/") for k in keys) == 5
+    assert not list((project.root / "out").glob(".arrays.npz.*"))
+
+
+def test_an_interrupted_build_leaves_no_arrays_file_and_no_folder(project, monkeypatch):
+    import reportgen.stages.feature_maps as feature_maps
+
+    def interrupt(ctx, cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(feature_maps, "SPEC", dataclasses.replace(feature_maps.SPEC, run=interrupt))
+    config = project.base()
+    config["analyses"] = {"feature_maps": {}}
+    config["output"] = {"dir": "new/out", "save_arrays": True}
+    done = CliRunner().invoke(main, ["build", str(project.write(config))])
+    assert done.exit_code == 130
+    assert not (project.root / "new").exists()
