@@ -320,6 +320,16 @@ class SummaryConfig:
 
 
 @dataclass(frozen=True)
+class DatasetConfig:
+    """The data set overview: accuracy, per-class scores, confusion and calibration (or, without ground truth,
+    what the model predicts)."""
+
+    bins: int = setting(15, ge=2)  # equal-width confidence bins over [0, 1] (reliability diagram, ECE)
+    top_confused: int = setting(20, **_COUNT)  # most-confused pairs listed when the matrix is too big to draw
+    max_matrix_classes: int = setting(30, ge=2)  # the confusion matrix is drawn up to this many classes
+
+
+@dataclass(frozen=True)
 class OptimizeConfig:
     """Activation maximisation (filter visualisation) by gradient ascent on the input."""
 
@@ -389,6 +399,7 @@ class TrainingConfig:
 @dataclass(frozen=True)
 class AnalysesConfig:
     summary: SummaryConfig | None = setting(None, null_means_default=True)
+    dataset: DatasetConfig | None = setting(None, null_means_default=True)
     kernels: KernelsConfig | None = setting(None, null_means_default=True)
     feature_maps: FeatureMapsConfig | None = setting(None, null_means_default=True)
     cam: CamConfig | None = setting(None, null_means_default=True)
