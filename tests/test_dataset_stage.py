@@ -11,12 +11,11 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from reportgen import render
 from reportgen.cli import main
 from reportgen.config import AnalysesConfig, Config, DatasetConfig
 from reportgen.figures import dataset as figures
 from reportgen.stages import dataset
-from tests.conftest import TEMPLATES, render_section
+from tests.conftest import render_section
 from tests.helpers import make_context
 
 
@@ -169,9 +168,7 @@ def test_without_labels_the_overview_shows_predictions_and_confidences():
     assert "No image has a true class" in html and "<b>" not in html
 
 
-def test_a_build_with_the_dataset_stage(project, monkeypatch):
-    # this repository's templates: an editable install elsewhere can map `reportgen.templates` to its own copy
-    monkeypatch.setattr(render, "templates_dir", lambda: TEMPLATES)
+def test_a_build_with_the_dataset_stage(project):
     config = project.base()
     config["analyses"] = {"dataset": {}}
     config["output"]["save_arrays"] = True

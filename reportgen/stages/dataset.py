@@ -22,7 +22,6 @@ Without ground truth: how often each class is predicted and the confidences.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
