@@ -102,11 +102,12 @@ def _is_image(path: Path) -> bool:
 def _images_under(folder: Path) -> list[Path]:
     """Image files anywhere under `folder`, in torchvision's `make_dataset` order (sorted walk, links followed);
     hidden folders skipped."""
-    out = []
-    for root, dirs, files in sorted(os.walk(folder, followlinks=True)):
+    walked = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        out += [Path(root) / f for f in sorted(files) if Path(f).suffix.lower() in IMAGE_SUFFIXES]
-    return out
+        walked.append((root, files))
+    return [Path(root) / f for root, files in sorted(walked) for f in sorted(files)
+            if Path(f).suffix.lower() in IMAGE_SUFFIXES]
 
 
 def _folder_entries(folder: Path, shown: Callable[[Path], str]) -> list[Entry]:

@@ -65,6 +65,8 @@ def rel(images):
 
 def test_imagefolder_classes_are_labels_exact_or_any_case(project):
     folder(project.root / "data", {"Cat": 2, "dog": 1, "bird": 1})
+    folder(project.root / "data" / ".ipynb_checkpoints", {"x": 1})  # hidden folders are no class and hold no image
+    folder(project.root / "data" / "dog", {".cache": 1})
     images, batch, _ = load(project, config_with(project, ["data"], labels=["cat", "dog", "bird"]))
     # torchvision's order: sorted class names ("Cat" < "bird" < "dog"), each folder's files sorted
     assert rel(images) == ["data/Cat/Cat_0.png", "data/Cat/Cat_1.png", "data/bird/bird_0.png", "data/dog/dog_0.png"]
