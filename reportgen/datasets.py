@@ -243,8 +243,8 @@ def _box(values: dict, fail: Callable[[str], ReportgenError]) -> tuple[float, fl
     elif not given:
         return None
     elif len(given) < 4:
-        raise fail(f"a box needs all four of x0, y0, x1, y1; {', '.join(k for k, p in zip(BOX_KEYS, parts) if p in (None, ''))} "
-                   "empty.")
+        empty = ", ".join(k for k, p in zip(BOX_KEYS, parts) if p is None or p == "")
+        raise fail(f"a box needs all four of x0, y0, x1, y1; {empty} empty.")
     numbers = []
     for key, value in zip(BOX_KEYS, parts):
         if isinstance(value, bool):
@@ -277,7 +277,8 @@ def _match_label(name: str, labels: list[str]) -> int | None:
     return folded.index(name.casefold()) if folded.count(name.casefold()) == 1 else None
 
 
-def folder_classes(names: tuple[str, ...], labels: list[str] | None, num_classes: int | None, where: str) -> dict[str, int]:
+def folder_classes(names: tuple[str, ...], labels: list[str] | None, num_classes: int | None,
+                   where: str) -> dict[str, int]:
     """An ImageFolder's class names -> class indices: every name a label of the model (exact, else ignoring case);
     else, when no name is a label and there are as many names as classes, the index of the name in sorted order
     (torchvision's `ImageFolder`, and ImageNet's WordNet-id folders); anything else is an error."""
