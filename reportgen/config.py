@@ -305,6 +305,18 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class SampleConfig:
+    """A reproducible subset of labelled inputs: `per_class` images of each class (all of a smaller class)."""
+
+    per_class: int | None = setting(None, **_COUNT)
+    seed: int | None = setting(None, **_SEED)  # default: the config's seed
+
+    def _validate(self, err: Callable[[str, str], None]) -> None:
+        if self.per_class is None:
+            err("per_class", "`inputs.sample` needs `per_class: N` (images per class).")
+
+
+@dataclass(frozen=True)
 class InputsConfig:
     images: tuple[str, ...] = setting((), kind="patterns")  # absolute file, folder or glob patterns
     preprocess: Preprocess = field(default_factory=Preprocess)
@@ -312,6 +324,9 @@ class InputsConfig:
     batch_size: int = setting(8, **_COUNT)
     alpha: Literal["drop", "white", "black"] = "drop"  # transparent pixels: drop alpha (torchvision's loader)
     max_value: int | None = setting(None, ge=1, le=2**32 - 1)  # full scale of 16-bit images; None: 65535
+    limit: int | None = setting(None, **_COUNT)  # the first N images (after sampling), in entry order
+    sample: SampleConfig | None = None  # {per_class: N, seed: S}: N images of each class
+    strict: bool = False  # false: an image that cannot be read is skipped (the report says so); true: an error
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ class ImageInput:
     original: np.ndarray  # (H0, W0, 3) uint8 RGB, EXIF-oriented, as loaded
     display: np.ndarray  # (H, W, 3) uint8 RGB: the resized/cropped pixels the model sees, before normalisation
     label: int | None = None  # the true class index, where the inputs give ground truth
+    box: tuple[float, float, float, float] | None = None  # (x0, y0, x1, y1) in `display` pixels, where given
+    mask: np.ndarray | None = None  # (H, W) bool over `display`, True on the object, where given
 
 
 @dataclass

@@ -36,6 +36,20 @@ def find_images(patterns: tuple[str, ...]) -> list[Path]:
     return found
 
 
+class ImageReadError(ReportgenError):
+    """An image (or mask) that cannot be decoded: `path` and a short `reason` beside the full message, so a
+    non-strict build can skip it and say why."""
+
+    def __init__(self, message: str, path: Path, reason: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+
+
+def _read_error(path: Path, message: str, reason: str) -> ImageReadError:
+    return ImageReadError(f"`inputs.images`: {message}", Path(path), reason)
+
+
 ALPHA = {"white": (255, 255, 255), "black": (0, 0, 0)}  # and "drop": alpha discarded
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
@@ -55,13 +69,38 @@ def read_image(path: Path, alpha: str = "drop", max_value: int | None = None) ->
             img = ImageOps.exif_transpose(img)
             return _to_rgb(img, alpha, max_value)
     except UnidentifiedImageError:
-        raise ReportgenError(f"`inputs.images`: {path} is not an image Pillow can read.") from None
+        raise _read_error(path, f"{path} is not an image Pillow can read.", "not an image Pillow can read") from None
     except Image.DecompressionBombError as exc:
-        raise ReportgenError(f"`inputs.images`: {path} is too large to read safely ({exc}). Resize it first.") from None
+        raise _read_error(path, f"{path} is too large to read safely ({exc}). Resize it first.",
+                          "too large to read safely") from None
     except OSError as exc:
-        raise ReportgenError(f"`inputs.images`: cannot read {path}: {exc}.") from None
+        raise _read_error(path, f"cannot read {path}: {exc}.", str(exc)) from None
     except Exception as exc:  # Pillow raises SyntaxError, ValueError, ... for broken files
-        raise ReportgenError(f"`inputs.images`: {path} is a broken image ({type(exc).__name__}: {exc}).") from None
+        raise _read_error(path, f"{path} is a broken image ({type(exc).__name__}: {exc}).",
+                          f"{type(exc).__name__}: {exc}") from None
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A mask image -> (H, W) bool, True where the pixel is nonzero (the object); EXIF orientation applied, as
+    for its image. Colour masks count a pixel as object when any colour channel is nonzero (alpha ignored)."""
+    try:
+        with Image.open(path) as img:
+            img.seek(0)
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("1", "L", "I", "F", *SIXTEEN_BIT_MODES):
+                values = np.asarray(img)
+            else:
+                values = np.asarray(img.convert("RGB")).any(axis=2)
+            return np.asarray(values) != 0
+    except UnidentifiedImageError:
+        raise _read_error(path, f"mask {path} is not an image Pillow can read.",
+                          f"mask {Path(path).name}: not an image Pillow can read") from None
+    except Image.DecompressionBombError:
+        raise _read_error(path, f"mask {path} is too large to read safely.",
+                          f"mask {Path(path).name}: too large to read safely") from None
+    except Exception as exc:
+        raise _read_error(path, f"mask {path} cannot be read ({type(exc).__name__}: {exc}).",
+                          f"mask {Path(path).name}: {type(exc).__name__}: {exc}") from None
 
 
 def _to_rgb(img: Image.Image, alpha: str = "drop", max_value: int | None = None) -> np.ndarray:
@@ -91,21 +130,71 @@ class PreparedImage:
     tensor: torch.Tensor  # (C, H, W) float32, normalised
 
 
-def prepare_image(pixels: np.ndarray, pre: Preprocess, input_size: tuple[int, ...]) -> PreparedImage:
-    channels, height, width = input_size
-    img = Image.fromarray(pixels)
+@dataclass(frozen=True)
+class Geometry:
+    """Where preprocessing puts the pixels of an image of `size` (w, h): resized to `resized` (w, h) with
+    `resample` (None: not resized), then centre-cropped to `crop` (h, w) (None: not cropped)."""
+
+    size: tuple[int, int]
+    resized: tuple[int, int] | None
+    crop: tuple[int, int] | None
+    resample: int = Image.BILINEAR
+
+
+def geometry(width: int, height: int, pre: Preprocess, input_size: tuple[int, ...]) -> Geometry:
+    """The resize and crop `prepare_image` applies to an image of width x height."""
+    _, h, w = input_size
     if pre.resize is None and pre.center_crop is None:
         # default: cover the model's input size keeping the aspect ratio, then centre-crop to it
-        scale = max(height / img.height, width / img.width)
-        img = img.resize((max(width, round(img.width * scale)), max(height, round(img.height * scale))),
-                         Image.BILINEAR)
-        img = _center_crop(img, (height, width))
-    else:
-        if pre.resize is not None:
-            img = _resize(img, pre.resize, RESAMPLE[pre.interpolation])
-        if pre.center_crop is not None:
-            crop = pre.center_crop
-            img = _center_crop(img, (crop[0], crop[-1]))
+        scale = max(h / height, w / width)
+        return Geometry((width, height), (max(w, round(width * scale)), max(h, round(height * scale))), (h, w))
+    resized = _resize_size(width, height, pre.resize) if pre.resize is not None else None
+    crop = (pre.center_crop[0], pre.center_crop[-1]) if pre.center_crop is not None else None
+    return Geometry((width, height), resized, crop, RESAMPLE[pre.interpolation])
+
+
+def apply_geometry(img: Image.Image, geo: Geometry, resample: int | None = None) -> Image.Image:
+    """`img` resized and cropped as `geo` says (`resample` overrides its filter: NEAREST for masks)."""
+    if geo.resized is not None:
+        img = img.resize(geo.resized, geo.resample if resample is None else resample)
+    if geo.crop is not None:
+        img = _center_crop(img, geo.crop)
+    return img
+
+
+def transform_box(box: tuple[float, float, float, float], geo: Geometry) -> tuple[float, float, float, float] | None:
+    """A box (x0, y0, x1, y1) in original-image pixels -> the same box in the prepared image's pixels: scaled by
+    the resize, shifted by the crop (and its padding), clipped to the image inside the crop. None when nothing of
+    it is left."""
+    w0, h0 = geo.size
+    w, h = geo.resized if geo.resized is not None else geo.size
+    sx, sy = w / w0, h / h0
+    x0, y0, x1, y1 = box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy
+    lo_x, lo_y, hi_x, hi_y = 0.0, 0.0, float(w), float(h)  # where the image's pixels lie
+    if geo.crop is not None:
+        th, tw = geo.crop
+        cw, ch = max(tw, w), max(th, h)  # _center_crop pads a smaller image, centred
+        dx = (cw - w) // 2 - int(round((cw - tw) / 2.0))
+        dy = (ch - h) // 2 - int(round((ch - th) / 2.0))
+        x0, x1, lo_x, hi_x = x0 + dx, x1 + dx, max(0.0, lo_x + dx), min(float(tw), hi_x + dx)
+        y0, y1, lo_y, hi_y = y0 + dy, y1 + dy, max(0.0, lo_y + dy), min(float(th), hi_y + dy)
+    x0, x1 = min(max(x0, lo_x), hi_x), min(max(x1, lo_x), hi_x)
+    y0, y1 = min(max(y0, lo_y), hi_y), min(max(y1, lo_y), hi_y)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return (float(x0), float(y0), float(x1), float(y1))
+
+
+def transform_mask(mask: np.ndarray, geo: Geometry) -> np.ndarray:
+    """An (H0, W0) bool mask -> (H, W) bool in the prepared image's pixels: nearest resize, the same crop."""
+    img = Image.fromarray(mask.astype(np.uint8) * 255)
+    return np.asarray(apply_geometry(img, geo, resample=Image.NEAREST)) > 0
+
+
+def prepare_image(pixels: np.ndarray, pre: Preprocess, input_size: tuple[int, ...]) -> PreparedImage:
+    channels = input_size[0]
+    img = Image.fromarray(pixels)
+    img = apply_geometry(img, geometry(img.width, img.height, pre, input_size))
     display = np.asarray(img.convert("RGB"), dtype=np.uint8)
     if channels == 1:
         x = torch.from_numpy(np.asarray(img.convert("L"), dtype=np.float32) / 255.0)[None]
@@ -125,14 +214,13 @@ def prepare_image(pixels: np.ndarray, pre: Preprocess, input_size: tuple[int, ..
 RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
 
 
-def _resize(img: Image.Image, size: tuple[int, ...], resample: int = Image.BILINEAR) -> Image.Image:
-    """torchvision semantics: one number = the shorter side; two = (height, width)."""
+def _resize_size(width: int, height: int, size: tuple[int, ...]) -> tuple[int, int]:
+    """torchvision semantics: one number = the shorter side; two = (height, width). Returns (w, h)."""
     if len(size) == 2:
-        return img.resize((size[1], size[0]), resample)
-    short, long = sorted((img.width, img.height))
+        return size[1], size[0]
+    short, long = sorted((width, height))
     new_short, new_long = size[0], int(size[0] * long / short)
-    w, h = (new_short, new_long) if img.width <= img.height else (new_long, new_short)
-    return img.resize((w, h), resample)
+    return (new_short, new_long) if width <= height else (new_long, new_short)
 
 
 def _center_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:

@@ -21,12 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, datasets
 from .config import Config
 from .context import Context, ImageInput, ModelInfo
 from .engine import Engine
 from .errors import ReportgenError, StageSkipped
-from .inputs import find_images, prepare_image, read_image, unique_names
 from .layers import describe_model
 from .models import hooks_refused, load_labels, load_model
 from .ops import batches
@@ -123,22 +122,19 @@ def _check_hooks_possible(info: ModelInfo, stage: Stage, cfg) -> None:
     raise hooks_refused(what, plural=hooked is not True and len(hooked) > 1, key=f"analyses.{stage.name}")
 
 
-def load_inputs(config: Config, pre) -> tuple[list[ImageInput], torch.Tensor]:
-    """The images (names, pixels) and the (N, C, H, W) batch prepared with the resolved preprocessing `pre`."""
-    paths = find_images(config.inputs.images)
-    images, tensors = [], []
-    for name, path in track(list(zip(unique_names(paths), paths)), total=len(paths), desc="reading images",
-                            unit="image"):
-        pixels = read_image(path, alpha=config.inputs.alpha, max_value=config.inputs.max_value)
-        prepared = prepare_image(pixels, pre, config.model.input_size)
-        images.append(ImageInput(name=name, source=config.shown_path(path), original=pixels,
-                                 display=prepared.display))
-        tensors.append(prepared.tensor)
-    shapes = {tuple(t.shape) for t in tensors}
+def load_inputs(config: Config, pre, info: ModelInfo | None = None) -> tuple[list[ImageInput], torch.Tensor]:
+    """The images (names, pixels, ground truth, boxes, masks) and the (N, C, H, W) batch prepared with the
+    resolved preprocessing `pre`. With the model's `info`, labels resolve against its labels and class count,
+    and what the report should say about the inputs (images skipped, annotations cropped away) joins its notes."""
+    loaded = datasets.load(config, pre, info.labels if info else None, info.num_classes if info else None,
+                           progress=track)
+    if info is not None:
+        info.notes.extend(loaded.notes)
+    shapes = {tuple(t.shape) for t in loaded.tensors}
     if len(shapes) > 1:
         raise ReportgenError(f"`inputs.preprocess`: the images come out in different sizes {sorted(shapes)}; "
                              "set `center_crop` (or `resize: [h, w]`) so they share one size.")
-    return images, torch.stack(tensors)
+    return loaded.images, torch.stack(loaded.tensors)
 
 
 def validate(config: Config, log: Log = _quiet) -> tuple[ModelInfo, list[str]]:
@@ -147,10 +143,7 @@ def validate(config: Config, log: Log = _quiet) -> tuple[ModelInfo, list[str]]:
     check_outputs(config)
     info, loaded = prepare_model(config, log)
     check_stages(info)
-    paths = find_images(config.inputs.images)
-    for path in paths:
-        read_image(path, alpha=config.inputs.alpha, max_value=config.inputs.max_value)
-    warnings: list[str] = []
+    warnings: list[str] = list(datasets.load(config, info.preprocess, info.labels, info.num_classes).notes)
     if "training" in config.analyses.enabled():
         from .logs import find_log_files
 
@@ -206,7 +199,7 @@ def build(config: Config, log: Log = _quiet, detail: Log = _quiet) -> Report:
     info, loaded = prepare_model(config, detail)
     stages = check_stages(info)
     log("reading images")
-    images, batch = load_inputs(config, info.preprocess)
+    images, batch = load_inputs(config, info.preprocess, info)
     batch = batch.to(loaded.device)
     logits = _logits(info, batch, config.inputs.batch_size)
     engine = Engine(info.model, batch, chunk=config.inputs.batch_size, forward=info.forward,
@@ -405,7 +398,8 @@ def _report_json(config: Config, ctx: Context, runs: list[StageRun]) -> dict:
         "model": {"description": ctx.info.description, "num_classes": ctx.info.num_classes,
                   "input_size": list(config.model.input_size), "device": str(ctx.device)},
         "images": [
-            {"name": img.name, "source": img.source, "top_k": top}
+            {"name": img.name, "source": img.source, "top_k": top,
+             "truth": {"index": img.label, "label": ctx.label(img.label)} if img.label is not None else None}
             for img, top in zip(ctx.images, predictions(ctx, config.inputs.top_k))
         ],
         "stages": _stage_entries(runs),

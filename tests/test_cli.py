@@ -111,9 +111,14 @@ def _bad_cases(project):
             return project.write(config)
         return apply
 
+    def strict():
+        config = project.base()
+        config["inputs"]["strict"] = True
+        return project.write(config)
+
     def not_an_image():
         (project.root / "images" / "c.png").write_text("this is text")
-        return project.write()
+        return strict()  # not strict, an unreadable image is skipped with a note (tests/test_datasets.py)
 
     class Evil:
         def __reduce__(self):
@@ -141,7 +146,7 @@ def _bad_cases(project):
                                     + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
         (project.root / "images" / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
                                                            + chunk(b"IEND", b""))
-        return project.write()
+        return strict()
 
     def unwritable():
         (project.root / "locked").write_text("a file where a folder should be")

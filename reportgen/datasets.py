@@ -1,0 +1,447 @@
+"""Labelled inputs: what `inputs.images` lists, as entries (a path, its raw class, box and mask), then resolved
+against the model's labels, sampled, read and prepared.
+
+An entry of `inputs.images` is an image file, a glob, a folder, or a manifest:
+
+- a plain folder (image files, no sub-folder holding images): its images, unlabelled;
+- a folder in torchvision `ImageFolder` layout (sub-folders, one per class, holding images): each image's class
+  is its sub-folder's name, resolved by `resolve_labels` (a label of the model, or the name's index in sorted
+  order, as `ImageFolder` assigns it);
+- a manifest, `.csv` with a header row or `.jsonl`: `path` (relative to the manifest's folder), optional
+  `label` (a class index or a label), box `x0, y0, x1, y1` (original-image pixels; JSONL also `box: [...]`)
+  and `mask` (a grayscale image, nonzero = object).
+
+`find_entries` needs no model (so it runs first and checks the files); `resolve_labels` needs the model's
+labels and class count; `load` does the whole chain for the pipeline.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import math
+import os
+import random
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import ReportgenError, did_you_mean
+from .inputs import (IMAGE_SUFFIXES, ImageReadError, geometry, prepare_image, read_image, read_mask,
+                     transform_box, transform_mask, unique_names)
+
+MANIFEST_SUFFIXES = (".csv", ".jsonl")
+BOX_KEYS = ("x0", "y0", "x1", "y1")
+KEY = "`inputs.images`"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One image to read. `label`: raw (a class folder's name, a manifest's index or label) until
+    `resolve_labels` makes it a class index; None: no ground truth."""
+
+    path: Path
+    label: int | str | None = None
+    box: tuple[float, float, float, float] | None = None  # (x0, y0, x1, y1) in original-image pixels
+    mask: Path | None = None
+    where: str = field(default="", compare=False)  # "set.csv, line 4": for messages
+    classes: tuple[str, ...] | None = field(default=None, compare=False)  # an ImageFolder's class names, sorted
+    root: Path | None = field(default=None, compare=False)  # the ImageFolder folder it came from
+
+
+def _listing(names: Iterable[str], most: int = 8) -> str:
+    names = list(names)
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+# ---------------------------------------------------------------------------- finding entries
+
+
+def find_entries(patterns: tuple[str, ...], shown: Callable[[Path], str] = str) -> list[Entry]:
+    """The entries of `inputs.images` (files, folders, ImageFolder folders, manifests and globs), in the order
+    given, without repeats. `shown` turns a path into the text messages show. No model needed."""
+    if not patterns:
+        raise ReportgenError(f"{KEY} is empty: list image files, folders, manifests or globs (like images/*.jpg).")
+    found: list[Entry] = []
+    seen: set[Entry] = set()
+    for pattern in patterns:
+        path = Path(pattern)
+        if glob.has_magic(pattern):
+            matches = [Path(p) for p in sorted(glob.glob(pattern, recursive=True)) if Path(p).is_file()]
+            if not matches:
+                raise ReportgenError(f"{KEY}: no image matches {pattern}.")
+            entries = [e for m in matches for e in _file_entries(m, shown)]
+        elif path.is_dir():
+            entries = _folder_entries(path, shown)
+        elif path.is_file():
+            entries = _file_entries(path, shown)
+        else:
+            raise ReportgenError(f"{KEY}: {pattern} does not exist.")
+        for entry in entries:
+            if entry not in seen:
+                seen.add(entry)
+                found.append(entry)
+    return found
+
+
+def _file_entries(path: Path, shown: Callable[[Path], str]) -> list[Entry]:
+    if path.suffix.lower() in MANIFEST_SUFFIXES:
+        return read_manifest(path, shown)
+    return [Entry(path)]
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _images_under(folder: Path) -> list[Path]:
+    """Image files anywhere under `folder`, in torchvision's `make_dataset` order (sorted walk, links followed);
+    hidden folders skipped."""
+    walked = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        walked.append((root, files))
+    return [Path(root) / f for root, files in sorted(walked) for f in sorted(files)
+            if Path(f).suffix.lower() in IMAGE_SUFFIXES]
+
+
+def _folder_entries(folder: Path, shown: Callable[[Path], str]) -> list[Entry]:
+    """A plain folder (its image files, unlabelled) or an ImageFolder-layout folder (class sub-folders)."""
+    subfolders = sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                        key=lambda p: p.name)
+    per_class = {sub.name: _images_under(sub) for sub in subfolders}
+    loose = sorted((p for p in folder.iterdir() if _is_image(p)), key=lambda p: p.name)
+    if not any(per_class.values()):  # no sub-folder holds images: today's plain folder
+        if not loose:
+            raise ReportgenError(f"{KEY}: no image matches {folder}.")
+        return [Entry(p) for p in loose]
+    if loose:
+        raise ReportgenError(
+            f"{KEY}: {shown(folder)} has class sub-folders ({_listing(per_class)}), so it is read as an ImageFolder "
+            f"layout, but it also holds images beside them: {_listing(p.name for p in loose)}. Move them into a "
+            "class folder (or elsewhere).")
+    classes = tuple(sorted(per_class))  # every class folder counts, as in torchvision's ImageFolder
+    return [Entry(path, label=name, where=shown(folder), classes=classes, root=folder)
+            for name in classes for path in per_class[name]]
+
+
+# ---------------------------------------------------------------------------- manifests
+
+
+def read_manifest(path: Path, shown: Callable[[Path], str] = str) -> list[Entry]:
+    """A `.csv` (header row) or `.jsonl` manifest -> its entries; a bad row is an error naming the manifest
+    and its line."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReportgenError(f"{KEY}: cannot read the manifest {shown(path)}: {exc}.") from None
+    rows = _csv_rows(text, path, shown) if path.suffix.lower() == ".csv" else _jsonl_rows(text, path, shown)
+    entries = [_entry(values, line, path, shown) for line, values in rows]
+    if not entries:
+        raise ReportgenError(f"{KEY}: the manifest {shown(path)} lists no image.")
+    return entries
+
+
+def _csv_rows(text: str, path: Path, shown: Callable[[Path], str]) -> list[tuple[int, dict]]:
+    reader = csv.reader(text.splitlines(keepends=True))
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise ReportgenError(f"{KEY}: the manifest {shown(path)} is empty: it needs a header row with a "
+                                 "`path` column.")
+        header = [h.strip().lower() for h in header]  # column names in any case
+        _check_columns(header, path, shown)
+        rows = []
+        while True:
+            start = reader.line_num + 1
+            row = next(reader, None)
+            if row is None:
+                return rows
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) > len(header):
+                raise ReportgenError(f"{KEY}: {shown(path)}, line {start}: {len(row)} values, but the header names "
+                                     f"{len(header)} columns.")
+            rows.append((start, {k: v.strip() for k, v in zip(header, row) if k}))
+    except csv.Error as exc:
+        raise ReportgenError(f"{KEY}: {shown(path)}, line {reader.line_num}: not valid CSV ({exc}).") from None
+
+
+def _check_columns(columns: list[str], path: Path, shown: Callable[[Path], str], line: int | None = None) -> None:
+    where = f"{shown(path)}, line {line}" if line else shown(path)
+    if "path" not in columns:
+        names = [c for c in columns if c]
+        hint = did_you_mean("path", names) if names else ""
+        raise ReportgenError(f"{KEY}: {where} has no `path` column{' (' + ', '.join(names) + ')' if names else ''}."
+                             f"{hint}")
+    present = [k for k in BOX_KEYS if k in columns]
+    if present and len(present) < 4:
+        raise ReportgenError(f"{KEY}: {where}: a box needs all four of x0, y0, x1, y1; "
+                             f"missing {', '.join(k for k in BOX_KEYS if k not in present)}.")
+
+
+def _jsonl_rows(text: str, path: Path, shown: Callable[[Path], str]) -> list[tuple[int, dict]]:
+    rows = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            values = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ReportgenError(f"{KEY}: {shown(path)}, line {n}: not valid JSON ({exc.msg}).") from None
+        if not isinstance(values, dict):
+            raise ReportgenError(f"{KEY}: {shown(path)}, line {n}: expected an object like "
+                                 f'{{"path": "a.jpg", "label": 3}}, got {type(values).__name__}.')
+        _check_columns(list(values), path, shown, n)
+        rows.append((n, values))
+    return rows
+
+
+def _entry(values: dict, line: int, manifest: Path, shown: Callable[[Path], str]) -> Entry:
+    where = f"{shown(manifest)}, line {line}"
+
+    def fail(message: str) -> ReportgenError:
+        return ReportgenError(f"{KEY}: {where}: {message}")
+
+    def file(key: str) -> Path | None:
+        value = values.get(key)
+        if value is None or value == "":
+            if key == "path":
+                raise fail("`path` is empty.")
+            return None
+        if not isinstance(value, str):
+            raise fail(f"`{key}` must be a path, got {value!r}.")
+        resolved = Path(os.path.normpath(manifest.parent / Path(value).expanduser()))
+        if not resolved.is_file():
+            raise fail(f"{'mask ' if key == 'mask' else ''}{value} does not exist ({shown(resolved)}).")
+        return resolved
+
+    image = file("path")
+    label = values.get("label")
+    if isinstance(label, str):
+        label = label.strip() or None
+    elif isinstance(label, bool) or not (label is None or isinstance(label, int)):
+        raise fail(f"`label` must be a class index or a label, got {label!r}.")
+    return Entry(image, label=label, box=_box(values, fail), mask=file("mask"), where=where)
+
+
+def _box(values: dict, fail: Callable[[str], ReportgenError]) -> tuple[float, float, float, float] | None:
+    box = values.get("box")
+    parts = [values.get(k) for k in BOX_KEYS]
+    given = [p for p in parts if p is not None and p != ""]
+    if box is not None and given:
+        raise fail("give the box as `box` or as x0, y0, x1, y1, not both.")
+    if box is not None:
+        if not isinstance(box, list) or len(box) != 4:
+            raise fail(f"`box` must be [x0, y0, x1, y1], got {box!r}.")
+        parts = box
+    elif not given:
+        return None
+    elif len(given) < 4:
+        empty = ", ".join(k for k, p in zip(BOX_KEYS, parts) if p is None or p == "")
+        raise fail(f"a box needs all four of x0, y0, x1, y1; {empty} empty.")
+    numbers = []
+    for key, value in zip(BOX_KEYS, parts):
+        if isinstance(value, bool):
+            value = None
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise fail(f"box {key} must be a number, got {value!r}.") from None
+        if not math.isfinite(number):
+            raise fail(f"box {key} must be a finite number, got {value!r}.")
+        numbers.append(number)
+    x0, y0, x1, y1 = numbers
+    if x1 <= x0 or y1 <= y0:
+        raise fail(f"a box needs x0 < x1 and y0 < y1, got {_fmt(numbers)}.")
+    return (x0, y0, x1, y1)
+
+
+def _fmt(numbers: Iterable[float]) -> str:
+    return "[" + ", ".join(f"{n:g}" for n in numbers) + "]"
+
+
+# ---------------------------------------------------------------------------- labels
+
+
+def _match_label(name: str, labels: list[str]) -> int | None:
+    """The index of label `name`: exact, else the one label equal ignoring case; None otherwise."""
+    if name in labels:
+        return labels.index(name)
+    folded = [label.casefold() for label in labels]
+    return folded.index(name.casefold()) if folded.count(name.casefold()) == 1 else None
+
+
+def folder_classes(names: tuple[str, ...], labels: list[str] | None, num_classes: int | None,
+                   where: str) -> dict[str, int]:
+    """An ImageFolder's class names -> class indices: every name a label of the model (exact, else ignoring case);
+    else, when no name is a label and there are as many names as classes, the index of the name in sorted order
+    (torchvision's `ImageFolder`, and ImageNet's WordNet-id folders); anything else is an error."""
+    matched = {n: _match_label(n, labels) for n in names} if labels else dict.fromkeys(names)
+    unmatched = [n for n, i in matched.items() if i is None]
+    if not unmatched:
+        indices = list(matched.values())
+        twice = [n for n, i in matched.items() if indices.count(i) > 1]
+        if twice:
+            raise ReportgenError(f"{KEY}: the class folders of {where} {', '.join(twice)} name the same label.")
+        return matched  # type: ignore[return-value]
+    if len(unmatched) == len(names) and (num_classes is None or len(names) == num_classes):
+        return {n: i for i, n in enumerate(sorted(names))}
+    count = (f"there are {len(names)} class folders but the model has {num_classes} classes"
+             if num_classes is not None and len(names) != num_classes else
+             "some names are labels and some are not")
+    if labels:
+        listed = ", ".join(f"`{n}`" + (f" ({hint.strip()[0].lower()}{hint.strip()[1:]})" if hint else "")
+                           for n in unmatched[:12] for hint in [did_you_mean(n, labels)])
+        more = f" and {len(unmatched) - 12} more" if len(unmatched) > 12 else ""
+        raise ReportgenError(f"{KEY}: the class folders of {where} do not match the model's labels: {listed}{more}. "
+                             f"They cannot map by sorted index either ({count}). Rename the folders, or set "
+                             "`model.labels` to a file naming the classes.")
+    raise ReportgenError(f"{KEY}: the class folders of {where} ({_listing(names)}) cannot map to classes: the model "
+                         f"has no labels to match them against, and {count}. Set `model.labels` to a file naming "
+                         "the classes, one a line.")
+
+
+def _manifest_label(entry: Entry, labels: list[str] | None, num_classes: int | None) -> int:
+    label = entry.label
+    if isinstance(label, str):
+        index = _match_label(label, labels) if labels else None
+        if index is not None:
+            return index
+        if not re.fullmatch(r"[+-]?\d+", label):
+            if not labels:
+                raise ReportgenError(f"{KEY}: {entry.where}: label `{label}` is a name, but the model has no labels: "
+                                     "set `model.labels` or give class indices.")
+            raise ReportgenError(f"{KEY}: {entry.where}: unknown label `{label}`.{did_you_mean(label, labels)}")
+        label = int(label)
+    if num_classes is not None and not 0 <= label < num_classes:
+        raise ReportgenError(f"{KEY}: {entry.where}: class index {label} is outside the model's {num_classes} "
+                             f"outputs (0 to {num_classes - 1}).")
+    if label < 0:
+        raise ReportgenError(f"{KEY}: {entry.where}: class index {label} is negative.")
+    return label
+
+
+def resolve_labels(entries: list[Entry], labels: list[str] | None, num_classes: int | None) -> list[Entry]:
+    """The entries with class indices for labels (ImageFolder names and manifest labels), checked against the
+    model (`num_classes` None: indices are not range-checked)."""
+    folders: dict[Path, dict[str, int]] = {}
+    out = []
+    for entry in entries:
+        if entry.label is None:
+            out.append(entry)
+        elif entry.root is not None:
+            if entry.root not in folders:
+                folders[entry.root] = folder_classes(entry.classes or (), labels, num_classes, entry.where)
+            out.append(replace(entry, label=folders[entry.root][entry.label]))
+        else:
+            out.append(replace(entry, label=_manifest_label(entry, labels, num_classes)))
+    return out
+
+
+# ---------------------------------------------------------------------------- sampling
+
+
+def sample_per_class(entries: list[Entry], per_class: int, seed: int) -> list[Entry]:
+    """`per_class` entries of each class (all of a smaller class), drawn with `seed`, kept in entry order. Needs
+    every entry labelled (class indices, as `resolve_labels` gives)."""
+    unlabelled = [e for e in entries if e.label is None]
+    if unlabelled:
+        raise ReportgenError(
+            f"`inputs.sample`: sampling per class needs labels, but {len(unlabelled)} of the {len(entries)} images "
+            f"have none ({_listing([e.path.name for e in unlabelled], 3)}). Use an ImageFolder-layout folder or a "
+            "manifest with a `label` column, or `inputs.limit` instead.")
+    by_class: dict[int, list[int]] = {}
+    for i, entry in enumerate(entries):
+        by_class.setdefault(int(entry.label), []).append(i)  # type: ignore[arg-type]
+    rng = random.Random(seed)
+    chosen: set[int] = set()
+    for cls in sorted(by_class):
+        rows = by_class[cls]
+        chosen.update(rows if len(rows) <= per_class else rng.sample(rows, per_class))
+    return [e for i, e in enumerate(entries) if i in chosen]
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+@dataclass
+class Loaded:
+    """What `load` read: the images (ImageInput), their prepared tensors, and notes for the report."""
+
+    images: list = field(default_factory=list)
+    tensors: list[torch.Tensor] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def select(config, labels: list[str] | None, num_classes: int | None) -> list[Entry]:
+    """The entries a build reads, before `inputs.limit`: found, labels resolved, sampled per class."""
+    inputs = config.inputs
+    entries = resolve_labels(find_entries(inputs.images, shown=config.shown_path), labels, num_classes)
+    if inputs.sample is not None:
+        seed = inputs.sample.seed if inputs.sample.seed is not None else config.seed
+        entries = sample_per_class(entries, inputs.sample.per_class, seed)
+    return entries
+
+
+def load(config, pre, labels: list[str] | None = None, num_classes: int | None = None,
+         progress: Callable = lambda items, **kw: items) -> Loaded:
+    """Find, resolve, sample and read the images of `config.inputs` with the resolved preprocessing `pre`:
+    the first `inputs.limit` that can be read. An image that cannot be decoded is skipped with a note
+    (`inputs.strict: false`) or is an error (`strict: true`); none readable is an error either way."""
+    from .context import ImageInput
+
+    inputs = config.inputs
+    entries = select(config, labels, num_classes)
+    wanted = len(entries) if inputs.limit is None else min(inputs.limit, len(entries))
+    loaded = Loaded()
+    kept: list[tuple[Entry, np.ndarray, object, tuple | None, np.ndarray | None]] = []
+    failed: list[tuple[Entry, str]] = []
+    lost: list[str] = []
+    for entry in progress(entries, total=wanted, desc="reading images", unit="image"):
+        if len(kept) >= wanted:
+            break
+        try:
+            pixels = read_image(entry.path, alpha=inputs.alpha, max_value=inputs.max_value)
+            mask = read_mask(entry.mask) if entry.mask is not None else None
+        except ImageReadError as exc:
+            if inputs.strict:
+                raise
+            failed.append((entry, exc.reason))
+            continue
+        shown = config.shown_path(entry.path)
+        if mask is not None and mask.shape != pixels.shape[:2]:
+            raise ReportgenError(f"{KEY}: {entry.where}: the mask is {mask.shape[1]}x{mask.shape[0]} pixels but its "
+                                 f"image is {pixels.shape[1]}x{pixels.shape[0]}.")
+        prepared = prepare_image(pixels, pre, config.model.input_size)
+        geo = geometry(pixels.shape[1], pixels.shape[0], pre, config.model.input_size)
+        box = transform_box(entry.box, geo) if entry.box is not None else None
+        if entry.box is not None and box is None:
+            lost.append(f"{shown}: its box {_fmt(entry.box)} lies outside the crop")
+        if mask is not None:
+            mask = transform_mask(mask, geo)
+            if not mask.any():
+                lost.append(f"{shown}: its mask has no object pixel inside the crop")
+                mask = None
+        kept.append((entry, pixels, prepared, box, mask))
+    if not kept:
+        reasons = "; ".join(f"{config.shown_path(e.path)} ({why})" for e, why in failed[:5])
+        raise ReportgenError(f"{KEY}: none of the {len(failed)} images could be read: {reasons}"
+                             f"{' and more' if len(failed) > 5 else ''}.")
+    for name, (entry, pixels, prepared, box, mask) in zip(unique_names([k[0].path for k in kept]), kept):
+        loaded.images.append(ImageInput(name=name, source=config.shown_path(entry.path), original=pixels,
+                                        display=prepared.display, label=entry.label, box=box, mask=mask))
+        loaded.tensors.append(prepared.tensor)
+    if failed:
+        n = len(failed)
+        loaded.notes.append(f"{n} image{'s' if n > 1 else ''} could not be read and {'were' if n > 1 else 'was'} "
+                            "skipped: " + ", ".join(f"{config.shown_path(e.path)} ({why})" for e, why in failed) + ".")
+    if lost:
+        loaded.notes.append(f"{len(lost)} annotation{'s' if len(lost) > 1 else ''} cropped away entirely by the "
+                            "preprocessing (the images are kept, without them): " + "; ".join(lost) + ".")
+    return loaded
