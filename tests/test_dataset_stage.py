@@ -194,3 +194,33 @@ def test_config_rules():
     assert config.analyses.dataset == DatasetConfig() and config.analyses.enabled() == ["dataset"]
     with pytest.raises(ConfigError, match="bins"):
         parse_config("model: {name: r}\nanalyses: {dataset: {bins: 1}}", base_dir=Path("/b"), origin="c.yaml")
+
+
+def test_an_image_folder_build_reports_accuracy_and_the_confusion_matrix_of_its_truth(project):
+    """End to end: class folders give the truth, the overview's numbers equal sklearn's on the build's own
+    predictions (report.json's top-1), and the page shows the section."""
+    import sklearn.metrics
+
+    from tests.conftest import make_image
+
+    (project.root / "labels.txt").write_text("cat\ndog\nbird\n")
+    for k, name in enumerate(("cat", "dog", "bird")):
+        (project.root / "val" / name).mkdir(parents=True)
+        for i in range(3):
+            make_image(project.root / "val" / name / f"{name}{i}.png", seed=20 + 3 * k + i)
+    config = project.base()
+    config["model"]["labels"] = "labels.txt"
+    config["inputs"]["images"] = ["val"]
+    config["inputs"]["batch_size"] = 4  # streamed in three batches
+    config["analyses"] = {"dataset": {}}
+    done = CliRunner().invoke(main, ["build", str(project.write(config)), "-q"])
+    assert done.exit_code == 0, done.output
+    data = json.loads((project.root / "out" / "report.json").read_text())
+    truth = [image["truth"]["index"] for image in data["images"]]
+    predicted = [image["top_k"][0]["index"] for image in data["images"]]
+    assert sorted(truth) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    overview = data["dataset"]
+    assert overview["labelled"] == 9 and overview["accuracy"] == sklearn.metrics.accuracy_score(truth, predicted)
+    assert overview["confusion"]["matrix"] == sklearn.metrics.confusion_matrix(truth, predicted,
+                                                                               labels=[0, 1, 2]).tolist()
+    assert 'id="dataset"' in (project.root / "out" / "report.html").read_text()
