@@ -914,7 +914,7 @@ model:
   # output: logits               # a tuple / dict output: the element holding the logits (0, logits, ...)
 
 inputs:
-  images: [images/]              # files, folders, globs
+  images: [images/]              # files, folders (class sub-folders give the truth), globs, .csv/.jsonl manifests
   preprocess: {resize: 256, center_crop: 224, normalize: imagenet}
   top_k: 5
   alpha: drop                    # transparent images: drop (as torchvision's loader) | white | black
@@ -922,6 +922,7 @@ inputs:
 
 analyses:                        # each key present = that stage runs
   summary: {depth: 3}
+  # dataset: {}                  # accuracy, per-class scores, confusion matrix, calibration (labelled images)
   kernels: {}                    # default: the first conv layer
   feature_maps: {max_channels: 32}
   cam: {methods: [gradcam, gradcampp, scorecam], targets: top1}
