@@ -329,3 +329,107 @@ def test_an_object_with_logits_needs_no_model_output_and_bad_choices_are_named()
     with pytest.raises(ReportgenError, match=r"the model returns None, not a logits tensor"):
         pick_logits(None)
     assert pick_logits((torch.zeros(1, 3), torch.zeros(1, 4)), "0").shape == (1, 3)  # `--set model.output=0`
+
+
+# ---- c. a checkpoint that overwrites every tensor: the model is built on the meta device, no initialisation
+
+
+def _normally(cfg: ModelConfig) -> nn.Module:
+    """The model as the ordinary path loads it: built (initialised), then the checkpoint copied in."""
+    model = SOURCES[cfg.source](cfg, None).model
+    load_checkpoint(model, cfg.checkpoint)
+    return model.eval()
+
+
+def _spy_meta(monkeypatch) -> list:
+    """Records what the meta-device path returned (None: it fell back to the ordinary path)."""
+    import reportgen.models as models
+
+    outcomes: list = []
+    real = models._load_skipping_init
+    monkeypatch.setattr(models, "_load_skipping_init", lambda *a: outcomes.append(real(*a)) or outcomes[-1])
+    return outcomes
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_a_checkpoint_skips_initialisation_and_loads_the_same_model(tmp_path, monkeypatch, dtype):
+    torch.manual_seed(1)
+    reference = torchvision.models.resnet18(num_classes=7)
+    reference.train()(torch.randn(4, 3, 32, 32))  # BatchNorm statistics and num_batches_tracked that differ from init
+    torch.save({"state_dict": {k: (v.to(dtype) if v.is_floating_point() else v)
+                               for k, v in reference.state_dict().items()}}, tmp_path / "r18.pt")
+    cfg = ModelConfig(name="resnet18", kwargs={"num_classes": 7}, checkpoint=tmp_path / "r18.pt", device="cpu")
+    outcomes = _spy_meta(monkeypatch)
+    model = load_model(cfg).model
+    assert outcomes and outcomes[0] is not None  # the meta path was taken
+    normal = _normally(cfg)
+    assert not any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+    ours, theirs = model.state_dict(), normal.state_dict()
+    assert list(ours) == list(theirs)
+    for key in theirs:
+        assert ours[key].dtype == theirs[key].dtype and torch.equal(ours[key], theirs[key]), key
+    assert [p.requires_grad for p in model.parameters()] == [p.requires_grad for p in normal.parameters()]
+    assert not model.training
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), normal(x))
+
+
+def test_a_checkpoint_that_does_not_fit_says_the_same_on_the_meta_path(tmp_path, monkeypatch):
+    state = torchvision.models.resnet18().state_dict()
+    del state["layer1.0.bn1.num_batches_tracked"], state["fc.bias"]
+    state["extra.weight"] = torch.zeros(1)
+    state["conv1.weight"] = torch.zeros(64, 3, 5, 5)
+    torch.save(state, tmp_path / "bad.pt")
+    cfg = ModelConfig(name="resnet18", checkpoint=tmp_path / "bad.pt", device="cpu")
+    with pytest.raises(ReportgenError) as ordinary:
+        _normally(cfg)
+    with pytest.raises(ReportgenError) as ours:
+        load_model(cfg)
+    assert str(ours.value) == str(ordinary.value)
+    assert str(ours.value).startswith("`model.checkpoint`: bad.pt does not match the model: missing: "
+                                      "layer1.0.bn1.num_batches_tracked, fc.bias; unexpected: extra.weight; "
+                                      "wrong shape (file vs model): conv1.weight (64, 3, 5, 5) vs (64, 3, 7, 7).")
+
+
+class _Scaled(nn.Module):
+    """A buffer outside the state dict (persistent=False): a checkpoint cannot fill it."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = tiny()
+        self.register_buffer("scale", torch.full((1,), 2.0), persistent=False)
+
+    def forward(self, x):
+        return self.net(x) * self.scale
+
+
+def _tied() -> nn.Module:
+    model = nn.Sequential(tiny(), nn.Linear(3, 3), nn.Linear(3, 3))
+    model[2].weight = model[1].weight
+    return model
+
+
+@pytest.mark.parametrize("build", [_Scaled, _tied])
+def test_what_a_checkpoint_cannot_fill_falls_back_to_the_ordinary_path(tmp_path, monkeypatch, build):
+    torch.manual_seed(3)
+    reference = build()
+    torch.save(reference.state_dict(), tmp_path / "m.pt")
+    monkeypatch.setitem(SOURCES, "torchvision", lambda cfg, base_dir: ModelAdapter(model=build(), source="torchvision"))
+    outcomes = _spy_meta(monkeypatch)
+    model = load_model(ModelConfig(name="resnet18", checkpoint=tmp_path / "m.pt", device="cpu")).model
+    assert outcomes == [None]  # it fell back
+    assert not any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference.eval()(x))
+    if build is _tied:
+        assert model[2].weight is model[1].weight
+
+
+def test_a_factory_is_built_as_it_says_even_with_a_checkpoint(tmp_path, monkeypatch):
+    torch.save(tiny().state_dict(), tmp_path / "t.pt")
+    outcomes = _spy_meta(monkeypatch)
+    model = load_model(ModelConfig(source="module", factory="tests.test_models:tiny", checkpoint=tmp_path / "t.pt",
+                                   device="cpu", labels=None)).model
+    assert outcomes == [] and torch.equal(model[0].weight, tiny()[0].weight)

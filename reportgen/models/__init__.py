@@ -22,7 +22,7 @@ from . import torchscript as _torchscript
 from . import torchvision as _torchvision
 from .adapter import (TORCHSCRIPT_LIMITS, LoadedModel, ModelAdapter, describe_output, hooks_refused, pick_logits,
                       takes_hooks)
-from .checkpoint import load_checkpoint, pickle_globals, torch_load, unwrap_state_dict
+from .checkpoint import load_checkpoint, pickle_globals, read_checkpoint, torch_load, unwrap_state_dict
 from .labels import load_labels
 from .torchvision import preprocess_from_weights, torchvision_names, weights_cache_path
 
@@ -38,7 +38,7 @@ SOURCES: dict[str, Loader] = {
 __all__ = [
     "SOURCES", "TORCHSCRIPT_LIMITS", "LoadedModel", "ModelAdapter", "describe_output", "hooks_refused",
     "load_checkpoint", "load_labels", "load_model", "pick_logits", "pickle_globals", "preprocess_from_weights",
-    "resolve_device", "takes_hooks", "torch_load", "torchvision_names", "unwrap_state_dict", "weights_cache_path",
+    "read_checkpoint", "resolve_device", "takes_hooks", "torch_load", "torchvision_names", "unwrap_state_dict", "weights_cache_path",
 ]
 
 
@@ -63,12 +63,49 @@ def load_model(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
     if loader is None:
         raise ReportgenError(f"`model.source`: `{cfg.source}` is not a model source."
                              f"{did_you_mean(cfg.source, SOURCES)} Valid: {', '.join(SOURCES)}.")
-    adapter = loader(cfg, base_dir)
+    adapter = _load_skipping_init(cfg, loader, base_dir) if _overwritten(cfg) else None
+    if adapter is None:
+        adapter = loader(cfg, base_dir)
+        if cfg.checkpoint is not None:
+            load_checkpoint(adapter.model, cfg.checkpoint, trust=cfg.trust_checkpoint)
     description = adapter.description
     if cfg.checkpoint is not None:
-        load_checkpoint(adapter.model, cfg.checkpoint, trust=cfg.trust_checkpoint)
         description += f", checkpoint {cfg.checkpoint.name}"
     adapter.model.eval().to(device)
     output = getattr(cfg, "output", None)  # `model.output`, once ModelConfig has it
     return dataclasses.replace(adapter, device=device, description=description,
                                output=adapter.output if output is None else output)
+
+
+def _overwritten(cfg: ModelConfig) -> bool:
+    """Whether the checkpoint overwrites the whole model as the source builds it, so that the source may build
+    it on the meta device (no random initialisation, no memory) and the checkpoint's tensors become its
+    parameters: a torchvision model without `weights` (a weights file would be loaded, then overwritten). A
+    user's factory may do anything (read files, tie or freeze parameters, build on a device of its own): it
+    is built as it says."""
+    return cfg.checkpoint is not None and cfg.source == "torchvision" and cfg.weights is None
+
+
+def _load_skipping_init(cfg: ModelConfig, loader: Loader, base_dir: Path | None) -> ModelAdapter | None:
+    """The adapter with the model built on the meta device and the checkpoint's tensors assigned to it; None
+    when that cannot give what the ordinary path gives (a buffer or parameter the state dict does not hold, a
+    parameter shared by two layers, a model that does not build on meta): then the caller builds it normally.
+    A checkpoint that does not match the model raises the ordinary path's error."""
+    import torchvision.models  # noqa: F401  imported outside the meta context: its module-level tensors are real
+
+    state = read_checkpoint(cfg.checkpoint, trust=cfg.trust_checkpoint)
+    try:
+        with torch.device("meta"):
+            adapter = loader(cfg, base_dir)
+    except ReportgenError:
+        return None  # the ordinary path says it again, as it always has
+    model = adapter.model
+    params = list(model.named_parameters(remove_duplicate=False))
+    tensors = params + list(model.named_buffers(remove_duplicate=False))
+    if (len(params) != len({id(p) for _, p in params}) or not all(t.is_meta for _, t in tensors)
+            or {name for name, _ in tensors} - set(model.state_dict())):
+        return None  # shared parameters, tensors made elsewhere, buffers outside the state dict
+    load_checkpoint(model, cfg.checkpoint, state=state, assign=True)
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        return None
+    return adapter
