@@ -433,3 +433,32 @@ def test_a_factory_is_built_as_it_says_even_with_a_checkpoint(tmp_path, monkeypa
     model = load_model(ModelConfig(source="module", factory="tests.test_models:tiny", checkpoint=tmp_path / "t.pt",
                                    device="cpu", labels=None)).model
     assert outcomes == [] and torch.equal(model[0].weight, tiny()[0].weight)
+
+
+# ---- d. torchvision is imported without torch._dynamo (1-2 s of every build's start)
+
+
+def test_torchvision_imports_without_dynamo_and_still_works():
+    import subprocess
+    import sys
+
+    script = """
+import sys, torch
+from reportgen.models.torchvision import import_models
+tvm = import_models()
+assert "torch._dynamo" not in sys.modules and "torch._dynamo.utils" not in sys.modules, "dynamo imported"
+assert tvm.resnet18 and "resnet18" in tvm.list_models()
+import torchvision
+boxes = torch.tensor([[0, 0, 0, 4, 4.0]])
+assert torchvision.ops.roi_align(torch.randn(1, 2, 8, 8), boxes, 2).shape == (1, 2, 2, 2)
+stand_in = sys.modules["torchvision.ops.roi_align"].is_compile_supported
+assert stand_in("cpu") in (True, False)  # the real function, imported now
+from torch._dynamo.utils import is_compile_supported
+assert type(sys.modules["torch._dynamo.utils"]).__name__ == "module" and hasattr(sys.modules["torch._dynamo.utils"], "__file__")
+assert stand_in("cpu") == is_compile_supported("cpu")
+print("ok")
+"""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root,
+                          env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

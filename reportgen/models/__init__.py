@@ -91,7 +91,7 @@ def _load_skipping_init(cfg: ModelConfig, loader: Loader, base_dir: Path | None)
     when that cannot give what the ordinary path gives (a buffer or parameter the state dict does not hold, a
     parameter shared by two layers, a model that does not build on meta): then the caller builds it normally.
     A checkpoint that does not match the model raises the ordinary path's error."""
-    import torchvision.models  # noqa: F401  imported outside the meta context: its module-level tensors are real
+    _torchvision.import_models()  # imported outside the meta context: its module-level tensors are real
 
     state = read_checkpoint(cfg.checkpoint, trust=cfg.trust_checkpoint)
     try:
