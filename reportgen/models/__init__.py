@@ -9,8 +9,10 @@ built, on the CPU; a subclass of `ModelAdapter` where the source needs other ans
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from unittest import mock
 from pathlib import Path
 
 import torch
@@ -95,7 +97,7 @@ def _load_skipping_init(cfg: ModelConfig, loader: Loader, base_dir: Path | None)
 
     state = read_checkpoint(cfg.checkpoint, trust=cfg.trust_checkpoint)
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _no_init():
             adapter = loader(cfg, base_dir)
     except ReportgenError:
         return None  # the ordinary path says it again, as it always has
@@ -109,3 +111,17 @@ def _load_skipping_init(cfg: ModelConfig, loader: Loader, base_dir: Path | None)
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
         return None
     return adapter
+
+
+@contextlib.contextmanager
+def _no_init() -> Iterator[None]:
+    """`torch.nn.init`'s initialisers do nothing: on the meta device there are no values to fill, and torch runs
+    some of them there (normal_, uniform_) through its Python reference kernels, whose first call imports
+    torch._dynamo (1-2 s). Layers' `reset_parameters` and models' own init loops call them as `init.<name>`
+    attributes, so patching the module reaches them."""
+    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")
+             and callable(getattr(torch.nn.init, n))]
+    with contextlib.ExitStack() as stack:
+        for name in names:
+            stack.enter_context(mock.patch.object(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor))
+        yield
