@@ -435,10 +435,10 @@ def test_a_factory_is_built_as_it_says_even_with_a_checkpoint(tmp_path, monkeypa
     assert outcomes == [] and torch.equal(model[0].weight, tiny()[0].weight)
 
 
-# ---- d. torchvision is imported without torch._dynamo (1-2 s of every build's start)
+# ---- d. torchvision is imported, and a checkpoint's model loaded, without torch._dynamo (1-2 s of a build's start)
 
 
-def test_torchvision_imports_without_dynamo_and_still_works():
+def test_torchvision_imports_without_dynamo_and_still_works(tmp_path):
     import subprocess
     import sys
 
@@ -448,6 +448,14 @@ from reportgen.models.torchvision import import_models
 tvm = import_models()
 assert "torch._dynamo" not in sys.modules and "torch._dynamo.utils" not in sys.modules, "dynamo imported"
 assert tvm.resnet18 and "resnet18" in tvm.list_models()
+from pathlib import Path
+from reportgen.config import ModelConfig
+from reportgen.models import load_model
+torch.save(tvm.resnet18().state_dict(), Path(sys.argv[1]) / "r18.pt")
+initialiser = torch.nn.init.kaiming_normal_
+load_model(ModelConfig(name="resnet18", checkpoint=Path(sys.argv[1]) / "r18.pt", device="cpu", labels="imagenet"))
+assert torch.nn.init.kaiming_normal_ is initialiser  # restored after the meta-device build
+assert "torch._dynamo" not in sys.modules, "dynamo imported by the model's load"
 import torchvision
 boxes = torch.tensor([[0, 0, 0, 4, 4.0]])
 assert torchvision.ops.roi_align(torch.randn(1, 2, 8, 8), boxes, 2).shape == (1, 2, 2, 2)
@@ -459,6 +467,6 @@ assert stand_in("cpu") == is_compile_supported("cpu")
 print("ok")
 """
     root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root,
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, cwd=root,
                           env={**__import__("os").environ, "PYTHONPATH": str(root)})
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
