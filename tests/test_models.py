@@ -392,6 +392,30 @@ def test_a_checkpoint_that_does_not_fit_says_the_same_on_the_meta_path(tmp_path,
                                       "wrong shape (file vs model): conv1.weight (64, 3, 5, 5) vs (64, 3, 7, 7).")
 
 
+@pytest.mark.parametrize("name, weights", [("resnet18", "ResNet18_Weights"), ("googlenet", "GoogLeNet_Weights")])
+def test_cached_weights_skip_initialisation_and_load_the_same_model(hub, monkeypatch, name, weights):
+    enum = getattr(torchvision.models, weights).IMAGENET1K_V1
+    torch.manual_seed(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        source = torchvision.models.get_model(name, aux_logits=True, init_weights=True) if name == "googlenet" \
+            else torchvision.models.get_model(name)
+    cache(enum, source)
+    outcomes = _spy_meta(monkeypatch)
+    model = load_model(ModelConfig(name=name, weights="IMAGENET1K_V1", device="cpu")).model
+    assert outcomes and outcomes[0] is not None  # the meta path was taken
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        normal = SOURCES["torchvision"](ModelConfig(name=name, weights="IMAGENET1K_V1"), None).model.eval()
+    assert not any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+    ours, theirs = model.state_dict(), normal.state_dict()
+    assert list(ours) == list(theirs) and all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    assert getattr(model, "transform_input", None) == getattr(normal, "transform_input", None)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), normal(x))
+
+
 class _Scaled(nn.Module):
     """A buffer outside the state dict (persistent=False): a checkpoint cannot fill it."""
 

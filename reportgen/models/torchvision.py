@@ -88,7 +88,9 @@ def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
             f"downloads. Copy the file there (it comes from {weights.url}), or set `model.weights: null` for "
             "random weights, or give a `checkpoint:`."
         )
-    state = torch_load(path, trust=False, key="model.weights", hint=f"Replace it with the file from {weights.url}.")
+    with torch.device("cpu"):  # real tensors, also while the model is built on the meta device
+        state = torch_load(path, trust=False, key="model.weights",
+                           hint=f"Replace it with the file from {weights.url}.")
     # torchvision's own builder, fed the state dict we loaded safely; nothing is fetched
     with mock.patch.object(type(weights), "get_state_dict", lambda self, *args, **kwargs: state):
         model = _build(cfg.name, weights, kwargs, path)
