@@ -329,3 +329,168 @@ def test_an_object_with_logits_needs_no_model_output_and_bad_choices_are_named()
     with pytest.raises(ReportgenError, match=r"the model returns None, not a logits tensor"):
         pick_logits(None)
     assert pick_logits((torch.zeros(1, 3), torch.zeros(1, 4)), "0").shape == (1, 3)  # `--set model.output=0`
+
+
+# ---- c. a checkpoint that overwrites every tensor: the model is built on the meta device, no initialisation
+
+
+def _normally(cfg: ModelConfig) -> nn.Module:
+    """The model as the ordinary path loads it: built (initialised), then the checkpoint copied in."""
+    model = SOURCES[cfg.source](cfg, None).model
+    load_checkpoint(model, cfg.checkpoint)
+    return model.eval()
+
+
+def _spy_meta(monkeypatch) -> list:
+    """Records what the meta-device path returned (None: it fell back to the ordinary path)."""
+    import reportgen.models as models
+
+    outcomes: list = []
+    real = models._load_skipping_init
+    monkeypatch.setattr(models, "_load_skipping_init", lambda *a: outcomes.append(real(*a)) or outcomes[-1])
+    return outcomes
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_a_checkpoint_skips_initialisation_and_loads_the_same_model(tmp_path, monkeypatch, dtype):
+    torch.manual_seed(1)
+    reference = torchvision.models.resnet18(num_classes=7)
+    reference.train()(torch.randn(4, 3, 32, 32))  # BatchNorm statistics and num_batches_tracked that differ from init
+    torch.save({"state_dict": {k: (v.to(dtype) if v.is_floating_point() else v)
+                               for k, v in reference.state_dict().items()}}, tmp_path / "r18.pt")
+    cfg = ModelConfig(name="resnet18", kwargs={"num_classes": 7}, checkpoint=tmp_path / "r18.pt", device="cpu")
+    outcomes = _spy_meta(monkeypatch)
+    model = load_model(cfg).model
+    assert outcomes and outcomes[0] is not None  # the meta path was taken
+    normal = _normally(cfg)
+    assert not any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+    ours, theirs = model.state_dict(), normal.state_dict()
+    assert list(ours) == list(theirs)
+    for key in theirs:
+        assert ours[key].dtype == theirs[key].dtype and torch.equal(ours[key], theirs[key]), key
+    assert [p.requires_grad for p in model.parameters()] == [p.requires_grad for p in normal.parameters()]
+    assert not model.training
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), normal(x))
+
+
+def test_a_checkpoint_that_does_not_fit_says_the_same_on_the_meta_path(tmp_path, monkeypatch):
+    state = torchvision.models.resnet18().state_dict()
+    del state["layer1.0.bn1.num_batches_tracked"], state["fc.bias"]
+    state["extra.weight"] = torch.zeros(1)
+    state["conv1.weight"] = torch.zeros(64, 3, 5, 5)
+    torch.save(state, tmp_path / "bad.pt")
+    cfg = ModelConfig(name="resnet18", checkpoint=tmp_path / "bad.pt", device="cpu")
+    with pytest.raises(ReportgenError) as ordinary:
+        _normally(cfg)
+    with pytest.raises(ReportgenError) as ours:
+        load_model(cfg)
+    assert str(ours.value) == str(ordinary.value)
+    assert str(ours.value).startswith("`model.checkpoint`: bad.pt does not match the model: missing: "
+                                      "layer1.0.bn1.num_batches_tracked, fc.bias; unexpected: extra.weight; "
+                                      "wrong shape (file vs model): conv1.weight (64, 3, 5, 5) vs (64, 3, 7, 7).")
+
+
+@pytest.mark.parametrize("name, weights", [("resnet18", "ResNet18_Weights"), ("googlenet", "GoogLeNet_Weights")])
+def test_cached_weights_skip_initialisation_and_load_the_same_model(hub, monkeypatch, name, weights):
+    enum = getattr(torchvision.models, weights).IMAGENET1K_V1
+    torch.manual_seed(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        source = torchvision.models.get_model(name, aux_logits=True, init_weights=True) if name == "googlenet" \
+            else torchvision.models.get_model(name)
+    cache(enum, source)
+    outcomes = _spy_meta(monkeypatch)
+    model = load_model(ModelConfig(name=name, weights="IMAGENET1K_V1", device="cpu")).model
+    assert outcomes and outcomes[0] is not None  # the meta path was taken
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        normal = SOURCES["torchvision"](ModelConfig(name=name, weights="IMAGENET1K_V1"), None).model.eval()
+    assert not any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+    ours, theirs = model.state_dict(), normal.state_dict()
+    assert list(ours) == list(theirs) and all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    assert getattr(model, "transform_input", None) == getattr(normal, "transform_input", None)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), normal(x))
+
+
+class _Scaled(nn.Module):
+    """A buffer outside the state dict (persistent=False): a checkpoint cannot fill it."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = tiny()
+        self.register_buffer("scale", torch.full((1,), 2.0), persistent=False)
+
+    def forward(self, x):
+        return self.net(x) * self.scale
+
+
+def _tied() -> nn.Module:
+    model = nn.Sequential(tiny(), nn.Linear(3, 3), nn.Linear(3, 3))
+    model[2].weight = model[1].weight
+    return model
+
+
+@pytest.mark.parametrize("build", [_Scaled, _tied])
+def test_what_a_checkpoint_cannot_fill_falls_back_to_the_ordinary_path(tmp_path, monkeypatch, build):
+    torch.manual_seed(3)
+    reference = build()
+    torch.save(reference.state_dict(), tmp_path / "m.pt")
+    monkeypatch.setitem(SOURCES, "torchvision", lambda cfg, base_dir: ModelAdapter(model=build(), source="torchvision"))
+    outcomes = _spy_meta(monkeypatch)
+    model = load_model(ModelConfig(name="resnet18", checkpoint=tmp_path / "m.pt", device="cpu")).model
+    assert outcomes == [None]  # it fell back
+    assert not any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference.eval()(x))
+    if build is _tied:
+        assert model[2].weight is model[1].weight
+
+
+def test_a_factory_is_built_as_it_says_even_with_a_checkpoint(tmp_path, monkeypatch):
+    torch.save(tiny().state_dict(), tmp_path / "t.pt")
+    outcomes = _spy_meta(monkeypatch)
+    model = load_model(ModelConfig(source="module", factory="tests.test_models:tiny", checkpoint=tmp_path / "t.pt",
+                                   device="cpu", labels=None)).model
+    assert outcomes == [] and torch.equal(model[0].weight, tiny()[0].weight)
+
+
+# ---- d. torchvision is imported, and a checkpoint's model loaded, without torch._dynamo (1-2 s of a build's start)
+
+
+def test_torchvision_imports_without_dynamo_and_still_works(tmp_path):
+    import subprocess
+    import sys
+
+    script = """
+import sys, torch
+from reportgen.models.torchvision import import_models
+tvm = import_models()
+assert "torch._dynamo" not in sys.modules and "torch._dynamo.utils" not in sys.modules, "dynamo imported"
+assert tvm.resnet18 and "resnet18" in tvm.list_models()
+from pathlib import Path
+from reportgen.config import ModelConfig
+from reportgen.models import load_model
+torch.save(tvm.resnet18().state_dict(), Path(sys.argv[1]) / "r18.pt")
+initialiser = torch.nn.init.kaiming_normal_
+load_model(ModelConfig(name="resnet18", checkpoint=Path(sys.argv[1]) / "r18.pt", device="cpu", labels="imagenet"))
+assert torch.nn.init.kaiming_normal_ is initialiser  # restored after the meta-device build
+assert "torch._dynamo" not in sys.modules, "dynamo imported by the model's load"
+import torchvision
+boxes = torch.tensor([[0, 0, 0, 4, 4.0]])
+assert torchvision.ops.roi_align(torch.randn(1, 2, 8, 8), boxes, 2).shape == (1, 2, 2, 2)
+stand_in = sys.modules["torchvision.ops.roi_align"].is_compile_supported
+assert stand_in("cpu") in (True, False)  # the real function, imported now
+from torch._dynamo.utils import is_compile_supported
+assert type(sys.modules["torch._dynamo.utils"]).__name__ == "module" and hasattr(sys.modules["torch._dynamo.utils"], "__file__")
+assert stand_in("cpu") == is_compile_supported("cpu")
+print("ok")
+"""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, cwd=root,
+                          env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

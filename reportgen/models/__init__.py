@@ -9,11 +9,14 @@ built, on the CPU; a subclass of `ModelAdapter` where the source needs other ans
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from unittest import mock
 
 import torch
+from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ReportgenError, did_you_mean
@@ -22,7 +25,7 @@ from . import torchscript as _torchscript
 from . import torchvision as _torchvision
 from .adapter import (TORCHSCRIPT_LIMITS, LoadedModel, ModelAdapter, describe_output, hooks_refused, pick_logits,
                       takes_hooks)
-from .checkpoint import load_checkpoint, pickle_globals, torch_load, unwrap_state_dict
+from .checkpoint import load_checkpoint, pickle_globals, read_checkpoint, torch_load, unwrap_state_dict
 from .labels import load_labels
 from .torchvision import preprocess_from_weights, torchvision_names, weights_cache_path
 
@@ -38,7 +41,8 @@ SOURCES: dict[str, Loader] = {
 __all__ = [
     "SOURCES", "TORCHSCRIPT_LIMITS", "LoadedModel", "ModelAdapter", "describe_output", "hooks_refused",
     "load_checkpoint", "load_labels", "load_model", "pick_logits", "pickle_globals", "preprocess_from_weights",
-    "resolve_device", "takes_hooks", "torch_load", "torchvision_names", "unwrap_state_dict", "weights_cache_path",
+    "read_checkpoint", "resolve_device", "takes_hooks", "torch_load", "torchvision_names", "unwrap_state_dict",
+    "weights_cache_path",
 ]
 
 
@@ -63,12 +67,82 @@ def load_model(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
     if loader is None:
         raise ReportgenError(f"`model.source`: `{cfg.source}` is not a model source."
                              f"{did_you_mean(cfg.source, SOURCES)} Valid: {', '.join(SOURCES)}.")
-    adapter = loader(cfg, base_dir)
+    adapter = _load_skipping_init(cfg, loader, base_dir) if _overwritten(cfg) else None
+    if adapter is None:
+        adapter = loader(cfg, base_dir)
+        if cfg.checkpoint is not None:
+            load_checkpoint(adapter.model, cfg.checkpoint, trust=cfg.trust_checkpoint)
     description = adapter.description
     if cfg.checkpoint is not None:
-        load_checkpoint(adapter.model, cfg.checkpoint, trust=cfg.trust_checkpoint)
         description += f", checkpoint {cfg.checkpoint.name}"
     adapter.model.eval().to(device)
     output = getattr(cfg, "output", None)  # `model.output`, once ModelConfig has it
     return dataclasses.replace(adapter, device=device, description=description,
                                output=adapter.output if output is None else output)
+
+
+def _overwritten(cfg: ModelConfig) -> bool:
+    """Whether one state dict overwrites the whole model as the source builds it, so that the source may build
+    it on the meta device (no random initialisation, no memory) and the state dict's tensors become its
+    parameters: a torchvision model with a `checkpoint` or with cached `weights` (not both: the weights would be
+    loaded, then overwritten). A user's factory may do anything (read files, tie or freeze parameters, build on a
+    device of its own): it is built as it says."""
+    return cfg.source == "torchvision" and (cfg.checkpoint is None) != (cfg.weights is None)
+
+
+def _load_skipping_init(cfg: ModelConfig, loader: Loader, base_dir: Path | None) -> ModelAdapter | None:
+    """The adapter with the model built on the meta device and the state dict's tensors assigned to it (the
+    checkpoint's here; cached weights' by torchvision's builder, whose `load_state_dict` assigns meanwhile);
+    None when that cannot give what the ordinary path gives (a buffer or parameter the state dict does not hold,
+    a parameter shared by two layers, a model that does not build on meta): then the caller builds it normally.
+    A checkpoint that does not match the model raises the ordinary path's error."""
+    _torchvision.import_models()  # imported outside the meta context: its module-level tensors are real
+
+    state = None if cfg.checkpoint is None else read_checkpoint(cfg.checkpoint, trust=cfg.trust_checkpoint)
+    try:
+        with torch.device("meta"), _no_init(), _assigning():
+            adapter = loader(cfg, base_dir)
+    except ReportgenError:
+        return None  # the ordinary path says it again, as it always has
+    model = adapter.model
+    params = list(model.named_parameters(remove_duplicate=False))
+    if len(params) != len({id(p) for _, p in params}):
+        return None  # shared parameters: assigning would part them
+    if state is not None:
+        tensors = params + list(model.named_buffers(remove_duplicate=False))
+        if not all(t.is_meta for _, t in tensors) or {name for name, _ in tensors} - set(model.state_dict()):
+            return None  # tensors made elsewhere, buffers outside the state dict
+        load_checkpoint(model, cfg.checkpoint, state=state, assign=True)
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        return None
+    return adapter
+
+
+@contextlib.contextmanager
+def _assigning() -> Iterator[None]:
+    """`nn.Module.load_state_dict` assigns the state dict's tensors (cast to the model's dtypes, as a copying load
+    would) instead of copying them into the parameters: into a model on the meta device a copy is lost."""
+    copying = nn.Module.load_state_dict
+
+    def assigning(self, state_dict, strict=True, assign=False):
+        expected = self.state_dict()
+        state_dict = {k: v.to(expected[k].dtype) if k in expected and v.dtype != expected[k].dtype else v
+                      for k, v in state_dict.items()}
+        return copying(self, state_dict, strict=strict, assign=True)
+
+    with mock.patch.object(nn.Module, "load_state_dict", assigning):
+        yield
+
+
+@contextlib.contextmanager
+def _no_init() -> Iterator[None]:
+    """`torch.nn.init`'s initialisers do nothing: on the meta device there are no values to fill, and torch runs
+    some of them there (normal_, uniform_) through its Python reference kernels, whose first call imports
+    torch._dynamo (1-2 s). Layers' `reset_parameters` and models' own init loops call them as `init.<name>`
+    attributes, so patching the module reaches them."""
+    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")
+             and callable(getattr(torch.nn.init, n))]
+    with contextlib.ExitStack() as stack:
+        for name in names:
+            stack.enter_context(mock.patch.object(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor))
+        yield

@@ -167,9 +167,19 @@ def unwrap_state_dict(obj: object) -> dict[str, torch.Tensor]:
     return obj
 
 
-def load_checkpoint(model: nn.Module, path: Path, *, trust: bool = False) -> None:
-    """Load the state_dict in `path` into `model`, or say which keys are missing, unexpected or misshapen."""
-    state = unwrap_state_dict(torch_load(path, trust=trust))
+def read_checkpoint(path: Path, *, trust: bool = False) -> dict[str, torch.Tensor]:
+    """The state_dict in the checkpoint file `path` (unwrapped from the common wrappers)."""
+    return unwrap_state_dict(torch_load(path, trust=trust))
+
+
+def load_checkpoint(model: nn.Module, path: Path, *, trust: bool = False,
+                    state: dict[str, torch.Tensor] | None = None, assign: bool = False) -> None:
+    """Load the state_dict in `path` into `model`, or say which keys are missing, unexpected or misshapen.
+    `state`: the file's state_dict, already read (`read_checkpoint`). `assign`: the model was built on the meta
+    device; its parameters and buffers become the file's tensors (`load_state_dict(assign=True)`), cast to the
+    model's dtypes as a copying load would."""
+    if state is None:
+        state = read_checkpoint(path, trust=trust)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -182,4 +192,13 @@ def load_checkpoint(model: nn.Module, path: Path, *, trust: bool = False) -> Non
                 more = f" and {len(items) - 5} more" if len(items) > 5 else ""
                 parts.append(f"{title}: {', '.join(items[:5])}{more}")
         raise ReportgenError(f"`model.checkpoint`: {path.name} does not match the model: " + "; ".join(parts) + ".")
-    model.load_state_dict(state)
+    if assign:  # what a copying load does to the values: the model's dtype, a tensor of its own
+        state = {k: v.to(dtype=expected[k].dtype, copy=v.dtype != expected[k].dtype or _shared(v))
+                 for k, v in state.items()}
+    model.load_state_dict(state, assign=assign)
+
+
+def _shared(tensor: torch.Tensor) -> bool:
+    """Whether `tensor` is a view into a storage larger than itself (a slice of another tensor, say): assigned
+    as it is, it would keep the whole storage alive; a copying load gives each parameter its own memory."""
+    return tensor.untyped_storage().nbytes() > tensor.numel() * tensor.element_size()

@@ -23,6 +23,9 @@ def load_labels(choice: str | None, num_classes: int,
         if categories:
             labels = list(categories)
         else:
+            from .torchvision import import_models
+
+            import_models()  # torchvision without torch._dynamo
             from torchvision.models._meta import _IMAGENET_CATEGORIES
 
             labels = list(_IMAGENET_CATEGORIES)

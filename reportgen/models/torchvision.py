@@ -7,6 +7,9 @@ preprocessing (`weights.transforms()`) and the class names (`weights.meta["categ
 """
 from __future__ import annotations
 
+import importlib
+import sys
+import types
 import warnings
 from pathlib import Path
 from unittest import mock
@@ -20,9 +23,48 @@ from .adapter import ModelAdapter
 from .checkpoint import first_line, torch_load
 
 
+_DYNAMO_UTILS = "torch._dynamo.utils"
+
+
+def import_models() -> types.ModuleType:
+    """`torchvision.models`, imported without importing torch._dynamo.
+
+    torchvision's `ops.roi_align` (imported by every `import torchvision`) does `from torch._dynamo.utils import
+    is_compile_supported`, and importing torch._dynamo costs more than torch itself (1-2 s of a build's start on
+    two cores) although a classifier never calls it. So for the length of torchvision's import a stand-in for
+    `torch._dynamo.utils` sits in `sys.modules`; its `is_compile_supported` imports the real function when first
+    called (roi_align only, and only under torch.compile), and any other name asked of it imports the real
+    module. The stand-in is removed as soon as torchvision is imported: later imports get the real module."""
+    if "torchvision.models" in sys.modules or _DYNAMO_UTILS in sys.modules:
+        return importlib.import_module("torchvision.models")
+    stand_in = types.ModuleType(_DYNAMO_UTILS, "stands in for torch._dynamo.utils while torchvision imports")
+
+    def real() -> types.ModuleType:
+        if sys.modules.get(_DYNAMO_UTILS) is stand_in:
+            del sys.modules[_DYNAMO_UTILS]
+        return importlib.import_module(_DYNAMO_UTILS)
+
+    def is_compile_supported(*args, **kwargs):
+        return real().is_compile_supported(*args, **kwargs)
+
+    def attribute(name: str):  # any other name: the real module's (not dunders: `inspect` probes every module)
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(real(), name)
+
+    stand_in.is_compile_supported = is_compile_supported
+    stand_in.__getattr__ = attribute
+    sys.modules[_DYNAMO_UTILS] = stand_in
+    try:
+        return importlib.import_module("torchvision.models")
+    finally:
+        if sys.modules.get(_DYNAMO_UTILS) is stand_in:
+            del sys.modules[_DYNAMO_UTILS]
+
+
 def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
     """The torchvision model `cfg.name` built with `cfg.kwargs`, with `cfg.weights` from the local cache."""
-    import torchvision.models as tvm
+    tvm = import_models()
 
     names = torchvision_names()
     if cfg.name not in names:
@@ -46,7 +88,9 @@ def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
             f"downloads. Copy the file there (it comes from {weights.url}), or set `model.weights: null` for "
             "random weights, or give a `checkpoint:`."
         )
-    state = torch_load(path, trust=False, key="model.weights", hint=f"Replace it with the file from {weights.url}.")
+    with torch.device("cpu"):  # real tensors, also while the model is built on the meta device
+        state = torch_load(path, trust=False, key="model.weights",
+                           hint=f"Replace it with the file from {weights.url}.")
     # torchvision's own builder, fed the state dict we loaded safely; nothing is fetched
     with mock.patch.object(type(weights), "get_state_dict", lambda self, *args, **kwargs: state):
         model = _build(cfg.name, weights, kwargs, path)
@@ -59,7 +103,7 @@ def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
 def _build(name: str, weights: object | None, kwargs: dict, path: Path | None = None) -> nn.Module:
     """torchvision's builder, its warnings kept off the terminal (GoogLeNet's and Inception's notes about
     their default initialisation); an error names the key to mend."""
-    import torchvision.models as tvm
+    tvm = import_models()
 
     shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
     try:
@@ -98,7 +142,7 @@ def preprocess_from_weights(weights: object) -> Preprocess | None:
 
 def torchvision_names() -> list[str]:
     """The names of torchvision's classification models."""
-    import torchvision.models as tvm
+    tvm = import_models()
 
     return sorted(tvm.list_models(module=tvm))
 
