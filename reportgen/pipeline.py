@@ -383,9 +383,9 @@ def predictions(ctx: Context, k: int) -> list[list[dict]]:
 
 
 def _versions() -> dict:
-    import torchvision
+    from importlib.metadata import version  # not `import torchvision`: a model that needs none loads faster
 
-    return {"reportgen": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+    return {"reportgen": __version__, "torch": torch.__version__, "torchvision": version("torchvision"),
             "python": platform.python_version()}
 
 
