@@ -199,7 +199,10 @@ def build(config: Config, log: Log = _quiet, detail: Log = _quiet) -> Report:
     info, loaded = prepare_model(config, detail)
     stages = check_stages(info)
     log("reading images")
+    before = len(info.notes)
     images, batch = load_inputs(config, info.preprocess, info)
+    for note in info.notes[before:]:  # skipped images, boxes cropped away: the report says so too
+        log(f"note: {note}")
     batch = batch.to(loaded.device)
     logits = _logits(info, batch, config.inputs.batch_size)
     engine = Engine(info.model, batch, chunk=config.inputs.batch_size, forward=info.forward,

@@ -264,6 +264,8 @@ def test_a_broken_image_is_skipped_with_a_note_or_refused_when_strict(project):
     assert "1 image could not be read and was skipped: images/c.png (not an image Pillow can read)" in html
     checked = CliRunner().invoke(main, ["validate", str(project.write(project.base()))])
     assert checked.exit_code == 0 and "warning: 1 image could not be read" in checked.stderr
+    loud = CliRunner().invoke(main, ["build", str(project.write(project.base()))])  # progress on stderr says so too
+    assert loud.exit_code == 0 and "note: 1 image could not be read and was skipped" in loud.stderr
 
     strict = config_with(project, ["images/"], strict=True)
     strict["output"]["dir"] = "out_strict"
