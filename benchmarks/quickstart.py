@@ -26,10 +26,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import print_table  # benchmarks/common.py
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "example_configs" / "quickstart.yaml"
 IMPORTS = "import reportgen.pipeline, reportgen.render"
-CLAIM_S = 10.0  # README: "the build takes about ten seconds on two cores, imports included"
+CLAIM_S = 7.5  # README: "the build takes about 7.5 seconds on two idle cores, imports included"
 
 
 def reportgen_command() -> list[str]:
@@ -45,10 +47,6 @@ def timed(command: list[str], env: dict[str, str]) -> float:
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr[-2000:]}")
     return seconds
-
-
-def stats(values: list[float]) -> str:
-    return f"{statistics.median(values):7.2f} {min(values):7.2f} {max(values):7.2f}"
 
 
 def main() -> int:
@@ -92,12 +90,8 @@ def main() -> int:
         if args.keep:
             shutil.copytree(Path(tmp) / f"run{args.repeats - 1}", args.keep, dirs_exist_ok=True)
 
-    print(f"\n{'seconds':28s} {'median':>7s} {'min':>7s} {'max':>7s}")
-    print(f"{'build wall (subprocess)':28s} {stats(walls)}")
-    for name, values in stages.items():
-        print(f"{'  stage ' + name:28s} {stats(values)}")
-    print(f"{'  other (start, imports, io)':28s} {stats(others)}")
-    print(f"{'baseline: bare import':28s} {stats(bases)}")
+    print_table([("build wall (subprocess)", walls)] + [("  stage " + name, values) for name, values in stages.items()]
+                + [("  other (start, imports, io)", others), ("baseline: bare import", bases)])
     ratio = statistics.median(walls) / statistics.median(bases)
     print(f"\nbuild / bare import: {ratio:.1f}x (medians; per run: "
           + ", ".join(f"{w / b:.1f}" for w, b in zip(walls, bases)) + ")")

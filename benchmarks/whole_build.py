@@ -38,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import print_table  # benchmarks/common.py
+
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = 4.0  # the issue: the whole build ≤ 4× the bare pass
 CAMS = ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigengradcam"]
@@ -133,10 +135,6 @@ def bare_pass(folder: Path, images: int, size: int, threads: int | None):
     return once, torch.get_num_threads()
 
 
-def stats(values: list[float]) -> str:
-    return f"{statistics.median(values):7.2f} {min(values):7.2f} {max(values):7.2f}"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="builds (and bare passes, imports, loads) to time")
@@ -187,14 +185,9 @@ def main() -> int:
         if args.keep:
             shutil.copytree(folder / f"run{args.repeats - 1}", args.keep, dirs_exist_ok=True)
 
-    print(f"\n{'seconds':32s} {'median':>7s} {'min':>7s} {'max':>7s}")
-    print(f"{'build wall (subprocess)':32s} {stats(walls)}")
-    print(f"{'  import reportgen.pipeline':32s} {stats(importing)}")
-    print(f"{'  load_model':32s} {stats(loading)}")
-    for name, values in stages.items():
-        print(f"{'  stage ' + name:32s} {stats(values)}")
-    print(f"{'  other (start, images, render)':32s} {stats(others)}")
-    print(f"{'baseline: bare forward+backward':32s} {stats(bares)}")
+    print_table([("build wall (subprocess)", walls), ("  import reportgen.pipeline", importing),
+                 ("  load_model", loading)] + [("  stage " + name, values) for name, values in stages.items()]
+                + [("  other (start, images, render)", others), ("baseline: bare forward+backward", bares)], width=32)
     ratio = statistics.median(walls) / statistics.median(bares)
     print(f"\nwhole build / bare pass: {ratio:.1f}x (medians; target <= {TARGET:g}x; per run: "
           + ", ".join(f"{w / b:.1f}" for w, b in zip(walls, bares)) + ")")
