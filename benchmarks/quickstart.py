@@ -16,7 +16,6 @@ when a build fails.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -26,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import print_table  # benchmarks/common.py
+from common import print_table, record_stages  # benchmarks/common.py
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "example_configs" / "quickstart.yaml"
@@ -81,9 +80,7 @@ def main() -> int:
             except RuntimeError as error:
                 print(f"build {run + 1} failed: {error}", file=sys.stderr)
                 return 1
-            recorded = json.loads((out / "report.json").read_text())["stages"]
-            for stage in recorded:
-                stages.setdefault(stage["name"], []).append(float(stage["seconds"]))
+            recorded = record_stages(out, stages)
             others.append(walls[-1] - sum(float(stage["seconds"]) for stage in recorded))
             print(f"  run {run + 1}: build {walls[-1]:6.2f} s, import {bases[-1]:5.2f} s, "
                   + ", ".join(f"{s['name']} {float(s['seconds']):.2f}" for s in recorded), flush=True)

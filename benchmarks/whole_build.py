@@ -28,7 +28,6 @@ flatter the build. Exits 0, or 1 when a build fails.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -38,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import print_table  # benchmarks/common.py
+from common import print_table, record_stages  # benchmarks/common.py
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = 4.0  # the issue: the whole build ≤ 4× the bare pass
@@ -174,9 +173,7 @@ def main() -> int:
             except RuntimeError as error:
                 print(f"build {index + 1} failed: {error}", file=sys.stderr)
                 return 1
-            recorded = json.loads((out / "report.json").read_text())["stages"]
-            for stage in recorded:
-                stages.setdefault(stage["name"], []).append(float(stage["seconds"]))
+            recorded = record_stages(out, stages)
             staged = sum(float(stage["seconds"]) for stage in recorded)
             others.append(walls[-1] - importing[-1] - loading[-1] - staged)
             print(f"  run {index + 1}: build {walls[-1]:6.2f} s, bare {bares[-1]:5.2f} s, import {importing[-1]:5.2f} s, "
