@@ -126,12 +126,8 @@ def forward_activations(
     model: nn.Module, batch: torch.Tensor, layers: Sequence[str],
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One forward without autograd: (logits (N, K), layer -> output (N, C, h, w)), detached."""
-    return _forward_activations(model, batch, layers, forward)[:2]
-
-
-def _forward_activations(model, batch, layers, forward=None) -> tuple[torch.Tensor, dict, tuple[str, ...]]:
-    """`forward_activations` and the layers whose output an in-place op changed after the layer returned."""
+    """One forward without autograd: (logits (N, K), layer -> output (N, C, h, w) detached, the layers whose
+    output an in-place op changed after the layer returned)."""
     versions: dict[str, int] = {}
     with torch.no_grad(), capture_outputs(model, list(dict.fromkeys(layers)), detach=True,
                                           versions=versions) as outputs:
@@ -243,7 +239,7 @@ class Engine:
         """(logits (N, K), layer -> output (N, C, h, w)) of forwards without autograd, one per chunk."""
         layers = tuple(dict.fromkeys(layers))
         if layers not in self._activations:
-            parts = [_forward_activations(self.model, self.batch[rows], layers, self.forward)
+            parts = [forward_activations(self.model, self.batch[rows], layers, self.forward)
                      for rows in batches(self.batch.shape[0], self.step)]
             self._modified.update(name for p in parts for name in p[2])
             self._activations[layers] = (torch.cat([p[0] for p in parts]),

@@ -1,7 +1,6 @@
 """Find, read and preprocess the input images. Keeps the original pixels for overlays."""
 from __future__ import annotations
 
-import glob
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,27 +12,6 @@ from .config import Preprocess
 from .errors import ReportgenError
 
 IMAGE_SUFFIXES = {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
-
-
-def find_images(patterns: tuple[str, ...]) -> list[Path]:
-    """Files, folders (their image files, sorted) and globs, in the order given, without duplicates."""
-    if not patterns:
-        raise ReportgenError("`inputs.images` is empty: list image files, folders or globs (like images/*.jpg).")
-    found: list[Path] = []
-    for pattern in patterns:
-        path = Path(pattern)
-        if glob.has_magic(pattern):
-            matches = [Path(p) for p in sorted(glob.glob(pattern, recursive=True)) if Path(p).is_file()]
-        elif path.is_dir():
-            matches = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.is_file():
-            matches = [path]
-        else:
-            raise ReportgenError(f"`inputs.images`: {pattern} does not exist.")
-        if not matches:
-            raise ReportgenError(f"`inputs.images`: no image matches {pattern}.")
-        found.extend(m for m in matches if m not in found)
-    return found
 
 
 class ImageReadError(ReportgenError):

@@ -28,14 +28,10 @@ class LayerInfo:
     order: int | None = None  # position of its (last) call in the forward pass
 
 
-def describe_layers(model: nn.Module, example: torch.Tensor) -> dict[str, LayerInfo]:
-    """Every named module with its type, parameter count and output shape in one forward of `example`."""
-    return describe_model(model, example)[0]
-
-
 def describe_model(model: nn.Module, example: torch.Tensor, *, hooks: bool = True
                    ) -> tuple[dict[str, LayerInfo], object]:
-    """(`describe_layers`, the model's raw output) from the same single forward of `example` (no grad).
+    """(every named module with its type, parameter count and output shape, the model's raw output) from one
+    forward of `example` (no grad).
     Without `hooks` (a TorchScript model takes none) the layers are listed without output shapes."""
     named = [name for name, _ in model.named_modules() if name] if hooks else []
     shape_of = lambda output: tuple(output.shape) if torch.is_tensor(output) else None  # noqa: E731

@@ -67,7 +67,7 @@ class ArraysWriter:
         os.close(fd)
         self._zip: zipfile.ZipFile | None = zipfile.ZipFile(self.path, "w", compression=zipfile.ZIP_DEFLATED,
                                                              allowZip64=True)
-        self.keys: list[str] = []
+        self.keys: dict[str, None] = {}  # written so far, in order
         self._dropped: set[str] = set()
 
     def add(self, arrays: Mapping[str, np.ndarray]) -> None:
@@ -77,7 +77,7 @@ class ArraysWriter:
                 raise ValueError(f"arrays.npz: the key {key!r} is written twice")
             with self._zip.open(f"{key}.npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, np.asarray(value, dtype=np.float32), allow_pickle=False)
-            self.keys.append(key)
+            self.keys[key] = None
 
     def drop(self, keys: Iterable[str]) -> None:
         self._dropped.update(keys)
@@ -104,7 +104,7 @@ class ArraysWriter:
             _unlink(tmp)
             raise
         os.replace(tmp, self.path)
-        self.keys = [k for k in self.keys if k not in self._dropped]
+        self.keys = {k: None for k in self.keys if k not in self._dropped}
 
     def discard(self) -> None:
         if self._zip is not None:

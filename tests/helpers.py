@@ -8,7 +8,7 @@ from torch import nn
 from reportgen.config import Config
 from reportgen.context import Context, ImageInput, ModelInfo
 from reportgen.engine import Engine
-from reportgen.layers import describe_layers
+from reportgen.layers import describe_model
 from reportgen.stages import input_grad_wanted
 
 
@@ -26,7 +26,7 @@ def make_context(model: nn.Module, batch: torch.Tensor, *, labels: list[str] | N
     images = [ImageInput(name=names[i], source=f"{names[i]}.png", original=display[i], display=display[i])
               for i in range(n)]
     info = ModelInfo(model=model, config=config, labels=labels, num_classes=logits.shape[1],
-                     layers=describe_layers(model, batch[:1]), normalize=config.inputs.preprocess.normalize,
+                     layers=describe_model(model, batch[:1])[0], normalize=config.inputs.preprocess.normalize,
                      preprocess=config.inputs.preprocess)
     engine = Engine(model, batch, chunk=config.inputs.batch_size, input_grad_wanted=input_grad_wanted(config))
     return Context(info=info, device=batch.device, batch=batch, images=images, logits=logits, engine=engine)

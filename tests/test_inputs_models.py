@@ -10,7 +10,8 @@ from torch import nn
 
 from reportgen.config import ModelConfig, Normalize, Preprocess
 from reportgen.errors import ReportgenError
-from reportgen.inputs import find_images, prepare_image, read_image, unique_names
+from reportgen.datasets import find_entries
+from reportgen.inputs import prepare_image, read_image, unique_names
 from reportgen.models import load_checkpoint, load_labels, load_model, weights_cache_path
 
 RGB = np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [255, 255, 255]]], dtype=np.uint8)  # 2x2
@@ -145,7 +146,7 @@ def test_find_images_folders_globs_and_unique_names(tmp_path):
         (tmp_path / sub).mkdir(exist_ok=True)
         Image.fromarray(RGB).save(tmp_path / sub / name)
     (tmp_path / "a" / "notes.txt").write_text("not an image")
-    found = find_images((str(tmp_path / "a"), str(tmp_path / "*" / "x.png")))
+    found = [entry.path for entry in find_entries((str(tmp_path / "a"), str(tmp_path / "*" / "x.png")))]
     assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a/x.png", "a/y.jpg", "b/x.png"]
     assert unique_names(found) == ["x", "y", "x_2"]
 

@@ -27,7 +27,7 @@ from torch import nn
 from ..config import CamConfig
 from ..errors import ReportgenError
 from ..hooks import get_layer
-from ..layers import auto_cam_layer
+from ..layers import AutoLayer, auto_cam_layer
 from ..methods.cam import FUSED, compute_maps, not_applicable_notes, project_2d, scale_cams  # noqa: F401
 from . import Context, ModelInfo, Stage
 
@@ -75,14 +75,15 @@ class CamResult:
 # ---------------------------------------------------------------------------- stage contract
 
 
-def target_layers(info: ModelInfo, cfg: CamConfig) -> tuple[tuple[str, ...], bool]:
-    """The configured target layers (checked: exist, 4-D output), or the auto-picked one: (layers, auto)."""
+def target_layers(info: ModelInfo, cfg: CamConfig) -> tuple[tuple[str, ...], AutoLayer | None]:
+    """The configured target layers (checked: exist, 4-D output), or the auto-picked one: (layers, the
+    automatic pick or None when the config names the layers)."""
     if cfg.target_layers:
         layers = tuple(dict.fromkeys(cfg.target_layers))
-        auto = False
+        auto = None
     else:
-        layers = (auto_cam_layer(info).name,)
-        auto = True
+        auto = auto_cam_layer(info)
+        layers = (auto.name,)
     for name in layers:
         layer = info.layer(name)
         shape = layer.output_shape
@@ -115,7 +116,7 @@ def run(ctx: Context, cfg: CamConfig) -> CamResult:
     n = len(ctx.images)
     k = len(targets[0])
     class_sets = [tuple(t[r] for t in targets) for r in range(k)]
-    notes: list[str] = [auto_cam_layer(info).note()] if auto else []
+    notes: list[str] = [auto.note()] if auto else []
     share = ctx.engine.input_grad_wanted  # a later stage asked for input gradients: this pass keeps them
     computed = compute_maps(ctx.model, ctx.batch, layers, cfg.methods, class_sets, batch_size=cfg.batch_size,
                             head=_linear_head(info), engine=ctx.engine, log=ctx.log)
@@ -143,7 +144,7 @@ def run(ctx: Context, cfg: CamConfig) -> CamResult:
     return CamResult(
         config=cfg,
         layers=layers,
-        layer_auto=auto,
+        layer_auto=auto is not None,
         layer_shapes=computed.shapes,
         methods=tuple(cfg.methods),
         images=tuple(image.name for image in ctx.images),
