@@ -427,6 +427,25 @@ class AnalysesConfig:
 
 
 @dataclass(frozen=True)
+class DetailConfig:
+    """Which images get per-image figures (the rest are rows of the page's images table): the most confident
+    mistakes, the least confident correct predictions (without ground truth: the least confident predictions),
+    then a seeded sample per class (true class, else predicted), at most `budget` in all. A build over at most
+    `budget` images details every image."""
+
+    budget: int = setting(16, ge=1, le=1000)  # images with figures, at most
+    mistakes: int = setting(4, ge=0)  # the most confident wrong predictions
+    uncertain: int = setting(4, ge=0)  # the least confident correct predictions
+    per_class: int = setting(1, ge=0)  # then this many per class, classes in a seeded order, while budget lasts
+    seed: int | None = setting(None, **_SEED)  # default: the config's seed
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    detail: DetailConfig = field(default_factory=DetailConfig)
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     dir: Path = setting(Path("reports/report"), kind="path")
     self_contained: bool = True
@@ -441,6 +460,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     inputs: InputsConfig = field(default_factory=InputsConfig)
     analyses: AnalysesConfig = field(default_factory=AnalysesConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     source: Path | None = setting(None, yaml="")  # the YAML file (not a YAML key)
     lines: _Lines | None = field(default=None, compare=False, repr=False,

@@ -112,14 +112,13 @@ class Context:
     carry: dict = field(default_factory=dict)  # what a streamed stage keeps from one batch to the next (a generator)
     offset: int = 0  # the index of this context's first image among all images
 
-    def for_batch(self, rows: slice) -> "Context":
-        """The context of the images `rows` (a batch of a streamed build): their tensors, logits and an engine
-        of their own, the results of the stages that ran on this batch before, the build's `carry`."""
-        batch = self.batch[rows]
+    def for_batch(self, images: list[ImageInput], batch: torch.Tensor, logits: torch.Tensor, offset: int) -> "Context":
+        """The context of one batch of a streamed build (`images` from index `offset` among all images, their
+        tensors and logits): an engine of its own, the results of the stages that ran on this batch before,
+        the build's `carry`."""
         engine = Engine(self.model, batch, forward=self.engine.forward, input_grad_wanted=self.engine.input_grad_wanted)
-        return Context(info=self.info, device=self.device, batch=batch, images=self.images[rows],
-                       logits=self.logits[rows], engine=engine, log=self.log, carry=self.carry,
-                       offset=self.offset + (rows.start or 0))
+        return Context(info=self.info, device=self.device, batch=batch, images=images, logits=logits, engine=engine,
+                       log=self.log, carry=self.carry, offset=offset)
 
     @property
     def model(self) -> nn.Module:

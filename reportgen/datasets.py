@@ -371,6 +371,18 @@ def sample_per_class(entries: list[Entry], per_class: int, seed: int) -> list[En
 
 
 @dataclass
+class Scan:
+    """What a scan of `inputs.images` found: the entries read (at most `inputs.limit`), their unique names, and
+    notes for the report (images skipped, annotations cropped away)."""
+
+    entries: list[Entry] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    failed: list[tuple[Entry, str]] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Loaded:
     """What `load` read: the images (ImageInput), their prepared tensors, and notes for the report."""
 
@@ -389,59 +401,89 @@ def select(config, labels: list[str] | None, num_classes: int | None) -> list[En
     return entries
 
 
-def load(config, pre, labels: list[str] | None = None, num_classes: int | None = None,
-         progress: Callable = lambda items, **kw: items) -> Loaded:
-    """Find, resolve, sample and read the images of `config.inputs` with the resolved preprocessing `pre`:
-    the first `inputs.limit` that can be read. An image that cannot be decoded is skipped with a note
-    (`inputs.strict: false`) or is an error (`strict: true`); none readable is an error either way."""
+def read_entry(entry: Entry, config, pre, name: str = ""):
+    """(ImageInput, prepared (C, H, W) tensor, what of its annotation the crop lost or None) of one entry.
+    Raises ImageReadError for a file that cannot be decoded, ReportgenError for a mask of the wrong size."""
     from .context import ImageInput
 
     inputs = config.inputs
-    entries = select(config, labels, num_classes)
+    pixels = read_image(entry.path, alpha=inputs.alpha, max_value=inputs.max_value)
+    mask = read_mask(entry.mask) if entry.mask is not None else None
+    shown = config.shown_path(entry.path)
+    if mask is not None and mask.shape != pixels.shape[:2]:
+        raise ReportgenError(f"{KEY}: {entry.where}: the mask is {mask.shape[1]}x{mask.shape[0]} pixels but its "
+                             f"image is {pixels.shape[1]}x{pixels.shape[0]}.")
+    prepared = prepare_image(pixels, pre, config.model.input_size)
+    geo = geometry(pixels.shape[1], pixels.shape[0], pre, config.model.input_size)
+    box = transform_box(entry.box, geo) if entry.box is not None else None
+    lost = None
+    if entry.box is not None and box is None:
+        lost = f"{shown}: its box {_fmt(entry.box)} lies outside the crop"
+    if mask is not None:
+        mask = transform_mask(mask, geo)
+        if not mask.any():
+            lost = f"{shown}: its mask has no object pixel inside the crop"
+            mask = None
+    image = ImageInput(name=name, source=shown, original=pixels, display=prepared.display, label=entry.label,
+                       box=box, mask=mask)
+    return image, prepared.tensor, lost
+
+
+def scan(config, pre, entries: list[Entry], found: Scan, progress: Callable = lambda items, **kw: items):
+    """Read `entries` in order, the first `inputs.limit` that can be read, and yield them in batches of
+    `inputs.batch_size` as lists of (entry, ImageInput, tensor); the ImageInputs have no name yet. `found`
+    collects the entries read and what went wrong; its names and notes are set once the scan is done. An image
+    that cannot be decoded is skipped with a note (`inputs.strict: false`) or is an error (`strict: true`);
+    none readable is an error either way."""
+    inputs = config.inputs
     wanted = len(entries) if inputs.limit is None else min(inputs.limit, len(entries))
-    loaded = Loaded()
-    kept: list[tuple[Entry, np.ndarray, object, tuple | None, np.ndarray | None]] = []
-    failed: list[tuple[Entry, str]] = []
-    lost: list[str] = []
+    batch: list = []
     for entry in progress(entries, total=wanted, desc="reading images", unit="image"):
-        if len(kept) >= wanted:
+        if len(found.entries) >= wanted:
             break
         try:
-            pixels = read_image(entry.path, alpha=inputs.alpha, max_value=inputs.max_value)
-            mask = read_mask(entry.mask) if entry.mask is not None else None
+            image, tensor, lost = read_entry(entry, config, pre)
         except ImageReadError as exc:
             if inputs.strict:
                 raise
-            failed.append((entry, exc.reason))
+            found.failed.append((entry, exc.reason))
             continue
-        shown = config.shown_path(entry.path)
-        if mask is not None and mask.shape != pixels.shape[:2]:
-            raise ReportgenError(f"{KEY}: {entry.where}: the mask is {mask.shape[1]}x{mask.shape[0]} pixels but its "
-                                 f"image is {pixels.shape[1]}x{pixels.shape[0]}.")
-        prepared = prepare_image(pixels, pre, config.model.input_size)
-        geo = geometry(pixels.shape[1], pixels.shape[0], pre, config.model.input_size)
-        box = transform_box(entry.box, geo) if entry.box is not None else None
-        if entry.box is not None and box is None:
-            lost.append(f"{shown}: its box {_fmt(entry.box)} lies outside the crop")
-        if mask is not None:
-            mask = transform_mask(mask, geo)
-            if not mask.any():
-                lost.append(f"{shown}: its mask has no object pixel inside the crop")
-                mask = None
-        kept.append((entry, pixels, prepared, box, mask))
-    if not kept:
+        if lost:
+            found.lost.append(lost)
+        found.entries.append(entry)
+        batch.append((entry, image, tensor))
+        if len(batch) == inputs.batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+    failed = found.failed
+    if not found.entries:
         reasons = "; ".join(f"{config.shown_path(e.path)} ({why})" for e, why in failed[:5])
         raise ReportgenError(f"{KEY}: none of the {len(failed)} images could be read: {reasons}"
                              f"{' and more' if len(failed) > 5 else ''}.")
-    for name, (entry, pixels, prepared, box, mask) in zip(unique_names([k[0].path for k in kept]), kept):
-        loaded.images.append(ImageInput(name=name, source=config.shown_path(entry.path), original=pixels,
-                                        display=prepared.display, label=entry.label, box=box, mask=mask))
-        loaded.tensors.append(prepared.tensor)
+    found.names = unique_names_of(found.entries)
     if failed:
         n = len(failed)
-        loaded.notes.append(f"{n} image{'s' if n > 1 else ''} could not be read and {'were' if n > 1 else 'was'} "
-                            "skipped: " + ", ".join(f"{config.shown_path(e.path)} ({why})" for e, why in failed) + ".")
-    if lost:
-        loaded.notes.append(f"{len(lost)} annotation{'s' if len(lost) > 1 else ''} cropped away entirely by the "
-                            "preprocessing (the images are kept, without them): " + "; ".join(lost) + ".")
-    return loaded
+        shown = ", ".join(f"{config.shown_path(e.path)} ({why})" for e, why in failed[:20])
+        found.notes.append(f"{n} image{'s' if n > 1 else ''} could not be read and {'were' if n > 1 else 'was'} "
+                           f"skipped: {shown}{f' and {n - 20} more' if n > 20 else ''}.")
+    if found.lost:
+        n = len(found.lost)
+        found.notes.append(f"{n} annotation{'s' if n > 1 else ''} cropped away entirely by the preprocessing (the "
+                           "images are kept, without them): " + "; ".join(found.lost[:20])
+                           + (f" and {n - 20} more" if n > 20 else "") + ".")
+
+
+def unique_names_of(entries: list[Entry]) -> list[str]:
+    return unique_names([e.path for e in entries])
+
+
+def load(config, pre, labels: list[str] | None = None, num_classes: int | None = None,
+         progress: Callable = lambda items, **kw: items) -> Loaded:
+    """Find, resolve, sample and read the images of `config.inputs` with the resolved preprocessing `pre`,
+    all at once (`scan` reads them batch by batch)."""
+    found = Scan()
+    read = [item for batch in scan(config, pre, select(config, labels, num_classes), found, progress) for item in batch]
+    return Loaded(images=[replace(image, name=name) for (_, image, _), name in zip(read, found.names)],
+                  tensors=[tensor for _, _, tensor in read], notes=found.notes)

@@ -224,9 +224,11 @@ def unique_names(paths: list[Path]) -> list[str]:
         names.append(stem if count == 0 else f"{stem}_{count + 1}")
     # a generated name may collide with a real stem: keep suffixing until unique
     out: list[str] = []
+    taken: set[str] = set()
     for name in names:
         candidate, i = name, 2
-        while candidate in out:
+        while candidate in taken:
             candidate, i = f"{name}_{i}", i + 1
         out.append(candidate)
+        taken.add(candidate)
     return out

@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__, datasets
+from . import __version__, datasets, dist
+from .collection import Collection, collect
 from .config import Config
-from .context import Context, ImageInput, ModelInfo
+from .context import Context, ModelInfo
 from .engine import Engine
 from .errors import ReportgenError, StageSkipped
 from .layers import describe_model
 from .models import hooks_refused, load_labels, load_model
-from .ops import batches
 from .progress import track
 from .stages import Stage, input_grad_wanted, planned
 
@@ -122,28 +122,16 @@ def _check_hooks_possible(info: ModelInfo, stage: Stage, cfg) -> None:
     raise hooks_refused(what, plural=hooked is not True and len(hooked) > 1, key=f"analyses.{stage.name}")
 
 
-def load_inputs(config: Config, pre, info: ModelInfo | None = None) -> tuple[list[ImageInput], torch.Tensor]:
-    """The images (names, pixels, ground truth, boxes, masks) and the (N, C, H, W) batch prepared with the
-    resolved preprocessing `pre`. With the model's `info`, labels resolve against its labels and class count,
-    and what the report should say about the inputs (images skipped, annotations cropped away) joins its notes."""
-    loaded = datasets.load(config, pre, info.labels if info else None, info.num_classes if info else None,
-                           progress=track)
-    if info is not None:
-        info.notes.extend(loaded.notes)
-    shapes = {tuple(t.shape) for t in loaded.tensors}
-    if len(shapes) > 1:
-        raise ReportgenError(f"`inputs.preprocess`: the images come out in different sizes {sorted(shapes)}; "
-                             "set `center_crop` (or `resize: [h, w]`) so they share one size.")
-    return loaded.images, torch.stack(loaded.tensors)
-
-
 def validate(config: Config, log: Log = _quiet) -> tuple[ModelInfo, list[str]]:
     """What `reportgen validate` checks: config, files, model construction, layer names, stage options.
     Returns the model's info and warnings (training logs that match nothing would skip that stage)."""
     check_outputs(config)
     info, loaded = prepare_model(config, log)
     check_stages(info)
-    warnings: list[str] = list(datasets.load(config, info.preprocess, info.labels, info.num_classes).notes)
+    found = datasets.Scan()
+    for _ in datasets.scan(config, info.preprocess, datasets.select(config, info.labels, info.num_classes), found):
+        pass  # every image read and prepared, one batch at a time
+    warnings: list[str] = list(found.notes)
     if "training" in config.analyses.enabled():
         from .logs import find_log_files
 
@@ -187,51 +175,72 @@ def check_outputs(config: Config) -> None:
         check_output_dir(config.output.tensorboard, key="output.tensorboard")
 
 
-def build(config: Config, log: Log = _quiet, detail: Log = _quiet) -> Report:
-    """Run every configured stage and write the report. Raises ReportgenError for bad input."""
+def build(config: Config, log: Log = _quiet, detail: Log = _quiet) -> Report | None:
+    """Run every configured stage and write the report. Raises ReportgenError for bad input. Under torchrun
+    (several processes) every rank calls it; rank 0 writes the report and returns it, the others return None."""
     from . import write  # disk last: not needed by validate
 
     started = time.perf_counter()
-    check_outputs(config)
+    group = dist.start(config.model.device)
+    dist.check_same_config(group, config)
+    if group.root:
+        check_outputs(config)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
     log("loading model")
     info, loaded = prepare_model(config, detail)
     stages = check_stages(info)
     log("reading images")
-    before = len(info.notes)
-    images, batch = load_inputs(config, info.preprocess, info)
-    for note in info.notes[before:]:  # skipped images, boxes cropped away: the report says so too
+    images = collect(config, info, loaded.device, group, progress=track if group.root else _untracked)
+    info.notes.extend(images.notes)
+    for note in images.notes:  # skipped images, boxes cropped away: the report says so too
         log(f"note: {note}")
-    batch = batch.to(loaded.device)
-    logits = _logits(info, batch, config.inputs.batch_size)
+    shown = images.detail.indices
+    if len(shown) < len(images):
+        log(f"{len(images)} images; {len(shown)} shown in detail, every one in the images table")
+    pixels = [images.read(i) for i in shown] if group.root else []
+    batch = torch.stack([t for _, t in pixels]).to(loaded.device) if pixels else torch.zeros(0)
     engine = Engine(info.model, batch, chunk=config.inputs.batch_size, forward=info.forward,
                     input_grad_wanted=input_grad_wanted(config))
-    ctx = Context(info=info, device=loaded.device, batch=batch, images=images, logits=logits, engine=engine,
-                  log=detail)
+    ctx = Context(info=info, device=loaded.device, batch=batch, images=[image for image, _ in pixels],
+                  logits=images.logits[list(shown)], engine=engine, log=detail)
     # arrays.npz is written entry by entry as the stages (and the batches of streamed stages) finish
-    sink = write.ArraysWriter(config.output.dir) if config.output.save_arrays else None
+    sink = write.ArraysWriter(config.output.dir, shard=group.rank if group.size > 1 else None) \
+        if config.output.save_arrays else None
     with sink if sink is not None else contextlib.nullcontext():
-        return _build(config, ctx, stages, sink, started, log, detail)
+        return _build(config, ctx, images, stages, sink, group, started, log, detail)
 
 
-def _build(config: Config, ctx: Context, stages: list[Stage], sink, started: float, log: Log, detail: Log) -> Report:
+def _untracked(items, **kw):
+    return items
+
+
+def _build(config: Config, ctx: Context, images: Collection, stages: list[Stage], sink, group: dist.Group,
+           started: float, log: Log, detail: Log) -> Report | None:
     """The stages, the page and the files, once the model and the images are ready (`sink`: the arrays.npz
     being written, or None)."""
     from . import render, write  # presentation and disk last: not needed by validate
 
-    if sink is not None:
-        sink.add({f"logits/{img.name}": ctx.logits[i].numpy() for i, img in enumerate(ctx.images)})
+    if sink is not None and group.root:
+        sink.add({f"logits/{name}": images.logits[i].numpy() for i, name in enumerate(images.names)})
     runs: list[StageRun] = []
-    for group in _groups(stages):  # a stage on its own, or consecutive stages streamed batch by batch together
-        if group[0].reduce is not None:
-            runs += _stream(group, ctx, runs, log, detail, sink)
+    for group_stages in _groups(stages):  # a stage on its own, or consecutive streamed stages, batch by batch
+        if group_stages[0].reduce is not None:
+            runs += _stream(group_stages, ctx, images, runs, log, detail, sink, group)
             continue
-        run = _run_stage(group[0], ctx, runs, log, detail)
+        if not group.root:  # stages that see no images run once, on rank 0
+            runs.append(StageRun(name=group_stages[0].name, title=group_stages[0].title, status="skipped"))
+            continue
+        run = _run_stage(group_stages[0], ctx, runs, log, detail)
         if sink is not None and run.status == "ok":
             sink.add(run.stage.arrays(run.result))
         runs.append(run)
-    report_data = _report_json(config, ctx, runs)
+    if sink is not None:
+        sink.merge_shards(group)
+    if not group.root:
+        return None
+    records = images.records(config.inputs.top_k, ctx.label)
+    report_data = _report_json(config, ctx, images, records, runs)
     log("rendering")
     html, assets, section_errors = render.render_report(config, ctx, runs, report_data)
     for run in runs:  # a section that could not be drawn marks its stage failed, in report.json too
@@ -244,7 +253,7 @@ def _build(config: Config, ctx: Context, stages: list[Stage], sink, started: flo
         if config.output.tensorboard is not None:  # before the report's files: an error leaves those untouched
             _write_tensorboard(config, ctx, runs, log)
         files = write.write_report(out, html=html, report_json=report_data, arrays=sink, assets=assets,
-                                   self_contained=config.output.self_contained)
+                                   self_contained=config.output.self_contained, records=records)
     except OSError as exc:
         raise ReportgenError(f"`output.dir`: writing the report to {out} failed ({exc.strerror or exc}); "
                              "the previous report, if any, is unchanged.") from None
@@ -252,11 +261,6 @@ def _build(config: Config, ctx: Context, stages: list[Stage], sink, started: flo
                     size_bytes=files["size"], data=report_data)
     log(f"done in {time.perf_counter() - started:.1f} s")
     return report
-
-
-def _logits(info: ModelInfo, batch: torch.Tensor, batch_size: int) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([info.forward(batch[rows]).float().cpu() for rows in batches(batch.shape[0], batch_size)])
 
 
 def _groups(stages: list[Stage]) -> list[list[Stage]]:
@@ -316,12 +320,14 @@ def _run_stage(stage: Stage, ctx: Context, done: list[StageRun], log: Log, detai
     return _finish(stage, result, ctx, time.perf_counter() - start, log, detail)
 
 
-def _stream(group: list[Stage], ctx: Context, done: list[StageRun], log: Log, detail: Log,
-            sink=None) -> list[StageRun]:
-    """Stages over images, batch by batch (`inputs.batch_size`): each batch goes through every stage of the
-    group in order, with a context of its own (so a later stage finds the engine passes an earlier one ran on
-    the same batch), then each stage reduces its batch results to one. Each batch's arrays go to `sink` (an
-    `ArraysWriter`) as the batch finishes; those of a stage that fails later are taken back."""
+def _stream(group: list[Stage], ctx: Context, images: Collection, done: list[StageRun], log: Log, detail: Log,
+            sink, procs: dist.Group) -> list[StageRun]:
+    """Stages over images, batch by batch (`inputs.batch_size`): each batch is read, goes through every stage
+    of the group in order with a context of its own (so a later stage finds the engine passes an earlier one
+    ran on the same batch), and is dropped; what a stage keeps of it is its `select` for the batch's detail
+    images (sums over all images included). Each batch's arrays go to `sink` as the batch finishes; those of a
+    stage that fails later are taken back. At the end each stage reduces what it kept; under torchrun the
+    ranks' reductions meet on rank 0, which reduces them once more."""
     ended: dict[str, StageRun] = {}  # stages that failed or were skipped
     partials: dict[str, list] = {stage.name: [] for stage in group}
     written: dict[str, list[str]] = {stage.name: [] for stage in group}  # arrays.npz keys, per stage
@@ -331,11 +337,16 @@ def _stream(group: list[Stage], ctx: Context, done: list[StageRun], log: Log, de
         if why:
             log(f"stage {stage.name} skipped: {why}")
             ended[stage.name] = StageRun(name=stage.name, title=stage.title, status="skipped", error=why)
-    rows = list(batches(len(ctx.images), ctx.config.inputs.batch_size))
+    size = ctx.config.inputs.batch_size
+    count = len(images.shard)
     log(f"stage{'s' if len(group) > 1 else ''} {', '.join(s.name for s in group if s.name not in ended)}: "
-        f"{len(ctx.images)} images in {len(rows)} batch{'es' if len(rows) > 1 else ''}")
-    for part in rows:
-        bctx = ctx.for_batch(part)
+        f"{count} images in {-(-count // size)} batch{'es' if count > size else ''}")
+    shown = set(images.detail.indices)
+    reading = images.batches(size)
+    for lo, batch_images, batch in (track if procs.root else _untracked)(reading, total=-(-count // size),
+                                                                        desc="analysing", unit="batch"):
+        rows = [i - lo for i in range(lo, lo + len(batch_images)) if i in shown]
+        bctx = ctx.for_batch(batch_images, batch, images.logits[lo:lo + len(batch_images)], lo)
         for stage in group:
             if stage.name in ended:
                 continue
@@ -347,42 +358,49 @@ def _stream(group: list[Stage], ctx: Context, done: list[StageRun], log: Log, de
             try:
                 result = stage.run(bctx, getattr(ctx.config.analyses, stage.name))
                 bctx.results.add(result)
-                partials[stage.name].append(result)
                 if sink is not None:
                     arrays = stage.arrays(result)
                     sink.add(arrays)
                     written[stage.name] += list(arrays)
+                partials[stage.name].append(stage.select(result, rows) if stage.select is not None else result)
             except Exception as exc:
                 ended[stage.name] = _outcome(stage, exc, seconds[stage.name] + time.perf_counter() - start, log,
                                              detail)
             seconds[stage.name] += time.perf_counter() - start
-    runs = []
+    mine = {}
     for stage in group:
         if stage.name in ended:
-            runs.append(ended[stage.name])
+            mine[stage.name] = ended[stage.name]
             continue
         start = time.perf_counter()
         try:
-            result = stage.reduce(partials[stage.name])
+            mine[stage.name] = stage.reduce(partials[stage.name]) if partials[stage.name] else None
         except Exception as exc:
-            runs.append(_outcome(stage, exc, seconds[stage.name] + time.perf_counter() - start, log, detail))
+            mine[stage.name] = _outcome(stage, exc, seconds[stage.name] + time.perf_counter() - start, log, detail)
+        seconds[stage.name] += time.perf_counter() - start
+    gathered = dist.gather(procs, (mine, seconds))  # each rank's reductions (or failures) and times
+    runs = []
+    for stage in group:
+        results = [m[stage.name] for m, _ in gathered]
+        took = max(s[stage.name] for _, s in gathered)
+        failed = next((r for r in results if isinstance(r, StageRun)), None)
+        if failed is None:
+            start = time.perf_counter()
+            try:
+                result = stage.reduce([r for r in results if r is not None])
+            except Exception as exc:
+                failed = _outcome(stage, exc, took + time.perf_counter() - start, log, detail)
+            took += time.perf_counter() - start
+        if failed is not None:
+            runs.append(failed)
+            if sink is not None:
+                sink.drop(written[stage.name])
             continue
-        runs.append(_finish(stage, result, ctx, seconds[stage.name] + time.perf_counter() - start, log, detail))
-    if sink is not None:
-        for run in runs:
-            if run.status != "ok":
-                sink.drop(written[run.name])
+        if sink is not None and stage.totals is not None and procs.root:
+            sink.add(stage.totals(result))
+        runs.append(_finish(stage, result, ctx, took, log, detail) if procs.root else
+                    StageRun(name=stage.name, title=stage.title, status="ok", seconds=took))
     return runs
-
-
-def predictions(ctx: Context, k: int) -> list[list[dict]]:
-    probs = ctx.probabilities
-    k = min(k, probs.shape[1])
-    top = probs.topk(k, dim=1)
-    return [
-        [{"index": int(i), "label": ctx.label(int(i)), "probability": float(p)} for p, i in zip(ps, idx)]
-        for ps, idx in zip(top.values.tolist(), top.indices.tolist())
-    ]
 
 
 def _versions() -> dict:
@@ -392,7 +410,7 @@ def _versions() -> dict:
             "python": platform.python_version()}
 
 
-def _report_json(config: Config, ctx: Context, runs: list[StageRun]) -> dict:
+def _report_json(config: Config, ctx: Context, images: Collection, records: list[dict], runs: list[StageRun]) -> dict:
     data = {
         "title": config.title,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -400,11 +418,10 @@ def _report_json(config: Config, ctx: Context, runs: list[StageRun]) -> dict:
         "config": config.to_dict(relative=True),  # no home folders in a published report
         "model": {"description": ctx.info.description, "num_classes": ctx.info.num_classes,
                   "input_size": list(config.model.input_size), "device": str(ctx.device)},
-        "images": [
-            {"name": img.name, "source": img.source, "top_k": top,
-             "truth": {"index": img.label, "label": ctx.label(img.label)} if img.label is not None else None}
-            for img, top in zip(ctx.images, predictions(ctx, config.inputs.top_k))
-        ],
+        "inputs": {"images": len(images), "detail": len(images.detail.indices), "records": "images.jsonl"},
+        # the images shown in detail; images.jsonl beside this file has every image's record
+        "images": [{key: value for key, value in records[i].items() if key != "detail"}
+                   for i in images.detail.indices],
         "stages": _stage_entries(runs),
     }
     for run in runs:

@@ -57,13 +57,15 @@ class ArraysWriter:
     leaving the `with` block on an error) removes it, and the output folder if this writer made it.
 
     `drop(keys)` takes entries back (a stage that failed part-way): they are left out when the file is
-    finished."""
+    finished. Under torchrun every rank writes a shard of its own (`shard`: the rank) into the output folder (a
+    shared file system) and rank 0 copies the others' entries into its file (`merge_shards`)."""
 
-    def __init__(self, out_dir: Path):
+    def __init__(self, out_dir: Path, shard: int | None = None):
         out_dir = Path(out_dir)
         self.made = [d for d in (out_dir, *out_dir.parents) if not d.exists()]
         out_dir.mkdir(parents=True, exist_ok=True)
-        fd, self.path = tempfile.mkstemp(dir=out_dir, prefix=".arrays.npz.", suffix=".tmp")
+        prefix = ".arrays.npz." if shard is None else f".arrays.npz.rank{shard}."
+        fd, self.path = tempfile.mkstemp(dir=out_dir, prefix=prefix, suffix=".tmp")
         os.close(fd)
         self._zip: zipfile.ZipFile | None = zipfile.ZipFile(self.path, "w", compression=zipfile.ZIP_DEFLATED,
                                                              allowZip64=True)
@@ -105,6 +107,29 @@ class ArraysWriter:
             raise
         os.replace(tmp, self.path)
         self.keys = {k: None for k in self.keys if k not in self._dropped}
+
+    def merge_shards(self, group) -> None:
+        """Under torchrun (`group`: a `dist.Group`): every rank closes its shard, rank 0 copies the entries of
+        the others' shards into its own file and removes them. Without torchrun: nothing to do."""
+        if group.size == 1:
+            return
+        from . import dist
+
+        paths = dist.gather(group, None if group.root else self.finish())
+        if not group.root:
+            return
+        for path in paths[1:]:
+            try:
+                with zipfile.ZipFile(path) as source:
+                    for member in source.namelist():
+                        key = member[:-len(".npy")]
+                        if key in self.keys:
+                            raise ValueError(f"arrays.npz: the key {key!r} is written by two ranks")
+                        with source.open(member) as src, self._zip.open(member, "w", force_zip64=True) as dst:
+                            shutil.copyfileobj(src, dst)
+                        self.keys[key] = None
+            finally:
+                _unlink(path)
 
     def discard(self) -> None:
         if self._zip is not None:
@@ -158,10 +183,10 @@ def _safe_relative(name: str) -> bool:
     return bool(parts) and not Path(name).is_absolute() and ".." not in parts and "\\" not in name
 
 
-def planned_files(*, self_contained: bool, save_arrays: bool) -> list[str]:
+def planned_files(*, self_contained: bool, save_arrays: bool, records: bool = True) -> list[str]:
     """The fixed file names a build writes (assets, named by content, come on top in static-site mode)."""
     names = ["report.json", "report.html" if self_contained else "index.html"]
-    return names + (["arrays.npz"] if save_arrays else [])
+    return names + (["images.jsonl"] if records else []) + (["arrays.npz"] if save_arrays else [])
 
 
 def check_out_dir(out_dir: Path, names, owned: set[str] | None = None, assets: dict[str, bytes] | None = None,
@@ -198,9 +223,10 @@ def _same_bytes(path: Path, data: bytes) -> bool:
 
 def write_report(out_dir: Path, *, html: str, report_json: dict,
                  arrays: dict[str, np.ndarray] | ArraysWriter | None, assets: dict[str, bytes],
-                 self_contained: bool) -> dict:
-    """Write report.html (or index.html + assets/), report.json and arrays.npz into `out_dir`. `arrays`: a
-    mapping written here, or an `ArraysWriter` that already wrote them (its file is renamed into place).
+                 self_contained: bool, records: list[dict] | None = None) -> dict:
+    """Write report.html (or index.html + assets/), report.json, images.jsonl (`records`, one JSON line per
+    image) and arrays.npz into `out_dir`. `arrays`: a mapping written here, or an `ArraysWriter` that already
+    wrote them (its file is renamed into place).
 
     Raises ReportgenError (nothing written) when one of those files exists and reportgen did not write it.
     Every file is first written in full under a temporary name; only then are they renamed into place, the
@@ -210,14 +236,14 @@ def write_report(out_dir: Path, *, html: str, report_json: dict,
     is rewritten."""
     out_dir = Path(out_dir)
     owned = owned_files(out_dir)
-    names = planned_files(self_contained=self_contained, save_arrays=arrays is not None)
+    names = planned_files(self_contained=self_contained, save_arrays=arrays is not None, records=records is not None)
     check_out_dir(out_dir, names, owned, assets)
     made = [d for d in (out_dir, *out_dir.parents) if not d.exists()]  # removed again if the write fails
     if assets and (out_dir / "assets") not in made and not (out_dir / "assets").exists():
         made.insert(0, out_dir / "assets")
     try:
         result = _write_report(out_dir, owned, html=html, report_json=report_json, arrays=arrays, assets=assets,
-                               self_contained=self_contained)
+                               self_contained=self_contained, records=records)
     except BaseException:
         for folder in made:
             with contextlib.suppress(OSError):
@@ -226,7 +252,8 @@ def write_report(out_dir: Path, *, html: str, report_json: dict,
     return result
 
 
-def _write_report(out_dir: Path, owned: set[str], *, html, report_json, arrays, assets, self_contained) -> dict:
+def _write_report(out_dir: Path, owned: set[str], *, html, report_json, arrays, assets, self_contained,
+                  records) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     files: list[tuple[str, bytes]] = []
     prewritten: list[tuple[str, Path]] = []  # (temporary file, its place): written before, renamed with the rest
@@ -237,6 +264,8 @@ def _write_report(out_dir: Path, owned: set[str], *, html, report_json, arrays, 
         np.savez_compressed(buffer, **arrays)
         files.append(("arrays.npz", buffer.getvalue()))
     files.append(("report.json", json.dumps(report_json, indent=2, ensure_ascii=False).encode("utf-8")))
+    if records is not None:
+        files.append(("images.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()))
     if assets:
         (out_dir / "assets").mkdir(exist_ok=True)
     # names are content hashes: a file already there with these bytes is already the same file

@@ -104,7 +104,8 @@ def test_the_stage_on_a_context_with_labels_and_the_reduce_over_batches_equals_o
     ctx.images = [dataclasses.replace(im, label=t) for im, t in zip(ctx.images, truth)]
     cfg = config.analyses.dataset
     whole = dataset.run(ctx, cfg)
-    parts = dataset.reduce([dataset.run(ctx.for_batch(slice(a, b)), cfg) for a, b in ((0, 4), (4, 8), (8, 9))])
+    parts = dataset.reduce([dataset.run(ctx.for_batch(ctx.images[a:b], ctx.batch[a:b], ctx.logits[a:b], a), cfg)
+                            for a, b in ((0, 4), (4, 8), (8, 9))])
     assert dataset.to_json(parts) == dataset.to_json(whole)
     assert np.array_equal(dataset.arrays(parts)["dataset/confusion"], dataset.arrays(whole)["dataset/confusion"])
     data = dataset.to_json(whole)

@@ -7,14 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
 from reportgen.cli import main
 from reportgen.config import load_config
+from reportgen import datasets
 from reportgen.datasets import find_entries, resolve_labels
 from reportgen.errors import ReportgenError
-from reportgen.pipeline import load_inputs, prepare_model
+from reportgen.pipeline import prepare_model
 from tests.conftest import make_image
 
 
@@ -43,9 +45,8 @@ def load(project, config):
     """The images a build would read: (ImageInputs, batch, notes)."""
     cfg = load_config(project.write(config))
     info, _ = prepare_model(cfg)
-    notes = len(info.notes)
-    images, batch = load_inputs(cfg, info.preprocess, info)
-    return images, batch, info.notes[notes:]
+    loaded = datasets.load(cfg, info.preprocess, info.labels, info.num_classes)
+    return loaded.images, torch.stack(loaded.tensors), loaded.notes
 
 
 def build(project, config):

@@ -82,9 +82,10 @@ def test_a_rebuild_removes_what_it_no_longer_writes(project):
     (out / "assets" / "notes.txt").write_text("the user's own file")
     (out / "assets" / ("0" * 20 + ".png")).write_bytes(b"the user's picture, named like an asset")
     assert build(project.write()).exit_code == 0
-    assert sorted(p.name for p in out.iterdir()) == [write.MANIFEST, "assets", "report.html", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == [write.MANIFEST, "assets", "images.jsonl", "report.html",
+                                                     "report.json"]
     assert sorted(p.name for p in (out / "assets").iterdir()) == ["0" * 20 + ".png", "notes.txt"]
-    assert json.loads((out / write.MANIFEST).read_text())["files"] == ["report.html", "report.json"]
+    assert json.loads((out / write.MANIFEST).read_text())["files"] == ["images.jsonl", "report.html", "report.json"]
 
 
 def test_write_atomic_leaves_no_temp_file_on_error(tmp_path):

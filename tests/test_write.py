@@ -46,7 +46,7 @@ def test_a_users_page_in_the_output_folder_survives_a_build(project):
     assert result.exit_code == 0, result.output
     assert (site / "index.html").read_text() == USER_PAGE
     assert (site / "report.html").is_file()
-    assert json.loads((site / write.MANIFEST).read_text())["files"] == ["report.html", "report.json"]
+    assert json.loads((site / write.MANIFEST).read_text())["files"] == ["images.jsonl", "report.html", "report.json"]
     again = CliRunner().invoke(main, ["build", str(project.write()), "-o", str(site), "-q"])
     assert again.exit_code == 0 and (site / "index.html").read_text() == USER_PAGE
 

@@ -12,8 +12,15 @@ its functions:
                                                  results of consecutive batches. With it, `run` is the
                                                  per-batch step: the pipeline streams the images batch by
                                                  batch (`inputs.batch_size`) through every such stage,
-                                                 each batch with a context of its own (`Context.for_batch`)
-    arrays(result) -> dict[str, np.ndarray]      the `arrays.npz` entries (keys as in DESIGN.md), float32
+                                                 each batch with a context of its own
+    select(result, rows: list[int]) -> result    optional, with `reduce`: a batch's result kept for only the
+                                                 images `rows` (positions in the batch) that the report shows
+                                                 in detail, with what `reduce` needs of all images (sums,
+                                                 counts); without it the whole batch result is kept
+    arrays(result) -> dict[str, np.ndarray]      the `arrays.npz` entries (keys as in DESIGN.md), float32;
+                                                 for a streamed stage, those of one batch's images
+    totals(result) -> dict[str, np.ndarray]      optional, streamed stages: entries of the reduced result
+                                                 (all images), written once
     to_json(result) -> dict | list | None        optional: the stage's entry in report.json
 
 The stages that run are the `analyses` keys present in the config, in the order of `AnalysesConfig`'s
@@ -39,7 +46,9 @@ class Stage:
     run: Callable[[Context, Any], Any]
     check: Callable[[ModelInfo, Any], None] | None = None
     reduce: Callable[[list], Any] | None = None  # batch results -> the result (None: `run` sees all images)
+    select: Callable[[Any, list[int]], Any] | None = None  # a batch result kept for its detail images only
     arrays: Callable[[Any], dict] = lambda result: {}
+    totals: Callable[[Any], dict] | None = None  # streamed stages: arrays of the reduced result
     to_json: Callable[[Any], Any] | None = None
     requires: tuple[str, ...] = ()  # stages whose results this one reads
     # True: the stage reads layer outputs; or a function of the options -> the method ids that need hooks

@@ -254,7 +254,17 @@ def reduce(results: list[CamResult]) -> CamResult:
     )
 
 
+def select(result: CamResult, rows: list[int]) -> CamResult:
+    """The result of the images `rows` only (maps re-keyed by position among them)."""
+    where = {i: j for j, i in enumerate(rows)}
+    return dataclasses.replace(
+        result, images=tuple(result.images[i] for i in rows), targets=tuple(result.targets[i] for i in rows),
+        probabilities=tuple(result.probabilities[i] for i in rows),
+        maps={(m, layer, where[i], c): v for (m, layer, i, c), v in result.maps.items() if i in where})
+
+
 SPEC = Stage(
-    name="cam", title="Class activation maps", config=CamConfig, run=run, check=check, reduce=reduce, arrays=arrays,
+    name="cam", title="Class activation maps", config=CamConfig, run=run, check=check, reduce=reduce, select=select,
+    arrays=arrays,
     to_json=to_json, needs_hooks=True,
 )

@@ -300,5 +300,5 @@ def to_json(result: DatasetResult) -> dict:
     return data
 
 
-SPEC = Stage(name="dataset", title="Data set overview", config=DatasetConfig, run=run, reduce=reduce, arrays=arrays,
+SPEC = Stage(name="dataset", title="Data set overview", config=DatasetConfig, run=run, reduce=reduce, totals=arrays,
              to_json=to_json)

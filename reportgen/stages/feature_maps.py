@@ -49,6 +49,8 @@ class LayerMaps:
     dead_channels: np.ndarray  # (N,) int64: channels that are zero everywhere
     top: np.ndarray  # (N, TOP_CHANNELS) int64: most active channels by spatial mean, most active first
     top_values: np.ndarray  # (N, TOP_CHANNELS) float32: their spatial means
+    score: np.ndarray  # (C,) float64: over ALL images of the build (also those not kept), the sum of each
+    #                    channel's spatial mean (order mean) or spatial max (order max); zeros (order index)
 
 
 @dataclass(frozen=True)
@@ -211,19 +213,24 @@ def capture_maps(model: torch.nn.Module, batch: torch.Tensor, names: Sequence[st
     return maps, notes
 
 
-def choose_channels(maps: np.ndarray, k: int, order: str) -> tuple[int, ...]:
-    """(N, C, h, w) -> k channel indices: the first k (index) or the k largest by mean over images of the
-    spatial mean (mean) or spatial max (max), largest first; ties keep the lower index."""
-    c = maps.shape[1]
-    k = min(k, c)
+def channel_score(maps: np.ndarray, order: str) -> np.ndarray:
+    """(N, C, h, w) -> (C,) float64: the sum over images of each channel's spatial mean (order mean) or spatial
+    max (order max); zeros for order index."""
+    if order == "index":
+        return np.zeros(maps.shape[1])
+    if order == "mean":
+        return maps.mean(axis=(2, 3), dtype=np.float64).sum(axis=0)
+    if order == "max":
+        return maps.max(axis=(2, 3)).astype(np.float64).sum(axis=0)
+    raise ValueError(f"unknown channel order {order!r}")
+
+
+def choose_channels(score: np.ndarray, k: int, order: str) -> tuple[int, ...]:
+    """(C,) channel scores -> k channel indices: the first k (index) or the k with the largest score, largest
+    first; ties keep the lower index."""
+    k = min(k, len(score))
     if order == "index":
         return tuple(range(k))
-    if order == "mean":
-        score = maps.mean(axis=(2, 3), dtype=np.float64).mean(axis=0)
-    elif order == "max":
-        score = maps.max(axis=(2, 3)).astype(np.float64).mean(axis=0)
-    else:
-        raise ValueError(f"unknown channel order {order!r}")
     return tuple(int(i) for i in np.argsort(-score, kind="stable")[:k])
 
 
@@ -234,31 +241,47 @@ def summarize(name: str, kind: str, maps: np.ndarray, max_channels: int, order: 
     spatial_mean = flat.mean(axis=2, dtype=np.float64)  # (N, C)
     k = min(TOP_CHANNELS, c)
     top = np.argsort(-spatial_mean, axis=1, kind="stable")[:, :k]  # (N, k)
+    score = channel_score(maps, order)
     return LayerMaps(
         name=name,
         type=kind,
         maps=maps,
-        channels=choose_channels(maps, max_channels, order),
+        channels=choose_channels(score, max_channels, order),
         mean=flat.mean(axis=(1, 2), dtype=np.float64).astype(np.float32),
         std=flat.reshape(n, -1).std(axis=1, dtype=np.float64).astype(np.float32),
         zeros=(flat == 0).mean(axis=(1, 2)).astype(np.float32),
         dead_channels=(flat == 0).all(axis=2).sum(axis=1).astype(np.int64),
         top=top.astype(np.int64),
         top_values=np.take_along_axis(spatial_mean, top, axis=1).astype(np.float32),
+        score=score,
     )
 
 
+PER_IMAGE = ("maps", "mean", "std", "zeros", "dead_channels", "top", "top_values")
+
+
+def select(result: FeatureMapsResult, rows: list[int]) -> FeatureMapsResult:
+    """The result of the images `rows` only; each layer's channel scores still sum over every image."""
+    layers = tuple(dataclasses.replace(layer, **{f: getattr(layer, f)[rows] for f in PER_IMAGE})
+                   for layer in result.layers)
+    return dataclasses.replace(result, images=tuple(result.images[i] for i in rows), layers=layers)
+
+
 def reduce(results: list[FeatureMapsResult]) -> FeatureMapsResult:
-    """The result of all images from those of consecutive batches: each layer's maps joined, then its channels
-    chosen and its statistics taken as for one batch of all of them."""
+    """The result of all images from those of consecutive batches: each layer's per-image arrays joined, its
+    channel scores added up and its channels chosen from them."""
     first = results[0]
     if len(results) == 1:
         return first
-    layers = tuple(summarize(layer.name, layer.type, np.concatenate([r.layers[j].maps for r in results]),
-                             first.max_channels, first.order) for j, layer in enumerate(first.layers))
-    return dataclasses.replace(first, images=tuple(name for r in results for name in r.images), layers=layers,
+    layers = []
+    for j, layer in enumerate(first.layers):
+        score = sum(r.layers[j].score for r in results)
+        joined = {f: np.concatenate([getattr(r.layers[j], f) for r in results]) for f in PER_IMAGE}
+        layers.append(dataclasses.replace(layer, **joined, score=score,
+                                          channels=choose_channels(score, first.max_channels, first.order)))
+    return dataclasses.replace(first, images=tuple(name for r in results for name in r.images), layers=tuple(layers),
                                notes=tuple(dict.fromkeys(note for r in results for note in r.notes)))
 
 
 SPEC = Stage(name="feature_maps", title="Feature maps", config=FeatureMapsConfig, run=run, check=check, reduce=reduce,
-             arrays=arrays, to_json=to_json, needs_hooks=True)
+             select=select, arrays=arrays, to_json=to_json, needs_hooks=True)

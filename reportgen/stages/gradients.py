@@ -318,8 +318,19 @@ def reduce(results: list[GradientsResult]) -> GradientsResult:
     )
 
 
+def select(result: GradientsResult, rows: list[int]) -> GradientsResult:
+    """The result of the images `rows` only."""
+    completeness = None
+    if result.completeness is not None:
+        completeness = Completeness(**{f: getattr(result.completeness, f)[rows]
+                                       for f in ("attribution_sum", "delta", "gap")})
+    return dataclasses.replace(result, images=tuple(result.images[i] for i in rows), classes=result.classes[rows],
+                               maps={m: v[rows] for m, v in result.maps.items()}, completeness=completeness)
+
+
 SPEC = Stage(
     name="gradients", title="Gradient saliency", config=GradientsConfig, run=run, check=check, reduce=reduce,
+    select=select,
     arrays=arrays, to_json=to_json,
     needs_hooks=lambda cfg: tuple(m for m in cfg.methods if REGISTRY[m].hooks),
     wants_input_grad=lambda cfg: any("input_grad" in REGISTRY[m].needs for m in cfg.methods),
