@@ -14,6 +14,7 @@ from markupsafe import Markup
 from PIL import Image
 
 from .figures.common import Figure, make_figure
+from .figures.images import anchor, table as images_table
 
 
 def templates_dir() -> Path:
@@ -138,6 +139,7 @@ def make_environment(images: _Images) -> Environment:
     env.filters["layer_class"] = lambda fig: images.layer_class(fig.png)
     env.filters["blank_src"] = lambda fig: images.blank_src(png_size(fig.png))
     env.filters["alpha_class"] = lambda fig: images.alpha_class(fig.alpha)
+    env.filters["anchor"] = anchor  # the id of an image's card, as the images table links it
     env.filters["shown_size"] = lambda fig: png_size(fig.thumb or fig.png)  # (w, h) of the inline picture
     env.globals["self_contained"] = images.self_contained
     return env
@@ -169,9 +171,11 @@ def _input_alt(name: str, top_k: list[dict]) -> str:
     return alt
 
 
-def render_report(config, ctx, runs, report_data: dict) -> tuple[str, dict[str, bytes], dict[str, str]]:
+def render_report(config, ctx, runs, report_data: dict, *,
+                  records: list[dict] | None = None) -> tuple[str, dict[str, bytes], dict[str, str]]:
     """(HTML text, assets for the non-self-contained mode, stage name -> error for sections that could not
-    be drawn). Changes none of its inputs.
+    be drawn). Changes none of its inputs. `records` (images.jsonl's lines) fill the table of every image;
+    without them each input is a row with its card.
 
     Each stage's section is rendered on its own: a section template that raises shows that stage as failed
     (the caller marks it failed in the build's record too, so report.json and the exit code agree) and the
@@ -200,6 +204,10 @@ def render_report(config, ctx, runs, report_data: dict) -> tuple[str, dict[str, 
         "self_contained": config.output.self_contained,
         "js": js,
     }
+    if records is None:
+        records = [{"name": img.name, "source": img.source, "truth": entry.get("truth"), "top_k": entry["top_k"],
+                    "detail": "all images"} for img, entry in zip(ctx.images, report_data["images"])]
+    report["table"] = images_table(records)
     stages: list[dict] = []
     report["stages"] = stages
     errors: dict[str, str] = {}

@@ -59,6 +59,32 @@
     box.addEventListener("close", function () { boxImg.removeAttribute("src"); current = -1; });
   }
 
+  // The table of every image: rows drawn from its JSON (figures/images.py), before sorting and filtering are set up.
+  var data = doc.getElementById("images-data"), tbody = doc.querySelector("#images-table tbody");
+  if (data && tbody) {
+    var d = JSON.parse(data.textContent), rows = doc.createDocumentFragment();
+    var span = function (td, text, cls) { var s = td.appendChild(doc.createElement("span")); s.textContent = text; s.className = cls; };
+    d.rows.forEach(function (r) {  // name, truth, prediction, confidence, correct[, anchor, detail]
+      var tr = rows.appendChild(doc.createElement("tr")), name = tr.insertCell(), td;
+      if (r[5]) { name = name.appendChild(doc.createElement("a")); name.href = "#" + r[5]; name.title = r[6]; }
+      name.textContent = r[0];
+      if (d.labelled) tr.insertCell().textContent = r[1] === null ? "–" : d.labels[r[1]];
+      tr.insertCell().textContent = d.labels[r[2]];
+      td = tr.insertCell();
+      td.className = "num";
+      td.setAttribute("data-sort", r[3]);
+      td.textContent = (100 * r[3]).toFixed(1) + "%";
+      if (!d.labelled) return;
+      td = tr.insertCell();
+      if (r[4] === null) return;
+      td.setAttribute("data-sort", r[4]);
+      span(td, r[4] ? "✓" : "✗", r[4] ? "yes" : "no");
+      span(td, r[4] ? "correct" : "mistake", "visually-hidden");
+      if (!r[4]) tr.className = "wrong";
+    });
+    tbody.appendChild(rows);
+  }
+
   // Summary table: fold a layer's children (rows named "<layer>.*"), whatever order the rows are sorted in.
   var unfoldAll = function (table) {
     all("button.fold", table).forEach(function (b) { b.setAttribute("aria-expanded", "true"); });
@@ -78,10 +104,12 @@
     });
   });
 
-  // Filter a table's rows by its first two columns (layer name and type in the summary).
+  // Filter a table's rows by the columns in data-cols (default: layer name and type in the summary); a checkbox
+  // named by data-only keeps, while ticked, only rows of the class that is its value.
   all("input.filter").forEach(function (input) {
     var table = doc.getElementById(input.getAttribute("data-table"));
     if (!table) return;
+    var cols = (input.getAttribute("data-cols") || "0,1").split(","), keep = doc.getElementById(input.getAttribute("data-only"));
     var rows = all("tbody tr", table), shown = doc.createElement("span");
     shown.className = "note filter-count";
     shown.setAttribute("aria-live", "polite");
@@ -90,14 +118,15 @@
       var q = input.value.trim().toLowerCase(), n = 0;
       if (q) unfoldAll(table);  // a match inside a folded layer is shown
       rows.forEach(function (tr) {
-        var text = Array.prototype.slice.call(tr.cells, 0, 2).map(function (c) { return c.textContent; }).join(" ");
-        var out = q !== "" && text.toLowerCase().indexOf(q) < 0;
+        var text = cols.map(function (c) { return tr.cells[c].textContent; }).join(" ");
+        var out = (q !== "" && text.toLowerCase().indexOf(q) < 0) || (keep && keep.checked && !tr.classList.contains(keep.value));
         tr.classList.toggle("filtered-out", out);
         if (!out) n += 1;
       });
-      shown.textContent = q ? n + " of " + rows.length + " rows" : "";
+      shown.textContent = q || (keep && keep.checked) ? n + " of " + rows.length + " rows" : "";
     };
     input.addEventListener("input", update);
+    if (keep) keep.addEventListener("change", update);
   });
 
   // Sort a table by a column: its header becomes a button; numbers sort by data-sort. Third press: original order.

@@ -123,7 +123,7 @@ def test_a_section_that_cannot_be_drawn_fails_its_stage_not_the_report(project, 
     assert data["stages"][0]["error"].startswith("the section could not be drawn: UndefinedError")
     html = (out / "report.html").read_text()
     assert 'class="section stage failed"' in html and "This stage failed" in html
-    assert 'id="input-1"' in html and 'id="input-2"' in html  # the rest is there
+    assert 'id="input-1-title"' in html and 'id="input-2-title"' in html  # the rest is there (both cards)
 
 
 # ---------------------------------------------------------------------------------------------------------------

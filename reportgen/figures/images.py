@@ -1,0 +1,51 @@
+"""Per-image records (one line each of images.jsonl) -> the payload of the report's table of every image.
+
+A record: {"name", "source", "truth": {"index", "label"} | None, "top_k": [{"index", "label", "probability"}, ...],
+"detail": why the image has figures in the report ("confident mistake", "class sample", ...) | None}.
+The table carries no thumbnail: its size follows the number of images at a few dozen bytes a row, while pictures
+stay with the few detail images."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+# the payload's row layout; labels are positions in its "labels" list, so each label's text appears once
+COLUMNS = ["name", "truth", "prediction", "confidence", "correct", "anchor", "detail"]
+
+
+def anchor(name: str) -> str:
+    """The id of an image's card: `image-<slug>-<hash>` (the hash keeps names with the same slug apart)."""
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-")[:40]
+    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
+    return f"image-{slug}-{digest}" if slug else f"image-{digest}"
+
+
+def table(records: list[dict]) -> dict | None:
+    """{"count", "labelled", "mistakes", "json"} for templates/images_table.html.jinja2, or None for no records.
+
+    `json` is compact JSON text safe inside <script type="application/json"> (`<`, `>`, `&` as \\u escapes):
+    {"columns": COLUMNS, "labelled": bool, "labels": [text, ...], "rows": [[name, truth, prediction, confidence,
+    correct], ...]}.
+    truth and prediction are positions in labels (truth null without ground truth); confidence is the top-1
+    probability (4 decimals); correct is 1 or 0 (truth index == top-1 index), null without truth. A row of a
+    detail image adds its card's anchor and its detail."""
+    if not records:
+        return None
+    labels: dict[str, int] = {}
+    rows = []
+    mistakes = 0
+    for record in records:
+        best, truth = record["top_k"][0], record["truth"]
+        correct = None if truth is None else int(truth["index"] == best["index"])
+        mistakes += correct == 0
+        row = [record["name"], None if truth is None else labels.setdefault(truth["label"], len(labels)),
+               labels.setdefault(best["label"], len(labels)), round(float(best["probability"]), 4), correct]
+        if record.get("detail"):
+            row += [anchor(record["name"]), record["detail"]]
+        rows.append(row)
+    labelled = any(r["truth"] is not None for r in records)
+    payload = {"columns": COLUMNS, "labelled": labelled, "labels": list(labels), "rows": rows}
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return {"count": len(records), "labelled": labelled, "mistakes": mistakes, "json": text}
