@@ -242,7 +242,7 @@ def _build(config: Config, ctx: Context, images: Collection, stages: list[Stage]
     records = images.records(config.inputs.top_k, ctx.label)
     report_data = _report_json(config, ctx, images, records, runs)
     log("rendering")
-    html, assets, section_errors = render.render_report(config, ctx, runs, report_data)
+    html, assets, section_errors = render.render_report(config, ctx, runs, report_data, records=records)
     for run in runs:  # a section that could not be drawn marks its stage failed, in report.json too
         if run.name in section_errors:
             run.status, run.error = "failed", section_errors[run.name]
