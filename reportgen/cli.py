@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 import warnings
@@ -92,6 +93,7 @@ def build(config: str, out: str | None, overrides: tuple[str, ...], save_arrays:
           verbose: bool) -> None:
     """Build the report CONFIG describes. Exit 0: built; 1: built, a stage failed; 2: bad input; 130:
     interrupted (Ctrl-C; the previous report is left as it was)."""
+    quiet = quiet or int(os.environ.get("RANK", "0")) > 0  # torchrun: rank 0 speaks for all
     progress = _Progress(quiet, verbose)
     if verbose:  # -v shows what the libraries say, too
         warnings.filterwarnings("default", module=LIBRARY_WARNINGS)
@@ -107,6 +109,8 @@ def build(config: str, out: str | None, overrides: tuple[str, ...], save_arrays:
         return
     finally:
         progress_bars.configure(False)
+    if report is None:  # a rank of a torchrun launch other than 0: rank 0 writes the report and says so
+        return
     failed = [s.name for s in report.stages if s.status == "failed"]
     if not quiet:
         size = report.size_bytes / 1e6

@@ -109,16 +109,14 @@ class Context:
     engine: Engine  # the passes over `batch`, cached for every stage
     results: Results = field(default_factory=Results)  # typed results of the stages that ran before
     log: Callable[[str], None] = lambda message: None  # detail for `-v`
-    carry: dict = field(default_factory=dict)  # what a streamed stage keeps from one batch to the next (a generator)
     offset: int = 0  # the index of this context's first image among all images
 
     def for_batch(self, images: list[ImageInput], batch: torch.Tensor, logits: torch.Tensor, offset: int) -> "Context":
         """The context of one batch of a streamed build (`images` from index `offset` among all images, their
-        tensors and logits): an engine of its own, the results of the stages that ran on this batch before,
-        the build's `carry`."""
+        tensors and logits): an engine of its own, for the results of the stages that run on this batch."""
         engine = Engine(self.model, batch, forward=self.engine.forward, input_grad_wanted=self.engine.input_grad_wanted)
         return Context(info=self.info, device=self.device, batch=batch, images=images, logits=logits, engine=engine,
-                       log=self.log, carry=self.carry, offset=offset)
+                       log=self.log, offset=offset)
 
     @property
     def model(self) -> nn.Module:

@@ -84,3 +84,12 @@ def shard(group: Group, count: int) -> range:
     lo = group.rank * size + min(group.rank, extra)
     return range(lo, lo + size + (group.rank < extra))
 
+
+
+def stop(group: Group) -> None:
+    """Leave the process group (the end of a build under torchrun)."""
+    if group.size > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()

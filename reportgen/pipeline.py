@@ -178,13 +178,19 @@ def check_outputs(config: Config) -> None:
 def build(config: Config, log: Log = _quiet, detail: Log = _quiet) -> Report | None:
     """Run every configured stage and write the report. Raises ReportgenError for bad input. Under torchrun
     (several processes) every rank calls it; rank 0 writes the report and returns it, the others return None."""
-    from . import write  # disk last: not needed by validate
-
     started = time.perf_counter()
     group = dist.start(config.model.device)
+    try:
+        return _build_in(config, group, started, log if group.root else _quiet, detail if group.root else _quiet)
+    finally:
+        dist.stop(group)
+
+
+def _build_in(config: Config, group: dist.Group, started: float, log: Log, detail: Log) -> Report | None:
+    from . import write  # disk last: not needed by validate
+
     dist.check_same_config(group, config)
-    if group.root:
-        check_outputs(config)
+    check_outputs(config)  # on every rank (a shared file system): all refuse together, before any work
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
     log("loading model")

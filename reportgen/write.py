@@ -67,6 +67,7 @@ class ArraysWriter:
         prefix = ".arrays.npz." if shard is None else f".arrays.npz.rank{shard}."
         fd, self.path = tempfile.mkstemp(dir=out_dir, prefix=prefix, suffix=".tmp")
         os.close(fd)
+        os.chmod(self.path, 0o644)  # as the report's other files (mkstemp makes it 0600)
         self._zip: zipfile.ZipFile | None = zipfile.ZipFile(self.path, "w", compression=zipfile.ZIP_DEFLATED,
                                                              allowZip64=True)
         self.keys: dict[str, None] = {}  # written so far, in order
@@ -96,6 +97,7 @@ class ArraysWriter:
     def _rewrite(self, keep: Iterable[str]) -> None:
         fd, tmp = tempfile.mkstemp(dir=Path(self.path).parent, prefix=".arrays.npz.", suffix=".tmp")
         os.close(fd)
+        os.chmod(tmp, 0o644)
         try:
             with zipfile.ZipFile(self.path) as source, \
                     zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as target:

@@ -85,11 +85,13 @@ def captum_maps(model, x, targets, layer, *, steps, samples, stdev, seed, intern
             "integrated_gradients": IntegratedGradients(model).attribute(
                 x, target=targets, n_steps=steps, internal_batch_size=internal_batch_size),
         }
-        torch.manual_seed(seed)  # our generator's seed, drawn image by image as we do
-        out["smoothgrad"] = torch.cat([
-            NoiseTunnel(Saliency(model)).attribute(x[i:i + 1], nt_type="smoothgrad", nt_samples=samples,
-                                                   stdevs=stdev * float(x[i].max() - x[i].min()), target=t)
-            for i, t in enumerate(targets)])
+
+        def smoothgrad(i: int, target: int) -> torch.Tensor:
+            torch.manual_seed(seed + i)  # image i's seed, as ours
+            return NoiseTunnel(Saliency(model)).attribute(x[i:i + 1], nt_type="smoothgrad", nt_samples=samples,
+                                                          stdevs=stdev * float(x[i].max() - x[i].min()), target=target)
+
+        out["smoothgrad"] = torch.cat([smoothgrad(i, t) for i, t in enumerate(targets)])
     return out
 
 

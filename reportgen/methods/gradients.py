@@ -39,7 +39,7 @@ class GradientJob:
     class_sets: list[tuple[int, ...]]  # per rank, one class per image
     batch_size: int  # inputs per forward
     seed: int
-    generator: torch.Generator | None = None  # smoothgrad's noise: a build's batches draw from one generator
+    offset: int = 0  # the index of the batch's first image among all images (its noise seeds)
     samples: int = 25  # smoothgrad
     stdev: float = 0.15  # smoothgrad
     steps: int = 50  # integrated gradients
@@ -71,8 +71,7 @@ def guided_gradcam(ruled: "RuledPass", r: int) -> torch.Tensor:
 
 def smoothgrad(job: GradientJob) -> list[torch.Tensor]:
     return compute_smoothgrad(job.model, job.batch, job.class_sets, samples=job.samples, stdev=job.stdev,
-                              seed=job.seed, batch_size=job.batch_size, forward=job.forward,
-                              generator=job.generator)
+                              seed=job.seed, batch_size=job.batch_size, forward=job.forward, offset=job.offset)
 
 
 def integrated_gradients(job: GradientJob) -> list[torch.Tensor]:
@@ -147,15 +146,20 @@ def compute_guided_gradcam(activation: torch.Tensor, gradient: torch.Tensor, gui
     return guided * F.interpolate(cam.to(guided.dtype), size=tuple(guided.shape[2:]), mode="nearest")
 
 
+def image_generator(seed: int, index: int) -> torch.Generator:
+    """The generator of image `index`'s noise (smoothgrad, the uniform baseline): seeded with seed + index."""
+    return torch.Generator().manual_seed(seed + index)
+
+
 def compute_smoothgrad(model: nn.Module, batch: torch.Tensor, class_sets: Sequence[Sequence[int]], *, samples: int,
                        stdev: float, seed: int, batch_size: int, forward: Callable | None = None,
-                       generator: torch.Generator | None = None) -> list[torch.Tensor]:
+                       offset: int = 0) -> list[torch.Tensor]:
     """Captum's NoiseTunnel(Saliency), nt_type="smoothgrad": the mean of |∂s/∂x| over `samples` copies of each
-    image plus gaussian noise of sd `stdev` × (max − min of that image). The noise is drawn on the CPU from a
-    torch.Generator seeded with `seed`, image after image, (samples, C, H, W) each: the numbers Captum draws
-    after `torch.manual_seed(seed)` when called image by image on the CPU. Every class set sees the same
+    image plus gaussian noise of sd `stdev` × (max − min of that image). The noise of image i, (samples, C, H, W),
+    is drawn on the CPU from a torch.Generator seeded with `seed + offset + i` (`offset`: the batch's first image
+    among all images): the numbers Captum draws after `torch.manual_seed(seed + offset + i)` when called image
+    by image on the CPU, whatever the batching or sharding of a build. Every class set sees the same
     noisy copies (one forward each). Per class set (N, C, H, W)."""
-    generator = generator or torch.Generator().manual_seed(seed)  # given: it goes on where the last batch ended
     sds = [stdev * float(x.max() - x.min()) for x in batch]
     noise: dict[int, torch.Tensor] = {}  # image -> (S, C, H, W) noise, drawn in image order, dropped once used
 
@@ -163,7 +167,8 @@ def compute_smoothgrad(model: nn.Module, batch: torch.Tensor, class_sets: Sequen
         images = rows // samples
         for i in range(int(images[0]), int(images[-1]) + 1):
             if i not in noise:
-                noise[i] = torch.randn((samples, *batch.shape[1:]), generator=generator).to(batch) * sds[i]
+                noise[i] = torch.randn((samples, *batch.shape[1:]), generator=image_generator(seed, offset + i)
+                                       ).to(batch) * sds[i]
         chunk = torch.stack([batch[i] + noise[i][s] for i, s in zip(images.tolist(), (rows % samples).tolist())])
         for i in [i for i in noise if i < int(images[-1])]:
             del noise[i]

@@ -24,7 +24,7 @@ from ..config import GradientsConfig
 from ..errors import ReportgenError, did_you_mean
 from ..layers import auto_cam_layer
 from ..methods import REGISTRY
-from ..methods.gradients import GradientJob, compute_ruled_pass, score_difference
+from ..methods.gradients import GradientJob, compute_ruled_pass, image_generator, score_difference
 from ..ops import gaussian_blur
 from . import Context, ModelInfo, Stage
 from .cam import CamResult
@@ -162,10 +162,9 @@ def run(ctx: Context, cfg: GradientsConfig) -> GradientsResult:
 
     baseline, baseline_text = None, ""
     if "integrated_gradients" in cfg.methods:
-        baseline, baseline_text = make_baseline(cfg.baseline, batch, ctx.config.seed,
-                                                generator=_generator(ctx, "uniform baseline"))
+        baseline, baseline_text = make_baseline(cfg.baseline, batch, ctx.config.seed, offset=ctx.offset)
     job = GradientJob(model=model, forward=ctx.forward, batch=batch, class_sets=class_sets, batch_size=batch_size,
-                      seed=ctx.config.seed, generator=_generator(ctx, "smoothgrad"), samples=cfg.samples,
+                      seed=ctx.config.seed, offset=ctx.offset, samples=cfg.samples,
                       stdev=cfg.stdev, steps=cfg.steps, baseline=baseline)
     for method in records:
         fn = method.function()
@@ -231,16 +230,11 @@ def to_json(result: GradientsResult) -> dict:
 
 
 
-def _generator(ctx: Context, what: str) -> torch.Generator:
-    """The build's generator for `what`, seeded with the config's seed: the batches of a streamed build draw
-    from it one after the other, as one batch of all images would."""
-    return ctx.carry.setdefault(("gradients", what), torch.Generator().manual_seed(ctx.config.seed))
-
-
 def make_baseline(kind: str | Path, batch: torch.Tensor, seed: int,
-                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, str]:
+                  offset: int = 0) -> tuple[torch.Tensor, str]:
     """The IG baseline (N, C, H, W) and a description of it: zeros, each image blurred, uniform noise over
-    each image's range (seeded), or a .npy file for every image."""
+    each image's range (image i's drawn from a generator seeded with seed + offset + i, `offset` the batch's
+    first image among all images), or a .npy file for every image."""
     n, c, h, w = batch.shape
     if isinstance(kind, Path):
         array = load_baseline_file(kind, (c, h, w))
@@ -251,7 +245,8 @@ def make_baseline(kind: str | Path, batch: torch.Tensor, seed: int,
         sigma = BLUR_SIGMA * min(h, w)
         return gaussian_blur(batch, sigma), f"gaussian blur, sigma {sigma:.1f} px"
     if kind == "uniform":
-        noise = torch.rand(batch.shape, generator=generator or torch.Generator().manual_seed(seed)).to(batch)
+        noise = torch.stack([torch.rand(batch.shape[1:], generator=image_generator(seed, offset + i))
+                             for i in range(n)]).to(batch)
         lo = batch.amin(dim=(1, 2, 3), keepdim=True)
         hi = batch.amax(dim=(1, 2, 3), keepdim=True)
         return lo + noise * (hi - lo), f"uniform noise over each image's range, seed {seed}"

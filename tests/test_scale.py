@@ -1,0 +1,242 @@
+"""Data sets at scale: the detail images, a streamed build equal to one batch, flat memory, torchrun."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from reportgen import detail, dist
+from reportgen.cli import main
+from reportgen.config import Config
+from reportgen.errors import ReportgenError
+from tests.conftest import TINYNET, make_image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------- choosing the detail images
+
+def choose(truth, pred, conf, **kw):
+    args = dict(budget=4, mistakes=2, uncertain=1, per_class=1, seed=0) | kw
+    return detail.choose(np.array(truth), np.array(pred), np.array(conf), **args)
+
+
+def test_the_detail_images_are_the_confident_mistakes_the_unsure_right_ones_then_a_sample_per_class():
+    truth = [0, 0, 1, 1, 2, 2, 0, 1]
+    pred = [1, 0, 1, 0, 2, 2, 2, 1]
+    conf = [0.9, 0.5, 0.3, 0.95, 0.8, 0.99, 0.4, 0.6]
+    d = choose(truth, pred, conf, budget=5)
+    # mistakes by confidence: 3 (0.95), 0 (0.9); the least confident right one: 2 (0.3)
+    assert [i for i, r in d.reasons.items() if r == detail.MISTAKE] == [3, 0]
+    assert [i for i, r in d.reasons.items() if r == detail.UNCERTAIN] == [2]
+    samples = [i for i, r in d.reasons.items() if r == detail.SAMPLE]
+    assert len(samples) == 2 and len({truth[i] for i in samples}) == 2  # two classes, one image each
+    assert d.indices == tuple(sorted(d.reasons)) and len(d.indices) == 5 and not d.notes
+    assert choose(truth, pred, conf, budget=5) == d  # seeded: the same every time
+    assert choose(truth, pred, conf, budget=8).reasons == dict.fromkeys(range(8), detail.ALL)  # all fit
+
+
+def test_asking_for_more_than_exists_takes_what_exists_and_says_so():
+    d = choose([0, 1, 2, 0, 1], [0, 1, 2, 1, 1], [0.5] * 5, budget=4, mistakes=3, uncertain=0, per_class=0)
+    assert list(d.reasons) == [3] and "asks for 3 confident mistakes; there is 1: all shown" in d.notes[0]
+
+
+def test_without_ground_truth_the_least_confident_predictions_and_a_sample_per_predicted_class():
+    d = choose([-1] * 6, [0, 0, 1, 1, 2, 2], [0.9, 0.2, 0.8, 0.7, 0.1, 0.6], budget=3, mistakes=2, uncertain=2)
+    assert [i for i, r in d.reasons.items() if r == detail.LEAST_CONFIDENT] == [4, 1]
+    assert len(d.indices) == 3 and not d.notes  # no mistakes to look for without truth: no note either
+
+
+# ---------------------------------------------------------------------------- builds over a data set
+
+def write_set(root: Path, n: int, size: int = 24, classes: int = 3) -> Path:
+    """An ImageFolder of n images in `classes` class folders named after the tiny net's labels."""
+    folder = root / "set"
+    for i in range(n):
+        (folder / f"c{i % classes}").mkdir(parents=True, exist_ok=True)
+        make_image(folder / f"c{i % classes}" / f"im{i:04d}.png", size=(size, size), seed=i)
+    return folder
+
+
+def config(root: Path, images, **over) -> Path:
+    (root / "tinynet.py").write_text(TINYNET)
+    (root / "labels.txt").write_text("c0\nc1\nc2\n")
+    cfg = {
+        "model": {"source": "module", "factory": "tinynet:build", "kwargs": {"num_classes": 3},
+                  "input_size": [3, 16, 16], "labels": "labels.txt", "device": "cpu"},
+        "inputs": {"images": [str(p) for p in images], "preprocess": {"normalize": "imagenet"}, "batch_size": 4},
+        "analyses": {"summary": {}, "dataset": {}, "feature_maps": {"order": "mean"},
+                     "cam": {"methods": ["gradcam", "layercam", "scorecam"]},
+                     "gradients": {"methods": ["saliency", "smoothgrad", "integrated_gradients"], "samples": 3,
+                                   "steps": 8, "baseline": "uniform"}},
+        "report": {"detail": {"budget": 5}},
+        "output": {"dir": str(root / "out"), "save_arrays": True},
+    }
+    for key, value in over.items():
+        section, name = key.split("__")
+        cfg[section][name] = value
+    path = root / f"config{len(list(root.glob('config*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def build(path: Path, *args: str) -> Path:
+    out = path.parent / f"out-{path.stem}"
+    result = CliRunner().invoke(main, ["build", str(path), "-q", "-o", str(out), *args])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def read(out: Path) -> tuple[dict, list[dict], dict[str, np.ndarray]]:
+    data = json.loads((out / "report.json").read_text())
+    records = [json.loads(line) for line in (out / "images.jsonl").read_text().splitlines()]
+    with np.load(out / "arrays.npz") as arrays:
+        return data, records, {k: arrays[k] for k in arrays.files}
+
+
+def assert_same_numbers(a, b, path="", tol=1e-5):
+    """Two report.json trees equal, numbers within `tol` (times and paths aside)."""
+    if isinstance(a, dict):
+        assert set(a) == set(b), path
+        for k in a:
+            if k not in ("seconds", "created", "dir", "device"):
+                assert_same_numbers(a[k], b[k], f"{path}/{k}", tol)
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_numbers(x, y, f"{path}[{i}]", tol)
+    elif isinstance(a, float):
+        assert abs(a - b) <= tol * max(1.0, abs(a)), (path, a, b)
+    else:
+        assert a == b, (path, a, b)
+
+
+def assert_same_build(one: Path, other: Path) -> None:
+    (data, records, arrays), (data2, records2, arrays2) = read(one), read(other)
+    config, config2 = data.pop("config"), data2.pop("config")
+    assert config["inputs"]["images"] == config2["inputs"]["images"]
+    assert_same_numbers(data, data2)
+    assert_same_numbers(records, records2)
+    assert list(arrays) and sorted(arrays) == sorted(arrays2)
+    for key, value in arrays.items():
+        np.testing.assert_allclose(value, arrays2[key], atol=1e-5, rtol=1e-5, err_msg=key)
+
+
+def test_a_streamed_build_equals_one_batch_of_every_image(tmp_path):
+    images = write_set(tmp_path, 14)
+    streamed = build(config(tmp_path, [images]))  # batches of 4, 5 detail images of 14
+    whole = build(config(tmp_path, [images], inputs__batch_size=64))
+    assert_same_build(streamed, whole)
+    data, records, arrays = read(streamed)
+    assert len(records) == 14 and data["inputs"] == {"images": 14, "detail": 5, "records": "images.jsonl"}
+    shown = [r["name"] for r in records if r["detail"]]
+    assert [i["name"] for i in data["images"]] == shown == [i["name"] for i in data["cam"]["images"]]
+    assert len(shown) == 5
+    assert data["dataset"]["images"] == 14  # the overview counts every image, the figures only the chosen
+    assert {k.split("/")[-2] for k in arrays if k.startswith("cam/gradcam/")} == {r["name"] for r in records}
+
+
+def test_the_detail_images_get_the_same_figures_as_a_build_over_only_them(tmp_path):
+    """The page grows with the detail budget, not with the number of images: a build over 40 images is at
+    most 1.15x the page of a build over its 5 detail images alone, and its table has a row for each of the 40."""
+    images = write_set(tmp_path, 40)
+    many = build(config(tmp_path, [images], output__save_arrays=False))
+    records = [json.loads(line) for line in (many / "images.jsonl").read_text().splitlines()]
+    chosen = [images / f"c{int(r['name'][2:]) % 3}" / f"{r['name']}.png" for r in records if r["detail"]]
+    few = build(config(tmp_path, chosen, output__save_arrays=False))
+    page, alone = (many / "report.html").stat().st_size, (few / "report.html").stat().st_size
+    assert page <= 1.15 * alone, (page, alone)
+    html = (many / "report.html").read_text()
+    assert all(r["name"] in html for r in records)  # every image is a row of the table's data
+    data, data_few = (json.loads((o / "report.json").read_text()) for o in (many, few))
+    assert [i["name"] for i in data["images"]] == [i["name"] for i in data_few["images"]]
+    for layer, layer_few in zip(data["feature_maps"]["layers"], data_few["feature_maps"]["layers"]):
+        assert len(layer["images"]) == 5  # channels chosen over all 40 images may differ from over 5
+    assert (many / "report.json").stat().st_size < (few / "report.json").stat().st_size * 1.5
+
+
+MEMORY = textwrap.dedent('''
+    import resource, sys
+    from reportgen.cli import main
+    try:
+        main(["build", sys.argv[1], "-q"])
+    except SystemExit as exit:
+        assert exit.code == 0, exit.code
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+''')
+
+
+@pytest.mark.slow
+def test_peak_memory_does_not_grow_with_the_number_of_images(tmp_path):
+    """Builds over 30 and 300 images of 128x128 (the old build kept about 0.5 MB of pixels and maps per image:
+    150 MB more at 300) in child processes: peak RSS within 40 MB of each other."""
+    peaks = []
+    for n in (30, 300):
+        root = tmp_path / str(n)
+        root.mkdir()
+        path = config(root, [write_set(root, n, size=128)], model__input_size=[3, 128, 128],
+                      analyses__gradients={"methods": ["saliency"]}, analyses__cam={"methods": ["gradcam"]},
+                      output__save_arrays=False, inputs__batch_size=10)
+        done = subprocess.run([sys.executable, "-c", MEMORY, str(path)], capture_output=True, text=True, cwd=ROOT,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"))
+        assert done.returncode == 0, done.stderr[-3000:]
+        peaks.append(int(done.stdout.split()[-1]) / 1024)
+    assert peaks[1] - peaks[0] < 40, f"peak RSS {peaks[0]:.0f} MB at 30 images, {peaks[1]:.0f} MB at 300"
+
+
+# ---------------------------------------------------------------------------- torchrun
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun_build_what_one_builds(tmp_path):
+    images = write_set(tmp_path, 15)
+    path = config(tmp_path, [images])
+    one = build(path)
+    two = tmp_path / "two"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           "-m", "reportgen", "build", str(path), "-q", "-o", str(two)],
+                          capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_build(one, two)
+    assert not [p.name for p in two.iterdir() if p.name.startswith(".arrays")]  # the shards are merged and gone
+
+
+def _rank(rank: int, init: str, titles: list[str], errors) -> None:
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        dist.check_same_config(dist.Group(rank, 2, rank), Config(title=titles[rank]))
+        errors.put((rank, None))
+    except ReportgenError as exc:
+        errors.put((rank, str(exc)))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("titles", [["a", "a"], ["a", "b"]])
+def test_ranks_that_read_different_configs_are_refused_on_every_rank(tmp_path, titles):
+    mp = torch.multiprocessing.get_context("spawn")
+    errors = mp.Queue()
+    procs = [mp.Process(target=_rank, args=(r, f"file://{tmp_path}/rendezvous", titles, errors)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    found = dict(errors.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(60)
+    if titles[0] == titles[1]:
+        assert found == {0: None, 1: None}
+    else:
+        assert all("rank 1 read a different config than rank 0" in found[r] for r in (0, 1))
+
+
+def test_shards_split_the_images_in_contiguous_runs():
+    runs = [dist.shard(dist.Group(r, 3, r), 10) for r in range(3)]
+    assert [list(r) for r in runs] == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
