@@ -433,9 +433,9 @@ class DetailConfig:
     then a seeded sample per class (true class, else predicted), at most `budget` in all. A build over at most
     `budget` images details every image."""
 
-    budget: int = setting(16, ge=1, le=1000)  # images with figures, at most
-    mistakes: int = setting(4, ge=0)  # the most confident wrong predictions
-    uncertain: int = setting(4, ge=0)  # the least confident correct predictions
+    budget: int = setting(8, ge=1, le=1000)  # images with figures, at most
+    mistakes: int = setting(2, ge=0)  # the most confident wrong predictions
+    uncertain: int = setting(2, ge=0)  # the least confident correct predictions
     per_class: int = setting(1, ge=0)  # then this many per class, classes in a seeded order, while budget lasts
     seed: int | None = setting(None, **_SEED)  # default: the config's seed
 
