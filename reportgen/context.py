@@ -114,7 +114,8 @@ class Context:
     def for_batch(self, images: list[ImageInput], batch: torch.Tensor, logits: torch.Tensor, offset: int) -> "Context":
         """The context of one batch of a streamed build (`images` from index `offset` among all images, their
         tensors and logits): an engine of its own, for the results of the stages that run on this batch."""
-        engine = Engine(self.model, batch, forward=self.engine.forward, input_grad_wanted=self.engine.input_grad_wanted)
+        engine = Engine(self.model, batch, forward=self.engine.forward, input_grad_wanted=self.engine.input_grad_wanted,
+                        observe=self.engine.observe)
         return Context(info=self.info, device=self.device, batch=batch, images=images, logits=logits, engine=engine,
                        log=self.log, offset=offset)
 

@@ -32,7 +32,7 @@ from torch import nn
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from .errors import ReportgenError
-from .hooks import ForwardHook, capture_outputs, forward_hooks
+from .hooks import ForwardHook, capture_outputs, cpu_copy, forward_hooks
 from .ops import batches
 
 
@@ -67,12 +67,16 @@ def forward_backward_many(
     *,
     input_grad: bool = False,
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    observe: Sequence[str] = (),
+    observed: dict | None = None,
 ) -> list[GradPass]:
     """One forward, then one backward per entry of `class_sets` (each: one class per image).
 
     All GradPasses share the forward's logits and activations. `batch` is not modified; parameters
     get no .grad; every hook is removed on return. `forward` (default: `model`) maps the input to the
-    logits (a model adapter's `forward`, which unwraps outputs that are not a tensor).
+    logits (a model adapter's `forward`, which unwraps outputs that are not a tensor). The outputs of the
+    layers `observe`, copied to the CPU as each layer returns (`hooks.cpu_copy`), go to `observed`: what the
+    feature maps read from the same forward.
     """
     forward = forward or model
     n = batch.shape[0]
@@ -85,7 +89,8 @@ def forward_backward_many(
     cut = not input_grad and bool(layers)
     for attempt in range(2):
         x.requires_grad_(not cut)
-        with _capture(model, layers, cut=cut) as captured, torch.set_grad_enabled(not cut):
+        with _capture(model, layers, cut=cut) as captured, torch.set_grad_enabled(not cut), \
+                capture_outputs(model, observe, keep=cpu_copy) as copies:
             logits = forward(x)
         complete = logits.requires_grad and all(captured[name][1] is not None for name in layers)
         if complete or attempt == 1:
@@ -96,6 +101,8 @@ def forward_backward_many(
     if logits.ndim != 2:
         raise ReportgenError(f"{type(model).__name__} returns an output of shape {tuple(logits.shape)}; "
                              "class activation maps need (N, num_classes) scores.")
+    if observed is not None:
+        observed.update(copies)
     activations = {name: captured[name][0].detach() for name in layers}
     modified = tuple(name for name in layers if captured[name][0]._version != captured[name][2])
     wrt = [captured[name][1] for name in layers] + ([x] if input_grad else [])
@@ -201,11 +208,14 @@ class Engine:
     by (layers, class sets, input gradient): a stage never reads another stage's results or config to
     reuse a pass, it asks the engine. `input_grad_wanted` (set by the pipeline when a stage declared it will
     ask for input gradients) makes every gradient pass also take the input gradient, so a later
-    `input_grads(classes)` is served from the pass an earlier stage already ran.
+    `input_grads(classes)` is served from the pass an earlier stage already ran. `observe` (set by the
+    pipeline from the stages' `observes`) are layers whose outputs the first gradient pass also copies as
+    they return, for `observed(layers)`: the feature maps come from the CAM pass's forward, not one of their own.
     """
 
     def __init__(self, model: nn.Module, batch: torch.Tensor, *, chunk: int | None = None,
-                 forward: Callable[[torch.Tensor], torch.Tensor] | None = None, input_grad_wanted: bool = False):
+                 forward: Callable[[torch.Tensor], torch.Tensor] | None = None, input_grad_wanted: bool = False,
+                 observe: Sequence[str] = ()):
         self.model = model
         self.batch = batch  # (N, C, H, W), never modified
         self.forward = forward or model
@@ -214,6 +224,8 @@ class Engine:
         self._passes: dict[tuple, list[GradPass]] = {}
         self._activations: dict[tuple, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
         self._modified: set[str] = set()  # layers whose output an in-place op changed after they returned
+        self.observe = tuple(dict.fromkeys(observe))
+        self._observed: list[dict] | None = None  # per chunk, layer -> output copied as it returned
 
     @property
     def chunks(self) -> int:
@@ -228,12 +240,25 @@ class Engine:
         input_grad = input_grad or self.input_grad_wanted
         key = (layers, class_sets, input_grad)
         if key not in self._passes:
-            self._passes[key] = concat_passes([
-                forward_backward_many(self.model, self.batch[rows], layers, [c[rows] for c in class_sets],
-                                      input_grad=input_grad, forward=self.forward)
-                for rows in batches(self.batch.shape[0], self.step)])
+            observe = self.observe if self._observed is None else ()  # the first pass observes
+            chunks, observed = [], []
+            for rows in batches(self.batch.shape[0], self.step):
+                observed.append({})
+                chunks.append(forward_backward_many(
+                    self.model, self.batch[rows], layers, [c[rows] for c in class_sets], input_grad=input_grad,
+                    forward=self.forward, observe=observe, observed=observed[-1]))
+            self._passes[key] = concat_passes(chunks)
+            if observe:
+                self._observed = observed
             self._modified.update(name for p in self._passes[key] for name in p.modified)
         return self._passes[key]
+
+    def observed(self, layers: Sequence[str]) -> list[dict] | None:
+        """Per chunk of `chunk` images, layer -> its output copied as it returned (what `hooks.cpu_copy` keeps)
+        from the forward of a gradient pass already run; None when no pass observed every one of `layers`."""
+        if self._observed is None or not set(layers) <= set(self.observe):
+            return None
+        return [{name: chunk.get(name) for name in layers} for chunk in self._observed]
 
     def activations(self, layers: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(logits (N, K), layer -> output (N, C, h, w)) of forwards without autograd, one per chunk."""
@@ -264,6 +289,7 @@ class Engine:
         self._passes.clear()
         self._activations.clear()
         self._modified.clear()
+        self._observed = None
 
     def cached_passes(self) -> list[GradPass]:
         """Every gradient pass the engine holds (tests, `-v` detail)."""

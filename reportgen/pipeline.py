@@ -30,7 +30,7 @@ from .errors import ReportgenError, StageSkipped
 from .layers import describe_model
 from .models import hooks_refused, load_labels, load_model
 from .progress import track
-from .stages import Stage, input_grad_wanted, planned
+from .stages import Stage, input_grad_wanted, observed_layers, planned
 
 Log = Callable[[str], None]
 
@@ -207,7 +207,7 @@ def _build_in(config: Config, group: dist.Group, started: float, log: Log, detai
     pixels = [images.read(i) for i in shown] if group.root else []
     batch = torch.stack([t for _, t in pixels]).to(loaded.device) if pixels else torch.zeros(0)
     engine = Engine(info.model, batch, chunk=config.inputs.batch_size, forward=info.forward,
-                    input_grad_wanted=input_grad_wanted(config))
+                    input_grad_wanted=input_grad_wanted(config), observe=observed_layers(info))
     ctx = Context(info=info, device=loaded.device, batch=batch, images=[image for image, _ in pixels],
                   logits=images.logits[list(shown)], engine=engine, log=detail)
     # arrays.npz is written entry by entry as the stages (and the batches of streamed stages) finish
@@ -353,7 +353,7 @@ def _stream(group: list[Stage], ctx: Context, images: Collection, done: list[Sta
                                                                         desc="analysing", unit="batch"):
         rows = [i - lo for i in range(lo, lo + len(batch_images)) if i in shown]
         bctx = ctx.for_batch(batch_images, batch, images.logits[lo:lo + len(batch_images)], lo)
-        for stage in group:
+        for stage in sorted(group, key=lambda s: s.observes is not None):  # observers after the passes they read
             if stage.name in ended:
                 continue
             why = _unmet(stage, list(ended.values()))

@@ -217,9 +217,10 @@ def test_an_image_folder_build_reports_accuracy_and_the_confusion_matrix_of_its_
     done = CliRunner().invoke(main, ["build", str(project.write(config)), "-q"])
     assert done.exit_code == 0, done.output
     data = json.loads((project.root / "out" / "report.json").read_text())
-    truth = [image["truth"]["index"] for image in data["images"]]
-    predicted = [image["top_k"][0]["index"] for image in data["images"]]
-    assert sorted(truth) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    records = [json.loads(line) for line in (project.root / "out" / "images.jsonl").read_text().splitlines()]
+    truth = [image["truth"]["index"] for image in records]  # every image (report.json: the detailed ones)
+    predicted = [image["top_k"][0]["index"] for image in records]
+    assert sorted(truth) == [0, 0, 0, 1, 1, 1, 2, 2, 2] and len(data["images"]) == data["inputs"]["detail"] < 9
     overview = data["dataset"]
     assert overview["labelled"] == 9 and overview["accuracy"] == sklearn.metrics.accuracy_score(truth, predicted)
     assert overview["confusion"]["matrix"] == sklearn.metrics.confusion_matrix(truth, predicted,

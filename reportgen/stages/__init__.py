@@ -29,7 +29,7 @@ fields, moved after what they require.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -47,6 +47,9 @@ class Stage:
     check: Callable[[ModelInfo, Any], None] | None = None
     reduce: Callable[[list], Any] | None = None  # batch results -> the result (None: `run` sees all images)
     select: Callable[[Any, list[int]], Any] | None = None  # a batch result kept for its detail images only
+    # streamed: layers whose outputs the stage reads from the engine's gradient pass (copied as they return);
+    # such a stage runs after the other stages of each batch, so it finds them there
+    observes: Callable[[ModelInfo, Any], Sequence[str]] | None = None
     arrays: Callable[[Any], dict] = lambda result: {}
     totals: Callable[[Any], dict] | None = None  # streamed stages: arrays of the reduced result
     to_json: Callable[[Any], Any] | None = None
@@ -91,6 +94,12 @@ def planned(config: Config) -> list[Stage]:
     for name in enabled:
         visit(name, ())
     return order
+
+
+def observed_layers(info: ModelInfo) -> tuple[str, ...]:
+    """The layers the configured stages want observed in the engine's gradient passes (`Stage.observes`)."""
+    return tuple(dict.fromkeys(name for s in planned(info.config) if s.observes is not None
+                               for name in s.observes(info, getattr(info.config.analyses, s.name))))
 
 
 def input_grad_wanted(config: Config) -> bool:

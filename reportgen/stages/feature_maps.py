@@ -28,7 +28,7 @@ import torch
 
 from ..config import FeatureMapsConfig, LayerPattern
 from ..errors import ReportgenError
-from ..hooks import capture_outputs
+from ..hooks import capture_outputs, cpu_copy
 from ..layers import depth_of, is_spatial_map, select_layers
 from ..ops import batches
 from . import Context, ModelInfo, Stage
@@ -145,7 +145,7 @@ def check(info: ModelInfo, cfg: FeatureMapsConfig) -> None:
 def run(ctx: Context, cfg: FeatureMapsConfig) -> FeatureMapsResult:
     names, notes = listed_layers(ctx.info, cfg)
     outputs, runtime_notes = capture_maps(ctx.model, ctx.batch, names, ctx.config.inputs.batch_size,
-                                          forward=ctx.forward)
+                                          forward=ctx.forward, engine=ctx.engine)
     notes += runtime_notes
     layers = tuple(summarize(name, ctx.info.layers[name].type, outputs[name], cfg.max_channels, cfg.order)
                    for name in names if name in outputs)
@@ -184,29 +184,30 @@ def to_json(result: FeatureMapsResult) -> dict:
 # ---------------------------------------------------------------------------- compute
 
 def capture_maps(model: torch.nn.Module, batch: torch.Tensor, names: Sequence[str],
-                 chunk: int, forward=None) -> tuple[dict[str, np.ndarray], list[str]]:
-    """One forward per chunk of images with hooks on every layer in `names` -> (name -> (N, C, h, w) float32,
-    notes on layers that produced something else at run time). Each output is copied while its layer returns
-    (a later in-place op cannot change it); a layer called twice keeps its last call's output. Hooks are
-    gone on return, also on error."""
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+                 chunk: int, forward=None, engine=None) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The output of every layer in `names` for every image -> (name -> (N, C, h, w) float32, notes on layers
+    that produced something else at run time). Each output is copied while its layer returns (a later
+    in-place op cannot change it; `hooks.cpu_copy`); a layer called twice keeps its last call's output. From
+    the forward of a gradient pass the `engine` already ran (it observed these layers), else one forward per
+    chunk of images of our own, with hooks that are gone on return, also on error."""
     bad: dict[str, str] = {}
-
-    def copy(output: object) -> object:  # (n, C, h, w) float32 CPU copy, or what else the layer returned
-        is_map = torch.is_tensor(output) and output.dim() == 4
-        return output.detach().to("cpu", torch.float32, copy=True) if is_map else output
-
-    if names:
-        with torch.no_grad(), capture_outputs(model, names, keep=copy) as outputs:
-            for rows in batches(batch.shape[0], chunk):
-                outputs.clear()
-                (forward or model)(batch[rows])
-                for name in names:
-                    out = outputs.get(name)
-                    if not torch.is_tensor(out) or out.dim() != 4:
-                        bad[name] = "no tensor" if not torch.is_tensor(out) else f"shape {_batchless(out.shape)}"
-                        continue
-                    parts[name].append(out.numpy())
+    chunks = engine.observed(names) if engine is not None and names else None
+    if chunks is None:
+        chunks = []
+        if names:
+            with torch.no_grad(), capture_outputs(model, names, keep=cpu_copy) as outputs:
+                for rows in batches(batch.shape[0], chunk):
+                    outputs.clear()
+                    (forward or model)(batch[rows])
+                    chunks.append(dict(outputs))
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for outputs in chunks:
+        for name in names:
+            out = outputs.get(name)
+            if not torch.is_tensor(out) or out.dim() != 4:
+                bad[name] = "no tensor" if not torch.is_tensor(out) else f"shape {_batchless(out.shape)}"
+                continue
+            parts[name].append(out.numpy())
     maps = {name: np.concatenate(p) for name, p in parts.items() if name not in bad and p}
     notes = [f"`{name}` produced {what} during the forward pass, not a (C, H, W) feature map: skipped."
              for name, what in bad.items()]
@@ -284,4 +285,4 @@ def reduce(results: list[FeatureMapsResult]) -> FeatureMapsResult:
 
 
 SPEC = Stage(name="feature_maps", title="Feature maps", config=FeatureMapsConfig, run=run, check=check, reduce=reduce,
-             select=select, arrays=arrays, to_json=to_json, needs_hooks=True)
+             select=select, observes=lambda info, cfg: listed_layers(info, cfg)[0], arrays=arrays, to_json=to_json, needs_hooks=True)
