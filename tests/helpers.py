@@ -9,7 +9,7 @@ from reportgen.config import Config
 from reportgen.context import Context, ImageInput, ModelInfo
 from reportgen.engine import Engine
 from reportgen.layers import describe_model
-from reportgen.stages import input_grad_wanted
+from reportgen.stages import input_grad_wanted, observed_layers
 
 
 def make_context(model: nn.Module, batch: torch.Tensor, *, labels: list[str] | None = None,
@@ -28,7 +28,8 @@ def make_context(model: nn.Module, batch: torch.Tensor, *, labels: list[str] | N
     info = ModelInfo(model=model, config=config, labels=labels, num_classes=logits.shape[1],
                      layers=describe_model(model, batch[:1])[0], normalize=config.inputs.preprocess.normalize,
                      preprocess=config.inputs.preprocess)
-    engine = Engine(model, batch, chunk=config.inputs.batch_size, input_grad_wanted=input_grad_wanted(config))
+    engine = Engine(model, batch, chunk=config.inputs.batch_size, input_grad_wanted=input_grad_wanted(config),
+                    observe=observed_layers(info))
     return Context(info=info, device=batch.device, batch=batch, images=images, logits=logits, engine=engine)
 
 

@@ -240,3 +240,30 @@ def test_ranks_that_read_different_configs_are_refused_on_every_rank(tmp_path, t
 def test_shards_split_the_images_in_contiguous_runs():
     runs = [dist.shard(dist.Group(r, 3, r), 10) for r in range(3)]
     assert [list(r) for r in runs] == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+
+
+@pytest.mark.parametrize("input_grad", [False, True])
+def test_feature_maps_read_from_the_cam_pass_equal_a_forward_of_their_own(input_grad):
+    """A ResNet block's output changed in place later (`relu(out += identity)`): the copies the engine's
+    gradient pass takes as each layer returns equal the feature maps stage's own no-grad forward, with the
+    graph cut at the CAM layer or recorded from the input (input gradients)."""
+    import torchvision
+
+    from reportgen.config import AnalysesConfig, CamConfig, FeatureMapsConfig, GradientsConfig, InputsConfig
+    from reportgen.stages import feature_maps
+    from tests.helpers import make_context
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=5)
+    grads = GradientsConfig(methods=("saliency",)) if input_grad else None
+    cfg = Config(inputs=InputsConfig(batch_size=2), analyses=AnalysesConfig(
+        feature_maps=FeatureMapsConfig(layers=("bn1", "layer1", "layer3.0.bn2")), cam=CamConfig(), gradients=grads))
+    ctx = make_context(model, torch.randn(3, 3, 64, 64), config=cfg)
+    assert ctx.engine.observe == ("bn1", "layer1", "layer3.0.bn2")
+    own, _ = feature_maps.capture_maps(model, ctx.batch, ctx.engine.observe, 2)
+    assert ctx.engine.observed(ctx.engine.observe) is None  # no pass yet: the stage runs its own forward
+    ctx.engine.passes(["layer4"], [[0, 1, 2]])
+    observed, _ = feature_maps.capture_maps(model, ctx.batch, ctx.engine.observe, 2, engine=ctx.engine)
+    assert len(ctx.engine.observed(ctx.engine.observe)) == 2  # two chunks of the pass
+    for name in own:
+        np.testing.assert_array_equal(observed[name], own[name])
