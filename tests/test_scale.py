@@ -19,6 +19,7 @@ from reportgen.cli import main
 from reportgen.config import Config
 from reportgen.errors import ReportgenError
 from tests.conftest import TINYNET, make_image
+from tests.test_browser import driver  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -145,9 +146,12 @@ def test_a_streamed_build_equals_one_batch_of_every_image(tmp_path):
     assert {k.split("/")[-2] for k in arrays if k.startswith("cam/gradcam/")} == {r["name"] for r in records}
 
 
-def test_the_detail_images_get_the_same_figures_as_a_build_over_only_them(tmp_path):
+def test_the_detail_images_get_the_same_figures_as_a_build_over_only_them(tmp_path, driver):
     """The page grows with the detail budget, not with the number of images: a build over 40 images is at
-    most 1.15x the page of a build over its 5 detail images alone, and its table has a row for each of the 40."""
+    most 1.15x the page of a build over its 5 detail images alone, and its table, in Chromium, has a row for
+    each of the 40, the detail ones linked to their figures."""
+    from tests.test_browser import assert_offline_and_clean, js, open_page
+
     images = write_set(tmp_path, 40)
     many = build(config(tmp_path, [images], output__save_arrays=False))
     records = [json.loads(line) for line in (many / "images.jsonl").read_text().splitlines()]
@@ -162,6 +166,12 @@ def test_the_detail_images_get_the_same_figures_as_a_build_over_only_them(tmp_pa
     for layer, layer_few in zip(data["feature_maps"]["layers"], data_few["feature_maps"]["layers"]):
         assert len(layer["images"]) == 5  # channels chosen over all 40 images may differ from over 5
     assert (many / "report.json").stat().st_size < (few / "report.json").stat().st_size * 1.5
+    assert_offline_and_clean(open_page(driver, many / "report.html"))
+    rows = js(driver, "return [...document.querySelectorAll('#images-table tbody tr')].map(tr => tr.cells[0].textContent)")
+    assert rows == [r["name"] for r in records]
+    targets = js(driver, """return [...document.querySelectorAll('#images-table tbody a')].map(a =>
+        (document.getElementById(a.hash.slice(1)) || {}).className)""")
+    assert targets == ["card"] * 5
 
 
 MEMORY = textwrap.dedent('''
