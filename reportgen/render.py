@@ -201,6 +201,7 @@ def render_report(config, ctx, runs, report_data: dict, *,
         "notes": list(ctx.info.notes),
         "config_yaml": yaml.safe_dump(report_data["config"], sort_keys=False, allow_unicode=True),
         "inputs": inputs,
+        "image_count": report_data.get("inputs", {}).get("images", len(inputs)),
         "self_contained": config.output.self_contained,
         "js": js,
     }
