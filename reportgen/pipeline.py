@@ -234,8 +234,8 @@ def _build(config: Config, ctx: Context, images: Collection, stages: list[Stage]
         if group_stages[0].reduce is not None:
             runs += _stream(group_stages, ctx, images, runs, log, detail, sink, group)
             continue
-        if not group.root:  # stages that see no images run once, on rank 0
-            runs.append(StageRun(name=group_stages[0].name, title=group_stages[0].title, status="skipped"))
+        if not group.root:  # stages that see no images run once, on rank 0 (its outcome is the one reported)
+            runs.append(StageRun(name=group_stages[0].name, title=group_stages[0].title, status="ok"))
             continue
         run = _run_stage(group_stages[0], ctx, runs, log, detail)
         if sink is not None and run.status == "ok":
