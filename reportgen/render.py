@@ -16,14 +16,14 @@ from .figures.common import Figure, encode_png, make_figure
 
 
 def templates_dir() -> Path:
-    """The templates shipped in the wheel (`reportgen/templates`), or the repo's `templates/` folder."""
-    try:
-        packaged = resources.files("reportgen.templates")
-        if packaged.joinpath("report.html.jinja2").is_file():
-            return Path(str(packaged))
-    except (ModuleNotFoundError, TypeError):
-        pass
-    return Path(__file__).resolve().parent.parent / "templates"
+    """The templates that belong to this code: `reportgen/templates` in a wheel, else the `templates/` folder
+    of the checkout it runs from (a second checkout of an editable install keeps its own templates), else
+    where the package's resources say."""
+    here = Path(__file__).resolve().parent
+    for folder in (here / "templates", here.parent / "templates"):
+        if (folder / "report.html.jinja2").is_file():
+            return folder
+    return Path(str(resources.files("reportgen.templates")))
 
 
 def optimise_png(png: bytes) -> bytes:
