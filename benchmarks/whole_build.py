@@ -16,7 +16,8 @@ machine hits both:
   model in eval mode, with the same intra-op thread count as the build subprocess.
 
 Printed: the build's median wall as a multiple of the bare pass's median (the issue's ratio; target ≤ 4×), and
-a breakdown of the build: import time (`python -c "import reportgen.pipeline"` as a subprocess), model load
+a breakdown of the build: import time (`python -c "import reportgen.pipeline; os._exit(0)"` as a subprocess:
+interpreter start and imports, not the interpreter's teardown, which the CLI skips as well), model load
 time (a subprocess that imports reportgen.pipeline, then times `load_model` alone), the per-stage seconds, and
 the rest (wall − imports − model load − stages: reading images, the layer description, rendering, writing).
 With --threads N the subprocesses get OMP_NUM_THREADS=N and this process `torch.set_num_threads(N)`; without
@@ -150,7 +151,7 @@ def main() -> int:
     if args.threads is not None:
         env["OMP_NUM_THREADS"] = str(args.threads)
     build = reportgen_command()
-    imports = [sys.executable, "-c", "import reportgen.pipeline"]
+    imports = [sys.executable, "-c", "import os, reportgen.pipeline; os._exit(0)"]
     print(f"load average before {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory(prefix="reportgen-whole-build-") as tmp:
         folder = Path(tmp)

@@ -64,6 +64,27 @@ class _Main(click.Group):
     """Every command: library warnings a user cannot act on stay silent (ours show); Ctrl-C exits 130 with
     one line instead of click's "Aborted!" (exit 1, the code of a failed stage)."""
 
+    def main(self, args=None, *rest, **kwargs):
+        """Run as the process's own command (no `args`: the console script, `python -m reportgen`), the
+        command ends the process with `os._exit` once stdout and stderr are flushed: the interpreter's
+        teardown of torch's modules takes 0.3-1 s and there is nothing left to do (every file a command
+        writes is closed by then). Called with `args` (tests, `CliRunner`), it behaves as click's."""
+        if args is not None:
+            return super().main(args, *rest, **kwargs)
+        try:
+            super().main(args, *rest, **kwargs)
+            code = 0
+        except SystemExit as exc:
+            if exc.code is not None and not isinstance(exc.code, int):
+                raise  # a message to print: the interpreter does it
+            code = exc.code or 0
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe (`reportgen ... | head`)
+                pass
+        os._exit(code)
+
     def invoke(self, ctx: click.Context):
         with warnings.catch_warnings():
             for category in (UserWarning, FutureWarning, DeprecationWarning):

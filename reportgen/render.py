@@ -7,46 +7,42 @@ import io
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import yaml
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 from PIL import Image
 
-from .figures.common import Figure, make_figure
+from .figures.common import Figure, encode_png, make_figure
 from .figures.images import anchor, table as images_table
 
 
 def templates_dir() -> Path:
-    """The templates shipped in the wheel (`reportgen/templates`), or the repo's `templates/` folder."""
-    try:
-        packaged = resources.files("reportgen.templates")
-        if packaged.joinpath("report.html.jinja2").is_file():
-            return Path(str(packaged))
-    except (ModuleNotFoundError, TypeError):
-        pass
-    return Path(__file__).resolve().parent.parent / "templates"
+    """The templates that belong to this code: `reportgen/templates` in a wheel, else the `templates/` folder
+    of the checkout it runs from (a second checkout of an editable install keeps its own templates), else
+    where the package's resources say."""
+    here = Path(__file__).resolve().parent
+    for folder in (here / "templates", here.parent / "templates"):
+        if (folder / "report.html.jinja2").is_file():
+            return folder
+    return Path(str(resources.files("reportgen.templates")))
 
 
 def optimise_png(png: bytes) -> bytes:
     """Lossless re-encoding: the smaller of the given PNG and a leaner one with exactly the same pixels.
 
     An alpha channel that is opaque everywhere is dropped (matplotlib's charts), and a picture with at most
-    256 colours (maps through a colour map, kernel grids, flat charts) becomes a palette PNG."""
+    256 colours becomes a palette PNG (`encode_png`). A palette or grey PNG (what `to_png` makes of maps and
+    grids) is returned as it is, undecoded."""
     with Image.open(io.BytesIO(png)) as img:
+        if img.mode not in ("RGB", "RGBA"):
+            return png
         img.load()
     candidates = [png]
     if img.mode == "RGBA" and img.getextrema()[3] == (255, 255):
         img = img.convert("RGB")
         candidates.append(_encode(img))
     if img.mode == "RGB" and img.getcolors(256) is not None:
-        pixels = np.asarray(img)  # (H, W, 3) uint8
-        packed = (pixels[..., 0].astype(np.uint32) << 16) | (pixels[..., 1].astype(np.uint32) << 8) | pixels[..., 2]
-        colours, index = np.unique(packed, return_inverse=True)  # (K,) with K <= 256, (H*W,)
-        palette = np.stack([(colours >> 16) & 255, (colours >> 8) & 255, colours & 255], axis=1).astype(np.uint8)
-        indexed = Image.fromarray(index.reshape(pixels.shape[:2]).astype(np.uint8), mode="P")
-        indexed.putpalette(palette.tobytes())
-        candidates.append(_encode(indexed, optimize=True))
+        candidates.append(encode_png(img))
     return min(candidates, key=len)
 
 

@@ -367,3 +367,25 @@ def test_library_warnings_are_silenced_ours_are_not(project, monkeypatch):
         result = CliRunner().invoke(main, ["layers", "warner:build", "--input-size", "3,16,16"])
     assert result.exit_code == 0, result.output
     assert [str(w.message) for w in seen] == ["a warning of the user's own"]
+
+
+def test_the_command_in_a_process_of_its_own_keeps_its_exit_code_and_output(tmp_path):
+    """`python -m reportgen` ends with os._exit (no interpreter teardown): the exit code and everything
+    printed still come out."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+
+    def command(*args):
+        return subprocess.run([sys.executable, "-m", "reportgen", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True)
+
+    started = command("init", "-")
+    assert started.returncode == 0 and started.stdout.startswith("# reportgen config")
+    missing = command("validate", "missing.yaml")
+    assert missing.returncode == 2 and "missing.yaml" in missing.stderr
+    unknown = command("bogus")
+    assert unknown.returncode == 2 and "No such command" in unknown.stderr

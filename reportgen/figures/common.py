@@ -1,9 +1,11 @@
 """Small numpy/Pillow helpers shared by every figure: colour maps, overlays, PNG encoding."""
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass
 from functools import lru_cache
+from unittest import mock
 
 import numpy as np
 from PIL import Image
@@ -72,6 +74,18 @@ def _decode(png: bytes) -> np.ndarray:
         return np.asarray(img.convert("RGB"))
 
 
+def matplotlib_classes() -> tuple[type, type]:
+    """(matplotlib's Figure, its Agg canvas): the object API, no pyplot state. The first call imports them
+    without building the docstring of every artist's `set` method (`matplotlib.artist.kwdoc`, a third of the
+    import's 0.3-0.5 s), which nothing here reads."""
+    import matplotlib.artist
+
+    with mock.patch.object(matplotlib.artist, "kwdoc", lambda artist: ""):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure as MplFigure
+    return MplFigure, FigureCanvasAgg
+
+
 def upscale_nearest(pixels: np.ndarray, min_side: int) -> np.ndarray:
     """Integer nearest-neighbour upscaling so tiny maps (7x7) stay crisp: smallest factor reaching `min_side`."""
     h, w = pixels.shape[:2]
@@ -127,14 +141,46 @@ def normalize01(values: np.ndarray) -> np.ndarray:
     return (values - lo) / (hi - lo)
 
 
+_RECENT: dict[tuple, bytes] = {}  # (shape, digest of the pixels) -> their PNG, the most recent last
+_RECENT_MAX = 128
+
+
 def to_png(pixels: np.ndarray) -> bytes:
-    """(H, W) or (H, W, 3|4) uint8 -> PNG bytes (lossless, compressed, no timestamp)."""
+    """(H, W) or (H, W, 3|4) uint8 -> PNG bytes (lossless, compressed, no timestamp); see `encode_png`.
+
+    The same pixels give the same bytes, encoded once while they are recent: a map drawn alone and in its
+    overlay, an input drawn beneath the overlays of several sections."""
     pixels = np.ascontiguousarray(pixels)
     if pixels.dtype != np.uint8:
         raise TypeError(f"to_png wants uint8 pixels, got {pixels.dtype}")
+    key = (pixels.shape, hashlib.blake2b(pixels.data, digest_size=16).digest())
+    png = _RECENT.pop(key, None)
+    if png is None:
+        png = encode_png(Image.fromarray(pixels))
+    _RECENT[key] = png
+    if len(_RECENT) > _RECENT_MAX:
+        del _RECENT[next(iter(_RECENT))]
+    return png
+
+
+def encode_png(img: Image.Image) -> bytes:
+    """PNG bytes of `img`, lossless: an RGB picture of at most 256 colours (maps through a colour map, kernel
+    grids, flat charts) as a palette PNG, a third of the bytes to compress and to carry."""
+    if img.mode == "RGB" and img.getcolors(256) is not None:
+        img = palette_image(np.asarray(img))
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG", optimize=False, compress_level=6)
+    img.save(buffer, format="PNG", optimize=img.mode == "P", compress_level=6)
     return buffer.getvalue()
+
+
+def palette_image(pixels: np.ndarray) -> Image.Image:
+    """(H, W, 3) uint8 of at most 256 colours -> the same picture as a "P" image, its palette sorted by colour."""
+    packed = (pixels[..., 0].astype(np.uint32) << 16) | (pixels[..., 1].astype(np.uint32) << 8) | pixels[..., 2]
+    colours, index = np.unique(packed, return_inverse=True)  # (K,) with K <= 256, (H*W,)
+    palette = np.stack([(colours >> 16) & 255, (colours >> 8) & 255, colours & 255], axis=1).astype(np.uint8)
+    indexed = Image.fromarray(index.reshape(pixels.shape[:2]).astype(np.uint8), mode="P")
+    indexed.putpalette(palette.tobytes())
+    return indexed
 
 
 def thumbnail(pixels: np.ndarray, max_side: int) -> np.ndarray:

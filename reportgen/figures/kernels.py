@@ -14,12 +14,10 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure as MplFigure
 
 from ..stages import Context
 from ..stages.kernels import FilterVisualisation, KernelsResult, LayerKernels
-from .common import Figure, apply_colormap, make_figure
+from .common import Figure, apply_colormap, make_figure, matplotlib_classes
 from .grid import (colorbar_image, compose_grid, grid_cols, hstack, label_tiles, resize_tiles, symmetric_scale,
                    to_uint8)
 
@@ -127,6 +125,7 @@ def plot_kernel_grid(layer: LayerKernels, max_filters: int, max_channels: int) -
 
 def plot_weight_stats(layer: LayerKernels) -> Figure:
     """Weight histogram and per-filter L2 norms (dead filters in blue, exploding in red), matplotlib object API."""
+    MplFigure, FigureCanvasAgg = matplotlib_classes()  # imported here: only this figure needs them
     fig = MplFigure(figsize=(6.0, 2.4), dpi=100)
     FigureCanvasAgg(fig)
     ax_hist, ax_norm = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.6]})
