@@ -164,6 +164,7 @@ def shapes_explain(model, x, targets):
             "gradient": plain.abs().amax(1)}
 
 
+@pytest.mark.slow  # about 7 s on one CPU thread
 def test_shapes_model_gradcam_fails_to_survive_randomisation_guided_backprop_survives():
     from reportgen.demo import shapes
     model = shapes.load_model(SHIPPED / "model.pt")
