@@ -162,6 +162,8 @@ def test_deletion_insertion_default_step_and_checks():
         P.deletion_insertion(model, x, {"a": maps["a"][:1]}, [0, 1])
     with pytest.raises(ValueError, match="targets"):
         P.deletion_insertion(model, x, maps, [0])
+    with pytest.raises(ValueError, match="step"):
+        P.deletion_insertion(model, x, maps, [0, 1], step=0)
 
 
 # --- ROAD -------------------------------------------------------------------------------------------

@@ -132,10 +132,11 @@ def deletion_insertion(forward: Forward, x: torch.Tensor, maps: Mapping[str, np.
     As the authors' `evaluation.py` (`CausalMetric`): pixels are ordered by the map, most salient first;
     `step` pixels change between points (default `default_step`: 224 at 224²), so there are
     ceil(H·W / step) + 1 points, both ends included. Deletion starts from x and replaces pixels (all
-    channels) by `substrate` (RISE: zeros; see `make_substrate`); insertion starts from `insertion_substrate` (RISE: the blurred
-    image) and restores x's pixels. The score is the softmax probability of `targets` (RISE: the class
-    predicted on x); the AUC is RISE's `auc`. Differences from RISE: ties in the map are ordered by
-    ascending pixel index (see `salient_order`), and the targets are the caller's.
+    channels) by `substrate` (RISE: zeros; see `make_substrate`); insertion starts from
+    `insertion_substrate` (RISE: the blurred image) and restores x's pixels. The score is the softmax
+    probability of `targets` (RISE: the class predicted on x); the AUC is RISE's `auc`. Differences from
+    RISE: ties in the map are ordered by ascending pixel index (see `salient_order`), and the targets are
+    the caller's.
 
     The original and both substrates are forwarded once per image for all methods (they are the curves'
     ends); every other point is built as it is needed and forwarded `batch_size` at a time.
@@ -143,7 +144,9 @@ def deletion_insertion(forward: Forward, x: torch.Tensor, maps: Mapping[str, np.
     maps = _as_maps(maps, x)
     targets = _targets(targets, x.shape[0])
     n, h, w = x.shape[0], x.shape[2], x.shape[3]
-    step = step or default_step(h, w)
+    step = default_step(h, w) if step is None else step
+    if step < 1:
+        raise ValueError(f"step must be at least 1 pixel, got {step}")
     n_steps = math.ceil(h * w / step)
     with torch.no_grad():
         subs = {"deletion": make_substrate(x, substrate), "insertion": make_substrate(x, insertion_substrate)}
