@@ -1,0 +1,9 @@
+"""Metrics that score saliency maps: "which map to believe" (issue 13).
+
+Pure computations, one module per family, each a set of plain functions of
+(forward, inputs, maps, targets) returning numpy arrays or small frozen dataclasses per input;
+aggregation, configuration and drawing happen elsewhere (the `evaluation` stage and its section).
+
+- `perturbation`: deletion / insertion (RISE), ROAD (pytorch-grad-cam), confidence change
+  (pytorch-grad-cam's `CamMultImageConfidenceChange`, torch-cam's Average Drop / Increase).
+"""
