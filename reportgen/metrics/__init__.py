@@ -5,5 +5,10 @@ Pure computations, one module per family, each a set of plain functions of
 aggregation, configuration and drawing happen elsewhere (the `evaluation` stage and its section).
 
 - `perturbation`: deletion / insertion (RISE), ROAD (pytorch-grad-cam), confidence change
-  (pytorch-grad-cam's `CamMultImageConfidenceChange`, torch-cam's Average Drop / Increase).
+  (pytorch-grad-cam's `CamMultImageConfidenceChange`, torch-cam's Average Drop / Increase);
+- `robustness`: Captum's `infidelity` (normalised) and `sensitivity_max`;
+- `localisation`: pointing game, energy-based pointing game, IoU of the top 15 % with a box or mask;
+- `sanity`: cascading model-parameter randomisation (Adebayo et al. 2018; Quantus's MPRT order).
+
+No stage uses them yet: the `evaluation` stage is still to be built.
 """
