@@ -36,6 +36,7 @@ class Collection:
     shard: range  # this process's images (all of them without torchrun)
     notes: list[str] = field(default_factory=list)  # images skipped, annotations lost, detail asked beyond what exists
     cached: dict[int, tuple[ImageInput, torch.Tensor]] = field(default_factory=dict)  # index -> pixels kept
+    facts: dict[int, dict] = field(default_factory=dict)  # index -> {stage: its entry} (`Stage.records`)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -63,14 +64,15 @@ class Collection:
         return torch.softmax(self.logits.float(), dim=1)
 
     def records(self, top_k: int, label) -> list[dict]:
-        """One record per image (images.jsonl): name, source, truth, top-k predictions, why it is detailed."""
+        """One record per image (images.jsonl): name, source, truth, top-k predictions, why it is detailed, and
+        what the streamed stages that ran say of it (`Stage.records`, under the stage's name)."""
         probs = self.probabilities()
         top = probs.topk(min(top_k, probs.shape[1]), dim=1)
         return [{"name": name, "source": self.config.shown_path(entry.path),
                  "truth": None if t < 0 else {"index": int(t), "label": label(int(t))},
                  "top_k": [{"index": int(i), "label": label(int(i)), "probability": float(p)}
                            for p, i in zip(ps, idx)],
-                 "detail": self.detail.reasons.get(n)}
+                 "detail": self.detail.reasons.get(n), **self.facts.get(n, {})}
                 for n, (name, entry, t, ps, idx) in enumerate(zip(self.names, self.entries, self.truth.tolist(),
                                                                   top.values.tolist(), top.indices.tolist()))]
 

@@ -337,6 +337,7 @@ def _stream(group: list[Stage], ctx: Context, images: Collection, done: list[Sta
     ended: dict[str, StageRun] = {}  # stages that failed or were skipped
     partials: dict[str, list] = {stage.name: [] for stage in group}
     written: dict[str, list[str]] = {stage.name: [] for stage in group}  # arrays.npz keys, per stage
+    facts: dict[str, dict[int, dict]] = {stage.name: {} for stage in group}  # images.jsonl entries, per stage
     seconds = dict.fromkeys(partials, 0.0)
     for stage in group:
         why = _unmet(stage, done)
@@ -368,6 +369,8 @@ def _stream(group: list[Stage], ctx: Context, images: Collection, done: list[Sta
                     arrays = stage.arrays(result)
                     sink.add(arrays)
                     written[stage.name] += list(arrays)
+                if stage.records is not None:
+                    facts[stage.name].update(enumerate(stage.records(result), start=lo))
                 partials[stage.name].append(stage.select(result, rows) if stage.select is not None else result)
             except Exception as exc:
                 ended[stage.name] = _outcome(stage, exc, seconds[stage.name] + time.perf_counter() - start, log,
@@ -384,11 +387,11 @@ def _stream(group: list[Stage], ctx: Context, images: Collection, done: list[Sta
         except Exception as exc:
             mine[stage.name] = _outcome(stage, exc, seconds[stage.name] + time.perf_counter() - start, log, detail)
         seconds[stage.name] += time.perf_counter() - start
-    gathered = dist.gather(procs, (mine, seconds))  # each rank's reductions (or failures) and times
+    gathered = dist.gather(procs, (mine, seconds, facts))  # each rank's reductions (or failures), times, records
     runs = []
     for stage in group:
-        results = [m[stage.name] for m, _ in gathered]
-        took = max(s[stage.name] for _, s in gathered)
+        results = [m[stage.name] for m, _, _ in gathered]
+        took = max(s[stage.name] for _, s, _ in gathered)
         failed = next((r for r in results if isinstance(r, StageRun)), None)
         if failed is None:
             start = time.perf_counter()
@@ -404,6 +407,9 @@ def _stream(group: list[Stage], ctx: Context, images: Collection, done: list[Sta
             continue
         if sink is not None and stage.totals is not None and procs.root:
             sink.add(stage.totals(result))
+        for _, _, rank_facts in gathered:
+            for index, entry in rank_facts[stage.name].items():
+                images.facts.setdefault(index, {})[stage.name] = entry
         runs.append(_finish(stage, result, ctx, took, log, detail) if procs.root else
                     StageRun(name=stage.name, title=stage.title, status="ok", seconds=took))
     return runs
@@ -426,7 +432,7 @@ def _report_json(config: Config, ctx: Context, images: Collection, records: list
                   "input_size": list(config.model.input_size), "device": str(ctx.device)},
         "inputs": {"images": len(images), "detail": len(images.detail.indices), "records": "images.jsonl"},
         # the images shown in detail; images.jsonl beside this file has every image's record
-        "images": [{key: value for key, value in records[i].items() if key != "detail"}
+        "images": [{key: records[i][key] for key in ("name", "source", "top_k", "truth")}
                    for i in images.detail.indices],
         "stages": _stage_entries(runs),
     }

@@ -31,7 +31,7 @@ def test_build_writes_report_json_and_html(project):
     data = json.loads((out / "report.json").read_text())
     records = [json.loads(line) for line in (out / "images.jsonl").read_text().splitlines()]
     assert [r["name"] for r in records] == ["a", "b"] and all(r["detail"] == "all images" for r in records)
-    assert [{k: v for k, v in r.items() if k != "detail"} for r in records] == data["images"]
+    assert [{k: r[k] for k in ("name", "source", "top_k", "truth")} for r in records] == data["images"]
     assert data["inputs"] == {"images": 2, "detail": 2, "records": "images.jsonl"}
     assert set(data) >= {"title", "created", "versions", "config", "summary", "images", "stages"}
     assert set(data["versions"]) == {"reportgen", "torch", "torchvision", "python"}

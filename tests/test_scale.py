@@ -144,6 +144,13 @@ def test_a_streamed_build_equals_one_batch_of_every_image(tmp_path):
     assert len(shown) == 5
     assert data["dataset"]["images"] == 14  # the overview counts every image, the figures only the chosen
     assert {k.split("/")[-2] for k in arrays if k.startswith("cam/gradcam/")} == {r["name"] for r in records}
+    # every image's own facts, not only the detail ones': feature-map statistics, explained classes, IG's gap
+    layer = data["feature_maps"]["layers"][0]
+    assert all(set(r["feature_maps"]) == {fm["name"] for fm in data["feature_maps"]["layers"]} for r in records)
+    by_name = {r["name"]: r for r in records}
+    for entry in layer["images"]:
+        assert by_name[entry["image"]]["feature_maps"][layer["name"]] == {k: v for k, v in entry.items() if k != "image"}
+    assert all(len(r["gradients"]["integrated_gradients_gap"]) == len(r["gradients"]["classes"]) == 1 for r in records)
 
 
 def test_the_detail_images_get_the_same_figures_as_a_build_over_only_them(tmp_path, driver):

@@ -22,6 +22,9 @@ its functions:
     totals(result) -> dict[str, np.ndarray]      optional, streamed stages: entries of the reduced result
                                                  (all images), written once
     to_json(result) -> dict | list | None        optional: the stage's entry in report.json
+    records(result) -> list[dict]                optional, streamed stages: per image of a batch's result,
+                                                 the stage's entry in that image's images.jsonl record
+                                                 (every image, not only the detail ones)
 
 The stages that run are the `analyses` keys present in the config, in the order of `AnalysesConfig`'s
 fields, moved after what they require.
@@ -53,6 +56,7 @@ class Stage:
     arrays: Callable[[Any], dict] = lambda result: {}
     totals: Callable[[Any], dict] | None = None  # streamed stages: arrays of the reduced result
     to_json: Callable[[Any], Any] | None = None
+    records: Callable[[Any], list[dict]] | None = None  # streamed: per image, its entry in images.jsonl
     requires: tuple[str, ...] = ()  # stages whose results this one reads
     # True: the stage reads layer outputs; or a function of the options -> the method ids that need hooks
     needs_hooks: bool | Callable[[Any], tuple[str, ...]] = False

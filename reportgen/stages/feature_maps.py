@@ -159,6 +159,16 @@ def arrays(result: FeatureMapsResult) -> dict[str, np.ndarray]:
             for layer in result.layers for i, image in enumerate(result.images)}
 
 
+def _image_stats(layer: LayerMaps, i: int) -> dict:
+    return {"mean": float(layer.mean[i]), "std": float(layer.std[i]), "zero_fraction": float(layer.zeros[i]),
+            "dead_channels": int(layer.dead_channels[i]), "top_channels": [int(c) for c in layer.top[i]]}
+
+
+def records(result: FeatureMapsResult) -> list[dict]:
+    """Per image, each layer's statistics (images.jsonl)."""
+    return [{layer.name: _image_stats(layer, i) for layer in result.layers} for i in range(len(result.images))]
+
+
 def to_json(result: FeatureMapsResult) -> dict:
     return {
         "order": result.order,
@@ -168,14 +178,7 @@ def to_json(result: FeatureMapsResult) -> dict:
             "type": layer.type,
             "shape": list(layer.maps.shape[1:]),
             "channels_shown": list(layer.channels),
-            "images": [{
-                "image": image,
-                "mean": float(layer.mean[i]),
-                "std": float(layer.std[i]),
-                "zero_fraction": float(layer.zeros[i]),
-                "dead_channels": int(layer.dead_channels[i]),
-                "top_channels": [int(c) for c in layer.top[i]],
-            } for i, image in enumerate(result.images)],
+            "images": [{"image": image, **_image_stats(layer, i)} for i, image in enumerate(result.images)],
         } for layer in result.layers],
         "notes": list(result.notes),
     }
@@ -285,4 +288,4 @@ def reduce(results: list[FeatureMapsResult]) -> FeatureMapsResult:
 
 
 SPEC = Stage(name="feature_maps", title="Feature maps", config=FeatureMapsConfig, run=run, check=check, reduce=reduce,
-             select=select, observes=lambda info, cfg: listed_layers(info, cfg)[0], arrays=arrays, to_json=to_json, needs_hooks=True)
+             select=select, observes=lambda info, cfg: listed_layers(info, cfg)[0], arrays=arrays, to_json=to_json, records=records, needs_hooks=True)

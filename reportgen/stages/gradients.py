@@ -230,6 +230,18 @@ def to_json(result: GradientsResult) -> dict:
 
 
 
+def records(result: GradientsResult) -> list[dict]:
+    """Per image, the explained classes and, with integrated gradients, the completeness gap per class."""
+    out = []
+    for i in range(len(result.images)):
+        entry: dict = {"classes": [int(c) for c in result.classes[i]]}
+        if result.completeness is not None:
+            gaps = result.completeness.gap[i]
+            entry["integrated_gradients_gap"] = [None if math.isnan(g) else float(g) for g in gaps]
+        out.append(entry)
+    return out
+
+
 def make_baseline(kind: str | Path, batch: torch.Tensor, seed: int,
                   offset: int = 0) -> tuple[torch.Tensor, str]:
     """The IG baseline (N, C, H, W) and a description of it: zeros, each image blurred, uniform noise over
@@ -325,7 +337,7 @@ def select(result: GradientsResult, rows: list[int]) -> GradientsResult:
 
 SPEC = Stage(
     name="gradients", title="Gradient saliency", config=GradientsConfig, run=run, check=check, reduce=reduce,
-    select=select,
+    select=select, records=records,
     arrays=arrays, to_json=to_json,
     needs_hooks=lambda cfg: tuple(m for m in cfg.methods if REGISTRY[m].hooks),
     wants_input_grad=lambda cfg: any("input_grad" in REGISTRY[m].needs for m in cfg.methods),
