@@ -949,6 +949,9 @@ analyses:                        # each key present = that stage runs
   gradients: {methods: [saliency, integrated_gradients]}
   # training: {logs: [runs/exp1]}  # TensorBoard event files or CSV / JSONL metric logs
 
+# report:                        # a data set: per-image figures for a few, every image a row of the table
+#   detail: {budget: 8, mistakes: 2, uncertain: 2, per_class: 1}
+
 output:
   dir: reports/my-model
   self_contained: true           # one HTML file, images embedded
