@@ -141,7 +141,8 @@ def _scan(config, info: ModelInfo, device: torch.device, entries: list[datasets.
         with torch.no_grad():
             logits.append(info.forward(x).float().cpu())
         if kept is not None:
-            kept.update((len(kept), (image, tensor)) for _, image, tensor in batch)
+            for _, image, tensor in batch:
+                kept[len(kept)] = (image, tensor)
             if len(kept) > budget:
                 kept = None  # too many to keep: the stages read them again
     return found.entries, torch.cat(logits), found.notes, kept or {}
