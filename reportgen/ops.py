@@ -1,6 +1,10 @@
-"""Small tensor operations more than one stage uses: the one blur and the one way to walk in batches."""
+"""Small operations more than one module uses: the one blur, the one way to walk in batches, and giving freed
+memory back between batches."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import math
 from collections.abc import Iterator
 
@@ -29,3 +33,24 @@ def gaussian_blur(x: torch.Tensor, sigma: float, *, padding: str = "replicate") 
     x = F.pad(x, (radius, radius, radius, radius), mode=padding)
     x = F.conv2d(x, kernel.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
     return F.conv2d(x, kernel.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim, or None (another C library, another system)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_memory() -> None:
+    """Give the memory freed since the last call back to the system (glibc: `malloc_trim(0)`; elsewhere nothing).
+    A batch's activations and gradients leave holes in the heap that later, differently sized batches do not
+    fill exactly: without this, a build's resident memory creeps up batch after batch (tens of MB over a
+    thousand images) although nothing is kept. A streamed build calls it after every batch; the heap's
+    refilling costs page faults (`benchmarks/dataset.py`: about 15% of the time of ResNet-18 at 96², for a
+    peak 1.05x instead of 1.08x at 1 600 images; trimming every 16 batches measured no cheaper in peak)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

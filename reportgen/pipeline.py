@@ -29,6 +29,7 @@ from .engine import Engine
 from .errors import ReportgenError, StageSkipped
 from .layers import describe_model
 from .models import hooks_refused, load_labels, load_model
+from .ops import release_memory
 from .progress import track
 from .stages import Stage, input_grad_wanted, observed_layers, planned
 
@@ -353,6 +354,7 @@ def _stream(group: list[Stage], ctx: Context, images: Collection, done: list[Sta
     for lo, batch_images, batch in (track if procs.root else _untracked)(reading, total=-(-count // size),
                                                                         desc="analysing", unit="batch"):
         rows = [i - lo for i in range(lo, lo + len(batch_images)) if i in shown]
+        release_memory()  # what the last batch freed goes back to the system: peak memory stays flat
         bctx = ctx.for_batch(batch_images, batch, images.logits[lo:lo + len(batch_images)], lo)
         for stage in sorted(group, key=lambda s: s.observes is not None):  # observers after the passes they read
             if stage.name in ended:

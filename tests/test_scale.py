@@ -194,10 +194,12 @@ MEMORY = textwrap.dedent('''
 
 @pytest.mark.slow
 def test_peak_memory_does_not_grow_with_the_number_of_images(tmp_path):
-    """Builds over 30 and 300 images of 128x128 (the old build kept about 0.5 MB of pixels and maps per image:
-    150 MB more at 300) in child processes: peak RSS within 40 MB of each other."""
+    """Builds over 80 and 320 images of 128x128 in child processes: peak RSS within 80 MB of each other. Keeping
+    every image's pixels and maps, as builds did before streaming, costs about 11 MB an image here (2.6 GB more
+    at 320); the first batches warm caches up (so the smaller build is not smaller still) and the allocator
+    makes the peak vary by about ±15 MB from run to run."""
     peaks = []
-    for n in (30, 300):
+    for n in (80, 320):
         root = tmp_path / str(n)
         root.mkdir()
         path = config(root, [write_set(root, n, size=128)], model__input_size=[3, 128, 128],
@@ -207,7 +209,7 @@ def test_peak_memory_does_not_grow_with_the_number_of_images(tmp_path):
                               env=dict(os.environ, OMP_NUM_THREADS="1"))
         assert done.returncode == 0, done.stderr[-3000:]
         peaks.append(int(done.stdout.split()[-1]) / 1024)
-    assert peaks[1] - peaks[0] < 40, f"peak RSS {peaks[0]:.0f} MB at 30 images, {peaks[1]:.0f} MB at 300"
+    assert peaks[1] - peaks[0] < 80, f"peak RSS {peaks[0]:.0f} MB at 80 images, {peaks[1]:.0f} MB at 320"
 
 
 # ---------------------------------------------------------------------------- torchrun
