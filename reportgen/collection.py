@@ -60,13 +60,10 @@ class Collection:
             read = [self.read(i) for i in range(lo, min(lo + size, self.shard.stop))]
             yield lo, [image for image, _ in read], torch.stack([t for _, t in read]).to(self.device)
 
-    def probabilities(self) -> torch.Tensor:
-        return torch.softmax(self.logits.float(), dim=1)
-
     def records(self, top_k: int, label) -> list[dict]:
         """One record per image (images.jsonl): name, source, truth, top-k predictions, why it is detailed, and
         what the streamed stages that ran say of it (`Stage.records`, under the stage's name)."""
-        probs = self.probabilities()
+        probs = torch.softmax(self.logits, dim=1)
         top = probs.topk(min(top_k, probs.shape[1]), dim=1)
         return [{"name": name, "source": self.config.shown_path(entry.path),
                  "truth": None if t < 0 else {"index": int(t), "label": label(int(t))},
@@ -77,8 +74,7 @@ class Collection:
                                                                   top.values.tolist(), top.indices.tolist()))]
 
 
-def collect(config, info: ModelInfo, device: torch.device, group: dist.Group = dist.SINGLE,
-            progress=track) -> Collection:
+def collect(config, info: ModelInfo, device: torch.device, group: dist.Group = dist.SINGLE) -> Collection:
     """The first pass over `config.inputs`: see the module docstring."""
     entries = datasets.select(config, info.labels, info.num_classes)
     if group.size > 1:  # `inputs.limit` counts entries here (the ranks cannot know what the others fail to read)
@@ -88,7 +84,7 @@ def collect(config, info: ModelInfo, device: torch.device, group: dist.Group = d
     kept: dict = {}
     try:
         if entries:
-            *mine, kept = _scan(config, info, device, entries, progress)
+            *mine, kept = _scan(config, info, device, entries)
         else:
             mine = [[], torch.zeros(0, info.num_classes), []]
     except ReportgenError as exc:  # every rank learns of it (none is left waiting for the others)
@@ -105,11 +101,8 @@ def collect(config, info: ModelInfo, device: torch.device, group: dist.Group = d
     all_logits = torch.cat([part[1] for part in parts])
     truth = np.array([-1 if e.label is None else int(e.label) for e in all_entries], dtype=np.int64)
     cfg = config.report.detail
-    k = all_logits.shape[1]
-    probs = torch.softmax(all_logits, dim=1)
-    confidence, pred = probs.max(dim=1)
-    usable = np.where((truth >= 0) & (truth < k), truth, -1)
-    detail = choose(usable, pred.numpy(), confidence.numpy(), budget=cfg.budget, mistakes=cfg.mistakes,
+    confidence, pred = torch.softmax(all_logits, dim=1).max(dim=1)
+    detail = choose(truth, pred.numpy(), confidence.numpy(), budget=cfg.budget, mistakes=cfg.mistakes,
                     uncertain=cfg.uncertain, per_class=cfg.per_class,
                     seed=cfg.seed if cfg.seed is not None else config.seed)
     notes = [note for part in parts for note in part[2]] + list(detail.notes)
@@ -121,7 +114,7 @@ def collect(config, info: ModelInfo, device: torch.device, group: dist.Group = d
     return collection
 
 
-def _scan(config, info: ModelInfo, device: torch.device, entries: list[datasets.Entry], progress):
+def _scan(config, info: ModelInfo, device: torch.device, entries: list[datasets.Entry]):
     """Read `entries` and run the forward on each batch -> (entries read, their logits (n, K), notes, the pixels
     of every image by position when there are no more than the detail budget, else {})."""
     budget = config.report.detail.budget
@@ -129,7 +122,7 @@ def _scan(config, info: ModelInfo, device: torch.device, entries: list[datasets.
     logits: list[torch.Tensor] = []
     kept: dict[int, tuple[ImageInput, torch.Tensor]] | None = {}
     shape = None
-    for batch in datasets.scan(config, info.preprocess, entries, found, progress):
+    for batch in datasets.scan(config, info.preprocess, entries, found, track):
         for entry, _, tensor in batch:
             if shape is None:
                 shape = tuple(tensor.shape)

@@ -52,9 +52,9 @@ class Entry:
     root: Path | None = field(default=None, compare=False)  # the ImageFolder folder it came from
 
 
-def _listing(names: Iterable[str], most: int = 8) -> str:
+def _listing(names: Iterable[str], most: int = 8, sep: str = ", ") -> str:
     names = list(names)
-    shown = ", ".join(names[:most])
+    shown = sep.join(names[:most])
     return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
@@ -464,14 +464,13 @@ def scan(config, pre, entries: list[Entry], found: Scan, progress: Callable = la
     found.names = unique_names_of(found.entries)
     if failed:
         n = len(failed)
-        shown = ", ".join(f"{config.shown_path(e.path)} ({why})" for e, why in failed[:20])
+        shown = _listing((f"{config.shown_path(e.path)} ({why})" for e, why in failed), 20)
         found.notes.append(f"{n} image{'s' if n > 1 else ''} could not be read and {'were' if n > 1 else 'was'} "
-                           f"skipped: {shown}{f' and {n - 20} more' if n > 20 else ''}.")
+                           f"skipped: {shown}.")
     if found.lost:
         n = len(found.lost)
         found.notes.append(f"{n} annotation{'s' if n > 1 else ''} cropped away entirely by the preprocessing (the "
-                           "images are kept, without them): " + "; ".join(found.lost[:20])
-                           + (f" and {n - 20} more" if n > 20 else "") + ".")
+                           f"images are kept, without them): {_listing(found.lost, 20, sep='; ')}.")
 
 
 def unique_names_of(entries: list[Entry]) -> list[str]:

@@ -198,7 +198,7 @@ def _build_in(config: Config, group: dist.Group, started: float, log: Log, detai
     info, loaded = prepare_model(config, detail)
     stages = check_stages(info)
     log("reading images")
-    images = collect(config, info, loaded.device, group, progress=track if group.root else _untracked)
+    images = collect(config, info, loaded.device, group)
     info.notes.extend(images.notes)
     for note in images.notes:  # skipped images, boxes cropped away: the report says so too
         log(f"note: {note}")
@@ -216,10 +216,6 @@ def _build_in(config: Config, group: dist.Group, started: float, log: Log, detai
         if config.output.save_arrays else None
     with sink if sink is not None else contextlib.nullcontext():
         return _build(config, ctx, images, stages, sink, group, started, log, detail)
-
-
-def _untracked(items, **kw):
-    return items
 
 
 def _build(config: Config, ctx: Context, images: Collection, stages: list[Stage], sink, group: dist.Group,
@@ -350,13 +346,13 @@ def _stream(group: list[Stage], ctx: Context, images: Collection, done: list[Sta
     log(f"stage{'s' if len(group) > 1 else ''} {', '.join(s.name for s in group if s.name not in ended)}: "
         f"{count} images in {-(-count // size)} batch{'es' if count > size else ''}")
     shown = set(images.detail.indices)
-    reading = images.batches(size)
-    for lo, batch_images, batch in (track if procs.root else _untracked)(reading, total=-(-count // size),
-                                                                        desc="analysing", unit="batch"):
+    order = sorted(group, key=lambda s: s.observes is not None)  # observers after the passes they read
+    for lo, batch_images, batch in track(images.batches(size), total=-(-count // size), desc="analysing",
+                                         unit="batch"):
         rows = [i - lo for i in range(lo, lo + len(batch_images)) if i in shown]
         release_memory()  # what the last batch freed goes back to the system: peak memory stays flat
         bctx = ctx.for_batch(batch_images, batch, images.logits[lo:lo + len(batch_images)], lo)
-        for stage in sorted(group, key=lambda s: s.observes is not None):  # observers after the passes they read
+        for stage in order:
             if stage.name in ended:
                 continue
             why = _unmet(stage, list(ended.values()))

@@ -64,10 +64,7 @@ class ArraysWriter:
         out_dir = Path(out_dir)
         self.made = [d for d in (out_dir, *out_dir.parents) if not d.exists()]
         out_dir.mkdir(parents=True, exist_ok=True)
-        prefix = ".arrays.npz." if shard is None else f".arrays.npz.rank{shard}."
-        fd, self.path = tempfile.mkstemp(dir=out_dir, prefix=prefix, suffix=".tmp")
-        os.close(fd)
-        os.chmod(self.path, 0o644)  # as the report's other files (mkstemp makes it 0600)
+        self.path = _temp_zip(out_dir, ".arrays.npz." if shard is None else f".arrays.npz.rank{shard}.")
         self._zip: zipfile.ZipFile | None = zipfile.ZipFile(self.path, "w", compression=zipfile.ZIP_DEFLATED,
                                                              allowZip64=True)
         self.keys: dict[str, None] = {}  # written so far, in order
@@ -95,15 +92,12 @@ class ArraysWriter:
         return self.path
 
     def _rewrite(self, keep: Iterable[str]) -> None:
-        fd, tmp = tempfile.mkstemp(dir=Path(self.path).parent, prefix=".arrays.npz.", suffix=".tmp")
-        os.close(fd)
-        os.chmod(tmp, 0o644)
+        tmp = _temp_zip(Path(self.path).parent, ".arrays.npz.")
         try:
             with zipfile.ZipFile(self.path) as source, \
                     zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as target:
                 for key in keep:
-                    with source.open(f"{key}.npy") as src, target.open(f"{key}.npy", "w", force_zip64=True) as dst:
-                        shutil.copyfileobj(src, dst)
+                    _copy_member(source, target, f"{key}.npy")
         except BaseException:
             _unlink(tmp)
             raise
@@ -127,8 +121,7 @@ class ArraysWriter:
                         key = member[:-len(".npy")]
                         if key in self.keys:
                             raise ValueError(f"arrays.npz: the key {key!r} is written by two ranks")
-                        with source.open(member) as src, self._zip.open(member, "w", force_zip64=True) as dst:
-                            shutil.copyfileobj(src, dst)
+                        _copy_member(source, self._zip, member)
                         self.keys[key] = None
             finally:
                 _unlink(path)
@@ -149,6 +142,21 @@ class ArraysWriter:
     def __exit__(self, kind, *_) -> None:
         if kind is not None:
             self.discard()
+
+
+def _temp_zip(folder: Path, prefix: str) -> str:
+    """An empty temporary file for an arrays.npz in `folder`, readable as the report's other files are
+    (mkstemp makes it 0600)."""
+    fd, path = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".tmp")
+    os.close(fd)
+    os.chmod(path, 0o644)
+    return path
+
+
+def _copy_member(source: zipfile.ZipFile, target: zipfile.ZipFile, name: str) -> None:
+    """One member of an open zip copied into another (decompressed and compressed again, as zipfile can)."""
+    with source.open(name) as src, target.open(name, "w", force_zip64=True) as dst:
+        shutil.copyfileobj(src, dst)
 
 
 def owned_files(out_dir: Path) -> set[str]:
