@@ -23,6 +23,7 @@ The hooks of `_capture` capture the gradient edge and cut the graph while the la
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from torch import nn
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from .errors import ReportgenError
-from .hooks import ForwardHook, capture_outputs, cpu_copy, forward_hooks
+from .hooks import ForwardHook, capture_outputs, cpu_copy, forward_hooks, relu_backward_rule
 from .ops import batches
 
 
@@ -44,6 +45,9 @@ class GradPass:
     gradients: dict[str, torch.Tensor]  # layer -> d(Σ_i logit[i, class_i]) / d activation, (N, C, h, w)
     input_grad: torch.Tensor | None  # (N, C, H, W) d(Σ_i logit[i, class_i]) / d input, when asked for
     modified: tuple[str, ...] = ()  # layers whose output an in-place op changed after the layer returned
+    # ReLU rule ("guided", "deconv") -> (N, C, H, W) the input gradient with every nn.ReLU back-propagating by
+    # that rule (`hooks.relu_backward_rule`), from the same forward, when asked for
+    ruled: dict[str, torch.Tensor] | None = None
 
 
 def forward_backward(
@@ -69,6 +73,7 @@ def forward_backward_many(
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
     observe: Sequence[str] = (),
     observed: dict | None = None,
+    rules: Sequence[str] = (),
 ) -> list[GradPass]:
     """One forward, then one backward per entry of `class_sets` (each: one class per image).
 
@@ -77,7 +82,15 @@ def forward_backward_many(
     logits (a model adapter's `forward`, which unwraps outputs that are not a tensor). The outputs of the
     layers `observe`, copied to the CPU as each layer returns (`hooks.cpu_copy`), go to `observed`: what the
     feature maps read from the same forward.
+
+    `rules` (ReLU backward rules other than "plain") run the forward with every nn.ReLU's backward
+    switchable (`hooks.relu_backward_rule`) and add, per class set, one backward to the input per rule
+    (`GradPass.ruled`): guided backprop and deconvnet without a forward of their own. The hooked ReLUs leave
+    their input as it is, so when a target layer's output is the input of an `inplace=True` ReLU (its
+    activation would then differ from what the model leaves in it), the pass runs again without them and
+    gives no ruled gradients.
     """
+    rules = [rule for rule in dict.fromkeys(rules) if rule != "plain"]
     forward = forward or model
     n = batch.shape[0]
     class_sets = [tuple(int(c) for c in classes) for classes in class_sets]
@@ -86,12 +99,18 @@ def forward_backward_many(
             raise ValueError(f"need one class per image: {len(classes)} classes for {n} images")
     layers = list(dict.fromkeys(layers))
     x = batch.detach().clone()
-    cut = not input_grad and bool(layers)
+    cut = not input_grad and not rules and bool(layers)
     for attempt in range(2):
         x.requires_grad_(not cut)
-        with _capture(model, layers, cut=cut) as captured, torch.set_grad_enabled(not cut), \
+        # the rules' hooks first: the other hooks then see a hooked ReLU's output, not what the module ran on
+        with relu_backward_rule(model, "plain") if rules else contextlib.nullcontext() as state, \
+                _capture(model, layers, cut=cut) as captured, torch.set_grad_enabled(not cut), \
                 capture_outputs(model, observe, keep=cpu_copy) as copies:
             logits = forward(x)
+            overwritten = rules and any(_same(captured[name][0], state.inplace_inputs) for name in layers)
+        if overwritten:  # the model's in-place ReLU would have changed a target layer's output: run it as it is
+            return forward_backward_many(model, batch, layers, class_sets, input_grad=input_grad, forward=forward,
+                                         observe=observe, observed=observed)
         complete = logits.requires_grad and all(captured[name][1] is not None for name in layers)
         if complete or attempt == 1:
             break
@@ -111,13 +130,23 @@ def forward_backward_many(
     for k, classes in enumerate(class_sets):
         index = torch.as_tensor(classes, device=logits.device).view(-1, 1)
         grads: list[torch.Tensor | None] = [None] * len(wrt)
+        ruled: dict[str, torch.Tensor] = {}
         with torch.enable_grad():  # also when the caller is inside torch.no_grad()
             score = logits.gather(1, index).sum()
+            more = k < len(class_sets) - 1
             if live and score.requires_grad:
                 found = torch.autograd.grad(score, [wrt[i] for i in live], allow_unused=True,
-                                            retain_graph=k < len(class_sets) - 1)
+                                            retain_graph=more or bool(rules))
                 for i, g in zip(live, found):
                     grads[i] = g
+            for j, rule in enumerate(rules):  # the same graph, every hooked ReLU back-propagating by `rule`
+                state.name = rule
+                (found,) = torch.autograd.grad(score, [x], allow_unused=True,
+                                               retain_graph=more or j < len(rules) - 1) \
+                    if score.requires_grad else (None,)
+                ruled[rule] = _zeros_if_none(found, x)
+            if rules:
+                state.name = "plain"
         passes.append(GradPass(
             classes=classes,
             logits=logits.detach(),
@@ -125,8 +154,14 @@ def forward_backward_many(
             gradients={name: _zeros_if_none(g, activations[name]) for name, g in zip(layers, grads)},
             input_grad=_zeros_if_none(grads[-1], x).detach() if input_grad else None,
             modified=modified,
+            ruled=ruled or None,
         ))
     return passes
+
+
+def _same(tensor: torch.Tensor, others: Sequence[torch.Tensor]) -> bool:
+    """Whether `tensor` is one of `others` (or the same memory seen through another tensor object)."""
+    return any(t is tensor or (t.data_ptr() == tensor.data_ptr() and t.shape == tensor.shape) for t in others)
 
 
 def forward_activations(
@@ -211,11 +246,13 @@ class Engine:
     `input_grads(classes)` is served from the pass an earlier stage already ran. `observe` (set by the
     pipeline from the stages' `observes`) are layers whose outputs the first gradient pass also copies as
     they return, for `observed(layers)`: the feature maps come from the CAM pass's forward, not one of their own.
+    `relu_rules` (set by the pipeline from the stages' `wants_relu_rules`) make the first gradient pass also take
+    the input gradient under those ReLU rules (`ruled_input_grad`): guided backprop shares the CAM pass's forward.
     """
 
     def __init__(self, model: nn.Module, batch: torch.Tensor, *, chunk: int | None = None,
                  forward: Callable[[torch.Tensor], torch.Tensor] | None = None, input_grad_wanted: bool = False,
-                 observe: Sequence[str] = ()):
+                 observe: Sequence[str] = (), relu_rules: Sequence[str] = ()):
         self.model = model
         self.batch = batch  # (N, C, H, W), never modified
         self.forward = forward or model
@@ -225,6 +262,7 @@ class Engine:
         self._activations: dict[tuple, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
         self._modified: set[str] = set()  # layers whose output an in-place op changed after they returned
         self.observe = tuple(dict.fromkeys(observe))
+        self.relu_rules = tuple(dict.fromkeys(relu_rules))
         self._observed: list[dict] | None = None  # per chunk, layer -> output copied as it returned
 
     @property
@@ -241,12 +279,13 @@ class Engine:
         key = (layers, class_sets, input_grad)
         if key not in self._passes:
             observe = self.observe if self._observed is None else ()  # the first pass observes
+            rules = () if any(p.ruled for p in self.cached_passes()) else self.relu_rules  # ... and takes the rules
             chunks, observed = [], []
             for rows in batches(self.batch.shape[0], self.step):
                 observed.append({})
                 chunks.append(forward_backward_many(
                     self.model, self.batch[rows], layers, [c[rows] for c in class_sets], input_grad=input_grad,
-                    forward=self.forward, observe=observe, observed=observed[-1]))
+                    forward=self.forward, observe=observe, observed=observed[-1], rules=rules))
             self._passes[key] = concat_passes(chunks)
             if observe:
                 self._observed = observed
@@ -280,6 +319,13 @@ class Engine:
                     return grad_pass.input_grad
         return None
 
+    def ruled_input_grad(self, classes: Sequence[int], rule: str) -> torch.Tensor | None:
+        """(N, C, H, W) the input gradient under ReLU rule `rule` (`GradPass.ruled`) from a pass already run for
+        these classes, or None."""
+        classes = tuple(int(c) for c in classes)
+        return next((p.ruled[rule] for p in self.cached_passes()
+                     if p.classes == classes and p.ruled and rule in p.ruled), None)
+
     def modified_in_place(self, layers: Sequence[str]) -> list[str]:
         """Of `layers`, those whose output an in-place op changed after the layer returned, in the passes run."""
         return [name for name in layers if name in self._modified]
@@ -311,4 +357,6 @@ def concat_passes(chunks: Sequence[list[GradPass]]) -> list[GradPass]:
         gradients={name: torch.cat([c[r].gradients[name] for c in chunks]) for name in first.gradients},
         input_grad=None if first.input_grad is None else torch.cat([c[r].input_grad for c in chunks]),
         modified=tuple(dict.fromkeys(name for c in chunks for name in c[r].modified)),
+        ruled=None if not all(c[r].ruled for c in chunks) else
+        {rule: torch.cat([c[r].ruled[rule] for c in chunks]) for rule in first.ruled},
     ) for r in range(len(chunks[0]))]

@@ -127,6 +127,9 @@ class ReluRule:
     def __init__(self, name: str):
         self.name = name
         self.hooked = 0  # how many nn.ReLU modules are hooked
+        # the inputs of the hooked ReLUs built with inplace=True, while the block runs: tensors that the model
+        # expects those ReLUs to overwrite and that now keep their values (the engine checks its layers against them)
+        self.inplace_inputs: list[torch.Tensor] = []
 
 
 class _RuledReLU(torch.autograd.Function):
@@ -169,6 +172,8 @@ def relu_backward_rule(model: nn.Module, rule: str = "guided") -> Iterator[ReluR
     def pre_hook(module: nn.Module, args: tuple) -> tuple:
         (x, *rest) = args
         pending.setdefault(id(module), []).append(x)
+        if getattr(module, "inplace", False):
+            state.inplace_inputs.append(x)
         return (x.new_empty(0), *rest)  # the module runs on nothing: its output is replaced below
 
     def forward_hook(module: nn.Module, _args: tuple, _output: torch.Tensor) -> torch.Tensor:
@@ -185,3 +190,4 @@ def relu_backward_rule(model: nn.Module, rule: str = "guided") -> Iterator[ReluR
         for handle in handles:
             handle.remove()
         pending.clear()
+        state.inplace_inputs.clear()

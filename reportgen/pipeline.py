@@ -31,7 +31,7 @@ from .layers import describe_model
 from .models import hooks_refused, load_labels, load_model
 from .ops import release_memory
 from .progress import track
-from .stages import Stage, input_grad_wanted, observed_layers, planned
+from .stages import Stage, input_grad_wanted, observed_layers, planned, relu_rules_wanted
 
 Log = Callable[[str], None]
 
@@ -208,7 +208,8 @@ def _build_in(config: Config, group: dist.Group, started: float, log: Log, detai
     pixels = [images.read(i) for i in shown] if group.root else []
     batch = torch.stack([t for _, t in pixels]).to(loaded.device) if pixels else torch.zeros(0)
     engine = Engine(info.model, batch, chunk=config.inputs.batch_size, forward=info.forward,
-                    input_grad_wanted=input_grad_wanted(config), observe=observed_layers(info))
+                    input_grad_wanted=input_grad_wanted(config), observe=observed_layers(info),
+                    relu_rules=relu_rules_wanted(config))
     ctx = Context(info=info, device=loaded.device, batch=batch, images=[image for image, _ in pixels],
                   logits=images.logits[list(shown)], engine=engine, log=detail)
     # arrays.npz is written entry by entry as the stages (and the batches of streamed stages) finish

@@ -9,13 +9,14 @@ from reportgen.config import Config
 from reportgen.context import Context, ImageInput, ModelInfo
 from reportgen.engine import Engine
 from reportgen.layers import describe_model
-from reportgen.stages import input_grad_wanted, observed_layers
+from reportgen.stages import input_grad_wanted, observed_layers, relu_rules_wanted
 
 
 def make_context(model: nn.Module, batch: torch.Tensor, *, labels: list[str] | None = None,
                  names: list[str] | None = None, config: Config | None = None) -> Context:
     """A context around an in-memory model and batch (the images are the batch, min-max scaled to pixels);
-    its engine keeps input gradients when `config` has a stage that will ask for them, as in a build."""
+    its engine keeps input gradients (and ReLU rules' gradients) when `config` has a stage that will ask for them,
+    as in a build."""
     model.eval()
     config = config or Config()
     with torch.no_grad():
@@ -29,7 +30,7 @@ def make_context(model: nn.Module, batch: torch.Tensor, *, labels: list[str] | N
                      layers=describe_model(model, batch[:1])[0], normalize=config.inputs.preprocess.normalize,
                      preprocess=config.inputs.preprocess)
     engine = Engine(model, batch, chunk=config.inputs.batch_size, input_grad_wanted=input_grad_wanted(config),
-                    observe=observed_layers(info))
+                    observe=observed_layers(info), relu_rules=relu_rules_wanted(config))
     return Context(info=info, device=batch.device, batch=batch, images=images, logits=logits, engine=engine)
 
 

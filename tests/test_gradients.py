@@ -312,6 +312,64 @@ def test_with_the_cam_stage_one_forward_serves_gradient_cams_saliency_and_input_
         assert relative(result.maps["saliency"][:, r], expected) <= TOL
 
 
+def test_with_the_cam_stage_guided_backprop_deconvnet_and_guided_gradcam_share_its_forward():
+    """The CAM pass's forward runs with switchable ReLU rules when the gradients section wants them: guided
+    backprop, deconvnet and guided Grad-CAM add backward passes to it, and equal Captum's."""
+    from reportgen.config import AnalysesConfig, CamConfig
+    from reportgen.stages import cam
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = batch(2, 64)
+    analyses = AnalysesConfig(
+        cam=CamConfig(methods=("gradcam", "layercam"), target_layers=("layer4",), targets=TargetSpec(k=2)),
+        gradients=GradientsConfig(methods=("saliency", "guided_backprop", "deconvnet", "guided_gradcam"),
+                                  targets=TargetSpec(k=2), cam_layer="layer4"))
+    ctx = make_context(model, x, config=Config(analyses=analyses))
+    alone = make_context(model, x, config=Config(analyses=AnalysesConfig(cam=analyses.cam)))
+    counter = ForwardCounter(model)
+    cams = cam.run(ctx, analyses.cam)
+    result = G.run(ctx, analyses.gradients)
+    assert counter.calls == 1
+    cams_alone = cam.run(alone, analyses.cam)  # the rules change nothing of the CAMs
+    counter.handle.remove()
+    assert cams.maps.keys() == cams_alone.maps.keys()
+    for key, value in cams.maps.items():
+        np.testing.assert_array_equal(value, cams_alone.maps[key])
+    for r, classes in enumerate(result.classes.T.tolist()):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = {"guided_backprop": GuidedBackprop(model).attribute(x, target=classes),
+                        "deconvnet": Deconvolution(model).attribute(x, target=classes),
+                        "guided_gradcam": GuidedGradCam(model, model.layer4).attribute(x, target=classes)}
+        for method, values in expected.items():
+            assert relative(result.maps[method][:, r], values) <= TOL, method
+
+
+def test_a_cam_layer_that_an_inplace_relu_overwrites_keeps_its_own_pass():
+    """BasicBlock's bn2 output is changed in place (`+= identity`, then ReLU(inplace=True)): with the ReLUs'
+    rules switchable that ReLU would leave it alone, so the engine runs that pass as the model is, and guided
+    backprop takes a forward of its own."""
+    from reportgen.config import AnalysesConfig, CamConfig
+    from reportgen.stages import cam
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = batch(2, 64)
+    analyses = AnalysesConfig(cam=CamConfig(methods=("gradcam",), target_layers=("layer4.1.bn2",)),
+                              gradients=GradientsConfig(methods=("saliency", "guided_backprop")))
+    ctx = make_context(model, x, config=Config(analyses=analyses))
+    alone = make_context(model, x, config=Config(analyses=AnalysesConfig(cam=analyses.cam)))
+    cams, cams_alone = cam.run(ctx, analyses.cam), cam.run(alone, analyses.cam)
+    for key, value in cams.maps.items():
+        np.testing.assert_array_equal(value, cams_alone.maps[key])
+    assert ctx.engine.relu_rules == ("guided",) and not any(p.ruled for p in ctx.engine.cached_passes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = GuidedBackprop(model).attribute(x, target=ctx.logits.argmax(1).tolist())
+    assert relative(G.run(ctx, analyses.gradients).maps["guided_backprop"][:, 0], expected) <= TOL
+
+
 def test_smoothgrad_is_seeded():
     model, x = tiny(), batch(2, 32)
 

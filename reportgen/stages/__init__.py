@@ -2,7 +2,8 @@
 
 A stage module `reportgen.stages.<name>` declares itself with one record, `SPEC = Stage(...)`: its name
 and title, its config class, what it needs (`requires`: stages whose results it reads, which then run
-before it, and it is skipped when one of them did not succeed; `needs_hooks`; `wants_input_grad`), and
+before it, and it is skipped when one of them did not succeed; `needs_hooks`; `wants_input_grad` and
+`wants_relu_rules`), and
 its functions:
 
     check(info: ModelInfo, cfg) -> None          optional: what needs the model (layer names, class
@@ -61,6 +62,8 @@ class Stage:
     # True: the stage reads layer outputs; or a function of the options -> the method ids that need hooks
     needs_hooks: bool | Callable[[Any], tuple[str, ...]] = False
     wants_input_grad: Callable[[Any], bool] = lambda cfg: False  # the engine keeps input gradients for it
+    # ReLU backward rules ("guided", "deconv") whose input gradients the engine's first pass also takes for it
+    wants_relu_rules: Callable[[Any], tuple[str, ...]] = lambda cfg: ()
 
     def hooked(self, cfg: Any) -> tuple[str, ...] | bool:
         """What of this stage needs hooks with these options: True (all of it), method ids, or nothing."""
@@ -109,3 +112,9 @@ def observed_layers(info: ModelInfo) -> tuple[str, ...]:
 def input_grad_wanted(config: Config) -> bool:
     """Whether a configured stage will ask the engine for input gradients (so earlier passes keep them)."""
     return any(s.wants_input_grad(getattr(config.analyses, s.name)) for s in planned(config))
+
+
+def relu_rules_wanted(config: Config) -> tuple[str, ...]:
+    """The ReLU rules a configured stage will ask the engine for (so the first gradient pass takes them)."""
+    return tuple(dict.fromkeys(rule for s in planned(config)
+                               for rule in s.wants_relu_rules(getattr(config.analyses, s.name))))

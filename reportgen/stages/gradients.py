@@ -24,7 +24,7 @@ from ..config import GradientsConfig
 from ..errors import ReportgenError, did_you_mean
 from ..layers import auto_cam_layer
 from ..methods import REGISTRY
-from ..methods.gradients import GradientJob, compute_ruled_pass, image_generator, score_difference
+from ..methods.gradients import GradientJob, RuledPass, compute_ruled_pass, image_generator, score_difference
 from ..ops import gaussian_blur
 from . import Context, ModelInfo, Stage
 from .cam import CamResult
@@ -145,8 +145,10 @@ def run(ctx: Context, cfg: GradientsConfig) -> GradientsResult:
     reused = tuple(grad is not None for grad in input_grads)
     missing = [r for r, grad in enumerate(input_grads) if grad is None] if input_methods else []
     rules = [m.relu_rule for m in ruled_methods]
-    ruled = None
-    if rules:
+    ruled = _engine_ruled(ctx.engine, class_sets, rules, layer) if rules and not missing else None
+    if ruled is not None:
+        ctx.log(f"gradients: the ReLU rules {', '.join(dict.fromkeys(rules))} from the CAM section's pass")
+    elif rules:
         with clock(ruled_methods[0].id):
             ctx.log(f"gradients: one forward, backward by the ReLU rules {', '.join(dict.fromkeys(rules))}")
             ruled = compute_ruled_pass(model, batch, class_sets, rules + (["plain"] if missing else []), layer,
@@ -190,6 +192,23 @@ def run(ctx: Context, cfg: GradientsConfig) -> GradientsResult:
         maps=maps, cam_layer=layer, completeness=completeness, baseline=baseline_text,
         reused_cam_pass=reused, seconds=seconds, warnings=tuple(warnings), seed=ctx.config.seed,
     )
+
+
+def _engine_ruled(engine, class_sets: list[tuple[int, ...]], rules: list[str], layer: str | None) -> RuledPass | None:
+    """The ReLU rules' gradients from the engine's pass (the CAM section's forward, `Engine.relu_rules`) when it
+    took them for these classes, and holds `layer` as the layer returned it (no in-place op changed it after):
+    guided backprop then needs no forward of its own. None when it cannot serve them."""
+    grads = {rule: [engine.ruled_input_grad(classes, rule) for classes in class_sets] for rule in rules}
+    if any(grad is None for per_rank in grads.values() for grad in per_rank):
+        return None
+    if layer is None:
+        return RuledPass(input_grads=grads, activations=None, layer_grads=[])
+    found = [next((p for p in engine.cached_passes() if p.classes == classes and layer in p.activations
+                   and layer not in p.modified), None) for classes in class_sets]
+    if any(p is None for p in found):
+        return None
+    return RuledPass(input_grads=grads, activations=found[0].activations[layer],
+                     layer_grads=[p.gradients[layer] for p in found])
 
 
 def arrays(result: GradientsResult) -> dict[str, np.ndarray]:
@@ -341,4 +360,5 @@ SPEC = Stage(
     arrays=arrays, to_json=to_json,
     needs_hooks=lambda cfg: tuple(m for m in cfg.methods if REGISTRY[m].hooks),
     wants_input_grad=lambda cfg: any("input_grad" in REGISTRY[m].needs for m in cfg.methods),
+    wants_relu_rules=lambda cfg: tuple(REGISTRY[m].relu_rule for m in cfg.methods if REGISTRY[m].relu_rule),
 )
