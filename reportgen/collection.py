@@ -10,7 +10,7 @@ detail images.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -74,8 +74,11 @@ class Collection:
                                                                   top.values.tolist(), top.indices.tolist()))]
 
 
-def collect(config, info: ModelInfo, device: torch.device, group: dist.Group = dist.SINGLE) -> Collection:
-    """The first pass over `config.inputs`: see the module docstring."""
+def collect(config, info: ModelInfo, device: torch.device, group: dist.Group = dist.SINGLE,
+            first: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Collection:
+    """The first pass over `config.inputs`: see the module docstring. `first` (batch -> logits), when given,
+    is the forward of a first pass that reads one batch only (no more images than `inputs.batch_size` and the
+    detail budget): the pipeline's, which keeps that forward's graph for the stages."""
     entries = datasets.select(config, info.labels, info.num_classes)
     if group.size > 1:  # `inputs.limit` counts entries here (the ranks cannot know what the others fail to read)
         if config.inputs.limit is not None:
@@ -84,7 +87,7 @@ def collect(config, info: ModelInfo, device: torch.device, group: dist.Group = d
     kept: dict = {}
     try:
         if entries:
-            *mine, kept = _scan(config, info, device, entries)
+            *mine, kept = _scan(config, info, device, entries, first)
         else:
             mine = [[], torch.zeros(0, info.num_classes), []]
     except ReportgenError as exc:  # every rank learns of it (none is left waiting for the others)
@@ -114,10 +117,13 @@ def collect(config, info: ModelInfo, device: torch.device, group: dist.Group = d
     return collection
 
 
-def _scan(config, info: ModelInfo, device: torch.device, entries: list[datasets.Entry]):
-    """Read `entries` and run the forward on each batch -> (entries read, their logits (n, K), notes, the pixels
-    of every image by position when there are no more than the detail budget, else {})."""
+def _scan(config, info: ModelInfo, device: torch.device, entries: list[datasets.Entry], first=None):
+    """Read `entries` and run the forward on each batch (`first` when they make one batch of at most the detail
+    budget) -> (entries read, their logits (n, K), notes, the pixels of every image by position when there are
+    no more than the detail budget, else {})."""
     budget = config.report.detail.budget
+    if len(entries) > min(budget, config.inputs.batch_size):
+        first = None
     found = datasets.Scan()
     logits: list[torch.Tensor] = []
     kept: dict[int, tuple[ImageInput, torch.Tensor]] | None = {}
@@ -131,8 +137,11 @@ def _scan(config, info: ModelInfo, device: torch.device, entries: list[datasets.
                                      f"{tuple(tensor.shape)} for {config.shown_path(entry.path)}); set `center_crop` "
                                      "(or `resize: [h, w]`) so they share one size.")
         x = torch.stack([tensor for _, _, tensor in batch]).to(device)
-        with torch.no_grad():
-            logits.append(info.forward(x).float().cpu())
+        if first is not None:
+            logits.append(first(x).float().cpu())
+        else:
+            with torch.no_grad():
+                logits.append(info.forward(x).float().cpu())
         if kept is not None:
             for _, image, tensor in batch:
                 kept[len(kept)] = (image, tensor)

@@ -111,11 +111,14 @@ class Context:
     log: Callable[[str], None] = lambda message: None  # detail for `-v`
     offset: int = 0  # the index of this context's first image among all images
 
-    def for_batch(self, images: list[ImageInput], batch: torch.Tensor, logits: torch.Tensor, offset: int) -> "Context":
+    def for_batch(self, images: list[ImageInput], batch: torch.Tensor, logits: torch.Tensor, offset: int,
+                  engine: Engine | None = None) -> "Context":
         """The context of one batch of a streamed build (`images` from index `offset` among all images, their
-        tensors and logits): an engine of its own, for the results of the stages that run on this batch."""
-        engine = Engine(self.model, batch, forward=self.engine.forward, input_grad_wanted=self.engine.input_grad_wanted,
-                        observe=self.engine.observe, relu_rules=self.engine.relu_rules)
+        tensors and logits): an engine of its own (`engine`, or a new one), for the results of the stages that
+        run on this batch."""
+        engine = engine or Engine(self.model, batch, forward=self.engine.forward,
+                                  input_grad_wanted=self.engine.input_grad_wanted, observe=self.engine.observe,
+                                  relu_rules=self.engine.relu_rules)
         return Context(info=self.info, device=self.device, batch=batch, images=images, logits=logits, engine=engine,
                        log=self.log, offset=offset)
 

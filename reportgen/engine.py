@@ -90,13 +90,35 @@ def forward_backward_many(
     activation would then differ from what the model leaves in it), the pass runs again without them and
     gives no ruled gradients.
     """
+    done = forward_recorded(model, batch, layers, input_grad=input_grad, forward=forward, observe=observe,
+                            rules=rules)
+    if observed is not None:
+        observed.update(done.observed)
+    return backward_passes(done, class_sets)
+
+
+@dataclass
+class Recorded:
+    """A forward whose graph is kept for `backward_passes` (`forward_recorded`)."""
+
+    x: torch.Tensor  # the input it ran on (a copy of the batch; a leaf when the input gradient is asked for)
+    logits: torch.Tensor  # (N, K), in the graph
+    layers: tuple[str, ...]
+    activations: dict[str, torch.Tensor]  # layer -> output (N, C, h, w) detached
+    modified: tuple[str, ...]  # layers whose output an in-place op changed after the layer returned
+    wrt: list  # per layer (then the input, when asked for): what to differentiate with respect to, or None
+    input_grad: bool
+    rules: list[str]  # the ReLU rules taken in every backward (besides plain)
+    state: object  # the hooked ReLUs' rule switch (`hooks.ReluRule`) when `rules`
+    observed: dict  # layer `observe` -> its output copied as it returned
+
+
+def forward_recorded(model: nn.Module, batch: torch.Tensor, layers: Sequence[str], *, input_grad: bool = False,
+                     forward: Callable[[torch.Tensor], torch.Tensor] | None = None, observe: Sequence[str] = (),
+                     rules: Sequence[str] = ()) -> Recorded:
+    """The forward of `forward_backward_many` (see there), its graph kept for the backward passes."""
     rules = [rule for rule in dict.fromkeys(rules) if rule != "plain"]
     forward = forward or model
-    n = batch.shape[0]
-    class_sets = [tuple(int(c) for c in classes) for classes in class_sets]
-    for classes in class_sets:
-        if len(classes) != n:
-            raise ValueError(f"need one class per image: {len(classes)} classes for {n} images")
     layers = list(dict.fromkeys(layers))
     x = batch.detach().clone()
     cut = not input_grad and not rules and bool(layers)
@@ -109,8 +131,7 @@ def forward_backward_many(
             logits = forward(x)
             overwritten = rules and any(_same(captured[name][0], state.inplace_inputs) for name in layers)
         if overwritten:  # the model's in-place ReLU would have changed a target layer's output: run it as it is
-            return forward_backward_many(model, batch, layers, class_sets, input_grad=input_grad, forward=forward,
-                                         observe=observe, observed=observed)
+            return forward_recorded(model, batch, layers, input_grad=input_grad, forward=forward, observe=observe)
         complete = logits.requires_grad and all(captured[name][1] is not None for name in layers)
         if complete or attempt == 1:
             break
@@ -120,11 +141,21 @@ def forward_backward_many(
     if logits.ndim != 2:
         raise ReportgenError(f"{type(model).__name__} returns an output of shape {tuple(logits.shape)}; "
                              "class activation maps need (N, num_classes) scores.")
-    if observed is not None:
-        observed.update(copies)
-    activations = {name: captured[name][0].detach() for name in layers}
-    modified = tuple(name for name in layers if captured[name][0]._version != captured[name][2])
-    wrt = [captured[name][1] for name in layers] + ([x] if input_grad else [])
+    return Recorded(x=x, logits=logits, layers=tuple(layers),
+                    activations={name: captured[name][0].detach() for name in layers},
+                    modified=tuple(name for name in layers if captured[name][0]._version != captured[name][2]),
+                    wrt=[captured[name][1] for name in layers] + ([x] if input_grad else []),
+                    input_grad=input_grad, rules=rules, state=state, observed=copies)
+
+
+def backward_passes(done: Recorded, class_sets: Sequence[Sequence[int]]) -> list[GradPass]:
+    """One backward per entry of `class_sets` (one class per image) through the recorded forward; the graph is
+    freed after the last."""
+    logits, x, wrt, rules, state = done.logits, done.x, done.wrt, done.rules, done.state
+    class_sets = [tuple(int(c) for c in classes) for classes in class_sets]
+    for classes in class_sets:
+        if len(classes) != x.shape[0]:
+            raise ValueError(f"need one class per image: {len(classes)} classes for {x.shape[0]} images")
     live = [i for i, w in enumerate(wrt) if w is not None]
     passes = []
     for k, classes in enumerate(class_sets):
@@ -150,10 +181,10 @@ def forward_backward_many(
         passes.append(GradPass(
             classes=classes,
             logits=logits.detach(),
-            activations=activations,
-            gradients={name: _zeros_if_none(g, activations[name]) for name, g in zip(layers, grads)},
-            input_grad=_zeros_if_none(grads[-1], x).detach() if input_grad else None,
-            modified=modified,
+            activations=done.activations,
+            gradients={name: _zeros_if_none(g, done.activations[name]) for name, g in zip(done.layers, grads)},
+            input_grad=_zeros_if_none(grads[-1], x).detach() if done.input_grad else None,
+            modified=done.modified,
             ruled=ruled or None,
         ))
     return passes
@@ -264,6 +295,7 @@ class Engine:
         self.observe = tuple(dict.fromkeys(observe))
         self.relu_rules = tuple(dict.fromkeys(relu_rules))
         self._observed: list[dict] | None = None  # per chunk, layer -> output copied as it returned
+        self._recorded: Recorded | None = None  # the forward `first_logits` ran for the first gradient pass
 
     @property
     def chunks(self) -> int:
@@ -277,6 +309,13 @@ class Engine:
         class_sets = tuple(tuple(int(c) for c in classes) for classes in class_sets)
         input_grad = input_grad or self.input_grad_wanted
         key = (layers, class_sets, input_grad)
+        recorded, self._recorded = self._recorded, None
+        if recorded is not None and (recorded.layers, recorded.input_grad) != (layers, input_grad):
+            recorded = None  # not the pass `first_logits` was told of: freed
+        if key not in self._passes and recorded is not None:
+            self._passes[key] = backward_passes(recorded, class_sets)
+            self._observed = [recorded.observed]
+            self._modified.update(recorded.modified)
         if key not in self._passes:
             observe = self.observe if self._observed is None else ()  # the first pass observes
             rules = () if any(p.ruled for p in self.cached_passes()) else self.relu_rules  # ... and takes the rules
@@ -291,6 +330,19 @@ class Engine:
                 self._observed = observed
             self._modified.update(name for p in self._passes[key] for name in p.modified)
         return self._passes[key]
+
+    def first_logits(self, layers: Sequence[str], gradients: bool) -> torch.Tensor:
+        """The batch's logits (N, K) from the forward that the first `passes(layers, ...)` (`gradients`) or
+        `activations(layers)` will use: a first look at the predictions that costs no forward of its own (a
+        small build's first pass, `collection.collect`). The gradient pass's graph is kept until then (one chunk:
+        with several, the logits come from a forward of their own)."""
+        layers = tuple(dict.fromkeys(layers))
+        if not gradients or self.chunks > 1:
+            return self.activations(layers)[0] if layers else forward_activations(
+                self.model, self.batch, [], self.forward)[0]
+        self._recorded = forward_recorded(self.model, self.batch, layers, input_grad=self.input_grad_wanted,
+                                          forward=self.forward, observe=self.observe, rules=self.relu_rules)
+        return self._recorded.logits.detach()
 
     def observed(self, layers: Sequence[str]) -> list[dict] | None:
         """Per chunk of `chunk` images, layer -> its output copied as it returned (what `hooks.cpu_copy` keeps)
@@ -336,6 +388,7 @@ class Engine:
         self._activations.clear()
         self._modified.clear()
         self._observed = None
+        self._recorded = None
 
     def cached_passes(self) -> list[GradPass]:
         """Every gradient pass the engine holds (tests, `-v` detail)."""

@@ -7,6 +7,7 @@ while running is marked failed in the report (exit code 1) and the rest of the r
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.util
 import platform
@@ -198,7 +199,11 @@ def _build_in(config: Config, group: dist.Group, started: float, log: Log, detai
     info, loaded = prepare_model(config, detail)
     stages = check_stages(info)
     log("reading images")
-    images = collect(config, info, loaded.device, group)
+    make_engine = functools.partial(Engine, info.model, forward=info.forward,
+                                    input_grad_wanted=input_grad_wanted(config), observe=observed_layers(info),
+                                    relu_rules=relu_rules_wanted(config))
+    first = _FirstPass(make_engine, stages, info) if group.size == 1 else None
+    images = collect(config, info, loaded.device, group, first=first)
     info.notes.extend(images.notes)
     for note in images.notes:  # skipped images, boxes cropped away: the report says so too
         log(f"note: {note}")
@@ -207,20 +212,43 @@ def _build_in(config: Config, group: dist.Group, started: float, log: Log, detai
         log(f"{len(images)} images; {len(shown)} shown in detail, every one in the images table")
     pixels = [images.read(i) for i in shown] if group.root else []
     batch = torch.stack([t for _, t in pixels]).to(loaded.device) if pixels else torch.zeros(0)
-    engine = Engine(info.model, batch, chunk=config.inputs.batch_size, forward=info.forward,
-                    input_grad_wanted=input_grad_wanted(config), observe=observed_layers(info),
-                    relu_rules=relu_rules_wanted(config))
     ctx = Context(info=info, device=loaded.device, batch=batch, images=[image for image, _ in pixels],
-                  logits=images.logits[list(shown)], engine=engine, log=detail)
+                  logits=images.logits[list(shown)], engine=make_engine(batch, chunk=config.inputs.batch_size),
+                  log=detail)
     # arrays.npz is written entry by entry as the stages (and the batches of streamed stages) finish
     sink = write.ArraysWriter(config.output.dir, shard=group.rank if group.size > 1 else None) \
         if config.output.save_arrays else None
     with sink if sink is not None else contextlib.nullcontext():
-        return _build(config, ctx, images, stages, sink, group, started, log, detail)
+        return _build(config, ctx, images, stages, sink, group, started, log, detail, first)
+
+
+class _FirstPass:
+    """A small build's first pass (all its images in one batch) as the forward of the first engine pass the
+    streamed stages ask for on that batch (`Stage.first_pass`), its graph kept until they ask: the predictions
+    cost no forward of their own. `collection.collect` calls it with the batch for the logits; `engine_for`
+    hands the engine to that batch's context."""
+
+    def __init__(self, make_engine: Callable[..., Engine], stages: list[Stage], info: ModelInfo):
+        self.make_engine = make_engine
+        first = next((s for s in sorted((s for s in stages if s.reduce is not None),
+                                        key=lambda s: s.observes is not None)  # the order `_stream` runs them
+                      if s.first_pass is not None), None)
+        self.pass_ = first.first_pass(info, getattr(info.config.analyses, first.name)) if first else ((), False)
+        self.engine: Engine | None = None
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        self.engine = self.make_engine(batch)
+        return self.engine.first_logits(*self.pass_)
+
+    def engine_for(self, batch: torch.Tensor) -> Engine | None:
+        """The engine of the first pass when `batch` is its batch (once), else None."""
+        engine, self.engine = self.engine, None
+        same = engine is not None and engine.batch.shape == batch.shape and torch.equal(engine.batch, batch)
+        return engine if same else None
 
 
 def _build(config: Config, ctx: Context, images: Collection, stages: list[Stage], sink, group: dist.Group,
-           started: float, log: Log, detail: Log) -> Report | None:
+           started: float, log: Log, detail: Log, first: _FirstPass | None = None) -> Report | None:
     """The stages, the page and the files, once the model and the images are ready (`sink`: the arrays.npz
     being written, or None)."""
     from . import render, write  # presentation and disk last: not needed by validate
@@ -230,7 +258,7 @@ def _build(config: Config, ctx: Context, images: Collection, stages: list[Stage]
     runs: list[StageRun] = []
     for group_stages in _groups(stages):  # a stage on its own, or consecutive streamed stages, batch by batch
         if group_stages[0].reduce is not None:
-            runs += _stream(group_stages, ctx, images, runs, log, detail, sink, group)
+            runs += _stream(group_stages, ctx, images, runs, log, detail, sink, group, first)
             continue
         if not group.root:  # stages that see no images run once, on rank 0 (its outcome is the one reported)
             runs.append(StageRun(name=group_stages[0].name, title=group_stages[0].title, status="ok"))
@@ -325,7 +353,7 @@ def _run_stage(stage: Stage, ctx: Context, done: list[StageRun], log: Log, detai
 
 
 def _stream(group: list[Stage], ctx: Context, images: Collection, done: list[StageRun], log: Log, detail: Log,
-            sink, procs: dist.Group) -> list[StageRun]:
+            sink, procs: dist.Group, first: _FirstPass | None = None) -> list[StageRun]:
     """Stages over images, batch by batch (`inputs.batch_size`): each batch is read, goes through every stage
     of the group in order with a context of its own (so a later stage finds the engine passes an earlier one
     ran on the same batch), and is dropped; what a stage keeps of it is its `select` for the batch's detail
@@ -352,7 +380,8 @@ def _stream(group: list[Stage], ctx: Context, images: Collection, done: list[Sta
                                          unit="batch"):
         rows = [i - lo for i in range(lo, lo + len(batch_images)) if i in shown]
         release_memory()  # what the last batch freed goes back to the system: peak memory stays flat
-        bctx = ctx.for_batch(batch_images, batch, images.logits[lo:lo + len(batch_images)], lo)
+        bctx = ctx.for_batch(batch_images, batch, images.logits[lo:lo + len(batch_images)], lo,
+                             engine=first.engine_for(batch) if first is not None else None)
         for stage in order:
             if stage.name in ended:
                 continue

@@ -286,3 +286,43 @@ def test_feature_maps_read_from_the_cam_pass_equal_a_forward_of_their_own(input_
     assert len(ctx.engine.observed(ctx.engine.observe)) == 2  # two chunks of the pass
     for name in own:
         np.testing.assert_array_equal(observed[name], own[name])
+
+
+# ---------------------------------------------------------------------------- the cost of a small build
+
+def test_a_small_build_runs_one_batched_forward_for_predictions_cams_feature_maps_and_guided_backprop(tmp_path):
+    """Images that fit one batch and the detail budget: the first pass's forward is the CAM pass's, its graph
+    kept (`Engine.first_logits`); the feature maps are copied from it and guided backprop adds a backward to it.
+    The model runs on the whole batch once (and on one image for the layer description); the arrays equal those
+    of a build in batches of one image (a first pass of its own, then a CAM pass that guided backprop shares)."""
+    (tmp_path / "tinynet.py").write_text(TINYNET)
+    for i in range(3):
+        make_image(tmp_path / f"{i}.png", seed=i)
+    config = {"model": {"source": "module", "factory": "tinynet:build", "input_size": [3, 16, 16], "device": "cpu"},
+              "inputs": {"images": ["*.png"], "preprocess": {"normalize": "none"}},
+              "analyses": {"feature_maps": {}, "cam": {"methods": ["gradcam", "layercam"]},
+                           "gradients": {"methods": ["saliency", "guided_backprop", "deconvnet"]}},
+              "output": {"dir": "out", "save_arrays": True}}
+    calls = []
+
+    def count(module, args):
+        if isinstance(module, torch.nn.Sequential):  # tinynet's top level
+            calls.append(args[0].shape[0])
+
+    arrays = {}
+    for batch_size in (8, 1):
+        config["inputs"]["batch_size"] = batch_size
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+        calls.clear()
+        handle = torch.nn.modules.module.register_module_forward_pre_hook(count)
+        try:
+            done = CliRunner().invoke(main, ["build", str(tmp_path / "config.yaml"), "-q"])
+        finally:
+            handle.remove()
+        assert done.exit_code == 0, done.output
+        assert sorted(calls) == ([1, 3] if batch_size == 8 else [1] * (1 + 3 * 2)), calls
+        with np.load(tmp_path / "out" / "arrays.npz") as npz:
+            arrays[batch_size] = {key: npz[key] for key in npz.files}
+    assert set(arrays[8]) == set(arrays[1])
+    for key, value in arrays[8].items():  # within what oneDNN's batch-size-dependent kernels allow
+        assert np.abs(arrays[1][key] - value).max() <= 1e-5 * (1 + np.abs(value).max()), key

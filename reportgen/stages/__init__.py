@@ -58,6 +58,9 @@ class Stage:
     totals: Callable[[Any], dict] | None = None  # streamed stages: arrays of the reduced result
     to_json: Callable[[Any], Any] | None = None
     records: Callable[[Any], list[dict]] | None = None  # streamed: per image, its entry in images.jsonl
+    # streamed: the engine pass the stage asks for first on each batch, (its layers, whether with gradients); a
+    # small build's first look at the predictions is that pass's forward (`Engine.first_logits`)
+    first_pass: Callable[[ModelInfo, Any], tuple[tuple[str, ...], bool]] | None = None
     requires: tuple[str, ...] = ()  # stages whose results this one reads
     # True: the stage reads layer outputs; or a function of the options -> the method ids that need hooks
     needs_hooks: bool | Callable[[Any], tuple[str, ...]] = False

@@ -28,6 +28,7 @@ from ..config import CamConfig
 from ..errors import ReportgenError
 from ..hooks import get_layer
 from ..layers import AutoLayer, auto_cam_layer
+from ..methods import REGISTRY
 from ..methods.cam import FUSED, compute_maps, not_applicable_notes, project_2d, scale_cams  # noqa: F401
 from . import Context, ModelInfo, Stage
 
@@ -263,8 +264,12 @@ def select(result: CamResult, rows: list[int]) -> CamResult:
         maps={(m, layer, where[i], c): v for (m, layer, i, c), v in result.maps.items() if i in where})
 
 
+def first_pass(info: ModelInfo, cfg: CamConfig) -> tuple[tuple[str, ...], bool]:
+    """The engine pass `run` asks for first: the target layers, with gradients when a method needs them."""
+    return target_layers(info, cfg)[0], any("gradients" in REGISTRY[m].needs for m in cfg.methods)
+
+
 SPEC = Stage(
     name="cam", title="Class activation maps", config=CamConfig, run=run, check=check, reduce=reduce, select=select,
-    arrays=arrays,
-    to_json=to_json, needs_hooks=True,
+    arrays=arrays, to_json=to_json, needs_hooks=True, first_pass=first_pass,
 )
