@@ -31,10 +31,10 @@ def optimise_png(png: bytes) -> bytes:
     """Lossless re-encoding: the smaller of the given PNG and a leaner one with exactly the same pixels.
 
     An alpha channel that is opaque everywhere is dropped (matplotlib's charts), and a picture with at most
-    256 colours becomes a palette PNG (`encode_png`). A palette or grey PNG (what `to_png` makes of maps and
-    grids) is returned as it is, undecoded."""
+    256 colours becomes a palette PNG (`encode_png`). Any other PNG (what `to_png` makes of maps, overlays and
+    grids: `encode_png` already chose between RGB and palette) is returned as it is, undecoded."""
     with Image.open(io.BytesIO(png)) as img:
-        if img.mode not in ("RGB", "RGBA"):
+        if img.mode != "RGBA":
             return png
         img.load()
     candidates = [png]
