@@ -10,6 +10,7 @@ import contextlib
 import functools
 import importlib
 import importlib.util
+import os
 import platform
 import tempfile
 import time
@@ -181,6 +182,7 @@ def build(config: Config, log: Log = _quiet, detail: Log = _quiet) -> Report | N
     """Run every configured stage and write the report. Raises ReportgenError for bad input. Under torchrun
     (several processes) every rank calls it; rank 0 writes the report and returns it, the others return None."""
     started = time.perf_counter()
+    source_date_epoch()  # a bad value is refused before any work
     group = dist.start(config.model.device)
     try:
         return _build_in(config, group, started, log if group.root else _quiet, detail if group.root else _quiet)
@@ -279,7 +281,7 @@ def _build(config: Config, ctx: Context, images: Collection, stages: list[Stage]
         if run.name in section_errors:
             run.status, run.error = "failed", section_errors[run.name]
     if section_errors:
-        report_data["stages"] = _stage_entries(runs)
+        report_data["stages"] = _stage_entries(runs, timed="source_date_epoch" not in report_data)
     out = config.output.dir
     try:
         if config.output.tensorboard is not None:  # before the report's files: an error leaves those untouched
@@ -450,10 +452,33 @@ def _versions() -> dict:
             "python": platform.python_version()}
 
 
+def source_date_epoch() -> int | None:
+    """`SOURCE_DATE_EPOCH` (reproducible-builds.org), when set: the report's creation time, in seconds since
+    1970; the report then leaves out every timing (`_untimed`), so two builds of one config give the same bytes."""
+    value = os.environ.get("SOURCE_DATE_EPOCH")
+    if value is None:
+        return None
+    if not value.strip().isdigit():
+        raise ReportgenError(f"SOURCE_DATE_EPOCH is `{value}`: it must be a whole number of seconds since "
+                             "1970-01-01 UTC (e.g. `$(git log -1 --format=%ct)`), or unset.")
+    return int(value)
+
+
+def _untimed(data):
+    """`data` without its timings: every key named `seconds`, at any depth (stages, steps, methods)."""
+    if isinstance(data, dict):
+        return {key: _untimed(value) for key, value in data.items() if key != "seconds"}
+    if isinstance(data, list):
+        return [_untimed(value) for value in data]
+    return data
+
+
 def _report_json(config: Config, ctx: Context, images: Collection, records: list[dict], runs: list[StageRun]) -> dict:
+    epoch = source_date_epoch()
+    created = datetime.now(timezone.utc) if epoch is None else datetime.fromtimestamp(epoch, timezone.utc)
     data = {
         "title": config.title,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": created.isoformat(timespec="seconds"),
         "versions": _versions(),
         "config": config.to_dict(relative=True),  # no home folders in a published report
         "model": {"description": ctx.info.description, "num_classes": ctx.info.num_classes,
@@ -469,11 +494,14 @@ def _report_json(config: Config, ctx: Context, images: Collection, records: list
             entry = run.stage.to_json(run.result)
             if entry is not None:
                 data[run.name] = entry
+    if epoch is not None:
+        data = _untimed(data) | {"source_date_epoch": epoch}
     return data
 
 
-def _stage_entries(runs: list[StageRun]) -> list[dict]:
-    return [{"name": r.name, "status": r.status, "seconds": round(r.seconds, 3), "error": r.error} for r in runs]
+def _stage_entries(runs: list[StageRun], timed: bool = True) -> list[dict]:
+    return [{"name": r.name, "status": r.status, "error": r.error} | ({"seconds": round(r.seconds, 3)} if timed else {})
+            for r in runs]
 
 
 def _write_tensorboard(config: Config, ctx: Context, runs: list[StageRun], log: Log) -> None:

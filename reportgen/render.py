@@ -200,6 +200,7 @@ def render_report(config, ctx, runs, report_data: dict, *,
         "image_count": report_data.get("inputs", {}).get("images", len(inputs)),
         "self_contained": config.output.self_contained,
         "js": js,
+        "timed": "source_date_epoch" not in report_data,  # a reproducible build shows no timings
     }
     if records is None:
         records = [{"name": img.name, "source": img.source, "truth": entry.get("truth"), "top_k": entry["top_k"],
