@@ -1,7 +1,8 @@
-"""reportgen: explain a PyTorch CNN in one self-contained static HTML report.
+"""reportgen: explain a PyTorch image classifier in one self-contained static HTML report.
 
-    from reportgen import load_config, build
-    report = build(load_config("config.yaml"))
+    import reportgen
+    report = reportgen.build("config.yaml", model=my_model, images=[pil_image], overrides={"seed": 1})
+    report.metrics()  # {"dataset/top1_accuracy": ..., ...}
 
 Importing the package is cheap: torch loads only when a build or validation runs.
 """
@@ -14,8 +15,8 @@ def load_config(path, overrides=()):
     return _load(path, overrides)
 
 
-def build(config, log=None, detail=None):
-    from .pipeline import build as _build
+def build(config, *, model=None, images=None, overrides=None, log=None, detail=None):
+    """See `reportgen.api.build`."""
+    from .api import build as _build
 
-    quiet = lambda message: None  # noqa: E731
-    return _build(config, log=log or quiet, detail=detail or quiet)
+    return _build(config, model=model, images=images, overrides=overrides, log=log, detail=detail)

@@ -122,7 +122,7 @@ def build(config: str, out: str | None, overrides: tuple[str, ...], save_arrays:
     progress_bars.configure(not quiet and _stderr_is_terminal())  # a file or a pipe gets one line a stage
     try:
         cfg = _load(config, overrides, out, save_arrays)
-        from .pipeline import build as run_build
+        from .api import build as run_build  # the CLI is a thin layer over the Python API
 
         report = run_build(cfg, log=progress.log, detail=progress.detail)
     except ReportgenError as exc:
@@ -225,6 +225,29 @@ def layers(target: str, input_size: tuple[int, int, int], show_all: bool) -> Non
     if auto.skipped:
         passed = ", ".join(f"{name} ({'x'.join(map(str, shape[1:]))})" for name, shape in auto.skipped)
         click.echo(f"passed over: {passed}: a 1x1 output gives a constant map")
+
+
+@main.command(short_help="Collect report folders into one static site with an index.")
+@click.argument("folders", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("-o", "--out", "out", default="site", show_default=True, type=click.Path(file_okay=False),
+              help="The site's folder: made when missing; an existing site gains the reports (same folder name: "
+                   "replaced), the others stay as they are.")
+def site(folders: tuple[str, ...], out: str) -> None:
+    """Copy the reports in FOLDERS (what `reportgen build` wrote) into the static site OUT and write its
+    index.html: every report's thumbnail, title, model, date and headline metrics, sortable and filterable.
+    Pictures of reports built with `self_contained: false` are stored once for the whole site. Relative links
+    only: the site works from file://, from a sub-path of static hosting, and offline."""
+    from .site import add_reports
+
+    try:
+        index = add_reports([Path(f) for f in folders], Path(out))
+    except ReportgenError as exc:
+        _fail(str(exc))
+        return
+    except OSError as exc:
+        _fail(f"writing the site to {out} failed: {exc.strerror or exc}")
+        return
+    click.echo(f"wrote {index} ({len(folders)} report{'s' if len(folders) != 1 else ''} added)", err=True)
 
 
 @main.command()

@@ -75,11 +75,14 @@ class Collection:
 
 
 def collect(config, info: ModelInfo, device: torch.device, group: dist.Group = dist.SINGLE,
-            first: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Collection:
-    """The first pass over `config.inputs`: see the module docstring. `first` (batch -> logits), when given,
-    is the forward of a first pass that reads one batch only (no more images than `inputs.batch_size` and the
-    detail budget): the pipeline's, which keeps that forward's graph for the stages."""
-    entries = datasets.select(config, info.labels, info.num_classes)
+            first: Callable[[torch.Tensor], torch.Tensor] | None = None,
+            entries: list[datasets.Entry] | None = None) -> Collection:
+    """The first pass over `config.inputs` (or over `entries`, images given in Python): see the module
+    docstring. `first` (batch -> logits), when given, is the forward of a first pass that reads one batch only
+    (no more images than `inputs.batch_size` and the detail budget): the pipeline's, which keeps that forward's
+    graph for the stages."""
+    if entries is None:
+        entries = datasets.select(config, info.labels, info.num_classes)
     if group.size > 1:  # `inputs.limit` counts entries here (the ranks cannot know what the others fail to read)
         if config.inputs.limit is not None:
             entries = entries[:config.inputs.limit]

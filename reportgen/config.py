@@ -277,7 +277,7 @@ class Preprocess:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    source: Literal["torchvision", "module", "torchscript"] = "torchvision"
+    source: Literal["torchvision", "module", "torchscript", "python"] = "torchvision"  # python: reportgen.build(model=)
     name: str | None = None
     weights: str | None = None
     checkpoint: Path | None = setting(None, kind="path")
@@ -451,6 +451,7 @@ class OutputConfig:
     self_contained: bool = True
     save_arrays: bool = False
     tensorboard: Path | None = setting(None, kind="path")
+    site: Path | None = setting(None, kind="path")  # a static site of reports (`reportgen site`) this one joins
 
 
 @dataclass(frozen=True)

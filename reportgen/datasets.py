@@ -27,10 +27,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .errors import ReportgenError, did_you_mean
-from .inputs import (IMAGE_SUFFIXES, ImageReadError, geometry, prepare_image, read_image, read_mask,
+from .inputs import (IMAGE_SUFFIXES, ImageReadError, geometry, pixels_of, prepare_image, read_image, read_mask,
                      transform_box, transform_mask, unique_names)
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
@@ -50,6 +51,7 @@ class Entry:
     where: str = field(default="", compare=False)  # "set.csv, line 4": for messages
     classes: tuple[str, ...] | None = field(default=None, compare=False)  # an ImageFolder's class names, sorted
     root: Path | None = field(default=None, compare=False)  # the ImageFolder folder it came from
+    pixels: np.ndarray | None = field(default=None, compare=False, repr=False)  # given in Python: (H, W, 3) uint8
 
 
 def _listing(names: Iterable[str], most: int = 8, sep: str = ", ") -> str:
@@ -406,7 +408,8 @@ def read_entry(entry: Entry, config, pre, name: str = ""):
     from .context import ImageInput
 
     inputs = config.inputs
-    pixels = read_image(entry.path, alpha=inputs.alpha, max_value=inputs.max_value)
+    pixels = entry.pixels if entry.pixels is not None else read_image(entry.path, alpha=inputs.alpha,
+                                                                       max_value=inputs.max_value)
     mask = read_mask(entry.mask) if entry.mask is not None else None
     shown = config.shown_path(entry.path)
     if mask is not None and mask.shape != pixels.shape[:2]:
@@ -471,6 +474,21 @@ def scan(config, pre, entries: list[Entry], found: Scan, progress: Callable = la
         n = len(found.lost)
         found.notes.append(f"{n} annotation{'s' if n > 1 else ''} cropped away entirely by the preprocessing (the "
                            f"images are kept, without them): {_listing(found.lost, 20, sep='; ')}.")
+
+
+def given(images, config) -> list[Entry]:
+    """The entries of images given in Python (`reportgen.build(config, images=...)`): `image0`, `image1`, ...,
+    their pixels converted now (`inputs.pixels_of`), so a bad one is refused before any work."""
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        images = list(images) if images.ndim == 4 else [images]  # a batch (N, ...), or one image
+    elif not isinstance(images, (list, tuple)):
+        images = [images]  # one image
+    if len(images) == 0:
+        raise ReportgenError("`images` is empty: give PIL images or pixel arrays, or leave it out to read "
+                             "`inputs.images`.")
+    width = len(str(len(images) - 1))
+    return [Entry(path=Path(f"image{i:0{width}d}"), where=f"images[{i}]",
+                  pixels=pixels_of(image, f"images[{i}]", config.inputs.alpha)) for i, image in enumerate(images)]
 
 
 def unique_names_of(entries: list[Entry]) -> list[str]:

@@ -58,6 +58,32 @@ def read_image(path: Path, alpha: str = "drop", max_value: int | None = None) ->
                           f"{type(exc).__name__}: {exc}") from None
 
 
+def pixels_of(image: object, where: str, alpha: str = "drop") -> np.ndarray:
+    """An image given in Python -> (H, W, 3) uint8 RGB, as `read_image` makes of a file: a PIL image (any mode),
+    or raw pixels as a numpy array or tensor: uint8 (H, W) or (H, W, 1|3|4), or float (C, H, W) with C in 1, 3,
+    4 and values in [0, 1] (what torchvision's `to_tensor` gives). `where` names it in messages."""
+    if isinstance(image, Image.Image):
+        return _to_rgb(image, alpha)
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    if not isinstance(image, np.ndarray):
+        raise ReportgenError(f"{where} is a {type(image).__name__}: give a PIL image, or pixels as a numpy array or "
+                             "tensor (uint8 H×W×C, or float C×H×W in [0, 1]).")
+    if image.dtype == np.uint8 and (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))):
+        pixels = image
+    elif np.issubdtype(image.dtype, np.floating) and image.ndim == 3 and image.shape[0] in (1, 3, 4):
+        if image.size and not (np.isfinite(image).all() and image.min() >= 0 and image.max() <= 1):
+            raise ReportgenError(f"{where}: float pixels must lie in [0, 1] (found {np.nanmin(image):.3g} to "
+                                 f"{np.nanmax(image):.3g}); give uint8 pixels or divide by the full scale.")
+        pixels = (image.transpose(1, 2, 0) * 255.0).round().astype(np.uint8)
+    else:
+        raise ReportgenError(f"{where}: {image.dtype} pixels of shape {list(image.shape)}; give uint8 (H, W) or "
+                             "(H, W, 1|3|4), or float (C, H, W) in [0, 1] with C 1, 3 or 4.")
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[..., 0]
+    return _to_rgb(Image.fromarray(np.ascontiguousarray(pixels)), alpha)
+
+
 def read_mask(path: Path) -> np.ndarray:
     """A mask image -> (H, W) bool, True where the pixel is nonzero (the object); EXIF orientation applied, as
     for its image. Colour masks count a pixel as object when any colour channel is nonzero (alpha ignored)."""

@@ -68,15 +68,30 @@ class Report:
     def exit_code(self) -> int:
         return 1 if any(s.status == "failed" for s in self.stages) else 0
 
+    def metrics(self) -> dict[str, float]:
+        """The headline numbers of the stages that ran, flat: `<stage>/<name>` -> float (`Stage.metrics`), e.g.
+        `dataset/top1_accuracy`, `summary/total_params`; valid MLflow and W&B metric names. report.json's
+        `metrics`."""
+        return stage_metrics(self.stages)
+
+
+def stage_metrics(runs: list[StageRun]) -> dict[str, float]:
+    """See `Report.metrics`."""
+    return {f"{run.name}/{name}": float(value) for run in runs
+            if run.status == "ok" and run.stage is not None and run.stage.metrics is not None
+            for name, value in run.stage.metrics(run.result).items()}
+
 
 def figures_module(name: str):
     return importlib.import_module(f"reportgen.figures.{name}")
 
 
-def prepare_model(config: Config, log: Log = _quiet, *, strict: bool = True) -> tuple[ModelInfo, object]:
-    """Load the model, describe its layers with one forward of a zero input, read its labels. Not `strict`
-    (`reportgen layers`): an output that holds no logits is a note (num_classes 0), not an error."""
-    loaded = load_model(config.model, base_dir=config.source.parent if config.source else None)
+def prepare_model(config: Config, log: Log = _quiet, *, strict: bool = True,
+                  model: torch.nn.Module | None = None) -> tuple[ModelInfo, object]:
+    """Load the model (or take `model`, given in Python), describe its layers with one forward of a zero input,
+    read its labels. Not `strict` (`reportgen layers`): an output that holds no logits is a note (num_classes 0),
+    not an error."""
+    loaded = load_model(config.model, base_dir=config.source.parent if config.source else None, model=model)
     example = torch.zeros((1, *config.model.input_size), device=loaded.device)
     try:
         layers, out = describe_model(loaded.model, example, hooks=loaded.hooks)
@@ -176,21 +191,38 @@ def check_outputs(config: Config) -> None:
             raise ReportgenError("`output.tensorboard` needs the tensorboard package: "
                                  "pip install 'reportgen[tensorboard]' (or remove the key).")
         check_output_dir(config.output.tensorboard, key="output.tensorboard")
+    if config.output.site is not None:
+        from .site import check_site
+
+        check_output_dir(config.output.site, key="output.site")
+        check_site(config.output.site)
 
 
-def build(config: Config, log: Log = _quiet, detail: Log = _quiet) -> Report | None:
+def build(config: Config, log: Log = _quiet, detail: Log = _quiet, *, model: torch.nn.Module | None = None,
+          images: list[datasets.Entry] | None = None) -> Report | None:
     """Run every configured stage and write the report. Raises ReportgenError for bad input. Under torchrun
-    (several processes) every rank calls it; rank 0 writes the report and returns it, the others return None."""
+    (several processes) every rank calls it; rank 0 writes the report and returns it, the others return None.
+    `model`: an nn.Module given in Python (`model.source: python`), given back in the training mode and with the
+    `requires_grad` flags it came with; `images`: entries given in Python (`datasets.given`) instead of
+    `inputs.images`."""
     started = time.perf_counter()
     source_date_epoch()  # a bad value is refused before any work
+    modes = [(m, m.training) for m in model.modules()] if isinstance(model, torch.nn.Module) else []
+    flags = [(p, p.requires_grad) for p in model.parameters()] if isinstance(model, torch.nn.Module) else []
     group = dist.start(config.model.device)
     try:
-        return _build_in(config, group, started, log if group.root else _quiet, detail if group.root else _quiet)
+        return _build_in(config, group, started, log if group.root else _quiet, detail if group.root else _quiet,
+                         model, images)
     finally:
         dist.stop(group)
+        for module, training in modes:
+            module.training = training
+        for parameter, wanted in flags:
+            parameter.requires_grad_(wanted)
 
 
-def _build_in(config: Config, group: dist.Group, started: float, log: Log, detail: Log) -> Report | None:
+def _build_in(config: Config, group: dist.Group, started: float, log: Log, detail: Log, model=None,
+              given=None) -> Report | None:
     from . import write  # disk last: not needed by validate
 
     dist.check_same_config(group, config)
@@ -198,14 +230,14 @@ def _build_in(config: Config, group: dist.Group, started: float, log: Log, detai
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
     log("loading model")
-    info, loaded = prepare_model(config, detail)
+    info, loaded = prepare_model(config, detail, model=model)
     stages = check_stages(info)
     log("reading images")
     make_engine = functools.partial(Engine, info.model, forward=info.forward,
                                     input_grad_wanted=input_grad_wanted(config), observe=observed_layers(info),
                                     relu_rules=relu_rules_wanted(config))
     first = _FirstPass(make_engine, stages, info) if group.size == 1 else None
-    images = collect(config, info, loaded.device, group, first=first)
+    images = collect(config, info, loaded.device, group, first=first, entries=given)
     info.notes.extend(images.notes)
     for note in images.notes:  # skipped images, boxes cropped away: the report says so too
         log(f"note: {note}")
@@ -293,6 +325,14 @@ def _build(config: Config, ctx: Context, images: Collection, stages: list[Stage]
                              "the previous report, if any, is unchanged.") from None
     report = Report(config=config, out_dir=out, html_path=files["html"], json_path=files["json"], stages=runs,
                     size_bytes=files["size"], data=report_data)
+    if config.output.site is not None:
+        from .site import add_reports
+
+        try:
+            log(f"added to the site {add_reports([out], config.output.site)}")
+        except (OSError, ReportgenError) as exc:  # the report itself is written: say so, and why the site is not
+            raise ReportgenError(f"`output.site`: the report is written to {out}, but adding it to "
+                                 f"{config.output.site} failed: {getattr(exc, 'strerror', None) or exc}") from None
     log(f"done in {time.perf_counter() - started:.1f} s")
     return report
 
@@ -488,6 +528,7 @@ def _report_json(config: Config, ctx: Context, images: Collection, records: list
         "images": [{key: records[i][key] for key in ("name", "source", "top_k", "truth")}
                    for i in images.detail.indices],
         "stages": _stage_entries(runs),
+        "metrics": stage_metrics(runs),  # the headline numbers, as `Report.metrics()` gives them
     }
     for run in runs:
         if run.status == "ok" and run.stage.to_json is not None:

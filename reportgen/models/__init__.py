@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from unittest import mock
@@ -58,10 +59,13 @@ def resolve_device(choice: str) -> torch.device:
     return torch.device("cpu")
 
 
-def load_model(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
+def load_model(cfg: ModelConfig, base_dir: Path | None = None, model: nn.Module | None = None) -> ModelAdapter:
     """The model `cfg` names, as an adapter: built by its source's loader, the `checkpoint` loaded into it,
     in eval mode, on the device, with `model.output` saying where its logits are. `base_dir` is the config
-    file's folder (a factory's module may sit there)."""
+    file's folder (a factory's module may sit there). `model` (source `python`): the nn.Module given to
+    `reportgen.build(config, model=...)`, used as it is (`given_model`)."""
+    if cfg.source == "python" or model is not None:
+        return given_model(model, cfg)
     device = resolve_device(cfg.device)
     loader = SOURCES.get(cfg.source)
     if loader is None:
@@ -79,6 +83,19 @@ def load_model(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
     output = getattr(cfg, "output", None)  # `model.output`, once ModelConfig has it
     return dataclasses.replace(adapter, device=device, description=description,
                                output=adapter.output if output is None else output)
+
+
+def given_model(model: nn.Module | None, cfg: ModelConfig) -> ModelAdapter:
+    """The nn.Module given in Python, as it is: not rebuilt, no checkpoint loaded, not moved (its device is that
+    of its parameters), put in eval mode (`reportgen.build` gives it back in the modes it came in)."""
+    if not isinstance(model, nn.Module):
+        raise ReportgenError("`model.source: python` is the model given in Python, `reportgen.build(config, "
+                             "model=...)`" + (f"; got a {type(model).__name__}, not a torch.nn.Module." if model is not None
+                                              else ": a config file names a torchvision, module or torchscript model."))
+    device = next((t.device for t in itertools.chain(model.parameters(), model.buffers())), torch.device("cpu"))
+    model.eval()
+    return ModelAdapter(model=model, device=device, source="python", output=cfg.output,
+                        description=f"{type(model).__name__}, given in Python")
 
 
 def _overwritten(cfg: ModelConfig) -> bool:

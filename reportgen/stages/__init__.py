@@ -23,6 +23,7 @@ its functions:
     totals(result) -> dict[str, np.ndarray]      optional, streamed stages: entries of the reduced result
                                                  (all images), written once
     to_json(result) -> dict | list | None        optional: the stage's entry in report.json
+    metrics(result) -> dict[str, float]          optional: its headline numbers (`Report.metrics()`)
     records(result) -> list[dict]                optional, streamed stages: per image of a batch's result,
                                                  the stage's entry in that image's images.jsonl record
                                                  (every image, not only the detail ones)
@@ -57,6 +58,8 @@ class Stage:
     arrays: Callable[[Any], dict] = lambda result: {}
     totals: Callable[[Any], dict] | None = None  # streamed stages: arrays of the reduced result
     to_json: Callable[[Any], Any] | None = None
+    # the headline numbers, {name: float} (`Report.metrics()` keys them `<stage>/<name>`: MLflow / W&B metric names)
+    metrics: Callable[[Any], dict[str, float]] | None = None
     records: Callable[[Any], list[dict]] | None = None  # streamed: per image, its entry in images.jsonl
     # streamed: the engine pass the stage asks for first on each batch, (its layers, whether with gradients); a
     # small build's first look at the predictions is that pass's forward (`Engine.first_logits`)

@@ -300,5 +300,17 @@ def to_json(result: DatasetResult) -> dict:
     return data
 
 
+def headline(result: DatasetResult) -> dict[str, float]:
+    """Accuracy, calibration and the mean confidence (the labelled ones only with ground truth)."""
+    out = {"images": float(len(result.images))}
+    if result.confidence.size:
+        out["mean_confidence"] = float(result.confidence.mean(dtype=np.float64))
+    m = result.metrics
+    if m is not None:
+        out |= {"top1_accuracy": m.accuracy, f"top{m.top_k}_accuracy": m.top_k_accuracy, "ece": m.calibration.ece,
+                "mce": m.calibration.mce, "macro_f1": float(m.macro["f1"])}
+    return out
+
+
 SPEC = Stage(name="dataset", title="Data set overview", config=DatasetConfig, run=run, reduce=reduce, totals=arrays,
-             to_json=to_json)
+             to_json=to_json, metrics=headline)

@@ -130,5 +130,11 @@ def to_json(result: SummaryResult) -> dict:
     }
 
 
+def headline(result: SummaryResult) -> dict[str, float]:
+    t = result.totals
+    return {"total_params": float(t.total_params), "trainable_params": float(t.trainable_params),
+            "mult_adds": float(t.total_mult_adds)}
+
+
 SPEC = Stage(name="summary", title="Model summary", config=SummaryConfig, run=run, check=check, arrays=arrays,
-             to_json=to_json)
+             to_json=to_json, metrics=headline)

@@ -1,0 +1,217 @@
+"""`reportgen site DIR... -o SITE`: many reports in one static site.
+
+SITE/
+  index.html             every report: thumbnail, title, model, date, headline metrics; sortable, filterable
+  site.json              what the index lists (the site's own record: adding a report re-reads it)
+  reports/<slug>/        each report's page, report.json and images.jsonl (arrays.npz stays where it was)
+  assets/<hash>.png      the pictures of reports built with `self_contained: false`, stored once for all
+  thumbs/<slug>.png      each report's first input image, small
+
+A report's slug is its folder's name (made safe for a URL); adding a report whose folder has a name the site
+already lists replaces that entry and leaves the others as they are. Every link is relative, so the site works
+from file://, from a sub-path of GitHub Pages or S3, and offline. Nothing outside reports/, assets/, thumbs/,
+index.html and site.json is touched, and a folder that holds files but no site.json is refused.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from markupsafe import escape
+from PIL import Image
+
+from .errors import ReportgenError
+
+RECORD = "site.json"
+THUMB = 160  # px, the longer side
+_FIRST_INPUT = re.compile(r'id="inputs".*?<img[^>]*?\ssrc="(data:image/png;base64,[^"]+|assets/[0-9a-f]+\.png)"',
+                          re.S)
+_ASSET_SRC = re.compile(r'(src|href)="assets/')
+_STYLE = re.compile(r"<style>(.*?)</style>", re.S)
+
+
+@dataclass(frozen=True)
+class SiteEntry:
+    slug: str
+    title: str
+    model: str
+    created: str
+    images: int
+    metrics: dict[str, float]
+    page: str  # relative to the site: reports/<slug>/report.html or .../index.html
+    thumb: str | None  # relative to the site, or None
+    source: str  # the folder it was copied from (as given)
+
+
+@dataclass(frozen=True)
+class _Found:
+    folder: Path
+    page: Path
+    data: dict
+
+
+def add_reports(folders: list[Path], site: Path) -> Path:
+    """Copy the reports in `folders` into `site` (made when missing) and write its index; returns index.html.
+    Every folder is checked before anything is written."""
+    found = [_read(Path(folder)) for folder in folders]
+    entries = _load_record(site)
+    site.mkdir(parents=True, exist_ok=True)
+    taken: set[str] = set()
+    for report in found:
+        slug = _slug(report.folder.resolve().name, taken)
+        taken.add(slug)
+        entries[slug] = _copy(report, site, slug)
+    _write_text(site / RECORD, json.dumps({"reports": [asdict(e) for e in entries.values()]}, indent=1))
+    index = site / "index.html"
+    _write_text(index, render_index(list(entries.values())))
+    return index
+
+
+def _read(folder: Path) -> _Found:
+    """A report folder: report.json and its page (report.html, or index.html with assets/)."""
+    if not folder.is_dir():
+        raise ReportgenError(f"`{folder}` is not a folder: give report folders (what `reportgen build` writes).")
+    page = next((folder / name for name in ("report.html", "index.html") if (folder / name).is_file()), None)
+    if page is None or not (folder / "report.json").is_file():
+        raise ReportgenError(f"`{folder}` holds no report (no report.json beside report.html or index.html): "
+                             "give the folders `reportgen build` wrote.")
+    try:
+        data = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ReportgenError(f"`{folder / 'report.json'}` cannot be read as JSON ({exc}).") from None
+    if not isinstance(data, dict) or "title" not in data:
+        raise ReportgenError(f"`{folder / 'report.json'}` is not a reportgen report.json (no title).")
+    return _Found(folder=folder, page=page, data=data)
+
+
+def check_site(site: Path) -> None:
+    """Raises ReportgenError when `site` cannot become or is not a site (before a build that joins it runs)."""
+    _load_record(site)
+
+
+def _load_record(site: Path) -> dict[str, SiteEntry]:
+    """The entries a site already lists; a folder with files but no site.json is not a site: refused."""
+    record = site / RECORD
+    if not record.is_file():
+        if site.is_dir() and any(site.iterdir()):
+            raise ReportgenError(f"`{site}` holds files but no {RECORD}: it is not a reportgen site. Choose an empty "
+                                 "or new folder with `-o`.")
+        return {}
+    try:
+        listed = json.loads(record.read_text(encoding="utf-8"))["reports"]
+        return {e["slug"]: SiteEntry(**e) for e in listed}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ReportgenError(f"`{record}` cannot be read ({type(exc).__name__}: {exc}); remove the site folder "
+                             "and build it again.") from None
+
+
+def _slug(name: str, taken: set[str]) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "report"
+    candidate, n = slug, 2
+    while candidate in taken:
+        candidate, n = f"{slug}-{n}", n + 1
+    return candidate
+
+
+def _copy(report: _Found, site: Path, slug: str) -> SiteEntry:
+    """The report's files into reports/<slug>/ (replacing an earlier copy), its pictures into the shared assets/,
+    its thumbnail into thumbs/; returns its index entry."""
+    html = report.page.read_text(encoding="utf-8")
+    thumb = _thumbnail(html, report.folder, site / "thumbs" / f"{slug}.png")
+    if report.page.name == "index.html":  # pictures beside the page: stored once for the whole site
+        (site / "assets").mkdir(exist_ok=True)
+        for picture in sorted((report.folder / "assets").glob("*.png")):
+            target = site / "assets" / picture.name  # named by content hash: the same name is the same picture
+            if not target.exists():
+                shutil.copyfile(picture, target)
+        html = _relinked(html)
+    staging = Path(tempfile.mkdtemp(prefix=f".{slug}-", dir=site))
+    try:
+        (staging / report.page.name).write_text(html, encoding="utf-8")
+        for name in ("report.json", "images.jsonl"):
+            if (report.folder / name).is_file():
+                shutil.copyfile(report.folder / name, staging / name)
+        target = site / "reports" / slug
+        target.parent.mkdir(exist_ok=True)
+        if target.exists():
+            shutil.rmtree(target)  # our own earlier copy (site.json lists it)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    data = report.data
+    return SiteEntry(slug=slug, title=str(data.get("title", slug)),
+                     model=str(data.get("model", {}).get("description", "")), created=str(data.get("created", "")),
+                     images=int(data.get("inputs", {}).get("images", len(data.get("images", [])))),
+                     metrics={k: float(v) for k, v in data.get("metrics", {}).items()},
+                     page=f"reports/{slug}/{report.page.name}", thumb=thumb, source=str(report.folder))
+
+
+def _relinked(html: str) -> str:
+    """A page of `self_contained: false` whose pictures move from ./assets/ to the site's ../../assets/: its
+    <img> and <a> links, and the url()s of its stylesheet, whose hash in the Content-Security-Policy changes
+    with it."""
+    from .render import _csp_hash
+
+    html = _ASSET_SRC.sub(r'\1="../../assets/', html)
+    style = _STYLE.search(html)
+    if style is None:
+        return html
+    css = style.group(1).replace('url("assets/', 'url("../../assets/')
+    html = html[:style.start(1)] + css + html[style.end(1):]
+    old, new = _csp_hash(style.group(1)), _csp_hash(css)
+    return html.replace(str(escape(old)), str(escape(new)))  # the policy sits in an attribute, HTML-escaped
+
+
+def _thumbnail(html: str, folder: Path, target: Path) -> str | None:
+    """The report's first input image, at most THUMB px, as thumbs/<slug>.png; None when the page shows none."""
+    match = _FIRST_INPUT.search(html)
+    if match is None:
+        return None
+    src = match.group(1)
+    if src.startswith("data:"):
+        data = base64.b64decode(src.split(",", 1)[1])
+    else:
+        data = (folder / "assets" / Path(src).name).read_bytes()
+    with Image.open(io.BytesIO(data)) as img:
+        img = img.convert("RGB")
+        img.thumbnail((THUMB, THUMB), Image.Resampling.LANCZOS)
+        target.parent.mkdir(exist_ok=True)
+        buffer = io.BytesIO()
+        img.save(buffer, format="PNG", optimize=True)
+    target.write_bytes(buffer.getvalue())
+    return f"thumbs/{target.name}"
+
+
+def render_index(entries: list[SiteEntry]) -> str:
+    """The index page: one row per report, the union of their metrics as columns (the report's style and
+    script: sortable columns, a filter over title and model)."""
+    from .render import _csp_hash, make_environment, templates_dir, _Images
+
+    folder = templates_dir()
+    css = (folder / "style.css").read_text(encoding="utf-8")
+    js = (folder / "report.js").read_text(encoding="utf-8")
+    columns = sorted({key for e in entries for key in e.metrics})
+    csp = (f"default-src 'none'; img-src 'self'; style-src {_csp_hash(css)}; script-src {_csp_hash(js)}; "
+           "base-uri 'none'; form-action 'none'")
+    env = make_environment(_Images(True))
+    rows = sorted(entries, key=lambda e: e.created, reverse=True)
+    return env.get_template("site.html.jinja2").render(entries=rows, columns=columns, css=css, js=js, csp=csp)
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Written whole or not at all (a temporary file renamed into place)."""
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
