@@ -250,6 +250,28 @@ def site(folders: tuple[str, ...], out: str) -> None:
     click.echo(f"wrote {index} ({len(folders)} report{'s' if len(folders) != 1 else ''} added)", err=True)
 
 
+@main.command(short_help="Put two models' reports side by side.")
+@click.argument("a", type=click.Path(file_okay=False))
+@click.argument("b", type=click.Path(file_okay=False))
+@click.option("-o", "--out", "out", default="comparison", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for compare.html and compare.json.")
+def compare(a: str, b: str, out: str) -> None:
+    """Compare the reports in folders A and B (built with save_arrays, on the same images): which predictions
+    changed, the summaries and headline metrics with B − A, each map of A beside B's and their difference;
+    what only one of them has is listed. Writes OUT/compare.html and OUT/compare.json."""
+    from .compare import write_compare
+
+    try:
+        page = write_compare(Path(a), Path(b), Path(out))
+    except ReportgenError as exc:
+        _fail(str(exc))
+        return
+    except OSError as exc:
+        _fail(f"writing the comparison to {out} failed: {exc.strerror or exc}")
+        return
+    click.echo(f"wrote {page}", err=True)
+
+
 @main.command()
 @click.argument("path", default="reportgen.yaml", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")

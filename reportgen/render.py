@@ -228,3 +228,16 @@ def render_report(config, ctx, runs, report_data: dict, *,
                      f"script-src {_csp_hash(js)}; base-uri 'none'; form-action 'none'")
     html = env.get_template("report.html.jinja2").render(report=report)
     return html, images.assets, errors
+
+
+def render_page(template: str, **context) -> str:
+    """A page of ours beside the report (a site's index, a comparison), with the report's stylesheet and script
+    and the same Content-Security-Policy: nothing from the network; pictures inline (`src` filter) or files
+    of the site itself. `context` goes to the template as it is, with `css`, `js` and `csp`."""
+    folder = templates_dir()
+    css = (folder / "style.css").read_text(encoding="utf-8")
+    js = (folder / "report.js").read_text(encoding="utf-8")
+    csp = (f"default-src 'none'; img-src 'self' data:; style-src {_csp_hash(css)}; script-src {_csp_hash(js)}; "
+           "base-uri 'none'; form-action 'none'")
+    env = make_environment(_Images(True))
+    return env.get_template(template).render(css=css, js=js, csp=csp, **context)

@@ -192,17 +192,11 @@ def _thumbnail(html: str, folder: Path, target: Path) -> str | None:
 def render_index(entries: list[SiteEntry]) -> str:
     """The index page: one row per report, the union of their metrics as columns (the report's style and
     script: sortable columns, a filter over title and model)."""
-    from .render import _csp_hash, make_environment, templates_dir, _Images
+    from .render import render_page
 
-    folder = templates_dir()
-    css = (folder / "style.css").read_text(encoding="utf-8")
-    js = (folder / "report.js").read_text(encoding="utf-8")
     columns = sorted({key for e in entries for key in e.metrics})
-    csp = (f"default-src 'none'; img-src 'self'; style-src {_csp_hash(css)}; script-src {_csp_hash(js)}; "
-           "base-uri 'none'; form-action 'none'")
-    env = make_environment(_Images(True))
     rows = sorted(entries, key=lambda e: e.created, reverse=True)
-    return env.get_template("site.html.jinja2").render(entries=rows, columns=columns, css=css, js=js, csp=csp)
+    return render_page("site.html.jinja2", entries=rows, columns=columns)
 
 
 def _write_text(path: Path, text: str) -> None:

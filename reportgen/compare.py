@@ -1,0 +1,229 @@
+"""`reportgen compare A B -o DIR`: two models side by side on the same images (before and after fine-tuning,
+pruning, quantisation).
+
+A and B are report folders built with `save_arrays` (report.json, images.jsonl, arrays.npz). `match` reads
+them into plain data: the predictions of every image both saw (which changed), the summary totals and layers
+of both, every map both computed (A, B and B − A), the headline metrics and their differences, and what is
+in only one of them (listed, never dropped silently). `render_compare` draws it into one self-contained page.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ReportgenError
+
+MAP_PREFIXES = ("cam/", "gradients/")
+GENERATOR = '<meta name="generator" content="reportgen compare">'
+MAX_MAP_PAIRS = 60  # maps drawn side by side at most (the rest are counted): the page stays small
+
+
+@dataclass(frozen=True)
+class Side:
+    folder: Path
+    title: str
+    model: str
+    input_size: tuple[int, ...]
+    records: dict[str, dict]  # image name -> its images.jsonl record
+    summary: dict | None  # report.json's summary entry
+    metrics: dict[str, float]
+    arrays: Path
+
+
+@dataclass(frozen=True)
+class Prediction:
+    image: str
+    truth: str | None
+    a: tuple[str, float]  # top-1 label, probability
+    b: tuple[str, float]
+
+    @property
+    def changed(self) -> bool:
+        return self.a[0] != self.b[0]
+
+
+@dataclass(frozen=True)
+class MapPair:
+    key: str  # cam/<method>/<layer>/<image> or gradients/<method>/<image>: the arrays.npz keys without the class
+    class_a: str  # the class each map explains (the same unless the target classes differ: top-1 changed)
+    class_b: str
+    a: np.ndarray  # (H, W) float32 (a gradient map: Σ|channels|, as the report draws it)
+    b: np.ndarray
+
+    @property
+    def difference(self) -> np.ndarray:
+        return self.b - self.a
+
+
+@dataclass(frozen=True)
+class Comparison:
+    a: Side
+    b: Side
+    predictions: list[Prediction]
+    only: dict[str, list[str]]  # "images in A only", "maps in B only", ... -> names
+    layers: list[tuple[str, str | None, str | None, int | None, int | None]]  # name, type A, type B, params A, B
+    totals: list[tuple[str, float | None, float | None]]  # (what, A, B) of the summaries
+    metrics: list[tuple[str, float | None, float | None]]  # (name, A, B) of report.metrics()
+    maps: list[MapPair]
+    maps_not_drawn: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "a": {"folder": str(self.a.folder), "title": self.a.title, "model": self.a.model},
+            "b": {"folder": str(self.b.folder), "title": self.b.title, "model": self.b.model},
+            "images": len(self.predictions), "changed": sum(p.changed for p in self.predictions),
+            "predictions": [{"image": p.image, "truth": p.truth, "a": {"label": p.a[0], "probability": p.a[1]},
+                             "b": {"label": p.b[0], "probability": p.b[1]}, "changed": p.changed}
+                            for p in self.predictions],
+            "totals": [{"what": w, "a": a, "b": b} for w, a, b in self.totals],
+            "metrics": [{"name": n, "a": a, "b": b, "delta": None if a is None or b is None else b - a}
+                        for n, a, b in self.metrics],
+            "maps": [{"key": m.key, "class_a": m.class_a, "class_b": m.class_b,
+                      "mean_abs_difference": float(np.abs(m.difference).mean()),
+                      "correlation": _correlation(m.a, m.b)} for m in self.maps],
+            "maps_not_drawn": self.maps_not_drawn,
+            "only": self.only, "notes": self.notes,
+        }
+
+
+def read_side(folder: Path) -> Side:
+    """A report folder built with `save_arrays`; a clear error naming what is missing."""
+    folder = Path(folder)
+    missing = [name for name in ("report.json", "images.jsonl", "arrays.npz") if not (folder / name).is_file()]
+    if missing:
+        hint = " (build it with `save_arrays: true` or --save-arrays)" if "arrays.npz" in missing else ""
+        raise ReportgenError(f"`{folder}` is not a report folder to compare: it lacks {', '.join(missing)}{hint}.")
+    try:
+        data = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+        records = [json.loads(line) for line in (folder / "images.jsonl").read_text(encoding="utf-8").splitlines()
+                   if line.strip()]
+    except (OSError, ValueError) as exc:
+        raise ReportgenError(f"`{folder}`: its report.json or images.jsonl cannot be read ({exc}).") from None
+    return Side(folder=folder, title=str(data.get("title", folder.name)),
+                model=str(data.get("model", {}).get("description", "")),
+                input_size=tuple(data.get("model", {}).get("input_size", ())),
+                records={r["name"]: r for r in records}, summary=data.get("summary"),
+                metrics={k: float(v) for k, v in data.get("metrics", {}).items()}, arrays=folder / "arrays.npz")
+
+
+def match(folder_a: Path, folder_b: Path) -> Comparison:
+    """The comparison of two report folders (see the module docstring). Reports of different input sizes, or
+    without an image in common, are refused with what differs."""
+    a, b = read_side(folder_a), read_side(folder_b)
+    if a.input_size != b.input_size:
+        raise ReportgenError(f"the reports were built at different input sizes (A {list(a.input_size)}, B "
+                             f"{list(b.input_size)}): their maps cannot be put side by side. Build both with the "
+                             "same `model.input_size`.")
+    common = [name for name in a.records if name in b.records]
+    if not common:
+        raise ReportgenError(f"the reports share no image (A: {_some(a.records)}; B: {_some(b.records)}): build both "
+                             "from the same `inputs.images`.")
+    moved = [n for n in common if a.records[n].get("source") != b.records[n].get("source")]
+    notes = [f"{len(moved)} image(s) share a name but come from different files: {_some(moved)}"] if moved else []
+    only = {"images in A only": [n for n in a.records if n not in b.records],
+            "images in B only": [n for n in b.records if n not in a.records]}
+    predictions = [Prediction(image=n, truth=(a.records[n].get("truth") or {}).get("label"),
+                              a=_top1(a.records[n]), b=_top1(b.records[n])) for n in common]
+    with np.load(a.arrays) as npz_a, np.load(b.arrays) as npz_b:
+        maps_of = lambda npz: [k for k in npz.files if k.startswith(MAP_PREFIXES)]  # noqa: E731
+        pairs, only["maps in A only"], only["maps in B only"] = _pair_maps(maps_of(npz_a), maps_of(npz_b))
+        maps = [MapPair(key=k_a.rsplit("/", 1)[0], class_a=k_a.rsplit("/", 1)[1], class_b=k_b.rsplit("/", 1)[1],
+                        a=_plane(npz_a[k_a]), b=_plane(npz_b[k_b])) for k_a, k_b in pairs[:MAX_MAP_PAIRS]]
+    shared = pairs
+    layers, layer_only = _layers(a.summary, b.summary)
+    only |= layer_only
+    totals = [(what, _total(a.summary, key), _total(b.summary, key)) for what, key in
+              (("parameters", "total_params"), ("trainable parameters", "trainable_params"),
+               ("mult-adds", "total_mult_adds"))]
+    names = list(dict.fromkeys([*a.metrics, *b.metrics]))
+    return Comparison(a=a, b=b, predictions=predictions, only={k: v for k, v in only.items() if v}, layers=layers,
+                      totals=totals, metrics=[(n, a.metrics.get(n), b.metrics.get(n)) for n in names], maps=maps,
+                      maps_not_drawn=max(0, len(shared) - MAX_MAP_PAIRS), notes=notes)
+
+
+def _pair_maps(keys_a: list[str], keys_b: list[str]) -> tuple[list[tuple[str, str]], list[str], list[str]]:
+    """(pairs of keys, A's unpaired, B's unpaired): maps of the same method, layer and image pair up, the same
+    class first, then the others in order (top-1 changed: A explains its class, B its own)."""
+    by_b: dict[str, list[str]] = {}
+    for key in keys_b:
+        by_b.setdefault(key.rsplit("/", 1)[0], []).append(key)
+    pairs, left = [], []
+    for key in keys_a:
+        candidates = by_b.get(key.rsplit("/", 1)[0], [])
+        if key in candidates:
+            candidates.remove(key)
+            pairs.append((key, key))
+        else:
+            left.append(key)
+    unpaired = []
+    for key in left:
+        candidates = by_b.get(key.rsplit("/", 1)[0], [])
+        if candidates:
+            pairs.append((key, candidates.pop(0)))
+        else:
+            unpaired.append(key)
+    order = {key: i for i, key in enumerate(keys_a)}
+    pairs.sort(key=lambda pair: order[pair[0]])
+    return pairs, unpaired, [key for keys in by_b.values() for key in keys]
+
+
+def _top1(record: dict) -> tuple[str, float]:
+    top = (record.get("top_k") or [{}])[0]
+    return str(top.get("label", top.get("index", "?"))), float(top.get("probability", float("nan")))
+
+
+def _plane(values: np.ndarray) -> np.ndarray:
+    """A map as the report draws it: (H, W) as it is, (C, H, W) as Σ|channels|."""
+    values = np.asarray(values, dtype=np.float32)
+    return np.abs(values).sum(axis=0) if values.ndim == 3 else values
+
+
+def _layers(sa: dict | None, sb: dict | None):
+    rows_a = {r["name"]: r for r in (sa or {}).get("rows", []) if r.get("name")}
+    rows_b = {r["name"]: r for r in (sb or {}).get("rows", []) if r.get("name")}
+    names = list(dict.fromkeys([*rows_a, *rows_b]))
+    rows = [(n, rows_a.get(n, {}).get("class_name"), rows_b.get(n, {}).get("class_name"),
+             rows_a.get(n, {}).get("num_params"), rows_b.get(n, {}).get("num_params")) for n in names]
+    return rows, {"layers in A only": [n for n in rows_a if n not in rows_b],
+                  "layers in B only": [n for n in rows_b if n not in rows_a]}
+
+
+def _total(summary: dict | None, key: str) -> float | None:
+    value = ((summary or {}).get("totals") or {}).get(key)
+    return None if value is None else float(value)
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
+    x, y = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    if x.std() == 0 or y.std() == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def _some(names, most: int = 5) -> str:
+    names = list(names)
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def write_compare(folder_a: Path, folder_b: Path, out: Path) -> Path:
+    """compare.html (one self-contained page) and compare.json in `out`; returns the page's path. A compare.html
+    there that reportgen did not write is refused, never replaced."""
+    from .figures.compare import plot
+    from .render import render_page
+    from .write import write_atomic
+
+    comparison = match(folder_a, folder_b)
+    page = out / "compare.html"
+    if page.exists() and GENERATOR not in page.read_text(encoding="utf-8", errors="replace")[:2000]:
+        raise ReportgenError(f"{page} exists and reportgen did not write it: choose another folder with -o.")
+    data = comparison.to_json()
+    html = render_page("compare.html.jinja2", c=comparison, maps=plot(comparison), changed=data["changed"],
+                       generator=GENERATOR)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "compare.json", json.dumps(data, indent=1).encode("utf-8"))
+    write_atomic(page, html.encode("utf-8"))
+    return page
