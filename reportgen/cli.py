@@ -6,6 +6,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -40,6 +41,16 @@ def _fail(message: str, config=None) -> None:
     """Exit 2 with one message; a loaded `config` adds where the key it names is written."""
     click.echo(f"error: {config.locate(message) if config is not None else message}", err=True)
     sys.exit(2)
+
+
+def _writing(what: str, out: str, make: Callable[[], Path]) -> Path:
+    """`make()`; bad input or a failed write is one message and exit 2."""
+    try:
+        return make()
+    except ReportgenError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"writing {what} to {out} failed: {exc.strerror or exc}")
 
 
 def _load(config_path: str, overrides: tuple[str, ...], out: str | None = None, save_arrays: bool = False):
@@ -239,14 +250,7 @@ def site(folders: tuple[str, ...], out: str) -> None:
     only: the site works from file://, from a sub-path of static hosting, and offline."""
     from .site import add_reports
 
-    try:
-        index = add_reports([Path(f) for f in folders], Path(out))
-    except ReportgenError as exc:
-        _fail(str(exc))
-        return
-    except OSError as exc:
-        _fail(f"writing the site to {out} failed: {exc.strerror or exc}")
-        return
+    index = _writing("the site", out, lambda: add_reports([Path(f) for f in folders], Path(out)))
     click.echo(f"wrote {index} ({len(folders)} report{'s' if len(folders) != 1 else ''} added)", err=True)
 
 
@@ -261,14 +265,7 @@ def compare(a: str, b: str, out: str) -> None:
     what only one of them has is listed. Writes OUT/compare.html and OUT/compare.json."""
     from .compare import write_compare
 
-    try:
-        page = write_compare(Path(a), Path(b), Path(out))
-    except ReportgenError as exc:
-        _fail(str(exc))
-        return
-    except OSError as exc:
-        _fail(f"writing the comparison to {out} failed: {exc.strerror or exc}")
-        return
+    page = _writing("the comparison", out, lambda: write_compare(Path(a), Path(b), Path(out)))
     click.echo(f"wrote {page}", err=True)
 
 
