@@ -40,9 +40,10 @@ def inference_forward(model: nn.Module, example: torch.Tensor, *, fast: bool = T
         return eager
     try:
         fast_forward = _under_inference_mode(fast_copy(model, example))
+        check = example if example.shape[0] > 1 else torch.cat([example, example])  # batched kernels too
         with torch.inference_mode():
-            expected = model(example).float()
-            got = fast_forward(example).float()
+            expected = model(check).float()
+            got = fast_forward(check).float()
         difference = float((got - expected).abs().max()) / max(1.0, float(expected.abs().max()))
     except Exception as error:  # noqa: BLE001 - any failure means: keep the eager model
         warnings.warn(f"inference_forward: the eager model is used ({type(error).__name__}: {error})",
@@ -56,8 +57,9 @@ def inference_forward(model: nn.Module, example: torch.Tensor, *, fast: bool = T
 
 
 def fast_copy(model: nn.Module, example: torch.Tensor) -> nn.Module:
-    """A deep copy of `model` with batch norm folded, channels-last, and Winograd 3x3 convolutions where
-    they pay (`_winograd_convolutions`); raises ValueError when the model must stay as it is."""
+    """A deep copy of `model` with batch norm folded and, for (N, C, H, W) inputs on the CPU, channels-last
+    and Winograd 3x3 convolutions where they pay (`_winograd_convolutions`); raises ValueError when the
+    model must stay as it is."""
     if any(m.training for m in model.modules()):
         raise ValueError("the model is in training mode (batch norm would use batch statistics)")
     if _has_hooks(model):
@@ -65,11 +67,12 @@ def fast_copy(model: nn.Module, example: torch.Tensor) -> nn.Module:
     from torch.fx.experimental.optimization import fuse
 
     copied = fuse(model)  # traces a deep copy; raises when fx cannot trace the model
-    if example.dim() == 4:
-        copied = copied.to(memory_format=torch.channels_last)
-    if example.device.type == "cpu" and example.dtype == torch.float32:
+    if example.device.type != "cpu" or example.dim() != 4:  # measured on the CPU only: the fold alone
+        return copied
+    copied = copied.to(memory_format=torch.channels_last)
+    if example.dtype == torch.float32:
         _winograd_convolutions(copied, example)
-    return _ChannelsLastInput(copied) if example.dim() == 4 else copied
+    return _ChannelsLastInput(copied)
 
 
 class _ChannelsLastInput(nn.Module):
