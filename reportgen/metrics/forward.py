@@ -19,7 +19,6 @@ model, which the copy would lose, training mode, a larger difference) leaves the
 """
 from __future__ import annotations
 
-import copy
 import warnings
 from typing import Callable
 
