@@ -1,0 +1,117 @@
+"""reportgen.metrics.forward: the fast forward equals the eager model, falls back where it cannot be made,
+and never changes the caller's model."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torchvision
+
+from reportgen.metrics import forward as F
+
+
+def resnet18() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    with torch.no_grad():  # non-trivial batch-norm statistics, so that folding them is tested
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def snapshot(model: torch.nn.Module) -> dict:
+    return {"state": {k: v.clone() for k, v in model.state_dict().items()},
+            "layouts": {k: v.is_contiguous() for k, v in model.state_dict().items()},
+            "modules": [type(m) for m in model.modules()], "training": [m.training for m in model.modules()],
+            "hooks": [(dict(m._forward_hooks), dict(m._forward_pre_hooks)) for m in model.modules()]}
+
+
+def assert_unchanged(model: torch.nn.Module, before: dict) -> None:
+    after = snapshot(model)
+    assert after["layouts"] == before["layouts"] and after["modules"] == before["modules"]
+    assert after["training"] == before["training"] and after["hooks"] == before["hooks"]
+    assert all(torch.equal(before["state"][k], v) for k, v in after["state"].items())
+
+
+def test_fast_forward_equals_eager_resnet18():
+    model = resnet18()
+    x = torch.randn(6, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    before = snapshot(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback
+        forward = F.inference_forward(model, x[:1])
+    copy = F.fast_copy(model, x[:1])
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in copy.modules())  # folded
+    if torch.backends.nnpack.is_available():
+        assert any(isinstance(m, F._WinogradConv) for m in copy.modules())
+    with torch.inference_mode():
+        got, expected = forward(x), model(x)
+    assert got.shape == expected.shape and not got.requires_grad
+    assert float((got - expected).abs().max()) <= 1e-4
+    assert float((got.softmax(1) - expected.softmax(1)).abs().max()) <= 1e-5
+    assert_unchanged(model, before)
+
+
+def test_eager_when_asked():
+    model = resnet18()
+    x = torch.randn(2, 3, 32, 32)
+    forward = F.inference_forward(model, x[:1], fast=False)
+    with torch.inference_mode():
+        assert torch.equal(forward(x), model(x))
+
+
+class Branchy(torch.nn.Module):
+    """Control flow on the input's values: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        if y.sum() > 0:
+            y = -y
+        return self.head(y.mean((2, 3)))
+
+
+def test_falls_back_on_a_model_it_cannot_trace():
+    torch.manual_seed(0)
+    model = Branchy().eval()
+    x = torch.randn(3, 3, 16, 16)
+    before = snapshot(model)
+    with pytest.warns(UserWarning, match="eager model is used"):
+        forward = F.inference_forward(model, x[:1])
+    with torch.inference_mode():
+        assert torch.equal(forward(x), model(x))
+    assert_unchanged(model, before)
+
+
+def test_falls_back_when_the_model_has_hooks_or_trains():
+    model = resnet18()
+    handle = model.layer1.register_forward_hook(lambda module, inputs, output: output * 2)
+    x = torch.randn(2, 3, 32, 32)
+    before = snapshot(model)
+    with pytest.warns(UserWarning, match="hooks"):
+        forward = F.inference_forward(model, x[:1])
+    with torch.inference_mode():
+        assert torch.equal(forward(x), model(x))  # the hook still applies
+    assert_unchanged(model, before)
+    handle.remove()
+    model.train()
+    with pytest.warns(UserWarning, match="training"):
+        F.inference_forward(model, x[:1])
+    assert model.training
+
+
+def test_falls_back_above_the_tolerance():
+    model = resnet18()
+    x = torch.randn(2, 3, 32, 32)
+    with pytest.warns(UserWarning, match="differ"):
+        forward = F.inference_forward(model, x[:1], tolerance=1e-12)
+    with torch.inference_mode():
+        assert torch.equal(forward(x), model(x))
