@@ -115,3 +115,28 @@ def test_falls_back_above_the_tolerance():
         forward = F.inference_forward(model, x[:1], tolerance=1e-12)
     with torch.inference_mode():
         assert torch.equal(forward(x), model(x))
+
+
+class _DictOutput(torch.nn.Module):
+    """A classifier that returns {"logits": ...}, as Hugging Face models return an output object."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4),
+                                        torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                        torch.nn.Linear(4, 3))
+
+    def forward(self, x):
+        return {"logits": self.body(x)}
+
+
+def test_the_logits_are_picked_from_an_output_that_is_not_them():
+    torch.manual_seed(0)
+    model = _DictOutput().eval()
+    x = torch.randn(3, 3, 16, 16)
+    expected = model(x)["logits"]
+    for fast in (True, False):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the fast copy is made (no fallback warning)
+            forward = F.inference_forward(model, x[:1], fast=fast, logits=lambda out: out["logits"])
+        torch.testing.assert_close(forward(x), expected, rtol=1e-5, atol=1e-5)

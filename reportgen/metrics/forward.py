@@ -32,18 +32,17 @@ TOLERANCE = 2e-5  # max |Δ logit| / max(1, max |logit|) on `example`; the measu
 
 
 def inference_forward(model: nn.Module, example: torch.Tensor, *, fast: bool = True,
-                      tolerance: float = TOLERANCE) -> Forward:
-    """x -> model(x) without autograd; `example` (1+, C, H, W) is an input of the shape the metrics will
-    send. With `fast`, the checked equivalent described in the module docstring when one can be made."""
-    eager = _under_inference_mode(model)
+                      tolerance: float = TOLERANCE, logits: Callable[[object], torch.Tensor] | None = None) -> Forward:
+    """x -> the logits of model(x) without autograd; `example` (1+, C, H, W) is an input of the shape the metrics
+    will send. `logits` picks them from the model's output (a model adapter's `pick_logits`; default: the output
+    is the logits). With `fast`, the checked equivalent described in the module docstring when one can be made."""
+    eager = _under_inference_mode(model, logits)
     if not fast:
         return eager
     try:
-        fast_forward = _under_inference_mode(fast_copy(model, example))
+        fast_forward = _under_inference_mode(fast_copy(model, example), logits)
         check = example if example.shape[0] > 1 else torch.cat([example, example])  # batched kernels too
-        with torch.inference_mode():
-            expected = model(check).float()
-            got = fast_forward(check).float()
+        expected, got = eager(check).float(), fast_forward(check).float()
         difference = float((got - expected).abs().max()) / max(1.0, float(expected.abs().max()))
     except Exception as error:  # noqa: BLE001 - any failure means: keep the eager model
         warnings.warn(f"inference_forward: the eager model is used ({type(error).__name__}: {error})",
@@ -133,9 +132,10 @@ def _has_hooks(model: nn.Module) -> bool:
                for m in model.modules())
 
 
-def _under_inference_mode(model: nn.Module) -> Forward:
+def _under_inference_mode(model: nn.Module, logits: Callable[[object], torch.Tensor] | None = None) -> Forward:
     def forward(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return model(x)
+            out = model(x)
+            return out if logits is None else logits(out)
 
     return forward
