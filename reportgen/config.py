@@ -277,7 +277,7 @@ class Preprocess:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    source: Literal["torchvision", "module", "torchscript"] = "torchvision"
+    source: Literal["torchvision", "module", "torchscript", "timm", "huggingface"] = "torchvision"
     name: str | None = None
     weights: str | None = None
     checkpoint: Path | None = setting(None, kind="path")
@@ -299,6 +299,13 @@ class ModelConfig:
             err("factory", 'source `module` needs `factory: "package.module:function"`.')
         if self.source == "torchscript" and self.path is None:
             err("path", "source `torchscript` needs `path:` to the saved model.")
+        if self.source == "timm" and not self.name:
+            err("name", "source `timm` needs a model name (like vit_tiny_patch16_224).")
+        if self.source == "huggingface" and self.path is None:
+            err("path", "source `huggingface` needs `path:` to a local folder with config.json and the weights.")
+        if self.weights is not None and self.source != "torchvision":
+            err("weights", f"`weights` names torchvision weights; a `{self.source}` model takes its weights from "
+                           "`checkpoint:` (a local .safetensors or state_dict file).")
         for key in self.kwargs:
             if not isinstance(key, str):
                 err("kwargs", f"keyword names must be strings, got {key!r}.")
@@ -383,6 +390,7 @@ class CamConfig:
     target_layers: tuple[str, ...] = ()  # default: last 4-D layer before global pooling
     targets: TargetSpec = field(default_factory=TargetSpec)
     batch_size: int = setting(32, **_COUNT)  # masked forwards of scorecam / ablationcam
+    max_channels: int | None = setting(None, **_COUNT)  # scorecam / ablationcam: mask only the most active channels
     alpha: float = setting(0.5, ge=0, le=1)  # heat-map weight in overlays
     colormap: str = setting("jet", check=_colormap)
     detail_images: int = setting(8, ge=0)  # images shown with every class, overlay and heat map
@@ -921,10 +929,12 @@ title: My model, explained
 seed: 0
 
 model:
-  source: torchvision            # torchvision | module | torchscript
-  name: resnet18                 # any classification model in torchvision.models
+  source: torchvision            # torchvision | module | torchscript | timm | huggingface
+  name: resnet18                 # any classification model in torchvision.models (timm: in timm.list_models())
   weights: null                  # e.g. IMAGENET1K_V1: only from the local torch cache, never downloaded
-  checkpoint: null               # a state_dict file, loaded with torch.load(weights_only=True)
+  checkpoint: null               # a .safetensors or state_dict file (torch.load(weights_only=True))
+  # source: huggingface          # a local folder with config.json and weights:
+  # path: my-vit/
   # source: module               # your own network:
   # factory: "mypackage.models:build"
   # kwargs: {num_classes: 10}
