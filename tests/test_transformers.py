@@ -378,3 +378,130 @@ def test_max_channels_caps_the_masked_forwards_and_says_so() -> None:
     suggested = C._masked_channels_notes(CamConfig(methods=("scorecam",)), {"blocks.11.norm1": (192, 4, 4)}, 8)
     assert len(suggested) == 1 and "`analyses.cam.max_channels`" in suggested[0]
     assert not C._masked_channels_notes(CamConfig(methods=("gradcam",)), {"blocks.11.norm1": (192, 4, 4)}, 8)
+
+
+# ---------------------------------------------------------------------------- sources, checkpoints, bad input
+
+
+def _write(tmp_path: Path, model: dict, analyses: dict | None = None) -> Path:
+    import yaml
+
+    from tests.conftest import make_image
+
+    (tmp_path / "images").mkdir(exist_ok=True)
+    make_image(tmp_path / "images" / "a.png", size=(80, 64), seed=1)
+    make_image(tmp_path / "images" / "b.png", size=(64, 80), seed=2)
+    config = {"title": "<script>alert(1)</script> ViT", "model": {"labels": None, "device": "cpu", **model},
+              "inputs": {"images": ["images/"], "preprocess": "from_weights"},
+              "analyses": analyses or {"summary": {"depth": 2}}, "output": {"dir": "out"}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _invoke(*args: str):
+    from click.testing import CliRunner
+
+    from reportgen.cli import main
+
+    return CliRunner().invoke(main, list(args))
+
+
+def test_a_timm_vit_builds_end_to_end_with_a_safetensors_checkpoint(tmp_path: Path) -> None:
+    """A timm ViT-Tiny with its weights from a .safetensors file (safe: no `trust_checkpoint`): the logits are the
+    checkpoint's, the preprocessing timm's, the CAM layer named in the report, the FLOP total beside torchinfo's."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    source = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=4, img_size=64).eval()
+    save_file(source.state_dict(), str(tmp_path / "vit.safetensors"))
+    config = _write(tmp_path, {"source": "timm", "name": "vit_tiny_patch16_224", "checkpoint": "vit.safetensors",
+                               "kwargs": {"num_classes": 4, "img_size": 64}, "input_size": [3, 64, 64]},
+                    {"summary": {"depth": 1}, "feature_maps": {"layers": ["blocks.5", "blocks.11"]},
+                     "cam": {"methods": ["gradcam", "scorecam"], "max_channels": 8}})
+    result = _invoke("build", str(config), "-q", "--save-arrays")
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert all(s["status"] == "ok" for s in data["stages"]), data["stages"]
+    cam = data["cam"]
+    assert cam["layers"] == ["blocks.11.norm1"] and cam["layer_shapes"]["blocks.11.norm1"] == [192, 4, 4]
+    assert any("pytorch-grad-cam's recommendation" in note for note in cam["notes"])
+    assert data["summary"]["flops"]["total"] > 2 * data["summary"]["totals"]["total_mult_adds"]
+    arrays = np.load(tmp_path / "out" / "arrays.npz")
+    assert arrays["feature_maps/blocks.11/a"].shape == (192, 4, 4)
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "FLOPs" in html and "<script>alert(1)</script>" not in html
+    with torch.no_grad():  # the checkpoint's weights gave the logits: the same model, our preprocessing aside
+        reloaded = _load("timm", "vit_tiny_patch16_224", kwargs={"num_classes": 4, "img_size": 64},
+                         checkpoint=tmp_path / "vit.safetensors")
+        x = _batch(1, 64)
+        assert torch.equal(reloaded.forward(x), source(x))
+
+
+def test_timm_preprocessing_is_its_data_config() -> None:
+    adapter = _timm("deit_tiny_distilled_patch16_224", size=224)
+    pre = adapter.prescribed  # timm: crop_pct 0.875 -> resize 256, bicubic, ImageNet mean/std
+    data = timm.data.resolve_model_data_config(adapter.model)
+    assert pre.center_crop == (224, 224) and pre.resize == (int(224 / data["crop_pct"]),)
+    assert pre.interpolation == data["interpolation"] and pre.normalize.mean == tuple(data["mean"])
+
+
+@pytest.mark.parametrize("model, message", [
+    ({"source": "timm", "name": "vit_tiny_patch16"},
+     r"`model.name`[^:]*: `vit_tiny_patch16` is not a timm model. Did you mean `vit_tiny_patch16_\d+`"),
+    ({"source": "timm", "name": "vit_tiny_patch16_224", "weights": "IMAGENET1K_V1"},
+     r"`model.weights`.* takes its weights from `checkpoint:`"),
+    ({"source": "timm", "name": "vit_tiny_patch16_224", "kwargs": {"no_such_option": 1}},
+     r"`model.kwargs`[^:]*: timm.create_model\('vit_tiny_patch16_224', no_such_option=1\) failed"),
+    ({"source": "huggingface", "path": "missing"}, r"`model.path`[^:]*: .*missing is not a folder"),
+    ({"source": "huggingface"}, r"source `huggingface` needs `path:`"),
+])
+def test_bad_sources_exit_2_with_one_message(tmp_path: Path, model: dict, message: str) -> None:
+    result = _invoke("validate", str(_write(tmp_path, {"input_size": [3, 64, 64], **model})))
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    import re
+    assert re.search(message, result.output), result.output
+
+
+def test_bad_huggingface_folders(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ReportgenError, match=r"has no config.json"):
+        _load("huggingface", path=empty, size=32)
+    no_weights = _hf_folder(tmp_path / "nw", weights=False)
+    with pytest.raises(ReportgenError, match=r"has no weights: expected one of model.safetensors"):
+        _load("huggingface", path=no_weights, size=32)
+
+
+def test_a_checkpoint_whose_keys_do_not_match(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    other = timm.create_model("deit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=64)
+    save_file(other.state_dict(), str(tmp_path / "other.safetensors"))
+    with pytest.raises(ReportgenError, match=r"`model.checkpoint`: other.safetensors does not match the model: "
+                                             r"wrong shape \(file vs model\): head.weight \(3, 192\) vs \(4, 192\)"):
+        _load("timm", "vit_tiny_patch16_224", kwargs={"num_classes": 4, "img_size": 64},
+              checkpoint=tmp_path / "other.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ReportgenError, match=r"is not a readable .safetensors file"):
+        _load("timm", "vit_tiny_patch16_224", kwargs={"num_classes": 4, "img_size": 64},
+              checkpoint=tmp_path / "bad.safetensors")
+
+
+@pytest.mark.parametrize("package, source", [("timm", "timm"), ("transformers", "huggingface")])
+def test_a_missing_package_says_what_to_install(tmp_path: Path, package: str, source: str) -> None:
+    """Without the package (its import blocked in a fresh interpreter) the build exits 2 with the pip command."""
+    import subprocess
+    import sys
+
+    folder = _hf_folder(tmp_path) if source == "huggingface" else None
+    model = {"source": source, "input_size": [3, 32, 32]} | (
+        {"name": "vit_tiny_patch16_224"} if source == "timm" else {"path": str(folder)})
+    config = _write(tmp_path, model)
+    code = (f"import sys; sys.modules[{package!r}] = None\n"
+            "from reportgen.cli import main\nmain(['validate', sys.argv[1]])")
+    run = subprocess.run([sys.executable, "-c", code, str(config)], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert f"pip install 'reportgen[{source}]'" in run.stderr and "Traceback" not in run.stderr

@@ -42,6 +42,7 @@ def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             transformers.logging.set_verbosity_error()
+            transformers.logging.disable_progress_bar()
             model = transformers.AutoModelForImageClassification.from_pretrained(
                 str(folder), local_files_only=True, **cfg.kwargs)
     except Exception as exc:

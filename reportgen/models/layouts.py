@@ -88,13 +88,15 @@ class Layout:
 @dataclass(frozen=True)
 class Layouts:
     """What a family declares: `layers` (name -> Layout); `only`: the declared layers are the only maps;
-    `cam_layer`: the recommended CAM target layer and `cam_why` in words."""
+    `cam_layer`: the recommended CAM target layer and `cam_why` in words; `blocks`: its transformer blocks
+    (or stages) in order, the feature maps' default layers."""
 
     family: str = ""
     layers: dict[str, Layout] = field(default_factory=dict)
     only: bool = False
     cam_layer: str | None = None
     cam_why: str = ""
+    blocks: tuple[str, ...] = ()
 
 
 NONE = Layouts()
@@ -126,8 +128,9 @@ def torchvision_vit(model: nn.Module, input_size: tuple[int, ...]) -> Layouts:
     layers = _under(model, "encoder", tokens, skip=lambda n, m: isinstance(m, nn.MultiheadAttention)
                     or ".self_attention." in n)
     layers["conv_proj"] = Layout("channels_first")
-    last = _children_names(model.encoder.layers)[-1]
-    return Layouts("torchvision ViT", layers, only=True, cam_layer=f"encoder.layers.{last}.ln_1", cam_why=CAM_VIT)
+    blocks = tuple(f"encoder.layers.{name}" for name in _children_names(model.encoder.layers))
+    return Layouts("torchvision ViT", layers, only=True, cam_layer=f"{blocks[-1]}.ln_1", cam_why=CAM_VIT,
+                   blocks=blocks)
 
 
 def torchvision_swin(model: nn.Module, input_size: tuple[int, ...]) -> Layouts:
@@ -139,7 +142,7 @@ def torchvision_swin(model: nn.Module, input_size: tuple[int, ...]) -> Layouts:
     stage = _children_names(model.features)[-1]
     block = _children_names(model.features[-1])[-1]
     return Layouts("torchvision Swin", layers, only=True, cam_layer=f"features.{stage}.{block}.norm1",
-                   cam_why=CAM_SWIN)
+                   cam_why=CAM_SWIN, blocks=tuple(f"features.{name}" for name in _children_names(model.features)))
 
 
 def timm_vit(model: nn.Module, input_size: tuple[int, ...]) -> Layouts:
@@ -156,7 +159,8 @@ def timm_vit(model: nn.Module, input_size: tuple[int, ...]) -> Layouts:
         layers |= _under(model, name, tokens, skip=lambda n, m: n.rsplit(".", 1)[-1] in per_head)
     flat = Layout("tokens", grid=grid) if getattr(embed, "flatten", True) else Layout("channels_last")
     layers |= {"patch_embed": flat, "patch_embed.norm": flat, "patch_embed.proj": Layout("channels_first")}
-    return Layouts("timm ViT", layers, only=True, cam_layer=f"blocks.{len(model.blocks) - 1}.norm1", cam_why=CAM_VIT)
+    return Layouts("timm ViT", layers, only=True, cam_layer=f"blocks.{len(model.blocks) - 1}.norm1", cam_why=CAM_VIT,
+                   blocks=tuple(f"blocks.{i}" for i in range(len(model.blocks))))
 
 
 def timm_swin(model: nn.Module, input_size: tuple[int, ...]) -> Layouts:
@@ -180,7 +184,7 @@ def timm_swin(model: nn.Module, input_size: tuple[int, ...]) -> Layouts:
     stage = len(model.layers) - 1
     block = len(model.layers[-1].blocks) - 1
     return Layouts("timm Swin", layers, only=True, cam_layer=f"layers.{stage}.blocks.{block}.norm1",
-                   cam_why=CAM_SWIN)
+                   cam_why=CAM_SWIN, blocks=tuple(f"layers.{i}" for i in range(len(model.layers))))
 
 
 def timm_convnext(model: nn.Module, input_size: tuple[int, ...]) -> Layouts:
@@ -201,7 +205,9 @@ def huggingface_vit(model: nn.Module, input_size: tuple[int, ...]) -> Layouts:
     layers |= {embed: Layout("tokens", grid=grid), f"{embed}.projection": Layout("channels_first")}
     layers.pop("vit", None)  # returns a ModelOutput
     norms = [name for name, _ in model.named_modules() if name.endswith(".layernorm_before")]
-    return Layouts("Hugging Face ViT", layers, only=True, cam_layer=norms[-1] if norms else None, cam_why=CAM_VIT)
+    blocks = tuple(name for name, module in model.named_modules() if type(module).__name__ == "ViTLayer")
+    return Layouts("Hugging Face ViT", layers, only=True, cam_layer=norms[-1] if norms else None, cam_why=CAM_VIT,
+                   blocks=blocks)
 
 
 FAMILIES: dict[str, Callable[[nn.Module, tuple[int, ...]], Layouts]] = {

@@ -72,7 +72,12 @@ def _children(info: ModelInfo, prefix: str) -> list[str]:
 
 
 def default_layers(info: ModelInfo) -> list[str]:
-    """The top-level blocks with a spatial feature map (see the module docstring)."""
+    """The top-level blocks with a spatial feature map (see the module docstring); a transformer's blocks (or
+    stages) as its family declares them (`models.layouts`), at most 8 evenly spaced."""
+    blocks = [n for n in (info.adapter.layouts.blocks if info.adapter is not None else ()) if is_spatial_map(info, n)]
+    if blocks:
+        picks = np.linspace(0, len(blocks) - 1, min(MAX_DEFAULT_LAYERS, len(blocks))).round().astype(int)
+        return [blocks[i] for i in sorted(set(picks.tolist()))]
     prefix = ""
     while True:
         maps = [n for n in _children(info, prefix) if is_spatial_map(info, n, spatial=False)]
