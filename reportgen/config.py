@@ -413,6 +413,18 @@ class GradientsConfig:
 
 
 @dataclass(frozen=True)
+class AttentionConfig:
+    """A vision transformer's attention: per layer and head the class token's attention, attention rollout and
+    gradient-weighted rollout."""
+
+    head_fusion: Literal["mean", "max", "min"] = "mean"  # how rollout fuses each layer's heads
+    discard_ratio: float = setting(0.0, ge=0, lt=1)  # rollout: this fraction of each layer's lowest weights set to 0
+    gradient_rollout: bool = True  # also the gradient-weighted rollout (Chefer et al. 2021) for the top-1 class
+    alpha: float = setting(0.5, ge=0, le=1)  # heat-map weight in overlays
+    colormap: str = setting("jet", check=_colormap)
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     logs: tuple[str, ...] = setting((), kind="patterns")  # absolute file, folder or glob patterns
     tags: tuple[str, ...] = ()  # default: every tag
@@ -427,6 +439,7 @@ class AnalysesConfig:
     feature_maps: FeatureMapsConfig | None = setting(None, null_means_default=True)
     cam: CamConfig | None = setting(None, null_means_default=True)
     gradients: GradientsConfig | None = setting(None, null_means_default=True)
+    attention: AttentionConfig | None = setting(None, null_means_default=True)
     training: TrainingConfig | None = setting(None, null_means_default=True)
 
     def enabled(self) -> list[str]:

@@ -26,7 +26,7 @@ from reportgen.config import CamConfig, Config, GradientsConfig, ModelConfig, Ta
 from reportgen.context import Context, ImageInput, ModelInfo
 from reportgen.engine import Engine
 from reportgen.errors import ReportgenError
-from reportgen.layers import auto_cam_layer, describe_model, spatial_shape
+from reportgen.layers import describe_model
 from reportgen.models import load_model
 from reportgen.stages import cam as C
 from reportgen.stages import gradients as G
