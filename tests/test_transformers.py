@@ -505,3 +505,8 @@ def test_a_missing_package_says_what_to_install(tmp_path: Path, package: str, so
                          cwd=Path(__file__).resolve().parents[1], timeout=120)
     assert run.returncode == 2, run.stderr
     assert f"pip install 'reportgen[{source}]'" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_a_hugging_face_folder_never_runs_its_own_code(tmp_path: Path) -> None:
+    with pytest.raises(ReportgenError, match=r"trust_remote_code would run Python code from the model folder"):
+        _load("huggingface", path=_hf_folder(tmp_path), size=32, kwargs={"trust_remote_code": True})

@@ -33,6 +33,9 @@ def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
     if not any((folder / name).is_file() for name in WEIGHTS):
         raise ReportgenError(f"`model.path`: {folder} has no weights: expected one of {', '.join(WEIGHTS)}. "
                              "reportgen never downloads; put the weights file beside config.json.")
+    if cfg.kwargs.get("trust_remote_code"):
+        raise ReportgenError("`model.kwargs`: trust_remote_code would run Python code from the model folder; reportgen "
+                             "loads only the architectures transformers ships. Leave it out.")
     try:
         import transformers
     except ImportError:
