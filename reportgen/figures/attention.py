@@ -24,7 +24,8 @@ def plot(result: AttentionResult, ctx) -> dict:
             label = result.labels.get(result.classes[i], f"class {result.classes[i]}")
             maps.append((f"Gradient rollout ({label})", result.grad_rollout[i]))
         figures = [make_figure(upscale_nearest(base, MIN_SIDE), alt=f"Input image {image.name}", caption=image.name)]
-        for title, values in maps:
+        for title, values in maps:  # drawn min to max (arrays.npz keeps them divided by their maximum)
+            values = (values - values.min()) / max(float(np.ptp(values)), 1e-12)
             heat = apply_colormap(np.clip(resize_float(values, base.shape[:2]), 0, 1), cfg.colormap)
             figures.append(overlay_figure(under, heat, cfg.alpha, alt=f"{title} for image {image.name}: the map "
                                           "over the image", caption=title, min_side=MIN_SIDE))

@@ -131,9 +131,9 @@ def flops_note(flops: int | None, mult_adds: int) -> str:
     if flops is None:
         return "The FLOP counter could not follow this model's forward pass."
     missing = flops / 2 - mult_adds
-    text = ("FLOPs from torch.utils.flop_counter: matrix products and convolutions of one forward, 2 FLOPs per "
-            "mult-add. torchinfo's mult-adds count the layers' own weights only, not the attention's matmuls "
-            "(queries × keys, weights × values) nor functional ops")
+    text = ("FLOPs from torch.utils.flop_counter: the matrix products and convolutions of one forward, 2 FLOPs per "
+            "mult-add. torchinfo's mult-adds count no attention matmuls (queries × keys, weights × values) nor other "
+            "functional ops, and a linear layer once per image, not once per token")
     if missing > 0.05 * max(mult_adds, 1):
         return text + f": here the FLOPs stand for {flops / 2 / max(mult_adds, 1):.1f}× torchinfo's mult-adds."
     return text + "."
