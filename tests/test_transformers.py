@@ -510,3 +510,14 @@ def test_a_missing_package_says_what_to_install(tmp_path: Path, package: str, so
 def test_a_hugging_face_folder_never_runs_its_own_code(tmp_path: Path) -> None:
     with pytest.raises(ReportgenError, match=r"trust_remote_code would run Python code from the model folder"):
         _load("huggingface", path=_hf_folder(tmp_path), size=32, kwargs={"trust_remote_code": True})
+
+
+def test_a_hugging_face_folder_without_a_preprocessor_config(tmp_path: Path) -> None:
+    from reportgen.config import Preprocess
+
+    folder = _hf_folder(tmp_path)
+    (folder / "preprocessor_config.json").unlink()
+    adapter = _load("huggingface", path=folder, size=32)
+    with pytest.raises(ReportgenError, match=r"`inputs.preprocess: from_weights` needs the model folder's "
+                                             r"preprocessor_config.json"):
+        adapter.preprocess(Preprocess(from_weights=True))

@@ -86,6 +86,10 @@ class ModelAdapter:
         if not pre.from_weights:
             return pre
         if self.prescribed is None:
+            if self.source == "huggingface":
+                raise ReportgenError("`inputs.preprocess: from_weights` needs the model folder's "
+                                     "preprocessor_config.json (`processor.save_pretrained(folder)` writes it). Give "
+                                     "`resize`, `center_crop` and `normalize` instead.")
             raise ReportgenError("`inputs.preprocess: from_weights` needs torchvision weights (`model.weights`)"
                                  + ("." if self.source == "torchvision" else
                                     f": a `{self.source}` model prescribes no preprocessing. Give `resize`, "

@@ -150,8 +150,10 @@ def timm_vit(model: nn.Module, input_size: tuple[int, ...]) -> Layouts:
     the class, distillation and register tokens; the patch embedding's `proj` is (N, C, h, w), its flattened
     output (N, h·w, C). Per-head tensors inside the attention (q_norm, k_norm, attn_drop) are not maps."""
     embed = model.patch_embed
-    grid = tuple(embed.dynamic_feat_size(tuple(input_size[-2:]))) if hasattr(embed, "dynamic_feat_size") \
-        else tuple(embed.grid_size)
+    try:
+        grid = tuple(embed.dynamic_feat_size(tuple(input_size[-2:])))
+    except (AttributeError, TypeError):  # an embedding that does not say: a square grid, checked per output
+        grid = tuple(getattr(embed, "grid_size", ())) or None
     tokens = Layout("tokens", prefix=int(model.num_prefix_tokens), grid=grid)
     per_head = ("q_norm", "k_norm", "attn_drop")
     layers: dict[str, Layout] = {}

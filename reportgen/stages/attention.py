@@ -28,6 +28,7 @@ from torch import nn
 from ..config import AttentionConfig
 from ..errors import ReportgenError
 from ..hooks import forward_hooks
+from ..layers import spatial_shape
 from . import Context, ModelInfo, Stage
 
 LOGIT_TOLERANCE = 1e-5  # max |explicit − build| / max |build| of the logits
@@ -180,7 +181,7 @@ def run(ctx: Context, cfg: AttentionConfig) -> AttentionResult:
     info = ctx.info
     names = attention_layers(info)
     prefix = _prefix(info)
-    grid = info.adapter.layout(info.adapter.layouts.cam_layer).grid
+    grid = tuple(spatial_shape(info, info.adapter.layouts.cam_layer)[2:])  # the patches' (h, w)
     with exposed(ctx.model, names) as probs, torch.enable_grad():
         logits = ctx.forward(ctx.batch)
         attentions = [probs[name] for name in names]
