@@ -213,15 +213,15 @@ def layers(target: str, input_size: tuple[int, int, int], show_all: bool) -> Non
     except ReportgenError as exc:
         _fail(str(exc))
         return
-    from .layers import auto_cam_layer
+    from .layers import auto_cam_layer, map_text
 
     traced = any(l.output_shape is not None for l in info.layers.values())
     rows = [l for l in info.layers.values() if show_all or not traced or l.output_shape is not None]
     width = max([len(l.name) for l in rows] + [5])
-    click.echo(f"{'layer':<{width}}  {'type':<22} {'output shape':<22} {'params':>12}")
+    click.echo(f"{'layer':<{width}}  {'type':<22} {'output shape':<22} {'map (C, H, W)':<25} {'params':>12}")
     for l in rows:
         shape = "x".join(map(str, l.output_shape)) if l.output_shape else "-"
-        click.echo(f"{l.name:<{width}}  {l.type:<22} {shape:<22} {l.num_params:>12,}")
+        click.echo(f"{l.name:<{width}}  {l.type:<22} {shape:<22} {map_text(info, l.name):<25} {l.num_params:>12,}")
     if not traced:
         click.echo("\nno output shapes: a TorchScript model takes no hooks (feature maps and CAM need a Python model)")
         return

@@ -277,7 +277,8 @@ class Preprocess:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    source: Literal["torchvision", "module", "torchscript", "python"] = "torchvision"  # python: reportgen.build(model=)
+    # python: the nn.Module given to reportgen.build(config, model=...)
+    source: Literal["torchvision", "module", "torchscript", "timm", "huggingface", "python"] = "torchvision"
     name: str | None = None
     weights: str | None = None
     checkpoint: Path | None = setting(None, kind="path")
@@ -299,6 +300,13 @@ class ModelConfig:
             err("factory", 'source `module` needs `factory: "package.module:function"`.')
         if self.source == "torchscript" and self.path is None:
             err("path", "source `torchscript` needs `path:` to the saved model.")
+        if self.source == "timm" and not self.name:
+            err("name", "source `timm` needs a model name (like vit_tiny_patch16_224).")
+        if self.source == "huggingface" and self.path is None:
+            err("path", "source `huggingface` needs `path:` to a local folder with config.json and the weights.")
+        if self.weights is not None and self.source != "torchvision":
+            err("weights", f"`weights` names torchvision weights; a `{self.source}` model takes its weights from "
+                           "`checkpoint:` (a local .safetensors or state_dict file).")
         for key in self.kwargs:
             if not isinstance(key, str):
                 err("kwargs", f"keyword names must be strings, got {key!r}.")
@@ -383,6 +391,7 @@ class CamConfig:
     target_layers: tuple[str, ...] = ()  # default: last 4-D layer before global pooling
     targets: TargetSpec = field(default_factory=TargetSpec)
     batch_size: int = setting(32, **_COUNT)  # masked forwards of scorecam / ablationcam
+    max_channels: int | None = setting(None, **_COUNT)  # scorecam / ablationcam: mask only the most active channels
     alpha: float = setting(0.5, ge=0, le=1)  # heat-map weight in overlays
     colormap: str = setting("jet", check=_colormap)
     detail_images: int = setting(8, ge=0)  # images shown with every class, overlay and heat map
@@ -405,6 +414,18 @@ class GradientsConfig:
 
 
 @dataclass(frozen=True)
+class AttentionConfig:
+    """A vision transformer's attention: per layer and head the class token's attention, attention rollout and
+    gradient-weighted rollout."""
+
+    head_fusion: Literal["mean", "max", "min"] = "mean"  # how rollout fuses each layer's heads
+    discard_ratio: float = setting(0.0, ge=0, lt=1)  # rollout: this fraction of each layer's lowest weights set to 0
+    gradient_rollout: bool = True  # also the gradient-weighted rollout (Chefer et al. 2021) for the top-1 class
+    alpha: float = setting(0.5, ge=0, le=1)  # heat-map weight in overlays
+    colormap: str = setting("jet", check=_colormap)
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     logs: tuple[str, ...] = setting((), kind="patterns")  # absolute file, folder or glob patterns
     tags: tuple[str, ...] = ()  # default: every tag
@@ -419,6 +440,7 @@ class AnalysesConfig:
     feature_maps: FeatureMapsConfig | None = setting(None, null_means_default=True)
     cam: CamConfig | None = setting(None, null_means_default=True)
     gradients: GradientsConfig | None = setting(None, null_means_default=True)
+    attention: AttentionConfig | None = setting(None, null_means_default=True)
     training: TrainingConfig | None = setting(None, null_means_default=True)
 
     def enabled(self) -> list[str]:
@@ -922,10 +944,12 @@ title: My model, explained
 seed: 0
 
 model:
-  source: torchvision            # torchvision | module | torchscript
-  name: resnet18                 # any classification model in torchvision.models
+  source: torchvision            # torchvision | module | torchscript | timm | huggingface
+  name: resnet18                 # any classification model in torchvision.models (timm: in timm.list_models())
   weights: null                  # e.g. IMAGENET1K_V1: only from the local torch cache, never downloaded
-  checkpoint: null               # a state_dict file, loaded with torch.load(weights_only=True)
+  checkpoint: null               # a .safetensors or state_dict file (torch.load(weights_only=True))
+  # source: huggingface          # a local folder with config.json and weights:
+  # path: my-vit/
   # source: module               # your own network:
   # factory: "mypackage.models:build"
   # kwargs: {num_classes: 10}

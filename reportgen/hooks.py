@@ -60,9 +60,9 @@ def forward_until(model: nn.Module, inputs: torch.Tensor) -> None:
 
 
 def cpu_copy(output: Any) -> Any:
-    """A 4-D tensor output as a float32 copy on the CPU (taken while the layer returns, so no later in-place op
-    changes it); anything else as it is."""
-    is_map = torch.is_tensor(output) and output.dim() == 4
+    """A 4-D tensor output (or 3-D: a transformer's tokens) as a float32 copy on the CPU (taken while the layer
+    returns, so no later in-place op changes it); anything else as it is."""
+    is_map = torch.is_tensor(output) and output.dim() in (3, 4)
     return output.detach().to("cpu", torch.float32, copy=True) if is_map else output
 
 

@@ -1,9 +1,13 @@
 """Layer inspection and selection: what every named layer outputs, which layers a config means, where a
-CAM looks. Plain data over one described forward; hooks come from `reportgen.hooks`."""
+CAM looks. Plain data over one described forward; hooks come from `reportgen.hooks`.
+
+A layer's map is its output as (N, C, H, W): the output itself for a CNN, the view its model family declares
+for a transformer (`models.layouts`: tokens folded into their grid, channels-last permuted); `spatial_shape`
+gives its shape, `map_view` the function."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -52,17 +56,68 @@ def describe_model(model: nn.Module, example: torch.Tensor, *, hooks: bool = Tru
     }, out
 
 
+# ---------------------------------------------------------------------------- layer maps
+
+
+def spatial_shape(info: ModelInfo, name: str) -> tuple | None:
+    """The (N, C, H, W) shape of layer `name`'s map, or None when its output is no map: not a tensor, not 4-D
+    once viewed, or (in a transformer whose family declares its maps) undeclared. A token layer whose length
+    is not prefix + its grid raises ReportgenError naming the layer and its shape."""
+    shape = info.layers[name].output_shape if name in info.layers else None
+    if shape is None:
+        return None
+    adapter = info.adapter
+    if adapter is not None:
+        if adapter.is_map(name) is False:
+            return None
+        layout = adapter.layout(name)
+        if layout is not None:
+            shape = layout.spatial_shape(name, tuple(shape))
+    return tuple(shape) if len(shape) == 4 else None
+
+
+def map_view(info: ModelInfo, name: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """How layer `name`'s output becomes its (N, C, H, W) map (None: it already is)."""
+    return info.adapter.layer_view(name) if info.adapter is not None else None
+
+
+def layout_text(info: ModelInfo, name: str) -> str:
+    """The declared layout of a layer in words ("tokens (N, 1 + 14·14, C)"), or "" (none declared)."""
+    layout = info.adapter.layout(name) if info.adapter is not None else None
+    return layout.describe() if layout is not None and layout.kind != "channels_first" else ""
+
+
+def map_text(info: ModelInfo, name: str) -> str:
+    """A layer's map for listings: "192x14x14" (C x H x W), with "(tokens)" or "(channels-last)" when it is a
+    view of another layout; "-" when the output is no map; the error's gist for a token layer of the wrong length."""
+    try:
+        shape = spatial_shape(info, name)
+    except ReportgenError:
+        return "not a grid"
+    if shape is None:
+        return "-"
+    layout = info.adapter.layout(name) if info.adapter is not None else None
+    kind = {"tokens": " (tokens)", "channels_last": " (channels-last)"}.get(layout.kind, "") if layout else ""
+    return "x".join(map(str, shape[1:])) + kind
+
+
 # ---------------------------------------------------------------------------- the automatic CAM layer
 
 
 @dataclass(frozen=True)
 class AutoLayer:
     name: str
-    shape: tuple  # (N, C, h, w) of its output
+    shape: tuple  # (N, C, h, w) of its map
     skipped: tuple[tuple[str, tuple], ...] = ()  # later 4-D layers passed over (1x1 output): (name, shape)
+    why: str = ""  # the model family's recommendation, when it made the pick
+    layout: str = ""  # the layer's output layout in words, when it is not (N, C, H, W)
 
     def note(self) -> str:
         c, h, w = self.shape[1:]
+        folded = f", its {self.layout} output shown as {c}×{h}×{w} maps" if self.layout else f" ({c}×{h}×{w})"
+        if self.why:
+            return (f"Target layer `{self.name}` was picked automatically: {self.why}{folded}. Set "
+                    "`analyses.cam.target_layers` to choose others.")
         text = (f"Target layer `{self.name}` was picked automatically: the last layer with a spatial output "
                 f"({c}×{h}×{w}) before global pooling.")
         if self.skipped:
@@ -73,14 +128,23 @@ class AutoLayer:
 
 
 def auto_cam_layer(info: ModelInfo) -> AutoLayer:
-    """The last layer with a 4-D (N, C, h, w) output with h*w > 1 before global pooling: where a CAM looks,
-    and the later 4-D layers it passed over because their output is 1×1."""
+    """Where a CAM looks: the layer the model's family recommends (a transformer's: `models.layouts`), else the
+    last layer with a (N, C, h, w) map with h*w > 1 before global pooling, and the later 4-D layers it passed
+    over because their output is 1×1."""
+    recommended = info.adapter.layouts.cam_layer if info.adapter is not None else None
+    if recommended is not None and recommended in info.layers and spatial_shape(info, recommended) is not None:
+        return AutoLayer(name=recommended, shape=spatial_shape(info, recommended), why=info.adapter.layouts.cam_why,
+                         layout=layout_text(info, recommended))
     best = None
     called = sorted((layer for layer in info.layers.values() if layer.order is not None), key=lambda l: l.order)
     skipped: list[LayerInfo] = []
+    shapes: dict[str, tuple | None] = {}
     for layer in called:
-        shape = layer.output_shape
-        if shape is None or len(shape) != 4 or layer.type.startswith("Adaptive"):
+        try:
+            shape = shapes[layer.name] = spatial_shape(info, layer.name)
+        except ReportgenError:
+            continue
+        if shape is None or layer.type.startswith("Adaptive"):
             continue
         if math.prod(shape[2:]) > 1:
             best, skipped = layer.name, []
@@ -90,14 +154,15 @@ def auto_cam_layer(info: ModelInfo) -> AutoLayer:
         raise ReportgenError(f"{type(info.model).__name__} has no layer with a spatial (N, C, H, W) output, so "
                              "there is nowhere to put a class activation map.")
     # prefer the outermost module with the same output (`layer4` over `layer4.1.relu`)
-    target_shape = info.layers[best].output_shape
+    target_shape, raw_shape = shapes[best], info.layers[best].output_shape
     for name in info.layers:
-        if best.startswith(name + ".") and info.layers[name].output_shape == target_shape:
+        if best.startswith(name + ".") and info.layers[name].output_shape == raw_shape \
+                and shapes.get(name) == target_shape:
             best = name
             break
     outer = _outermost(info, [layer.name for layer in skipped])
-    return AutoLayer(name=best, shape=target_shape,
-                     skipped=tuple((name, info.layers[name].output_shape) for name in outer))
+    return AutoLayer(name=best, shape=target_shape, layout=layout_text(info, best),
+                     skipped=tuple((name, shapes.get(name) or info.layers[name].output_shape) for name in outer))
 
 
 def _outermost(info: ModelInfo, names: list[str]) -> list[str]:
@@ -196,8 +261,11 @@ def first_conv(info: ModelInfo) -> str:
 
 
 def is_spatial_map(info: ModelInfo, name: str, spatial: bool = True) -> bool:
-    """Called, with a 4-D output, not adaptive (global) pooling; `spatial`: and h*w > 1."""
+    """Called, with a (N, C, H, W) map (`spatial_shape`), not adaptive (global) pooling; `spatial`: and h*w > 1."""
     layer = info.layers[name]
-    shape = layer.output_shape
-    return (layer.order is not None and shape is not None and len(shape) == 4
+    try:
+        shape = spatial_shape(info, name)
+    except ReportgenError:
+        return False
+    return (layer.order is not None and shape is not None
             and (not spatial or math.prod(shape[2:]) > 1) and not layer.type.startswith("Adaptive"))

@@ -20,6 +20,8 @@ def plot(result, ctx=None) -> dict:
         "rows": rows,
         "totals": asdict(result.totals),
         "mult_adds_text": mult_adds_text(result.totals.total_mult_adds),
+        "flops_text": None if getattr(result, "flops", None) is None else mult_adds_text(result.flops) + "FLOPs",
+        "flops_note": getattr(result, "flops_note", ""),
         "input_shape": result.input_shape,
         "depth": max((r["depth"] for r in rows), default=0),
     }

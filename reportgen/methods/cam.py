@@ -55,6 +55,8 @@ class CamJob:
     batch_size: int  # masked forwards per batch
     head: nn.Linear | None  # the linear layer after global average pooling, if any
     warnings: list[str] = field(default_factory=list)  # the method may add some
+    channels_last: bool = False  # raw_activations hold the channels last (tokens, (N, H, W, C)): a viewed layer
+    keep: torch.Tensor | None = None  # (N, M) per image, the channels to mask (`cam.max_channels`); None: all
 
 
 # ---------------------------------------------------------------------------- the methods
@@ -105,13 +107,14 @@ def original_cam(job: CamJob) -> torch.Tensor:
 
 def scorecam(job: CamJob) -> torch.Tensor:
     weights = score_cam_weights(job.model, job.batch, job.activations, job.per_image, batch_size=job.batch_size,
-                                forward=job.forward)  # (N, k, C)
+                                forward=job.forward, keep=job.keep)  # (N, k, C)
     return torch.einsum("nkc,nchw->knhw", weights, job.activations)
 
 
 def ablationcam(job: CamJob) -> torch.Tensor:
     weights, warning = ablation_cam_weights(job.model, job.batch, job.layer, job.raw_activations, job.logits,
-                                            job.per_image, batch_size=job.batch_size, forward=job.forward)
+                                            job.per_image, batch_size=job.batch_size, forward=job.forward,
+                                            channels_last=job.channels_last, keep=job.keep)
     if warning:
         job.warnings.append(warning)
     return torch.einsum("nkc,nchw->knhw", weights, job.activations)
@@ -142,12 +145,13 @@ def project_2d(values: torch.Tensor, *, fix_sign: bool = True) -> torch.Tensor:
 
 def score_cam_weights(
     model: nn.Module, batch: torch.Tensor, activations: torch.Tensor, classes: Sequence[Sequence[int]],
-    *, batch_size: int = 32, forward: Callable | None = None,
+    *, batch_size: int = 32, forward: Callable | None = None, keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Score-CAM channel weights (N, k, C): softmax over channels of the target logits of
     input × (channel upsampled with align_corners=True, min-max'd with eps 1e-8), as pytorch-grad-cam.
 
-    One masked forward per image and channel, in batches; all k target classes read the same outputs."""
+    One masked forward per image and channel, in batches; all k target classes read the same outputs. `keep`
+    (N, M): per image only those channels are masked (the softmax runs over them; the others weigh 0)."""
     forward = forward or model
     n, c = activations.shape[:2]
     size = tuple(batch.shape[-2:])
@@ -155,15 +159,18 @@ def score_cam_weights(
     with torch.no_grad():
         for i in track(range(n), total=n, desc="Score-CAM", unit="image"):
             index = torch.as_tensor(classes[i], device=batch.device)
+            chosen = torch.arange(c, device=activations.device) if keep is None else keep[i]
             scores = []
-            for channels in batches(c, batch_size):
-                up = F.interpolate(activations[i:i + 1, channels].float(), size=size,
+            for rows in batches(len(chosen), batch_size):
+                up = F.interpolate(activations[i:i + 1, chosen[rows]].float(), size=size,
                                    mode="bilinear", align_corners=True)[0]  # (b, H, W)
                 lo = up.amin(dim=(1, 2), keepdim=True)
                 hi = up.amax(dim=(1, 2), keepdim=True)
                 masks = (up - lo) / (hi - lo + 1e-8)
                 scores.append(forward(batch[i:i + 1] * masks[:, None]).float()[:, index])  # (b, k)
-            weights.append(torch.softmax(torch.cat(scores), dim=0).T)  # (k, C)
+            w = torch.zeros(len(index), c, device=activations.device)
+            w[:, chosen] = torch.softmax(torch.cat(scores), dim=0).T.to(w)  # (k, M) into (k, C)
+            weights.append(w)
     return torch.stack(weights)
 
 
@@ -173,6 +180,7 @@ ABLATION_VALUE = 1e7
 def ablation_cam_weights(
     model: nn.Module, batch: torch.Tensor, layer: str, activations: torch.Tensor, logits: torch.Tensor,
     classes: Sequence[Sequence[int]], *, batch_size: int = 32, forward: Callable | None = None,
+    channels_last: bool = False, keep: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, str | None]:
     """Ablation-CAM channel weights (N, k, C) = (score - ablated score) / score, as pytorch-grad-cam.
 
@@ -181,30 +189,41 @@ def ablation_cam_weights(
     `min - (j + 1)·1e7` (pytorch-grad-cam's AblationLayer lowers the minimum as it goes). Only the
     model after `layer` needs to see the ablated batch: the input runs once (batch of 1) and the
     layer hands on the ablated copies, when the rest of the model broadcasts; otherwise the image is
-    repeated like pytorch-grad-cam does. Returns the weights and a warning, if any."""
-    n, c = activations.shape[:2]
+    repeated like pytorch-grad-cam does. Returns the weights and a warning, if any.
+
+    `activations` are the layer's output as it returned it; `channels_last`: its channels are its last axis
+    (tokens (N, L, C) or (N, H, W, C)), and ablating a channel sets it in every token, the class token
+    included, as pytorch-grad-cam's `AblationLayerVit` does. `keep` (N, M): per image only those channels are
+    ablated; the others weigh 0."""
+    c = activations.shape[-1] if channels_last else activations.shape[1]
+    n = activations.shape[0]
     weights = []
     broadcast: bool | None = None
     warning = None
     with torch.no_grad():
         for i in track(range(n), total=n, desc="Ablation-CAM", unit="image"):
-            a = activations[i]  # (C, h, w)
+            a = activations[i]  # (C, h, w), or channels last
             index = torch.as_tensor(classes[i], device=batch.device)
+            chosen = torch.arange(c, device=a.device) if keep is None else keep[i].to(a.device)
             if broadcast is None:
                 broadcast = _broadcasts(model, batch[i:i + 1], layer, a, logits[i], forward)
-            values = _ablation_values(a, min(batch_size, c))  # (b,) or None for zeros
+            values = _ablation_values(a, min(batch_size, len(chosen)))  # (b,) or None for zeros
             scores = []
-            for channels in batches(c, batch_size):
-                b = channels.stop - channels.start
-                ablated = a.unsqueeze(0).repeat(b, 1, 1, 1)
+            for part in batches(len(chosen), batch_size):
+                b = part.stop - part.start
+                ablated = a.unsqueeze(0).repeat(b, *([1] * a.dim()))
+                channels_first = ablated.movedim(-1, 1) if channels_last else ablated  # a view: writes go through
                 rows = torch.arange(b, device=a.device)
-                ablated[rows, channels.start + rows] = 0.0 if values is None else values[:b, None, None]
+                value = 0.0 if values is None else values[:b].view(b, *([1] * (a.dim() - 1)))
+                channels_first[rows, chosen[part]] = value
                 inputs = batch[i:i + 1] if broadcast else batch[i:i + 1].expand(b, -1, -1, -1)
                 out = forward_replacing(model, inputs, layer, ablated, forward=forward)
                 scores.append(out.float()[:, index])  # (b, k)
             original = logits[i, index].float()  # (k,)
-            ablated_scores = torch.cat(scores).T  # (k, C)
-            weights.append((original[:, None] - ablated_scores) / original[:, None])
+            ablated_scores = torch.cat(scores).T  # (k, M)
+            w = torch.zeros(len(index), c, device=original.device)
+            w[:, chosen.to(w.device)] = (original[:, None] - ablated_scores) / original[:, None]
+            weights.append(w)
     if broadcast is False:
         warning = (f"Ablation-CAM on `{layer}` repeats each image {batch_size} times per batch (the model does not "
                    "accept one input with a batch of ablated activations); it is slower, not different.")
@@ -228,7 +247,7 @@ def _broadcasts(model: nn.Module, image: torch.Tensor, layer: str, a: torch.Tens
                 forward: Callable | None = None) -> bool:
     """Whether feeding one image while `layer` returns a batch of 2 copies of its own output gives the image's logits twice."""
     try:
-        out = forward_replacing(model, image, layer, a.unsqueeze(0).repeat(2, 1, 1, 1).clone(), forward=forward)
+        out = forward_replacing(model, image, layer, a.unsqueeze(0).repeat(2, *([1] * a.dim())), forward=forward)
     except RuntimeError:
         return False
     if out.shape != (2, logits.shape[0]):
@@ -284,6 +303,8 @@ def compute_maps(
     head: nn.Linear | None = None,
     engine: Engine | None = None,
     log: Callable[[str], None] = lambda message: None,
+    views: dict[str, Callable[[torch.Tensor], torch.Tensor] | None] | None = None,
+    max_channels: int | None = None,
 ) -> ComputedMaps:
     """Every requested method's maps for `class_sets[r][i]` (rank r, image i), on each layer.
 
@@ -291,6 +312,9 @@ def compute_maps(
     images (None: all at once); score and ablation forwards (`batch_size` masks each) are shared by all
     ranks. `head`: the linear layer after global average pooling (for `cam`). `engine`: the build's engine
     (its cache serves the passes to later stages); a private one over `model` and `batch` otherwise.
+    `views`: layer -> how its output becomes (N, C, h, w) (a transformer's tokens; `ModelAdapter.layer_view`),
+    applied to its activations and gradients alike (pytorch-grad-cam's `reshape_transform`). `max_channels`:
+    Score-CAM and Ablation-CAM mask only each image's channels of highest spatial mean, at most this many.
     """
     engine = engine or Engine(model, batch, chunk=chunk)
     records = [REGISTRY[m] for m in methods]
@@ -300,13 +324,15 @@ def compute_maps(
     logits, activations, passes = engine_passes(engine, layers, records, class_sets, input_grad=input_grad, log=log)
     seconds["forward_backward" if passes else "forward"] = time.perf_counter() - start
     raw, skipped, warnings = run_methods(engine, layers, records, class_sets, logits, activations, passes,
-                                         batch_size=batch_size, head=head, seconds=seconds)
+                                         batch_size=batch_size, head=head, seconds=seconds, views=views or {},
+                                         max_channels=max_channels)
     start = time.perf_counter()
     done, final, layer_methods, not_applicable, layer_not_applicable = postprocess(
         raw, skipped, list(layers), [m.id for m in records], len(class_sets), batch)
     seconds["postprocess"] = time.perf_counter() - start
     return ComputedMaps(methods=done, final=final, layer_methods=layer_methods,
-                        shapes={name: tuple(activations[name].shape[1:]) for name in layers}, passes=passes,
+                        shapes={name: tuple(_viewed(views or {}, name, activations[name]).shape[1:])
+                                for name in layers}, passes=passes,
                         not_applicable=not_applicable, layer_not_applicable=layer_not_applicable,
                         warnings=tuple(warnings), seconds=seconds)
 
@@ -328,8 +354,11 @@ def engine_passes(engine: Engine, layers: Sequence[str], records: Sequence[Metho
 def run_methods(engine: Engine, layers: Sequence[str], records: Sequence[Method],
                 class_sets: Sequence[tuple[int, ...]], logits: torch.Tensor, activations: dict[str, torch.Tensor],
                 passes: list[GradPass] | None, *, batch_size: int, head: nn.Linear | None,
-                seconds: dict[str, float]) -> tuple[dict, dict, list[str]]:
-    """Each method's raw maps: (layer -> method -> (k, N, h, w), method -> {layer -> why not applicable}, warnings)."""
+                seconds: dict[str, float], views: dict | None = None, max_channels: int | None = None,
+                ) -> tuple[dict, dict, list[str]]:
+    """Each method's raw maps: (layer -> method -> (k, N, h, w), method -> {layer -> why not applicable}, warnings).
+    `views` and `max_channels`: see `compute_maps`."""
+    views = views or {}
     n = engine.batch.shape[0]
     per_image = [tuple(classes[i] for classes in class_sets) for i in range(n)]  # (N, k)
     raw: dict[str, dict[str, torch.Tensor]] = {name: {} for name in layers}
@@ -339,13 +368,18 @@ def run_methods(engine: Engine, layers: Sequence[str], records: Sequence[Method]
         start = time.perf_counter()
         fn = method.function()
         for name in layers:
-            a = activations[name].float()  # (N, C, h, w)
+            a = _viewed(views, name, activations[name]).float()  # (N, C, h, w)
             if "gradients" in method.needs:
-                raw[name][method.id] = torch.stack([fn(a, p.gradients[name].float()) for p in passes])
+                raw[name][method.id] = torch.stack([fn(a, _viewed(views, name, p.gradients[name]).float())
+                                                    for p in passes])
                 continue
+            keep = None
+            if max_channels is not None and a.shape[1] > max_channels:
+                keep = a.mean(dim=(2, 3)).topk(max_channels, dim=1).indices  # (N, M) most active first
             job = CamJob(model=engine.model, forward=engine.forward, batch=engine.batch, layer=name, activations=a,
                          raw_activations=activations[name], logits=logits, class_sets=list(class_sets),
-                         per_image=per_image, batch_size=batch_size, head=head)
+                         per_image=per_image, batch_size=batch_size, head=head,
+                         channels_last=views.get(name) is not None, keep=keep)
             try:
                 raw[name][method.id] = fn(job)
             except NotApplicable as exc:
@@ -353,6 +387,12 @@ def run_methods(engine: Engine, layers: Sequence[str], records: Sequence[Method]
             warnings += job.warnings
         seconds[method.id] = seconds.get(method.id, 0.0) + time.perf_counter() - start
     return raw, skipped, warnings
+
+
+def _viewed(views: dict, name: str, output: torch.Tensor) -> torch.Tensor:
+    """A layer's output (or its gradient) as (N, C, h, w): through the layer's view, if it has one."""
+    view = views.get(name)
+    return output if view is None else view(output)
 
 
 def postprocess(raw: dict[str, dict[str, torch.Tensor]], skipped: dict[str, dict[str, str]], layers: list[str],

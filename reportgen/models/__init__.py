@@ -1,11 +1,14 @@
-"""Load the model a config names, as a `ModelAdapter`: torchvision by name, the user's own factory, or TorchScript.
+"""Load the model a config names, as a `ModelAdapter`: torchvision or timm by name, the user's own factory,
+TorchScript, or a Hugging Face folder.
 
-Weights come only from local files: a torchvision weights enum from the local torch hub cache, or a
-`checkpoint` state_dict loaded with `torch.load(weights_only=True)`. Nothing is downloaded.
+Weights come only from local files: a torchvision weights enum from the local torch hub cache, a Hugging Face
+folder, or a `checkpoint` (a `.safetensors` file, or a state_dict loaded with `torch.load(weights_only=True)`).
+Nothing is downloaded.
 
 Adding a model source is one module with a `load(cfg, base_dir) -> ModelAdapter` function (the model as
 built, on the CPU; a subclass of `ModelAdapter` where the source needs other answers) plus one record in
-`SOURCES`; `load_model` does what every source shares: the checkpoint, eval mode, the device, `model.output`.
+`SOURCES`; `load_model` does what every source shares: the checkpoint, eval mode, the device, `model.output`,
+the layouts of the model's layers (`layouts.declare_layouts`).
 """
 from __future__ import annotations
 
@@ -21,13 +24,16 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ReportgenError, did_you_mean
+from . import huggingface as _huggingface
 from . import module as _module
+from . import timm as _timm
 from . import torchscript as _torchscript
 from . import torchvision as _torchvision
 from .adapter import (TORCHSCRIPT_LIMITS, LoadedModel, ModelAdapter, describe_output, hooks_refused, pick_logits,
                       takes_hooks)
 from .checkpoint import load_checkpoint, pickle_globals, read_checkpoint, torch_load, unwrap_state_dict
 from .labels import load_labels
+from .layouts import Layout, Layouts, declare_layouts
 from .torchvision import preprocess_from_weights, torchvision_names, weights_cache_path
 
 Loader = Callable[[ModelConfig, "Path | None"], ModelAdapter]
@@ -37,10 +43,12 @@ SOURCES: dict[str, Loader] = {
     "torchvision": _torchvision.load,
     "module": _module.load,
     "torchscript": _torchscript.load,
+    "timm": _timm.load,
+    "huggingface": _huggingface.load,
 }
 
 __all__ = [
-    "SOURCES", "TORCHSCRIPT_LIMITS", "LoadedModel", "ModelAdapter", "describe_output", "hooks_refused",
+    "SOURCES", "TORCHSCRIPT_LIMITS", "Layout", "Layouts", "LoadedModel", "ModelAdapter", "describe_output", "hooks_refused",
     "load_checkpoint", "load_labels", "load_model", "pick_logits", "pickle_globals", "preprocess_from_weights",
     "read_checkpoint", "resolve_device", "takes_hooks", "torch_load", "torchvision_names", "unwrap_state_dict",
     "weights_cache_path",
@@ -82,7 +90,8 @@ def load_model(cfg: ModelConfig, base_dir: Path | None = None, model: nn.Module 
     adapter.model.eval().to(device)
     output = getattr(cfg, "output", None)  # `model.output`, once ModelConfig has it
     return dataclasses.replace(adapter, device=device, description=description,
-                               output=adapter.output if output is None else output)
+                               output=adapter.output if output is None else output,
+                               layouts=declare_layouts(adapter.model, cfg.input_size))
 
 
 def given_model(model: nn.Module | None, cfg: ModelConfig) -> ModelAdapter:
@@ -91,11 +100,12 @@ def given_model(model: nn.Module | None, cfg: ModelConfig) -> ModelAdapter:
     if not isinstance(model, nn.Module):
         raise ReportgenError("`model.source: python` is the model given in Python, `reportgen.build(config, "
                              "model=...)`" + (f"; got a {type(model).__name__}, not a torch.nn.Module." if model is not None
-                                              else ": a config file names a torchvision, module or torchscript model."))
+                                              else ": a config file names a model of another source."))
     device = next((t.device for t in itertools.chain(model.parameters(), model.buffers())), torch.device("cpu"))
     model.eval()
     return ModelAdapter(model=model, device=device, source="python", output=cfg.output,
-                        description=f"{type(model).__name__}, given in Python")
+                        description=f"{type(model).__name__}, given in Python",
+                        layouts=declare_layouts(model, cfg.input_size))
 
 
 def _overwritten(cfg: ModelConfig) -> bool:

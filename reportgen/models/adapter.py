@@ -9,7 +9,8 @@ downstream code asks the adapter, never the source, for
   prescribes, and `normalize(pre)` gives the mean/std the inputs were normalised with;
 - the labels the source knows: `categories`;
 - whether layers take forward hooks: `hooks`, and `refuse_hooks(...)` for the one message saying why not;
-- how a layer's output becomes (N, C, H, W): `layer_view(name)` (None: it already is).
+- how a layer's output becomes (N, C, H, W): `layer_view(name)` (None: it already is), from the layouts its
+  model family declares (`layouts.py`: tokens, channels-last), and the CAM layer the family recommends.
 
 A source that needs other answers subclasses `ModelAdapter` and overrides the method.
 """
@@ -23,6 +24,7 @@ from torch import nn
 
 from ..config import Normalize, Preprocess
 from ..errors import ReportgenError, did_you_mean
+from .layouts import NONE, Layout, Layouts
 
 Output = int | str | None  # `model.output`: an index (tuple/list) or a key (dict, attribute), None: the output itself
 
@@ -61,6 +63,7 @@ class ModelAdapter:
     output: Output = None
     categories: list[str] | None = None
     prescribed: Preprocess | None = None
+    layouts: Layouts = NONE  # the layouts its model family declares (`layouts.declare_layouts`), set by load_model
 
     # ---- logits
 
@@ -83,6 +86,10 @@ class ModelAdapter:
         if not pre.from_weights:
             return pre
         if self.prescribed is None:
+            if self.source == "huggingface":
+                raise ReportgenError("`inputs.preprocess: from_weights` needs the model folder's "
+                                     "preprocessor_config.json (`processor.save_pretrained(folder)` writes it). Give "
+                                     "`resize`, `center_crop` and `normalize` instead.")
             raise ReportgenError("`inputs.preprocess: from_weights` needs torchvision weights (`model.weights`)"
                                  + ("." if self.source == "torchvision" else
                                     f": a `{self.source}` model prescribes no preprocessing. Give `resize`, "
@@ -105,10 +112,23 @@ class ModelAdapter:
         """The error to raise when `what` (a stage, methods) needs hooks that this model does not take."""
         return hooks_refused(what, plural=plural, key=key)
 
+    def layout(self, name: str) -> Layout | None:
+        """The declared layout of layer `name`'s output, or None: undeclared (a CNN's (N, C, H, W) layers, or,
+        in a transformer whose family declares its maps (`layouts.only`), a layer whose output is no map)."""
+        return self.layouts.layers.get(name)
+
+    def is_map(self, name: str) -> bool | None:
+        """Whether layer `name`'s output can be shown as a map: True (declared), False (the family declares its
+        maps and this is not one), None (undeclared: judge by its shape, as for a CNN)."""
+        if name in self.layouts.layers:
+            return True
+        return False if self.layouts.only else None
+
     def layer_view(self, name: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        """How the output of layer `name` becomes (N, C, H, W), or None when it already is (CNNs). A source
-        whose layers give tokens (N, L, C) overrides this to fold them into a grid."""
-        return None
+        """How the output of layer `name` becomes (N, C, H, W), or None when it already is (CNNs): tokens are
+        folded into their grid, channels-last outputs permuted (a view, no copy)."""
+        layout = self.layout(name)
+        return None if layout is None or layout.kind == "channels_first" else layout.view(name)
 
 
 LoadedModel = ModelAdapter  # the name before the adapter

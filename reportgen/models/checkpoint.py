@@ -1,4 +1,5 @@
-"""Checkpoint files: loaded with `torch.load(weights_only=True)`; full unpickling only when trusted.
+"""Checkpoint files: loaded with `torch.load(weights_only=True)`; full unpickling only when trusted. A
+`.safetensors` file holds tensors only, so it is safe by construction (no `trust_checkpoint` needed).
 
 A file that the safe loader refuses is inspected with `pickletools`, which decodes a pickle's opcodes and
 runs nothing, to tell a pickle holding Python objects (a custom class, an `argparse.Namespace`, a whole
@@ -168,8 +169,30 @@ def unwrap_state_dict(obj: object) -> dict[str, torch.Tensor]:
 
 
 def read_checkpoint(path: Path, *, trust: bool = False) -> dict[str, torch.Tensor]:
-    """The state_dict in the checkpoint file `path` (unwrapped from the common wrappers)."""
+    """The state_dict in the checkpoint file `path` (unwrapped from the common wrappers; a `.safetensors` file
+    as it is)."""
+    if Path(path).suffix == ".safetensors":
+        return load_safetensors(Path(path))
     return unwrap_state_dict(torch_load(path, trust=trust))
+
+
+SAFETENSORS_HINT = "pip install safetensors"
+
+
+def load_safetensors(path: Path, key: str = "model.checkpoint") -> dict[str, torch.Tensor]:
+    """The tensors in a `.safetensors` file, on the CPU."""
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+    except ImportError:
+        raise ReportgenError(f"`{key}`: {path.name} is a .safetensors file, which needs the safetensors package: "
+                             f"{SAFETENSORS_HINT}") from None
+    if not path.is_file():
+        raise ReportgenError(f"`{key}`: the file {path} does not exist.")
+    try:
+        return dict(load_file(str(path), device="cpu"))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ReportgenError(f"`{key}`: {path} is not a readable .safetensors file ({first_line(exc)}).") from None
 
 
 def load_checkpoint(model: nn.Module, path: Path, *, trust: bool = False,

@@ -27,7 +27,7 @@ from torch import nn
 from ..config import CamConfig
 from ..errors import ReportgenError
 from ..hooks import get_layer
-from ..layers import AutoLayer, auto_cam_layer
+from ..layers import AutoLayer, auto_cam_layer, map_view, spatial_shape
 from ..methods import REGISTRY
 from ..methods.cam import FUSED, compute_maps, not_applicable_notes, project_2d, scale_cams  # noqa: F401
 from . import Context, ModelInfo, Stage
@@ -91,9 +91,10 @@ def target_layers(info: ModelInfo, cfg: CamConfig) -> tuple[tuple[str, ...], Aut
         if shape is None:
             raise ReportgenError(f"cam target layer `{name}` ({layer.type}) is not called in the forward pass or "
                                  "does not return a tensor; choose a layer with an (N, C, H, W) output.")
-        if len(shape) != 4:
-            raise ReportgenError(f"cam target layer `{name}` ({layer.type}) outputs shape {list(shape)}, but a class "
-                                 f"activation map needs a 4-D (N, C, H, W) output. {_spatial_hint(info)}")
+        if spatial_shape(info, name) is None:  # a token layer of the wrong length raises, naming its shape
+            raise ReportgenError(f"cam target layer `{name}` ({layer.type}) outputs shape {list(shape)}, which is not "
+                                 "a map of the input: a class activation map needs a 4-D (N, C, H, W) output, or "
+                                 f"tokens / a channels-last output that the model's family declares. {_spatial_hint(info)}")
     if len(layers) > 1 and FUSED in layers:
         raise ReportgenError(f"a cam target layer is named `{FUSED}`, the name of the fused map of several "
                              "layers; use it as the only target layer.")
@@ -120,7 +121,9 @@ def run(ctx: Context, cfg: CamConfig) -> CamResult:
     notes: list[str] = [auto.note()] if auto else []
     share = ctx.engine.input_grad_wanted  # a later stage asked for input gradients: this pass keeps them
     computed = compute_maps(ctx.model, ctx.batch, layers, cfg.methods, class_sets, batch_size=cfg.batch_size,
-                            head=_linear_head(info), engine=ctx.engine, log=ctx.log)
+                            head=_linear_head(info), engine=ctx.engine, log=ctx.log,
+                            views={name: map_view(info, name) for name in layers}, max_channels=cfg.max_channels)
+    notes += _masked_channels_notes(cfg, computed.shapes, n)
     if share and computed.passes is not None:
         notes.append("The gradients section reuses this section's forward and backward pass for "
                      "saliency / input × gradient.")
@@ -187,6 +190,32 @@ def to_json(result: CamResult) -> dict:
         "warnings": list(result.warnings),
         "seconds": dict(result.seconds),
     }
+
+
+MASKED = ("scorecam", "ablationcam")  # one forward per image and channel
+MANY_MASKED_FORWARDS = 1024  # channels × images above which the report suggests `cam.max_channels`
+
+
+def _masked_channels_notes(cfg: CamConfig, shapes: dict[str, tuple[int, ...]], images: int) -> list[str]:
+    """What `cam.max_channels` did to Score-CAM / Ablation-CAM, or a suggestion to set it when they masked many
+    channels."""
+    masked = [m for m in cfg.methods if m in MASKED]
+    if not masked:
+        return []
+    names = " and ".join(REGISTRY[m].title for m in masked)
+    channels = {name: shape[0] for name, shape in shapes.items()}
+    if cfg.max_channels is not None:
+        capped = [f"`{name}` ({c})" for name, c in channels.items() if c > cfg.max_channels]
+        if capped:
+            return [f"{names} masked, per image, only the {cfg.max_channels} channels of highest mean activation of "
+                    f"{', '.join(capped)} (`analyses.cam.max_channels`); the other channels weigh 0."]
+        return []
+    forwards = sum(channels.values()) * images
+    if forwards > MANY_MASKED_FORWARDS:
+        return [f"{names} ran one forward per channel and image ({forwards:,} for these images). Setting "
+                "`analyses.cam.max_channels` (say 64) masks only each image's most active channels: faster, at the "
+                "cost of exact parity with pytorch-grad-cam."]
+    return []
 
 
 def _targets(ctx: Context, cfg: CamConfig) -> list[list[int]]:

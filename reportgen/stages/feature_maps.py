@@ -29,7 +29,7 @@ import torch
 from ..config import FeatureMapsConfig, LayerPattern
 from ..errors import ReportgenError
 from ..hooks import capture_outputs, cpu_copy
-from ..layers import depth_of, is_spatial_map, select_layers
+from ..layers import depth_of, is_spatial_map, map_view, select_layers, spatial_shape
 from ..ops import batches
 from . import Context, ModelInfo, Stage
 
@@ -72,7 +72,12 @@ def _children(info: ModelInfo, prefix: str) -> list[str]:
 
 
 def default_layers(info: ModelInfo) -> list[str]:
-    """The top-level blocks with a spatial feature map (see the module docstring)."""
+    """The top-level blocks with a spatial feature map (see the module docstring); a transformer's blocks (or
+    stages) as its family declares them (`models.layouts`), at most 8 evenly spaced."""
+    blocks = [n for n in (info.adapter.layouts.blocks if info.adapter is not None else ()) if is_spatial_map(info, n)]
+    if blocks:
+        picks = np.linspace(0, len(blocks) - 1, min(MAX_DEFAULT_LAYERS, len(blocks))).round().astype(int)
+        return [blocks[i] for i in sorted(set(picks.tolist()))]
     prefix = ""
     while True:
         maps = [n for n in _children(info, prefix) if is_spatial_map(info, n, spatial=False)]
@@ -91,7 +96,7 @@ def default_layers(info: ModelInfo) -> list[str]:
         candidates = containers
     candidates.sort(key=lambda n: info.layers[n].order)
     if len(candidates) > MAX_DEFAULT_LAYERS:
-        spatial = [info.layers[n].output_shape[2:] for n in candidates]
+        spatial = [spatial_shape(info, n)[2:] for n in candidates]
         candidates = [n for i, n in enumerate(candidates) if i == len(candidates) - 1 or spatial[i] != spatial[i + 1]]
     if len(candidates) > MAX_DEFAULT_LAYERS:
         picks = np.linspace(0, len(candidates) - 1, MAX_DEFAULT_LAYERS).round().astype(int)
@@ -111,7 +116,7 @@ def listed_layers(info: ModelInfo, cfg: FeatureMapsConfig) -> tuple[list[str], l
         layer = info.layers[name]
         if layer.order is None:
             why = "is not called by the forward pass"
-        elif layer.output_shape is None or len(layer.output_shape) != 4:
+        elif layer.output_shape is None or spatial_shape(info, name) is None:
             what = "no tensor" if layer.output_shape is None else f"shape {_batchless(layer.output_shape)}"
             why = f"produces {what}, not a (C, H, W) feature map"
         else:
@@ -145,7 +150,8 @@ def check(info: ModelInfo, cfg: FeatureMapsConfig) -> None:
 def run(ctx: Context, cfg: FeatureMapsConfig) -> FeatureMapsResult:
     names, notes = listed_layers(ctx.info, cfg)
     outputs, runtime_notes = capture_maps(ctx.model, ctx.batch, names, ctx.config.inputs.batch_size,
-                                          forward=ctx.forward, engine=ctx.engine)
+                                          forward=ctx.forward, engine=ctx.engine,
+                                          views={name: map_view(ctx.info, name) for name in names})
     notes += runtime_notes
     layers = tuple(summarize(name, ctx.info.layers[name].type, outputs[name], cfg.max_channels, cfg.order)
                    for name in names if name in outputs)
@@ -187,12 +193,13 @@ def to_json(result: FeatureMapsResult) -> dict:
 # ---------------------------------------------------------------------------- compute
 
 def capture_maps(model: torch.nn.Module, batch: torch.Tensor, names: Sequence[str],
-                 chunk: int, forward=None, engine=None) -> tuple[dict[str, np.ndarray], list[str]]:
+                 chunk: int, forward=None, engine=None, views=None) -> tuple[dict[str, np.ndarray], list[str]]:
     """The output of every layer in `names` for every image -> (name -> (N, C, h, w) float32, notes on layers
     that produced something else at run time). Each output is copied while its layer returns (a later
     in-place op cannot change it; `hooks.cpu_copy`); a layer called twice keeps its last call's output. From
     the forward of a gradient pass the `engine` already ran (it observed these layers), else one forward per
-    chunk of images of our own, with hooks that are gone on return, also on error."""
+    chunk of images of our own, with hooks that are gone on return, also on error. `views`: layer -> how its
+    output becomes (N, C, h, w) (a transformer's tokens; `ModelAdapter.layer_view`)."""
     bad: dict[str, str] = {}
     chunks = engine.observed(names) if engine is not None and names else None
     if chunks is None:
@@ -207,6 +214,9 @@ def capture_maps(model: torch.nn.Module, batch: torch.Tensor, names: Sequence[st
     for outputs in chunks:
         for name in names:
             out = outputs.get(name)
+            view = (views or {}).get(name)
+            if view is not None and torch.is_tensor(out):
+                out = view(out).contiguous()
             if not torch.is_tensor(out) or out.dim() != 4:
                 bad[name] = "no tensor" if not torch.is_tensor(out) else f"shape {_batchless(out.shape)}"
                 continue

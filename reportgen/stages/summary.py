@@ -1,4 +1,5 @@
-"""The model summary: torchinfo's table and totals as plain records (no display strings inside)."""
+"""The model summary: torchinfo's table and totals as plain records (no display strings inside), and a FLOP
+total from `torch.utils.flop_counter`, which counts what torchinfo's mult-adds leave out (attention matmuls)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -40,6 +41,8 @@ class SummaryResult:
     input_shape: list[int]  # [1, C, H, W]
     rows: list[SummaryRow]  # up to the configured depth
     totals: SummaryTotals
+    flops: int | None = None  # FLOPs of one forward at input_shape (FlopCounterMode), None when it could not count
+    flops_note: str = ""  # how the FLOP total differs from torchinfo's mult-adds
 
 
 def check(info: ModelInfo, cfg: SummaryConfig) -> None:
@@ -98,7 +101,42 @@ def compute_summary(model, input_size, *, depth: int = 3, device=None) -> Summar
         params_size_mb=round(stats.total_param_bytes / 1e6, 2),
         estimated_total_size_mb=round(total / 1e6, 2),
     )
-    return SummaryResult(model_name=type(model).__name__, input_shape=input_shape, rows=rows, totals=totals)
+    flops = count_flops(model, input_shape, device)
+    return SummaryResult(model_name=type(model).__name__, input_shape=input_shape, rows=rows, totals=totals,
+                         flops=flops, flops_note=flops_note(flops, totals.total_mult_adds))
+
+
+def count_flops(model, input_shape, device=None) -> int | None:
+    """FLOPs of one no-grad forward of a zero input (`torch.utils.flop_counter.FlopCounterMode`: matmuls and
+    convolutions, 2 per mult-add), attention through the explicit (math) kernel so its matmuls are counted;
+    None when the model does not run under the counter."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if isinstance(model, torch.jit.ScriptModule):
+        return None
+    parameter = next(model.parameters(), None)
+    device = device or (parameter.device if parameter is not None else "cpu")
+    dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
+    try:
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(input_shape, device=device, dtype=dtype))
+    except Exception:  # a model the counter's dispatch cannot follow: the summary goes without
+        return None
+    return int(counter.get_total_flops())
+
+
+def flops_note(flops: int | None, mult_adds: int) -> str:
+    if flops is None:
+        return "The FLOP counter could not follow this model's forward pass."
+    missing = flops / 2 - mult_adds
+    text = ("FLOPs from torch.utils.flop_counter: the matrix products and convolutions of one forward, 2 FLOPs per "
+            "mult-add. torchinfo's mult-adds count no attention matmuls (queries × keys, weights × values) nor other "
+            "functional ops, and a linear layer once per image, not once per token")
+    if missing > 0.05 * max(mult_adds, 1):
+        return text + f": here the FLOPs stand for {flops / 2 / max(mult_adds, 1):.1f}× torchinfo's mult-adds."
+    return text + "."
 
 
 def _qualified_name(layer) -> str:
@@ -122,6 +160,7 @@ def arrays(result: SummaryResult) -> dict:
 def to_json(result: SummaryResult) -> dict:
     return {
         "totals": asdict(result.totals),
+        "flops": {"total": result.flops, "note": result.flops_note},
         "rows": [
             {k: v for k, v in asdict(row).items() if k in
              ("name", "class_name", "depth", "output_shape", "num_params", "mult_adds", "kernel_size", "trainable")}

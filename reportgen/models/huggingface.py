@@ -1,0 +1,87 @@
+"""`model.source: huggingface`: an image classifier saved in a local folder (`save_pretrained`), loaded with
+`AutoModelForImageClassification.from_pretrained(folder, local_files_only=True)`: nothing is downloaded.
+
+The folder holds `config.json` and the weights (`model.safetensors`, `pytorch_model.bin`, or their sharded
+index). The labels are the config's `id2label`; the preprocessing (`inputs.preprocess: from_weights`) is the
+folder's `preprocessor_config.json`; the logits are the output's `.logits`.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+from ..config import ModelConfig, Normalize, Preprocess
+from ..errors import ReportgenError
+from .adapter import ModelAdapter
+from .checkpoint import first_line
+
+INSTALL = "pip install 'reportgen[huggingface]'"
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL's codes, as preprocessor configs store them
+
+
+def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
+    """The classifier in the folder `cfg.path`."""
+    folder = cfg.path
+    if not folder.is_dir():
+        raise ReportgenError(f"`model.path`: {folder} is not a folder. A Hugging Face model is a local folder "
+                             "with config.json and its weights (`model.save_pretrained(folder)`).")
+    if not (folder / "config.json").is_file():
+        raise ReportgenError(f"`model.path`: {folder} has no config.json, so it is not a saved Hugging Face model "
+                             "(`model.save_pretrained(folder)` writes one).")
+    if not any((folder / name).is_file() for name in WEIGHTS):
+        raise ReportgenError(f"`model.path`: {folder} has no weights: expected one of {', '.join(WEIGHTS)}. "
+                             "reportgen never downloads; put the weights file beside config.json.")
+    if cfg.kwargs.get("trust_remote_code"):
+        raise ReportgenError("`model.kwargs`: trust_remote_code would run Python code from the model folder; reportgen "
+                             "loads only the architectures transformers ships. Leave it out.")
+    try:
+        import transformers
+    except ImportError:
+        raise ReportgenError("`model.source: huggingface` needs the transformers package, which is not installed: "
+                             f"{INSTALL}") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            transformers.logging.set_verbosity_error()
+            transformers.logging.disable_progress_bar()
+            model = transformers.AutoModelForImageClassification.from_pretrained(
+                str(folder), local_files_only=True, **cfg.kwargs)
+    except Exception as exc:
+        raise ReportgenError(f"`model.path`: loading the Hugging Face model in {folder} failed: "
+                             f"{type(exc).__name__}: {first_line(exc)}.") from None
+    labels = getattr(model.config, "id2label", None) or {}
+    categories = [str(labels.get(i, labels.get(str(i), i))) for i in range(len(labels))] or None
+    return ModelAdapter(model=model, source="huggingface",
+                        description=f"Hugging Face {type(model).__name__} from {folder.name}",
+                        categories=categories, prescribed=preprocess_from_folder(folder))
+
+
+def preprocess_from_folder(folder: Path) -> Preprocess | None:
+    """The folder's preprocessor_config.json as a Preprocess (size {height, width}: resized to that; size
+    {shortest_edge}: the shorter side; then `crop_size` when `do_center_crop`), or None without one."""
+    path = folder / "preprocessor_config.json"
+    if not path.is_file():
+        return None
+    try:
+        pre = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ReportgenError(f"`model.path`: {path} is not valid JSON ({first_line(exc)}).") from None
+
+    def size(value) -> tuple[int, ...] | None:
+        if isinstance(value, int):
+            return (value,)
+        if isinstance(value, dict):
+            if "height" in value and "width" in value:
+                return int(value["height"]), int(value["width"])
+            if "shortest_edge" in value:
+                return (int(value["shortest_edge"]),)
+        return None
+
+    resize = size(pre.get("size")) if pre.get("do_resize", True) else None
+    crop = size(pre.get("crop_size")) if pre.get("do_center_crop", False) else None
+    normalize = Normalize(mean=tuple(pre.get("image_mean", (0.5,) * 3)), std=tuple(pre.get("image_std", (0.5,) * 3))) \
+        if pre.get("do_normalize", True) else None
+    return Preprocess(resize=resize, center_crop=crop, normalize=normalize,
+                      interpolation=RESAMPLE.get(pre.get("resample", 2), "bilinear"))
