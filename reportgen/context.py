@@ -110,6 +110,8 @@ class Context:
     results: Results = field(default_factory=Results)  # typed results of the stages that ran before
     log: Callable[[str], None] = lambda message: None  # detail for `-v`
     offset: int = 0  # the index of this context's first image among all images
+    count: int | None = None  # images in the build (None: this context's images are all of them)
+    detail: tuple[int, ...] | None = None  # indices of the detail images among all images (None: every image)
 
     def for_batch(self, images: list[ImageInput], batch: torch.Tensor, logits: torch.Tensor, offset: int) -> "Context":
         """The context of one batch of a streamed build (`images` from index `offset` among all images, their
@@ -117,7 +119,7 @@ class Context:
         engine = Engine(self.model, batch, forward=self.engine.forward, input_grad_wanted=self.engine.input_grad_wanted,
                         observe=self.engine.observe)
         return Context(info=self.info, device=self.device, batch=batch, images=images, logits=logits, engine=engine,
-                       log=self.log, offset=offset)
+                       log=self.log, offset=offset, count=self.count, detail=self.detail)
 
     @property
     def model(self) -> nn.Module:

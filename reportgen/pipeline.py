@@ -210,7 +210,7 @@ def _build_in(config: Config, group: dist.Group, started: float, log: Log, detai
     engine = Engine(info.model, batch, chunk=config.inputs.batch_size, forward=info.forward,
                     input_grad_wanted=input_grad_wanted(config), observe=observed_layers(info))
     ctx = Context(info=info, device=loaded.device, batch=batch, images=[image for image, _ in pixels],
-                  logits=images.logits[list(shown)], engine=engine, log=detail)
+                  logits=images.logits[list(shown)], engine=engine, log=detail, count=len(images), detail=tuple(shown))
     # arrays.npz is written entry by entry as the stages (and the batches of streamed stages) finish
     sink = write.ArraysWriter(config.output.dir, shard=group.rank if group.size > 1 else None) \
         if config.output.save_arrays else None
