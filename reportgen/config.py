@@ -430,7 +430,7 @@ class SanityConfig:
 class EvaluationConfig:
     """Scores of every map the cam and gradients stages computed: faithfulness, sanity and localisation."""
 
-    metrics: tuple[Literal[EVALUATION_METRICS], ...] | None = None  # null: all, localisation where boxes/masks exist
+    metrics: tuple[str, ...] | None = None  # null: all, localisation where boxes/masks exist (case, `-`, spaces forgiven)
     images: int = setting(64, **_COUNT)  # a seeded subset of all images scored (the detail images always in)
     batch_size: int = setting(64, **_COUNT)  # perturbed inputs per forward
     step: int | None = setting(None, **_COUNT)  # deletion/insertion pixels per step; null: 224 at 224², by area
@@ -441,11 +441,18 @@ class EvaluationConfig:
     sanity: SanityConfig = field(default_factory=SanityConfig)
 
     def _validate(self, err: Callable[[str, str], None]) -> EvaluationConfig:
-        if self.metrics is not None:
-            if not self.metrics:
-                err("metrics", f"needs at least one metric (or null for all): {', '.join(EVALUATION_METRICS)}.")
-            return dataclasses.replace(self, metrics=tuple(dict.fromkeys(self.metrics)))
-        return self
+        if self.metrics is None:
+            return self
+        if not self.metrics:
+            err("metrics", f"needs at least one metric (or null for all): {', '.join(EVALUATION_METRICS)}.")
+        names = []
+        for name in self.metrics:
+            key = re.sub(r"[\s-]+", "_", name.strip().lower())
+            if key not in EVALUATION_METRICS:
+                err("metrics", f"unknown metric `{_clean(name)}`.{did_you_mean(key, EVALUATION_METRICS)} Metrics: "
+                               f"{', '.join(EVALUATION_METRICS)}.")
+            names.append(key)
+        return dataclasses.replace(self, metrics=tuple(dict.fromkeys(names)))
 
 
 @dataclass(frozen=True)
