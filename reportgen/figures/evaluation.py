@@ -78,7 +78,7 @@ def plot_curves(result: EvaluationResult, colours: dict[str, str]):
         ax.set_xlim(0, 1)
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("p(target), mean over images")
-    axes[1].legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=8, frameon=False, loc="outside right center")
     n = len(result.indices)
     return _to_figure(fig, f"Mean deletion and insertion curves over {n} images, one line per method: the target "
                            "class's probability against the fraction of pixels changed, most salient first",
@@ -101,7 +101,7 @@ def plot_cascade(result: EvaluationResult, colours: dict[str, str]):
     ax.set_xlabel("randomised, cumulatively, from the logits back")
     ax.set_ylim(-0.2, 1.05)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.legend(fontsize=8, frameon=False, loc="outside right center")
     return _to_figure(fig, f"Sanity check: mean Spearman correlation of each method's maps with the trained model's "
                            f"after each of {len(blocks)} randomised blocks, over {len(s.images)} images",
                       "Cascading randomisation: correlation per block")
@@ -120,7 +120,7 @@ def plot_cascade_maps(result: EvaluationResult):
             main[method] = method
     keys = [k for k in dict.fromkeys(main.values()) if k in s.maps]
     steps = ["trained"] + list(s.cascade.blocks)
-    fig = MplFigure(figsize=(1.1 * len(steps) + 1.2, 1.1 * len(keys) + 0.4), dpi=DPI, layout="constrained")
+    fig = MplFigure(figsize=(1.25 * len(steps) + 1.6, 1.25 * len(keys) + 0.4), dpi=DPI, layout="constrained")
     axes = np.atleast_2d(fig.subplots(len(keys), len(steps), squeeze=False))
     for r, key in enumerate(keys):
         for c, step in enumerate(steps):
@@ -130,8 +130,8 @@ def plot_cascade_maps(result: EvaluationResult):
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(_text(step), fontsize=7, rotation=30)
-        axes[r, 0].set_ylabel(_text(key_title(result, key)), fontsize=7, rotation=0, ha="right", va="center")
+                ax.set_title(_text(step), fontsize=8)
+        axes[r, 0].set_ylabel(_text(key_title(result, key)), fontsize=8, rotation=0, ha="right", va="center")
     return _to_figure(fig, f"Maps of image {s.image} for each method (rows) on the trained model and after each "
                            "randomised block (columns)", f"{s.image}: maps at each step of the cascade")
 
@@ -148,7 +148,7 @@ def plot_hits(result: EvaluationResult, ctx, colours: dict[str, str]) -> list:
         if image is None:
             continue
         hits = [h for h in result.hits if h.name == name]
-        fig = MplFigure(figsize=(4.6, 3.0), dpi=DPI, layout="constrained")
+        fig = MplFigure(figsize=(5.4, 3.0), dpi=DPI, layout="constrained")
         ax = fig.add_subplot()
         ax.imshow(image.display[..., :3], interpolation="nearest")
         if image.mask is not None:
@@ -165,7 +165,7 @@ def plot_hits(result: EvaluationResult, ctx, colours: dict[str, str]) -> list:
                     label=_text(f"{key_title(result, h.row)}: {'hit' if h.hit else 'miss'}"))
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.legend(fontsize=6, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        fig.legend(fontsize=7, frameon=False, loc="outside right center")
         count = sum(h.hit for h in hits)
         figures.append(_to_figure(fig, f"Pointing game on {name}: the object's outline and each map's maximum, "
                                        f"{count} of {len(hits)} inside", f"{name}: {count} of {len(hits)} hits"))
