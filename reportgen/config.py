@@ -999,6 +999,10 @@ analyses:                        # each key present = that stage runs
   feature_maps: {max_channels: 32}
   cam: {methods: [gradcam, gradcampp, scorecam], targets: top1}
   gradients: {methods: [saliency, integrated_gradients]}
+  # evaluation:                  # scores every cam / gradients map: deletion, insertion, ROAD, confidence change,
+  #   images: 64                 # infidelity, sensitivity, sanity check (+ localisation with boxes or masks);
+  #   step: null                 # costly: ~460 forwards per image and map at the default step (224 px at 224²);
+  #   metrics: null              # raise `step` (e.g. 2240) or lower `images` for a quick look
   # training: {logs: [runs/exp1]}  # TensorBoard event files or CSV / JSONL metric logs
 
 # report:                        # a data set: per-image figures for a few, every image a row of the table
