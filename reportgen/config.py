@@ -430,7 +430,7 @@ class SanityConfig:
 class EvaluationConfig:
     """Scores of every map the cam and gradients stages computed: faithfulness, sanity and localisation."""
 
-    metrics: tuple[str, ...] | None = None  # null: all, localisation where boxes/masks exist (case, `-`, spaces forgiven)
+    metrics: tuple[str, ...] | None = None  # null: all (localisation where boxes or masks exist); case, `-` forgiven
     images: int = setting(64, **_COUNT)  # a seeded subset of all images scored (the detail images always in)
     batch_size: int = setting(64, **_COUNT)  # perturbed inputs per forward
     step: int | None = setting(None, **_COUNT)  # deletion/insertion pixels per step; null: 224 at 224², by area

@@ -250,3 +250,49 @@ def test_sanity_on_the_shapes_model_gradcam_falls_guided_backprop_stays():
     table = {row["key"]: row for row in evaluation.summarize(result)}
     # an all-zero CAM of the random model has no ranks: that image is left out of the mean
     assert 1 <= table["gradcam/features.3"]["scores"]["sanity_spearman"]["n"] <= 4
+
+
+# ---------------------------------------------------------------- batching and torchrun
+
+
+def _scores(out: Path) -> tuple[dict, list]:
+    from tests.test_scale import read
+
+    data, records, _ = read(out)
+    return data["evaluation"], [r["evaluation"] for r in records]
+
+
+def test_the_scores_do_not_depend_on_how_the_images_are_batched(project):
+    """Each image's noise is seeded by its index and the sanity check runs on the same detail images: batches of 2
+    (two batches) and of 8 (one) give the same numbers."""
+    from tests.test_scale import assert_same_numbers
+
+    config = boxed_project(project)
+    found = {}
+    for size in (2, 8):
+        config["inputs"]["batch_size"] = size
+        config["output"]["dir"] = f"out{size}"
+        done = build(project, config)
+        assert done.exit_code == 0, done.output
+        found[size] = _scores(project.root / f"out{size}")
+    assert_same_numbers(found[2], found[8])
+
+
+@pytest.mark.slow  # two processes start torch: about 10 s
+def test_two_processes_under_torchrun_score_what_one_scores(project):
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_scale import ROOT, assert_same_numbers
+
+    config = boxed_project(project)
+    done = build(project, config)
+    assert done.exit_code == 0, done.output
+    two = project.root / "two"
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                          "-m", "reportgen", "build", str(project.write(config)), "-q", "-o", str(two)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=600,
+                         env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT)))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_same_numbers(_scores(project.root / "out"), _scores(two))
