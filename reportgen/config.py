@@ -441,6 +441,8 @@ class EvaluationConfig:
     sanity: SanityConfig = field(default_factory=SanityConfig)
 
     def _validate(self, err: Callable[[str, str], None]) -> EvaluationConfig:
+        if not self.percentiles:
+            err("percentiles", "needs at least one percentile (ROAD's default: [20, 40, 60, 80]).")
         if self.metrics is None:
             return self
         if not self.metrics:

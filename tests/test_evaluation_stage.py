@@ -177,6 +177,9 @@ def test_gradients_alone_and_chosen_metrics(project):
      "confidence_change, infidelity, sensitivity, sanity, localisation."),
     (lambda c: c["analyses"]["evaluation"].update(step=1024), "1024 pixels a step is the whole 32×32 input"),
     (lambda c: c["analyses"]["evaluation"].update(step=0), "`analyses.evaluation.step` (config.yaml, line"),
+    (lambda c: c["analyses"]["evaluation"].update(percentiles=[]), "needs at least one percentile"),
+    (lambda c: c["analyses"]["evaluation"].update(sanity={"blocks": "layers"}),
+     "`layers` is not one of blocks, modules."),
     (lambda c: (c["analyses"]["evaluation"].update(metrics=["localisation"]), c["inputs"].update(images=["*.png"])),
      "asks for localisation, but 3 of 3 images have no box or mask: a.png, b.png, c.png."),
 ])

@@ -29,6 +29,7 @@ Forwards of perturbed inputs go through `metrics.forward.inference_forward`, `ba
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import random
 from collections.abc import Callable
@@ -185,14 +186,16 @@ def wanted(cfg: EvaluationConfig) -> tuple[str, ...]:
     return cfg.metrics if cfg.metrics is not None else tuple(dict.fromkeys(c.metric for c in COLUMNS))
 
 
-def subset(count: int, detail: tuple[int, ...], size: int, seed: int) -> set[int]:
-    """The images scored: every detail image, then a seeded sample of the others up to `size` in all."""
+@functools.lru_cache(maxsize=8)  # asked once per batch with the same arguments
+def subset(count: int, detail: tuple[int, ...], size: int, seed: int) -> frozenset[int]:
+    """The images scored: every detail image, then a seeded sample of the others up to `size` in all (drawn from
+    `range(count)` without listing it, so a million images cost what `size` does)."""
     chosen = set(detail)
-    rest = [i for i in range(count) if i not in chosen]
     room = max(0, size - len(chosen))
-    if room >= len(rest):
-        return chosen | set(rest)
-    return chosen | set(random.Random(seed).sample(rest, room))
+    if room >= count - len(chosen):
+        return frozenset(range(count))
+    picks = random.Random(seed).sample(range(count), min(count, room + len(chosen)))
+    return frozenset(chosen | set([i for i in picks if i not in chosen][:room]))
 
 
 # ---------------------------------------------------------------------------- the maps of a batch
