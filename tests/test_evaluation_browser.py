@@ -11,8 +11,8 @@ import yaml
 from PIL import Image
 
 from reportgen.demo import shapes
-from tests.test_browser import (ROOT, assert_offline_and_clean, build, decode_all, driver, js,  # noqa: F401
-                                open_page, page_events, save_screenshot)
+from tests.test_browser import (ROOT, TEXT_COLOURS, _contrast, _flatten, assert_offline_and_clean, build,  # noqa: F401
+                                decode_all, driver, js, open_page, page_events, save_screenshot)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -83,3 +83,18 @@ def test_the_ranking_table_sorts_and_every_figure_is_drawn(driver, report):  # n
     ev = report["json"]["evaluation"]
     assert ev["images"] == 4 and len(ev["curves"]["rows"]) == 4 and ev["sanity"]["images"] == ["shape0", "shape1"]
     assert np.isfinite([r["scores"]["pointing_game"]["mean"] for r in ev["rows"]]).all()
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_the_section_passes_wcag_aa_contrast(driver, report, scheme):  # noqa: F811
+    open_page(driver, report["html"], scheme=scheme)
+    texts = js(driver, TEXT_COLOURS)  # the whole page, the evaluation section included
+    assert any(t["text"].startswith("Method ranking") for t in texts)
+    failures = []
+    for t in texts:
+        bg = _flatten(t["layers"])
+        fg = t["fg"][:3] if len(t["fg"]) == 3 or t["fg"][3] == 1 else _flatten([t["fg"], [*bg, 1]])
+        large = t["size"] >= 24 or (t["bold"] and t["size"] >= 18.66)
+        if _contrast(fg, bg) < (3.0 if large else 4.5):
+            failures.append((round(_contrast(fg, bg), 2), t["tag"], t["text"]))
+    assert failures == []
