@@ -247,7 +247,9 @@ def test_sanity_on_the_shapes_model_gradcam_falls_guided_backprop_stays():
     print("gradcam", np.round(gradcam, 3), "guided backprop", np.round(guided, 3),
           "saliency", np.round(s.cascade.mean_spearman("saliency"), 3))
     assert gradcam[1] < 0.5 and gradcam[-1] <= 0.5  # head and last block randomised: well below the start (1)
-    assert guided[-1] > gradcam[-1]  # the paper's finding: guided backprop barely changes
+    # the paper's finding, that guided backprop barely changes: here it stays above 0.5 while the head and the last
+    # block are random (Grad-CAM is near 0 by then), and falls only once the early blocks are random too
+    assert guided[1] > 0.5 > gradcam[1] and guided[-1] > gradcam[-1]
     verdicts = evaluation.sanity_verdicts(result)
     assert "gradcam/features.3" not in verdicts
     table = {row["key"]: row for row in evaluation.summarize(result)}
