@@ -431,24 +431,7 @@ def run(ctx: Context, cfg: EvaluationConfig) -> EvaluationResult:
     if not positions:
         return base
 
-    maps: dict[Row, np.ndarray] = {}
-    targets: dict[Row, np.ndarray] = {}
-    attributions: dict[Row, torch.Tensor] = {}
-    if cam is not None:
-        cam_targets = np.array([cam.targets[p][0] for p in positions], dtype=np.int64)
-        for method in cam.computed_methods:
-            for layer in cam.map_layers:
-                if (method, layer, positions[0], int(cam_targets[0])) in cam.maps:
-                    maps[(method, layer)] = np.stack([cam.maps[(method, layer, p, int(cam.targets[p][0]))]
-                                                      for p in positions]).astype(np.float32)
-                    targets[(method, layer)] = cam_targets
-    if grads is not None:
-        grad_targets = grads.classes[positions, 0].astype(np.int64)
-        for method, values in grads.maps.items():
-            raw = values[positions, 0]  # (n, C, H, W)
-            maps[(method, "")] = gradient_map(raw)
-            targets[(method, "")] = grad_targets
-            attributions[(method, "")] = torch.from_numpy(np.ascontiguousarray(raw)).to(ctx.batch)
+    maps, targets, attributions = batch_maps(cam, grads, positions, ctx.batch)
     x = ctx.batch[positions]
     images = [ctx.images[p] for p in positions]
     masks = [image_mask(image, (h, w)) for image in images]
@@ -479,17 +462,9 @@ def run(ctx: Context, cfg: EvaluationConfig) -> EvaluationResult:
         outcome = _sanity(ctx, cfg, cam, grads, [p for p in positions if ctx.offset + p in shown])
     hits, boxes = [], {}
     if "localisation" in metrics:
-        for j, p in enumerate(positions):
-            if indices[j] in shown and masks[j] is not None:
-                boxes[indices[j]] = images[j].box
-                for row in maps:
-                    m = maps[row][j]
-                    if m.max() == m.min():
-                        continue
-                    peak = np.unravel_index(int(np.argmax(m)), m.shape)
-                    hit = localisation.pointing_game(m[None], masks[j][None], cfg.tolerance)[0]
-                    hits.append(Hit(image=indices[j], name=images[j].name, row=row_key(row),
-                                    peak=(int(peak[0]), int(peak[1])), hit=bool(hit)))
+        drawn = [j for j in range(len(indices)) if indices[j] in shown and masks[j] is not None]
+        boxes = {indices[j]: images[j].box for j in drawn}
+        hits = [hit for j in drawn for hit in peaks(job, j, images[j].name)]
     columns = tuple(c.id for c in COLUMNS if any(c.id in s for s in scores.values())
                     or (c.id == "sanity_spearman" and outcome is not None))
     notes = []
@@ -500,6 +475,46 @@ def run(ctx: Context, cfg: EvaluationConfig) -> EvaluationResult:
         base, rows=tuple(maps), columns=columns, indices=tuple(indices), names=tuple(i.name for i in images),
         scores=scores, fraction=fraction, curve_sums=sums, sanity=outcome, hits=tuple(hits), boxes=boxes,
         notes=tuple(notes))
+
+
+def peaks(job: Job, j: int, name: str) -> list[Hit]:
+    """Where each map of image j peaks (its first maximum, row-major) and whether it is a pointing-game hit;
+    constant maps (no peak) left out."""
+    out = []
+    for row, maps in job.maps.items():
+        m = maps[j]
+        if m.max() == m.min():
+            continue
+        peak = np.unravel_index(int(np.argmax(m)), m.shape)
+        hit = localisation.pointing_game(m[None], job.masks[j][None], job.cfg.tolerance)[0]
+        out.append(Hit(image=job.indices[j], name=name, row=row_key(row), peak=(int(peak[0]), int(peak[1])),
+                       hit=bool(hit)))
+    return out
+
+
+def batch_maps(cam: CamResult | None, grads: GradientsResult | None, positions: list[int], like: torch.Tensor
+               ) -> tuple[dict[Row, np.ndarray], dict[Row, np.ndarray], dict[Row, torch.Tensor]]:
+    """The maps (n, H, W) in [0, 1] of the batch's images at `positions`, each row's targets (n,) (each image's first
+    explained class) and the gradient rows' raw attributions (n, C, H, W) as tensors like `like`."""
+    maps: dict[Row, np.ndarray] = {}
+    targets: dict[Row, np.ndarray] = {}
+    attributions: dict[Row, torch.Tensor] = {}
+    if cam is not None:
+        cam_targets = np.array([cam.targets[p][0] for p in positions], dtype=np.int64)
+        for method in cam.computed_methods:
+            for layer in cam.map_layers:
+                if (method, layer, positions[0], int(cam_targets[0])) in cam.maps:
+                    maps[(method, layer)] = np.stack([cam.maps[(method, layer, p, int(cam.targets[p][0]))]
+                                                      for p in positions]).astype(np.float32)
+                    targets[(method, layer)] = cam_targets
+    if grads is not None:
+        grad_targets = grads.classes[positions, 0].astype(np.int64)
+        for method, values in grads.maps.items():
+            raw = values[positions, 0]  # (n, C, H, W)
+            maps[(method, "")] = gradient_map(raw)
+            targets[(method, "")] = grad_targets
+            attributions[(method, "")] = torch.from_numpy(np.ascontiguousarray(raw)).to(like)
+    return maps, targets, attributions
 
 
 def _perturbation_forward(ctx: Context) -> Callable[[torch.Tensor], torch.Tensor]:
