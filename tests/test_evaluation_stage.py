@@ -119,7 +119,7 @@ def test_a_streamed_build_scores_every_map_as_the_metric_functions_do(project):
             s = row["scores"][column]
             assert s["low"] <= s["mean"] <= s["high"] and s["n"] == 3
         mean_deletion = next(c for c in ev["curves"]["rows"] if c["row"] == keys[method])["deletion"]
-        np.testing.assert_allclose(mean_deletion, curves[method].deletion.mean(0), atol=1e-5)
+        np.testing.assert_allclose(mean_deletion, curves[method].deletion.mean(0), atol=6e-5)  # 4 decimals
     assert "infidelity" not in records["a"]["evaluation"][f"gradcam/{layer}"]  # gradient methods only
     # the best mark is the better mean of each column
     for column in ev["columns"]:

@@ -677,8 +677,8 @@ def to_json(result: EvaluationResult) -> dict:
     }
     if result.fraction is not None:
         entry["curves"] = {"fraction": [_round(f, 5) for f in result.fraction],
-                           "rows": [{"row": key, "deletion": [_round(v, 5) for v in d],
-                                     "insertion": [_round(v, 5) for v in i]}
+                           "rows": [{"row": key, "deletion": [_round(v, 4) for v in d],
+                                     "insertion": [_round(v, 4) for v in i]}
                                     for key, (d, i) in mean_curves(result).items()]}
     if result.sanity is not None:
         s = result.sanity
