@@ -9,6 +9,7 @@ from ..methods import title as method_title
 from ..methods.cam import FUSED
 from ..stages.evaluation import (COLUMN, SANITY_LIMIT, EvaluationResult, family, mean_curves, row_key,
                                  sanity_verdicts, summarize)
+from ..stages.evaluation import wanted as wanted_metrics
 from .common import matplotlib_classes, normalize01
 from .training import DPI, RUN_COLOURS, _text, _to_figure
 
@@ -44,7 +45,7 @@ def plot(result: EvaluationResult, ctx=None) -> dict:
                      "verdict": verdicts.get(row["key"])})
     section: dict = {
         "images": len(result.indices), "step": result.step, "seed": result.seed, "columns": columns, "rows": rows,
-        "config": result.config, "notes": list(result.notes), "warnings": list(result.warnings),
+        "config": result.config, "notes": list(result.notes) + _absent(result), "warnings": list(result.warnings),
         "curves": None, "sanity": None, "localisation": [], "sanity_limit": SANITY_LIMIT,
     }
     if result.fraction is not None and result.curve_sums:
@@ -63,6 +64,16 @@ def plot(result: EvaluationResult, ctx=None) -> dict:
     if ctx is not None and result.boxes:
         section["localisation"] = plot_hits(result, ctx, colours)
     return section
+
+
+def _absent(result: EvaluationResult) -> list[str]:
+    """What was asked for (or is in the default set) but could not be scored."""
+    notes = []
+    wanted = wanted_metrics(result.config)
+    if "localisation" in wanted and not any(COLUMN[c].metric == "localisation" for c in result.columns):
+        notes.append("No scored image comes with a box or mask, so there is no localisation score: a manifest "
+                     "(.csv / .jsonl with x0, y0, x1, y1 or mask) adds the pointing game and its kin.")
+    return notes
 
 
 def plot_curves(result: EvaluationResult, colours: dict[str, str]):
