@@ -218,6 +218,7 @@ class Job:
     cache: dict = field(default_factory=dict)
 
     def rows(self, families: tuple[str, ...]) -> list[Row]:
+        """The rows of these families (a column's `families`)."""
         return [r for r in self.maps if family(r) in families]
 
     def by_target(self, rows: list[Row]) -> list[tuple[np.ndarray, list[Row]]]:
@@ -236,7 +237,7 @@ def curves(job: Job) -> dict[Row, perturbation.Curves]:
     """Deletion and insertion curves of every map, computed once per batch for both columns."""
     if "curves" not in job.cache:
         out: dict[Row, perturbation.Curves] = {}
-        for targets, rows in job.by_target(job.rows(BOTH)):
+        for targets, rows in job.by_target(job.rows(COLUMN["deletion_auc"].families)):
             out.update(perturbation.deletion_insertion(
                 job.forward, job.x, {r: job.maps[r] for r in rows}, targets, step=job.cfg.step,
                 substrate=job.cfg.substrates.deletion, insertion_substrate=job.cfg.substrates.insertion,
@@ -255,7 +256,7 @@ def score_insertion(job: Job) -> dict[Row, dict[str, np.ndarray]]:
 
 def score_road(job: Job) -> dict[Row, dict[str, np.ndarray]]:
     out = {}
-    for row in job.rows(BOTH):
+    for row in job.rows(COLUMN["road"].families):
         values = [perturbation.road(job.forward, job.x[i:i + 1], {row: job.maps[row][i:i + 1]},
                                     job.targets[row][i:i + 1], percentiles=job.cfg.percentiles,
                                     generator=job.generator(i), batch_size=job.cfg.batch_size)[row].combined[0]
@@ -266,7 +267,7 @@ def score_road(job: Job) -> dict[Row, dict[str, np.ndarray]]:
 
 def score_confidence(job: Job) -> dict[Row, dict[str, np.ndarray]]:
     out = {}
-    for targets, rows in job.by_target(job.rows(BOTH)):
+    for targets, rows in job.by_target(job.rows(COLUMN["drop_in_confidence"].families)):
         changes = perturbation.confidence_change(job.forward, job.x, {r: job.maps[r] for r in rows}, targets,
                                                  batch_size=job.cfg.batch_size)
         for row, c in changes.items():
@@ -278,7 +279,7 @@ def score_confidence(job: Job) -> dict[Row, dict[str, np.ndarray]]:
 
 def score_infidelity(job: Job) -> dict[Row, dict[str, np.ndarray]]:
     out = {}
-    for row in job.rows(GRADIENTS):
+    for row in job.rows(COLUMN["infidelity"].families):
         t = torch.as_tensor(job.targets[row])
         out[row] = {"infidelity": np.array([
             robustness.infidelity(job.forward, job.x[i:i + 1], job.attributions[row][i:i + 1], t[i:i + 1],
@@ -289,7 +290,7 @@ def score_infidelity(job: Job) -> dict[Row, dict[str, np.ndarray]]:
 
 def score_sensitivity(job: Job) -> dict[Row, dict[str, np.ndarray]]:
     out = {}
-    for row in job.rows(GRADIENTS):
+    for row in job.rows(COLUMN["sensitivity"].families):
         t = torch.as_tensor(job.targets[row])
         explain = (lambda method: lambda x, targets: job.explain(method, x, targets))(row[0])
         out[row] = {"sensitivity": np.array([
@@ -305,7 +306,7 @@ def score_localisation(job: Job) -> dict[Row, dict[str, np.ndarray]]:
         return {}
     out = {}
     masks = np.stack([job.masks[i] for i in have])
-    for row in job.rows(BOTH):
+    for row in job.rows(COLUMN["pointing_game"].families):
         maps = job.maps[row][have]
         found = {"pointing_game": localisation.pointing_game(maps, masks, job.cfg.tolerance),
                  "energy_pointing_game": localisation.energy_pointing_game(maps, masks),
