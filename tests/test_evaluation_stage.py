@@ -301,3 +301,34 @@ def test_two_processes_under_torchrun_score_what_one_scores(project):
                          env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT)))
     assert run.returncode == 0, run.stderr[-3000:]
     assert_same_numbers(_scores(project.root / "out"), _scores(two))
+
+
+def test_the_maps_recomputed_for_sanity_and_sensitivity_equal_the_stages_maps():
+    """The cascade compares maps recomputed on the model's copy: on the trained model they are the report's."""
+    from reportgen.config import AnalysesConfig, CamConfig, Config, GradientsConfig
+    from reportgen.stages import cam, gradients
+    from tests.helpers import make_context
+
+    torch.manual_seed(0)
+    nn = torch.nn
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    x = torch.randn(3, 3, 12, 12, generator=torch.Generator().manual_seed(2))
+    methods = ("saliency", "input_x_gradient", "guided_backprop", "guided_gradcam", "smoothgrad",
+               "integrated_gradients")
+    config = Config(analyses=AnalysesConfig(
+        cam=CamConfig(methods=("gradcam", "gradcampp", "cam", "scorecam"), target_layers=("0", "2")),
+        gradients=GradientsConfig(methods=methods, samples=3, steps=4, baseline="uniform")))
+    ctx = make_context(model, x, config=config)
+    cams = cam.run(ctx, config.analyses.cam)
+    ctx.results.add(cams)
+    grads = gradients.run(ctx, config.analyses.gradients)
+    targets = grads.classes[:, 0]
+    found = evaluation.gradient_attributions(ctx.info, model, x, targets, grads, list(methods), seed=0)
+    for method in methods:
+        np.testing.assert_allclose(found[method].numpy(), grads.maps[method][:, 0], atol=1e-5, err_msg=method)
+    recomputed = evaluation.cam_maps(ctx.info, model, x, np.array([t[0] for t in cams.targets]), cams)
+    assert set(recomputed) == {(m, layer) for m, layer, i, _ in cams.maps if i == 0} and len(recomputed) >= 8
+    for (method, layer), maps in recomputed.items():
+        expected = np.stack([cams.maps[(method, layer, i, cams.targets[i][0])] for i in range(3)])
+        np.testing.assert_allclose(maps, expected, atol=1e-5, err_msg=f"{method} {layer}")
