@@ -47,7 +47,7 @@ from ..methods.cam import compute_maps
 from ..methods.gradients import GradientJob, compute_ruled_pass, image_generator
 from ..metrics import localisation, perturbation, robustness, sanity
 from ..metrics.forward import inference_forward
-from . import Context, ModelInfo, Stage
+from . import Context, ImageInput, ModelInfo, Stage
 from .cam import CamResult
 from .gradients import BATCH_ELEMENTS, GradientsResult, make_baseline
 
@@ -334,7 +334,7 @@ def gradient_map(attribution: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.divide(a, top, out=np.zeros_like(a), where=top > 0)
 
 
-def image_mask(image, shape: tuple[int, int]) -> np.ndarray | None:
+def image_mask(image: ImageInput, shape: tuple[int, int]) -> np.ndarray | None:
     """The object's pixels: the mask when the input gives one, else its box's pixels; None without either."""
     if image.mask is not None:
         return np.asarray(image.mask, dtype=bool)
