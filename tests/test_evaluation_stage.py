@@ -132,6 +132,7 @@ def test_a_streamed_build_scores_every_map_as_the_metric_functions_do(project):
     assert {r["row"] for r in sanity["rows"]} == set(keys.values())
     assert arrays["evaluation/sanity/saliency"].shape == (5, SIZE, SIZE)
     assert len(ev["localisation"]["hits"]) == 2 * 3
+    assert ev["localisation"]["boxes"] == {n: list(map(float, b)) for n, b in BOXES.items()}
     assert [s["name"] for s in data["stages"]] == ["cam", "gradients", "evaluation"]
     html = (out / "report.html").read_text()
     assert 'id="evaluation-table"' in html and "Deletion and insertion" in html and "Localisation" in html

@@ -690,8 +690,11 @@ def to_json(result: EvaluationResult) -> dict:
             "independent_of_weights": sanity_verdicts(result),
         }
     if result.boxes:
-        entry["localisation"] = {"tolerance": cfg.tolerance, "hits": [
-            {"image": h.name, "row": h.row, "peak": list(h.peak), "hit": h.hit} for h in result.hits]}
+        where = dict(zip(result.indices, result.names))
+        entry["localisation"] = {
+            "tolerance": cfg.tolerance,
+            "boxes": {where[i]: None if box is None else [float(v) for v in box] for i, box in result.boxes.items()},
+            "hits": [{"image": h.name, "row": h.row, "peak": list(h.peak), "hit": h.hit} for h in result.hits]}
     return entry
 
 
