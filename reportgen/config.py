@@ -413,6 +413,59 @@ class GradientsConfig:
     colormap: str | None = setting(None, check=_colormap)  # default: by sign
 
 
+EVALUATION_METRICS = ("deletion", "insertion", "road", "confidence_change", "infidelity", "sensitivity", "sanity",
+                      "localisation")  # what `analyses.evaluation.metrics` may name (reportgen.stages.evaluation)
+
+
+@dataclass(frozen=True)
+class SubstratesConfig:
+    """What deletion replaces pixels with, and what insertion starts from (RISE: zeros, a blurred copy)."""
+
+    deletion: Literal["zero", "blur", "mean"] = "zero"
+    insertion: Literal["zero", "blur", "mean"] = "blur"
+
+
+@dataclass(frozen=True)
+class SanityConfig:
+    """Cascading parameter randomisation: `blocks` (top-level blocks, head first) or `modules` (every module with
+    `reset_parameters`, as Quantus's MPRT), seeded; on the first few detail images."""
+
+    blocks: Literal["blocks", "modules"] = "blocks"
+    seed: int | None = setting(None, **_SEED)  # default: the config's seed
+    images: int = setting(4, **_COUNT)  # at most this many detail images (those of the first detail image's batch)
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Scores of every map the cam and gradients stages computed: faithfulness, sanity and localisation."""
+
+    metrics: tuple[str, ...] | None = None  # null: all (localisation where boxes or masks exist); case, `-` forgiven
+    images: int = setting(64, **_COUNT)  # a seeded subset of all images scored (the detail images always in)
+    batch_size: int = setting(64, **_COUNT)  # perturbed inputs per forward
+    step: int | None = setting(None, **_COUNT)  # deletion/insertion pixels per step; null: 224 at 224², by area
+    substrates: SubstratesConfig = field(default_factory=SubstratesConfig)
+    percentiles: tuple[float, ...] = setting((20.0, 40.0, 60.0, 80.0), gt=0, lt=100)  # ROAD
+    infidelity_sd: float = setting(0.1, gt=0)  # infidelity's Gaussian noise, normalised input units
+    tolerance: float = setting(0.0, ge=0)  # pointing game: pixels around the box that still count (15: the paper's)
+    sanity: SanityConfig = field(default_factory=SanityConfig)
+
+    def _validate(self, err: Callable[[str, str], None]) -> EvaluationConfig:
+        if not self.percentiles:
+            err("percentiles", "needs at least one percentile (ROAD's default: [20, 40, 60, 80]).")
+        if self.metrics is None:
+            return self
+        if not self.metrics:
+            err("metrics", f"needs at least one metric (or null for all): {', '.join(EVALUATION_METRICS)}.")
+        names = []
+        for name in self.metrics:
+            key = re.sub(r"[\s-]+", "_", name.strip().lower())
+            if key not in EVALUATION_METRICS:
+                err("metrics", f"unknown metric `{_clean(name)}`.{did_you_mean(key, EVALUATION_METRICS)} Metrics: "
+                               f"{', '.join(EVALUATION_METRICS)}.")
+            names.append(key)
+        return dataclasses.replace(self, metrics=tuple(dict.fromkeys(names)))
+
+
 @dataclass(frozen=True)
 class AttentionConfig:
     """A vision transformer's attention: per layer and head the class token's attention, attention rollout and
@@ -441,6 +494,7 @@ class AnalysesConfig:
     cam: CamConfig | None = setting(None, null_means_default=True)
     gradients: GradientsConfig | None = setting(None, null_means_default=True)
     attention: AttentionConfig | None = setting(None, null_means_default=True)
+    evaluation: EvaluationConfig | None = setting(None, null_means_default=True)  # after cam, gradients: same batches
     training: TrainingConfig | None = setting(None, null_means_default=True)
 
     def enabled(self) -> list[str]:
@@ -972,6 +1026,10 @@ analyses:                        # each key present = that stage runs
   feature_maps: {max_channels: 32}
   cam: {methods: [gradcam, gradcampp, scorecam], targets: top1}
   gradients: {methods: [saliency, integrated_gradients]}
+  # evaluation:                  # scores every cam / gradients map: deletion, insertion, ROAD, confidence change,
+  #   images: 64                 # infidelity, sensitivity, sanity check (+ localisation with boxes or masks);
+  #   step: null                 # costly: ~460 forwards per image and map at the default step (224 px at 224²);
+  #   metrics: null              # raise `step` (e.g. 2240) or lower `images` for a quick look
   # training: {logs: [runs/exp1]}  # TensorBoard event files or CSV / JSONL metric logs
 
 # report:                        # a data set: per-image figures for a few, every image a row of the table

@@ -43,6 +43,8 @@ class ModelInfo:
     adapter: ModelAdapter | None = None  # what loaded it (None: the model as it is, returning logits)
     preprocess: Preprocess | None = None  # how the inputs are prepared, resolved (from_weights: the weights')
     normalize: Normalize | None = None  # the normalisation inside it (None: pixels in [0, 1])
+    # what a stage makes once per build and reuses in every batch (the evaluation's fast forward), by its key
+    made: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -110,6 +112,8 @@ class Context:
     results: Results = field(default_factory=Results)  # typed results of the stages that ran before
     log: Callable[[str], None] = lambda message: None  # detail for `-v`
     offset: int = 0  # the index of this context's first image among all images
+    count: int | None = None  # images in the build (None: this context's images are all of them)
+    detail: tuple[int, ...] | None = None  # indices of the detail images among all images (None: every image)
 
     def for_batch(self, images: list[ImageInput], batch: torch.Tensor, logits: torch.Tensor, offset: int,
                   engine: Engine | None = None) -> "Context":
@@ -120,7 +124,7 @@ class Context:
                                   input_grad_wanted=self.engine.input_grad_wanted, observe=self.engine.observe,
                                   relu_rules=self.engine.relu_rules)
         return Context(info=self.info, device=self.device, batch=batch, images=images, logits=logits, engine=engine,
-                       log=self.log, offset=offset)
+                       log=self.log, offset=offset, count=self.count, detail=self.detail)
 
     @property
     def model(self) -> nn.Module:

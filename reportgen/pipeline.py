@@ -248,7 +248,7 @@ def _build_in(config: Config, group: dist.Group, started: float, log: Log, detai
     batch = torch.stack([t for _, t in pixels]).to(loaded.device) if pixels else torch.zeros(0)
     ctx = Context(info=info, device=loaded.device, batch=batch, images=[image for image, _ in pixels],
                   logits=images.logits[list(shown)], engine=make_engine(batch, chunk=config.inputs.batch_size),
-                  log=detail)
+                  log=detail, count=len(images), detail=tuple(shown))
     # arrays.npz is written entry by entry as the stages (and the batches of streamed stages) finish
     sink = write.ArraysWriter(config.output.dir, shard=group.rank if group.size > 1 else None) \
         if config.output.save_arrays else None

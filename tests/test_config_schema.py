@@ -38,7 +38,7 @@ def test_the_readme_config_reference_parses_as_written_and_lists_every_key():
     block = readme_config_block()
     config = parse(block)
     assert config.analyses.enabled() == ["summary", "dataset", "kernels", "feature_maps", "cam", "gradients",
-                                        "attention", "training"]
+                                        "attention", "evaluation", "training"]
     assert config.inputs.preprocess.interpolation == "bilinear"
     assert config.model.output is None and config.inputs.alpha == "drop" and config.inputs.max_value is None
 

@@ -2,7 +2,8 @@
 
 A stage module `reportgen.stages.<name>` declares itself with one record, `SPEC = Stage(...)`: its name
 and title, its config class, what it needs (`requires`: stages whose results it reads, which then run
-before it, and it is skipped when one of them did not succeed; `needs_hooks`; `wants_input_grad` and
+before it, and it is skipped when one of them did not succeed; `requires_any`: the same for those of a few
+stages that are configured, at least one of which must be; `needs_hooks`; `wants_input_grad` and
 `wants_relu_rules`), and
 its functions:
 
@@ -33,6 +34,7 @@ fields, moved after what they require.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -65,6 +67,8 @@ class Stage:
     # small build's first look at the predictions is that pass's forward (`Engine.first_logits`)
     first_pass: Callable[[ModelInfo, Any], tuple[tuple[str, ...], bool]] | None = None
     requires: tuple[str, ...] = ()  # stages whose results this one reads
+    # at least one of these must be configured; those that are count as `requires` (run before, must succeed)
+    requires_any: tuple[str, ...] = ()
     # True: the stage reads layer outputs; or a function of the options -> the method ids that need hooks
     needs_hooks: bool | Callable[[Any], tuple[str, ...]] = False
     wants_input_grad: Callable[[Any], bool] = lambda cfg: False  # the engine keeps input gradients for it
@@ -91,6 +95,13 @@ def planned(config: Config) -> list[Stage]:
     A requirement that is not configured is an error naming both."""
     enabled = config.analyses.enabled()
     specs = {name: spec(name) for name in enabled}
+    for name, s in specs.items():
+        if s.requires_any:
+            present = tuple(n for n in s.requires_any if n in specs)
+            if not present:
+                raise ReportgenError(f"`analyses.{name}` needs {' or '.join(f'`analyses.{n}`' for n in s.requires_any)}"
+                                     ": add one to the config.")
+            specs[name] = dataclasses.replace(s, requires=s.requires + present)
     order: list[Stage] = []
 
     def visit(name: str, path: tuple[str, ...]) -> None:

@@ -1,0 +1,737 @@
+"""The `evaluation` stage: which map to believe? Every map the `cam` and `gradients` stages computed, scored.
+
+Streamed with them: in each batch it reads their results for the batch (`ctx.results`, every image of the
+batch, before their `select` keeps only the detail images), scores the batch's images that belong to the
+evaluation subset (`subset`: `images` of all images, seeded, the detail images always in) and keeps small
+per-image numbers; `reduce` puts the batches together and `summarize` gives the mean and a seeded 95 %
+bootstrap interval over images of every (method, layer) row and metric column.
+
+What a map is here: a CAM as the cam stage gives it (in [0, 1]) at each target layer (and `fused`); a gradient
+attribution as the report draws it, the sum over channels of its absolute values, divided by its maximum (so
+in [0, 1] too, which x·map of the confidence change needs; every other metric ignores the scale). The target is
+each image's first explained class of that stage (top-1 by default). The metrics are `reportgen.metrics`:
+
+- `deletion`, `insertion`: RISE's curves and AUCs (`perturbation.deletion_insertion`), `step` pixels a step;
+- `road`: pytorch-grad-cam's ROADCombined at `percentiles` (`perturbation.road`), the imputer's noise drawn
+  from a generator seeded per image (the same noise for every map of that image);
+- `confidence_change`: x·map (`perturbation.confidence_change`): pytorch-grad-cam's drop (not divided by p),
+  torch-cam's Average Drop (divided by p), Increase in Confidence;
+- `infidelity`, `sensitivity` (gradient methods, on the raw attribution): Captum's normalised infidelity with
+  Gaussian noise of sd `infidelity_sd`, and `sensitivity_max` (uniform ±0.02), 10 samples each, seeded per image;
+- `localisation` (images whose input gives a box or a mask): pointing game (`tolerance`), energy pointing game,
+  IoU of the top 15 % with the object;
+- `sanity`: the cascading randomisation (`sanity.cascade`) ONCE, in the batch that holds the first detail
+  image, on that batch's detail images (at most `sanity.images`); every method's maps recomputed on the
+  randomised copy after each block; the maps of the first of those images kept at every step.
+
+Forwards of perturbed inputs go through `metrics.forward.inference_forward`, `batch_size` at a time.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import EvaluationConfig
+from ..engine import Engine
+from ..errors import ReportgenError
+from ..methods import REGISTRY
+from ..methods.cam import compute_maps
+from ..methods.gradients import GradientJob, compute_ruled_pass, image_generator
+from ..metrics import localisation, perturbation, robustness, sanity
+from ..metrics.forward import inference_forward
+from . import Context, ImageInput, ModelInfo, Stage
+from .cam import CamResult
+from .gradients import BATCH_ELEMENTS, GradientsResult, make_baseline
+
+Row = tuple[str, str]  # (method, layer): a CAM at a target layer (or `fused`); a gradient method at ""
+BOTH, GRADIENTS = ("cam", "gradients"), ("gradients",)
+SAMPLES = 10  # infidelity and sensitivity: perturbations per image (Captum's default)
+RESAMPLES = 1000  # bootstrap resamples of the images
+SANITY_LIMIT = 0.5  # a final Spearman correlation above this: the maps do not depend on the learned weights
+TOP_PERCENTILE = 85.0  # localisation IoU: the map's pixels at or above this percentile
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the ranking table: a number per image, from the metric the config names `metric`."""
+
+    id: str  # key in report.json and images.jsonl
+    metric: str  # the `analyses.evaluation.metrics` entry that asks for it
+    label: str
+    better: str  # "higher" | "lower"
+    families: tuple[str, ...]  # the maps it scores
+    definition: str
+
+
+COLUMNS = (
+    Column("deletion_auc", "deletion", "Deletion AUC", "lower", BOTH,
+           "RISE deletion: area under p(target) while the most salient pixels go to the deletion substrate"),
+    Column("insertion_auc", "insertion", "Insertion AUC", "higher", BOTH,
+           "RISE insertion: area under p(target) while the most salient pixels come back on the insertion start"),
+    Column("road", "road", "ROAD", "higher", BOTH,
+           "pytorch-grad-cam's ROADCombined: (mean LeRF − mean MoRF) / 2 over the percentiles, noisy linear imputer"),
+    Column("drop_in_confidence", "confidence_change", "Drop (grad-cam)", "lower", BOTH,
+           "pytorch-grad-cam's DropInConfidence on x·map: max(0, p − p(x·map)), not divided by p"),
+    Column("average_drop", "confidence_change", "Average drop (torch-cam)", "lower", BOTH,
+           "torch-cam's Average Drop on x·map: max(0, p − p(x·map)) / p"),
+    Column("increase_in_confidence", "confidence_change", "Increase in confidence", "higher", BOTH,
+           "pytorch-grad-cam's IncreaseInConfidence and torch-cam's Increase in Confidence: share of images with "
+           "p(x·map) > p"),
+    Column("infidelity", "infidelity", "Infidelity", "lower", GRADIENTS,
+           "Captum's normalised infidelity of the raw attribution, Gaussian noise, 10 samples (gradient methods)"),
+    Column("sensitivity", "sensitivity", "Max-sensitivity", "lower", GRADIENTS,
+           "Captum's sensitivity_max: uniform noise in ±0.02, 10 samples (gradient methods)"),
+    Column("pointing_game", "localisation", "Pointing game", "higher", BOTH,
+           "share of images whose map maximum lies in the object's box or mask (within the tolerance)"),
+    Column("energy_pointing_game", "localisation", "Energy in box", "higher", BOTH,
+           "share of the map's mass (minimum shifted to 0) inside the box or mask"),
+    Column("top_iou", "localisation", "IoU top 15 %", "higher", BOTH,
+           "IoU of the box or mask and the pixels at or above the map's 85th percentile"),
+    Column("sanity_spearman", "sanity", "Spearman after randomisation", "lower", BOTH,
+           "Spearman rank correlation of |map| with the trained model's after the whole network is randomised "
+           "(sanity images only): high means the map does not depend on the weights"),
+)
+COLUMN = {c.id: c for c in COLUMNS}
+
+
+# ---------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class SanityOutcome:
+    cascade: sanity.Cascade  # keys: row keys (see `row_key`)
+    images: tuple[str, ...]  # the images it ran on
+    image: str  # the one whose maps are kept at each step
+    maps: dict[str, np.ndarray] = field(repr=False)  # row key -> (B + 1, H, W) float16: trained, then each block
+    mode: str = "blocks"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Hit:
+    """Where a map of a detail image peaks, and whether that is a hit (for the drawing)."""
+
+    image: int  # index among all images
+    name: str
+    row: str  # row key
+    peak: tuple[int, int]  # (row, column) in input pixels
+    hit: bool
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    config: EvaluationConfig
+    rows: tuple[Row, ...]  # cam rows (config order, each layer then `fused`), then gradient rows
+    columns: tuple[str, ...]  # column ids computed, COLUMNS order
+    indices: tuple[int, ...]  # scored images: index among all images
+    names: tuple[str, ...]  # ... and name
+    scores: dict[str, dict[str, np.ndarray]] = field(repr=False)  # row key -> column -> (n,) float64, NaN: none
+    fraction: np.ndarray | None = None  # (P,) deletion/insertion x axis
+    curve_sums: dict[str, tuple[np.ndarray, np.ndarray, int]] = field(default_factory=dict, repr=False)
+    sanity: SanityOutcome | None = None
+    hits: tuple[Hit, ...] = ()
+    boxes: dict[int, tuple] = field(default_factory=dict)  # detail image index -> box (x0, y0, x1, y1) or None
+    step: int = 0
+    seed: int = 0
+    offset: int = 0  # batch results: the batch's first image among all images, and its size (for `records`)
+    size: int = 0
+    notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+def row_key(row: Row) -> str:
+    """`gradcam/layer4` for a CAM at a layer, `saliency` for a gradient method."""
+    method, layer = row
+    return f"{method}/{layer}" if layer else method
+
+
+def family(row: Row) -> str:
+    return REGISTRY[row[0]].family if row[0] in REGISTRY else ("cam" if row[1] else "gradients")
+
+
+# ---------------------------------------------------------------------------- checks
+
+
+def check(info: ModelInfo, cfg: EvaluationConfig) -> None:
+    """A step that leaves nothing to delete; localisation asked for with images that carry no box or mask."""
+    _, h, w = info.config.model.input_size
+    if cfg.step is not None and cfg.step >= h * w:
+        raise ReportgenError(f"`analyses.evaluation.step`: {cfg.step} pixels a step is the whole {h}×{w} input, so "
+                             f"deletion and insertion have no step in between; use fewer than {h * w} (null: "
+                             f"{perturbation.default_step(h, w)}, RISE's 224 at 224²).")
+    if cfg.metrics is not None and "localisation" in cfg.metrics:
+        from .. import datasets
+
+        entries = datasets.select(info.config, info.labels, info.num_classes)
+        if info.config.inputs.limit is not None:
+            entries = entries[:info.config.inputs.limit]
+        lacking = [info.config.shown_path(e.path) for e in entries if e.box is None and e.mask is None]
+        if lacking:
+            raise ReportgenError(
+                f"`analyses.evaluation.metrics` asks for localisation, but {len(lacking)} of {len(entries)} images "
+                f"have no box or mask: {datasets._listing(lacking, 5)}. Give them in a manifest (.csv / .jsonl: "
+                "x0, y0, x1, y1 or mask), or leave `metrics` null to localise only the images that have them.")
+
+
+def wanted(cfg: EvaluationConfig) -> tuple[str, ...]:
+    """The metrics asked for (null: every one; localisation then only where boxes or masks exist)."""
+    return cfg.metrics if cfg.metrics is not None else tuple(dict.fromkeys(c.metric for c in COLUMNS))
+
+
+@functools.lru_cache(maxsize=8)  # asked once per batch with the same arguments
+def subset(count: int, detail: tuple[int, ...], size: int, seed: int) -> frozenset[int]:
+    """The images scored: every detail image, then a seeded sample of the others up to `size` in all (drawn from
+    `range(count)` without listing it, so a million images cost what `size` does)."""
+    chosen = set(detail)
+    room = max(0, size - len(chosen))
+    if room >= count - len(chosen):
+        return frozenset(range(count))
+    picks = random.Random(seed).sample(range(count), min(count, room + len(chosen)))
+    return frozenset(chosen | set([i for i in picks if i not in chosen][:room]))
+
+
+# ---------------------------------------------------------------------------- the maps of a batch
+
+
+@dataclass
+class Job:
+    """What the metrics of one batch score: its images in the evaluation subset, every map, their targets."""
+
+    forward: Callable[[torch.Tensor], torch.Tensor]  # perturbed inputs -> logits, no autograd
+    x: torch.Tensor  # (n, C, H, W) the scored images
+    indices: list[int]  # their indices among all images
+    maps: dict[Row, np.ndarray]  # (n, H, W) float32 in [0, 1]
+    targets: dict[Row, np.ndarray]  # (n,) int64
+    attributions: dict[Row, torch.Tensor]  # gradient rows: (n, C, H, W) raw
+    masks: list[np.ndarray | None]  # per image (H, W) bool, or None
+    explain: Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor]  # gradient method, x, targets -> raw maps
+    cfg: EvaluationConfig
+    seed: int
+    cache: dict = field(default_factory=dict)
+
+    def rows(self, families: tuple[str, ...]) -> list[Row]:
+        """The rows of these families (a column's `families`)."""
+        return [r for r in self.maps if family(r) in families]
+
+    def by_target(self, rows: list[Row]) -> list[tuple[np.ndarray, list[Row]]]:
+        """Rows grouped by their target vector (CAM and gradients may explain other classes)."""
+        groups: dict[tuple, list[Row]] = {}
+        for row in rows:
+            groups.setdefault(tuple(self.targets[row].tolist()), []).append(row)
+        return [(np.array(t, dtype=np.int64), rs) for t, rs in groups.items()]
+
+    def generator(self, i: int) -> torch.Generator:
+        """Image i's noise (ROAD, infidelity, sensitivity): seeded by the image's index, the same for every map."""
+        return image_generator(self.seed, self.indices[i])
+
+
+def curves(job: Job) -> dict[Row, perturbation.Curves]:
+    """Deletion and insertion curves of every map, computed once per batch for both columns."""
+    if "curves" not in job.cache:
+        out: dict[Row, perturbation.Curves] = {}
+        for targets, rows in job.by_target(job.rows(COLUMN["deletion_auc"].families)):
+            out.update(perturbation.deletion_insertion(
+                job.forward, job.x, {r: job.maps[r] for r in rows}, targets, step=job.cfg.step,
+                substrate=job.cfg.substrates.deletion, insertion_substrate=job.cfg.substrates.insertion,
+                batch_size=job.cfg.batch_size))
+        job.cache["curves"] = out
+    return job.cache["curves"]
+
+
+def score_deletion(job: Job) -> dict[Row, dict[str, np.ndarray]]:
+    return {row: {"deletion_auc": c.deletion_auc} for row, c in curves(job).items()}
+
+
+def score_insertion(job: Job) -> dict[Row, dict[str, np.ndarray]]:
+    return {row: {"insertion_auc": c.insertion_auc} for row, c in curves(job).items()}
+
+
+def score_road(job: Job) -> dict[Row, dict[str, np.ndarray]]:
+    out = {}
+    for row in job.rows(COLUMN["road"].families):
+        values = [perturbation.road(job.forward, job.x[i:i + 1], {row: job.maps[row][i:i + 1]},
+                                    job.targets[row][i:i + 1], percentiles=job.cfg.percentiles,
+                                    generator=job.generator(i), batch_size=job.cfg.batch_size)[row].combined[0]
+                  for i in range(len(job.indices))]
+        out[row] = {"road": np.asarray(values, dtype=np.float64)}
+    return out
+
+
+def score_confidence(job: Job) -> dict[Row, dict[str, np.ndarray]]:
+    out = {}
+    for targets, rows in job.by_target(job.rows(COLUMN["drop_in_confidence"].families)):
+        changes = perturbation.confidence_change(job.forward, job.x, {r: job.maps[r] for r in rows}, targets,
+                                                 batch_size=job.cfg.batch_size)
+        for row, c in changes.items():
+            out[row] = {"drop_in_confidence": c.drop_in_confidence.astype(np.float64),
+                        "average_drop": c.average_drop.astype(np.float64),
+                        "increase_in_confidence": c.increase_in_confidence.astype(np.float64)}
+    return out
+
+
+def score_infidelity(job: Job) -> dict[Row, dict[str, np.ndarray]]:
+    out = {}
+    for row in job.rows(COLUMN["infidelity"].families):
+        t = torch.as_tensor(job.targets[row])
+        out[row] = {"infidelity": np.array([
+            robustness.infidelity(job.forward, job.x[i:i + 1], job.attributions[row][i:i + 1], t[i:i + 1],
+                                  sd=job.cfg.infidelity_sd, n_samples=SAMPLES, generator=job.generator(i))[0]
+            for i in range(len(job.indices))])}
+    return out
+
+
+def score_sensitivity(job: Job) -> dict[Row, dict[str, np.ndarray]]:
+    out = {}
+    for row in job.rows(COLUMN["sensitivity"].families):
+        t = torch.as_tensor(job.targets[row])
+        explain = (lambda method: lambda x, targets: job.explain(method, x, targets))(row[0])
+        out[row] = {"sensitivity": np.array([
+            robustness.sensitivity_max(explain, job.x[i:i + 1], t[i:i + 1], n_samples=SAMPLES,
+                                       generator=job.generator(i))[0]
+            for i in range(len(job.indices))])}
+    return out
+
+
+def score_localisation(job: Job) -> dict[Row, dict[str, np.ndarray]]:
+    have = [i for i, m in enumerate(job.masks) if m is not None]
+    if not have:
+        return {}
+    out = {}
+    masks = np.stack([job.masks[i] for i in have])
+    for row in job.rows(COLUMN["pointing_game"].families):
+        maps = job.maps[row][have]
+        found = {"pointing_game": localisation.pointing_game(maps, masks, job.cfg.tolerance),
+                 "energy_pointing_game": localisation.energy_pointing_game(maps, masks),
+                 "top_iou": localisation.top_iou(maps, masks, TOP_PERCENTILE)}
+        out[row] = {}
+        for column, values in found.items():
+            full = np.full(len(job.indices), np.nan)
+            full[have] = [np.nan if v is None else float(v) for v in values]
+            out[row][column] = full
+    return out
+
+
+# the metrics scored per batch, by their config name (`sanity` runs once: see `run`)
+SCORERS: dict[str, Callable[[Job], dict[Row, dict[str, np.ndarray]]]] = {
+    "deletion": score_deletion, "insertion": score_insertion, "road": score_road,
+    "confidence_change": score_confidence, "infidelity": score_infidelity, "sensitivity": score_sensitivity,
+    "localisation": score_localisation,
+}
+
+
+def gradient_map(attribution: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(..., C, H, W) attribution -> (..., H, W) float32: Σ_c |a|, divided by each map's maximum (0 stays 0)."""
+    a = np.abs(np.asarray(attribution, dtype=np.float32)).sum(axis=-3)
+    top = a.reshape(*a.shape[:-2], -1).max(axis=-1)[..., None, None]
+    return np.divide(a, top, out=np.zeros_like(a), where=top > 0)
+
+
+def image_mask(image: ImageInput, shape: tuple[int, int]) -> np.ndarray | None:
+    """The object's pixels: the mask when the input gives one, else its box's pixels; None without either."""
+    if image.mask is not None:
+        return np.asarray(image.mask, dtype=bool)
+    if image.box is not None:
+        return localisation.box_mask(image.box, shape)
+    return None
+
+
+# ---------------------------------------------------------------------------- recomputing maps
+
+
+def logits_forward(info: ModelInfo, model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Input -> logits of `model` (the build's model or a randomised copy), unwrapped as the adapter does."""
+    if info.adapter is None:
+        return model
+    return lambda x: info.adapter.pick_logits(model(x))
+
+
+def cam_maps(info: ModelInfo, model: nn.Module, x: torch.Tensor, targets: np.ndarray,
+             cam: CamResult) -> dict[Row, np.ndarray]:
+    """Every CAM row's maps (n, H, W) of `model` for `targets`, as the cam stage computes them."""
+    head = _head(info, model)
+    computed = compute_maps(model, x, cam.layers, cam.computed_methods, [targets.tolist()],
+                            batch_size=cam.config.batch_size, head=head,
+                            engine=Engine(model, x, forward=logits_forward(info, model)))
+    out = {}
+    for layer, stack in computed.final.items():
+        for m, method in enumerate(computed.layer_methods[layer]):
+            out[(method, layer)] = stack[m, 0].detach().float().cpu().numpy()
+    return out
+
+
+def gradient_attributions(info: ModelInfo, model: nn.Module, x: torch.Tensor, targets: np.ndarray,
+                          grads: GradientsResult, methods: list[str], seed: int, offset: int = 0
+                          ) -> dict[str, torch.Tensor]:
+    """The raw attributions (n, C, H, W) of gradient `methods` for `model`, as the gradients stage computes them
+    (the same passes: one ruled forward for the ReLU-rule methods and the input gradient, own passes else)."""
+    cfg = grads.config
+    forward = logits_forward(info, model)
+    records = [REGISTRY[m] for m in methods]
+    classes = [int(t) for t in targets]
+    rules = [m.relu_rule for m in records if m.relu_rule is not None]
+    if any("input_grad" in m.needs for m in records):
+        rules.append("plain")
+    out: dict[str, torch.Tensor] = {}
+    with torch.enable_grad():  # sensitivity_max calls this under no_grad
+        ruled = compute_ruled_pass(model, x, [classes], rules, grads.cam_layer if "guided_gradcam" in methods
+                                   else None, forward=forward) if rules else None
+        job = None
+        for method in records:
+            fn = method.function()
+            if "input_grad" in method.needs:
+                out[method.id] = fn(x, ruled.input_grads["plain"][0])
+            elif method.relu_rule is not None:
+                out[method.id] = fn(ruled, 0)
+            else:
+                if job is None:
+                    baseline = make_baseline(cfg.baseline, x, seed, offset=offset)[0] \
+                        if "integrated_gradients" in methods else None
+                    job = GradientJob(model=model, forward=forward, batch=x, class_sets=[tuple(classes)],
+                                      batch_size=cfg.internal_batch_size or max(1, BATCH_ELEMENTS // x[0].numel()),
+                                      seed=seed, offset=offset, samples=cfg.samples, stdev=cfg.stdev,
+                                      steps=cfg.steps, baseline=baseline)
+                out[method.id] = fn(job)[0]
+    return {m: a.detach() for m, a in out.items()}
+
+
+def _head(info: ModelInfo, model: nn.Module) -> nn.Linear | None:
+    """`model`'s module at the place of the build model's last called nn.Linear (CAM's head), if any."""
+    linears = [layer for layer in info.layers.values() if layer.order is not None and layer.type == "Linear"]
+    if not linears:
+        return None
+    module = model.get_submodule(max(linears, key=lambda layer: layer.order).name)
+    return module if isinstance(module, nn.Linear) else None
+
+
+# ---------------------------------------------------------------------------- the stage
+
+
+def run(ctx: Context, cfg: EvaluationConfig) -> EvaluationResult:
+    cam, grads = ctx.results.get(CamResult), ctx.results.get(GradientsResult)
+    if cam is None and grads is None:
+        raise ReportgenError("no CAM or gradient maps reached the evaluation: it must run in the same batches "
+                             "as the cam and gradients stages.")
+    n, _, h, w = ctx.batch.shape
+    seed = ctx.config.seed
+    count = ctx.count if ctx.count is not None else ctx.offset + n
+    detail = tuple(ctx.detail) if ctx.detail is not None else tuple(range(count))
+    chosen = subset(count, detail, cfg.images, seed)
+    positions = [p for p in range(n) if ctx.offset + p in chosen]
+    metrics = wanted(cfg)
+    step = cfg.step if cfg.step is not None else perturbation.default_step(h, w)
+    base = EvaluationResult(config=cfg, rows=(), columns=(), indices=(), names=(), scores={}, step=step, seed=seed,
+                            offset=ctx.offset, size=n)
+    if not positions:
+        return base
+
+    maps, targets, attributions = batch_maps(cam, grads, positions, ctx.batch)
+    x = ctx.batch[positions]
+    images = [ctx.images[p] for p in positions]
+    masks = [image_mask(image, (h, w)) for image in images]
+    indices = [ctx.offset + p for p in positions]
+
+    def explain(method: str, xs: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+        return gradient_attributions(ctx.info, ctx.model, xs, ts.cpu().numpy(), grads, [method], seed)[method]
+
+    job = Job(forward=_perturbation_forward(ctx), x=x, indices=indices, maps=maps, targets=targets,
+              attributions=attributions, masks=masks, explain=explain, cfg=cfg, seed=seed)
+    scores: dict[str, dict[str, np.ndarray]] = {row_key(r): {} for r in maps}
+    for metric in metrics:
+        if metric in SCORERS:
+            ctx.log(f"evaluation: {metric} on {len(indices)} images")
+            for row, columns in SCORERS[metric](job).items():
+                scores[row_key(row)].update(columns)
+    fraction, sums = None, {}
+    if "curves" in job.cache:
+        for row, c in job.cache["curves"].items():
+            fraction = c.fraction
+            sums[row_key(row)] = (c.deletion.sum(0, dtype=np.float64), c.insertion.sum(0, dtype=np.float64),
+                                  len(indices))
+
+    shown = set(detail)
+    outcome = None
+    if "sanity" in metrics and detail and min(detail) in indices:
+        ctx.log("evaluation: sanity cascade")
+        outcome = _sanity(ctx, cfg, cam, grads, [p for p in positions if ctx.offset + p in shown])
+    hits, boxes = [], {}
+    if "localisation" in metrics:
+        drawn = [j for j in range(len(indices)) if indices[j] in shown and masks[j] is not None]
+        boxes = {indices[j]: images[j].box for j in drawn}
+        hits = [hit for j in drawn for hit in peaks(job, j, images[j].name)]
+    columns = tuple(c.id for c in COLUMNS if any(c.id in s for s in scores.values())
+                    or (c.id == "sanity_spearman" and outcome is not None))
+    notes = []
+    if grads is None and any(m in metrics for m in ("infidelity", "sensitivity")):
+        notes.append("Infidelity and max-sensitivity score gradient attributions: without the gradients section "
+                     "they have no rows.")
+    return dataclasses.replace(
+        base, rows=tuple(maps), columns=columns, indices=tuple(indices), names=tuple(i.name for i in images),
+        scores=scores, fraction=fraction, curve_sums=sums, sanity=outcome, hits=tuple(hits), boxes=boxes,
+        notes=tuple(notes))
+
+
+def peaks(job: Job, j: int, name: str) -> list[Hit]:
+    """Where each map of image j peaks (its first maximum, row-major) and whether it is a pointing-game hit;
+    constant maps (no peak) left out."""
+    out = []
+    for row, maps in job.maps.items():
+        m = maps[j]
+        if m.max() == m.min():
+            continue
+        peak = np.unravel_index(int(np.argmax(m)), m.shape)
+        hit = localisation.pointing_game(m[None], job.masks[j][None], job.cfg.tolerance)[0]
+        out.append(Hit(image=job.indices[j], name=name, row=row_key(row), peak=(int(peak[0]), int(peak[1])),
+                       hit=bool(hit)))
+    return out
+
+
+def batch_maps(cam: CamResult | None, grads: GradientsResult | None, positions: list[int], like: torch.Tensor
+               ) -> tuple[dict[Row, np.ndarray], dict[Row, np.ndarray], dict[Row, torch.Tensor]]:
+    """The maps (n, H, W) in [0, 1] of the batch's images at `positions`, each row's targets (n,) (each image's first
+    explained class) and the gradient rows' raw attributions (n, C, H, W) as tensors like `like`."""
+    maps: dict[Row, np.ndarray] = {}
+    targets: dict[Row, np.ndarray] = {}
+    attributions: dict[Row, torch.Tensor] = {}
+    if cam is not None:
+        cam_targets = np.array([cam.targets[p][0] for p in positions], dtype=np.int64)
+        for method in cam.computed_methods:
+            for layer in cam.map_layers:
+                if (method, layer, positions[0], int(cam_targets[0])) in cam.maps:
+                    maps[(method, layer)] = np.stack([cam.maps[(method, layer, p, int(cam.targets[p][0]))]
+                                                      for p in positions]).astype(np.float32)
+                    targets[(method, layer)] = cam_targets
+    if grads is not None:
+        grad_targets = grads.classes[positions, 0].astype(np.int64)
+        for method, values in grads.maps.items():
+            raw = values[positions, 0]  # (n, C, H, W)
+            maps[(method, "")] = gradient_map(raw)
+            targets[(method, "")] = grad_targets
+            attributions[(method, "")] = torch.from_numpy(np.ascontiguousarray(raw)).to(like)
+    return maps, targets, attributions
+
+
+def _perturbation_forward(ctx: Context) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The checked fast no-grad forward (`metrics.forward`), made once per build and input shape (a deep copy
+    and its check: not a cost of every batch); the adapter picks the logits."""
+    key = ("evaluation.forward", tuple(ctx.batch.shape[1:]))
+    if key not in ctx.info.made:
+        adapter = ctx.info.adapter
+        ctx.info.made[key] = inference_forward(ctx.model, ctx.batch[:1],
+                                               logits=adapter.pick_logits if adapter is not None else None)
+    return ctx.info.made[key]
+
+
+def _sanity(ctx: Context, cfg: EvaluationConfig, cam: CamResult | None, grads: GradientsResult | None,
+            positions: list[int]) -> SanityOutcome:
+    """The cascade on the batch's detail images (at most `sanity.images`), every method's maps recomputed."""
+    positions = positions[:cfg.sanity.images]
+    x = ctx.batch[positions]
+    seed = cfg.sanity.seed if cfg.sanity.seed is not None else ctx.config.seed
+    cam_t = np.array([cam.targets[p][0] for p in positions], dtype=np.int64) if cam is not None else None
+    grad_t = grads.classes[positions, 0].astype(np.int64) if grads is not None else None
+    steps: list[dict[str, np.ndarray]] = []
+
+    def explain(model: nn.Module, xs: torch.Tensor, _targets: torch.Tensor) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        if cam is not None:
+            out.update({row_key(r): m for r, m in cam_maps(ctx.info, model, xs, cam_t, cam).items()})
+        if grads is not None:
+            found = gradient_attributions(ctx.info, model, xs, grad_t, grads, list(grads.maps), ctx.config.seed,
+                                          ctx.offset + positions[0])
+            out.update({m: gradient_map(a.cpu().numpy()) for m, a in found.items()})
+        if steps:  # a method that stopped applying on the randomised model: a constant map (correlation NaN)
+            out = {k: out.get(k, np.zeros_like(v)) for k, v in steps[0].items()}
+        steps.append({k: v[0].astype(np.float16) for k, v in out.items()})
+        out = {k: v.astype(np.float64) for k, v in out.items()}
+        return out
+
+    order = sanity.blocks(ctx.model, cfg.sanity.blocks)
+    targets = torch.as_tensor(cam_t if cam_t is not None else grad_t)
+    result = sanity.cascade(ctx.model, order, explain, x, targets, seed=seed)
+    maps = {k: np.stack([s[k] for s in steps]) for k in steps[0]}
+    names = tuple(ctx.images[p].name for p in positions)
+    return SanityOutcome(cascade=result, images=names, image=names[0], maps=maps, mode=cfg.sanity.blocks, seed=seed)
+
+
+def reduce(results: list[EvaluationResult]) -> EvaluationResult:
+    """The result of all images from the batches' (scores concatenated, curves summed, the one sanity run)."""
+    results = [r for r in results if r.indices] or results[:1]
+    first = results[0]
+    if len(results) == 1:
+        return first
+    rows = tuple(dict.fromkeys(row for r in results for row in r.rows))
+    columns = tuple(c.id for c in COLUMNS if any(c.id in r.columns for r in results))
+    scores: dict[str, dict[str, np.ndarray]] = {}
+    for row in rows:
+        key = row_key(row)
+        scores[key] = {}
+        for column in columns:
+            if column == "sanity_spearman":
+                continue
+            parts = [r.scores.get(key, {}).get(column, np.full(len(r.indices), np.nan)) for r in results]
+            if any(column in r.scores.get(key, {}) for r in results):
+                scores[key][column] = np.concatenate(parts)
+    sums: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}
+    for r in results:
+        for key, (d, i, k) in r.curve_sums.items():
+            if key in sums:
+                d0, i0, k0 = sums[key]
+                sums[key] = (d0 + d, i0 + i, k0 + k)
+            else:
+                sums[key] = (d, i, k)
+    return dataclasses.replace(
+        first, rows=rows, columns=columns, indices=tuple(i for r in results for i in r.indices),
+        names=tuple(name for r in results for name in r.names), scores=scores,
+        fraction=next((r.fraction for r in results if r.fraction is not None), None), curve_sums=sums,
+        sanity=next((r.sanity for r in results if r.sanity is not None), None),
+        hits=tuple(h for r in results for h in r.hits), boxes={k: v for r in results for k, v in r.boxes.items()},
+        notes=tuple(dict.fromkeys(n for r in results for n in r.notes)),
+        warnings=tuple(dict.fromkeys(w for r in results for w in r.warnings)))
+
+
+# ---------------------------------------------------------------------------- aggregates
+
+
+def bootstrap(values: np.ndarray, seed: int, resamples: int = RESAMPLES) -> dict | None:
+    """Mean over images and its 95 % percentile bootstrap interval (images resampled with replacement, numpy's
+    generator seeded with `seed`); NaN images left out; None when none is left."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        return None
+    mean = float(v.mean())
+    if v.size == 1:
+        return {"mean": mean, "low": mean, "high": mean, "n": 1}
+    draws = np.random.default_rng(seed).integers(0, v.size, size=(resamples, v.size))
+    means = v[draws].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"mean": mean, "low": float(min(low, mean)), "high": float(max(high, mean)), "n": int(v.size)}
+
+
+def per_image(result: EvaluationResult, row: Row, column: str) -> np.ndarray:
+    """(n,) the column's values for the row, over its images (sanity: the sanity images)."""
+    key = row_key(row)
+    if column == "sanity_spearman":
+        if result.sanity is None or key not in result.sanity.cascade.spearman:
+            return np.zeros(0)
+        values = result.sanity.cascade.spearman[key]
+        return values[-1] if len(values) else np.zeros(0)
+    return result.scores.get(key, {}).get(column, np.zeros(0))
+
+
+def summarize(result: EvaluationResult) -> list[dict]:
+    """Per row: method, layer, family and per column its bootstrap summary (None where not defined); `best` lists
+    the columns in which the row's mean is the best of all rows."""
+    table = [{"method": m, "layer": layer or None, "family": family((m, layer)), "key": row_key((m, layer)),
+              "scores": {c: bootstrap(per_image(result, (m, layer), c), result.seed) for c in result.columns},
+              "best": []} for m, layer in result.rows]
+    for column in result.columns:
+        sign = -1 if COLUMN[column].better == "lower" else 1
+        means = [(sign * row["scores"][column]["mean"], k) for k, row in enumerate(table)
+                 if row["scores"][column] is not None]
+        if means:
+            top = max(v for v, _ in means)
+            for v, k in means:
+                if v == top:
+                    table[k]["best"].append(column)
+    return table
+
+
+def mean_curves(result: EvaluationResult) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Row key -> (mean deletion curve, mean insertion curve), each (P,)."""
+    return {key: (d / k, i / k) for key, (d, i, k) in result.curve_sums.items() if k}
+
+
+def sanity_verdicts(result: EvaluationResult) -> dict[str, float]:
+    """Row key -> final mean Spearman, for the rows whose maps stay similar after full randomisation."""
+    if result.sanity is None:
+        return {}
+    out = {}
+    for key in result.sanity.cascade.spearman:
+        final = result.sanity.cascade.mean_spearman(key)
+        if len(final) and np.isfinite(final[-1]) and final[-1] > SANITY_LIMIT:
+            out[key] = float(final[-1])
+    return out
+
+
+def _round(v: float | None, digits: int = 6) -> float | None:
+    return None if v is None or not math.isfinite(v) else round(float(v), digits)
+
+
+def to_json(result: EvaluationResult) -> dict:
+    cfg = result.config
+    entry: dict = {
+        "images": len(result.indices),
+        "metrics": list(wanted(cfg)),
+        "step": result.step,
+        "seed": result.seed,
+        "columns": [{"id": c, "label": COLUMN[c].label, "better": COLUMN[c].better,
+                     "definition": COLUMN[c].definition} for c in result.columns],
+        "rows": [{**{k: row[k] for k in ("method", "layer", "family", "best")},
+                  "scores": {c: None if s is None else {k: _round(v) if k != "n" else v for k, v in s.items()}
+                             for c, s in row["scores"].items()}} for row in summarize(result)],
+        "notes": list(result.notes),
+    }
+    if result.fraction is not None:
+        entry["curves"] = {"fraction": [_round(f, 5) for f in result.fraction],
+                           "rows": [{"row": key, "deletion": [_round(v, 4) for v in d],
+                                     "insertion": [_round(v, 4) for v in i]}
+                                    for key, (d, i) in mean_curves(result).items()]}
+    if result.sanity is not None:
+        s = result.sanity
+        entry["sanity"] = {
+            "mode": s.mode, "seed": s.seed, "images": list(s.images), "blocks": list(s.cascade.blocks),
+            "rows": [{"row": key, "spearman": [_round(v) for v in s.cascade.mean_spearman(key)],
+                      "ssim": [_round(v) for v in s.cascade.mean_ssim(key)]} for key in s.cascade.spearman],
+            "independent_of_weights": sanity_verdicts(result),
+        }
+    if result.boxes:
+        where = dict(zip(result.indices, result.names))
+        entry["localisation"] = {
+            "tolerance": cfg.tolerance,
+            "boxes": {where[i]: None if box is None else [float(v) for v in box] for i, box in result.boxes.items()},
+            "hits": [{"image": h.name, "row": h.row, "peak": list(h.peak), "hit": h.hit} for h in result.hits]}
+    return entry
+
+
+def records(result: EvaluationResult) -> list[dict | None]:
+    """Per image of the batch: row key -> column -> its score (None: not scored), or None when the image is not in
+    the evaluation subset."""
+    where = {index: j for j, index in enumerate(result.indices)}
+    out: list[dict | None] = []
+    for p in range(result.size):
+        j = where.get(result.offset + p)
+        if j is None:
+            out.append(None)
+            continue
+        out.append({key: {c: _round(v[j]) for c, v in columns.items()} for key, columns in result.scores.items()})
+    return out
+
+
+def arrays(result: EvaluationResult) -> dict[str, np.ndarray]:
+    return {}
+
+
+def totals(result: EvaluationResult) -> dict[str, np.ndarray]:
+    """`evaluation/<column>/<row key>` (n,) per-image scores; `evaluation/sanity/<row key>` (B + 1, H, W) the
+    sanity image's maps, trained then after each block."""
+    out = {f"evaluation/{c}/{key}": np.asarray(v, dtype=np.float32)
+           for key, columns in result.scores.items() for c, v in columns.items()}
+    if result.sanity is not None:
+        out.update({f"evaluation/sanity/{key}": m.astype(np.float32) for key, m in result.sanity.maps.items()})
+    return out
+
+
+SPEC = Stage(
+    name="evaluation", title="Which map to believe", config=EvaluationConfig, run=run, check=check, reduce=reduce,
+    arrays=arrays, totals=totals, to_json=to_json, records=records, requires_any=("cam", "gradients"),
+    needs_hooks=lambda cfg: ("the sanity check",) if "sanity" in wanted(cfg) else (),
+)
