@@ -164,10 +164,14 @@ def test_gradients_alone_and_chosen_metrics(project):
                           "evaluation": {"metrics": ["Deletion", "infidelity", "deletion"], "step": 64}}
     done = build(project, config)
     assert done.exit_code == 0, done.output
-    ev = json.loads((project.root / "out" / "report.json").read_text())["evaluation"]
+    data = json.loads((project.root / "out" / "report.json").read_text())
+    ev = data["evaluation"]
     assert [c["id"] for c in ev["columns"]] == ["deletion_auc", "infidelity"]
     assert [r["method"] for r in ev["rows"]] == ["saliency", "input_x_gradient"]
     assert "sanity" not in ev and "curves" in ev
+    # the headline metrics (Report.metrics(), report.json "metrics"): every mean, `evaluation/<column>/<row>`
+    assert {k: v for k, v in data["metrics"].items() if k.startswith("evaluation/")} == pytest.approx(
+        {f"evaluation/{c}/{r['method']}": r["scores"][c]["mean"] for r in ev["rows"] for c in r["scores"]}, rel=1e-5, abs=1e-6)  # report.json: 6 decimals
 
 
 @pytest.mark.parametrize("change, expected", [

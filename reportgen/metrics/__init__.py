@@ -10,5 +10,6 @@ aggregation, configuration and drawing happen elsewhere (the `evaluation` stage 
 - `localisation`: pointing game, energy-based pointing game, IoU of the top 15 % with a box or mask;
 - `sanity`: cascading model-parameter randomisation (Adebayo et al. 2018; Quantus's MPRT order).
 
-No stage uses them yet: the `evaluation` stage is still to be built.
+The `evaluation` stage (`reportgen.stages.evaluation`) runs them over a build's maps; `forward` makes the
+fast no-grad forward they run on.
 """

@@ -730,8 +730,16 @@ def totals(result: EvaluationResult) -> dict[str, np.ndarray]:
     return out
 
 
+def headline(result: EvaluationResult) -> dict[str, float]:
+    """Every column's mean per row, `<column>/<row key>` (`Report.metrics()`: `evaluation/deletion_auc/gradcam`)."""
+    return {f"{column}/{row['key']}": float(summary["mean"]) for row in summarize(result)
+            for column, summary in row["scores"].items()
+            if summary is not None and summary.get("mean") is not None and math.isfinite(summary["mean"])}
+
+
 SPEC = Stage(
     name="evaluation", title="Which map to believe", config=EvaluationConfig, run=run, check=check, reduce=reduce,
     arrays=arrays, totals=totals, to_json=to_json, records=records, requires_any=("cam", "gradients"),
+    metrics=headline,
     needs_hooks=lambda cfg: ("the sanity check",) if "sanity" in wanted(cfg) else (),
 )
