@@ -485,11 +485,19 @@ def _stream(group: list[Stage], ctx: Context, images: Collection, done: list[Sta
     return runs
 
 
-def _versions() -> dict:
-    from importlib.metadata import version  # not `import torchvision`: a model that needs none loads faster
+def _versions(config: Config | None = None) -> dict:
+    """The versions behind the numbers: ours, torch's, torchvision's, Python's, and the model source's package."""
+    from importlib.metadata import PackageNotFoundError, version  # not `import torchvision`: faster
 
-    return {"reportgen": __version__, "torch": torch.__version__, "torchvision": version("torchvision"),
-            "python": platform.python_version()}
+    found = {"reportgen": __version__, "torch": torch.__version__, "torchvision": version("torchvision"),
+             "python": platform.python_version()}
+    package = {"timm": "timm", "huggingface": "transformers"}.get(config.model.source if config else "")
+    if package is not None:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return found
 
 
 def source_date_epoch() -> int | None:
@@ -519,7 +527,7 @@ def _report_json(config: Config, ctx: Context, images: Collection, records: list
     data = {
         "title": config.title,
         "created": created.isoformat(timespec="seconds"),
-        "versions": _versions(),
+        "versions": _versions(config),
         "config": config.to_dict(relative=True),  # no home folders in a published report
         "model": {"description": ctx.info.description, "num_classes": ctx.info.num_classes,
                   "input_size": list(config.model.input_size), "device": str(ctx.device)},

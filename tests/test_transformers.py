@@ -423,6 +423,7 @@ def test_a_timm_vit_builds_end_to_end_with_a_safetensors_checkpoint(tmp_path: Pa
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "out" / "report.json").read_text())
     assert all(s["status"] == "ok" for s in data["stages"]), data["stages"]
+    assert data["versions"]["timm"] == timm.__version__  # the model source's package is named with the numbers
     cam = data["cam"]
     assert cam["layers"] == ["blocks.11.norm1"] and cam["layer_shapes"]["blocks.11.norm1"] == [192, 4, 4]
     assert any("pytorch-grad-cam's recommendation" in note for note in cam["notes"])
@@ -521,3 +522,28 @@ def test_a_hugging_face_folder_without_a_preprocessor_config(tmp_path: Path) -> 
     with pytest.raises(ReportgenError, match=r"`inputs.preprocess: from_weights` needs the model folder's "
                                              r"preprocessor_config.json"):
         adapter.preprocess(Preprocess(from_weights=True))
+
+
+def test_guided_gradcam_on_a_vit_token_layer_is_grad_cam_on_its_grid_times_guided_backprop() -> None:
+    """guided_gradcam's layer may be a token layer: Grad-CAM on its grid (the layer's declared view), ReLU'd and
+    upsampled by nearest as Captum's GuidedGradCam does, times guided backprop (ViT has no nn.ReLU: the plain
+    input gradient)."""
+    adapter = _timm("vit_tiny_patch16_224")
+    x = _batch(2, 64, seed=3)
+    ctx = _context(adapter, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = G.run(ctx, GradientsConfig(methods=("guided_backprop", "guided_gradcam")))
+    classes = torch.as_tensor(result.classes[:, 0])
+    layer = adapter.model.get_submodule("blocks.11.norm1")
+    kept = {}
+    handle = layer.register_forward_hook(lambda m, i, out: kept.update(out=out))
+    xg = x.clone().requires_grad_()
+    score = adapter.model(xg).gather(1, classes.view(-1, 1)).sum()
+    handle.remove()
+    tokens = kept["out"]
+    grad_tokens, grad_input = torch.autograd.grad(score, [tokens, xg])
+    grid, grad_grid = _reshape(("tokens", 1, 4, 4))(tokens.detach()), _reshape(("tokens", 1, 4, 4))(grad_tokens)
+    cam = torch.relu((grad_grid.mean(dim=(2, 3), keepdim=True) * grid).sum(dim=1, keepdim=True))
+    expected = torch.nn.functional.interpolate(cam, size=x.shape[2:], mode="nearest") * grad_input
+    assert _relative(result.maps["guided_gradcam"][:, 0], expected) <= REL

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..config import GradientsConfig
 from ..errors import ReportgenError, did_you_mean
-from ..layers import auto_cam_layer
+from ..layers import auto_cam_layer, map_view, spatial_shape
 from ..methods import REGISTRY
 from ..methods.gradients import GradientJob, RuledPass, compute_ruled_pass, image_generator, score_difference
 from ..ops import gaussian_blur
@@ -92,7 +92,7 @@ def cam_layer(info: ModelInfo, cfg: GradientsConfig, cam: CamResult | None = Non
         origin = "the automatic CAM layer"
     layer = info.layer(name)
     shape = layer.output_shape
-    if shape is None or len(shape) != 4:
+    if spatial_shape(info, name) is None:  # a transformer's token layer counts once viewed as its grid
         got = "no tensor output" if shape is None else f"output shape {list(shape)}"
         raise ReportgenError(f"guided_gradcam needs a layer with a spatial (N, C, H, W) output; {origin} "
                              f"`{name}` has {got}. Pick a convolutional layer (`reportgen layers CONFIG`).")
@@ -161,6 +161,10 @@ def run(ctx: Context, cfg: GradientsConfig) -> GradientsResult:
             passes = ctx.engine.passes([], [class_sets[r] for r in missing], input_grad=True)
         for r, grad_pass in zip(missing, passes):
             input_grads[r] = grad_pass.input_grad
+    view = map_view(ctx.info, layer) if layer is not None and ruled is not None else None
+    if view is not None:  # a transformer's tokens: guided Grad-CAM on their grid (the view is linear: so is ∂)
+        ruled = dataclasses.replace(ruled, activations=view(ruled.activations),
+                                    layer_grads=[view(g) for g in ruled.layer_grads])
 
     baseline, baseline_text = None, ""
     if "integrated_gradients" in cfg.methods:
