@@ -96,3 +96,14 @@ def test_the_flop_total_counted_on_shapes_alone_equals_a_real_forward_counted():
                 FlopCounterMode(display=False) as counter:
             model(torch.zeros(shape))
         assert count_flops(model, shape) == counter.get_total_flops() > 0
+
+
+def test_a_model_without_attention_gets_no_flop_count_but_says_why():
+    """torchinfo misses no matmul of a CNN: the summary skips the FLOP counter's forward and says so."""
+    from reportgen.stages.summary import compute_summary, has_attention
+
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    result = compute_summary(model, (3, 64, 64), depth=1)
+    assert not has_attention(model) and result.flops is None
+    assert f"{2 * result.totals.total_mult_adds:,} FLOPs" in result.flops_note
+    assert has_attention(torchvision.models.vit_b_16(image_size=32, num_classes=10))

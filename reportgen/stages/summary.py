@@ -102,9 +102,16 @@ def compute_summary(model, input_size, *, depth: int = 3, device=None) -> Summar
         params_size_mb=round(stats.total_param_bytes / 1e6, 2),
         estimated_total_size_mb=round(total / 1e6, 2),
     )
-    flops = count_flops(model, input_shape, device)
+    flops = count_flops(model, input_shape, device) if has_attention(model) else None
     return SummaryResult(model_name=type(model).__name__, input_shape=input_shape, rows=rows, totals=totals,
-                         flops=flops, flops_note=flops_note(flops, totals.total_mult_adds))
+                         flops=flops, flops_note=flops_note(flops, totals.total_mult_adds, has_attention(model)))
+
+
+def has_attention(model) -> bool:
+    """Whether the model has attention modules (nn.MultiheadAttention, timm's and Hugging Face's `...Attention`
+    classes): only then does torchinfo miss matmuls, and the FLOP counter's forward is worth its time (counting
+    shapes alone first loads torch's meta kernels: 1.6 s)."""
+    return any("Attention" in type(module).__name__ for module in model.modules())
 
 
 def count_flops(model, input_shape, device=None) -> int | None:
@@ -163,7 +170,10 @@ def count_flops(model, input_shape, device=None) -> int | None:
     return None
 
 
-def flops_note(flops: int | None, mult_adds: int) -> str:
+def flops_note(flops: int | None, mult_adds: int, counted: bool = True) -> str:
+    if not counted:
+        return ("No attention layers: torchinfo's mult-adds count every convolution and matrix product "
+                f"(2 FLOPs each: {2 * mult_adds:,} FLOPs).")
     if flops is None:
         return "The FLOP counter could not follow this model's forward pass."
     missing = flops / 2 - mult_adds
