@@ -100,10 +100,12 @@ def test_the_flop_total_counted_on_shapes_alone_equals_a_real_forward_counted():
 
 def test_a_model_without_attention_gets_no_flop_count_but_says_why():
     """torchinfo misses no matmul of a CNN: the summary skips the FLOP counter's forward and says so."""
-    from reportgen.stages.summary import compute_summary, has_attention
+    from reportgen.stages.summary import compute_summary
 
-    model = torchvision.models.resnet18(num_classes=10).eval()
-    result = compute_summary(model, (3, 64, 64), depth=1)
-    assert not has_attention(model) and result.flops is None
-    assert f"{2 * result.totals.total_mult_adds:,} FLOPs" in result.flops_note
-    assert has_attention(torchvision.models.vit_b_16(image_size=32, num_classes=10))
+    result = compute_summary(torchvision.models.resnet18(num_classes=10).eval(), (3, 64, 64), depth=1)
+    assert result.flops is None and f"{2 * result.totals.total_mult_adds:,} FLOPs" in result.flops_note
+    for model in (torchvision.models.vit_b_16(image_size=32, num_classes=10),  # attention
+                  nn.Sequential(nn.Flatten(2), nn.Linear(64, 5))):  # a linear layer over 3 vectors an image
+        result = compute_summary(model.eval(), (3, 8, 8), depth=1) if isinstance(model, nn.Sequential) else \
+            compute_summary(model.eval(), (3, 32, 32), depth=1)
+        assert result.flops is not None and result.flops > 0

@@ -301,7 +301,10 @@ def test_summary_params_equal_torchinfo_and_flops_count_attention() -> None:
         ref = torchinfo.summary(adapter.model, input_size=(1, 3, size, size), verbose=0)
         assert ours.totals.total_params == ref.total_params
         assert ours.totals.total_mult_adds == ref.total_mult_adds
-        assert ours.flops is not None and ours.flops > 0
+        if "convnext" in type(adapter.model).__name__.lower():  # 1x1 convolutions: torchinfo misses nothing
+            assert ours.flops is None and "2 FLOPs each" in ours.flops_note
+        else:
+            assert ours.flops is not None and ours.flops > 0
     vit = _timm("vit_tiny_patch16_224", size=224)
     result = S.compute_summary(vit.model, (3, 224, 224), depth=1)
     attention = 12 * 2 * (2 * 197 * 197 * 192)  # per block: q·kᵀ and attn·v, 2 FLOPs per mult-add

@@ -102,16 +102,19 @@ def compute_summary(model, input_size, *, depth: int = 3, device=None) -> Summar
         params_size_mb=round(stats.total_param_bytes / 1e6, 2),
         estimated_total_size_mb=round(total / 1e6, 2),
     )
-    flops = count_flops(model, input_shape, device) if has_attention(model) else None
+    missed = torchinfo_misses(model, stats.summary_list)
+    flops = count_flops(model, input_shape, device) if missed else None
     return SummaryResult(model_name=type(model).__name__, input_shape=input_shape, rows=rows, totals=totals,
-                         flops=flops, flops_note=flops_note(flops, totals.total_mult_adds, has_attention(model)))
+                         flops=flops, flops_note=flops_note(flops, totals.total_mult_adds, missed))
 
 
-def has_attention(model) -> bool:
-    """Whether the model has attention modules (nn.MultiheadAttention, timm's and Hugging Face's `...Attention`
-    classes): only then does torchinfo miss matmuls, and the FLOP counter's forward is worth its time (counting
-    shapes alone first loads torch's meta kernels: 1.6 s)."""
-    return any("Attention" in type(module).__name__ for module in model.modules())
+def torchinfo_misses(model, layers) -> bool:
+    """Whether torchinfo's mult-adds miss matmuls of this model: attention modules (nn.MultiheadAttention,
+    timm's and Hugging Face's `...Attention` classes), or a linear layer applied to more than one vector per
+    image (tokens, a channels-last map: torchinfo counts it once). Only then is the FLOP counter's forward worth
+    its time (counting shapes alone first loads torch's meta kernels: 1.6 s). `layers`: torchinfo's list."""
+    return any("Attention" in type(module).__name__ for module in model.modules()) or any(
+        layer.class_name == "Linear" and layer.output_size and len(layer.output_size) > 2 for layer in layers)
 
 
 def count_flops(model, input_shape, device=None) -> int | None:
@@ -172,8 +175,8 @@ def count_flops(model, input_shape, device=None) -> int | None:
 
 def flops_note(flops: int | None, mult_adds: int, counted: bool = True) -> str:
     if not counted:
-        return ("No attention layers: torchinfo's mult-adds count every convolution and matrix product "
-                f"(2 FLOPs each: {2 * mult_adds:,} FLOPs).")
+        return ("No attention, no linear layer over tokens: torchinfo's mult-adds count every convolution and "
+                f"matrix product (2 FLOPs each: {2 * mult_adds:,} FLOPs).")
     if flops is None:
         return "The FLOP counter could not follow this model's forward pass."
     missing = flops / 2 - mult_adds
