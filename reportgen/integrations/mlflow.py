@@ -33,7 +33,7 @@ def find_run(options: MlflowOptions, config):
     from mlflow.exceptions import MlflowException
 
     if options.arrays and not config.output.save_arrays:
-        raise ReportgenError("`output.attach.mlflow.arrays: true` logs arrays.npz, which only "
+        raise ReportgenError("`output.attach.mlflow.arrays`: `true` logs arrays.npz, which only "
                              "`output.save_arrays: true` writes: set both, or neither.")
     run_id = options.run_id
     if run_id is None:
