@@ -50,7 +50,7 @@ class ReportCallback(Callback):
         self.config = resolve_config(config, build_kwargs.pop("overrides", None), given_model=True)
         self.every_n_epochs = every_n_epochs
         self.build_kwargs = build_kwargs
-        self.log = build_kwargs.get("log") or (lambda message: None)
+        self._log = build_kwargs.get("log") or (lambda message: None)
         self.reports: list = []
 
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -80,7 +80,7 @@ class ReportCallback(Callback):
                 if name == "mlflow":
                     path = "/".join(p for p in (options.artifact_path, f"epoch-{epoch}") if p)
                     options = dataclasses.replace(options, artifact_path=path)
-                attach(report, name, options, target, model=pl_module, step=trainer.global_step, log=self.log)
+                attach(report, name, options, target, model=pl_module, step=trainer.global_step, log=self._log)
         self.reports.append(report)
 
 
