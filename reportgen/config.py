@@ -994,4 +994,5 @@ output:
   dir: reports/my-model
   self_contained: true           # one HTML file, images embedded
   save_arrays: false             # also write arrays.npz with the numbers behind every figure
+  # attach: [mlflow]             # also attach it to the active run: mlflow, wandb, clearml, {tensorboard: {dir: runs}}
 """
