@@ -110,3 +110,16 @@ def test_no_run_to_attach_to_exits_2_before_any_work_and_writes_nothing(project,
     done = CliRunner().invoke(main, ["build", str(project.write(config)), "--set", f"output.attach={attach}", "-q"])
     assert done.exit_code == 2 and message in done.output and "Traceback" not in done.output, done.output
     assert not (project.root / "out").exists()
+
+
+def test_the_command_line_attaches_to_the_run_mlflow_run_names_in_its_environment(project, store, monkeypatch):
+    client, experiment = store
+    run_id = client.create_run(experiment).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", run_id)  # as `mlflow run` sets it for its entry point
+    done = CliRunner().invoke(main, ["build", str(project.write()), "--set", "output.attach=[mlflow]", "-q"])
+    assert done.exit_code == 0, done.output
+    assert "report.html" in [a.path for a in client.list_artifacts(run_id)]
+    monkeypatch.setenv("MLFLOW_RUN_ID", "0badc0de")
+    done = CliRunner().invoke(main, ["build", str(project.write()), "--set", "output.attach=[mlflow]", "-q"])
+    assert done.exit_code == 2 and "error: MLFLOW_RUN_ID: no run `0badc0de` in the tracking store sqlite:///" \
+        in done.output

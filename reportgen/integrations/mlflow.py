@@ -35,12 +35,12 @@ def find_run(options: MlflowOptions, config):
     if options.arrays and not config.output.save_arrays:
         raise ReportgenError("`output.attach.mlflow.arrays`: `true` logs arrays.npz, which only "
                              "`output.save_arrays: true` writes: set both, or neither.")
-    run_id = options.run_id
+    run_id, key = options.run_id, "`output.attach.mlflow.run_id`"
     if run_id is None:
         run = mlflow.active_run()
         if run is not None:
             return mlflow.MlflowClient(), run.info.run_id
-        run_id = os.environ.get("MLFLOW_RUN_ID")  # what `mlflow run` sets, and `mlflow.start_run()` resumes
+        run_id, key = os.environ.get("MLFLOW_RUN_ID"), "MLFLOW_RUN_ID"  # what `mlflow run` sets
         if not run_id:
             raise ReportgenError("`output.attach.mlflow`: there is no active MLflow run and no `run_id`: call "
                                  "reportgen.build inside `with mlflow.start_run():`, give "
@@ -49,7 +49,7 @@ def find_run(options: MlflowOptions, config):
         client = mlflow.MlflowClient()
         return client, client.get_run(run_id).info.run_id
     except MlflowException as exc:
-        raise ReportgenError(f"`output.attach.mlflow.run_id`: no run `{run_id}` in the tracking store "
+        raise ReportgenError(f"{key}: no run `{run_id}` in the tracking store "
                              f"{mlflow.get_tracking_uri()} ({exc.error_code}).") from None
 
 
