@@ -137,3 +137,21 @@ def test_the_callback_reports_after_each_validation_and_attaches_to_mlflow_and_t
 def test_every_n_epochs_must_be_a_positive_integer():
     with pytest.raises(ReportgenError, match="`every_n_epochs` must be a positive integer, got 0"):
         ReportCallback({"model": {"input_size": [3, 64, 64]}}, every_n_epochs=0)
+
+
+def test_without_lightning_the_callback_is_a_pytorch_lightning_callback():
+    """Where only `pytorch_lightning` is installed (here: `lightning` made unimportable in a fresh interpreter)."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("pytorch_lightning") is None:
+        pytest.skip("pytorch_lightning is not installed")
+    script = ("import sys; sys.modules['lightning'] = None\n"
+              "import pytorch_lightning\n"
+              "from reportgen.integrations.lightning import ReportCallback\n"
+              "print(issubclass(ReportCallback, pytorch_lightning.Callback))")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr
