@@ -4,6 +4,7 @@ store) and a TensorBoardLogger, and training goes on as it would have."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing leaves the machine (checked at each use)
 pl = pytest.importorskip("lightning.pytorch")
 mlflow = pytest.importorskip("mlflow")
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")

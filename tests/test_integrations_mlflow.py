@@ -3,6 +3,7 @@ MlflowClient: the report's files are the run's artifacts and its headline number
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -12,6 +13,7 @@ import reportgen
 from reportgen.cli import main
 from tests.conftest import make_image
 
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing leaves the machine (checked at each use)
 mlflow = pytest.importorskip("mlflow")
 
 
