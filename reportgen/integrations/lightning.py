@@ -46,7 +46,8 @@ class ReportCallback(Callback):
 
     def __init__(self, config, every_n_epochs: int = 1, **build_kwargs):
         if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise ReportgenError(f"ReportCallback: `every_n_epochs` must be a positive integer, got {every_n_epochs!r}.")
+            raise ReportgenError(f"ReportCallback: `every_n_epochs` must be a positive integer, "
+                                 f"got {every_n_epochs!r}.")
         self.config = resolve_config(config, build_kwargs.pop("overrides", None), given_model=True)
         self.every_n_epochs = every_n_epochs
         self.build_kwargs = build_kwargs
