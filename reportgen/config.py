@@ -23,6 +23,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from . import methods as method_registry
+from .integrations import TRACKERS
 from .errors import ConfigError, did_you_mean
 
 # ---------------------------------------------------------------------------- method ids
@@ -521,6 +522,41 @@ class ReportConfig:
     detail: DetailConfig = field(default_factory=DetailConfig)
 
 
+class _Attachments:
+    """`output.attach`: the trackers the written report is attached to (`reportgen.integrations`). One field per
+    record of `TRACKERS`, holding that tracker's options (null: not attached); a list of names is shorthand for
+    each one's defaults: `attach: [mlflow, wandb]`."""
+
+    @classmethod
+    def _from_yaml(cls, value: Any, path: tuple, ctx: _Ctx) -> Any:
+        names = list(yaml_fields(cls))
+        if value is None:
+            return {}
+        if isinstance(value, dict):
+            return value
+        if not isinstance(value, (list, str)):
+            raise ctx.error(path, f"expected a list of trackers ({', '.join(names)}) or a mapping of tracker to "
+                                  f"options, got {value!r}.")
+        value = [value] if isinstance(value, str) else value
+        for i, name in enumerate(value):
+            if not isinstance(name, str) or name not in names:
+                raise ctx.error(path + (i,), f"unknown tracker `{_clean(name)}`.{did_you_mean(str(name), names)} "
+                                             f"Trackers: {', '.join(names)}.")
+        return dict.fromkeys(value)  # null: the tracker's default options
+
+    def items(self) -> list[tuple[str, Any]]:
+        """(name, options) of the trackers attached to, in registry order."""
+        return [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+
+    def __bool__(self) -> bool:
+        return bool(self.items())
+
+
+AttachConfig = dataclasses.make_dataclass(
+    "AttachConfig", [(name, tracker.options | None, setting(None, null_means_default=True))
+                     for name, tracker in TRACKERS.items()], bases=(_Attachments,), frozen=True)
+
+
 @dataclass(frozen=True)
 class OutputConfig:
     dir: Path = setting(Path("reports/report"), kind="path")
@@ -528,6 +564,7 @@ class OutputConfig:
     save_arrays: bool = False
     tensorboard: Path | None = setting(None, kind="path")
     site: Path | None = setting(None, kind="path")  # a static site of reports (`reportgen site`) this one joins
+    attach: AttachConfig = field(default_factory=AttachConfig)  # trackers: [mlflow, wandb, clearml, tensorboard]
 
 
 @dataclass(frozen=True)
@@ -1039,4 +1076,5 @@ output:
   dir: reports/my-model
   self_contained: true           # one HTML file, images embedded
   save_arrays: false             # also write arrays.npz with the numbers behind every figure
+  # attach: [mlflow]             # also attach it to the active run: mlflow, wandb, clearml, {tensorboard: {dir: runs}}
 """

@@ -196,6 +196,10 @@ def check_outputs(config: Config) -> None:
 
         check_output_dir(config.output.site, key="output.site")
         check_site(config.output.site)
+    if config.output.attach:  # each tracker's package is installed and its run (task, folder) exists
+        from .integrations import find_targets
+
+        find_targets(config)
 
 
 def build(config: Config, log: Log = _quiet, detail: Log = _quiet, *, model: torch.nn.Module | None = None,
@@ -317,7 +321,7 @@ def _build(config: Config, ctx: Context, images: Collection, stages: list[Stage]
     out = config.output.dir
     try:
         if config.output.tensorboard is not None:  # before the report's files: an error leaves those untouched
-            _write_tensorboard(config, ctx, runs, log)
+            write_tensorboard_events(config.output.tensorboard, ctx.model, runs, log)
         files = write.write_report(out, html=html, report_json=report_data, arrays=sink, assets=assets,
                                    self_contained=config.output.self_contained, records=records)
     except OSError as exc:
@@ -333,6 +337,10 @@ def _build(config: Config, ctx: Context, images: Collection, stages: list[Stage]
         except (OSError, ReportgenError) as exc:  # the report itself is written: say so, and why the site is not
             raise ReportgenError(f"`output.site`: the report is written to {out}, but adding it to "
                                  f"{config.output.site} failed: {getattr(exc, 'strerror', None) or exc}") from None
+    if config.output.attach:  # the report's files are written: attach them to the trackers
+        from .integrations import attach_all
+
+        attach_all(report, ctx.model, log)
     log(f"done in {time.perf_counter() - started:.1f} s")
     return report
 
@@ -553,11 +561,14 @@ def _stage_entries(runs: list[StageRun], timed: bool = True) -> list[dict]:
             for r in runs]
 
 
-def _write_tensorboard(config: Config, ctx: Context, runs: list[StageRun], log: Log) -> None:
+def write_tensorboard_events(logdir: Path, model: torch.nn.Module, runs: list[StageRun], log: Log = _quiet, *,
+                             texts: dict[str, str] | None = None, step: int = 0) -> Path | None:
+    """`output.tensorboard` (and `output.attach.tensorboard`, with its `texts`): the report's figures, conv weight
+    histograms and the summary table in one new event file under `logdir`; returns its path."""
     try:
         tb = importlib.import_module("reportgen.tensorboard")
     except ImportError:
-        return
+        return None
     from .figures.common import flatten
     from .render import section_figures
 
@@ -566,13 +577,13 @@ def _write_tensorboard(config: Config, ctx: Context, runs: list[StageRun], log: 
         if run.section is not None:
             for i, fig in enumerate(section_figures(run.section)):
                 images[f"{run.name}/{i:03d} {fig.alt}"[:120]] = flatten(fig)  # overlays composed, as the page shows them
-    histograms = {name: p.detach().float().cpu().numpy() for name, p in ctx.model.named_parameters()
+    histograms = {name: p.detach().float().cpu().numpy() for name, p in model.named_parameters()
                   if name.endswith("weight") and p.dim() == 4}
     summary = next((r.result for r in runs if r.name == "summary" and r.status == "ok"), None)
-    texts = {}
+    texts = dict(texts or {})
     if summary is not None:
         head = "| layer | type | output shape | params |\n|---|---|---|---|\n"
         texts["summary"] = head + "\n".join(
             f"| {r.name or r.class_name} | {r.class_name} | {r.output_shape} | {r.num_params:,} |" for r in summary.rows)
-    log(f"writing TensorBoard events to {config.output.tensorboard}")
-    tb.write_tensorboard(config.output.tensorboard, images=images, histograms=histograms, texts=texts)
+    log(f"writing TensorBoard events to {logdir}")
+    return tb.write_tensorboard(logdir, images=images, histograms=histograms, texts=texts, step=step)

@@ -63,7 +63,8 @@ def test_each_call_adds_a_new_event_file(tmp_path):
     second = write_tensorboard(tmp_path, texts={"a": "two"}, step=1)
     assert first != second and first.exists() and second.exists()
     acc = EventAccumulator(str(tmp_path), size_guidance=STORE_EVERYTHING_SIZE_GUIDANCE).Reload()
-    events = acc.Tensors("a/text_summary")
+    # file order is name order: within one second, a process's 10th writer's file sorts before its 9th's
+    events = sorted(acc.Tensors("a/text_summary"), key=lambda e: e.step)
     assert [(e.step, tensor_util.make_ndarray(e.tensor_proto).tolist()) for e in events] == [(0, [b"one"]),
                                                                                                (1, [b"two"])]
 

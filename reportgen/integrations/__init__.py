@@ -1,0 +1,73 @@
+"""Attaching a written report to experiment trackers: `output.attach` and the Lightning callback.
+
+One module per tracker, one record per tracker in `TRACKERS`: the package it needs, the dataclass of its
+`output.attach.<name>` options, how it finds what to attach to (the active run, the current task, a folder:
+checked before any work) and how it attaches a written report. The trackers' packages are imported only when
+a report is attached; none of these modules imports torch, so the config can read the records.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ReportgenError
+from . import clearml, mlflow, tensorboard, wandb
+
+
+@dataclass(frozen=True)
+class Tracker:
+    package: str  # the module that must be importable; `pip install 'reportgen[<name>]'` brings it
+    options: type  # the dataclass of `output.attach.<name>`
+    find: Callable[[Any, Any], Any]  # (options, config) -> the run, task or folder; ReportgenError when none
+    attach: Callable[..., str]  # (report, options, target, *, model, step) -> what was attached, for the log
+
+
+TRACKERS: dict[str, Tracker] = {
+    "mlflow": Tracker("mlflow", mlflow.MlflowOptions, mlflow.find_run, mlflow.attach),
+    "wandb": Tracker("wandb", wandb.WandbOptions, wandb.find_run, wandb.attach),
+    "clearml": Tracker("clearml", clearml.ClearmlOptions, clearml.find_task, clearml.attach),
+    "tensorboard": Tracker("tensorboard", tensorboard.TensorboardOptions, tensorboard.find_dir, tensorboard.attach),
+}
+
+
+def require(name: str) -> Tracker:
+    """The record of tracker `name`, whose package is installed (else ReportgenError naming the extra)."""
+    tracker = TRACKERS[name]
+    try:
+        importlib.import_module(tracker.package)
+    except ImportError as exc:
+        broken = "" if isinstance(exc, ModuleNotFoundError) and exc.name == tracker.package else f" ({exc})"
+        raise ReportgenError(f"`output.attach.{name}` needs the {tracker.package} package{broken}: "
+                             f"pip install 'reportgen[{name}]' (or remove `{name}` from `output.attach`).") from None
+    return tracker
+
+
+def find_targets(config) -> dict[str, Any]:
+    """Before any work: each attachment's package is installed and its run, task or folder exists.
+    Returns name -> target."""
+    return {name: require(name).find(options, config) for name, options in config.output.attach.items()}
+
+
+def attach(report, name: str, options, target, *, model=None, step: int | None = None, log=print) -> None:
+    """Attach the written `report` to tracker `name` (`target`: what its `find` returned, or a Lightning
+    logger's run). A tracker's failure is a ReportgenError that says the report itself is written."""
+    tracker = require(name)
+    try:
+        what = tracker.attach(report, options, target, model=model, step=step)
+    except ReportgenError:
+        raise
+    except Exception as exc:  # the tracker's own errors (a store that cannot be written, a closed run, ...)
+        raise ReportgenError(f"`output.attach.{name}`: the report is written to {report.out_dir}, but attaching it "
+                             f"failed: {type(exc).__name__}: {exc}") from None
+    log(f"attached the report to {what}")
+
+
+def attach_all(report, model=None, log=print) -> None:
+    """`output.attach`: the written `report` attached to every tracker the config names."""
+    for name, target in find_targets(report.config).items():
+        attach(report, name, getattr(report.config.output.attach, name), target, model=model, log=log)
+
+
+__all__ = ["TRACKERS", "Tracker", "attach", "attach_all", "find_targets", "require"]
