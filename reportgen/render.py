@@ -52,6 +52,11 @@ def _encode(img: Image.Image, optimize: bool = False) -> bytes:
     return buffer.getvalue()
 
 
+def _size(fig) -> tuple[int, int]:
+    """(width, height) of a figure's picture: what it says, else read from the PNG's header."""
+    return (fig.width, fig.height) if fig.width and fig.height else png_size(fig.png)
+
+
 def png_size(png: bytes) -> tuple[int, int]:
     """(width, height) from the PNG header."""
     with Image.open(io.BytesIO(png)) as img:
@@ -133,10 +138,10 @@ def make_environment(images: _Images) -> Environment:
     env.filters["num"] = lambda v, digits=3: f"{float(v):.{digits}g}"
     env.filters["under_class"] = lambda fig: images.under_class(fig.under)
     env.filters["layer_class"] = lambda fig: images.layer_class(fig.png)
-    env.filters["blank_src"] = lambda fig: images.blank_src(png_size(fig.png))
+    env.filters["blank_src"] = lambda fig: images.blank_src(_size(fig))
     env.filters["alpha_class"] = lambda fig: images.alpha_class(fig.alpha)
     env.filters["anchor"] = anchor  # the id of an image's card, as the images table links it
-    env.filters["shown_size"] = lambda fig: png_size(fig.thumb or fig.png)  # (w, h) of the inline picture
+    env.filters["shown_size"] = lambda fig: png_size(fig.thumb) if fig.thumb else _size(fig)  # the inline picture
     env.globals["self_contained"] = images.self_contained
     return env
 

@@ -4,6 +4,9 @@ method's overlay for the top target). Overlays are `overlay_figure`s: the page l
 image, so the image's pixels are carried once per report, not once per map."""
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from ..methods import title as method_title
@@ -19,13 +22,18 @@ def plot(result: CamResult, ctx) -> dict:
     cfg = result.config
     alpha, cmap = cfg.alpha, cfg.colormap
     titles = [method_title(m) for m in result.methods]
-    details = []
-    grid_rows = []
-    for i, image in enumerate(ctx.images):
+
+    def figures(i: int) -> tuple[dict | None, dict]:
+        image = ctx.images[i]
         base = np.ascontiguousarray(image.display[..., :3])  # (H, W, 3) uint8: the pixels the model sees
-        if i < cfg.detail_images:
-            details.append(_detail(result, i, image.name, base, alpha, cmap))
-        grid_rows.append(_grid_row(result, i, image.name, base, alpha, cmap))
+        detail = _detail(result, i, image.name, base, alpha, cmap) if i < cfg.detail_images else None
+        return detail, _grid_row(result, i, image.name, base, alpha, cmap)
+
+    # every image's overlays at once on the machine's cores (zlib and numpy run outside the GIL)
+    with ThreadPoolExecutor(max_workers=max(1, min(len(ctx.images), os.cpu_count() or 1))) as pool:
+        drawn = list(pool.map(figures, range(len(ctx.images))))
+    details = [detail for detail, _ in drawn if detail is not None]
+    grid_rows = [row for _, row in drawn]
     small_input = max(ctx.images[0].display.shape[:2]) < MIN_SIDE if ctx.images else False
     layer_rows = [{"name": name, "shape": list(result.layer_shapes[name])} for name in result.layers]
     return {

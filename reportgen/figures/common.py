@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from unittest import mock
@@ -143,6 +144,7 @@ def normalize01(values: np.ndarray) -> np.ndarray:
 
 _RECENT: dict[tuple, bytes] = {}  # (shape, digest of the pixels) -> their PNG, the most recent last
 _RECENT_MAX = 128
+_RECENT_LOCK = threading.Lock()  # figures may be encoded from several threads (feature-map grids)
 
 
 def to_png(pixels: np.ndarray) -> bytes:
@@ -154,12 +156,14 @@ def to_png(pixels: np.ndarray) -> bytes:
     if pixels.dtype != np.uint8:
         raise TypeError(f"to_png wants uint8 pixels, got {pixels.dtype}")
     key = (pixels.shape, hashlib.blake2b(pixels.data, digest_size=16).digest())
-    png = _RECENT.pop(key, None)
+    with _RECENT_LOCK:
+        png = _RECENT.pop(key, None)
     if png is None:
-        png = encode_png(Image.fromarray(pixels))
-    _RECENT[key] = png
-    if len(_RECENT) > _RECENT_MAX:
-        del _RECENT[next(iter(_RECENT))]
+        png = encode_png(Image.fromarray(pixels))  # outside the lock: encodings run side by side
+    with _RECENT_LOCK:
+        _RECENT[key] = png
+        if len(_RECENT) > _RECENT_MAX:
+            del _RECENT[next(iter(_RECENT))]
     return png
 
 

@@ -8,6 +8,9 @@ to at most TILE_MAX px, so a 32-channel grid stays a few hundred pixels wide.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from ..stages import Context
@@ -24,6 +27,11 @@ INPUT_SIDE = 192  # px: the input image beside the grids is at most this big (it
 
 
 def plot(result: FeatureMapsResult, ctx: Context) -> dict:
+    # the grids of every image and layer at once on the machine's cores: composing and encoding them is most of
+    # this section's time, and zlib (in Pillow) and numpy run outside the GIL
+    jobs = [(layer, i, name) for i, name in enumerate(result.images) for layer in result.layers]
+    with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1) or 1) as pool:
+        grids = iter(pool.map(lambda job: plot_grid(*job, result.scale, result.order), jobs))
     images = []
     for i, name in enumerate(result.images):
         display = ctx.images[i].display if i < len(ctx.images) else None
@@ -32,8 +40,7 @@ def plot(result: FeatureMapsResult, ctx: Context) -> dict:
             "input": None if display is None else make_figure(
                 thumbnail(upscale_nearest(display, INPUT_MIN), INPUT_SIDE),
                 alt=f"Input image {name} as the model sees it", caption=f"{name} (input)"),
-            "grids": [{"layer": layer.name, "figure": plot_grid(layer, i, name, result.scale, result.order)}
-                      for layer in result.layers],
+            "grids": [{"layer": layer.name, "figure": next(grids)} for layer in result.layers],
         })
     layers = [{
         "name": layer.name,
