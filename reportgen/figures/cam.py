@@ -4,14 +4,12 @@ method's overlay for the top target). Overlays are `overlay_figure`s: the page l
 image, so the image's pixels are carried once per report, not once per map."""
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
 from ..methods import title as method_title
 from ..stages.cam import FUSED, CamResult
-from .common import apply_colormap, make_figure, map_figure, overlay_figure, resize_float, to_png, upscale_nearest
+from .common import (apply_colormap, drawn_in_parallel, make_figure, map_figure, overlay_figure, resize_float,
+                     to_png, upscale_nearest)
 from .grid import colorbar_image, fit_height
 
 MIN_SIDE = 160  # small inputs (64x64) are enlarged (nearest, after drawing) to at least this many pixels
@@ -29,9 +27,7 @@ def plot(result: CamResult, ctx) -> dict:
         detail = _detail(result, i, image.name, base, alpha, cmap) if i < cfg.detail_images else None
         return detail, _grid_row(result, i, image.name, base, alpha, cmap)
 
-    # every image's overlays at once on the machine's cores (zlib and numpy run outside the GIL)
-    with ThreadPoolExecutor(max_workers=max(1, min(len(ctx.images), os.cpu_count() or 1))) as pool:
-        drawn = list(pool.map(figures, range(len(ctx.images))))
+    drawn = drawn_in_parallel(figures, range(len(ctx.images)))
     details = [detail for detail, _ in drawn if detail is not None]
     grid_rows = [row for _, row in drawn]
     small_input = max(ctx.images[0].display.shape[:2]) < MIN_SIDE if ctx.images else False

@@ -8,14 +8,11 @@ to at most TILE_MAX px, so a 32-channel grid stays a few hundred pixels wide.
 """
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
 from ..stages import Context
 from ..stages.feature_maps import FeatureMapsResult, LayerMaps
-from .common import Figure, apply_colormap, make_figure, thumbnail, upscale_nearest
+from .common import Figure, apply_colormap, drawn_in_parallel, make_figure, thumbnail, upscale_nearest
 from .grid import colorbar_image, compose_grid, grid_cols, hstack, label_tiles, resize_tiles, scale_tiles, to_uint8
 
 CMAP = "viridis"
@@ -27,11 +24,8 @@ INPUT_SIDE = 192  # px: the input image beside the grids is at most this big (it
 
 
 def plot(result: FeatureMapsResult, ctx: Context) -> dict:
-    # the grids of every image and layer at once on the machine's cores: composing and encoding them is most of
-    # this section's time, and zlib (in Pillow) and numpy run outside the GIL
     jobs = [(layer, i, name) for i, name in enumerate(result.images) for layer in result.layers]
-    with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1) or 1) as pool:
-        grids = iter(pool.map(lambda job: plot_grid(*job, result.scale, result.order), jobs))
+    grids = iter(drawn_in_parallel(lambda job: plot_grid(*job, result.scale, result.order), jobs))
     images = []
     for i, name in enumerate(result.images):
         display = ctx.images[i].display if i < len(ctx.images) else None

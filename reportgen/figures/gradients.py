@@ -10,7 +10,8 @@ import numpy as np
 
 from ..methods import title as method_title
 from ..stages.gradients import GAP_WARNING, GradientsResult
-from .common import Figure, apply_colormap, make_figure, map_figure, overlay_figure, to_png, upscale_nearest
+from .common import (Figure, apply_colormap, drawn_in_parallel, make_figure, map_figure, overlay_figure, to_png,
+                     upscale_nearest)
 from .grid import colorbar_image
 
 DEFAULT_CMAPS = {"absolute_value": "Blues", "positive": "Greens", "all": "RdBu_r"}  # Captum's, diverging for all
@@ -59,12 +60,15 @@ def plot(result: GradientsResult, ctx) -> dict:
     sign, cmap = cfg.sign, cfg.colormap or DEFAULT_CMAPS[cfg.sign]
     c = result.completeness
     groups, rows = [], []
-    for i, image in enumerate(ctx.images):
+
+    def figures_of(i: int) -> list[list[Figure]]:
+        """Image i's heat maps and overlays, per target rank."""
+        image = ctx.images[i]
         grey = np.repeat(image.display[..., :3].mean(axis=2, keepdims=True), 3, axis=2).round().astype(np.uint8)
         under = to_png(grey)  # beneath every overlay of this image: one copy in the report
+        drawn = []
         for r, cls in enumerate(result.classes[i]):
-            cls = int(cls)
-            what = f"{image.name}, class {cls} ({ctx.label(cls)})"
+            what = f"{image.name}, class {int(cls)} ({ctx.label(int(cls))})"
             figures = []
             for method, maps in result.maps.items():
                 name = method_title(method)
@@ -75,6 +79,14 @@ def plot(result: GradientsResult, ctx) -> dict:
                                           min_side=MIN_SIDE))
                 figures.append(overlay_figure(under, heat, cfg.alpha, f"{name} over the image ({sign}) for {what}",
                                               f"{name}: overlay", min_side=MIN_SIDE))
+            drawn.append(figures)
+        return drawn
+
+    per_image = drawn_in_parallel(figures_of, range(len(ctx.images)))
+    for i, image in enumerate(ctx.images):
+        for r, cls in enumerate(result.classes[i]):
+            cls = int(cls)
+            figures = per_image[i][r]
             gap = None if c is None else float(c.gap[i, r])
             groups.append({
                 "title": f"{image.name}: {ctx.label(cls)} (class {cls}, rank {r + 1})",
