@@ -31,6 +31,7 @@ class Side:
     summary: dict | None  # report.json's summary entry
     metrics: dict[str, float]
     arrays: Path
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # metric -> its 95 % interval
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,8 @@ class Comparison:
                              "b": {"label": p.b[0], "probability": p.b[1]}, "changed": p.changed}
                             for p in self.predictions],
             "totals": [{"what": w, "a": a, "b": b} for w, a, b in self.totals],
-            "metrics": [{"name": n, "a": a, "b": b, "delta": None if a is None or b is None else b - a}
+            "metrics": [{"name": n, "a": a, "b": b, "delta": None if a is None or b is None else b - a,
+                         "a_interval": self.a.intervals.get(n), "b_interval": self.b.intervals.get(n)}
                         for n, a, b in self.metrics],
             "maps": [{"key": m.key, "class_a": m.class_a, "class_b": m.class_b,
                       "mean_abs_difference": float(np.abs(m.difference).mean()),
@@ -107,7 +109,8 @@ def read_side(folder: Path) -> Side:
                 model=str(data.get("model", {}).get("description", "")),
                 input_size=tuple(data.get("model", {}).get("input_size", ())),
                 records={r["name"]: r for r in records}, summary=data.get("summary"),
-                metrics={k: float(v) for k, v in data.get("metrics", {}).items()}, arrays=folder / "arrays.npz")
+                metrics={k: float(v) for k, v in data.get("metrics", {}).items()}, arrays=folder / "arrays.npz",
+                intervals=_intervals(data))
 
 
 def match(folder_a: Path, folder_b: Path) -> Comparison:
@@ -169,6 +172,17 @@ def _pair_maps(keys_a: list[str], keys_b: list[str]) -> tuple[list[tuple[str, st
     order = {key: i for i, key in enumerate(keys_a)}
     pairs.sort(key=lambda pair: order[pair[0]])
     return pairs, unpaired, [key for keys in by_b.values() for key in keys]
+
+
+def _intervals(data: dict) -> dict[str, tuple[float, float]]:
+    """The evaluation's bootstrap intervals, keyed as its headline metrics (`evaluation/<column>/<row>`)."""
+    out = {}
+    for row in (data.get("evaluation") or {}).get("rows", []):
+        key = f"{row['method']}/{row['layer']}" if row.get("layer") else row["method"]
+        for column, score in (row.get("scores") or {}).items():
+            if score and score.get("low") is not None and score.get("high") is not None:
+                out[f"evaluation/{column}/{key}"] = (float(score["low"]), float(score["high"]))
+    return out
 
 
 def _top1(record: dict) -> tuple[str, float]:

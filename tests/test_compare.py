@@ -24,7 +24,8 @@ def two_reports(tmp_path_factory):
                                             "device": "cpu"},
               "inputs": {"images": [str(SHAPES / "images" / "*.png")],
                          "preprocess": {"normalize": {"mean": [0.5] * 3, "std": [0.25] * 3}}},
-              "analyses": {"summary": {}, "cam": {"methods": ["gradcam"]}, "gradients": {"methods": ["saliency"]}},
+              "analyses": {"summary": {}, "cam": {"methods": ["gradcam"]}, "gradients": {"methods": ["saliency"]},
+                           "evaluation": {"metrics": ["deletion"], "step": 512, "images": 3}},
               "output": {"dir": str(root / "a"), "save_arrays": True}}
     (root / "a.yaml").write_text(yaml.safe_dump(config))
     config["title"], config["output"]["dir"] = "Re-initialised", str(root / "b")
@@ -55,6 +56,8 @@ def test_compare_shows_which_predictions_changed_and_every_shared_map(two_report
     total = {t["what"]: (t["a"], t["b"]) for t in data["totals"]}
     assert total["parameters"][0] == total["parameters"][1]  # the same architecture
     assert "only" in data and not data["only"]
+    deletion = [m for m in data["metrics"] if m["name"].startswith("evaluation/deletion_auc/")]
+    assert deletion and all(m["a_interval"][0] <= m["a"] <= m["a_interval"][1] and m["b_interval"] for m in deletion)
     events = open_page(driver, root / "cmp" / "compare.html")
     assert events["errors"] == [], events["errors"]
     assert all(u.startswith(("data:", (root / "cmp").resolve().as_uri())) for u in events["requests"])
