@@ -157,20 +157,6 @@ def count_flops(model, input_shape, device=None) -> int | None:
         except Exception:  # noqa: BLE001 - not on fake tensors: for real; not at all: the summary goes without
             continue
     return None
-    parameter = next(model.parameters(), None)
-    device = device or (parameter.device if parameter is not None else "cpu")
-    dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
-    for fake in (True, False):
-        try:
-            with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), \
-                    FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext():
-                x = torch.zeros(input_shape, device=device, dtype=dtype)
-                with FlopCounterMode(display=False) as counter:
-                    model(x)
-            return int(counter.get_total_flops())
-        except Exception:  # noqa: BLE001 - not on fake tensors: for real; not at all: the summary goes without
-            continue
-    return None
 
 
 def flops_note(flops: int | None, mult_adds: int, counted: bool = True) -> str:
