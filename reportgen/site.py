@@ -28,6 +28,7 @@ from markupsafe import escape
 from PIL import Image
 
 from .errors import ReportgenError
+from .write import write_atomic
 
 RECORD = "site.json"
 THUMB = 160  # px, the longer side
@@ -68,9 +69,9 @@ def add_reports(folders: list[Path], site: Path) -> Path:
         slug = _slug(report.folder.resolve().name, taken)
         taken.add(slug)
         entries[slug] = _copy(report, site, slug)
-    _write_text(site / RECORD, json.dumps({"reports": [asdict(e) for e in entries.values()]}, indent=1))
+    write_atomic(site / RECORD, json.dumps({"reports": [asdict(e) for e in entries.values()]}, indent=1).encode())
     index = site / "index.html"
-    _write_text(index, render_index(list(entries.values())))
+    write_atomic(index, render_index(list(entries.values())).encode("utf-8"))
     return index
 
 
@@ -197,15 +198,3 @@ def render_index(entries: list[SiteEntry]) -> str:
     columns = sorted({key for e in entries for key in e.metrics})
     rows = sorted(entries, key=lambda e: e.created, reverse=True)
     return render_page("site.html.jinja2", entries=rows, columns=columns)
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Written whole or not at all (a temporary file renamed into place)."""
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
