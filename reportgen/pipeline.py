@@ -33,7 +33,7 @@ from .layers import describe_model
 from .models import hooks_refused, load_labels, load_model
 from .ops import release_memory
 from .progress import track
-from .stages import Stage, input_grad_wanted, observed_layers, planned, relu_rules_wanted
+from .stages import Stage, batch_order, input_grad_wanted, observed_layers, planned, relu_rules_wanted
 
 Log = Callable[[str], None]
 
@@ -268,8 +268,7 @@ class _FirstPass:
 
     def __init__(self, make_engine: Callable[..., Engine], stages: list[Stage], info: ModelInfo):
         self.make_engine = make_engine
-        first = next((s for s in sorted((s for s in stages if s.reduce is not None),
-                                        key=lambda s: s.observes is not None)  # the order `_stream` runs them
+        first = next((s for s in batch_order([s for s in stages if s.reduce is not None])
                       if s.first_pass is not None), None)
         self.pass_ = first.first_pass(info, getattr(info.config.analyses, first.name)) if first else ((), False)
         self.engine: Engine | None = None
@@ -425,7 +424,7 @@ def _stream(group: list[Stage], ctx: Context, images: Collection, done: list[Sta
     log(f"stage{'s' if len(group) > 1 else ''} {', '.join(s.name for s in group if s.name not in ended)}: "
         f"{count} images in {-(-count // size)} batch{'es' if count > size else ''}")
     shown = set(images.detail.indices)
-    order = sorted(group, key=lambda s: s.observes is not None)  # observers after the passes they read
+    order = batch_order(group)
     for lo, batch_images, batch in track(images.batches(size), total=-(-count // size), desc="analysing",
                                          unit="batch"):
         rows = [i - lo for i in range(lo, lo + len(batch_images)) if i in shown]

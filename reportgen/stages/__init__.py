@@ -120,6 +120,11 @@ def planned(config: Config) -> list[Stage]:
     return order
 
 
+def batch_order(stages: Sequence[Stage]) -> list[Stage]:
+    """The order streamed `stages` run in on each batch: observers (`Stage.observes`) after the passes they read."""
+    return sorted(stages, key=lambda s: s.observes is not None)
+
+
 def observed_layers(info: ModelInfo) -> tuple[str, ...]:
     """The layers the configured stages want observed in the engine's gradient passes (`Stage.observes`)."""
     return tuple(dict.fromkeys(name for s in planned(info.config) if s.observes is not None
