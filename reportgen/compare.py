@@ -58,6 +58,14 @@ class MapPair:
     def difference(self) -> np.ndarray:
         return self.b - self.a
 
+    @property
+    def mean_abs_difference(self) -> float:
+        return float(np.abs(self.difference).mean())
+
+    @property
+    def correlation(self) -> float | None:
+        return _correlation(self.a, self.b)
+
 
 @dataclass(frozen=True)
 class Comparison:
@@ -85,8 +93,8 @@ class Comparison:
                          "a_interval": self.a.intervals.get(n), "b_interval": self.b.intervals.get(n)}
                         for n, a, b in self.metrics],
             "maps": [{"key": m.key, "class_a": m.class_a, "class_b": m.class_b,
-                      "mean_abs_difference": float(np.abs(m.difference).mean()),
-                      "correlation": _correlation(m.a, m.b)} for m in self.maps],
+                      "mean_abs_difference": m.mean_abs_difference, "correlation": m.correlation}
+                     for m in self.maps],
             "maps_not_drawn": self.maps_not_drawn,
             "only": self.only, "notes": self.notes,
         }

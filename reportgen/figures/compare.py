@@ -16,7 +16,7 @@ MIN_SIDE = 96  # px: small maps are enlarged by whole pixels
 def plot(comparison) -> list[dict]:
     """Per shared map: {key, a, b, difference: Figure, mean_abs_difference, correlation}."""
     rows = []
-    for pair, stats in zip(comparison.maps, comparison.to_json()["maps"]):
+    for pair in comparison.maps:
         top = float(max(np.abs(pair.a).max(), np.abs(pair.b).max())) or 1.0
         span = float(np.abs(pair.difference).max()) or 1.0
         picture = lambda values, cmap: upscale_nearest(apply_colormap(values, cmap), MIN_SIDE)  # noqa: E731
@@ -26,6 +26,6 @@ def plot(comparison) -> list[dict]:
             "b": make_figure(picture(np.abs(pair.b) / top, "jet"), alt=f"B: {pair.key}"),
             "difference": make_figure(picture(pair.difference / (2 * span) + 0.5, DIVERGING),
                                       alt=f"B minus A: {pair.key}, largest change {span:.3g}"),
-            "mean_abs_difference": stats["mean_abs_difference"], "correlation": stats["correlation"],
+            "mean_abs_difference": pair.mean_abs_difference, "correlation": pair.correlation,
         })
     return rows
