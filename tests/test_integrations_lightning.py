@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing leaves the machine (checked at each use)
-pl = pytest.importorskip("lightning.pytorch")
-mlflow = pytest.importorskip("mlflow")
-event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+from lightning import pytorch as pl
+import mlflow
+from tensorboard.backend.event_processing import event_accumulator
 
 from reportgen.demo import shapes  # noqa: E402
 from reportgen.errors import ReportgenError  # noqa: E402
@@ -143,12 +143,9 @@ def test_every_n_epochs_must_be_a_positive_integer():
 
 def test_without_lightning_the_callback_is_a_pytorch_lightning_callback():
     """Where only `pytorch_lightning` is installed (here: `lightning` made unimportable in a fresh interpreter)."""
-    import importlib.util
     import subprocess
     import sys
 
-    if importlib.util.find_spec("pytorch_lightning") is None:
-        pytest.skip("pytorch_lightning is not installed")
     script = ("import sys; sys.modules['lightning'] = None\n"
               "import pytorch_lightning\n"
               "from reportgen.integrations.lightning import ReportCallback\n"

@@ -2,12 +2,10 @@
 TensorBoard's EventAccumulator."""
 from __future__ import annotations
 
-import pytest
 from click.testing import CliRunner
+from tensorboard.backend.event_processing import event_accumulator
 
 from reportgen.cli import main
-
-event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 
 
 def _events(logdir):

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import reportgen
 from reportgen.cli import main
 
-wandb = pytest.importorskip("wandb")
+import wandb
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from reportgen.models import ModelAdapter, declare_layouts
 from reportgen.stages import attention as A
 from tests.test_transformers import _batch, _context, _hf_folder, _invoke, _load, _timm, _torchvision, _write
 
-timm = pytest.importorskip("timm")
+import timm
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
