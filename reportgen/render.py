@@ -146,6 +146,19 @@ def make_environment(images: _Images) -> Environment:
     return env
 
 
+def page_style_and_script() -> tuple[str, str]:
+    """The stylesheet and the script every page of ours carries inline (the report, a site's index, a comparison)."""
+    folder = templates_dir()
+    return (folder / "style.css").read_text(encoding="utf-8"), (folder / "report.js").read_text(encoding="utf-8")
+
+
+def page_policy(css: str, js: str, img_src: str) -> str:
+    """The Content-Security-Policy of such a page: nothing from the network; only its own inline stylesheet and
+    script (by hash) and pictures from `img_src`."""
+    return (f"default-src 'none'; img-src {img_src}; style-src {_csp_hash(css)}; script-src {_csp_hash(js)}; "
+            "base-uri 'none'; form-action 'none'")
+
+
 def _csp_hash(text: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
 
@@ -183,9 +196,7 @@ def render_report(config, ctx, runs, report_data: dict, *,
     rest of the report is still drawn."""
     images = _Images(config.output.self_contained)
     env = make_environment(images)
-    folder = templates_dir()
-    css = (folder / "style.css").read_text(encoding="utf-8")
-    js = (folder / "report.js").read_text(encoding="utf-8")
+    css, js = page_style_and_script()
     inputs = [
         {"name": img.name, "source": img.source,
          # the pixels themselves: small inputs are enlarged by CSS with hard edges ("pixel"), not in the PNG
@@ -228,10 +239,8 @@ def render_report(config, ctx, runs, report_data: dict, *,
         stages.append({"name": run.name, "title": run.title, "status": status,
                        "error": error, "seconds": run.seconds, "section": run.section, "html": html})
     css += "\n/* the pictures of layered figures, one rule each */\n" + images.css()  # complete once the sections are drawn
-    img_src = "data:" if config.output.self_contained else "'self' data:"
     report["css"] = css
-    report["csp"] = (f"default-src 'none'; img-src {img_src}; style-src {_csp_hash(css)}; "
-                     f"script-src {_csp_hash(js)}; base-uri 'none'; form-action 'none'")
+    report["csp"] = page_policy(css, js, "data:" if config.output.self_contained else "'self' data:")
     html = env.get_template("report.html.jinja2").render(report=report)
     return html, images.assets, errors
 
@@ -240,10 +249,6 @@ def render_page(template: str, **context) -> str:
     """A page of ours beside the report (a site's index, a comparison), with the report's stylesheet and script
     and the same Content-Security-Policy: nothing from the network; pictures inline (`src` filter) or files
     of the site itself. `context` goes to the template as it is, with `css`, `js` and `csp`."""
-    folder = templates_dir()
-    css = (folder / "style.css").read_text(encoding="utf-8")
-    js = (folder / "report.js").read_text(encoding="utf-8")
-    csp = (f"default-src 'none'; img-src 'self' data:; style-src {_csp_hash(css)}; script-src {_csp_hash(js)}; "
-           "base-uri 'none'; form-action 'none'")
+    css, js = page_style_and_script()
     env = make_environment(_Images(True))
-    return env.get_template(template).render(css=css, js=js, csp=csp, **context)
+    return env.get_template(template).render(css=css, js=js, csp=page_policy(css, js, "'self' data:"), **context)
