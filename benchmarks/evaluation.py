@@ -10,7 +10,8 @@ Then, timed once each (the machine may be shared: compare the ratios of one run)
 (a) ours: `road` (the percentiles, both orders) and `deletion_insertion` (RISE: zero deletion substrate,
     blurred insertion start, the default step) for the three methods at once, `--batch-size` inputs a forward,
     through `reportgen.metrics.forward.inference_forward(model, x[:1])` (batch norm folded, channels-last,
-    Winograd 3x3 convolutions; checked against the eager model), whose making is timed with ROAD's part;
+    Winograd 3x3 convolutions, cache-sized chunks; checked against the eager model), whose making is timed
+    with ROAD's part;
     `--eager` uses the plain eager model instead (what that forward is worth);
 (b) the references: pytorch-grad-cam's `ROADCombined(percentiles)` with `ClassifierOutputSoftmaxTarget`,
     once per method; and a per-image loop (per method, per image, per mode: all the curve's points built
@@ -20,7 +21,8 @@ ROAD runs with the imputer's noise at 0 in both (grad-cam's default 0.01 patched
 compared; prints the seconds of each part, the speed-up (b)/(a) per part and in all (target >= 2x), the
 largest |difference| of ROAD's combined score, the curves (softmax probabilities) and the AUCs, and the
 load average before and after (the references run with the eager model as they are: a per-image loop with
-the same batch size and threads).
+the same batch size and threads). Last, the forward alone: one batch through ours and the eager model, and
+the eager model at its best of batches of 4, 8 and 16.
 """
 from __future__ import annotations
 
@@ -95,6 +97,26 @@ def loop_deletion_insertion(model, x, maps, targets, batch_size) -> dict[str, tu
     return out
 
 
+def forward_alone(model, forward, x: torch.Tensor, batch_size: int) -> str:
+    """ms an image of one batch of `batch_size` inputs through ours and the eager model, and the eager model's
+    best over batches of 4, 8 and 16 (a reference run at its own best batch)."""
+    batch = x.repeat((batch_size + len(x) - 1) // len(x), 1, 1, 1)[:batch_size]
+
+    def per_image(fn, size):
+        fn(batch[:size])  # warm
+        start = time.perf_counter()
+        for j in range(0, batch_size, size):
+            fn(batch[j:j + size])
+        return (time.perf_counter() - start) / batch_size * 1000
+
+    with torch.inference_mode():
+        eager = per_image(model, batch_size)
+        best = min((per_image(model, size), size) for size in (4, 8, 16))
+        ours = per_image(forward, batch_size)
+    return (f"forward alone, ms an image: ours {ours:.1f}, eager {eager:.1f} at batch {batch_size} "
+            f"({eager / ours:.2f}x), eager at its best batch {best[1]} {best[0]:.1f} ({best[0] / ours:.2f}x)")
+
+
 def timed(fn):
     start = time.perf_counter()
     value = fn()
@@ -144,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{t_forward:.2f} s, counted in ROAD; load average before {load_before[0]:.2f}, after "
           f"{os.getloadavg()[0]:.2f})")
 
+    print(forward_alone(model, forward, x, args.batch_size))
     road_diff = max(float(np.abs(ours_road[m].combined - ref_road[m]).max()) for m in maps)
     curve_diff = max(float(np.abs(ours_curves[m].deletion - ref_curves[m][0]).max()) for m in maps)
     curve_diff = max(curve_diff, *(float(np.abs(ours_curves[m].insertion - ref_curves[m][1]).max()) for m in maps))

@@ -45,14 +45,38 @@ def test_fast_forward_equals_eager_resnet18():
         forward = F.inference_forward(model, x[:1])
     copy = F.fast_copy(model, x[:1])
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in copy.modules())  # folded
-    if torch.backends.nnpack.is_available():
-        assert any(isinstance(m, F._WinogradConv) for m in copy.modules())
+    assert sum(isinstance(m, F._Winograd43) for m in copy.modules()) == 9  # the 3x3 stride-1 convs of layer2-4
     with torch.inference_mode():
         got, expected = forward(x), model(x)
     assert got.shape == expected.shape and not got.requires_grad
     assert float((got - expected).abs().max()) <= 1e-4
     assert float((got.softmax(1) - expected.softmax(1)).abs().max()) <= 1e-5
     assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("shape", [(128, 128, 8, 8), (128, 130, 5, 7), (129, 128, 13, 14), (128, 256, 1, 1)])
+def test_winograd_equals_the_convolution(shape):
+    """F(4x4, 3x3) on sizes that are and are not multiples of its 4x4 tile, any channel counts, with a bias."""
+    c_in, c_out, h, w = shape
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(c_in, c_out, 3, padding=1).eval()
+    x = torch.randn(3, c_in, h, w)
+    with torch.inference_mode():
+        got, expected = F._Winograd43(conv)(x.contiguous(memory_format=torch.channels_last)), conv(x)
+    assert got.shape == expected.shape
+    assert float((got - expected).abs().max()) <= 2e-5 * float(expected.abs().max())
+    assert float((got - expected).abs().max()) > 0  # it is not the convolution itself
+
+
+def test_a_batch_runs_in_chunks_with_the_same_logits(monkeypatch):
+    model = resnet18()
+    x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    whole = F.fast_copy(model, x[:1])
+    monkeypatch.setattr(F, "CHUNK_BYTES", 1)  # one image a chunk
+    chunked = F.fast_copy(model, x[:1])
+    assert chunked.chunk == 1 and whole.chunk >= 5
+    with torch.inference_mode():
+        torch.testing.assert_close(chunked(x), whole(x), rtol=1e-5, atol=1e-5)
 
 
 def test_eager_when_asked():
