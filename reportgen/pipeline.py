@@ -355,10 +355,26 @@ def _groups(stages: list[Stage]) -> list[list[Stage]]:
     return groups
 
 
-def _unmet(stage: Stage, done: list[StageRun]) -> str | None:
-    """Why `stage` cannot run: a stage it requires did not succeed (None: it can run)."""
-    unmet = [r for r in done if r.name in stage.requires and r.status != "ok"]
+def _unmet(stage: Stage, done: list[StageRun], forgiven: frozenset[str] | None = None) -> str | None:
+    """Why `stage` cannot run: a stage it requires did not succeed (None: it can run), apart from those
+    `forgiven` (default: `_forgiven`, for a stage that has not started)."""
+    forgiven = _forgiven(stage, done) if forgiven is None else forgiven
+    unmet = [r for r in done if r.name in stage.requires and r.status != "ok" and r.name not in forgiven]
     return "; ".join(f"it needs the {r.name} section, which {r.status}" for r in unmet) or None
+
+
+def _forgiven(stage: Stage, done: list[StageRun]) -> frozenset[str]:
+    """Of the stages `stage` needs any of (`requires_any`: evaluation's cam and gradients), those that ended
+    without success before it started, when one is left: it works on what that one computes. (One that ends
+    after it started is not forgiven: its results would cover some images and not others.)"""
+    ended = {r.name for r in done if r.status != "ok"}
+    either = [name for name in stage.requires_any if name in stage.requires]
+    return frozenset(n for n in either if n in ended) if any(n not in ended for n in either) else frozenset()
+
+
+def _without(forgiven: frozenset[str]) -> str:
+    return f" (without the {' and '.join(sorted(forgiven))} section{'s' if len(forgiven) > 1 else ''}, " \
+           f"which did not succeed)" if forgiven else ""
 
 
 def _outcome(stage: Stage, exc: BaseException, seconds: float, log: Log, detail: Log) -> StageRun:
@@ -392,7 +408,7 @@ def _run_stage(stage: Stage, ctx: Context, done: list[StageRun], log: Log, detai
     if why:
         log(f"stage {stage.name} skipped: {why}")
         return StageRun(name=stage.name, title=stage.title, status="skipped", error=why)
-    log(f"stage {stage.name}")
+    log(f"stage {stage.name}{_without(_forgiven(stage, done))}")
     start = time.perf_counter()
     try:
         result = stage.run(ctx, getattr(ctx.config.analyses, stage.name))
@@ -414,6 +430,7 @@ def _stream(group: list[Stage], ctx: Context, images: Collection, done: list[Sta
     written: dict[str, list[str]] = {stage.name: [] for stage in group}  # arrays.npz keys, per stage
     facts: dict[str, dict[int, dict]] = {stage.name: {} for stage in group}  # images.jsonl entries, per stage
     seconds = dict.fromkeys(partials, 0.0)
+    forgiven: dict[str, frozenset[str]] = {}  # per stage that has run a batch: the requirements it does without
     for stage in group:
         why = _unmet(stage, done)
         if why:
@@ -434,10 +451,15 @@ def _stream(group: list[Stage], ctx: Context, images: Collection, done: list[Sta
         for stage in order:
             if stage.name in ended:
                 continue
-            why = _unmet(stage, list(ended.values()))
+            known = done + list(ended.values())
+            why = _unmet(stage, known, forgiven.get(stage.name))
             if why:
                 ended[stage.name] = StageRun(name=stage.name, title=stage.title, status="skipped", error=why)
                 continue
+            if stage.name not in forgiven:  # its first batch: what has ended by now it does without
+                forgiven[stage.name] = _forgiven(stage, known)
+                if forgiven[stage.name]:
+                    log(f"stage {stage.name}{_without(forgiven[stage.name])}")
             start = time.perf_counter()
             try:
                 result = stage.run(bctx, getattr(ctx.config.analyses, stage.name))

@@ -174,6 +174,40 @@ def test_gradients_alone_and_chosen_metrics(project):
         {f"evaluation/{c}/{r['method']}": r["scores"][c]["mean"] for r in ev["rows"] for c in r["scores"]}, rel=1e-5, abs=1e-6)  # report.json: 6 decimals
 
 
+@pytest.mark.parametrize("fails_on", [1, 2])
+def test_when_cam_fails_the_gradients_maps_are_scored_unless_it_had_started(project, monkeypatch, fails_on):
+    """cam fails on its first batch (before the evaluation starts): the evaluation scores the gradient maps.
+    cam fails on its second batch, after the evaluation scored the first batch's CAMs: it is skipped, as its
+    CAM rows would cover some images only."""
+    import dataclasses
+
+    import reportgen.stages.cam as cam
+
+    calls = []
+
+    def breaks(ctx, cfg):
+        calls.append(len(calls) + 1)
+        if len(calls) == fails_on:
+            raise RuntimeError("cam broke")
+        return run(ctx, cfg)
+
+    run = cam.SPEC.run
+    monkeypatch.setattr(cam, "SPEC", dataclasses.replace(cam.SPEC, run=breaks))
+    config = boxed_project(project)
+    config["analyses"]["evaluation"] = {"metrics": ["deletion"], "step": 64}
+    done = build(project, config)
+    assert done.exit_code == 1  # a failed stage
+    data = json.loads((project.root / "out" / "report.json").read_text())
+    status = {s["name"]: (s["status"], s.get("error")) for s in data["stages"]}
+    assert status["cam"] == ("failed", "RuntimeError: cam broke") and status["gradients"][0] == "ok"
+    if fails_on == 1:
+        assert status["evaluation"][0] == "ok"
+        assert [r["method"] for r in data["evaluation"]["rows"]] == ["saliency"]
+        assert data["evaluation"]["images"] == 3  # every image, the first batch's included
+    else:
+        assert status["evaluation"] == ("skipped", "it needs the cam section, which failed")
+
+
 @pytest.mark.parametrize("change, expected", [
     (lambda c: c["analyses"].pop("cam") and c["analyses"].pop("gradients"),
      "needs `analyses.cam` or `analyses.gradients`: add one to the config."),

@@ -3,9 +3,8 @@
 A stage module `reportgen.stages.<name>` declares itself with one record, `SPEC = Stage(...)`: its name
 and title, its config class, what it needs (`requires`: stages whose results it reads, which then run
 before it, and it is skipped when one of them did not succeed; `requires_any`: the same for those of a few
-stages that are configured, at least one of which must be; `needs_hooks`; `wants_input_grad` and
-`wants_relu_rules`), and
-its functions:
+stages that are configured, at least one of which must be, except that it runs on what is left when the others
+ended before it started; `needs_hooks`; `wants_input_grad` and `wants_relu_rules`), and its functions:
 
     check(info: ModelInfo, cfg) -> None          optional: what needs the model (layer names, class
                                                  indices); the config schema checked the rest already
