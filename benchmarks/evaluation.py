@@ -1,7 +1,8 @@
 """Perturbation metrics: reportgen.metrics.perturbation against the references, in one run.
 
     python benchmarks/evaluation.py [--images 8] [--size 224] [--batch-size 64] [--percentiles 20,40,60,80]
-                                    [--threads N] [--eager]
+                                    [--threads N] [--eager] [--forward-only]
+                                    [--winograd-channels N]
 
 ResNet-18 (torchvision, random weights, seeded; no download), random inputs, each image's top-1 class as
 target, maps from pytorch-grad-cam 1.5.7 itself (GradCAM, GradCAMPlusPlus, LayerCAM on `layer4[-1]`).
@@ -39,6 +40,7 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reportgen.metrics import perturbation as P  # noqa: E402
+from reportgen.metrics import forward as forward_module  # noqa: E402
 from reportgen.metrics.forward import inference_forward  # noqa: E402
 
 
@@ -131,10 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--percentiles", default="20,40,60,80", help="ROAD percentiles, comma-separated")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--eager", action="store_true", help="ours with the eager model, not inference_forward")
+    parser.add_argument("--forward-only", action="store_true", help="print only the forward-alone line")
+    parser.add_argument("--winograd-channels", type=int, default=None,
+                        help="ours: Winograd for 3x3 convolutions of at least this many channels "
+                             "(default: metrics.forward.WINOGRAD_CHANNELS)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     percentiles = tuple(float(p) for p in args.percentiles.split(","))
+    if args.winograd_channels is not None:
+        forward_module.WINOGRAD_CHANNELS = args.winograd_channels
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None).eval()
@@ -147,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
           f"({(args.size ** 2 + step - 1) // step + 1} points), ROAD percentiles {percentiles}, "
           f"batch {args.batch_size}, {torch.get_num_threads()} threads")
 
+    if args.forward_only:
+        print(forward_alone(model, inference_forward(model, x[:1], fast=not args.eager), x, args.batch_size))
+        return 0
     load_before = os.getloadavg()
     forward, t_forward = timed(lambda: inference_forward(model, x[:1], fast=not args.eager))
     ours_road, t_ours_road = timed(lambda: P.road(forward, x, maps, targets, percentiles=percentiles, noise=0,

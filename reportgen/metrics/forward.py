@@ -6,10 +6,10 @@ forward is where their time goes. It is, when it can be made and checked, a fast
 built on a deep copy (the caller's model is never changed):
 
 - batch norm folded into the convolution before it (`torch.fx.experimental.optimization.fuse`);
-- on the CPU in float32: channels-last weights and inputs (oneDNN's fast layout), Winograd F(4x4, 3x3)
-  (`_Winograd43`) for the 3x3 stride-1 convolutions of 128 channels and more: 36 multiplications per
-  4x4 output tile instead of 144, where oneDNN's direct convolution already runs near the core's peak;
-  and batches run in chunks that keep the largest activation within `CHUNK_BYTES` (cache-sized).
+- on the CPU in float32: channels-last weights and inputs (oneDNN's fast layout); Winograd F(4x4, 3x3)
+  (`_Winograd43`) for the 3x3 stride-1 convolutions of `WINOGRAD_CHANNELS` (128) channels and more, 36
+  multiplications per 4x4 output tile instead of 144, where oneDNN's direct convolution already runs near
+  the core's peak; and batches run in chunks that keep the largest activation within `CHUNK_BYTES`.
 
 Measured on ResNet-18 at 224² by `python benchmarks/evaluation.py` (its "forward alone" line): on two
 threads, batches of 64, eager 37 ms an image and this forward 17 ms. The equivalent is checked once
@@ -81,8 +81,9 @@ def fast_copy(model: nn.Module, example: torch.Tensor) -> nn.Module:
 
 CHUNK_BYTES = 32 << 20
 """A batch is run in chunks whose largest activation fits about this many bytes (the size of a server CPU's
-last-level cache): on ResNet-18 at 224², 2 threads, chunks of 10 images ran at 18 ms an image against 23 ms
-for whole batches of 64 (the memory-bound layers stay in the cache)."""
+last-level cache), so that the memory-bound steps (the Winograd transforms, additions, pooling) stay in the
+cache: on ResNet-18 at 224², chunks of 10 images. The eager model is faster in small batches for the same
+reason (`python benchmarks/evaluation.py` prints it at batch 64 and at its best of 4, 8 and 16)."""
 
 
 class _ChannelsLastInput(nn.Module):
@@ -143,16 +144,20 @@ class _Winograd43(nn.Module):
         return out[:, :h, :w].permute(0, 3, 1, 2)
 
 
-def _winograd_convolutions(module: torch.fx.GraphModule, narrowest: int = 128) -> None:
-    """Swap, in place, the 3x3 stride-1 padding-1 dense convolutions of `module` (shapes propagated) with at
-    least `narrowest` input and output channels for `_Winograd43`. Narrower ones spend more on the
-    transforms than they save (ResNet-18's 64-channel layer1 ran as fast in oneDNN; 128 and more channels
-    ran 1.2-1.6x faster, 2 threads, chunks of 8)."""
+WINOGRAD_CHANNELS = 128
+"""The fewest input and output channels of a convolution `_Winograd43` replaces. Its transforms cost per input
+channel and its saving is per input and output channel pair, so narrow convolutions gain nothing: on
+ResNet-18, `python benchmarks/evaluation.py --winograd-channels 64` (layer1 too) is no faster."""
+
+
+def _winograd_convolutions(module: torch.fx.GraphModule) -> None:
+    """Swap, in place, the 3x3 stride-1 padding-1 dense convolutions of `module` with at least
+    `WINOGRAD_CHANNELS` input and output channels for `_Winograd43`."""
     for node in module.graph.nodes:
         conv = module.get_submodule(node.target) if node.op == "call_module" else None
         if (isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
                 and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
-                and conv.padding_mode == "zeros" and min(conv.in_channels, conv.out_channels) >= narrowest):
+                and conv.padding_mode == "zeros" and min(conv.in_channels, conv.out_channels) >= WINOGRAD_CHANNELS):
             parent, _, name = node.target.rpartition(".")
             setattr(module.get_submodule(parent), name, _Winograd43(conv))
 
