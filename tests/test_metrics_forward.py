@@ -71,12 +71,27 @@ def test_winograd_equals_the_convolution(shape):
 def test_a_batch_runs_in_chunks_with_the_same_logits(monkeypatch):
     model = resnet18()
     x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(2))
-    whole = F.fast_copy(model, x[:1])
+    assert F.fast_copy(model, x[:1]).chunk >= 5
+    whole = F.inference_forward(model, x[:1])
     monkeypatch.setattr(F, "CHUNK_BYTES", 1)  # one image a chunk
-    chunked = F.fast_copy(model, x[:1])
-    assert chunked.chunk == 1 and whole.chunk >= 5
-    with torch.inference_mode():
-        torch.testing.assert_close(chunked(x), whole(x), rtol=1e-5, atol=1e-5)
+    assert F.fast_copy(model, x[:1]).chunk == 1
+    chunked = F.inference_forward(model, x[:1])
+    calls, forward = [], F._ChannelsLastInput.forward
+    monkeypatch.setattr(F._ChannelsLastInput, "forward", lambda self, x: calls.append(len(x)) or forward(self, x))
+    got = chunked(x)
+    assert calls == [1] * 5
+    torch.testing.assert_close(got, whole(x), rtol=1e-5, atol=1e-5)
+
+
+def test_an_output_that_is_not_the_logits_runs_in_chunks_too(monkeypatch):
+    monkeypatch.setattr(F, "CHUNK_BYTES", 1)
+    torch.manual_seed(0)
+    model = _DictOutput().eval()
+    x = torch.randn(3, 3, 16, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the fast copy is made (no fallback warning)
+        forward = F.inference_forward(model, x[:1], logits=lambda out: out["logits"])
+    torch.testing.assert_close(forward(x), model(x)["logits"], rtol=1e-5, atol=1e-5)
 
 
 def test_eager_when_asked():

@@ -21,7 +21,7 @@ the eager model under `torch.inference_mode()`, which is always right.
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -40,7 +40,8 @@ def inference_forward(model: nn.Module, example: torch.Tensor, *, fast: bool = T
     if not fast:
         return eager
     try:
-        fast_forward = _under_inference_mode(fast_copy(model, example), logits)
+        copied = fast_copy(model, example)
+        fast_forward = _in_chunks(_under_inference_mode(copied, logits), getattr(copied, "chunk", None))
         check = example if example.shape[0] > 1 else torch.cat([example, example])  # batched kernels too
         expected, got = eager(check).float(), fast_forward(check).float()
         difference = float((got - expected).abs().max()) / max(1.0, float(expected.abs().max()))
@@ -57,8 +58,9 @@ def inference_forward(model: nn.Module, example: torch.Tensor, *, fast: bool = T
 
 def fast_copy(model: nn.Module, example: torch.Tensor) -> nn.Module:
     """A deep copy of `model` with batch norm folded and, for float32 (N, C, H, W) inputs on the CPU,
-    channels-last, Winograd F(4x4, 3x3) for the wide 3x3 convolutions (`_winograd_convolutions`) and batches
-    cut into cache-sized chunks; raises ValueError when the model must stay as it is."""
+    channels-last and Winograd F(4x4, 3x3) for the wide 3x3 convolutions (`_winograd_convolutions`), with the
+    cache-sized chunk of images to run it on as its `chunk`; raises ValueError when the model must stay as it
+    is."""
     if any(m.training for m in model.modules()):
         raise ValueError("the model is in training mode (batch norm would use batch statistics)")
     if _has_hooks(model):
@@ -87,15 +89,26 @@ reason (`python benchmarks/evaluation.py` prints it at batch 64 and at its best 
 
 
 class _ChannelsLastInput(nn.Module):
-    """Runs `module` on channels-last copies of its (N, C, H, W) input, `chunk` images at a time."""
+    """Runs `module` on a channels-last copy of its (N, C, H, W) input; `chunk`: the images a call should have."""
 
     def __init__(self, module: nn.Module, chunk: int):
         super().__init__()
         self.module, self.chunk = module, chunk
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outputs = [self.module(part.contiguous(memory_format=torch.channels_last)) for part in x.split(self.chunk)]
-        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.module(x.contiguous(memory_format=torch.channels_last))
+
+
+def _in_chunks(forward: Forward, chunk: int | None) -> Forward:
+    """`forward` (x -> logits) called on at most `chunk` images at a time (None: all at once)."""
+    if chunk is None:
+        return forward
+
+    def chunked(x: torch.Tensor) -> torch.Tensor:
+        logits = [forward(part) for part in x.split(chunk)]
+        return logits[0] if len(logits) == 1 else torch.cat(logits)
+
+    return chunked
 
 
 def _winograd_matrices() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
