@@ -130,6 +130,25 @@ def test_falls_back_on_a_model_it_cannot_trace():
     assert_unchanged(model, before)
 
 
+def test_the_eager_fallback_runs_in_chunks_unless_that_could_change_the_logits(monkeypatch):
+    monkeypatch.setattr(F, "CHUNK_BYTES", 1)  # one image a chunk
+    torch.manual_seed(0)
+    model = Branchy().eval()
+    x = torch.randn(3, 3, 16, 16)
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(len(args[0])))
+    with pytest.warns(UserWarning, match="hooks"):
+        F.inference_forward(model, x[:1])(x)
+    assert calls[-1] == 3  # hooks: whole batches (the hook sees what it would see without us)
+    model._forward_pre_hooks.clear()
+    with pytest.warns(UserWarning, match="eager model is used"):
+        forward = F.inference_forward(model, x[:1])
+    with torch.inference_mode():
+        assert torch.equal(forward(x), torch.cat([model(x[i:i + 1]) for i in range(3)]))  # one image at a time
+    model.train()
+    assert F._eager_chunk(model, x[:1]) is None  # batch statistics depend on the batch
+
+
 def test_falls_back_when_the_model_has_hooks_or_trains():
     model = resnet18()
     handle = model.layer1.register_forward_hook(lambda module, inputs, output: output * 2)

@@ -16,7 +16,9 @@ threads, batches of 64, eager 37 ms an image and this forward 17 ms. The equival
 against the eager model on `example`: its logits must agree to `tolerance` relative to the largest
 |logit| (a change δ in the logits moves a softmax probability by at most δ/2). Anything that fails (a model
 fx cannot trace, hooks on the model, which the copy would lose, training mode, a larger difference) leaves
-the eager model under `torch.inference_mode()`, which is always right.
+the eager model under `torch.inference_mode()`, which is always right; in cache-sized chunks too
+(`_eager_chunk`), since every metric here assumes that an image's logits do not depend on the other images
+of its batch.
 """
 from __future__ import annotations
 
@@ -48,11 +50,11 @@ def inference_forward(model: nn.Module, example: torch.Tensor, *, fast: bool = T
     except Exception as error:  # noqa: BLE001 - any failure means: keep the eager model
         warnings.warn(f"inference_forward: the eager model is used ({type(error).__name__}: {error})",
                       stacklevel=2)
-        return eager
+        return _in_chunks(eager, _eager_chunk(model, example))
     if not difference <= tolerance:
         warnings.warn(f"inference_forward: the eager model is used (the fast equivalent's logits differ by "
                       f"{difference:.1e} relative, above {tolerance:.0e})", stacklevel=2)
-        return eager
+        return _in_chunks(eager, _eager_chunk(model, example))
     return fast_forward
 
 
@@ -97,6 +99,33 @@ class _ChannelsLastInput(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Any:
         return self.module(x.contiguous(memory_format=torch.channels_last))
+
+
+def _eager_chunk(model: nn.Module, example: torch.Tensor) -> int | None:
+    """The images a call of the eager model should have so that the largest output of any of its modules on
+    one image of `example` fits `CHUNK_BYTES` (eager models are faster in such chunks too), for a model on the
+    CPU in eval mode without hooks; else None, whole batches (a model in training mode normalises by the
+    batch, so cutting it would change the logits; hooks would see the probing forward and the cut)."""
+    if example.device.type != "cpu" or _has_hooks(model) or any(m.training for m in model.modules()):
+        return None
+    largest = 1
+
+    def probe(module: nn.Module, args: tuple, output: Any) -> None:
+        nonlocal largest
+        for out in output if isinstance(output, (tuple, list)) else (output,):
+            if isinstance(out, torch.Tensor):
+                largest = max(largest, out.numel() * out.element_size())
+
+    handles = [m.register_forward_hook(probe) for m in model.modules()]
+    try:
+        with torch.inference_mode():
+            model(example[:1])
+    except Exception:  # noqa: BLE001 - the model fails here as it will in the metrics: whole batches
+        return None
+    finally:
+        for handle in handles:
+            handle.remove()
+    return max(1, CHUNK_BYTES // largest)
 
 
 def _in_chunks(forward: Forward, chunk: int | None) -> Forward:
