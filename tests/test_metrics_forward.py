@@ -71,10 +71,10 @@ def test_winograd_equals_the_convolution(shape):
 def test_a_batch_runs_in_chunks_with_the_same_logits(monkeypatch):
     model = resnet18()
     x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(2))
-    assert F.fast_copy(model, x[:1]).chunk >= 5
+    assert F._chunk(model, x[:1]) >= 5
     whole = F.inference_forward(model, x[:1])
     monkeypatch.setattr(F, "CHUNK_BYTES", 1)  # one image a chunk
-    assert F.fast_copy(model, x[:1]).chunk == 1
+    assert F._chunk(model, x[:1]) == 1
     chunked = F.inference_forward(model, x[:1])
     calls, forward = [], F._ChannelsLastInput.forward
     monkeypatch.setattr(F._ChannelsLastInput, "forward", lambda self, x: calls.append(len(x)) or forward(self, x))
@@ -146,7 +146,7 @@ def test_the_eager_fallback_runs_in_chunks_unless_that_could_change_the_logits(m
     with torch.inference_mode():
         assert torch.equal(forward(x), torch.cat([model(x[i:i + 1]) for i in range(3)]))  # one image at a time
     model.train()
-    assert F._eager_chunk(model, x[:1]) is None  # batch statistics depend on the batch
+    assert F._chunk(model, x[:1]) is None  # batch statistics depend on the batch
 
 
 def test_falls_back_when_the_model_has_hooks_or_trains():

@@ -17,7 +17,7 @@ against the eager model on `example`: its logits must agree to `tolerance` relat
 |logit| (a change δ in the logits moves a softmax probability by at most δ/2). Anything that fails (a model
 fx cannot trace, hooks on the model, which the copy would lose, training mode, a larger difference) leaves
 the eager model under `torch.inference_mode()`, which is always right; in cache-sized chunks too
-(`_eager_chunk`), since every metric here assumes that an image's logits do not depend on the other images
+(`_chunk`), since every metric here assumes that an image's logits do not depend on the other images
 of its batch.
 """
 from __future__ import annotations
@@ -41,46 +41,38 @@ def inference_forward(model: nn.Module, example: torch.Tensor, *, fast: bool = T
     eager = _under_inference_mode(model, logits)
     if not fast:
         return eager
+    chunk = _chunk(model, example)
     try:
-        copied = fast_copy(model, example)
-        fast_forward = _in_chunks(_under_inference_mode(copied, logits), getattr(copied, "chunk", None))
+        fast_forward = _in_chunks(_under_inference_mode(fast_copy(model, example), logits), chunk)
         check = example if example.shape[0] > 1 else torch.cat([example, example])  # batched kernels too
         expected, got = eager(check).float(), fast_forward(check).float()
         difference = float((got - expected).abs().max()) / max(1.0, float(expected.abs().max()))
     except Exception as error:  # noqa: BLE001 - any failure means: keep the eager model
-        warnings.warn(f"inference_forward: the eager model is used ({type(error).__name__}: {error})",
-                      stacklevel=2)
-        return _in_chunks(eager, _eager_chunk(model, example))
-    if not difference <= tolerance:
-        warnings.warn(f"inference_forward: the eager model is used (the fast equivalent's logits differ by "
-                      f"{difference:.1e} relative, above {tolerance:.0e})", stacklevel=2)
-        return _in_chunks(eager, _eager_chunk(model, example))
-    return fast_forward
+        why = f"{type(error).__name__}: {error}"
+    else:
+        if difference <= tolerance:
+            return fast_forward
+        why = f"the fast equivalent's logits differ by {difference:.1e} relative, above {tolerance:.0e}"
+    warnings.warn(f"inference_forward: the eager model is used ({why})", stacklevel=2)
+    return _in_chunks(eager, chunk)
 
 
 def fast_copy(model: nn.Module, example: torch.Tensor) -> nn.Module:
     """A deep copy of `model` with batch norm folded and, for float32 (N, C, H, W) inputs on the CPU,
-    channels-last and Winograd F(4x4, 3x3) for the wide 3x3 convolutions (`_winograd_convolutions`), with the
-    cache-sized chunk of images to run it on as its `chunk`; raises ValueError when the model must stay as it
-    is."""
+    channels-last and Winograd F(4x4, 3x3) for the wide 3x3 convolutions (`_winograd_convolutions`); raises
+    ValueError when the model must stay as it is."""
     if any(m.training for m in model.modules()):
         raise ValueError("the model is in training mode (batch norm would use batch statistics)")
     if _has_hooks(model):
         raise ValueError("the model has hooks, which a traced copy would not call")
     from torch.fx.experimental.optimization import fuse
-    from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
     copied = fuse(model)  # traces a deep copy; raises when fx cannot trace the model
     if example.device.type != "cpu" or example.dim() != 4 or example.dtype != torch.float32:
         return copied  # measured on the CPU in float32 only: the fold alone
     copied = copied.to(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        ShapeProp(copied).propagate(example[:1])
     _winograd_convolutions(copied)
-    largest = max((node.meta["tensor_meta"].shape.numel() for node in copied.graph.nodes
-                   if isinstance(node.meta.get("tensor_meta"), TensorMetadata)),
-                  default=1)
-    return _ChannelsLastInput(copied, chunk=max(1, CHUNK_BYTES // (4 * largest)))
+    return _ChannelsLastInput(copied)
 
 
 CHUNK_BYTES = 32 << 20
@@ -91,20 +83,20 @@ reason (`python benchmarks/evaluation.py` prints it at batch 64 and at its best 
 
 
 class _ChannelsLastInput(nn.Module):
-    """Runs `module` on a channels-last copy of its (N, C, H, W) input; `chunk`: the images a call should have."""
+    """Runs `module` on a channels-last copy of its (N, C, H, W) input."""
 
-    def __init__(self, module: nn.Module, chunk: int):
+    def __init__(self, module: nn.Module):
         super().__init__()
-        self.module, self.chunk = module, chunk
+        self.module = module
 
     def forward(self, x: torch.Tensor) -> Any:
         return self.module(x.contiguous(memory_format=torch.channels_last))
 
 
-def _eager_chunk(model: nn.Module, example: torch.Tensor) -> int | None:
-    """The images a call of the eager model should have so that the largest output of any of its modules on
-    one image of `example` fits `CHUNK_BYTES` (eager models are faster in such chunks too), for a model on the
-    CPU in eval mode without hooks; else None, whole batches (a model in training mode normalises by the
+def _chunk(model: nn.Module, example: torch.Tensor) -> int | None:
+    """The images a call of the model (or of its fast copy, whose activations are the same size) should have so
+    that the largest output of any of its modules on one image of `example` fits `CHUNK_BYTES`, for a model on
+    the CPU in eval mode without hooks; else None, whole batches (a model in training mode normalises by the
     batch, so cutting it would change the logits; hooks would see the probing forward and the cut)."""
     if example.device.type != "cpu" or _has_hooks(model) or any(m.training for m in model.modules()):
         return None
