@@ -147,6 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None).eval()
     x = torch.randn(args.images, 3, args.size, args.size)
+    if args.forward_only:  # no maps, no metrics
+        print(f"ResNet-18, {args.images} images at {args.size}², batch {args.batch_size}, "
+              f"{torch.get_num_threads()} threads")
+        print(forward_alone(model, inference_forward(model, x[:1], fast=not args.eager), x, args.batch_size))
+        return 0
     with torch.no_grad():
         targets = model(x).argmax(1).tolist()
     maps = gradcam_maps(model, x, targets)
@@ -155,9 +160,6 @@ def main(argv: list[str] | None = None) -> int:
           f"({(args.size ** 2 + step - 1) // step + 1} points), ROAD percentiles {percentiles}, "
           f"batch {args.batch_size}, {torch.get_num_threads()} threads")
 
-    if args.forward_only:
-        print(forward_alone(model, inference_forward(model, x[:1], fast=not args.eager), x, args.batch_size))
-        return 0
     load_before = os.getloadavg()
     forward, t_forward = timed(lambda: inference_forward(model, x[:1], fast=not args.eager))
     ours_road, t_ours_road = timed(lambda: P.road(forward, x, maps, targets, percentiles=percentiles, noise=0,

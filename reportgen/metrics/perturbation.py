@@ -284,7 +284,7 @@ def road(forward: Forward, x: torch.Tensor, maps: Mapping[str, np.ndarray], targ
     a `generator` seeded the same) before both gives the same numbers. p(target | x) is forwarded once per
     image (grad-cam forwards it again in every call), and the imputed inputs of all methods, orders and
     percentiles go through `forward` `batch_size` at a time; their sparse solves run on
-    `torch.get_num_threads()` threads (SuperLU releases the GIL: 1.7x on two cores).
+    `torch.get_num_threads()` threads (SuperLU releases the GIL).
     """
     maps = _as_maps(maps, x)
     targets = _targets(targets, x.shape[0])
