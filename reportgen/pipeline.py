@@ -316,7 +316,8 @@ def _build(config: Config, ctx: Context, images: Collection, stages: list[Stage]
         if run.name in section_errors:
             run.status, run.error = "failed", section_errors[run.name]
     if section_errors:
-        report_data["stages"] = _stage_entries(runs, timed="source_date_epoch" not in report_data)
+        entries = _stage_entries(runs)
+        report_data["stages"] = entries if "source_date_epoch" not in report_data else _untimed(entries)
     out = config.output.dir
     try:
         if config.output.tensorboard is not None:  # before the report's files: an error leaves those untouched
@@ -577,9 +578,8 @@ def _report_json(config: Config, ctx: Context, images: Collection, records: list
     return data
 
 
-def _stage_entries(runs: list[StageRun], timed: bool = True) -> list[dict]:
-    return [{"name": r.name, "status": r.status, "error": r.error} | ({"seconds": round(r.seconds, 3)} if timed else {})
-            for r in runs]
+def _stage_entries(runs: list[StageRun]) -> list[dict]:
+    return [{"name": r.name, "status": r.status, "seconds": round(r.seconds, 3), "error": r.error} for r in runs]
 
 
 def write_tensorboard_events(logdir: Path, model: torch.nn.Module, runs: list[StageRun], log: Log = _quiet, *,
