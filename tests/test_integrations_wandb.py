@@ -78,3 +78,12 @@ def test_no_active_run_exits_2_before_any_work(project, offline):
     assert "error: `output.attach.wandb` (from --set): there is no active W&B run: call reportgen.build after " \
            "`wandb.init()` (and before `run.finish()`)." in done.output
     assert not (project.root / "out").exists()
+
+
+def test_a_page_with_its_assets_beside_it_is_attached_with_a_warning(project, offline):
+    config = project.base() | {"analyses": {"summary": {}}}
+    config["output"] |= {"self_contained": False, "attach": ["wandb"]}
+    run = wandb.init(project="reportgen", settings=wandb.Settings(x_disable_stats=True, x_disable_machine_info=True))
+    with pytest.warns(UserWarning, match=r"W&B shows the page without its pictures: assets/ is not uploaded"):
+        reportgen.build(project.write(config))
+    run.finish()

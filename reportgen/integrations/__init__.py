@@ -8,6 +8,7 @@ a report is attached; none of these modules imports torch, so the config can rea
 from __future__ import annotations
 
 import importlib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,12 +23,13 @@ class Tracker:
     options: type  # the dataclass of `output.attach.<name>`
     find: Callable[[Any, Any], Any]  # (options, config) -> the run, task or folder; ReportgenError when none
     attach: Callable[..., str]  # (report, options, target, *, model, step) -> what was attached, for the log
+    page_only: str | None = None  # the tracker's name when it takes the page file alone, without assets/
 
 
 TRACKERS: dict[str, Tracker] = {
     "mlflow": Tracker("mlflow", mlflow.MlflowOptions, mlflow.find_run, mlflow.attach),
-    "wandb": Tracker("wandb", wandb.WandbOptions, wandb.find_run, wandb.attach),
-    "clearml": Tracker("clearml", clearml.ClearmlOptions, clearml.find_task, clearml.attach),
+    "wandb": Tracker("wandb", wandb.WandbOptions, wandb.find_run, wandb.attach, page_only="W&B"),
+    "clearml": Tracker("clearml", clearml.ClearmlOptions, clearml.find_task, clearml.attach, page_only="ClearML"),
     "tensorboard": Tracker("tensorboard", tensorboard.TensorboardOptions, tensorboard.find_dir, tensorboard.attach),
 }
 
@@ -54,6 +56,9 @@ def attach(report, name: str, options, target, *, model=None, step: int | None =
     """Attach the written `report` to tracker `name` (`target`: what its `find` returned, or a Lightning
     logger's run). A tracker's failure is a ReportgenError that says the report itself is written."""
     tracker = require(name)
+    if tracker.page_only and not report.config.output.self_contained:
+        warnings.warn(f"{tracker.page_only} shows the page without its pictures: assets/ is not uploaded with it. "
+                      "Set `output.self_contained: true` for a page that shows whole.", UserWarning, stacklevel=2)
     try:
         what = tracker.attach(report, options, target, model=model, step=step)
     except ReportgenError:

@@ -5,7 +5,6 @@ Needs `pip install 'reportgen[clearml]'`.
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 
@@ -29,9 +28,6 @@ def find_task(options: ClearmlOptions, config):
 
 
 def attach(report, options: ClearmlOptions, task, *, model=None, step: int | None = None) -> str:
-    if not report.config.output.self_contained:
-        warnings.warn("ClearML shows the page without its pictures: assets/ is not uploaded with it. Set "
-                      "`output.self_contained: true` for a page that shows whole.", UserWarning, stacklevel=2)
     logger = task.get_logger()
     iteration = step or 0
     logger.report_media(title=options.title, series=options.series, local_path=str(report.html_path),

@@ -6,7 +6,6 @@ metrics of the same step (and so in the run's summary).
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 
@@ -30,9 +29,6 @@ def find_run(options: WandbOptions, config):
 def attach(report, options: WandbOptions, run, *, model=None, step: int | None = None) -> str:
     import wandb
 
-    if not report.config.output.self_contained:
-        warnings.warn("W&B shows the page without its pictures: assets/ is not uploaded with it. Set "
-                      "`output.self_contained: true` for a page that shows whole.", UserWarning, stacklevel=2)
     page = wandb.Html(report.html_path.read_text(encoding="utf-8"), inject=False)
     data = {options.key: page, **report.metrics()}
     if step is not None:  # from the Lightning callback: WandbLogger's x-axis
