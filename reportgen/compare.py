@@ -144,7 +144,6 @@ def match(folder_a: Path, folder_b: Path) -> Comparison:
         pairs, only["maps in A only"], only["maps in B only"] = _pair_maps(maps_of(npz_a), maps_of(npz_b))
         maps = [MapPair(key=k_a.rsplit("/", 1)[0], class_a=k_a.rsplit("/", 1)[1], class_b=k_b.rsplit("/", 1)[1],
                         a=_plane(npz_a[k_a]), b=_plane(npz_b[k_b])) for k_a, k_b in pairs[:MAX_MAP_PAIRS]]
-    shared = pairs
     layers, layer_only = _layers(a.summary, b.summary)
     only |= layer_only
     totals = [(what, _total(a.summary, key), _total(b.summary, key)) for what, key in
@@ -153,7 +152,7 @@ def match(folder_a: Path, folder_b: Path) -> Comparison:
     names = list(dict.fromkeys([*a.metrics, *b.metrics]))
     return Comparison(a=a, b=b, predictions=predictions, only={k: v for k, v in only.items() if v}, layers=layers,
                       totals=totals, metrics=[(n, a.metrics.get(n), b.metrics.get(n)) for n in names], maps=maps,
-                      maps_not_drawn=max(0, len(shared) - MAX_MAP_PAIRS), notes=notes)
+                      maps_not_drawn=max(0, len(pairs) - MAX_MAP_PAIRS), notes=notes)
 
 
 def _pair_maps(keys_a: list[str], keys_b: list[str]) -> tuple[list[tuple[str, str]], list[str], list[str]]:

@@ -120,9 +120,7 @@ class Context:
         """The context of one batch of a streamed build (`images` from index `offset` among all images, their
         tensors and logits): an engine of its own (`engine`, or a new one), for the results of the stages that
         run on this batch."""
-        engine = engine or Engine(self.model, batch, forward=self.engine.forward,
-                                  input_grad_wanted=self.engine.input_grad_wanted, observe=self.engine.observe,
-                                  relu_rules=self.engine.relu_rules)
+        engine = engine or self.engine.on(batch)
         return Context(info=self.info, device=self.device, batch=batch, images=images, logits=logits, engine=engine,
                        log=self.log, offset=offset, count=self.count, detail=self.detail)
 
