@@ -716,10 +716,6 @@ def records(result: EvaluationResult) -> list[dict | None]:
     return out
 
 
-def arrays(result: EvaluationResult) -> dict[str, np.ndarray]:
-    return {}
-
-
 def totals(result: EvaluationResult) -> dict[str, np.ndarray]:
     """`evaluation/<column>/<row key>` (n,) per-image scores; `evaluation/sanity/<row key>` (B + 1, H, W) the
     sanity image's maps, trained then after each block."""
@@ -739,7 +735,7 @@ def headline(result: EvaluationResult) -> dict[str, float]:
 
 SPEC = Stage(
     name="evaluation", title="Which map to believe", config=EvaluationConfig, run=run, check=check, reduce=reduce,
-    arrays=arrays, totals=totals, to_json=to_json, records=records, requires_any=("cam", "gradients"),
+    totals=totals, to_json=to_json, records=records, requires_any=("cam", "gradients"),
     metrics=headline,
     needs_hooks=lambda cfg: ("the sanity check",) if "sanity" in wanted(cfg) else (),
 )

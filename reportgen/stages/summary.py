@@ -188,10 +188,6 @@ def _kernel(size) -> list[int] | None:
     return list(size) if isinstance(size, (list, tuple)) else [int(size)]
 
 
-def arrays(result: SummaryResult) -> dict:
-    return {}
-
-
 def to_json(result: SummaryResult) -> dict:
     return {
         "totals": asdict(result.totals),
@@ -210,5 +206,5 @@ def headline(result: SummaryResult) -> dict[str, float]:
             "mult_adds": float(t.total_mult_adds)}
 
 
-SPEC = Stage(name="summary", title="Model summary", config=SummaryConfig, run=run, check=check, arrays=arrays,
+SPEC = Stage(name="summary", title="Model summary", config=SummaryConfig, run=run, check=check,
              to_json=to_json, metrics=headline)
