@@ -13,6 +13,8 @@ import reportgen.config as C
 from reportgen.config import (STARTER, Config, InputsConfig, ModelConfig, Preprocess, TargetSpec, canonical_methods,
                               parse_config)
 from reportgen.errors import ConfigError
+from reportgen.config.convert import Ctx, convert
+from reportgen.config.yamlfile import Lines
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -127,16 +129,16 @@ def test_the_hand_kept_sets_are_gone_and_rules_live_on_the_fields():
     class Extra:
         count: int = C.setting(2, ge=2, le=5)
 
-    ctx = C._Ctx(C._Lines(None, "x.yaml"), Path("/"))
-    assert C._convert({"count": 4}, Extra, ("extra",), ctx) == Extra(4)
+    ctx = Ctx(Lines(None, "x.yaml"), Path("/"))
+    assert convert({"count": 4}, Extra, ("extra",), ctx) == Extra(4)
     with pytest.raises(ConfigError, match=r"`extra.count` \(x.yaml\): must be between 2 and 5, got 9."):
-        C._convert({"count": 9}, Extra, ("extra",), ctx)
+        convert({"count": 9}, Extra, ("extra",), ctx)
     with pytest.raises(ConfigError, match="Did you mean `count`"):
-        C._convert({"cuont": 4}, Extra, ("extra",), ctx)
+        convert({"cuont": 4}, Extra, ("extra",), ctx)
 
 
 def test_canonical_methods_is_the_one_check():
-    ctx = C._Ctx(C._Lines(None, "x.yaml"), Path("/"))
+    ctx = Ctx(Lines(None, "x.yaml"), Path("/"))
     assert canonical_methods(["Grad-CAM++", "gradcampp", "XGradCAM"], "cam", ("m",), ctx) == ("gradcampp", "xgradcam")
     assert canonical_methods(["IG", "Vanilla Gradient"], "gradients", ("m",), ctx) == ("integrated_gradients", "saliency")
     with pytest.raises(ConfigError, match=r"`m\[0\]` \(x.yaml\): unknown method `gradcam`.* Methods: saliency"):

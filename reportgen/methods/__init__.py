@@ -27,8 +27,10 @@ A gradient method's function (see `reportgen.methods.gradients`) gets:
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+
+from ..registry import METHODS
 
 FAMILIES = ("cam", "gradients")
 # what a method can need from the engine
@@ -65,17 +67,34 @@ class Method:
         return getattr(importlib.import_module(module), name)
 
 
-REGISTRY: dict[str, Method] = {}
+class _Table(Mapping):
+    """The method records by id, plug-ins included: a read-only view of the registry."""
+
+    def __getitem__(self, method_id: str) -> Method:
+        record = METHODS.find(method_id)
+        if record is None:
+            raise KeyError(method_id)
+        return record
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(METHODS.names())
+
+    def __len__(self) -> int:
+        return len(METHODS.names())
+
+
+REGISTRY: Mapping[str, Method] = _Table()
+BUILT_IN: list[Method] = []  # reportgen's own methods, declared below; `reportgen.registry` reads them
 
 
 def register(method: Method) -> Method:
-    """Add a method (or replace one with the same id). Returns it."""
-    REGISTRY[method.id] = method
-    return method
+    """Add a method (or replace one with the same id) at run time. Returns it. (A pip-installed plug-in names
+    its records in the `reportgen.methods` entry point group instead.)"""
+    return METHODS.register(method)
 
 
 def unregister(method_id: str) -> None:
-    REGISTRY.pop(method_id, None)
+    METHODS.unregister(method_id)
 
 
 def get(method_id: str) -> Method:
@@ -84,11 +103,11 @@ def get(method_id: str) -> Method:
 
 def ids(family: str) -> tuple[str, ...]:
     """The family's method ids, in registration order."""
-    return tuple(m.id for m in REGISTRY.values() if m.family == family)
+    return tuple(m.id for m in METHODS if m.family == family)
 
 
 def title(method_id: str) -> str:
-    method = REGISTRY.get(method_id)
+    method = METHODS.find(method_id)
     return method.title if method is not None else method_id.replace("_", " ")
 
 
@@ -100,7 +119,7 @@ def alias_key(name: str) -> str:
 def canonical(name: str, family: str | None = None) -> str | None:
     """The method id `name` spells (an id or an alias, any case), within `family` when given; None if none."""
     key = alias_key(name)
-    for method in REGISTRY.values():
+    for method in METHODS:
         if family is not None and method.family != family:
             continue
         if key == alias_key(method.id) or key in {alias_key(a) for a in method.aliases}:
@@ -109,13 +128,13 @@ def canonical(name: str, family: str | None = None) -> str | None:
 
 
 def _cam(id: str, title: str, needs: set[str], fn: str, aliases: tuple[str, ...] = (), note: str = "") -> None:
-    register(Method(id=id, family="cam", title=title, aliases=aliases, needs=frozenset(needs),
+    BUILT_IN.append(Method(id=id, family="cam", title=title, aliases=aliases, needs=frozenset(needs),
                     compute=f"reportgen.methods.cam:{fn}", note=note))
 
 
 def _grad(id: str, title: str, needs: set[str], fn: str, aliases: tuple[str, ...] = (), relu_rule: str | None = None,
           hooks: bool = False, note: str = "") -> None:
-    register(Method(id=id, family="gradients", title=title, aliases=aliases, needs=frozenset(needs),
+    BUILT_IN.append(Method(id=id, family="gradients", title=title, aliases=aliases, needs=frozenset(needs),
                     relu_rule=relu_rule, hooks=hooks, compute=f"reportgen.methods.gradients:{fn}", note=note))
 
 
