@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import Config, load_config, parse_config
+from .config import Config, load_config, parse_data
 from .errors import ReportgenError
 
 Log = Callable[[str], None]
@@ -36,11 +36,7 @@ def resolve_config(config: Config | Mapping | str | os.PathLike, overrides: Mapp
         data = dict(config)
         if given_model:
             data.setdefault("model", {})
-        try:
-            text = yaml.safe_dump(data, sort_keys=False)
-        except yaml.YAMLError as exc:
-            raise ReportgenError(f"the config dict holds a value YAML cannot write: {exc}") from None
-        return parse_config(text, base_dir=Path.cwd(), origin="the config dict", overrides=sets)
+        return parse_data(data, base_dir=Path.cwd(), origin="the config dict", overrides=sets)
     if isinstance(config, (str, os.PathLike)):
         return load_config(config, sets)
     raise ReportgenError(f"config is a {type(config).__name__}: give a path to a YAML file, a dict or a "

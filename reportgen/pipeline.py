@@ -82,8 +82,8 @@ def stage_metrics(runs: list[StageRun]) -> dict[str, float]:
             for name, value in run.stage.metrics(run.result).items()}
 
 
-def figures_module(name: str):
-    return importlib.import_module(f"reportgen.figures.{name}")
+def figures_module(stage: Stage):
+    return importlib.import_module(stage.figures_module)
 
 
 def prepare_model(config: Config, log: Log = _quiet, *, strict: bool = True,
@@ -394,7 +394,7 @@ def _finish(stage: Stage, result: object, ctx: Context, seconds: float, log: Log
     start = time.perf_counter()
     try:
         ctx.results.add(result)
-        section = figures_module(stage.name).plot(result, ctx)
+        section = figures_module(stage).plot(result, ctx)
     except Exception as exc:  # a failed stage is reported, the rest of the report is built
         return _outcome(stage, exc, seconds + time.perf_counter() - start, log, detail)
     for warning in getattr(result, "warnings", ()):  # the report shows them too

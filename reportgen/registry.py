@@ -30,11 +30,13 @@ from .errors import ReportgenError, did_you_mean
 class Registry:
     """The records of one kind, by name, in order (`order` attribute of a record, then registration order)."""
 
-    def __init__(self, kind: str, group: str, builtins: Callable[[], Iterable[Any]], key: str = "name"):
+    def __init__(self, kind: str, group: str, builtins: Callable[[], Iterable[Any]], key: str = "name",
+                 check: Callable[[Any], None] | None = None):
         self.kind = kind  # what a record is, in messages: "stage", "model source", ...
         self.group = group  # the entry point group of plug-ins
         self.key = key  # the record attribute that names it
         self._builtins = builtins
+        self._check = check  # raises ReportgenError for a record that cannot work (a stage without its template)
         self._records: dict[str, Any] = {}
         self._loaded = False
         self._loading = False
@@ -44,11 +46,15 @@ class Registry:
         if self._loaded or self._loading:
             return
         self._loading = True
+        self._records = {}
         try:
             for record in self._builtins():
                 self._records.setdefault(self._name(record), record)
             for point in sorted(entry_points(group=self.group), key=lambda p: p.name):
                 self._add_plugin(point)
+            if self._check is not None:
+                for record in self._records.values():
+                    self._check(record)
             self._loaded = True
             self.version += 1
         finally:
@@ -77,6 +83,8 @@ class Registry:
     def register(self, record: Any) -> Any:
         """Add a record (or replace the one of the same name). Returns it."""
         self._load()
+        if self._check is not None:
+            self._check(record)
         self._records[self._name(record)] = record
         self.version += 1
         return record
@@ -101,6 +109,12 @@ class Registry:
     def __contains__(self, name: object) -> bool:
         self._load()
         return name in self._records
+
+    def __getitem__(self, name: str) -> Any:
+        record = self.find(name)
+        if record is None:
+            raise KeyError(name)
+        return record
 
     def find(self, name: str) -> Any | None:
         self._load()
@@ -135,7 +149,7 @@ def _methods() -> list[Any]:
 
 
 METHODS = Registry("method", "reportgen.methods", _methods, key="id")
-STAGES = Registry("stage", "reportgen.stages", scan("reportgen.stages", "SPEC"))
+STAGES = Registry("stage", "reportgen.stages", scan("reportgen.stages", "SPEC"), check=lambda r: r.check_files())
 SOURCES = Registry("model source", "reportgen.sources", scan("reportgen.models", "SOURCE"))
 TRACKERS = Registry("tracker", "reportgen.trackers", scan("reportgen.integrations", "TRACKER"))
 

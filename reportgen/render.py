@@ -4,8 +4,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-from importlib import resources
-from pathlib import Path
 
 import yaml
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
@@ -13,18 +11,8 @@ from markupsafe import Markup
 from PIL import Image
 
 from .figures.common import Figure, encode_png, make_figure
+from .packaged import templates_dir
 from .figures.images import anchor, table as images_table
-
-
-def templates_dir() -> Path:
-    """The templates that belong to this code: `reportgen/templates` in a wheel, else the `templates/` folder
-    of the checkout it runs from (a second checkout of an editable install keeps its own templates), else
-    where the package's resources say."""
-    here = Path(__file__).resolve().parent
-    for folder in (here / "templates", here.parent / "templates"):
-        if (folder / "report.html.jinja2").is_file():
-            return folder
-    return Path(str(resources.files("reportgen.templates")))
 
 
 def optimise_png(png: bytes) -> bytes:
@@ -120,6 +108,14 @@ def _intcomma(value) -> str:
 
 def _shape(value) -> str:
     return "×".join(str(v) for v in value) if value else "–"
+
+
+def section_template(env: Environment, stage):
+    """The template of a stage's section: reportgen's own by name, a plug-in's from the file its record names."""
+    path = stage.template_path
+    if path.parent == templates_dir() / "sections":
+        return env.get_template(f"sections/{path.name}")
+    return env.from_string(path.read_text(encoding="utf-8"))
 
 
 def make_environment(images: _Images) -> Environment:
@@ -231,8 +227,7 @@ def render_report(config, ctx, runs, report_data: dict, *,
         status, error = run.status, run.error
         if run.status == "ok":
             try:
-                html = Markup(env.get_template(f"sections/{run.name}.html.jinja2").render(
-                    section=run.section, report=report))
+                html = Markup(section_template(env, run.stage).render(section=run.section, report=report))
             except Exception as exc:  # a broken section must not take the whole report down
                 status, error = "failed", f"the section could not be drawn: {type(exc).__name__}: {exc}"
                 errors[run.name] = error

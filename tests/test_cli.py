@@ -169,7 +169,9 @@ def _bad_cases(project):
         ("missing image", cfg(lambda c: c["inputs"].update(images=["images/nope.png"])), "nope.png does not exist"),
         ("no match", cfg(lambda c: c["inputs"].update(images=["images/*.tif"])), "no image matches"),
         ("not an image", not_an_image, "c.png is not an image"),
-        ("unknown model", cfg(lambda c: c["model"].update(source="torchvision", name="resnet181")),
+        ("unknown model", cfg(lambda c: c.update(model={**{k: v for k, v in c["model"].items()
+                                                           if k not in ("factory", "kwargs")},
+                                                        "source": "torchvision", "name": "resnet181"})),
          "Did you mean `resnet18`?"),
         ("bad factory", cfg(lambda c: c["model"].update(factory="tinynet:buidl")), "Did you mean `build`?"),
         ("mismatched checkpoint", checkpoint({"0.weight": torch.zeros(2, 2)}), "does not match the model: missing"),
@@ -274,7 +276,8 @@ def test_errors_found_after_parsing_name_the_key_and_its_line(project):
     assert result.exit_code == 2, result.output
     assert f"`analyses.cam` (config.yaml, line {line}): class index 7 is outside" in result.stderr
     result = CliRunner().invoke(main, ["validate", str(path), "--set", "analyses.cam.targets=[0]",
-                                       "--set", "model.name=resnet181", "--set", "model.source=torchvision"])
+                                       "--set", "model.name=resnet181", "--set", "model.source=torchvision",
+                                       "--set", "model.factory=null"])
     assert "`model.name` (from --set): `resnet181`" in result.stderr
 
 

@@ -84,22 +84,26 @@ def test_an_unknown_method_is_refused_with_the_registered_ones_suggested(project
 def test_every_stage_has_one_record_and_the_records_order_the_run():
     for name in stage_names():
         record = spec(name)
-        assert record.name == name and record.title and record.config.__name__.endswith("Config")
+        assert record.name == name and record.title and record.options.__name__.endswith("Config")
     config = Config(analyses=AnalysesConfig(gradients=GradientsConfig(), summary=SummaryConfig(),
                                             feature_maps=FeatureMapsConfig()))
     assert [s.name for s in planned(config)] == ["summary", "feature_maps", "gradients"]
 
 
-def test_a_stage_runs_after_what_it_requires_and_a_missing_requirement_is_named(monkeypatch):
+def test_a_stage_runs_after_what_it_requires_and_a_missing_requirement_is_named():
     import dataclasses
 
-    import reportgen.stages.summary as summary
+    from reportgen.registry import STAGES
 
-    monkeypatch.setattr(summary, "SPEC", dataclasses.replace(summary.SPEC, requires=("feature_maps",)))
-    config = Config(analyses=AnalysesConfig(summary=SummaryConfig(), feature_maps=FeatureMapsConfig()))
-    assert [s.name for s in planned(config)] == ["feature_maps", "summary"]
-    with pytest.raises(ReportgenError, match=r"`analyses.summary` needs `analyses.feature_maps`"):
-        planned(Config(analyses=AnalysesConfig(summary=SummaryConfig())))
+    original = spec("summary")
+    STAGES.register(dataclasses.replace(original, requires=("feature_maps",)))
+    try:
+        config = Config(analyses=AnalysesConfig(summary=SummaryConfig(), feature_maps=FeatureMapsConfig()))
+        assert [s.name for s in planned(config)] == ["feature_maps", "summary"]
+        with pytest.raises(ReportgenError, match=r"`analyses.summary` needs `analyses.feature_maps`"):
+            planned(Config(analyses=AnalysesConfig(summary=SummaryConfig())))
+    finally:
+        STAGES.register(original)
 
 
 def test_the_method_records_are_read_without_torch():

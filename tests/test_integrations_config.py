@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from reportgen.cli import main
 from reportgen.config import parse_config
 from reportgen.errors import ConfigError
-from reportgen.integrations import TRACKERS
+from reportgen.registry import TRACKERS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +79,7 @@ def test_a_tracker_whose_package_is_missing_exits_2_before_any_work_naming_the_e
 def test_every_tracker_is_an_extra_and_the_test_extra_pins_them():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    for name, tracker in TRACKERS.items():
+    for name, tracker in ((t.name, t) for t in TRACKERS):
         assert any(req.startswith(tracker.package) for req in extras[name]), name
     assert any(req.startswith("lightning") for req in extras["lightning"])
     pinned = {req.split("==")[0] for req in extras["test"] if "==" in req}

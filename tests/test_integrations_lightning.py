@@ -20,7 +20,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from reportgen.demo import shapes  # noqa: E402
 from reportgen.errors import ReportgenError  # noqa: E402
-from reportgen.integrations.lightning import ReportCallback  # noqa: E402
+from reportgen.lightning import ReportCallback  # noqa: E402
 
 SHAPES = Path(__file__).resolve().parents[1] / "example_configs" / "shapes"
 pytestmark = pytest.mark.slow
@@ -148,7 +148,7 @@ def test_without_lightning_the_callback_is_a_pytorch_lightning_callback():
 
     script = ("import sys; sys.modules['lightning'] = None\n"
               "import pytorch_lightning\n"
-              "from reportgen.integrations.lightning import ReportCallback\n"
+              "from reportgen.lightning import ReportCallback\n"
               "print(issubclass(ReportCallback, pytorch_lightning.Callback))")
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,

@@ -17,8 +17,35 @@ from torch import nn
 
 from reportgen.config import ModelConfig, Normalize, Preprocess
 from reportgen.errors import ReportgenError
-from reportgen.models import (SOURCES, LoadedModel, ModelAdapter, load_checkpoint, load_labels, load_model,
-                              pick_logits, weights_cache_path)
+from reportgen.models import (LoadedModel, ModelAdapter, load_checkpoint, load_labels, load_model, pick_logits,
+                              weights_cache_path)
+from reportgen.models.adapter import Source
+from reportgen.registry import SOURCES
+
+
+@dataclasses.dataclass(frozen=True)
+class NoOptions:
+    """A test source's options: none."""
+
+
+@pytest.fixture
+def use_source():
+    """`use_source(name, load)`: source `name` loads with `load` for the length of the test (a record registered,
+    the old one back afterwards)."""
+    saved = []
+
+    def use(name, load):
+        old = SOURCES.find(name)
+        saved.append((name, old))
+        SOURCES.register(Source(name=name, options=NoOptions, load=load) if old is None else
+                         dataclasses.replace(old, load=load))
+
+    yield use
+    for name, old in reversed(saved):
+        if old is None:
+            SOURCES.unregister(name)
+        else:
+            SOURCES.register(old)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,14 +176,14 @@ def test_torchscript_takes_no_hooks_and_says_so_in_one_place(tmp_path):
                                                                                plural=True))
 
 
-def test_sources_registry_one_record_adds_a_source(monkeypatch):
+def test_sources_registry_one_record_adds_a_source(use_source):
     calls = []
 
     def fake(cfg, base_dir):
         calls.append(base_dir)
         return ModelAdapter(model=TwoOutputs(), source="fake", description="a fake", categories=["a", "b", "c"])
 
-    monkeypatch.setitem(SOURCES, "fake", fake)
+    use_source("fake", fake)
     adapter = load_model(OutputConfig(source="fake", device="cpu", output=0), base_dir=Path("/somewhere"))
     assert calls == [Path("/somewhere")] and adapter.source == "fake" and not adapter.model.training
     assert adapter.output == 0 and adapter.forward(torch.zeros(1, 3, 8, 8)).shape == (1, 3)
@@ -336,7 +363,7 @@ def test_an_object_with_logits_needs_no_model_output_and_bad_choices_are_named()
 
 def _normally(cfg: ModelConfig) -> nn.Module:
     """The model as the ordinary path loads it: built (initialised), then the checkpoint copied in."""
-    model = SOURCES[cfg.source](cfg, None).model
+    model = SOURCES[cfg.source].load(cfg, None).model
     load_checkpoint(model, cfg.checkpoint)
     return model.eval()
 
@@ -406,7 +433,7 @@ def test_cached_weights_skip_initialisation_and_load_the_same_model(hub, monkeyp
     assert outcomes and outcomes[0] is not None  # the meta path was taken
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        normal = SOURCES["torchvision"](ModelConfig(name=name, weights="IMAGENET1K_V1"), None).model.eval()
+        normal = SOURCES["torchvision"].load(ModelConfig(name=name, weights="IMAGENET1K_V1"), None).model.eval()
     assert not any(t.is_meta for t in (*model.parameters(), *model.buffers()))
     ours, theirs = model.state_dict(), normal.state_dict()
     assert list(ours) == list(theirs) and all(torch.equal(ours[k], theirs[k]) for k in theirs)
@@ -435,11 +462,11 @@ def _tied() -> nn.Module:
 
 
 @pytest.mark.parametrize("build", [_Scaled, _tied])
-def test_what_a_checkpoint_cannot_fill_falls_back_to_the_ordinary_path(tmp_path, monkeypatch, build):
+def test_what_a_checkpoint_cannot_fill_falls_back_to_the_ordinary_path(tmp_path, monkeypatch, use_source, build):
     torch.manual_seed(3)
     reference = build()
     torch.save(reference.state_dict(), tmp_path / "m.pt")
-    monkeypatch.setitem(SOURCES, "torchvision", lambda cfg, base_dir: ModelAdapter(model=build(), source="torchvision"))
+    use_source("torchvision", lambda cfg, base_dir: ModelAdapter(model=build(), source="torchvision"))
     outcomes = _spy_meta(monkeypatch)
     model = load_model(ModelConfig(name="resnet18", checkpoint=tmp_path / "m.pt", device="cpu")).model
     assert outcomes == [None]  # it fell back

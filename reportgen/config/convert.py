@@ -3,11 +3,13 @@ Every error names the key path and where it is written (`Ctx.error`)."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import os
 import re
 import types
 import typing
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union
@@ -181,7 +183,13 @@ def _convert_dataclass(value: Any, tp: type, path: tuple, ctx: Ctx) -> Any:
         def err(key: str, message: str) -> typing.NoReturn:
             raise ctx.error(path + ((key,) if key else ()), message)
 
-        obj = validate(err) or obj
+        def warn(key: str, message: str) -> None:
+            warnings.warn(str(ctx.error(path + ((key,) if key else ()), message)), UserWarning, stacklevel=2)
+
+        if "given" in inspect.signature(validate).parameters:  # it also hears which keys the YAML gave
+            obj = validate(err, given=frozenset(kwargs), warn=warn) or obj
+        else:
+            obj = validate(err) or obj
     return obj
 
 

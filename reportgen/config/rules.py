@@ -132,3 +132,8 @@ def dotted(path: tuple) -> str:
         out += f"[{part}]" if isinstance(part, int) else (f".{clean(part)}" if out else clean(part))
     return out or "(top level)"
 
+
+def string_keys(mapping: dict) -> str | None:
+    """A check for keyword-argument mappings (`model.kwargs`): every key a string."""
+    bad = next((key for key in mapping if not isinstance(key, str)), None)
+    return None if bad is None else f"keyword names must be strings, got {bad!r}."

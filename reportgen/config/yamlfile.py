@@ -12,6 +12,7 @@ import yaml
 
 from ..errors import ConfigError
 from .convert import Ctx, convert
+from .registered import classes
 from .rules import clean, dotted
 from .schema import TOP_KEYS, Config
 
@@ -182,17 +183,24 @@ def parse_config(
     source: Path | None = None,
 ) -> Config:
     node, data = _read_yaml(text, origin)
-    if data is None:
-        data = {}
+    return parse_data({} if data is None else data, base_dir=base_dir, origin=origin, overrides=overrides,
+                      source=source, lines=Lines(node, origin))
+
+
+def parse_data(data: Any, *, base_dir: Path, origin: str = "the config dict", overrides: typing.Sequence[str] = (),
+               source: Path | None = None, lines: Lines | None = None) -> Config:
+    """A config given as data (a dict of the YAML's keys, as the Python API takes it), validated as a file's is;
+    `lines`: where each key is written, for a file's messages."""
     if not isinstance(data, dict):
         raise ConfigError(f"{origin} must be a mapping of keys ({', '.join(TOP_KEYS)}), "
                           f"not a {type(data).__name__}.")
-    lines = Lines(node, origin)
+    lines = Lines(None, origin) if lines is None else lines
     for item in overrides:
         data = _apply_override(data, item, lines)
     if "model" not in data:
         raise ConfigError(f"{origin} has no `model:` section: every config names the model to explain "
                           "(`reportgen init` writes a commented starter config).")
+    classes()  # the sections the registries give, as they are now
     config = convert(data, Config, (), Ctx(lines, base_dir))
     return dataclasses.replace(config, source=source, lines=lines)
 

@@ -1,9 +1,10 @@
 """Attaching a written report to experiment trackers: `output.attach` and the Lightning callback.
 
-One module per tracker, one record per tracker in `TRACKERS`: the package it needs, the dataclass of its
+One module per tracker, holding its record `TRACKER = Tracker(...)`: the package it needs, the dataclass of its
 `output.attach.<name>` options, how it finds what to attach to (the active run, the current task, a folder:
-checked before any work) and how it attaches a written report. The trackers' packages are imported only when
-a report is attached; none of these modules imports torch, so the config can read the records.
+checked before any work) and how it attaches a written report. The registry (`reportgen.registry.TRACKERS`)
+finds the records here and in plug-ins (entry point group `reportgen.trackers`); the config's `output.attach`
+is assembled from them. The trackers' packages are imported only when a report is attached.
 """
 from __future__ import annotations
 
@@ -14,29 +15,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ReportgenError
-from . import clearml, mlflow, tensorboard, wandb
+from ..registry import TRACKERS
 
 
 @dataclass(frozen=True)
 class Tracker:
+    name: str  # the key under `output.attach`
     package: str  # the module that must be importable; `pip install 'reportgen[<name>]'` brings it
     options: type  # the dataclass of `output.attach.<name>`
     find: Callable[[Any, Any], Any]  # (options, config) -> the run, task or folder; ReportgenError when none
     attach: Callable[..., str]  # (report, options, target, *, model, step) -> what was attached, for the log
     page_only: str | None = None  # the tracker's name when it takes the page file alone, without assets/
-
-
-TRACKERS: dict[str, Tracker] = {
-    "mlflow": Tracker("mlflow", mlflow.MlflowOptions, mlflow.find_run, mlflow.attach),
-    "wandb": Tracker("wandb", wandb.WandbOptions, wandb.find_run, wandb.attach, page_only="W&B"),
-    "clearml": Tracker("clearml", clearml.ClearmlOptions, clearml.find_task, clearml.attach, page_only="ClearML"),
-    "tensorboard": Tracker("tensorboard", tensorboard.TensorboardOptions, tensorboard.find_dir, tensorboard.attach),
-}
+    order: int = 100  # where it is listed
 
 
 def require(name: str) -> Tracker:
     """The record of tracker `name`, whose package is installed (else ReportgenError naming the extra)."""
-    tracker = TRACKERS[name]
+    tracker = TRACKERS.get(name, key="output.attach")
     try:
         importlib.import_module(tracker.package)
     except ImportError as exc:
@@ -75,4 +70,4 @@ def attach_all(report, model=None, log=print) -> None:
         attach(report, name, getattr(report.config.output.attach, name), target, model=model, log=log)
 
 
-__all__ = ["TRACKERS", "Tracker", "attach", "attach_all", "find_targets", "require"]
+__all__ = ["Tracker", "attach", "attach_all", "find_targets", "require"]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import Tracker
+
 
 @dataclass(frozen=True)
 class ClearmlOptions:
@@ -38,3 +40,6 @@ def attach(report, options: ClearmlOptions, task, *, model=None, step: int | Non
         logger.report_scalar(title=title, series=series or title, value=value, iteration=iteration)
     logger.flush()  # hands the reports to ClearML's sender (it does not wait for them)
     return f"ClearML task {task.id} ({options.title}/{options.series} and {len(metrics)} scalars)"
+
+
+TRACKER = Tracker(name="clearml", package="clearml", options=ClearmlOptions, find=find_task, attach=attach, page_only="ClearML", order=30)

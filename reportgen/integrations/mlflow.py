@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ReportgenError
+from . import Tracker
 
 PREVIEW_LIMIT = 50 * 2**20  # bytes: MLflow's UI does not preview a larger HTML artifact
 BATCH = 1000  # metrics per log_batch call (MLflow's limit)
@@ -89,3 +90,6 @@ def report_files(report, *, arrays: bool) -> list[tuple[Path, str | None]]:
 
 def _join(*parts: str | None) -> str | None:
     return "/".join(p.strip("/") for p in parts if p) or None
+
+
+TRACKER = Tracker(name="mlflow", package="mlflow", options=MlflowOptions, find=find_run, attach=attach, order=10)

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import Tracker
+
 
 @dataclass(frozen=True)
 class TensorboardOptions:
@@ -33,3 +35,6 @@ def attach(report, options: TensorboardOptions, logdir: Path, *, model=None, ste
     written = write_tensorboard_events(Path(logdir), model, report.stages, texts={"reportgen/report": text},
                                        step=step or 0)
     return f"TensorBoard events {written}"
+
+
+TRACKER = Tracker(name="tensorboard", package="tensorboard", options=TensorboardOptions, find=find_dir, attach=attach, order=40)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import Tracker
+
 
 @dataclass(frozen=True)
 class WandbOptions:
@@ -35,3 +37,6 @@ def attach(report, options: WandbOptions, run, *, model=None, step: int | None =
         data["trainer/global_step"] = step
     run.log(data)
     return f"W&B run {run.id} (`{options.key}` and {len(data) - 1} metrics)"
+
+
+TRACKER = Tracker(name="wandb", package="wandb", options=WandbOptions, find=find_run, attach=attach, page_only="W&B", order=20)

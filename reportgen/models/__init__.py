@@ -5,9 +5,9 @@ Weights come only from local files: a torchvision weights enum from the local to
 folder, or a `checkpoint` (a `.safetensors` file, or a state_dict loaded with `torch.load(weights_only=True)`).
 Nothing is downloaded.
 
-Adding a model source is one module with a `load(cfg, base_dir) -> ModelAdapter` function (the model as
-built, on the CPU; a subclass of `ModelAdapter` where the source needs other answers) plus one record in
-`SOURCES`; `load_model` does what every source shares: the checkpoint, eval mode, the device, `model.output`,
+Adding a model source is one module with its options dataclass, a `load(cfg, base_dir) -> ModelAdapter`
+function (the model as built, on the CPU; a subclass of `ModelAdapter` where the source needs other answers) and
+its record `SOURCE = Source(...)` (see `adapter.Source`; the registry finds it); `load_model` does what every source shares: the checkpoint, eval mode, the device, `model.output`,
 the layouts of the model's layers (`layouts.declare_layouts`).
 """
 from __future__ import annotations
@@ -17,17 +17,14 @@ import dataclasses
 import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 from unittest import mock
 
 import torch
 from torch import nn
 
-from ..config import ModelConfig
-from ..errors import ReportgenError, did_you_mean
-from . import huggingface as _huggingface
-from . import module as _module
-from . import timm as _timm
-from . import torchscript as _torchscript
+from ..errors import ReportgenError
+from ..registry import SOURCES
 from . import torchvision as _torchvision
 from .adapter import (TORCHSCRIPT_LIMITS, LoadedModel, ModelAdapter, describe_output, hooks_refused, pick_logits,
                       takes_hooks)
@@ -36,19 +33,13 @@ from .labels import load_labels
 from .layouts import Layout, Layouts, declare_layouts
 from .torchvision import preprocess_from_weights, torchvision_names, weights_cache_path
 
-Loader = Callable[[ModelConfig, "Path | None"], ModelAdapter]
+if TYPE_CHECKING:
+    from ..config import ModelConfig
 
-# `model.source` -> its loader: (config, the config file's folder) -> the adapter, model as built, on the CPU
-SOURCES: dict[str, Loader] = {
-    "torchvision": _torchvision.load,
-    "module": _module.load,
-    "torchscript": _torchscript.load,
-    "timm": _timm.load,
-    "huggingface": _huggingface.load,
-}
+Loader = Callable[["ModelConfig", "Path | None"], ModelAdapter]
 
 __all__ = [
-    "SOURCES", "TORCHSCRIPT_LIMITS", "Layout", "Layouts", "LoadedModel", "ModelAdapter", "describe_output", "hooks_refused",
+    "TORCHSCRIPT_LIMITS", "Layout", "Layouts", "LoadedModel", "ModelAdapter", "describe_output", "hooks_refused",
     "load_checkpoint", "load_labels", "load_model", "pick_logits", "pickle_globals", "preprocess_from_weights",
     "read_checkpoint", "resolve_device", "takes_hooks", "torch_load", "torchvision_names", "unwrap_state_dict",
     "weights_cache_path",
@@ -75,10 +66,7 @@ def load_model(cfg: ModelConfig, base_dir: Path | None = None, model: nn.Module 
     if cfg.source == "python" or model is not None:
         return given_model(model, cfg)
     device = resolve_device(cfg.device)
-    loader = SOURCES.get(cfg.source)
-    if loader is None:
-        raise ReportgenError(f"`model.source`: `{cfg.source}` is not a model source."
-                             f"{did_you_mean(cfg.source, SOURCES)} Valid: {', '.join(SOURCES)}.")
+    loader = SOURCES.get(cfg.source, key="model.source").load
     adapter = _load_skipping_init(cfg, loader, base_dir) if _overwritten(cfg) else None
     if adapter is None:
         adapter = loader(cfg, base_dir)

@@ -1,6 +1,7 @@
 """The model adapter: what the rest of reportgen may know about a model, whatever its source.
 
-A source (torchvision, the user's factory, TorchScript, later timm or Hugging Face) builds a `ModelAdapter`;
+A model source (torchvision, timm, the user's factory, TorchScript, a Hugging Face folder, a plug-in's) is a
+`Source` record and builds a `ModelAdapter`;
 downstream code asks the adapter, never the source, for
 
 - the logits: `forward(x)` runs the model and `pick_logits(out)` unwraps an output that is not a tensor
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,6 +34,22 @@ Output = int | str | None  # `model.output`: an index (tuple/list) or a key (dic
 # the one statement of what a TorchScript model cannot do, and what to do instead
 TORCHSCRIPT_LIMITS = ("which a TorchScript model does not take. Load the model from Python "
                       "(`model.source: module`) or leave this out.")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A model source, `model.source: <name>`: one record in the module that builds its models (`SOURCE`), or in
+    a plug-in's (entry point group `reportgen.sources`). `options` is the dataclass of its own keys of `model`
+    (a `_validate(err)` method checks them together); the keys every source takes are in the config's
+    `ModelBase`. `load(cfg, base_dir)` gets the model config (the shared keys and the source's own) and the
+    config file's folder, and returns the adapter with the model as built, on the CPU; `load_model` does the
+    rest (checkpoint, eval mode, device)."""
+
+    name: str
+    options: type
+    load: Callable[[Any, Path | None], ModelAdapter]
+    order: int = 100  # where it is listed
+    note: str = ""  # one line for the docs
 
 
 def takes_hooks(model: nn.Module) -> bool:

@@ -9,16 +9,32 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..config import ModelConfig, Normalize, Preprocess
+from ..config.rules import setting, string_keys
+from ..config.values import Normalize, Preprocess
 from ..errors import ReportgenError
-from .adapter import ModelAdapter
+from .adapter import ModelAdapter, Source
 from .checkpoint import first_line
 
 INSTALL = "pip install 'reportgen[huggingface]'"
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL's codes, as preprocessor configs store them
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
+
+
+@dataclass(frozen=True)
+class HuggingfaceOptions:
+    path: Path | None = setting(None, kind="path")  # a local folder with config.json and the weights
+    kwargs: dict = setting(factory=dict, check=string_keys)  # keyword arguments of from_pretrained
+
+    def _validate(self, err) -> None:
+        if self.path is None:
+            err("path", "source `huggingface` needs `path:` to a local folder with config.json and the weights.")
 
 
 def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
@@ -85,3 +101,7 @@ def preprocess_from_folder(folder: Path) -> Preprocess | None:
         if pre.get("do_normalize", True) else None
     return Preprocess(resize=resize, center_crop=crop, normalize=normalize,
                       interpolation=RESAMPLE.get(pre.get("resample", 2), "bilinear"))
+
+
+SOURCE = Source(name="huggingface", options=HuggingfaceOptions, load=load, order=50,
+                note="a local Hugging Face folder (`pip install 'reportgen[huggingface]'`); never downloads")

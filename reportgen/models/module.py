@@ -6,14 +6,30 @@ from __future__ import annotations
 
 import importlib
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import nn
 
-from ..config import ModelConfig
+from ..config.rules import setting, string_keys
 from ..errors import ReportgenError, did_you_mean
-from .adapter import ModelAdapter
+from .adapter import ModelAdapter, Source
 from .checkpoint import first_line
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
+
+
+@dataclass(frozen=True)
+class ModuleOptions:
+    factory: str | None = setting(None, pattern=r"[A-Za-z_][\w.]*:[A-Za-z_]\w*",
+                                  pattern_text='"package.module:function"')  # your function that builds the model
+    kwargs: dict = setting(factory=dict, check=string_keys)  # keyword arguments of the factory
+
+    def _validate(self, err) -> None:
+        if not self.factory:
+            err("factory", 'source `module` needs `factory: "package.module:function"`.')
 
 
 def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
@@ -48,3 +64,7 @@ def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
         raise ReportgenError(f"`model.factory`: {cfg.factory} returned a {type(model).__name__}, not an nn.Module.")
     description = f"{cfg.factory}({', '.join(f'{k}={v!r}' for k, v in cfg.kwargs.items())})"
     return ModelAdapter(model=model, source="module", description=description)
+
+
+SOURCE = Source(name="module", options=ModuleOptions, load=load, order=30,
+                note="your own function `package.module:function` that returns the nn.Module")

@@ -9,12 +9,28 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..config import ModelConfig, Normalize, Preprocess
+from ..config.rules import setting, string_keys
+from ..config.values import Normalize, Preprocess
 from ..errors import ReportgenError, did_you_mean
-from .adapter import ModelAdapter
+from .adapter import ModelAdapter, Source
 from .checkpoint import first_line
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
+
+
+@dataclass(frozen=True)
+class TimmOptions:
+    name: str | None = None  # any of timm.list_models() (random weights; a checkpoint gives trained ones)
+    kwargs: dict = setting(factory=dict, check=string_keys)  # keyword arguments of timm.create_model
+
+    def _validate(self, err) -> None:
+        if not self.name:
+            err("name", "source `timm` needs a model name (like vit_tiny_patch16_224).")
 
 INSTALL = "pip install 'reportgen[timm]'"
 
@@ -31,9 +47,6 @@ def import_timm():
 def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
     """The timm model `cfg.name` built with `cfg.kwargs` (num_classes, img_size, ...), random weights."""
     timm = import_timm()
-    if cfg.weights is not None:
-        raise ReportgenError("`model.weights` names torchvision weights; a timm model takes its weights from "
-                             "`model.checkpoint` (a local .safetensors or state_dict file). reportgen never downloads.")
     names = timm.list_models()
     if cfg.name not in names:
         close = did_you_mean(cfg.name, names, n=3)
@@ -66,3 +79,7 @@ def preprocess_from_data_config(timm, model, input_size) -> Preprocess:
     return Preprocess(resize=resize, center_crop=(h, w),
                       normalize=Normalize(mean=tuple(data["mean"]), std=tuple(data["std"])),
                       interpolation=interpolation if interpolation in ("bilinear", "bicubic", "nearest") else "bilinear")
+
+
+SOURCE = Source(name="timm", options=TimmOptions, load=load, order=20,
+                note="a timm model by name (`pip install 'reportgen[timm]'`), weights from a checkpoint")

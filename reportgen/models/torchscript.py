@@ -6,13 +6,27 @@ hooks: what reads layer outputs cannot run (`ModelAdapter.hooks` is False; see `
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..config import ModelConfig
+from ..config.rules import setting
 from ..errors import ReportgenError
-from .adapter import ModelAdapter
+from .adapter import ModelAdapter, Source
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
+
+
+@dataclass(frozen=True)
+class TorchscriptOptions:
+    path: Path | None = setting(None, kind="path")  # the file `torch.jit.save` wrote
+
+    def _validate(self, err) -> None:
+        if self.path is None:
+            err("path", "source `torchscript` needs `path:` to the saved model.")
 
 
 def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
@@ -26,3 +40,7 @@ def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
     except Exception as exc:  # torch raises RuntimeError/ValueError for non-TorchScript files
         raise ReportgenError(f"`model.path`: {cfg.path} is not a TorchScript model ({type(exc).__name__}).") from None
     return ModelAdapter(model=model, source="torchscript", description=f"TorchScript {cfg.path.name}")
+
+
+SOURCE = Source(name="torchscript", options=TorchscriptOptions, load=load, order=40,
+                note="a TorchScript file (runs; its layers take no hooks)")

@@ -11,19 +11,37 @@ import importlib
 import sys
 import types
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from unittest import mock
 
 import torch
 from torch import nn
 
-from ..config import ModelConfig, Normalize, Preprocess
+from ..config.rules import setting, string_keys
+from ..config.values import Normalize, Preprocess
 from ..errors import ReportgenError, did_you_mean
-from .adapter import ModelAdapter
+from .adapter import ModelAdapter, Source
 from .checkpoint import first_line, torch_load
 
 
 _DYNAMO_UTILS = "torch._dynamo.utils"
+
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
+
+
+@dataclass(frozen=True)
+class TorchvisionOptions:
+    name: str | None = None  # any classification model of torchvision.models (resnet18, vit_b_16, ...)
+    weights: str | None = None  # e.g. IMAGENET1K_V1: only from the local torch cache, never downloaded
+    kwargs: dict = setting(factory=dict, check=string_keys)  # keyword arguments of the builder (num_classes, ...)
+
+    def _validate(self, err) -> None:
+        if not self.name:
+            err("name", "source `torchvision` needs a model name (like resnet18).")
 
 
 def import_models() -> types.ModuleType:
@@ -150,3 +168,7 @@ def torchvision_names() -> list[str]:
 def weights_cache_path(weights: object) -> Path:
     """Where torchvision would keep a weights file: <torch hub dir>/checkpoints/<file name of the URL>."""
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+
+
+SOURCE = Source(name="torchvision", options=TorchvisionOptions, load=load, order=10,
+                note="a torchvision model by name, weights from the local torch cache")

@@ -28,28 +28,43 @@ ended before it started; `needs_hooks`; `wants_input_grad` and `wants_relu_rules
                                                  the stage's entry in that image's images.jsonl record
                                                  (every image, not only the detail ones)
 
-The stages that run are the `analyses` keys present in the config, in the order of `AnalysesConfig`'s
-fields, moved after what they require.
+A stage is three files and nothing else names it: its module here (its options dataclass and its `SPEC`), its
+figure module `reportgen.figures.<name>` (`plot(result, ctx) -> section`) and its template
+`sections/<name>.html.jinja2`. The registry (`reportgen.registry.STAGES`) finds every module here with a
+`SPEC`, and plug-ins through the `reportgen.stages` entry points (a plug-in's record names its own figure module
+and template file); the config's `analyses` section is assembled from the records. When the registry loads, each
+record's figure module and template must exist: a missing one is an error naming it, before any work.
+
+The stages that run are the `analyses` keys present in the config, in report order (`Stage.order`), each
+moved after what it requires.
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib
+import importlib.util
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from ..config import AnalysesConfig, Config
 from ..context import Context, ImageInput, ModelInfo  # noqa: F401  (the stages' data model)
 from ..errors import ReportgenError
+from ..packaged import templates_dir
+from ..registry import STAGES
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str  # the YAML key under `analyses`, the module name, the section id
     title: str  # the report's section title
-    config: type  # the options' dataclass
+    options: type  # the dataclass of `analyses.<name>`
     run: Callable[[Context, Any], Any]
+    order: int = 100  # where its section stands in the report (built-ins: 10 summary ... 90 training)
+    figures: str = ""  # the module with `plot(result, ctx)`; default `reportgen.figures.<name>`
+    template: str = ""  # its section's template file; default `sections/<name>.html.jinja2` of reportgen's templates
     check: Callable[[ModelInfo, Any], None] | None = None
     reduce: Callable[[list], Any] | None = None  # batch results -> the result (None: `run` sees all images)
     select: Callable[[Any, list[int]], Any] | None = None  # a batch result kept for its detail images only
@@ -74,19 +89,39 @@ class Stage:
     # ReLU backward rules ("guided", "deconv") whose input gradients the engine's first pass also takes for it
     wants_relu_rules: Callable[[Any], tuple[str, ...]] = lambda cfg: ()
 
+    @property
+    def figures_module(self) -> str:
+        return self.figures or f"reportgen.figures.{self.name}"
+
+    @property
+    def template_path(self) -> Path:
+        return Path(self.template) if self.template else templates_dir() / "sections" / f"{self.name}.html.jinja2"
+
+    def check_files(self) -> None:
+        """Its figure module and its template exist (ReportgenError naming the missing one)."""
+        try:
+            found = importlib.util.find_spec(self.figures_module) is not None
+        except ImportError:
+            found = False
+        if not found:
+            raise ReportgenError(f"stage `{self.name}`: its figure module `{self.figures_module}` does not exist "
+                                 f"(every stage needs one with `plot(result, ctx)`).")
+        if not self.template_path.is_file():
+            raise ReportgenError(f"stage `{self.name}`: its template {self.template_path} does not exist.")
+
     def hooked(self, cfg: Any) -> tuple[str, ...] | bool:
         """What of this stage needs hooks with these options: True (all of it), method ids, or nothing."""
         return self.needs_hooks(cfg) if callable(self.needs_hooks) else self.needs_hooks
 
 
 def stage_names() -> tuple[str, ...]:
-    """Every stage, in report order (the fields of AnalysesConfig)."""
-    return tuple(f.name for f in fields(AnalysesConfig))
+    """Every stage, in report order."""
+    return STAGES.names()
 
 
 def spec(name: str) -> Stage:
-    """The record of stage `name` (its module's SPEC)."""
-    return importlib.import_module(f"reportgen.stages.{name}").SPEC
+    """The record of stage `name`."""
+    return STAGES.get(name)
 
 
 def planned(config: Config) -> list[Stage]:

@@ -20,16 +20,30 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..config import AttentionConfig
+from ..config.rules import known_colormap, setting
 from ..errors import ReportgenError
 from ..hooks import forward_hooks
 from ..layers import spatial_shape
 from . import Context, ModelInfo, Stage
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """A vision transformer's attention: per layer and head the class token's attention, attention rollout and
+    gradient-weighted rollout."""
+
+    head_fusion: Literal["mean", "max", "min"] = "mean"  # how rollout fuses each layer's heads
+    discard_ratio: float = setting(0.0, ge=0, lt=1)  # rollout: this fraction of each layer's lowest weights set to 0
+    gradient_rollout: bool = True  # also the gradient-weighted rollout (Chefer et al. 2021) for the top-1 class
+    alpha: float = setting(0.5, ge=0, le=1)  # heat-map weight in overlays
+    colormap: str = setting("jet", check=known_colormap)
+
 
 LOGIT_TOLERANCE = 1e-5  # max |explicit − build| / max |build| of the logits
 
@@ -238,5 +252,5 @@ def to_json(result: AttentionResult) -> dict:
             "notes": list(result.notes)}
 
 
-SPEC = Stage(name="attention", title="Attention", config=AttentionConfig, run=run, check=check, arrays=arrays,
+SPEC = Stage(name="attention", title="Attention", order=70, options=AttentionConfig, run=run, check=check, arrays=arrays,
              to_json=to_json, needs_hooks=True)

@@ -24,13 +24,26 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch import nn
 
-from ..config import CamConfig
+from ..config.rules import COUNT, known_colormap, setting
+from ..config.values import TargetSpec
 from ..errors import ReportgenError
 from ..hooks import get_layer
 from ..layers import AutoLayer, auto_cam_layer, map_view, spatial_shape
 from ..methods import REGISTRY
 from ..methods.cam import FUSED, compute_maps, not_applicable_notes, project_2d, scale_cams  # noqa: F401
 from . import Context, ModelInfo, Stage
+
+
+@dataclass(frozen=True)
+class CamConfig:
+    methods: tuple[str, ...] = setting(("gradcam",), methods="cam")
+    target_layers: tuple[str, ...] = ()  # default: last 4-D layer before global pooling
+    targets: TargetSpec = field(default_factory=TargetSpec)
+    batch_size: int = setting(32, **COUNT)  # masked forwards of scorecam / ablationcam
+    max_channels: int | None = setting(None, **COUNT)  # scorecam / ablationcam: mask only the most active channels
+    alpha: float = setting(0.5, ge=0, le=1)  # heat-map weight in overlays
+    colormap: str = setting("jet", check=known_colormap)
+    detail_images: int = setting(8, ge=0)  # images shown with every class, overlay and heat map
 
 
 @dataclass(frozen=True)
@@ -299,6 +312,6 @@ def first_pass(info: ModelInfo, cfg: CamConfig) -> tuple[tuple[str, ...], bool]:
 
 
 SPEC = Stage(
-    name="cam", title="Class activation maps", config=CamConfig, run=run, check=check, reduce=reduce, select=select,
+    name="cam", title="Class activation maps", order=50, options=CamConfig, run=run, check=check, reduce=reduce, select=select,
     arrays=arrays, to_json=to_json, needs_hooks=True, first_pass=first_pass,
 )

@@ -27,8 +27,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..config import DatasetConfig
+from ..config.rules import COUNT, setting
 from . import Context, Stage
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """The data set overview: accuracy, per-class scores, confusion and calibration (or, without ground truth,
+    what the model predicts)."""
+
+    bins: int = setting(15, ge=2)  # equal-width confidence bins over [0, 1] (reliability diagram, ECE)
+    top_confused: int = setting(20, **COUNT)  # most-confused pairs listed when the matrix is too big to draw
+    max_matrix_classes: int = setting(30, ge=2)  # the confusion matrix is drawn up to this many classes
+
 
 TOP_K = 5
 
@@ -312,5 +323,5 @@ def headline(result: DatasetResult) -> dict[str, float]:
     return out
 
 
-SPEC = Stage(name="dataset", title="Data set overview", config=DatasetConfig, run=run, reduce=reduce, totals=arrays,
+SPEC = Stage(name="dataset", title="Data set overview", order=20, options=DatasetConfig, run=run, reduce=reduce, totals=arrays,
              to_json=to_json, metrics=headline)

@@ -32,16 +32,18 @@ import dataclasses
 import functools
 import math
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..config import EvaluationConfig
+from ..config.rules import COUNT, SEED, clean, setting
 from ..engine import Engine
-from ..errors import ReportgenError
+from ..errors import ReportgenError, did_you_mean
 from ..methods import REGISTRY
 from ..methods.cam import compute_maps
 from ..methods.gradients import GradientJob, compute_ruled_pass, image_generator
@@ -50,6 +52,59 @@ from ..metrics.forward import inference_forward
 from . import Context, ImageInput, ModelInfo, Stage
 from .cam import CamResult
 from .gradients import BATCH_ELEMENTS, GradientsResult, make_baseline
+
+EVALUATION_METRICS = ("deletion", "insertion", "road", "confidence_change", "infidelity", "sensitivity", "sanity",
+                      "localisation")  # what `analyses.evaluation.metrics` may name (reportgen.stages.evaluation)
+
+
+@dataclass(frozen=True)
+class SubstratesConfig:
+    """What deletion replaces pixels with, and what insertion starts from (RISE: zeros, a blurred copy)."""
+
+    deletion: Literal["zero", "blur", "mean"] = "zero"
+    insertion: Literal["zero", "blur", "mean"] = "blur"
+
+
+@dataclass(frozen=True)
+class SanityConfig:
+    """Cascading parameter randomisation: `blocks` (top-level blocks, head first) or `modules` (every module with
+    `reset_parameters`, as Quantus's MPRT), seeded; on the first few detail images."""
+
+    blocks: Literal["blocks", "modules"] = "blocks"
+    seed: int | None = setting(None, **SEED)  # default: the config's seed
+    images: int = setting(4, **COUNT)  # at most this many detail images (those of the first detail image's batch)
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Scores of every map the cam and gradients stages computed: faithfulness, sanity and localisation."""
+
+    metrics: tuple[str, ...] | None = None  # null: all (localisation where boxes or masks exist); case, `-` forgiven
+    images: int = setting(64, **COUNT)  # a seeded subset of all images scored (the detail images always in)
+    batch_size: int = setting(64, **COUNT)  # perturbed inputs per forward
+    step: int | None = setting(None, **COUNT)  # deletion/insertion pixels per step; null: 224 at 224², by area
+    substrates: SubstratesConfig = field(default_factory=SubstratesConfig)
+    percentiles: tuple[float, ...] = setting((20.0, 40.0, 60.0, 80.0), gt=0, lt=100)  # ROAD
+    infidelity_sd: float = setting(0.1, gt=0)  # infidelity's Gaussian noise, normalised input units
+    tolerance: float = setting(0.0, ge=0)  # pointing game: pixels around the box that still count (15: the paper's)
+    sanity: SanityConfig = field(default_factory=SanityConfig)
+
+    def _validate(self, err: Callable[[str, str], None]) -> EvaluationConfig:
+        if not self.percentiles:
+            err("percentiles", "needs at least one percentile (ROAD's default: [20, 40, 60, 80]).")
+        if self.metrics is None:
+            return self
+        if not self.metrics:
+            err("metrics", f"needs at least one metric (or null for all): {', '.join(EVALUATION_METRICS)}.")
+        names = []
+        for name in self.metrics:
+            key = re.sub(r"[\s-]+", "_", name.strip().lower())
+            if key not in EVALUATION_METRICS:
+                err("metrics", f"unknown metric `{clean(name)}`.{did_you_mean(key, EVALUATION_METRICS)} Metrics: "
+                               f"{', '.join(EVALUATION_METRICS)}.")
+            names.append(key)
+        return dataclasses.replace(self, metrics=tuple(dict.fromkeys(names)))
+
 
 Row = tuple[str, str]  # (method, layer): a CAM at a target layer (or `fused`); a gradient method at ""
 BOTH, GRADIENTS = ("cam", "gradients"), ("gradients",)
@@ -734,7 +789,7 @@ def headline(result: EvaluationResult) -> dict[str, float]:
 
 
 SPEC = Stage(
-    name="evaluation", title="Which map to believe", config=EvaluationConfig, run=run, check=check, reduce=reduce,
+    name="evaluation", title="Which map to believe", order=80, options=EvaluationConfig, run=run, check=check, reduce=reduce,
     totals=totals, to_json=to_json, records=records, requires_any=("cam", "gradients"),
     metrics=headline,
     needs_hooks=lambda cfg: ("the sanity check",) if "sanity" in wanted(cfg) else (),

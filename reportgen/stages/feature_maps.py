@@ -19,19 +19,30 @@ spatial mean (mean) or spatial max (max), the same channels for every image so g
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 
-from ..config import FeatureMapsConfig, LayerPattern
+from ..config.rules import COUNT, setting
+from ..config.values import LayerPattern
 from ..errors import ReportgenError
 from ..hooks import capture_outputs, cpu_copy
 from ..layers import depth_of, is_spatial_map, map_view, select_layers, spatial_shape
 from ..ops import batches
 from . import Context, ModelInfo, Stage
+
+
+@dataclass(frozen=True)
+class FeatureMapsConfig:
+    layers: tuple[str | LayerPattern, ...] = ()  # default: the top-level blocks
+    max_channels: int = setting(32, **COUNT)
+    order: Literal["index", "mean", "max"] = "index"
+    scale: Literal["channel", "shared"] = "channel"
+
 
 MAX_DEFAULT_LAYERS = 8
 TOP_CHANNELS = 3  # most active channels listed per image
@@ -297,5 +308,5 @@ def reduce(results: list[FeatureMapsResult]) -> FeatureMapsResult:
                                notes=tuple(dict.fromkeys(note for r in results for note in r.notes)))
 
 
-SPEC = Stage(name="feature_maps", title="Feature maps", config=FeatureMapsConfig, run=run, check=check, reduce=reduce,
+SPEC = Stage(name="feature_maps", title="Feature maps", order=40, options=FeatureMapsConfig, run=run, check=check, reduce=reduce,
              select=select, observes=lambda info, cfg: listed_layers(info, cfg)[0], arrays=arrays, to_json=to_json, records=records, needs_hooks=True)

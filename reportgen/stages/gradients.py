@@ -10,17 +10,19 @@ f(baseline))| / |f(x) − f(baseline)| per image).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..config import GradientsConfig
+from ..config.rules import COUNT, known_colormap, setting
+from ..config.values import TargetSpec
 from ..errors import ReportgenError, did_you_mean
 from ..layers import auto_cam_layer, map_view, spatial_shape
 from ..methods import REGISTRY
@@ -28,6 +30,23 @@ from ..methods.gradients import GradientJob, RuledPass, compute_ruled_pass, imag
 from ..ops import gaussian_blur
 from . import Context, ModelInfo, Stage
 from .cam import CamResult
+
+
+@dataclass(frozen=True)
+class GradientsConfig:
+    methods: tuple[str, ...] = setting(("saliency",), methods="gradients")
+    targets: TargetSpec = field(default_factory=TargetSpec)
+    steps: int = setting(50, **COUNT)  # integrated gradients
+    baseline: Literal["zero", "blur", "uniform"] | Path = setting("zero", kind="path")  # or a .npy (C, H, W)
+    internal_batch_size: int | None = setting(None, **COUNT)  # inputs per forward (ig, smoothgrad)
+    samples: int = setting(25, **COUNT)  # smoothgrad
+    stdev: float = setting(0.15, ge=0)  # smoothgrad noise, fraction of the input range
+    cam_layer: str | None = None  # guided_gradcam; default: the cam stage's layer or the auto-picked one
+    sign: Literal["absolute_value", "positive", "all"] = "absolute_value"
+    outlier_perc: float = setting(2.0, ge=0, lt=100)
+    alpha: float = setting(0.5, ge=0, le=1)
+    colormap: str | None = setting(None, check=known_colormap)  # default: by sign
+
 
 BASELINES = ("zero", "blur", "uniform")
 BLUR_SIGMA = 0.05  # `blur` baseline: gaussian sigma = 5% of the shorter image side (11.2 px at 224x224)
@@ -359,7 +378,7 @@ def select(result: GradientsResult, rows: list[int]) -> GradientsResult:
 
 
 SPEC = Stage(
-    name="gradients", title="Gradient saliency", config=GradientsConfig, run=run, check=check, reduce=reduce,
+    name="gradients", title="Gradient saliency", order=60, options=GradientsConfig, run=run, check=check, reduce=reduce,
     select=select, records=records,
     arrays=arrays, to_json=to_json,
     needs_hooks=lambda cfg: tuple(m for m in cfg.methods if REGISTRY[m].hooks),

@@ -27,13 +27,40 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import KernelsConfig, Normalize, OptimizeConfig
+from ..config.rules import COUNT, SEED, setting
+from ..config.values import LayerPattern, Normalize
 from ..errors import ReportgenError
 from ..hooks import capture_outputs, forward_until, get_layer
 from ..layers import first_conv, is_conv, select_layers
 from ..ops import gaussian_blur
 from ..progress import track
 from . import Context, ModelInfo, Stage
+
+
+@dataclass(frozen=True)
+class OptimizeConfig:
+    """Activation maximisation (filter visualisation) by gradient ascent on the input."""
+
+    layers: tuple[str | LayerPattern, ...] = ()  # default: the kernels stage's layers
+    filters: tuple[int, ...] = setting(tuple(range(16)), ge=0)
+    steps: int = setting(64, **COUNT)
+    lr: float = setting(0.1, gt=0)
+    jitter: int = setting(4, ge=0)
+    blur: float = setting(0.5, ge=0)  # gaussian sigma in pixels applied every `blur_every` steps; 0 = off
+    blur_every: int = setting(8, **COUNT)
+    tv: float = setting(0.0, ge=0)  # total-variation weight
+    weight_decay: float = setting(1e-4, ge=0)
+    size: int | None = setting(None, ge=8, le=16384)  # input side; default: model input size
+    seed: int | None = setting(None, **SEED)  # default: the config's seed
+
+
+@dataclass(frozen=True)
+class KernelsConfig:
+    layers: tuple[str | LayerPattern, ...] = ()  # default: the first conv layer
+    max_filters: int = setting(64, **COUNT)
+    max_channels: int = setting(8, **COUNT)
+    optimize: OptimizeConfig | None = None
+
 
 DEAD_FRACTION = 0.01  # a filter whose L2 norm is below 1 % of the layer's median norm is "dead"
 EXPLODING_FACTOR = 10.0  # ... above 10 x the median norm is "exploding"
@@ -370,5 +397,5 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
     return dh + dw
 
 
-SPEC = Stage(name="kernels", title="Convolution kernels", config=KernelsConfig, run=run, check=check, arrays=arrays,
+SPEC = Stage(name="kernels", title="Convolution kernels", order=30, options=KernelsConfig, run=run, check=check, arrays=arrays,
              to_json=to_json, needs_hooks=lambda cfg: ("optimize",) if cfg.optimize is not None else ())

@@ -5,8 +5,13 @@ from __future__ import annotations
 import contextlib
 from dataclasses import asdict, dataclass
 
-from ..config import SummaryConfig
+from ..config.rules import COUNT, setting
 from . import Context, ModelInfo, Stage
+
+
+@dataclass(frozen=True)
+class SummaryConfig:
+    depth: int = setting(3, **COUNT)
 
 
 @dataclass(frozen=True)
@@ -206,5 +211,5 @@ def headline(result: SummaryResult) -> dict[str, float]:
             "mult_adds": float(t.total_mult_adds)}
 
 
-SPEC = Stage(name="summary", title="Model summary", config=SummaryConfig, run=run, check=check,
+SPEC = Stage(name="summary", title="Model summary", order=10, options=SummaryConfig, run=run, check=check,
              to_json=to_json, metrics=headline)

@@ -21,10 +21,18 @@ from fnmatch import fnmatchcase
 
 import numpy as np
 
-from ..config import TrainingConfig
+from ..config.rules import setting
 from ..errors import ReportgenError, StageSkipped, did_you_mean
 from ..logs import Points, find_log_files, listing, load_runs, plural
 from . import Stage
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    logs: tuple[str, ...] = setting((), kind="patterns")  # absolute file, folder or glob patterns
+    tags: tuple[str, ...] = ()  # default: every tag
+    smoothing: float = setting(0.6, ge=0, lt=1)
+
 
 # TensorBoard's distributions view: values at these basis points (1/100 of a percent) of each histogram
 BASIS_POINTS = (0, 668, 1587, 3085, 5000, 6915, 8413, 9332, 10000)
@@ -248,5 +256,5 @@ def _make_series(run: str, tag: str, points: Points, axis: str, weight: float) -
                   wall_times=np.asarray(points.wall_times, dtype=np.float64)[order], axis=axis)
 
 
-SPEC = Stage(name="training", title="Training curves", config=TrainingConfig, run=run, check=check, arrays=arrays,
+SPEC = Stage(name="training", title="Training curves", order=90, options=TrainingConfig, run=run, check=check, arrays=arrays,
              to_json=to_json)

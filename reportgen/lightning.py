@@ -1,6 +1,6 @@
 """`ReportCallback`: a report of the live model after validation, attached to the trainer's loggers.
 
-    from reportgen.integrations.lightning import ReportCallback
+    from reportgen.lightning import ReportCallback
 
     trainer = Trainer(logger=MLFlowLogger(...), callbacks=[ReportCallback("report.yaml", every_n_epochs=5)])
 
@@ -15,9 +15,10 @@ import dataclasses
 import numpy as np
 import torch
 
-from ..api import build, resolve_config
-from ..errors import ReportgenError
-from . import TRACKERS, attach, require
+from .api import build, resolve_config
+from .errors import ReportgenError
+from .integrations import attach, require
+from .registry import TRACKERS
 
 try:
     from lightning.pytorch import Callback
@@ -25,7 +26,7 @@ except ImportError:
     try:
         from pytorch_lightning import Callback
     except ImportError:
-        raise ImportError("reportgen.integrations.lightning needs Lightning: pip install 'reportgen[lightning]'") \
+        raise ImportError("reportgen.lightning needs Lightning: pip install 'reportgen[lightning]'") \
             from None
 
 LOGGERS = {"MLFlowLogger": "mlflow", "WandbLogger": "wandb", "TensorBoardLogger": "tensorboard"}  # class -> tracker
@@ -77,7 +78,7 @@ class ReportCallback(Callback):
         with torch.inference_mode(False), torch.enable_grad(), _random_state_kept():
             report = build(config, model=pl_module, **self.build_kwargs)
             for name, target in targets.items():
-                options = getattr(output.attach, name) or TRACKERS[name].options()
+                options = getattr(output.attach, name) or TRACKERS.get(name).options()
                 if name == "mlflow":
                     path = "/".join(p for p in (options.artifact_path, f"epoch-{epoch}") if p)
                     options = dataclasses.replace(options, artifact_path=path)

@@ -1,0 +1,196 @@
+"""The parts of the schema the registries give (`reportgen.registry`):
+
+- `model`: the keys every model source shares (`ModelBase`) plus each source's own options (its record's
+  dataclass). A key of another source is refused when set to anything but its default, and warned about when
+  set to its default;
+- `analyses`: one key per stage, holding the stage record's options;
+- `output.attach`: one key per tracker, holding the tracker record's options.
+
+Built on first use and again whenever a registry changes (a plug-in, or a record registered at run time). The
+classes are also reachable as `reportgen.config.ModelConfig`, `AnalysesConfig`, `AttachConfig`, and every
+options class by its name (`reportgen.config.CamConfig`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, Literal
+
+from .. import registry
+from ..errors import did_you_mean
+from . import schema
+from .rules import clean, setting, yaml_fields
+
+if TYPE_CHECKING:
+    from .convert import Ctx
+
+
+def _known_source(name: str) -> str | None:
+    if name in registry.SOURCES:
+        return None
+    names = registry.SOURCES.names()
+    return f"`{clean(name)}` is not a model source.{did_you_mean(name, names)} Sources: {', '.join(names)}."
+
+
+@dataclass(frozen=True)
+class ModelBase:
+    """The keys of `model` that every source takes; each source adds its own (see `SOURCES`)."""
+
+    source: str = setting("torchvision", check=_known_source)  # where the model comes from: a model source's name
+    checkpoint: Path | None = setting(None, kind="path")  # a .safetensors or state_dict file loaded into the model
+    trust_checkpoint: bool = False  # allow a pickled checkpoint's own classes (runs its code: only your own files)
+    input_size: tuple[int, ...] = setting((3, 224, 224), ge=1, le=16384, lengths=(3,),
+                                          shape="[channels, height, width]")
+    labels: str | None = setting("imagenet", kind="path_text", keep=("imagenet",))  # "imagenet", a path, None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    output: int | str | None = None  # which element of a tuple / dict output holds the logits; None: the output
+
+    @property
+    def options(self) -> Any:
+        """The chosen source's options, as its record's dataclass."""
+        record = registry.SOURCES.get(self.source, key="model.source")
+        return record.options(**{f.name: getattr(self, f.name) for f in dataclasses.fields(record.options)})
+
+    def _validate(self, err, given: frozenset[str] = frozenset(), warn=None) -> None:
+        if self.source == "python":  # the model given in Python replaces the one the other keys describe
+            return
+        record = registry.SOURCES.get(self.source, key="model.source")
+        own = [f.name for f in dataclasses.fields(record.options)]
+        common = [f.name for f in dataclasses.fields(ModelBase)]
+        keys = f"its keys: {', '.join(own)}; every source's: {', '.join(common)}" if own else \
+            f"it takes only the keys every source takes: {', '.join(common)}"
+        for f in dataclasses.fields(self):
+            if f.name in own or f.name in common:
+                continue
+            if getattr(self, f.name) != _default(f):
+                err(f.name, f"does not apply to source `{self.source}` ({keys}).")
+            elif f.name in given and warn is not None:
+                warn(f.name, f"does not apply to source `{self.source}` and is ignored ({keys}).")
+        options = self.options
+        check = getattr(options, "_validate", None)
+        if check is not None:
+            check(err)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+class _Stages:
+    """`analyses`: one key per stage record; a key present runs that stage."""
+
+    def enabled(self) -> list[str]:
+        """The stages that run, in report order."""
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+
+
+class _Attachments:
+    """`output.attach`: the trackers the written report is attached to. One key per tracker record, holding its
+    options (null: not attached); a list of names is shorthand for each one's defaults: `attach: [mlflow, wandb]`."""
+
+    @classmethod
+    def _from_yaml(cls, value: Any, path: tuple, ctx: Ctx) -> Any:
+        names = list(yaml_fields(cls))
+        if value is None:
+            return {}
+        if isinstance(value, dict):
+            return value
+        if not isinstance(value, (list, str)):
+            raise ctx.error(path, f"expected a list of trackers ({', '.join(names)}) or a mapping of tracker to "
+                                  f"options, got {value!r}.")
+        value = [value] if isinstance(value, str) else value
+        for i, name in enumerate(value):
+            if not isinstance(name, str) or name not in names:
+                raise ctx.error(path + (i,), f"unknown tracker `{clean(name)}`.{did_you_mean(str(name), names)} "
+                                             f"Trackers: {', '.join(names)}.")
+        return dict.fromkeys(value)  # null: the tracker's default options
+
+    def items(self) -> list[tuple[str, Any]]:
+        """(name, options) of the trackers attached to, in registry order."""
+        return [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+
+    def __bool__(self) -> bool:
+        return bool(self.items())
+
+
+def _copy(f: dataclasses.Field, tp: Any) -> tuple[str, Any, dataclasses.Field]:
+    """A field of another dataclass, for a new one: same type, default and rules."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.name, tp, field(default_factory=f.default_factory, metadata=f.metadata)
+    return f.name, tp, field(default=f.default, metadata=f.metadata)
+
+
+def _model_class() -> type:
+    fields: dict[str, tuple] = {}
+    owners: dict[str, str] = {}
+    common = {f.name for f in dataclasses.fields(ModelBase)}
+    for record in registry.SOURCES:
+        hints = typing.get_type_hints(record.options)
+        for f in dataclasses.fields(record.options):
+            if f.name in common:
+                raise TypeError(f"model source `{record.name}`: `{f.name}` is a key every source has already")
+            if f.name in fields:
+                if hints[f.name] != fields[f.name][1] or _default(f) != _default(fields[f.name][2]):
+                    raise TypeError(f"model sources `{owners[f.name]}` and `{record.name}` give `model.{f.name}` "
+                                    "different types or defaults")
+                continue
+            fields[f.name], owners[f.name] = _copy(f, hints[f.name]), record.name
+    return dataclasses.make_dataclass("ModelConfig", list(fields.values()), bases=(ModelBase,), frozen=True)
+
+
+def _keyed(name: str, base: type, records) -> type:
+    """A dataclass with one optional key per record (its options; null or absent: off)."""
+    return dataclasses.make_dataclass(
+        name, [(r.name, r.options | None, setting(None, null_means_default=True)) for r in records],
+        bases=(base,), frozen=True)
+
+
+_built: dict[str, Any] = {}
+_building = False
+
+
+def classes() -> SimpleNamespace:
+    """ModelConfig, AnalysesConfig and AttachConfig as the registries are now."""
+    global _building
+    if _building:
+        raise RuntimeError("the config schema was asked for while it is being built: a module that defines a "
+                           "record imports a class of the schema at import time (import it where it is used)")
+    _building = True
+    try:
+        for table in (registry.METHODS, registry.STAGES, registry.SOURCES, registry.TRACKERS):
+            table.records()  # loaded (plug-ins included) before the version is read
+        version = registry.version()
+        if _built.get("version") != version:
+            built = SimpleNamespace(ModelConfig=_model_class(),
+                                    AnalysesConfig=_keyed("AnalysesConfig", _Stages, registry.STAGES),
+                                    AttachConfig=_keyed("AttachConfig", _Attachments, registry.TRACKERS))
+            for name, cls in vars(built).items():
+                cls.__module__ = schema.__name__
+                setattr(schema, name, cls)  # what the annotations of Config and OutputConfig name
+            _built.update(version=version, classes=built)
+        return _built["classes"]
+    finally:
+        _building = False
+
+
+def options_class(name: str) -> type | None:
+    """The options dataclass called `name` of any record (nested ones included: `OptimizeConfig`), or None."""
+    built = classes()
+    if hasattr(built, name):
+        return getattr(built, name)
+    seen: set[type] = set()
+    todo = [r.options for table in (registry.STAGES, registry.SOURCES, registry.TRACKERS, registry.METHODS)
+            for r in table if getattr(r, "options", None) is not None]
+    while todo:
+        cls = todo.pop()
+        if cls in seen or not dataclasses.is_dataclass(cls):
+            continue
+        seen.add(cls)
+        if cls.__name__ == name:
+            return cls
+        for tp in typing.get_type_hints(cls).values():
+            todo.extend(a for a in (typing.get_args(tp) or (tp,)) if isinstance(a, type))
+    return None
