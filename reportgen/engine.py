@@ -198,7 +198,7 @@ def _same(tensor: torch.Tensor, others: Sequence[torch.Tensor]) -> bool:
 def forward_activations(
     model: nn.Module, batch: torch.Tensor, layers: Sequence[str],
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[str, ...]]:
     """One forward without autograd: (logits (N, K), layer -> output (N, C, h, w) detached, the layers whose
     output an in-place op changed after the layer returned)."""
     versions: dict[str, int] = {}

@@ -116,6 +116,16 @@ class Registry:
             raise KeyError(name)
         return record
 
+    def __setitem__(self, name: str, record: Any) -> None:
+        """`registry[name] = record`: register it (its name must be `name`); with `del`, what pytest's
+        `monkeypatch.setitem` needs to swap a record for a test and put the old one back."""
+        if self._name(record) != name:
+            raise ValueError(f"the {self.kind} record {self._name(record)!r} registered as {name!r}")
+        self.register(record)
+
+    def __delitem__(self, name: str) -> None:
+        self.unregister(name)
+
     def find(self, name: str) -> Any | None:
         self._load()
         return self._records.get(name)

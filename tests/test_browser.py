@@ -21,6 +21,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from reportgen.registry import STAGES
 from reportgen.cli import main
 from tests.conftest import make_image
 
@@ -557,7 +558,7 @@ def test_a_failed_stage_and_hostile_names_render_as_text_and_run_no_script(drive
     def boom(ctx, cfg):
         raise RuntimeError(f"cannot read {HOSTILE}")
 
-    monkeypatch.setattr(training, "SPEC", dataclasses.replace(training.SPEC, run=boom))
+    monkeypatch.setitem(STAGES, "training", dataclasses.replace(training.SPEC, run=boom))
     (project.root / "hostilenet.py").write_text(HOSTILE_NET)
     make_image(project.root / "images" / f"{HOSTILE}.png", seed=3)
     (project.root / "labels.txt").write_text(f"cat\n{HOSTILE}\ndog\n")

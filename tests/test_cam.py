@@ -36,7 +36,8 @@ REFERENCE = {
     "hirescam": pgc.HiResCAM, "eigencam": pgc.EigenCAM, "eigengradcam": pgc.EigenGradCAM,
     "scorecam": pgc.ScoreCAM, "ablationcam": pgc.AblationCAM,
 }
-GRADIENT_METHODS = tuple(m for m in methods.ids("cam") if "gradients" in methods.get(m).needs)  # the six
+# the six gradient CAMs with a pytorch-grad-cam class (a method registered later has no reference here)
+GRADIENT_METHODS = tuple(m for m in REFERENCE if "gradients" in methods.get(m).needs)
 EIGEN = ("eigencam", "eigengradcam")
 ROOT = Path(__file__).resolve().parents[1]
 

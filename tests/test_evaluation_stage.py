@@ -14,6 +14,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from reportgen.registry import STAGES
 from reportgen.cli import main
 from reportgen.config import EvaluationConfig, SanityConfig
 from reportgen.methods.gradients import image_generator
@@ -192,7 +193,7 @@ def test_when_cam_fails_the_gradients_maps_are_scored_unless_it_had_started(proj
         return run(ctx, cfg)
 
     run = cam.SPEC.run
-    monkeypatch.setattr(cam, "SPEC", dataclasses.replace(cam.SPEC, run=breaks))
+    monkeypatch.setitem(STAGES, "cam", dataclasses.replace(cam.SPEC, run=breaks))
     config = boxed_project(project)
     config["analyses"]["evaluation"] = {"metrics": ["deletion"], "step": 64}
     done = build(project, config)

@@ -111,6 +111,6 @@ def test_the_method_records_are_read_without_torch():
     import sys
 
     code = ("import sys; import reportgen.methods as m; import reportgen.config; "
-            "print(len(m.ids('cam')), len(m.ids('gradients')), 'torch' in sys.modules)")
+            "print('gradcam' in m.ids('cam'), 'saliency' in m.ids('gradients'), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["10", "7", "False"]
+    assert out == ["True", "True", "False"]

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 PLUGIN = Path(__file__).resolve().parent / "plugin"
@@ -78,3 +79,21 @@ def test_validate_suggests_the_plugins_names(project):
 def test_without_the_plugin_its_names_are_unknown(project):
     done = reportgen("validate", str(project.write(plugin_config(project))), cwd=project.root, plugin=False)
     assert done.returncode == 2 and "`tinyplug` is not a model source" in done.stderr, done.stderr
+
+
+@pytest.mark.slow
+def test_the_schema_cam_parity_and_extending_tests_pass_with_a_plugin_installed(tmp_path):
+    """Tests that survive extension: with the plug-in's method (a gradient CAM), stage and source registered, the
+    schema, CAM-parity and extending test modules still pass (none counts records or looks a reference up by a
+    registry id)."""
+    root = Path(__file__).resolve().parents[1]
+    modules = ["tests/test_config_schema.py", "tests/test_cam.py", "tests/test_extending.py", "tests/test_plugins.py"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PLUGIN), str(root)]))
+    check = subprocess.run([sys.executable, "-c", "from reportgen.registry import METHODS, STAGES, SOURCES; "
+                            "print('abscam' in METHODS, 'pixel_stats' in STAGES, 'tinyplug' in SOURCES)"],
+                           cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert check.stdout.split() == ["True", "True", "True"], check.stderr
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *modules,
+                           "-k", "not with_a_plugin_installed"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]

@@ -4,6 +4,7 @@ import dataclasses
 import pytest
 from click.testing import CliRunner
 
+from reportgen.registry import STAGES
 from reportgen import progress
 from reportgen.cli import main
 
@@ -59,7 +60,7 @@ def _stage_sees_progress(monkeypatch):
             pass
         return real(ctx, cfg)
 
-    monkeypatch.setattr(summary, "SPEC", dataclasses.replace(summary.SPEC, run=run))
+    monkeypatch.setitem(STAGES, "summary", dataclasses.replace(summary.SPEC, run=run))
     return states
 
 

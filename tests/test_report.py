@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from reportgen.registry import STAGES
 from reportgen import write
 from reportgen.cli import main
 
@@ -34,7 +35,7 @@ def test_a_failing_stage_is_reported_and_exits_1(project, monkeypatch):
     def boom(ctx, cfg):
         raise RuntimeError("the <b>summary</b> exploded")
 
-    monkeypatch.setattr(summary, "SPEC", dataclasses.replace(summary.SPEC, run=boom))
+    monkeypatch.setitem(STAGES, "summary", dataclasses.replace(summary.SPEC, run=boom))
     result = CliRunner().invoke(main, ["build", str(project.write())])
     assert result.exit_code == 1
     assert "stages failed: summary" in result.stderr

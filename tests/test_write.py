@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from reportgen.registry import STAGES
 from reportgen import write
 from reportgen.cli import main
 from reportgen.errors import ReportgenError
@@ -214,7 +215,7 @@ def test_ctrl_c_during_a_build_exits_130_and_keeps_the_previous_report(project, 
     if where == "pipeline":
         monkeypatch.setattr(reportgen.pipeline, "build", _interrupt)
     elif where == "stage":
-        monkeypatch.setattr(reportgen.stages.summary, "SPEC",
+        monkeypatch.setitem(STAGES, "summary",
                             dataclasses.replace(reportgen.stages.summary.SPEC, run=_interrupt))
     else:
         _fail_on_call(monkeypatch, os, "replace", 2, KeyboardInterrupt())

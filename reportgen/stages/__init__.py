@@ -18,7 +18,7 @@ ended before it started; `needs_hooks`; `wants_input_grad` and `wants_relu_rules
                                                  images `rows` (positions in the batch) that the report shows
                                                  in detail, with what `reduce` needs of all images (sums,
                                                  counts); without it the whole batch result is kept
-    arrays(result) -> dict[str, np.ndarray]      the `arrays.npz` entries (keys as in DESIGN.md), float32;
+    arrays(result) -> dict[str, np.ndarray]      the `arrays.npz` entries (`<stage>/<method>/...` keys), float32;
                                                  for a streamed stage, those of one batch's images
     totals(result) -> dict[str, np.ndarray]      optional, streamed stages: entries of the reduced result
                                                  (all images), written once

@@ -6,7 +6,7 @@ import contextlib
 from dataclasses import asdict, dataclass
 
 from ..config.rules import COUNT, setting
-from . import Context, ModelInfo, Stage
+from . import Context, Stage
 
 
 @dataclass(frozen=True)
@@ -49,10 +49,6 @@ class SummaryResult:
     totals: SummaryTotals
     flops: int | None = None  # FLOPs of one forward at input_shape (FlopCounterMode), None when it could not count
     flops_note: str = ""  # how the FLOP total differs from torchinfo's mult-adds
-
-
-def check(info: ModelInfo, cfg: SummaryConfig) -> None:
-    pass  # nothing beyond the config's own checks
 
 
 def run(ctx: Context, cfg: SummaryConfig) -> SummaryResult:
@@ -211,5 +207,5 @@ def headline(result: SummaryResult) -> dict[str, float]:
             "mult_adds": float(t.total_mult_adds)}
 
 
-SPEC = Stage(name="summary", title="Model summary", order=10, options=SummaryConfig, run=run, check=check,
+SPEC = Stage(name="summary", title="Model summary", order=10, options=SummaryConfig, run=run,
              to_json=to_json, metrics=headline)

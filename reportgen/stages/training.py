@@ -144,11 +144,6 @@ def run(ctx, cfg: TrainingConfig) -> TrainingResult:
                           histogram_tags=tuple(histogram_tags), smoothing=cfg.smoothing, warnings=tuple(warnings))
 
 
-def arrays(result: TrainingResult) -> dict[str, np.ndarray]:
-    """DESIGN.md's arrays.npz has no training keys: the numbers are in the logs themselves."""
-    return {}
-
-
 def to_json(result: TrainingResult) -> list[dict]:
     """report.json `training`: one entry per run and tag: run, tag, points, first, last, min, max."""
     entries = []
@@ -256,5 +251,6 @@ def _make_series(run: str, tag: str, points: Points, axis: str, weight: float) -
                   wall_times=np.asarray(points.wall_times, dtype=np.float64)[order], axis=axis)
 
 
-SPEC = Stage(name="training", title="Training curves", order=90, options=TrainingConfig, run=run, check=check, arrays=arrays,
+# no arrays.npz entries: the numbers are in the logs themselves
+SPEC = Stage(name="training", title="Training curves", order=90, options=TrainingConfig, run=run, check=check,
              to_json=to_json)
