@@ -1,5 +1,5 @@
 """The documentation follows the code: docs/config.md is the schema's page, docs/config-example.yaml validates and
-lists every key."""
+lists every key, and the README's and pages' links lead to files that exist."""
 import dataclasses
 import re
 from pathlib import Path
@@ -100,3 +100,24 @@ def test_the_example_validates_and_shows_defaults_unless_it_says_e_g():
     result = CliRunner().invoke(main, ["validate", str(EXAMPLE)])
     assert result.exit_code == 0, result.output
     assert "stages: summary, dataset, kernels, feature_maps, cam, gradients, evaluation, training." in result.output
+
+
+def test_links_between_the_readme_and_the_pages_lead_to_files():
+    pages = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
+    assert {p.name for p in pages} >= {"README.md", "config.md", "methods.md", "evaluation.md", "transformers.md",
+                                       "datasets.md", "trackers.md", "extending.md"}
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for name in ("config.md", "methods.md", "evaluation.md", "transformers.md", "datasets.md", "trackers.md",
+                 "extending.md", "config-example.yaml"):
+        assert f"(docs/{name})" in readme, f"the README does not link docs/{name}"
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
+            if not target.startswith(("http://", "https://")):
+                assert (page.parent / target).exists(), f"{page.name} links {target}, which does not exist"
+
+
+def test_the_readme_config_parses_and_runs_the_stages_it_names():
+    block = re.search(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S).group(1)
+    config = parse_config(block, base_dir=ROOT, origin="README.md")
+    assert config.analyses.enabled() == ["summary", "feature_maps", "cam", "gradients"]
+    assert config.analyses.cam.methods == ("gradcam", "layercam", "scorecam")
