@@ -68,6 +68,12 @@ def test_the_example_lists_every_key_of_the_schema():
                if path not in written and not any(not isinstance(written.get(path[:i]), (dict, type(None)))
                                                   for i in range(1, len(path)))]
     assert not missing, f"docs/config-example.yaml lacks {missing}"
+    # the commented-out sections are valid as written (the model keys of other sources aside)
+    text = EXAMPLE.read_text(encoding="utf-8")
+    data = yaml.safe_load(commented_keys_uncommented(text)) | {"model": yaml.safe_load(text)["model"]}
+    config = parse_config(yaml.safe_dump(data), base_dir=DOCS, origin=EXAMPLE.name)
+    assert config.analyses.attention is not None and config.inputs.sample.per_class == 10
+    assert [name for name, _ in config.output.attach.items()] == ["mlflow", "wandb", "clearml", "tensorboard"]
     known = {path[:i] for path in leaf_keys() for i in range(1, len(path) + 1)}
     assert not [path for path in written if path not in known and path[:-1] in known and path[:-1] not in (
         ("model", "kwargs"),)], "docs/config-example.yaml has keys the schema does not"
