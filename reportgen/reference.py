@@ -59,12 +59,12 @@ def _source_comments(cls: type) -> dict[str, str]:
     {} when the class has no source."""
     try:
         source = textwrap.dedent(inspect.getsource(cls))
-    except (OSError, TypeError):
+        tree = ast.parse(source).body[0]
+        comments = {tok.start[0]: tok.string.lstrip("#").strip()
+                    for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+    except (OSError, TypeError, SyntaxError, tokenize.TokenError):  # no source, or none that parses alone
         return {}
-    comments = {tok.start[0]: tok.string.lstrip("#").strip()
-                for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
     lines = source.splitlines()
-    tree = ast.parse(source).body[0]
     out = {}
     for node in getattr(tree, "body", []):
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
@@ -186,7 +186,7 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _table(cls: type, path: str, anchors: dict[type, str]) -> list[str]:
+def _table(cls: type, anchors: dict[type, str]) -> list[str]:
     hints = _hints(cls)
     rows = ["| key | type | default | accepts | description |", "|---|---|---|---|---|"]
     for key, f in yaml_fields(cls).items():
@@ -208,7 +208,7 @@ def render(root: type = Config) -> str:
         if shorthand:
             doc = f"{doc} Also written as: {' '.join(shorthand.split())}".strip()
         lines += ["", doc] if doc else []
-        lines += [""] + _table(cls, path, anchors) + [""] if fields else ["", "No keys.", ""]
+        lines += [""] + _table(cls, anchors) + [""] if fields else ["", "No keys.", ""]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 

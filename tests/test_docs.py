@@ -123,7 +123,7 @@ def test_links_between_the_readme_and_the_pages_lead_to_files():
 
 
 def test_the_readme_config_parses_and_runs_the_stages_it_names():
-    block = re.search(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S).group(1)
+    block = re.search(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.DOTALL).group(1)
     config = parse_config(block, base_dir=ROOT, origin="README.md")
     assert config.analyses.enabled() == ["summary", "feature_maps", "cam", "gradients"]
     assert config.analyses.cam.methods == ("gradcam", "layercam", "scorecam")
