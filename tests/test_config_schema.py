@@ -1,22 +1,18 @@
-"""The schema validates itself: rules beside the dataclasses, the README's reference block, YAML limits,
+"""The schema validates itself: rules beside the dataclasses, YAML limits,
 --set locations and paths, and the keys added with it."""
 import dataclasses
-import re
 import time
-import typing
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 import reportgen.config as C
-from reportgen.config import (STARTER, Config, InputsConfig, ModelConfig, Preprocess, TargetSpec, canonical_methods,
+from reportgen.config import (STARTER, InputsConfig, ModelConfig, Preprocess, TargetSpec, canonical_methods,
                               parse_config)
 from reportgen.errors import ConfigError
 from reportgen.config.convert import Ctx, convert
 from reportgen.config.yamlfile import Lines
-
-README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def parse(text, overrides=()):
@@ -27,35 +23,6 @@ def error(text, overrides=()):
     with pytest.raises(ConfigError) as err:
         parse(text, overrides)
     return str(err.value)
-
-
-def readme_config_block() -> str:
-    """The README's config reference: the yaml block after "## The config"."""
-    text = README.read_text(encoding="utf-8")
-    section = text[text.index("## The config"):]
-    return re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
-
-
-def test_the_readme_config_reference_parses_as_written_and_lists_every_key():
-    block = readme_config_block()
-    config = parse(block)
-    assert config.analyses.enabled() == ["summary", "dataset", "kernels", "feature_maps", "cam", "gradients",
-                                        "attention", "evaluation", "training"]
-    assert config.inputs.preprocess.interpolation == "bilinear"
-    assert config.model.output is None and config.inputs.alpha == "drop" and config.inputs.max_value is None
-
-    # every YAML key of the schema is in the block, and the block's values are the defaults it says they are
-    def keys(tp, prefix=()):
-        for key, f in C.yaml_fields(tp).items():
-            hint = typing.get_type_hints(tp)[f.name]
-            inner = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)] or [hint]
-            if dataclasses.is_dataclass(inner[0]) and inner[0] not in (TargetSpec, C.Normalize, C.LayerPattern):
-                yield from keys(inner[0], prefix + (key,))
-            elif tp is not TargetSpec:
-                yield prefix + (key,)
-
-    missing = [".".join(k) for k in keys(Config) if k not in config.lines.lines]
-    assert not missing, f"README's config reference lacks {missing}"
 
 
 def test_preprocess_interpolation_in_yaml():
