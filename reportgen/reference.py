@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .config import Config, rules_of, yaml_fields
+from .config.registered import classes
 
 REGENERATE = "python -m reportgen.reference > docs/config.md"
 
@@ -77,14 +78,18 @@ def _source_comments(cls: type) -> dict[str, str]:
 
 
 def _description(cls: type, f: dataclasses.Field) -> str:
-    return f.metadata.get("doc") or f.metadata.get("help") or _source_comments(cls).get(f.name, "")
+    """The field's `doc` (or `help`), else the comments on its line in the class that declares it (a field copied
+    into a class the registries build names that class as its `owner`); the model sources that take it first."""
+    owners = [f.metadata["owner"]] if "owner" in f.metadata else list(cls.__mro__)
+    text = f.metadata.get("doc") or f.metadata.get("help") or next(
+        (c for c in (_source_comments(o).get(f.name, "") for o in owners) if c), "")
+    sources = f.metadata.get("sources")
+    return f"{', '.join(f'`{s}`' for s in sources)} only. {text}".strip() if sources else text
 
 
 def _hints(cls: type) -> dict[str, Any]:
-    try:
-        return typing.get_type_hints(cls)
-    except (NameError, TypeError):  # a name the module cannot resolve: the field's annotation as written
-        return {f.name: f.type for f in dataclasses.fields(cls)}
+    classes()  # the sections the registries give (model, analyses, output.attach), as they are now
+    return typing.get_type_hints(cls)
 
 
 def _options(tp: Any) -> tuple:

@@ -22,13 +22,14 @@ from typing import TYPE_CHECKING, Any, Literal
 from .. import registry
 from ..errors import did_you_mean
 from . import schema
-from .rules import clean, setting, yaml_fields
+from .rules import Rules, clean, setting, yaml_fields
 
 if TYPE_CHECKING:
     from .convert import Ctx
 
 
 def _known_source(name: str) -> str | None:
+    """the name of a model source (see the keys below), a plug-in's included"""
     if name in registry.SOURCES:
         return None
     names = registry.SOURCES.names()
@@ -37,7 +38,8 @@ def _known_source(name: str) -> str | None:
 
 @dataclass(frozen=True)
 class ModelBase:
-    """The keys of `model` that every source takes; each source adds its own (see `SOURCES`)."""
+    """The keys of `model` that every model source takes; each source adds its own (marked with the sources
+    that take it). A key of another source is an error, or a warning when it is set to its default."""
 
     source: str = setting("torchvision", check=_known_source)  # where the model comes from: a model source's name
     checkpoint: Path | None = setting(None, kind="path")  # a .safetensors or state_dict file loaded into the model
@@ -116,36 +118,40 @@ class _Attachments:
         return bool(self.items())
 
 
-def _copy(f: dataclasses.Field, tp: Any) -> tuple[str, Any, dataclasses.Field]:
-    """A field of another dataclass, for a new one: same type, default and rules."""
+def _copy(f: dataclasses.Field, tp: Any, metadata: dict) -> tuple[str, Any, dataclasses.Field]:
+    """A field of another dataclass, for a new one: same type, default and rules, and `metadata` added."""
+    metadata = {**f.metadata, **metadata}
     if f.default_factory is not dataclasses.MISSING:
-        return f.name, tp, field(default_factory=f.default_factory, metadata=f.metadata)
-    return f.name, tp, field(default=f.default, metadata=f.metadata)
+        return f.name, tp, field(default_factory=f.default_factory, metadata=metadata)
+    return f.name, tp, field(default=f.default, metadata=metadata)
 
 
 def _model_class() -> type:
-    fields: dict[str, tuple] = {}
-    owners: dict[str, str] = {}
+    found: dict[str, tuple[dataclasses.Field, Any, type]] = {}  # key -> (its field, type, the options class)
+    owners: dict[str, list[str]] = {}  # key -> the sources that take it
     common = {f.name for f in dataclasses.fields(ModelBase)}
     for record in registry.SOURCES:
         hints = typing.get_type_hints(record.options)
         for f in dataclasses.fields(record.options):
             if f.name in common:
                 raise TypeError(f"model source `{record.name}`: `{f.name}` is a key every source has already")
-            if f.name in fields:
-                if hints[f.name] != fields[f.name][1] or _default(f) != _default(fields[f.name][2]):
-                    raise TypeError(f"model sources `{owners[f.name]}` and `{record.name}` give `model.{f.name}` "
+            if f.name in found:
+                if hints[f.name] != found[f.name][1] or _default(f) != _default(found[f.name][0]):
+                    raise TypeError(f"model sources `{owners[f.name][0]}` and `{record.name}` give `model.{f.name}` "
                                     "different types or defaults")
+                owners[f.name].append(record.name)
                 continue
-            fields[f.name], owners[f.name] = _copy(f, hints[f.name]), record.name
-    return dataclasses.make_dataclass("ModelConfig", list(fields.values()), bases=(ModelBase,), frozen=True)
+            found[f.name], owners[f.name] = (f, hints[f.name], record.options), [record.name]
+    made = [_copy(f, tp, {"owner": options, "sources": tuple(owners[name])}) for name, (f, tp, options) in found.items()]
+    return dataclasses.make_dataclass("ModelConfig", made, bases=(ModelBase,), frozen=True)
 
 
 def _keyed(name: str, base: type, records) -> type:
     """A dataclass with one optional key per record (its options; null or absent: off)."""
     return dataclasses.make_dataclass(
-        name, [(r.name, r.options | None, setting(None, null_means_default=True)) for r in records],
-        bases=(base,), frozen=True)
+        name, [(r.name, r.options | None, field(default=None, metadata={"rules": Rules(null_means_default=True),
+                                                                        "doc": getattr(r, "title", "")}))
+               for r in records], bases=(base,), frozen=True)
 
 
 _built: dict[str, Any] = {}

@@ -134,6 +134,6 @@ def dotted(path: tuple) -> str:
 
 
 def string_keys(mapping: dict) -> str | None:
-    """A check for keyword-argument mappings (`model.kwargs`): every key a string."""
+    """every key a string"""
     bad = next((key for key in mapping if not isinstance(key, str)), None)
     return None if bad is None else f"keyword names must be strings, got {bad!r}."
