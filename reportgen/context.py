@@ -120,7 +120,7 @@ class Context:
         """The context of one batch of a streamed build (`images` from index `offset` among all images, their
         tensors and logits): an engine of its own (`engine`, or a new one), for the results of the stages that
         run on this batch."""
-        engine = engine or self.engine.on(batch)
+        engine = engine or self.engine.with_batch(batch)
         return Context(info=self.info, device=self.device, batch=batch, images=images, logits=logits, engine=engine,
                        log=self.log, offset=offset, count=self.count, detail=self.detail)
 

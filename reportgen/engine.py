@@ -297,7 +297,7 @@ class Engine:
         self._observed: list[dict] | None = None  # per chunk, layer -> output copied as it returned
         self._recorded: Recorded | None = None  # the forward `first_logits` ran for the first gradient pass
 
-    def on(self, batch: torch.Tensor) -> "Engine":
+    def with_batch(self, batch: torch.Tensor) -> "Engine":
         """A new engine with this one's model and settings on another batch (a streamed build's batch), whole."""
         return Engine(self.model, batch, forward=self.forward, input_grad_wanted=self.input_grad_wanted,
                       observe=self.observe, relu_rules=self.relu_rules)

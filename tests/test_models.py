@@ -17,7 +17,7 @@ from torch import nn
 
 from reportgen.config import ModelConfig, Normalize, Preprocess
 from reportgen.errors import ReportgenError
-from reportgen.models import (LoadedModel, ModelAdapter, load_checkpoint, load_labels, load_model, pick_logits,
+from reportgen.models import (ModelAdapter, load_checkpoint, load_labels, load_model, pick_logits,
                               weights_cache_path)
 from reportgen.models.adapter import Source
 from reportgen.registry import SOURCES
@@ -117,7 +117,7 @@ def cache(weights, model: nn.Module) -> Path:
 def test_a_module_adapter_and_what_it_knows():
     cfg = ModelConfig(source="module", factory="tests.test_models:tiny", kwargs={"num_classes": 5}, device="cpu")
     adapter = load_model(cfg)
-    assert isinstance(adapter, ModelAdapter) and LoadedModel is ModelAdapter
+    assert isinstance(adapter, ModelAdapter)
     assert adapter.source == "module" and adapter.device == torch.device("cpu") and not adapter.model.training
     assert adapter.description == "tests.test_models:tiny(num_classes=5)"
     assert adapter.forward(torch.zeros(2, 3, 8, 8)).shape == (2, 5)

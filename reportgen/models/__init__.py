@@ -26,7 +26,7 @@ from torch import nn
 from ..errors import ReportgenError
 from ..registry import SOURCES
 from . import torchvision as _torchvision
-from .adapter import (TORCHSCRIPT_LIMITS, LoadedModel, ModelAdapter, describe_output, hooks_refused, pick_logits,
+from .adapter import (TORCHSCRIPT_LIMITS, ModelAdapter, describe_output, hooks_refused, pick_logits,
                       takes_hooks)
 from .checkpoint import load_checkpoint, pickle_globals, read_checkpoint, torch_load, unwrap_state_dict
 from .labels import load_labels
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 Loader = Callable[["ModelConfig", "Path | None"], ModelAdapter]
 
 __all__ = [
-    "TORCHSCRIPT_LIMITS", "Layout", "Layouts", "LoadedModel", "ModelAdapter", "describe_output", "hooks_refused",
+    "TORCHSCRIPT_LIMITS", "Layout", "Layouts", "ModelAdapter", "describe_output", "hooks_refused",
     "load_checkpoint", "load_labels", "load_model", "pick_logits", "pickle_globals", "preprocess_from_weights",
     "read_checkpoint", "resolve_device", "takes_hooks", "torch_load", "torchvision_names", "unwrap_state_dict",
     "weights_cache_path",

@@ -150,9 +150,6 @@ class ModelAdapter:
         return None if layout is None or layout.kind == "channels_first" else layout.view(name)
 
 
-LoadedModel = ModelAdapter  # the name before the adapter
-
-
 def pick_logits(out: object, output: Output = None) -> torch.Tensor:
     """The logits (N, K) in a model's output.
 
