@@ -153,7 +153,7 @@ def test_event_files_read_back_every_scalar_and_histogram(tmp_path):
     assert entry["min"] == float(str(np.float32(min(loss.values()))))
     assert entry["max"] == float(str(np.float32(max(loss.values()))))
     json.dumps(entries, allow_nan=False)
-    assert training.arrays(result) == {}
+    assert training.SPEC.arrays(result) == {}
 
 
 def test_logs_package_keeps_histogram_buckets_unless_told_to_summarize(tmp_path):

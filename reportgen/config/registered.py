@@ -68,7 +68,9 @@ class ModelBase:
             if f.name in own or f.name in common:
                 continue
             if getattr(self, f.name) != _default(f):
-                err(f.name, f"does not apply to source `{self.source}` ({keys}).")
+                hint = getattr(f.metadata.get("owner"), "_ELSEWHERE", {}).get(f.name)  # what its own source says
+                err(f.name, hint.format(source=self.source) if hint else
+                    f"does not apply to source `{self.source}` ({keys}).")
             elif f.name in given and warn is not None:
                 warn(f.name, f"does not apply to source `{self.source}` and is ignored ({keys}).")
         options = self.options

@@ -39,6 +39,10 @@ class TorchvisionOptions:
     weights: str | None = None  # e.g. IMAGENET1K_V1: only from the local torch cache, never downloaded
     kwargs: dict = setting(factory=dict, check=string_keys)  # keyword arguments of the builder (num_classes, ...)
 
+    # what a key of these says where another source is chosen
+    _ELSEWHERE = {"weights": "names torchvision weights; a `{source}` model takes its weights from `checkpoint:` (a "
+                             "local .safetensors or state_dict file)."}
+
     def _validate(self, err) -> None:
         if not self.name:
             err("name", "source `torchvision` needs a model name (like resnet18).")
