@@ -23,17 +23,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__, datasets, dist
-from .collection import Collection, collect
-from .config import Config
-from .context import Context, ModelInfo
-from .engine import Engine
-from .errors import ReportgenError, StageSkipped
-from .layers import describe_model
-from .models import hooks_refused, load_labels, load_model
-from .ops import release_memory
-from .progress import track
-from .stages import Stage, batch_order, input_grad_wanted, observed_layers, planned, relu_rules_wanted
+from .. import __version__, datasets, dist
+from ..collection import Collection, collect
+from ..config import Config
+from ..context import Context, ModelInfo
+from ..engine import Engine
+from ..errors import ReportgenError, StageSkipped
+from ..layers import describe_model
+from ..models import hooks_refused, load_labels, load_model
+from ..ops import release_memory
+from ..progress import track
+from ..stages import Stage, batch_order, input_grad_wanted, observed_layers, planned, relu_rules_wanted
 
 Log = Callable[[str], None]
 
@@ -151,7 +151,7 @@ def validate(config: Config, log: Log = _quiet) -> tuple[ModelInfo, list[str]]:
         pass  # every image read and prepared, one batch at a time
     warnings: list[str] = list(found.notes)
     if "training" in config.analyses.enabled():
-        from .logs import find_log_files
+        from ..logs import find_log_files
 
         if not find_log_files(config.analyses.training.logs, warnings, shown=config.shown_path):
             warnings.append("the training stage would be skipped: no log files found.")
@@ -181,7 +181,7 @@ def check_output_dir(out_dir: Path, key: str = "output.dir") -> None:
 def check_outputs(config: Config) -> None:
     """Before anything runs: the output folders can be written, and `output.dir` holds no file of the user's
     that the build would replace (only what an earlier build recorded in its manifest is ours to replace)."""
-    from . import write
+    from .. import write
 
     check_output_dir(config.output.dir)
     write.check_out_dir(config.output.dir, write.planned_files(self_contained=config.output.self_contained,
@@ -192,12 +192,12 @@ def check_outputs(config: Config) -> None:
                                  "pip install 'reportgen[tensorboard]' (or remove the key).")
         check_output_dir(config.output.tensorboard, key="output.tensorboard")
     if config.output.site is not None:
-        from .site import check_site
+        from ..site import check_site
 
         check_output_dir(config.output.site, key="output.site")
         check_site(config.output.site)
     if config.output.attach:  # each tracker's package is installed and its run (task, folder) exists
-        from .integrations import find_targets
+        from ..integrations import find_targets
 
         find_targets(config)
 
@@ -227,7 +227,7 @@ def build(config: Config, log: Log = _quiet, detail: Log = _quiet, *, model: tor
 
 def _build_in(config: Config, group: dist.Group, started: float, log: Log, detail: Log, model=None,
               given=None) -> Report | None:
-    from . import write  # disk last: not needed by validate
+    from .. import write  # disk last: not needed by validate
 
     dist.check_same_config(group, config)
     check_outputs(config)  # on every rank (a shared file system): all refuse together, before any work
@@ -288,7 +288,7 @@ def _build(config: Config, ctx: Context, images: Collection, stages: list[Stage]
            started: float, log: Log, detail: Log, first: _FirstPass | None = None) -> Report | None:
     """The stages, the page and the files, once the model and the images are ready (`sink`: the arrays.npz
     being written, or None)."""
-    from . import render, write  # presentation and disk last: not needed by validate
+    from .. import render, write  # presentation and disk last: not needed by validate
 
     if sink is not None and group.root:
         sink.add({f"logits/{name}": images.logits[i].numpy() for i, name in enumerate(images.names)})
@@ -330,7 +330,7 @@ def _build(config: Config, ctx: Context, images: Collection, stages: list[Stage]
     report = Report(config=config, out_dir=out, html_path=files["html"], json_path=files["json"], stages=runs,
                     size_bytes=files["size"], data=report_data)
     if config.output.site is not None:
-        from .site import add_reports
+        from ..site import add_reports
 
         try:
             log(f"added to the site {add_reports([out], config.output.site)}")
@@ -338,7 +338,7 @@ def _build(config: Config, ctx: Context, images: Collection, stages: list[Stage]
             raise ReportgenError(f"`output.site`: the report is written to {out}, but adding it to "
                                  f"{config.output.site} failed: {getattr(exc, 'strerror', None) or exc}") from None
     if config.output.attach:  # the report's files are written: attach them to the trackers
-        from .integrations import attach_all
+        from ..integrations import attach_all
 
         attach_all(report, ctx.model, log)
     log(f"done in {time.perf_counter() - started:.1f} s")
@@ -590,8 +590,8 @@ def write_tensorboard_events(logdir: Path, model: torch.nn.Module, runs: list[St
         tb = importlib.import_module("reportgen.tensorboard")
     except ImportError:
         return None
-    from .figures.common import flatten
-    from .render import section_figures
+    from ..figures.common import flatten
+    from ..render import section_figures
 
     images = {}
     for run in runs:
