@@ -46,9 +46,9 @@ def _fake_report(self_contained: bool = True):
         "images": [{"top_k": [{"index": 2, "label": f"label {HOSTILE}", "probability": 0.75}]}],
         "stages": [{"name": r.name, "status": r.status, "seconds": r.seconds, "error": r.error} for r in runs],
     }
-    html, assets, errors = render.render_report(config, ctx, runs, data)
-    assert errors == {}  # both sections were drawn as they are
-    return html, assets
+    page = render.render_report(config, ctx, runs, data)
+    assert page.failed == {}  # both sections were drawn as they are
+    return page.html, page.assets
 
 
 def _normalise(html: str) -> str:
