@@ -121,6 +121,7 @@ def test_a_section_that_cannot_be_drawn_fails_its_stage_not_the_report(project, 
     data = json.loads((out / "report.json").read_text())
     assert data["stages"][0]["status"] == "failed"
     assert data["stages"][0]["error"].startswith("the section could not be drawn: UndefinedError")
+    assert data["metrics"]["summary/total_params"] > 0 and data["summary"]["rows"]  # what it computed stays
     html = (out / "report.html").read_text()
     assert 'class="section stage failed"' in html and "This stage failed" in html
     assert 'id="input-1-title"' in html and 'id="input-2-title"' in html  # the rest is there (both cards)

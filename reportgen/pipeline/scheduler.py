@@ -100,7 +100,7 @@ class Scheduler:
     def run(self, stages: list[Stage]) -> list[StageRun]:
         for group in _groups(stages):  # a stage on its own, or consecutive streamed stages, batch by batch
             if group[0].reduce is not None:
-                self.runs += _Streamed(self, group).run()
+                self.runs += _StreamedGroup(self, group).run()
             elif not self.procs.root:  # stages that see no images run once, on rank 0 (its outcome is reported)
                 self.runs.append(StageRun(name=group[0].name, title=group[0].title, status="ok"))
             else:
@@ -117,7 +117,7 @@ class Scheduler:
         try:
             result = stage.run(self.ctx, getattr(self.ctx.config.analyses, stage.name))
         except Exception as exc:
-            return self.ended(stage, exc, time.perf_counter() - start)
+            return self.raised(stage, exc, time.perf_counter() - start)
         run = self.finished(stage, result, time.perf_counter() - start)
         if self.arrays_out is not None and run.status == "ok":
             self.arrays_out.add(stage.arrays(result))
@@ -127,7 +127,7 @@ class Scheduler:
         self.log(f"stage {stage.name} skipped: {why}")
         return StageRun(name=stage.name, title=stage.title, status="skipped", error=why)
 
-    def ended(self, stage: Stage, exc: BaseException, seconds: float) -> StageRun:
+    def raised(self, stage: Stage, exc: BaseException, seconds: float) -> StageRun:
         """The record of a stage that raised: skipped (StageSkipped) or failed (anything else)."""
         if isinstance(exc, StageSkipped):
             self.log(f"stage {stage.name} skipped: {exc}")
@@ -144,14 +144,14 @@ class Scheduler:
             self.ctx.results.add(result)
             section = figures_module(stage.name).plot(result, self.ctx)
         except Exception as exc:  # a failed stage is reported, the rest of the report is built
-            return self.ended(stage, exc, seconds + time.perf_counter() - start)
+            return self.raised(stage, exc, seconds + time.perf_counter() - start)
         for warning in getattr(result, "warnings", ()):  # the report shows them too
             self.log(f"stage {stage.name}: warning: {warning}")
         return StageRun(name=stage.name, title=stage.title, status="ok", seconds=seconds + time.perf_counter() - start,
                         result=result, section=section, stage=stage)
 
 
-class _Streamed:
+class _StreamedGroup:
     """Stages over images, batch by batch (`inputs.batch_size`): each batch is read, goes through every stage
     of the group in order with a context of its own (so a later stage finds the engine passes an earlier one
     ran on the same batch), and is dropped; what a stage keeps of it is its `select` for the batch's detail
@@ -223,7 +223,7 @@ class _Streamed:
             self.partials[stage.name].append(stage.select(result, rows) if stage.select is not None else result)
         except Exception as exc:
             took = self.seconds[stage.name] + time.perf_counter() - start
-            self.ended[stage.name] = self.owner.ended(stage, exc, took)
+            self.ended[stage.name] = self.owner.raised(stage, exc, took)
         self.seconds[stage.name] += time.perf_counter() - start
 
     def _reduce(self) -> dict[str, object]:
@@ -237,7 +237,7 @@ class _Streamed:
             try:
                 reduced[stage.name] = stage.reduce(self.partials[stage.name]) if self.partials[stage.name] else None
             except Exception as exc:
-                reduced[stage.name] = self.owner.ended(stage, exc,
+                reduced[stage.name] = self.owner.raised(stage, exc,
                                                        self.seconds[stage.name] + time.perf_counter() - start)
             self.seconds[stage.name] += time.perf_counter() - start
         return reduced
@@ -254,7 +254,7 @@ class _Streamed:
             try:
                 result = stage.reduce([r for r in results if r is not None])
             except Exception as exc:
-                failed = owner.ended(stage, exc, took + time.perf_counter() - start)
+                failed = owner.raised(stage, exc, took + time.perf_counter() - start)
             took += time.perf_counter() - start
         if failed is not None:
             if owner.arrays_out is not None:
