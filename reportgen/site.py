@@ -102,10 +102,12 @@ def _page_record(data: dict, path: Path, page: Path) -> tuple[str | None, dict |
     record = data["page"]
     try:
         assets, first = record["assets"], record["first_input"]
-        picture = None if first is None else first["picture"]
-        good = (assets is None or _NAME.fullmatch(assets)) and (first is None or _NAME.fullmatch(first["card"])) \
-            and (picture is None or (assets is not None and picture.startswith(f"{assets}/")
-                                     and ASSET_NAME.match(picture.removeprefix(f"{assets}/"))))
+        good = assets is None or _NAME.fullmatch(assets)
+        if first is not None:  # its card's id, and its picture: embedded (None) or a file in the assets folder
+            picture = first["picture"]
+            in_assets = picture is None or (assets is not None and picture.startswith(f"{assets}/")
+                                            and ASSET_NAME.match(picture[len(assets) + 1:]))
+            good = good and _NAME.fullmatch(first["card"]) and in_assets
     except (TypeError, KeyError, AttributeError):
         good = False
     if not good:
