@@ -36,7 +36,7 @@ class Collection:
     shard: range  # this process's images (all of them without torchrun)
     notes: list[str] = field(default_factory=list)  # images skipped, annotations lost, detail asked beyond what exists
     cached: dict[int, tuple[ImageInput, torch.Tensor]] = field(default_factory=dict)  # index -> pixels kept
-    facts: dict[int, dict] = field(default_factory=dict)  # index -> {stage: its entry} (`Stage.records`)
+    image_entries: dict[int, dict] = field(default_factory=dict)  # index -> {stage: its entry} (`Stage.records`)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -69,7 +69,7 @@ class Collection:
                  "truth": None if t < 0 else {"index": int(t), "label": label(int(t))},
                  "top_k": [{"index": int(i), "label": label(int(i)), "probability": float(p)}
                            for p, i in zip(ps, idx)],
-                 "detail": self.detail.reasons.get(n), **self.facts.get(n, {})}
+                 "detail": self.detail.reasons.get(n), **self.image_entries.get(n, {})}
                 for n, (name, entry, t, ps, idx) in enumerate(zip(self.names, self.entries, self.truth.tolist(),
                                                                   top.values.tolist(), top.indices.tolist()))]
 
@@ -90,14 +90,14 @@ def collect(config, info: ModelInfo, device: torch.device, group: dist.Group = d
     kept: dict = {}
     try:
         if entries:
-            *mine, kept = _scan(config, info, device, entries, first)
+            *scanned, kept = _scan(config, info, device, entries, first)
         else:
-            mine = [[], torch.zeros(0, info.num_classes), []]
+            scanned = [[], torch.zeros(0, info.num_classes), []]
     except ReportgenError as exc:  # every rank learns of it (none is left waiting for the others)
         if group.size == 1:
             raise
-        mine = str(exc)
-    parts = dist.gather(group, mine)  # (entries read, their logits, notes) of every rank: no pixels travel
+        scanned = str(exc)
+    parts = dist.gather(group, scanned)  # (entries read, their logits, notes) of every rank: no pixels travel
     failed = [p for p in parts if isinstance(p, str)]
     if failed:
         raise ReportgenError(failed[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+from dataclasses import dataclass
 
 import yaml
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
@@ -13,6 +14,8 @@ from PIL import Image
 from .figures.common import Figure, encode_png, make_figure
 from .packaged import templates_dir
 from .figures.images import anchor, table as images_table
+
+ASSETS = "assets"  # the folder beside a static-site page that holds its pictures
 
 
 def optimise_png(png: bytes) -> bytes:
@@ -98,7 +101,7 @@ class _Images:
             else:
                 name = hashlib.sha256(data).hexdigest()[:20] + ".png"
                 self.assets[name] = data
-                self._srcs[png] = "assets/" + name
+                self._srcs[png] = f"{ASSETS}/{name}"
         return self._srcs[png]
 
 
@@ -181,15 +184,26 @@ def _input_alt(name: str, top_k: list[dict]) -> str:
     return alt
 
 
-def render_report(config, ctx, runs, report_data: dict, *,
-                  records: list[dict] | None = None) -> tuple[str, dict[str, bytes], dict[str, str]]:
-    """(HTML text, assets for the non-self-contained mode, stage name -> error for sections that could not
-    be drawn). Changes none of its inputs. `records` (images.jsonl's lines) fill the table of every image;
-    without them each input is a row with its card.
+@dataclass(frozen=True)
+class Rendered:
+    """A drawn report: its page, the pictures it links (static-site mode), the sections that could not be drawn
+    (stage name -> why) and the page's record for report.json (`record`, what `reportgen site` needs)."""
+    html: str
+    assets: dict[str, bytes]
+    failed: dict[str, str]
+    record: dict
+
+
+def render_report(config, ctx, runs, described: dict, *, records: list[dict] | None = None,
+                  timed: bool = True) -> Rendered:
+    """The report's page from the stages' runs and what report.json says of the build (`described`:
+    created, versions, config, model, inputs, the detail images). Changes none of its inputs. `records`
+    (images.jsonl's lines) fill the table of every image; without them each input is a row with its card.
+    `timed`: show the timings (not in a reproducible build).
 
     Each stage's section is rendered on its own: a section template that raises shows that stage as failed
-    (the caller marks it failed in the build's record too, so report.json and the exit code agree) and the
-    rest of the report is still drawn."""
+    (`Rendered.failed`: the caller marks it failed in the build's record too, so report.json and the exit code
+    agree) and the rest of the report is still drawn."""
     images = _Images(config.output.self_contained)
     env = make_environment(images)
     css, js = page_style_and_script()
@@ -199,25 +213,25 @@ def render_report(config, ctx, runs, report_data: dict, *,
          "figure": make_figure(img.display, alt=_input_alt(img.name, entry["top_k"]), thumb_side=320),
          "figure_class": "pixel" if max(img.display.shape[:2]) < 160 else "",
          "top_k": entry["top_k"]}
-        for img, entry in zip(ctx.images, report_data["images"])
+        for img, entry in zip(ctx.images, described["images"])
     ]
     report = {
         "title": config.title,
-        "created": report_data["created"],
-        "versions": report_data["versions"],
-        "model": report_data["model"],
+        "created": described["created"],
+        "versions": described["versions"],
+        "model": described["model"],
         "notes": list(ctx.info.notes),
-        "config_yaml": yaml.dump(report_data["config"], Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper),
+        "config_yaml": yaml.dump(described["config"], Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper),
                                  sort_keys=False, allow_unicode=True),  # libyaml's emitter where built in: 10x faster
         "inputs": inputs,
-        "image_count": report_data.get("inputs", {}).get("images", len(inputs)),
+        "image_count": described.get("inputs", {}).get("images", len(inputs)),
         "self_contained": config.output.self_contained,
         "js": js,
-        "timed": "source_date_epoch" not in report_data,  # a reproducible build shows no timings
+        "timed": timed,  # a reproducible build shows no timings
     }
     if records is None:
         records = [{"name": img.name, "source": img.source, "truth": entry.get("truth"), "top_k": entry["top_k"],
-                    "detail": "all images"} for img, entry in zip(ctx.images, report_data["images"])]
+                    "detail": "all images"} for img, entry in zip(ctx.images, described["images"])]
     report["table"] = images_table(records)
     stages: list[dict] = []
     report["stages"] = stages
@@ -237,7 +251,19 @@ def render_report(config, ctx, runs, report_data: dict, *,
     report["css"] = css
     report["csp"] = page_policy(css, js, "data:" if config.output.self_contained else "'self' data:")
     html = env.get_template("report.html.jinja2").render(report=report)
-    return html, images.assets, errors
+    return Rendered(html=html, assets=images.assets, failed=errors, record=_page_record(images, inputs))
+
+
+def _page_record(images: _Images, inputs: list[dict]) -> dict:
+    """What the page holds, for report.json's `page`: its pictures' folder (`assets`, None when they are
+    embedded) and the first input image's card (its element id) and picture (its file, None when embedded):
+    a site's thumbnail."""
+    first = None
+    if inputs:
+        fig = inputs[0]["figure"]
+        src = images.src(fig.thumb or fig.png)  # the card's inline picture, as the page links it
+        first = {"card": anchor(inputs[0]["name"]), "picture": None if images.self_contained else src}
+    return {"assets": None if images.self_contained else ASSETS, "first_input": first}
 
 
 def render_page(template: str, **context) -> str:

@@ -11,6 +11,9 @@ A report's slug is its folder's name (made safe for a URL); adding a report whos
 already lists replaces that entry and leaves the others as they are. Every link is relative, so the site works
 from file://, from a sub-path of GitHub Pages or S3, and offline. Nothing outside reports/, assets/, thumbs/,
 index.html and site.json is touched, and a folder that holds files but no site.json is refused.
+
+What the site needs of a page, its report.json says (`page`: the folder of its pictures, and where its first
+input image is); a report built before report.json said so is listed without a thumbnail.
 """
 from __future__ import annotations
 
@@ -28,14 +31,12 @@ from markupsafe import escape
 from PIL import Image
 
 from .errors import ReportgenError
-from .write import write_atomic
+from .write import ASSET_NAME, write_atomic
 
 RECORD = "site.json"
 THUMB = 160  # px, the longer side
-_FIRST_INPUT = re.compile(r'id="inputs".*?<img[^>]*?\ssrc="(data:image/png;base64,[^"]+|assets/[0-9a-f]+\.png)"',
-                          re.S)
-_ASSET_SRC = re.compile(r'(src|href)="assets/')
-_STYLE = re.compile(r"<style>(.*?)</style>", re.S)
+_NAME = re.compile(r"[A-Za-z0-9_-]+")  # an assets folder's name, a card's id
+_EMBEDDED = 'src="data:image/png;base64,'
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class _Found:
     folder: Path
     page: Path
     data: dict
+    assets: str | None  # the folder of the page's pictures, None when they are embedded
+    first_input: dict | None  # its first input image: {"card": element id, "picture": file or None (embedded)}
 
 
 def add_reports(folders: list[Path], site: Path) -> Path:
@@ -89,7 +92,27 @@ def _read(folder: Path) -> _Found:
         raise ReportgenError(f"`{folder / 'report.json'}` cannot be read as JSON ({exc}).") from None
     if not isinstance(data, dict) or "title" not in data:
         raise ReportgenError(f"`{folder / 'report.json'}` is not a reportgen report.json (no title).")
-    return _Found(folder=folder, page=page, data=data)
+    return _Found(folder, page, data, *_page_record(data, folder / "report.json", page))
+
+
+def _page_record(data: dict, path: Path, page: Path) -> tuple[str | None, dict | None]:
+    """(assets, first_input) from report.json's `page` entry, each checked: a name, or a picture in assets/."""
+    if "page" not in data:  # written before report.json described its page: no thumbnail, pictures in assets/
+        return ("assets" if page.name == "index.html" else None), None
+    record = data["page"]
+    try:
+        assets, first = record["assets"], record["first_input"]
+        good = assets is None or _NAME.fullmatch(assets)
+        if first is not None:  # its card's id, and its picture: embedded (None) or a file in the assets folder
+            picture = first["picture"]
+            in_assets = picture is None or (assets is not None and picture.startswith(f"{assets}/")
+                                            and ASSET_NAME.match(picture[len(assets) + 1:]))
+            good = good and _NAME.fullmatch(first["card"]) and in_assets
+    except (TypeError, KeyError, AttributeError):
+        good = False
+    if not good:
+        raise ReportgenError(f"`{path}`: its `page` entry is not one reportgen writes ({json.dumps(record)[:200]}).")
+    return assets, first
 
 
 def check_site(site: Path) -> None:
@@ -125,14 +148,14 @@ def _copy(report: _Found, site: Path, slug: str) -> SiteEntry:
     """The report's files into reports/<slug>/ (replacing an earlier copy), its pictures into the shared assets/,
     its thumbnail into thumbs/; returns its index entry."""
     html = report.page.read_text(encoding="utf-8")
-    thumb = _thumbnail(html, report.folder, site / "thumbs" / f"{slug}.png")
-    if report.page.name == "index.html":  # pictures beside the page: stored once for the whole site
+    thumb = _thumbnail(report, html, site / "thumbs" / f"{slug}.png")
+    if report.assets is not None:  # pictures beside the page: stored once for the whole site
         (site / "assets").mkdir(exist_ok=True)
-        for picture in sorted((report.folder / "assets").glob("*.png")):
+        for picture in sorted((report.folder / report.assets).glob("*.png")):
             target = site / "assets" / picture.name  # named by content hash: the same name is the same picture
             if not target.exists():
                 shutil.copyfile(picture, target)
-        html = _relinked(html)
+        html = _relinked(html, report.assets)
     staging = Path(tempfile.mkdtemp(prefix=f".{slug}-", dir=site))
     try:
         (staging / report.page.name).write_text(html, encoding="utf-8")
@@ -154,32 +177,40 @@ def _copy(report: _Found, site: Path, slug: str) -> SiteEntry:
                      page=f"reports/{slug}/{report.page.name}", thumb=thumb, source=str(report.folder))
 
 
-def _relinked(html: str) -> str:
-    """A page of `self_contained: false` whose pictures move from ./assets/ to the site's ../../assets/: its
+def _relinked(html: str, assets: str) -> str:
+    """A page of `self_contained: false` whose pictures move from ./<assets>/ to the site's ../../assets/: its
     <img> and <a> links, and the url()s of its stylesheet, whose hash in the Content-Security-Policy changes
-    with it."""
+    with it. (A quote in the page's text is escaped: `src="` and `url("` stand in its markup only.)"""
     from .render import _csp_hash
 
-    html = _ASSET_SRC.sub(r'\1="../../assets/', html)
-    style = _STYLE.search(html)
-    if style is None:
+    for attribute in ("src", "href"):
+        html = html.replace(f'{attribute}="{assets}/', f'{attribute}="../../assets/')
+    start = html.find("<style>") + len("<style>")
+    end = html.find("</style>", start)
+    if start < len("<style>") or end < 0:
         return html
-    css = style.group(1).replace('url("assets/', 'url("../../assets/')
-    html = html[:style.start(1)] + css + html[style.end(1):]
-    old, new = _csp_hash(style.group(1)), _csp_hash(css)
+    style = html[start:end]
+    css = style.replace(f'url("{assets}/', 'url("../../assets/')
+    html = html[:start] + css + html[end:]
+    old, new = _csp_hash(style), _csp_hash(css)
     return html.replace(str(escape(old)), str(escape(new)))  # the policy sits in an attribute, HTML-escaped
 
 
-def _thumbnail(html: str, folder: Path, target: Path) -> str | None:
-    """The report's first input image, at most THUMB px, as thumbs/<slug>.png; None when the page shows none."""
-    match = _FIRST_INPUT.search(html)
-    if match is None:
+def _thumbnail(report: _Found, html: str, target: Path) -> str | None:
+    """The report's first input image, at most THUMB px, as thumbs/<slug>.png; None when the page shows none
+    (or was built before report.json said where it is)."""
+    first = report.first_input
+    if first is None:
         return None
-    src = match.group(1)
-    if src.startswith("data:"):
-        data = base64.b64decode(src.split(",", 1)[1])
-    else:
-        data = (folder / "assets" / Path(src).name).read_bytes()
+    if first["picture"] is not None:
+        data = (report.folder / first["picture"]).read_bytes()
+    else:  # embedded: the first picture in its card
+        card = html.find(f'id="{first["card"]}"')
+        at = html.find(_EMBEDDED, card) if card >= 0 else -1
+        if at < 0:
+            return None
+        at += len(_EMBEDDED)
+        data = base64.b64decode(html[at:html.find('"', at)])
     with Image.open(io.BytesIO(data)) as img:
         img = img.convert("RGB")
         img.thumbnail((THUMB, THUMB), Image.Resampling.LANCZOS)

@@ -60,9 +60,9 @@ def _render(records: list[dict] | None, details: list[dict]) -> str:
             "images": [{"name": r["name"], "source": r["source"], "top_k": r["top_k"], "truth": r["truth"]}
                        for r in details],
             "stages": []}
-    html, _, errors = render.render_report(config, ctx, [], data, records=records)
-    assert errors == {}
-    return html
+    page = render.render_report(config, ctx, [], data, records=records)
+    assert page.failed == {}
+    return page.html
 
 
 def _payload(html: str) -> dict:

@@ -46,9 +46,9 @@ def _fake_report(self_contained: bool = True):
         "images": [{"top_k": [{"index": 2, "label": f"label {HOSTILE}", "probability": 0.75}]}],
         "stages": [{"name": r.name, "status": r.status, "seconds": r.seconds, "error": r.error} for r in runs],
     }
-    html, assets, errors = render.render_report(config, ctx, runs, data)
-    assert errors == {}  # both sections were drawn as they are
-    return html, assets
+    page = render.render_report(config, ctx, runs, data)
+    assert page.failed == {}  # both sections were drawn as they are
+    return page.html, page.assets
 
 
 def _normalise(html: str) -> str:
@@ -121,6 +121,7 @@ def test_a_section_that_cannot_be_drawn_fails_its_stage_not_the_report(project, 
     data = json.loads((out / "report.json").read_text())
     assert data["stages"][0]["status"] == "failed"
     assert data["stages"][0]["error"].startswith("the section could not be drawn: UndefinedError")
+    assert data["metrics"]["summary/total_params"] > 0 and data["summary"]["rows"]  # what it computed stays
     html = (out / "report.html").read_text()
     assert 'class="section stage failed"' in html and "This stage failed" in html
     assert 'id="input-1-title"' in html and 'id="input-2-title"' in html  # the rest is there (both cards)

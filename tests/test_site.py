@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from reportgen.cli import main
 from tests.test_browser import decode_all, driver, js, open_page, page_events, wait_for  # noqa: F401 (a fixture)
@@ -103,3 +107,48 @@ def test_a_folder_without_a_report_or_a_site_that_is_not_one_is_refused(reports,
     done = CliRunner().invoke(main, ["site", str(reports["first"]), "-o", str(mine)])
     assert done.exit_code == 2 and "is not a reportgen site" in done.output
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_each_thumbnail_is_the_first_input_image_its_report_json_names(reports, project):
+    """Embedded in the page (self-contained) or a file in assets/: the same picture, the same thumbnail."""
+    site = project.root / "site"
+    done = CliRunner().invoke(main, ["site", str(reports["first"]), str(reports["second"]), "-o", str(site)])
+    assert done.exit_code == 0, done.output
+    listed = {e["slug"]: e for e in json.loads((site / "site.json").read_text())["reports"]}
+    assert listed["first"]["thumb"] == "thumbs/first.png" and listed["second"]["thumb"] == "thumbs/second.png"
+    assert (site / "thumbs" / "first.png").read_bytes() == (site / "thumbs" / "second.png").read_bytes()
+    page = json.loads((reports["second"] / "report.json").read_text())["page"]
+    assert page["assets"] == "assets" and page["first_input"]["picture"].startswith("assets/")
+    with Image.open(reports["second"] / page["first_input"]["picture"]) as picture, \
+            Image.open(site / "thumbs" / "second.png") as thumb:
+        assert thumb.size == picture.size == (16, 16)  # the tiny model's inputs: no smaller thumbnail
+        assert np.array_equal(np.asarray(thumb.convert("RGB")), np.asarray(picture.convert("RGB")))
+    assert json.loads((reports["first"] / "report.json").read_text())["page"] == \
+        {"assets": None, "first_input": {"card": page["first_input"]["card"], "picture": None}}
+    assert f'id="{page["first_input"]["card"]}"' in (reports["first"] / "report.html").read_text()
+
+
+def test_a_report_built_before_report_json_described_its_page_is_listed_without_a_thumbnail(reports, project):
+    old = project.root / "old"
+    shutil.copytree(reports["second"], old)
+    data = json.loads((old / "report.json").read_text())
+    del data["page"]
+    (old / "report.json").write_text(json.dumps(data))
+    site = project.root / "site"
+    done = CliRunner().invoke(main, ["site", str(old), "-o", str(site)])
+    assert done.exit_code == 0, done.output
+    assert json.loads((site / "site.json").read_text())["reports"][0]["thumb"] is None
+    html = (site / "reports" / "old" / "index.html").read_text()
+    links = re.findall(r'(?:src|href)="([^"]*assets/[^"]+)"', html)
+    assert links and all(link.startswith("../../assets/") and (site / "reports" / "old" / link).is_file()
+                         for link in links)
+
+
+@pytest.mark.parametrize("picture", ["../../secret.png", "assets/../../secret.png", 7])
+def test_a_page_record_that_points_outside_its_assets_is_refused(reports, project, picture):
+    data = json.loads((reports["second"] / "report.json").read_text())
+    data["page"]["first_input"]["picture"] = picture
+    (reports["second"] / "report.json").write_text(json.dumps(data))
+    done = CliRunner().invoke(main, ["site", str(reports["second"]), "-o", str(project.root / "site")])
+    assert done.exit_code == 2 and "its `page` entry is not one reportgen writes" in done.output
+    assert not (project.root / "site").exists()

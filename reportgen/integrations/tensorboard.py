@@ -22,14 +22,14 @@ class TensorboardOptions:
 
 def find_dir(options: TensorboardOptions, config) -> Path:
     """The log folder, which must be writable."""
-    from ..pipeline import check_output_dir
+    from ..pipeline.checks import check_output_dir
 
     check_output_dir(options.dir, key="output.attach.tensorboard.dir")
     return options.dir
 
 
 def attach(report, options: TensorboardOptions, logdir: Path, *, model=None, step: int | None = None) -> str:
-    from ..pipeline import write_tensorboard_events
+    from ..pipeline.exporters import write_tensorboard_events
 
     text = f"reportgen report **{report.data.get('title', '')}**: `{report.html_path.resolve()}`"
     written = write_tensorboard_events(Path(logdir), model, report.stages, texts={"reportgen/report": text},

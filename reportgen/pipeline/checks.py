@@ -1,0 +1,140 @@
+"""What is checked before the analysis runs: the output folders, the model (loaded and described), each stage's
+options and the images. A problem is a ReportgenError (exit code 2) and nothing is written."""
+from __future__ import annotations
+
+import importlib.util
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from .. import datasets
+from ..config import Config
+from ..context import ModelInfo
+from ..errors import ReportgenError
+from ..layers import describe_model
+from ..models import hooks_refused, load_labels, load_model
+from ..stages import Stage, planned
+
+Log = Callable[[str], None]
+
+
+def quiet(message: str) -> None:
+    """A log that says nothing."""
+
+
+def prepare_model(config: Config, log: Log = quiet, *, strict: bool = True,
+                  model: torch.nn.Module | None = None) -> tuple[ModelInfo, object]:
+    """Load the model (or take `model`, given in Python), describe its layers with one forward of a zero input,
+    read its labels. Not `strict` (`reportgen layers`): an output that holds no logits is a note (num_classes 0),
+    not an error."""
+    loaded = load_model(config.model, base_dir=config.source.parent if config.source else None, model=model)
+    example = torch.zeros((1, *config.model.input_size), device=loaded.device)
+    try:
+        layers, out = describe_model(loaded.model, example, hooks=loaded.hooks)
+    except Exception as exc:
+        raise ReportgenError(f"the model does not run on an input of shape {list(example.shape)} "
+                             f"(`model.input_size`): {type(exc).__name__}: {exc}") from None
+    try:
+        logits = loaded.pick_logits(out)  # (1, K); a clear error for outputs that hold no logits
+    except ReportgenError as exc:
+        if strict:
+            raise
+        return ModelInfo(model=loaded.model, config=config, labels=None, num_classes=0, layers=layers,
+                         description=loaded.description, notes=[str(exc)], adapter=loaded), loaded
+    labels, note = load_labels(config.model.labels, logits.shape[1], loaded.categories)
+    pre = loaded.preprocess(config.inputs.preprocess)
+    info = ModelInfo(model=loaded.model, config=config, labels=labels, num_classes=logits.shape[1], layers=layers,
+                     description=loaded.description, notes=[note] if note else [], adapter=loaded,
+                     normalize=pre.normalize, preprocess=pre)
+    return info, loaded
+
+
+def check_stages(info: ModelInfo) -> list[Stage]:
+    """The stages to run, in order, each checked (`check`: bad layer names, class indices, ... raise
+    ReportgenError naming the stage's key). A stage that needs hooks on a model that takes none is refused."""
+    stages = planned(info.config)
+    for stage in stages:
+        cfg = getattr(info.config.analyses, stage.name)
+        _check_hooks_possible(info, stage, cfg)
+        if stage.check is not None:
+            try:
+                stage.check(info, cfg)
+            except ReportgenError as exc:  # every message names the stage's key, so the CLI can add its line
+                message = str(exc)
+                if not message.startswith("`analyses."):
+                    raise ReportgenError(f"`analyses.{stage.name}`: {message}") from None
+                raise
+    return stages
+
+
+def _check_hooks_possible(info: ModelInfo, stage: Stage, cfg) -> None:
+    """A model that takes no hooks (TorchScript) cannot run what reads its layers."""
+    hooked = stage.hooked(cfg)
+    if info.hooks or not hooked:
+        return
+    what = f"the {stage.name} section" if hooked is True else ", ".join(hooked)
+    raise hooks_refused(what, plural=hooked is not True and len(hooked) > 1, key=f"analyses.{stage.name}")
+
+
+def validate(config: Config, log: Log = quiet) -> tuple[ModelInfo, list[str]]:
+    """What `reportgen validate` checks: config, files, model construction, layer names, stage options.
+    Returns the model's info and warnings (training logs that match nothing would skip that stage)."""
+    check_outputs(config)
+    info, loaded = prepare_model(config, log)
+    check_stages(info)
+    found = datasets.Scan()
+    for _ in datasets.scan(config, info.preprocess, datasets.select(config, info.labels, info.num_classes), found):
+        pass  # every image read and prepared, one batch at a time
+    warnings: list[str] = list(found.notes)
+    if "training" in config.analyses.enabled():
+        from ..logs import find_log_files
+
+        if not find_log_files(config.analyses.training.logs, warnings, shown=config.shown_path):
+            warnings.append("the training stage would be skipped: no log files found.")
+    return info, warnings
+
+
+def check_output_dir(out_dir: Path, key: str = "output.dir") -> None:
+    """The output folder must be creatable and writable; checked before anything runs, by writing (and
+    removing) a temporary file in the folder or its nearest existing parent: nothing is left behind."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ReportgenError(f"`{key}`: {out_dir} exists and is not a folder.")
+    probe = out_dir
+    while not probe.exists():
+        probe = probe.parent
+    problem = None if probe.is_dir() else "not a folder"
+    if problem is None:
+        try:
+            with tempfile.TemporaryFile(dir=probe):
+                pass
+        except OSError as exc:
+            problem = exc.strerror or str(exc)
+    if problem:
+        raise ReportgenError(f"`{key}`: cannot write to {out_dir} ({probe}: {problem}). "
+                             "Choose another folder with `-o DIR` or `output.dir`.")
+
+
+def check_outputs(config: Config) -> None:
+    """Before anything runs: the output folders can be written, and `output.dir` holds no file of the user's
+    that the build would replace (only what an earlier build recorded in its manifest is ours to replace)."""
+    from .. import write
+
+    check_output_dir(config.output.dir)
+    write.check_out_dir(config.output.dir, write.planned_files(self_contained=config.output.self_contained,
+                                                               save_arrays=config.output.save_arrays))
+    if config.output.tensorboard is not None:
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ReportgenError("`output.tensorboard` needs the tensorboard package: "
+                                 "pip install 'reportgen[tensorboard]' (or remove the key).")
+        check_output_dir(config.output.tensorboard, key="output.tensorboard")
+    if config.output.site is not None:
+        from ..site import check_site
+
+        check_output_dir(config.output.site, key="output.site")
+        check_site(config.output.site)
+    if config.output.attach:  # each tracker's package is installed and its run (task, folder) exists
+        from ..integrations import find_targets
+
+        find_targets(config)
