@@ -19,7 +19,8 @@ PLUGIN = Path(__file__).resolve().parent / "plugin"
 
 def reportgen(*args: str, cwd: Path, plugin: bool = True) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join(([str(PLUGIN)] if plugin else []) + [env.get("PYTHONPATH", "")]).strip(os.pathsep)
+    inherited = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != PLUGIN]
+    env["PYTHONPATH"] = os.pathsep.join(([str(PLUGIN)] if plugin else []) + inherited)
     return subprocess.run([sys.executable, "-m", "reportgen", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
 
