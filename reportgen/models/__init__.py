@@ -146,8 +146,8 @@ def _load_skipping_init(cfg: ModelConfig, loader: Loader, base_dir: Path | None)
 
 class _NoFillsOnMeta(TorchFunctionMode):
     """While active, in this thread only (torch keeps its function modes per thread), the ops that fill a
-    tensor's values in place do nothing to a tensor on the meta device: it has no values. That is what layers'
-    `reset_parameters` and models' init loops do through `torch.nn.init`, and torch runs some of them on meta
+    tensor's values in place, and `torch.nn.init`'s functions, do nothing to a tensor on the meta device: it has
+    no values. Layers' `reset_parameters` and models' init loops call them; torch runs some on meta
     (normal_, erfinv_, clamp_) through its Python reference kernels, whose first call imports torch._dynamo
     (1-2 s). Ops that change a tensor's shape or flags (`requires_grad_`) still run."""
 
@@ -156,7 +156,9 @@ class _NoFillsOnMeta(TorchFunctionMode):
                        "clamp_max_", "mul_", "div_", "add_", "sub_", "sqrt_", "exp_", "abs_", "neg_", "sign_"})
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if (getattr(func, "__name__", None) in self.FILLS and args and isinstance(args[0], torch.Tensor)
-                and args[0].is_meta):
-            return args[0]  # in place: the op returns its tensor
-        return func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", None) in self.FILLS or getattr(func, "__module__", None) == "torch.nn.init":
+            target = args[0] if args else kwargs.get("tensor")  # `torch.nn.init.normal_(tensor=...)` comes here so
+            if isinstance(target, torch.Tensor) and target.is_meta:
+                return target  # in place: the op returns its tensor
+        return func(*args, **kwargs)

@@ -162,14 +162,16 @@ def _load_weights(model: nn.Module, name: str, state: dict, kwargs: dict) -> Non
     meta device (`load_model` builds it there when the weights overwrite it all) the tensors are assigned, cast
     to the model's dtypes as a copying load would: a copy into it is lost."""
     if name.startswith("densenet"):  # names of torchvision's old DenseNet files: `norm.1` is now `norm1`
-        state = {_DENSENET_OLD_KEY.sub(r"\1\2", key): value for key, value in state.items()}
+        for key in list(state):
+            state[_DENSENET_OLD_KEY.sub(r"\1\2", key)] = state.pop(key)
     expected = model.state_dict()
     meta = any(t.is_meta for t in expected.values())
     if meta:
         for key, value in state.items():
             if key in expected and value.dtype != expected[key].dtype:
                 state[key] = value.to(expected[key].dtype)
-    model.load_state_dict(state, assign=meta)
+    with torch.device("cpu"):  # what a layer makes as it loads is real (BatchNorm's num_batches_tracked, which
+        model.load_state_dict(state, assign=meta)  # old files lack)
     if name in ("googlenet", "inception_v3") and not kwargs.get("aux_logits", name == "inception_v3"):
         model.aux_logits = False  # the weights hold the auxiliary heads; the model was not asked for them
         for head in ("aux1", "aux2") if name == "googlenet" else ("AuxLogits",):
