@@ -6,6 +6,7 @@ import os
 import sys
 import time
 import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -183,6 +184,26 @@ def _input_size(value: str) -> tuple[int, int, int]:
     return size
 
 
+LAYERS_TARGETS = ("a config file (.yaml), a torchvision model name, a TorchScript file (.pt, .ts, from "
+                  "torch.jit.save) or a factory `package.module:function`")
+
+
+def _check_torchscript(path: Path) -> None:
+    """Exit 2 unless `path` is a TorchScript archive: a zip holding the model's code (`<name>/code/`), which
+    neither a Python file nor a state_dict saved with torch.save has."""
+    if path.suffix == ".py":
+        _fail(f"{path} is a Python file: `reportgen layers` takes {LAYERS_TARGETS}. For a model built in "
+              f"{path.name}, name the function that returns it: `{path.stem}:<function>`.")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            scripted = any("/code/" in name for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        scripted = False
+    if not scripted:
+        _fail(f"{path} is not a TorchScript model (a checkpoint or other file): `reportgen layers` takes "
+              f"{LAYERS_TARGETS}. For a checkpoint, write a config with `model.checkpoint` and give that.")
+
+
 @main.command(short_help="List a model's layer names, types and output shapes.")
 @click.argument("target")
 @click.option("--input-size", default="3,224,224", show_default=True, callback=lambda ctx, param, value:
@@ -200,7 +221,8 @@ def layers(target: str, input_size: tuple[int, int, int], show_all: bool) -> Non
             from .config import Config, ModelConfig
 
             size = input_size
-            if Path(target).is_file():
+            if target.endswith(".py") or Path(target).is_file():
+                _check_torchscript(Path(target))
                 model = ModelConfig(source="torchscript", path=Path(target).resolve(), input_size=size, labels=None)
             elif ":" in target:
                 model = ModelConfig(source="module", factory=target, input_size=size, labels=None)
