@@ -72,6 +72,12 @@ _set_option = click.option(
          "resolves against the current folder; paths written in the config file resolve against its folder.")
 
 
+def _tracker_imported() -> bool:
+    from .integrations import TRACKERS  # imported with the config already
+
+    return any(tracker.package in sys.modules for tracker in TRACKERS.values())
+
+
 class _Main(click.Group):
     """Every command: library warnings a user cannot act on stay silent (ours show); Ctrl-C exits 130 with
     one line instead of click's "Aborted!" (exit 1, the code of a failed stage)."""
@@ -80,7 +86,9 @@ class _Main(click.Group):
         """Run as the process's own command (no `args`: the console script, `python -m reportgen`), the
         command ends the process with `os._exit` once stdout and stderr are flushed: the interpreter's
         teardown of torch's modules takes 0.3-1 s and there is nothing left to do (every file a command
-        writes is closed by then). Called with `args` (tests, `CliRunner`), it behaves as click's."""
+        writes is closed by then). Not after a tracker's package was imported (`output.attach`): trackers
+        finish their runs and drain their logging queues in exit handlers (a W&B run, MLflow's asynchronous
+        logging), which os._exit would skip. Called with `args` (tests, `CliRunner`), it behaves as click's."""
         if args is not None:
             return super().main(args, *rest, **kwargs)
         try:
@@ -90,6 +98,8 @@ class _Main(click.Group):
             if exc.code is not None and not isinstance(exc.code, int):
                 raise  # a message to print: the interpreter does it
             code = exc.code or 0
+        if _tracker_imported():
+            sys.exit(code)
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
