@@ -1,6 +1,8 @@
-"""The command line ends its process with `os._exit` (skipping the interpreter's slow teardown of torch): the
-trackers a build attached to lose nothing by it. Each build runs in a subprocess, the way a user runs it, and
-the tracker's store is read back after that process has ended."""
+"""The command line ends its process with `os._exit` (skipping the interpreter's slow teardown of torch), but not
+after a tracker's package was imported: the trackers a build attached to lose nothing. Each build runs in a
+process of its own, the way a user runs it, and the tracker's store is read back after that process ended.
+(With os._exit after a tracker, MLflow's asynchronous logging lost every metric and a W&B offline run its page,
+its metrics and its exit record.)"""
 from __future__ import annotations
 
 import json
