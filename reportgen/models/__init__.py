@@ -157,7 +157,8 @@ class _NoFillsOnMeta(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if getattr(func, "__name__", None) in self.FILLS or getattr(func, "__module__", None) == "torch.nn.init":
+        name = getattr(func, "__name__", "")
+        if name.endswith("_") and (name in self.FILLS or getattr(func, "__module__", None) == "torch.nn.init"):
             target = args[0] if args else kwargs.get("tensor")  # `torch.nn.init.normal_(tensor=...)` comes here so
             if isinstance(target, torch.Tensor) and target.is_meta:
                 return target  # in place: the op returns its tensor
