@@ -76,7 +76,8 @@ def test_a_wandb_offline_run_is_complete_after_the_command(project, tmp_path):
     for record in records(next(folder.glob("run-*.wandb"))):
         kinds.append(record.WhichOneof("record_type"))
         if kinds[-1] == "history":
-            logged |= {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            logged |= {item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                       for item in record.history.item}
     assert logged["report/_type"] == "html-file" and "summary/total_params" in logged
     page = folder / "files" / logged["report/path"]
     assert page.read_text() == (project.root / "out" / "report.html").read_text()
