@@ -6,6 +6,7 @@ import os
 import sys
 import time
 import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -71,6 +72,12 @@ _set_option = click.option(
          "resolves against the current folder; paths written in the config file resolve against its folder.")
 
 
+def _tracker_imported() -> bool:
+    from .registry import TRACKERS
+
+    return any(tracker.package in sys.modules for tracker in TRACKERS)
+
+
 class _Main(click.Group):
     """Every command: library warnings a user cannot act on stay silent (ours show); Ctrl-C exits 130 with
     one line instead of click's "Aborted!" (exit 1, the code of a failed stage)."""
@@ -79,7 +86,9 @@ class _Main(click.Group):
         """Run as the process's own command (no `args`: the console script, `python -m reportgen`), the
         command ends the process with `os._exit` once stdout and stderr are flushed: the interpreter's
         teardown of torch's modules takes 0.3-1 s and there is nothing left to do (every file a command
-        writes is closed by then). Called with `args` (tests, `CliRunner`), it behaves as click's."""
+        writes is closed by then). Not after a tracker's package was imported (`output.attach`): trackers
+        finish their runs and drain their logging queues in exit handlers (a W&B run, MLflow's asynchronous
+        logging), which os._exit would skip. Called with `args` (tests, `CliRunner`), it behaves as click's."""
         if args is not None:
             return super().main(args, *rest, **kwargs)
         try:
@@ -89,6 +98,8 @@ class _Main(click.Group):
             if exc.code is not None and not isinstance(exc.code, int):
                 raise  # a message to print: the interpreter does it
             code = exc.code or 0
+        if _tracker_imported():
+            sys.exit(code)
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
@@ -183,6 +194,26 @@ def _input_size(value: str) -> tuple[int, int, int]:
     return size
 
 
+LAYERS_TARGETS = ("a config file (.yaml), a torchvision model name, a TorchScript file (.pt, .ts, from "
+                  "torch.jit.save) or a factory `package.module:function`")
+
+
+def _check_torchscript(path: Path) -> None:
+    """Exit 2 unless `path` is a TorchScript archive: a zip holding the model's code (`<name>/code/`), which
+    neither a Python file nor a state_dict saved with torch.save has."""
+    if path.suffix == ".py":
+        _fail(f"{path} is a Python file: `reportgen layers` takes {LAYERS_TARGETS}. For a model built in "
+              f"{path.name}, name the function that returns it: `{path.stem}:<function>`.")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            scripted = any("/code/" in name for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        scripted = False
+    if not scripted:
+        _fail(f"{path} is not a TorchScript model (a checkpoint or other file): `reportgen layers` takes "
+              f"{LAYERS_TARGETS}. For a checkpoint, write a config with `model.checkpoint` and give that.")
+
+
 @main.command(short_help="List a model's layer names, types and output shapes.")
 @click.argument("target")
 @click.option("--input-size", default="3,224,224", show_default=True, callback=lambda ctx, param, value:
@@ -200,7 +231,8 @@ def layers(target: str, input_size: tuple[int, int, int], show_all: bool) -> Non
             from .config import Config, ModelConfig
 
             size = input_size
-            if Path(target).is_file():
+            if target.endswith(".py") or Path(target).is_file():
+                _check_torchscript(Path(target))
                 model = ModelConfig(source="torchscript", path=Path(target).resolve(), input_size=size, labels=None)
             elif ":" in target:
                 model = ModelConfig(source="module", factory=target, input_size=size, labels=None)

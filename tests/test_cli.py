@@ -392,3 +392,22 @@ def test_the_command_in_a_process_of_its_own_keeps_its_exit_code_and_output(tmp_
     assert missing.returncode == 2 and "missing.yaml" in missing.stderr
     unknown = command("bogus")
     assert unknown.returncode == 2 and "No such command" in unknown.stderr
+
+
+def test_layers_of_a_file_that_is_no_torchscript_model_is_exit_2_naming_what_it_takes(project, monkeypatch):
+    import torch
+
+    monkeypatch.chdir(project.root)
+    torch.save(torch.nn.Linear(2, 2).state_dict(), "weights.pt")
+    Path("notes.ts").write_text("not a model")
+    takes = ("`reportgen layers` takes a config file (.yaml), a torchvision model name, a TorchScript file (.pt, .ts, "
+             "from torch.jit.save) or a factory `package.module:function`.")
+    for target, says in [("tinynet.py", "tinynet.py is a Python file: " + takes + " For a model built in tinynet.py, "
+                                        "name the function that returns it: `tinynet:<function>`."),
+                         ("missing.py", "missing.py is a Python file: "),
+                         ("weights.pt", "weights.pt is not a TorchScript model (a checkpoint or other file): " + takes
+                          + " For a checkpoint, write a config with `model.checkpoint` and give that."),
+                         ("notes.ts", "notes.ts is not a TorchScript model")]:
+        result = CliRunner().invoke(main, ["layers", target])
+        assert result.exit_code == 2 and "Traceback" not in result.output, (target, result.output)
+        assert result.stderr.startswith(f"error: {says}"), (target, result.stderr)

@@ -402,6 +402,19 @@ def test_a_checkpoint_skips_initialisation_and_loads_the_same_model(tmp_path, mo
         assert torch.equal(model(x), normal(x))
 
 
+def test_a_checkpoint_keeps_the_layer_versions_its_model_reads_on_the_meta_path(tmp_path, monkeypatch):
+    """MNASNet's `_load_from_state_dict` reads its version from the state dict's metadata (and refuses none)."""
+    torch.manual_seed(4)
+    reference = torchvision.models.mnasnet0_5().eval()
+    torch.save(reference.state_dict(), tmp_path / "m.pt")
+    outcomes = _spy_meta(monkeypatch)
+    model = load_model(ModelConfig(name="mnasnet0_5", checkpoint=tmp_path / "m.pt", device="cpu")).model
+    assert outcomes and outcomes[0] is not None
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+
+
 def test_a_checkpoint_that_does_not_fit_says_the_same_on_the_meta_path(tmp_path, monkeypatch):
     state = torchvision.models.resnet18().state_dict()
     del state["layer1.0.bn1.num_batches_tracked"], state["fc.bias"]
@@ -419,28 +432,45 @@ def test_a_checkpoint_that_does_not_fit_says_the_same_on_the_meta_path(tmp_path,
                                       "wrong shape (file vs model): conv1.weight (64, 3, 5, 5) vs (64, 3, 7, 7).")
 
 
-@pytest.mark.parametrize("name, weights", [("resnet18", "ResNet18_Weights"), ("googlenet", "GoogLeNet_Weights")])
-def test_cached_weights_skip_initialisation_and_load_the_same_model(hub, monkeypatch, name, weights):
+@pytest.mark.parametrize("name, weights, kwargs", [
+    ("resnet18", "ResNet18_Weights", {}), ("googlenet", "GoogLeNet_Weights", {}),
+    ("googlenet", "GoogLeNet_Weights", {"aux_logits": True, "transform_input": False}),
+    ("inception_v3", "Inception_V3_Weights", {}), ("densenet121", "DenseNet121_Weights", {}),
+    ("mnasnet0_5", "MNASNet0_5_Weights", {}), ("vgg11", "VGG11_Weights", {})])
+def test_cached_weights_skip_initialisation_and_load_what_torchvisions_builder_loads(hub, monkeypatch, name, weights,
+                                                                                       kwargs):
+    """The reference is torchvision's own builder given the weights (it reads the file the test wrote into the
+    private hub): the same arguments implied, old DenseNet names renamed, auxiliary heads dropped or kept."""
     enum = getattr(torchvision.models, weights).IMAGENET1K_V1
     torch.manual_seed(2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        source = torchvision.models.get_model(name, aux_logits=True, init_weights=True) if name == "googlenet" \
-            else torchvision.models.get_model(name)
-    cache(enum, source)
+        full = {"aux_logits": True, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
+        state = torchvision.models.get_model(name, **full).state_dict()
+    if name == "densenet121":  # torchvision's file is older than BatchNorm's num_batches_tracked, and holds the
+        state = {k.replace("norm1", "norm.1").replace("conv2", "conv.2"): v  # old names, which its builder renames
+                 for k, v in state.items() if not k.endswith("num_batches_tracked")}
+        assert "features.denseblock1.denselayer1.norm.1.weight" in state
+    path = weights_cache_path(enum)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
     outcomes = _spy_meta(monkeypatch)
-    model = load_model(ModelConfig(name=name, weights="IMAGENET1K_V1", device="cpu")).model
+    model = load_model(ModelConfig(name=name, weights="IMAGENET1K_V1", kwargs=kwargs, device="cpu")).model
     assert outcomes and outcomes[0] is not None  # the meta path was taken
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        normal = SOURCES["torchvision"].load(ModelConfig(name=name, weights="IMAGENET1K_V1"), None).model.eval()
+        normal = torchvision.models.get_model(name, weights=enum, **kwargs).eval()
     assert not any(t.is_meta for t in (*model.parameters(), *model.buffers()))
     ours, theirs = model.state_dict(), normal.state_dict()
     assert list(ours) == list(theirs) and all(torch.equal(ours[k], theirs[k]) for k in theirs)
-    assert getattr(model, "transform_input", None) == getattr(normal, "transform_input", None)
-    x = torch.randn(2, 3, 64, 64)
+    for flag in ("transform_input", "aux_logits"):
+        assert getattr(model, flag, None) == getattr(normal, flag, None)
+    for head in ("aux1", "aux2", "AuxLogits"):
+        assert (getattr(model, head, None) is None) == (getattr(normal, head, None) is None)
+    size = 299 if name == "inception_v3" else 64
+    x = torch.randn(2, 3, size, size)
     with torch.no_grad():
-        assert torch.equal(model(x), normal(x))
+        assert torch.equal(pick_logits(model(x)), pick_logits(normal(x)))
 
 
 class _Scaled(nn.Module):
@@ -501,11 +531,16 @@ assert "torch._dynamo" not in sys.modules and "torch._dynamo.utils" not in sys.m
 assert tvm.resnet18 and "resnet18" in tvm.list_models()
 from pathlib import Path
 from reportgen.config import ModelConfig
-from reportgen.models import load_model
+from reportgen.models import load_model, weights_cache_path
 torch.save(tvm.resnet18().state_dict(), Path(sys.argv[1]) / "r18.pt")
 initialiser = torch.nn.init.kaiming_normal_
 load_model(ModelConfig(name="resnet18", checkpoint=Path(sys.argv[1]) / "r18.pt", device="cpu", labels="imagenet"))
-assert torch.nn.init.kaiming_normal_ is initialiser  # restored after the meta-device build
+torch.hub.set_dir(sys.argv[1])
+cached = weights_cache_path(tvm.ResNet18_Weights.IMAGENET1K_V1)
+cached.parent.mkdir()
+torch.save(tvm.resnet18().state_dict(), cached)
+load_model(ModelConfig(name="resnet18", weights="IMAGENET1K_V1", device="cpu", labels="imagenet"))
+assert torch.nn.init.kaiming_normal_ is initialiser  # nothing replaced
 assert "torch._dynamo" not in sys.modules, "dynamo imported by the model's load"
 import torchvision
 boxes = torch.tensor([[0, 0, 0, 4, 4.0]])

@@ -8,7 +8,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
-from unittest import mock
 
 import numpy as np
 from PIL import Image
@@ -78,14 +77,10 @@ def _decode(png: bytes) -> np.ndarray:
 
 
 def matplotlib_classes() -> tuple[type, type]:
-    """(matplotlib's Figure, its Agg canvas): the object API, no pyplot state. The first call imports them
-    without building the docstring of every artist's `set` method (`matplotlib.artist.kwdoc`, a third of the
-    import's 0.3-0.5 s), which nothing here reads."""
-    import matplotlib.artist
+    """(matplotlib's Figure, its Agg canvas): the object API, no pyplot state, imported at the first call."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure as MplFigure
 
-    with mock.patch.object(matplotlib.artist, "kwdoc", lambda artist: ""):
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure as MplFigure
     return MplFigure, FigureCanvasAgg
 
 

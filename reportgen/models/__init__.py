@@ -12,16 +12,15 @@ the layouts of the model's layers (`layouts.declare_layouts`).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
-from unittest import mock
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ..errors import ReportgenError
 from ..registry import SOURCES
@@ -107,15 +106,15 @@ def _overwritten(cfg: ModelConfig) -> bool:
 
 def _load_skipping_init(cfg: ModelConfig, loader: Loader, base_dir: Path | None) -> ModelAdapter | None:
     """The adapter with the model built on the meta device and the state dict's tensors assigned to it (the
-    checkpoint's here; cached weights' by torchvision's builder, whose `load_state_dict` assigns meanwhile);
-    None when that cannot give what the ordinary path gives (a buffer or parameter the state dict does not hold,
-    a parameter shared by two layers, a model that does not build on meta): then the caller builds it normally.
-    A checkpoint that does not match the model raises the ordinary path's error."""
+    checkpoint's here; cached weights' by the torchvision source, which assigns them to a model it finds on the
+    meta device); None when that cannot give what the ordinary path gives (a buffer or parameter the state dict
+    does not hold, a parameter shared by two layers, a model that does not build on meta): then the caller builds
+    it normally. A checkpoint that does not match the model raises the ordinary path's error."""
     _torchvision.import_models()  # imported outside the meta context: its module-level tensors are real
 
     state = None if cfg.checkpoint is None else read_checkpoint(cfg.checkpoint, trust=cfg.trust_checkpoint)
     try:
-        with torch.device("meta"), _no_init(), _assigning():
+        with torch.device("meta"), _NoFillsOnMeta():
             adapter = loader(cfg, base_dir)
     except ReportgenError:
         return None  # the ordinary path says it again, as it always has
@@ -133,31 +132,22 @@ def _load_skipping_init(cfg: ModelConfig, loader: Loader, base_dir: Path | None)
     return adapter
 
 
-@contextlib.contextmanager
-def _assigning() -> Iterator[None]:
-    """`nn.Module.load_state_dict` assigns the state dict's tensors (cast to the model's dtypes, as a copying load
-    would) instead of copying them into the parameters: into a model on the meta device a copy is lost."""
-    copying = nn.Module.load_state_dict
+class _NoFillsOnMeta(TorchFunctionMode):
+    """While active, in this thread only (torch keeps its function modes per thread), the ops that fill a
+    tensor's values in place, and `torch.nn.init`'s functions, do nothing to a tensor on the meta device: it has
+    no values. Layers' `reset_parameters` and models' init loops call them; torch runs some on meta
+    (normal_, erfinv_, clamp_) through its Python reference kernels, whose first call imports torch._dynamo
+    (1-2 s). Ops that change a tensor's shape or flags (`requires_grad_`) still run."""
 
-    def assigning(self, state_dict, strict=True, assign=False):
-        expected = self.state_dict()
-        state_dict = {k: v.to(expected[k].dtype) if k in expected and v.dtype != expected[k].dtype else v
-                      for k, v in state_dict.items()}
-        return copying(self, state_dict, strict=strict, assign=True)
+    FILLS = frozenset({"uniform_", "normal_", "random_", "bernoulli_", "exponential_", "geometric_", "log_normal_",
+                       "cauchy_", "fill_", "zero_", "fill_diagonal_", "copy_", "erfinv_", "clamp_", "clamp_min_",
+                       "clamp_max_", "mul_", "div_", "add_", "sub_", "sqrt_", "exp_", "abs_", "neg_", "sign_"})
 
-    with mock.patch.object(nn.Module, "load_state_dict", assigning):
-        yield
-
-
-@contextlib.contextmanager
-def _no_init() -> Iterator[None]:
-    """`torch.nn.init`'s initialisers do nothing: on the meta device there are no values to fill, and torch runs
-    some of them there (normal_, uniform_) through its Python reference kernels, whose first call imports
-    torch._dynamo (1-2 s). Layers' `reset_parameters` and models' own init loops call them as `init.<name>`
-    attributes, so patching the module reaches them."""
-    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")
-             and callable(getattr(torch.nn.init, n))]
-    with contextlib.ExitStack() as stack:
-        for name in names:
-            stack.enter_context(mock.patch.object(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor))
-        yield
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name.endswith("_") and (name in self.FILLS or getattr(func, "__module__", None) == "torch.nn.init"):
+            target = args[0] if args else kwargs.get("tensor")  # `torch.nn.init.normal_(tensor=...)` comes here so
+            if isinstance(target, torch.Tensor) and target.is_meta:
+                return target  # in place: the op returns its tensor
+        return func(*args, **kwargs)

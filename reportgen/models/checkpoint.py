@@ -8,6 +8,7 @@ runs nothing, to tell a pickle holding Python objects (a custom class, an `argpa
 from __future__ import annotations
 
 import _compat_pickle
+import collections
 import io
 import pickle
 import pickletools
@@ -216,8 +217,11 @@ def load_checkpoint(model: nn.Module, path: Path, *, trust: bool = False,
                 parts.append(f"{title}: {', '.join(items[:5])}{more}")
         raise ReportgenError(f"`model.checkpoint`: {path.name} does not match the model: " + "; ".join(parts) + ".")
     if assign:  # what a copying load does to the values: the model's dtype, a tensor of its own
-        state = {k: v.to(dtype=expected[k].dtype, copy=v.dtype != expected[k].dtype or _shared(v))
-                 for k, v in state.items()}
+        metadata = getattr(state, "_metadata", None)  # the layers' versions (MNASNet's layout depends on it)
+        state = collections.OrderedDict((k, v.to(dtype=expected[k].dtype, copy=v.dtype != expected[k].dtype or
+                                                 _shared(v))) for k, v in state.items())
+        if metadata is not None:
+            state._metadata = metadata
     model.load_state_dict(state, assign=assign)
 
 

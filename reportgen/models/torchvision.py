@@ -1,20 +1,22 @@
 """`model.source: torchvision`: a classification model by name, random or with weights from the local cache.
 
-Weights come only from the local torch hub cache (never downloaded) and load with `weights_only=True`;
-torchvision's own builder then gets that state dict, so it renames old keys (DenseNet) and sets what the
-weights imply (GoogLeNet's and Inception's transform_input, the class count). The weights also carry the
-preprocessing (`weights.transforms()`) and the class names (`weights.meta["categories"]`).
+Weights come only from the local torch hub cache (never downloaded) and load with `weights_only=True`. The
+model is built by torchvision's builder without weights, with the arguments the weights imply (the class count,
+GoogLeNet's and Inception's transform_input, a ViT's image size), then the state dict is loaded into it as
+torchvision's builder would (DenseNet's old key names renamed, GoogLeNet's and Inception's auxiliary heads dropped
+unless asked for). The weights also carry the preprocessing (`weights.transforms()`) and the class names
+(`weights.meta["categories"]`).
 """
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 import types
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from unittest import mock
 
 import torch
 from torch import nn
@@ -113,25 +115,28 @@ def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
     with torch.device("cpu"):  # real tensors, also while the model is built on the meta device
         state = torch_load(path, trust=False, key="model.weights",
                            hint=f"Replace it with the file from {weights.url}.")
-    # torchvision's own builder, fed the state dict we loaded safely; nothing is fetched
-    with mock.patch.object(type(weights), "get_state_dict", lambda self, *args, **kwargs: state):
-        model = _build(cfg.name, weights, kwargs, path)
+    model = _build(cfg.name, weights, kwargs, path, state)
     categories = weights.meta.get("categories")
     return ModelAdapter(model=model, source="torchvision", description=f"torchvision {call} ({weights})",
                         categories=list(categories) if categories else None,
                         prescribed=preprocess_from_weights(weights))
 
 
-def _build(name: str, weights: object | None, kwargs: dict, path: Path | None = None) -> nn.Module:
-    """torchvision's builder, its warnings kept off the terminal (GoogLeNet's and Inception's notes about
-    their default initialisation); an error names the key to mend."""
+def _build(name: str, weights: object | None, kwargs: dict, path: Path | None = None,
+           state: dict | None = None) -> nn.Module:
+    """torchvision's builder, then the weights' `state` loaded; its warnings kept off the terminal (GoogLeNet's
+    and Inception's notes about their default initialisation); an error names the key to mend."""
     tvm = import_models()
 
     shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return tvm.get_model(name, weights=weights, **kwargs)
+            if weights is None:
+                return tvm.get_model(name, **kwargs)
+            model = tvm.get_model(name, **_implied(name, weights, kwargs))
+            _load_weights(model, name, state, kwargs)
+            return model
     except Exception as exc:
         if kwargs and isinstance(exc, TypeError):  # an unknown keyword, a value of the wrong type
             raise ReportgenError(f"`model.kwargs`: torchvision's {name}({shown}) failed: {first_line(exc)}.") from None
@@ -148,6 +153,51 @@ def _build(name: str, weights: object | None, kwargs: dict, path: Path | None = 
         raise ReportgenError(f"`model.weights`: the file {path} does not fit {name} "
                              f"({type(exc).__name__}: {first_line(exc)}). Replace it with the file from "
                              f"{weights.url}.") from None
+
+
+def _implied(name: str, weights: object, kwargs: dict) -> dict:
+    """`kwargs` with what torchvision's builders set when given `weights`: the class count, a ViT's or MaxViT's
+    input size, GoogLeNet's and Inception's auxiliary heads (in the weights), transform_input and no random
+    init, VGG's no random init. A given value that differs is the builders' ValueError."""
+    implied = {"num_classes": len(weights.meta["categories"])} if weights.meta.get("categories") else {}
+    if name.startswith("vit_"):
+        implied["image_size"] = weights.meta["min_size"][0]
+    elif name.startswith("maxvit_"):
+        implied["input_size"] = weights.meta["min_size"]
+    elif name in ("googlenet", "inception_v3"):
+        implied |= {"aux_logits": True, "init_weights": False,
+                    "transform_input": kwargs.get("transform_input", True)}
+    elif name.startswith("vgg"):
+        kwargs = {**kwargs, "init_weights": False}
+    for key, value in implied.items():
+        if key in kwargs and kwargs[key] != value:
+            raise ValueError(f"The parameter '{key}' expected value {value} but got {kwargs[key]} instead.")
+    return {**kwargs, **implied}
+
+
+_DENSENET_OLD_KEY = re.compile(  # torchvision's own pattern (densenet.py)
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+def _load_weights(model: nn.Module, name: str, state: dict, kwargs: dict) -> None:
+    """Load torchvision weights' `state` into `model` as torchvision's builder would. On a model built on the
+    meta device (`load_model` builds it there when the weights overwrite it all) the tensors are assigned, cast
+    to the model's dtypes as a copying load would: a copy into it is lost."""
+    if name.startswith("densenet"):  # names of torchvision's old DenseNet files: `norm.1` is now `norm1`
+        for key in list(state):
+            state[_DENSENET_OLD_KEY.sub(r"\1\2", key)] = state.pop(key)
+    expected = model.state_dict()
+    meta = any(t.is_meta for t in expected.values())
+    if meta:
+        for key, value in state.items():
+            if key in expected and value.dtype != expected[key].dtype:
+                state[key] = value.to(expected[key].dtype)
+    with torch.device("cpu"):  # what a layer makes as it loads is real (BatchNorm's num_batches_tracked, which
+        model.load_state_dict(state, assign=meta)  # old files lack)
+    if name in ("googlenet", "inception_v3") and not kwargs.get("aux_logits", name == "inception_v3"):
+        model.aux_logits = False  # the weights hold the auxiliary heads; the model was not asked for them
+        for head in ("aux1", "aux2") if name == "googlenet" else ("AuxLogits",):
+            setattr(model, head, None)
 
 
 def preprocess_from_weights(weights: object) -> Preprocess | None:
