@@ -11,7 +11,8 @@ import torchvision
 from torch import nn
 
 from reportgen.config import ModelConfig
-from reportgen.models import SOURCES, _load_skipping_init
+from reportgen.models import _load_skipping_init
+from reportgen.registry import SOURCES
 
 LOADS = 6
 LAYERS = 50  # at least this many built beside the loads
@@ -47,7 +48,7 @@ def test_layers_built_in_another_thread_while_models_load_are_initialised(tmp_pa
         try:
             for _ in range(LOADS):
                 loading.set()
-                loaded.append(_load_skipping_init(cfg, SOURCES["torchvision"], None))  # the meta-device path
+                loaded.append(_load_skipping_init(cfg, SOURCES["torchvision"].load, None))  # the meta-device path
         finally:
             done.set()
 
