@@ -17,7 +17,7 @@ from PIL import Image
 from reportgen.cli import main
 from reportgen.config import EvaluationConfig, SanityConfig
 from reportgen.methods.gradients import image_generator
-from reportgen.metrics import columns, localisation, perturbation, robustness
+from reportgen.metrics import columns, localisation, perturbation, robustness, scoring
 from reportgen.stages import evaluation
 from tests.conftest import render_section
 
@@ -61,7 +61,7 @@ def test_a_streamed_build_scores_every_map_as_the_metric_functions_do(project):
     layer = data["cam"]["layers"][0]
     assert [(r["method"], r["layer"]) for r in ev["rows"]] == [("gradcam", layer), ("saliency", None)]
     assert ev["images"] == 3 and ev["step"] == 16
-    assert {c["id"] for c in ev["columns"]} == {c.id for c in columns.COLUMNS}
+    assert {c["id"] for c in ev["columns"]} == {c.id for c in scoring.COLUMNS}
 
     # the model and inputs as the build had them
     import sys

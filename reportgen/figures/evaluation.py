@@ -7,7 +7,8 @@ import numpy as np
 
 from ..methods import title as method_title
 from ..methods.cam import FUSED
-from ..metrics.columns import COLUMN, family, row_key
+from ..metrics.columns import family, row_key
+from ..metrics.scoring import COLUMN
 from ..stages.evaluation import SANITY_LIMIT, EvaluationResult, mean_curves, sanity_verdicts, summarize
 from ..stages.evaluation import wanted as wanted_metrics
 from .common import matplotlib_classes, normalize01

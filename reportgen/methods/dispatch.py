@@ -92,8 +92,8 @@ def _gradients(records: list[Method], engine: Engine, class_sets: list[tuple[int
         log(f"gradients: the ReLU rules {', '.join(dict.fromkeys(rules))} from the CAM section's pass")
     elif rules:
         log(f"gradients: one forward, backward by the ReLU rules {', '.join(dict.fromkeys(rules))}")
-        rule_pass = compute_relu_rule_pass(engine.model, engine.batch, class_sets, rules + (["plain"] if missing else []),
-                                       layer, forward=engine.forward)
+        rule_pass = compute_relu_rule_pass(engine.model, engine.batch, class_sets,
+                                           rules + (["plain"] if missing else []), layer, forward=engine.forward)
         seconds[ruled_methods[0].id] += time.perf_counter() - start
         for r in missing:
             input_grads[r] = rule_pass.input_grads["plain"][r]

@@ -1,6 +1,6 @@
-"""The evaluation's scorers: per metric of the config, a function of one batch's maps (`MapBatch`) that calls the
-metric functions of this package and returns, per row, a number per image for each of its columns
-(`columns.COLUMNS`).
+"""The evaluation's metric registry: per metric of the config, its columns of the ranking table (`COLUMNS`,
+declared with `@scores` on its scorer) and its scorer: a function of one batch's maps (`MapBatch`) that calls
+the metric functions of this package and returns, per row, a number per image for each of its columns.
 
 What a map is here: a CAM as the cam stage gives it (in [0, 1]); a gradient attribution as the report draws it
 (`gradient_map`: the sum over channels of its absolute values, divided by its maximum, so in [0, 1] too, which
@@ -28,7 +28,7 @@ import torch
 
 from ..methods.gradients import image_generator
 from . import localisation, perturbation, robustness
-from .columns import COLUMN, Row, family, row_key
+from .columns import BOTH, GRADIENTS, Column, Row, family, row_key
 
 SAMPLES = 10  # infidelity and sensitivity: perturbations per image (Captum's default)
 TOP_PERCENTILE = 85.0  # localisation IoU: the map's pixels at or above this percentile
@@ -80,6 +80,19 @@ class MapBatch:
 
 
 Scores = dict[Row, dict[str, np.ndarray]]  # row -> column -> (n,) float64, NaN: none
+Scorer = Callable[[MapBatch], Scores]
+COLUMNS: list[Column] = []  # the ranking table's columns, in order
+SCORERS: dict[str, Scorer] = {}  # the scorers of the metrics scored per batch, by their config name
+
+
+def scores(*columns: Column) -> Callable[[Scorer], Scorer]:
+    """Declares the decorated scorer as the one of `columns` (their metric), which it fills."""
+    def register(scorer: Scorer) -> Scorer:
+        COLUMNS.extend(columns)
+        SCORERS[columns[0].metric] = scorer
+        return scorer
+
+    return register
 
 
 def curves(job: MapBatch) -> dict[Row, perturbation.Curves]:
@@ -95,14 +108,20 @@ def curves(job: MapBatch) -> dict[Row, perturbation.Curves]:
     return job.cache["curves"]
 
 
+@scores(Column("deletion_auc", "deletion", "Deletion AUC", "lower", BOTH, "RISE deletion: area under p(target) "
+               "while the most salient pixels go to the deletion substrate"))
 def score_deletion(job: MapBatch) -> Scores:
     return {row: {"deletion_auc": c.deletion_auc} for row, c in curves(job).items()}
 
 
+@scores(Column("insertion_auc", "insertion", "Insertion AUC", "higher", BOTH, "RISE insertion: area under "
+               "p(target) while the most salient pixels come back on the insertion start"))
 def score_insertion(job: MapBatch) -> Scores:
     return {row: {"insertion_auc": c.insertion_auc} for row, c in curves(job).items()}
 
 
+@scores(Column("road", "road", "ROAD", "higher", BOTH, "pytorch-grad-cam's ROADCombined: (mean LeRF − mean MoRF) "
+               "/ 2 over the percentiles, noisy linear imputer"))
 def score_road(job: MapBatch) -> Scores:
     out = {}
     for row in job.rows(COLUMN["road"].families):
@@ -114,6 +133,13 @@ def score_road(job: MapBatch) -> Scores:
     return out
 
 
+@scores(Column("drop_in_confidence", "confidence_change", "Drop (grad-cam)", "lower", BOTH,
+               "pytorch-grad-cam's DropInConfidence on x·map: max(0, p − p(x·map)), not divided by p"),
+        Column("average_drop", "confidence_change", "Average drop (torch-cam)", "lower", BOTH,
+               "torch-cam's Average Drop on x·map: max(0, p − p(x·map)) / p"),
+        Column("increase_in_confidence", "confidence_change", "Increase in confidence", "higher", BOTH,
+               "pytorch-grad-cam's IncreaseInConfidence and torch-cam's Increase in Confidence: share of images "
+               "with p(x·map) > p"))
 def score_confidence(job: MapBatch) -> Scores:
     out = {}
     for targets, rows in job.by_target(job.rows(COLUMN["drop_in_confidence"].families)):
@@ -126,6 +152,8 @@ def score_confidence(job: MapBatch) -> Scores:
     return out
 
 
+@scores(Column("infidelity", "infidelity", "Infidelity", "lower", GRADIENTS, "Captum's normalised infidelity of "
+               "the raw attribution, Gaussian noise, 10 samples (gradient methods)"))
 def score_infidelity(job: MapBatch) -> Scores:
     out = {}
     for row in job.rows(COLUMN["infidelity"].families):
@@ -137,6 +165,8 @@ def score_infidelity(job: MapBatch) -> Scores:
     return out
 
 
+@scores(Column("sensitivity", "sensitivity", "Max-sensitivity", "lower", GRADIENTS,
+               "Captum's sensitivity_max: uniform noise in ±0.02, 10 samples (gradient methods)"))
 def score_sensitivity(job: MapBatch) -> Scores:
     out = {}
     for row in job.rows(COLUMN["sensitivity"].families):
@@ -149,6 +179,12 @@ def score_sensitivity(job: MapBatch) -> Scores:
     return out
 
 
+@scores(Column("pointing_game", "localisation", "Pointing game", "higher", BOTH,
+               "share of images whose map maximum lies in the object's box or mask (within the tolerance)"),
+        Column("energy_pointing_game", "localisation", "Energy in box", "higher", BOTH,
+               "share of the map's mass (minimum shifted to 0) inside the box or mask"),
+        Column("top_iou", "localisation", "IoU top 15 %", "higher", BOTH, "IoU of the box or mask and the pixels at "
+               "or above the map's 85th percentile"))
 def score_localisation(job: MapBatch) -> Scores:
     have = [i for i, m in enumerate(job.masks) if m is not None]
     if not have:
@@ -168,12 +204,26 @@ def score_localisation(job: MapBatch) -> Scores:
     return out
 
 
-# the metrics scored per batch, by their config name (`sanity` runs once, in the evaluation stage)
-SCORERS: dict[str, Callable[[MapBatch], Scores]] = {
-    "deletion": score_deletion, "insertion": score_insertion, "road": score_road,
-    "confidence_change": score_confidence, "infidelity": score_infidelity, "sensitivity": score_sensitivity,
-    "localisation": score_localisation,
-}
+# scored once per build, not per batch: the evaluation stage runs the sanity cascade
+COLUMNS.append(Column("sanity_spearman", "sanity", "Spearman after randomisation", "lower", BOTH,
+                      "Spearman rank correlation of |map| with the trained model's after the whole network is "
+                      "randomised (sanity images only): high means the map does not depend on the weights"))
+COLUMN = {c.id: c for c in COLUMNS}
+METRICS = tuple(dict.fromkeys(c.metric for c in COLUMNS))  # every metric a config may ask for, in column order
+
+
+def mark_best(table: list[dict], columns: tuple[str, ...]) -> None:
+    """Add to each row's `best` the columns in which its mean (`row["scores"][column]["mean"]`) is the best of
+    all rows (ties: every tied row)."""
+    for column in columns:
+        sign = -1 if COLUMN[column].better == "lower" else 1
+        means = [(sign * row["scores"][column]["mean"], k) for k, row in enumerate(table)
+                 if row["scores"][column] is not None]
+        if means:
+            top = max(v for v, _ in means)
+            for v, k in means:
+                if v == top:
+                    table[k]["best"].append(column)
 
 
 def gradient_map(attribution: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -6,12 +6,12 @@ evaluation subset (`subset`: `images` of all images, seeded, the detail images a
 per-image numbers; `reduce` puts the batches together and `summarize` gives the mean and a seeded 95 %
 bootstrap interval over images of every (method, layer) row and metric column.
 
-The metrics, their columns and scorers are `metrics.columns` and `metrics.scoring` (what each computes is said
-there); maps recomputed (max-sensitivity, sanity) come from `methods.dispatch.explain`, as the cam and gradients
-stages compute them. The target is each image's first explained class of that stage (top-1 by default). The
-sanity cascade (`metrics.sanity.cascade`) runs ONCE, in the batch that holds the first detail image, on that
-batch's detail images (at most `sanity.images`): every method's maps recomputed on the randomised copy after
-each block, the maps of the first of those images kept at every step.
+The metrics (their columns and scorers, and what each computes) are `metrics.scoring`; maps recomputed
+(max-sensitivity, sanity) come from `methods.dispatch.explain`, as the cam and gradients stages compute them.
+The target is each image's first explained class of that stage (top-1 by default). The sanity cascade
+(`metrics.sanity.cascade`) runs ONCE, in the batch that holds the first detail image, on that batch's detail
+images (at most `sanity.images`): every method's maps recomputed on the randomised copy after each block, the
+maps of the first of those images kept at every step.
 
 Forwards of perturbed inputs go through `metrics.forward.inference_forward`, `batch_size` at a time.
 """
@@ -33,9 +33,10 @@ from ..engine import Engine
 from ..errors import ReportgenError
 from ..methods.dispatch import explain
 from ..metrics import perturbation, sanity
-from ..metrics.columns import COLUMN, COLUMNS, METRICS, Row, bootstrap, family, mark_best, row_key
+from ..metrics.columns import Row, bootstrap, family, row_key
 from ..metrics.forward import inference_forward
-from ..metrics.scoring import SCORERS, Hit, MapBatch, Options, gradient_map, object_mask, peaks
+from ..metrics.scoring import (COLUMN, COLUMNS, METRICS, SCORERS, Hit, MapBatch, Options, gradient_map, mark_best,
+                               object_mask, peaks)
 from . import Context, ModelInfo, Stage
 from . import cam as cam_stage
 from . import gradients as gradients_stage
