@@ -270,7 +270,6 @@ def _sanity(ctx: Context, cfg: EvaluationConfig, cam: CamResult | None, grads: G
     seed = cfg.sanity.seed if cfg.sanity.seed is not None else ctx.config.seed
     cam_t = np.array([cam.targets[p][0] for p in positions], dtype=np.int64) if cam is not None else None
     grad_t = grads.classes[positions, 0].astype(np.int64) if grads is not None else None
-    steps: list[dict[str, np.ndarray]] = []
 
     def recompute(model: nn.Module, xs: torch.Tensor, _targets: torch.Tensor) -> dict[str, np.ndarray]:
         engine = Engine(model, xs, forward=logits_forward(ctx.info, model))  # one pass serves both families
@@ -281,16 +280,11 @@ def _sanity(ctx: Context, cfg: EvaluationConfig, cam: CamResult | None, grads: G
             found = gradient_attributions(ctx.info, model, xs, grad_t, grads, list(grads.maps), ctx.config.seed,
                                           ctx.offset + positions[0], engine)
             out.update({m: gradient_map(a.cpu().numpy()) for m, a in found.items()})
-        if steps:  # a method that stopped applying on the randomised model: a constant map (correlation NaN)
-            out = {k: out.get(k, np.zeros_like(v)) for k, v in steps[0].items()}
-        steps.append({k: v[0].astype(np.float16) for k, v in out.items()})
-        out = {k: v.astype(np.float64) for k, v in out.items()}
         return out
 
     order = sanity.blocks(ctx.model, cfg.sanity.blocks)
     targets = torch.as_tensor(cam_t if cam_t is not None else grad_t)
-    result = sanity.cascade(ctx.model, order, recompute, x, targets, seed=seed)
-    maps = {k: np.stack([s[k] for s in steps]) for k in steps[0]}
+    result, maps = sanity.cascade_keeping_maps(ctx.model, order, recompute, x, targets, seed=seed)
     names = tuple(ctx.images[p].name for p in positions)
     return SanityOutcome(cascade=result, images=names, image=names[0], maps=maps, mode=cfg.sanity.blocks, seed=seed)
 
