@@ -363,10 +363,12 @@ def test_the_maps_recomputed_for_sanity_and_sensitivity_equal_the_stages_maps():
     ctx.results.add(cams)
     grads = gradients.run(ctx, config.analyses.gradients)
     targets = grads.classes[:, 0]
-    found = evaluation.gradient_attributions(ctx.info, model, x, targets, grads, list(methods), seed=0)
+    found = gradients.recompute(grads, ctx.info, evaluation.engine_for(ctx.info, model, x), targets, list(methods),
+                                seed=0)
     for method in methods:
         np.testing.assert_allclose(found[method].numpy(), grads.maps[method][:, 0], atol=1e-5, err_msg=method)
-    recomputed = evaluation.cam_maps(ctx.info, model, x, np.array([t[0] for t in cams.targets]), cams)
+    recomputed = cam.recompute(cams, ctx.info, evaluation.engine_for(ctx.info, model, x),
+                               np.array([t[0] for t in cams.targets]))
     assert set(recomputed) == {(m, layer) for m, layer, i, _ in cams.maps if i == 0} and len(recomputed) >= 8
     for (method, layer), maps in recomputed.items():
         expected = np.stack([cams.maps[(method, layer, i, cams.targets[i][0])] for i in range(3)])

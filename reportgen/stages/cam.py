@@ -25,6 +25,7 @@ import numpy as np
 from torch import nn
 
 from ..config import CamConfig
+from ..engine import Engine
 from ..errors import ReportgenError
 from ..hooks import get_layer
 from ..layers import AutoLayer, auto_cam_layer, map_view, spatial_shape
@@ -162,6 +163,16 @@ def run(ctx: Context, cfg: CamConfig) -> CamResult:
         warnings=tuple(warnings),
         seconds=computed.seconds,
     )
+
+
+def recompute(result: CamResult, info: ModelInfo, engine: Engine, targets: np.ndarray
+              ) -> dict[tuple[str, str], np.ndarray]:
+    """(method, layer or `fused`) -> (n, H, W): `result`'s maps for `targets` (n,) of the engine's model and batch
+    (another model: a randomised copy of the build's), computed as `run` computes them."""
+    computed = explain(result.computed_methods, engine, [targets.tolist()],
+                       settings(info, result.config, result.layers, engine.model)).cam
+    return {(method, layer): stack[m, 0].detach().float().cpu().numpy() for layer, stack in computed.final.items()
+            for m, method in enumerate(computed.layer_methods[layer])}
 
 
 def arrays(result: CamResult) -> dict[str, np.ndarray]:

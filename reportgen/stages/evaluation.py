@@ -7,7 +7,7 @@ per-image numbers; `reduce` puts the batches together and `summarize` gives the 
 bootstrap interval over images of every (method, layer) row and metric column.
 
 The metrics (their columns and scorers, and what each computes) are `metrics.scoring`; maps recomputed
-(max-sensitivity, sanity) come from `methods.dispatch.explain`, as the cam and gradients stages compute them.
+(max-sensitivity, sanity) come from the cam and gradients stages' `recompute` (`methods.dispatch.explain`).
 The target is each image's first explained class of that stage (top-1 by default). The sanity cascade
 (`metrics.sanity.cascade`) runs ONCE, in the batch that holds the first detail image, on that batch's detail
 images (at most `sanity.images`): every method's maps recomputed on the randomised copy after each block, the
@@ -31,7 +31,6 @@ from torch import nn
 from ..config import EvaluationConfig
 from ..engine import Engine
 from ..errors import ReportgenError
-from ..methods.dispatch import explain
 from ..metrics import perturbation, sanity
 from ..metrics.columns import Row, bootstrap, family, row_key
 from ..metrics.forward import inference_forward
@@ -131,29 +130,10 @@ def logits_forward(info: ModelInfo, model: nn.Module) -> Callable[[torch.Tensor]
     return lambda x: info.adapter.pick_logits(model(x))
 
 
-def cam_maps(info: ModelInfo, model: nn.Module, x: torch.Tensor, targets: np.ndarray, cam: CamResult,
-             engine: Engine | None = None) -> dict[Row, np.ndarray]:
-    """Every CAM row's maps (n, H, W) of `model` for `targets`, as the cam stage computes them (`engine`: one
-    over `model` and `x`, shared with `gradient_attributions`; a new one when None)."""
-    engine = engine or Engine(model, x, forward=logits_forward(info, model))
-    computed = explain(cam.computed_methods, engine, [targets.tolist()],
-                       cam_stage.settings(info, cam.config, cam.layers, model)).cam
-    out = {}
-    for layer, stack in computed.final.items():
-        for m, method in enumerate(computed.layer_methods[layer]):
-            out[(method, layer)] = stack[m, 0].detach().float().cpu().numpy()
-    return out
-
-
-def gradient_attributions(info: ModelInfo, model: nn.Module, x: torch.Tensor, targets: np.ndarray,
-                          grads: GradientsResult, methods: list[str], seed: int, offset: int = 0,
-                          engine: Engine | None = None) -> dict[str, torch.Tensor]:
-    """The raw attributions (n, C, H, W) of gradient `methods` for `model`, as the gradients stage computes them
-    (`engine`: see `cam_maps`)."""
-    engine = engine or Engine(model, x, forward=logits_forward(info, model))
-    settings = gradients_stage.settings(info, grads.config, x, seed, offset, grads.cam_layer)
-    found = explain(methods, engine, [[int(t) for t in targets]], settings).gradients
-    return {m: a[0].detach() for m, a in found.items()}
+def engine_for(info: ModelInfo, model: nn.Module, x: torch.Tensor) -> Engine:
+    """An engine of its own over `model` (the build's model or a randomised copy) and `x`: the passes of maps
+    recomputed, shared by both families."""
+    return Engine(model, x, forward=logits_forward(info, model))
 
 
 # ---------------------------------------------------------------------------- the stage
@@ -184,7 +164,8 @@ def run(ctx: Context, cfg: EvaluationConfig) -> EvaluationResult:
     indices = [ctx.offset + p for p in positions]
 
     def attribution(method: str, xs: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
-        return gradient_attributions(ctx.info, ctx.model, xs, ts.cpu().numpy(), grads, [method], seed)[method]
+        return gradients_stage.recompute(grads, ctx.info, engine_for(ctx.info, ctx.model, xs), ts.cpu().numpy(),
+                                         [method], seed)[method]
 
     options = Options(step=cfg.step, deletion_substrate=cfg.substrates.deletion,
                       insertion_substrate=cfg.substrates.insertion, batch_size=cfg.batch_size,
@@ -272,13 +253,13 @@ def _sanity(ctx: Context, cfg: EvaluationConfig, cam: CamResult | None, grads: G
     grad_t = grads.classes[positions, 0].astype(np.int64) if grads is not None else None
 
     def recompute(model: nn.Module, xs: torch.Tensor, _targets: torch.Tensor) -> dict[str, np.ndarray]:
-        engine = Engine(model, xs, forward=logits_forward(ctx.info, model))  # one pass serves both families
+        engine = engine_for(ctx.info, model, xs)
         out: dict[str, np.ndarray] = {}
         if cam is not None:
-            out.update({row_key(r): m for r, m in cam_maps(ctx.info, model, xs, cam_t, cam, engine).items()})
+            out.update({row_key(r): m for r, m in cam_stage.recompute(cam, ctx.info, engine, cam_t).items()})
         if grads is not None:
-            found = gradient_attributions(ctx.info, model, xs, grad_t, grads, list(grads.maps), ctx.config.seed,
-                                          ctx.offset + positions[0], engine)
+            found = gradients_stage.recompute(grads, ctx.info, engine, grad_t, list(grads.maps), ctx.config.seed,
+                                              ctx.offset + positions[0])
             out.update({m: gradient_map(a.cpu().numpy()) for m, a in found.items()})
         return out
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..config import GradientsConfig
+from ..engine import Engine
 from ..errors import ReportgenError, did_you_mean
 from ..layers import auto_cam_layer, map_view, spatial_shape
 from ..methods import REGISTRY
@@ -164,6 +165,15 @@ def run(ctx: Context, cfg: GradientsConfig) -> GradientsResult:
         maps=maps, cam_layer=layer, completeness=completeness, baseline=baseline_text,
         reused_cam_pass=explained.reused_input_grad, seconds=seconds, warnings=tuple(warnings), seed=ctx.config.seed,
     )
+
+
+def recompute(result: GradientsResult, info: ModelInfo, engine: Engine, targets: np.ndarray, methods: list[str],
+              seed: int, offset: int = 0) -> dict[str, torch.Tensor]:
+    """Method -> (n, C, H, W): the raw attributions of `methods` of `result` for `targets` (n,) of the engine's model
+    and batch (perturbed inputs, a randomised copy of the model), computed as `run` computes them."""
+    found = explain(methods, engine, [[int(t) for t in targets]],
+                    settings(info, result.config, engine.batch, seed, offset, result.cam_layer)).gradients
+    return {m: a[0].detach() for m, a in found.items()}
 
 
 def arrays(result: GradientsResult) -> dict[str, np.ndarray]:
