@@ -84,8 +84,8 @@ def _gradients(records: list[Method], engine: Engine, class_sets: list[tuple[int
     input_grads = [engine.input_grad(classes) if input_methods else None for classes in class_sets]
     reused = tuple(grad is not None for grad in input_grads)
     missing = [r for r, grad in enumerate(input_grads) if grad is None] if input_methods else []
-    ruled_methods = [m for m in records if m.relu_rule is not None]
-    rules = [m.relu_rule for m in ruled_methods]
+    rule_methods = [m for m in records if m.relu_rule is not None]
+    rules = [m.relu_rule for m in rule_methods]
     rule_pass = _engine_relu_rules(engine, class_sets, rules, layer) if rules and not missing else None
     start = time.perf_counter()
     if rule_pass is not None:
@@ -94,7 +94,7 @@ def _gradients(records: list[Method], engine: Engine, class_sets: list[tuple[int
         log(f"gradients: one forward, backward by the ReLU rules {', '.join(dict.fromkeys(rules))}")
         rule_pass = compute_relu_rule_pass(engine.model, engine.batch, class_sets,
                                            rules + (["plain"] if missing else []), layer, forward=engine.forward)
-        seconds[ruled_methods[0].id] += time.perf_counter() - start
+        seconds[rule_methods[0].id] += time.perf_counter() - start
         for r in missing:
             input_grads[r] = rule_pass.input_grads["plain"][r]
     elif missing:

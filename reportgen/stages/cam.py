@@ -231,7 +231,7 @@ def settings(info: ModelInfo, cfg: CamConfig, layers: tuple[str, ...], model: nn
     """What the methods of `cfg` need from `dispatch.explain` at `layers`, for `model` (the build's model, or a
     copy of it: its own head)."""
     return Settings(layers=layers, views={name: map_view(info, name) for name in layers},
-                    head=linear_head(info, model or info.model), masked_batch_size=cfg.batch_size,
+                    head=_linear_head(info, model or info.model), masked_batch_size=cfg.batch_size,
                     max_channels=cfg.max_channels)
 
 
@@ -240,7 +240,7 @@ def _targets(ctx: Context, cfg: CamConfig) -> list[list[int]]:
     return [list(dict.fromkeys(int(c) for c in classes)) for classes in ctx.targets(cfg.targets)]
 
 
-def linear_head(info: ModelInfo, model: nn.Module) -> nn.Linear | None:
+def _linear_head(info: ModelInfo, model: nn.Module) -> nn.Linear | None:
     """`model`'s module where the build's model calls its last nn.Linear in the forward pass (the classifier), if
     any (`model`: the build's model or a copy of it)."""
     linears = [layer for layer in info.layers.values() if layer.order is not None and layer.type == "Linear"]
