@@ -635,11 +635,12 @@ def test_figures_and_section_describe_every_map() -> None:
 
 def test_gradcam_points_at_the_object_on_the_shipped_shapes_model() -> None:
     from reportgen.demo import shapes
+    from reportgen.methods.cam import compute_maps
 
     model = shapes.load_model(ROOT / "example_configs" / "shapes" / "model.pt")
     fresh = shapes.generate(120, seed=90_210)  # not a training, validation or sample seed
     x = shapes.to_input(fresh.images)
-    computed = C.compute_maps(model, x, [shapes.CAM_LAYER], ["gradcam"], [fresh.labels.tolist()])
+    computed = compute_maps(model, x, [shapes.CAM_LAYER], ["gradcam"], [fresh.labels.tolist()])
     maps = computed.final[shapes.CAM_LAYER][0, 0].numpy()  # (N, H, W)
     hits = 0
     for cam, (x0, y0, x1, y1) in zip(maps, fresh.boxes):

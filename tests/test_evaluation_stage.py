@@ -18,7 +18,7 @@ from reportgen.registry import STAGES
 from reportgen.cli import main
 from reportgen.config import EvaluationConfig, SanityConfig
 from reportgen.methods.gradients import image_generator
-from reportgen.metrics import localisation, perturbation, robustness
+from reportgen.metrics import columns, localisation, perturbation, robustness, scoring
 from reportgen.stages import evaluation
 from tests.conftest import render_section
 
@@ -62,7 +62,7 @@ def test_a_streamed_build_scores_every_map_as_the_metric_functions_do(project):
     layer = data["cam"]["layers"][0]
     assert [(r["method"], r["layer"]) for r in ev["rows"]] == [("gradcam", layer), ("saliency", None)]
     assert ev["images"] == 3 and ev["step"] == 16
-    assert {c["id"] for c in ev["columns"]} == {c.id for c in evaluation.COLUMNS}
+    assert {c["id"] for c in ev["columns"]} == {c.id for c in scoring.COLUMNS}
 
     # the model and inputs as the build had them
     import sys
@@ -113,10 +113,10 @@ def test_a_streamed_build_scores_every_map_as_the_metric_functions_do(project):
                                        for i in range(3)]
         row = next(r for r in ev["rows"] if r["method"] == method)
         for column, values in expected.items():
-            mine = [records[n]["evaluation"][keys[method]][column] for n in names]
-            np.testing.assert_allclose(mine, np.asarray(values, dtype=np.float64), rtol=1e-4, atol=1e-5,
+            ours = [records[n]["evaluation"][keys[method]][column] for n in names]
+            np.testing.assert_allclose(ours, np.asarray(values, dtype=np.float64), rtol=1e-4, atol=1e-5,
                                        err_msg=f"{method} {column}")
-            assert row["scores"][column]["mean"] == pytest.approx(np.mean(mine), abs=2e-6), (method, column)
+            assert row["scores"][column]["mean"] == pytest.approx(np.mean(ours), abs=2e-6), (method, column)
             s = row["scores"][column]
             assert s["low"] <= s["mean"] <= s["high"] and s["n"] == 3
         mean_deletion = next(c for c in ev["curves"]["rows"] if c["row"] == keys[method])["deletion"]
@@ -141,14 +141,14 @@ def test_a_streamed_build_scores_every_map_as_the_metric_functions_do(project):
 
 def test_bootstrap_interval_holds_the_mean_and_is_seeded():
     values = np.random.default_rng(0).normal(size=40)
-    a, b = evaluation.bootstrap(values, seed=5), evaluation.bootstrap(values, seed=5)
+    a, b = columns.bootstrap(values, seed=5), columns.bootstrap(values, seed=5)
     assert a == b and a["low"] < a["mean"] < a["high"] and a["n"] == 40
     assert a["mean"] == pytest.approx(values.mean())
-    assert evaluation.bootstrap(values, seed=6) != a
+    assert columns.bootstrap(values, seed=6) != a
     # the interval is about the normal one (2 x 1.96 standard errors) for 40 normal values
     assert a["high"] - a["low"] == pytest.approx(2 * 1.96 * values.std() / np.sqrt(40), rel=0.2)
-    assert evaluation.bootstrap(np.array([np.nan, 2.0]), 0) == {"mean": 2.0, "low": 2.0, "high": 2.0, "n": 1}
-    assert evaluation.bootstrap(np.array([np.nan]), 0) is None
+    assert columns.bootstrap(np.array([np.nan, 2.0]), 0) == {"mean": 2.0, "low": 2.0, "high": 2.0, "n": 1}
+    assert columns.bootstrap(np.array([np.nan]), 0) is None
 
 
 def test_the_subset_keeps_every_detail_image_and_is_seeded():
@@ -364,10 +364,12 @@ def test_the_maps_recomputed_for_sanity_and_sensitivity_equal_the_stages_maps():
     ctx.results.add(cams)
     grads = gradients.run(ctx, config.analyses.gradients)
     targets = grads.classes[:, 0]
-    found = evaluation.gradient_attributions(ctx.info, model, x, targets, grads, list(methods), seed=0)
+    found = gradients.recompute(grads, ctx.info, evaluation.engine_for(ctx.info, model, x), targets, list(methods),
+                                seed=0)
     for method in methods:
         np.testing.assert_allclose(found[method].numpy(), grads.maps[method][:, 0], atol=1e-5, err_msg=method)
-    recomputed = evaluation.cam_maps(ctx.info, model, x, np.array([t[0] for t in cams.targets]), cams)
+    recomputed = cam.recompute(cams, ctx.info, evaluation.engine_for(ctx.info, model, x),
+                               np.array([t[0] for t in cams.targets]))
     assert set(recomputed) == {(m, layer) for m, layer, i, _ in cams.maps if i == 0} and len(recomputed) >= 8
     for (method, layer), maps in recomputed.items():
         expected = np.stack([cams.maps[(method, layer, i, cams.targets[i][0])] for i in range(3)])

@@ -490,3 +490,30 @@ def test_build_with_gradients_saves_arrays(project):
     assert all(arrays[k].shape == (3, 16, 16) and arrays[k].dtype == np.float32 for k in keys)
     html = (project.root / "out" / "report.html").read_text()
     assert 'id="gradients"' in html and "Integrated gradients: completeness" in html
+
+
+def test_one_dispatch_serves_cam_and_gradient_methods_from_the_engines_one_pass():
+    """`dispatch.explain` computes a CAM, saliency and guided backprop from ONE engine pass (one forward), each map
+    equal to its own computation; integrated gradients reads the baseline, SmoothGrad does not."""
+    from reportgen.engine import Engine
+    from reportgen.methods.cam import compute_maps
+    from reportgen.methods.dispatch import Settings, explain
+
+    model, x = tiny(), batch(2, 16)
+    classes = [1, 3]
+    engine = Engine(model, x, input_grad_wanted=True, relu_rules=("guided",))
+    explained = explain(["gradcam", "saliency", "guided_backprop"], engine, [classes], Settings(layers=("conv2",)))
+    assert len(engine.cached_passes()) == 1 and explained.reused_input_grad == (True,)
+    alone = compute_maps(model, x, ["conv2"], ["gradcam"], [classes])
+    torch.testing.assert_close(explained.cam.final["conv2"], alone.final["conv2"])
+    plain = forward_backward(model, x, [], classes, input_grad=True).input_grad
+    torch.testing.assert_close(explained.gradients["saliency"][0], plain.abs())
+    torch.testing.assert_close(explained.gradients["guided_backprop"][0],
+                               MG.compute_relu_rule_gradient(model, x, classes, "guided"))
+
+    start = torch.full_like(x, 0.5)
+    fresh = Engine(model, x)
+    explained = explain(["smoothgrad", "integrated_gradients"], fresh, [classes],
+                        Settings(samples=2, steps=4, batch_size=8, baseline=lambda: start))
+    assert explained.from_baseline == ("integrated_gradients",) and explained.baseline is start
+    assert explained.cam is None and set(explained.gradients) == {"smoothgrad", "integrated_gradients"}

@@ -177,3 +177,24 @@ def test_shapes_model_gradcam_fails_to_survive_randomisation_guided_backprop_sur
         print(m, "spearman", np.round(result.mean_spearman(m), 3), "ssim", np.round(result.mean_ssim(m), 3))
     assert final["gradcam"] <= 0.5  # issue 13's requirement
     assert final["guided_backprop"] > final["gradcam"]
+
+
+def test_the_cascade_keeps_the_first_images_maps_and_a_method_that_stops_counts_as_constant(case):
+    """`cascade_keeping_maps`: the same correlations as `cascade`, the first image's map at every step, and a map
+    that a randomised model no longer gives is a constant one (correlation NaN), of the trained maps' shape."""
+    model, x, targets = case
+    calls = []
+
+    def stopping(m, xs, ts):
+        calls.append(1)
+        out = explain(m, xs, ts)
+        return out if len(calls) == 1 else {"gradient": out["gradient"]}
+
+    order = sanity.blocks(model)
+    result, maps = sanity.cascade_keeping_maps(model, order, stopping, x, targets, seed=3)
+    plain = sanity.cascade(model, order, explain, x, targets, seed=3)
+    np.testing.assert_array_equal(result.spearman["gradient"], plain.spearman["gradient"])
+    assert np.isnan(result.spearman["input_x_gradient"]).all() and result.spearman["input_x_gradient"].shape == (4, 4)
+    assert maps["gradient"].shape == (len(order) + 1, 10, 10) and maps["gradient"].dtype == np.float16
+    np.testing.assert_array_equal(maps["gradient"][0], gradient(model, x, targets)[0].numpy().astype(np.float16))
+    assert not maps["input_x_gradient"][1:].any()

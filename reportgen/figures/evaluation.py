@@ -7,8 +7,9 @@ import numpy as np
 
 from ..methods import title as method_title
 from ..methods.cam import FUSED
-from ..stages.evaluation import (COLUMN, SANITY_LIMIT, EvaluationResult, family, mean_curves, row_key,
-                                 sanity_verdicts, summarize)
+from ..metrics.columns import family, row_key
+from ..metrics.scoring import COLUMN
+from ..stages.evaluation import SANITY_LIMIT, EvaluationResult, mean_curves, sanity_verdicts, summarize
 from ..stages.evaluation import wanted as wanted_metrics
 from .common import matplotlib_classes, normalize01
 from .training import DPI, RUN_COLOURS, _text, _to_figure

@@ -4,7 +4,7 @@
 - `saliency` |∂s/∂x| and `input_x_gradient` x·∂s/∂x: from the input gradient of one forward and one backward
   per target rank (served by the engine's cache when an earlier stage ran that pass);
 - `guided_backprop` / `deconvnet` / `guided_gradcam`: from ONE forward with the ReLU backward rule made
-  switchable (`hooks.relu_backward_rule`), one backward per rule and rank (`compute_ruled_pass`);
+  switchable (`hooks.relu_backward_rule`), one backward per rule and rank (`compute_relu_rule_pass`);
 - `guided_gradcam`: Grad-CAM at a layer (ReLU, nearest upsampling) times guided backprop;
 - `smoothgrad`: mean |∂s/∂x| over `samples` noisy copies, noise sd = `stdev` × (max − min) of each image;
 - `integrated_gradients`: Gauss–Legendre quadrature over `steps` points from a baseline, times (x − baseline).
@@ -15,7 +15,7 @@ serves all ranks (one backward each).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from ..ops import batches
 from ..progress import track
 
 
-@dataclass(frozen=True)
+@dataclass
 class GradientJob:
     """What a gradient method that runs its own passes gets."""
 
@@ -43,7 +43,17 @@ class GradientJob:
     samples: int = 25  # smoothgrad
     stdev: float = 0.15  # smoothgrad
     steps: int = 50  # integrated gradients
-    baseline: torch.Tensor | None = None  # integrated gradients: (N, C, H, W)
+    make_baseline: Callable[[], torch.Tensor] | None = None  # integrated gradients: makes the (N, C, H, W) baseline
+    made_baseline: torch.Tensor | None = field(default=None, init=False, repr=False)
+    baseline_reads: int = field(default=0, init=False)  # how often a method read `baseline`
+
+    @property
+    def baseline(self) -> torch.Tensor | None:
+        """The baseline, made on the first read; reads are counted (`dispatch.explain` tells which methods used it)."""
+        self.baseline_reads += 1
+        if self.made_baseline is None and self.make_baseline is not None:
+            self.made_baseline = self.make_baseline()
+        return self.made_baseline
 
 
 # one function per method: see `reportgen.methods` for what each kind receives
@@ -57,16 +67,16 @@ def input_x_gradient(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     return x * grad
 
 
-def guided_backprop(ruled: "RuledPass", r: int) -> torch.Tensor:
-    return ruled.input_grads["guided"][r]
+def guided_backprop(rule_pass: ReluRulePass, r: int) -> torch.Tensor:
+    return rule_pass.input_grads["guided"][r]
 
 
-def deconvnet(ruled: "RuledPass", r: int) -> torch.Tensor:
-    return ruled.input_grads["deconv"][r]
+def deconvnet(rule_pass: ReluRulePass, r: int) -> torch.Tensor:
+    return rule_pass.input_grads["deconv"][r]
 
 
-def guided_gradcam(ruled: "RuledPass", r: int) -> torch.Tensor:
-    return compute_guided_gradcam(ruled.activations, ruled.layer_grads[r], ruled.input_grads["guided"][r])
+def guided_gradcam(rule_pass: ReluRulePass, r: int) -> torch.Tensor:
+    return compute_guided_gradcam(rule_pass.activations, rule_pass.layer_grads[r], rule_pass.input_grads["guided"][r])
 
 
 def smoothgrad(job: GradientJob) -> list[torch.Tensor]:
@@ -83,7 +93,7 @@ def integrated_gradients(job: GradientJob) -> list[torch.Tensor]:
 
 
 @dataclass(frozen=True)
-class RuledPass:
+class ReluRulePass:
     """What one forward with switchable ReLU rules gave, per class set (target rank)."""
 
     input_grads: dict[str, list[torch.Tensor]]  # rule -> per class set ∂s/∂input (N, C, H, W), for the rules asked
@@ -91,8 +101,8 @@ class RuledPass:
     layer_grads: list[torch.Tensor]  # per class set plain ∂s/∂layer output (N, C', h, w)
 
 
-def compute_ruled_pass(model: nn.Module, batch: torch.Tensor, class_sets: Sequence[Sequence[int]],
-                       rules: Sequence[str], layer: str | None = None, forward: Callable | None = None) -> RuledPass:
+def compute_relu_rule_pass(model: nn.Module, batch: torch.Tensor, class_sets: Sequence[Sequence[int]],
+                       rules: Sequence[str], layer: str | None = None, forward: Callable | None = None) -> ReluRulePass:
     """ONE forward with every nn.ReLU's backward switchable (`hooks.relu_backward_rule`), then per class set
     one backward per rule: ∂ Σ_i logit[i, classes[i]] / ∂ input under "plain" (Captum's Saliency gradient),
     "guided" (GuidedBackprop) or "deconv" (Deconvolution). With `layer`, the plain backward also gives the
@@ -123,14 +133,14 @@ def compute_ruled_pass(model: nn.Module, batch: torch.Tensor, class_sets: Sequen
                 grads[rule].append(found[0])
             if rule == "plain" and output is not None:
                 layer_grads.append(found[-1])
-    return RuledPass(input_grads=grads, activations=None if output is None else output.detach(),
+    return ReluRulePass(input_grads=grads, activations=None if output is None else output.detach(),
                      layer_grads=layer_grads)
 
 
 def compute_relu_rule_gradient(model: nn.Module, batch: torch.Tensor, classes: Sequence[int],
                                rule: str) -> torch.Tensor:
     """One class set, one rule: (N, C, H, W)."""
-    return compute_ruled_pass(model, batch, [classes], [rule]).input_grads[rule][0]
+    return compute_relu_rule_pass(model, batch, [classes], [rule]).input_grads[rule][0]
 
 
 def compute_gradcam(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Metrics that score saliency maps: "which map to believe" (issue 13).
+"""Metrics that score saliency maps: "which map to believe".
 
 Pure computations, one module per family, each a set of plain functions of
 (forward, inputs, maps, targets) returning numpy arrays or small frozen dataclasses per input;
@@ -10,6 +10,7 @@ aggregation, configuration and drawing happen elsewhere (the `evaluation` stage 
 - `localisation`: pointing game, energy-based pointing game, IoU of the top 15 % with a box or mask;
 - `sanity`: cascading model-parameter randomisation (Adebayo et al. 2018; Quantus's MPRT order).
 
-The `evaluation` stage (`reportgen.stages.evaluation`) runs them over a build's maps; `forward` makes the
-fast no-grad forward they run on.
+`columns` is the evaluation's metric registry (one record per column of its table) and `scoring` its scorers,
+one per metric, over one batch's maps; the `evaluation` stage (`reportgen.stages.evaluation`) runs them over a
+build's maps; `forward` makes the fast no-grad forward they run on.
 """

@@ -98,6 +98,27 @@ def cascade(model: nn.Module, order: list[Block], explain: Explain, x: torch.Ten
                    ssim={m: np.stack(v) if v else np.zeros((0, len(x))) for m, v in ssim_.items()})
 
 
+def cascade_keeping_maps(model: nn.Module, order: list[Block], explain: Explain, x: torch.Tensor,
+                         targets: torch.Tensor, *, seed: int = 42) -> tuple[Cascade, dict[str, np.ndarray]]:
+    """`cascade`, also keeping the first image's maps at every step: method -> (B + 1, H, W) float16, the trained
+    model's then after each block. A method that gives no map on a randomised model (it stopped applying) counts
+    as a constant map there (its correlation NaN)."""
+    first: dict[str, np.ndarray] = {}
+    steps: list[dict[str, np.ndarray]] = []
+
+    def keeping(work: nn.Module, xs: torch.Tensor, ts: torch.Tensor) -> dict[str, np.ndarray]:
+        out = _numpy_maps(explain(work, xs, ts))
+        if first:
+            out = {k: out.get(k, np.zeros_like(v)) for k, v in first.items()}
+        else:
+            first.update(out)
+        steps.append({k: v[0].astype(np.float16) for k, v in out.items()})
+        return out
+
+    result = cascade(model, order, keeping, x, targets, seed=seed)
+    return result, {k: np.stack([s[k] for s in steps]) for k in steps[0]}
+
+
 def spearman_abs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(N,) Spearman rank correlation of |a[i]| and |b[i]| over pixels, maps (N, ...)."""
     ra = np.stack([_ranks(np.abs(m).ravel()) for m in a])

@@ -26,11 +26,13 @@ from torch import nn
 
 from ..config.rules import COUNT, known_colormap, setting
 from ..config.values import TargetSpec
+from ..engine import Engine
 from ..errors import ReportgenError
 from ..hooks import get_layer
 from ..layers import AutoLayer, auto_cam_layer, map_view, spatial_shape
 from ..methods import REGISTRY
-from ..methods.cam import FUSED, compute_maps, not_applicable_notes, project_2d, scale_cams  # noqa: F401
+from ..methods.cam import FUSED, not_applicable_notes, project_2d, scale_cams  # noqa: F401
+from ..methods.dispatch import Settings, explain
 from . import Context, ModelInfo, Stage
 
 
@@ -133,9 +135,7 @@ def run(ctx: Context, cfg: CamConfig) -> CamResult:
     class_sets = [tuple(t[r] for t in targets) for r in range(k)]
     notes: list[str] = [auto.note()] if auto else []
     share = ctx.engine.input_grad_wanted  # a later stage asked for input gradients: this pass keeps them
-    computed = compute_maps(ctx.model, ctx.batch, layers, cfg.methods, class_sets, batch_size=cfg.batch_size,
-                            head=_linear_head(info), engine=ctx.engine, log=ctx.log,
-                            views={name: map_view(info, name) for name in layers}, max_channels=cfg.max_channels)
+    computed = explain(cfg.methods, ctx.engine, class_sets, settings(info, cfg, layers), log=ctx.log).cam
     notes += _masked_channels_notes(cfg, computed.shapes, n)
     if share and computed.passes is not None:
         notes.append("The gradients section reuses this section's forward and backward pass for "
@@ -178,6 +178,16 @@ def run(ctx: Context, cfg: CamConfig) -> CamResult:
     )
 
 
+def recompute(result: CamResult, info: ModelInfo, engine: Engine, targets: np.ndarray
+              ) -> dict[tuple[str, str], np.ndarray]:
+    """(method, layer or `fused`) -> (n, H, W): `result`'s maps for `targets` (n,) of the engine's model and batch
+    (another model: a randomised copy of the build's), computed as `run` computes them."""
+    computed = explain(result.computed_methods, engine, [targets.tolist()],
+                       settings(info, result.config, result.layers, engine.model)).cam
+    return {(method, layer): stack[m, 0].detach().float().cpu().numpy() for layer, stack in computed.final.items()
+            for m, method in enumerate(computed.layer_methods[layer])}
+
+
 def arrays(result: CamResult) -> dict[str, np.ndarray]:
     """`cam/<method>/<layer>/<image>/<class>` (H, W) float32 in [0, 1]; `<layer>` is `fused` for the
     fused map of several layers."""
@@ -205,14 +215,13 @@ def to_json(result: CamResult) -> dict:
     }
 
 
-MASKED = ("scorecam", "ablationcam")  # one forward per image and channel
 MANY_MASKED_FORWARDS = 1024  # channels × images above which the report suggests `cam.max_channels`
 
 
 def _masked_channels_notes(cfg: CamConfig, shapes: dict[str, tuple[int, ...]], images: int) -> list[str]:
     """What `cam.max_channels` did to Score-CAM / Ablation-CAM, or a suggestion to set it when they masked many
     channels."""
-    masked = [m for m in cfg.methods if m in MASKED]
+    masked = [m for m in cfg.methods if "masked_forwards" in REGISTRY[m].needs]  # one forward per image and channel
     if not masked:
         return []
     names = " and ".join(REGISTRY[m].title for m in masked)
@@ -231,17 +240,26 @@ def _masked_channels_notes(cfg: CamConfig, shapes: dict[str, tuple[int, ...]], i
     return []
 
 
+def settings(info: ModelInfo, cfg: CamConfig, layers: tuple[str, ...], model: nn.Module | None = None) -> Settings:
+    """What the methods of `cfg` need from `dispatch.explain` at `layers`, for `model` (the build's model, or a
+    copy of it: its own head)."""
+    return Settings(layers=layers, views={name: map_view(info, name) for name in layers},
+                    head=_linear_head(info, model or info.model), masked_batch_size=cfg.batch_size,
+                    max_channels=cfg.max_channels)
+
+
 def _targets(ctx: Context, cfg: CamConfig) -> list[list[int]]:
     """Per image the classes to explain, duplicates dropped (same count for every image)."""
     return [list(dict.fromkeys(int(c) for c in classes)) for classes in ctx.targets(cfg.targets)]
 
 
-def _linear_head(info: ModelInfo) -> nn.Linear | None:
-    """The last nn.Linear called in the forward pass (the classifier), if any."""
+def _linear_head(info: ModelInfo, model: nn.Module) -> nn.Linear | None:
+    """`model`'s module where the build's model calls its last nn.Linear in the forward pass (the classifier), if
+    any (`model`: the build's model or a copy of it)."""
     linears = [layer for layer in info.layers.values() if layer.order is not None and layer.type == "Linear"]
     if not linears:
         return None
-    module = get_layer(info.model, max(linears, key=lambda layer: layer.order).name)
+    module = get_layer(model, max(linears, key=lambda layer: layer.order).name)
     return module if isinstance(module, nn.Linear) else None
 
 

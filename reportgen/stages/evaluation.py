@@ -6,23 +6,12 @@ evaluation subset (`subset`: `images` of all images, seeded, the detail images a
 per-image numbers; `reduce` puts the batches together and `summarize` gives the mean and a seeded 95 %
 bootstrap interval over images of every (method, layer) row and metric column.
 
-What a map is here: a CAM as the cam stage gives it (in [0, 1]) at each target layer (and `fused`); a gradient
-attribution as the report draws it, the sum over channels of its absolute values, divided by its maximum (so
-in [0, 1] too, which x·map of the confidence change needs; every other metric ignores the scale). The target is
-each image's first explained class of that stage (top-1 by default). The metrics are `reportgen.metrics`:
-
-- `deletion`, `insertion`: RISE's curves and AUCs (`perturbation.deletion_insertion`), `step` pixels a step;
-- `road`: pytorch-grad-cam's ROADCombined at `percentiles` (`perturbation.road`), the imputer's noise drawn
-  from a generator seeded per image (the same noise for every map of that image);
-- `confidence_change`: x·map (`perturbation.confidence_change`): pytorch-grad-cam's drop (not divided by p),
-  torch-cam's Average Drop (divided by p), Increase in Confidence;
-- `infidelity`, `sensitivity` (gradient methods, on the raw attribution): Captum's normalised infidelity with
-  Gaussian noise of sd `infidelity_sd`, and `sensitivity_max` (uniform ±0.02), 10 samples each, seeded per image;
-- `localisation` (images whose input gives a box or a mask): pointing game (`tolerance`), energy pointing game,
-  IoU of the top 15 % with the object;
-- `sanity`: the cascading randomisation (`sanity.cascade`) ONCE, in the batch that holds the first detail
-  image, on that batch's detail images (at most `sanity.images`); every method's maps recomputed on the
-  randomised copy after each block; the maps of the first of those images kept at every step.
+The metrics (their columns and scorers, and what each computes) are `metrics.scoring`; maps recomputed
+(max-sensitivity, sanity) come from the cam and gradients stages' `recompute` (`methods.dispatch.explain`).
+The target is each image's first explained class of that stage (top-1 by default). The sanity cascade
+(`metrics.sanity.cascade`) runs ONCE, in the batch that holds the first detail image, on that batch's detail
+images (at most `sanity.images`): every method's maps recomputed on the randomised copy after each block, the
+maps of the first of those images kept at every step.
 
 Forwards of perturbed inputs go through `metrics.forward.inference_forward`, `batch_size` at a time.
 """
@@ -44,17 +33,17 @@ from torch import nn
 from ..config.rules import COUNT, SEED, clean, setting
 from ..engine import Engine
 from ..errors import ReportgenError, did_you_mean
-from ..methods import REGISTRY
-from ..methods.cam import compute_maps
-from ..methods.gradients import GradientJob, compute_ruled_pass, image_generator
-from ..metrics import localisation, perturbation, robustness, sanity
+from ..metrics import perturbation, sanity
+from ..metrics.columns import Row, bootstrap, family, row_key
 from ..metrics.forward import inference_forward
-from . import Context, ImageInput, ModelInfo, Stage
+from ..metrics.scoring import (COLUMN, COLUMNS, METRICS, SCORERS, Hit, MapBatch, Options, gradient_map, mark_best,
+                               object_mask, peaks)
+from . import Context, ModelInfo, Stage
+from . import cam as cam_stage
+from . import gradients as gradients_stage
 from .cam import CamResult
-from .gradients import BATCH_ELEMENTS, GradientsResult, make_baseline
+from .gradients import GradientsResult
 
-EVALUATION_METRICS = ("deletion", "insertion", "road", "confidence_change", "infidelity", "sensitivity", "sanity",
-                      "localisation")  # what `analyses.evaluation.metrics` may name (reportgen.stages.evaluation)
 
 
 @dataclass(frozen=True)
@@ -95,66 +84,18 @@ class EvaluationConfig:
         if self.metrics is None:
             return self
         if not self.metrics:
-            err("metrics", f"needs at least one metric (or null for all): {', '.join(EVALUATION_METRICS)}.")
+            err("metrics", f"needs at least one metric (or null for all): {', '.join(METRICS)}.")
         names = []
         for name in self.metrics:
             key = re.sub(r"[\s-]+", "_", name.strip().lower())
-            if key not in EVALUATION_METRICS:
-                err("metrics", f"unknown metric `{clean(name)}`.{did_you_mean(key, EVALUATION_METRICS)} Metrics: "
-                               f"{', '.join(EVALUATION_METRICS)}.")
+            if key not in METRICS:
+                err("metrics", f"unknown metric `{clean(name)}`.{did_you_mean(key, METRICS)} Metrics: "
+                               f"{', '.join(METRICS)}.")
             names.append(key)
         return dataclasses.replace(self, metrics=tuple(dict.fromkeys(names)))
 
 
-Row = tuple[str, str]  # (method, layer): a CAM at a target layer (or `fused`); a gradient method at ""
-BOTH, GRADIENTS = ("cam", "gradients"), ("gradients",)
-SAMPLES = 10  # infidelity and sensitivity: perturbations per image (Captum's default)
-RESAMPLES = 1000  # bootstrap resamples of the images
 SANITY_LIMIT = 0.5  # a final Spearman correlation above this: the maps do not depend on the learned weights
-TOP_PERCENTILE = 85.0  # localisation IoU: the map's pixels at or above this percentile
-
-
-@dataclass(frozen=True)
-class Column:
-    """One column of the ranking table: a number per image, from the metric the config names `metric`."""
-
-    id: str  # key in report.json and images.jsonl
-    metric: str  # the `analyses.evaluation.metrics` entry that asks for it
-    label: str
-    better: str  # "higher" | "lower"
-    families: tuple[str, ...]  # the maps it scores
-    definition: str
-
-
-COLUMNS = (
-    Column("deletion_auc", "deletion", "Deletion AUC", "lower", BOTH,
-           "RISE deletion: area under p(target) while the most salient pixels go to the deletion substrate"),
-    Column("insertion_auc", "insertion", "Insertion AUC", "higher", BOTH,
-           "RISE insertion: area under p(target) while the most salient pixels come back on the insertion start"),
-    Column("road", "road", "ROAD", "higher", BOTH,
-           "pytorch-grad-cam's ROADCombined: (mean LeRF − mean MoRF) / 2 over the percentiles, noisy linear imputer"),
-    Column("drop_in_confidence", "confidence_change", "Drop (grad-cam)", "lower", BOTH,
-           "pytorch-grad-cam's DropInConfidence on x·map: max(0, p − p(x·map)), not divided by p"),
-    Column("average_drop", "confidence_change", "Average drop (torch-cam)", "lower", BOTH,
-           "torch-cam's Average Drop on x·map: max(0, p − p(x·map)) / p"),
-    Column("increase_in_confidence", "confidence_change", "Increase in confidence", "higher", BOTH,
-           "pytorch-grad-cam's IncreaseInConfidence and torch-cam's Increase in Confidence: share of images with "
-           "p(x·map) > p"),
-    Column("infidelity", "infidelity", "Infidelity", "lower", GRADIENTS,
-           "Captum's normalised infidelity of the raw attribution, Gaussian noise, 10 samples (gradient methods)"),
-    Column("sensitivity", "sensitivity", "Max-sensitivity", "lower", GRADIENTS,
-           "Captum's sensitivity_max: uniform noise in ±0.02, 10 samples (gradient methods)"),
-    Column("pointing_game", "localisation", "Pointing game", "higher", BOTH,
-           "share of images whose map maximum lies in the object's box or mask (within the tolerance)"),
-    Column("energy_pointing_game", "localisation", "Energy in box", "higher", BOTH,
-           "share of the map's mass (minimum shifted to 0) inside the box or mask"),
-    Column("top_iou", "localisation", "IoU top 15 %", "higher", BOTH,
-           "IoU of the box or mask and the pixels at or above the map's 85th percentile"),
-    Column("sanity_spearman", "sanity", "Spearman after randomisation", "lower", BOTH,
-           "Spearman rank correlation of |map| with the trained model's after the whole network is randomised "
-           "(sanity images only): high means the map does not depend on the weights"),
-)
-COLUMN = {c.id: c for c in COLUMNS}
 
 
 # ---------------------------------------------------------------------------- results
@@ -168,17 +109,6 @@ class SanityOutcome:
     maps: dict[str, np.ndarray] = field(repr=False)  # row key -> (B + 1, H, W) float16: trained, then each block
     mode: str = "blocks"
     seed: int = 0
-
-
-@dataclass(frozen=True)
-class Hit:
-    """Where a map of a detail image peaks, and whether that is a hit (for the drawing)."""
-
-    image: int  # index among all images
-    name: str
-    row: str  # row key
-    peak: tuple[int, int]  # (row, column) in input pixels
-    hit: bool
 
 
 @dataclass(frozen=True)
@@ -200,16 +130,6 @@ class EvaluationResult:
     size: int = 0
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
-
-
-def row_key(row: Row) -> str:
-    """`gradcam/layer4` for a CAM at a layer, `saliency` for a gradient method."""
-    method, layer = row
-    return f"{method}/{layer}" if layer else method
-
-
-def family(row: Row) -> str:
-    return REGISTRY[row[0]].family if row[0] in REGISTRY else ("cam" if row[1] else "gradients")
 
 
 # ---------------------------------------------------------------------------- checks
@@ -238,7 +158,7 @@ def check(info: ModelInfo, cfg: EvaluationConfig) -> None:
 
 def wanted(cfg: EvaluationConfig) -> tuple[str, ...]:
     """The metrics asked for (null: every one; localisation then only where boxes or masks exist)."""
-    return cfg.metrics if cfg.metrics is not None else tuple(dict.fromkeys(c.metric for c in COLUMNS))
+    return cfg.metrics if cfg.metrics is not None else METRICS
 
 
 @functools.lru_cache(maxsize=8)  # asked once per batch with the same arguments
@@ -253,151 +173,6 @@ def subset(count: int, detail: tuple[int, ...], size: int, seed: int) -> frozens
     return frozenset(chosen | set([i for i in picks if i not in chosen][:room]))
 
 
-# ---------------------------------------------------------------------------- the maps of a batch
-
-
-@dataclass
-class Job:
-    """What the metrics of one batch score: its images in the evaluation subset, every map, their targets."""
-
-    forward: Callable[[torch.Tensor], torch.Tensor]  # perturbed inputs -> logits, no autograd
-    x: torch.Tensor  # (n, C, H, W) the scored images
-    indices: list[int]  # their indices among all images
-    maps: dict[Row, np.ndarray]  # (n, H, W) float32 in [0, 1]
-    targets: dict[Row, np.ndarray]  # (n,) int64
-    attributions: dict[Row, torch.Tensor]  # gradient rows: (n, C, H, W) raw
-    masks: list[np.ndarray | None]  # per image (H, W) bool, or None
-    explain: Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor]  # gradient method, x, targets -> raw maps
-    cfg: EvaluationConfig
-    seed: int
-    cache: dict = field(default_factory=dict)
-
-    def rows(self, families: tuple[str, ...]) -> list[Row]:
-        """The rows of these families (a column's `families`)."""
-        return [r for r in self.maps if family(r) in families]
-
-    def by_target(self, rows: list[Row]) -> list[tuple[np.ndarray, list[Row]]]:
-        """Rows grouped by their target vector (CAM and gradients may explain other classes)."""
-        groups: dict[tuple, list[Row]] = {}
-        for row in rows:
-            groups.setdefault(tuple(self.targets[row].tolist()), []).append(row)
-        return [(np.array(t, dtype=np.int64), rs) for t, rs in groups.items()]
-
-    def generator(self, i: int) -> torch.Generator:
-        """Image i's noise (ROAD, infidelity, sensitivity): seeded by the image's index, the same for every map."""
-        return image_generator(self.seed, self.indices[i])
-
-
-def curves(job: Job) -> dict[Row, perturbation.Curves]:
-    """Deletion and insertion curves of every map, computed once per batch for both columns."""
-    if "curves" not in job.cache:
-        out: dict[Row, perturbation.Curves] = {}
-        for targets, rows in job.by_target(job.rows(COLUMN["deletion_auc"].families)):
-            out.update(perturbation.deletion_insertion(
-                job.forward, job.x, {r: job.maps[r] for r in rows}, targets, step=job.cfg.step,
-                substrate=job.cfg.substrates.deletion, insertion_substrate=job.cfg.substrates.insertion,
-                batch_size=job.cfg.batch_size))
-        job.cache["curves"] = out
-    return job.cache["curves"]
-
-
-def score_deletion(job: Job) -> dict[Row, dict[str, np.ndarray]]:
-    return {row: {"deletion_auc": c.deletion_auc} for row, c in curves(job).items()}
-
-
-def score_insertion(job: Job) -> dict[Row, dict[str, np.ndarray]]:
-    return {row: {"insertion_auc": c.insertion_auc} for row, c in curves(job).items()}
-
-
-def score_road(job: Job) -> dict[Row, dict[str, np.ndarray]]:
-    out = {}
-    for row in job.rows(COLUMN["road"].families):
-        values = [perturbation.road(job.forward, job.x[i:i + 1], {row: job.maps[row][i:i + 1]},
-                                    job.targets[row][i:i + 1], percentiles=job.cfg.percentiles,
-                                    generator=job.generator(i), batch_size=job.cfg.batch_size)[row].combined[0]
-                  for i in range(len(job.indices))]
-        out[row] = {"road": np.asarray(values, dtype=np.float64)}
-    return out
-
-
-def score_confidence(job: Job) -> dict[Row, dict[str, np.ndarray]]:
-    out = {}
-    for targets, rows in job.by_target(job.rows(COLUMN["drop_in_confidence"].families)):
-        changes = perturbation.confidence_change(job.forward, job.x, {r: job.maps[r] for r in rows}, targets,
-                                                 batch_size=job.cfg.batch_size)
-        for row, c in changes.items():
-            out[row] = {"drop_in_confidence": c.drop_in_confidence.astype(np.float64),
-                        "average_drop": c.average_drop.astype(np.float64),
-                        "increase_in_confidence": c.increase_in_confidence.astype(np.float64)}
-    return out
-
-
-def score_infidelity(job: Job) -> dict[Row, dict[str, np.ndarray]]:
-    out = {}
-    for row in job.rows(COLUMN["infidelity"].families):
-        t = torch.as_tensor(job.targets[row])
-        out[row] = {"infidelity": np.array([
-            robustness.infidelity(job.forward, job.x[i:i + 1], job.attributions[row][i:i + 1], t[i:i + 1],
-                                  sd=job.cfg.infidelity_sd, n_samples=SAMPLES, generator=job.generator(i))[0]
-            for i in range(len(job.indices))])}
-    return out
-
-
-def score_sensitivity(job: Job) -> dict[Row, dict[str, np.ndarray]]:
-    out = {}
-    for row in job.rows(COLUMN["sensitivity"].families):
-        t = torch.as_tensor(job.targets[row])
-        explain = (lambda method: lambda x, targets: job.explain(method, x, targets))(row[0])
-        out[row] = {"sensitivity": np.array([
-            robustness.sensitivity_max(explain, job.x[i:i + 1], t[i:i + 1], n_samples=SAMPLES,
-                                       generator=job.generator(i))[0]
-            for i in range(len(job.indices))])}
-    return out
-
-
-def score_localisation(job: Job) -> dict[Row, dict[str, np.ndarray]]:
-    have = [i for i, m in enumerate(job.masks) if m is not None]
-    if not have:
-        return {}
-    out = {}
-    masks = np.stack([job.masks[i] for i in have])
-    for row in job.rows(COLUMN["pointing_game"].families):
-        maps = job.maps[row][have]
-        found = {"pointing_game": localisation.pointing_game(maps, masks, job.cfg.tolerance),
-                 "energy_pointing_game": localisation.energy_pointing_game(maps, masks),
-                 "top_iou": localisation.top_iou(maps, masks, TOP_PERCENTILE)}
-        out[row] = {}
-        for column, values in found.items():
-            full = np.full(len(job.indices), np.nan)
-            full[have] = [np.nan if v is None else float(v) for v in values]
-            out[row][column] = full
-    return out
-
-
-# the metrics scored per batch, by their config name (`sanity` runs once: see `run`)
-SCORERS: dict[str, Callable[[Job], dict[Row, dict[str, np.ndarray]]]] = {
-    "deletion": score_deletion, "insertion": score_insertion, "road": score_road,
-    "confidence_change": score_confidence, "infidelity": score_infidelity, "sensitivity": score_sensitivity,
-    "localisation": score_localisation,
-}
-
-
-def gradient_map(attribution: torch.Tensor | np.ndarray) -> np.ndarray:
-    """(..., C, H, W) attribution -> (..., H, W) float32: Σ_c |a|, divided by each map's maximum (0 stays 0)."""
-    a = np.abs(np.asarray(attribution, dtype=np.float32)).sum(axis=-3)
-    top = a.reshape(*a.shape[:-2], -1).max(axis=-1)[..., None, None]
-    return np.divide(a, top, out=np.zeros_like(a), where=top > 0)
-
-
-def image_mask(image: ImageInput, shape: tuple[int, int]) -> np.ndarray | None:
-    """The object's pixels: the mask when the input gives one, else its box's pixels; None without either."""
-    if image.mask is not None:
-        return np.asarray(image.mask, dtype=bool)
-    if image.box is not None:
-        return localisation.box_mask(image.box, shape)
-    return None
-
-
 # ---------------------------------------------------------------------------- recomputing maps
 
 
@@ -408,62 +183,10 @@ def logits_forward(info: ModelInfo, model: nn.Module) -> Callable[[torch.Tensor]
     return lambda x: info.adapter.pick_logits(model(x))
 
 
-def cam_maps(info: ModelInfo, model: nn.Module, x: torch.Tensor, targets: np.ndarray,
-             cam: CamResult) -> dict[Row, np.ndarray]:
-    """Every CAM row's maps (n, H, W) of `model` for `targets`, as the cam stage computes them."""
-    head = _head(info, model)
-    computed = compute_maps(model, x, cam.layers, cam.computed_methods, [targets.tolist()],
-                            batch_size=cam.config.batch_size, head=head,
-                            engine=Engine(model, x, forward=logits_forward(info, model)))
-    out = {}
-    for layer, stack in computed.final.items():
-        for m, method in enumerate(computed.layer_methods[layer]):
-            out[(method, layer)] = stack[m, 0].detach().float().cpu().numpy()
-    return out
-
-
-def gradient_attributions(info: ModelInfo, model: nn.Module, x: torch.Tensor, targets: np.ndarray,
-                          grads: GradientsResult, methods: list[str], seed: int, offset: int = 0
-                          ) -> dict[str, torch.Tensor]:
-    """The raw attributions (n, C, H, W) of gradient `methods` for `model`, as the gradients stage computes them
-    (the same passes: one ruled forward for the ReLU-rule methods and the input gradient, own passes else)."""
-    cfg = grads.config
-    forward = logits_forward(info, model)
-    records = [REGISTRY[m] for m in methods]
-    classes = [int(t) for t in targets]
-    rules = [m.relu_rule for m in records if m.relu_rule is not None]
-    if any("input_grad" in m.needs for m in records):
-        rules.append("plain")
-    out: dict[str, torch.Tensor] = {}
-    with torch.enable_grad():  # sensitivity_max calls this under no_grad
-        ruled = compute_ruled_pass(model, x, [classes], rules, grads.cam_layer if "guided_gradcam" in methods
-                                   else None, forward=forward) if rules else None
-        job = None
-        for method in records:
-            fn = method.function()
-            if "input_grad" in method.needs:
-                out[method.id] = fn(x, ruled.input_grads["plain"][0])
-            elif method.relu_rule is not None:
-                out[method.id] = fn(ruled, 0)
-            else:
-                if job is None:
-                    baseline = make_baseline(cfg.baseline, x, seed, offset=offset)[0] \
-                        if "integrated_gradients" in methods else None
-                    job = GradientJob(model=model, forward=forward, batch=x, class_sets=[tuple(classes)],
-                                      batch_size=cfg.internal_batch_size or max(1, BATCH_ELEMENTS // x[0].numel()),
-                                      seed=seed, offset=offset, samples=cfg.samples, stdev=cfg.stdev,
-                                      steps=cfg.steps, baseline=baseline)
-                out[method.id] = fn(job)[0]
-    return {m: a.detach() for m, a in out.items()}
-
-
-def _head(info: ModelInfo, model: nn.Module) -> nn.Linear | None:
-    """`model`'s module at the place of the build model's last called nn.Linear (CAM's head), if any."""
-    linears = [layer for layer in info.layers.values() if layer.order is not None and layer.type == "Linear"]
-    if not linears:
-        return None
-    module = model.get_submodule(max(linears, key=lambda layer: layer.order).name)
-    return module if isinstance(module, nn.Linear) else None
+def engine_for(info: ModelInfo, model: nn.Module, x: torch.Tensor) -> Engine:
+    """An engine of its own over `model` (the build's model or a randomised copy) and `x`: the passes of maps
+    recomputed, shared by both families."""
+    return Engine(model, x, forward=logits_forward(info, model))
 
 
 # ---------------------------------------------------------------------------- the stage
@@ -490,14 +213,18 @@ def run(ctx: Context, cfg: EvaluationConfig) -> EvaluationResult:
     maps, targets, attributions = batch_maps(cam, grads, positions, ctx.batch)
     x = ctx.batch[positions]
     images = [ctx.images[p] for p in positions]
-    masks = [image_mask(image, (h, w)) for image in images]
+    masks = [object_mask(image.mask, image.box, (h, w)) for image in images]
     indices = [ctx.offset + p for p in positions]
 
-    def explain(method: str, xs: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
-        return gradient_attributions(ctx.info, ctx.model, xs, ts.cpu().numpy(), grads, [method], seed)[method]
+    def attribution(method: str, xs: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+        return gradients_stage.recompute(grads, ctx.info, engine_for(ctx.info, ctx.model, xs), ts.cpu().numpy(),
+                                         [method], seed)[method]
 
-    job = Job(forward=_perturbation_forward(ctx), x=x, indices=indices, maps=maps, targets=targets,
-              attributions=attributions, masks=masks, explain=explain, cfg=cfg, seed=seed)
+    options = Options(step=cfg.step, deletion_substrate=cfg.substrates.deletion,
+                      insertion_substrate=cfg.substrates.insertion, batch_size=cfg.batch_size,
+                      percentiles=cfg.percentiles, infidelity_sd=cfg.infidelity_sd, tolerance=cfg.tolerance)
+    job = MapBatch(forward=_perturbation_forward(ctx), x=x, indices=indices, maps=maps, targets=targets,
+                   attributions=attributions, masks=masks, explain=attribution, options=options, seed=seed)
     scores: dict[str, dict[str, np.ndarray]] = {row_key(r): {} for r in maps}
     for metric in metrics:
         if metric in SCORERS:
@@ -531,21 +258,6 @@ def run(ctx: Context, cfg: EvaluationConfig) -> EvaluationResult:
         base, rows=tuple(maps), columns=columns, indices=tuple(indices), names=tuple(i.name for i in images),
         scores=scores, fraction=fraction, curve_sums=sums, sanity=outcome, hits=tuple(hits), boxes=boxes,
         notes=tuple(notes))
-
-
-def peaks(job: Job, j: int, name: str) -> list[Hit]:
-    """Where each map of image j peaks (its first maximum, row-major) and whether it is a pointing-game hit;
-    constant maps (no peak) left out."""
-    out = []
-    for row, maps in job.maps.items():
-        m = maps[j]
-        if m.max() == m.min():
-            continue
-        peak = np.unravel_index(int(np.argmax(m)), m.shape)
-        hit = localisation.pointing_game(m[None], job.masks[j][None], job.cfg.tolerance)[0]
-        out.append(Hit(image=job.indices[j], name=name, row=row_key(row), peak=(int(peak[0]), int(peak[1])),
-                       hit=bool(hit)))
-    return out
 
 
 def batch_maps(cam: CamResult | None, grads: GradientsResult | None, positions: list[int], like: torch.Tensor
@@ -592,26 +304,21 @@ def _sanity(ctx: Context, cfg: EvaluationConfig, cam: CamResult | None, grads: G
     seed = cfg.sanity.seed if cfg.sanity.seed is not None else ctx.config.seed
     cam_t = np.array([cam.targets[p][0] for p in positions], dtype=np.int64) if cam is not None else None
     grad_t = grads.classes[positions, 0].astype(np.int64) if grads is not None else None
-    steps: list[dict[str, np.ndarray]] = []
 
-    def explain(model: nn.Module, xs: torch.Tensor, _targets: torch.Tensor) -> dict[str, np.ndarray]:
+    def recompute(model: nn.Module, xs: torch.Tensor, _targets: torch.Tensor) -> dict[str, np.ndarray]:
+        engine = engine_for(ctx.info, model, xs)
         out: dict[str, np.ndarray] = {}
         if cam is not None:
-            out.update({row_key(r): m for r, m in cam_maps(ctx.info, model, xs, cam_t, cam).items()})
+            out.update({row_key(r): m for r, m in cam_stage.recompute(cam, ctx.info, engine, cam_t).items()})
         if grads is not None:
-            found = gradient_attributions(ctx.info, model, xs, grad_t, grads, list(grads.maps), ctx.config.seed,
-                                          ctx.offset + positions[0])
+            found = gradients_stage.recompute(grads, ctx.info, engine, grad_t, list(grads.maps), ctx.config.seed,
+                                              ctx.offset + positions[0])
             out.update({m: gradient_map(a.cpu().numpy()) for m, a in found.items()})
-        if steps:  # a method that stopped applying on the randomised model: a constant map (correlation NaN)
-            out = {k: out.get(k, np.zeros_like(v)) for k, v in steps[0].items()}
-        steps.append({k: v[0].astype(np.float16) for k, v in out.items()})
-        out = {k: v.astype(np.float64) for k, v in out.items()}
         return out
 
     order = sanity.blocks(ctx.model, cfg.sanity.blocks)
     targets = torch.as_tensor(cam_t if cam_t is not None else grad_t)
-    result = sanity.cascade(ctx.model, order, explain, x, targets, seed=seed)
-    maps = {k: np.stack([s[k] for s in steps]) for k in steps[0]}
+    result, maps = sanity.cascade_keeping_maps(ctx.model, order, recompute, x, targets, seed=seed)
     names = tuple(ctx.images[p].name for p in positions)
     return SanityOutcome(cascade=result, images=names, image=names[0], maps=maps, mode=cfg.sanity.blocks, seed=seed)
 
@@ -655,22 +362,6 @@ def reduce(results: list[EvaluationResult]) -> EvaluationResult:
 # ---------------------------------------------------------------------------- aggregates
 
 
-def bootstrap(values: np.ndarray, seed: int, resamples: int = RESAMPLES) -> dict | None:
-    """Mean over images and its 95 % percentile bootstrap interval (images resampled with replacement, numpy's
-    generator seeded with `seed`); NaN images left out; None when none is left."""
-    v = np.asarray(values, dtype=np.float64)
-    v = v[~np.isnan(v)]
-    if v.size == 0:
-        return None
-    mean = float(v.mean())
-    if v.size == 1:
-        return {"mean": mean, "low": mean, "high": mean, "n": 1}
-    draws = np.random.default_rng(seed).integers(0, v.size, size=(resamples, v.size))
-    means = v[draws].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return {"mean": mean, "low": float(min(low, mean)), "high": float(max(high, mean)), "n": int(v.size)}
-
-
 def per_image(result: EvaluationResult, row: Row, column: str) -> np.ndarray:
     """(n,) the column's values for the row, over its images (sanity: the sanity images)."""
     key = row_key(row)
@@ -688,15 +379,7 @@ def summarize(result: EvaluationResult) -> list[dict]:
     table = [{"method": m, "layer": layer or None, "family": family((m, layer)), "key": row_key((m, layer)),
               "scores": {c: bootstrap(per_image(result, (m, layer), c), result.seed) for c in result.columns},
               "best": []} for m, layer in result.rows]
-    for column in result.columns:
-        sign = -1 if COLUMN[column].better == "lower" else 1
-        means = [(sign * row["scores"][column]["mean"], k) for k, row in enumerate(table)
-                 if row["scores"][column] is not None]
-        if means:
-            top = max(v for v, _ in means)
-            for v, k in means:
-                if v == top:
-                    table[k]["best"].append(column)
+    mark_best(table, result.columns)
     return table
 
 

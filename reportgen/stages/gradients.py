@@ -2,11 +2,11 @@
 family in `reportgen.methods`, equal to Captum 0.9.0's `attribute()` for the same target; the computation is
 `reportgen.methods.gradients`.
 
-The stage plans the passes its methods need (`Method.needs`): the input gradient of one forward and one
-backward per target rank (from the engine, which serves a pass an earlier stage ran for the same classes),
-ONE forward with switchable ReLU rules for the methods that have one, and their own passes for
-SmoothGrad and integrated gradients (plus the latter's completeness gap |Σ attributions − (f(x) −
-f(baseline))| / |f(x) − f(baseline)| per image).
+The maps come from `methods.dispatch.explain` (which plans the passes by each method's `needs`: the input
+gradient from the engine, which serves a pass an earlier stage ran for the same classes, ONE forward with
+switchable ReLU rules for the methods that have one, own passes for SmoothGrad and integrated gradients). The
+stage adds the completeness gap of the attributions measured from a baseline (integrated gradients):
+|Σ attributions − (f(x) − f(baseline))| / |f(x) − f(baseline)| per image.
 """
 from __future__ import annotations
 
@@ -23,10 +23,12 @@ from torch import nn
 
 from ..config.rules import COUNT, known_colormap, setting
 from ..config.values import TargetSpec
+from ..engine import Engine
 from ..errors import ReportgenError, did_you_mean
 from ..layers import auto_cam_layer, map_view, spatial_shape
 from ..methods import REGISTRY
-from ..methods.gradients import GradientJob, RuledPass, compute_ruled_pass, image_generator, score_difference
+from ..methods.dispatch import Settings, explain
+from ..methods.gradients import image_generator, score_difference
 from ..ops import gaussian_blur
 from . import Context, ModelInfo, Stage
 from .cam import CamResult
@@ -85,7 +87,7 @@ def check(info: ModelInfo, cfg: GradientsConfig) -> None:
     """What needs the model: the CAM layer, the baseline file's shape, class ids."""
     if _needs_layer(cfg):
         cam_layer(info, cfg)
-    if "integrated_gradients" in cfg.methods and isinstance(cfg.baseline, Path):
+    if isinstance(cfg.baseline, Path):
         load_baseline_file(cfg.baseline, tuple(info.config.model.input_size))
     for target in cfg.targets.classes:
         info.class_index(target)
@@ -141,97 +143,56 @@ def load_baseline_file(path: Path, input_size: tuple[int, ...]) -> np.ndarray:
 # ---------------------------------------------------------------------------- the stage
 
 
+def settings(info: ModelInfo, cfg: GradientsConfig, batch: torch.Tensor, seed: int, offset: int = 0,
+             layer: str | None = None) -> Settings:
+    """What the methods of `cfg` need from `dispatch.explain` for `batch` (the batch's first image is image
+    `offset` among all images); `layer`: guided Grad-CAM's (`cam_layer`)."""
+    return Settings(cam_layer=layer, views={layer: map_view(info, layer)} if layer is not None else {},
+                    batch_size=cfg.internal_batch_size or max(1, BATCH_ELEMENTS // batch[0].numel()), seed=seed,
+                    offset=offset, samples=cfg.samples, stdev=cfg.stdev, steps=cfg.steps,
+                    baseline=lambda: make_baseline(cfg.baseline, batch, seed, offset=offset)[0])
+
+
 def run(ctx: Context, cfg: GradientsConfig) -> GradientsResult:
     model, batch = ctx.model, ctx.batch  # batch (N, C, H, W), never modified
     targets = ctx.targets(cfg.targets)  # per image, R classes
     class_sets = [tuple(int(t[r]) for t in targets) for r in range(len(targets[0]))]  # per rank, one class per image
-    records = [REGISTRY[m] for m in cfg.methods]
     layer = cam_layer(ctx.info, cfg, ctx.results.get(CamResult)) if _needs_layer(cfg) else None
-    batch_size = cfg.internal_batch_size or max(1, BATCH_ELEMENTS // batch[0].numel())
-    out: dict[str, list[torch.Tensor]] = {}  # method -> per rank (N, C, H, W)
-    seconds = dict.fromkeys(cfg.methods, 0.0)
-    clock = _Clock(seconds)
     warnings: list[str] = []
-    ruled_methods = [m for m in records if m.relu_rule is not None]
-    if ruled_methods and not any(isinstance(m, nn.ReLU) for m in model.modules()):
+    if any(REGISTRY[m].relu_rule for m in cfg.methods) and not any(isinstance(m, nn.ReLU) for m in model.modules()):
         warnings.append("The model has no nn.ReLU modules (it may call F.relu): guided backprop, deconvnet and "
                         "guided Grad-CAM then use plain gradients, as Captum does.")
+    explained = explain(cfg.methods, ctx.engine, class_sets,
+                        settings(ctx.info, cfg, batch, ctx.config.seed, ctx.offset, layer), log=ctx.log)
+    seconds = dict(explained.seconds)
 
-    # the input gradient: from the engine's passes (an earlier stage's, for the same classes), else from the ONE
-    # forward with switchable ReLU rules when one runs (one backward per rule and rank), else a pass of its own
-    input_methods = [m for m in records if "input_grad" in m.needs]
-    input_grads = [ctx.engine.input_grad(classes) if input_methods else None for classes in class_sets]
-    reused = tuple(grad is not None for grad in input_grads)
-    missing = [r for r, grad in enumerate(input_grads) if grad is None] if input_methods else []
-    rules = [m.relu_rule for m in ruled_methods]
-    ruled = _engine_ruled(ctx.engine, class_sets, rules, layer) if rules and not missing else None
-    if ruled is not None:
-        ctx.log(f"gradients: the ReLU rules {', '.join(dict.fromkeys(rules))} from the CAM section's pass")
-    elif rules:
-        with clock(ruled_methods[0].id):
-            ctx.log(f"gradients: one forward, backward by the ReLU rules {', '.join(dict.fromkeys(rules))}")
-            ruled = compute_ruled_pass(model, batch, class_sets, rules + (["plain"] if missing else []), layer,
-                                       forward=ctx.forward)
-        for r in missing:
-            input_grads[r] = ruled.input_grads["plain"][r]
-    elif missing:
-        with clock(input_methods[0].id):
-            ctx.log("gradients: one forward for the input gradient")
-            passes = ctx.engine.passes([], [class_sets[r] for r in missing], input_grad=True)
-        for r, grad_pass in zip(missing, passes):
-            input_grads[r] = grad_pass.input_grad
-    view = map_view(ctx.info, layer) if layer is not None and ruled is not None else None
-    if view is not None:  # a transformer's tokens: guided Grad-CAM on their grid (the view is linear: so is ∂)
-        ruled = dataclasses.replace(ruled, activations=view(ruled.activations),
-                                    layer_grads=[view(g) for g in ruled.layer_grads])
-
-    baseline, baseline_text = None, ""
-    if "integrated_gradients" in cfg.methods:
-        baseline, baseline_text = make_baseline(cfg.baseline, batch, ctx.config.seed, offset=ctx.offset)
-    job = GradientJob(model=model, forward=ctx.forward, batch=batch, class_sets=class_sets, batch_size=batch_size,
-                      seed=ctx.config.seed, offset=ctx.offset, samples=cfg.samples,
-                      stdev=cfg.stdev, steps=cfg.steps, baseline=baseline)
-    for method in records:
-        fn = method.function()
-        with clock(method.id):
-            if "input_grad" in method.needs:
-                out[method.id] = [fn(batch, grad) for grad in input_grads]
-            elif method.relu_rule is not None:
-                out[method.id] = [fn(ruled, r) for r in range(len(class_sets))]
-            else:
-                out[method.id] = fn(job)
-
-    completeness = None
-    if "integrated_gradients" in cfg.methods:
-        with clock("integrated_gradients"):
-            sums = torch.stack([a.double().sum(dim=(1, 2, 3)) for a in out["integrated_gradients"]], dim=1)
-            deltas = score_difference(ctx.forward, ctx.logits, baseline, class_sets)
-            completeness = _completeness(sums.cpu().numpy(), deltas)
+    completeness, baseline_text = None, ""
+    if explained.from_baseline:  # attributions that should sum to f(x) − f(baseline): how far they are from it
+        method = explained.from_baseline[0]
+        start = time.perf_counter()
+        sums = torch.stack([a.double().sum(dim=(1, 2, 3)) for a in explained.gradients[method]], dim=1)
+        deltas = score_difference(ctx.forward, ctx.logits, explained.baseline, class_sets)
+        completeness = _completeness(sums.cpu().numpy(), deltas)
+        seconds[method] += time.perf_counter() - start
         warnings += _gap_warnings(completeness, targets, ctx, cfg.steps)
+        baseline_text = describe_baseline(cfg.baseline, batch, ctx.config.seed)
 
-    maps = {m: torch.stack(out[m], dim=1).detach().float().cpu().numpy() for m in cfg.methods}  # (N, R, C, H, W)
+    maps = {m: torch.stack(explained.gradients[m], dim=1).detach().float().cpu().numpy()
+            for m in cfg.methods}  # (N, R, C, H, W)
     return GradientsResult(
         config=cfg, images=tuple(img.name for img in ctx.images), classes=np.asarray(targets, dtype=np.int64),
         maps=maps, cam_layer=layer, completeness=completeness, baseline=baseline_text,
-        reused_cam_pass=reused, seconds=seconds, warnings=tuple(warnings), seed=ctx.config.seed,
+        reused_cam_pass=explained.reused_input_grad, seconds=seconds, warnings=tuple(warnings), seed=ctx.config.seed,
     )
 
 
-def _engine_ruled(engine, class_sets: list[tuple[int, ...]], rules: list[str], layer: str | None) -> RuledPass | None:
-    """The ReLU rules' gradients from the engine's pass (the CAM section's forward, `Engine.relu_rules`) when it
-    took them for these classes, and holds `layer` as the layer returned it (no in-place op changed it after):
-    guided backprop then needs no forward of its own. None when it cannot serve them."""
-    grads = {rule: [engine.ruled_input_grad(classes, rule) for classes in class_sets] for rule in rules}
-    if any(grad is None for per_rank in grads.values() for grad in per_rank):
-        return None
-    if layer is None:
-        return RuledPass(input_grads=grads, activations=None, layer_grads=[])
-    found = [next((p for p in engine.cached_passes() if p.classes == classes and layer in p.activations
-                   and layer not in p.modified), None) for classes in class_sets]
-    if any(p is None for p in found):
-        return None
-    return RuledPass(input_grads=grads, activations=found[0].activations[layer],
-                     layer_grads=[p.gradients[layer] for p in found])
+def recompute(result: GradientsResult, info: ModelInfo, engine: Engine, targets: np.ndarray, methods: list[str],
+              seed: int, offset: int = 0) -> dict[str, torch.Tensor]:
+    """Method -> (n, C, H, W): the raw attributions of `methods` of `result` for `targets` (n,) of the engine's model
+    and batch (perturbed inputs, a randomised copy of the model), computed as `run` computes them."""
+    found = explain(methods, engine, [[int(t) for t in targets]],
+                    settings(info, result.config, engine.batch, seed, offset, result.cam_layer)).gradients
+    return {m: a[0].detach() for m, a in found.items()}
 
 
 def arrays(result: GradientsResult) -> dict[str, np.ndarray]:
@@ -290,21 +251,32 @@ def make_baseline(kind: str | Path, batch: torch.Tensor, seed: int,
     each image's range (image i's drawn from a generator seeded with seed + offset + i, `offset` the batch's
     first image among all images), or a .npy file for every image."""
     n, c, h, w = batch.shape
+    text = describe_baseline(kind, batch, seed)
     if isinstance(kind, Path):
         array = load_baseline_file(kind, (c, h, w))
-        return torch.from_numpy(array).to(batch).expand_as(batch).clone(), f"from {kind.name}"
+        return torch.from_numpy(array).to(batch).expand_as(batch).clone(), text
     if kind == "zero":
-        return torch.zeros_like(batch), "zero"
+        return torch.zeros_like(batch), text
     if kind == "blur":
-        sigma = BLUR_SIGMA * min(h, w)
-        return gaussian_blur(batch, sigma), f"gaussian blur, sigma {sigma:.1f} px"
+        return gaussian_blur(batch, BLUR_SIGMA * min(h, w)), text
     if kind == "uniform":
         noise = torch.stack([torch.rand(batch.shape[1:], generator=image_generator(seed, offset + i))
                              for i in range(n)]).to(batch)
         lo = batch.amin(dim=(1, 2, 3), keepdim=True)
         hi = batch.amax(dim=(1, 2, 3), keepdim=True)
-        return lo + noise * (hi - lo), f"uniform noise over each image's range, seed {seed}"
+        return lo + noise * (hi - lo), text
     raise ReportgenError(f"unknown baseline `{kind}`.{did_you_mean(str(kind), BASELINES)}")
+
+
+def describe_baseline(kind: str | Path, batch: torch.Tensor, seed: int) -> str:
+    """`make_baseline`'s baseline in words."""
+    if isinstance(kind, Path):
+        return f"from {kind.name}"
+    if kind == "blur":
+        return f"gaussian blur, sigma {BLUR_SIGMA * min(batch.shape[-2:]):.1f} px"
+    if kind == "uniform":
+        return f"uniform noise over each image's range, seed {seed}"
+    return str(kind)
 
 
 def _completeness(sums: np.ndarray, deltas: np.ndarray) -> Completeness:
@@ -326,24 +298,6 @@ def _gap_warnings(c: Completeness, targets: list[list[int]], ctx: Context, steps
                 out.append(f"Integrated gradients for {what}: the attributions miss f(x) − f(baseline) by "
                            f"{100 * gap:.1f}% (over {100 * GAP_WARNING:.0f}%): raise `steps` (now {steps}).")
     return out
-
-
-class _Clock:
-    """`with clock(method):` adds the block's wall time to seconds[method]."""
-
-    def __init__(self, seconds: dict[str, float]):
-        self.seconds = seconds
-        self.method = ""
-
-    def __call__(self, method: str) -> "_Clock":
-        self.method = method
-        return self
-
-    def __enter__(self) -> None:
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc) -> None:
-        self.seconds[self.method] += time.perf_counter() - self.start
 
 
 def reduce(results: list[GradientsResult]) -> GradientsResult:
