@@ -214,7 +214,7 @@ def test_when_cam_fails_the_gradients_maps_are_scored_unless_it_had_started(proj
      "needs `analyses.cam` or `analyses.gradients`: add one to the config."),
     (lambda c: c["analyses"]["evaluation"].update(metrics=["deletion", "ROAD", "insertoin"]),
      "unknown metric `insertoin`. Did you mean `insertion`? Metrics: deletion, insertion, road, "
-     "confidence_change, infidelity, sensitivity, sanity, localisation."),
+     "confidence_change, infidelity, sensitivity, localisation, sanity."),
     (lambda c: c["analyses"]["evaluation"].update(step=1024), "1024 pixels a step is the whole 32×32 input"),
     (lambda c: c["analyses"]["evaluation"].update(step=0), "`analyses.evaluation.step` (config.yaml, line"),
     (lambda c: c["analyses"]["evaluation"].update(percentiles=[]), "needs at least one percentile"),
