@@ -240,6 +240,7 @@ def _rank(rank: int, init: str, titles: list[str], errors) -> None:
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow  # two spawned processes start torch, per case
 @pytest.mark.parametrize("titles", [["a", "a"], ["a", "b"]])
 def test_ranks_that_read_different_configs_are_refused_on_every_rank(tmp_path, titles):
     mp = torch.multiprocessing.get_context("spawn")
