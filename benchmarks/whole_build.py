@@ -1,6 +1,7 @@
 """The whole build of ResNet-50 over 8 images with every cheap stage, against a bare forward+backward, in one run.
 
     python benchmarks/whole_build.py [--repeats 5] [--threads N] [--images 8] [--size 224] [--keep DIR]
+                                     [--device cpu]
 
 Writes into a temporary folder, once: a state_dict of a seeded random torchvision resnet50 (`checkpoint.pt`; no
 network), --images seeded random-noise PNGs of --size², and a config: torchvision resnet50 with that
@@ -71,7 +72,7 @@ def run(command: list[str], env: dict[str, str]) -> tuple[float, str]:
     return seconds, done.stdout
 
 
-def write_inputs(folder: Path, images: int, size: int) -> Path:
+def write_inputs(folder: Path, images: int, size: int, device: str = "cpu") -> Path:
     """The checkpoint, the images and the config; returns the config's path."""
     import numpy as np
     import torch
@@ -94,7 +95,7 @@ model:
   checkpoint: checkpoint.pt
   input_size: [3, {size}, {size}]
   labels: imagenet
-  device: cpu
+  device: {device}
 inputs:
   images: [images/*.png]
   preprocess: {{normalize: imagenet}}
@@ -110,7 +111,7 @@ output:
     return config
 
 
-def bare_pass(folder: Path, images: int, size: int, threads: int | None):
+def bare_pass(folder: Path, images: int, size: int, threads: int | None, device: str = "cpu"):
     """A callable timing one forward + backward of the batch through the checkpoint's resnet50 (eval mode)."""
     import torch
     import torchvision
@@ -119,8 +120,8 @@ def bare_pass(folder: Path, images: int, size: int, threads: int | None):
         torch.set_num_threads(threads)
     model = torchvision.models.resnet50()
     model.load_state_dict(torch.load(folder / "checkpoint.pt", weights_only=True))
-    model.eval()
-    x = torch.randn(images, 3, size, size, generator=torch.Generator().manual_seed(0))
+    model.eval().to(device)
+    x = torch.randn(images, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad():
         classes = model(x).argmax(1).view(-1, 1)
 
@@ -129,6 +130,8 @@ def bare_pass(folder: Path, images: int, size: int, threads: int | None):
         model.zero_grad(set_to_none=True)
         model(x).gather(1, classes).sum().backward()
         model.zero_grad(set_to_none=True)
+        if x.is_cuda:
+            torch.cuda.synchronize()
         return time.perf_counter() - begin
 
     once()  # warm-up
@@ -143,6 +146,7 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--keep", type=Path, default=None, help="copy the last build's output here")
+    parser.add_argument("--device", default="cpu", help="the config's model.device and the bare pass's: cpu or cuda")
     args = parser.parse_args()
 
     env = dict(os.environ)
@@ -155,11 +159,11 @@ def main() -> int:
     print(f"load average before {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory(prefix="reportgen-whole-build-") as tmp:
         folder = Path(tmp)
-        config = write_inputs(folder, args.images, args.size)
-        bare, threads = bare_pass(folder, args.images, args.size, args.threads)
+        config = write_inputs(folder, args.images, args.size, args.device)
+        bare, threads = bare_pass(folder, args.images, args.size, args.threads, args.device)
         print(f"build:     {' '.join(build)} build <tmp>/config.yaml -o <tmp>/runN -q  (subprocess)")
         print(f"baseline:  bare forward+backward of {args.images}x3x{args.size}x{args.size}, resnet50, in-process "
-              f"after one warm-up, {threads} threads")
+              f"after one warm-up, {threads} threads, device {args.device}")
         print(f"{args.repeats} repeats, OMP_NUM_THREADS={env.get('OMP_NUM_THREADS', '(unset)')}")
         run(imports, env)  # warm the file cache once
         walls, bares, importing, loading, others = [], [], [], [], []

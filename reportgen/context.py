@@ -81,7 +81,7 @@ class ModelInfo:
             return folded.index(target.casefold())
         if target.casefold() in folded:
             raise ReportgenError(f"class `{target}` matches several labels that differ only in case: "
-                                 f"{', '.join(l for l in self.labels if l.casefold() == target.casefold())}; "
+                                 f"{', '.join(label for label in self.labels if label.casefold() == target.casefold())}; "
                                  "write it exactly.")
         raise ReportgenError(f"class `{target}` is not in the label list.{did_you_mean(target, self.labels)}")
 

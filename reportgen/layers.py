@@ -136,7 +136,7 @@ def auto_cam_layer(info: ModelInfo) -> AutoLayer:
         return AutoLayer(name=recommended, shape=spatial_shape(info, recommended), why=info.adapter.layouts.cam_why,
                          layout=layout_text(info, recommended))
     best = None
-    called = sorted((layer for layer in info.layers.values() if layer.order is not None), key=lambda l: l.order)
+    called = sorted((layer for layer in info.layers.values() if layer.order is not None), key=lambda layer: layer.order)
     skipped: list[LayerInfo] = []
     shapes: dict[str, tuple | None] = {}
     for layer in called:
@@ -199,7 +199,7 @@ def match_pattern(info: ModelInfo, pattern: LayerPattern) -> list[str]:
              if (pattern.type is None or layer.type == pattern.type)
              and (pattern.depth is None or depth_of(layer.name) == pattern.depth)]
     position = {name: i for i, name in enumerate(info.layers)}
-    found.sort(key=lambda l: (l.order is None, l.order if l.order is not None else 0, position[l.name]))
+    found.sort(key=lambda layer: (layer.order is None, layer.order if layer.order is not None else 0, position[layer.name]))
     return [layer.name for layer in found]
 
 
@@ -233,12 +233,12 @@ def _no_match(info: ModelInfo, pattern: LayerPattern, key: str) -> str:
     model = type(info.model).__name__
     message = f"`{key}`: no layer of {model} matches {describe_pattern(pattern)}."
     if pattern.depth is not None:
-        at_depth = sorted({l.type for l in info.layers.values() if depth_of(l.name) == pattern.depth})
+        at_depth = sorted({layer.type for layer in info.layers.values() if depth_of(layer.name) == pattern.depth})
         deepest = max((depth_of(n) for n in info.layers), default=0)
         if not at_depth:
             return message + f" Its layers go down to depth {deepest}."
         message += f" Types at depth {pattern.depth}: {', '.join(at_depth)}."
-    types = sorted({l.type for l in info.layers.values()})
+    types = sorted({layer.type for layer in info.layers.values()})
     if pattern.type is not None and pattern.type not in types:
         message += did_you_mean(pattern.type, types) + f" Types in the model: {', '.join(types)}."
     return message

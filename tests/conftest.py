@@ -29,6 +29,21 @@ TINYNET = textwrap.dedent('''
 ''')
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config, items):
+    """Tests that drive the browser (the `driver` fixture) are `slow`. The `gpu` tests run only when the `-m`
+    expression names them (`-m gpu`); any other run deselects them, so a run without CUDA reports no skip."""
+    for item in items:
+        if "driver" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+    if "gpu" in (config.option.markexpr or ""):
+        return
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu:
+        config.hook.pytest_deselected(items=gpu)
+        items[:] = [item for item in items if not item.get_closest_marker("gpu")]
+
+
 def make_image(path: Path, size=(40, 32), seed=0, mode="RGB") -> Path:
     rng = np.random.default_rng(seed)
     pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)

@@ -368,9 +368,11 @@ def test_summary_table_sorts_by_a_column_and_filters_by_name_or_type(driver, qui
         assert fold.get_attribute("aria-expanded") == "true" and js(driver, hidden) == []
     box = driver.find_element("css selector", "input.filter")
     table = driver.find_element("id", box.get_attribute("data-table"))
-    rows = "return [...arguments[0].tBodies[0].rows].filter(r => r.offsetParent !== null).map(r => r.cells[0].textContent + ' ' + r.cells[1].textContent)"
+    rows = ("return [...arguments[0].tBodies[0].rows].filter(r => r.offsetParent !== null)"
+            ".map(r => r.cells[0].textContent + ' ' + r.cells[1].textContent)")
     everything = js(driver, rows, table)
-    wanted = js(driver, "return arguments[0].tBodies[0].rows[arguments[0].tBodies[0].rows.length - 1].cells[1].textContent.trim()", table)
+    wanted = js(driver, "const rows = arguments[0].tBodies[0].rows; return rows[rows.length - 1].cells[1].textContent.trim()",
+                table)
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", box)
     box.send_keys(wanted.lower())
     shown = js(driver, rows, table)
@@ -451,7 +453,8 @@ def _flatten(layers: list[list[float]]) -> list[float]:
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 def test_every_visible_text_passes_wcag_aa_contrast_in_both_themes(driver, quickstart, scheme):
     open_page(driver, quickstart["html"], scheme=scheme)
-    background = _flatten([[float(v) for v in re.findall(r"[\d.]+", js(driver, "return getComputedStyle(document.body).backgroundColor"))]])
+    body_colour = js(driver, "return getComputedStyle(document.body).backgroundColor")
+    background = _flatten([[float(v) for v in re.findall(r"[\d.]+", body_colour)]])
     assert (sum(background) / 3 < 60) == (scheme == "dark")  # the theme follows the system
     texts = js(driver, TEXT_COLOURS)
     assert len(texts) > 20
@@ -503,7 +506,8 @@ def test_fully_readable_with_javascript_off(driver, quickstart):
     state = js(driver, """return {
         js: document.documentElement.classList.contains('js'),
         closedStages: document.querySelectorAll('section.stage > details:not([open])').length,
-        hiddenRows: [...document.querySelectorAll('tbody tr')].filter(r => r.offsetParent === null && !r.closest('details:not([open])')).length,
+        hiddenRows: [...document.querySelectorAll('tbody tr')]
+            .filter(r => r.offsetParent === null && !r.closest('details:not([open])')).length,
         controls: [...document.querySelectorAll('.table-tools, button.fold')].filter(e => e.offsetParent !== null).length,
         lightbox: document.getElementById('lightbox').getClientRects().length,
         broken: [...document.images].filter(i => !i.closest('#lightbox') && i.complete && i.naturalWidth === 0).length};""")

@@ -1,6 +1,5 @@
 """The CLI in-process: a good build, and every bad input -> exit 2, one clear message, nothing written."""
 import json
-import pickle
 import re
 from pathlib import Path
 
@@ -8,7 +7,6 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from PIL import Image
 
 from reportgen.cli import main
 from tests.conftest import make_image
@@ -146,8 +144,10 @@ def _bad_cases(project):
         import struct
         import zlib
         header = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
-        chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data
-                                    + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+        def chunk(kind, data):
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
         (project.root / "images" / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
                                                            + chunk(b"IEND", b""))
         return strict()
@@ -255,7 +255,8 @@ def test_help_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys; from reportgen.cli import main\ntry:\n main(['--help'])\nexcept SystemExit: pass\nprint('torch' in sys.modules)"
+    code = ("import sys; from reportgen.cli import main\ntry:\n main(['--help'])\nexcept SystemExit: pass\n"
+            "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().endswith("False")
 

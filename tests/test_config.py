@@ -35,7 +35,8 @@ def test_unknown_key_names_path_line_and_closest_spelling():
 @pytest.mark.parametrize("text, expected", [
     ("model: {name: resnet18, input_size: [3, 224]}", "`model.input_size` (c.yaml, line 1): expected [channels, height, width]"),
     ("model: {name: resnet18, device: gpu}", "`model.device` (c.yaml, line 1): `gpu` is not one of auto, cpu, cuda"),
-    ("model: {name: resnet18}\nanalyses:\n  summary: {depth: deep}", "`analyses.summary.depth` (c.yaml, line 3): expected an integer"),
+    ("model: {name: resnet18}\nanalyses:\n  summary: {depth: deep}",
+     "`analyses.summary.depth` (c.yaml, line 3): expected an integer"),
     ("model: {name: resnet18}\nanalyses:\n  cam: {methods: [gradcam, scorcam]}", "Did you mean `scorecam`?"),
     ("model: {name: resnet18}\nanalyses:\n  feature_maps: {max_channels: 0}", "must be at least 1, got 0"),
     ("model: {name: resnet18}\ninputs: {preprocess: {normalize: imagenett}}", "Did you mean `imagenet`?"),

@@ -131,7 +131,7 @@ def odd_yaml(draw, text: str) -> bytes:
         lines.insert(i, lines[i])
     elif kind == "anchors":
         lines = ["title: &t " + draw(safe_text).replace("#", "").replace("&", "") or "x"] + [
-            l for l in lines if not l.startswith("title:")] + ["x_alias: *t"]
+            line for line in lines if not line.startswith("title:")] + ["x_alias: *t"]
     elif kind == "deep":
         depth = draw(st.integers(10, 2000))
         lines.append("deep: " + "[" * depth + "]" * depth)
@@ -140,7 +140,7 @@ def odd_yaml(draw, text: str) -> bytes:
     elif kind == "huge":
         lines.append(f"seed: {draw(st.sampled_from(['9' * 5000, '1.0e999', '-9' * 40, '0x' + 'f' * 40]))}")
     elif kind == "bomb":
-        lines = [l for l in lines if not l.startswith("inputs:")]
+        lines = [line for line in lines if not line.startswith("inputs:")]
         lines += ["b0: &b0 [a, a, a, a, a, a, a, a, a]"] + [
             f"b{n}: &b{n} [{', '.join([f'*b{n - 1}'] * 9)}]" for n in range(1, 8)] + ["inputs: {images: *b7}"]
     elif kind == "self":
@@ -156,7 +156,8 @@ OVERRIDES = st.lists(st.tuples(st.sampled_from(["model.name", "analyses.cam.targ
                      max_size=2)
 
 
-@settings(max_examples=int(os.environ.get("REPORTGEN_FUZZ_EXAMPLES", 120)), deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=int(os.environ.get("REPORTGEN_FUZZ_EXAMPLES", 120)), deadline=None,
+          suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_validate_never_crashes(data):
     root = folder()

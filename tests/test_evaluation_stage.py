@@ -172,7 +172,8 @@ def test_gradients_alone_and_chosen_metrics(project):
     assert "sanity" not in ev and "curves" in ev
     # the headline metrics (Report.metrics(), report.json "metrics"): every mean, `evaluation/<column>/<row>`
     assert {k: v for k, v in data["metrics"].items() if k.startswith("evaluation/")} == pytest.approx(
-        {f"evaluation/{c}/{r['method']}": r["scores"][c]["mean"] for r in ev["rows"] for c in r["scores"]}, rel=1e-5, abs=1e-6)  # report.json: 6 decimals
+        {f"evaluation/{c}/{r['method']}": r["scores"][c]["mean"] for r in ev["rows"] for c in r["scores"]},
+        rel=1e-5, abs=1e-6)  # report.json: 6 decimals
 
 
 @pytest.mark.parametrize("fails_on", [1, 2])

@@ -109,7 +109,7 @@ def test_the_callback_reports_after_each_validation_and_attaches_to_mlflow_and_t
 
     # MLflow: each epoch's files under epoch-<n>/, the metrics at the trainer's global step
     client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    for epoch, report in enumerate(report_callback.reports):
+    for epoch in range(len(report_callback.reports)):
         logged = {a.path for a in client.list_artifacts(mlf.run_id, f"epoch-{epoch}")}
         assert logged == {f"epoch-{epoch}/{name}" for name in ("report.html", "report.json", "images.jsonl")}
     metrics = report_callback.reports[-1].metrics()

@@ -50,6 +50,7 @@ def records(path):
             yield record
 
 
+@pytest.mark.slow  # wandb starts a service process: about 10 s
 def test_the_active_run_gets_the_page_as_html_media_and_the_metrics(project, offline):
     config = project.base() | {"analyses": {"summary": {}, "cam": {"methods": ["gradcam"]}}}
     config["output"] |= {"attach": {"wandb": {"key": "explained"}}}

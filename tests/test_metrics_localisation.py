@@ -41,7 +41,7 @@ def test_inputs_are_checked():
         top_iou(np.zeros((4, 4)), np.zeros((4, 4), bool))
 
 
-import quantus
+import quantus  # noqa: E402 (the reference for the tests below)
 
 
 def quantus_pointing(maps: np.ndarray, masks: np.ndarray) -> list[bool]:

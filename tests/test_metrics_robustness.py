@@ -60,7 +60,9 @@ def test_infidelity_of_a_2d_map_is_the_map_on_every_channel(case):
 def test_infidelity_ignores_the_maps_scale_and_sees_a_wrong_map(case):
     model, x, targets = case
     attr = saliency(model)(x, targets)
-    score = lambda a: robustness.infidelity(model, x, a, targets, generator=torch.Generator().manual_seed(5))
+
+    def score(a):
+        return robustness.infidelity(model, x, a, targets, generator=torch.Generator().manual_seed(5))
     np.testing.assert_allclose(score(attr), score(attr * 7.0), rtol=1e-5)
     # the true gradient (signed) of this piecewise linear model beats a random map
     with torch.enable_grad():

@@ -85,7 +85,9 @@ def test_ssim_equals_scikit_image():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(3, 12, 9))
     b = a + rng.normal(scale=[[[0.1]], [[1.0]], [[5.0]]], size=(3, 12, 9))
-    unit = lambda m: np.abs(m) / np.abs(m).max()
+
+    def unit(m):
+        return np.abs(m) / np.abs(m).max()
     expected = [metrics.structural_similarity(unit(p), unit(q), data_range=1.0) for p, q in zip(a, b)]
     ours = sanity.ssim(a, b)
     np.testing.assert_allclose(ours, expected, rtol=1e-10)
@@ -118,7 +120,7 @@ def test_cascade_of_nothing_changes_nothing(case):
     np.testing.assert_allclose(result.ssim["input_x_gradient"], 1.0)
 
 
-import quantus
+import quantus  # noqa: E402 (the reference for the tests below)
 
 
 def test_modules_mode_equals_quantus_mprt(case):

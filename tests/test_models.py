@@ -519,6 +519,7 @@ def test_a_factory_is_built_as_it_says_even_with_a_checkpoint(tmp_path, monkeypa
 # ---- d. torchvision is imported, and a checkpoint's model loaded, without torch._dynamo (1-2 s of a build's start)
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch twice
 def test_torchvision_imports_without_dynamo_and_still_works(tmp_path):
     import subprocess
     import sys

@@ -170,7 +170,7 @@ def test_the_detail_images_get_the_same_figures_as_a_build_over_only_them(tmp_pa
     assert all(r["name"] in html for r in records)  # every image is a row of the table's data
     data, data_few = (json.loads((o / "report.json").read_text()) for o in (many, few))
     assert [i["name"] for i in data["images"]] == [i["name"] for i in data_few["images"]]
-    for layer, layer_few in zip(data["feature_maps"]["layers"], data_few["feature_maps"]["layers"]):
+    for layer, _ in zip(data["feature_maps"]["layers"], data_few["feature_maps"]["layers"]):
         assert len(layer["images"]) == 5  # channels chosen over all 40 images may differ from over 5
     assert (many / "report.json").stat().st_size < (few / "report.json").stat().st_size * 1.5
     assert_offline_and_clean(open_page(driver, many / "report.html"))
@@ -240,6 +240,7 @@ def _rank(rank: int, init: str, titles: list[str], errors) -> None:
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow  # two spawned processes start torch, per case
 @pytest.mark.parametrize("titles", [["a", "a"], ["a", "b"]])
 def test_ranks_that_read_different_configs_are_refused_on_every_rank(tmp_path, titles):
     mp = torch.multiprocessing.get_context("spawn")

@@ -52,8 +52,9 @@ def series_of(result, run_name: str, tag: str) -> training.Series:
     return found
 
 
-def write_scalars(folder: Path, scalars: dict[str, dict[int, float]], histograms: dict[str, dict[int, np.ndarray]] = {},
+def write_scalars(folder: Path, scalars: dict[str, dict[int, float]], histograms: dict[str, dict[int, np.ndarray]] | None = None,
                   **writer_kwargs) -> None:
+    histograms = histograms or {}
     writer = SummaryWriter(log_dir=str(folder), **writer_kwargs)
     steps = sorted({s for points in [*scalars.values(), *histograms.values()] for s in points})
     for step in steps:

@@ -207,6 +207,7 @@ def test_timm_deit_distilled_drops_both_tokens() -> None:
                 batch_size=96)
 
 
+@pytest.mark.slow  # a Swin forward and backward per block layout
 def test_timm_swin_channels_last_blocks() -> None:
     """timm 1.0.31's Swin blocks output (N, H, W, C): permuted, not the token sequence of pytorch-grad-cam's docs.
     Score-CAM and Ablation-CAM (AblationLayerVit on (N, H, W, C)) on the first stage's 96 channels."""

@@ -240,6 +240,7 @@ def test_ctrl_c_in_other_commands_exits_130(project, monkeypatch):
     assert result.exit_code == 130 and result.stderr == "interrupted, nothing written\n"
 
 
+@pytest.mark.slow  # a subprocess starts torch
 def test_a_real_ctrl_c_exits_130_with_one_line(project):
     """The whole way: SIGINT to a `reportgen build` process while its model loads."""
     import subprocess

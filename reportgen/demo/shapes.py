@@ -297,7 +297,8 @@ def train(
         with open(out / "train_log.csv", "w", newline="") as f_step, open(out / "metrics.csv", "w", newline="") as f_ep:
             step_log, epoch_log = csv.writer(f_step), csv.writer(f_ep)
             step_log.writerow(["epoch", "step", "lr", "loss", "accuracy"])
-            epoch_log.writerow(["epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "elapsed_s", "cpu_s"])
+            epoch_log.writerow(["epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+                                "elapsed_s", "cpu_s"])
             for epoch in range(epochs):
                 data = generate(train_size, seed=1000 * seed + epoch, size=size)
                 labels = torch.from_numpy(data.labels)
