@@ -6,7 +6,7 @@
 
 Importing the package is cheap: torch loads only when a build or validation runs.
 """
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401
 
 
 def load_config(path, overrides=()):

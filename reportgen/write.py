@@ -312,7 +312,7 @@ def _write_report(out_dir: Path, owned: set[str], *, html, report_json, arrays, 
 
 
 def _manifest(files: set[str]) -> bytes:
-    from . import __version__
+    from .version import __version__
 
     return json.dumps({"reportgen": __version__, "files": sorted(files)}, indent=1).encode("utf-8")
 
@@ -402,3 +402,23 @@ def _remove_stale(out_dir: Path, stale: set[str]) -> None:
     assets = out_dir / "assets"
     if assets.is_dir() and not any(assets.iterdir()):
         assets.rmdir()
+
+
+def check_output_dir(out_dir: Path, key: str = "output.dir") -> None:
+    """The output folder must be creatable and writable; checked before anything runs, by writing (and
+    removing) a temporary file in the folder or its nearest existing parent: nothing is left behind."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ReportgenError(f"`{key}`: {out_dir} exists and is not a folder.")
+    probe = out_dir
+    while not probe.exists():
+        probe = probe.parent
+    problem = None if probe.is_dir() else "not a folder"
+    if problem is None:
+        try:
+            with tempfile.TemporaryFile(dir=probe):
+                pass
+        except OSError as exc:
+            problem = exc.strerror or str(exc)
+    if problem:
+        raise ReportgenError(f"`{key}`: cannot write to {out_dir} ({probe}: {problem}). "
+                             "Choose another folder with `-o DIR` or `output.dir`.")

@@ -4,7 +4,7 @@
 runs is checked first (`checks`: ReportgenError, exit code 2, nothing written); the stages run in order
 (`scheduler`): a stage that fails while running is marked failed in the report (exit code 1) and the rest of the
 report is built. Then the page is drawn, and report.json assembled once from the stages' final outcomes
-(`assemble`); TensorBoard events are the one export beside the report (`exporters`).
+(`assemble`); TensorBoard events (`output.tensorboard`) are written by the TensorBoard tracker's module.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from ..errors import ReportgenError
 from ..stages import input_grad_wanted, observed_layers, relu_rules_wanted
 from .assemble import Report, StageRun, describe, mark_undrawn, report_json, source_date_epoch, stage_metrics
 from .checks import Log, check_output_dir, check_outputs, check_stages, prepare_model, quiet, validate
-from .exporters import write_tensorboard_events
+from ..integrations.tensorboard import write_tensorboard_events
 from .scheduler import FirstPass, Scheduler, figures_module
 
 __all__ = ["Log", "Report", "StageRun", "build", "check_output_dir", "check_outputs", "check_stages",

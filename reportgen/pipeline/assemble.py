@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
+from ..version import __version__
 from ..collection import Collection
 from ..config import Config
 from ..context import Context

@@ -3,9 +3,7 @@ options and the images. A problem is a ReportgenError (exit code 2) and nothing 
 from __future__ import annotations
 
 import importlib.util
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
@@ -16,6 +14,7 @@ from ..errors import ReportgenError
 from ..layers import describe_model
 from ..models import hooks_refused, load_labels, load_model
 from ..stages import Stage, planned
+from ..write import check_output_dir
 
 Log = Callable[[str], None]
 
@@ -94,26 +93,6 @@ def validate(config: Config, log: Log = quiet) -> tuple[ModelInfo, list[str]]:
         if not find_log_files(config.analyses.training.logs, warnings, shown=config.shown_path):
             warnings.append("the training stage would be skipped: no log files found.")
     return info, warnings
-
-
-def check_output_dir(out_dir: Path, key: str = "output.dir") -> None:
-    """The output folder must be creatable and writable; checked before anything runs, by writing (and
-    removing) a temporary file in the folder or its nearest existing parent: nothing is left behind."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ReportgenError(f"`{key}`: {out_dir} exists and is not a folder.")
-    probe = out_dir
-    while not probe.exists():
-        probe = probe.parent
-    problem = None if probe.is_dir() else "not a folder"
-    if problem is None:
-        try:
-            with tempfile.TemporaryFile(dir=probe):
-                pass
-        except OSError as exc:
-            problem = exc.strerror or str(exc)
-    if problem:
-        raise ReportgenError(f"`{key}`: cannot write to {out_dir} ({probe}: {problem}). "
-                             "Choose another folder with `-o DIR` or `output.dir`.")
 
 
 def check_outputs(config: Config) -> None:
