@@ -42,7 +42,8 @@ def screenshot(html: Path, width: int, height: int, scroll: int, dark: bool, at:
             driver.execute_script("document.getElementById(arguments[0]).scrollIntoView()", at)
         driver.execute_script("window.scrollBy(0, arguments[0])", scroll)
         driver.execute_async_script("const done = arguments[arguments.length - 1];"
-                                    "const imgs = [...document.images].filter(i => i.src); imgs.forEach(i => { i.loading = 'eager'; });"
+                                    "const imgs = [...document.images].filter(i => i.src);"
+                                    "imgs.forEach(i => { i.loading = 'eager'; });"
                                     "Promise.all(imgs.map(i => i.decode()"
                                     ".catch(() => null))).then(() => requestAnimationFrame(() => done()));")
         return driver.get_screenshot_as_png()

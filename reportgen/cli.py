@@ -247,13 +247,14 @@ def layers(target: str, input_size: tuple[int, int, int], show_all: bool) -> Non
         return
     from .layers import auto_cam_layer, map_text
 
-    traced = any(l.output_shape is not None for l in info.layers.values())
-    rows = [l for l in info.layers.values() if show_all or not traced or l.output_shape is not None]
-    width = max([len(l.name) for l in rows] + [5])
+    traced = any(layer.output_shape is not None for layer in info.layers.values())
+    rows = [layer for layer in info.layers.values() if show_all or not traced or layer.output_shape is not None]
+    width = max([len(layer.name) for layer in rows] + [5])
     click.echo(f"{'layer':<{width}}  {'type':<22} {'output shape':<22} {'map (C, H, W)':<25} {'params':>12}")
-    for l in rows:
-        shape = "x".join(map(str, l.output_shape)) if l.output_shape else "-"
-        click.echo(f"{l.name:<{width}}  {l.type:<22} {shape:<22} {map_text(info, l.name):<25} {l.num_params:>12,}")
+    for layer in rows:
+        shape = "x".join(map(str, layer.output_shape)) if layer.output_shape else "-"
+        click.echo(f"{layer.name:<{width}}  {layer.type:<22} {shape:<22} {map_text(info, layer.name):<25} "
+                   f"{layer.num_params:>12,}")
     if not traced:
         click.echo("\nno output shapes: a TorchScript model takes no hooks (feature maps and CAM need a Python model)")
         return

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .config import Config, rules_of, yaml_fields
-from .config.registered import classes
+from .config.registered import hints
 
 REGENERATE = "python -m reportgen.reference > docs/config.md"
 
@@ -88,8 +88,7 @@ def _description(cls: type, f: dataclasses.Field) -> str:
 
 
 def _hints(cls: type) -> dict[str, Any]:
-    classes()  # the sections the registries give (model, analyses, output.attach), as they are now
-    return typing.get_type_hints(cls)
+    return hints(cls)  # the sections the registries give (model, analyses, output.attach) resolved as they are now
 
 
 def _options(tp: Any) -> tuple:

@@ -130,6 +130,15 @@ class Registry:
         self._load()
         return self._records.get(name)
 
+    def spelled(self, name: str, where: Callable[[Any], bool] = lambda record: True) -> Any | None:
+        """The record (of those `where` keeps) whose name or one of whose `aliases` `name` spells: case, spaces and
+        punctuation forgiven, `++` read as `pp` (`Grad-CAM++` is `gradcampp`); None if none."""
+        wanted = spelling(name)
+        for record in self.records():
+            if where(record) and wanted in {spelling(self._name(record)), *map(spelling, getattr(record, "aliases", ()))}:
+                return record
+        return None
+
     def get(self, name: str, key: str | None = None) -> Any:
         """The record `name`; a ReportgenError naming the closest one and every one (at config key `key`) if none."""
         record = self.find(name)
@@ -138,6 +147,11 @@ class Registry:
             raise ReportgenError(f"{where}`{name}` is not a {self.kind}.{did_you_mean(name, self.names())} "
                                  f"Valid: {', '.join(self.names())}.")
         return record
+
+
+def spelling(name: str) -> str:
+    """How names are compared: lower case, `++` as `pp`, `+` as `p`, only letters and digits."""
+    return "".join(ch for ch in str(name).lower().replace("++", "pp").replace("+", "p") if ch.isalnum())
 
 
 def scan(package: str, attribute: str) -> Callable[[], list[Any]]:

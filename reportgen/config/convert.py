@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union
 
-from .. import methods as method_registry
+from ..registry import METHODS
+from . import registered
 from ..errors import ConfigError, did_you_mean
 from .rules import INT_LIMIT, Rules, Shorthand, clean, dotted, rules_of, yaml_fields
 
@@ -40,11 +41,12 @@ def canonical_methods(names: typing.Sequence[str], family: str, path: tuple, ctx
     """The canonical ids of method `names` of `family` ("cam" or "gradients"), in order, without repeats.
     Case, spaces, `-`, `_` and `++` are forgiven, aliases accepted; an unknown name or an empty list raises
     ConfigError at `path` (the methods key). The one place method names are checked: against the records of
-    `reportgen.methods` (which import no torch)."""
-    allowed = method_registry.ids(family)
+    the method registry (`reportgen.methods`' records, which import no torch, and plug-ins')."""
+    allowed = tuple(m.id for m in METHODS if m.family == family)
     methods: list[str] = []
     for i, name in enumerate(names):
-        canonical = method_registry.canonical(str(name), family)
+        record = METHODS.spelled(str(name), lambda m: m.family == family)
+        canonical = None if record is None else record.id
         if canonical is None:
             raise ctx.error(path + (i,), f"unknown method `{clean(name)}`.{did_you_mean(name, allowed)}"
                             f" Methods: {', '.join(allowed)}.")
@@ -166,7 +168,7 @@ def _convert_dataclass(value: Any, tp: type, path: tuple, ctx: Ctx) -> Any:
         value = {}
     if not isinstance(value, dict):
         raise ctx.error(path, f"expected a mapping of keys, got {value!r}.")
-    hints = typing.get_type_hints(tp)
+    hints = registered.hints(tp)
     fields = yaml_fields(tp)
     kwargs = {}
     for key, raw in value.items():

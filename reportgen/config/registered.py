@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .. import registry
 from ..errors import did_you_mean
-from . import schema
 from .rules import Rules, clean, setting, yaml_fields
 
 if TYPE_CHECKING:
@@ -175,13 +174,18 @@ def classes() -> SimpleNamespace:
             built = SimpleNamespace(ModelConfig=_model_class(),
                                     AnalysesConfig=_keyed("AnalysesConfig", _Stages, registry.STAGES),
                                     AttachConfig=_keyed("AttachConfig", _Attachments, registry.TRACKERS))
-            for name, cls in vars(built).items():
-                cls.__module__ = schema.__name__
-                setattr(schema, name, cls)  # what the annotations of Config and OutputConfig name
+            for cls in vars(built).values():
+                cls.__module__ = "reportgen.config"
             _built.update(version=version, classes=built)
         return _built["classes"]
     finally:
         _building = False
+
+
+def hints(cls: type) -> dict[str, Any]:
+    """The types of a schema class's fields, the names of the classes built here resolved (Config's `model` is
+    a ModelConfig as the registries are now)."""
+    return typing.get_type_hints(cls, localns=vars(classes()))
 
 
 def options_class(name: str) -> type | None:

@@ -12,7 +12,6 @@ import yaml
 
 from ..errors import ConfigError
 from .convert import Ctx, convert
-from .registered import classes
 from .rules import clean, dotted
 from .schema import TOP_KEYS, Config
 
@@ -200,7 +199,6 @@ def parse_data(data: Any, *, base_dir: Path, origin: str = "the config dict", ov
     if "model" not in data:
         raise ConfigError(f"{origin} has no `model:` section: every config names the model to explain "
                           "(`reportgen init` writes a commented starter config).")
-    classes()  # the sections the registries give, as they are now
     config = convert(data, Config, (), Ctx(lines, base_dir))
     return dataclasses.replace(config, source=source, lines=lines)
 

@@ -42,4 +42,5 @@ def attach(report, options: ClearmlOptions, task, *, model=None, step: int | Non
     return f"ClearML task {task.id} ({options.title}/{options.series} and {len(metrics)} scalars)"
 
 
-TRACKER = Tracker(name="clearml", package="clearml", options=ClearmlOptions, find=find_task, attach=attach, page_only="ClearML", order=30)
+TRACKER = Tracker(name="clearml", package="clearml", options=ClearmlOptions, find=find_task, attach=attach,
+                  page_only="ClearML", order=30)

@@ -71,4 +71,5 @@ def write_tensorboard_events(logdir: Path, model: nn.Module, runs: list, log: Ca
     return tb.write_tensorboard(logdir, images=images, histograms=histograms, texts=texts, step=step)
 
 
-TRACKER = Tracker(name="tensorboard", package="tensorboard", options=TensorboardOptions, find=find_dir, attach=attach, order=40)
+TRACKER = Tracker(name="tensorboard", package="tensorboard", options=TensorboardOptions, find=find_dir, attach=attach,
+                  order=40)

@@ -39,4 +39,5 @@ def attach(report, options: WandbOptions, run, *, model=None, step: int | None =
     return f"W&B run {run.id} (`{options.key}` and {len(data) - 1} metrics)"
 
 
-TRACKER = Tracker(name="wandb", package="wandb", options=WandbOptions, find=find_run, attach=attach, page_only="W&B", order=20)
+TRACKER = Tracker(name="wandb", package="wandb", options=WandbOptions, find=find_run, attach=attach, page_only="W&B",
+                  order=20)

@@ -111,20 +111,10 @@ def title(method_id: str) -> str:
     return method.title if method is not None else method_id.replace("_", " ")
 
 
-def alias_key(name: str) -> str:
-    """How names are compared: lower case, `++` as `pp`, `+` as `p`, only letters and digits."""
-    return "".join(ch for ch in str(name).lower().replace("++", "pp").replace("+", "p") if ch.isalnum())
-
-
 def canonical(name: str, family: str | None = None) -> str | None:
     """The method id `name` spells (an id or an alias, any case), within `family` when given; None if none."""
-    key = alias_key(name)
-    for method in METHODS:
-        if family is not None and method.family != family:
-            continue
-        if key == alias_key(method.id) or key in {alias_key(a) for a in method.aliases}:
-            return method.id
-    return None
+    method = METHODS.spelled(name, lambda m: family is None or m.family == family)
+    return None if method is None else method.id
 
 
 def _cam(id: str, title: str, needs: set[str], fn: str, aliases: tuple[str, ...] = (), note: str = "") -> None:

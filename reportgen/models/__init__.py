@@ -7,8 +7,9 @@ Nothing is downloaded.
 
 Adding a model source is one module with its options dataclass, a `load(cfg, base_dir) -> ModelAdapter`
 function (the model as built, on the CPU; a subclass of `ModelAdapter` where the source needs other answers) and
-its record `SOURCE = Source(...)` (see `adapter.Source`; the registry finds it); `load_model` does what every source shares: the checkpoint, eval mode, the device, `model.output`,
-the layouts of the model's layers (`layouts.declare_layouts`).
+its record `SOURCE = Source(...)` (see `adapter.Source`; the registry finds it); `load_model` does what every
+source shares: the checkpoint, eval mode, the device, `model.output`, the layouts of the model's layers
+(`layouts.declare_layouts`).
 """
 from __future__ import annotations
 

@@ -252,5 +252,6 @@ def to_json(result: AttentionResult) -> dict:
             "notes": list(result.notes)}
 
 
-SPEC = Stage(name="attention", title="Attention", order=70, options=AttentionConfig, run=run, check=check, arrays=arrays,
+SPEC = Stage(name="attention", title="Attention", order=70, options=AttentionConfig, run=run, check=check,
+             arrays=arrays,
              to_json=to_json, needs_hooks=True)

@@ -323,5 +323,6 @@ def headline(result: DatasetResult) -> dict[str, float]:
     return out
 
 
-SPEC = Stage(name="dataset", title="Data set overview", order=20, options=DatasetConfig, run=run, reduce=reduce, totals=arrays,
+SPEC = Stage(name="dataset", title="Data set overview", order=20, options=DatasetConfig, run=run, reduce=reduce,
+             totals=arrays,
              to_json=to_json, metrics=headline)

@@ -308,5 +308,6 @@ def reduce(results: list[FeatureMapsResult]) -> FeatureMapsResult:
                                notes=tuple(dict.fromkeys(note for r in results for note in r.notes)))
 
 
-SPEC = Stage(name="feature_maps", title="Feature maps", order=40, options=FeatureMapsConfig, run=run, check=check, reduce=reduce,
-             select=select, observes=lambda info, cfg: listed_layers(info, cfg)[0], arrays=arrays, to_json=to_json, records=records, needs_hooks=True)
+SPEC = Stage(name="feature_maps", title="Feature maps", order=40, options=FeatureMapsConfig, run=run, check=check,
+             reduce=reduce, select=select, observes=lambda info, cfg: listed_layers(info, cfg)[0], arrays=arrays,
+             to_json=to_json, records=records, needs_hooks=True)

@@ -397,5 +397,6 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
     return dh + dw
 
 
-SPEC = Stage(name="kernels", title="Convolution kernels", order=30, options=KernelsConfig, run=run, check=check, arrays=arrays,
+SPEC = Stage(name="kernels", title="Convolution kernels", order=30, options=KernelsConfig, run=run, check=check,
+             arrays=arrays,
              to_json=to_json, needs_hooks=lambda cfg: ("optimize",) if cfg.optimize is not None else ())
