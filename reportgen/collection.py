@@ -20,6 +20,7 @@ from . import datasets, dist
 from .context import ImageInput, ModelInfo
 from .detail import Detail, choose
 from .errors import ReportgenError
+from .inputs import unique_names
 from .progress import track
 
 
@@ -103,7 +104,7 @@ def collect(config, info: ModelInfo, device: torch.device, group: dist.Group = d
         raise ReportgenError(failed[0])
     all_entries = [e for part in parts for e in part[0]]
     start = sum(len(part[0]) for part in parts[:group.rank])
-    names = datasets.unique_names_of(all_entries)
+    names = unique_names([e.path for e in all_entries])
     all_logits = torch.cat([part[1] for part in parts])
     truth = np.array([-1 if e.label is None else int(e.label) for e in all_entries], dtype=np.int64)
     cfg = config.report.detail

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -43,8 +43,6 @@ class ModelInfo:
     adapter: ModelAdapter | None = None  # what loaded it (None: the model as it is, returning logits)
     preprocess: Preprocess | None = None  # how the inputs are prepared, resolved (from_weights: the weights')
     normalize: Normalize | None = None  # the normalisation inside it (None: pixels in [0, 1])
-    # what a stage makes once per build and reuses in every batch (the evaluation's fast forward), by its key
-    made: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -114,6 +112,8 @@ class Context:
     offset: int = 0  # the index of this context's first image among all images
     count: int | None = None  # images in the build (None: this context's images are all of them)
     detail: tuple[int, ...] | None = None  # indices of the detail images among all images (None: every image)
+    # stage name -> what its `Stage.prepare` made once per build (shared by every batch's context)
+    prepared: dict[str, Any] = field(default_factory=dict)
 
     def for_batch(self, images: list[ImageInput], batch: torch.Tensor, logits: torch.Tensor, offset: int,
                   engine: Engine | None = None) -> "Context":
@@ -122,7 +122,7 @@ class Context:
         run on this batch."""
         engine = engine or self.engine.with_batch(batch)
         return Context(info=self.info, device=self.device, batch=batch, images=images, logits=logits, engine=engine,
-                       log=self.log, offset=offset, count=self.count, detail=self.detail)
+                       log=self.log, offset=offset, count=self.count, detail=self.detail, prepared=self.prepared)
 
     @property
     def model(self) -> nn.Module:

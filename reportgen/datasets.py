@@ -375,7 +375,6 @@ def sample_per_class(entries: list[Entry], per_class: int, seed: int) -> list[En
 class Scan:
     """What a scan of `inputs.images` found: the entries read (at most `inputs.limit`), their unique names, and
     notes for the report (images skipped, annotations cropped away)."""
-
     entries: list[Entry] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     failed: list[tuple[Entry, str]] = field(default_factory=list)
@@ -386,7 +385,6 @@ class Scan:
 @dataclass
 class Loaded:
     """What `load` read: the images (ImageInput), their prepared tensors, and notes for the report."""
-
     images: list = field(default_factory=list)
     tensors: list[torch.Tensor] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -464,7 +462,7 @@ def scan(config, pre, entries: list[Entry], found: Scan, progress: Callable = la
         reasons = "; ".join(f"{config.shown_path(e.path)} ({why})" for e, why in failed[:5])
         raise ReportgenError(f"{KEY}: none of the {len(failed)} images could be read: {reasons}"
                              f"{' and more' if len(failed) > 5 else ''}.")
-    found.names = unique_names_of(found.entries)
+    found.names = unique_names([e.path for e in found.entries])
     if failed:
         n = len(failed)
         shown = _listing((f"{config.shown_path(e.path)} ({why})" for e, why in failed), 20)
@@ -489,10 +487,6 @@ def given(images, config) -> list[Entry]:
     width = len(str(len(images) - 1))
     return [Entry(path=Path(f"image{i:0{width}d}"), where=f"images[{i}]",
                   pixels=pixels_of(image, f"images[{i}]", config.inputs.alpha)) for i, image in enumerate(images)]
-
-
-def unique_names_of(entries: list[Entry]) -> list[str]:
-    return unique_names([e.path for e in entries])
 
 
 def load(config, pre, labels: list[str] | None = None, num_classes: int | None = None,

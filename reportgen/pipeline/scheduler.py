@@ -116,13 +116,20 @@ class Scheduler:
         self.log(f"stage {stage.name}{_without(_done_without(stage, self.runs))}")
         start = time.perf_counter()
         try:
-            result = stage.run(self.ctx, getattr(self.ctx.config.analyses, stage.name))
+            result = stage.run(self.ctx, self.prepared(stage))
         except Exception as exc:
             return self.raised(stage, exc, time.perf_counter() - start)
         run = self.finished(stage, result, time.perf_counter() - start)
         if self.arrays_out is not None and run.status == "ok":
             self.arrays_out.add(stage.arrays(result))
         return run
+
+    def prepared(self, stage: Stage):
+        """The stage's options, its `prepare` run first on its first call (what it makes once per build)."""
+        options = getattr(self.ctx.config.analyses, stage.name)
+        if stage.prepare is not None and stage.name not in self.ctx.prepared:
+            self.ctx.prepared[stage.name] = stage.prepare(self.ctx.info, options)
+        return options
 
     def skipped(self, stage: Stage, why: str) -> StageRun:
         self.log(f"stage {stage.name} skipped: {why}")
@@ -213,7 +220,7 @@ class _StreamedGroup:
         """`stage` on one batch (its first image is image `lo`; `rows`: the batch's detail images)."""
         start = time.perf_counter()
         try:
-            result = stage.run(bctx, getattr(self.owner.ctx.config.analyses, stage.name))
+            result = stage.run(bctx, self.owner.prepared(stage))
             bctx.results.add(result)
             if self.owner.arrays_out is not None:
                 arrays = stage.arrays(result)

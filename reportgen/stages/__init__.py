@@ -77,6 +77,9 @@ class Stage:
     # the headline numbers, {name: float} (`Report.metrics()` keys them `<stage>/<name>`: MLflow / W&B metric names)
     metrics: Callable[[Any], dict[str, float]] | None = None
     records: Callable[[Any], list[dict]] | None = None  # streamed: per image, its entry in images.jsonl
+    # what the stage makes once per build before it first runs, from the model and its options (the evaluation's
+    # fast forward); `run` finds it as `ctx.prepared[<name>]`
+    prepare: Callable[[ModelInfo, Any], Any] | None = None
     # streamed: the engine pass the stage asks for first on each batch, (its layers, whether with gradients); a
     # small build's first look at the predictions is that pass's forward (`Engine.first_logits`)
     first_pass: Callable[[ModelInfo, Any], tuple[tuple[str, ...], bool]] | None = None

@@ -285,15 +285,27 @@ def batch_maps(cam: CamResult | None, grads: GradientsResult | None, positions: 
     return maps, targets, attributions
 
 
+class FastForwards:
+    """The checked fast no-grad forward (`metrics.forward`) per input shape, made once per build (a deep copy
+    and its check on the first batch's first image: not a cost of every batch); the adapter picks the logits.
+    What the stage prepares (`Stage.prepare`)."""
+
+    def __init__(self, info: ModelInfo, cfg: EvaluationConfig):
+        self.info = info
+        self.made: dict[tuple, Callable[[torch.Tensor], torch.Tensor]] = {}
+
+    def of(self, batch: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        shape = tuple(batch.shape[1:])
+        if shape not in self.made:
+            adapter = self.info.adapter
+            self.made[shape] = inference_forward(self.info.model, batch[:1],
+                                                 logits=adapter.pick_logits if adapter is not None else None)
+        return self.made[shape]
+
+
 def _perturbation_forward(ctx: Context) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The checked fast no-grad forward (`metrics.forward`), made once per build and input shape (a deep copy
-    and its check: not a cost of every batch); the adapter picks the logits."""
-    key = ("evaluation.forward", tuple(ctx.batch.shape[1:]))
-    if key not in ctx.info.made:
-        adapter = ctx.info.adapter
-        ctx.info.made[key] = inference_forward(ctx.model, ctx.batch[:1],
-                                               logits=adapter.pick_logits if adapter is not None else None)
-    return ctx.info.made[key]
+    # a build prepared it; a context made by hand (a test calling `run`) gets one here
+    return ctx.prepared.setdefault("evaluation", FastForwards(ctx.info, None)).of(ctx.batch)
 
 
 def _sanity(ctx: Context, cfg: EvaluationConfig, cam: CamResult | None, grads: GradientsResult | None,
@@ -472,8 +484,8 @@ def headline(result: EvaluationResult) -> dict[str, float]:
 
 
 SPEC = Stage(
-    name="evaluation", title="Which map to believe", order=80, options=EvaluationConfig, run=run, check=check, reduce=reduce,
-    totals=totals, to_json=to_json, records=records, requires_any=("cam", "gradients"),
-    metrics=headline,
+    name="evaluation", title="Which map to believe", order=80, options=EvaluationConfig, run=run, check=check,
+    reduce=reduce, totals=totals, to_json=to_json, records=records, requires_any=("cam", "gradients"),
+    metrics=headline, prepare=FastForwards,
     needs_hooks=lambda cfg: ("the sanity check",) if "sanity" in wanted(cfg) else (),
 )
