@@ -79,12 +79,12 @@ def _source_comments(cls: type) -> dict[str, str]:
 
 def _description(cls: type, f: dataclasses.Field) -> str:
     """The field's `doc` (or `help`), else the comments on its line in the class that declares it (a field copied
-    into a class the registries build names that class as its `owner`); the model sources that take it first."""
+    into a class the registries build names that class as its `owner`); the model sources or methods that take it first."""
     owners = [f.metadata["owner"]] if "owner" in f.metadata else list(cls.__mro__)
     text = f.metadata.get("doc") or f.metadata.get("help") or next(
         (c for c in (_source_comments(o).get(f.name, "") for o in owners) if c), "")
-    sources = f.metadata.get("sources")
-    return f"{', '.join(f'`{s}`' for s in sources)} only. {text}".strip() if sources else text
+    only = f.metadata.get("only")  # the model sources or methods that take a key the registries added
+    return f"{', '.join(f'`{name}`' for name in only)} only. {text}".strip() if only else text
 
 
 def _hints(cls: type) -> dict[str, Any]:

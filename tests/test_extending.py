@@ -4,6 +4,7 @@ order their requirements give."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,8 @@ from reportgen.config import AnalysesConfig, Config, FeatureMapsConfig, Gradient
 from reportgen.errors import ReportgenError
 from reportgen.methods.cam import scale_cams
 from reportgen.stages import planned, spec, stage_names
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def toycam(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -114,3 +117,32 @@ def test_the_method_records_are_read_without_torch():
             "print('gradcam' in m.ids('cam'), 'saliency' in m.ids('gradients'), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["True", "True", "False"]
+
+
+def test_a_methods_options_live_on_its_record_and_become_keys_of_its_stage():
+    """A method registered with an options dataclass: its keys are keys of `analyses.gradients`, validated with
+    their rules, marked as that method's; a key no method of the stage has is still unknown."""
+    import dataclasses
+
+    from reportgen.config import parse_config, rules_of
+    from reportgen.config.rules import setting
+    from reportgen.errors import ConfigError
+
+    @dataclasses.dataclass(frozen=True)
+    class Rounds:
+        rounds: int = setting(3, ge=1)  # how many times
+
+    methods.register(methods.Method(id="toyrounds", family="gradients", title="Toy rounds",
+                                    needs=frozenset({"input_grad"}), compute=lambda x, g: g, options=Rounds))
+    try:
+        text = "model: {name: resnet18}\nanalyses: {gradients: {methods: [toyrounds], rounds: 7}}\n"
+        gradients = parse_config(text, base_dir=ROOT).analyses.gradients
+        assert gradients.rounds == 7 and gradients.steps == 50  # integrated gradients' option, its default
+        field = next(f for f in dataclasses.fields(gradients) if f.name == "rounds")
+        assert field.metadata["only"] == ("toyrounds",) and rules_of(field).ge == 1
+        with pytest.raises(ConfigError, match=r"`analyses.gradients.rounds` \(config, line 2\): must be at least 1"):
+            parse_config(text.replace("7", "0"), base_dir=ROOT)
+    finally:
+        methods.unregister("toyrounds")
+    with pytest.raises(ConfigError, match="unknown key `analyses.gradients.rounds`"):
+        parse_config(text.replace("toyrounds", "saliency"), base_dir=ROOT)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .. import registry
 from ..errors import did_you_mean
-from .rules import Rules, clean, setting, yaml_fields
+from .rules import Rules, clean, rules_of, setting, yaml_fields
 
 if TYPE_CHECKING:
     from .convert import Ctx
@@ -127,31 +127,48 @@ def _copy(f: dataclasses.Field, tp: Any, metadata: dict) -> tuple[str, Any, data
     return f.name, tp, field(default=f.default, metadata=metadata)
 
 
-def _model_class() -> type:
+def _merged(name: str, base: type, parts: list[tuple[str, type]], taken: set[str], kind: str) -> type:
+    """`base` with the fields of the option classes `parts` ((their record's name, the class)) added: a key several
+    records have is one field, which must have one type and default; each field says which records take it."""
     found: dict[str, tuple[dataclasses.Field, Any, type]] = {}  # key -> (its field, type, the options class)
-    owners: dict[str, list[str]] = {}  # key -> the sources that take it
-    common = {f.name for f in dataclasses.fields(ModelBase)}
-    for record in registry.SOURCES:
-        hints = typing.get_type_hints(record.options)
-        for f in dataclasses.fields(record.options):
-            if f.name in common:
-                raise TypeError(f"model source `{record.name}`: `{f.name}` is a key every source has already")
+    owners: dict[str, list[str]] = {}  # key -> the records that take it
+    for owner, options in parts:
+        hints = typing.get_type_hints(options)
+        for f in dataclasses.fields(options):
+            if f.name in taken:
+                raise TypeError(f"{kind} `{owner}`: `{f.name}` is a key of {base.__name__} already")
             if f.name in found:
                 if hints[f.name] != found[f.name][1] or _default(f) != _default(found[f.name][0]):
-                    raise TypeError(f"model sources `{owners[f.name][0]}` and `{record.name}` give `model.{f.name}` "
-                                    "different types or defaults")
-                owners[f.name].append(record.name)
+                    raise TypeError(f"{kind}s `{owners[f.name][0]}` and `{owner}` give `{f.name}` different types or "
+                                    "defaults")
+                if owner not in owners[f.name]:
+                    owners[f.name].append(owner)
                 continue
-            found[f.name], owners[f.name] = (f, hints[f.name], record.options), [record.name]
-    made = [_copy(f, tp, {"owner": options, "sources": tuple(owners[name])}) for name, (f, tp, options) in found.items()]
-    return dataclasses.make_dataclass("ModelConfig", made, bases=(ModelBase,), frozen=True)
+            found[f.name], owners[f.name] = (f, hints[f.name], options), [owner]
+    made = [_copy(f, tp, {"owner": options, "only": tuple(owners[key])}) for key, (f, tp, options) in found.items()]
+    return dataclasses.make_dataclass(name, made, bases=(base,), frozen=True)
 
 
-def _keyed(name: str, base: type, records) -> type:
-    """A dataclass with one optional key per record (its options; null or absent: off)."""
+def _model_class() -> type:
+    return _merged("ModelConfig", ModelBase, [(r.name, r.options) for r in registry.SOURCES],
+                   {f.name for f in dataclasses.fields(ModelBase)}, "model source")
+
+
+def _with_method_options(options: type) -> type:
+    """A stage's options with its methods' options added (a stage with a `methods` key of a method family)."""
+    family = next((rules_of(f).methods for f in dataclasses.fields(options) if rules_of(f).methods), None)
+    parts = [(m.id, m.options) for m in registry.METHODS if m.family == family and m.options is not None]
+    if not parts:
+        return options
+    return _merged(options.__name__, options, parts, {f.name for f in dataclasses.fields(options)}, "method")
+
+
+def _keyed(name: str, base: type, records, options: dict[str, type] | None = None) -> type:
+    """A dataclass with one optional key per record (its options, or `options[name]`; null or absent: off)."""
+    options = options or {}
     return dataclasses.make_dataclass(
-        name, [(r.name, r.options | None, field(default=None, metadata={"rules": Rules(null_means_default=True),
-                                                                        "doc": getattr(r, "title", "")}))
+        name, [(r.name, options.get(r.name, r.options) | None,
+                field(default=None, metadata={"rules": Rules(null_means_default=True), "doc": getattr(r, "title", "")}))
                for r in records], bases=(base,), frozen=True)
 
 
@@ -171,9 +188,12 @@ def classes() -> SimpleNamespace:
             table.records()  # loaded (plug-ins included) before the version is read
         version = registry.version()
         if _built.get("version") != version:
+            stages = {r.name: _with_method_options(r.options) for r in registry.STAGES}
             built = SimpleNamespace(ModelConfig=_model_class(),
-                                    AnalysesConfig=_keyed("AnalysesConfig", _Stages, registry.STAGES),
-                                    AttachConfig=_keyed("AttachConfig", _Attachments, registry.TRACKERS))
+                                    AnalysesConfig=_keyed("AnalysesConfig", _Stages, registry.STAGES, stages),
+                                    AttachConfig=_keyed("AttachConfig", _Attachments, registry.TRACKERS),
+                                    **{cls.__name__: cls for name, cls in stages.items()
+                                       if cls is not registry.STAGES[name].options})
             for cls in vars(built).values():
                 cls.__module__ = "reportgen.config"
             _built.update(version=version, classes=built)

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from ..registry import METHODS
+from .options import GuidedGradCamOptions, IntegratedGradientsOptions, MaskedOptions, SmoothGradOptions
 
 FAMILIES = ("cam", "gradients")
 # what a method can need from the engine
@@ -47,7 +48,10 @@ class Method:
     relu_rule: str | None = None  # gradient methods: the ReLU backward rule ("guided", "deconv")
     hooks: bool = True  # needs hooks on the model's layers (a TorchScript model takes none)
     compute: str | Callable | None = field(default=None, compare=False)  # "module:function" or the function
-    note: str = ""  # one line for the README's method list
+    note: str = ""  # one line for the docs' method list
+    # its options (a dataclass, `options.py`): keys of its family's stage, given to every configured method that has
+    # them; None: no options
+    options: type | None = field(default=None, compare=False)
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -117,15 +121,17 @@ def canonical(name: str, family: str | None = None) -> str | None:
     return None if method is None else method.id
 
 
-def _cam(id: str, title: str, needs: set[str], fn: str, aliases: tuple[str, ...] = (), note: str = "") -> None:
+def _cam(id: str, title: str, needs: set[str], fn: str, aliases: tuple[str, ...] = (), note: str = "",
+         options: type | None = None) -> None:
     BUILT_IN.append(Method(id=id, family="cam", title=title, aliases=aliases, needs=frozenset(needs),
-                    compute=f"reportgen.methods.cam:{fn}", note=note))
+                           compute=f"reportgen.methods.cam:{fn}", note=note, options=options))
 
 
 def _grad(id: str, title: str, needs: set[str], fn: str, aliases: tuple[str, ...] = (), relu_rule: str | None = None,
-          hooks: bool = False, note: str = "") -> None:
+          hooks: bool = False, note: str = "", options: type | None = None) -> None:
     BUILT_IN.append(Method(id=id, family="gradients", title=title, aliases=aliases, needs=frozenset(needs),
-                    relu_rule=relu_rule, hooks=hooks, compute=f"reportgen.methods.gradients:{fn}", note=note))
+                           relu_rule=relu_rule, hooks=hooks, compute=f"reportgen.methods.gradients:{fn}", note=note,
+                           options=options))
 
 
 # ---------------------------------------------------------------------------- the CAM family (pytorch-grad-cam 1.5.7)
@@ -138,8 +144,8 @@ _cam("layercam", "LayerCAM", {"activations", "gradients"}, "layercam", aliases=(
 _cam("hirescam", "HiResCAM", {"activations", "gradients"}, "hirescam")
 _cam("eigencam", "Eigen-CAM", {"activations"}, "eigencam")
 _cam("eigengradcam", "EigenGrad-CAM", {"activations", "gradients"}, "eigengradcam")
-_cam("scorecam", "Score-CAM", {"activations", "masked_forwards"}, "scorecam")
-_cam("ablationcam", "Ablation-CAM", {"activations", "masked_forwards"}, "ablationcam")
+_cam("scorecam", "Score-CAM", {"activations", "masked_forwards"}, "scorecam", options=MaskedOptions)
+_cam("ablationcam", "Ablation-CAM", {"activations", "masked_forwards"}, "ablationcam", options=MaskedOptions)
 
 # ---------------------------------------------------------------------------- the gradient family (Captum 0.9.0)
 
@@ -150,6 +156,7 @@ _grad("guided_backprop", "Guided backprop", {"relu_rule"}, "guided_backprop", re
 _grad("deconvnet", "Deconvnet", {"relu_rule"}, "deconvnet", relu_rule="deconv", hooks=True,
       aliases=("deconvolution",))
 _grad("guided_gradcam", "Guided Grad-CAM", {"relu_rule", "activations", "gradients"}, "guided_gradcam",
-      relu_rule="guided", hooks=True)
-_grad("smoothgrad", "SmoothGrad", {"own_passes"}, "smoothgrad", aliases=("noisetunnel",))
-_grad("integrated_gradients", "Integrated gradients", {"own_passes"}, "integrated_gradients", aliases=("ig",))
+      relu_rule="guided", hooks=True, options=GuidedGradCamOptions)
+_grad("smoothgrad", "SmoothGrad", {"own_passes"}, "smoothgrad", aliases=("noisetunnel",), options=SmoothGradOptions)
+_grad("integrated_gradients", "Integrated gradients", {"own_passes"}, "integrated_gradients", aliases=("ig",),
+      options=IntegratedGradientsOptions)

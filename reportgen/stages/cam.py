@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch import nn
 
-from ..config.rules import COUNT, known_colormap, setting
+from ..config.rules import known_colormap, setting
 from ..config.values import TargetSpec
 from ..engine import Engine
 from ..errors import ReportgenError
@@ -38,11 +38,12 @@ from . import Context, ModelInfo, Stage
 
 @dataclass(frozen=True)
 class CamConfig:
+    """The CAM section's keys, and (added from the method records) the options of its methods, e.g. Score-CAM's
+    `max_channels`."""
+
     methods: tuple[str, ...] = setting(("gradcam",), methods="cam")
     target_layers: tuple[str, ...] = ()  # default: last 4-D layer before global pooling
     targets: TargetSpec = field(default_factory=TargetSpec)
-    batch_size: int = setting(32, **COUNT)  # masked forwards of scorecam / ablationcam
-    max_channels: int | None = setting(None, **COUNT)  # scorecam / ablationcam: mask only the most active channels
     alpha: float = setting(0.5, ge=0, le=1)  # heat-map weight in overlays
     colormap: str = setting("jet", check=known_colormap)
     detail_images: int = setting(8, ge=0)  # images shown with every class, overlay and heat map

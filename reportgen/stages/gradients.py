@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config.rules import COUNT, known_colormap, setting
+from ..config.rules import known_colormap, setting
 from ..config.values import TargetSpec
 from ..engine import Engine
 from ..errors import ReportgenError, did_you_mean
@@ -36,14 +36,11 @@ from .cam import CamResult
 
 @dataclass(frozen=True)
 class GradientsConfig:
+    """The gradient section's keys, and (added from the method records) the options of its methods, e.g.
+    integrated gradients' `steps` and `baseline`."""
+
     methods: tuple[str, ...] = setting(("saliency",), methods="gradients")
     targets: TargetSpec = field(default_factory=TargetSpec)
-    steps: int = setting(50, **COUNT)  # integrated gradients
-    baseline: Literal["zero", "blur", "uniform"] | Path = setting("zero", kind="path")  # or a .npy (C, H, W)
-    internal_batch_size: int | None = setting(None, **COUNT)  # inputs per forward (ig, smoothgrad)
-    samples: int = setting(25, **COUNT)  # smoothgrad
-    stdev: float = setting(0.15, ge=0)  # smoothgrad noise, fraction of the input range
-    cam_layer: str | None = None  # guided_gradcam; default: the cam stage's layer or the auto-picked one
     sign: Literal["absolute_value", "positive", "all"] = "absolute_value"
     outlier_perc: float = setting(2.0, ge=0, lt=100)
     alpha: float = setting(0.5, ge=0, le=1)

@@ -1,0 +1,37 @@
+"""The options of the methods that have some: one dataclass per method (or per methods that share them), named by
+the method's record (`Method.options`). The stage that computes a family takes every option of its methods as a
+key of its own (`analyses.gradients.steps`): a key applies to each configured method that has it. No torch here."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from ..config.rules import COUNT, setting
+
+
+@dataclass(frozen=True)
+class MaskedOptions:
+    """Score-CAM and Ablation-CAM: forwards of masked copies of each image."""
+
+    batch_size: int = setting(32, **COUNT)  # masked forwards of scorecam / ablationcam
+    max_channels: int | None = setting(None, **COUNT)  # scorecam / ablationcam: mask only the most active channels
+
+
+@dataclass(frozen=True)
+class IntegratedGradientsOptions:
+    steps: int = setting(50, **COUNT)  # integrated gradients: Gauss-Legendre steps from the baseline
+    baseline: Literal["zero", "blur", "uniform"] | Path = setting("zero", kind="path")  # or a .npy (C, H, W)
+    internal_batch_size: int | None = setting(None, **COUNT)  # inputs per forward (ig, smoothgrad)
+
+
+@dataclass(frozen=True)
+class SmoothGradOptions:
+    samples: int = setting(25, **COUNT)  # smoothgrad: noisy copies of each image
+    stdev: float = setting(0.15, ge=0)  # smoothgrad noise, fraction of the input range
+    internal_batch_size: int | None = setting(None, **COUNT)  # inputs per forward (ig, smoothgrad)
+
+
+@dataclass(frozen=True)
+class GuidedGradCamOptions:
+    cam_layer: str | None = None  # guided_gradcam; default: the cam stage's layer or the auto-picked one
