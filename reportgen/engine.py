@@ -47,7 +47,7 @@ class GradPass:
     modified: tuple[str, ...] = ()  # layers whose output an in-place op changed after the layer returned
     # ReLU rule ("guided", "deconv") -> (N, C, H, W) the input gradient with every nn.ReLU back-propagating by
     # that rule (`hooks.relu_backward_rule`), from the same forward, when asked for
-    ruled: dict[str, torch.Tensor] | None = None
+    relu_rule_grads: dict[str, torch.Tensor] | None = None
 
 
 def forward_backward(
@@ -85,10 +85,10 @@ def forward_backward_many(
 
     `rules` (ReLU backward rules other than "plain") run the forward with every nn.ReLU's backward
     switchable (`hooks.relu_backward_rule`) and add, per class set, one backward to the input per rule
-    (`GradPass.ruled`): guided backprop and deconvnet without a forward of their own. The hooked ReLUs leave
-    their input as it is, so when a target layer's output is the input of an `inplace=True` ReLU (its
+    (`GradPass.relu_rule_grads`): guided backprop and deconvnet without a forward of their own. The hooked ReLUs
+    leave their input as it is, so when a target layer's output is the input of an `inplace=True` ReLU (its
     activation would then differ from what the model leaves in it), the pass runs again without them and
-    gives no ruled gradients.
+    gives no ReLU-rule gradients.
     """
     done = forward_recorded(model, batch, layers, input_grad=input_grad, forward=forward, observe=observe,
                             rules=rules)
@@ -161,7 +161,7 @@ def backward_passes(done: Recorded, class_sets: Sequence[Sequence[int]]) -> list
     for k, classes in enumerate(class_sets):
         index = torch.as_tensor(classes, device=logits.device).view(-1, 1)
         grads: list[torch.Tensor | None] = [None] * len(wrt)
-        ruled: dict[str, torch.Tensor] = {}
+        relu_rule_grads: dict[str, torch.Tensor] = {}
         with torch.enable_grad():  # also when the caller is inside torch.no_grad()
             score = logits.gather(1, index).sum()
             more = k < len(class_sets) - 1
@@ -175,7 +175,7 @@ def backward_passes(done: Recorded, class_sets: Sequence[Sequence[int]]) -> list
                 (found,) = torch.autograd.grad(score, [x], allow_unused=True,
                                                retain_graph=more or j < len(rules) - 1) \
                     if score.requires_grad else (None,)
-                ruled[rule] = _zeros_if_none(found, x)
+                relu_rule_grads[rule] = _zeros_if_none(found, x)
             if rules:
                 state.name = "plain"
         passes.append(GradPass(
@@ -185,7 +185,7 @@ def backward_passes(done: Recorded, class_sets: Sequence[Sequence[int]]) -> list
             gradients={name: _zeros_if_none(g, done.activations[name]) for name, g in zip(done.layers, grads)},
             input_grad=_zeros_if_none(grads[-1], x).detach() if done.input_grad else None,
             modified=done.modified,
-            ruled=ruled or None,
+            relu_rule_grads=relu_rule_grads or None,
         ))
     return passes
 
@@ -278,7 +278,7 @@ class Engine:
     pipeline from the stages' `observes`) are layers whose outputs the first gradient pass also copies as
     they return, for `observed(layers)`: the feature maps come from the CAM pass's forward, not one of their own.
     `relu_rules` (set by the pipeline from the stages' `wants_relu_rules`) make the first gradient pass also take
-    the input gradient under those ReLU rules (`ruled_input_grad`): guided backprop shares the CAM pass's forward.
+    the input gradient under those ReLU rules (`relu_rule_input_grad`): guided backprop shares the CAM pass's forward.
     """
 
     def __init__(self, model: nn.Module, batch: torch.Tensor, *, chunk: int | None = None,
@@ -323,7 +323,7 @@ class Engine:
             self._modified.update(recorded.modified)
         if key not in self._passes:
             observe = self.observe if self._observed is None else ()  # the first pass observes
-            rules = () if any(p.ruled for p in self.cached_passes()) else self.relu_rules  # ... and takes the rules
+            rules = () if any(p.relu_rule_grads for p in self.cached_passes()) else self.relu_rules  # ... and takes the rules
             chunks, observed = [], []
             for rows in batches(self.batch.shape[0], self.step):
                 observed.append({})
@@ -376,12 +376,12 @@ class Engine:
                     return grad_pass.input_grad
         return None
 
-    def ruled_input_grad(self, classes: Sequence[int], rule: str) -> torch.Tensor | None:
-        """(N, C, H, W) the input gradient under ReLU rule `rule` (`GradPass.ruled`) from a pass already run for
+    def relu_rule_input_grad(self, classes: Sequence[int], rule: str) -> torch.Tensor | None:
+        """(N, C, H, W) the input gradient under ReLU rule `rule` (`GradPass.relu_rule_grads`) from a pass already run for
         these classes, or None."""
         classes = tuple(int(c) for c in classes)
-        return next((p.ruled[rule] for p in self.cached_passes()
-                     if p.classes == classes and p.ruled and rule in p.ruled), None)
+        return next((p.relu_rule_grads[rule] for p in self.cached_passes()
+                     if p.classes == classes and p.relu_rule_grads and rule in p.relu_rule_grads), None)
 
     def modified_in_place(self, layers: Sequence[str]) -> list[str]:
         """Of `layers`, those whose output an in-place op changed after the layer returned, in the passes run."""
@@ -415,6 +415,6 @@ def concat_passes(chunks: Sequence[list[GradPass]]) -> list[GradPass]:
         gradients={name: torch.cat([c[r].gradients[name] for c in chunks]) for name in first.gradients},
         input_grad=None if first.input_grad is None else torch.cat([c[r].input_grad for c in chunks]),
         modified=tuple(dict.fromkeys(name for c in chunks for name in c[r].modified)),
-        ruled=None if not all(c[r].ruled for c in chunks) else
-        {rule: torch.cat([c[r].ruled[rule] for c in chunks]) for rule in first.ruled},
+        relu_rule_grads=None if not all(c[r].relu_rule_grads for c in chunks) else
+        {rule: torch.cat([c[r].relu_rule_grads[rule] for c in chunks]) for rule in first.relu_rule_grads},
     ) for r in range(len(chunks[0]))]

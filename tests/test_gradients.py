@@ -363,7 +363,7 @@ def test_a_cam_layer_that_an_inplace_relu_overwrites_keeps_its_own_pass():
     cams, cams_alone = cam.run(ctx, analyses.cam), cam.run(alone, analyses.cam)
     for key, value in cams.maps.items():
         np.testing.assert_array_equal(value, cams_alone.maps[key])
-    assert ctx.engine.relu_rules == ("guided",) and not any(p.ruled for p in ctx.engine.cached_passes())
+    assert ctx.engine.relu_rules == ("guided",) and not any(p.relu_rule_grads for p in ctx.engine.cached_passes())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         expected = GuidedBackprop(model).attribute(x, target=ctx.logits.argmax(1).tolist())

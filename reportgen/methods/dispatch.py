@@ -136,7 +136,7 @@ def _engine_relu_rules(engine: Engine, class_sets: list[tuple[int, ...]], rules:
     """The ReLU rules' gradients from the engine's pass (the CAM section's forward, `Engine.relu_rules`) when it
     took them for these classes, and holds `layer` as the layer returned it (no in-place op changed it after):
     guided backprop then needs no forward of its own. None when it cannot serve them."""
-    grads = {rule: [engine.ruled_input_grad(classes, rule) for classes in class_sets] for rule in rules}
+    grads = {rule: [engine.relu_rule_input_grad(classes, rule) for classes in class_sets] for rule in rules}
     if any(grad is None for per_rank in grads.values() for grad in per_rank):
         return None
     if layer is None:
