@@ -15,7 +15,9 @@ from reportgen import methods
 from reportgen.cli import main
 from reportgen.config import AnalysesConfig, Config, FeatureMapsConfig, GradientsConfig, SummaryConfig
 from reportgen.errors import ReportgenError
+from reportgen.engine import Engine
 from reportgen.methods.cam import scale_cams
+from reportgen.methods.dispatch import Settings, explain
 from reportgen.stages import planned, spec, stage_names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,12 +134,19 @@ def test_a_methods_options_live_on_its_record_and_become_keys_of_its_stage():
     class Rounds:
         rounds: int = setting(3, ge=1)  # how many times
 
+    def rounds(job):  # a method with passes of its own: its options come with the job
+        return [torch.full_like(job.batch, float(job.options.rounds)) for _ in job.class_sets]
+
     methods.register(methods.Method(id="toyrounds", family="gradients", title="Toy rounds",
-                                    needs=frozenset({"input_grad"}), compute=lambda x, g: g, options=Rounds))
+                                    needs=frozenset({"own_passes"}), compute=rounds, options=Rounds))
     try:
         text = "model: {name: resnet18}\nanalyses: {gradients: {methods: [toyrounds], rounds: 7}}\n"
         gradients = parse_config(text, base_dir=ROOT).analyses.gradients
         assert gradients.rounds == 7 and gradients.steps == 50  # integrated gradients' option, its default
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).eval()
+        batch = torch.rand(2, 3, 2, 2)
+        explained = explain(["toyrounds"], Engine(model, batch), [(0, 1)], Settings(options=gradients))
+        assert torch.equal(explained.gradients["toyrounds"][0], torch.full_like(batch, 7.0))
         field = next(f for f in dataclasses.fields(gradients) if f.name == "rounds")
         assert field.metadata["only"] == ("toyrounds",) and rules_of(field).ge == 1
         with pytest.raises(ConfigError, match=r"`analyses.gradients.rounds` \(config, line 2\): must be at least 1"):
@@ -146,3 +155,16 @@ def test_a_methods_options_live_on_its_record_and_become_keys_of_its_stage():
         methods.unregister("toyrounds")
     with pytest.raises(ConfigError, match="unknown key `analyses.gradients.rounds`"):
         parse_config(text.replace("toyrounds", "saliency"), base_dir=ROOT)
+
+
+def test_a_record_registered_later_leaves_the_config_classes_it_does_not_change(toy_method):
+    """Registering a CAM method without options rebuilds nothing of the schema: the classes are the same objects,
+    so a config parsed before it equals one parsed after it (and `reportgen.config.CamConfig` still names them)."""
+    import reportgen.config as C
+
+    text = "model: {name: resnet18}\nanalyses: {cam: {methods: [gradcam]}, gradients: {steps: 8}}\n"
+    methods.unregister("toycam")
+    before, cam_class = C.parse_config(text, base_dir=ROOT), C.CamConfig
+    methods.register(toy_method)
+    after = C.parse_config(text, base_dir=ROOT)
+    assert C.CamConfig is cam_class and after == before and after.analyses.cam == C.CamConfig(methods=("gradcam",))

@@ -13,6 +13,7 @@ options class by its name (`reportgen.config.CamConfig`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,7 +128,11 @@ def _copy(f: dataclasses.Field, tp: Any, metadata: dict) -> tuple[str, Any, data
     return f.name, tp, field(default=f.default, metadata=metadata)
 
 
-def _merged(name: str, base: type, parts: list[tuple[str, type]], taken: set[str], kind: str) -> type:
+# The classes are made once for each set of records they are made from: a registry change that does not touch a
+# class (a method of another family, a stage added) leaves it the same object, so the configs made before it still
+# compare equal to those made after it.
+@functools.cache
+def _merged(name: str, base: type, parts: tuple[tuple[str, type], ...], taken: frozenset[str], kind: str) -> type:
     """`base` with the fields of the option classes `parts` ((their record's name, the class)) added: a key several
     records have is one field, which must have one type and default; each field says which records take it."""
     found: dict[str, tuple[dataclasses.Field, Any, type]] = {}  # key -> (its field, type, the options class)
@@ -150,26 +155,30 @@ def _merged(name: str, base: type, parts: list[tuple[str, type]], taken: set[str
 
 
 def _model_class() -> type:
-    return _merged("ModelConfig", ModelBase, [(r.name, r.options) for r in registry.SOURCES],
-                   {f.name for f in dataclasses.fields(ModelBase)}, "model source")
+    return _merged("ModelConfig", ModelBase, tuple((r.name, r.options) for r in registry.SOURCES),
+                   frozenset(f.name for f in dataclasses.fields(ModelBase)), "model source")
 
 
 def _with_method_options(options: type) -> type:
     """A stage's options with its methods' options added (a stage with a `methods` key of a method family)."""
     family = next((rules_of(f).methods for f in dataclasses.fields(options) if rules_of(f).methods), None)
-    parts = [(m.id, m.options) for m in registry.METHODS if m.family == family and m.options is not None]
+    parts = tuple((m.id, m.options) for m in registry.METHODS if m.family == family and m.options is not None)
     if not parts:
         return options
-    return _merged(options.__name__, options, parts, {f.name for f in dataclasses.fields(options)}, "method")
+    return _merged(options.__name__, options, parts, frozenset(f.name for f in dataclasses.fields(options)), "method")
 
 
 def _keyed(name: str, base: type, records, options: dict[str, type] | None = None) -> type:
     """A dataclass with one optional key per record (its options, or `options[name]`; null or absent: off)."""
     options = options or {}
+    return _keys(name, base, tuple((r.name, options.get(r.name, r.options), getattr(r, "title", "")) for r in records))
+
+
+@functools.cache
+def _keys(name: str, base: type, keys: tuple[tuple[str, type, str], ...]) -> type:
     return dataclasses.make_dataclass(
-        name, [(r.name, options.get(r.name, r.options) | None,
-                field(default=None, metadata={"rules": Rules(null_means_default=True), "doc": getattr(r, "title", "")}))
-               for r in records], bases=(base,), frozen=True)
+        name, [(key, options | None, field(default=None, metadata={"rules": Rules(null_means_default=True), "doc": doc}))
+               for key, options, doc in keys], bases=(base,), frozen=True)
 
 
 _built: dict[str, Any] = {}

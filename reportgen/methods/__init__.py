@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from ..registry import METHODS
 from .options import GuidedGradCamOptions, IntegratedGradientsOptions, MaskedOptions, SmoothGradOptions
@@ -60,6 +61,13 @@ class Method:
         if unknown:
             raise ValueError(f"method {self.id!r}: unknown needs {sorted(unknown)}; known: {NEEDS}")
         object.__setattr__(self, "needs", frozenset(self.needs))
+
+    def options_from(self, values: Any) -> Any:
+        """Its options (its `options` dataclass) read from `values`, which holds them as attributes (its stage's
+        options); None for a method without options."""
+        if self.options is None:
+            return None
+        return self.options(**{f.name: getattr(values, f.name) for f in fields(self.options)})
 
     def function(self) -> Callable:
         """The computation (imported on first use when named by a string)."""

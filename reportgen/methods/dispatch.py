@@ -19,6 +19,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,6 +47,7 @@ class Settings:
     stdev: float = 0.15
     steps: int = 50
     baseline: Callable[[], torch.Tensor] | None = None  # (N, C, H, W), made when a method asks for it
+    options: Any = None  # what holds the methods' options as attributes (the stage's options): `GradientJob.options`
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,7 @@ def _gradients(records: list[Method], engine: Engine, class_sets: list[tuple[int
             out[method.id] = [fn(rule_pass, r) for r in range(len(class_sets))]
         else:
             reads = job.baseline_reads
+            job.options = method.options_from(settings.options) if settings.options is not None else None
             out[method.id] = fn(job)
             if job.baseline_reads > reads:
                 from_baseline.append(method.id)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,6 +45,7 @@ class GradientJob:
     stdev: float = 0.15  # smoothgrad
     steps: int = 50  # integrated gradients
     make_baseline: Callable[[], torch.Tensor] | None = None  # integrated gradients: makes the (N, C, H, W) baseline
+    options: Any = None  # the options of the method being run (its record's `options` dataclass), or None
     made_baseline: torch.Tensor | None = field(default=None, init=False, repr=False)
     baseline_reads: int = field(default=0, init=False)  # how often a method read `baseline`
 
