@@ -255,8 +255,10 @@ def test_a_real_ctrl_c_exits_130_with_one_line(project):
     config = project.base()
     config["model"].update(factory="sleepy:build", kwargs={})
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    # SIGINT as a terminal gives it, also when the tests run in the background (where the shell ignores it)
     process = subprocess.Popen([sys.executable, "-m", "reportgen", "build", str(project.write(config))],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while not ready.exists() and process.poll() is None and time.monotonic() < deadline:
