@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from . import progress as progress_bars
-from .errors import ReportgenError
+from .errors import ConfigWarning, ReportgenError
 
 INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT)
 # warnings raised inside these packages are about their own future or internals: nothing a user of
@@ -78,6 +78,18 @@ def _tracker_imported() -> bool:
     return any(tracker.package in sys.modules for tracker in TRACKERS)
 
 
+def _show_warning(show: Callable) -> Callable:
+    """`warnings.showwarning` that prints a config warning as one line, `warning: <message>`."""
+
+    def shown(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ConfigWarning):
+            click.echo(f"warning: {message}", err=True)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return shown
+
+
 class _Main(click.Group):
     """Every command: library warnings a user cannot act on stay silent (ours show); Ctrl-C exits 130 with
     one line instead of click's "Aborted!" (exit 1, the code of a failed stage)."""
@@ -111,6 +123,7 @@ class _Main(click.Group):
         with warnings.catch_warnings():
             for category in (UserWarning, FutureWarning, DeprecationWarning):
                 warnings.filterwarnings("ignore", category=category, module=LIBRARY_WARNINGS)
+            warnings.showwarning = _show_warning(warnings.showwarning)
             try:
                 return super().invoke(ctx)
             except KeyboardInterrupt:

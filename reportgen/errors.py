@@ -13,6 +13,11 @@ class ConfigError(ReportgenError):
     """A problem in the YAML config, ideally naming the key path and its line."""
 
 
+class ConfigWarning(UserWarning):
+    """A config key that changes nothing (another model source's, an option of a method not configured): the CLI
+    prints `warning: <message>`."""
+
+
 class StageSkipped(ReportgenError):
     """A stage found nothing to show (no training logs match): the report says why; not a failure."""
 

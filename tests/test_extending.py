@@ -162,9 +162,30 @@ def test_a_record_registered_later_leaves_the_config_classes_it_does_not_change(
     so a config parsed before it equals one parsed after it (and `reportgen.config.CamConfig` still names them)."""
     import reportgen.config as C
 
-    text = "model: {name: resnet18}\nanalyses: {cam: {methods: [gradcam]}, gradients: {steps: 8}}\n"
+    text = "model: {name: resnet18}\nanalyses: {cam: {methods: [gradcam]}, gradients: {methods: [ig], steps: 8}}\n"
     methods.unregister("toycam")
     before, cam_class = C.parse_config(text, base_dir=ROOT), C.CamConfig
     methods.register(toy_method)
     after = C.parse_config(text, base_dir=ROOT)
     assert C.CamConfig is cam_class and after == before and after.analyses.cam == C.CamConfig(methods=("gradcam",))
+
+
+def test_a_key_that_changes_nothing_is_one_warning_line(project):
+    """Another source's key at its default, and a method's option while `methods` names none of the methods that
+    take it: each one line `warning: ...` naming the key and its line; the config is valid."""
+    config = project.base()  # source `module`
+    config["model"]["weights"] = None  # torchvision's key, at its default
+    config["analyses"] = {"gradients": {"methods": ["saliency"], "steps": 8}}
+    path = project.write(config)
+    lines = path.read_text().splitlines()
+    line = {key: next(i for i, text in enumerate(lines, 1) if text.strip().startswith(f"{key}:"))
+            for key in ("weights", "steps")}
+    done = CliRunner().invoke(main, ["validate", str(path)])
+    assert done.exit_code == 0, done.output
+    warnings = [text for text in done.stderr.splitlines() if text.startswith("warning: ")]
+    assert warnings == [
+        f"warning: `model.weights` (config.yaml, line {line['weights']}): does not apply to source `module` and is "
+        "ignored (its keys: factory, kwargs; every source's: source, checkpoint, trust_checkpoint, input_size, labels, "
+        "device, output).",
+        f"warning: `analyses.gradients.steps` (config.yaml, line {line['steps']}): applies to integrated_gradients, "
+        "which `methods` does not name: it changes nothing."]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 
 from ..registry import METHODS
 from . import registered
-from ..errors import ConfigError, did_you_mean
+from ..errors import ConfigError, ConfigWarning, did_you_mean
 from .rules import INT_LIMIT, Rules, Shorthand, clean, dotted, rules_of, yaml_fields
 
 if TYPE_CHECKING:
@@ -186,7 +186,7 @@ def _convert_dataclass(value: Any, tp: type, path: tuple, ctx: Ctx) -> Any:
             raise ctx.error(path + ((key,) if key else ()), message)
 
         def warn(key: str, message: str) -> None:
-            warnings.warn(str(ctx.error(path + ((key,) if key else ()), message)), UserWarning, stacklevel=2)
+            warnings.warn(str(ctx.error(path + ((key,) if key else ()), message)), ConfigWarning, stacklevel=2)
 
         if "given" in inspect.signature(validate).parameters:  # it also hears which keys the YAML gave
             obj = validate(err, given=frozenset(kwargs), warn=warn) or obj

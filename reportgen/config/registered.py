@@ -132,16 +132,18 @@ def _copy(f: dataclasses.Field, tp: Any, metadata: dict) -> tuple[str, Any, data
 # class (a method of another family, a stage added) leaves it the same object, so the configs made before it still
 # compare equal to those made after it.
 @functools.cache
-def _merged(name: str, base: type, parts: tuple[tuple[str, type], ...], taken: frozenset[str], kind: str) -> type:
-    """`base` with the fields of the option classes `parts` ((their record's name, the class)) added: a key several
-    records have is one field, which must have one type and default; each field says which records take it."""
+def _merged(name: str, bases: tuple[type, ...], parts: tuple[tuple[str, type], ...], taken: frozenset[str],
+            kind: str) -> type:
+    """A dataclass of `bases` (the last one a dataclass) with the fields of the option classes `parts` ((their
+    record's name, the class)) added: a key several records have is one field, which must have one type and default;
+    each field says which records take it."""
     found: dict[str, tuple[dataclasses.Field, Any, type]] = {}  # key -> (its field, type, the options class)
     owners: dict[str, list[str]] = {}  # key -> the records that take it
     for owner, options in parts:
         hints = typing.get_type_hints(options)
         for f in dataclasses.fields(options):
             if f.name in taken:
-                raise TypeError(f"{kind} `{owner}`: `{f.name}` is a key of {base.__name__} already")
+                raise TypeError(f"{kind} `{owner}`: `{f.name}` is a key of {bases[-1].__name__} already")
             if f.name in found:
                 if hints[f.name] != found[f.name][1] or _default(f) != _default(found[f.name][0]):
                     raise TypeError(f"{kind}s `{owners[f.name][0]}` and `{owner}` give `{f.name}` different types or "
@@ -151,12 +153,28 @@ def _merged(name: str, base: type, parts: tuple[tuple[str, type], ...], taken: f
                 continue
             found[f.name], owners[f.name] = (f, hints[f.name], options), [owner]
     made = [_copy(f, tp, {"owner": options, "only": tuple(owners[key])}) for key, (f, tp, options) in found.items()]
-    return dataclasses.make_dataclass(name, made, bases=(base,), frozen=True)
+    cls = dataclasses.make_dataclass(name, made, bases=bases, frozen=True)
+    cls.__doc__ = bases[-1].__doc__  # what the section is: its dataclass's words, not a mixin's
+    return cls
 
 
 def _model_class() -> type:
-    return _merged("ModelConfig", ModelBase, tuple((r.name, r.options) for r in registry.SOURCES),
+    return _merged("ModelConfig", (ModelBase,), tuple((r.name, r.options) for r in registry.SOURCES),
                    frozenset(f.name for f in dataclasses.fields(ModelBase)), "model source")
+
+
+class _MethodKeys:
+    """A stage section with its methods' options: a method's key given while `methods` names none of the methods
+    that take it is one warning (it changes nothing)."""
+
+    def _validate(self, err, given: frozenset[str] = frozenset(), warn=None):
+        own = getattr(super(), "_validate", None)
+        checked = own(err) if own is not None else None
+        for f in dataclasses.fields(self):
+            only = f.metadata.get("only")
+            if warn is not None and only and f.name in given and not set(only) & set(self.methods):
+                warn(f.name, f"applies to {', '.join(only)}, which `methods` does not name: it changes nothing.")
+        return checked
 
 
 def _with_method_options(options: type) -> type:
@@ -165,7 +183,8 @@ def _with_method_options(options: type) -> type:
     parts = tuple((m.id, m.options) for m in registry.METHODS if m.family == family and m.options is not None)
     if not parts:
         return options
-    return _merged(options.__name__, options, parts, frozenset(f.name for f in dataclasses.fields(options)), "method")
+    return _merged(options.__name__, (_MethodKeys, options), parts,
+                   frozenset(f.name for f in dataclasses.fields(options)), "method")
 
 
 def _keyed(name: str, base: type, records, options: dict[str, type] | None = None) -> type:
