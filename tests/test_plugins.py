@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -97,3 +98,27 @@ def test_the_schema_cam_parity_and_extending_tests_pass_with_a_plugin_installed(
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *modules],
                           cwd=root, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+
+
+def test_a_broken_plugin_is_one_message_naming_it(tmp_path, monkeypatch):
+    """A plug-in whose entry point does not load, names no record, or reuses a built-in's name: a ReportgenError
+    naming the entry point (the CLI's exit 2), not a traceback."""
+    from importlib.metadata import EntryPoint
+
+    from reportgen.errors import ReportgenError
+    from reportgen.registry import Registry
+
+    (tmp_path / "broken_plugin.py").write_text("import not_installed_anywhere\n")
+    (tmp_path / "odd_plugin.py").write_text("THING = 42\n")
+    (tmp_path / "twin_plugin.py").write_text("from types import SimpleNamespace\nRECORD = SimpleNamespace(name='summary')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cases = [("broken_plugin:RECORD", r"plug-in `broken_plugin:RECORD` \(entry point `x` of group `test.group`\) "
+                                      r"does not load: ModuleNotFoundError"),
+             ("odd_plugin:THING", r"plug-in `odd_plugin:THING` .* gives 42, not a stage record"),
+             ("twin_plugin:RECORD", r"adds the stage `summary`, which is already registered: rename it")]
+    for value, message in cases:
+        registry = Registry("stage", "test.group", lambda: [SimpleNamespace(name="summary")])
+        monkeypatch.setattr("reportgen.registry.entry_points",
+                            lambda group, value=value: [EntryPoint(name="x", value=value, group=group)])
+        with pytest.raises(ReportgenError, match=message):
+            registry.names()
