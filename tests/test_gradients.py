@@ -514,6 +514,6 @@ def test_one_dispatch_serves_cam_and_gradient_methods_from_the_engines_one_pass(
     start = torch.full_like(x, 0.5)
     fresh = Engine(model, x)
     explained = explain(["smoothgrad", "integrated_gradients"], fresh, [classes],
-                        Settings(samples=2, steps=4, batch_size=8, baseline=lambda: start))
+                        Settings(options=GradientsConfig(samples=2, steps=4), batch_size=8, baseline=lambda: start))
     assert explained.from_baseline == ("integrated_gradients",) and explained.baseline is start
     assert explained.cam is None and set(explained.gradients) == {"smoothgrad", "integrated_gradients"}

@@ -62,11 +62,13 @@ class Method:
             raise ValueError(f"method {self.id!r}: unknown needs {sorted(unknown)}; known: {NEEDS}")
         object.__setattr__(self, "needs", frozenset(self.needs))
 
-    def options_from(self, values: Any) -> Any:
+    def options_from(self, values: Any = None) -> Any:
         """Its options (its `options` dataclass) read from `values`, which holds them as attributes (its stage's
-        options); None for a method without options."""
+        options), or their defaults without `values`; None for a method without options."""
         if self.options is None:
             return None
+        if values is None:
+            return self.options()
         return self.options(**{f.name: getattr(values, f.name) for f in fields(self.options)})
 
     def function(self) -> Callable:

@@ -43,11 +43,10 @@ class Settings:
     batch_size: int = 64  # gradient methods with passes of their own: inputs per forward
     seed: int = 0  # their noise
     offset: int = 0  # the batch's first image among all images (noise seeds)
-    samples: int = 25
-    stdev: float = 0.15
-    steps: int = 50
     baseline: Callable[[], torch.Tensor] | None = None  # (N, C, H, W), made when a method asks for it
-    options: Any = None  # what holds the methods' options as attributes (the stage's options): `GradientJob.options`
+    # what holds the methods' options as attributes (the stage's options), or None for their defaults: each method
+    # with passes of its own gets its record's options from it as `GradientJob.options`
+    options: Any = None
 
 
 @dataclass(frozen=True)
@@ -112,7 +111,6 @@ def _gradients(records: list[Method], engine: Engine, class_sets: list[tuple[int
 
     job = GradientJob(model=engine.model, forward=engine.forward, batch=engine.batch, class_sets=class_sets,
                       batch_size=settings.batch_size, seed=settings.seed, offset=settings.offset,
-                      samples=settings.samples, stdev=settings.stdev, steps=settings.steps,
                       make_baseline=settings.baseline)
     out: dict[str, list[torch.Tensor]] = {}
     from_baseline = []
@@ -125,7 +123,7 @@ def _gradients(records: list[Method], engine: Engine, class_sets: list[tuple[int
             out[method.id] = [fn(rule_pass, r) for r in range(len(class_sets))]
         else:
             reads = job.baseline_reads
-            job.options = method.options_from(settings.options) if settings.options is not None else None
+            job.options = method.options_from(settings.options)
             out[method.id] = fn(job)
             if job.baseline_reads > reads:
                 from_baseline.append(method.id)

@@ -41,11 +41,8 @@ class GradientJob:
     batch_size: int  # inputs per forward
     seed: int
     offset: int = 0  # the index of the batch's first image among all images (its noise seeds)
-    samples: int = 25  # smoothgrad
-    stdev: float = 0.15  # smoothgrad
-    steps: int = 50  # integrated gradients
     make_baseline: Callable[[], torch.Tensor] | None = None  # integrated gradients: makes the (N, C, H, W) baseline
-    options: Any = None  # the options of the method being run (its record's `options` dataclass), or None
+    options: Any = None  # the options of the method being run (its record's `options` dataclass: SmoothGrad's samples)
     made_baseline: torch.Tensor | None = field(default=None, init=False, repr=False)
     baseline_reads: int = field(default=0, init=False)  # how often a method read `baseline`
 
@@ -82,13 +79,14 @@ def guided_gradcam(rule_pass: ReluRulePass, r: int) -> torch.Tensor:
 
 
 def smoothgrad(job: GradientJob) -> list[torch.Tensor]:
-    return compute_smoothgrad(job.model, job.batch, job.class_sets, samples=job.samples, stdev=job.stdev,
-                              seed=job.seed, batch_size=job.batch_size, forward=job.forward, offset=job.offset)
+    return compute_smoothgrad(job.model, job.batch, job.class_sets, samples=job.options.samples,
+                              stdev=job.options.stdev, seed=job.seed, batch_size=job.batch_size, forward=job.forward,
+                              offset=job.offset)
 
 
 def integrated_gradients(job: GradientJob) -> list[torch.Tensor]:
     return compute_integrated_gradients(job.model, job.batch, job.class_sets, baseline=job.baseline,
-                                        steps=job.steps, batch_size=job.batch_size, forward=job.forward)
+                                        steps=job.options.steps, batch_size=job.batch_size, forward=job.forward)
 
 
 # ---------------------------------------------------------------------------- passes and quadratures

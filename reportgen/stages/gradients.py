@@ -146,8 +146,8 @@ def settings(info: ModelInfo, cfg: GradientsConfig, batch: torch.Tensor, seed: i
     `offset` among all images); `layer`: guided Grad-CAM's (`cam_layer`)."""
     return Settings(cam_layer=layer, views={layer: map_view(info, layer)} if layer is not None else {},
                     batch_size=cfg.internal_batch_size or max(1, BATCH_ELEMENTS // batch[0].numel()), seed=seed,
-                    offset=offset, samples=cfg.samples, stdev=cfg.stdev, steps=cfg.steps,
-                    baseline=lambda: make_baseline(cfg.baseline, batch, seed, offset=offset)[0], options=cfg)
+                    offset=offset, baseline=lambda: make_baseline(cfg.baseline, batch, seed, offset=offset)[0],
+                    options=cfg)
 
 
 def run(ctx: Context, cfg: GradientsConfig) -> GradientsResult:
