@@ -75,7 +75,8 @@ _set_option = click.option(
 def _tracker_imported() -> bool:
     from .registry import TRACKERS
 
-    return any(tracker.package in sys.modules for tracker in TRACKERS)
+    # a command that read no config (`--help`, `init`) attached nothing: its trackers need not be looked for
+    return TRACKERS.loaded and any(tracker.package in sys.modules for tracker in TRACKERS)
 
 
 def _show_warning(show: Callable) -> Callable:

@@ -77,6 +77,11 @@ class Registry:
                                      "rename it in the plug-in.")
             self._records[name] = record
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the records have been looked for (a command that read a config has: the schema needs them)."""
+        return self._loaded
+
     def _name(self, record: Any) -> str:
         return getattr(record, self.key)
 
