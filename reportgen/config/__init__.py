@@ -24,7 +24,6 @@ from .values import LayerPattern, Normalize, Preprocess, TargetSpec
 from .yamlfile import MAX_DEPTH, MAX_NODES, load_config, parse_config, parse_data
 
 
-
 def __getattr__(name: str):
     """The classes built from the registries (ModelConfig, AnalysesConfig, AttachConfig) and every record's options
     class by its name (CamConfig, ...): on first use, so that importing the config imports no stage."""

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union
 
+from ..errors import ConfigError, ConfigWarning, did_you_mean
 from ..registry import METHODS
 from . import registered
-from ..errors import ConfigError, ConfigWarning, did_you_mean
 from .rules import INT_LIMIT, Rules, Shorthand, clean, dotted, rules_of, yaml_fields
 
 if TYPE_CHECKING:
@@ -36,7 +36,6 @@ class Ctx:
         return Path.cwd() if self.lines.is_overridden(path) else self.base_dir
 
 
-
 def canonical_methods(names: typing.Sequence[str], family: str, path: tuple, ctx: Ctx) -> tuple[str, ...]:
     """The canonical ids of method `names` of `family` ("cam" or "gradients"), in order, without repeats.
     Case, spaces, `-`, `_` and `++` are forgiven, aliases accepted; an unknown name or an empty list raises
@@ -46,16 +45,14 @@ def canonical_methods(names: typing.Sequence[str], family: str, path: tuple, ctx
     methods: list[str] = []
     for i, name in enumerate(names):
         record = METHODS.spelled(str(name), lambda m: m.family == family)
-        canonical = None if record is None else record.id
-        if canonical is None:
+        if record is None:
             raise ctx.error(path + (i,), f"unknown method `{clean(name)}`.{did_you_mean(name, allowed)}"
                             f" Methods: {', '.join(allowed)}.")
-        if canonical not in methods:
-            methods.append(canonical)
+        if record.id not in methods:
+            methods.append(record.id)
     if not methods:
         raise ctx.error(path, "needs at least one method.")
     return tuple(methods)
-
 
 
 def type_name(tp: Any) -> str:

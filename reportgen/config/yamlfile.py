@@ -89,7 +89,6 @@ def _scalars(value: Any, sub: tuple = ()) -> list[tuple[tuple, str]]:
     return [(sub, str(value))]
 
 
-
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
     """Read, override (`a.b=value`) and validate a YAML config file."""
     path = Path(path)

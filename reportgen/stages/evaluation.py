@@ -45,7 +45,6 @@ from .cam import CamResult
 from .gradients import GradientsResult
 
 
-
 @dataclass(frozen=True)
 class SubstratesConfig:
     """What deletion replaces pixels with, and what insertion starts from (RISE: zeros, a blurred copy)."""

@@ -229,7 +229,6 @@ def to_json(result: GradientsResult) -> dict:
     return entry
 
 
-
 def records(result: GradientsResult) -> list[dict]:
     """Per image, the explained classes and, with integrated gradients, the completeness gap per class."""
     out = []
