@@ -116,7 +116,7 @@ class Scheduler:
         self.log(f"stage {stage.name}{_without(_done_without(stage, self.runs))}")
         start = time.perf_counter()
         try:
-            result = stage.run(self.ctx, self.prepared(stage))
+            result = stage.run(self.ctx, self.prepare(stage))
         except Exception as exc:
             return self.raised(stage, exc, time.perf_counter() - start)
         run = self.finished(stage, result, time.perf_counter() - start)
@@ -124,8 +124,9 @@ class Scheduler:
             self.arrays_out.add(stage.arrays(result))
         return run
 
-    def prepared(self, stage: Stage):
-        """The stage's options, its `prepare` run first on its first call (what it makes once per build)."""
+    def prepare(self, stage: Stage):
+        """The stage made ready to run: its `Stage.prepare` run on the first call (what it makes once per build);
+        returns its options."""
         options = getattr(self.ctx.config.analyses, stage.name)
         if stage.prepare is not None and stage.name not in self.ctx.prepared:
             self.ctx.prepared[stage.name] = stage.prepare(self.ctx.info, options)
@@ -220,7 +221,7 @@ class _StreamedGroup:
         """`stage` on one batch (its first image is image `lo`; `rows`: the batch's detail images)."""
         start = time.perf_counter()
         try:
-            result = stage.run(bctx, self.owner.prepared(stage))
+            result = stage.run(bctx, self.owner.prepare(stage))
             bctx.results.add(result)
             if self.owner.arrays_out is not None:
                 arrays = stage.arrays(result)
