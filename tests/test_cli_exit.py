@@ -35,7 +35,8 @@ def _build(project, config: dict, env: dict, *, script: str | None = None) -> su
 
 @pytest.mark.parametrize("asynchronous", [False, True])
 def test_an_mlflow_sqlite_store_holds_the_artifacts_and_metrics_after_the_command(project, tmp_path, asynchronous):
-    """With `MLFLOW_ENABLE_ASYNC_LOGGING`, MLflow logs from a queue that its exit handler drains."""
+    """With `MLFLOW_ENABLE_ASYNC_LOGGING`, MLflow logs from a queue that its exit handler drains, not always
+    before the process ends: a build logs its metrics synchronously, so the run holds them when it returns."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = client.create_experiment("exit", artifact_location=str(tmp_path / "artifacts"))

@@ -69,7 +69,9 @@ def attach(report, options: MlflowOptions, run, *, model=None, step: int | None 
     now = int(time.time() * 1000)
     metrics = [Metric(key, value, now, step or 0) for key, value in report.metrics().items()]
     for i in range(0, len(metrics), BATCH):
-        client.log_batch(run_id, metrics=metrics[i:i + BATCH])
+        # synchronous: with MLFLOW_ENABLE_ASYNC_LOGGING the metrics would sit in a queue that only an exit
+        # handler drains (and not always before the process ends): a build returns once its run holds them
+        client.log_batch(run_id, metrics=metrics[i:i + BATCH], synchronous=True)
     where = _join(options.artifact_path, html.name)
     return f"MLflow run {run_id} ({where} and {len(metrics)} metrics)"
 
