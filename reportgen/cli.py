@@ -305,14 +305,18 @@ def site(folders: tuple[str, ...], out: str) -> None:
 @click.argument("a", type=click.Path(file_okay=False))
 @click.argument("b", type=click.Path(file_okay=False))
 @click.option("-o", "--out", "out", default="comparison", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for compare.html and compare.json.")
-def compare(a: str, b: str, out: str) -> None:
+              help="Folder for compare.html, compare.json and compare_maps.npz.")
+@click.option("--detail", type=click.IntRange(min=0), default=40, show_default=True, metavar="N",
+              help="Pairs of maps drawn on the page: changed predictions first, then the largest differences. "
+                   "compare.json and compare_maps.npz hold every pair.")
+def compare(a: str, b: str, out: str, detail: int) -> None:
     """Compare the reports in folders A and B (built with save_arrays, on the same images): which predictions
-    changed, the summaries and headline metrics with B − A, each map of A beside B's and their difference;
-    what only one of them has is listed. Writes OUT/compare.html and OUT/compare.json."""
+    changed, the summaries and headline metrics with B − A, and the pairs of maps that differ most, A beside B
+    and their difference; what only one of them has is listed. Writes OUT/compare.html, OUT/compare.json (every
+    pair's summary) and OUT/compare_maps.npz (every pair's maps)."""
     from .compare import write_compare
 
-    page = _writing("the comparison", out, lambda: write_compare(Path(a), Path(b), Path(out)))
+    page = _writing("the comparison", out, lambda: write_compare(Path(a), Path(b), Path(out), detail))
     click.echo(f"wrote {page}", err=True)
 
 

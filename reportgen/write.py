@@ -50,6 +50,26 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(_write_temp(path, data), path)
 
 
+def write_npz(path: Path, arrays: Iterable[tuple[str, np.ndarray]]) -> None:
+    """An npz of (key, array) pairs (float32, deflated) written one entry at a time under a temporary name and
+    renamed into place, as `write_atomic` does: never all arrays in memory, never half a file, a link at `path`
+    replaced rather than written through."""
+    tmp = _temp_zip(path.parent, f".{path.name}.")
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as target:
+            for key, value in arrays:
+                _add_array(target, key, value)
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+def _add_array(target: zipfile.ZipFile, key: str, value: np.ndarray) -> None:
+    with target.open(f"{key}.npy", "w", force_zip64=True) as member:
+        np.lib.format.write_array(member, np.asarray(value, dtype=np.float32), allow_pickle=False)
+
+
 class ArraysWriter:
     """`arrays.npz` written entry by entry as a build produces them (one `.npy` member per key, deflated,
     as `np.savez_compressed` writes them), into a temporary file in the output folder: the build never holds
@@ -75,8 +95,7 @@ class ArraysWriter:
         for key, value in arrays.items():
             if key in self.keys:
                 raise ValueError(f"arrays.npz: the key {key!r} is written twice")
-            with self._zip.open(f"{key}.npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.asarray(value, dtype=np.float32), allow_pickle=False)
+            _add_array(self._zip, key, value)
             self.keys[key] = None
 
     def drop(self, keys: Iterable[str]) -> None:
