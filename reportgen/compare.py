@@ -87,9 +87,10 @@ class PairRow:
 
     def to_json(self, drawn: bool) -> dict:
         p = self.prediction
-        return {"key": self.key, "key_a": self.key_a, "key_b": self.key_b, "image": self.image, "method": self.method, "layer": self.layer,
-                "prediction_a": p and p.a[0], "prediction_b": p and p.b[0], "changed": self.changed,
-                "difference": self.difference, "class_a": self.class_a, "class_b": self.class_b,
+        return {"key": self.key, "image": self.image, "method": self.method, "layer": self.layer,
+                "prediction_a": p.a[0] if p else None, "prediction_b": p.b[0] if p else None,
+                "changed": self.changed, "difference": self.difference, "class_a": self.class_a,
+                "class_b": self.class_b, "key_a": self.key_a, "key_b": self.key_b,
                 "mean_abs_difference": self.mean_abs_difference, "correlation": self.correlation, "drawn": drawn}
 
 
@@ -184,8 +185,8 @@ def match(folder_a: Path, folder_b: Path, detail: int = DETAIL) -> Comparison:
     with np.load(a.arrays) as npz_a, np.load(b.arrays) as npz_b:
         maps_of = lambda npz: [k for k in npz.files if k.startswith(MAP_PREFIXES)]  # noqa: E731
         keys, only["maps in A only"], only["maps in B only"] = _pair_maps(maps_of(npz_a), maps_of(npz_b))
+        # one pair's maps in memory at a time (a data set's need not fit), read again for the few drawn
         pairs = [_summarise(k_a, k_b, _plane(npz_a[k_a]), _plane(npz_b[k_b]), of_image) for k_a, k_b in keys]
-        # one pair's maps at a time (a data set's maps need not fit in memory); read again for the few drawn
         pairs.sort(key=lambda row: (not row.changed, -row.difference))  # stable: ties keep the reports' order
         maps = [MapPair(row, _plane(npz_a[row.key_a]), _plane(npz_b[row.key_b])) for row in pairs[:max(detail, 0)]]
     layers, layer_only = _layers(a.summary, b.summary)

@@ -127,6 +127,7 @@ def test_the_page_draws_changed_predictions_first_then_the_largest_differences_u
     assert [m["drawn"] for m in rows] == [True] * detail + [False] * (len(rows) - detail)
     assert data["maps_drawn"] == detail and data["maps_not_drawn"] == len(rows) - detail
     assert data["maps_file"] == MAPS_FILE
+    assert next(p.default for p in main.commands["compare"].params if p.name == "detail") == DETAIL
 
     html = (root / "budget" / "compare.html").read_text()
     maps = html[html.index('id="maps"'):]
@@ -174,3 +175,19 @@ def test_a_rows_a_b_and_difference_stand_side_by_side_and_labelled(two_reports, 
         assert [f["label"] for f in row] == ["A", "B", "B − A"] and all(f["below"] for f in row), row
         assert max(f["y"] for f in row) - min(f["y"] for f in row) < 1, row  # one top
         assert 0 < row[0]["x"] + row[0]["w"] <= row[1]["x"] and row[1]["x"] + row[1]["w"] <= row[2]["x"], row
+
+
+def test_the_maps_file_replaces_a_link_in_its_place_and_never_writes_through_it(two_reports, tmp_path):
+    root, outside = two_reports, tmp_path / "mine.npz"
+    outside.write_bytes(b"the user's own file")
+    (tmp_path / "cmp").mkdir()
+    (tmp_path / "cmp" / MAPS_FILE).symlink_to(outside)
+    done = CliRunner().invoke(main, ["compare", str(root / "a"), str(root / "b"), "-o", str(tmp_path / "cmp"),
+                                     "--detail", "0"])
+    assert done.exit_code == 0, done.output
+    assert outside.read_bytes() == b"the user's own file"
+    saved = tmp_path / "cmp" / MAPS_FILE
+    assert not saved.is_symlink() and saved.stat().st_mode & 0o777 == 0o644
+    with np.load(saved) as npz:
+        assert len(npz.files) == 2 * len(json.loads((tmp_path / "cmp" / "compare.json").read_text())["maps"])
+    assert sorted(p.name for p in (tmp_path / "cmp").iterdir()) == ["compare.html", "compare.json", MAPS_FILE]
