@@ -21,8 +21,10 @@ from .errors import ReportgenError
 
 MAP_PREFIXES = ("cam/", "gradients/")
 GENERATOR = '<meta name="generator" content="reportgen compare">'
+MANIFEST = ".reportgen-compare.json"  # the files compare wrote in its folder: it replaces no other
 DETAIL = 40  # pairs of maps drawn by default (`reportgen compare --detail`): the page stays small
 MAPS_FILE = "compare_maps.npz"  # every pair's two maps, beside compare.json
+OUTPUTS = ("compare.html", "compare.json", MAPS_FILE)
 
 
 @dataclass(frozen=True)
@@ -303,12 +305,11 @@ def write_compare(folder_a: Path, folder_b: Path, out: Path, detail: int = DETAI
     `out`; returns the page's path. A compare.html there that reportgen did not write is refused, never replaced."""
     from .figures.compare import plot
     from .render import render_page
-    from .write import write_atomic, write_npz
+    from .write import check_out_dir, write_atomic, write_npz
 
     comparison = match(folder_a, folder_b, detail)
     page = out / "compare.html"
-    if page.exists() and GENERATOR not in page.read_text(encoding="utf-8", errors="replace")[:2000]:
-        raise ReportgenError(f"{page} exists and reportgen did not write it: choose another folder with -o.")
+    check_out_dir(out, OUTPUTS, _owned(out), key="-o")
     data = comparison.to_json()
     html = render_page("compare.html.jinja2", c=comparison, maps=plot(comparison), changed=data["changed"],
                        maps_file=MAPS_FILE, generator=GENERATOR)
@@ -318,4 +319,23 @@ def write_compare(folder_a: Path, folder_b: Path, out: Path, detail: int = DETAI
                                     for side, npz, key in (("a", npz_a, row.key_a), ("b", npz_b, row.key_b))))
     write_atomic(out / "compare.json", json.dumps(data, indent=1).encode("utf-8"))
     write_atomic(page, html.encode("utf-8"))
+    write_atomic(out / MANIFEST, json.dumps({"files": list(OUTPUTS)}, indent=1).encode("utf-8"))
     return page
+
+
+def _owned(out: Path) -> set[str]:
+    """What an earlier `compare` wrote in `out`: its manifest's list; before compare kept one, a compare.html with
+    the generator tag, and beside it a compare.json of the shape compare writes."""
+    from .write import owned_files
+
+    if (out / MANIFEST).exists() or not (out / "compare.html").is_file():
+        return owned_files(out, MANIFEST)
+    try:
+        with open(out / "compare.html", "rb") as handle:
+            if GENERATOR.encode() not in handle.read(4096):
+                return set()
+        old = json.loads((out / "compare.json").read_bytes()[:2**26]) if (out / "compare.json").is_file() else {}
+    except (OSError, ValueError):
+        old = {}
+    return {"compare.html"} | ({"compare.json"} if isinstance(old, dict) and {"a", "b", "predictions", "maps"}
+                               <= set(old) else set())

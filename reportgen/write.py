@@ -2,13 +2,15 @@
 
 Ownership: a build records the files it wrote in `.reportgen-manifest.json` in the output folder (relative
 POSIX paths). A later build removes only files that manifest lists and it no longer writes, and it refuses
-to overwrite a file it would write that no manifest lists (the user's own `index.html`, say). A folder an
-older reportgen wrote (no manifest) is recognised by its report.json (`"versions": {"reportgen": ...}`):
-then report.html, index.html, report.json, arrays.npz and assets/<hash>.png count as reportgen's.
+to overwrite a file it would write that no manifest lists (the user's own `index.html`, say). In a folder an
+older reportgen wrote (no manifest), only the files that show it count as reportgen's: report.json with
+`"versions": {"reportgen": ...}`, a page with reportgen's generator tag, an asset whose name is its hash.
+`reportgen compare` keeps a manifest of its own (`.reportgen-compare.json`) by the same rule.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -27,7 +29,7 @@ from .errors import ReportgenError
 
 MANIFEST = ".reportgen-manifest.json"
 ASSET_NAME = re.compile(r"^[0-9a-f]{20}\.png$")  # render.py names assets by content hash
-LEGACY_NAMES = ("report.html", "index.html", "report.json", "arrays.npz")  # before manifests existed
+GENERATOR_TAG = b'<meta name="generator" content="reportgen '  # in every page a build writes
 
 
 def _write_temp(path: Path, data: bytes) -> str:
@@ -178,32 +180,59 @@ def _copy_member(source: zipfile.ZipFile, target: zipfile.ZipFile, name: str) ->
         shutil.copyfileobj(src, dst)
 
 
-def owned_files(out_dir: Path) -> set[str]:
-    """The relative paths (POSIX) in `out_dir` that an earlier build wrote: its manifest's list, or, for a
-    folder an older reportgen wrote without a manifest, reportgen's file names beside a report.json of ours."""
-    manifest = out_dir / MANIFEST
-    if manifest.is_file():
+def owned_files(out_dir: Path, manifest: str = MANIFEST) -> set[str]:
+    """The relative paths (POSIX) in `out_dir` that an earlier build (or `compare`: its own `manifest`) wrote: the
+    manifest's list, or, for a folder an older reportgen wrote without a manifest, the files that show it: a
+    report.json with reportgen's versions, a page with reportgen's generator tag, an asset named by its hash."""
+    path = out_dir / manifest
+    if path.is_file():
         try:
-            data = json.loads(manifest.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8"))
             files = data["files"]
             if isinstance(files, list) and all(isinstance(f, str) for f in files):
                 return {f for f in files if _safe_relative(f)}
         except (OSError, ValueError, KeyError, TypeError):
             pass
         return set()  # unreadable: nothing counts as ours (we never delete on a guess)
+    return _legacy_owned(out_dir) if manifest == MANIFEST else set()
+
+
+def _legacy_owned(out_dir: Path) -> set[str]:
+    """A folder written before manifests: the very files that show reportgen wrote them (a user's index.html
+    beside a report.json of ours stays the user's; so does an arrays.npz, which carries no such sign)."""
     try:
-        legacy = json.loads((out_dir / "report.json").read_text(encoding="utf-8"))
+        legacy = json.loads(_head(out_dir / "report.json", 2**26).decode("utf-8"))
         ours = isinstance(legacy, dict) and isinstance(legacy.get("versions"), dict) \
             and "reportgen" in legacy["versions"]
     except (OSError, ValueError):
         ours = False
     if not ours:
         return set()
-    names = {name for name in LEGACY_NAMES if (out_dir / name).is_file()}
+    names = {"report.json"}
+    for page in ("report.html", "index.html"):
+        with contextlib.suppress(OSError):
+            if GENERATOR_TAG in _head(out_dir / page, 4096):
+                names.add(page)
     assets = out_dir / "assets"
-    if assets.is_dir():
-        names |= {f"assets/{p.name}" for p in assets.iterdir() if ASSET_NAME.match(p.name) and p.is_file()}
+    if assets.is_dir() and not assets.is_symlink():
+        for p in assets.iterdir():
+            with contextlib.suppress(OSError):
+                if ASSET_NAME.match(p.name) and _regular(p) and p.stat().st_size <= 2**26 \
+                        and hashlib.sha256(p.read_bytes()).hexdigest()[:20] == p.stem:
+                    names.add(f"assets/{p.name}")
     return names
+
+
+def _regular(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink()
+
+
+def _head(path: Path, limit: int) -> bytes:
+    """The first `limit` bytes of a plain file (OSError for a link, a folder, a device)."""
+    if not _regular(path):
+        raise OSError(f"{path} is not a plain file")
+    with open(path, "rb") as handle:
+        return handle.read(limit)
 
 
 def _safe_relative(name: str) -> bool:
@@ -232,14 +261,14 @@ def check_out_dir(out_dir: Path, names, owned: set[str] | None = None, assets: d
         if name not in owned and (path.exists() or path.is_symlink()):
             raise ReportgenError(
                 f"`{key}`: {path} exists and reportgen did not write it; a build never overwrites your files. "
-                f"Choose another folder with `-o DIR` (or `{key}`), or remove {name}.")
+                f"Choose another folder with `-o DIR`{'' if key == '-o' else f' (or `{key}`)'}, or remove {name}.")
     for name, data in (assets or {}).items():
         rel = f"assets/{name}"
         path = out_dir / rel
         if rel not in owned and (path.exists() or path.is_symlink()) and not _same_bytes(path, data):
             raise ReportgenError(
                 f"`{key}`: {path} exists and reportgen did not write it; a build never overwrites your files. "
-                f"Choose another folder with `-o DIR` (or `{key}`), or remove {rel}.")
+                f"Choose another folder with `-o DIR`{'' if key == '-o' else f' (or `{key}`)'}, or remove {rel}.")
 
 
 def _same_bytes(path: Path, data: bytes) -> bool:

@@ -177,17 +177,44 @@ def test_a_rows_a_b_and_difference_stand_side_by_side_and_labelled(two_reports, 
         assert 0 < row[0]["x"] + row[0]["w"] <= row[1]["x"] and row[1]["x"] + row[1]["w"] <= row[2]["x"], row
 
 
-def test_the_maps_file_replaces_a_link_in_its_place_and_never_writes_through_it(two_reports, tmp_path):
-    root, outside = two_reports, tmp_path / "mine.npz"
+def _compare(root, out, *more):
+    return CliRunner().invoke(main, ["compare", str(root / "a"), str(root / "b"), "-o", str(out), "--detail", "0",
+                                     *more])
+
+
+@pytest.mark.parametrize("name", ["compare.json", MAPS_FILE, "compare.html"])
+def test_compare_replaces_no_file_it_did_not_write_nor_a_link(two_reports, tmp_path, name):
+    """compare keeps a manifest of its files (.reportgen-compare.json), as a build does: a user's compare.json
+    or a link at compare_maps.npz is refused with its path, and nothing is written."""
+    root, out, outside = two_reports, tmp_path / "cmp", tmp_path / "mine"
+    out.mkdir()
     outside.write_bytes(b"the user's own file")
-    (tmp_path / "cmp").mkdir()
-    (tmp_path / "cmp" / MAPS_FILE).symlink_to(outside)
-    done = CliRunner().invoke(main, ["compare", str(root / "a"), str(root / "b"), "-o", str(tmp_path / "cmp"),
-                                     "--detail", "0"])
-    assert done.exit_code == 0, done.output
-    assert outside.read_bytes() == b"the user's own file"
-    saved = tmp_path / "cmp" / MAPS_FILE
+    (out / name).symlink_to(outside)
+    done = _compare(root, out)
+    assert done.exit_code == 2 and str(out / name) in done.output and "did not write" in done.output, done.output
+    assert outside.read_bytes() == b"the user's own file" and [p.name for p in out.iterdir()] == [name]
+    (out / name).unlink()
+    (out / name).write_bytes(b"mine")
+    assert _compare(root, out).exit_code == 2 and (out / name).read_bytes() == b"mine"
+    (out / name).unlink()
+    assert _compare(root, out).exit_code == 0
+    assert _compare(root, out).exit_code == 0  # its own files, listed in its manifest: replaced
+    saved = out / MAPS_FILE
     assert not saved.is_symlink() and saved.stat().st_mode & 0o777 == 0o644
     with np.load(saved) as npz:
-        assert len(npz.files) == 2 * len(json.loads((tmp_path / "cmp" / "compare.json").read_text())["maps"])
-    assert sorted(p.name for p in (tmp_path / "cmp").iterdir()) == ["compare.html", "compare.json", MAPS_FILE]
+        assert len(npz.files) == 2 * len(json.loads((out / "compare.json").read_text())["maps"])
+    assert sorted(p.name for p in out.iterdir()) == [".reportgen-compare.json", "compare.html", "compare.json",
+                                                     MAPS_FILE]
+
+
+def test_a_compare_folder_from_before_the_manifest_is_recognised_by_its_page(two_reports, tmp_path):
+    root, out = two_reports, tmp_path / "cmp"
+    assert _compare(root, out).exit_code == 0
+    (out / ".reportgen-compare.json").unlink()
+    (out / MAPS_FILE).unlink()  # older compares wrote none
+    assert _compare(root, out).exit_code == 0
+    (out / ".reportgen-compare.json").unlink()
+    (out / "compare.html").write_text("<html>my page</html>")
+    done = _compare(root, out)
+    assert done.exit_code == 2 and "compare.html" in done.output
+    assert (out / "compare.html").read_text() == "<html>my page</html>"

@@ -102,19 +102,36 @@ def test_a_rebuild_removes_only_what_the_previous_build_wrote(tmp_path):
     assert json.loads((out / write.MANIFEST).read_text())["files"] == ["report.html", "report.json"]
 
 
-def test_a_folder_an_older_reportgen_wrote_is_recognised_by_its_report_json(tmp_path):
-    """No manifest: report.json with versions.reportgen makes reportgen's file names (and hash-named assets)
-    count as ours; anything else stays."""
+def test_a_folder_an_older_reportgen_wrote_is_recognised_by_each_file_it_wrote(tmp_path):
+    """No manifest: a report.json with versions.reportgen, a page with reportgen's generator tag and an asset
+    named by its own hash count as ours; a user's index.html beside them, an arrays.npz and an asset whose name
+    is not its hash stay."""
+    import hashlib
+
     (tmp_path / "assets").mkdir()
+    hashed = hashlib.sha256(b"old asset").hexdigest()[:20] + ".png"
     old = {"report.json": json.dumps({"title": "old", "versions": {"reportgen": "0.0.9"}}).encode(),
-           "index.html": b"old page", "arrays.npz": b"old arrays", f"assets/{asset(7)}": b"old asset",
-           "assets/notes.txt": b"mine", "notes.txt": b"mine"}
+           "index.html": b'<html><head><meta name="generator" content="reportgen 0.0.9">', "arrays.npz": b"old arrays",
+           f"assets/{hashed}": b"old asset", f"assets/{asset(7)}": b"not its hash", "assets/notes.txt": b"mine",
+           "notes.txt": b"mine"}
     for name, data in old.items():
         (tmp_path / name).write_bytes(data)
     report(tmp_path, title="new")
-    assert sorted(files_in(tmp_path)) == [write.MANIFEST, "assets/notes.txt", "notes.txt", "report.html",
-                                          "report.json"]
+    assert sorted(files_in(tmp_path)) == [write.MANIFEST, "arrays.npz", f"assets/{asset(7)}", "assets/notes.txt",
+                                          "notes.txt", "report.html", "report.json"]
     assert json.loads((tmp_path / "report.json").read_text())["title"] == "new"
+
+
+def test_a_users_page_beside_an_old_report_json_is_never_removed_nor_replaced(tmp_path):
+    (tmp_path / "report.json").write_text(json.dumps({"title": "old", "versions": {"reportgen": "0.0.9"}}))
+    (tmp_path / "index.html").write_text("<h1>my own page</h1>")
+    report(tmp_path)  # report.html: the user's index.html is not stale, it is theirs
+    assert (tmp_path / "index.html").read_text() == "<h1>my own page</h1>"
+    (tmp_path / write.MANIFEST).unlink()
+    (tmp_path / "report.html").unlink()
+    with pytest.raises(ReportgenError, match="index.html exists and reportgen did not write it"):
+        report(tmp_path, self_contained=False)
+    assert (tmp_path / "index.html").read_text() == "<h1>my own page</h1>"
 
 
 def test_a_report_json_without_reportgens_versions_is_the_users(tmp_path):
