@@ -1,4 +1,5 @@
-"""Errors a user can fix. The CLI prints their message and exits with code 2."""
+"""Errors a user can fix. The CLI prints their message and exits with code 2. Also the warnings about images that
+a build gives once per kind (`ImageWarning`, `merge_warnings`)."""
 from __future__ import annotations
 
 import difflib
