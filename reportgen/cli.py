@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 import zipfile
@@ -13,9 +15,10 @@ from pathlib import Path
 import click
 
 from . import progress as progress_bars
-from .errors import ConfigWarning, ReportgenError
+from .errors import ConfigWarning, ReportgenError, Terminated
 
 INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT)
+TERMINATED = 143  # 128 + SIGTERM
 # warnings raised inside these packages are about their own future or internals: nothing a user of
 # reportgen can act on (torchvision's GoogLeNet "default weight initialization" FutureWarning, say)
 LIBRARY_WARNINGS = r"(torch|torchvision)(\.|$)"
@@ -102,6 +105,17 @@ def _show_warning(show: Callable) -> Callable:
     return shown
 
 
+def _terminate(signum, frame):
+    raise Terminated
+
+
+def _on_sigterm(handler):
+    """Install `handler` for SIGTERM; returns the one it replaces (None off the main thread, where it cannot)."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
+
+
 class _Main(click.Group):
     """Every command: library warnings a user cannot act on stay silent (ours show); Ctrl-C exits 130 with
     one line instead of click's "Aborted!" (exit 1, the code of a failed stage)."""
@@ -136,11 +150,15 @@ class _Main(click.Group):
             for category in (UserWarning, FutureWarning, DeprecationWarning):
                 warnings.filterwarnings("ignore", category=category, module=LIBRARY_WARNINGS)
             warnings.showwarning = _show_warning(warnings.showwarning)
+            previous = _on_sigterm(_terminate)
             try:
                 return super().invoke(ctx)
-            except KeyboardInterrupt:
-                click.echo("interrupted, nothing written", err=True)
-                ctx.exit(INTERRUPTED)
+            except KeyboardInterrupt as exc:
+                terminated = isinstance(exc, Terminated)
+                click.echo(f"{'terminated' if terminated else 'interrupted'}, nothing written", err=True)
+                ctx.exit(TERMINATED if terminated else INTERRUPTED)
+            finally:
+                _on_sigterm(previous)
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
