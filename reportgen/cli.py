@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 import zipfile
@@ -13,9 +15,10 @@ from pathlib import Path
 import click
 
 from . import progress as progress_bars
-from .errors import ConfigWarning, ReportgenError
+from .errors import ConfigWarning, ReportgenError, Terminated
 
 INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT)
+TERMINATED = 143  # 128 + SIGTERM
 # warnings raised inside these packages are about their own future or internals: nothing a user of
 # reportgen can act on (torchvision's GoogLeNet "default weight initialization" FutureWarning, say)
 LIBRARY_WARNINGS = r"(torch|torchvision)(\.|$)"
@@ -66,6 +69,17 @@ def _load(config_path: str, overrides: tuple[str, ...], out: str | None = None, 
     return dataclasses.replace(config, output=output)
 
 
+def _untrusted(ctx, param, value: bool) -> bool:
+    if value:  # an environment variable: torchrun's processes and the model loader see it too
+        os.environ["REPORTGEN_UNTRUSTED"] = "1"
+    return value
+
+
+_untrusted_option = click.option(
+    "--untrusted", is_flag=True, expose_value=False, callback=_untrusted,
+    help="The config (or its model files) came from someone else: refuse everything that would run their code "
+         "(a model.factory, a TorchScript file, trust_checkpoint). Also $REPORTGEN_UNTRUSTED=1.")
+
 _set_option = click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE",
     help="Override a config key, e.g. --set model.name=resnet50 (repeatable). A relative path given here "
@@ -89,6 +103,17 @@ def _show_warning(show: Callable) -> Callable:
             show(message, category, filename, lineno, file, line)
 
     return shown
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
+def _on_sigterm(handler):
+    """Install `handler` for SIGTERM; returns the one it replaces (None off the main thread, where it cannot)."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
 
 
 class _Main(click.Group):
@@ -125,11 +150,15 @@ class _Main(click.Group):
             for category in (UserWarning, FutureWarning, DeprecationWarning):
                 warnings.filterwarnings("ignore", category=category, module=LIBRARY_WARNINGS)
             warnings.showwarning = _show_warning(warnings.showwarning)
+            previous = _on_sigterm(_terminate)
             try:
                 return super().invoke(ctx)
-            except KeyboardInterrupt:
-                click.echo("interrupted, nothing written", err=True)
-                ctx.exit(INTERRUPTED)
+            except KeyboardInterrupt as exc:
+                terminated = isinstance(exc, Terminated)
+                click.echo(f"{'terminated' if terminated else 'interrupted'}, nothing written", err=True)
+                ctx.exit(TERMINATED if terminated else INTERRUPTED)
+            finally:
+                _on_sigterm(previous)
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
@@ -143,6 +172,7 @@ def main() -> None:
 @click.option("-o", "--out", "out", type=click.Path(file_okay=False),
               help="Output folder (overrides output.dir); a relative path resolves against the current folder.")
 @_set_option
+@_untrusted_option
 @click.option("--save-arrays", is_flag=True, help="Also write arrays.npz with the numbers behind every figure.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 @click.option("-v", "--verbose", is_flag=True, help="More detail on stderr (tracebacks of failed stages).")
@@ -180,6 +210,7 @@ def build(config: str, out: str | None, overrides: tuple[str, ...], save_arrays:
 @main.command(short_help="Check a config without running any analysis.")
 @click.argument("config", type=click.Path(dir_okay=False))
 @_set_option
+@_untrusted_option
 def validate(config: str, overrides: tuple[str, ...]) -> None:
     """Check CONFIG: keys, files, model construction, layer names, stage options. Runs no analysis."""
     cfg = None
@@ -198,13 +229,14 @@ def validate(config: str, overrides: tuple[str, ...]) -> None:
 
 
 def _input_size(value: str) -> tuple[int, int, int]:
-    """--input-size: three positive integers C,H,W (as `model.input_size` in a config)."""
+    """--input-size: three positive integers C,H,W up to 16 384 (as `model.input_size` in a config)."""
     try:
-        size = tuple(int(v) for v in value.replace(" ", "").split(","))
+        size = tuple(int(v) for v in value.replace(" ", "").split(",")[:4])
     except ValueError:
         size = ()
-    if len(size) != 3 or min(size) < 1:
-        raise click.BadParameter(f"expected three positive numbers C,H,W like 3,224,224, got `{value}`.")
+    if len(size) != 3 or min(size) < 1 or max(size) > 16384:
+        raise click.BadParameter(f"expected three numbers C,H,W from 1 to 16 384 like 3,224,224, got "
+                                 f"`{value[:40]}`.")
     return size
 
 
@@ -233,6 +265,7 @@ def _check_torchscript(path: Path) -> None:
 @click.option("--input-size", default="3,224,224", show_default=True, callback=lambda ctx, param, value:
               _input_size(value), help="C,H,W of the example input, when TARGET is not a config file.")
 @click.option("--all", "show_all", is_flag=True, help="Also list containers and layers that were not called.")
+@_untrusted_option
 def layers(target: str, input_size: tuple[int, int, int], show_all: bool) -> None:
     """List layer names, types and output shapes of a model: TARGET is a CONFIG file, a torchvision model
     name, a TorchScript file (.pt, .ts) or a factory `package.module:function`.

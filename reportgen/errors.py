@@ -20,6 +20,11 @@ class ConfigWarning(UserWarning):
     prints `warning: <message>`."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `docker stop`, a CI timeout), which the CLI turns into this: every path that cleans up
+    after Ctrl-C cleans up after it too; the CLI exits 143."""
+
+
 class StageSkipped(ReportgenError):
     """A stage found nothing to show (no training logs match): the report says why; not a failure."""
 

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 import zipfile
@@ -32,9 +33,42 @@ ASSET_NAME = re.compile(r"^[0-9a-f]{20}\.png$")  # render.py names assets by con
 GENERATOR_TAG = b'<meta name="generator" content="reportgen '  # in every page a build writes
 
 
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+_TEMPORARY = re.compile(r"^\..+\.(\d+)@([A-Za-z0-9-]+)\.[^.]*\.tmp$")  # ._name_.<pid>@<host>.<random>.tmp
+
+
+def _temp_prefix(name: str) -> str:
+    """The start of a temporary file's name: the file it becomes, and the process writing it (so that a later
+    build can tell one a killed build left from one a running build is writing)."""
+    return f".{name}.{os.getpid()}@{_HOST}."
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Remove the temporary files of builds that were killed before they could (SIGKILL, a power cut): ours
+    by their name, written on this host by a process that is gone. A running build's are left alone."""
+    for where in (folder, folder / "assets"):
+        if not where.is_dir() or where.is_symlink():
+            continue
+        for path in where.iterdir():
+            found = _TEMPORARY.match(path.name)
+            if found and found[2] == _HOST and not _alive(int(found[1])) and path.is_file() \
+                    and not path.is_symlink():
+                _unlink(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
 def _write_temp(path: Path, data: bytes) -> str:
     """Write `data` to a temporary file beside `path`; return its name (removed again on error)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -86,7 +120,8 @@ class ArraysWriter:
         out_dir = Path(out_dir)
         self.made = [d for d in (out_dir, *out_dir.parents) if not d.exists()]
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.path = _temp_zip(out_dir, ".arrays.npz." if shard is None else f".arrays.npz.rank{shard}.")
+        remove_stale_temporaries(out_dir)
+        self.path = _temp_zip(out_dir, "arrays.npz" if shard is None else f"arrays.npz.rank{shard}")
         self._zip: zipfile.ZipFile | None = zipfile.ZipFile(self.path, "w", compression=zipfile.ZIP_DEFLATED,
                                                              allowZip64=True)
         self.keys: dict[str, None] = {}  # written so far, in order
@@ -113,7 +148,7 @@ class ArraysWriter:
         return self.path
 
     def _rewrite(self, keep: Iterable[str]) -> None:
-        tmp = _temp_zip(Path(self.path).parent, ".arrays.npz.")
+        tmp = _temp_zip(Path(self.path).parent, "arrays.npz")
         try:
             with zipfile.ZipFile(self.path) as source, \
                     zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as target:
@@ -165,10 +200,10 @@ class ArraysWriter:
             self.discard()
 
 
-def _temp_zip(folder: Path, prefix: str) -> str:
+def _temp_zip(folder: Path, name: str) -> str:
     """An empty temporary file for an arrays.npz in `folder`, readable as the report's other files are
     (mkstemp makes it 0600)."""
-    fd, path = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".tmp")
+    fd, path = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(name), suffix=".tmp")
     os.close(fd)
     os.chmod(path, 0o644)
     return path
@@ -294,6 +329,8 @@ def write_report(out_dir: Path, *, html: str, report_json: dict,
     is rewritten."""
     out_dir = Path(out_dir)
     owned = owned_files(out_dir)
+    if out_dir.is_dir():
+        remove_stale_temporaries(out_dir)
     names = planned_files(self_contained=self_contained, save_arrays=arrays is not None, records=records is not None)
     check_out_dir(out_dir, names, owned, assets)
     made = [d for d in (out_dir, *out_dir.parents) if not d.exists()]  # removed again if the write fails
@@ -351,7 +388,7 @@ def _write_report(out_dir: Path, owned: set[str], *, html, report_json, arrays, 
             _unlink(tmp)
         raise
     _commit(pending)
-    with _interrupts_deferred():  # the new report is in place: tidying up is not interrupted
+    with _interrupts_deferred(then=False):  # the new report is in place: tidying up is not interrupted
         _remove_stale(out_dir, owned - written)
         write_atomic(out_dir / MANIFEST, _manifest(written))
     size = len(html_bytes) + sum(len(data) for data in assets.values())  # what a reader downloads
@@ -366,18 +403,30 @@ def _manifest(files: set[str]) -> bytes:
 
 
 def _commit(pending: list[tuple[str, Path]]) -> None:
-    """Rename every temporary file into place, or (on any error or interrupt) none: the files replaced so
-    far are put back from hard-linked (or copied) backups and the new ones removed."""
+    """Rename every temporary file into place, or (on an error) none: the files replaced so far are put back
+    from hard-linked (or copied) backups and the new ones removed. Ctrl-C and SIGTERM are held off from the
+    first rename to the last (a few system calls), so that no interrupt falls between a rename and its record:
+    a signal may stop the build before the switch, never in the middle of it."""
     backups: dict[Path, str | None] = {}
-    done: list[Path] = []
     try:
         for _, path in pending:
             backups[path] = _backup(path)
-        for tmp, path in pending:
-            os.replace(tmp, path)
-            done.append(path)
     except BaseException:
-        with _interrupts_deferred():
+        for backup in backups.values():
+            if backup is not None:
+                _unlink(backup)
+        raise
+    interrupted = None
+    with _interrupts_deferred(then=False) as caught:
+        done: list[Path] = []
+        try:
+            for tmp, path in pending:
+                os.replace(tmp, path)
+                done.append(path)
+            if caught:  # a signal came during the switch: undone as a whole, then the signal takes effect
+                interrupted = caught[0]
+                raise KeyboardInterrupt
+        except BaseException:
             for path in reversed(done):
                 backup = backups.get(path)
                 if backup is not None:
@@ -388,20 +437,22 @@ def _commit(pending: list[tuple[str, Path]]) -> None:
             for tmp, path in pending:
                 if path not in done:
                     _unlink(tmp)
+            if interrupted is None:
+                raise
+        finally:
             for backup in backups.values():
                 if backup is not None:
                     _unlink(backup)
-        raise
-    for backup in backups.values():
-        if backup is not None:
-            _unlink(backup)
+    if interrupted is not None:
+        signal.raise_signal(interrupted)  # with the handler the build had: KeyboardInterrupt, or the CLI's SIGTERM
+        raise KeyboardInterrupt  # a handler that ignores it: the report is still not written
 
 
 def _backup(path: Path) -> str | None:
     """A second name for the file now at `path` (None when there is none), to put it back if need be."""
     if not path.is_file() or path.is_symlink():
         return None
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=".tmp")
     os.close(fd)
     try:
         os.unlink(tmp)
@@ -421,21 +472,28 @@ def _unlink(path) -> None:
 
 
 @contextlib.contextmanager
-def _interrupts_deferred():
-    """Ignore Ctrl-C (SIGINT) for the few file operations that must not stop half-way: putting the previous
-    report back, and tidying up once the new one is in place (the build is done; it says so)."""
+def _interrupts_deferred(*, then: bool = True):
+    """Hold off Ctrl-C (SIGINT) and SIGTERM for the few file operations that must not stop half-way: the
+    renames that switch the report (and putting the previous one back), or tidying up once the new one is in
+    place. Yields the list of signals that came meanwhile; they take effect when the block ends (`then`), or
+    are the caller's to act on."""
+    caught: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield  # signals reach the main thread only
+        yield caught  # signals reach the main thread only
         return
+    previous = {}
     try:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for number in (signal.SIGINT, signal.SIGTERM):
+            previous[number] = signal.signal(number, lambda signum, frame: caught.append(signum))
     except (ValueError, OSError):
-        yield
-        return
+        pass
     try:
-        yield
+        yield caught
     finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+        for number, handler in previous.items():
+            signal.signal(number, handler if handler is not None else signal.SIG_DFL)
+        for number in caught[:1] if then else ():
+            signal.raise_signal(number)  # now, with the handler the build had
 
 
 def _remove_stale(out_dir: Path, stale: set[str]) -> None:

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -258,11 +259,14 @@ def test_ctrl_c_in_other_commands_exits_130(project, monkeypatch):
 
 
 @pytest.mark.slow  # a subprocess starts torch
-def test_a_real_ctrl_c_exits_130_with_one_line(project):
-    """The whole way: SIGINT to a `reportgen build` process while its model loads."""
+@pytest.mark.parametrize("number, code, said", [(signal.SIGINT, 130, "interrupted"),
+                                                (signal.SIGTERM, 143, "terminated")], ids=["sigint", "sigterm"])
+def test_a_real_ctrl_c_or_sigterm_exits_with_one_line(project, number, code, said):
+    """The whole way: SIGINT (Ctrl-C) or SIGTERM (`kill`, `docker stop`) to a `reportgen build` process while
+    its model loads."""
     import subprocess
     import sys
-    import time
+
 
     root = Path(__file__).resolve().parent.parent
     ready = project.root / "ready"
@@ -280,10 +284,86 @@ def test_a_real_ctrl_c_exits_130_with_one_line(project):
         deadline = time.monotonic() + 60
         while not ready.exists() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(number)
         out, err = process.communicate(timeout=30)
     finally:
         process.kill()
-    assert process.returncode == 130, err
-    assert err.splitlines()[-1] == "interrupted, nothing written" and "Traceback" not in err and out == ""
+    assert process.returncode == code, err
+    assert err.splitlines()[-1] == f"{said}, nothing written" and "Traceback" not in err and out == ""
     assert not (project.root / "out").exists()
+
+
+def _terminate_self(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)  # the handler raises before this ends
+
+
+def test_sigterm_during_a_build_exits_143_keeps_the_previous_report_and_the_handler(project, monkeypatch):
+    import reportgen.stages.summary
+
+    runner = CliRunner()
+    assert runner.invoke(main, ["build", str(project.write()), "-q", "--save-arrays"]).exit_code == 0
+    out = project.root / "out"
+    before = files_in(out)
+    monkeypatch.setitem(STAGES, "summary", dataclasses.replace(reportgen.stages.summary.SPEC, run=_terminate_self))
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)  # were the CLI's handler missing: not pytest's end
+    try:
+        result = runner.invoke(main, ["build", str(project.write()), "-q", "--save-arrays"])
+        assert signal.getsignal(signal.SIGTERM) is _raise_terminated  # the CLI's handler was put back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert result.exit_code == 143 and result.stderr == "terminated, nothing written\n", result.output
+    assert files_in(out) == before and temporaries(project.root) == []
+
+
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("after", [1, 2, 3])
+def test_a_signal_right_after_a_rename_cannot_tear_the_commit(tmp_path, monkeypatch, number, after):
+    """A signal that lands after `os.replace` returned, before the rollback could record it: the whole switch is
+    undone (or, had it come later, done), never the old report.html beside the new report.json."""
+    out = tmp_path / "out"
+    before = _previous(out)
+    real, calls = os.replace, []
+
+    def replace_then_signal(*args, **kwargs):
+        real(*args, **kwargs)
+        calls.append(args)
+        if len(calls) == after:
+            signal.raise_signal(number)
+            time.sleep(0.05)  # the window made wide: a handler runs here if any does
+
+    monkeypatch.setattr(os, "replace", replace_then_signal)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            report(out, title="next", arrays={"x": np.zeros(3, np.float32)})
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    monkeypatch.undo()
+    assert files_in(out) == before
+    assert temporaries(tmp_path) == []
+
+
+def _raise_terminated(signum, frame):
+    from reportgen.errors import Terminated
+
+    raise Terminated
+
+
+def test_a_build_removes_the_temporaries_a_killed_build_left_and_no_others(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    report(out)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = write._HOST
+    left = [out / f".arrays.npz.{dead.stdout.strip()}@{host}.k1ll3d.tmp",
+            out / f".report.html.{dead.stdout.strip()}@{host}.k1ll3d.tmp"]
+    kept = [out / f".arrays.npz.{os.getpid()}@{host}.runn1n.tmp",  # a running build's
+            out / f".arrays.npz.{dead.stdout.strip()}@other-host.abc.tmp",  # another machine's (shared disk)
+            out / ".notes.tmp"]  # the user's
+    for path in left + kept:
+        path.write_bytes(b"x")
+    report(out, title="next")
+    assert [p for p in left if p.exists()] == [] and all(p.exists() for p in kept)
