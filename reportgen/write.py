@@ -90,7 +90,7 @@ def write_npz(path: Path, arrays: Iterable[tuple[str, np.ndarray]]) -> None:
     """An npz of (key, array) pairs (float32, deflated) written one entry at a time under a temporary name and
     renamed into place, as `write_atomic` does: never all arrays in memory, never half a file, a link at `path`
     replaced rather than written through."""
-    tmp = _temp_zip(path.parent, f".{path.name}.")
+    tmp = _temp_zip(path.parent, path.name)
     try:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as target:
             for key, value in arrays:
