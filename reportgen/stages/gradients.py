@@ -123,9 +123,15 @@ def load_baseline_file(path: Path, input_size: tuple[int, ...]) -> np.ndarray:
         hint = did_you_mean(path.name, BASELINES)
         raise ReportgenError(f"`analyses.gradients.baseline`: `{path}` is neither {', '.join(BASELINES)} nor an "
                              f"existing .npy file.{hint}")
+    if path.stat().st_size > 8 * math.prod(input_size) + 4096:  # float64 and a header: more is not this array
+        raise ReportgenError(f"`analyses.gradients.baseline`: `{path}` is larger than one array of the model's "
+                             f"input size {list(input_size)} can be.")
     try:
         array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+        if not isinstance(array, np.ndarray):  # an .npz: a zip of several arrays
+            array.close()
+            raise ValueError("it holds several arrays (an .npz); save the one baseline with np.save")
+    except (OSError, ValueError, EOFError) as exc:
         raise ReportgenError(f"`analyses.gradients.baseline`: cannot read `{path}` as a .npy array: {exc}") from None
     if array.ndim == 4 and array.shape[0] == 1:
         array = array[0]
