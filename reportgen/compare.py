@@ -305,7 +305,8 @@ def write_compare(folder_a: Path, folder_b: Path, out: Path, detail: int = DETAI
     `out`; returns the page's path. A compare.html there that reportgen did not write is refused, never replaced."""
     from .figures.compare import plot
     from .render import render_page
-    from .write import check_out_dir, write_atomic, write_npz
+    from .owned import check_out_dir
+    from .write import write_atomic, write_npz
 
     comparison = match(folder_a, folder_b, detail)
     page = out / "compare.html"
@@ -326,7 +327,7 @@ def write_compare(folder_a: Path, folder_b: Path, out: Path, detail: int = DETAI
 def _owned(out: Path) -> set[str]:
     """What an earlier `compare` wrote in `out`: its manifest's list; before compare kept one, a compare.html with
     the generator tag, and beside it a compare.json of the shape compare writes."""
-    from .write import owned_files
+    from .owned import owned_files
 
     if (out / MANIFEST).exists() or not (out / "compare.html").is_file():
         return owned_files(out, MANIFEST)

@@ -34,7 +34,8 @@ from markupsafe import escape
 from PIL import Image
 
 from .errors import ReportgenError
-from .write import ASSET_NAME, write_atomic
+from .owned import ASSET_NAME
+from .write import write_atomic
 
 RECORD = "site.json"
 THUMB = 160  # px, the longer side

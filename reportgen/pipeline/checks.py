@@ -14,7 +14,7 @@ from ..errors import ReportgenError
 from ..layers import describe_model
 from ..models import hooks_refused, load_labels, load_model
 from ..stages import Stage, planned
-from ..write import check_output_dir
+from ..owned import check_output_dir
 
 Log = Callable[[str], None]
 
@@ -98,10 +98,10 @@ def validate(config: Config, log: Log = quiet) -> tuple[ModelInfo, list[str]]:
 def check_outputs(config: Config) -> None:
     """Before anything runs: the output folders can be written, and `output.dir` holds no file of the user's
     that the build would replace (only what an earlier build recorded in its manifest is ours to replace)."""
-    from .. import write
+    from .. import owned
 
     check_output_dir(config.output.dir)
-    write.check_out_dir(config.output.dir, write.planned_files(self_contained=config.output.self_contained,
+    owned.check_out_dir(config.output.dir, owned.planned_files(self_contained=config.output.self_contained,
                                                                save_arrays=config.output.save_arrays))
     if config.output.tensorboard is not None:
         if importlib.util.find_spec("tensorboard") is None:
