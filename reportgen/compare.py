@@ -11,6 +11,7 @@ compare_maps.npz (every pair's two maps).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ReportgenError
+from .report_folder import member, number, plain_file, read_json, read_records, reading
 
 MAP_PREFIXES = ("cam/", "gradients/")
 GENERATOR = '<meta name="generator" content="reportgen compare">'
 MANIFEST = ".reportgen-compare.json"  # the files compare wrote in its folder: it replaces no other
 DETAIL = 40  # pairs of maps drawn by default (`reportgen compare --detail`): the page stays small
 MAPS_FILE = "compare_maps.npz"  # every pair's two maps, beside compare.json
+ARRAYS_LIMIT = 64 * 2**30  # bytes of an arrays.npz read (its members are bounded one by one as they are read)
 OUTPUTS = ("compare.html", "compare.json", MAPS_FILE)
 
 
@@ -145,24 +148,44 @@ class Comparison:
 
 
 def read_side(folder: Path) -> Side:
-    """A report folder built with `save_arrays`; a clear error naming what is missing."""
+    """A report folder built with `save_arrays`, checked as a stranger's may need (`report_folder`): a clear
+    error naming what is missing or malformed."""
     folder = Path(folder)
     missing = [name for name in ("report.json", "images.jsonl", "arrays.npz") if not (folder / name).is_file()]
     if missing:
         hint = " (build it with `save_arrays: true` or --save-arrays)" if "arrays.npz" in missing else ""
         raise ReportgenError(f"`{folder}` is not a report folder to compare: it lacks {', '.join(missing)}{hint}.")
-    try:
-        data = json.loads((folder / "report.json").read_text(encoding="utf-8"))
-        records = [json.loads(line) for line in (folder / "images.jsonl").read_text(encoding="utf-8").splitlines()
-                   if line.strip()]
-    except (OSError, ValueError) as exc:
-        raise ReportgenError(f"`{folder}`: its report.json or images.jsonl cannot be read ({exc}).") from None
-    return Side(folder=folder, title=str(data.get("title", folder.name)),
-                model=str(data.get("model", {}).get("description", "")),
-                input_size=tuple(data.get("model", {}).get("input_size", ())),
-                records={r["name"]: r for r in records}, summary=data.get("summary"),
-                metrics={k: float(v) for k, v in data.get("metrics", {}).items()}, arrays=folder / "arrays.npz",
-                intervals=_intervals(data))
+    with reading(folder):
+        data = read_json(folder / "report.json")
+        records = read_records(folder / "images.jsonl")
+        model = data.get("model") or {}
+        input_size = tuple(int(number(v, "`model.input_size`")) for v in model.get("input_size", ()))
+        if len(input_size) != 3 or min(input_size) < 1 or max(input_size) > 16384:
+            raise ReportgenError(f"`{folder / 'report.json'}`: its model's input_size is not three sizes.")
+        summary = data.get("summary") if isinstance(data.get("summary"), dict) else None
+        for record in records:  # what `match` reads of them, read once here where a failure names the folder
+            _top1(record), (record.get("truth") or {}).get("label"), record.get("source")
+        _layers(summary, None), [_total(summary, key) for key in ("total_params", "trainable_params",
+                                                                   "total_mult_adds")]
+        return Side(folder=folder, title=str(data.get("title", folder.name)), model=str(model.get("description", "")),
+                    input_size=input_size, records={r["name"]: r for r in records},
+                    summary=summary,
+                    metrics={str(k): number(v, f"metric `{k}`") for k, v in (data.get("metrics") or {}).items()},
+                    arrays=folder / "arrays.npz", intervals=_intervals(data))
+
+
+@contextlib.contextmanager
+def _maps(side: Side):
+    """The side's arrays.npz, opened without pickles; what is malformed in it is a message naming its folder."""
+    with reading(side.folder), np.load(plain_file(side.arrays, ARRAYS_LIMIT), allow_pickle=False) as npz:
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise ReportgenError(f"`{side.arrays}` is one array, not the arrays.npz a build writes.")
+        yield npz
+
+
+def _map(npz, side: Side, key: str) -> np.ndarray:
+    with reading(side.folder):
+        return _plane(member(npz, key, side.input_size))
 
 
 def match(folder_a: Path, folder_b: Path, detail: int = DETAIL) -> Comparison:
@@ -184,13 +207,13 @@ def match(folder_a: Path, folder_b: Path, detail: int = DETAIL) -> Comparison:
     predictions = [Prediction(image=n, truth=(a.records[n].get("truth") or {}).get("label"),
                               a=_top1(a.records[n]), b=_top1(b.records[n])) for n in common]
     of_image = {p.image: p for p in predictions}
-    with np.load(a.arrays) as npz_a, np.load(b.arrays) as npz_b:
+    with _maps(a) as npz_a, _maps(b) as npz_b:
         maps_of = lambda npz: [k for k in npz.files if k.startswith(MAP_PREFIXES)]  # noqa: E731
         keys, only["maps in A only"], only["maps in B only"] = _pair_maps(maps_of(npz_a), maps_of(npz_b))
         # one pair's maps in memory at a time (a data set's need not fit), read again for the few drawn
-        pairs = [_summarise(k_a, k_b, _plane(npz_a[k_a]), _plane(npz_b[k_b]), of_image) for k_a, k_b in keys]
+        pairs = [_summarise(k_a, k_b, _map(npz_a, a, k_a), _map(npz_b, b, k_b), of_image) for k_a, k_b in keys]
         pairs.sort(key=lambda row: (not row.changed, -row.difference))  # stable: ties keep the reports' order
-        maps = [MapPair(row, _plane(npz_a[row.key_a]), _plane(npz_b[row.key_b])) for row in pairs[:max(detail, 0)]]
+        maps = [MapPair(row, _map(npz_a, a, row.key_a), _map(npz_b, b, row.key_b)) for row in pairs[:max(detail, 0)]]
     layers, layer_only = _layers(a.summary, b.summary)
     only |= layer_only
     totals = [(what, _total(a.summary, key), _total(b.summary, key)) for what, key in
@@ -315,9 +338,10 @@ def write_compare(folder_a: Path, folder_b: Path, out: Path, detail: int = DETAI
     html = render_page("compare.html.jinja2", c=comparison, maps=plot(comparison), changed=data["changed"],
                        maps_file=MAPS_FILE, generator=GENERATOR)
     out.mkdir(parents=True, exist_ok=True)
-    with np.load(comparison.a.arrays) as npz_a, np.load(comparison.b.arrays) as npz_b:
-        write_npz(out / MAPS_FILE, ((f"{side}/{key}", _plane(npz[key])) for row in comparison.pairs
-                                    for side, npz, key in (("a", npz_a, row.key_a), ("b", npz_b, row.key_b))))
+    a, b = comparison.a, comparison.b
+    with _maps(a) as npz_a, _maps(b) as npz_b:
+        write_npz(out / MAPS_FILE, ((f"{name}/{key}", _map(npz, side, key)) for row in comparison.pairs
+                                    for name, npz, side, key in (("a", npz_a, a, row.key_a), ("b", npz_b, b, row.key_b))))
     write_atomic(out / "compare.json", json.dumps(data, indent=1).encode("utf-8"))
     write_atomic(page, html.encode("utf-8"))
     write_atomic(out / MANIFEST, json.dumps({"files": list(OUTPUTS)}, indent=1).encode("utf-8"))

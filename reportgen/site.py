@@ -35,6 +35,7 @@ from PIL import Image
 
 from .errors import ReportgenError
 from .owned import ASSET_NAME
+from .report_folder import JSON_LIMIT, PICTURE_PIXELS, number, plain_file, read_json, reading
 from .write import write_atomic
 
 RECORD = "site.json"
@@ -61,9 +62,10 @@ class SiteEntry:
 class _Found:
     folder: Path
     page: Path
-    data: dict
+    html: str
+    listed: dict  # its fields of the index: title, model, created, images, metrics
     assets: str | None  # the folder of the page's pictures, None when they are embedded
-    first_input: dict | None  # its first input image: {"card": element id, "picture": file or None (embedded)}
+    thumb: bytes | None  # its first input image, small (PNG), or None
 
 
 def add_reports(folders: list[Path], site: Path) -> Path:
@@ -117,13 +119,18 @@ def _read(folder: Path) -> _Found:
                              "give the folders `reportgen build` wrote.")
     for name in (page.name, "report.json", "images.jsonl"):
         _inside(folder, folder / name)
-    try:
-        data = json.loads((folder / "report.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ReportgenError(f"`{folder / 'report.json'}` cannot be read as JSON ({exc}).") from None
-    if not isinstance(data, dict) or "title" not in data:
-        raise ReportgenError(f"`{folder / 'report.json'}` is not a reportgen report.json (no title).")
-    return _Found(folder, page, data, *_page_record(data, folder / "report.json", page))
+    with reading(folder):  # a stranger's folder: what is not as a build writes it is one message
+        data = read_json(folder / "report.json")
+        if not isinstance(data.get("title"), str):
+            raise ReportgenError(f"`{folder / 'report.json'}` is not a reportgen report.json (no title).")
+        html = plain_file(page, JSON_LIMIT).read_bytes().decode("utf-8")
+        assets, first = _page_record(data, folder / "report.json", page)
+        inputs, model = data.get("inputs") or {}, data.get("model") or {}
+        listed = {"title": data["title"], "model": str(model.get("description", "")),
+                  "created": str(data.get("created", "")),
+                  "images": int(number(inputs.get("images", len(data.get("images") or [])), "`inputs.images`")),
+                  "metrics": {str(k): number(v, f"metric `{k}`") for k, v in (data.get("metrics") or {}).items()}}
+        return _Found(folder, page, html, listed, assets, _thumbnail(folder, first, html))
 
 
 def _page_record(data: dict, path: Path, page: Path) -> tuple[str | None, dict | None]:
@@ -178,8 +185,11 @@ def _slug(name: str, taken: set[str]) -> str:
 def _copy(report: _Found, site: Path, slug: str) -> SiteEntry:
     """The report's files into reports/<slug>/ (replacing an earlier copy), its pictures into the shared assets/,
     its thumbnail into thumbs/; returns its index entry."""
-    html = report.page.read_text(encoding="utf-8")
-    thumb = _thumbnail(report, html, _no_link(site / "thumbs" / f"{slug}.png", site))
+    html, thumb = report.html, None
+    if report.thumb is not None:
+        (site / "thumbs").mkdir(exist_ok=True)
+        write_atomic(_no_link(site / "thumbs" / f"{slug}.png", site), report.thumb)
+        thumb = f"thumbs/{slug}.png"
     if report.assets is not None:  # pictures beside the page: stored once for the whole site
         (site / "assets").mkdir(exist_ok=True)
         for picture in sorted((report.folder / report.assets).glob("*.png")):
@@ -209,12 +219,8 @@ def _copy(report: _Found, site: Path, slug: str) -> SiteEntry:
             os.replace(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    data = report.data
-    return SiteEntry(slug=slug, title=str(data.get("title", slug)),
-                     model=str(data.get("model", {}).get("description", "")), created=str(data.get("created", "")),
-                     images=int(data.get("inputs", {}).get("images", len(data.get("images", [])))),
-                     metrics={k: float(v) for k, v in data.get("metrics", {}).items()},
-                     page=f"reports/{slug}/{report.page.name}", thumb=thumb, source=str(report.folder))
+    return SiteEntry(slug=slug, **report.listed, page=f"reports/{slug}/{report.page.name}", thumb=thumb,
+                     source=str(report.folder))
 
 
 def _folder_mode() -> int:
@@ -243,29 +249,35 @@ def _relinked(html: str, assets: str) -> str:
     return html.replace(str(escape(old)), str(escape(new)))  # the policy sits in an attribute, HTML-escaped
 
 
-def _thumbnail(report: _Found, html: str, target: Path) -> str | None:
-    """The report's first input image, at most THUMB px, as thumbs/<slug>.png; None when the page shows none
-    (or was built before report.json said where it is)."""
-    first = report.first_input
+def _thumbnail(folder: Path, first: dict | None, html: str) -> bytes | None:
+    """The report's first input image, at most THUMB px, as PNG bytes; None when the page shows none (or was
+    built before report.json said where it is)."""
     if first is None:
         return None
     if first["picture"] is not None:
-        data = _inside(report.folder, report.folder / first["picture"]).read_bytes()
+        data = plain_file(_inside(folder, folder / first["picture"]), JSON_LIMIT).read_bytes()
     else:  # embedded: the first picture in its card
         card = html.find(f'id="{first["card"]}"')
         at = html.find(_EMBEDDED, card) if card >= 0 else -1
         if at < 0:
             return None
         at += len(_EMBEDDED)
-        data = base64.b64decode(html[at:html.find('"', at)])
-    with Image.open(io.BytesIO(data)) as img:
+        data = base64.b64decode(html[at:html.find('"', at)], validate=True)
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        img = None
+    if img is None or img.width * img.height > PICTURE_PIXELS:
+        raise ReportgenError(f"`{folder}`: its first input picture has more pixels than a report's pictures have.")
+    with img:
+        if img.width * img.height > PICTURE_PIXELS:
+            raise ReportgenError(f"`{folder}`: its first input picture is {img.width} x {img.height} pixels, more "
+                                 "than a report's pictures are.")
         img = img.convert("RGB")
         img.thumbnail((THUMB, THUMB), Image.Resampling.LANCZOS)
-        target.parent.mkdir(exist_ok=True)
         buffer = io.BytesIO()
         img.save(buffer, format="PNG", optimize=True)
-    write_atomic(target, buffer.getvalue())
-    return f"thumbs/{target.name}"
+    return buffer.getvalue()
 
 
 def render_index(entries: list[SiteEntry]) -> str:
