@@ -117,3 +117,13 @@ def test_source_python_needs_a_model_given_in_python(project):
     assert done.exit_code == 2 and "`model.source: python` is the model given in Python" in done.output
     with pytest.raises(ReportgenError, match="got a str, not a torch.nn.Module"):
         reportgen.build(project.write(), model="resnet18")
+
+
+def test_an_override_of_false_switches_a_stage_off_and_none_runs_it_with_defaults(project):
+    config = project.base()
+    config["analyses"] |= {"kernels": {"max_filters": 2}}
+    path = project.write(config)
+    off = reportgen.build(path, overrides={"analyses.kernels": False})
+    assert "kernels" not in off.data and off.config.analyses.enabled() == ["summary"]
+    on = reportgen.build(path, overrides={"analyses.feature_maps": None})
+    assert "feature_maps" in on.data and on.config.analyses.enabled() == ["summary", "kernels", "feature_maps"]

@@ -412,3 +412,14 @@ def test_layers_of_a_file_that_is_no_torchscript_model_is_exit_2_naming_what_it_
         result = CliRunner().invoke(main, ["layers", target])
         assert result.exit_code == 2 and "Traceback" not in result.output, (target, result.output)
         assert result.stderr.startswith(f"error: {says}"), (target, result.stderr)
+
+
+def test_set_false_switches_a_stage_off_and_an_empty_value_runs_it(project):
+    config = project.base()
+    config["analyses"] |= {"kernels": {}}
+    path = project.write(config)
+    assert run("build", path, "--set", "analyses.kernels=false", "-q").exit_code == 0
+    data = json.loads((project.root / "out" / "report.json").read_text())
+    assert "summary" in data and "kernels" not in data
+    assert run("build", path, "--set", "analyses.kernels=false", "--set", "analyses.kernels=", "-q").exit_code == 0
+    assert "kernels" in json.loads((project.root / "out" / "report.json").read_text())

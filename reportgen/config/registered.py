@@ -84,7 +84,9 @@ def _default(f: dataclasses.Field) -> Any:
 
 
 class _Stages:
-    """`analyses`: one key per stage record; a key present runs that stage."""
+    """`analyses`: one key per stage record; a key present runs that stage, with its defaults when it has no value
+    (or `true`). `false` switches it off, as if absent: `--set analyses.evaluation=false` or, in Python,
+    `overrides={"analyses.evaluation": False}` (a null or empty `--set` value turns a stage on, as in YAML)."""
 
     def enabled(self) -> list[str]:
         """The stages that run, in report order."""
