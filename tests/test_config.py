@@ -101,3 +101,14 @@ def test_false_switches_a_stage_off_from_yaml_set_and_null_or_empty_runs_it_with
         assert config.analyses.evaluation == type(config.analyses.evaluation)(), on  # on, with its defaults
     with pytest.raises(ConfigError, match=r"`analyses.kernels` \(from --set\): expected a mapping"):
         parse(STARTER, overrides=["analyses.kernels=nope"])  # only YAML's false switches off; a typo is not silent
+
+
+def test_the_starter_runs_no_method_that_costs_many_passes_an_image():
+    from reportgen.registry import METHODS
+
+    analyses = parse(STARTER).analyses
+    methods = analyses.cam.methods + analyses.gradients.methods
+    # a masked forward per channel (Score-CAM: 512 an image on resnet18) or `steps` passes (integrated gradients)
+    costly = [m for m in methods if METHODS[m].needs & {"masked_forwards", "own_passes"}]
+    assert len(methods) >= 3 and costly == []
+    assert "# scorecam" in STARTER and "# integrated_gradients" in STARTER  # named, with their cost, in comments
