@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .config import Preprocess
+from .config import Normalize, Preprocess
 from .errors import ReportgenError
 
 IMAGE_SUFFIXES = {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
@@ -209,10 +209,20 @@ def prepare_image(pixels: np.ndarray, pre: Preprocess, input_size: tuple[int, ..
     if pre.normalize is not None:
         mean, std = pre.normalize.mean, pre.normalize.std
         if len(mean) not in (1, channels) or len(std) not in (1, channels):
-            raise ReportgenError(f"`inputs.preprocess.normalize`: mean and std need 1 or {channels} values, "
-                                 f"got {len(mean)} and {len(std)}.")
+            raise ReportgenError(_normalize_mismatch(pre.normalize, channels))
         x = (x - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
     return PreparedImage(display=display, tensor=x.float())
+
+
+def _normalize_mismatch(normalize: Normalize, channels: int) -> str:
+    """What is wrong when mean and std do not fit the model's channels, and the two ways out."""
+    given = f"{len(normalize.mean)} and {len(normalize.std)} values"
+    if normalize == Normalize():  # `imagenet`, or the default: the likely case on a 1-channel model
+        given = "ImageNet's, 3 values each for red, green and blue"
+    each = "1 value each" if channels == 1 else f"1 or {channels} values each"
+    return (f"`inputs.preprocess.normalize`: the model takes {channels}-channel images (`model.input_size`), but "
+            f"the mean and std are {given}. Give your training data's statistics, {each} (like "
+            f"`normalize: {{mean: [0.5], std: [0.5]}}`), or `normalize: none` for pixels in [0, 1].")
 
 
 RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}

@@ -423,3 +423,33 @@ def test_set_false_switches_a_stage_off_and_an_empty_value_runs_it(project):
     assert "summary" in data and "kernels" not in data
     assert run("build", path, "--set", "analyses.kernels=false", "--set", "analyses.kernels=", "-q").exit_code == 0
     assert "kernels" in json.loads((project.root / "out" / "report.json").read_text())
+
+
+GRAYNET = '''
+import torch
+from torch import nn
+
+def build(num_classes=10):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, num_classes))
+'''
+
+
+def _graynet(project, **model) -> dict:
+    """A 1-channel, 10-class model in the project (like one trained on MNIST or scikit-learn's digits)."""
+    (project.root / "graynet.py").write_text(GRAYNET)
+    config = project.base()
+    config["model"] |= {"factory": "graynet:build", "kwargs": {}, "input_size": [1, 16, 16], **model}
+    return config
+
+
+def test_imagenet_normalisation_on_a_1_channel_model_says_what_is_wrong_and_the_way_out(project):
+    result = CliRunner().invoke(main, ["build", str(project.write(_graynet(project))), "-q",
+                                       "--set", "inputs.preprocess.normalize=imagenet"])
+    assert result.exit_code == 2, result.output
+    message = result.stderr
+    assert "1 or 1" not in message and "Traceback" not in message
+    assert "the model takes 1-channel images" in message and "ImageNet's, 3 values each" in message
+    assert "1 value each" in message and "`normalize: none`" in message
+    assert not (project.root / "out").exists()
