@@ -216,12 +216,12 @@ def prepare_image(pixels: np.ndarray, pre: Preprocess, input_size: tuple[int, ..
 
 def _normalize_mismatch(normalize: Normalize, channels: int) -> str:
     """What is wrong when mean and std do not fit the model's channels, and the two ways out."""
-    given = f"{len(normalize.mean)} and {len(normalize.std)} values"
+    given = f"have {len(normalize.mean)} and {len(normalize.std)} values"
     if normalize == Normalize():  # `imagenet`, or the default: the likely case on a 1-channel model
-        given = "ImageNet's, 3 values each for red, green and blue"
+        given = "are ImageNet's, 3 values each for red, green and blue"
     each = "1 value each" if channels == 1 else f"1 or {channels} values each"
     return (f"`inputs.preprocess.normalize`: the model takes {channels}-channel images (`model.input_size`), but "
-            f"the mean and std are {given}. Give your training data's statistics, {each} (like "
+            f"the mean and std {given}. Give your training data's statistics, {each} (like "
             f"`normalize: {{mean: [0.5], std: [0.5]}}`), or `normalize: none` for pixels in [0, 1].")
 
 
