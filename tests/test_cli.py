@@ -453,3 +453,22 @@ def test_imagenet_normalisation_on_a_1_channel_model_says_what_is_wrong_and_the_
     assert "the model takes 1-channel images" in message and "ImageNet's, 3 values each" in message
     assert "1 value each" in message and "`normalize: none`" in message
     assert not (project.root / "out").exists()
+
+
+def test_imagenet_labels_on_a_10_class_model_warn_once_when_left_at_the_default_and_are_exit_2_when_asked_for(project):
+    config = _graynet(project)
+    del config["model"]["labels"]  # left at its default, imagenet
+    left = CliRunner().invoke(main, ["build", str(project.write(config))])
+    assert left.exit_code == 0, left.output
+    assert left.stderr.count("warning: `model.labels` is left at `imagenet`") == 1
+    assert "classes are shown as `class 0` to `class 9`" in left.stderr
+    data = json.loads((project.root / "out" / "report.json").read_text())
+    top = data["images"][0]["top_k"]
+    assert [p["label"] for p in top] == [f"class {p['index']}" for p in top]
+    config["model"]["labels"] = "imagenet"
+    for args in ([], ["--set", "model.labels=imagenet"]):
+        asked = CliRunner().invoke(main, ["validate", str(project.write(config if not args else _graynet(project))),
+                                          *args])
+        assert asked.exit_code == 2 and "Traceback" not in asked.output
+        assert "`model.labels` (" in asked.stderr  # where it is written
+        assert "`imagenet` gives 1000 labels, but the model has 10 outputs" in asked.stderr
