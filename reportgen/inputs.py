@@ -1,6 +1,7 @@
 """Find, read and preprocess the input images. Keeps the original pixels for overlays."""
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -250,11 +251,17 @@ def _center_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 
 def unique_names(paths: list[Path]) -> list[str]:
-    """File stems, made unique with a numeric suffix: the `<image>` part of arrays.npz keys."""
+    """File stems: the `<image>` part of arrays.npz keys. A stem that files in several folders share is
+    `<folder>/<stem>` for each of them (an ImageFolder's `cat/0` and `dog/0`: the class says which it is), and
+    what still repeats takes a numeric suffix (`x` and `x_2` of x.png and x.jpg)."""
+    stems = [path.stem or "image" for path in paths]
+    folders = {(stem, path.parent.name) for path, stem in zip(paths, stems)}
+    shared = {stem for stem, n in Counter(stem for stem, _ in folders).items() if n > 1}
     seen: dict[str, int] = {}
     names = []
-    for path in paths:
-        stem = path.stem or "image"
+    for path, stem in zip(paths, stems):
+        if stem in shared and path.parent.name:
+            stem = f"{path.parent.name}/{stem}"
         count = seen.get(stem, 0)
         seen[stem] = count + 1
         names.append(stem if count == 0 else f"{stem}_{count + 1}")

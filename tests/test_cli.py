@@ -472,3 +472,17 @@ def test_imagenet_labels_on_a_10_class_model_warn_once_when_left_at_the_default_
         assert asked.exit_code == 2 and "Traceback" not in asked.output
         assert "`model.labels` (" in asked.stderr  # where it is written
         assert "`imagenet` gives 1000 labels, but the model has 10 outputs" in asked.stderr
+
+
+def test_an_image_folder_whose_file_names_repeat_across_classes_names_them_class_slash_file(project):
+    for cls in ("circle", "square"):
+        (project.root / "set" / cls).mkdir(parents=True)
+        for i in range(2):
+            make_image(project.root / "set" / cls / f"{i}.png", seed=i)
+    make_image(project.root / "set" / "square" / "only.png", seed=5)
+    config = project.base()
+    config["model"] |= {"labels": None, "kwargs": {"num_classes": 2}}
+    config["inputs"]["images"] = ["set"]
+    assert run("build", project.write(config), "-q").exit_code == 0
+    records = [json.loads(line) for line in (project.root / "out" / "images.jsonl").read_text().splitlines()]
+    assert [r["name"] for r in records] == ["circle/0", "circle/1", "square/0", "square/1", "only"]
