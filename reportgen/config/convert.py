@@ -194,7 +194,9 @@ def _convert_dataclass(value: Any, tp: type, path: tuple, ctx: Ctx) -> Any:
 
 def _convert_field(raw: Any, tp: Any, rules: Rules, path: tuple, ctx: Ctx) -> Any:
     """One field's YAML value -> its dataclass value, by its type and rules."""
-    if raw is None and rules.null_means_default:
+    if rules.null_means_default and (raw is None or isinstance(raw, bool)):
+        if raw is False:  # the one way to switch a stage off from --set or overrides, where a key cannot be removed
+            return None
         raw = {}
     if rules.kind == "patterns":
         items = raw if isinstance(raw, list) else [raw]

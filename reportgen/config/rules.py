@@ -20,7 +20,8 @@ class Rules:
     unless it is one of `keep`); `lengths`: allowed list lengths, described as `shape`; `methods`: a method
     family, names canonicalised by `canonical_methods`; `pattern`: a regular expression a string must match
     fully, described as `pattern_text`; `check`: value -> error message or None; `null_means_default`: a
-    null value means the type's defaults (`summary:` runs the stage); `yaml`: the YAML key when it differs
+    null value means the type's defaults (`summary:` runs the stage), and so does true, while false means None
+    (`--set analyses.evaluation=false` switches a stage off); `yaml`: the YAML key when it differs
     from the field name ("" = not a YAML key)."""
 
     ge: float | None = None

@@ -29,6 +29,7 @@ class Lines:
         self.lines: dict[tuple, int] = {}
         self.overridden: set[tuple] = set()
         self.override_values: dict[tuple, Any] = {}  # --set key -> its value, in the order given
+        self.keys: set[tuple] = set()  # every key path the config gives (file, dict or --set), set by parse_data
         if node is not None:
             self._walk(node, ())
 
@@ -50,6 +51,10 @@ class Lines:
         self.overridden.add(path)
         self.override_values.pop(path, None)
         self.override_values[path] = value
+
+    def gave(self, path: tuple) -> bool:
+        """Whether the config gives key `path` (a default it leaves alone may be guessed at; one it gives may not)."""
+        return path in self.keys
 
     def is_overridden(self, path: tuple) -> bool:
         return any(path[: len(o)] == o for o in self.overridden)
@@ -198,8 +203,16 @@ def parse_data(data: Any, *, base_dir: Path, origin: str = "the config dict", ov
     if "model" not in data:
         raise ConfigError(f"{origin} has no `model:` section: every config names the model to explain "
                           "(`reportgen init` writes a commented starter config).")
+    lines.keys = set(_key_paths(data))
     config = convert(data, Config, (), Ctx(lines, base_dir))
     return dataclasses.replace(config, source=source, lines=lines)
+
+
+def _key_paths(data: dict, path: tuple = ()) -> typing.Iterator[tuple]:
+    for key, value in data.items():
+        yield path + (key,)
+        if isinstance(value, dict):
+            yield from _key_paths(value, path + (key,))
 
 
 def _apply_override(data: dict, item: str, lines: Lines) -> dict:

@@ -7,13 +7,15 @@ from pathlib import Path
 from ..errors import ReportgenError
 
 
-def load_labels(choice: str | None, num_classes: int,
-                categories: Sequence[str] | None = None) -> tuple[list[str] | None, str]:
+def load_labels(choice: str | None, num_classes: int, categories: Sequence[str] | None = None,
+                explicit: bool = False) -> tuple[list[str] | None, str]:
     """(labels or None, a note for the report). `choice` is `model.labels`: "imagenet", a file path, or None.
 
     "imagenet" takes `categories`, the labels the model's source knows (`ModelAdapter.categories`), when
-    given, else torchvision's ImageNet list; labels that do not fit the model's `num_classes` outputs are
-    dropped with a note. A file must hold exactly `num_classes` labels.
+    given, else torchvision's ImageNet list. Labels that do not fit the model's `num_classes` outputs are
+    dropped with a note when "imagenet" is only the default, and are an error when the config asks for them
+    (`explicit`): the user said the model has ImageNet's classes, and it does not. A file must hold exactly
+    `num_classes` labels.
     """
     if choice is None:
         return None, ""
@@ -30,8 +32,13 @@ def load_labels(choice: str | None, num_classes: int,
 
             labels = list(_IMAGENET_CATEGORIES)
         if len(labels) != num_classes:
-            return None, (f"ImageNet labels ({len(labels)}) do not fit the model's {num_classes} outputs; "
-                          "classes are shown by index. Set `model.labels` to a labels file.")
+            fix = "give a labels file (one label a line, in class-index order) or `null`"
+            if explicit:
+                raise ReportgenError(f"`model.labels`: `imagenet` gives {len(labels)} labels, but the model has "
+                                     f"{num_classes} outputs: {fix}.")
+            return None, (f"`model.labels` is left at `imagenet`, whose {len(labels)} labels do not fit the model's "
+                          f"{num_classes} outputs: classes are shown as `class 0` to `class {num_classes - 1}`. "
+                          f"Set `model.labels`: {fix}.")
         return labels, ""
     path = Path(choice)
     try:

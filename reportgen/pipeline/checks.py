@@ -3,6 +3,7 @@ options and the images. A problem is a ReportgenError (exit code 2) and nothing 
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -10,7 +11,7 @@ import torch
 from .. import datasets
 from ..config import Config
 from ..context import ModelInfo
-from ..errors import ReportgenError
+from ..errors import ConfigWarning, ReportgenError
 from ..layers import describe_model
 from ..models import hooks_refused, load_labels, load_model
 from ..stages import Stage, planned
@@ -42,7 +43,10 @@ def prepare_model(config: Config, log: Log = quiet, *, strict: bool = True,
             raise
         return ModelInfo(model=loaded.model, config=config, labels=None, num_classes=0, layers=layers,
                          description=loaded.description, notes=[str(exc)], adapter=loaded), loaded
-    labels, note = load_labels(config.model.labels, logits.shape[1], loaded.categories)
+    explicit = config.lines is not None and config.lines.gave(("model", "labels"))
+    labels, note = load_labels(config.model.labels, logits.shape[1], loaded.categories, explicit=explicit)
+    if note:  # a default that does not fit: the build goes on, and says so once
+        warnings.warn(note, ConfigWarning, stacklevel=2)
     pre = loaded.preprocess(config.inputs.preprocess)
     info = ModelInfo(model=loaded.model, config=config, labels=labels, num_classes=logits.shape[1], layers=layers,
                      description=loaded.description, notes=[note] if note else [], adapter=loaded,

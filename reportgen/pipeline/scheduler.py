@@ -17,7 +17,7 @@ from ..context import Context, ModelInfo
 from ..engine import Engine
 from ..errors import ImageWarning, ReportgenError, StageSkipped, merge_warnings
 from ..ops import release_memory
-from ..progress import track
+from ..progress import plural, track
 from ..stages import Stage, batch_order
 from .assemble import StageRun
 from .checks import Log
@@ -201,7 +201,7 @@ class _StreamedGroup:
         count = len(images.shard)
         self.owner.log(f"stage{'s' if len(self.group) > 1 else ''} "
                        f"{', '.join(s.name for s in self.group if s.name not in self.ended)}: "
-                       f"{count} images in {-(-count // size)} batch{'es' if count > size else ''}")
+                       f"{plural(count, 'image')} in {plural(-(-count // size), 'batch', 'batches')}")
         shown = set(images.detail.indices)
         order = batch_order(self.group)
         for lo, batch_images, batch in track(images.batches(size), total=-(-count // size), desc="analysing",
