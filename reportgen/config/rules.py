@@ -108,10 +108,12 @@ def num(v: float) -> str:
     return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else str(v)
 
 
-def clean(text: Any) -> str:
-    """User text inside a one-line message: control characters escaped."""
+def clean(text: Any, most: int = 120) -> str:
+    """User text inside a one-line message: control characters escaped, at most `most` characters (a 200 kB
+    value is not echoed whole)."""
     text = str(text)
-    return text if text.isprintable() else repr(text)[1:-1]
+    text = text if text.isprintable() else repr(text)[1:-1]
+    return text if len(text) <= most else f"{text[:most - 22]}... ({len(text):,} characters)"
 
 
 def known_colormap(name: str) -> str | None:

@@ -94,10 +94,18 @@ def _scalars(value: Any, sub: tuple = ()) -> list[tuple[tuple, str]]:
     return [(sub, str(value))]
 
 
+CONFIG_LIMIT = 2**20  # bytes
+
+
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
     """Read, override (`a.b=value`) and validate a YAML config file."""
     path = Path(path)
     try:
+        if path.exists() and not path.is_file():  # a folder, /dev/zero, a FIFO
+            raise ConfigError(f"config file `{path}` is not a plain file: give a YAML file.")
+        if path.is_file() and path.stat().st_size > CONFIG_LIMIT:
+            raise ConfigError(f"config file `{path}` is {path.stat().st_size:,} bytes; a config is a few kB "
+                              f"(at most {CONFIG_LIMIT:,}).")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file `{path}` does not exist.") from None
@@ -123,10 +131,10 @@ def _read_yaml(text: str, origin: str) -> tuple[yaml.Node | None, Any]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = exc.problem or str(exc)
+        problem = clean(exc.problem or str(exc), most=300)
         if "python/" in str(exc):
             problem += " (python tags are refused: reportgen reads YAML with yaml.safe_load)"
-        raise ConfigError(f"{origin} is not valid YAML{where}: {clean(problem)}.") from None
+        raise ConfigError(f"{origin} is not valid YAML{where}: {problem}.") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{origin} is not valid YAML: {clean(exc)}") from None
     except RecursionError:

@@ -7,6 +7,9 @@ from pathlib import Path
 from ..errors import ReportgenError
 
 
+LABELS_LIMIT = 64 * 2**20  # bytes: a million labels of 60 characters
+
+
 def load_labels(choice: str | None, num_classes: int, categories: Sequence[str] | None = None,
                 explicit: bool = False) -> tuple[list[str] | None, str]:
     """(labels or None, a note for the report). `choice` is `model.labels`: "imagenet", a file path, or None.
@@ -42,9 +45,17 @@ def load_labels(choice: str | None, num_classes: int, categories: Sequence[str] 
         return labels, ""
     path = Path(choice)
     try:
+        if path.exists() and not path.is_file():  # a folder, /dev/zero, a FIFO: nothing to read to its end
+            raise ReportgenError(f"`model.labels`: {path} is not a plain file; give a text file, one label a line.")
+        if path.is_file() and path.stat().st_size > LABELS_LIMIT:
+            raise ReportgenError(f"`model.labels`: {path} is {path.stat().st_size:,} bytes, more than a labels "
+                                 f"file holds ({LABELS_LIMIT:,}); give a text file, one label a line.")
         labels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except OSError as exc:
         raise ReportgenError(f"`model.labels`: cannot read the labels file {path}: {exc.strerror or exc}.") from None
+    except UnicodeDecodeError as exc:
+        raise ReportgenError(f"`model.labels`: {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8, one "
+                             "label a line.") from None
     if len(labels) != num_classes:
         raise ReportgenError(f"`model.labels`: {path.name} has {len(labels)} labels, but the model has "
                              f"{num_classes} outputs: one label a line, in class-index order.")
