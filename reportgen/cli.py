@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import signal
 import sys
@@ -105,6 +106,15 @@ def _show_warning(show: Callable) -> Callable:
     return shown
 
 
+def _quiet_trackers() -> None:
+    """Trackers' INFO lines ("Creating initial MLflow database tables...") are not ours to print; `build -v`
+    keeps them. MLflow sets its loggers' level from $MLFLOW_LOGGING_LEVEL when it is imported (a user's
+    choice there stands), and here when it was imported already."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    if "mlflow" in sys.modules:
+        logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
+
+
 def _terminate(signum, frame):
     raise Terminated
 
@@ -184,6 +194,8 @@ def build(config: str, out: str | None, overrides: tuple[str, ...], save_arrays:
     progress = _Progress(quiet, verbose)
     if verbose:  # -v shows what the libraries say, too
         warnings.filterwarnings("default", module=LIBRARY_WARNINGS)
+    else:
+        _quiet_trackers()
     cfg = None
     progress_bars.configure(not quiet and _stderr_is_terminal())  # a file or a pipe gets one line a stage
     try:
@@ -213,6 +225,7 @@ def build(config: str, out: str | None, overrides: tuple[str, ...], save_arrays:
 @_untrusted_option
 def validate(config: str, overrides: tuple[str, ...]) -> None:
     """Check CONFIG: keys, files, model construction, layer names, stage options. Runs no analysis."""
+    _quiet_trackers()
     cfg = None
     try:
         cfg = _load(config, overrides)
