@@ -50,3 +50,22 @@ def test_a_huge_value_is_not_echoed_whole(project):
     config = project.base()
     config["model"]["device"] = "cpu" * 70_000
     _one_message(CliRunner().invoke(main, ["validate", str(project.write(config))]), "characters)")
+
+
+def test_a_model_whose_weights_hold_nan_is_one_message_before_any_stage(project):
+    import torch
+
+    from tests.conftest import TINYNET
+
+    namespace: dict = {}
+    exec(TINYNET, namespace)  # the project's tiny network, its weights then broken
+    model = namespace["build"](num_classes=3)
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    torch.save(model.state_dict(), project.root / "nan.pt")
+    config = project.base()
+    config["model"]["checkpoint"] = "nan.pt"
+    config["analyses"] = {"summary": {}, "cam": {"methods": ["gradcam"]}, "gradients": {"methods": ["saliency"]}}
+    done = CliRunner().invoke(main, ["build", str(project.write(config)), "-q"])
+    _one_message(done, "weights are not finite", "NaN or inf")
+    assert not (project.root / "out").exists()

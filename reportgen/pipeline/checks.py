@@ -43,6 +43,7 @@ def prepare_model(config: Config, log: Log = quiet, *, strict: bool = True,
             raise
         return ModelInfo(model=loaded.model, config=config, labels=None, num_classes=0, layers=layers,
                          description=loaded.description, notes=[str(exc)], adapter=loaded), loaded
+    _check_finite(loaded.model, logits)
     explicit = config.lines is not None and config.lines.gave(("model", "labels"))
     labels, note = load_labels(config.model.labels, logits.shape[1], loaded.categories, explicit=explicit)
     if note:  # a default that does not fit: the build goes on, and says so once
@@ -52,6 +53,20 @@ def prepare_model(config: Config, log: Log = quiet, *, strict: bool = True,
                      description=loaded.description, notes=[note] if note else [], adapter=loaded,
                      normalize=pre.normalize, preprocess=pre)
     return info, loaded
+
+
+def _check_finite(model: torch.nn.Module, logits: torch.Tensor) -> None:
+    """A model whose weights hold NaN or inf (a diverged training run, a broken checkpoint) gives no map or
+    score worth drawing: said once, before any stage fails on it in its own words."""
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    bad = sum(int((~torch.isfinite(t.detach())).any()) for t in tensors)
+    if bad:
+        raise ReportgenError(f"the model's weights are not finite: {bad} of its {len(tensors)} parameter and buffer "
+                             "tensors hold NaN or inf (a training run that diverged, or a broken checkpoint). Load "
+                             "weights from before it diverged.")
+    if not torch.isfinite(logits).all():
+        raise ReportgenError("the model's outputs are not finite (NaN or inf) on an input of zeros: no map or score "
+                             "can be computed from them. Check its weights and its forward.")
 
 
 def check_stages(info: ModelInfo) -> list[Stage]:
