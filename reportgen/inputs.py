@@ -82,6 +82,8 @@ def pixels_of(image: object, where: str, alpha: str = "drop") -> np.ndarray:
                              "(H, W, 1|3|4), or float (C, H, W) in [0, 1] with C 1, 3 or 4.")
     if pixels.ndim == 3 and pixels.shape[2] == 1:
         pixels = pixels[..., 0]
+    if 0 in pixels.shape[:2]:
+        raise ReportgenError(f"{where} is {pixels.shape[1]} × {pixels.shape[0]} pixels: an image needs at least one.")
     return _to_rgb(Image.fromarray(np.ascontiguousarray(pixels)), alpha)
 
 

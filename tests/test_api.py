@@ -103,10 +103,21 @@ def test_config_as_path_dict_or_config_with_overrides_and_the_headline_metrics(p
     ([np.zeros((8, 8, 3), np.int64)], "images[0]: int64 pixels of shape [8, 8, 3]"),
     ([torch.full((3, 8, 8), 2.0)], "images[0]: float pixels must lie in [0, 1]"),
     ([], "`images` is empty"),
+    ([np.zeros((0, 0, 3), np.uint8)], "images[0] is 0 × 0 pixels"),
 ])
 def test_bad_images_are_refused_with_the_clis_kind_of_message(project, images, message):
     with pytest.raises(ReportgenError, match=message.replace("[", r"\[").replace("]", r"\]")):
         reportgen.build(project.write(), images=images)
+    assert not (project.root / "out").exists()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (42, "overrides is a int: give a dict"),
+    ({"title": object()}, "overrides['title'] is a object, which a config cannot hold"),
+])
+def test_overrides_a_config_cannot_hold_are_one_message(project, overrides, message):
+    with pytest.raises(ReportgenError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        reportgen.build(project.write(), overrides=overrides)
     assert not (project.root / "out").exists()
 
 
