@@ -20,6 +20,11 @@ class ConfigWarning(UserWarning):
     prints `warning: <message>`."""
 
 
+class WriteError(ReportgenError):
+    """The disk would not take a file of the report (full, read-only, gone) while the build ran: the build stops
+    there, as on bad input; nothing is written and the previous report stays."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (`kill`, `docker stop`, a CI timeout), which the CLI turns into this: every path that cleans up
     after Ctrl-C cleans up after it too; the CLI exits 143."""

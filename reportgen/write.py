@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import WriteError
 from .owned import MANIFEST, check_out_dir, owned_files, planned_files, safe_relative, same_bytes
 
 
@@ -125,7 +126,11 @@ class ArraysWriter:
         for key, value in arrays.items():
             if key in self.keys:
                 raise ValueError(f"arrays.npz: the key {key!r} is written twice")
-            _add_array(self._zip, key, value)
+            try:
+                _add_array(self._zip, key, value)
+            except OSError as exc:  # a full disk: the build stops (a stage did nothing wrong)
+                raise WriteError(f"`output.save_arrays`: writing arrays.npz in {Path(self.path).parent} failed "
+                                 f"({exc.strerror or exc}); the previous report, if any, is unchanged.") from None
             self.keys[key] = None
 
     def drop(self, keys: Iterable[str]) -> None:

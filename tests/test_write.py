@@ -367,3 +367,23 @@ def test_a_build_removes_the_temporaries_a_killed_build_left_and_no_others(tmp_p
         path.write_bytes(b"x")
     report(out, title="next")
     assert [p for p in left if p.exists()] == [] and all(p.exists() for p in kept)
+
+
+def test_a_full_disk_while_arrays_npz_is_written_stops_the_build_with_one_message(project, monkeypatch):
+    runner = CliRunner()
+    assert runner.invoke(main, ["build", str(project.write()), "-q", "--save-arrays"]).exit_code == 0
+    out = project.root / "out"
+    before = files_in(out)
+    real = write._add_array
+
+    def full(target, key, value):
+        if key.startswith("summary/") or key.startswith("logits/"):
+            raise OSError(28, "No space left on device")
+        return real(target, key, value)
+
+    monkeypatch.setattr(write, "_add_array", full)
+    result = runner.invoke(main, ["build", str(project.write()), "-q", "--save-arrays"], catch_exceptions=False)
+    assert result.exit_code == 2 and result.stderr.startswith("error: `output.save_arrays`"), result.output
+    assert "writing arrays.npz" in result.stderr
+    assert "No space left on device" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert files_in(out) == before and temporaries(project.root) == []

@@ -15,7 +15,7 @@ from .. import dist
 from ..collection import Collection
 from ..context import Context, ModelInfo
 from ..engine import Engine
-from ..errors import ImageWarning, ReportgenError, StageSkipped, merge_warnings
+from ..errors import ImageWarning, ReportgenError, StageSkipped, WriteError, merge_warnings
 from ..ops import release_memory
 from ..progress import plural, track
 from ..stages import Stage, batch_order
@@ -244,6 +244,8 @@ class _StreamedGroup:
             if stage.records is not None:
                 self.image_entries[stage.name].update(enumerate(stage.records(result), start=lo))
             self.partials[stage.name].append(stage.select(result, rows) if stage.select is not None else result)
+        except WriteError:
+            raise  # the disk, not the stage: the build stops
         except Exception as exc:
             took = self.seconds[stage.name] + time.perf_counter() - start
             self.ended[stage.name] = self.owner.raised(stage, exc, took)
