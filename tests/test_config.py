@@ -112,3 +112,23 @@ def test_the_starter_runs_no_method_that_costs_many_passes_an_image():
     costly = [m for m in methods if METHODS[m].needs & {"masked_forwards", "own_passes"}]
     assert len(methods) >= 3 and costly == []
     assert "# scorecam" in STARTER and "# integrated_gradients" in STARTER  # named, with their cost, in comments
+
+
+def test_a_yaml_merge_key_then_an_override_is_not_given_twice():
+    config = parse("x-defaults: &d {depth: 2}\nmodel: {name: resnet18}\nanalyses:\n  summary:\n    <<: *d\n"
+                   "    depth: 3\n")
+    assert config.analyses.summary.depth == 3
+    with pytest.raises(ConfigError, match=r"`analyses.summary.depth` is given twice \(c.yaml, lines 4 and 5\)"):
+        parse("model: {name: resnet18}\nanalyses:\n  summary:\n    depth: 2\n    depth: 3\n")
+
+
+def test_a_number_in_e_notation_is_a_number_though_yaml_1_1_reads_it_as_text():
+    config = parse("model: {name: resnet18}\nanalyses:\n  attention: {discard_ratio: 5e-1}\n")
+    assert config.analyses.attention.discard_ratio == 0.5
+    with pytest.raises(ConfigError, match=r"expected a number, got 'lots'"):
+        parse("model: {name: resnet18}\nanalyses:\n  attention: {discard_ratio: lots}\n")
+
+
+def test_a_section_only_set_gives_is_located_at_set_not_at_the_files_first_line():
+    with pytest.raises(ConfigError, match=r"`model.factory` \(from --set\)"):
+        parse("title: t\n", overrides=["model.source=module"])

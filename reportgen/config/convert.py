@@ -117,8 +117,10 @@ def convert(value: Any, tp: Any, path: tuple, ctx: Ctx) -> Any:
                                   "digits.")
         return value
     if tp is float:
+        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+            value = float(value)  # `1e-3`: a number everywhere but in YAML 1.1, which wants `1.0e-3`
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ctx.error(path, f"expected a number, got {value!r}.")
+            raise ctx.error(path, f"expected a number, got {clean(repr(value))}.")
         try:
             number = float(value)
         except OverflowError:
@@ -141,6 +143,8 @@ def convert(value: Any, tp: Any, path: tuple, ctx: Ctx) -> Any:
         return _resolve(value, path, ctx)
     raise TypeError(f"no converter for {tp}")  # a schema bug, not a user error
 
+
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # what YAML 1.2 and Python read as a float
 
 NAME_MAX, PATH_MAX = 255, 4096  # bytes of one name and of a whole path (Linux, macOS and Windows allow no more)
 
@@ -179,6 +183,8 @@ def _convert_dataclass(value: Any, tp: type, path: tuple, ctx: Ctx) -> Any:
     for key, raw in value.items():
         sub = path if key == inline else path + (key if isinstance(key, str) else str(key),)
         f = fields.get(key) if isinstance(key, str) else None
+        if f is None and not path and isinstance(key, str) and key.startswith("x-"):
+            continue  # a top-level `x-...` key holds YAML anchors for merge keys (`<<: *defaults`), as in Compose
         if f is None:
             names = list(fields)
             raise ConfigError(f"unknown key `{dotted(sub)}`{ctx.lines.where(sub)}."

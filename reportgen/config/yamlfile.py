@@ -36,11 +36,18 @@ class Lines:
     def _walk(self, node: yaml.Node, path: tuple) -> None:
         self.lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
+            merged: set[tuple] = set()  # keys a merge key (`<<: *defaults`) brought: the mapping's own override them
+            for key, value in node.value:  # (yaml has put the merged pairs first, in place of `<<`)
                 sub = path + (str(key.value),)
-                if sub in self.lines:  # YAML would keep the last one silently
+                if sub in merged:
+                    for inner in [p for p in self.lines if p[:len(sub)] == sub]:
+                        del self.lines[inner]
+                    merged.discard(sub)
+                elif sub in self.lines:  # YAML would keep the last one silently
                     raise ConfigError(f"`{dotted(sub)}` is given twice ({self.origin}, lines "
                                       f"{self.lines[sub]} and {key.start_mark.line + 1}): keep one.")
+                if not node.start_mark.index <= key.start_mark.index <= node.end_mark.index:
+                    merged.add(sub)
                 self.lines[sub] = key.start_mark.line + 1
                 self._walk(value, sub)
         elif isinstance(node, yaml.SequenceNode):
@@ -65,6 +72,8 @@ class Lines:
         p = path
         while p and p not in self.lines:
             p = p[:-1]
+        if not p and any(o[:1] == path[:1] for o in self.overridden):
+            return " (from --set)"  # a section the file does not have: only --set gave it
         line = self.lines.get(p)
         return f" ({self.origin}, line {line})" if line else f" ({self.origin})"
 
