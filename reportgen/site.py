@@ -267,6 +267,8 @@ def _thumbnail(folder: Path, first: dict | None, html: str) -> bytes | None:
         img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
         img = None
+    except (OSError, ValueError):  # Pillow's UnidentifiedImageError is an OSError
+        raise ReportgenError(f"`{folder}`: its first input picture is not an image Pillow can read.") from None
     if img is None or img.width * img.height > PICTURE_PIXELS:
         raise ReportgenError(f"`{folder}`: its first input picture has more pixels than a report's pictures have.")
     with img:

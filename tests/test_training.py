@@ -452,3 +452,12 @@ def test_section_template_escapes_names_and_lists_what_was_skipped(tmp_path):
     assert "&lt;script&gt;x" in html and "&lt;b&gt;loss&lt;/b&gt;" in html
     assert html.count("<h3>") == 1 and 'class="warn"' in html and "no log files match" in html
     assert "style=" not in html and "http" not in html
+
+
+def test_a_csv_with_a_quote_never_closed_says_where_not_an_empty_reason(tmp_path):
+    (tmp_path / "log.csv").write_text('step,"loss\n1,0.5\n2,0.4\n')
+    with pytest.raises(ReportgenError, match=r"`log.csv`, line 1: a quote \(\"\) opened there is never closed"):
+        run(tmp_path)
+    (tmp_path / "log.csv").write_text('step,loss\n1,0.5\n2,"0.4\n3,0.3\n')
+    result = run(tmp_path)
+    assert any("`log.csv`, line 3: a quote" in w for w in result.warnings), result.warnings

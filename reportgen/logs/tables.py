@@ -68,12 +68,22 @@ def load_csv_log(path: Path, warnings: list[str]) -> LogData:
     """A CSV log with a header row and a step column; one tag per other numeric column."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.reader(f))
+            rows, reader, line, broken = [], csv.reader(f), 1, False
+            for row in reader:
+                if any("\n" in cell or "\r" in cell for cell in row):  # a log's numbers span no lines
+                    warnings.append(f"`{path.name}`, line {line}: a quote (\") opened there is never closed, so "
+                                    "every line after it reads as one cell: close it or remove it. The lines from "
+                                    "there on are skipped.")
+                    broken = True
+                    break
+                rows.append(row)
+                line = reader.line_num + 1
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        warnings.append(f"cannot read `{path}`: {exc}.")
+        warnings.append(f"cannot read `{path}`: {exc or type(exc).__name__}.")
         return LogData()
     if not rows or not any(cell.strip() for cell in rows[0]):
-        warnings.append(f"`{path.name}` is empty: skipped.")
+        if not (broken and not rows):  # a quote that broke the header said so already
+            warnings.append(f"`{path.name}` is empty: skipped.")
         return LogData()
     header = [cell.strip() for cell in rows[0]]
     step_name = _step_key(header)
