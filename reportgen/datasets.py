@@ -195,6 +195,9 @@ def _jsonl_rows(text: str, path: Path, shown: Callable[[Path], str]) -> list[tup
             values = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise ReportgenError(f"{KEY}: {shown(path)}, line {n}: not valid JSON ({exc.msg}).") from None
+        except (RecursionError, ValueError):  # nested thousands deep; an integer of more digits than Python reads
+            raise ReportgenError(f"{KEY}: {shown(path)}, line {n}: nested too deeply, or a number too long, for a "
+                                 'manifest row like {"path": "a.jpg", "label": 3}.') from None
         if not isinstance(values, dict):
             raise ReportgenError(f"{KEY}: {shown(path)}, line {n}: expected an object like "
                                  f'{{"path": "a.jpg", "label": 3}}, got {type(values).__name__}.')

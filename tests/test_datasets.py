@@ -311,3 +311,13 @@ def test_entries_resolve_without_and_with_the_model(project):
     assert [e.label for e in resolve_labels(entries, None, 2)] == [0, 1]
     with pytest.raises(ReportgenError, match="2 class folders but the model has 3 classes"):
         resolve_labels(entries, None, 3)
+
+
+@pytest.mark.parametrize("row", ['{"path": ' + "[" * 100_000 + "]" * 100_000 + "}",
+                                 '{"path": "p.png", "label": ' + "9" * 5000 + "}"], ids=["deep", "long number"])
+def test_a_jsonl_row_nested_thousands_deep_or_with_a_number_python_cannot_read_is_one_message(project, row):
+    make_image(project.root / "p.png")
+    (project.root / "set.jsonl").write_text('{"path": "p.png", "label": 1}\n' + row + "\n")
+    result, _ = build(project, config_with(project, ["set.jsonl"], labels=["cat", "dog", "bird"]))
+    assert result.exit_code == 2 and "set.jsonl, line 2: nested too deeply, or a number too long" in result.stderr
+    assert result.stderr.count("error:") == 1 and "Traceback" not in result.output, result.output
