@@ -321,3 +321,32 @@ def test_a_jsonl_row_nested_thousands_deep_or_with_a_number_python_cannot_read_i
     result, _ = build(project, config_with(project, ["set.jsonl"], labels=["cat", "dog", "bird"]))
     assert result.exit_code == 2 and "set.jsonl, line 2: nested too deeply, or a number too long" in result.stderr
     assert result.stderr.count("error:") == 1 and "Traceback" not in result.output, result.output
+
+
+def test_links_that_loop_or_repeat_a_folder_list_each_image_once_and_end(tmp_path):
+    """`loop -> ..` inside a class folder, `self -> .`, and a recursive glob over them: each image once, at once."""
+    for name in ("cat", "dog"):
+        (tmp_path / "set" / name).mkdir(parents=True)
+        make_image(tmp_path / "set" / name / f"{name}.png")
+    (tmp_path / "set" / "cat" / "loop").symlink_to("..")
+    (tmp_path / "set" / "dog" / "self").symlink_to(".")
+    found = find_entries((str(tmp_path / "set"),))
+    assert sorted((e.label, e.path.name) for e in found) == [("cat", "cat.png"), ("dog", "dog.png")]
+    globbed = find_entries((str(tmp_path / "set" / "**" / "*.png"),))
+    assert sorted(e.path.name for e in globbed) == ["cat.png", "dog.png"]
+    hidden = tmp_path / "set" / "dog" / ".cache"
+    hidden.mkdir()
+    make_image(hidden / "no.png")
+    assert sorted(e.path.name for e in find_entries((str(tmp_path / "set" / "**" / "*.png"),))) == ["cat.png",
+                                                                                                  "dog.png"]
+
+
+def test_a_folder_of_more_folders_than_a_data_set_has_is_refused(tmp_path, monkeypatch):
+    import reportgen.entries
+
+    monkeypatch.setattr(reportgen.entries, "FOLDER_LIMIT", 5)
+    for i in range(8):
+        (tmp_path / "root" / "a" / f"d{i}").mkdir(parents=True)
+    make_image(tmp_path / "root" / "a" / "d0" / "x.png")
+    with pytest.raises(ReportgenError, match=r"holds more than 5 folders: give the folder that holds your images"):
+        find_entries((str(tmp_path / "root"),))
