@@ -30,6 +30,8 @@ from .errors import ReportgenError, did_you_mean
 from .inputs import (ImageReadError, geometry, pixels_of, prepare_image, read_image, read_mask,
                      transform_box, transform_mask, unique_names)
 
+RESIZED_LIMIT = 2**26  # pixels of an image resized for the model (8192 x 8192): more is a stranger's bomb
+
 # ---------------------------------------------------------------------------- labels
 
 
@@ -176,8 +178,14 @@ def read_entry(entry: Entry, config, pre, name: str = ""):
     if mask is not None and mask.shape != pixels.shape[:2]:
         raise ReportgenError(f"{KEY}: {entry.where}: the mask is {mask.shape[1]}x{mask.shape[0]} pixels but its "
                              f"image is {pixels.shape[1]}x{pixels.shape[0]}.")
-    prepared = prepare_image(pixels, pre, config.model.input_size)
     geo = geometry(pixels.shape[1], pixels.shape[0], pre, config.model.input_size)
+    if geo.resized is not None and geo.resized[0] * geo.resized[1] > RESIZED_LIMIT:  # 100 000 x 1 px: 15 GB
+        w, h = geo.resized
+        raise ImageReadError(f"{KEY}: {shown} is {pixels.shape[1]} x {pixels.shape[0]} pixels: resized for the model "
+                             f"it would be {w:,} x {h:,}. Crop it to the part that matters, or set "
+                             "`inputs.preprocess.resize` to [height, width].", entry.path,
+                             f"resized it would be {w:,} x {h:,} pixels")
+    prepared = prepare_image(pixels, pre, config.model.input_size)
     box = transform_box(entry.box, geo) if entry.box is not None else None
     lost = None
     if entry.box is not None and box is None:

@@ -69,3 +69,27 @@ def test_a_model_whose_weights_hold_nan_is_one_message_before_any_stage(project)
     done = CliRunner().invoke(main, ["build", str(project.write(config)), "-q"])
     _one_message(done, "weights are not finite", "NaN or inf")
     assert not (project.root / "out").exists()
+
+
+def test_a_one_pixel_high_png_is_skipped_not_resized_into_gigabytes(project):
+    """A few hundred bytes that pass Pillow's bomb check: resized to cover the model's 16² input it would be
+    16 000 000 x 16 pixels (a 100 000 x 1 picture at 224²: 15 GB): skipped like an unreadable image, or refused
+    with `strict`."""
+    from PIL import Image
+
+    Image.new("L", (1_000_000, 1)).save(project.root / "images" / "line.png", optimize=True)
+    done = CliRunner().invoke(main, ["build", str(project.write()), "-q"])
+    assert done.exit_code == 0, done.output
+    html = (project.root / "out" / "report.html").read_text()
+    assert "line.png (resized it would be 16,000,000 x 16 pixels)" in html
+    config = project.base()
+    config["inputs"]["strict"] = True
+    _one_message(CliRunner().invoke(main, ["build", str(project.write(config)), "-q"]), "line.png is 1000000 x 1")
+
+
+@pytest.mark.parametrize("key", ["resize", "center_crop"])
+def test_a_resize_or_crop_past_16384_is_one_message(project, key):
+    config = project.base()
+    config["inputs"]["preprocess"][key] = 2_147_483_648
+    _one_message(CliRunner().invoke(main, ["validate", str(project.write(config))]), f"preprocess.{key}",
+                 "16384")

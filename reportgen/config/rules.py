@@ -126,7 +126,7 @@ def known_colormap(name: str) -> str | None:
 
 SEED = dict(ge=0, le=INT_LIMIT)
 COUNT = dict(ge=1)  # a positive integer
-SIZE = dict(ge=1, lengths=(1, 2), shape="a positive size or [height, width]")
+SIZE = dict(ge=1, le=16384, lengths=(1, 2), shape="a positive size or [height, width]")  # as model.input_size
 
 
 def dotted(path: tuple) -> str:
