@@ -16,10 +16,11 @@ from pathlib import Path
 import click
 
 from . import progress as progress_bars
-from .errors import ConfigWarning, ReportgenError, Terminated
+from .errors import ConfigWarning, EveryRank, ReportgenError, Terminated
 
 INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT)
 TERMINATED = 143  # 128 + SIGTERM
+RANK_GRACE = 5  # seconds a torchrun rank other than 0 waits, on an error all ranks share, for rank 0 to say it
 # warnings raised inside these packages are about their own future or internals: nothing a user of
 # reportgen can act on (torchvision's GoogLeNet "default weight initialization" FutureWarning, say)
 LIBRARY_WARNINGS = r"(torch|torchvision)(\.|$)"
@@ -165,7 +166,8 @@ class _Main(click.Group):
                 return super().invoke(ctx)
             except KeyboardInterrupt as exc:
                 terminated = isinstance(exc, Terminated)
-                click.echo(f"{'terminated' if terminated else 'interrupted'}, nothing written", err=True)
+                if not (terminated and int(os.environ.get("RANK", "0")) > 0):  # torchrun ending the others
+                    click.echo(f"{'terminated' if terminated else 'interrupted'}, nothing written", err=True)
                 ctx.exit(TERMINATED if terminated else INTERRUPTED)
             finally:
                 _on_sigterm(previous)
@@ -204,6 +206,12 @@ def build(config: str, out: str | None, overrides: tuple[str, ...], save_arrays:
 
         report = run_build(cfg, log=progress.log, detail=progress.detail)
     except ReportgenError as exc:
+        if (cfg is None or isinstance(exc, EveryRank)) and int(os.environ.get("RANK", "0")) > 0:
+            # torchrun: every rank read the same config (and machine); rank 0 says what is wrong, once. Ended
+            # at once, this rank would have torchrun stop rank 0 before it says it
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # torchrun ends it when rank 0 has: nothing to say
+            time.sleep(RANK_GRACE)
+            sys.exit(2)
         _fail(str(exc), cfg)
         return
     finally:

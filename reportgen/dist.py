@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import ReportgenError
+from .errors import EveryRank, ReportgenError
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,14 @@ def start(device: str) -> Group:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        found = torch.cuda.device_count() if cuda else 0
+        if cuda and not found:
+            raise EveryRank(f"`model.device` is {device} under torchrun, but this machine has no CUDA device: use "
+                            "`device: cpu` (or `auto`).")
+        if cuda and local_rank >= found:
+            raise ReportgenError(f"`model.device` is {device} under torchrun, but this machine has {found} CUDA "
+                                 f"device(s) for local rank {local_rank}: start one process per GPU "
+                                 "(`--nproc_per_node`).")
         if cuda:
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend="nccl" if cuda else "gloo")

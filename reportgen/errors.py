@@ -20,6 +20,10 @@ class ConfigWarning(UserWarning):
     prints `warning: <message>`."""
 
 
+class EveryRank(ReportgenError):
+    """An error every rank of a torchrun launch meets alike (the config, the machine): rank 0 alone says it."""
+
+
 class WriteError(ReportgenError):
     """The disk would not take a file of the report (full, read-only, gone) while the build ran: the build stops
     there, as on bad input; nothing is written and the previous report stays."""

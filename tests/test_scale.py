@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -327,3 +328,27 @@ def test_a_small_build_runs_one_batched_forward_for_predictions_cams_feature_map
     assert set(arrays[8]) == set(arrays[1])
     for key, value in arrays[8].items():  # within what oneDNN's batch-size-dependent kernels allow
         assert np.abs(arrays[1][key] - value).max() <= 1e-5 * (1 + np.abs(value).max()), key
+
+
+@pytest.mark.slow  # torchrun starts two processes that import torch
+@pytest.mark.parametrize("change, said", [
+    ({"nope": 1}, "unknown key `nope`"),
+    pytest.param({"device": "cuda"}, "is cuda under torchrun, but this machine has no CUDA device",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")),
+], ids=["bad config", "cuda without one"])
+def test_under_torchrun_a_bad_config_or_a_missing_gpu_is_said_once_with_exit_2(tmp_path, change, said):
+    path = config(tmp_path, [write_set(tmp_path, 2)])
+    data = yaml.safe_load(path.read_text())
+    if "device" in change:
+        data["model"]["device"] = change["device"]
+    else:
+        data.update(change)
+    path.write_text(yaml.safe_dump(data))
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           "-m", "reportgen", "build", str(path), "-q"],
+                          capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                          timeout=600)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and said in errors[0], done.stderr[-3000:]
+    assert not re.search(r'File ".*reportgen/', done.stderr)  # torchrun's own traceback (ChildFailedError) only
+    assert "exitcode  : 2" in done.stderr and "terminated, nothing written" not in done.stderr
