@@ -93,3 +93,18 @@ def test_a_resize_or_crop_past_16384_is_one_message(project, key):
     config["inputs"]["preprocess"][key] = 2_147_483_648
     _one_message(CliRunner().invoke(main, ["validate", str(project.write(config))]), f"preprocess.{key}",
                  "16384")
+
+
+@pytest.mark.parametrize("rows, said", [
+    ("a.png,1\n", "asks for localisation, but 1 of 1 images have no box or mask: a.png"),
+    ("a.png,one\n", "`inputs.images` (config.yaml, line"),
+])
+def test_a_manifest_error_found_by_the_evaluations_check_is_blamed_on_the_manifest(project, rows, said):
+    (project.root / "set.csv").write_text("path,label\n" + rows)
+    (project.root / "a.png").write_bytes((project.root / "images" / "a.png").read_bytes())
+    config = project.base()
+    config["inputs"]["images"] = ["set.csv"]
+    config["analyses"] = {"cam": {"methods": ["gradcam"]}, "evaluation": {"metrics": ["localisation"]}}
+    done = CliRunner().invoke(main, ["validate", str(project.write(config))])
+    _one_message(done, said)
+    assert "`analyses.evaluation`: `inputs.images`" not in done.output

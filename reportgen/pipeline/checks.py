@@ -81,7 +81,7 @@ def check_stages(info: ModelInfo) -> list[Stage]:
                 stage.check(info, cfg)
             except ReportgenError as exc:  # every message names the stage's key, so the CLI can add its line
                 message = str(exc)
-                if not message.startswith("`analyses."):
+                if not message.startswith("`"):  # one that names its own key (`inputs.images`: a manifest) keeps it
                     raise ReportgenError(f"`analyses.{stage.name}`: {message}") from None
                 raise
     return stages

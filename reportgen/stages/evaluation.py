@@ -152,7 +152,7 @@ def check(info: ModelInfo, cfg: EvaluationConfig) -> None:
         if lacking:
             raise ReportgenError(
                 f"`analyses.evaluation.metrics` asks for localisation, but {len(lacking)} of {len(entries)} images "
-                f"have no box or mask: {datasets._listing(lacking, 5)}. Give them in a manifest (.csv / .jsonl: "
+                f"have no box or mask: {datasets.listing(lacking, 5)}. Give them in a manifest (.csv / .jsonl: "
                 "x0, y0, x1, y1 or mask), or leave `metrics` null to localise only the images that have them.")
 
 
