@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from .errors import ReportgenError, did_you_mean
-from .inputs import (IMAGE_SUFFIXES, ImageReadError, geometry, pixels_of, prepare_image, read_image, read_mask,
-                     transform_box, transform_mask, unique_names)
+from .inputs import (IMAGE_SUFFIXES, ImageReadError, geometry, pixels_of, prepare_image, read_ahead, read_image,
+                     read_mask, transform_box, transform_mask, unique_names)
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
 BOX_KEYS = ("x0", "y0", "x1", "y1")
@@ -437,12 +437,13 @@ def scan(config, pre, entries: list[Entry], found: Scan, progress: Callable = la
     none readable is an error either way."""
     inputs = config.inputs
     wanted = len(entries) if inputs.limit is None else min(inputs.limit, len(entries))
-    batch: list = []
-    for entry in progress(entries, total=wanted, desc="reading images", unit="image"):
+    batch: list = []  # the next batch is read ahead while the caller's model runs on this one
+    reads = read_ahead(lambda entry: read_entry(entry, config, pre), entries, ahead=inputs.batch_size)
+    for entry, read in progress(reads, total=wanted, desc="reading images", unit="image"):
         if len(found.entries) >= wanted:
             break
         try:
-            image, tensor, lost = read_entry(entry, config, pre)
+            image, tensor, lost = read.result()
         except ImageReadError as exc:
             if inputs.strict:
                 raise

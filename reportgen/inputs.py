@@ -1,8 +1,13 @@
 """Find, read and preprocess the input images. Keeps the original pixels for overlays."""
 from __future__ import annotations
 
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -237,6 +242,34 @@ def _center_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     left = int(round((img.width - tw) / 2.0))
     top = int(round((img.height - th) / 2.0))
     return img.crop((left, top, left + tw, top + th))
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+READERS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def read_ahead(read: Callable[[T], R], items: Iterable[T], ahead: int) -> Iterator[tuple[T, Future[R]]]:
+    """(item, the future of `read(item)`) for each of `items`, in their order, while a pool of `READERS`
+    threads reads up to `ahead` items beyond the one handed out: Pillow's decoding and resizing release the
+    GIL, so the next images are read while the model runs on these. `future.result()` is `read`'s value, or
+    raises what `read` raised. The memory held is bounded by `ahead` items. When the loop ends (done, left
+    early, an exception, Ctrl-C) the reads not started are cancelled and the pool is shut down without
+    waiting for the few that run (each ends with its image)."""
+    pool = ThreadPoolExecutor(max_workers=max(1, min(READERS, ahead)), thread_name_prefix="reportgen-read")
+    pending: deque[tuple[T, Future[R]]] = deque()
+    source = iter(items)
+    try:
+        while True:
+            for item in source:  # top the queue up: `ahead` reads besides the one handed out next
+                pending.append((item, pool.submit(read, item)))
+                if len(pending) > ahead:
+                    break
+            if not pending:
+                return
+            yield pending.popleft()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def unique_names(paths: list[Path]) -> list[str]:
