@@ -2,8 +2,8 @@
 
     python benchmarks/reading.py [--images 597] [--size 32] [--batch-size 8] [--repeats 5]
 
-An ImageFolder of scikit-learn's digits (`--images` of them, `--size`² PNGs, benchmarks/digits.py) and a small
-CNN (random weights). Timed, in this process, at the torch threads it starts with, each `--repeats` times:
+An ImageFolder of scikit-learn's digits (`--images` of them, `--size`² PNGs, benchmarks/digits.py) and the
+CNN of PyTorch's MNIST example (random weights). Timed, in this process, at the torch threads it starts with, each `--repeats` times:
 
 (a) the build's first pass (`collection.collect`): every image read and prepared (`datasets.scan`) and the
     forward (no grad) in batches of `--batch-size`: what a build pays before any stage;
@@ -33,7 +33,7 @@ from benchmarks.digits import model_config, write_digits  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=597)
-    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--size", type=int, default=28)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()

@@ -201,14 +201,16 @@ def transform_mask(mask: np.ndarray, geo: Geometry) -> np.ndarray:
 
 
 def prepare_image(pixels: np.ndarray, pre: Preprocess, input_size: tuple[int, ...]) -> PreparedImage:
+    """The math in numpy, not torch: images are read in threads beside the model (`read_ahead`), and a torch op
+    on a large tensor there would start an OpenMP team of its own in each of them."""
     channels = input_size[0]
     img = Image.fromarray(pixels)
     img = apply_geometry(img, geometry(img.width, img.height, pre, input_size))
     display = np.asarray(img.convert("RGB"), dtype=np.uint8)
     if channels == 1:
-        x = torch.from_numpy(np.asarray(img.convert("L"), dtype=np.float32) / 255.0)[None]
+        x = (np.asarray(img.convert("L"), dtype=np.float32) / np.float32(255.0))[None]
     elif channels == 3:
-        x = torch.from_numpy(display.astype(np.float32) / 255.0).permute(2, 0, 1).contiguous()
+        x = (display.astype(np.float32) / np.float32(255.0)).transpose(2, 0, 1)
     else:
         raise ReportgenError(f"`model.input_size`: images give 1 or 3 channels, not {channels}.")
     if pre.normalize is not None:
@@ -216,8 +218,8 @@ def prepare_image(pixels: np.ndarray, pre: Preprocess, input_size: tuple[int, ..
         if len(mean) not in (1, channels) or len(std) not in (1, channels):
             raise ReportgenError(f"`inputs.preprocess.normalize`: mean and std need 1 or {channels} values, "
                                  f"got {len(mean)} and {len(std)}.")
-        x = (x - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
-    return PreparedImage(display=display, tensor=x.float())
+        x = (x - np.asarray(mean, np.float32).reshape(-1, 1, 1)) / np.asarray(std, np.float32).reshape(-1, 1, 1)
+    return PreparedImage(display=display, tensor=torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
 
 
 RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
