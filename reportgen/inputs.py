@@ -254,8 +254,8 @@ READERS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity"
 def read_ahead(read: Callable[[T], R], items: Iterable[T], ahead: int) -> Iterator[tuple[T, Future[R]]]:
     """(item, the future of `read(item)`) for each of `items`, in their order, while a pool of `READERS`
     threads reads up to `ahead` items beyond the one handed out: Pillow's decoding and resizing release the
-    GIL, so the next images are read while the model runs on these. `future.result()` is `read`'s value, or
-    raises what `read` raised. The memory held is bounded by `ahead` items. When the loop ends (done, left
+    GIL, so the next images are read while the model runs on these; an item whose read has not started when it
+    is wanted is read in the caller's thread. `future.result()` is `read`'s value, or raises what `read` raised. The memory held is bounded by `ahead` items. When the loop ends (done, left
     early, an exception, Ctrl-C) the reads not started are cancelled and the pool is shut down without
     waiting for the few that run (each ends with its image)."""
     pool = ThreadPoolExecutor(max_workers=max(1, min(READERS, ahead)), thread_name_prefix="reportgen-read")
@@ -269,7 +269,14 @@ def read_ahead(read: Callable[[T], R], items: Iterable[T], ahead: int) -> Iterat
                     break
             if not pending:
                 return
-            yield pending.popleft()
+            item, future = pending.popleft()
+            if future.cancel():  # not started: the readers are behind (no free core); reading it here beats waiting
+                future = Future()
+                try:
+                    future.set_result(read(item))
+                except Exception as exc:  # handed out as the pool's reads are: raised by `result()`
+                    future.set_exception(exc)
+            yield item, future
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
