@@ -1,9 +1,10 @@
 """Reading the images against the model: the forward-only first pass at `batch_size: 8` against a bare forward.
 
-    python benchmarks/reading.py [--images 597] [--size 32] [--batch-size 8] [--repeats 5]
+    python benchmarks/reading.py [--images 597] [--size 28] [--batch-size 8] [--repeats 5]
 
 An ImageFolder of scikit-learn's digits (`--images` of them, `--size`² PNGs, benchmarks/digits.py) and the
-CNN of PyTorch's MNIST example (random weights). Timed, in this process, at the torch threads it starts with, each `--repeats` times:
+CNN of PyTorch's MNIST example (random weights). Timed in this process (torch's threads, OMP_WAIT_POLICY=PASSIVE
+unless set, as `reportgen build` runs), each `--repeats` times, alternating:
 
 (a) the build's first pass (`collection.collect`): every image read and prepared (`datasets.scan`) and the
     forward (no grad) in batches of `--batch-size`: what a build pays before any stage;
@@ -15,14 +16,16 @@ Prints median, min and max seconds of each and the ratio of the medians (a)/(b) 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-import yaml
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `reportgen build` runs (README, "Threads"): before torch
+import torch  # noqa: E402
+import yaml  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -75,7 +78,7 @@ def main() -> None:
     print(f"{len(tensors)} digits at {args.size}², batch {args.batch_size}, {torch.get_num_threads()} threads")
     print_table(list(timed.items()))
     ratio = statistics.median(timed["first pass (read + forward)"]) / statistics.median(timed["bare forward, preloaded"])
-    print(f"\nfirst pass / bare forward: {ratio:.2f} (target <= 1.1)")
+    print(f"\nfirst pass / bare forward: {ratio:.2f} (target <= 1.1); load average {os.getloadavg()[0]:.2f} (1 min)")
 
 
 if __name__ == "__main__":
