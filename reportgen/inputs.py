@@ -255,9 +255,10 @@ def read_ahead(read: Callable[[T], R], items: Iterable[T], ahead: int) -> Iterat
     """(item, the future of `read(item)`) for each of `items`, in their order, while a pool of `READERS`
     threads reads up to `ahead` items beyond the one handed out: Pillow's decoding and resizing release the
     GIL, so the next images are read while the model runs on these; an item whose read has not started when it
-    is wanted is read in the caller's thread. `future.result()` is `read`'s value, or raises what `read` raised. The memory held is bounded by `ahead` items. When the loop ends (done, left
-    early, an exception, Ctrl-C) the reads not started are cancelled and the pool is shut down without
-    waiting for the few that run (each ends with its image)."""
+    is wanted is read in the caller's thread. `future.result()` is `read`'s value, or raises what `read` raised.
+    The memory held is bounded by `ahead` items. When the loop ends (done, left early, an exception, Ctrl-C)
+    the reads not started are cancelled and the pool is shut down without waiting for the few that run (each
+    ends with its image)."""
     pool = ThreadPoolExecutor(max_workers=max(1, min(READERS, ahead)), thread_name_prefix="reportgen-read")
     pending: deque[tuple[T, Future[R]]] = deque()
     source = iter(items)

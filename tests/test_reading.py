@@ -49,7 +49,8 @@ def test_the_next_batch_is_read_in_other_threads_while_the_caller_holds_this_one
     while len(read) < 4 and time.monotonic() < deadline:  # nothing more asked for: the pool reads on
         time.sleep(0.01)
     assert {name for name, _ in read} >= set(names[:4]), read
-    assert all(thread != threading.main_thread().name for _, thread in read)
+    # read while the caller held the first batch: by the pool (the first two may have been read by the caller)
+    assert all(thread != threading.main_thread().name for name, thread in read if name in names[2:4]), read
     time.sleep(0.2)
     assert len(read) <= 2 + 2 + 1  # bounded: a batch ahead (and the one being handed out), not the whole set
     batches.close()  # left early (an error, Ctrl-C): the reads not started are cancelled, the threads end
