@@ -33,12 +33,12 @@ def _setup(project, names, broken=(), **inputs):
 def test_the_next_batch_is_read_in_other_threads_while_the_caller_holds_this_one(project, monkeypatch):
     names = [f"{i:02d}.png" for i in range(10)]
     cfg, info = _setup(project, names, batch_size=2)
-    read: list[tuple[str, str]] = []  # (file, thread) of each read, as it ends
+    read: list[tuple[str, threading.Thread]] = []  # (file, thread) of each read, as it ends
     real = datasets.read_entry
 
     def recorded(entry, *args, **kwargs):
         out = real(entry, *args, **kwargs)
-        read.append((entry.path.name, threading.current_thread().name))
+        read.append((entry.path.name, threading.current_thread()))
         return out
 
     monkeypatch.setattr(datasets, "read_entry", recorded)
@@ -50,14 +50,14 @@ def test_the_next_batch_is_read_in_other_threads_while_the_caller_holds_this_one
         time.sleep(0.01)
     assert {name for name, _ in read} >= set(names[:4]), read
     # read while the caller held the first batch: by the pool (the first two may have been read by the caller)
-    assert all(thread != threading.main_thread().name for name, thread in read if name in names[2:4]), read
+    readers = {thread for name, thread in read if name in names[2:4]}
+    assert threading.main_thread() not in readers, read
     time.sleep(0.2)
     assert len(read) <= 2 + 2 + 1  # bounded: a batch ahead (and the one being handed out), not the whole set
     batches.close()  # left early (an error, Ctrl-C): the reads not started are cancelled, the threads end
-    for thread in threading.enumerate():
-        if thread.name.startswith("reportgen-read"):
-            thread.join(timeout=10)
-            assert not thread.is_alive()
+    for thread in readers:
+        thread.join(timeout=10)
+        assert not thread.is_alive()
     assert len(read) <= 2 + 2 + 1
 
 
