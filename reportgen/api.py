@@ -44,14 +44,27 @@ def resolve_config(config: Config | Mapping | str | os.PathLike, overrides: Mapp
 
 
 def _override_strings(overrides: Mapping | Sequence[str] | None) -> list[str]:
+    """`overrides` as --set strings: a mapping {"key.path": value} (a value YAML can write: text, numbers,
+    booleans, None, lists and dicts of them), one "key.path=value" string, or a sequence of them."""
     if overrides is None:
         return []
     if isinstance(overrides, Mapping):
-        return [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
-                for key, value in overrides.items()]
+        strings = []
+        for key, value in overrides.items():
+            try:
+                text = yaml.safe_dump(value, default_flow_style=True, width=2**31)
+            except yaml.YAMLError:
+                raise ReportgenError(f"overrides[{str(key)[:60]!r}] is a {type(value).__name__}, which a config "
+                                     "cannot hold: give text, a number, a boolean, None, or a list or dict of "
+                                     "those.") from None
+            strings.append(f"{key}={text.strip().removesuffix('...').strip()}")
+        return strings
     if isinstance(overrides, str):
         return [overrides]
-    return list(overrides)
+    if isinstance(overrides, Sequence) and all(isinstance(item, str) for item in overrides):
+        return list(overrides)
+    raise ReportgenError(f"overrides is a {type(overrides).__name__}: give a dict {{\"key.path\": value}} or "
+                         "\"key.path=value\" strings.")
 
 
 def build(config, *, model=None, images=None, overrides=None, log: Log | None = None, detail: Log | None = None):

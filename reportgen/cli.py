@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 import zipfile
@@ -13,9 +16,10 @@ from pathlib import Path
 import click
 
 from . import progress as progress_bars
-from .errors import ConfigWarning, ReportgenError
+from .errors import ConfigWarning, ReportgenError, Terminated
 
 INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT)
+TERMINATED = 143  # 128 + SIGTERM
 # warnings raised inside these packages are about their own future or internals: nothing a user of
 # reportgen can act on (torchvision's GoogLeNet "default weight initialization" FutureWarning, say)
 LIBRARY_WARNINGS = r"(torch|torchvision)(\.|$)"
@@ -66,6 +70,17 @@ def _load(config_path: str, overrides: tuple[str, ...], out: str | None = None, 
     return dataclasses.replace(config, output=output)
 
 
+def _untrusted(ctx, param, value: bool) -> bool:
+    if value:  # an environment variable: torchrun's processes and the model loader see it too
+        os.environ["REPORTGEN_UNTRUSTED"] = "1"
+    return value
+
+
+_untrusted_option = click.option(
+    "--untrusted", is_flag=True, expose_value=False, callback=_untrusted,
+    help="The config (or its model files) came from someone else: refuse everything that would run their code "
+         "(a model.factory, a TorchScript file, trust_checkpoint). Also $REPORTGEN_UNTRUSTED=1.")
+
 _set_option = click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE",
     help="Override a config key, e.g. --set model.name=resnet50 (repeatable). A relative path given here "
@@ -89,6 +104,26 @@ def _show_warning(show: Callable) -> Callable:
             show(message, category, filename, lineno, file, line)
 
     return shown
+
+
+def _quiet_trackers() -> None:
+    """Trackers' INFO lines ("Creating initial MLflow database tables...") are not ours to print; `build -v`
+    keeps them. MLflow sets its loggers' level from $MLFLOW_LOGGING_LEVEL when it is imported (a user's
+    choice there stands), and here when it was imported already."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    if "mlflow" in sys.modules:
+        logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
+def _on_sigterm(handler):
+    """Install `handler` for SIGTERM; returns the one it replaces (None off the main thread, where it cannot)."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
 
 
 class _Main(click.Group):
@@ -129,11 +164,15 @@ class _Main(click.Group):
             for category in (UserWarning, FutureWarning, DeprecationWarning):
                 warnings.filterwarnings("ignore", category=category, module=LIBRARY_WARNINGS)
             warnings.showwarning = _show_warning(warnings.showwarning)
+            previous = _on_sigterm(_terminate)
             try:
                 return super().invoke(ctx)
-            except KeyboardInterrupt:
-                click.echo("interrupted, nothing written", err=True)
-                ctx.exit(INTERRUPTED)
+            except KeyboardInterrupt as exc:
+                terminated = isinstance(exc, Terminated)
+                click.echo(f"{'terminated' if terminated else 'interrupted'}, nothing written", err=True)
+                ctx.exit(TERMINATED if terminated else INTERRUPTED)
+            finally:
+                _on_sigterm(previous)
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
@@ -147,6 +186,7 @@ def main() -> None:
 @click.option("-o", "--out", "out", type=click.Path(file_okay=False),
               help="Output folder (overrides output.dir); a relative path resolves against the current folder.")
 @_set_option
+@_untrusted_option
 @click.option("--save-arrays", is_flag=True, help="Also write arrays.npz with the numbers behind every figure.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 @click.option("-v", "--verbose", is_flag=True, help="More detail on stderr (tracebacks of failed stages).")
@@ -158,6 +198,8 @@ def build(config: str, out: str | None, overrides: tuple[str, ...], save_arrays:
     progress = _Progress(quiet, verbose)
     if verbose:  # -v shows what the libraries say, too
         warnings.filterwarnings("default", module=LIBRARY_WARNINGS)
+    else:
+        _quiet_trackers()
     cfg = None
     progress_bars.configure(not quiet and _stderr_is_terminal())  # a file or a pipe gets one line a stage
     try:
@@ -184,8 +226,10 @@ def build(config: str, out: str | None, overrides: tuple[str, ...], save_arrays:
 @main.command(short_help="Check a config without running any analysis.")
 @click.argument("config", type=click.Path(dir_okay=False))
 @_set_option
+@_untrusted_option
 def validate(config: str, overrides: tuple[str, ...]) -> None:
     """Check CONFIG: keys, files, model construction, layer names, stage options. Runs no analysis."""
+    _quiet_trackers()
     cfg = None
     try:
         cfg = _load(config, overrides)
@@ -202,13 +246,14 @@ def validate(config: str, overrides: tuple[str, ...]) -> None:
 
 
 def _input_size(value: str) -> tuple[int, int, int]:
-    """--input-size: three positive integers C,H,W (as `model.input_size` in a config)."""
+    """--input-size: three positive integers C,H,W up to 16 384 (as `model.input_size` in a config)."""
     try:
-        size = tuple(int(v) for v in value.replace(" ", "").split(","))
+        size = tuple(int(v) for v in value.replace(" ", "").split(",")[:4])
     except ValueError:
         size = ()
-    if len(size) != 3 or min(size) < 1:
-        raise click.BadParameter(f"expected three positive numbers C,H,W like 3,224,224, got `{value}`.")
+    if len(size) != 3 or min(size) < 1 or max(size) > 16384:
+        raise click.BadParameter(f"expected three numbers C,H,W from 1 to 16 384 like 3,224,224, got "
+                                 f"`{value[:40]}`.")
     return size
 
 
@@ -237,6 +282,7 @@ def _check_torchscript(path: Path) -> None:
 @click.option("--input-size", default="3,224,224", show_default=True, callback=lambda ctx, param, value:
               _input_size(value), help="C,H,W of the example input, when TARGET is not a config file.")
 @click.option("--all", "show_all", is_flag=True, help="Also list containers and layers that were not called.")
+@_untrusted_option
 def layers(target: str, input_size: tuple[int, int, int], show_all: bool) -> None:
     """List layer names, types and output shapes of a model: TARGET is a CONFIG file, a torchvision model
     name, a TorchScript file (.pt, .ts) or a factory `package.module:function`.
@@ -309,14 +355,18 @@ def site(folders: tuple[str, ...], out: str) -> None:
 @click.argument("a", type=click.Path(file_okay=False))
 @click.argument("b", type=click.Path(file_okay=False))
 @click.option("-o", "--out", "out", default="comparison", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for compare.html and compare.json.")
-def compare(a: str, b: str, out: str) -> None:
+              help="Folder for compare.html, compare.json and compare_maps.npz.")
+@click.option("--detail", type=click.IntRange(min=0), default=40, show_default=True, metavar="N",
+              help="Pairs of maps drawn on the page: changed predictions first, then the largest differences. "
+                   "compare.json and compare_maps.npz hold every pair.")
+def compare(a: str, b: str, out: str, detail: int) -> None:
     """Compare the reports in folders A and B (built with save_arrays, on the same images): which predictions
-    changed, the summaries and headline metrics with B − A, each map of A beside B's and their difference;
-    what only one of them has is listed. Writes OUT/compare.html and OUT/compare.json."""
+    changed, the summaries and headline metrics with B − A, and the pairs of maps that differ most, A beside B
+    and their difference; what only one of them has is listed. Writes OUT/compare.html, OUT/compare.json (every
+    pair's summary) and OUT/compare_maps.npz (every pair's maps)."""
     from .compare import write_compare
 
-    page = _writing("the comparison", out, lambda: write_compare(Path(a), Path(b), Path(out)))
+    page = _writing("the comparison", out, lambda: write_compare(Path(a), Path(b), Path(out), detail))
     click.echo(f"wrote {page}", err=True)
 
 

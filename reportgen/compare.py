@@ -3,11 +3,15 @@ pruning, quantisation).
 
 A and B are report folders built with `save_arrays` (report.json, images.jsonl, arrays.npz). `match` reads
 them into plain data: the predictions of every image both saw (which changed), the summary totals and layers
-of both, every map both computed (A, B and B − A), the headline metrics and their differences, and what is
-in only one of them (listed, never dropped silently). `render_compare` draws it into one self-contained page.
+of both, a summary of every pair of maps both computed (one per image, method and layer), the headline metrics
+and their differences, and what is in only one of them (listed, never dropped silently). The pairs are ordered
+as the page draws them: changed predictions first, then the largest differences; the first `detail` are drawn
+(A, B and B − A), the rest counted. `write_compare` writes the page, compare.json (every pair's summary) and
+compare_maps.npz (every pair's two maps).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,10 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ReportgenError
+from .report_folder import member, number, plain_file, read_json, read_records, reading
 
 MAP_PREFIXES = ("cam/", "gradients/")
 GENERATOR = '<meta name="generator" content="reportgen compare">'
-MAX_MAP_PAIRS = 60  # maps drawn side by side at most (the rest are counted): the page stays small
+MANIFEST = ".reportgen-compare.json"  # the files compare wrote in its folder: it replaces no other
+DETAIL = 40  # pairs of maps drawn by default (`reportgen compare --detail`): the page stays small
+MAPS_FILE = "compare_maps.npz"  # every pair's two maps, beside compare.json
+ARRAYS_LIMIT = 64 * 2**30  # bytes of an arrays.npz read (its members are bounded one by one as they are read)
+OUTPUTS = ("compare.html", "compare.json", MAPS_FILE)
 
 
 @dataclass(frozen=True)
@@ -47,24 +56,59 @@ class Prediction:
 
 
 @dataclass(frozen=True)
-class MapPair:
+class PairRow:
+    """One pair of maps (the same image, method and layer in A and B), summarised: a row of compare.json."""
     key: str  # cam/<method>/<layer>/<image> or gradients/<method>/<image>: the arrays.npz keys without the class
-    class_a: str  # the class each map explains (the same unless the target classes differ: top-1 changed)
-    class_b: str
+    key_a: str  # the arrays.npz keys of the two maps: `key`/<the class each explains> (the same unless the
+    key_b: str  # target classes differ: top-1 changed)
+    prediction: Prediction | None  # of the image
+    difference: float  # mean |A − B| of the two maps, each min-max normalised to [0, 1]: how the pairs are ranked
+    mean_abs_difference: float  # mean |B − A| of the maps as they are
+    correlation: float | None
+
+    @property
+    def class_a(self) -> str:
+        return self.key_a.rsplit("/", 1)[1]
+
+    @property
+    def class_b(self) -> str:
+        return self.key_b.rsplit("/", 1)[1]
+
+    @property
+    def method(self) -> str:
+        return _parts(self.key)[0]
+
+    @property
+    def layer(self) -> str | None:
+        return _parts(self.key)[1]
+
+    @property
+    def image(self) -> str:
+        return _parts(self.key)[2]
+
+    @property
+    def changed(self) -> bool:
+        return self.prediction is not None and self.prediction.changed
+
+    def to_json(self, drawn: bool) -> dict:
+        p = self.prediction
+        return {"key": self.key, "image": self.image, "method": self.method, "layer": self.layer,
+                "prediction_a": p.a[0] if p else None, "prediction_b": p.b[0] if p else None,
+                "changed": self.changed, "difference": self.difference, "class_a": self.class_a,
+                "class_b": self.class_b, "key_a": self.key_a, "key_b": self.key_b,
+                "mean_abs_difference": self.mean_abs_difference, "correlation": self.correlation, "drawn": drawn}
+
+
+@dataclass(frozen=True)
+class MapPair:
+    """A pair the page draws: its row and the two maps."""
+    row: PairRow
     a: np.ndarray  # (H, W) float32 (a gradient map: Σ|channels|, as the report draws it)
     b: np.ndarray
 
     @property
     def difference(self) -> np.ndarray:
         return self.b - self.a
-
-    @property
-    def mean_abs_difference(self) -> float:
-        return float(np.abs(self.difference).mean())
-
-    @property
-    def correlation(self) -> float | None:
-        return _correlation(self.a, self.b)
 
 
 @dataclass(frozen=True)
@@ -76,9 +120,13 @@ class Comparison:
     layers: list[tuple[str, str | None, str | None, int | None, int | None]]  # name, type A, type B, params A, B
     totals: list[tuple[str, float | None, float | None]]  # (what, A, B) of the summaries
     metrics: list[tuple[str, float | None, float | None]]  # (name, A, B) of report.metrics()
-    maps: list[MapPair]
-    maps_not_drawn: int = 0
+    pairs: list[PairRow]  # every pair of maps, in the page's order: changed predictions first, then by difference
+    maps: list[MapPair]  # the first of them, drawn
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def maps_not_drawn(self) -> int:
+        return len(self.pairs) - len(self.maps)
 
     def to_json(self) -> dict:
         return {
@@ -92,38 +140,57 @@ class Comparison:
             "metrics": [{"name": n, "a": a, "b": b, "delta": None if a is None or b is None else b - a,
                          "a_interval": self.a.intervals.get(n), "b_interval": self.b.intervals.get(n)}
                         for n, a, b in self.metrics],
-            "maps": [{"key": m.key, "class_a": m.class_a, "class_b": m.class_b,
-                      "mean_abs_difference": m.mean_abs_difference, "correlation": m.correlation}
-                     for m in self.maps],
-            "maps_not_drawn": self.maps_not_drawn,
+            "maps": [row.to_json(drawn=i < len(self.maps)) for i, row in enumerate(self.pairs)],
+            "maps_drawn": len(self.maps), "maps_not_drawn": self.maps_not_drawn,
+            "maps_file": MAPS_FILE,  # a/<key_a> and b/<key_b>: the two maps of each pair, as the page draws them
             "only": self.only, "notes": self.notes,
         }
 
 
 def read_side(folder: Path) -> Side:
-    """A report folder built with `save_arrays`; a clear error naming what is missing."""
+    """A report folder built with `save_arrays`, checked as a stranger's may need (`report_folder`): a clear
+    error naming what is missing or malformed."""
     folder = Path(folder)
     missing = [name for name in ("report.json", "images.jsonl", "arrays.npz") if not (folder / name).is_file()]
     if missing:
         hint = " (build it with `save_arrays: true` or --save-arrays)" if "arrays.npz" in missing else ""
         raise ReportgenError(f"`{folder}` is not a report folder to compare: it lacks {', '.join(missing)}{hint}.")
-    try:
-        data = json.loads((folder / "report.json").read_text(encoding="utf-8"))
-        records = [json.loads(line) for line in (folder / "images.jsonl").read_text(encoding="utf-8").splitlines()
-                   if line.strip()]
-    except (OSError, ValueError) as exc:
-        raise ReportgenError(f"`{folder}`: its report.json or images.jsonl cannot be read ({exc}).") from None
-    return Side(folder=folder, title=str(data.get("title", folder.name)),
-                model=str(data.get("model", {}).get("description", "")),
-                input_size=tuple(data.get("model", {}).get("input_size", ())),
-                records={r["name"]: r for r in records}, summary=data.get("summary"),
-                metrics={k: float(v) for k, v in data.get("metrics", {}).items()}, arrays=folder / "arrays.npz",
-                intervals=_intervals(data))
+    with reading(folder):
+        data = read_json(folder / "report.json")
+        records = read_records(folder / "images.jsonl")
+        model = data.get("model") or {}
+        input_size = tuple(int(number(v, "`model.input_size`")) for v in model.get("input_size", ()))
+        if len(input_size) != 3 or min(input_size) < 1 or max(input_size) > 16384:
+            raise ReportgenError(f"`{folder / 'report.json'}`: its model's input_size is not three sizes.")
+        summary = data.get("summary") if isinstance(data.get("summary"), dict) else None
+        for record in records:  # what `match` reads of them, read once here where a failure names the folder
+            _top1(record), (record.get("truth") or {}).get("label"), record.get("source")
+        _layers(summary, None), [_total(summary, key) for key in ("total_params", "trainable_params",
+                                                                   "total_mult_adds")]
+        return Side(folder=folder, title=str(data.get("title", folder.name)), model=str(model.get("description", "")),
+                    input_size=input_size, records={r["name"]: r for r in records},
+                    summary=summary,
+                    metrics={str(k): number(v, f"metric `{k}`") for k, v in (data.get("metrics") or {}).items()},
+                    arrays=folder / "arrays.npz", intervals=_intervals(data))
 
 
-def match(folder_a: Path, folder_b: Path) -> Comparison:
-    """The comparison of two report folders (see the module docstring). Reports of different input sizes, or
-    without an image in common, are refused with what differs."""
+@contextlib.contextmanager
+def _maps(side: Side):
+    """The side's arrays.npz, opened without pickles; what is malformed in it is a message naming its folder."""
+    with reading(side.folder), np.load(plain_file(side.arrays, ARRAYS_LIMIT), allow_pickle=False) as npz:
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise ReportgenError(f"`{side.arrays}` is one array, not the arrays.npz a build writes.")
+        yield npz
+
+
+def _map(npz, side: Side, key: str) -> np.ndarray:
+    with reading(side.folder):
+        return _plane(member(npz, key, side.input_size))
+
+
+def match(folder_a: Path, folder_b: Path, detail: int = DETAIL) -> Comparison:
+    """The comparison of two report folders (see the module docstring), its first `detail` pairs of maps drawn.
+    Reports of different input sizes, or without an image in common, are refused with what differs."""
     a, b = read_side(folder_a), read_side(folder_b)
     if a.input_size != b.input_size:
         raise ReportgenError(f"the reports were built at different input sizes (A {list(a.input_size)}, B "
@@ -139,11 +206,14 @@ def match(folder_a: Path, folder_b: Path) -> Comparison:
             "images in B only": [n for n in b.records if n not in a.records]}
     predictions = [Prediction(image=n, truth=(a.records[n].get("truth") or {}).get("label"),
                               a=_top1(a.records[n]), b=_top1(b.records[n])) for n in common]
-    with np.load(a.arrays) as npz_a, np.load(b.arrays) as npz_b:
+    of_image = {p.image: p for p in predictions}
+    with _maps(a) as npz_a, _maps(b) as npz_b:
         maps_of = lambda npz: [k for k in npz.files if k.startswith(MAP_PREFIXES)]  # noqa: E731
-        pairs, only["maps in A only"], only["maps in B only"] = _pair_maps(maps_of(npz_a), maps_of(npz_b))
-        maps = [MapPair(key=k_a.rsplit("/", 1)[0], class_a=k_a.rsplit("/", 1)[1], class_b=k_b.rsplit("/", 1)[1],
-                        a=_plane(npz_a[k_a]), b=_plane(npz_b[k_b])) for k_a, k_b in pairs[:MAX_MAP_PAIRS]]
+        keys, only["maps in A only"], only["maps in B only"] = _pair_maps(maps_of(npz_a), maps_of(npz_b))
+        # one pair's maps in memory at a time (a data set's need not fit), read again for the few drawn
+        pairs = [_summarise(k_a, k_b, _map(npz_a, a, k_a), _map(npz_b, b, k_b), of_image) for k_a, k_b in keys]
+        pairs.sort(key=lambda row: (not row.changed, -row.difference))  # stable: ties keep the reports' order
+        maps = [MapPair(row, _map(npz_a, a, row.key_a), _map(npz_b, b, row.key_b)) for row in pairs[:max(detail, 0)]]
     layers, layer_only = _layers(a.summary, b.summary)
     only |= layer_only
     totals = [(what, _total(a.summary, key), _total(b.summary, key)) for what, key in
@@ -151,8 +221,31 @@ def match(folder_a: Path, folder_b: Path) -> Comparison:
                ("mult-adds", "total_mult_adds"))]
     names = list(dict.fromkeys([*a.metrics, *b.metrics]))
     return Comparison(a=a, b=b, predictions=predictions, only={k: v for k, v in only.items() if v}, layers=layers,
-                      totals=totals, metrics=[(n, a.metrics.get(n), b.metrics.get(n)) for n in names], maps=maps,
-                      maps_not_drawn=max(0, len(pairs) - MAX_MAP_PAIRS), notes=notes)
+                      totals=totals, metrics=[(n, a.metrics.get(n), b.metrics.get(n)) for n in names], pairs=pairs,
+                      maps=maps, notes=notes)
+
+
+def _summarise(key_a: str, key_b: str, a: np.ndarray, b: np.ndarray, of_image: dict[str, Prediction]) -> PairRow:
+    key = key_a.rsplit("/", 1)[0]
+    return PairRow(key=key, key_a=key_a, key_b=key_b, prediction=of_image.get(_parts(key)[2]),
+                   difference=float(np.abs(_normalised(a) - _normalised(b)).mean()),
+                   mean_abs_difference=float(np.abs(b - a).mean()), correlation=_correlation(a, b))
+
+
+def _parts(key: str) -> tuple[str, str | None, str]:
+    """(method, layer or None, image) of a pair's key; an image's name may hold "/": all after the method (and
+    layer) is the image's."""
+    if key.startswith("cam/"):
+        _, method, layer, image = key.split("/", 3)
+        return method, layer, image
+    _, method, image = key.split("/", 2)
+    return method, None, image
+
+
+def _normalised(values: np.ndarray) -> np.ndarray:
+    """Min-max to [0, 1] (a constant map: all 0): maps of two models compare by shape, not by scale."""
+    low, high = float(values.min()), float(values.max())
+    return (values - low) / (high - low) if high > low else np.zeros_like(values)
 
 
 def _pair_maps(keys_a: list[str], keys_b: list[str]) -> tuple[list[tuple[str, str]], list[str], list[str]]:
@@ -230,21 +323,44 @@ def _some(names, most: int = 5) -> str:
     return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
-def write_compare(folder_a: Path, folder_b: Path, out: Path) -> Path:
-    """compare.html (one self-contained page) and compare.json in `out`; returns the page's path. A compare.html
-    there that reportgen did not write is refused, never replaced."""
+def write_compare(folder_a: Path, folder_b: Path, out: Path, detail: int = DETAIL) -> Path:
+    """compare.html (one self-contained page, `detail` pairs of maps drawn), compare.json and compare_maps.npz in
+    `out`; returns the page's path. A compare.html there that reportgen did not write is refused, never replaced."""
     from .figures.compare import plot
     from .render import render_page
-    from .write import write_atomic
+    from .owned import check_out_dir
+    from .write import write_atomic, write_npz
 
-    comparison = match(folder_a, folder_b)
+    comparison = match(folder_a, folder_b, detail)
     page = out / "compare.html"
-    if page.exists() and GENERATOR not in page.read_text(encoding="utf-8", errors="replace")[:2000]:
-        raise ReportgenError(f"{page} exists and reportgen did not write it: choose another folder with -o.")
+    check_out_dir(out, OUTPUTS, _owned(out), key="-o")
     data = comparison.to_json()
     html = render_page("compare.html.jinja2", c=comparison, maps=plot(comparison), changed=data["changed"],
-                       generator=GENERATOR)
+                       maps_file=MAPS_FILE, generator=GENERATOR)
     out.mkdir(parents=True, exist_ok=True)
+    a, b = comparison.a, comparison.b
+    with _maps(a) as npz_a, _maps(b) as npz_b:
+        write_npz(out / MAPS_FILE, ((f"{name}/{key}", _map(npz, side, key)) for row in comparison.pairs
+                                    for name, npz, side, key in (("a", npz_a, a, row.key_a), ("b", npz_b, b, row.key_b))))
     write_atomic(out / "compare.json", json.dumps(data, indent=1).encode("utf-8"))
     write_atomic(page, html.encode("utf-8"))
+    write_atomic(out / MANIFEST, json.dumps({"files": list(OUTPUTS)}, indent=1).encode("utf-8"))
     return page
+
+
+def _owned(out: Path) -> set[str]:
+    """What an earlier `compare` wrote in `out`: its manifest's list; before compare kept one, a compare.html with
+    the generator tag, and beside it a compare.json of the shape compare writes."""
+    from .owned import owned_files
+
+    if (out / MANIFEST).exists() or not (out / "compare.html").is_file():
+        return owned_files(out, MANIFEST)
+    try:
+        with open(out / "compare.html", "rb") as handle:
+            if GENERATOR.encode() not in handle.read(4096):
+                return set()
+        old = json.loads((out / "compare.json").read_bytes()[:2**26]) if (out / "compare.json").is_file() else {}
+    except (OSError, ValueError):
+        old = {}
+    return {"compare.html"} | ({"compare.json"} if isinstance(old, dict) and {"a", "b", "predictions", "maps"}
+                               <= set(old) else set())

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .config import Preprocess
+from .config import Normalize, Preprocess
 from .errors import ReportgenError
 
 IMAGE_SUFFIXES = {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
@@ -86,6 +86,8 @@ def pixels_of(image: object, where: str, alpha: str = "drop") -> np.ndarray:
                              "(H, W, 1|3|4), or float (C, H, W) in [0, 1] with C 1, 3 or 4.")
     if pixels.ndim == 3 and pixels.shape[2] == 1:
         pixels = pixels[..., 0]
+    if 0 in pixels.shape[:2]:
+        raise ReportgenError(f"{where} is {pixels.shape[1]} × {pixels.shape[0]} pixels: an image needs at least one.")
     return _to_rgb(Image.fromarray(np.ascontiguousarray(pixels)), alpha)
 
 
@@ -216,10 +218,20 @@ def prepare_image(pixels: np.ndarray, pre: Preprocess, input_size: tuple[int, ..
     if pre.normalize is not None:
         mean, std = pre.normalize.mean, pre.normalize.std
         if len(mean) not in (1, channels) or len(std) not in (1, channels):
-            raise ReportgenError(f"`inputs.preprocess.normalize`: mean and std need 1 or {channels} values, "
-                                 f"got {len(mean)} and {len(std)}.")
+            raise ReportgenError(_normalize_mismatch(pre.normalize, channels))
         x = (x - np.asarray(mean, np.float32).reshape(-1, 1, 1)) / np.asarray(std, np.float32).reshape(-1, 1, 1)
     return PreparedImage(display=display, tensor=torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+
+
+def _normalize_mismatch(normalize: Normalize, channels: int) -> str:
+    """What is wrong when mean and std do not fit the model's channels, and the two ways out."""
+    given = f"have {len(normalize.mean)} and {len(normalize.std)} values"
+    if normalize == Normalize():  # `imagenet`, or the default: the likely case on a 1-channel model
+        given = "are ImageNet's, 3 values each for red, green and blue"
+    each = "1 value each" if channels == 1 else f"1 or {channels} values each"
+    return (f"`inputs.preprocess.normalize`: the model takes {channels}-channel images (`model.input_size`), but "
+            f"the mean and std {given}. Give your training data's statistics, {each} (like "
+            f"`normalize: {{mean: [0.5], std: [0.5]}}`), or `normalize: none` for pixels in [0, 1].")
 
 
 RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
@@ -283,11 +295,17 @@ def read_ahead(read: Callable[[T], R], items: Iterable[T], ahead: int) -> Iterat
 
 
 def unique_names(paths: list[Path]) -> list[str]:
-    """File stems, made unique with a numeric suffix: the `<image>` part of arrays.npz keys."""
+    """File stems: the `<image>` part of arrays.npz keys. A stem that files in several folders share is
+    `<folder>/<stem>` for each of them (an ImageFolder's `cat/0` and `dog/0`: the class says which it is), and
+    what still repeats takes a numeric suffix (`x` and `x_2` of x.png and x.jpg)."""
+    stems = [path.stem or "image" for path in paths]
+    folders = {(stem, path.parent.name) for path, stem in zip(paths, stems)}
+    shared = {stem for stem, n in Counter(stem for stem, _ in folders).items() if n > 1}
     seen: dict[str, int] = {}
     names = []
-    for path in paths:
-        stem = path.stem or "image"
+    for path, stem in zip(paths, stems):
+        if stem in shared and path.parent.name:
+            stem = f"{path.parent.name}/{stem}"
         count = seen.get(stem, 0)
         seen[stem] = count + 1
         names.append(stem if count == 0 else f"{stem}_{count + 1}")

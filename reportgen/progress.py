@@ -23,6 +23,12 @@ T = TypeVar("T")
 _enabled = False
 
 
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """`1 image`, `3 images`, `2 batches` (`nouns`: a plural that is not `noun` + s): counts in progress lines and
+    messages."""
+    return f"{n} {noun if n == 1 else nouns or noun + 's'}"
+
+
 def configure(enabled: bool) -> None:
     """Turn progress bars on or off for this process (the CLI decides; the default is off)."""
     global _enabled

@@ -158,7 +158,7 @@ def _accepts(f: dataclasses.Field, tp: Any) -> str:
     if rules.check is not None and rules.check.__doc__:
         parts.append(" ".join(rules.check.__doc__.split()))
     if rules.null_means_default:
-        parts.append("present with no value: its keys' defaults")
+        parts.append("present with no value (or `true`): its keys' defaults; `false`: off, as if absent")
     return "; ".join(parts)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import math
 from dataclasses import dataclass
 
 import yaml
@@ -109,6 +110,37 @@ def _intcomma(value) -> str:
     return f"{int(value):,}"
 
 
+THIN = "\u202f"  # narrow no-break space: groups thousands as people write them (1 944 040) and never breaks
+SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def readable_number(value, digits: int = 4) -> str:
+    """A number as people write it, never in exponent notation unless it is tiny: every digit of its whole part,
+    thousands grouped (1944040.0 -> "1 944 040", with narrow no-break spaces), a fraction to `digits`
+    significant digits without trailing zeros (0.81234 -> "0.8123", 12.0 -> "12"); below 1e-4 "3.2 × 10⁻⁷".
+    None and NaN are "–". `digits` ≥ 1."""
+    if value is None:
+        return "–"
+    value = float(value)
+    if math.isnan(value):
+        return "–"
+    if math.isinf(value):
+        return "∞" if value > 0 else "-∞"
+    if value == 0:
+        return "0"
+    if abs(value) < 1e-4:
+        mantissa, exponent = f"{value:.{max(digits - 1, 0)}e}".split("e")
+        mantissa = mantissa.rstrip("0").rstrip(".") if "." in mantissa else mantissa
+        return f"{mantissa} × 10{str(int(exponent)).translate(SUPERSCRIPT)}"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
+    text = f"{value:.{decimals}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    sign, text = ("-", text[1:]) if text.startswith("-") else ("", text)
+    whole, dot, fraction = text.partition(".")
+    return sign + f"{int(whole):,}".replace(",", THIN) + dot + fraction
+
+
 def _shape(value) -> str:
     return "×".join(str(v) for v in value) if value else "–"
 
@@ -135,6 +167,7 @@ def make_environment(images: _Images) -> Environment:
     env.filters["shape"] = _shape
     env.filters["pct"] = lambda v, digits=1: f"{100 * float(v):.{digits}f}%"
     env.filters["num"] = lambda v, digits=3: f"{float(v):.{digits}g}"
+    env.filters["number"] = readable_number  # a number as people write it (see there)
     env.filters["under_class"] = lambda fig: images.under_class(fig.under)
     env.filters["layer_class"] = lambda fig: images.layer_class(fig.png)
     env.filters["blank_src"] = lambda fig: images.blank_src(_size(fig))

@@ -10,7 +10,10 @@ SITE/
 A report's slug is its folder's name (made safe for a URL); adding a report whose folder has a name the site
 already lists replaces that entry and leaves the others as they are. Every link is relative, so the site works
 from file://, from a sub-path of GitHub Pages or S3, and offline. Nothing outside reports/, assets/, thumbs/,
-index.html and site.json is touched, and a folder that holds files but no site.json is refused.
+index.html and site.json is touched, and a folder that holds files but no site.json is refused. Inside reports/,
+only the folders site.json lists are the site's, and in them only its own files (a user's notes.txt stays; a
+folder site.json does not list is the user's, and a report of that name takes the next free slug). The site
+writes through no link, and copies no file that a report folder links from outside itself.
 
 What the site needs of a page, its report.json says (`page`: the folder of its pictures, and where its first
 input image is); a report built before report.json said so is listed without a thumbnail.
@@ -31,12 +34,15 @@ from markupsafe import escape
 from PIL import Image
 
 from .errors import ReportgenError
-from .write import ASSET_NAME, write_atomic
+from .owned import ASSET_NAME
+from .report_folder import JSON_LIMIT, PICTURE_PIXELS, number, plain_file, read_json, reading
+from .write import write_atomic
 
 RECORD = "site.json"
 THUMB = 160  # px, the longer side
 _NAME = re.compile(r"[A-Za-z0-9_-]+")  # an assets folder's name, a card's id
 _EMBEDDED = 'src="data:image/png;base64,'
+OWN_FILES = ("report.html", "index.html", "report.json", "images.jsonl")  # what the site puts in reports/<slug>/
 
 
 @dataclass(frozen=True)
@@ -56,9 +62,10 @@ class SiteEntry:
 class _Found:
     folder: Path
     page: Path
-    data: dict
+    html: str
+    listed: dict  # its fields of the index: title, model, created, images, metrics
     assets: str | None  # the folder of the page's pictures, None when they are embedded
-    first_input: dict | None  # its first input image: {"card": element id, "picture": file or None (embedded)}
+    thumb: bytes | None  # its first input image, small (PNG), or None
 
 
 def add_reports(folders: list[Path], site: Path) -> Path:
@@ -67,15 +74,39 @@ def add_reports(folders: list[Path], site: Path) -> Path:
     found = [_read(Path(folder)) for folder in folders]
     entries = _load_record(site)
     site.mkdir(parents=True, exist_ok=True)
-    taken: set[str] = set()
+    for sub in ("reports", "assets", "thumbs"):
+        _no_link(site / sub, site)
+    # a folder in reports/ that site.json does not list is the user's: a report of that name takes another slug
+    taken = {p.name for p in (site / "reports").iterdir()} - set(entries) if (site / "reports").is_dir() else set()
     for report in found:
         slug = _slug(report.folder.resolve().name, taken)
         taken.add(slug)
         entries[slug] = _copy(report, site, slug)
-    write_atomic(site / RECORD, json.dumps({"reports": [asdict(e) for e in entries.values()]}, indent=1).encode())
+    write_atomic(_no_link(site / RECORD, site),
+                 json.dumps({"reports": [asdict(e) for e in entries.values()]}, indent=1).encode())
     index = site / "index.html"
-    write_atomic(index, render_index(list(entries.values())).encode("utf-8"))
+    write_atomic(_no_link(index, site), render_index(list(entries.values())).encode("utf-8"))
     return index
+
+
+def _no_link(path: Path, site: Path) -> Path:
+    """`path`, when neither it nor a folder between it and `site` is a link: the site writes through none."""
+    for step in (path, *path.parents):
+        if step == site:
+            return path
+        if step.is_symlink():
+            raise ReportgenError(f"`{step}` is a link: `reportgen site` writes through no link. Remove it, or "
+                                 "choose another site folder with -o.")
+    return path
+
+
+def _inside(folder: Path, path: Path) -> Path:
+    """`path`, a file of a report folder, when it is no link to something outside that folder (a stranger's
+    folder may link its images.jsonl to /etc/passwd: the site copies no such file)."""
+    if path.is_symlink() and not path.resolve().is_relative_to(folder.resolve()):
+        raise ReportgenError(f"`{path}` is a link to a file outside its report folder: the site copies no such "
+                             "file. Replace the link with the file it points to.")
+    return path
 
 
 def _read(folder: Path) -> _Found:
@@ -86,13 +117,20 @@ def _read(folder: Path) -> _Found:
     if page is None or not (folder / "report.json").is_file():
         raise ReportgenError(f"`{folder}` holds no report (no report.json beside report.html or index.html): "
                              "give the folders `reportgen build` wrote.")
-    try:
-        data = json.loads((folder / "report.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ReportgenError(f"`{folder / 'report.json'}` cannot be read as JSON ({exc}).") from None
-    if not isinstance(data, dict) or "title" not in data:
-        raise ReportgenError(f"`{folder / 'report.json'}` is not a reportgen report.json (no title).")
-    return _Found(folder, page, data, *_page_record(data, folder / "report.json", page))
+    for name in (page.name, "report.json", "images.jsonl"):
+        _inside(folder, folder / name)
+    with reading(folder):  # a stranger's folder: what is not as a build writes it is one message
+        data = read_json(folder / "report.json")
+        if not isinstance(data.get("title"), str):
+            raise ReportgenError(f"`{folder / 'report.json'}` is not a reportgen report.json (no title).")
+        html = plain_file(page, JSON_LIMIT).read_bytes().decode("utf-8")
+        assets, first = _page_record(data, folder / "report.json", page)
+        inputs, model = data.get("inputs") or {}, data.get("model") or {}
+        listed = {"title": data["title"], "model": str(model.get("description", "")),
+                  "created": str(data.get("created", "")),
+                  "images": int(number(inputs.get("images", len(data.get("images") or [])), "`inputs.images`")),
+                  "metrics": {str(k): number(v, f"metric `{k}`") for k, v in (data.get("metrics") or {}).items()}}
+        return _Found(folder, page, html, listed, assets, _thumbnail(folder, first, html))
 
 
 def _page_record(data: dict, path: Path, page: Path) -> tuple[str | None, dict | None]:
@@ -147,34 +185,49 @@ def _slug(name: str, taken: set[str]) -> str:
 def _copy(report: _Found, site: Path, slug: str) -> SiteEntry:
     """The report's files into reports/<slug>/ (replacing an earlier copy), its pictures into the shared assets/,
     its thumbnail into thumbs/; returns its index entry."""
-    html = report.page.read_text(encoding="utf-8")
-    thumb = _thumbnail(report, html, site / "thumbs" / f"{slug}.png")
+    html, thumb = report.html, None
+    if report.thumb is not None:
+        (site / "thumbs").mkdir(exist_ok=True)
+        write_atomic(_no_link(site / "thumbs" / f"{slug}.png", site), report.thumb)
+        thumb = f"thumbs/{slug}.png"
     if report.assets is not None:  # pictures beside the page: stored once for the whole site
         (site / "assets").mkdir(exist_ok=True)
         for picture in sorted((report.folder / report.assets).glob("*.png")):
-            target = site / "assets" / picture.name  # named by content hash: the same name is the same picture
+            target = _no_link(site / "assets" / picture.name, site)  # named by content hash: same name, same picture
             if not target.exists():
-                shutil.copyfile(picture, target)
+                write_atomic(target, _inside(report.folder, picture).read_bytes())
         html = _relinked(html, report.assets)
-    staging = Path(tempfile.mkdtemp(prefix=f".{slug}-", dir=site))
-    try:
-        (staging / report.page.name).write_text(html, encoding="utf-8")
-        for name in ("report.json", "images.jsonl"):
-            if (report.folder / name).is_file():
-                shutil.copyfile(report.folder / name, staging / name)
-        target = site / "reports" / slug
-        target.parent.mkdir(exist_ok=True)
-        if target.exists():
-            shutil.rmtree(target)  # our own earlier copy (site.json lists it)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    data = report.data
-    return SiteEntry(slug=slug, title=str(data.get("title", slug)),
-                     model=str(data.get("model", {}).get("description", "")), created=str(data.get("created", "")),
-                     images=int(data.get("inputs", {}).get("images", len(data.get("images", [])))),
-                     metrics={k: float(v) for k, v in data.get("metrics", {}).items()},
-                     page=f"reports/{slug}/{report.page.name}", thumb=thumb, source=str(report.folder))
+    files = {report.page.name: html.encode("utf-8")}
+    for name in ("report.json", "images.jsonl"):
+        if (report.folder / name).is_file():
+            files[name] = (report.folder / name).read_bytes()
+    target = site / "reports" / slug
+    target.parent.mkdir(exist_ok=True)
+    if target.exists():  # our earlier copy (site.json lists it): our files replaced, a file the user put there kept
+        _no_link(target, site)
+        for name in OWN_FILES:
+            if name in files:
+                write_atomic(_no_link(target / name, site), files[name])
+            elif (target / name).is_file() or (target / name).is_symlink():
+                (target / name).unlink()
+    else:  # all at once: a reader sees the whole copy or none
+        staging = Path(tempfile.mkdtemp(prefix=f".{slug}-", dir=site))
+        try:
+            os.chmod(staging, _folder_mode())  # mkdtemp's 0700 would hide the report from a web server's user
+            for name, data in files.items():
+                (staging / name).write_bytes(data)
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return SiteEntry(slug=slug, **report.listed, page=f"reports/{slug}/{report.page.name}", thumb=thumb,
+                     source=str(report.folder))
+
+
+def _folder_mode() -> int:
+    """The mode the user's umask gives a new folder."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o777 & ~umask
 
 
 def _relinked(html: str, assets: str) -> str:
@@ -196,29 +249,35 @@ def _relinked(html: str, assets: str) -> str:
     return html.replace(str(escape(old)), str(escape(new)))  # the policy sits in an attribute, HTML-escaped
 
 
-def _thumbnail(report: _Found, html: str, target: Path) -> str | None:
-    """The report's first input image, at most THUMB px, as thumbs/<slug>.png; None when the page shows none
-    (or was built before report.json said where it is)."""
-    first = report.first_input
+def _thumbnail(folder: Path, first: dict | None, html: str) -> bytes | None:
+    """The report's first input image, at most THUMB px, as PNG bytes; None when the page shows none (or was
+    built before report.json said where it is)."""
     if first is None:
         return None
     if first["picture"] is not None:
-        data = (report.folder / first["picture"]).read_bytes()
+        data = plain_file(_inside(folder, folder / first["picture"]), JSON_LIMIT).read_bytes()
     else:  # embedded: the first picture in its card
         card = html.find(f'id="{first["card"]}"')
         at = html.find(_EMBEDDED, card) if card >= 0 else -1
         if at < 0:
             return None
         at += len(_EMBEDDED)
-        data = base64.b64decode(html[at:html.find('"', at)])
-    with Image.open(io.BytesIO(data)) as img:
+        data = base64.b64decode(html[at:html.find('"', at)], validate=True)
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        img = None
+    if img is None or img.width * img.height > PICTURE_PIXELS:
+        raise ReportgenError(f"`{folder}`: its first input picture has more pixels than a report's pictures have.")
+    with img:
+        if img.width * img.height > PICTURE_PIXELS:
+            raise ReportgenError(f"`{folder}`: its first input picture is {img.width} x {img.height} pixels, more "
+                                 "than a report's pictures are.")
         img = img.convert("RGB")
         img.thumbnail((THUMB, THUMB), Image.Resampling.LANCZOS)
-        target.parent.mkdir(exist_ok=True)
         buffer = io.BytesIO()
         img.save(buffer, format="PNG", optimize=True)
-    target.write_bytes(buffer.getvalue())
-    return f"thumbs/{target.name}"
+    return buffer.getvalue()
 
 
 def render_index(entries: list[SiteEntry]) -> str:

@@ -1,10 +1,8 @@
 """The only module (with the CLI) that touches the disk: atomic writes of the report's files.
 
-Ownership: a build records the files it wrote in `.reportgen-manifest.json` in the output folder (relative
-POSIX paths). A later build removes only files that manifest lists and it no longer writes, and it refuses
-to overwrite a file it would write that no manifest lists (the user's own `index.html`, say). A folder an
-older reportgen wrote (no manifest) is recognised by its report.json (`"versions": {"reportgen": ...}`):
-then report.html, index.html, report.json, arrays.npz and assets/<hash>.png count as reportgen's.
+Ownership (`owned`): a build records the files it wrote in `.reportgen-manifest.json` in the output folder. A
+later build removes only files that manifest lists and it no longer writes, and it refuses to overwrite a file
+it would write that no manifest lists (the user's own `index.html`, say).
 """
 from __future__ import annotations
 
@@ -15,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 import zipfile
@@ -23,16 +22,47 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ReportgenError
+from .errors import WriteError
+from .owned import MANIFEST, check_out_dir, owned_files, planned_files, safe_relative, same_bytes
 
-MANIFEST = ".reportgen-manifest.json"
-ASSET_NAME = re.compile(r"^[0-9a-f]{20}\.png$")  # render.py names assets by content hash
-LEGACY_NAMES = ("report.html", "index.html", "report.json", "arrays.npz")  # before manifests existed
+
+
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+_TEMPORARY = re.compile(r"^\..+\.(\d+)@([A-Za-z0-9-]+)\.[^.]*\.tmp$")  # ._name_.<pid>@<host>.<random>.tmp
+
+
+def _temp_prefix(name: str) -> str:
+    """The start of a temporary file's name: the file it becomes, and the process writing it (so that a later
+    build can tell one a killed build left from one a running build is writing)."""
+    return f".{name}.{os.getpid()}@{_HOST}."
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Remove the temporary files of builds that were killed before they could (SIGKILL, a power cut): ours
+    by their name, written on this host by a process that is gone. A running build's are left alone."""
+    for where in (folder, folder / "assets"):
+        if not where.is_dir() or where.is_symlink():
+            continue
+        for path in where.iterdir():
+            found = _TEMPORARY.match(path.name)
+            if found and found[2] == _HOST and not _alive(int(found[1])) and path.is_file() \
+                    and not path.is_symlink():
+                _unlink(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def _write_temp(path: Path, data: bytes) -> str:
     """Write `data` to a temporary file beside `path`; return its name (removed again on error)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -50,6 +80,26 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(_write_temp(path, data), path)
 
 
+def write_npz(path: Path, arrays: Iterable[tuple[str, np.ndarray]]) -> None:
+    """An npz of (key, array) pairs (float32, deflated) written one entry at a time under a temporary name and
+    renamed into place, as `write_atomic` does: never all arrays in memory, never half a file, a link at `path`
+    replaced rather than written through."""
+    tmp = _temp_zip(path.parent, path.name)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as target:
+            for key, value in arrays:
+                _add_array(target, key, value)
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+def _add_array(target: zipfile.ZipFile, key: str, value: np.ndarray) -> None:
+    with target.open(f"{key}.npy", "w", force_zip64=True) as member:
+        np.lib.format.write_array(member, np.asarray(value, dtype=np.float32), allow_pickle=False)
+
+
 class ArraysWriter:
     """`arrays.npz` written entry by entry as a build produces them (one `.npy` member per key, deflated,
     as `np.savez_compressed` writes them), into a temporary file in the output folder: the build never holds
@@ -64,7 +114,8 @@ class ArraysWriter:
         out_dir = Path(out_dir)
         self.made = [d for d in (out_dir, *out_dir.parents) if not d.exists()]
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.path = _temp_zip(out_dir, ".arrays.npz." if shard is None else f".arrays.npz.rank{shard}.")
+        remove_stale_temporaries(out_dir)
+        self.path = _temp_zip(out_dir, "arrays.npz" if shard is None else f"arrays.npz.rank{shard}")
         self._zip: zipfile.ZipFile | None = zipfile.ZipFile(self.path, "w", compression=zipfile.ZIP_DEFLATED,
                                                              allowZip64=True)
         self.keys: dict[str, None] = {}  # written so far, in order
@@ -75,8 +126,11 @@ class ArraysWriter:
         for key, value in arrays.items():
             if key in self.keys:
                 raise ValueError(f"arrays.npz: the key {key!r} is written twice")
-            with self._zip.open(f"{key}.npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.asarray(value, dtype=np.float32), allow_pickle=False)
+            try:
+                _add_array(self._zip, key, value)
+            except OSError as exc:  # a full disk: the build stops (a stage did nothing wrong)
+                raise WriteError(f"`output.save_arrays`: writing arrays.npz in {Path(self.path).parent} failed "
+                                 f"({exc.strerror or exc}); the previous report, if any, is unchanged.") from None
             self.keys[key] = None
 
     def drop(self, keys: Iterable[str]) -> None:
@@ -92,7 +146,7 @@ class ArraysWriter:
         return self.path
 
     def _rewrite(self, keep: Iterable[str]) -> None:
-        tmp = _temp_zip(Path(self.path).parent, ".arrays.npz.")
+        tmp = _temp_zip(Path(self.path).parent, "arrays.npz")
         try:
             with zipfile.ZipFile(self.path) as source, \
                     zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as target:
@@ -144,10 +198,10 @@ class ArraysWriter:
             self.discard()
 
 
-def _temp_zip(folder: Path, prefix: str) -> str:
+def _temp_zip(folder: Path, name: str) -> str:
     """An empty temporary file for an arrays.npz in `folder`, readable as the report's other files are
     (mkstemp makes it 0600)."""
-    fd, path = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".tmp")
+    fd, path = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(name), suffix=".tmp")
     os.close(fd)
     os.chmod(path, 0o644)
     return path
@@ -157,78 +211,6 @@ def _copy_member(source: zipfile.ZipFile, target: zipfile.ZipFile, name: str) ->
     """One member of an open zip copied into another (decompressed and compressed again, as zipfile can)."""
     with source.open(name) as src, target.open(name, "w", force_zip64=True) as dst:
         shutil.copyfileobj(src, dst)
-
-
-def owned_files(out_dir: Path) -> set[str]:
-    """The relative paths (POSIX) in `out_dir` that an earlier build wrote: its manifest's list, or, for a
-    folder an older reportgen wrote without a manifest, reportgen's file names beside a report.json of ours."""
-    manifest = out_dir / MANIFEST
-    if manifest.is_file():
-        try:
-            data = json.loads(manifest.read_text(encoding="utf-8"))
-            files = data["files"]
-            if isinstance(files, list) and all(isinstance(f, str) for f in files):
-                return {f for f in files if _safe_relative(f)}
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        return set()  # unreadable: nothing counts as ours (we never delete on a guess)
-    try:
-        legacy = json.loads((out_dir / "report.json").read_text(encoding="utf-8"))
-        ours = isinstance(legacy, dict) and isinstance(legacy.get("versions"), dict) \
-            and "reportgen" in legacy["versions"]
-    except (OSError, ValueError):
-        ours = False
-    if not ours:
-        return set()
-    names = {name for name in LEGACY_NAMES if (out_dir / name).is_file()}
-    assets = out_dir / "assets"
-    if assets.is_dir():
-        names |= {f"assets/{p.name}" for p in assets.iterdir() if ASSET_NAME.match(p.name) and p.is_file()}
-    return names
-
-
-def _safe_relative(name: str) -> bool:
-    """A manifest entry names a file inside the output folder (a tampered manifest deletes nothing outside)."""
-    parts = Path(name).parts
-    return bool(parts) and not Path(name).is_absolute() and ".." not in parts and "\\" not in name
-
-
-def planned_files(*, self_contained: bool, save_arrays: bool, records: bool = True) -> list[str]:
-    """The fixed file names a build writes (assets, named by content, come on top in static-site mode)."""
-    names = ["report.json", "report.html" if self_contained else "index.html"]
-    return names + (["images.jsonl"] if records else []) + (["arrays.npz"] if save_arrays else [])
-
-
-def check_out_dir(out_dir: Path, names, owned: set[str] | None = None, assets: dict[str, bytes] | None = None,
-                  key: str = "output.dir") -> None:
-    """Refuse (ReportgenError) to write into `out_dir` when a file the build would write there exists and no
-    earlier build of reportgen wrote it. Cheap: call it before the analysis runs (nothing is written)."""
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        return
-    if owned is None:
-        owned = owned_files(out_dir)
-    for name in names:
-        path = out_dir / name
-        if name not in owned and (path.exists() or path.is_symlink()):
-            raise ReportgenError(
-                f"`{key}`: {path} exists and reportgen did not write it; a build never overwrites your files. "
-                f"Choose another folder with `-o DIR` (or `{key}`), or remove {name}.")
-    for name, data in (assets or {}).items():
-        rel = f"assets/{name}"
-        path = out_dir / rel
-        if rel not in owned and (path.exists() or path.is_symlink()) and not _same_bytes(path, data):
-            raise ReportgenError(
-                f"`{key}`: {path} exists and reportgen did not write it; a build never overwrites your files. "
-                f"Choose another folder with `-o DIR` (or `{key}`), or remove {rel}.")
-
-
-def _same_bytes(path: Path, data: bytes) -> bool:
-    try:
-        return path.is_file() and not path.is_symlink() and path.stat().st_size == len(data) \
-            and path.read_bytes() == data
-    except OSError:
-        return False
 
 
 def write_report(out_dir: Path, *, html: str, report_json: dict,
@@ -246,6 +228,8 @@ def write_report(out_dir: Path, *, html: str, report_json: dict,
     is rewritten."""
     out_dir = Path(out_dir)
     owned = owned_files(out_dir)
+    if out_dir.is_dir():
+        remove_stale_temporaries(out_dir)
     names = planned_files(self_contained=self_contained, save_arrays=arrays is not None, records=records is not None)
     check_out_dir(out_dir, names, owned, assets)
     made = [d for d in (out_dir, *out_dir.parents) if not d.exists()]  # removed again if the write fails
@@ -279,7 +263,7 @@ def _write_report(out_dir: Path, owned: set[str], *, html, report_json, arrays, 
     if assets:
         (out_dir / "assets").mkdir(exist_ok=True)
     # names are content hashes: a file already there with these bytes is already the same file
-    new_assets = [name for name, data in assets.items() if not _same_bytes(out_dir / "assets" / name, data)]
+    new_assets = [name for name, data in assets.items() if not same_bytes(out_dir / "assets" / name, data)]
     files += [(f"assets/{name}", assets[name]) for name in new_assets]
     html_name = "report.html" if self_contained else "index.html"
     html_bytes = html.encode("utf-8")
@@ -303,7 +287,7 @@ def _write_report(out_dir: Path, owned: set[str], *, html, report_json, arrays, 
             _unlink(tmp)
         raise
     _commit(pending)
-    with _interrupts_deferred():  # the new report is in place: tidying up is not interrupted
+    with _interrupts_deferred(then=False):  # the new report is in place: tidying up is not interrupted
         _remove_stale(out_dir, owned - written)
         write_atomic(out_dir / MANIFEST, _manifest(written))
     size = len(html_bytes) + sum(len(data) for data in assets.values())  # what a reader downloads
@@ -318,18 +302,30 @@ def _manifest(files: set[str]) -> bytes:
 
 
 def _commit(pending: list[tuple[str, Path]]) -> None:
-    """Rename every temporary file into place, or (on any error or interrupt) none: the files replaced so
-    far are put back from hard-linked (or copied) backups and the new ones removed."""
+    """Rename every temporary file into place, or (on an error) none: the files replaced so far are put back
+    from hard-linked (or copied) backups and the new ones removed. Ctrl-C and SIGTERM are held off from the
+    first rename to the last (a few system calls), so that no interrupt falls between a rename and its record:
+    a signal may stop the build before the switch, never in the middle of it."""
     backups: dict[Path, str | None] = {}
-    done: list[Path] = []
     try:
         for _, path in pending:
             backups[path] = _backup(path)
-        for tmp, path in pending:
-            os.replace(tmp, path)
-            done.append(path)
     except BaseException:
-        with _interrupts_deferred():
+        for backup in backups.values():
+            if backup is not None:
+                _unlink(backup)
+        raise
+    interrupted = None
+    with _interrupts_deferred(then=False) as caught:
+        done: list[Path] = []
+        try:
+            for tmp, path in pending:
+                os.replace(tmp, path)
+                done.append(path)
+            if caught:  # a signal came during the switch: undone as a whole, then the signal takes effect
+                interrupted = caught[0]
+                raise KeyboardInterrupt
+        except BaseException:
             for path in reversed(done):
                 backup = backups.get(path)
                 if backup is not None:
@@ -340,20 +336,22 @@ def _commit(pending: list[tuple[str, Path]]) -> None:
             for tmp, path in pending:
                 if path not in done:
                     _unlink(tmp)
+            if interrupted is None:
+                raise
+        finally:
             for backup in backups.values():
                 if backup is not None:
                     _unlink(backup)
-        raise
-    for backup in backups.values():
-        if backup is not None:
-            _unlink(backup)
+    if interrupted is not None:
+        signal.raise_signal(interrupted)  # with the handler the build had: KeyboardInterrupt, or the CLI's SIGTERM
+        raise KeyboardInterrupt  # a handler that ignores it: the report is still not written
 
 
 def _backup(path: Path) -> str | None:
     """A second name for the file now at `path` (None when there is none), to put it back if need be."""
     if not path.is_file() or path.is_symlink():
         return None
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=".tmp")
     os.close(fd)
     try:
         os.unlink(tmp)
@@ -373,28 +371,35 @@ def _unlink(path) -> None:
 
 
 @contextlib.contextmanager
-def _interrupts_deferred():
-    """Ignore Ctrl-C (SIGINT) for the few file operations that must not stop half-way: putting the previous
-    report back, and tidying up once the new one is in place (the build is done; it says so)."""
+def _interrupts_deferred(*, then: bool = True):
+    """Hold off Ctrl-C (SIGINT) and SIGTERM for the few file operations that must not stop half-way: the
+    renames that switch the report (and putting the previous one back), or tidying up once the new one is in
+    place. Yields the list of signals that came meanwhile; they take effect when the block ends (`then`), or
+    are the caller's to act on."""
+    caught: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield  # signals reach the main thread only
+        yield caught  # signals reach the main thread only
         return
+    previous = {}
     try:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for number in (signal.SIGINT, signal.SIGTERM):
+            previous[number] = signal.signal(number, lambda signum, frame: caught.append(signum))
     except (ValueError, OSError):
-        yield
-        return
+        pass
     try:
-        yield
+        yield caught
     finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+        for number, handler in previous.items():
+            signal.signal(number, handler if handler is not None else signal.SIG_DFL)
+        for number in caught[:1] if then else ():
+            signal.raise_signal(number)  # now, with the handler the build had
 
 
 def _remove_stale(out_dir: Path, stale: set[str]) -> None:
     """Remove what the previous build wrote and this one did not (the other output mode's HTML, an old
     arrays.npz, assets the page no longer uses). Only files a manifest lists: never a file of the user's."""
     for name in sorted(stale):
-        if not _safe_relative(name):
+        if not safe_relative(name):
             continue
         path = out_dir / name
         if path.is_file() and not path.is_symlink():
@@ -402,23 +407,3 @@ def _remove_stale(out_dir: Path, stale: set[str]) -> None:
     assets = out_dir / "assets"
     if assets.is_dir() and not any(assets.iterdir()):
         assets.rmdir()
-
-
-def check_output_dir(out_dir: Path, key: str = "output.dir") -> None:
-    """The output folder must be creatable and writable; checked before anything runs, by writing (and
-    removing) a temporary file in the folder or its nearest existing parent: nothing is left behind."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ReportgenError(f"`{key}`: {out_dir} exists and is not a folder.")
-    probe = out_dir
-    while not probe.exists():
-        probe = probe.parent
-    problem = None if probe.is_dir() else "not a folder"
-    if problem is None:
-        try:
-            with tempfile.TemporaryFile(dir=probe):
-                pass
-        except OSError as exc:
-            problem = exc.strerror or str(exc)
-    if problem:
-        raise ReportgenError(f"`{key}`: cannot write to {out_dir} ({probe}: {problem}). "
-                             "Choose another folder with `-o DIR` or `output.dir`.")

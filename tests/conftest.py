@@ -54,6 +54,11 @@ def make_image(path: Path, size=(40, 32), seed=0, mode="RGB") -> Path:
 @pytest.fixture
 def project(tmp_path: Path):
     """A folder with tinynet.py, two images and a `write(config_dict)` helper returning the YAML path."""
+    return make_project(tmp_path)
+
+
+def make_project(tmp_path: Path):
+    """`project`'s folder in `tmp_path` (for a fixture of a wider scope)."""
     (tmp_path / "tinynet.py").write_text(TINYNET)
     (tmp_path / "images").mkdir()
     make_image(tmp_path / "images" / "a.png", seed=1)

@@ -103,10 +103,21 @@ def test_config_as_path_dict_or_config_with_overrides_and_the_headline_metrics(p
     ([np.zeros((8, 8, 3), np.int64)], "images[0]: int64 pixels of shape [8, 8, 3]"),
     ([torch.full((3, 8, 8), 2.0)], "images[0]: float pixels must lie in [0, 1]"),
     ([], "`images` is empty"),
+    ([np.zeros((0, 0, 3), np.uint8)], "images[0] is 0 × 0 pixels"),
 ])
 def test_bad_images_are_refused_with_the_clis_kind_of_message(project, images, message):
     with pytest.raises(ReportgenError, match=message.replace("[", r"\[").replace("]", r"\]")):
         reportgen.build(project.write(), images=images)
+    assert not (project.root / "out").exists()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (42, "overrides is a int: give a dict"),
+    ({"title": object()}, "overrides['title'] is a object, which a config cannot hold"),
+])
+def test_overrides_a_config_cannot_hold_are_one_message(project, overrides, message):
+    with pytest.raises(ReportgenError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        reportgen.build(project.write(), overrides=overrides)
     assert not (project.root / "out").exists()
 
 
@@ -117,3 +128,32 @@ def test_source_python_needs_a_model_given_in_python(project):
     assert done.exit_code == 2 and "`model.source: python` is the model given in Python" in done.output
     with pytest.raises(ReportgenError, match="got a str, not a torch.nn.Module"):
         reportgen.build(project.write(), model="resnet18")
+
+
+def test_an_override_of_false_switches_a_stage_off_and_none_runs_it_with_defaults(project):
+    config = project.base()
+    config["analyses"] |= {"kernels": {"max_filters": 2}}
+    path = project.write(config)
+    off = reportgen.build(path, overrides={"analyses.kernels": False})
+    assert "kernels" not in off.data and off.config.analyses.enabled() == ["summary"]
+    on = reportgen.build(path, overrides={"analyses.feature_maps": None})
+    assert "feature_maps" in on.data and on.config.analyses.enabled() == ["summary", "kernels", "feature_maps"]
+
+
+def test_imagenet_labels_that_do_not_fit_warn_when_left_at_the_default_and_raise_when_a_dict_asks_for_them(
+        project, monkeypatch):
+    from reportgen.errors import ConfigWarning
+
+    config = project.base()
+    config["model"]["kwargs"] = {"num_classes": 10}
+    del config["model"]["labels"]
+    path = project.write(config)
+    with pytest.warns(ConfigWarning, match="`model.labels` is left at `imagenet`"):
+        reportgen.build(path)
+    with pytest.raises(ReportgenError, match="`model.labels`.*`imagenet` gives 1000 labels, but the model has 10"):
+        reportgen.build(path, overrides={"model.labels": "imagenet"})
+    monkeypatch.chdir(project.root)  # a dict's paths resolve against the current folder
+    with pytest.raises(ReportgenError, match="`imagenet` gives 1000 labels"):  # a dict that names them
+        reportgen.build(config | {"model": config["model"] | {"labels": "imagenet"}})
+    with pytest.warns(ConfigWarning, match="is left at `imagenet`"):  # a dict that leaves them out
+        reportgen.build(config)

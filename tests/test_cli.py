@@ -412,3 +412,77 @@ def test_layers_of_a_file_that_is_no_torchscript_model_is_exit_2_naming_what_it_
         result = CliRunner().invoke(main, ["layers", target])
         assert result.exit_code == 2 and "Traceback" not in result.output, (target, result.output)
         assert result.stderr.startswith(f"error: {says}"), (target, result.stderr)
+
+
+def test_set_false_switches_a_stage_off_and_an_empty_value_runs_it(project):
+    config = project.base()
+    config["analyses"] |= {"kernels": {}}
+    path = project.write(config)
+    assert run("build", path, "--set", "analyses.kernels=false", "-q").exit_code == 0
+    data = json.loads((project.root / "out" / "report.json").read_text())
+    assert "summary" in data and "kernels" not in data
+    assert run("build", path, "--set", "analyses.kernels=false", "--set", "analyses.kernels=", "-q").exit_code == 0
+    assert "kernels" in json.loads((project.root / "out" / "report.json").read_text())
+
+
+GRAYNET = '''
+import torch
+from torch import nn
+
+def build(num_classes=10):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, num_classes))
+'''
+
+
+def _graynet(project, **model) -> dict:
+    """A 1-channel, 10-class model in the project (like one trained on MNIST or scikit-learn's digits)."""
+    (project.root / "graynet.py").write_text(GRAYNET)
+    config = project.base()
+    config["model"] |= {"factory": "graynet:build", "kwargs": {}, "input_size": [1, 16, 16], **model}
+    return config
+
+
+def test_imagenet_normalisation_on_a_1_channel_model_says_what_is_wrong_and_the_way_out(project):
+    result = CliRunner().invoke(main, ["build", str(project.write(_graynet(project))), "-q",
+                                       "--set", "inputs.preprocess.normalize=imagenet"])
+    assert result.exit_code == 2, result.output
+    message = result.stderr
+    assert "1 or 1" not in message and "Traceback" not in message
+    assert "the model takes 1-channel images" in message and "ImageNet's, 3 values each" in message
+    assert "1 value each" in message and "`normalize: none`" in message
+    assert not (project.root / "out").exists()
+
+
+def test_imagenet_labels_on_a_10_class_model_warn_once_when_left_at_the_default_and_are_exit_2_when_asked_for(project):
+    config = _graynet(project)
+    del config["model"]["labels"]  # left at its default, imagenet
+    left = CliRunner().invoke(main, ["build", str(project.write(config))])
+    assert left.exit_code == 0, left.output
+    assert left.stderr.count("warning: `model.labels` is left at `imagenet`") == 1
+    assert "classes are shown as `class 0` to `class 9`" in left.stderr
+    data = json.loads((project.root / "out" / "report.json").read_text())
+    top = data["images"][0]["top_k"]
+    assert [p["label"] for p in top] == [f"class {p['index']}" for p in top]
+    config["model"]["labels"] = "imagenet"
+    for args in ([], ["--set", "model.labels=imagenet"]):
+        asked = CliRunner().invoke(main, ["validate", str(project.write(config if not args else _graynet(project))),
+                                          *args])
+        assert asked.exit_code == 2 and "Traceback" not in asked.output
+        assert "`model.labels` (" in asked.stderr  # where it is written
+        assert "`imagenet` gives 1000 labels, but the model has 10 outputs" in asked.stderr
+
+
+def test_an_image_folder_whose_file_names_repeat_across_classes_names_them_class_slash_file(project):
+    for cls in ("circle", "square"):
+        (project.root / "set" / cls).mkdir(parents=True)
+        for i in range(2):
+            make_image(project.root / "set" / cls / f"{i}.png", seed=i)
+    make_image(project.root / "set" / "square" / "only.png", seed=5)
+    config = project.base()
+    config["model"] |= {"labels": None, "kwargs": {"num_classes": 2}}
+    config["inputs"]["images"] = ["set"]
+    assert run("build", project.write(config), "-q").exit_code == 0
+    records = [json.loads(line) for line in (project.root / "out" / "images.jsonl").read_text().splitlines()]
+    assert [r["name"] for r in records] == ["circle/0", "circle/1", "square/0", "square/1", "only"]

@@ -43,7 +43,9 @@ def test_an_mlflow_sqlite_store_holds_the_artifacts_and_metrics_after_the_comman
     run_id = client.create_run(experiment).info.run_id
     config = project.base() | {"analyses": {"summary": {}, "cam": {"methods": ["gradcam"]}}}
     config["output"] |= {"attach": {"mlflow": {"run_id": run_id}}}
-    _build(project, config, {"MLFLOW_TRACKING_URI": uri, "MLFLOW_ENABLE_ASYNC_LOGGING": str(asynchronous).lower()})
+    done = _build(project, config, {"MLFLOW_TRACKING_URI": uri,
+                                    "MLFLOW_ENABLE_ASYNC_LOGGING": str(asynchronous).lower()})
+    assert "INFO" not in done.stderr, done.stderr  # MLflow's own lines are shown with -v only
     out = project.root / "out"
     assert sorted(a.path for a in client.list_artifacts(run_id)) == ["images.jsonl", "report.html", "report.json"]
     page = client.download_artifacts(run_id, "report.html", str(tmp_path / "down"))
@@ -83,3 +85,20 @@ def test_a_wandb_offline_run_is_complete_after_the_command(project, tmp_path):
     page = folder / "files" / logged["report/path"]
     assert page.read_text() == (project.root / "out" / "report.html").read_text()
     assert "exit" in kinds, kinds  # the run was finished
+
+
+@pytest.mark.parametrize("command", ["validate", "build"])
+def test_without_a_tracking_store_nothing_is_made_and_mlflow_says_nothing(project, tmp_path_factory, command):
+    """No MLFLOW_TRACKING_URI and no ./mlflow.db: the run cannot exist. Asking MLflow would make the default
+    store (a 954 kB mlflow.db in the current folder) and print its INFO lines; the build is refused first."""
+    config = project.base()
+    config["output"] |= {"attach": {"mlflow": {"run_id": "0123abc"}}}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
+    here = tmp_path_factory.mktemp("cwd")
+    done = subprocess.run([sys.executable, "-m", "reportgen", command, str(project.write(config))],
+                          cwd=here, capture_output=True, text=True, timeout=300,
+                          env={**env, "PYTHONPATH": str(ROOT), "MLFLOW_DISABLE_TELEMETRY": "true"})
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.startswith("error: `output.attach.mlflow.run_id`") and "no tracking store" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert list(here.iterdir()) == [] and not (project.root / "mlflow.db").exists()

@@ -89,3 +89,26 @@ def test_config_module_does_not_import_torch():
     code = "import sys, reportgen.config, reportgen.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_false_switches_a_stage_off_from_yaml_set_and_null_or_empty_runs_it_with_defaults():
+    yaml_off = parse(STARTER.replace("kernels: {}", "kernels: false"))
+    assert yaml_off.analyses.kernels is None and "kernels" not in yaml_off.analyses.enabled()
+    assert parse(STARTER, overrides=["analyses.cam=false"]).analyses.cam is None
+    assert parse(STARTER, overrides=["analyses.cam=off"]).analyses.cam is None  # YAML 1.1's spellings of false
+    for on in ("analyses.evaluation=", "analyses.evaluation=null", "analyses.evaluation=true"):
+        config = parse(STARTER, overrides=[on])
+        assert config.analyses.evaluation == type(config.analyses.evaluation)(), on  # on, with its defaults
+    with pytest.raises(ConfigError, match=r"`analyses.kernels` \(from --set\): expected a mapping"):
+        parse(STARTER, overrides=["analyses.kernels=nope"])  # only YAML's false switches off; a typo is not silent
+
+
+def test_the_starter_runs_no_method_that_costs_many_passes_an_image():
+    from reportgen.registry import METHODS
+
+    analyses = parse(STARTER).analyses
+    methods = analyses.cam.methods + analyses.gradients.methods
+    # a masked forward per channel (Score-CAM: 512 an image on resnet18) or `steps` passes (integrated gradients)
+    costly = [m for m in methods if METHODS[m].needs & {"masked_forwards", "own_passes"}]
+    assert len(methods) >= 3 and costly == []
+    assert "# scorecam" in STARTER and "# integrated_gradients" in STARTER  # named, with their cost, in comments

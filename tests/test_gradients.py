@@ -22,7 +22,7 @@ from torch import nn
 from reportgen.cli import main
 from reportgen.config import Config, GradientsConfig, TargetSpec
 from reportgen.engine import forward_backward
-from reportgen.errors import ReportgenError
+from reportgen.errors import ReportgenError, merge_warnings
 from reportgen.figures import gradients as gfig
 from reportgen.hooks import count_hooks, relu_backward_rule
 from tests.helpers import make_context
@@ -182,10 +182,12 @@ def test_integrated_gradients_completeness():
         logits = model(x)
         expected = (logits - model(torch.zeros_like(x)))[torch.arange(2), targets].double().numpy()
     np.testing.assert_allclose(c.delta[:, 0], expected, rtol=1e-5)
-    # too few steps: a large gap and a warning that says what to do, for exactly the images over 5%
+    # too few steps: a large gap and a warning that says what to do, for exactly the images over 5%, given once
     coarse = G.run(ctx, GradientsConfig(methods=("integrated_gradients",), steps=1))
-    over = int((coarse.completeness.gap > G.GAP_WARNING).sum())
-    assert over >= 1 and len(coarse.warnings) == over and all("`steps`" in w for w in coarse.warnings)
+    over = [name for name, gap in zip(coarse.images, coarse.completeness.gap[:, 0]) if gap > G.GAP_WARNING]
+    assert len(over) >= 1 and [w.image.split(":")[0] for w in coarse.warnings] == over
+    (merged,) = merge_warnings(coarse.warnings)
+    assert f"for {len(over)} image" in merged and merged.endswith("raise `steps` (now 1).")
     section = gfig.plot(coarse, ctx)
     assert [row["ok"] for row in section["completeness"]] == [g <= 0.05 for g in coarse.completeness.gap[:, 0]]
 
@@ -467,9 +469,12 @@ def test_guided_gradcam_without_a_spatial_layer():
     G.check(ctx.info, GradientsConfig(methods=("saliency", "guided_backprop")))  # those need no layer
 
 
-@pytest.mark.parametrize("baseline, message", [("wrong.npy", r"shape \[3, 8, 8\]"), ("zeroo", "Did you mean `zero`")])
+@pytest.mark.parametrize("baseline, message", [("wrong.npy", r"shape \[3, 8, 8\]"), ("zeroo", "Did you mean `zero`"),
+                                               ("x.npz", "several arrays"), ("big.npy", "larger than one array")])
 def test_validate_exits_2_for_a_bad_baseline(project, baseline, message):
     np.save(project.root / "wrong.npy", np.zeros((3, 8, 8), dtype=np.float32))
+    np.savez(project.root / "x.npz", a=np.zeros((3, 16, 16), dtype=np.float32))
+    np.save(project.root / "big.npy", np.zeros((3, 160, 160), dtype=np.float32))
     config = project.base()
     config["analyses"]["gradients"] = {"methods": ["ig"], "baseline": baseline}
     result = CliRunner().invoke(main, ["validate", str(project.write(config))])

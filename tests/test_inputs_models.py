@@ -148,7 +148,8 @@ def test_find_images_folders_globs_and_unique_names(tmp_path):
     (tmp_path / "a" / "notes.txt").write_text("not an image")
     found = [entry.path for entry in find_entries((str(tmp_path / "a"), str(tmp_path / "*" / "x.png")))]
     assert [p.relative_to(tmp_path).as_posix() for p in found] == ["a/x.png", "a/y.jpg", "b/x.png"]
-    assert unique_names(found) == ["x", "y", "x_2"]
+    assert unique_names(found) == ["a/x", "y", "b/x"]  # a stem in two folders: each says its folder
+    assert unique_names([tmp_path / "x.png", tmp_path / "x.jpg", tmp_path / "x_2.png"]) == ["x", "x_2", "x_2_2"]
 
 
 def test_checkpoint_wrappers_and_dataparallel_prefix(tmp_path):

@@ -1,5 +1,6 @@
 """Progress bars: off by default (the Python API prints nothing), tqdm on stderr when the CLI turns them on."""
 import dataclasses
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -79,3 +80,14 @@ def test_build_turns_bars_on_only_for_a_terminal_and_not_under_quiet(project, mo
     if quiet:
         assert result.stderr == ""
     assert progress.enabled() is False  # off again after the command
+
+
+def test_the_progress_lines_count_one_image_in_the_singular(project):
+    one = str(project.root / "images" / "a.png")
+    result = CliRunner().invoke(main, ["build", str(project.write()), "-v", "--set", f"inputs.images=[{one}]",
+                                       "--set", "analyses.feature_maps={}"])
+    assert result.exit_code == 0, result.output
+    assert "stage feature_maps: 1 image in 1 batch\n" in result.stderr, result.stderr
+    assert "for 1 image\n" in result.stderr  # the feature maps' detail line
+    assert not re.search(r"\b1 (images|batches|layers)\b", result.stderr)
+    assert progress.plural(2, "batch", "batches") == "2 batches" and progress.plural(0, "image") == "0 images"

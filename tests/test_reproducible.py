@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from reportgen.cli import main
@@ -42,8 +43,10 @@ def test_two_builds_under_source_date_epoch_are_byte_identical(project, monkeypa
     assert "Compute time per step" in timed and ">Seconds<" in timed
 
 
-def test_a_source_date_epoch_that_is_not_a_number_is_refused(project, monkeypatch):
-    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+@pytest.mark.parametrize("value", ["yesterday", "253402300800", "99999999999999999999"])
+def test_a_source_date_epoch_that_is_not_a_date_is_refused_before_any_work(project, monkeypatch, value):
+    """Past the year 9999 the date cannot be written: refused at once, not after every stage has run."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", value)
     done = CliRunner().invoke(main, ["build", str(project.write()), "-q"])
-    assert done.exit_code == 2 and "SOURCE_DATE_EPOCH is `yesterday`" in done.output
+    assert done.exit_code == 2 and f"SOURCE_DATE_EPOCH is `{value}`" in done.output, done.output
     assert "Traceback" not in done.output and not (project.root / "out").exists()

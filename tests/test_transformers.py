@@ -379,9 +379,9 @@ def test_max_channels_caps_the_masked_forwards_and_says_so() -> None:
     assert 2 * 2 <= seen.count(1) <= 2 * 2 + 1  # Ablation-CAM: per image two batches of 8 (+ a broadcast check)
     assert any("only the 16 channels of highest mean activation" in note for note in result.notes)
     assert all(np.isfinite(m).all() for m in result.maps.values())
-    suggested = C._masked_channels_notes(CamConfig(methods=("scorecam",)), {"blocks.11.norm1": (192, 4, 4)}, 8)
-    assert len(suggested) == 1 and "`analyses.cam.max_channels`" in suggested[0]
-    assert not C._masked_channels_notes(CamConfig(methods=("gradcam",)), {"blocks.11.norm1": (192, 4, 4)}, 8)
+    suggested = C.masked_forwards_notes(CamConfig(methods=("scorecam",)), {"blocks.11.norm1": (192, 4, 4)}, 8)
+    assert len(suggested) == 1 and "`analyses.cam.max_channels` (say 64)" in suggested[0]
+    assert not C.masked_forwards_notes(CamConfig(methods=("gradcam",)), {"blocks.11.norm1": (192, 4, 4)}, 8)
 
 
 # ---------------------------------------------------------------------------- sources, checkpoints, bad input

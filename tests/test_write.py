@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -102,19 +103,36 @@ def test_a_rebuild_removes_only_what_the_previous_build_wrote(tmp_path):
     assert json.loads((out / write.MANIFEST).read_text())["files"] == ["report.html", "report.json"]
 
 
-def test_a_folder_an_older_reportgen_wrote_is_recognised_by_its_report_json(tmp_path):
-    """No manifest: report.json with versions.reportgen makes reportgen's file names (and hash-named assets)
-    count as ours; anything else stays."""
+def test_a_folder_an_older_reportgen_wrote_is_recognised_by_each_file_it_wrote(tmp_path):
+    """No manifest: a report.json with versions.reportgen, a page with reportgen's generator tag and an asset
+    named by its own hash count as ours; a user's index.html beside them, an arrays.npz and an asset whose name
+    is not its hash stay."""
+    import hashlib
+
     (tmp_path / "assets").mkdir()
+    hashed = hashlib.sha256(b"old asset").hexdigest()[:20] + ".png"
     old = {"report.json": json.dumps({"title": "old", "versions": {"reportgen": "0.0.9"}}).encode(),
-           "index.html": b"old page", "arrays.npz": b"old arrays", f"assets/{asset(7)}": b"old asset",
-           "assets/notes.txt": b"mine", "notes.txt": b"mine"}
+           "index.html": b'<html><head><meta name="generator" content="reportgen 0.0.9">', "arrays.npz": b"old arrays",
+           f"assets/{hashed}": b"old asset", f"assets/{asset(7)}": b"not its hash", "assets/notes.txt": b"mine",
+           "notes.txt": b"mine"}
     for name, data in old.items():
         (tmp_path / name).write_bytes(data)
     report(tmp_path, title="new")
-    assert sorted(files_in(tmp_path)) == [write.MANIFEST, "assets/notes.txt", "notes.txt", "report.html",
-                                          "report.json"]
+    assert sorted(files_in(tmp_path)) == [write.MANIFEST, "arrays.npz", f"assets/{asset(7)}", "assets/notes.txt",
+                                          "notes.txt", "report.html", "report.json"]
     assert json.loads((tmp_path / "report.json").read_text())["title"] == "new"
+
+
+def test_a_users_page_beside_an_old_report_json_is_never_removed_nor_replaced(tmp_path):
+    (tmp_path / "report.json").write_text(json.dumps({"title": "old", "versions": {"reportgen": "0.0.9"}}))
+    (tmp_path / "index.html").write_text("<h1>my own page</h1>")
+    report(tmp_path)  # report.html: the user's index.html is not stale, it is theirs
+    assert (tmp_path / "index.html").read_text() == "<h1>my own page</h1>"
+    (tmp_path / write.MANIFEST).unlink()
+    (tmp_path / "report.html").unlink()
+    with pytest.raises(ReportgenError, match="index.html exists and reportgen did not write it"):
+        report(tmp_path, self_contained=False)
+    assert (tmp_path / "index.html").read_text() == "<h1>my own page</h1>"
 
 
 def test_a_report_json_without_reportgens_versions_is_the_users(tmp_path):
@@ -241,11 +259,14 @@ def test_ctrl_c_in_other_commands_exits_130(project, monkeypatch):
 
 
 @pytest.mark.slow  # a subprocess starts torch
-def test_a_real_ctrl_c_exits_130_with_one_line(project):
-    """The whole way: SIGINT to a `reportgen build` process while its model loads."""
+@pytest.mark.parametrize("number, code, said", [(signal.SIGINT, 130, "interrupted"),
+                                                (signal.SIGTERM, 143, "terminated")], ids=["sigint", "sigterm"])
+def test_a_real_ctrl_c_or_sigterm_exits_with_one_line(project, number, code, said):
+    """The whole way: SIGINT (Ctrl-C) or SIGTERM (`kill`, `docker stop`) to a `reportgen build` process while
+    its model loads."""
     import subprocess
     import sys
-    import time
+
 
     root = Path(__file__).resolve().parent.parent
     ready = project.root / "ready"
@@ -263,10 +284,106 @@ def test_a_real_ctrl_c_exits_130_with_one_line(project):
         deadline = time.monotonic() + 60
         while not ready.exists() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(number)
         out, err = process.communicate(timeout=30)
     finally:
         process.kill()
-    assert process.returncode == 130, err
-    assert err.splitlines()[-1] == "interrupted, nothing written" and "Traceback" not in err and out == ""
+    assert process.returncode == code, err
+    assert err.splitlines()[-1] == f"{said}, nothing written" and "Traceback" not in err and out == ""
     assert not (project.root / "out").exists()
+
+
+def _terminate_self(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)  # the handler raises before this ends
+
+
+def test_sigterm_during_a_build_exits_143_keeps_the_previous_report_and_the_handler(project, monkeypatch):
+    import reportgen.stages.summary
+
+    runner = CliRunner()
+    assert runner.invoke(main, ["build", str(project.write()), "-q", "--save-arrays"]).exit_code == 0
+    out = project.root / "out"
+    before = files_in(out)
+    monkeypatch.setitem(STAGES, "summary", dataclasses.replace(reportgen.stages.summary.SPEC, run=_terminate_self))
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)  # were the CLI's handler missing: not pytest's end
+    try:
+        result = runner.invoke(main, ["build", str(project.write()), "-q", "--save-arrays"])
+        assert signal.getsignal(signal.SIGTERM) is _raise_terminated  # the CLI's handler was put back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert result.exit_code == 143 and result.stderr == "terminated, nothing written\n", result.output
+    assert files_in(out) == before and temporaries(project.root) == []
+
+
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("after", [1, 2, 3])
+def test_a_signal_right_after_a_rename_cannot_tear_the_commit(tmp_path, monkeypatch, number, after):
+    """A signal that lands after `os.replace` returned, before the rollback could record it: the whole switch is
+    undone (or, had it come later, done), never the old report.html beside the new report.json."""
+    out = tmp_path / "out"
+    before = _previous(out)
+    real, calls = os.replace, []
+
+    def replace_then_signal(*args, **kwargs):
+        real(*args, **kwargs)
+        calls.append(args)
+        if len(calls) == after:
+            signal.raise_signal(number)
+            time.sleep(0.05)  # the window made wide: a handler runs here if any does
+
+    monkeypatch.setattr(os, "replace", replace_then_signal)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            report(out, title="next", arrays={"x": np.zeros(3, np.float32)})
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    monkeypatch.undo()
+    assert files_in(out) == before
+    assert temporaries(tmp_path) == []
+
+
+def _raise_terminated(signum, frame):
+    from reportgen.errors import Terminated
+
+    raise Terminated
+
+
+def test_a_build_removes_the_temporaries_a_killed_build_left_and_no_others(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    report(out)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = write._HOST
+    left = [out / f".arrays.npz.{dead.stdout.strip()}@{host}.k1ll3d.tmp",
+            out / f".report.html.{dead.stdout.strip()}@{host}.k1ll3d.tmp"]
+    kept = [out / f".arrays.npz.{os.getpid()}@{host}.runn1n.tmp",  # a running build's
+            out / f".arrays.npz.{dead.stdout.strip()}@other-host.abc.tmp",  # another machine's (shared disk)
+            out / ".notes.tmp"]  # the user's
+    for path in left + kept:
+        path.write_bytes(b"x")
+    report(out, title="next")
+    assert [p for p in left if p.exists()] == [] and all(p.exists() for p in kept)
+
+
+def test_a_full_disk_while_arrays_npz_is_written_stops_the_build_with_one_message(project, monkeypatch):
+    runner = CliRunner()
+    assert runner.invoke(main, ["build", str(project.write()), "-q", "--save-arrays"]).exit_code == 0
+    out = project.root / "out"
+    before = files_in(out)
+    real = write._add_array
+
+    def full(target, key, value):
+        if key.startswith("summary/") or key.startswith("logits/"):
+            raise OSError(28, "No space left on device")
+        return real(target, key, value)
+
+    monkeypatch.setattr(write, "_add_array", full)
+    result = runner.invoke(main, ["build", str(project.write()), "-q", "--save-arrays"], catch_exceptions=False)
+    assert result.exit_code == 2 and result.stderr.startswith("error: `output.save_arrays`"), result.output
+    assert "writing arrays.npz" in result.stderr
+    assert "No space left on device" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert files_in(out) == before and temporaries(project.root) == []

@@ -142,6 +142,9 @@ def convert(value: Any, tp: Any, path: tuple, ctx: Ctx) -> Any:
     raise TypeError(f"no converter for {tp}")  # a schema bug, not a user error
 
 
+NAME_MAX, PATH_MAX = 255, 4096  # bytes of one name and of a whole path (Linux, macOS and Windows allow no more)
+
+
 def _resolve(value: str | Path, path: tuple, ctx: Ctx) -> Path:
     if "\0" in str(value):
         raise ctx.error(path, "a path cannot hold a NUL character.")
@@ -149,7 +152,12 @@ def _resolve(value: str | Path, path: tuple, ctx: Ctx) -> Path:
         p = Path(value).expanduser()
     except RuntimeError:  # ~user that does not exist
         p = Path(value)
-    return Path(os.path.normpath(p if p.is_absolute() else ctx.base_for(path) / p))
+    resolved = Path(os.path.normpath(p if p.is_absolute() else ctx.base_for(path) / p))
+    longest = max((part for part in resolved.parts), key=lambda part: len(os.fsencode(part)), default="")
+    if len(os.fsencode(longest)) > NAME_MAX or len(os.fsencode(str(resolved))) > PATH_MAX:
+        raise ctx.error(path, f"the path `{clean(str(value))}` is longer than a file system allows (a name at most "
+                              f"{NAME_MAX} bytes, the whole path {PATH_MAX}).")
+    return resolved
 
 
 def _convert_dataclass(value: Any, tp: type, path: tuple, ctx: Ctx) -> Any:
@@ -194,7 +202,9 @@ def _convert_dataclass(value: Any, tp: type, path: tuple, ctx: Ctx) -> Any:
 
 def _convert_field(raw: Any, tp: Any, rules: Rules, path: tuple, ctx: Ctx) -> Any:
     """One field's YAML value -> its dataclass value, by its type and rules."""
-    if raw is None and rules.null_means_default:
+    if rules.null_means_default and (raw is None or isinstance(raw, bool)):
+        if raw is False:  # the one way to switch a stage off from --set or overrides, where a key cannot be removed
+            return None
         raw = {}
     if rules.kind == "patterns":
         items = raw if isinstance(raw, list) else [raw]

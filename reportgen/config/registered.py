@@ -46,7 +46,8 @@ class ModelBase:
     trust_checkpoint: bool = False  # allow a pickled checkpoint's own classes (runs its code: only your own files)
     input_size: tuple[int, ...] = setting((3, 224, 224), ge=1, le=16384, lengths=(3,),
                                           shape="[channels, height, width]")
-    labels: str | None = setting("imagenet", kind="path_text", keep=("imagenet",))  # "imagenet", a path, None
+    # "imagenet" (1000 outputs; a default left on another model gives `class N` and a warning), a file, or None
+    labels: str | None = setting("imagenet", kind="path_text", keep=("imagenet",))
     device: Literal["auto", "cpu", "cuda"] = "auto"
     output: int | str | None = None  # which element of a tuple / dict output holds the logits; None: the output
 
@@ -84,7 +85,9 @@ def _default(f: dataclasses.Field) -> Any:
 
 
 class _Stages:
-    """`analyses`: one key per stage record; a key present runs that stage."""
+    """`analyses`: one key per stage record; a key present runs that stage, with its defaults when it has no value
+    (or `true`). `false` switches it off, as if absent: `--set analyses.evaluation=false` or, in Python,
+    `overrides={"analyses.evaluation": False}` (a null or empty `--set` value turns a stage on, as in YAML)."""
 
     def enabled(self) -> list[str]:
         """The stages that run, in report order."""

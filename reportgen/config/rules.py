@@ -20,7 +20,8 @@ class Rules:
     unless it is one of `keep`); `lengths`: allowed list lengths, described as `shape`; `methods`: a method
     family, names canonicalised by `canonical_methods`; `pattern`: a regular expression a string must match
     fully, described as `pattern_text`; `check`: value -> error message or None; `null_means_default`: a
-    null value means the type's defaults (`summary:` runs the stage); `yaml`: the YAML key when it differs
+    null value means the type's defaults (`summary:` runs the stage), and so does true, while false means None
+    (`--set analyses.evaluation=false` switches a stage off); `yaml`: the YAML key when it differs
     from the field name ("" = not a YAML key)."""
 
     ge: float | None = None
@@ -107,10 +108,12 @@ def num(v: float) -> str:
     return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else str(v)
 
 
-def clean(text: Any) -> str:
-    """User text inside a one-line message: control characters escaped."""
+def clean(text: Any, most: int = 120) -> str:
+    """User text inside a one-line message: control characters escaped, at most `most` characters (a 200 kB
+    value is not echoed whole)."""
     text = str(text)
-    return text if text.isprintable() else repr(text)[1:-1]
+    text = text if text.isprintable() else repr(text)[1:-1]
+    return text if len(text) <= most else f"{text[:most - 22]}... ({len(text):,} characters)"
 
 
 def known_colormap(name: str) -> str | None:

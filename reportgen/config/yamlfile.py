@@ -29,6 +29,7 @@ class Lines:
         self.lines: dict[tuple, int] = {}
         self.overridden: set[tuple] = set()
         self.override_values: dict[tuple, Any] = {}  # --set key -> its value, in the order given
+        self.keys: set[tuple] = set()  # every key path the config gives (file, dict or --set), set by parse_data
         if node is not None:
             self._walk(node, ())
 
@@ -50,6 +51,10 @@ class Lines:
         self.overridden.add(path)
         self.override_values.pop(path, None)
         self.override_values[path] = value
+
+    def gave(self, path: tuple) -> bool:
+        """Whether the config gives key `path` (a default it leaves alone may be guessed at; one it gives may not)."""
+        return path in self.keys
 
     def is_overridden(self, path: tuple) -> bool:
         return any(path[: len(o)] == o for o in self.overridden)
@@ -89,10 +94,18 @@ def _scalars(value: Any, sub: tuple = ()) -> list[tuple[tuple, str]]:
     return [(sub, str(value))]
 
 
+CONFIG_LIMIT = 2**20  # bytes
+
+
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
     """Read, override (`a.b=value`) and validate a YAML config file."""
     path = Path(path)
     try:
+        if path.exists() and not path.is_file():  # a folder, /dev/zero, a FIFO
+            raise ConfigError(f"config file `{path}` is not a plain file: give a YAML file.")
+        if path.is_file() and path.stat().st_size > CONFIG_LIMIT:
+            raise ConfigError(f"config file `{path}` is {path.stat().st_size:,} bytes; a config is a few kB "
+                              f"(at most {CONFIG_LIMIT:,}).")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file `{path}` does not exist.") from None
@@ -118,10 +131,10 @@ def _read_yaml(text: str, origin: str) -> tuple[yaml.Node | None, Any]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = exc.problem or str(exc)
+        problem = clean(exc.problem or str(exc), most=300)
         if "python/" in str(exc):
             problem += " (python tags are refused: reportgen reads YAML with yaml.safe_load)"
-        raise ConfigError(f"{origin} is not valid YAML{where}: {clean(problem)}.") from None
+        raise ConfigError(f"{origin} is not valid YAML{where}: {problem}.") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{origin} is not valid YAML: {clean(exc)}") from None
     except RecursionError:
@@ -198,8 +211,16 @@ def parse_data(data: Any, *, base_dir: Path, origin: str = "the config dict", ov
     if "model" not in data:
         raise ConfigError(f"{origin} has no `model:` section: every config names the model to explain "
                           "(`reportgen init` writes a commented starter config).")
+    lines.keys = set(_key_paths(data))
     config = convert(data, Config, (), Ctx(lines, base_dir))
     return dataclasses.replace(config, source=source, lines=lines)
+
+
+def _key_paths(data: dict, path: tuple = ()) -> typing.Iterator[tuple]:
+    for key, value in data.items():
+        yield path + (key,)
+        if isinstance(value, dict):
+            yield from _key_paths(value, path + (key,))
 
 
 def _apply_override(data: dict, item: str, lines: Lines) -> dict:

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..methods import title as method_title
 from ..stages.cam import FUSED, CamResult
+from ..stages.cam import notes as cam_notes
 from .common import (apply_colormap, drawn_in_parallel, make_figure, map_figure, overlay_figure, resize_float,
                      to_png, upscale_nearest)
 from .grid import colorbar_image, fit_height
@@ -38,7 +39,7 @@ def plot(result: CamResult, ctx) -> dict:
         "layers": layer_rows,
         "layer_auto": result.layer_auto,
         "fused": result.fused,
-        "notes": list(result.notes),
+        "notes": cam_notes(result),
         "warnings": list(result.warnings),
         "not_applicable": [{"method": method_title(m), "why": why} for m, why in result.not_applicable.items()],
         "colorbar": make_figure(colorbar_image(cmap, 0.0, 1.0, height=120),

@@ -31,7 +31,6 @@ def find_run(options: MlflowOptions, config):
     """(client, run id) of the run to log to: `run_id` (which must exist in the tracking store), the active run,
     or $MLFLOW_RUN_ID. (The Lightning callback gives its MLFlowLogger's client and run id instead.)"""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     if options.arrays and not config.output.save_arrays:
         raise ReportgenError("`output.attach.mlflow.arrays`: `true` logs arrays.npz, which only "
@@ -46,12 +45,33 @@ def find_run(options: MlflowOptions, config):
             raise ReportgenError("`output.attach.mlflow`: there is no active MLflow run and no `run_id`: call "
                                  "reportgen.build inside `with mlflow.start_run():`, give "
                                  "`output.attach.mlflow.run_id`, or set MLFLOW_RUN_ID.")
+    if not _store_exists():  # asking would make MLflow's default store, ./mlflow.db, which cannot hold the run
+        raise ReportgenError(f"{key}: no run `{run_id}`: no tracking store is set (MLFLOW_TRACKING_URI) and MLflow's "
+                             f"default one, {mlflow.get_tracking_uri()}, does not exist. Set MLFLOW_TRACKING_URI to "
+                             "the store that holds the run.")
+    from mlflow.exceptions import MlflowException
+
     try:
         client = mlflow.MlflowClient()
         return client, client.get_run(run_id).info.run_id
     except MlflowException as exc:
         raise ReportgenError(f"{key}: no run `{run_id}` in the tracking store "
                              f"{mlflow.get_tracking_uri()} ({exc.error_code}).") from None
+
+
+def _store_exists() -> bool:
+    """Whether the tracking store is one the user chose (a tracking URI set) or one that exists already: MLflow's
+    default store is a ./mlflow.db that merely asking for a run would create."""
+    import mlflow
+
+    try:
+        from mlflow.tracking._tracking_service.utils import is_tracking_uri_set
+    except ImportError:  # another MLflow: ask as it answers
+        return True
+    if is_tracking_uri_set():
+        return True
+    uri = mlflow.get_tracking_uri()
+    return not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///"):]).exists()
 
 
 def attach(report, options: MlflowOptions, run, *, model=None, step: int | None = None) -> str:

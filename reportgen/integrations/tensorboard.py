@@ -29,7 +29,7 @@ class TensorboardOptions:
 
 def find_dir(options: TensorboardOptions, config) -> Path:
     """The log folder, which must be writable."""
-    from ..write import check_output_dir
+    from ..owned import check_output_dir
 
     check_output_dir(options.dir, key="output.attach.tensorboard.dir")
     return options.dir

@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ReportgenError
-from .data import LogData, Points, Run, listing, plural
+from ..progress import plural
+from .data import LogData, Points, Run, listing
 from .events import load_event_files, tensorboard_modules
 from .tables import load_csv_log, load_jsonl_log
 

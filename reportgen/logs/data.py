@@ -1,6 +1,6 @@
 """The raw data the log readers hand back: points of a scalar tag, what one log source holds, a run.
 
-Also the two small helpers their messages share (a backticked listing of names, a counted noun).
+Also a small helper their messages share (a backticked listing of names).
 """
 from __future__ import annotations
 
@@ -66,6 +66,3 @@ def listing(names: Sequence[str], limit: int = 30) -> str:
     return ", ".join(names[:limit]) + more
 
 
-def plural(n: int, noun: str) -> str:
-    """`3 log files`, `1 log file`."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"

@@ -26,7 +26,7 @@ from torch.overrides import TorchFunctionMode
 from ..errors import ReportgenError
 from ..registry import SOURCES
 from . import torchvision as _torchvision
-from .adapter import (TORCHSCRIPT_LIMITS, ModelAdapter, describe_output, hooks_refused, pick_logits,
+from .adapter import (TORCHSCRIPT_LIMITS, ModelAdapter, describe_output, hooks_refused, pick_logits, refuse_code,
                       takes_hooks)
 from .checkpoint import load_checkpoint, pickle_globals, read_checkpoint, torch_load, unwrap_state_dict
 from .labels import load_labels
@@ -65,8 +65,10 @@ def load_model(cfg: ModelConfig, base_dir: Path | None = None, model: nn.Module 
     `reportgen.build(config, model=...)`, used as it is (`given_model`)."""
     if cfg.source == "python" or model is not None:
         return given_model(model, cfg)
+    source = SOURCES.get(cfg.source, key="model.source")
+    refuse_code(cfg, source)
     device = resolve_device(cfg.device)
-    loader = SOURCES.get(cfg.source, key="model.source").load
+    loader = source.load
     adapter = _load_skipping_init(cfg, loader, base_dir) if _overwritten(cfg) else None
     if adapter is None:
         adapter = loader(cfg, base_dir)

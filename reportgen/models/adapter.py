@@ -17,6 +17,8 @@ A source that needs other answers subclasses `ModelAdapter` and overrides the me
 """
 from __future__ import annotations
 
+import os
+
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +52,24 @@ class Source:
     load: Callable[[Any, Path | None], ModelAdapter]
     order: int = 100  # where it is listed
     note: str = ""  # one line for the docs
+    runs_code: str = ""  # what code of the config's author loading runs, e.g. "calls `model.factory`" ("": none)
+
+
+UNTRUSTED = "REPORTGEN_UNTRUSTED"  # set (`--untrusted`): a config, checkpoint or model folder runs no code of theirs
+
+
+def refuse_code(cfg: Any, source: Source) -> None:
+    """Under `--untrusted` ($REPORTGEN_UNTRUSTED=1), a ReportgenError for a config that would run code its
+    author wrote: a source that runs code (a factory, a TorchScript program) or `trust_checkpoint` (unpickling)."""
+    if os.environ.get(UNTRUSTED, "") in ("", "0"):
+        return
+    fix = "Check the code yourself, then build without `--untrusted`."
+    if source.runs_code:
+        raise ReportgenError(f"`model.source: {source.name}` {source.runs_code}, code that came with the config; "
+                             f"`--untrusted` runs none. {fix}")
+    if getattr(cfg, "trust_checkpoint", False):
+        raise ReportgenError("`model.trust_checkpoint: true` unpickles the checkpoint, which can run any code in it; "
+                             f"`--untrusted` runs none. {fix}")
 
 
 def takes_hooks(model: nn.Module) -> bool:

@@ -37,6 +37,8 @@ def torch_load(path: Path, *, trust: bool, key: str = "model.checkpoint", hint: 
     is loaded with full unpickling only when `trust` is set, and otherwise named for what it is: a pickle of
     Python objects (nothing in it runs), or not a checkpoint. `key` starts every message; `hint` says what
     to do about a refused pickle."""
+    if path.exists() and not path.is_file() and not path.is_dir():  # /dev/zero, a FIFO: read without end
+        raise ReportgenError(f"`{key}`: {path} is not a plain file; give a checkpoint file.")
     try:
         with warnings.catch_warnings():  # torch's notes about pickle protocols: the outcome is what we report
             warnings.simplefilter("ignore")

@@ -52,6 +52,10 @@ def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
     if cfg.kwargs.get("trust_remote_code"):
         raise ReportgenError("`model.kwargs`: trust_remote_code would run Python code from the model folder; reportgen "
                              "loads only the architectures transformers ships. Leave it out.")
+    if "auto_map" in _json(folder / "config.json"):
+        raise ReportgenError(f"`model.path`: {folder / 'config.json'} has an `auto_map`: the model is Python code in "
+                             "the folder, which reportgen does not run. Use a folder of an architecture transformers "
+                             "ships.")
     try:
         import transformers
     except ImportError:
@@ -63,7 +67,7 @@ def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
             transformers.logging.set_verbosity_error()
             transformers.logging.disable_progress_bar()
             model = transformers.AutoModelForImageClassification.from_pretrained(
-                str(folder), local_files_only=True, **cfg.kwargs)
+                str(folder), **{**cfg.kwargs, "local_files_only": True, "trust_remote_code": False})
     except Exception as exc:
         raise ReportgenError(f"`model.path`: loading the Hugging Face model in {folder} failed: "
                              f"{type(exc).__name__}: {first_line(exc)}.") from None
@@ -74,16 +78,26 @@ def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
                         categories=categories, prescribed=preprocess_from_folder(folder))
 
 
+def _json(path: Path) -> dict:
+    """A JSON object of the folder's (at most 16 MiB: a config is a few kB)."""
+    try:
+        if path.stat().st_size > 2**24 or not path.is_file():
+            raise ValueError("not a plain file of at most 16 MiB")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ReportgenError(f"`model.path`: {path} is not valid JSON ({first_line(exc)}).") from None
+    if not isinstance(data, dict):
+        raise ReportgenError(f"`model.path`: {path} holds no JSON object.")
+    return data
+
+
 def preprocess_from_folder(folder: Path) -> Preprocess | None:
     """The folder's preprocessor_config.json as a Preprocess (size {height, width}: resized to that; size
     {shortest_edge}: the shorter side; then `crop_size` when `do_center_crop`), or None without one."""
     path = folder / "preprocessor_config.json"
     if not path.is_file():
         return None
-    try:
-        pre = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ReportgenError(f"`model.path`: {path} is not valid JSON ({first_line(exc)}).") from None
+    pre = _json(path)
 
     def size(value) -> tuple[int, ...] | None:
         if isinstance(value, int):

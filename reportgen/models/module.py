@@ -42,7 +42,7 @@ def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ReportgenError(f"`model.factory`: cannot import `{module_name}`: {exc}.") from None
-    except Exception as exc:  # a SyntaxError or an error raised while the user's module runs
+    except (Exception, SystemExit) as exc:  # a SyntaxError, an error or exit() while the user's module runs
         raise ReportgenError(f"`model.factory`: importing `{module_name}` failed: {type(exc).__name__}: "
                              f"{first_line(exc)}.") from None
     finally:
@@ -57,14 +57,16 @@ def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
         model = function(**cfg.kwargs)
     except TypeError as exc:
         raise ReportgenError(f"`model.kwargs`: calling {cfg.factory} failed: {exc}.") from None
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # `builtins:exit` would end the process with no word
         raise ReportgenError(f"`model.factory`: {cfg.factory}({', '.join(cfg.kwargs)}) raised "
                              f"{type(exc).__name__}: {first_line(exc)}.") from None
     if not isinstance(model, nn.Module):
-        raise ReportgenError(f"`model.factory`: {cfg.factory} returned a {type(model).__name__}, not an nn.Module.")
+        raise ReportgenError(f"`model.factory`: {cfg.factory} returned a {type(model).__name__}, not an nn.Module: "
+                             "name a function that returns the model.")
     description = f"{cfg.factory}({', '.join(f'{k}={v!r}' for k, v in cfg.kwargs.items())})"
     return ModelAdapter(model=model, source="module", description=description)
 
 
 SOURCE = Source(name="module", options=ModuleOptions, load=load, order=30,
-                note="your own function `package.module:function` that returns the nn.Module")
+                note="your own function `package.module:function` that returns the nn.Module",
+                runs_code="imports and calls `model.factory`")

@@ -43,4 +43,5 @@ def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
 
 
 SOURCE = Source(name="torchscript", options=TorchscriptOptions, load=load, order=40,
-                note="a TorchScript file (runs; its layers take no hooks)")
+                note="a TorchScript file (runs; its layers take no hooks)",
+                runs_code="runs the TorchScript program in `model.path`")

@@ -21,6 +21,7 @@ from ..config import Config
 from ..context import Context
 from ..engine import Engine
 from ..errors import ReportgenError
+from ..progress import plural
 from ..stages import input_grad_wanted, observed_layers, relu_rules_wanted
 from .assemble import Report, StageRun, describe, mark_undrawn, report_json, source_date_epoch, stage_metrics
 from .checks import Log, check_output_dir, check_outputs, check_stages, prepare_model, quiet, validate
@@ -77,7 +78,7 @@ def _build_in(config: Config, group: dist.Group, started: float, log: Log, detai
         log(f"note: {note}")
     shown = images.detail.indices
     if len(shown) < len(images):
-        log(f"{len(images)} images; {len(shown)} shown in detail, every one in the images table")
+        log(f"{plural(len(images), 'image')}; {len(shown)} shown in detail, every one in the images table")
     pixels = [images.read(i) for i in shown] if group.root else []
     batch = torch.stack([t for _, t in pixels]).to(loaded.device) if pixels else torch.zeros(0)
     ctx = Context(info=info, device=loaded.device, batch=batch, images=[image for image, _ in pixels],

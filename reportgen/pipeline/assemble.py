@@ -86,16 +86,21 @@ def _versions(config: Config | None = None) -> dict:
     return found
 
 
+LAST_EPOCH = 253402300799  # 9999-12-31 23:59:59 UTC: the last time a date can say
+
+
 def source_date_epoch() -> int | None:
     """`SOURCE_DATE_EPOCH` (reproducible-builds.org), when set: the report's creation time, in seconds since
     1970; the report then leaves out every timing (`_untimed`), so two builds of one config give the same bytes."""
     value = os.environ.get("SOURCE_DATE_EPOCH")
     if value is None:
         return None
-    if not value.strip().isdigit():
-        raise ReportgenError(f"SOURCE_DATE_EPOCH is `{value}`: it must be a whole number of seconds since "
-                             "1970-01-01 UTC (e.g. `$(git log -1 --format=%ct)`), or unset.")
-    return int(value)
+    digits = value.strip()
+    if not digits.isdigit() or len(digits) > 12 or int(digits) > LAST_EPOCH:
+        raise ReportgenError(f"SOURCE_DATE_EPOCH is `{value[:40]}`: it must be a whole number of seconds since "
+                             "1970-01-01 UTC up to 253402300799 (the last second of the year 9999; e.g. "
+                             "`$(git log -1 --format=%ct)`), or unset.")
+    return int(digits)
 
 
 def _untimed(data):

@@ -3,6 +3,7 @@ options and the images. A problem is a ReportgenError (exit code 2) and nothing 
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -10,11 +11,11 @@ import torch
 from .. import datasets
 from ..config import Config
 from ..context import ModelInfo
-from ..errors import ReportgenError
+from ..errors import ConfigWarning, ReportgenError
 from ..layers import describe_model
 from ..models import hooks_refused, load_labels, load_model
 from ..stages import Stage, planned
-from ..write import check_output_dir
+from ..owned import check_output_dir
 
 Log = Callable[[str], None]
 
@@ -42,12 +43,30 @@ def prepare_model(config: Config, log: Log = quiet, *, strict: bool = True,
             raise
         return ModelInfo(model=loaded.model, config=config, labels=None, num_classes=0, layers=layers,
                          description=loaded.description, notes=[str(exc)], adapter=loaded), loaded
-    labels, note = load_labels(config.model.labels, logits.shape[1], loaded.categories)
+    _check_finite(loaded.model, logits)
+    explicit = config.lines is not None and config.lines.gave(("model", "labels"))
+    labels, note = load_labels(config.model.labels, logits.shape[1], loaded.categories, explicit=explicit)
+    if note:  # a default that does not fit: the build goes on, and says so once
+        warnings.warn(note, ConfigWarning, stacklevel=2)
     pre = loaded.preprocess(config.inputs.preprocess)
     info = ModelInfo(model=loaded.model, config=config, labels=labels, num_classes=logits.shape[1], layers=layers,
                      description=loaded.description, notes=[note] if note else [], adapter=loaded,
                      normalize=pre.normalize, preprocess=pre)
     return info, loaded
+
+
+def _check_finite(model: torch.nn.Module, logits: torch.Tensor) -> None:
+    """A model whose weights hold NaN or inf (a diverged training run, a broken checkpoint) gives no map or
+    score worth drawing: said once, before any stage fails on it in its own words."""
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    bad = sum(int((~torch.isfinite(t.detach())).any()) for t in tensors)
+    if bad:
+        raise ReportgenError(f"the model's weights are not finite: {bad} of its {len(tensors)} parameter and buffer "
+                             "tensors hold NaN or inf (a training run that diverged, or a broken checkpoint). Load "
+                             "weights from before it diverged.")
+    if not torch.isfinite(logits).all():
+        raise ReportgenError("the model's outputs are not finite (NaN or inf) on an input of zeros: no map or score "
+                             "can be computed from them. Check its weights and its forward.")
 
 
 def check_stages(info: ModelInfo) -> list[Stage]:
@@ -98,10 +117,10 @@ def validate(config: Config, log: Log = quiet) -> tuple[ModelInfo, list[str]]:
 def check_outputs(config: Config) -> None:
     """Before anything runs: the output folders can be written, and `output.dir` holds no file of the user's
     that the build would replace (only what an earlier build recorded in its manifest is ours to replace)."""
-    from .. import write
+    from .. import owned
 
     check_output_dir(config.output.dir)
-    write.check_out_dir(config.output.dir, write.planned_files(self_contained=config.output.self_contained,
+    owned.check_out_dir(config.output.dir, owned.planned_files(self_contained=config.output.self_contained,
                                                                save_arrays=config.output.save_arrays))
     if config.output.tensorboard is not None:
         if importlib.util.find_spec("tensorboard") is None:

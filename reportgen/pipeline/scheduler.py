@@ -3,6 +3,7 @@ together, batch by batch. A stage that raises is recorded as failed (or skipped)
 whose requirements did not succeed is skipped."""
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import time
 import traceback
@@ -14,9 +15,9 @@ from .. import dist
 from ..collection import Collection
 from ..context import Context, ModelInfo
 from ..engine import Engine
-from ..errors import ReportgenError, StageSkipped
+from ..errors import ImageWarning, ReportgenError, StageSkipped, WriteError, merge_warnings
 from ..ops import release_memory
-from ..progress import track
+from ..progress import plural, track
 from ..stages import Stage, batch_order
 from .assemble import StageRun
 from .checks import Log
@@ -49,6 +50,18 @@ class FirstPass:
         engine, self.engine = self.engine, None
         same = engine is not None and engine.batch.shape == batch.shape and torch.equal(engine.batch, batch)
         return engine if same else None
+
+
+def _merged_messages(result: object) -> object:
+    """`result` with its `warnings` and `notes` as the user reads them: a warning about many images once, with a
+    count and examples (`errors.merge_warnings`: a stage gives one `ImageWarning` per image, and a streamed stage's
+    batches each give theirs), each text once. Fields of anything else than texts are left as they are."""
+    if not dataclasses.is_dataclass(result) or isinstance(result, type):
+        return result
+    messages = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name in ("warnings", "notes")}
+    return dataclasses.replace(result, **{name: merge_warnings(found) for name, found in messages.items()
+                                          if isinstance(found, (tuple, list))
+                                          and all(isinstance(m, (str, ImageWarning)) for m in found)})
 
 
 def _groups(stages: list[Stage]) -> list[list[Stage]]:
@@ -147,14 +160,15 @@ class Scheduler:
         return StageRun(name=stage.name, title=stage.title, status="failed", seconds=seconds, error=message)
 
     def finished(self, stage: Stage, result: object, seconds: float) -> StageRun:
-        """A stage's result made available to later stages and drawn."""
+        """A stage's result, its messages merged, made available to later stages and drawn."""
         start = time.perf_counter()
         try:
+            result = _merged_messages(result)
             self.ctx.results.add(result)
             section = figures_module(stage).plot(result, self.ctx)
         except Exception as exc:  # a failed stage is reported, the rest of the report is built
             return self.raised(stage, exc, seconds + time.perf_counter() - start)
-        for warning in getattr(result, "warnings", ()):  # the report shows them too
+        for warning in getattr(result, "warnings", ()):  # the report shows them too (one line per kind)
             self.log(f"stage {stage.name}: warning: {warning}")
         return StageRun(name=stage.name, title=stage.title, status="ok", seconds=seconds + time.perf_counter() - start,
                         result=result, section=section, stage=stage)
@@ -187,7 +201,7 @@ class _StreamedGroup:
         count = len(images.shard)
         self.owner.log(f"stage{'s' if len(self.group) > 1 else ''} "
                        f"{', '.join(s.name for s in self.group if s.name not in self.ended)}: "
-                       f"{count} images in {-(-count // size)} batch{'es' if count > size else ''}")
+                       f"{plural(count, 'image')} in {plural(-(-count // size), 'batch', 'batches')}")
         shown = set(images.detail.indices)
         order = batch_order(self.group)
         for lo, batch_images, batch in track(images.batches(size), total=-(-count // size), desc="analysing",
@@ -230,6 +244,8 @@ class _StreamedGroup:
             if stage.records is not None:
                 self.image_entries[stage.name].update(enumerate(stage.records(result), start=lo))
             self.partials[stage.name].append(stage.select(result, rows) if stage.select is not None else result)
+        except WriteError:
+            raise  # the disk, not the stage: the build stops
         except Exception as exc:
             took = self.seconds[stage.name] + time.perf_counter() - start
             self.ended[stage.name] = self.owner.raised(stage, exc, took)

@@ -69,6 +69,7 @@ class CamResult:
     notes: tuple[str, ...] = ()  # facts worth showing (auto-picked layer, shared passes)
     warnings: tuple[str, ...] = ()  # things that may make the maps misleading
     seconds: dict[str, float] = field(default_factory=dict)  # step -> wall time
+    image_count: int = 0  # images explained in every batch (`images` names only those the report shows)
 
     @property
     def fused(self) -> bool:
@@ -137,7 +138,7 @@ def run(ctx: Context, cfg: CamConfig) -> CamResult:
     notes: list[str] = [auto.note()] if auto else []
     share = ctx.engine.input_grad_wanted  # a later stage asked for input gradients: this pass keeps them
     computed = explain(cfg.methods, ctx.engine, class_sets, settings(info, cfg, layers), log=ctx.log).cam
-    notes += _masked_channels_notes(cfg, computed.shapes, n)
+    notes += _masked_channels_notes(cfg, computed.shapes)
     if share and computed.passes is not None:
         notes.append("The gradients section reuses this section's forward and backward pass for "
                      "saliency / input × gradient.")
@@ -176,6 +177,7 @@ def run(ctx: Context, cfg: CamConfig) -> CamResult:
         notes=tuple(notes),
         warnings=tuple(warnings),
         seconds=computed.seconds,
+        image_count=n,
     )
 
 
@@ -210,35 +212,59 @@ def to_json(result: CamResult) -> dict:
                                        for c, p in zip(result.targets[i], result.probabilities[i])]}
             for i, name in enumerate(result.images)
         ],
-        "notes": list(result.notes),
+        "notes": notes(result),
         "warnings": list(result.warnings),
         "seconds": dict(result.seconds),
     }
 
 
-MANY_MASKED_FORWARDS = 1024  # channels × images above which the report suggests `cam.max_channels`
+MANY_MASKED_FORWARDS = 1024  # a method's masked forwards in a build above which the report says what they cost
+SUGGESTED_MAX_CHANNELS = 64  # the `cam.max_channels` the report suggests for a layer with more channels
 
 
-def _masked_channels_notes(cfg: CamConfig, shapes: dict[str, tuple[int, ...]], images: int) -> list[str]:
-    """What `cam.max_channels` did to Score-CAM / Ablation-CAM, or a suggestion to set it when they masked many
-    channels."""
-    masked = [m for m in cfg.methods if "masked_forwards" in REGISTRY[m].needs]  # one forward per image and channel
-    if not masked:
+def notes(result: CamResult) -> list[str]:
+    """The result's notes and what the masked forwards of every batch cost (`masked_forwards_notes`)."""
+    return list(result.notes) + masked_forwards_notes(result.config, result.layer_shapes, result.image_count)
+
+
+def _masked_methods(cfg: CamConfig) -> list[str]:
+    return [m for m in cfg.methods if "masked_forwards" in REGISTRY[m].needs]  # one forward per image and channel
+
+
+def _masked_channels_notes(cfg: CamConfig, shapes: dict[str, tuple[int, ...]]) -> list[str]:
+    """What `cam.max_channels` did to Score-CAM / Ablation-CAM."""
+    masked = _masked_methods(cfg)
+    if not masked or cfg.max_channels is None:
         return []
-    names = " and ".join(REGISTRY[m].title for m in masked)
+    capped = [f"`{name}` ({shape[0]})" for name, shape in shapes.items() if shape[0] > cfg.max_channels]
+    if not capped:
+        return []
+    return [f"{' and '.join(REGISTRY[m].title for m in masked)} masked, per image, only the {cfg.max_channels} "
+            f"channels of highest mean activation of {', '.join(capped)} (`analyses.cam.max_channels`); the other "
+            "channels weigh 0."]
+
+
+def masked_forwards_notes(cfg: CamConfig, shapes: dict[str, tuple[int, ...]], images: int) -> list[str]:
+    """How many forwards Score-CAM / Ablation-CAM ran over `images` images (the whole build, every batch), when
+    they masked every channel and that was many, and what would make them fewer: `cam.max_channels` where it
+    is below a layer's channel count, else a method or an image count that costs less."""
+    masked = _masked_methods(cfg)
     channels = {name: shape[0] for name, shape in shapes.items()}
-    if cfg.max_channels is not None:
-        capped = [f"`{name}` ({c})" for name, c in channels.items() if c > cfg.max_channels]
-        if capped:
-            return [f"{names} masked, per image, only the {cfg.max_channels} channels of highest mean activation of "
-                    f"{', '.join(capped)} (`analyses.cam.max_channels`); the other channels weigh 0."]
+    forwards = sum(channels.values()) * images  # per method
+    if not masked or cfg.max_channels is not None or forwards <= MANY_MASKED_FORWARDS:
         return []
-    forwards = sum(channels.values()) * images
-    if forwards > MANY_MASKED_FORWARDS:
-        return [f"{names} ran one forward per channel and image ({forwards:,} for these images). Setting "
-                "`analyses.cam.max_channels` (say 64) masks only each image's most active channels: faster, at the "
-                "cost of exact parity with pytorch-grad-cam."]
-    return []
+    each = " each" if len(masked) > 1 else ""
+    layers = ", ".join(f"`{name}`: {c} channels" for name, c in channels.items())
+    text = (f"{' and '.join(REGISTRY[m].title for m in masked)}{each} ran one forward per channel and image: "
+            f"{forwards:,} forwards{each} for {images:,} images ({layers}).")
+    if max(channels.values()) > SUGGESTED_MAX_CHANNELS:
+        fewer = sum(min(c, SUGGESTED_MAX_CHANNELS) for c in channels.values()) * images
+        return [text + f" Setting `analyses.cam.max_channels` (say {SUGGESTED_MAX_CHANNELS}) masks only each "
+                f"image's {SUGGESTED_MAX_CHANNELS} most active channels ({fewer:,} forwards): faster, at the cost of "
+                "exact parity with pytorch-grad-cam."]
+    per_image = f"{sum(channels.values())} forwards{' a method' if each else ''}"
+    return [text + f" An image needs only {per_image}: what costs is the number of images. A gradient CAM such as "
+            "Grad-CAM (one forward and backward per batch), or fewer images (`inputs.limit`), is faster."]
 
 
 def settings(info: ModelInfo, cfg: CamConfig, layers: tuple[str, ...], model: nn.Module | None = None) -> Settings:
@@ -285,7 +311,7 @@ def _in_place_warnings(ctx: Context, layers: tuple[str, ...]) -> list[str]:
 
 def reduce(results: list[CamResult]) -> CamResult:
     """The result of all images from those of consecutive batches (maps re-keyed by the image's index among
-    all images; notes and warnings once; times added up)."""
+    all images; notes and warnings once; times and image counts added up)."""
     first = results[0]
     if len(results) == 1:
         return first
@@ -313,6 +339,7 @@ def reduce(results: list[CamResult]) -> CamResult:
         notes=tuple(dict.fromkeys(note for r in results for note in r.notes)),
         warnings=tuple(dict.fromkeys(w for r in results for w in r.warnings)),
         seconds=seconds,
+        image_count=sum(r.image_count for r in results),
     )
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..config.rules import COUNT, setting
+from ..progress import plural
 from . import Context, Stage
 
 
@@ -240,7 +241,7 @@ def run(ctx: Context, cfg: DatasetConfig) -> DatasetResult:
                          f"model's {k} outputs (0 to {k - 1})")
     pred, hit, confidence = per_image(ctx.logits, truth)
     labels = tuple(ctx.label(i) for i in range(k))
-    ctx.log(f"dataset: {len(ctx.images)} images, {int((truth >= 0).sum())} with a true class")
+    ctx.log(f"dataset: {plural(len(ctx.images), 'image')}, {int((truth >= 0).sum())} with a true class")
     return summarize(tuple(im.name for im in ctx.images), truth, pred, hit, confidence, labels,
                      DatasetConfig(bins=cfg.bins, top_confused=cfg.top_confused,
                                    max_matrix_classes=cfg.max_matrix_classes))

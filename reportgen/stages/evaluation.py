@@ -36,6 +36,7 @@ from ..errors import ReportgenError, did_you_mean
 from ..metrics import perturbation, sanity
 from ..metrics.columns import Row, bootstrap, family, row_key
 from ..metrics.forward import inference_forward
+from ..progress import plural
 from ..metrics.scoring import (COLUMN, COLUMNS, METRICS, SCORERS, Hit, MapBatch, Options, gradient_map, mark_best,
                                object_mask, peaks)
 from . import Context, ModelInfo, Stage
@@ -227,7 +228,7 @@ def run(ctx: Context, cfg: EvaluationConfig) -> EvaluationResult:
     scores: dict[str, dict[str, np.ndarray]] = {row_key(r): {} for r in maps}
     for metric in metrics:
         if metric in SCORERS:
-            ctx.log(f"evaluation: {metric} on {len(indices)} images")
+            ctx.log(f"evaluation: {metric} on {plural(len(indices), 'image')}")
             for row, columns in SCORERS[metric](job).items():
                 scores[row_key(row)].update(columns)
     fraction, sums = None, {}

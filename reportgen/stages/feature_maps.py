@@ -33,6 +33,7 @@ from ..errors import ReportgenError
 from ..hooks import capture_outputs, cpu_copy
 from ..layers import depth_of, is_spatial_map, map_view, select_layers, spatial_shape
 from ..ops import batches
+from ..progress import plural
 from . import Context, ModelInfo, Stage
 
 
@@ -166,7 +167,7 @@ def run(ctx: Context, cfg: FeatureMapsConfig) -> FeatureMapsResult:
     notes += runtime_notes
     layers = tuple(summarize(name, ctx.info.layers[name].type, outputs[name], cfg.max_channels, cfg.order)
                    for name in names if name in outputs)
-    ctx.log(f"feature_maps: {len(layers)} layers for {len(ctx.images)} images")
+    ctx.log(f"feature_maps: {plural(len(layers), 'layer')} for {plural(len(ctx.images), 'image')}")
     return FeatureMapsResult(images=tuple(im.name for im in ctx.images), layers=layers, order=cfg.order,
                              scale=cfg.scale, max_channels=cfg.max_channels, notes=tuple(notes))
 

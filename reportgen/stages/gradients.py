@@ -24,7 +24,7 @@ from torch import nn
 from ..config.rules import known_colormap, setting
 from ..config.values import TargetSpec
 from ..engine import Engine
-from ..errors import ReportgenError, did_you_mean
+from ..errors import ImageWarning, ReportgenError, did_you_mean
 from ..layers import auto_cam_layer, map_view, spatial_shape
 from ..methods import REGISTRY
 from ..methods.dispatch import Settings, explain
@@ -73,7 +73,7 @@ class GradientsResult:
     baseline: str  # integrated gradients' baseline, in words
     reused_cam_pass: tuple[bool, ...]  # per rank: saliency/input_x_gradient came from the CAM stage's pass
     seconds: dict[str, float]  # method -> compute time (a shared pass counts for the first method using it)
-    warnings: tuple[str, ...]
+    warnings: tuple[str | ImageWarning, ...]  # the build merges those about images (one per kind)
     seed: int = 0  # of SmoothGrad's noise and the uniform baseline
 
 
@@ -123,9 +123,15 @@ def load_baseline_file(path: Path, input_size: tuple[int, ...]) -> np.ndarray:
         hint = did_you_mean(path.name, BASELINES)
         raise ReportgenError(f"`analyses.gradients.baseline`: `{path}` is neither {', '.join(BASELINES)} nor an "
                              f"existing .npy file.{hint}")
+    if path.stat().st_size > 8 * math.prod(input_size) + 4096:  # float64 and a header: more is not this array
+        raise ReportgenError(f"`analyses.gradients.baseline`: `{path}` is larger than one array of the model's "
+                             f"input size {list(input_size)} can be.")
     try:
         array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+        if not isinstance(array, np.ndarray):  # an .npz: a zip of several arrays
+            array.close()
+            raise ValueError("it holds several arrays (an .npz); save the one baseline with np.save")
+    except (OSError, ValueError, EOFError) as exc:
         raise ReportgenError(f"`analyses.gradients.baseline`: cannot read `{path}` as a .npy array: {exc}") from None
     if array.ndim == 4 and array.shape[0] == 1:
         array = array[0]
@@ -155,7 +161,7 @@ def run(ctx: Context, cfg: GradientsConfig) -> GradientsResult:
     targets = ctx.targets(cfg.targets)  # per image, R classes
     class_sets = [tuple(int(t[r]) for t in targets) for r in range(len(targets[0]))]  # per rank, one class per image
     layer = cam_layer(ctx.info, cfg, ctx.results.get(CamResult)) if _needs_layer(cfg) else None
-    warnings: list[str] = []
+    warnings: list[str | ImageWarning] = []
     if any(REGISTRY[m].relu_rule for m in cfg.methods) and not any(isinstance(m, nn.ReLU) for m in model.modules()):
         warnings.append("The model has no nn.ReLU modules (it may call F.relu): guided backprop, deconvnet and "
                         "guided Grad-CAM then use plain gradients, as Captum does.")
@@ -281,18 +287,26 @@ def _completeness(sums: np.ndarray, deltas: np.ndarray) -> Completeness:
     return Completeness(attribution_sum=sums, delta=deltas, gap=gap)
 
 
-def _gap_warnings(c: Completeness, targets: list[list[int]], ctx: Context, steps: int) -> list[str]:
+def _gap_warnings(c: Completeness, targets: list[list[int]], ctx: Context, steps: int) -> list[ImageWarning]:
+    """Per image whose completeness gap is undefined or over GAP_WARNING for a target: one warning, naming its classes
+    (the build gives each kind once, counting the images)."""
     out = []
     for i, image in enumerate(ctx.images):
+        undefined, missed = [], []
         for r, cls in enumerate(targets[i]):
-            gap = c.gap[i, r]
-            what = f"{image.name}, class {cls} ({ctx.label(cls)})"
-            if math.isnan(gap):
-                out.append(f"Integrated gradients for {what}: f(x) equals f(baseline), so the completeness gap "
-                           "is undefined; try another baseline.")
-            elif gap > GAP_WARNING:
-                out.append(f"Integrated gradients for {what}: the attributions miss f(x) − f(baseline) by "
-                           f"{100 * gap:.1f}% (over {100 * GAP_WARNING:.0f}%): raise `steps` (now {steps}).")
+            label = ctx.label(cls)
+            what = f"class {cls}" + ("" if label == f"class {cls}" else f" ({label})")
+            if math.isnan(c.gap[i, r]):
+                undefined.append(what)
+            elif c.gap[i, r] > GAP_WARNING:
+                missed.append(f"{what} {100 * c.gap[i, r]:.1f}%")
+        if undefined:
+            out.append(ImageWarning("Integrated gradients: f(x) equals f(baseline), so the completeness gap is "
+                                    "undefined,", f"{image.name}: {', '.join(undefined)}", "try another baseline."))
+        if missed:
+            out.append(ImageWarning(f"Integrated gradients: the attributions miss f(x) − f(baseline) by over "
+                                    f"{100 * GAP_WARNING:.0f}%", f"{image.name}: {', '.join(missed)}",
+                                    f"raise `steps` (now {steps})."))
     return out
 
 
