@@ -21,6 +21,7 @@ one thread's in the same state (target: busy default <= 1.1) and, on idle cores,
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -57,8 +58,11 @@ def build(config: Path, cwd: Path, env: dict[str, str], torch_first: bool) -> fl
     done = subprocess.run([sys.executable, *command, "build", str(config), "-q"], cwd=cwd, capture_output=True,
                           text=True, env={**clean, **env, "PYTHONPATH": str(ROOT)})
     seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        sys.exit(f"build failed ({done.returncode}): {done.stderr[-2000:]}")
+    if done.returncode != 0:  # 1: built, a stage failed (the report says which and why)
+        report = cwd / "out" / "report.json"
+        failed = [s for s in json.loads(report.read_text())["stages"] if s.get("status") == "failed"] \
+            if report.exists() else []
+        sys.exit(f"build failed ({done.returncode}): {done.stderr[-2000:]} {failed}")
     return seconds
 
 
