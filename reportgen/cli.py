@@ -140,6 +140,10 @@ class _Main(click.Group):
         logging), which os._exit would skip. Called with `args` (tests, `CliRunner`), it behaves as click's."""
         if args is not None:
             return super().main(args, *rest, **kwargs)
+        # torch's OpenMP threads spin-wait between ops: beside one busy process a build on 2 threads took 3x as
+        # long as on one. Waiting passively costs little on idle cores (README, "Threads"). OpenMP reads this once,
+        # when torch loads it: here, before anything imports torch. A value the user set stands.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         try:
             super().main(args, *rest, **kwargs)
             code = 0

@@ -20,7 +20,7 @@ from . import datasets, dist
 from .context import ImageInput, ModelInfo
 from .detail import Detail, choose
 from .errors import ReportgenError
-from .inputs import unique_names
+from .inputs import read_ahead, unique_names
 from .progress import track
 
 
@@ -57,8 +57,9 @@ class Collection:
     def batches(self, size: int) -> Iterator[tuple[int, list[ImageInput], torch.Tensor]]:
         """This process's images in batches of `size`: (index of the first, ImageInputs, (n, C, H, W) tensor on
         the model's device)."""
+        reads = read_ahead(self.read, self.shard, ahead=size)  # the next batch read while the stages run on this
         for lo in range(self.shard.start, self.shard.stop, size):
-            read = [self.read(i) for i in range(lo, min(lo + size, self.shard.stop))]
+            read = [next(reads)[1].result() for _ in range(lo, min(lo + size, self.shard.stop))]
             yield lo, [image for image, _ in read], torch.stack([t for _, t in read]).to(self.device)
 
     def records(self, top_k: int, label) -> list[dict]:

@@ -27,7 +27,7 @@ import torch
 
 from .entries import KEY, Entry, find_entries, listing, numbers_text
 from .errors import ReportgenError, did_you_mean
-from .inputs import (ImageReadError, geometry, pixels_of, prepare_image, read_image, read_mask,
+from .inputs import (ImageReadError, geometry, pixels_of, prepare_image, read_ahead, read_image, read_mask,
                      transform_box, transform_mask, unique_names)
 
 RESIZED_LIMIT = 2**26  # pixels of an image resized for the model (8192 x 8192): more is a stranger's bomb
@@ -208,12 +208,13 @@ def scan(config, pre, entries: list[Entry], found: Scan, progress: Callable = la
     none readable is an error either way."""
     inputs = config.inputs
     wanted = len(entries) if inputs.limit is None else min(inputs.limit, len(entries))
-    batch: list = []
-    for entry in progress(entries, total=wanted, desc="reading images", unit="image"):
+    batch: list = []  # the next batch is read ahead while the caller's model runs on this one
+    reads = read_ahead(lambda entry: read_entry(entry, config, pre), entries, ahead=inputs.batch_size)
+    for entry, read in progress(reads, total=wanted, desc="reading images", unit="image"):
         if len(found.entries) >= wanted:
             break
         try:
-            image, tensor, lost = read_entry(entry, config, pre)
+            image, tensor, lost = read.result()
         except ImageReadError as exc:
             if inputs.strict:
                 raise

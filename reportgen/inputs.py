@@ -1,9 +1,13 @@
 """Find, read and preprocess the input images. Keeps the original pixels for overlays."""
 from __future__ import annotations
 
-from collections import Counter
+import os
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -199,22 +203,24 @@ def transform_mask(mask: np.ndarray, geo: Geometry) -> np.ndarray:
 
 
 def prepare_image(pixels: np.ndarray, pre: Preprocess, input_size: tuple[int, ...]) -> PreparedImage:
+    """The math in numpy, not torch: images are read in threads beside the model (`read_ahead`), and a torch op
+    on a large tensor there would start an OpenMP team of its own in each of them."""
     channels = input_size[0]
     img = Image.fromarray(pixels)
     img = apply_geometry(img, geometry(img.width, img.height, pre, input_size))
     display = np.asarray(img.convert("RGB"), dtype=np.uint8)
     if channels == 1:
-        x = torch.from_numpy(np.asarray(img.convert("L"), dtype=np.float32) / 255.0)[None]
+        x = (np.asarray(img.convert("L"), dtype=np.float32) / np.float32(255.0))[None]
     elif channels == 3:
-        x = torch.from_numpy(display.astype(np.float32) / 255.0).permute(2, 0, 1).contiguous()
+        x = (display.astype(np.float32) / np.float32(255.0)).transpose(2, 0, 1)
     else:
         raise ReportgenError(f"`model.input_size`: images give 1 or 3 channels, not {channels}.")
     if pre.normalize is not None:
         mean, std = pre.normalize.mean, pre.normalize.std
         if len(mean) not in (1, channels) or len(std) not in (1, channels):
             raise ReportgenError(_normalize_mismatch(pre.normalize, channels))
-        x = (x - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
-    return PreparedImage(display=display, tensor=x.float())
+        x = (x - np.asarray(mean, np.float32).reshape(-1, 1, 1)) / np.asarray(std, np.float32).reshape(-1, 1, 1)
+    return PreparedImage(display=display, tensor=torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
 
 
 def _normalize_mismatch(normalize: Normalize, channels: int) -> str:
@@ -250,6 +256,42 @@ def _center_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     left = int(round((img.width - tw) / 2.0))
     top = int(round((img.height - th) / 2.0))
     return img.crop((left, top, left + tw, top + th))
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+READERS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def read_ahead(read: Callable[[T], R], items: Iterable[T], ahead: int) -> Iterator[tuple[T, Future[R]]]:
+    """(item, the future of `read(item)`) for each of `items`, in their order, while a pool of `READERS`
+    threads reads up to `ahead` items beyond the one handed out: Pillow's decoding and resizing release the
+    GIL, so the next images are read while the model runs on these; an item whose read has not started when it
+    is wanted is read in the caller's thread. `future.result()` is `read`'s value, or raises what `read` raised.
+    The memory held is bounded by `ahead` items. When the loop ends (done, left early, an exception, Ctrl-C)
+    the reads not started are cancelled and the pool is shut down without waiting for the few that run (each
+    ends with its image)."""
+    pool = ThreadPoolExecutor(max_workers=max(1, min(READERS, ahead)), thread_name_prefix="reportgen-read")
+    pending: deque[tuple[T, Future[R]]] = deque()
+    source = iter(items)
+    try:
+        while True:
+            for item in source:  # top the queue up: `ahead` reads besides the one handed out next
+                pending.append((item, pool.submit(read, item)))
+                if len(pending) > ahead:
+                    break
+            if not pending:
+                return
+            item, future = pending.popleft()
+            if future.cancel():  # not started: the readers are behind (no free core); reading it here beats waiting
+                future = Future()
+                try:
+                    future.set_result(read(item))
+                except Exception as exc:  # handed out as the pool's reads are: raised by `result()`
+                    future.set_exception(exc)
+            yield item, future
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def unique_names(paths: list[Path]) -> list[str]:

@@ -87,7 +87,7 @@ def test_arrays_equal_independent_hooks_from_one_forward_per_chunk():
         for i, image in enumerate(ctx.images):
             got = out[f"feature_maps/{name}/{image.name}"]
             assert got.dtype == np.float32 and got.shape == oracle[name][i].shape
-            np.testing.assert_allclose(got, oracle[name][i], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(got, oracle[name][i], rtol=1e-5, atol=1e-5)  # batches of 2 against 1
     assert count_hooks(ctx.model) == 0
     json.dumps(feature_maps.to_json(result))
 
@@ -129,12 +129,14 @@ def test_maps_are_copied_before_a_later_inplace_op_changes_them():
     result = feature_maps.run(ctx, cfg)
     bn, relu = result.layers
     oracle = cloned_outputs(ctx.model, ctx.batch, ["bn", "relu"])
-    np.testing.assert_allclose(bn.maps, oracle["bn"], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(relu.maps, oracle["relu"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bn.maps, oracle["bn"], rtol=1e-5, atol=1e-5)  # batches of 2 against one of 3
+    np.testing.assert_allclose(relu.maps, oracle["relu"], rtol=1e-5, atol=1e-5)
     assert bn.maps.min() < 0 and relu.maps.min() == 0  # the BN's own output, not the ReLU's
     for i in range(3):  # the statistics are the BN's too: almost no exact zeros before the ReLU
         assert bn.zeros[i] == pytest.approx(float((oracle["bn"][i] == 0).mean()))
-        assert relu.zeros[i] == pytest.approx(float((oracle["relu"][i] == 0).mean())) and relu.zeros[i] > 0.2
+        near = float((np.abs(oracle["bn"][i]) <= 1e-5).mean())  # what another batching may put either side of 0
+        assert relu.zeros[i] == pytest.approx(float((oracle["relu"][i] == 0).mean()), abs=near + 1e-12)
+        assert relu.zeros[i] > 0.2
     assert count_hooks(ctx.model) == 0
 
 

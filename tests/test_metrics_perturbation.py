@@ -252,8 +252,8 @@ def test_road_batch_size_does_not_change_numbers():
     x, maps = batch(methods=("a",))
     one = P.road(model, x, maps, [0, 1, 2], noise=0, batch_size=1)["a"]
     many = P.road(model, x, maps, [0, 1, 2], noise=0, batch_size=64)["a"]
-    np.testing.assert_allclose(one.morf, many.morf, atol=1e-6)
-    np.testing.assert_allclose(one.lerf, many.lerf, atol=1e-6)
+    np.testing.assert_allclose(one.morf, many.morf, atol=1e-5)  # the documented tolerance: oneDNN's kernels
+    np.testing.assert_allclose(one.lerf, many.lerf, atol=1e-5)  # depend on the batch size
     assert one.morf.shape == (3, 4) and one.percentiles == (20, 40, 60, 80)
 
 

@@ -1,0 +1,46 @@
+"""The command line makes torch's OpenMP threads wait passively (`OMP_WAIT_POLICY=PASSIVE`), set before torch is
+imported: spinning threads made a build beside a busy process 3x slower than one thread (README, "Threads")."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# the model's factory says what the build's own process sees, once torch is loaded
+PROBE = textwrap.dedent('''
+    import json, os
+    import torch
+    from tinynet import build as tiny
+
+    def build(num_classes=3):
+        seen = {"policy": os.environ.get("OMP_WAIT_POLICY"), "threads": torch.get_num_threads()}
+        with open("seen.json", "w") as file:  # in the build's folder
+            json.dump(seen, file)
+        return tiny(num_classes)
+''')
+
+
+def _build(project, **env) -> dict:
+    (project.root / "probe.py").write_text(PROBE)
+    config = project.base()
+    config["model"]["factory"] = "probe:build"
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    done = subprocess.run([sys.executable, "-m", "reportgen", "build", str(project.write(config)), "-q"],
+                          cwd=project.root, capture_output=True, text=True, timeout=300,
+                          env={**clean, "PYTHONPATH": str(ROOT), **env})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((project.root / "seen.json").read_text())
+
+
+def test_a_build_from_the_command_line_waits_passively_unless_the_user_says_otherwise(project):
+    assert _build(project)["policy"] == "PASSIVE"
+    assert _build(project, OMP_WAIT_POLICY="active", OMP_NUM_THREADS="1") == {"policy": "active", "threads": 1}
+    # set before torch loads its OpenMP, which reads it once: the command line module imports no torch
+    imported = subprocess.run([sys.executable, "-c", "import sys, reportgen.cli; print('torch' in sys.modules)"],
+                              capture_output=True, text=True, cwd=ROOT, check=True)
+    assert imported.stdout.strip() == "False"
