@@ -126,3 +126,77 @@ def test_the_report_has_every_section_the_layout_tests_mean_to_cover(pages):
         assert f'id="{section}"' in text, section
     assert 'id="attention"' in pages["attention"].read_text()
     assert 'class="compare-row' in pages["compare"].read_text() or "compare-row" in pages["compare"].read_text()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# what the report's figures and cards draw (no browser)
+
+
+def test_the_confusion_matrix_grows_with_its_classes_so_each_count_stays_readable():
+    import numpy as np
+
+    from reportgen.figures.dataset import plot_confusion
+
+    for k in (5, 10, 20, 30):
+        matrix = np.diag(np.arange(1, k + 1))
+        fig = plot_confusion(matrix, tuple(f"c{i}" for i in range(k)))
+        assert fig.height / k >= 55 and fig.width >= fig.height, (k, fig.width, fig.height)  # px per class
+
+
+def test_training_curves_draw_the_logged_values_bold_and_the_smoothed_curve_light_beneath():
+    import numpy as np
+    from matplotlib.figure import Figure as MplFigure
+
+    from reportgen.figures.training import draw_curves
+    from reportgen.stages import training
+
+    values = np.array([0.2, 0.5, 0.7, 0.8, 0.85, 0.88, 0.9, 0.9, 0.905, 0.906], dtype=np.float32)
+    series = training.Series(run="r", tag="val_accuracy", steps=np.arange(1, 11, dtype=np.int64), values=values,
+                             smoothed=training.smooth(values, 0.6), wall_times=np.full(10, np.nan))
+    ax = MplFigure().add_subplot()
+    draw_curves(ax, [series], 0.6)
+    raw, smoothed = ax.lines
+    assert np.array_equal(raw.get_ydata(), values) and not np.array_equal(smoothed.get_ydata(), values)
+    assert raw.get_linewidth() > smoothed.get_linewidth()
+    assert (raw.get_alpha() or 1.0) == 1.0 and smoothed.get_alpha() < 0.5
+    assert raw.get_zorder() > smoothed.get_zorder()  # the logged values on top
+    assert raw.get_label() == "r"
+
+
+def test_each_detail_card_shows_the_truth_and_whether_the_prediction_is_right(project):
+    import json
+    import re
+
+    from tests.conftest import make_image
+
+    (project.root / "labels.txt").write_text("cat\ndog\nbird\n")
+    for k, label in enumerate(("cat", "dog", "bird")):
+        (project.root / "val" / label).mkdir(parents=True)
+        for i in range(2):
+            make_image(project.root / "val" / label / f"{label}{i}.png", seed=40 + 2 * k + i)
+    config = project.base()
+    config["model"]["labels"] = "labels.txt"
+    config["inputs"]["images"] = ["val"]
+    done = CliRunner().invoke(main, ["build", str(project.write(config)), "-q"])
+    assert done.exit_code == 0, done.output
+    records = {r["name"]: r for r in map(json.loads, (project.root / "out" / "images.jsonl").read_text().splitlines())}
+    html = (project.root / "out" / "report.html").read_text()
+    cards = re.findall(r'<article id="[^"]*" class="card"[^>]*>\s*<h3[^>]*>([^<]*)</h3>(.*?)</article>', html, re.S)
+    assert len(cards) == len(records) == 6
+    marks = set()
+    for name, body in cards:
+        record = records[name]
+        right = record["top_k"][0]["index"] == record["truth"]["index"]
+        truth = re.search(r'<p class="truth">Truth: ([^<]*) <span class="muted">#(\d+)</span> <span class="(yes|no)">', body)
+        assert truth, body
+        assert (truth.group(1), int(truth.group(2))) == (record["truth"]["label"], record["truth"]["index"])
+        assert truth.group(3) == ("yes" if right else "no"), name
+        marks.add(truth.group(3))
+    assert marks == {"yes", "no"}  # the untrained network gets some right and some wrong
+
+
+def test_a_card_without_a_true_class_shows_no_truth(project):
+    done = CliRunner().invoke(main, ["build", str(project.write()), "-q"])
+    assert done.exit_code == 0, done.output
+    html = (project.root / "out" / "report.html").read_text()
+    assert html.count('class="card"') == 2 and 'class="truth"' not in html
