@@ -117,6 +117,10 @@ def test_every_page_fits_its_window(driver, pages, page, width):
         assert layout["main"] / layout["inner"] >= 0.6, layout
         if page in ("report", "attention"):  # a report's tables all fit a desktop: every column in view
             assert layout["scrolls"] == [], layout["scrolls"]
+        if page == "report":  # a chart is shown at its drawn size: the confusion matrix's counts stay readable
+            shown, drawn = js(driver, """const i = document.querySelector('#dataset img[alt^="Confusion matrix"]');
+                return [i.getBoundingClientRect().height, +i.getAttribute('height')];""")
+            assert shown >= drawn - 1, (shown, drawn)
     save_screenshot(driver, f"layout-{page}-{width}.png")
 
 
