@@ -59,21 +59,27 @@ def map_figure(colour: np.ndarray, alt: str, caption: str = "", min_side: int = 
 
 
 def flatten(fig: Figure) -> np.ndarray:
-    """(H, W, 3) uint8: the figure as the page shows it (an overlay composed as `overlay()` blends)."""
+    """(H, W, 3) uint8: the figure as the page shows it (an overlay composed as `overlay()` blends; a layer with
+    an alpha channel weighted per pixel by it)."""
     top = _decode(fig.png)
     if fig.under is None:
-        return top
-    under = _decode(fig.under)
-    if under.shape != top.shape:  # the page stretches the picture beneath to the map (nearest for small inputs)
+        return top[..., :3]
+    under = _decode(fig.under)[..., :3]
+    if under.shape[:2] != top.shape[:2]:  # the page stretches the picture beneath to the map (nearest for small inputs)
         rows = np.arange(top.shape[0]) * under.shape[0] // top.shape[0]
         cols = np.arange(top.shape[1]) * under.shape[1] // top.shape[1]
         under = under[rows][:, cols]
+    if top.shape[2] == 4:  # a layer with its own alpha: each pixel's opacity is the figure's times its own
+        weight = fig.alpha * top[..., 3:].astype(np.float32) / 255.0
+        mixed = weight * top[..., :3].astype(np.float32) + (1.0 - weight) * under.astype(np.float32)
+        return np.clip(mixed, 0, 255).round().astype(np.uint8)
     return blend(top, under, fig.alpha)
 
 
 def _decode(png: bytes) -> np.ndarray:
+    """(H, W, 3) uint8, or (H, W, 4) for a picture with an alpha channel."""
     with Image.open(io.BytesIO(png)) as img:
-        return np.asarray(img.convert("RGB"))
+        return np.asarray(img.convert("RGBA" if "A" in img.getbands() else "RGB"))
 
 
 def matplotlib_classes() -> tuple[type, type]:

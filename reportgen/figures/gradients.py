@@ -55,6 +55,17 @@ def colour(normed: np.ndarray, sign: str, cmap: str) -> tuple[np.ndarray, np.nda
     return position, apply_colormap(position, cmap)
 
 
+def overlay_layer(normed: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    """(H, W, 4) uint8: the heat map's colours, each pixel as opaque as its attribution is strong (|normed|).
+
+    A gradient map is mostly near zero, and a colour map's zero is a colour too (white for Blues and RdBu):
+    laid evenly over the image it veiled all of it, and the input beneath was lost in a grey wash. Where the
+    attribution is weak the image shows as it is; where it is strong the map's colour, at `alpha`, does. The
+    input beneath stays grey: the map's colours are not confused with the image's own."""
+    strength = np.clip(np.abs(normed), 0.0, 1.0)
+    return np.dstack([heat, (strength * 255.0).round().astype(np.uint8)])
+
+
 def plot(result: GradientsResult, ctx) -> dict:
     cfg = result.config
     sign, cmap = cfg.sign, cfg.colormap or DEFAULT_CMAPS[cfg.sign]
@@ -74,11 +85,13 @@ def plot(result: GradientsResult, ctx) -> dict:
                 name = method_title(method)
                 if method == "guided_gradcam":
                     name += f" at {result.cam_layer}"
-                _, heat = colour(normalize_attribution(maps[i, r], sign, cfg.outlier_perc), sign, cmap)
+                normed = normalize_attribution(maps[i, r], sign, cfg.outlier_perc)
+                _, heat = colour(normed, sign, cmap)
                 figures.append(map_figure(heat, f"{name} heat map ({sign}) for {what}", f"{name}: heat map",
                                           min_side=MIN_SIDE))
-                figures.append(overlay_figure(under, heat, cfg.alpha, f"{name} over the image ({sign}) for {what}",
-                                              f"{name}: overlay", min_side=MIN_SIDE))
+                figures.append(overlay_figure(under, overlay_layer(normed, heat), cfg.alpha,
+                                              f"{name} over the image ({sign}) for {what}", f"{name}: overlay",
+                                              min_side=MIN_SIDE))
             drawn.append(figures)
         return drawn
 
