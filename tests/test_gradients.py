@@ -417,7 +417,9 @@ def test_plot_figures_and_template_escape_names():
     assert heat.under is None and over.under is not None and over.alpha == cfg.alpha
     # composed by the page, the overlay is the heat map over the grey image, each pixel as opaque as its
     # attribution is strong: no veil where the map is zero, the map's colour at `alpha` where it is strongest
-    grey = np.repeat(ctx.images[0].display.mean(axis=2, keepdims=True), 3, axis=2).round().astype(np.uint8)
+    grey = gfig.grey_beneath(ctx.images[0].display)
+    plain = ctx.images[0].display.mean(axis=2)
+    assert grey.min() >= gfig.GREY_FLOOR and np.corrcoef(grey[..., 0].ravel(), plain.ravel())[0, 1] > 0.999
     normed = gfig.normalize_attribution(result.maps["saliency"][0, 0], "all", 2)
     _, heat = gfig.colour(normed, "all", "RdBu_r")
     weight = cfg.alpha * np.round(np.abs(normed) * 255)[..., None] / 255

@@ -55,13 +55,24 @@ def colour(normed: np.ndarray, sign: str, cmap: str) -> tuple[np.ndarray, np.nda
     return position, apply_colormap(position, cmap)
 
 
+GREY_FLOOR = 96  # the darkest grey beneath an overlay: the maps' strong colours (dark blue, green, red) stay distinct
+
+
+def grey_beneath(display: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8: the input's grey levels in [GREY_FLOOR, 255], the picture beneath a gradient overlay.
+    Lighter than the input, but with its shapes at ~60 % contrast: a dark input (a blue background's grey is
+    dark) would otherwise swallow the dark end of the colour map, where the attribution is strongest."""
+    grey = display[..., :3].astype(np.float32).mean(axis=2, keepdims=True)
+    return np.repeat(GREY_FLOOR + grey * (255 - GREY_FLOOR) / 255, 3, axis=2).round().astype(np.uint8)
+
+
 def overlay_layer(normed: np.ndarray, heat: np.ndarray) -> np.ndarray:
     """(H, W, 4) uint8: the heat map's colours, each pixel as opaque as its attribution is strong (|normed|).
 
     A gradient map is mostly near zero, and a colour map's zero is a colour too (white for Blues and RdBu):
     laid evenly over the image it veiled all of it, and the input beneath was lost in a grey wash. Where the
     attribution is weak the image shows as it is; where it is strong the map's colour, at `alpha`, does. The
-    input beneath stays grey: the map's colours are not confused with the image's own."""
+    input beneath is grey (`grey_beneath`): the map's colours are not confused with the image's own."""
     strength = np.clip(np.abs(normed), 0.0, 1.0)
     return np.dstack([heat, (strength * 255.0).round().astype(np.uint8)])
 
@@ -75,8 +86,7 @@ def plot(result: GradientsResult, ctx) -> dict:
     def figures_of(i: int) -> list[list[Figure]]:
         """Image i's heat maps and overlays, per target rank."""
         image = ctx.images[i]
-        grey = np.repeat(image.display[..., :3].mean(axis=2, keepdims=True), 3, axis=2).round().astype(np.uint8)
-        under = to_png(grey)  # beneath every overlay of this image: one copy in the report
+        under = to_png(grey_beneath(image.display))  # beneath every overlay of this image: one copy in the report
         drawn = []
         for r, cls in enumerate(result.classes[i]):
             what = f"{image.name}, class {int(cls)} ({ctx.label(int(cls))})"
