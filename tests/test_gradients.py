@@ -421,12 +421,18 @@ def test_plot_figures_and_template_escape_names():
     plain = ctx.images[0].display.mean(axis=2)
     assert grey.min() >= gfig.GREY_FLOOR and np.corrcoef(grey[..., 0].ravel(), plain.ravel())[0, 1] > 0.999
     normed = gfig.normalize_attribution(result.maps["saliency"][0, 0], "all", 2)
-    _, heat = gfig.colour(normed, "all", "RdBu_r")
-    weight = cfg.alpha * np.round(np.abs(normed) * 255)[..., None] / 255
+    position, heat = gfig.colour(normed, "all", "RdBu_r")
+    index = np.clip(position * 255, 0, 255).astype(np.uint8).astype(float)  # the colour map's entry
+    weight = cfg.alpha * np.abs(2 * index - 255)[..., None] / 255  # its distance from the middle (zero)
     expected = (weight * heat + (1 - weight) * grey).round().clip(0, 255).astype(np.uint8)
     shown = flatten(over).astype(int)
     assert np.abs(shown - upscale_nearest(expected, gfig.MIN_SIDE)).max() <= 1
     assert cfg.alpha >= 0.75  # the strongest attribution reads clearly: at least 3/4 the map's colour
+    import io
+
+    from PIL import Image
+    with Image.open(io.BytesIO(over.png)) as layer:  # opacity follows colour: a palette PNG, small
+        assert layer.mode == "P" and layer.has_transparency_data
     weak, strong = (np.unravel_index(pick(np.abs(normed)), normed.shape) for pick in (np.argmin, np.argmax))
     scale = shown.shape[0] // normed.shape[0]
     at = lambda yx: shown[yx[0] * scale, yx[1] * scale]  # noqa: E731

@@ -3,9 +3,11 @@
 The pages are built once for the module: a report with every section the shapes demo builds (the data set
 overview and the evaluation included, true classes from an ImageFolder), a second report of the same images for
 `reportgen compare`, the site index of both, and a report of the shipped tiny ViT with the attention section.
-On every page and width: the page never scrolls sideways, and nothing in `main` lies outside it unless it is
-inside a table's own scroll box. On desktop widths `main` takes most of the window and no box scrolls sideways
-at all: every figure of a strip and every column of a table is in view.
+On every page and width: the page never scrolls sideways, nothing in `main` lies outside it unless it is inside
+a table's own scroll box, and only tables scroll sideways in their box (figure strips wrap). On desktop widths
+`main` takes most of the window, and on a report no box scrolls sideways at all: every figure of a strip and
+every column of a table is in view. (The site index's table has a column per headline metric of any of its
+reports, dozens with the evaluation: it may scroll in its own box on any width.)
 """
 from __future__ import annotations
 
@@ -129,7 +131,7 @@ def test_the_report_has_every_section_the_layout_tests_mean_to_cover(pages):
     for section in ("summary", "kernels", "feature_maps", "cam", "gradients", "training", "evaluation", "dataset"):
         assert f'id="{section}"' in text, section
     assert 'id="attention"' in pages["attention"].read_text()
-    assert 'class="compare-row' in pages["compare"].read_text() or "compare-row" in pages["compare"].read_text()
+    assert pages["compare"].read_text().count("<img") >= 3  # A, B and B − A of at least one map
 
 
 # ---------------------------------------------------------------------------------------------------------------
