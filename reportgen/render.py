@@ -217,6 +217,14 @@ def _input_alt(name: str, top_k: list[dict]) -> str:
     return alt
 
 
+def _correct(entry: dict) -> bool | None:
+    """Whether the top-1 prediction is the true class; None where the truth is unknown."""
+    truth, top_k = entry.get("truth"), entry["top_k"]
+    if not truth or truth.get("index") is None or not top_k:
+        return None
+    return top_k[0]["index"] == truth["index"]
+
+
 @dataclass(frozen=True)
 class Rendered:
     """A drawn report: its page, the pictures it links (static-site mode), the sections that could not be drawn
@@ -245,7 +253,7 @@ def render_report(config, ctx, runs, described: dict, *, records: list[dict] | N
          # the pixels themselves: small inputs are enlarged by CSS with hard edges ("pixel"), not in the PNG
          "figure": make_figure(img.display, alt=_input_alt(img.name, entry["top_k"]), thumb_side=320),
          "figure_class": "pixel" if max(img.display.shape[:2]) < 160 else "",
-         "top_k": entry["top_k"]}
+         "top_k": entry["top_k"], "truth": entry.get("truth"), "correct": _correct(entry)}
         for img, entry in zip(ctx.images, described["images"])
     ]
     report = {

@@ -59,21 +59,27 @@ def map_figure(colour: np.ndarray, alt: str, caption: str = "", min_side: int = 
 
 
 def flatten(fig: Figure) -> np.ndarray:
-    """(H, W, 3) uint8: the figure as the page shows it (an overlay composed as `overlay()` blends)."""
+    """(H, W, 3) uint8: the figure as the page shows it (an overlay composed as `overlay()` blends; a layer with
+    an alpha channel weighted per pixel by it)."""
     top = _decode(fig.png)
     if fig.under is None:
-        return top
-    under = _decode(fig.under)
-    if under.shape != top.shape:  # the page stretches the picture beneath to the map (nearest for small inputs)
+        return top[..., :3]
+    under = _decode(fig.under)[..., :3]
+    if under.shape[:2] != top.shape[:2]:  # the page stretches the picture beneath to the map (nearest for small inputs)
         rows = np.arange(top.shape[0]) * under.shape[0] // top.shape[0]
         cols = np.arange(top.shape[1]) * under.shape[1] // top.shape[1]
         under = under[rows][:, cols]
+    if top.shape[2] == 4:  # a layer with its own alpha: each pixel's opacity is the figure's times its own
+        weight = fig.alpha * top[..., 3:].astype(np.float32) / 255.0
+        mixed = weight * top[..., :3].astype(np.float32) + (1.0 - weight) * under.astype(np.float32)
+        return np.clip(mixed, 0, 255).round().astype(np.uint8)
     return blend(top, under, fig.alpha)
 
 
 def _decode(png: bytes) -> np.ndarray:
+    """(H, W, 3) uint8, or (H, W, 4) for a picture with an alpha channel."""
     with Image.open(io.BytesIO(png)) as img:
-        return np.asarray(img.convert("RGB"))
+        return np.asarray(img.convert("RGBA" if img.has_transparency_data else "RGB"))
 
 
 def matplotlib_classes() -> tuple[type, type]:
@@ -173,9 +179,10 @@ def to_png(pixels: np.ndarray) -> bytes:
 
 
 def encode_png(img: Image.Image) -> bytes:
-    """PNG bytes of `img`, lossless: an RGB picture of at most 256 colours (maps through a colour map, kernel
-    grids, flat charts) as a palette PNG, a third of the bytes to compress and to carry."""
-    if img.mode == "RGB" and img.getcolors(256) is not None:
+    """PNG bytes of `img`, lossless: an RGB or RGBA picture of at most 256 colours (maps through a colour map,
+    a gradient overlay whose opacity follows its colour, kernel grids, flat charts) as a palette PNG, a third
+    (a quarter) of the bytes to compress and to carry."""
+    if img.mode in ("RGB", "RGBA") and img.getcolors(256) is not None:
         img = palette_image(np.asarray(img))
     buffer = io.BytesIO()
     img.save(buffer, format="PNG", optimize=img.mode == "P", compress_level=6)
@@ -183,12 +190,17 @@ def encode_png(img: Image.Image) -> bytes:
 
 
 def palette_image(pixels: np.ndarray) -> Image.Image:
-    """(H, W, 3) uint8 of at most 256 colours -> the same picture as a "P" image, its palette sorted by colour."""
-    packed = (pixels[..., 0].astype(np.uint32) << 16) | (pixels[..., 1].astype(np.uint32) << 8) | pixels[..., 2]
+    """(H, W, 3|4) uint8 of at most 256 colours -> the same picture as a "P" image, its palette sorted by colour
+    (with an alpha channel: an RGBA palette, which PNG writes as its tRNS chunk)."""
+    channels = pixels.shape[2]
+    packed = np.zeros(pixels.shape[:2], dtype=np.uint32)
+    for c in range(channels):
+        packed = (packed << 8) | pixels[..., c]
     colours, index = np.unique(packed, return_inverse=True)  # (K,) with K <= 256, (H*W,)
-    palette = np.stack([(colours >> 16) & 255, (colours >> 8) & 255, colours & 255], axis=1).astype(np.uint8)
+    shifts = [8 * (channels - 1 - c) for c in range(channels)]
+    palette = np.stack([(colours >> shift) & 255 for shift in shifts], axis=1).astype(np.uint8)
     indexed = Image.fromarray(index.reshape(pixels.shape[:2]).astype(np.uint8), mode="P")
-    indexed.putpalette(palette.tobytes())
+    indexed.putpalette(palette.tobytes(), rawmode="RGBA" if channels == 4 else "RGB")
     return indexed
 
 

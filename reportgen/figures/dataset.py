@@ -62,7 +62,9 @@ def plot(result: DatasetResult, ctx=None) -> dict:
 
 def plot_confusion(matrix: np.ndarray, labels: tuple[str, ...]):
     k = matrix.shape[0]
-    side = min(9.0, max(3.6, 0.32 * k + 1.8))
+    # a cell of about 0.55 inch (55 px) keeps its count readable: the figure grows with the classes (1.9 inch
+    # for the tick labels), up to 30 classes (beyond that the stage lists the most confused pairs instead)
+    side = min(18.0, max(4.5, 0.55 * k + 1.9))
     fig = MplFigure(figsize=(side + 0.8, side), dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(matrix, cmap="Blues", interpolation="nearest", vmin=0)
@@ -76,7 +78,7 @@ def plot_confusion(matrix: np.ndarray, labels: tuple[str, ...]):
         top = matrix.max() if matrix.size else 0
         for (i, j), value in np.ndenumerate(matrix):
             if value:
-                ax.text(j, i, str(int(value)), ha="center", va="center", fontsize=6 if k > 15 else 8,
+                ax.text(j, i, str(int(value)), ha="center", va="center", fontsize=8 if k > 15 else 10,
                         color="white" if value > top / 2 else "black")
     total = int(matrix.sum())
     return _to_figure(fig, f"Confusion matrix of {k} classes over {total} labelled images: rows true class, "

@@ -55,6 +55,31 @@ def colour(normed: np.ndarray, sign: str, cmap: str) -> tuple[np.ndarray, np.nda
     return position, apply_colormap(position, cmap)
 
 
+GREY_FLOOR = 96  # the darkest grey beneath an overlay: the maps' strong colours (dark blue, green, red) stay distinct
+
+
+def grey_beneath(display: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8: the input's grey levels in [GREY_FLOOR, 255], the picture beneath a gradient overlay.
+    Lighter than the input, but with its shapes at ~60 % contrast: a dark input (a blue background's grey is
+    dark) would otherwise swallow the dark end of the colour map, where the attribution is strongest."""
+    grey = display[..., :3].astype(np.float32).mean(axis=2, keepdims=True)
+    return np.repeat(GREY_FLOOR + grey * (255 - GREY_FLOOR) / 255, 3, axis=2).round().astype(np.uint8)
+
+
+def overlay_layer(position: np.ndarray, heat: np.ndarray, sign: str) -> np.ndarray:
+    """(H, W, 4) uint8: the heat map's colours, each pixel as opaque as its attribution is strong.
+
+    A gradient map is mostly near zero, and a colour map's zero is a colour too (white for Blues and RdBu):
+    laid evenly over the image it veiled all of it, and the input beneath was lost in a grey wash. Where the
+    attribution is weak the image shows as it is; where it is strong the map's colour, at `alpha`, does. The
+    input beneath is grey (`grey_beneath`): the map's colours are not confused with the image's own.
+    The opacity is a function of the colour-map entry (`position`, quantised as `apply_colormap` does: for
+    `all`, the distance from the middle), so the layer has at most 256 colours and is stored as a palette PNG."""
+    index = np.clip(np.nan_to_num(position) * 255.0, 0, 255).astype(np.uint8)
+    alpha = np.abs(2 * index.astype(np.int16) - 255).clip(0, 255) if sign == "all" else index
+    return np.dstack([heat, alpha.astype(np.uint8)])
+
+
 def plot(result: GradientsResult, ctx) -> dict:
     cfg = result.config
     sign, cmap = cfg.sign, cfg.colormap or DEFAULT_CMAPS[cfg.sign]
@@ -64,8 +89,7 @@ def plot(result: GradientsResult, ctx) -> dict:
     def figures_of(i: int) -> list[list[Figure]]:
         """Image i's heat maps and overlays, per target rank."""
         image = ctx.images[i]
-        grey = np.repeat(image.display[..., :3].mean(axis=2, keepdims=True), 3, axis=2).round().astype(np.uint8)
-        under = to_png(grey)  # beneath every overlay of this image: one copy in the report
+        under = to_png(grey_beneath(image.display))  # beneath every overlay of this image: one copy in the report
         drawn = []
         for r, cls in enumerate(result.classes[i]):
             what = f"{image.name}, class {int(cls)} ({ctx.label(int(cls))})"
@@ -74,11 +98,12 @@ def plot(result: GradientsResult, ctx) -> dict:
                 name = method_title(method)
                 if method == "guided_gradcam":
                     name += f" at {result.cam_layer}"
-                _, heat = colour(normalize_attribution(maps[i, r], sign, cfg.outlier_perc), sign, cmap)
+                position, heat = colour(normalize_attribution(maps[i, r], sign, cfg.outlier_perc), sign, cmap)
                 figures.append(map_figure(heat, f"{name} heat map ({sign}) for {what}", f"{name}: heat map",
                                           min_side=MIN_SIDE))
-                figures.append(overlay_figure(under, heat, cfg.alpha, f"{name} over the image ({sign}) for {what}",
-                                              f"{name}: overlay", min_side=MIN_SIDE))
+                figures.append(overlay_figure(under, overlay_layer(position, heat, sign), cfg.alpha,
+                                              f"{name} over the image ({sign}) for {what}", f"{name}: overlay",
+                                              min_side=MIN_SIDE))
             drawn.append(figures)
         return drawn
 

@@ -72,20 +72,25 @@ def log_decades(series: list[Series]) -> float | None:
     return float(math.log10(values.max() / values.min()))
 
 
-def plot_curves(tag: str, series: list[Series], smoothing: float, colours: dict[str, str] | None = None) -> Figure:
-    """One chart: each run's raw points faint and its smoothed curve bold, log scale over >= 2 decades."""
+def draw_curves(ax, series: list[Series], smoothing: float, colours: dict[str, str] | None = None) -> None:
+    """Each run's logged values bold and on top; with smoothing, TensorBoard's smoothed curve light beneath them
+    (as TensorBoard draws it when asked to show the raw data). The smoothed curve lags the values it follows
+    (on a 10-point epoch log by several epochs), so it must not be the line a reader takes for the run."""
     colours = colours or {}
-    fig = MplFigure(figsize=CHART_SIZE, dpi=DPI, layout="constrained")
-    ax = fig.add_subplot()
     for i, s in enumerate(series):
         colour = colours.get(s.run, RUN_COLOURS[i % len(RUN_COLOURS)])
         few = s.steps.size <= 30
-        ax.plot(s.steps, s.values, color=colour, alpha=0.3 if smoothing > 0 else 1.0, linewidth=1,
-                marker="o" if few else None, markersize=3)
+        ax.plot(s.steps, s.values, color=colour, linewidth=2, marker="o" if few else None, markersize=3,
+                zorder=3, label=_text(s.run))
         if smoothing > 0:
-            ax.plot(s.steps, s.smoothed, color=colour, linewidth=2, label=_text(s.run))
-        else:
-            ax.lines[-1].set_label(_text(s.run))
+            ax.plot(s.steps, s.smoothed, color=colour, alpha=0.35, linewidth=1.2, zorder=2)
+
+
+def plot_curves(tag: str, series: list[Series], smoothing: float, colours: dict[str, str] | None = None) -> Figure:
+    """One chart: each run's logged values bold and its smoothed curve light, log scale over >= 2 decades."""
+    fig = MplFigure(figsize=CHART_SIZE, dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    draw_curves(ax, series, smoothing, colours)
     decades = log_decades(series)
     log = decades is not None and decades >= LOG_DECADES
     if log:
@@ -99,7 +104,7 @@ def plot_curves(tag: str, series: list[Series], smoothing: float, colours: dict[
     runs = ", ".join(s.run for s in series)
     caption = f"{tag} by {' / '.join(axes)}, {len(series)} run{'s' if len(series) != 1 else ''} ({runs})"
     if smoothing > 0:
-        caption += f": raw values faint, TensorBoard smoothing {smoothing:g} bold"
+        caption += f": logged values bold, TensorBoard smoothing {smoothing:g} light"
     if log:
         caption += f"; log scale: the values span {decades:.1f} decades"
     alt = f"Training curve of {tag} by {' / '.join(axes)} for {runs}" + (" (log scale)" if log else "")

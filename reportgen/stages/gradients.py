@@ -43,7 +43,7 @@ class GradientsConfig:
     targets: TargetSpec = field(default_factory=TargetSpec)
     sign: Literal["absolute_value", "positive", "all"] = "absolute_value"
     outlier_perc: float = setting(2.0, ge=0, lt=100)
-    alpha: float = setting(0.5, ge=0, le=1)
+    alpha: float = setting(0.8, ge=0, le=1)  # overlays: the strongest attribution's opacity; weaker ones fade out
     colormap: str | None = setting(None, check=known_colormap)  # default: by sign
 
 
