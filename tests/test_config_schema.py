@@ -41,7 +41,7 @@ def test_preprocess_interpolation_in_yaml():
     ("inputs: {preprocess: {normalize: {mean: [0.5], std: [0]}}}",
      "`inputs.preprocess.normalize.std[0]` (c.yaml, line 2): must be positive, got 0.0."),
     ("inputs: {preprocess: {resize: [1, 2, 3]}}", "expected a positive size or [height, width], got [1, 2, 3]."),
-    ("inputs: {preprocess: {center_crop: 0}}", "`inputs.preprocess.center_crop[0]` (c.yaml, line 2): must be at least 1, got 0."),
+    ("inputs: {preprocess: {center_crop: 0}}", "`inputs.preprocess.center_crop[0]` (c.yaml, line 2): must be between 1 and 16384, got 0."),
     ("inputs: {preprocess: 5}", "expected from_weights or a mapping (resize, center_crop, normalize, interpolation)"),
     ("inputs: {alpha: trasparent}", "`inputs.alpha` (c.yaml, line 2): `trasparent` is not one of drop, white, black."),
     ("inputs: {max_value: 0}", "`inputs.max_value` (c.yaml, line 2): must be at least 1, got 0."),
