@@ -128,10 +128,12 @@ def _on_sigterm(handler):
 
 
 def _threads_for_free_cores() -> None:
-    """Unless the user set OMP_NUM_THREADS: as many torch threads as cores no other process keeps busy now, so
-    that a build beside a busy process runs as fast as on one thread (passive waiting alone left it 1.1-1.3x
-    slower; README, "Threads"). Busy means running in each of a few samples 10 ms apart (Linux's
-    `procs_running`), so that a process that only passes by does not cost an idle machine its second thread."""
+    """Beside a busy process, torch's OpenMP threads that spin-wait between ops wait on each other: a build on 2
+    threads took 3x as long as on one. So when other processes keep cores running as the build starts (the
+    fewest of five samples of Linux's `procs_running`, 10 ms apart: one that merely passes by does not count),
+    torch gets as many threads as cores are left free, and they wait passively. On idle cores torch keeps its
+    own choice (all cores, spinning: passive waiting there cost 0-35 %). Values the user set stand (README,
+    "Threads")."""
     if "OMP_NUM_THREADS" in os.environ:
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -146,6 +148,7 @@ def _threads_for_free_cores() -> None:
     free = max(1, cores - (min(running) - 1))  # this process is one of the running ones
     if free < cores:
         os.environ["OMP_NUM_THREADS"] = str(free)
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 class _Main(click.Group):
@@ -161,11 +164,7 @@ class _Main(click.Group):
         logging), which os._exit would skip. Called with `args` (tests, `CliRunner`), it behaves as click's."""
         if args is not None:
             return super().main(args, *rest, **kwargs)
-        # torch's OpenMP threads spin-wait between ops: beside one busy process a build on 2 threads took 3x as
-        # long as on one. Waiting passively costs little on idle cores (README, "Threads"). OpenMP reads this once,
-        # when torch loads it: here, before anything imports torch. A value the user set stands.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        _threads_for_free_cores()
+        _threads_for_free_cores()  # before anything imports torch: OpenMP reads these once, when torch loads it
         try:
             super().main(args, *rest, **kwargs)
             code = 0

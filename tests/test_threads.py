@@ -1,5 +1,6 @@
-"""The command line makes torch's OpenMP threads wait passively (`OMP_WAIT_POLICY=PASSIVE`), set before torch is
-imported: spinning threads made a build beside a busy process 3x slower than one thread (README, "Threads")."""
+"""Beside a busy process the command line gives torch the cores left free, waiting passively
+(`OMP_NUM_THREADS`, `OMP_WAIT_POLICY=PASSIVE`), set before torch is imported: two spinning threads made a build
+beside a busy process 3x slower than one thread (README, "Threads"). Values the user set stand."""
 from __future__ import annotations
 
 import json
@@ -37,8 +38,7 @@ def _build(project, **env) -> dict:
     return json.loads((project.root / "seen.json").read_text())
 
 
-def test_a_build_from_the_command_line_waits_passively_unless_the_user_says_otherwise(project):
-    assert _build(project)["policy"] == "PASSIVE"
+def test_what_the_user_sets_stands_and_torch_is_not_imported_before(project):
     assert _build(project, OMP_WAIT_POLICY="active", OMP_NUM_THREADS="1") == {"policy": "active", "threads": 1}
     # set before torch loads its OpenMP, which reads it once: the command line module imports no torch
     imported = subprocess.run([sys.executable, "-c", "import sys, reportgen.cli; print('torch' in sys.modules)"],
@@ -55,7 +55,9 @@ def test_beside_a_busy_process_a_build_leaves_it_its_core(project):
 
         time.sleep(0.5)  # running, not starting
         cores = len(os.sched_getaffinity(0))
-        assert _build(project)["threads"] <= max(1, cores - 1)
+        seen = _build(project)
+        assert seen["threads"] <= max(1, cores - 1), seen
+        assert cores == 1 or seen["policy"] == "PASSIVE", seen  # one core: torch's one thread, as it was
     finally:
         loop.kill()
         loop.wait()
