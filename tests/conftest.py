@@ -51,6 +51,20 @@ def make_image(path: Path, size=(40, 32), seed=0, mode="RGB") -> Path:
     return path
 
 
+def labelled_folder(project, per_class: int, seed: int) -> dict:
+    """`project`'s base config over `val/`, an ImageFolder of three classes (cat, dog, bird) of `per_class`
+    generated images each, with labels.txt naming them."""
+    (project.root / "labels.txt").write_text("cat\ndog\nbird\n")
+    for k, label in enumerate(("cat", "dog", "bird")):
+        (project.root / "val" / label).mkdir(parents=True)
+        for i in range(per_class):
+            make_image(project.root / "val" / label / f"{label}{i}.png", seed=seed + per_class * k + i)
+    config = project.base()
+    config["model"]["labels"] = "labels.txt"
+    config["inputs"]["images"] = ["val"]
+    return config
+
+
 @pytest.fixture
 def project(tmp_path: Path):
     """A folder with tinynet.py, two images and a `write(config_dict)` helper returning the YAML path."""

@@ -202,16 +202,9 @@ def test_an_image_folder_build_reports_accuracy_and_the_confusion_matrix_of_its_
     predictions (report.json's top-1), and the page shows the section."""
     import sklearn.metrics
 
-    from tests.conftest import make_image
+    from tests.conftest import labelled_folder
 
-    (project.root / "labels.txt").write_text("cat\ndog\nbird\n")
-    for k, name in enumerate(("cat", "dog", "bird")):
-        (project.root / "val" / name).mkdir(parents=True)
-        for i in range(3):
-            make_image(project.root / "val" / name / f"{name}{i}.png", seed=20 + 3 * k + i)
-    config = project.base()
-    config["model"]["labels"] = "labels.txt"
-    config["inputs"]["images"] = ["val"]
+    config = labelled_folder(project, 3, seed=20)
     config["inputs"]["batch_size"] = 4  # streamed in three batches
     config["analyses"] = {"dataset": {}}
     done = CliRunner().invoke(main, ["build", str(project.write(config)), "-q"])

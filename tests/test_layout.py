@@ -173,16 +173,9 @@ def test_each_detail_card_shows_the_truth_and_whether_the_prediction_is_right(pr
     import json
     import re
 
-    from tests.conftest import make_image
+    from tests.conftest import labelled_folder
 
-    (project.root / "labels.txt").write_text("cat\ndog\nbird\n")
-    for k, label in enumerate(("cat", "dog", "bird")):
-        (project.root / "val" / label).mkdir(parents=True)
-        for i in range(2):
-            make_image(project.root / "val" / label / f"{label}{i}.png", seed=40 + 2 * k + i)
-    config = project.base()
-    config["model"]["labels"] = "labels.txt"
-    config["inputs"]["images"] = ["val"]
+    config = labelled_folder(project, 2, seed=40)
     done = CliRunner().invoke(main, ["build", str(project.write(config)), "-q"])
     assert done.exit_code == 0, done.output
     records = {r["name"]: r for r in map(json.loads, (project.root / "out" / "images.jsonl").read_text().splitlines())}
