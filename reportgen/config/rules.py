@@ -108,7 +108,7 @@ def num(v: float) -> str:
     return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else str(v)
 
 
-def clean(text: Any, most: int = 120) -> str:
+def clean(text: Any, most: int = 300) -> str:
     """User text inside a one-line message: control characters escaped, at most `most` characters (a 200 kB
     value is not echoed whole)."""
     text = str(text)
