@@ -40,6 +40,7 @@ from .write import write_atomic
 
 RECORD = "site.json"
 THUMB = 160  # px, the longer side
+COLUMNS = 12  # metrics the index shows (a report with its evaluation has about 100): the rest in site.json
 _NAME = re.compile(r"[A-Za-z0-9_-]+")  # an assets folder's name, a card's id
 _EMBEDDED = 'src="data:image/png;base64,'
 OWN_FILES = ("report.html", "index.html", "report.json", "images.jsonl")  # what the site puts in reports/<slug>/
@@ -283,10 +284,22 @@ def _thumbnail(folder: Path, first: dict | None, html: str) -> bytes | None:
 
 
 def render_index(entries: list[SiteEntry]) -> str:
-    """The index page: one row per report, the union of their metrics as columns (the report's style and
-    script: sortable columns, a filter over title and model)."""
+    """The index page: one row per report, its metrics as columns, at most COLUMNS of them (the report's style
+    and script: sortable columns, a filter over title and model)."""
     from .render import render_page
 
-    columns = sorted({key for e in entries for key in e.metrics})
+    shown, hidden = index_columns(entries)
     rows = sorted(entries, key=lambda e: e.created, reverse=True)
-    return render_page("site.html.jinja2", entries=rows, columns=columns)
+    return render_page("site.html.jinja2", entries=rows, columns=shown, hidden=hidden)
+
+
+def index_columns(entries: list[SiteEntry]) -> tuple[list[str], int]:
+    """(the metrics the index shows, how many more there are): those most reports have first, the model's and
+    the data set's before the evaluation's many per method and layer, at most COLUMNS; the rest are in
+    site.json and each report."""
+    count: dict[str, int] = {}
+    for entry in entries:
+        for key in entry.metrics:
+            count[key] = count.get(key, 0) + 1
+    ranked = sorted(count, key=lambda key: (-count[key], key.startswith("evaluation/"), key.count("/"), key))
+    return sorted(ranked[:COLUMNS]), max(0, len(ranked) - COLUMNS)

@@ -105,3 +105,27 @@ def test_a_report_folder_linking_outside_itself_is_refused(built, tmp_path):
     assert done.exit_code == 2 and "outside its report folder" in done.output, done.output
     assert not (tmp_path / "site").exists() or "password" not in "".join(
         p.read_text(errors="ignore") for p in (tmp_path / "site").rglob("*") if p.is_file())
+
+
+def test_the_index_shows_at_most_twelve_metrics_those_most_reports_have_and_says_how_many_more(built, tmp_path):
+    import json
+    import re
+    import shutil
+
+    from reportgen.site import COLUMNS
+
+    folder = tmp_path / "many"
+    shutil.copytree(built["mine"], folder)
+    data = json.loads((folder / "report.json").read_text())
+    data["metrics"] |= {f"evaluation/deletion/method{i}/layer": i / 100 for i in range(40)}
+    (folder / "report.json").write_text(json.dumps(data))
+    site = tmp_path / "site"
+    assert _site(built["paged"], folder, "-o", site).exit_code == 0
+    html = (site / "index.html").read_text()
+    headings = re.findall(r'<th scope="col" class="num">([^<]*)</th>', html)[1:]  # after Images
+    summary = sorted(k for k in data["metrics"] if k.startswith("summary/"))
+    assert len(headings) == COLUMNS and set(summary) <= set(headings)  # every report has them: shown first
+    hidden = len(data["metrics"]) - COLUMNS
+    assert f"{hidden} more metrics" in html
+    listed = json.loads((site / "site.json").read_text())["reports"]
+    assert max(len(r["metrics"]) for r in listed) == len(data["metrics"])  # site.json keeps them all
