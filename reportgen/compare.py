@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ReportgenError
-from .report_folder import member, number, plain_file, read_json, read_records, reading
+from .owned import head
+from .report_folder import JSON_LIMIT, member, metrics, number, plain_file, read_json, read_records, reading
 
 MAP_PREFIXES = ("cam/", "gradients/")
 GENERATOR = '<meta name="generator" content="reportgen compare">'
@@ -31,13 +32,25 @@ OUTPUTS = ("compare.html", "compare.json", MAPS_FILE)
 
 
 @dataclass(frozen=True)
+class SideImage:
+    source: object  # the file it was read from, as its report shows it
+    truth: object  # its true class's label, or None
+    top1: tuple[str, float]  # (label, probability) of the report's first prediction
+
+
+TOTALS = (("parameters", "total_params"), ("trainable parameters", "trainable_params"),
+          ("mult-adds", "total_mult_adds"))
+
+
+@dataclass(frozen=True)
 class Side:
     folder: Path
     title: str
     model: str
     input_size: tuple[int, ...]
-    records: dict[str, dict]  # image name -> its images.jsonl record
-    summary: dict | None  # report.json's summary entry
+    images: dict[str, SideImage]  # image name -> what its images.jsonl record says
+    layers: dict[str, dict]  # layer name -> its row of report.json's summary
+    totals: dict[str, float | None]  # TOTALS' keys -> the summary's total
     metrics: dict[str, float]
     arrays: Path
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # metric -> its 95 % interval
@@ -162,15 +175,13 @@ def read_side(folder: Path) -> Side:
         input_size = tuple(int(number(v, "`model.input_size`")) for v in model.get("input_size", ()))
         if len(input_size) != 3 or min(input_size) < 1 or max(input_size) > 16384:
             raise ReportgenError(f"`{folder / 'report.json'}`: its model's input_size is not three sizes.")
-        summary = data.get("summary") if isinstance(data.get("summary"), dict) else None
-        for record in records:  # what `match` reads of them, read once here where a failure names the folder
-            _top1(record), (record.get("truth") or {}).get("label"), record.get("source")
-        _layers(summary, None), [_total(summary, key) for key in ("total_params", "trainable_params",
-                                                                   "total_mult_adds")]
+        summary = data.get("summary") if isinstance(data.get("summary"), dict) else {}
         return Side(folder=folder, title=str(data.get("title", folder.name)), model=str(model.get("description", "")),
-                    input_size=input_size, records={r["name"]: r for r in records},
-                    summary=summary,
-                    metrics={str(k): number(v, f"metric `{k}`") for k, v in (data.get("metrics") or {}).items()},
+                    input_size=input_size,
+                    images={r["name"]: SideImage(source=r.get("source"), truth=(r.get("truth") or {}).get("label"),
+                                                 top1=_top1(r)) for r in records},
+                    layers={r["name"]: r for r in summary.get("rows", []) if r.get("name")},
+                    totals={key: _total(summary, key) for _, key in TOTALS}, metrics=metrics(data),
                     arrays=folder / "arrays.npz", intervals=_intervals(data))
 
 
@@ -196,16 +207,16 @@ def match(folder_a: Path, folder_b: Path, detail: int = DETAIL) -> Comparison:
         raise ReportgenError(f"the reports were built at different input sizes (A {list(a.input_size)}, B "
                              f"{list(b.input_size)}): their maps cannot be put side by side. Build both with the "
                              "same `model.input_size`.")
-    common = [name for name in a.records if name in b.records]
+    common = [name for name in a.images if name in b.images]
     if not common:
-        raise ReportgenError(f"the reports share no image (A: {_some(a.records)}; B: {_some(b.records)}): build both "
+        raise ReportgenError(f"the reports share no image (A: {_some(a.images)}; B: {_some(b.images)}): build both "
                              "from the same `inputs.images`.")
-    moved = [n for n in common if a.records[n].get("source") != b.records[n].get("source")]
+    moved = [n for n in common if a.images[n].source != b.images[n].source]
     notes = [f"{len(moved)} image(s) share a name but come from different files: {_some(moved)}"] if moved else []
-    only = {"images in A only": [n for n in a.records if n not in b.records],
-            "images in B only": [n for n in b.records if n not in a.records]}
-    predictions = [Prediction(image=n, truth=(a.records[n].get("truth") or {}).get("label"),
-                              a=_top1(a.records[n]), b=_top1(b.records[n])) for n in common]
+    only = {"images in A only": [n for n in a.images if n not in b.images],
+            "images in B only": [n for n in b.images if n not in a.images]}
+    predictions = [Prediction(image=n, truth=a.images[n].truth, a=a.images[n].top1, b=b.images[n].top1)
+                   for n in common]
     of_image = {p.image: p for p in predictions}
     with _maps(a) as npz_a, _maps(b) as npz_b:
         maps_of = lambda npz: [k for k in npz.files if k.startswith(MAP_PREFIXES)]  # noqa: E731
@@ -214,11 +225,9 @@ def match(folder_a: Path, folder_b: Path, detail: int = DETAIL) -> Comparison:
         pairs = [_summarise(k_a, k_b, _map(npz_a, a, k_a), _map(npz_b, b, k_b), of_image) for k_a, k_b in keys]
         pairs.sort(key=lambda row: (not row.changed, -row.difference))  # stable: ties keep the reports' order
         maps = [MapPair(row, _map(npz_a, a, row.key_a), _map(npz_b, b, row.key_b)) for row in pairs[:max(detail, 0)]]
-    layers, layer_only = _layers(a.summary, b.summary)
+    layers, layer_only = _layers(a.layers, b.layers)
     only |= layer_only
-    totals = [(what, _total(a.summary, key), _total(b.summary, key)) for what, key in
-              (("parameters", "total_params"), ("trainable parameters", "trainable_params"),
-               ("mult-adds", "total_mult_adds"))]
+    totals = [(what, a.totals[key], b.totals[key]) for what, key in TOTALS]
     names = list(dict.fromkeys([*a.metrics, *b.metrics]))
     return Comparison(a=a, b=b, predictions=predictions, only={k: v for k, v in only.items() if v}, layers=layers,
                       totals=totals, metrics=[(n, a.metrics.get(n), b.metrics.get(n)) for n in names], pairs=pairs,
@@ -296,9 +305,7 @@ def _plane(values: np.ndarray) -> np.ndarray:
     return np.abs(values).sum(axis=0) if values.ndim == 3 else values
 
 
-def _layers(sa: dict | None, sb: dict | None):
-    rows_a = {r["name"]: r for r in (sa or {}).get("rows", []) if r.get("name")}
-    rows_b = {r["name"]: r for r in (sb or {}).get("rows", []) if r.get("name")}
+def _layers(rows_a: dict[str, dict], rows_b: dict[str, dict]):
     names = list(dict.fromkeys([*rows_a, *rows_b]))
     rows = [(n, rows_a.get(n, {}).get("class_name"), rows_b.get(n, {}).get("class_name"),
              rows_a.get(n, {}).get("num_params"), rows_b.get(n, {}).get("num_params")) for n in names]
@@ -306,8 +313,8 @@ def _layers(sa: dict | None, sb: dict | None):
                   "layers in B only": [n for n in rows_b if n not in rows_a]}
 
 
-def _total(summary: dict | None, key: str) -> float | None:
-    value = ((summary or {}).get("totals") or {}).get(key)
+def _total(summary: dict, key: str) -> float | None:
+    value = (summary.get("totals") or {}).get(key)
     return None if value is None else float(value)
 
 
@@ -325,15 +332,16 @@ def _some(names, most: int = 5) -> str:
 
 def write_compare(folder_a: Path, folder_b: Path, out: Path, detail: int = DETAIL) -> Path:
     """compare.html (one self-contained page, `detail` pairs of maps drawn), compare.json and compare_maps.npz in
-    `out`; returns the page's path. A compare.html there that reportgen did not write is refused, never replaced."""
+    `out`; returns the page's path. One of those files there that compare did not write is refused, never
+    replaced (its manifest, `.reportgen-compare.json`, says which it wrote)."""
     from .figures.compare import plot
     from .render import render_page
-    from .owned import check_out_dir
+    from .owned import check_out_dir, owned_files
     from .write import write_atomic, write_npz
 
     comparison = match(folder_a, folder_b, detail)
     page = out / "compare.html"
-    check_out_dir(out, OUTPUTS, _owned(out), key="-o")
+    check_out_dir(out, OUTPUTS, owned_files(out, MANIFEST, legacy=_before_manifests), key="-o")
     data = comparison.to_json()
     html = render_page("compare.html.jinja2", c=comparison, maps=plot(comparison), changed=data["changed"],
                        maps_file=MAPS_FILE, generator=GENERATOR)
@@ -348,19 +356,17 @@ def write_compare(folder_a: Path, folder_b: Path, out: Path, detail: int = DETAI
     return page
 
 
-def _owned(out: Path) -> set[str]:
-    """What an earlier `compare` wrote in `out`: its manifest's list; before compare kept one, a compare.html with
-    the generator tag, and beside it a compare.json of the shape compare writes."""
-    from .owned import owned_files
-
-    if (out / MANIFEST).exists() or not (out / "compare.html").is_file():
-        return owned_files(out, MANIFEST)
+def _before_manifests(out: Path) -> set[str]:
+    """What a `compare` from before compare kept a manifest wrote in `out`: a compare.html with the generator
+    tag, and beside it a compare.json of the shape compare writes."""
     try:
-        with open(out / "compare.html", "rb") as handle:
-            if GENERATOR.encode() not in handle.read(4096):
-                return set()
-        old = json.loads((out / "compare.json").read_bytes()[:2**26]) if (out / "compare.json").is_file() else {}
+        if GENERATOR.encode() not in head(out / "compare.html", 4096):
+            return set()
+    except OSError:  # none, or a link, a folder, a device: not ours
+        return set()
+    try:
+        old = json.loads(head(out / "compare.json", JSON_LIMIT))
     except (OSError, ValueError):
-        old = {}
+        old = None
     return {"compare.html"} | ({"compare.json"} if isinstance(old, dict) and {"a", "b", "predictions", "maps"}
                                <= set(old) else set())

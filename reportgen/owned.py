@@ -13,6 +13,7 @@ import hashlib
 import json
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import ReportgenError
@@ -22,10 +23,12 @@ ASSET_NAME = re.compile(r"^[0-9a-f]{20}\.png$")  # render.py names assets by con
 GENERATOR_TAG = b'<meta name="generator" content="reportgen '  # in every page a build writes
 
 
-def owned_files(out_dir: Path, manifest: str = MANIFEST) -> set[str]:
+def owned_files(out_dir: Path, manifest: str = MANIFEST,
+                legacy: Callable[[Path], set[str]] | None = None) -> set[str]:
     """The relative paths (POSIX) in `out_dir` that an earlier build (or `compare`: its own `manifest`) wrote: the
-    manifest's list, or, for a folder an older reportgen wrote without a manifest, the files that show it: a
-    report.json with reportgen's versions, a page with reportgen's generator tag, an asset named by its hash."""
+    manifest's list, or, for a folder an older reportgen wrote without a manifest, the files that show it
+    (`legacy`; a build's: a report.json with reportgen's versions, a page with reportgen's generator tag, an asset
+    named by its hash)."""
     path = out_dir / manifest
     if path.is_file():
         try:
@@ -36,14 +39,14 @@ def owned_files(out_dir: Path, manifest: str = MANIFEST) -> set[str]:
         except (OSError, ValueError, KeyError, TypeError):
             pass
         return set()  # unreadable: nothing counts as ours (we never delete on a guess)
-    return _legacy_owned(out_dir) if manifest == MANIFEST else set()
+    return (legacy or _legacy_owned)(out_dir)
 
 
 def _legacy_owned(out_dir: Path) -> set[str]:
     """A folder written before manifests: the very files that show reportgen wrote them (a user's index.html
     beside a report.json of ours stays the user's; so does an arrays.npz, which carries no such sign)."""
     try:
-        legacy = json.loads(_head(out_dir / "report.json", 2**26).decode("utf-8"))
+        legacy = json.loads(head(out_dir / "report.json", 2**26).decode("utf-8"))
         ours = isinstance(legacy, dict) and isinstance(legacy.get("versions"), dict) \
             and "reportgen" in legacy["versions"]
     except (OSError, ValueError):
@@ -53,7 +56,7 @@ def _legacy_owned(out_dir: Path) -> set[str]:
     names = {"report.json"}
     for page in ("report.html", "index.html"):
         with contextlib.suppress(OSError):
-            if GENERATOR_TAG in _head(out_dir / page, 4096):
+            if GENERATOR_TAG in head(out_dir / page, 4096):
                 names.add(page)
     assets = out_dir / "assets"
     if assets.is_dir() and not assets.is_symlink():
@@ -69,7 +72,7 @@ def _regular(path: Path) -> bool:
     return path.is_file() and not path.is_symlink()
 
 
-def _head(path: Path, limit: int) -> bytes:
+def head(path: Path, limit: int) -> bytes:
     """The first `limit` bytes of a plain file (OSError for a link, a folder, a device)."""
     if not _regular(path):
         raise OSError(f"{path} is not a plain file")
@@ -98,24 +101,23 @@ def check_out_dir(out_dir: Path, names, owned: set[str] | None = None, assets: d
         return
     if owned is None:
         owned = owned_files(out_dir)
-    for name in names:
-        path = out_dir / name
-        if name not in owned and (path.exists() or path.is_symlink()):
-            raise ReportgenError(
-                f"`{key}`: {path} exists and reportgen did not write it; a build never overwrites your files. "
-                f"Choose another folder with `-o DIR`{'' if key == '-o' else f' (or `{key}`)'}, or remove {name}.")
-    for name, data in (assets or {}).items():
-        rel = f"assets/{name}"
-        path = out_dir / rel
-        if rel not in owned and (path.exists() or path.is_symlink()) and not same_bytes(path, data):
-            raise ReportgenError(
-                f"`{key}`: {path} exists and reportgen did not write it; a build never overwrites your files. "
-                f"Choose another folder with `-o DIR`{'' if key == '-o' else f' (or `{key}`)'}, or remove {rel}.")
+    found = [name for name in names if name not in owned and _present(out_dir / name)]
+    found += [rel for rel, data in ((f"assets/{name}", data) for name, data in (assets or {}).items())
+              if rel not in owned and _present(out_dir / rel) and not same_bytes(out_dir / rel, data)]
+    if found:
+        raise ReportgenError(
+            f"`{key}`: {out_dir / found[0]} exists and reportgen did not write it; a build never overwrites your "
+            f"files. Choose another folder with `-o DIR`{'' if key == '-o' else f' (or `{key}`)'}, or remove "
+            f"{found[0]}.")
+
+
+def _present(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
 
 
 def same_bytes(path: Path, data: bytes) -> bool:
     try:
-        return path.is_file() and not path.is_symlink() and path.stat().st_size == len(data) \
+        return _regular(path) and path.stat().st_size == len(data) \
             and path.read_bytes() == data
     except OSError:
         return False

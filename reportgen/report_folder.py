@@ -48,20 +48,30 @@ def plain_file(path: Path, limit: int) -> Path:
 
 def read_json(path: Path) -> dict:
     """report.json: a JSON object."""
-    data = json.loads(plain_file(path, JSON_LIMIT).read_bytes().decode("utf-8"))
+    return json_object(plain_file(path, JSON_LIMIT).read_bytes(), path)
+
+
+def json_object(raw: bytes, path: Path) -> dict:
+    """report.json's bytes (read already, to be copied as they are) as the JSON object they must hold."""
+    data = json.loads(raw.decode("utf-8"))
     if not isinstance(data, dict):
         raise ReportgenError(f"`{path}` holds no JSON object: it is not a report.json reportgen wrote.")
     return data
 
 
+def metrics(data: dict) -> dict[str, float]:
+    """report.json's headline metrics, each a finite number."""
+    return {str(key): number(value, f"metric `{key}`") for key, value in (data.get("metrics") or {}).items()}
+
+
 def read_records(path: Path) -> list[dict]:
     """images.jsonl: one JSON object per line, each with its image's `name`."""
     records = []
-    for number, line in enumerate(plain_file(path, JSON_LIMIT).read_bytes().decode("utf-8").splitlines(), 1):
+    for line_no, line in enumerate(plain_file(path, JSON_LIMIT).read_bytes().decode("utf-8").splitlines(), 1):
         if line.strip():
             record = json.loads(line)
             if not isinstance(record, dict) or not isinstance(record.get("name"), str):
-                raise ReportgenError(f"`{path}`, line {number}: not an image's record (an object with its `name`).")
+                raise ReportgenError(f"`{path}`, line {line_no}: not an image's record (an object with its `name`).")
             records.append(record)
     return records
 

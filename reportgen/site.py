@@ -35,7 +35,7 @@ from PIL import Image
 
 from .errors import ReportgenError
 from .owned import ASSET_NAME
-from .report_folder import JSON_LIMIT, PICTURE_PIXELS, number, plain_file, read_json, reading
+from .report_folder import JSON_LIMIT, PICTURE_PIXELS, json_object, metrics, number, plain_file, reading
 from .write import write_atomic
 
 RECORD = "site.json"
@@ -64,6 +64,7 @@ class _Found:
     folder: Path
     page: Path
     html: str
+    copied: dict[str, bytes]  # report.json and images.jsonl, as they are
     listed: dict  # its fields of the index: title, model, created, images, metrics
     assets: str | None  # the folder of the page's pictures, None when they are embedded
     thumb: bytes | None  # its first input image, small (PNG), or None
@@ -121,7 +122,9 @@ def _read(folder: Path) -> _Found:
     for name in (page.name, "report.json", "images.jsonl"):
         _inside(folder, folder / name)
     with reading(folder):  # a stranger's folder: what is not as a build writes it is one message
-        data = read_json(folder / "report.json")
+        copied = {name: plain_file(folder / name, JSON_LIMIT).read_bytes() for name in ("report.json", "images.jsonl")
+                  if (folder / name).is_file()}
+        data = json_object(copied["report.json"], folder / "report.json")
         if not isinstance(data.get("title"), str):
             raise ReportgenError(f"`{folder / 'report.json'}` is not a reportgen report.json (no title).")
         html = plain_file(page, JSON_LIMIT).read_bytes().decode("utf-8")
@@ -130,8 +133,8 @@ def _read(folder: Path) -> _Found:
         listed = {"title": data["title"], "model": str(model.get("description", "")),
                   "created": str(data.get("created", "")),
                   "images": int(number(inputs.get("images", len(data.get("images") or [])), "`inputs.images`")),
-                  "metrics": {str(k): number(v, f"metric `{k}`") for k, v in (data.get("metrics") or {}).items()}}
-        return _Found(folder, page, html, listed, assets, _thumbnail(folder, first, html))
+                  "metrics": metrics(data)}
+        return _Found(folder, page, html, copied, listed, assets, _thumbnail(folder, first, html))
 
 
 def _page_record(data: dict, path: Path, page: Path) -> tuple[str | None, dict | None]:
@@ -198,10 +201,7 @@ def _copy(report: _Found, site: Path, slug: str) -> SiteEntry:
             if not target.exists():
                 write_atomic(target, _inside(report.folder, picture).read_bytes())
         html = _relinked(html, report.assets)
-    files = {report.page.name: html.encode("utf-8")}
-    for name in ("report.json", "images.jsonl"):
-        if (report.folder / name).is_file():
-            files[name] = (report.folder / name).read_bytes()
+    files = {report.page.name: html.encode("utf-8"), **report.copied}
     target = site / "reports" / slug
     target.parent.mkdir(exist_ok=True)
     if target.exists():  # our earlier copy (site.json lists it): our files replaced, a file the user put there kept
@@ -267,11 +267,10 @@ def _thumbnail(folder: Path, first: dict | None, html: str) -> bytes | None:
     try:
         img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
-        img = None
+        raise ReportgenError(f"`{folder}`: its first input picture has more pixels than a report's pictures "
+                             "have.") from None
     except (OSError, ValueError):  # Pillow's UnidentifiedImageError is an OSError
         raise ReportgenError(f"`{folder}`: its first input picture is not an image Pillow can read.") from None
-    if img is None or img.width * img.height > PICTURE_PIXELS:
-        raise ReportgenError(f"`{folder}`: its first input picture has more pixels than a report's pictures have.")
     with img:
         if img.width * img.height > PICTURE_PIXELS:
             raise ReportgenError(f"`{folder}`: its first input picture is {img.width} x {img.height} pixels, more "
