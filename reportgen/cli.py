@@ -116,6 +116,11 @@ def _quiet_trackers() -> None:
         logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
 
 
+def _other_rank() -> bool:
+    """Whether torchrun started this process as a rank other than 0 (which speaks for all)."""
+    return int(os.environ.get("RANK", "0")) > 0
+
+
 def _terminate(signum, frame):
     raise Terminated
 
@@ -191,7 +196,7 @@ class _Main(click.Group):
                 return super().invoke(ctx)
             except KeyboardInterrupt as exc:
                 terminated = isinstance(exc, Terminated)
-                if not (terminated and int(os.environ.get("RANK", "0")) > 0):  # torchrun ending the others
+                if not (terminated and _other_rank()):  # torchrun ending the others
                     click.echo(f"{'terminated' if terminated else 'interrupted'}, nothing written", err=True)
                 ctx.exit(TERMINATED if terminated else INTERRUPTED)
             finally:
@@ -217,7 +222,7 @@ def build(config: str, out: str | None, overrides: tuple[str, ...], save_arrays:
           verbose: bool) -> None:
     """Build the report CONFIG describes. Exit 0: built; 1: built, a stage failed; 2: bad input; 130:
     interrupted (Ctrl-C; the previous report is left as it was)."""
-    quiet = quiet or int(os.environ.get("RANK", "0")) > 0  # torchrun: rank 0 speaks for all
+    quiet = quiet or _other_rank()  # torchrun: rank 0 speaks for all
     progress = _Progress(quiet, verbose)
     if verbose:  # -v shows what the libraries say, too
         warnings.filterwarnings("default", module=LIBRARY_WARNINGS)
@@ -231,7 +236,7 @@ def build(config: str, out: str | None, overrides: tuple[str, ...], save_arrays:
 
         report = run_build(cfg, log=progress.log, detail=progress.detail)
     except ReportgenError as exc:
-        if (cfg is None or isinstance(exc, EveryRank)) and int(os.environ.get("RANK", "0")) > 0:
+        if (cfg is None or isinstance(exc, EveryRank)) and _other_rank():
             # torchrun: every rank read the same config (and machine); rank 0 says what is wrong, once. Ended
             # at once, this rank would have torchrun stop rank 0 before it says it
             signal.signal(signal.SIGTERM, signal.SIG_DFL)  # torchrun ends it when rank 0 has: nothing to say

@@ -93,12 +93,18 @@ def _images_under(folder: Path, seen: set | None = None) -> list[Path]:
     return [path for path in _walk(folder, seen) if path.suffix.lower() in IMAGE_SUFFIXES]
 
 
-def _identity(path) -> tuple[int, int] | None:
+def _new(path, seen: set) -> bool:
+    """Whether `path`, links followed, is a folder or file not met before (by device and inode); records it.
+    One that cannot be read is not new."""
     try:
         info = os.stat(path)
     except OSError:
-        return None
-    return info.st_dev, info.st_ino
+        return False
+    identity = info.st_dev, info.st_ino
+    if identity in seen:
+        return False
+    seen.add(identity)
+    return True
 
 
 def _walk(folder: Path, seen_folders: set | None = None) -> list[Path]:
@@ -106,33 +112,18 @@ def _walk(folder: Path, seen_folders: set | None = None) -> list[Path]:
     device and inode: a link `loop -> ..` or `self -> .` neither loops nor repeats), hidden folders skipped, and
     at most FOLDER_LIMIT folders visited (`inputs.images: /` is an error, not an hour's walk)."""
     seen_folders = set() if seen_folders is None else seen_folders
-    seen_folders.add(_identity(folder))
-    walked, seen_files, count = [], set(), 0
+    _new(folder, seen_folders)
+    walked = []
     for root, dirs, files in os.walk(folder, followlinks=True):
-        count += 1
-        if count > FOLDER_LIMIT:
+        if len(walked) == FOLDER_LIMIT:
             raise ReportgenError(f"{KEY}: {folder} holds more than {FOLDER_LIMIT:,} folders: give the folder that "
                                  "holds your images (or a manifest).")
-        kept = []
-        for name in sorted(d for d in dirs if not d.startswith(".")):
-            identity = _identity(os.path.join(root, name))
-            if identity is not None and identity not in seen_folders:
-                seen_folders.add(identity)
-                kept.append(name)
-        dirs[:] = kept
+        dirs[:] = [name for name in sorted(d for d in dirs if not d.startswith("."))
+                   if _new(os.path.join(root, name), seen_folders)]
         walked.append((root, files))
-    found = []
-    for root, files in sorted(walked):
-        for name in sorted(files):
-            path = Path(root) / name
-            try:
-                info = path.stat()
-            except OSError:
-                continue
-            if (info.st_dev, info.st_ino) not in seen_files:
-                seen_files.add((info.st_dev, info.st_ino))
-                found.append(path)
-    return found
+    seen_files: set = set()
+    return [Path(root) / name for root, files in sorted(walked) for name in sorted(files)
+            if _new(Path(root) / name, seen_files)]
 
 
 def _recursive_glob(pattern: str) -> list[Path]:
@@ -162,7 +153,9 @@ def _folder_entries(folder: Path, shown: Callable[[Path], str]) -> list[Entry]:
     """A plain folder (its image files, unlabelled) or an ImageFolder-layout folder (class sub-folders)."""
     subfolders = sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")),
                         key=lambda p: p.name)
-    seen = {_identity(folder), *(_identity(sub) for sub in subfolders)}  # a link back to them is not walked
+    seen: set = set()  # the folder and its class folders: a link back to them is not walked
+    for path in (folder, *subfolders):
+        _new(path, seen)
     per_class = {sub.name: _images_under(sub, seen) for sub in subfolders}
     loose = sorted((p for p in folder.iterdir() if _is_image(p)), key=lambda p: p.name)
     if not any(per_class.values()):  # no sub-folder holds images: today's plain folder

@@ -114,7 +114,6 @@ class ArraysWriter:
         out_dir = Path(out_dir)
         self.made = [d for d in (out_dir, *out_dir.parents) if not d.exists()]
         out_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(out_dir)
         self.path = _temp_zip(out_dir, "arrays.npz" if shard is None else f"arrays.npz.rank{shard}")
         self._zip: zipfile.ZipFile | None = zipfile.ZipFile(self.path, "w", compression=zipfile.ZIP_DEFLATED,
                                                              allowZip64=True)
@@ -228,7 +227,7 @@ def write_report(out_dir: Path, *, html: str, report_json: dict,
     is rewritten."""
     out_dir = Path(out_dir)
     owned = owned_files(out_dir)
-    if out_dir.is_dir():
+    if out_dir.is_dir():  # every build ends here: it tidies up after one that was killed
         remove_stale_temporaries(out_dir)
     names = planned_files(self_contained=self_contained, save_arrays=arrays is not None, records=records is not None)
     check_out_dir(out_dir, names, owned, assets)
@@ -287,7 +286,7 @@ def _write_report(out_dir: Path, owned: set[str], *, html, report_json, arrays, 
             _unlink(tmp)
         raise
     _commit(pending)
-    with _interrupts_deferred(then=False):  # the new report is in place: tidying up is not interrupted
+    with _interrupts_deferred():  # the new report is in place: tidying up is not interrupted
         _remove_stale(out_dir, owned - written)
         write_atomic(out_dir / MANIFEST, _manifest(written))
     size = len(html_bytes) + sum(len(data) for data in assets.values())  # what a reader downloads
@@ -316,7 +315,7 @@ def _commit(pending: list[tuple[str, Path]]) -> None:
                 _unlink(backup)
         raise
     interrupted = None
-    with _interrupts_deferred(then=False) as caught:
+    with _interrupts_deferred() as caught:
         done: list[Path] = []
         try:
             for tmp, path in pending:
@@ -371,11 +370,11 @@ def _unlink(path) -> None:
 
 
 @contextlib.contextmanager
-def _interrupts_deferred(*, then: bool = True):
+def _interrupts_deferred():
     """Hold off Ctrl-C (SIGINT) and SIGTERM for the few file operations that must not stop half-way: the
     renames that switch the report (and putting the previous one back), or tidying up once the new one is in
-    place. Yields the list of signals that came meanwhile; they take effect when the block ends (`then`), or
-    are the caller's to act on."""
+    place. Yields the list of signals that came meanwhile, for the caller to act on (the commit undoes the
+    switch and raises the signal; the tidying up, done once the report is written, lets it go)."""
     caught: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield caught  # signals reach the main thread only
@@ -391,8 +390,6 @@ def _interrupts_deferred(*, then: bool = True):
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler if handler is not None else signal.SIG_DFL)
-        for number in caught[:1] if then else ():
-            signal.raise_signal(number)  # now, with the handler the build had
 
 
 def _remove_stale(out_dir: Path, stale: set[str]) -> None:

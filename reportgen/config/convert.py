@@ -157,7 +157,7 @@ def _resolve(value: str | Path, path: tuple, ctx: Ctx) -> Path:
     except RuntimeError:  # ~user that does not exist
         p = Path(value)
     resolved = Path(os.path.normpath(p if p.is_absolute() else ctx.base_for(path) / p))
-    longest = max((part for part in resolved.parts), key=lambda part: len(os.fsencode(part)), default="")
+    longest = max(resolved.parts, key=lambda part: len(os.fsencode(part)), default="")
     if len(os.fsencode(longest)) > NAME_MAX or len(os.fsencode(str(resolved))) > PATH_MAX:
         raise ctx.error(path, f"the path `{clean(str(value))}` is longer than a file system allows (a name at most "
                               f"{NAME_MAX} bytes, the whole path {PATH_MAX}).")
