@@ -1,6 +1,7 @@
 """A build over a data set: throughput, peak memory and page size as the number of images grows.
 
     python benchmarks/dataset.py [--counts 100 400 1600] [--size 96] [--batch-size 16] [--threads 2]
+    python benchmarks/dataset.py --manifest-rows 200000 [--threads 2]
 
 One config (torchvision ResNet-18, random weights, 10 classes, input `--size`², feature maps, three gradient
 CAMs (Grad-CAM, Grad-CAM++, LayerCAM), saliency and input × gradient) built over N images that the benchmark
@@ -10,6 +11,13 @@ size, and, as the baseline measured in the same run, the throughput of a bare fo
 same model at the same batch size and thread count (in a child process too) and the child's peak RSS
 right after the model is loaded (the floor every build pays). Ratios: throughput ÷ the bare pass's, peak
 RSS ÷ the smallest N's, time per image ÷ the previous N's. Exits 0.
+
+`--manifest-rows R` measures what a build keeps per image, not what it computes: a CSV manifest of R rows
+(path, label), each its own symbolic link to one of eight real 16×16 images (a manifest's repeated rows are
+one image), the shipped shapes network (random weights, 32×32 input),
+the data-set analysis (`analyses.dataset`) and the default outputs (arrays.npz, images.jsonl). It builds the
+same config over 2 rows, the baseline, then over R, each in a child process, and prints both peak RSS and
+their ratio (the target is at most 1.25).
 """
 from __future__ import annotations
 
@@ -83,13 +91,49 @@ def build(config: Path, threads: int) -> tuple[float, int]:
     return seconds, int(done.stdout.strip().splitlines()[-1])
 
 
+MANIFEST_CONFIG = """title: manifest benchmark
+model: {{source: module, factory: "reportgen.demo.shapes:build_model", kwargs: {{num_classes: 5}},
+        input_size: [3, 32, 32], labels: null, device: cpu}}
+inputs: {{images: ["{manifest}"], preprocess: {{normalize: {{mean: 0.5, std: 0.25}}}}, batch_size: 256}}
+analyses: {{dataset: {{}}}}
+output: {{dir: "{out}"}}
+"""
+
+
+def manifest_rows(rows: int, threads: int) -> None:
+    """Peak RSS of a build over `rows` manifest rows ÷ that over 2 rows (see the module docstring)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        rng = np.random.default_rng(0)
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
+        peaks = {}
+        links = folder / "links"
+        links.mkdir()
+        for i in range(rows):
+            (links / f"{i}.png").symlink_to(folder / f"img{i % 8}.png")
+        for n in (2, rows):
+            manifest = folder / f"rows{n}.csv"
+            with manifest.open("w") as f:
+                f.write("path,label\n")
+                f.writelines(f"links/{i}.png,{i % 5}\n" for i in range(n))
+            config = folder / f"rows{n}.yaml"
+            config.write_text(MANIFEST_CONFIG.format(manifest=manifest, out=folder / f"out{n}"))
+            seconds, peaks[n] = build(config, threads)
+            print(f"{n:8d} rows: {seconds:7.1f} s, peak RSS {peaks[n] / 1024:7.0f} MB")
+        print(f"peak RSS at {rows} rows ÷ at 2 rows: {peaks[rows] / peaks[2]:.2f} (target ≤ 1.25)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--counts", type=int, nargs="+", default=[100, 400, 1600])
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--manifest-rows", type=int, help="measure memory over a manifest of this many rows")
     args = parser.parse_args()
+    if args.manifest_rows:
+        return manifest_rows(args.manifest_rows, args.threads)
     bare = subprocess.run([sys.executable, "-c", BARE.format(threads=args.threads, batch=args.batch_size,
                                                              size=args.size, repeats=5)],
                           capture_output=True, text=True, check=True)
