@@ -95,6 +95,18 @@ def test_streamed_merged_and_all_at_once_agree():
         at_once.merge(Confusion(5))
 
 
+@pytest.mark.gpu
+def test_cuda_maps_count_as_cpu_ones():
+    """A prediction on the GPU (the model's argmax) with a truth read from disk (numpy uint8) counts on the GPU."""
+    batches = _maps(6, 21, batches=2)
+    cpu, cuda = Confusion(21), Confusion(21)
+    for pred, truth in batches:
+        cpu.update(pred, truth)
+        cuda.update(pred.cuda(), truth.numpy().astype(np.uint8))
+    np.testing.assert_array_equal(cuda.matrix, cpu.matrix)
+    np.testing.assert_array_equal(image_scores(pred.cuda(), truth.cuda(), 21), image_scores(pred, truth, 21))
+
+
 def test_a_hand_counted_example():
     pred = np.array([[0, 0, 1, 1],
                      [2, 2, 2, 0]])
