@@ -94,15 +94,46 @@ def pixels_of(image: object, where: str, alpha: str = "drop") -> np.ndarray:
 def read_mask(path: Path) -> np.ndarray:
     """A mask image -> (H, W) bool, True where the pixel is nonzero (the object); EXIF orientation applied, as
     for its image. Colour masks count a pixel as object when any colour channel is nonzero (alpha ignored)."""
+
+    def nonzero(img: Image.Image) -> np.ndarray:
+        if img.mode in ("1", "L", "I", "F", *SIXTEEN_BIT_MODES):
+            return np.asarray(img) != 0
+        return np.asarray(img.convert("RGB")).any(axis=2)
+
+    return _read_mask_file(path, nonzero)
+
+
+CLASS_MASK_MODES = ("P", "L", "1", *SIXTEEN_BIT_MODES)
+
+
+def read_class_mask(path: Path) -> np.ndarray:
+    """A class-index mask (Pascal VOC's SegmentationClass PNGs) -> (H, W) class indices, 255 where ignored: the
+    palette indices of a palette ("P") image, not its colours; the values of a grayscale one ("L", "1": uint8;
+    16- or 32-bit "I": int64). EXIF orientation applied, as for its image; Pillow's pixel-count (decompression
+    bomb) limit, as for images. An RGB(A) or other colour mask is refused (ReportgenError): a colour is no class
+    index. Values are checked against the class count where they are counted (`metrics.segmentation`)."""
+
+    def classes(img: Image.Image) -> np.ndarray:
+        if img.mode not in CLASS_MASK_MODES:
+            raise ReportgenError(f"`inputs.images`: mask {path} is a {img.mode} image, not a class-index PNG: class "
+                                 "masks are palette (mode P, as Pascal VOC ships them) or grayscale (mode L) images "
+                                 "whose pixel values are the class numbers, 255 for pixels to ignore. An RGB colour "
+                                 "mask cannot be read as classes (a colour is not a class index): save the indices.")
+        values = np.asarray(img)
+        return values.astype(np.uint8) if img.mode in ("P", "L", "1") else values.astype(np.int64)
+
+    return _read_mask_file(path, classes)
+
+
+def _read_mask_file(path: Path, decode: Callable[[Image.Image], np.ndarray]) -> np.ndarray:
+    """`decode` of the mask image at `path` (its first frame, EXIF orientation applied); a file that cannot be
+    decoded is an ImageReadError."""
     try:
         with Image.open(path) as img:
             img.seek(0)
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("1", "L", "I", "F", *SIXTEEN_BIT_MODES):
-                values = np.asarray(img)
-            else:
-                values = np.asarray(img.convert("RGB")).any(axis=2)
-            return np.asarray(values) != 0
+            return decode(ImageOps.exif_transpose(img))
+    except ReportgenError:
+        raise
     except UnidentifiedImageError:
         raise _read_error(path, f"mask {path} is not an image Pillow can read.",
                           f"mask {Path(path).name}: not an image Pillow can read") from None
@@ -164,12 +195,13 @@ def geometry(width: int, height: int, pre: Preprocess, input_size: tuple[int, ..
     return Geometry((width, height), resized, crop, RESAMPLE[pre.interpolation])
 
 
-def apply_geometry(img: Image.Image, geo: Geometry, resample: int | None = None) -> Image.Image:
-    """`img` resized and cropped as `geo` says (`resample` overrides its filter: NEAREST for masks)."""
+def apply_geometry(img: Image.Image, geo: Geometry, resample: int | None = None, fill: int = 0) -> Image.Image:
+    """`img` resized and cropped as `geo` says (`resample` overrides its filter: NEAREST for masks; `fill` is the
+    value of the padding of a crop larger than the image)."""
     if geo.resized is not None:
         img = img.resize(geo.resized, geo.resample if resample is None else resample)
     if geo.crop is not None:
-        img = _center_crop(img, geo.crop)
+        img = _center_crop(img, geo.crop, fill)
     return img
 
 
@@ -200,6 +232,16 @@ def transform_mask(mask: np.ndarray, geo: Geometry) -> np.ndarray:
     """An (H0, W0) bool mask -> (H, W) bool in the prepared image's pixels: nearest resize, the same crop."""
     img = Image.fromarray(mask.astype(np.uint8) * 255)
     return np.asarray(apply_geometry(img, geo, resample=Image.NEAREST)) > 0
+
+
+def transform_class_mask(mask: np.ndarray, geo: Geometry, ignore_index: int = 255) -> np.ndarray:
+    """An (H0, W0) class-index mask (`read_class_mask`) -> (H, W) of the same dtype in the prepared image's pixels:
+    nearest resize (each pixel keeps one of the classes there, never a blend of two indices), the same crop. The
+    padding of a crop larger than the image is `ignore_index`, as torchvision's segmentation references pad
+    their targets (`pad_if_smaller(target, fill=255)`): those pixels have no truth."""
+    wide = mask.dtype != np.uint8  # read from a 16- or 32-bit image: Pillow's 32-bit integer mode holds them
+    img = Image.fromarray(mask.astype(np.int32) if wide else mask)
+    return np.asarray(apply_geometry(img, geo, resample=Image.NEAREST, fill=ignore_index)).astype(mask.dtype)
 
 
 def prepare_image(pixels: np.ndarray, pre: Preprocess, input_size: tuple[int, ...]) -> PreparedImage:
@@ -246,11 +288,11 @@ def _resize_size(width: int, height: int, size: tuple[int, ...]) -> tuple[int, i
     return (new_short, new_long) if width <= height else (new_long, new_short)
 
 
-def _center_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """torchvision's CenterCrop on a PIL image (pads with black when the image is smaller)."""
+def _center_crop(img: Image.Image, size: tuple[int, int], fill: int = 0) -> Image.Image:
+    """torchvision's CenterCrop on a PIL image (pads with black, or `fill`, when the image is smaller)."""
     th, tw = size
     if img.width < tw or img.height < th:
-        canvas = Image.new(img.mode, (max(tw, img.width), max(th, img.height)))
+        canvas = Image.new(img.mode, (max(tw, img.width), max(th, img.height)), fill)
         canvas.paste(img, ((canvas.width - img.width) // 2, (canvas.height - img.height) // 2))
         img = canvas
     left = int(round((img.width - tw) / 2.0))
