@@ -102,6 +102,19 @@ def test_a_backbone_weights_kwarg_is_refused_not_downloaded(no_fetch) -> None:
     assert adapter.forward(_batch(1, 32, 32)).shape == (1, 2, 32, 32)
 
 
+def test_a_segmenter_takes_its_checkpoint(tmp_path: Path, no_fetch) -> None:
+    torch.manual_seed(5)
+    saved = torchvision.models.segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None,
+                                                                     num_classes=2)
+    torch.save(saved.state_dict(), tmp_path / "lraspp.pt")
+    adapter = load_model(_config("torchvision", (32, 32), name="lraspp_mobilenet_v3_large",
+                                 kwargs={"num_classes": 2}, checkpoint=tmp_path / "lraspp.pt"))
+    x = _batch(1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(adapter.forward(x), saved.eval()(x)["out"])
+    assert adapter.description.endswith("(random weights), checkpoint lraspp.pt")
+
+
 def test_an_unknown_name_lists_segmenters_too() -> None:
     with pytest.raises(ReportgenError, match=r"`deeplabv3_resnet5` is not a torchvision classification or "
                                              r"segmentation model. Did you mean `deeplabv3_resnet50`"):
