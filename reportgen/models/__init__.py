@@ -26,8 +26,8 @@ from torch.overrides import TorchFunctionMode
 from ..errors import ReportgenError
 from ..registry import SOURCES
 from . import torchvision as _torchvision
-from .adapter import (TORCHSCRIPT_LIMITS, ModelAdapter, describe_output, hooks_refused, pick_logits, refuse_code,
-                      takes_hooks)
+from .adapter import (TASKS, TORCHSCRIPT_LIMITS, ModelAdapter, describe_output, hooks_refused, infer_task,
+                      pick_logits, pick_output, pick_segmentation, refuse_code, resolve_task, takes_hooks)
 from .checkpoint import load_checkpoint, pickle_globals, read_checkpoint, torch_load, unwrap_state_dict
 from .labels import load_labels
 from .layouts import Layout, Layouts, declare_layouts
@@ -39,10 +39,10 @@ if TYPE_CHECKING:
 Loader = Callable[["ModelConfig", "Path | None"], ModelAdapter]
 
 __all__ = [
-    "TORCHSCRIPT_LIMITS", "Layout", "Layouts", "ModelAdapter", "describe_output", "hooks_refused",
-    "load_checkpoint", "load_labels", "load_model", "pick_logits", "pickle_globals", "preprocess_from_weights",
-    "read_checkpoint", "resolve_device", "takes_hooks", "torch_load", "torchvision_names", "unwrap_state_dict",
-    "weights_cache_path",
+    "TASKS", "TORCHSCRIPT_LIMITS", "Layout", "Layouts", "ModelAdapter", "describe_output", "hooks_refused",
+    "infer_task", "load_checkpoint", "load_labels", "load_model", "pick_logits", "pick_output", "pick_segmentation",
+    "pickle_globals", "preprocess_from_weights", "read_checkpoint", "resolve_device", "resolve_task", "takes_hooks",
+    "torch_load", "torchvision_names", "unwrap_state_dict", "weights_cache_path",
 ]
 
 
@@ -58,13 +58,16 @@ def resolve_device(choice: str) -> torch.device:
     return torch.device("cpu")
 
 
-def load_model(cfg: ModelConfig, base_dir: Path | None = None, model: nn.Module | None = None) -> ModelAdapter:
+def load_model(cfg: ModelConfig, base_dir: Path | None = None, model: nn.Module | None = None,
+               task: str | None = None) -> ModelAdapter:
     """The model `cfg` names, as an adapter: built by its source's loader, the `checkpoint` loaded into it,
     in eval mode, on the device, with `model.output` saying where its logits are. `base_dir` is the config
     file's folder (a factory's module may sit there). `model` (source `python`): the nn.Module given to
-    `reportgen.build(config, model=...)`, used as it is (`given_model`)."""
+    `reportgen.build(config, model=...)`, used as it is (`given_model`). `task`: `model.task` when the config
+    gives it (None: the source's, else inferred from the first output, `ModelAdapter.with_task`); a task the
+    source knows otherwise is an error."""
     if cfg.source == "python" or model is not None:
-        return given_model(model, cfg)
+        return _given_task(given_model(model, cfg), task)
     source = SOURCES.get(cfg.source, key="model.source")
     refuse_code(cfg, source)
     device = resolve_device(cfg.device)
@@ -79,9 +82,19 @@ def load_model(cfg: ModelConfig, base_dir: Path | None = None, model: nn.Module 
         description += f", checkpoint {cfg.checkpoint.name}"
     adapter.model.eval().to(device)
     output = getattr(cfg, "output", None)  # `model.output`, once ModelConfig has it
-    return dataclasses.replace(adapter, device=device, description=description,
-                               output=adapter.output if output is None else output,
-                               layouts=declare_layouts(adapter.model, cfg.input_size))
+    return _given_task(dataclasses.replace(adapter, device=device, description=description,
+                                           output=adapter.output if output is None else output,
+                                           layouts=declare_layouts(adapter.model, cfg.input_size)), task)
+
+
+def _given_task(adapter: ModelAdapter, task: str | None) -> ModelAdapter:
+    """The adapter with the config's `task`: the one the source knows must be it."""
+    if task is None or task == adapter.task:
+        return adapter
+    if adapter.task is not None:
+        raise ReportgenError(f"`model.task` is {task}, but the model is a {adapter.task} model "
+                             f"({adapter.description}). Set `model.task: {adapter.task}` or leave it out.")
+    return dataclasses.replace(adapter, task=task)
 
 
 def given_model(model: nn.Module | None, cfg: ModelConfig) -> ModelAdapter:

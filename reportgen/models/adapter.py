@@ -5,7 +5,9 @@ A model source (torchvision, timm, the user's factory, TorchScript, a Hugging Fa
 downstream code asks the adapter, never the source, for
 
 - the logits: `forward(x)` runs the model and `pick_logits(out)` unwraps an output that is not a tensor
-  (a tuple, a dict, a Hugging Face `ModelOutput`) into logits of shape (N, K);
+  (a tuple, a dict, a Hugging Face `ModelOutput`) into what the model's `task` reads: logits (N, K) for
+  classification, (N, K, H, W) at the input's resolution for segmentation (`pick_output`); a source that knows
+  its task says so (`task`), else it is inferred from the output (`infer_task`) or given in the config;
 - the preprocessing: `preprocess(pre)` resolves `inputs.preprocess: from_weights` to what the source
   prescribes, and `normalize(pre)` gives the mean/std the inputs were normalised with;
 - the labels the source knows: `categories`;
@@ -17,6 +19,7 @@ A source that needs other answers subclasses `ModelAdapter` and overrides the me
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from collections.abc import Callable, Mapping
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import Normalize, Preprocess
@@ -32,6 +36,7 @@ from ..errors import ReportgenError, did_you_mean
 from .layouts import NONE, Layout, Layouts
 
 Output = int | str | None  # `model.output`: an index (tuple/list) or a key (dict, attribute), None: the output itself
+SEGMENTATION_KEY = "out"  # torchvision's segmentation models return {"out": (N, K, H, W), "aux": ...}
 
 # the one statement of what a TorchScript model cannot do, and what to do instead
 TORCHSCRIPT_LIMITS = ("which a TorchScript model does not take. Load the model from Python "
@@ -93,6 +98,8 @@ class ModelAdapter:
     the report header. output: `model.output` (see `pick_logits`). categories: class labels the source knows
     (torchvision weights' meta["categories"]), in class-index order, or None. prescribed: the preprocessing
     the source prescribes for `inputs.preprocess: from_weights` (torchvision weights' transforms), or None.
+    task: what the model does, as its source knows it ("classification", "segmentation"), or None: not known,
+    inferred from its output (`infer_task`) or given in the config (`load_model(..., task=...)`).
     """
 
     model: nn.Module
@@ -103,19 +110,28 @@ class ModelAdapter:
     categories: list[str] | None = None
     prescribed: Preprocess | None = None
     layouts: Layouts = NONE  # the layouts its model family declares (`layouts.declare_layouts`), set by load_model
+    task: str | None = None
 
     # ---- logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (N, K) for inputs x (N, C, H, W) already on `device`: `model(x)` unwrapped by `pick_logits`."""
-        return self.pick_logits(self.model(x))
+        """What the task reads for inputs x (N, C, H, W) already on `device`: logits (N, K) for classification,
+        (N, K, H, W) at x's (H, W) for segmentation; `model(x)` unwrapped by `pick_logits`."""
+        return self.pick_logits(self.model(x), size=tuple(x.shape[-2:]))
 
     __call__ = forward
 
-    def pick_logits(self, out: object) -> torch.Tensor:
-        """The logits (N, K) inside an output `model(x)` already returned (for callers that run the model
-        themselves, with hooks). See the module function `pick_logits`."""
-        return pick_logits(out, self.output)
+    def pick_logits(self, out: object, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """The logits inside an output `model(x)` already returned (for callers that run the model themselves,
+        with hooks): (N, K), or for segmentation (N, K, H, W), upsampled to `size` (the input's (H, W)) when
+        given. See the module function `pick_output`."""
+        return pick_output(out, self.output, self.task, size=size)
+
+    def with_task(self, out: object) -> ModelAdapter:
+        """This adapter with `task` known: its own, else inferred from an output `model(x)` returned; an error
+        that says what the model returned when its output reads as no task (see `resolve_task`)."""
+        task = resolve_task(out, self.output, self.task)
+        return self if task == self.task else dataclasses.replace(self, task=task)
 
     # ---- preprocessing
 
@@ -168,6 +184,109 @@ class ModelAdapter:
         folded into their grid, channels-last outputs permuted (a view, no copy)."""
         layout = self.layout(name)
         return None if layout is None or layout.kind == "channels_first" else layout.view(name)
+
+
+TASKS = ("classification", "segmentation")  # the tasks whose outputs `pick_output` reads
+
+
+def infer_task(out: object, output: Output = None) -> str | None:
+    """The task a model's output `out` says, or None when it says none for sure.
+
+    A logits tensor (N, K) (itself, `out[output]`, or a `ModelOutput`'s `.logits`) is classification; a dict
+    with an "out" tensor (N, K, H, W) (torchvision's segmentation models) or a `.logits` (N, K, H, W) (Hugging
+    Face's `SemanticSegmenterOutput`) is segmentation; a list of dicts with "boxes" (torchvision's detection
+    models) is detection. A bare (N, K, H, W) tensor says nothing sure (a segmenter's logits or a feature map):
+    None, and the config must give `model.task`.
+    """
+    if output is not None:
+        try:
+            out = _select(out, output)
+        except ReportgenError:
+            return None
+        return "classification" if torch.is_tensor(out) and out.dim() == 2 else None
+    if torch.is_tensor(out):
+        return "classification" if out.dim() == 2 else None
+    if isinstance(out, Mapping) and torch.is_tensor(out.get(SEGMENTATION_KEY)) and out[SEGMENTATION_KEY].dim() == 4:
+        return "segmentation"
+    logits = getattr(out, "logits", None)
+    if torch.is_tensor(logits) and logits.dim() in (2, 4):
+        return "classification" if logits.dim() == 2 else "segmentation"
+    if isinstance(out, list) and out and all(isinstance(o, Mapping) and "boxes" in o for o in out):
+        return "detection"
+    return None
+
+
+def resolve_task(out: object, output: Output = None, task: str | None = None) -> str:
+    """The task of a model that returned `out`: `task` when known (the source's or the config's), else
+    `infer_task(out, output)`; checked by reading `out` as that task, so a model whose output matches no task
+    is an error that says what it returned."""
+    task = task or infer_task(out, output)
+    pick_output(out, output, task)  # raises when `out` does not read as `task` (or as any, for None)
+    return task or "classification"  # not reached: an output that infers no task reads as none
+
+
+def pick_output(out: object, output: Output = None, task: str | None = None,
+                size: tuple[int, int] | None = None) -> torch.Tensor:
+    """What `task` reads in a model's output: classification's logits (N, K) (`pick_logits`), segmentation's
+    (N, K, H, W) (`pick_segmentation`, upsampled to `size` when given). `task` None (not known): segmentation
+    when the output says so (`infer_task`), else classification, whose error for an (N, K, H, W) tensor says
+    to set `model.task: segmentation`."""
+    if task is None:
+        task = "segmentation" if infer_task(out, output) == "segmentation" else None
+    if task == "segmentation":
+        return pick_segmentation(out, output, size)
+    if task not in (None, "classification"):
+        raise ReportgenError(f"`model.task` is {task}; reportgen reads the outputs of "
+                             f"{' and '.join(TASKS)} models.")
+    return pick_logits(out, output)
+
+
+def pick_segmentation(out: object, output: Output = None, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """A segmenter's logits (N, K, H, W) in its output, upsampled to `size` (the input's (H, W)) when they are
+    smaller or larger, bilinearly with align_corners=False, as Hugging Face's image processors do in
+    `post_process_semantic_segmentation` (SegFormer's logits are at 1/4 of the input).
+
+    output None: a tensor is the logits; a dict gives its "out" (torchvision); an object with a `.logits`
+    tensor (Hugging Face's `SemanticSegmenterOutput`) gives that; anything else is an error that lists what
+    `model.output` can pick. output an index or key: as in `pick_logits`.
+    """
+    if output is None:
+        if torch.is_tensor(out):
+            return _resized(_check_masks(out, None), size)
+        if isinstance(out, Mapping) and torch.is_tensor(out.get(SEGMENTATION_KEY)):
+            return _resized(_check_masks(out[SEGMENTATION_KEY], SEGMENTATION_KEY), size)
+        logits = getattr(out, "logits", None)
+        if torch.is_tensor(logits):
+            return _resized(_check_masks(logits, "logits"), size)
+        choices = _choices(out)
+        hint = (f" Set `model.output: <index or key>` to the one that holds them: "
+                f"{' or '.join(f'`{c}`' for c in choices[:8])}{' or ...' if len(choices) > 8 else ''}."
+                if choices else "")
+        raise ReportgenError(f"the model returns {describe_output(out)}, not segmentation logits of shape "
+                             f"(N, num_classes, H, W) (a tensor, or a dict with `{SEGMENTATION_KEY}`).{hint}")
+    if torch.is_tensor(out):
+        raise ReportgenError(f"`model.output` is {output!r}, but the model returns a tensor "
+                             f"{list(out.shape)}: leave `model.output` out.")
+    picked = _select(out, output)
+    if not torch.is_tensor(picked):
+        raise ReportgenError(f"`model.output`: {output!r} picks {describe_output(picked)} from the model's "
+                             "output, not a segmentation logits tensor." + _also(out))
+    return _resized(_check_masks(picked, output), size)
+
+
+def _check_masks(logits: torch.Tensor, output: Output) -> torch.Tensor:
+    if logits.dim() != 4:
+        which = f"output `{output}`" if output is not None else "output"
+        raise ReportgenError(f"the model's {which} is {list(logits.shape)}; a segmentation model (`model.task: "
+                             "segmentation`) returns logits of shape (N, num_classes, H, W).")
+    return logits
+
+
+def _resized(logits: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+    """(N, K, h, w) logits at (H, W) = `size` (None: as they are)."""
+    if size is None or tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 def pick_logits(out: object, output: Output = None) -> torch.Tensor:
@@ -231,7 +350,9 @@ def _check_logits(logits: torch.Tensor, output: Output) -> torch.Tensor:
     if logits.dim() != 2:
         which = f"output `{output}`" if output is not None else "output"
         raise ReportgenError(f"the model's {which} is {list(logits.shape)}; reportgen explains classifiers with "
-                             "logits of shape (N, num_classes).")
+                             "logits of shape (N, num_classes)." + (
+                                 " If it is a segmenter and these are its per-pixel logits (N, num_classes, H, W), "
+                                 "set `model.task: segmentation`." if logits.dim() == 4 else ""))
     return logits
 
 

@@ -1,9 +1,13 @@
-"""`model.source: huggingface`: an image classifier saved in a local folder (`save_pretrained`), loaded with
-`AutoModelForImageClassification.from_pretrained(folder, local_files_only=True)`: nothing is downloaded.
+"""`model.source: huggingface`: an image classifier or semantic segmenter saved in a local folder
+(`save_pretrained`), loaded with `AutoModelForImageClassification` (or, for an architecture `...ForSemanticSegmentation`
+in the config's `architectures`, `AutoModelForSemanticSegmentation`) `.from_pretrained(folder,
+local_files_only=True)`: nothing is downloaded.
 
 The folder holds `config.json` and the weights (`model.safetensors`, `pytorch_model.bin`, or their sharded
 index). The labels are the config's `id2label`; the preprocessing (`inputs.preprocess: from_weights`) is the
-folder's `preprocessor_config.json`; the logits are the output's `.logits`.
+folder's `preprocessor_config.json`; the logits are the output's `.logits`. A segmenter's logits (N, K, h, w) may
+be smaller than the input (SegFormer's and BEiT's are at 1/4, MobileViT's at 1/32): the adapter upsamples them to
+the input's (H, W) as the image processors' `post_process_semantic_segmentation` does (`adapter.pick_segmentation`).
 """
 from __future__ import annotations
 
@@ -22,6 +26,9 @@ from .checkpoint import first_line
 INSTALL = "pip install 'reportgen[huggingface]'"
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL's codes, as preprocessor configs store them
+# the task of an architecture named `...<suffix>` in config.json, and the Auto class that loads it
+TASKS = {"ForSemanticSegmentation": ("segmentation", "AutoModelForSemanticSegmentation")}
+CLASSIFIER = ("classification", "AutoModelForImageClassification")
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
@@ -38,7 +45,7 @@ class HuggingfaceOptions:
 
 
 def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
-    """The classifier in the folder `cfg.path`."""
+    """The classifier or segmenter in the folder `cfg.path`."""
     folder = cfg.path
     if not folder.is_dir():
         raise ReportgenError(f"`model.path`: {folder} is not a folder. A Hugging Face model is a local folder "
@@ -52,10 +59,14 @@ def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
     if cfg.kwargs.get("trust_remote_code"):
         raise ReportgenError("`model.kwargs`: trust_remote_code would run Python code from the model folder; reportgen "
                              "loads only the architectures transformers ships. Leave it out.")
-    if "auto_map" in _json(folder / "config.json"):
+    config = _json(folder / "config.json")
+    if "auto_map" in config:
         raise ReportgenError(f"`model.path`: {folder / 'config.json'} has an `auto_map`: the model is Python code in "
                              "the folder, which reportgen does not run. Use a folder of an architecture transformers "
                              "ships.")
+    architectures = config.get("architectures") or []
+    task, auto = next((TASKS[suffix] for suffix in TASKS for name in architectures
+                       if isinstance(name, str) and name.endswith(suffix)), CLASSIFIER)
     try:
         import transformers
     except ImportError:
@@ -66,7 +77,7 @@ def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
             warnings.simplefilter("ignore")
             transformers.logging.set_verbosity_error()
             transformers.logging.disable_progress_bar()
-            model = transformers.AutoModelForImageClassification.from_pretrained(
+            model = getattr(transformers, auto).from_pretrained(
                 str(folder), **{**cfg.kwargs, "local_files_only": True, "trust_remote_code": False})
     except Exception as exc:
         raise ReportgenError(f"`model.path`: loading the Hugging Face model in {folder} failed: "
@@ -75,7 +86,7 @@ def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
     categories = [str(labels.get(i, labels.get(str(i), i))) for i in range(len(labels))] or None
     return ModelAdapter(model=model, source="huggingface",
                         description=f"Hugging Face {type(model).__name__} from {folder.name}",
-                        categories=categories, prescribed=preprocess_from_folder(folder))
+                        categories=categories, prescribed=preprocess_from_folder(folder), task=task)
 
 
 def _json(path: Path) -> dict:

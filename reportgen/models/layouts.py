@@ -212,6 +212,60 @@ def huggingface_vit(model: nn.Module, input_size: tuple[int, ...]) -> Layouts:
                    blocks=blocks)
 
 
+# ---------------------------------------------------------------------------- segmenters
+# A segmenter's CAM target is a map the per-pixel classifier reads, so that a class's map is about that class's
+# region: for torchvision's FCN, DeepLabV3 and LRASPP (and Hugging Face's MobileViT, whose head is DeepLabV3's)
+# the backbone's last block, as pytorch-grad-cam's semantic segmentation tutorial targets DeepLabV3's
+# `backbone.layer4` (output stride 8 for the ResNets, 16 for the MobileNets; the heads' last layers are the logits
+# themselves, a degenerate target); for SegFormer the decode head's fused map (1/4 of the input, every stage in
+# it), after its ReLU: its classifier is a 1×1 convolution of it, so Grad-CAM there is the class's logit map. Its
+# encoder's last stage is 1/32 of the input.
+
+CAM_BACKBONE = "the backbone's last block, pytorch-grad-cam's target for DeepLabV3 in its segmentation tutorial"
+CAM_SEGFORMER = ("the decode head's fused map after its ReLU (1/4 of the input), which its 1×1 classifier reads: "
+                 "Grad-CAM there is the class's logit map")
+
+
+def torchvision_segmentation(model: nn.Module, input_size: tuple[int, ...]) -> Layouts:
+    """torchvision's FCN, DeepLabV3 and LRASPP: CNNs (every layer (N, C, H, W)); the CAM layer is the backbone's
+    last block (`backbone.layer4` for the ResNets, `backbone.16` for MobileNetV3)."""
+    last = _children_names(model.backbone)[-1]
+    return Layouts(f"torchvision {type(model).__name__}", cam_layer=f"backbone.{last}", cam_why=CAM_BACKBONE)
+
+
+def huggingface_mobilevit(model: nn.Module, input_size: tuple[int, ...]) -> Layouts:
+    """Hugging Face's MobileViT(V2)ForSemanticSegmentation: its stages and heads output (N, C, H, W); the
+    transformers inside a stage see unfolded patches (N·patch area, patches, C), no map of the input. The CAM layer
+    is the encoder's last stage, which the DeepLabV3 head (`segmentation_head`) reads."""
+    backbone = next(name for name in ("mobilevit", "mobilevitv2") if hasattr(model, name))
+    last = len(getattr(model, backbone).encoder.layer) - 1
+    return Layouts("Hugging Face MobileViT", cam_layer=f"{backbone}.encoder.layer.{last}", cam_why=CAM_BACKBONE)
+
+
+def huggingface_segformer(model: nn.Module, input_size: tuple[int, ...]) -> Layouts:
+    """Hugging Face's SegformerForSemanticSegmentation: each stage (`segformer.stages.i`) outputs a map
+    (N, C, h, w); inside it the patch embedding's norm, the blocks and the stage's norm see tokens (N, h·w, C) of the
+    grid its patch convolution makes, as do the decode head's projections of the stages (`linear_projections.i`).
+    The attention's keys and values (reduced by `sr_ratios`) are no map of that grid and are left undeclared."""
+    config = model.config
+    h, w = input_size[-2:]
+    layers: dict[str, Layout] = {}
+    for i in range(config.num_encoder_blocks):
+        patch, stride = config.patch_sizes[i], config.strides[i]
+        h, w = (h + 2 * (patch // 2) - patch) // stride + 1, (w + 2 * (patch // 2) - patch) // stride + 1
+        tokens = Layout("tokens", grid=(h, w))
+        stage = f"segformer.stages.{i}"
+        names = [f"{stage}.patch_embeddings.layer_norm", f"{stage}.layer_norm",
+                 f"decode_head.linear_projections.{i}", f"decode_head.linear_projections.{i}.proj"]
+        names += [f"{stage}.blocks.{j}" for j in range(config.depths[i])]
+        layers |= {name: tokens for name in names}
+    present = {name for name, _ in model.named_modules()}  # the names of transformers 5.17; others: no layouts
+    stages = tuple(f"segformer.stages.{i}" for i in range(config.num_encoder_blocks))
+    return Layouts("Hugging Face SegFormer", {n: v for n, v in layers.items() if n in present},
+                   cam_layer="decode_head.activation", cam_why=CAM_SEGFORMER,
+                   blocks=tuple(name for name in stages if name in present))
+
+
 FAMILIES: dict[str, Callable[[nn.Module, tuple[int, ...]], Layouts]] = {
     "torchvision.models.vision_transformer.VisionTransformer": torchvision_vit,
     "torchvision.models.swin_transformer.SwinTransformer": torchvision_swin,
@@ -219,6 +273,21 @@ FAMILIES: dict[str, Callable[[nn.Module, tuple[int, ...]], Layouts]] = {
     "timm.models.swin_transformer.SwinTransformer": timm_swin,
     "timm.models.convnext.ConvNeXt": timm_convnext,
     "transformers.models.vit.modeling_vit.ViTForImageClassification": huggingface_vit,
+    "torchvision.models.segmentation.fcn.FCN": torchvision_segmentation,
+    "torchvision.models.segmentation.deeplabv3.DeepLabV3": torchvision_segmentation,
+    "torchvision.models.segmentation.lraspp.LRASPP": torchvision_segmentation,
+    "transformers.models.segformer.modeling_segformer.SegformerForSemanticSegmentation": huggingface_segformer,
+    "transformers.models.mobilevit.modeling_mobilevit.MobileViTForSemanticSegmentation": huggingface_mobilevit,
+    "transformers.models.mobilevitv2.modeling_mobilevitv2.MobileViTV2ForSemanticSegmentation": huggingface_mobilevit,
+}
+# the recommended CAM layer of each segmenter family above, for a model built with the defaults (a family's
+# function finds the name on the model itself): the table the docs and the task can show
+SEGMENTATION_CAM_LAYERS = {
+    "fcn_resnet50, fcn_resnet101, deeplabv3_resnet50, deeplabv3_resnet101": "backbone.layer4",
+    "deeplabv3_mobilenet_v3_large, lraspp_mobilenet_v3_large": "backbone.16",
+    "SegformerForSemanticSegmentation": "decode_head.activation",
+    "MobileViTForSemanticSegmentation": "mobilevit.encoder.layer.4",
+    "MobileViTV2ForSemanticSegmentation": "mobilevitv2.encoder.layer.4",
 }
 
 

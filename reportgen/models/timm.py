@@ -63,7 +63,7 @@ def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
                              f"{type(exc).__name__}: {first_line(exc)}.") from None
     call = cfg.name + (f"({shown})" if shown else "")
     return ModelAdapter(model=model, source="timm", description=f"timm {call} (random weights)",
-                        prescribed=preprocess_from_data_config(timm, model, cfg.input_size))
+                        prescribed=preprocess_from_data_config(timm, model, cfg.input_size), task="classification")
 
 
 def preprocess_from_data_config(timm, model, input_size) -> Preprocess:

@@ -1,4 +1,5 @@
-"""`model.source: torchvision`: a classification model by name, random or with weights from the local cache.
+"""`model.source: torchvision`: a classification or segmentation model by name, random or with weights from the
+local cache.
 
 Weights come only from the local torch hub cache (never downloaded) and load with `weights_only=True`. The
 model is built by torchvision's builder without weights, with the arguments the weights imply (the class count,
@@ -6,6 +7,12 @@ GoogLeNet's and Inception's transform_input, a ViT's image size), then the state
 torchvision's builder would (DenseNet's old key names renamed, GoogLeNet's and Inception's auxiliary heads dropped
 unless asked for). The weights also carry the preprocessing (`weights.transforms()`) and the class names
 (`weights.meta["categories"]`).
+
+The segmentation models (FCN, DeepLabV3, LRASPP: `torchvision.models.segmentation`) are task "segmentation": they
+return {"out": (N, K, H, W) at the input's resolution, "aux": ...}. They are always built with `weights=None,
+weights_backbone=None` passed explicitly (left at their defaults, the builders download ImageNet weights for their
+backbone); weights for the whole model come from `model.weights` (which imply `num_classes` and FCN's and
+DeepLabV3's `aux_loss`) or a `checkpoint:`.
 """
 from __future__ import annotations
 
@@ -37,7 +44,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class TorchvisionOptions:
-    name: str | None = None  # any classification model of torchvision.models (resnet18, vit_b_16, ...)
+    name: str | None = None  # a classification or segmentation model of torchvision.models (resnet18, fcn_resnet50)
     weights: str | None = None  # e.g. IMAGENET1K_V1: only from the local torch cache, never downloaded
     kwargs: dict = setting(factory=dict, check=string_keys)  # keyword arguments of the builder (num_classes, ...)
 
@@ -90,15 +97,20 @@ def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
     """The torchvision model `cfg.name` built with `cfg.kwargs`, with `cfg.weights` from the local cache."""
     tvm = import_models()
 
-    names = torchvision_names()
+    segmenters = segmentation_names()
+    names = torchvision_names() + segmenters
     if cfg.name not in names:
-        raise ReportgenError(f"`model.name`: `{cfg.name}` is not a torchvision classification model."
+        raise ReportgenError(f"`model.name`: `{cfg.name}` is not a torchvision classification or segmentation model."
                              f"{did_you_mean(cfg.name, names)} See `torchvision.models.list_models()`.")
+    task = "segmentation" if cfg.name in segmenters else "classification"
     kwargs = dict(cfg.kwargs)
     call = cfg.name + (f"({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})" if kwargs else "")
+    fixed = _no_downloads(kwargs) if task == "segmentation" else {}
+    kwargs = {key: value for key, value in kwargs.items() if key not in fixed}  # given as None: said once
     if cfg.weights is None:
-        model = _build(cfg.name, None, kwargs)
-        return ModelAdapter(model=model, source="torchvision", description=f"torchvision {call} (random weights)")
+        model = _build(cfg.name, None, kwargs, fixed=fixed)
+        return ModelAdapter(model=model, source="torchvision", description=f"torchvision {call} (random weights)",
+                            task=task)
     enum = tvm.get_model_weights(cfg.name)
     choices = [w.name for w in enum] + ["DEFAULT"]
     if cfg.weights not in choices:
@@ -115,17 +127,30 @@ def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
     with torch.device("cpu"):  # real tensors, also while the model is built on the meta device
         state = torch_load(path, trust=False, key="model.weights",
                            hint=f"Replace it with the file from {weights.url}.")
-    model = _build(cfg.name, weights, kwargs, path, state)
+    model = _build(cfg.name, weights, kwargs, path, state, fixed=fixed)
     categories = weights.meta.get("categories")
     return ModelAdapter(model=model, source="torchvision", description=f"torchvision {call} ({weights})",
                         categories=list(categories) if categories else None,
-                        prescribed=preprocess_from_weights(weights))
+                        prescribed=preprocess_from_weights(weights), task=task)
+
+
+def _no_downloads(kwargs: dict) -> dict:
+    """What a segmentation builder is always given: `weights=None, weights_backbone=None` (their defaults
+    download the backbone's ImageNet weights; the model's own weights are loaded afterwards, as a classifier's);
+    weights named in the kwargs are refused: reportgen never downloads."""
+    for key in ("weights", "weights_backbone"):
+        if kwargs.get(key) is not None:
+            raise ReportgenError(f"`model.kwargs`: `{key}: {kwargs[key]}` makes torchvision download weights, and "
+                                 "reportgen never downloads. Give the whole model's weights with `model.weights` (from "
+                                 "the local torch cache) or `checkpoint:`, or leave it out.")
+    return {"weights": None, "weights_backbone": None}
 
 
 def _build(name: str, weights: object | None, kwargs: dict, path: Path | None = None,
-           state: dict | None = None) -> nn.Module:
-    """torchvision's builder, then the weights' `state` loaded; its warnings kept off the terminal (GoogLeNet's
-    and Inception's notes about their default initialisation); an error names the key to mend."""
+           state: dict | None = None, fixed: dict | None = None) -> nn.Module:
+    """torchvision's builder with `kwargs` and the `fixed` arguments, then the weights' `state` loaded; its
+    warnings kept off the terminal (GoogLeNet's and Inception's notes about their default initialisation); an
+    error names the key to mend."""
     tvm = import_models()
 
     shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
@@ -133,8 +158,8 @@ def _build(name: str, weights: object | None, kwargs: dict, path: Path | None = 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if weights is None:
-                return tvm.get_model(name, **kwargs)
-            model = tvm.get_model(name, **_implied(name, weights, kwargs))
+                return tvm.get_model(name, **kwargs, **(fixed or {}))
+            model = tvm.get_model(name, **_implied(name, weights, kwargs), **(fixed or {}))
             _load_weights(model, name, state, kwargs)
             return model
     except Exception as exc:
@@ -160,6 +185,8 @@ def _implied(name: str, weights: object, kwargs: dict) -> dict:
     input size, GoogLeNet's and Inception's auxiliary heads (in the weights), transform_input and no random
     init, VGG's no random init. A given value that differs is the builders' ValueError."""
     implied = {"num_classes": len(weights.meta["categories"])} if weights.meta.get("categories") else {}
+    if name.startswith(("fcn_", "deeplabv3_")):
+        implied["aux_loss"] = True  # the weights hold the auxiliary classifier
     if name.startswith("vit_"):
         implied["image_size"] = weights.meta["min_size"][0]
     elif name.startswith("maxvit_"):
@@ -202,10 +229,13 @@ def _load_weights(model: nn.Module, name: str, state: dict, kwargs: dict) -> Non
 
 def preprocess_from_weights(weights: object) -> Preprocess | None:
     """The resize/crop/interpolation/mean/std of torchvision weights' `transforms()`, or None when they
-    give no image-classification transform."""
+    give no image-classification or segmentation transform (a segmentation model's resizes the shorter side and
+    crops nothing)."""
     try:
         t = weights.transforms()
-        return Preprocess(resize=tuple(t.resize_size), center_crop=tuple(t.crop_size),
+        crop = getattr(t, "crop_size", None)  # a segmentation model's transform crops nothing
+        return Preprocess(resize=tuple(t.resize_size) if t.resize_size else None,
+                          center_crop=tuple(crop) if crop else None,
                           normalize=Normalize(mean=tuple(t.mean), std=tuple(t.std)),
                           interpolation=t.interpolation.value)
     except (AttributeError, TypeError):
@@ -217,6 +247,13 @@ def torchvision_names() -> list[str]:
     tvm = import_models()
 
     return sorted(tvm.list_models(module=tvm))
+
+
+def segmentation_names() -> list[str]:
+    """The names of torchvision's segmentation models (FCN, DeepLabV3, LRASPP)."""
+    tvm = import_models()
+
+    return sorted(tvm.list_models(module=tvm.segmentation))
 
 
 def weights_cache_path(weights: object) -> Path:
