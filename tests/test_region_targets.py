@@ -4,7 +4,8 @@
 predicts two classes in different regions and on a seeded LRASPP-MobileNetV3 (which predicts one class everywhere,
 so a second class gets a region given by the test). The rows of derived forwards (chunks, Score-CAM / Ablation-CAM
 copies, SmoothGrad noise, IG steps mixing images) are scored against their own image's regions: the images'
-regions differ, so a row scored against another image's would break the parity. A target whose region is empty
+regions differ, so a row scored against another image's would break the parity (for Score-CAM and Ablation-CAM
+on the tiny segmenter: on the random LRASPP their weights hardly depend on the region). A target whose region is empty
 gets zero maps; `cam` says it does not apply."""
 from __future__ import annotations
 

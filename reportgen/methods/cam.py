@@ -45,7 +45,8 @@ class CamJob:
     """What a CAM method that is not a function of (activations, gradients) gets, for one target layer."""
 
     model: nn.Module
-    forward: Callable[[torch.Tensor], torch.Tensor]  # input -> logits (N, K)
+    # input -> logits (N, K); rows other than the batch's images in order go through `engine.for_rows(forward, owner)`
+    forward: Callable[[torch.Tensor], torch.Tensor]
     batch: torch.Tensor  # (N, C, H, W) preprocessed, never modified
     layer: str
     activations: torch.Tensor  # (N, C', h, w) float32: the layer's output

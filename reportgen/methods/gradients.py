@@ -35,7 +35,8 @@ class GradientJob:
     """What a gradient method that runs its own passes gets."""
 
     model: nn.Module
-    forward: Callable[[torch.Tensor], torch.Tensor]  # input -> logits (N, K)
+    # input -> logits (N, K); rows other than the batch's images in order go through `engine.for_rows(forward, owner)`
+    forward: Callable[[torch.Tensor], torch.Tensor]
     batch: torch.Tensor  # (N, C, H, W) preprocessed, never modified
     class_sets: list[tuple[int, ...]]  # per rank, one class per image
     batch_size: int  # inputs per forward
