@@ -262,6 +262,16 @@ def _capture(
         raise ReportgenError(f"layer `{missing[0]}` is not called in {type(model).__name__}'s forward pass.")
 
 
+def for_rows(forward: Callable[[torch.Tensor], torch.Tensor], owner: torch.Tensor | Sequence[int],
+             ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`forward` for rows derived from the batch's images, row b from image `owner[b]`: a chunk of the batch, or
+    masked, ablated, noisy or interpolated copies. A forward that scores each image by something of its own (a
+    segmenter's class-in-region scores, `methods.regions.RegionScores`) has a `for_rows(owner)` and is bound to
+    the rows; any other forward scores every row alike and is returned as it is."""
+    bind = getattr(forward, "for_rows", None)
+    return forward if bind is None else bind(torch.as_tensor(owner, dtype=torch.long))
+
+
 def _zeros_if_none(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(like).detach() if grad is None else grad.detach()
 
@@ -298,8 +308,11 @@ class Engine:
         self._recorded: Recorded | None = None  # the forward `first_logits` ran for the first gradient pass
 
     def with_batch(self, batch: torch.Tensor) -> "Engine":
-        """A new engine with this one's model and settings on another batch (a streamed build's batch), whole."""
-        return Engine(self.model, batch, forward=self.forward, input_grad_wanted=self.input_grad_wanted,
+        """A new engine with this one's model and settings on another batch (a streamed build's batch), whole. A
+        forward bound to this batch's images (`for_batch`: a segmenter's regions) is made anew for that one."""
+        rebind = getattr(self.forward, "for_batch", None)
+        forward = self.forward if rebind is None else rebind(batch)
+        return Engine(self.model, batch, forward=forward, input_grad_wanted=self.input_grad_wanted,
                       observe=self.observe, relu_rules=self.relu_rules)
 
     @property
@@ -329,7 +342,7 @@ class Engine:
                 observed.append({})
                 chunks.append(forward_backward_many(
                     self.model, self.batch[rows], layers, [c[rows] for c in class_sets], input_grad=input_grad,
-                    forward=self.forward, observe=observe, observed=observed[-1], rules=rules))
+                    forward=self._forward_of(rows), observe=observe, observed=observed[-1], rules=rules))
             self._passes[key] = concat_passes(chunks)
             if observe:
                 self._observed = observed
@@ -360,12 +373,17 @@ class Engine:
         """(logits (N, K), layer -> output (N, C, h, w)) of forwards without autograd, one per chunk."""
         layers = tuple(dict.fromkeys(layers))
         if layers not in self._activations:
-            parts = [forward_activations(self.model, self.batch[rows], layers, self.forward)
+            parts = [forward_activations(self.model, self.batch[rows], layers, self._forward_of(rows))
                      for rows in batches(self.batch.shape[0], self.step)]
             self._modified.update(name for p in parts for name in p[2])
             self._activations[layers] = (torch.cat([p[0] for p in parts]),
                                          {name: torch.cat([p[1][name] for p in parts]) for name in layers})
         return self._activations[layers]
+
+    def _forward_of(self, rows: slice) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The forward of the chunk `rows` of the batch (`for_rows`)."""
+        whole = rows.start == 0 and rows.stop == self.batch.shape[0]
+        return self.forward if whole else for_rows(self.forward, torch.arange(rows.start, rows.stop))
 
     def input_grad(self, classes: Sequence[int]) -> torch.Tensor | None:
         """(N, C, H, W) ∂(Σ_i logit[i, classes[i]])/∂input from a pass already run for these classes, or None."""

@@ -27,10 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..engine import Engine, GradPass, forward_replacing
+from ..engine import Engine, GradPass, for_rows, forward_replacing
 from ..ops import batches
 from ..progress import track
 from . import REGISTRY, Method, title
+from .regions import RegionScores
 
 FUSED = "fused"
 
@@ -44,7 +45,8 @@ class CamJob:
     """What a CAM method that is not a function of (activations, gradients) gets, for one target layer."""
 
     model: nn.Module
-    forward: Callable[[torch.Tensor], torch.Tensor]  # input -> logits (N, K)
+    # input -> logits (N, K); rows other than the batch's images in order go through `engine.for_rows(forward, owner)`
+    forward: Callable[[torch.Tensor], torch.Tensor]
     batch: torch.Tensor  # (N, C, H, W) preprocessed, never modified
     layer: str
     activations: torch.Tensor  # (N, C', h, w) float32: the layer's output
@@ -97,6 +99,9 @@ def eigencam(job: CamJob) -> torch.Tensor:
 
 def original_cam(job: CamJob) -> torch.Tensor:
     """The original CAM: the head's weights of each class over the layer's channels."""
+    if isinstance(job.forward, RegionScores):
+        raise NotApplicable("CAM weighs the layer's channels by a classifier's last linear layer after global "
+                            "average pooling; a segmenter's class-in-region score is not such a layer.")
     why = _cam_not_applicable(job.head, job.activations, job.logits)
     if why:
         raise NotApplicable(why)
@@ -167,7 +172,8 @@ def score_cam_weights(
                 lo = up.amin(dim=(1, 2), keepdim=True)
                 hi = up.amax(dim=(1, 2), keepdim=True)
                 masks = (up - lo) / (hi - lo + 1e-8)
-                scores.append(forward(batch[i:i + 1] * masks[:, None]).float()[:, index])  # (b, k)
+                rows_forward = for_rows(forward, torch.full((len(masks),), i))  # copies of image i
+                scores.append(rows_forward(batch[i:i + 1] * masks[:, None]).float()[:, index])  # (b, k)
             w = torch.zeros(len(index), c, device=activations.device)
             w[:, chosen] = torch.softmax(torch.cat(scores), dim=0).T.to(w)  # (k, M) into (k, C)
             weights.append(w)
@@ -195,6 +201,7 @@ def ablation_cam_weights(
     (tokens (N, L, C) or (N, H, W, C)), and ablating a channel sets it in every token, the class token
     included, as pytorch-grad-cam's `AblationLayerVit` does. `keep` (N, M): per image only those channels are
     ablated; the others weigh 0."""
+    forward = forward or model
     c = activations.shape[-1] if channels_last else activations.shape[1]
     n = activations.shape[0]
     weights = []
@@ -206,7 +213,7 @@ def ablation_cam_weights(
             index = torch.as_tensor(classes[i], device=batch.device)
             chosen = torch.arange(c, device=a.device) if keep is None else keep[i].to(a.device)
             if broadcast is None:
-                broadcast = _broadcasts(model, batch[i:i + 1], layer, a, logits[i], forward)
+                broadcast = _broadcasts(model, batch[i:i + 1], layer, a, logits[i], for_rows(forward, [i, i]))
             values = _ablation_values(a, min(batch_size, len(chosen)))  # (b,) or None for zeros
             scores = []
             for part in batches(len(chosen), batch_size):
@@ -217,7 +224,7 @@ def ablation_cam_weights(
                 value = 0.0 if values is None else values[:b].view(b, *([1] * (a.dim() - 1)))
                 channels_first[rows, chosen[part]] = value
                 inputs = batch[i:i + 1] if broadcast else batch[i:i + 1].expand(b, -1, -1, -1)
-                out = forward_replacing(model, inputs, layer, ablated, forward=forward)
+                out = forward_replacing(model, inputs, layer, ablated, forward=for_rows(forward, [i] * b))
                 scores.append(out.float()[:, index])  # (b, k)
             original = logits[i, index].float()  # (k,)
             ablated_scores = torch.cat(scores).T  # (k, M)
@@ -248,7 +255,7 @@ def _broadcasts(model: nn.Module, image: torch.Tensor, layer: str, a: torch.Tens
     """Whether feeding one image while `layer` returns a batch of 2 copies of its own output gives the image's logits twice."""
     try:
         out = forward_replacing(model, image, layer, a.unsqueeze(0).repeat(2, *([1] * a.dim())), forward=forward)
-    except RuntimeError:
+    except (RuntimeError, ValueError):  # ValueError: a segmenter's scores of 2 rows got another count
         return False
     if out.shape != (2, logits.shape[0]):
         return False

@@ -12,6 +12,9 @@ randomised copies of the model (the sanity cascade). The same call gives the sam
 - gradient methods with a ReLU rule: from the engine's pass when it took the rules for these classes (and holds
   the layer they need as the layer returned it), else from one forward with switchable ReLU rules;
 - the others (`own_passes`): their own passes, given a `GradientJob`.
+
+A segmenter's engine forward is `regions.RegionScores` (class-in-region scores): a target whose region is empty
+in an image gets all-zero maps from every method (see `methods.regions`).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from ..engine import Engine
 from . import REGISTRY, Method
 from .cam import ComputedMaps, compute_maps
 from .gradients import GradientJob, ReluRulePass, compute_relu_rule_pass
+from .regions import RegionScores
 
 
 @dataclass(frozen=True)
@@ -72,9 +76,28 @@ def explain(methods: Sequence[str], engine: Engine, class_sets: Sequence[Sequenc
                        views=settings.views, max_channels=settings.max_channels) if cams else None
     gradient = [m for m in records if m.family == "gradients"]
     if not gradient:
-        return Explained(cam=cam, gradients={})
-    with torch.enable_grad():  # also when called inside torch.no_grad() (max-sensitivity)
-        return dataclasses.replace(_gradients(gradient, engine, class_sets, settings, log), cam=cam)
+        explained = Explained(cam=cam, gradients={})
+    else:
+        with torch.enable_grad():  # also when called inside torch.no_grad() (max-sensitivity)
+            explained = dataclasses.replace(_gradients(gradient, engine, class_sets, settings, log), cam=cam)
+    if isinstance(engine.forward, RegionScores):
+        _blank_empty_regions(explained, engine.forward.empty(class_sets))
+    return explained
+
+
+def _blank_empty_regions(explained: Explained, empty: torch.Tensor) -> None:
+    """Zero every map of a target whose region is empty in its image (`empty` (R, N) bool): its score is the
+    constant 0, which explains nothing (gradient methods give zeros by themselves; Eigen-CAM, Score-CAM and
+    Ablation-CAM would not)."""
+    if not empty.any():
+        return
+    for maps in (explained.cam.final.values() if explained.cam is not None else ()):  # (M, k, N, H, W), its own
+        maps[:, empty.to(maps.device)] = 0
+    for per_rank in explained.gradients.values():  # a rank's tensor may be the engine's cached gradient: not in place
+        for r, blank in enumerate(empty):
+            if blank.any():
+                where = blank.to(per_rank[r].device).view(-1, *[1] * (per_rank[r].ndim - 1))
+                per_rank[r] = torch.where(where, torch.zeros_like(per_rank[r]), per_rank[r])
 
 
 def _gradients(records: list[Method], engine: Engine, class_sets: list[tuple[int, ...]], settings: Settings,

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..engine import forward_backward_many
+from ..engine import for_rows, forward_backward_many
 from ..errors import ReportgenError
 from ..hooks import capture_outputs, relu_backward_rule
 from ..ops import batches
@@ -35,7 +35,8 @@ class GradientJob:
     """What a gradient method that runs its own passes gets."""
 
     model: nn.Module
-    forward: Callable[[torch.Tensor], torch.Tensor]  # input -> logits (N, K)
+    # input -> logits (N, K); rows other than the batch's images in order go through `engine.for_rows(forward, owner)`
+    forward: Callable[[torch.Tensor], torch.Tensor]
     batch: torch.Tensor  # (N, C, H, W) preprocessed, never modified
     class_sets: list[tuple[int, ...]]  # per rank, one class per image
     batch_size: int  # inputs per forward
@@ -246,7 +247,7 @@ def _sum_input_grads(model: nn.Module, inputs: Callable[[torch.Tensor], torch.Te
         rows = torch.arange(chunk.start, chunk.stop)
         owner = images[rows].tolist()
         passes = forward_backward_many(model, inputs(rows), [], [[c[i] for i in owner] for c in class_sets],
-                                       input_grad=True, forward=forward)
+                                       input_grad=True, forward=for_rows(forward or model, owner))
         for total, grad_pass in zip(totals, passes):
             grad = grad_pass.input_grad  # (B, C, H, W)
             if transform is not None:
