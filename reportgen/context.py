@@ -27,6 +27,8 @@ class ImageInput:
     label: int | None = None  # the true class index, where the inputs give ground truth
     box: tuple[float, float, float, float] | None = None  # (x0, y0, x1, y1) in `display` pixels, where given
     mask: np.ndarray | None = None  # (H, W) bool over `display`, True on the object, where given
+    # segmentation: (H, W) class index per pixel over `display` (255: ignored), where the inputs give class masks
+    segmentation: np.ndarray | None = None
 
 
 @dataclass
