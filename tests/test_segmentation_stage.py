@@ -199,3 +199,21 @@ def test_the_section_and_the_cards_draw_and_render_escaped():
     none = figures.plot(seg.run(seg_context(n=2, unlabelled=(0, 1)), CFG), None)
     assert none["metrics"] is None and none["figures"] == [] and none["cards"] == {}
     assert "No image has a truth mask" in render_section("dataset_segmentation", none)
+
+
+def test_many_classes_keep_the_matrix_in_the_arrays_but_do_not_draw_it_and_an_ignored_mask_scores_nothing():
+    ctx = seg_context(n=3)
+    cfg = DatasetConfig(max_matrix_classes=4)  # K = 5
+    result = seg.run(ctx, cfg)
+    assert "confusion" not in seg.to_json(result) and seg.arrays(result)["dataset/confusion"].shape == (K, K)
+    section = figures.plot(result, None)
+    assert section["figures"] == [] and not section["metrics"]["matrix_shown"]
+    assert "too many to draw the confusion matrix" in render_section("dataset_segmentation", section)
+    void = ctx.for_batch([dataclasses.replace(ctx.images[0], segmentation=np.full((16, 16), 255, np.uint8))],
+                         ctx.batch[:1], ctx.logits[:1], 0)
+    result = seg.run(void, CFG)
+    assert result.count == 1 and result.scores.pixels == 0 and seg.headline(result) == {"images": 1.0}
+    assert seg.records(result) == [{"miou": None, "pixel_accuracy": None, "iou": []}]
+    section = figures.plot(result, void)
+    assert section["metrics"]["miou"] is None and section["cards"]["img0"]["miou"] is None
+    assert "–" in render_section("dataset_segmentation", section)

@@ -232,9 +232,10 @@ def to_json(result: SegmentationDatasetResult) -> dict:
 
 
 def headline(result: SegmentationDatasetResult) -> dict[str, float]:
-    """mIoU and pixel accuracy over the labelled pixels (when an image has a mask), and the images."""
+    """mIoU and pixel accuracy over the labelled pixels (when a pixel of a truth mask is not ignored), and the
+    images."""
     out = {"images": float(len(result.images))}
-    if result.count:
+    if result.confusion.any():
         scores = result.scores
         out |= {"miou": scores.miou(), "pixel_accuracy": scores.pixel_accuracy()}
     return out
