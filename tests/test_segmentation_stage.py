@@ -9,7 +9,6 @@ import dataclasses
 import json
 import math
 
-import jinja2
 import numpy as np
 import pytest
 import torch
@@ -20,9 +19,8 @@ from reportgen.config import AnalysesConfig, Config, DatasetConfig
 from reportgen.errors import ReportgenError
 from reportgen.figures import dataset_segmentation as figures
 from reportgen.metrics.segmentation import Confusion, image_scores
-from reportgen.packaged import templates_dir
+from reportgen import render
 from reportgen.stages import dataset_segmentation as seg
-from tests.conftest import render_section
 from tests.helpers import make_context
 
 FLOAT32 = 1e-6  # torchmetrics' float32 division against our float64
@@ -47,6 +45,16 @@ def seg_context(n=7, k=K, side=16, seed=0, unlabelled=(), labels=None):
     ctx.images = [dataclasses.replace(im, segmentation=None if i in unlabelled else truth[i].astype(np.uint8))
                   for i, im in enumerate(ctx.images)]
     return ctx
+
+
+def rendered(template, **context):
+    """A template rendered in the report's own environment (its filters, the real `figure` macro)."""
+    env = render.make_environment(render._Images(True))
+    return env.get_template(template).render(report={}, **context)
+
+
+def render_section(name, section):
+    return rendered(f"sections/{name}.html.jinja2", section=section)
 
 
 def batches(ctx, cuts):
@@ -180,21 +188,23 @@ def test_the_section_and_the_cards_draw_and_render_escaped():
     card = section["cards"]["img0"]
     assert card["truth"] is not None and card["predicted"].width >= figures.MIN_SIDE  # 16 px enlarged
     assert card["miou"] == pytest.approx(result.score[0] * 100)
+    pred = ctx.logits[0].argmax(dim=0)
+    truth = torch.from_numpy(ctx.images[0].segmentation.astype(np.int64))
+    reference = MulticlassJaccardIndex(K, average=None, ignore_index=255, zero_division="nan")(pred, truth).numpy()
+    shown = sorted(set(pred.unique().tolist()) | set(truth.unique().tolist()) - {255})
+    assert [row["index"] for row in card["rows"]] == [item["index"] for item in card["legend"]] == shown
+    np.testing.assert_allclose([np.nan if row["iou"] is None else row["iou"] for row in card["rows"]],
+                               reference[shown] * 100, atol=1e-4)
+    assert card["rows"][0]["colour"] == "#000000" and card["rows"][1]["colour"] == "#800000"
     assert section["cards"]["img3"]["truth"] is None
     html = render_section("dataset_segmentation", section)
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert "1 of 4 images have no truth mask" in html and "left out of the mean" in html and "absent" in html
-    assert html.count("<figure>") == 1
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())), autoescape=True,
-                             undefined=jinja2.StrictUndefined)
-    env.globals["self_contained"] = True
-    env.filters.update(shown_size=lambda fig: (fig.width, fig.height), src=lambda fig: "data:,",
-                       thumb_src=lambda fig: "data:,")
-    partial = env.get_template("partials/segmentation_card.html.jinja2")
-    text = partial.render(card=card)
+    assert html.count("<figure") == 1
+    text = rendered("partials/segmentation_card.html.jinja2", card=card)
     assert text.count("<figure") == 2 and text.count("<svg") == len(card["legend"]) >= 2
     assert "<script>" not in text and "&lt;script&gt;" in text and "mIoU" in text
-    assert "No truth mask" in partial.render(card=section["cards"]["img3"])
+    assert "No truth mask" in rendered("partials/segmentation_card.html.jinja2", card=section["cards"]["img3"])
     # without any truth: the predicted pixels only
     none = figures.plot(seg.run(seg_context(n=2, unlabelled=(0, 1)), CFG), None)
     assert none["metrics"] is None and none["figures"] == [] and none["cards"] == {}

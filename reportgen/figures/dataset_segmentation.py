@@ -149,9 +149,10 @@ def cards(result: SegmentationDatasetResult, ctx) -> dict[str, dict]:
 
 
 def card(detail: ImageSegmentation, display: np.ndarray, labels: tuple[str, ...], colours: np.ndarray) -> dict:
-    """One image's masks and scores: {"predicted": Figure, "truth": Figure | None, "legend", "rows" (the classes
-    in its truth or prediction: IoU %, truth and predicted pixels), "miou", "pixel_accuracy" (%, None where
-    undefined), "figure_class"}."""
+    """One image's masks and scores: {"name", "predicted": Figure, "truth": Figure | None, "legend" (the classes
+    the masks show), "rows" (the same classes, each with its "colour", "iou" % (None where undefined: no truth,
+    or a class only on ignored pixels), "truth_pixels" (None without truth) and "predicted_pixels", of the pixels
+    counted: those not ignored), "miou", "pixel_accuracy" (%, None where undefined), "figure_class"}."""
     base = np.ascontiguousarray(display[..., :3])
     small = min(base.shape[:2]) < MIN_SIDE
     big = upscale_nearest(base, MIN_SIDE)
@@ -166,14 +167,15 @@ def card(detail: ImageSegmentation, display: np.ndarray, labels: tuple[str, ...]
            "figure_class": "pixel" if small else ""}
     if detail.truth is None:
         counts = np.bincount(detail.pred.ravel(), minlength=len(labels))
-        out["rows"] = [{"index": c, "label": labels[c], "iou": None, "truth_pixels": None,
-                        "predicted_pixels": int(counts[c])} for c in detail.present()]
+        out["rows"] = [dict(item, iou=None, truth_pixels=None, predicted_pixels=int(counts[item["index"]]))
+                       for item in out["legend"]]
         return out
     out["truth"] = draw(detail.truth, "True classes")
     matrix, iou = detail.matrix, detail.iou
     truth, predicted = matrix.sum(axis=1), matrix.sum(axis=0)
-    out["rows"] = [{"index": c, "label": labels[c], "iou": float(iou[c]) * 100.0, "truth_pixels": int(truth[c]),
-                    "predicted_pixels": int(predicted[c])} for c in detail.present()]
+    out["rows"] = [dict(item, iou=None if np.isnan(iou[c]) else float(iou[c]) * 100.0, truth_pixels=int(truth[c]),
+                        predicted_pixels=int(predicted[c]))
+                   for item in out["legend"] for c in [item["index"]]]
     kept = ~np.isnan(iou)
     if kept.any():
         out["miou"] = float(iou[kept].mean()) * 100.0
