@@ -12,7 +12,8 @@ torchrun split gives the same numbers) and joins those numbers. Masks are kept o
 - The prediction of a pixel is the argmax of its logits over the classes; `ctx.logits` is (B, K, H, W) at the
   display resolution, and a truth mask (`ImageInput.segmentation`) must be (H, W).
 - An image's score is its own mIoU: the mean IoU over the classes in its truth or its prediction, from its pixels
-  alone (`metrics.segmentation.image_scores`); the lowest come first among the detail images. NaN without truth.
+  alone, computed from the image's own confusion (the number `metrics.segmentation.image_scores` gives); detail
+  images are chosen lowest first. NaN without truth, or with every pixel ignored.
 - Images without a truth mask count only in what the model predicts (`predicted`: pixels per predicted class over
   every image); the scores are over the labelled images, and the result says how many there are.
 """
