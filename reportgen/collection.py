@@ -6,11 +6,17 @@ as each batch is done (`batches` reads them again for the stages), unless there 
 detail budget: then they are all kept, read once. Under torchrun each rank reads its contiguous shard of the
 entries and the ranks exchange logits and ground truth, so every rank knows every image and chooses the same
 detail images.
+
+What is kept per image is bounded (a data set of 200 000 manifest rows costs about what 2 rows cost): its entry
+(`datasets.Entry`, a path as text), its name, its top-1 class and confidence (what the detail choice reads); the
+logits go to `Logits`, in memory while they are small and to an unnamed temporary file beyond, read back a batch
+at a time; the records of images.jsonl are made one at a time (`records`) as they are written.
 """
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +27,70 @@ from .context import ImageInput, ModelInfo
 from .detail import Detail, choose
 from .errors import ReportgenError
 from .inputs import read_ahead, unique_names
+from .ops import release_memory
 from .progress import track
+
+
+class Logits:
+    """The (N, K) float32 logits of every image, appended batch by batch: in memory up to `MEMORY` bytes, beyond
+    that in an unnamed temporary file (gone with the process, however it ends), read back by rows:
+    `logits[lo:hi]` or `logits[[i, j, ...]]` is a tensor."""
+
+    MEMORY = 16 * 2**20
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+        self._parts: list[torch.Tensor] = []
+        self._file = None
+        self._rows = 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self._rows, self.num_classes)
+
+    def __len__(self) -> int:
+        return self._rows
+
+    def append(self, batch: torch.Tensor) -> None:
+        batch = batch.detach().float().cpu().contiguous()
+        self.num_classes = batch.shape[1]
+        self._rows += batch.shape[0]
+        if self._file is None and self._rows * self.num_classes * 4 > self.MEMORY:
+            self._file = tempfile.TemporaryFile(prefix="reportgen-logits-")
+            for part in self._parts:
+                self._file.write(part.numpy().tobytes())
+            self._parts = []
+        if self._file is None:
+            self._parts.append(batch)
+        else:
+            self._file.seek(0, 2)
+            self._file.write(batch.numpy().tobytes())
+
+    def _read(self, lo: int, hi: int) -> torch.Tensor:
+        if self._file is None:
+            if len(self._parts) > 1:
+                self._parts = [torch.cat(self._parts)]
+            return self._parts[0][lo:hi] if self._parts else torch.zeros(0, self.num_classes)
+        row = self.num_classes * 4
+        self._file.seek(lo * row)
+        data = self._file.read((hi - lo) * row)
+        return torch.from_numpy(np.frombuffer(data, dtype=np.float32).copy()).view(hi - lo, self.num_classes)
+
+    def __getitem__(self, rows) -> torch.Tensor:
+        if isinstance(rows, slice):
+            lo, hi, step = rows.indices(self._rows)
+            if step != 1:
+                raise ValueError("Logits: slices take every row")
+            return self._read(lo, max(lo, hi))
+        rows = [int(r) for r in rows]
+        if not rows:
+            return torch.zeros(0, self.num_classes)
+        return torch.stack([self._read(r, r + 1)[0] for r in rows])
+
+    def chunks(self, size: int = 4096) -> Iterator[tuple[int, torch.Tensor]]:
+        """(first row, logits) of consecutive chunks of at most `size` rows."""
+        for lo in range(0, self._rows, size):
+            yield lo, self._read(lo, min(lo + size, self._rows))
 
 
 @dataclass
@@ -31,7 +100,7 @@ class Collection:
     device: torch.device
     entries: list[datasets.Entry]  # every image read, in order (all ranks)
     names: list[str]  # their unique names (the `<image>` of arrays.npz keys)
-    logits: torch.Tensor  # (N, K) float32 on the CPU
+    logits: Logits  # (N, K) float32: `logits[lo:hi]` is a tensor on the CPU
     truth: np.ndarray  # (N,) int64, -1 where unknown
     detail: Detail
     shard: range  # this process's images (all of them without torchrun)
@@ -62,18 +131,41 @@ class Collection:
             read = [next(reads)[1].result() for _ in range(lo, min(lo + size, self.shard.stop))]
             yield lo, [image for image, _ in read], torch.stack([t for _, t in read]).to(self.device)
 
-    def records(self, top_k: int, label) -> list[dict]:
-        """One record per image (images.jsonl): name, source, truth, top-k predictions, why it is detailed, and
-        what the streamed stages that ran say of it (`Stage.records`, under the stage's name)."""
-        probs = torch.softmax(self.logits, dim=1)
-        top = probs.topk(min(top_k, probs.shape[1]), dim=1)
-        return [{"name": name, "source": self.config.shown_path(entry.path),
-                 "truth": None if t < 0 else {"index": int(t), "label": label(int(t))},
-                 "top_k": [{"index": int(i), "label": label(int(i)), "probability": float(p)}
-                           for p, i in zip(ps, idx)],
-                 "detail": self.detail.reasons.get(n), **self.image_entries.get(n, {})}
-                for n, (name, entry, t, ps, idx) in enumerate(zip(self.names, self.entries, self.truth.tolist(),
-                                                                  top.values.tolist(), top.indices.tolist()))]
+    def record(self, n: int, top_k: int, label, logits: torch.Tensor | None = None) -> dict:
+        """Image `n`'s record in images.jsonl: name, source, truth, top-k predictions, why it is detailed, and
+        what the streamed stages that ran say of it (`Stage.records`, under the stage's name). `logits`: its row,
+        when the caller has read it already."""
+        row = self.logits[n:n + 1][0] if logits is None else logits
+        top = torch.softmax(row, dim=0).topk(min(top_k, row.shape[0]))
+        t = int(self.truth[n])
+        return {"name": self.names[n], "source": self.config.shown_path(self.entries[n].path),
+                "truth": None if t < 0 else {"index": t, "label": label(t)},
+                "top_k": [{"index": int(i), "label": label(int(i)), "probability": float(p)}
+                          for p, i in zip(top.values.tolist(), top.indices.tolist())],
+                "detail": self.detail.reasons.get(n), **self.image_entries.get(n, {})}
+
+    def records(self, top_k: int, label) -> Iterable[dict]:
+        """Every image's `record`, in order, made as they are read (see `Records`)."""
+        return Records(self, top_k, label)
+
+
+class Records:
+    """Every image's record, made one at a time each time they are iterated over (images.jsonl and the page's
+    table of every image read them in turn): a data set's records are never all in memory."""
+
+    def __init__(self, collection: Collection, top_k: int, label):
+        self.collection, self.top_k, self.label = collection, top_k, label
+
+    def __len__(self) -> int:
+        return len(self.collection)
+
+    def __getitem__(self, n: int) -> dict:
+        return self.collection.record(n, self.top_k, self.label)
+
+    def __iter__(self) -> Iterator[dict]:
+        for lo, rows in self.collection.logits.chunks():
+            for i, row in enumerate(rows):
+                yield self.collection.record(lo + i, self.top_k, self.label, row)
 
 
 def collect(config, info: ModelInfo, device: torch.device, group: dist.Group = dist.SINGLE,
@@ -94,7 +186,9 @@ def collect(config, info: ModelInfo, device: torch.device, group: dist.Group = d
         if entries:
             *scanned, kept = _scan(config, info, device, entries, first)
         else:
-            scanned = [[], torch.zeros(0, info.num_classes), []]
+            scanned = [[], Logits(info.num_classes), []]
+        if group.size > 1:  # the logits travel as a tensor
+            scanned[1] = scanned[1][:]
     except ReportgenError as exc:  # every rank learns of it (none is left waiting for the others)
         if group.size == 1:
             raise
@@ -103,19 +197,28 @@ def collect(config, info: ModelInfo, device: torch.device, group: dist.Group = d
     failed = [p for p in parts if isinstance(p, str)]
     if failed:
         raise ReportgenError(failed[0])
-    all_entries = [e for part in parts for e in part[0]]
+    if group.size == 1:
+        all_entries, logits = parts[0][0], parts[0][1]
+    else:
+        all_entries = [e for part in parts for e in part[0]]
+        logits = Logits(info.num_classes)
+        for part in parts:
+            logits.append(part[1])
     start = sum(len(part[0]) for part in parts[:group.rank])
-    names = unique_names([e.path for e in all_entries])
-    all_logits = torch.cat([part[1] for part in parts])
+    names = unique_names([e.file for e in all_entries])
     truth = np.array([-1 if e.label is None else int(e.label) for e in all_entries], dtype=np.int64)
+    confidence = np.zeros(len(logits), dtype=np.float32)  # what the detail choice reads: no (N, K) array
+    pred = np.zeros(len(logits), dtype=np.int64)
+    for lo, rows in logits.chunks():
+        top = torch.softmax(rows, dim=1).max(dim=1)
+        confidence[lo:lo + len(rows)], pred[lo:lo + len(rows)] = top.values.numpy(), top.indices.numpy()
     cfg = config.report.detail
-    confidence, pred = torch.softmax(all_logits, dim=1).max(dim=1)
-    detail = choose(truth, pred.numpy(), confidence.numpy(), budget=cfg.budget, mistakes=cfg.mistakes,
+    detail = choose(truth, pred, confidence, budget=cfg.budget, mistakes=cfg.mistakes,
                     uncertain=cfg.uncertain, per_class=cfg.per_class,
                     seed=cfg.seed if cfg.seed is not None else config.seed)
     notes = [note for part in parts for note in part[2]] + list(detail.notes)
     collection = Collection(config=config, info=info, device=device, entries=all_entries, names=names,
-                            logits=all_logits, truth=truth, detail=detail,
+                            logits=logits, truth=truth, detail=detail,
                             shard=range(start, start + len(parts[group.rank][0])), notes=notes)
     collection.cached = {start + i: (dataclasses.replace(image, name=names[start + i]), tensor)
                          for i, (image, tensor) in kept.items()}
@@ -124,16 +227,17 @@ def collect(config, info: ModelInfo, device: torch.device, group: dist.Group = d
 
 def _scan(config, info: ModelInfo, device: torch.device, entries: list[datasets.Entry], first=None):
     """Read `entries` and run the forward on each batch (`first` when they make one batch of at most the detail
-    budget) -> (entries read, their logits (n, K), notes, the pixels of every image by position when there are
+    budget) -> (entries read, their `Logits` (n, K), notes, the pixels of every image by position when there are
     no more than the detail budget, else {})."""
     budget = config.report.detail.budget
     if len(entries) > min(budget, config.inputs.batch_size):
         first = None
     found = datasets.Scan()
-    logits: list[torch.Tensor] = []
+    logits = Logits(info.num_classes)
     kept: dict[int, tuple[ImageInput, torch.Tensor]] | None = {}
     shape = None
     for batch in datasets.scan(config, info.preprocess, entries, found, track):
+        release_memory()  # the last batch's decoded pixels leave holes the next do not fill exactly
         for entry, _, tensor in batch:
             if shape is None:
                 shape = tuple(tensor.shape)
@@ -152,4 +256,4 @@ def _scan(config, info: ModelInfo, device: torch.device, entries: list[datasets.
                 kept[len(kept)] = (image, tensor)
             if len(kept) > budget:
                 kept = None  # too many to keep: the stages read them again
-    return found.entries, torch.cat(logits), found.notes, kept or {}
+    return found.entries, logits, found.notes, kept or {}

@@ -95,19 +95,19 @@ def _manifest_label(entry: Entry, labels: list[str] | None, num_classes: int | N
 
 def resolve_labels(entries: list[Entry], labels: list[str] | None, num_classes: int | None) -> list[Entry]:
     """The entries with class indices for labels (ImageFolder names and manifest labels), checked against the
-    model (`num_classes` None: indices are not range-checked)."""
+    model (`num_classes` None: indices are not range-checked). Replaces them in `entries` (one entry at a time:
+    a data set's entries are not kept twice) and returns it."""
     folders: dict[Path, dict[str, int]] = {}
-    out = []
-    for entry in entries:
+    for i, entry in enumerate(entries):
         if entry.label is None:
-            out.append(entry)
-        elif entry.root is not None:
+            continue
+        if entry.root is not None:
             if entry.root not in folders:
                 folders[entry.root] = folder_classes(entry.classes or (), labels, num_classes, entry.where)
-            out.append(replace(entry, label=folders[entry.root][entry.label]))
+            entries[i] = replace(entry, label=folders[entry.root][entry.label])
         else:
-            out.append(replace(entry, label=_manifest_label(entry, labels, num_classes)))
-    return out
+            entries[i] = replace(entry, label=_manifest_label(entry, labels, num_classes))
+    return entries
 
 
 # ---------------------------------------------------------------------------- sampling
@@ -234,7 +234,6 @@ def scan(config, pre, entries: list[Entry], found: Scan, progress: Callable = la
         reasons = "; ".join(f"{config.shown_path(e.path)} ({why})" for e, why in failed[:5])
         raise ReportgenError(f"{KEY}: none of the {len(failed)} images could be read: {reasons}"
                              f"{' and more' if len(failed) > 5 else ''}.")
-    found.names = unique_names([e.path for e in found.entries])
     if failed:
         n = len(failed)
         shown = listing((f"{config.shown_path(e.path)} ({why})" for e, why in failed), 20)
@@ -257,7 +256,7 @@ def given(images, config) -> list[Entry]:
         raise ReportgenError("`images` is empty: give PIL images or pixel arrays, or leave it out to read "
                              "`inputs.images`.")
     width = len(str(len(images) - 1))
-    return [Entry(path=Path(f"image{i:0{width}d}"), where=f"images[{i}]",
+    return [Entry(f"image{i:0{width}d}", origin=f"images[{i}]",
                   pixels=pixels_of(image, f"images[{i}]", config.inputs.alpha)) for i, image in enumerate(images)]
 
 
@@ -267,5 +266,6 @@ def load(config, pre, labels: list[str] | None = None, num_classes: int | None =
     all at once (`scan` reads them batch by batch)."""
     found = Scan()
     read = [item for batch in scan(config, pre, select(config, labels, num_classes), found, progress) for item in batch]
+    found.names = unique_names([e.file for e, _, _ in read])
     return Loaded(images=[replace(image, name=name) for (_, image, _), name in zip(read, found.names)],
                   tensors=[tensor for _, _, tensor in read], notes=found.notes)

@@ -10,7 +10,7 @@ import glob
 import json
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,19 +25,37 @@ KEY = "`inputs.images`"
 FOLDER_LIMIT = 100_000  # folders walked under one entry of `inputs.images`
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One image to read. `label`: raw (a class folder's name, a manifest's index or label) until
-    `resolve_labels` makes it a class index; None: no ground truth."""
+    `resolve_labels` makes it a class index; None: no ground truth.
 
-    path: Path
+    Small on purpose: a data set of 200 000 manifest rows keeps one per image. The path is kept as text (a
+    `Path` holds each of its parts too) and made a `Path` when asked for; where it came from is one text shared
+    by every row of its manifest or folder, plus the row's line."""
+
+    file: str  # the image's path (`path` gives it as a Path)
     label: int | str | None = None
     box: tuple[float, float, float, float] | None = None  # (x0, y0, x1, y1) in original-image pixels
     mask: Path | None = None
-    where: str = field(default="", compare=False)  # "set.csv, line 4": for messages
+    origin: str = field(default="", compare=False)  # the manifest, folder or argument it came from: for messages
+    line: int = field(default=0, compare=False)  # its line in a manifest (0: none)
     classes: tuple[str, ...] | None = field(default=None, compare=False)  # an ImageFolder's class names, sorted
     root: Path | None = field(default=None, compare=False)  # the ImageFolder folder it came from
     pixels: np.ndarray | None = field(default=None, compare=False, repr=False)  # given in Python: (H, W, 3) uint8
+
+    def __post_init__(self):
+        if not isinstance(self.file, str):
+            object.__setattr__(self, "file", os.fspath(self.file))
+
+    @property
+    def path(self) -> Path:
+        return Path(self.file)
+
+    @property
+    def where(self) -> str:
+        """Where it came from, for messages: "set.csv, line 4", a folder, "images[3]"."""
+        return f"{self.origin}, line {self.line}" if self.line else self.origin
 
 
 def listing(names: Iterable[str], most: int = 8, sep: str = ", ") -> str:
@@ -168,7 +186,8 @@ def _folder_entries(folder: Path, shown: Callable[[Path], str]) -> list[Entry]:
             f"layout, but it also holds images beside them: {listing(p.name for p in loose)}. Move them into a "
             "class folder (or elsewhere).")
     classes = tuple(sorted(per_class))  # every class folder counts, as in torchvision's ImageFolder
-    return [Entry(path, label=name, where=shown(folder), classes=classes, root=folder)
+    origin = shown(folder)
+    return [Entry(path, label=name, origin=origin, classes=classes, root=folder)
             for name in classes for path in per_class[name]]
 
 
@@ -177,20 +196,22 @@ def _folder_entries(folder: Path, shown: Callable[[Path], str]) -> list[Entry]:
 
 def read_manifest(path: Path, shown: Callable[[Path], str] = str) -> list[Entry]:
     """A `.csv` (header row) or `.jsonl` manifest -> its entries; a bad row is an error naming the manifest
-    and its line."""
+    and its line. The file is read row by row: what stays is the entries, not the text or the rows."""
+    origin = shown(path)  # one text for every row's messages
+    entries = []
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        with path.open(encoding="utf-8-sig", newline="" if path.suffix.lower() == ".csv" else None) as lines:
+            rows = _csv_rows(lines, path, shown) if path.suffix.lower() == ".csv" else _jsonl_rows(lines, path, shown)
+            entries = [_entry(values, line, path, origin, shown) for line, values in rows]
     except (OSError, UnicodeDecodeError) as exc:
-        raise ReportgenError(f"{KEY}: cannot read the manifest {shown(path)}: {exc}.") from None
-    rows = _csv_rows(text, path, shown) if path.suffix.lower() == ".csv" else _jsonl_rows(text, path, shown)
-    entries = [_entry(values, line, path, shown) for line, values in rows]
+        raise ReportgenError(f"{KEY}: cannot read the manifest {origin}: {exc}.") from None
     if not entries:
-        raise ReportgenError(f"{KEY}: the manifest {shown(path)} lists no image.")
+        raise ReportgenError(f"{KEY}: the manifest {origin} lists no image.")
     return entries
 
 
-def _csv_rows(text: str, path: Path, shown: Callable[[Path], str]) -> list[tuple[int, dict]]:
-    reader = csv.reader(text.splitlines(keepends=True))
+def _csv_rows(lines: Iterable[str], path: Path, shown: Callable[[Path], str]) -> Iterator[tuple[int, dict]]:
+    reader = csv.reader(lines)
     try:
         header = next(reader, None)
         if header is None:
@@ -198,18 +219,17 @@ def _csv_rows(text: str, path: Path, shown: Callable[[Path], str]) -> list[tuple
                                  "`path` column.")
         header = [h.strip().lower() for h in header]  # column names in any case
         _check_columns(header, path, shown)
-        rows = []
         while True:
             start = reader.line_num + 1
             row = next(reader, None)
             if row is None:
-                return rows
+                return
             if not any(cell.strip() for cell in row):
                 continue
             if len(row) > len(header):
                 raise ReportgenError(f"{KEY}: {shown(path)}, line {start}: {len(row)} values, but the header names "
                                      f"{len(header)} columns.")
-            rows.append((start, {k: v.strip() for k, v in zip(header, row) if k}))
+            yield start, {k: v.strip() for k, v in zip(header, row) if k}
     except csv.Error as exc:
         raise ReportgenError(f"{KEY}: {shown(path)}, line {reader.line_num}: not valid CSV ({exc}).") from None
 
@@ -227,9 +247,8 @@ def _check_columns(columns: list[str], path: Path, shown: Callable[[Path], str],
                              f"missing {', '.join(k for k in BOX_KEYS if k not in present)}.")
 
 
-def _jsonl_rows(text: str, path: Path, shown: Callable[[Path], str]) -> list[tuple[int, dict]]:
-    rows = []
-    for n, raw in enumerate(text.splitlines(), 1):
+def _jsonl_rows(lines: Iterable[str], path: Path, shown: Callable[[Path], str]) -> Iterator[tuple[int, dict]]:
+    for n, raw in enumerate(lines, 1):
         if not raw.strip():
             continue
         try:
@@ -243,12 +262,11 @@ def _jsonl_rows(text: str, path: Path, shown: Callable[[Path], str]) -> list[tup
             raise ReportgenError(f"{KEY}: {shown(path)}, line {n}: expected an object like "
                                  f'{{"path": "a.jpg", "label": 3}}, got {type(values).__name__}.')
         _check_columns(list(values), path, shown, n)
-        rows.append((n, values))
-    return rows
+        yield n, values
 
 
-def _entry(values: dict, line: int, manifest: Path, shown: Callable[[Path], str]) -> Entry:
-    where = f"{shown(manifest)}, line {line}"
+def _entry(values: dict, line: int, manifest: Path, origin: str, shown: Callable[[Path], str]) -> Entry:
+    where = f"{origin}, line {line}"
 
     def fail(message: str) -> ReportgenError:
         return ReportgenError(f"{KEY}: {where}: {message}")
@@ -272,7 +290,7 @@ def _entry(values: dict, line: int, manifest: Path, shown: Callable[[Path], str]
         label = label.strip() or None
     elif isinstance(label, bool) or not (label is None or isinstance(label, int)):
         raise fail(f"`label` must be a class index or a label, got {label!r}.")
-    return Entry(image, label=label, box=_box(values, fail), mask=file("mask"), where=where)
+    return Entry(image, label=label, box=_box(values, fail), mask=file("mask"), origin=origin, line=line)
 
 
 def _box(values: dict, fail: Callable[[str], ReportgenError]) -> tuple[float, float, float, float] | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -336,21 +337,27 @@ def read_ahead(read: Callable[[T], R], items: Iterable[T], ahead: int) -> Iterat
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def unique_names(paths: list[Path]) -> list[str]:
+def unique_names(paths: list[Path] | list[str]) -> list[str]:
     """File stems: the `<image>` part of arrays.npz keys. A stem that files in several folders share is
     `<folder>/<stem>` for each of them (an ImageFolder's `cat/0` and `dog/0`: the class says which it is), and
     what still repeats takes a numeric suffix (`x` and `x_2` of x.png and x.jpg)."""
-    stems = [path.stem or "image" for path in paths]
-    folders = {(stem, path.parent.name) for path, stem in zip(paths, stems)}
+    paths = [os.fspath(p) for p in paths]  # text, not Path objects: a data set has many
+    stems = [os.path.splitext(os.path.basename(p))[0] or "image" for p in paths]
+    parents = [sys.intern(os.path.basename(os.path.dirname(p))) for p in paths]  # a few folders, shared
+    folders = set(zip(stems, parents))
     shared = {stem for stem, n in Counter(stem for stem, _ in folders).items() if n > 1}
+    del folders
     seen: dict[str, int] = {}
     names = []
-    for path, stem in zip(paths, stems):
-        if stem in shared and path.parent.name:
-            stem = f"{path.parent.name}/{stem}"
+    for parent, stem in zip(parents, stems):
+        if stem in shared and parent:
+            stem = f"{parent}/{stem}"
         count = seen.get(stem, 0)
         seen[stem] = count + 1
         names.append(stem if count == 0 else f"{stem}_{count + 1}")
+    del stems, parents, seen
+    if len(set(names)) == len(names):
+        return names
     # a generated name may collide with a real stem: keep suffixing until unique
     out: list[str] = []
     taken: set[str] = set()

@@ -17,7 +17,7 @@ import socket
 import tempfile
 import threading
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -60,12 +60,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _write_temp(path: Path, data: bytes) -> str:
-    """Write `data` to a temporary file beside `path`; return its name (removed again on error)."""
+def _write_temp(path: Path, data: bytes | Iterable[bytes]) -> str:
+    """Write `data` (bytes, or pieces of them written as they come) to a temporary file beside `path`; return
+    its name (removed again on error)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            for piece in [data] if isinstance(data, bytes) else data:
+                handle.write(piece)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)
@@ -214,9 +216,9 @@ def _copy_member(source: zipfile.ZipFile, target: zipfile.ZipFile, name: str) ->
 
 def write_report(out_dir: Path, *, html: str, report_json: dict,
                  arrays: dict[str, np.ndarray] | ArraysWriter | None, assets: dict[str, bytes],
-                 self_contained: bool, records: list[dict] | None = None) -> dict:
+                 self_contained: bool, records: Iterable[dict] | None = None) -> dict:
     """Write report.html (or index.html + assets/), report.json, images.jsonl (`records`, one JSON line per
-    image) and arrays.npz into `out_dir`. `arrays`: a mapping written here, or an `ArraysWriter` that already
+    image, made and written a few at a time) and arrays.npz into `out_dir`. `arrays`: a mapping written here, or an `ArraysWriter` that already
     wrote them (its file is renamed into place).
 
     Raises ReportgenError (nothing written) when one of those files exists and reportgen did not write it.
@@ -248,7 +250,7 @@ def write_report(out_dir: Path, *, html: str, report_json: dict,
 def _write_report(out_dir: Path, owned: set[str], *, html, report_json, arrays, assets, self_contained,
                   records) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
-    files: list[tuple[str, bytes]] = []
+    files: list[tuple[str, bytes | Iterable[bytes]]] = []
     prewritten: list[tuple[str, Path]] = []  # (temporary file, its place): written before, renamed with the rest
     if isinstance(arrays, ArraysWriter):
         prewritten.append((arrays.finish(), out_dir / "arrays.npz"))
@@ -258,7 +260,7 @@ def _write_report(out_dir: Path, owned: set[str], *, html, report_json, arrays, 
         files.append(("arrays.npz", buffer.getvalue()))
     files.append(("report.json", json.dumps(report_json, indent=2, ensure_ascii=False).encode("utf-8")))
     if records is not None:
-        files.append(("images.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()))
+        files.append(("images.jsonl", _json_lines(records)))
     if assets:
         (out_dir / "assets").mkdir(exist_ok=True)
     # names are content hashes: a file already there with these bytes is already the same file
@@ -292,6 +294,17 @@ def _write_report(out_dir: Path, owned: set[str], *, html, report_json, arrays, 
     size = len(html_bytes) + sum(len(data) for data in assets.values())  # what a reader downloads
     return {"html": out_dir / html_name, "json": out_dir / "report.json", "size": size,
             "files": sorted(written)}
+
+
+def _json_lines(records: Iterable[dict], per_piece: int = 1000) -> Iterator[bytes]:
+    """One JSON line per record, `per_piece` lines a piece: never the whole file in memory."""
+    lines: list[str] = []
+    for record in records:
+        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+        if len(lines) == per_piece:
+            yield "".join(lines).encode("utf-8")
+            lines = []
+    yield "".join(lines).encode("utf-8")
 
 
 def _manifest(files: set[str]) -> bytes:

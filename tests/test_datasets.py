@@ -308,9 +308,9 @@ def test_entries_resolve_without_and_with_the_model(project):
     folder(project.root / "data", {"k2": 1, "k1": 1})
     entries = find_entries((str(project.root / "data"),))
     assert [e.label for e in entries] == ["k1", "k2"]  # raw names before the model is known
-    assert [e.label for e in resolve_labels(entries, None, 2)] == [0, 1]
+    assert [e.label for e in resolve_labels(list(entries), None, 2)] == [0, 1]
     with pytest.raises(ReportgenError, match="2 class folders but the model has 3 classes"):
-        resolve_labels(entries, None, 3)
+        resolve_labels(list(entries), None, 3)
 
 
 @pytest.mark.parametrize("row", ['{"path": ' + "[" * 100_000 + "]" * 100_000 + "}",

@@ -154,6 +154,56 @@ def test_a_streamed_build_equals_one_batch_of_every_image(tmp_path):
     assert all(len(r["gradients"]["integrated_gradients_gap"]) == len(r["gradients"]["classes"]) == 1 for r in records)
 
 
+def test_logits_kept_in_a_temporary_file_give_the_same_build(tmp_path, monkeypatch):
+    """Past `Logits.MEMORY` the logits go to a temporary file and are read back a batch at a time: the same
+    report, records and arrays as logits kept in memory."""
+    from reportgen.collection import Logits
+
+    images = write_set(tmp_path, 9)
+    kept = build(config(tmp_path, [images]))
+    monkeypatch.setattr(Logits, "MEMORY", 40)  # three images' logits: the rest spill
+    spilled = build(config(tmp_path, [images]))
+    assert_same_build(kept, spilled)
+
+
+def test_logits_read_back_by_rows_from_memory_and_from_the_file(monkeypatch):
+    from reportgen.collection import Logits
+
+    batches = [torch.randn(n, 7) for n in (3, 5, 2)]
+    whole = torch.cat(batches)
+    for memory, spilled in ((Logits.MEMORY, False), (100, True)):
+        monkeypatch.setattr(Logits, "MEMORY", memory)
+        logits = Logits(7)
+        for batch in batches:
+            logits.append(batch)
+        assert logits.shape == (10, 7) and (logits._file is not None) == spilled
+        assert torch.equal(logits[:], whole) and torch.equal(logits[2:6], whole[2:6])
+        assert torch.equal(logits[[9, 0, 4]], whole[[9, 0, 4]])
+        assert torch.equal(torch.cat([rows for _, rows in logits.chunks(4)]), whole)
+
+
+def test_a_manifest_row_costs_a_few_hundred_bytes(tmp_path):
+    """What a build keeps per image of a manifest is its entry: 200 000 rows cost tens of MB, not GB
+    (`benchmarks/dataset.py --manifest-rows 200000` measures the whole build)."""
+    import gc
+    import tracemalloc
+
+    from reportgen.entries import read_manifest
+
+    make_image(tmp_path / "a.png", size=(8, 8))
+    for i in range(2000):
+        (tmp_path / f"{i}.png").symlink_to(tmp_path / "a.png")
+    manifest = tmp_path / "rows.csv"
+    manifest.write_text("path,label\n" + "".join(f"{i}.png,{i % 5}\n" for i in range(2000)))
+    gc.collect()
+    tracemalloc.start()
+    entries = read_manifest(manifest)
+    kept, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(entries) == 2000 and entries[7].path == tmp_path / "7.png" and entries[7].where.endswith("line 9")
+    assert kept / 2000 < 400, f"{kept / 2000:.0f} bytes a row"
+
+
 def test_the_detail_images_get_the_same_figures_as_a_build_over_only_them(tmp_path, driver):
     """The page grows with the detail budget, not with the number of images: a build over 40 images is at
     most 1.15x the page of a build over its 5 detail images alone, and its table, in Chromium, has a row for

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 
 # the payload's row layout; labels are positions in its "labels" list, so each label's text appears once
 COLUMNS = ["name", "truth", "prediction", "confidence", "correct", "anchor", "detail"]
@@ -21,7 +22,7 @@ def anchor(name: str) -> str:
     return f"image-{slug}-{digest}" if slug else f"image-{digest}"
 
 
-def table(records: list[dict]) -> dict | None:
+def table(records: Iterable[dict]) -> dict | None:
     """{"count", "labelled", "mistakes", "json"} for templates/images_table.html.jinja2, or None for no records.
 
     `json` is compact JSON text safe inside <script type="application/json"> (`<`, `>`, `&` as \\u escapes):
@@ -30,22 +31,26 @@ def table(records: list[dict]) -> dict | None:
     truth and prediction are positions in labels (truth null without ground truth); confidence is the top-1
     probability (4 decimals); correct is 1 or 0 (truth index == top-1 index), null without truth. A row of a
     detail image adds its card's anchor and its detail."""
-    if not records:
-        return None
     labels: dict[str, int] = {}
-    rows = []
-    mistakes = 0
+    rows: list[str] = []  # each row's JSON text: far smaller than its lists of a data set's images
+    count = mistakes = 0
+    labelled = False
     for record in records:
         best, truth = record["top_k"][0], record["truth"]
         correct = None if truth is None else int(truth["index"] == best["index"])
         mistakes += correct == 0
+        labelled = labelled or truth is not None
         row = [record["name"], None if truth is None else labels.setdefault(truth["label"], len(labels)),
                labels.setdefault(best["label"], len(labels)), round(float(best["probability"]), 4), correct]
         if record.get("detail"):
             row += [anchor(record["name"]), record["detail"]]
-        rows.append(row)
-    labelled = any(r["truth"] is not None for r in records)
-    payload = {"columns": COLUMNS, "labelled": labelled, "labels": list(labels), "rows": rows}
-    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+        rows.append(json.dumps(row, ensure_ascii=False, separators=(",", ":")))
+        count += 1
+    if not count:
+        return None
+    head = json.dumps({"columns": COLUMNS, "labelled": labelled, "labels": list(labels)}, ensure_ascii=False,
+                      separators=(",", ":"))
+    text = head[:-1] + ',"rows":[' + ",".join(rows) + "]}"
+    del rows
     text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    return {"count": len(records), "labelled": labelled, "mistakes": mistakes, "json": text}
+    return {"count": count, "labelled": labelled, "mistakes": mistakes, "json": text}

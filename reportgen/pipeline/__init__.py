@@ -89,7 +89,8 @@ def _build_in(config: Config, group: dist.Group, started: float, log: Log, detai
         if config.output.save_arrays else None
     with arrays_out if arrays_out is not None else contextlib.nullcontext():
         if arrays_out is not None and group.root:
-            arrays_out.add({f"logits/{name}": images.logits[i].numpy() for i, name in enumerate(images.names)})
+            for lo, rows in images.logits.chunks():
+                arrays_out.add({f"logits/{images.names[lo + i]}": row.numpy() for i, row in enumerate(rows)})
         runs = Scheduler(ctx, images, group, log, detail, arrays_out=arrays_out, first=first).run(stages)
         if arrays_out is not None:
             arrays_out.merge_shards(group)
