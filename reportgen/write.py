@@ -218,8 +218,8 @@ def write_report(out_dir: Path, *, html: str, report_json: dict,
                  arrays: dict[str, np.ndarray] | ArraysWriter | None, assets: dict[str, bytes],
                  self_contained: bool, records: Iterable[dict] | None = None) -> dict:
     """Write report.html (or index.html + assets/), report.json, images.jsonl (`records`, one JSON line per
-    image, made and written a few at a time) and arrays.npz into `out_dir`. `arrays`: a mapping written here, or an `ArraysWriter` that already
-    wrote them (its file is renamed into place).
+    image, made and written a few at a time) and arrays.npz into `out_dir`. `arrays`: a mapping written here,
+    or an `ArraysWriter` that already wrote them (its file is renamed into place).
 
     Raises ReportgenError (nothing written) when one of those files exists and reportgen did not write it.
     Every file is first written in full under a temporary name; only then are they renamed into place, the
