@@ -24,11 +24,13 @@ import torch
 
 from . import datasets, dist
 from .context import ImageInput, ModelInfo
-from .detail import Detail, choose
+from .detail import Detail, choose, lowest_scores
 from .errors import ReportgenError
 from .inputs import read_ahead, unique_names
 from .ops import release_memory
 from .progress import track
+
+IGNORED = 255  # a class mask's value for pixels without truth
 
 
 class Logits:
@@ -136,12 +138,14 @@ class Collection:
         what the streamed stages that ran say of it (`Stage.records`, under the stage's name). `logits`: its row,
         when the caller has read it already."""
         row = self.logits[n:n + 1][0] if logits is None else logits
-        top = torch.softmax(row, dim=0).topk(min(top_k, row.shape[0]))
+        segmenter = self.info.task == "segmentation"  # its row: each class's share of the predicted pixels
+        top = (row if segmenter else torch.softmax(row, dim=0)).topk(min(top_k, row.shape[0]))
+        key = "share" if segmenter else "probability"
         t = int(self.truth[n])
         return {"name": self.names[n], "source": self.config.shown_path(self.entries[n].path),
                 "truth": None if t < 0 else {"index": t, "label": label(t)},
-                "top_k": [{"index": int(i), "label": label(int(i)), "probability": float(p)}
-                          for p, i in zip(top.values.tolist(), top.indices.tolist())],
+                "top_k": [{"index": int(i), "label": label(int(i)), key: float(p)}
+                          for p, i in zip(top.values.tolist(), top.indices.tolist()) if not segmenter or p > 0],
                 "detail": self.detail.reasons.get(n), **self.image_entries.get(n, {})}
 
     def records(self, top_k: int, label) -> Iterable[dict]:
@@ -186,7 +190,7 @@ def collect(config, info: ModelInfo, device: torch.device, group: dist.Group = d
         if entries:
             *scanned, kept = _scan(config, info, device, entries, first)
         else:
-            scanned = [[], Logits(info.num_classes), []]
+            scanned = [[], Logits(info.num_classes), [], np.zeros(0)]
         if group.size > 1:  # the logits travel as a tensor
             scanned[1] = scanned[1][:]
     except ReportgenError as exc:  # every rank learns of it (none is left waiting for the others)
@@ -213,9 +217,12 @@ def collect(config, info: ModelInfo, device: torch.device, group: dist.Group = d
         top = torch.softmax(rows, dim=1).max(dim=1)
         confidence[lo:lo + len(rows)], pred[lo:lo + len(rows)] = top.values.numpy(), top.indices.numpy()
     cfg = config.report.detail
-    detail = choose(truth, pred, confidence, budget=cfg.budget, mistakes=cfg.mistakes,
-                    uncertain=cfg.uncertain, per_class=cfg.per_class,
-                    seed=cfg.seed if cfg.seed is not None else config.seed)
+    if info.task == "segmentation":  # the images it segments worst first
+        detail = lowest_scores(np.concatenate([part[3] for part in parts]), cfg.budget)
+    else:
+        detail = choose(truth, pred, confidence, budget=cfg.budget, mistakes=cfg.mistakes,
+                        uncertain=cfg.uncertain, per_class=cfg.per_class,
+                        seed=cfg.seed if cfg.seed is not None else config.seed)
     notes = [note for part in parts for note in part[2]] + list(detail.notes)
     collection = Collection(config=config, info=info, device=device, entries=all_entries, names=names,
                             logits=logits, truth=truth, detail=detail,
@@ -234,6 +241,7 @@ def _scan(config, info: ModelInfo, device: torch.device, entries: list[datasets.
         first = None
     found = datasets.Scan()
     logits = Logits(info.num_classes)
+    scores: list[float] = []  # a segmenter's per-image mean IoU (NaN without a truth mask)
     kept: dict[int, tuple[ImageInput, torch.Tensor]] | None = {}
     shape = None
     for batch in datasets.scan(config, info.preprocess, entries, found, track):
@@ -250,10 +258,44 @@ def _scan(config, info: ModelInfo, device: torch.device, entries: list[datasets.
             logits.append(first(x).float().cpu())
         else:
             with torch.no_grad():
-                logits.append(info.forward(x).float().cpu())
+                out = info.forward(x).float()
+            if info.task == "segmentation":  # kept: each class's share of the pixels, and the image's mean IoU
+                shares, image_scores = segmentation_summary(out, [image for _, image, _ in batch], config)
+                logits.append(shares)
+                scores.extend(image_scores)
+            else:
+                logits.append(out.cpu())
         if kept is not None:
             for _, image, tensor in batch:
                 kept[len(kept)] = (image, tensor)
             if len(kept) > budget:
                 kept = None  # too many to keep: the stages read them again
-    return found.entries, logits, found.notes, kept or {}
+    return found.entries, logits, found.notes, np.array(scores, dtype=np.float64), kept or {}
+
+
+def segmentation_summary(out: torch.Tensor, images: list[ImageInput], config) -> tuple[torch.Tensor, list[float]]:
+    """A segmenter's batch, logits (B, K, H, W) -> what the first pass keeps of it: each class's share of the
+    image's pixels in the prediction (B, K), and each image's mean IoU against its truth mask (the classes in the
+    truth or the prediction, pixels of value 255 left out; NaN without a mask). A mask value that is no class is
+    an error naming the file."""
+    k = out.shape[1]
+    pred = out.argmax(dim=1).cpu()
+    shares = torch.nn.functional.one_hot(pred.flatten(1), k).float().mean(dim=1)
+    scores = []
+    for image, p in zip(images, pred):
+        if image.segmentation is None:
+            scores.append(float("nan"))
+            continue
+        truth = torch.from_numpy(image.segmentation.astype(np.int64))
+        bad = truth[(truth != IGNORED) & ((truth < 0) | (truth >= k))]
+        if bad.numel():
+            raise ReportgenError(f"`inputs.images`: the class mask of {image.source} has the value {int(bad[0])}, but "
+                                 f"the model has {k} classes (0 to {k - 1}); 255 marks pixels to ignore. Check that "
+                                 "the masks belong to this model's classes.")
+        keep = truth != IGNORED
+        t, q = truth[keep], p[keep]
+        inter = torch.bincount(t[t == q], minlength=k).double()
+        union = torch.bincount(t, minlength=k).double() + torch.bincount(q, minlength=k).double() - inter
+        present = union > 0
+        scores.append(float((inter[present] / union[present]).mean()) if present.any() else float("nan"))
+    return shares, scores

@@ -45,6 +45,7 @@ class ModelInfo:
     adapter: ModelAdapter | None = None  # what loaded it (None: the model as it is, returning logits)
     preprocess: Preprocess | None = None  # how the inputs are prepared, resolved (from_weights: the weights')
     normalize: Normalize | None = None  # the normalisation inside it (None: pixels in [0, 1])
+    task: str = "classification"  # `model.task`, or what the model says (`reportgen.tasks`)
 
     @property
     def forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -107,7 +108,9 @@ class Context:
     device: torch.device
     batch: torch.Tensor  # (N, C, H, W) float32, preprocessed, on `device`; never modified by a stage
     images: list[ImageInput]
-    logits: torch.Tensor  # (N, K) float32 on the CPU, from one forward pass of `batch`
+    # (N, K) float32 on the CPU, from one forward pass of `batch`; for a segmenter, each class's logits summed
+    # over its predicted region (what its maps explain)
+    logits: torch.Tensor
     engine: Engine  # the passes over `batch`, cached for every stage
     results: Results = field(default_factory=Results)  # typed results of the stages that ran before
     log: Callable[[str], None] = lambda message: None  # detail for `-v`
@@ -116,15 +119,17 @@ class Context:
     detail: tuple[int, ...] | None = None  # indices of the detail images among all images (None: every image)
     # stage name -> what its `Stage.prepare` made once per build (shared by every batch's context)
     prepared: dict[str, Any] = field(default_factory=dict)
+    outputs: torch.Tensor | None = None  # a segmenter's logits (N, K, H, W) of `batch` (None for a classifier)
 
     def for_batch(self, images: list[ImageInput], batch: torch.Tensor, logits: torch.Tensor, offset: int,
-                  engine: Engine | None = None) -> "Context":
+                  engine: Engine | None = None, outputs: torch.Tensor | None = None) -> "Context":
         """The context of one batch of a streamed build (`images` from index `offset` among all images, their
         tensors and logits): an engine of its own (`engine`, or a new one), for the results of the stages that
         run on this batch."""
         engine = engine or self.engine.with_batch(batch)
         return Context(info=self.info, device=self.device, batch=batch, images=images, logits=logits, engine=engine,
-                       log=self.log, offset=offset, count=self.count, detail=self.detail, prepared=self.prepared)
+                       log=self.log, offset=offset, count=self.count, detail=self.detail, prepared=self.prepared,
+                       outputs=outputs)
 
     @property
     def model(self) -> nn.Module:
@@ -152,12 +157,24 @@ class Context:
 
     @property
     def probabilities(self) -> torch.Tensor:  # (N, K)
+        """Softmax of the logits; a segmenter's: each class's share of the pixels predicted as it."""
+        if self.outputs is not None:
+            k = self.outputs.shape[1]
+            return torch.nn.functional.one_hot(self.outputs.argmax(dim=1).flatten(1), k).float().mean(dim=1).cpu()
         return torch.softmax(self.logits.float(), dim=1)
 
     def targets(self, spec: TargetSpec) -> list[list[int]]:
-        """Per image, the class indices a TargetSpec asks for (top-k predictions or the explicit list)."""
+        """Per image, the class indices a TargetSpec asks for (top-k predictions or the explicit list). A
+        segmenter's, without a list: the classes its prediction holds, the largest region first; every image gets
+        as many as the image with the most, an image with fewer repeating its largest (`distinct` drops them)."""
         if spec.explicit:
             classes = [self.info.class_index(c) for c in spec.classes]
             return [list(classes) for _ in self.images]
+        if self.outputs is not None:
+            k = self.outputs.shape[1]
+            pixels = torch.nn.functional.one_hot(self.outputs.argmax(dim=1).flatten(1), k).sum(dim=1).cpu()
+            present = [[c for c in row.argsort(descending=True, stable=True).tolist() if row[c] > 0] for row in pixels]
+            most = max(len(p) for p in present)
+            return [p + p[:1] * (most - len(p)) for p in present]
         k = min(spec.k, self.logits.shape[1])
         return self.logits.topk(k, dim=1).indices.tolist()

@@ -9,7 +9,9 @@ An entry of `inputs.images` is an image file, a glob, a folder, or a manifest:
   order, as `ImageFolder` assigns it);
 - a manifest, `.csv` with a header row or `.jsonl`: `path` (relative to the manifest's folder), optional
   `label` (a class index or a label), box `x0, y0, x1, y1` (original-image pixels; JSONL also `box: [...]`)
-  and `mask` (a grayscale image, nonzero = object).
+  and `mask` (a grayscale image, nonzero = object), and `segmentation` (a class-index PNG: one class per pixel,
+  255 ignored; for a segmenter);
+- a Pascal VOC folder (`JPEGImages/`, `SegmentationClass/`): the images that have a class mask, with it.
 
 `entries.find_entries` needs no model (so it runs first and checks the files); `resolve_labels` needs the
 model's labels and class count; `load` does the whole chain for the pipeline.
@@ -27,8 +29,8 @@ import torch
 
 from .entries import KEY, Entry, find_entries, listing, numbers_text
 from .errors import ReportgenError, did_you_mean
-from .inputs import (ImageReadError, geometry, pixels_of, prepare_image, read_ahead, read_image, read_mask,
-                     transform_box, transform_mask, unique_names)
+from .inputs import (ImageReadError, geometry, pixels_of, prepare_image, read_ahead, read_class_mask, read_image,
+                     read_mask, transform_box, transform_class_mask, transform_mask, unique_names)
 
 RESIZED_LIMIT = 2**26  # pixels of an image resized for the model (8192 x 8192): more is a stranger's bomb
 
@@ -174,10 +176,13 @@ def read_entry(entry: Entry, config, pre, name: str = ""):
     pixels = entry.pixels if entry.pixels is not None else read_image(entry.path, alpha=inputs.alpha,
                                                                        max_value=inputs.max_value)
     mask = read_mask(entry.mask) if entry.mask is not None else None
+    classes = read_class_mask(entry.segmentation) if entry.segmentation is not None else None
     shown = config.shown_path(entry.path)
-    if mask is not None and mask.shape != pixels.shape[:2]:
-        raise ReportgenError(f"{KEY}: {entry.where}: the mask is {mask.shape[1]}x{mask.shape[0]} pixels but its "
-                             f"image is {pixels.shape[1]}x{pixels.shape[0]}.")
+    for what, found in (("mask", mask), ("class mask", classes)):
+        if found is not None and found.shape != pixels.shape[:2]:
+            raise ReportgenError(f"{KEY}: {entry.where or shown}: the {what} is {found.shape[1]}x{found.shape[0]} "
+                                 f"pixels but its image ({shown}) is {pixels.shape[1]}x{pixels.shape[0]}: a mask "
+                                 "must cover its image pixel for pixel.")
     geo = geometry(pixels.shape[1], pixels.shape[0], pre, config.model.input_size)
     if geo.resized is not None and geo.resized[0] * geo.resized[1] > RESIZED_LIMIT:  # 100 000 x 1 px: 15 GB
         w, h = geo.resized
@@ -196,7 +201,8 @@ def read_entry(entry: Entry, config, pre, name: str = ""):
             lost = f"{shown}: its mask has no object pixel inside the crop"
             mask = None
     image = ImageInput(name=name, source=shown, original=pixels, display=prepared.display, label=entry.label,
-                       box=box, mask=mask)
+                       box=box, mask=mask,
+                       segmentation=transform_class_mask(classes, geo) if classes is not None else None)
     return image, prepared.tensor, lost
 
 

@@ -307,11 +307,13 @@ class Engine:
         self._observed: list[dict] | None = None  # per chunk, layer -> output copied as it returned
         self._recorded: Recorded | None = None  # the forward `first_logits` ran for the first gradient pass
 
-    def with_batch(self, batch: torch.Tensor) -> "Engine":
+    def with_batch(self, batch: torch.Tensor, forward: Callable | None = None) -> "Engine":
         """A new engine with this one's model and settings on another batch (a streamed build's batch), whole. A
-        forward bound to this batch's images (`for_batch`: a segmenter's regions) is made anew for that one."""
+        forward bound to this batch's images (`for_batch`: a segmenter's regions) is made anew for that one,
+        unless the caller gives it (`forward`)."""
         rebind = getattr(self.forward, "for_batch", None)
-        forward = self.forward if rebind is None else rebind(batch)
+        if forward is None:
+            forward = self.forward if rebind is None else rebind(batch)
         return Engine(self.model, batch, forward=forward, input_grad_wanted=self.input_grad_wanted,
                       observe=self.observe, relu_rules=self.relu_rules)
 

@@ -22,6 +22,7 @@ from .inputs import IMAGE_SUFFIXES
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
 BOX_KEYS = ("x0", "y0", "x1", "y1")
 KEY = "`inputs.images`"
+VOC_IMAGES, VOC_MASKS = "JPEGImages", "SegmentationClass"  # a Pascal VOC folder's images and class masks
 FOLDER_LIMIT = 100_000  # folders walked under one entry of `inputs.images`
 
 
@@ -37,7 +38,8 @@ class Entry:
     file: str  # the image's path (`path` gives it as a Path)
     label: int | str | None = None
     box: tuple[float, float, float, float] | None = None  # (x0, y0, x1, y1) in original-image pixels
-    mask: Path | None = None
+    mask: Path | None = None  # one object's mask (nonzero: the object)
+    segmentation: Path | None = None  # a class-index mask, one class per pixel (255: ignored)
     origin: str = field(default="", compare=False)  # the manifest, folder or argument it came from: for messages
     line: int = field(default=0, compare=False)  # its line in a manifest (0: none)
     classes: tuple[str, ...] | None = field(default=None, compare=False)  # an ImageFolder's class names, sorted
@@ -168,7 +170,10 @@ def _matches(names: tuple[str, ...], parts: tuple[str, ...]) -> bool:
 
 
 def _folder_entries(folder: Path, shown: Callable[[Path], str]) -> list[Entry]:
-    """A plain folder (its image files, unlabelled) or an ImageFolder-layout folder (class sub-folders)."""
+    """A plain folder (its image files, unlabelled), a Pascal VOC folder (`JPEGImages/` and `SegmentationClass/`)
+    or an ImageFolder-layout folder (class sub-folders)."""
+    if (folder / VOC_IMAGES).is_dir() and (folder / VOC_MASKS).is_dir():
+        return _voc_entries(folder, shown)
     subfolders = sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")),
                         key=lambda p: p.name)
     seen: set = set()  # the folder and its class folders: a link back to them is not walked
@@ -189,6 +194,19 @@ def _folder_entries(folder: Path, shown: Callable[[Path], str]) -> list[Entry]:
     origin = shown(folder)
     return [Entry(path, label=name, origin=origin, classes=classes, root=folder)
             for name in classes for path in per_class[name]]
+
+
+def _voc_entries(folder: Path, shown: Callable[[Path], str]) -> list[Entry]:
+    """The images of `JPEGImages/` that have a class mask `SegmentationClass/<stem>.png` (VOC's JPEGImages also
+    holds the images of its detection task, without one), in name order."""
+    masks = {p.stem: p for p in (folder / VOC_MASKS).iterdir() if p.suffix.lower() == ".png" and p.is_file()}
+    images = sorted((p for p in (folder / VOC_IMAGES).iterdir() if _is_image(p) and p.stem in masks),
+                    key=lambda p: p.name)
+    if not images:
+        raise ReportgenError(f"{KEY}: {shown(folder)} is a Pascal VOC folder, but no image of {VOC_IMAGES}/ has a "
+                             f"class mask of the same name in {VOC_MASKS}/ (<name>.png).")
+    origin = shown(folder)
+    return [Entry(p, segmentation=masks[p.stem], origin=origin) for p in images]
 
 
 # ---------------------------------------------------------------------------- manifests
@@ -281,7 +299,7 @@ def _entry(values: dict, line: int, manifest: Path, origin: str, shown: Callable
             raise fail(f"`{key}` must be a path, got {value!r}.")
         resolved = Path(os.path.normpath(manifest.parent / Path(value).expanduser()))
         if not resolved.is_file():
-            raise fail(f"{'mask ' if key == 'mask' else ''}{value} does not exist ({shown(resolved)}).")
+            raise fail(f"{'' if key == 'path' else key + ' '}{value} does not exist ({shown(resolved)}).")
         return resolved
 
     image = file("path")
@@ -290,7 +308,8 @@ def _entry(values: dict, line: int, manifest: Path, origin: str, shown: Callable
         label = label.strip() or None
     elif isinstance(label, bool) or not (label is None or isinstance(label, int)):
         raise fail(f"`label` must be a class index or a label, got {label!r}.")
-    return Entry(image, label=label, box=_box(values, fail), mask=file("mask"), origin=origin, line=line)
+    return Entry(image, label=label, box=_box(values, fail), mask=file("mask"), segmentation=file("segmentation"),
+                 origin=origin, line=line)
 
 
 def _box(values: dict, fail: Callable[[str], ReportgenError]) -> tuple[float, float, float, float] | None:

@@ -1,4 +1,4 @@
-"""Registries: the one way reportgen is extended. Methods, stages, model sources and trackers are each a
+"""Registries: the one way reportgen is extended. Methods, stages, model sources, trackers and tasks are each a
 table of records; a record names its thing, owns the dataclass of its options, and points at the code that
 does the work.
 
@@ -7,7 +7,7 @@ A registry finds its records in two places, once, on first use:
 - built in: the records of reportgen's own modules (`scan`: every module of a package that defines the
   record attribute, e.g. `SPEC` in `reportgen.stages.<name>`; or a function returning them);
 - plug-ins: the Python entry points of its group (`reportgen.methods`, `reportgen.stages`,
-  `reportgen.sources`, `reportgen.trackers`) of every installed distribution. An entry
+  `reportgen.sources`, `reportgen.trackers`, `reportgen.tasks`) of every installed distribution. An entry
   point names a record or a list of records, e.g. in a plug-in's pyproject.toml:
 
       [project.entry-points."reportgen.stages"]
@@ -181,8 +181,9 @@ METHODS = Registry("method", "reportgen.methods", _methods, key="id")
 STAGES = Registry("stage", "reportgen.stages", scan("reportgen.stages", "SPEC"), check=lambda r: r.check_files())
 SOURCES = Registry("model source", "reportgen.sources", scan("reportgen.models", "SOURCE"))
 TRACKERS = Registry("tracker", "reportgen.trackers", scan("reportgen.integrations", "TRACKER"))
+TASKS = Registry("task", "reportgen.tasks", lambda: list(importlib.import_module("reportgen.tasks").BUILT_IN))
 
 
 def version() -> tuple[int, ...]:
     """Changes whenever a table does: the config schema is rebuilt then."""
-    return tuple(r.version for r in (METHODS, STAGES, SOURCES, TRACKERS))
+    return tuple(r.version for r in (METHODS, STAGES, SOURCES, TRACKERS, TASKS))

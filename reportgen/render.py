@@ -213,7 +213,8 @@ def _input_alt(name: str, top_k: list[dict]) -> str:
     alt = f"Input image {name} as the model sees it"
     if top_k:
         best = top_k[0]
-        alt += f"; predicted class {best['label']} ({100 * best['probability']:.1f}%)"
+        alt += (f"; predicted class {best['label']} ({100 * best['probability']:.1f}%)" if "probability" in best
+                else f"; most pixels predicted as {best['label']} ({100 * best['share']:.1f}%)")
     return alt
 
 
@@ -253,7 +254,7 @@ def render_report(config, ctx, runs, described: dict, *, records: list[dict] | N
          # the pixels themselves: small inputs are enlarged by CSS with hard edges ("pixel"), not in the PNG
          "figure": make_figure(img.display, alt=_input_alt(img.name, entry["top_k"]), thumb_side=320),
          "figure_class": "pixel" if max(img.display.shape[:2]) < 160 else "",
-         "top_k": entry["top_k"], "truth": entry.get("truth"), "correct": _correct(entry)}
+         "top_k": entry["top_k"], "truth": entry.get("truth"), "correct": _correct(entry), "segmentation": None}
         for img, entry in zip(ctx.images, described["images"])
     ]
     report = {
@@ -274,6 +275,10 @@ def render_report(config, ctx, runs, described: dict, *, records: list[dict] | N
         records = [{"name": img.name, "source": img.source, "truth": entry.get("truth"), "top_k": entry["top_k"],
                     "detail": "all images"} for img, entry in zip(ctx.images, described["images"])]
     report["table"] = images_table(records)
+    for run in runs:  # a segmenter's masks, drawn by its data-set section, shown on each image's card
+        cards = run.section.get("cards") if run.status == "ok" and isinstance(run.section, dict) else None
+        for card in inputs if cards else ():
+            card["segmentation"] = cards.get(card["name"])
     stages: list[dict] = []
     report["stages"] = stages
     errors: dict[str, str] = {}

@@ -186,6 +186,6 @@ def test_a_key_that_changes_nothing_is_one_warning_line(project):
     assert warnings == [
         f"warning: `model.weights` (config.yaml, line {line['weights']}): does not apply to source `module` and is "
         "ignored (its keys: factory, kwargs; every source's: source, checkpoint, trust_checkpoint, input_size, labels, "
-        "device, output).",
+        "device, output, task).",
         f"warning: `analyses.gradients.steps` (config.yaml, line {line['steps']}): applies to integrated_gradients, "
         "which `methods` does not name: it changes nothing."]

@@ -28,6 +28,14 @@ if TYPE_CHECKING:
     from .convert import Ctx
 
 
+def _known_task(name: str | None) -> str | None:
+    """a task's name (classification, segmentation, a plug-in's), or null"""
+    if name is None or name in registry.TASKS:
+        return None
+    names = registry.TASKS.names()
+    return f"`{clean(name)}` is not a task.{did_you_mean(name, names)} Tasks: {', '.join(names)}."
+
+
 def _known_source(name: str) -> str | None:
     """the name of a model source (see the keys below), a plug-in's included"""
     if name in registry.SOURCES:
@@ -50,6 +58,8 @@ class ModelBase:
     labels: str | None = setting("imagenet", kind="path_text", keep=("imagenet",))
     device: Literal["auto", "cpu", "cuda"] = "auto"
     output: int | str | None = None  # which element of a tuple / dict output holds the logits; None: the output
+    # what the model does; null: what it says (a segmenter of torchvision or Hugging Face, an output {"out": ...})
+    task: str | None = setting(None, check=_known_task)
 
     @property
     def options(self) -> Any:

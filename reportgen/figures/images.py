@@ -41,7 +41,8 @@ def table(records: Iterable[dict]) -> dict | None:
         mistakes += correct == 0
         labelled = labelled or truth is not None
         row = [record["name"], None if truth is None else labels.setdefault(truth["label"], len(labels)),
-               labels.setdefault(best["label"], len(labels)), round(float(best["probability"]), 4), correct]
+               labels.setdefault(best["label"], len(labels)),
+               round(float(best["probability"] if "probability" in best else best["share"]), 4), correct]
         if record.get("detail"):
             row += [anchor(record["name"]), record["detail"]]
         rows.append(json.dumps(row, ensure_ascii=False, separators=(",", ":")))

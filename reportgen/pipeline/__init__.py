@@ -26,7 +26,7 @@ from ..stages import input_grad_wanted, observed_layers, relu_rules_wanted
 from .assemble import Report, StageRun, describe, mark_undrawn, report_json, source_date_epoch, stage_metrics
 from .checks import Log, check_output_dir, check_outputs, check_stages, prepare_model, quiet, validate
 from ..integrations.tensorboard import write_tensorboard_events
-from .scheduler import FirstPass, Scheduler, figures_module
+from .scheduler import FirstPass, Scheduler, figures_module, segmenter_batch
 
 __all__ = ["Log", "Report", "StageRun", "build", "check_output_dir", "check_outputs", "check_stages",
            "figures_module", "prepare_model", "source_date_epoch", "stage_metrics", "validate",
@@ -71,7 +71,7 @@ def _build_in(config: Config, group: dist.Group, started: float, log: Log, detai
     make_engine = functools.partial(Engine, info.model, forward=info.forward,
                                     input_grad_wanted=input_grad_wanted(config), observe=observed_layers(info),
                                     relu_rules=relu_rules_wanted(config))
-    first = FirstPass(make_engine, stages, info) if group.size == 1 else None
+    first = FirstPass(make_engine, stages, info) if group.size == 1 and info.task == "classification" else None
     images = collect(config, info, loaded.device, group, first=first, entries=given)
     info.notes.extend(images.notes)
     for note in images.notes:  # skipped images, boxes cropped away: the report says so too
@@ -84,6 +84,8 @@ def _build_in(config: Config, group: dist.Group, started: float, log: Log, detai
     ctx = Context(info=info, device=loaded.device, batch=batch, images=[image for image, _ in pixels],
                   logits=images.logits[list(shown)], engine=make_engine(batch, chunk=config.inputs.batch_size),
                   log=detail, count=len(images), detail=tuple(shown))
+    if info.task == "segmentation" and pixels:
+        ctx = segmenter_batch(ctx, ctx.images, batch, 0)
     # arrays.npz is written entry by entry as the stages (and the batches of streamed stages) finish
     arrays_out = write.ArraysWriter(config.output.dir, shard=group.rank if group.size > 1 else None) \
         if config.output.save_arrays else None

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import torch
 
-from .. import datasets
+from .. import datasets, tasks
 from ..config import Config
 from ..context import ModelInfo
 from ..errors import ConfigWarning, ReportgenError
@@ -29,7 +29,8 @@ def prepare_model(config: Config, log: Log = quiet, *, strict: bool = True,
     """Load the model (or take `model`, given in Python), describe its layers with one forward of a zero input,
     read its labels. Not `strict` (`reportgen layers`): an output that holds no logits is a note (num_classes 0),
     not an error."""
-    loaded = load_model(config.model, base_dir=config.source.parent if config.source else None, model=model)
+    loaded = load_model(config.model, base_dir=config.source.parent if config.source else None, model=model,
+                        task=config.model.task)
     example = torch.zeros((1, *config.model.input_size), device=loaded.device)
     try:
         layers, out = describe_model(loaded.model, example, hooks=loaded.hooks)
@@ -37,7 +38,10 @@ def prepare_model(config: Config, log: Log = quiet, *, strict: bool = True,
         raise ReportgenError(f"the model does not run on an input of shape {list(example.shape)} "
                              f"(`model.input_size`): {type(exc).__name__}: {exc}") from None
     try:
-        logits = loaded.pick_logits(out)  # (1, K); a clear error for outputs that hold no logits
+        loaded = loaded.with_task(out)  # the config's, the source's, else what the output says
+        # (1, K) or (1, K, H, W); a clear error for outputs that hold no logits
+        logits = loaded.pick_logits(out, size=tuple(example.shape[-2:]))
+        tasks.get(loaded.task).refuse(config)
     except ReportgenError as exc:
         if strict:
             raise
@@ -51,7 +55,7 @@ def prepare_model(config: Config, log: Log = quiet, *, strict: bool = True,
     pre = loaded.preprocess(config.inputs.preprocess)
     info = ModelInfo(model=loaded.model, config=config, labels=labels, num_classes=logits.shape[1], layers=layers,
                      description=loaded.description, notes=[note] if note else [], adapter=loaded,
-                     normalize=pre.normalize, preprocess=pre)
+                     normalize=pre.normalize, preprocess=pre, task=loaded.task)
     return info, loaded
 
 
@@ -72,7 +76,7 @@ def _check_finite(model: torch.nn.Module, logits: torch.Tensor) -> None:
 def check_stages(info: ModelInfo) -> list[Stage]:
     """The stages to run, in order, each checked (`check`: bad layer names, class indices, ... raise
     ReportgenError naming the stage's key). A stage that needs hooks on a model that takes none is refused."""
-    stages = planned(info.config)
+    stages = planned(info.config, info.task)
     for stage in stages:
         cfg = getattr(info.config.analyses, stage.name)
         _check_hooks_possible(info, stage, cfg)

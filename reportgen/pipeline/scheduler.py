@@ -15,12 +15,26 @@ from .. import dist
 from ..collection import Collection
 from ..context import Context, ModelInfo
 from ..engine import Engine
+from ..methods.regions import RegionScores, predicted_regions
 from ..errors import ImageWarning, ReportgenError, StageSkipped, WriteError, merge_warnings
 from ..ops import release_memory
 from ..progress import plural, track
 from ..stages import Stage, batch_order
 from .assemble import StageRun
 from .checks import Log
+
+
+def segmenter_batch(ctx: Context, images: list, batch: torch.Tensor, offset: int) -> Context:
+    """A segmenter's context for `batch`: its logits (N, K, H, W) as `outputs`; as `logits`, each class's logits
+    summed over its predicted region, which the engine's forward scores for every method (`methods.regions`:
+    pytorch-grad-cam's SemanticSegmentationTarget), the regions fixed from this forward."""
+    with torch.no_grad():
+        out = ctx.info.forward(batch).float()
+    regions = predicted_regions(out)
+    forward = RegionScores(ctx.info.forward, regions, predicted=True)
+    logits = (out * regions).sum(dim=(2, 3)).cpu()
+    return ctx.for_batch(images, batch, logits, offset, engine=ctx.engine.with_batch(batch, forward=forward),
+                         outputs=out)
 
 
 def figures_module(stage: Stage):
@@ -209,8 +223,11 @@ class _StreamedGroup:
             rows = [i - lo for i in range(lo, lo + len(batch_images)) if i in shown]
             release_memory()  # what the last batch freed goes back to the system: peak memory stays flat
             first = self.owner.first
-            bctx = self.owner.ctx.for_batch(batch_images, batch, images.logits[lo:lo + len(batch_images)], lo,
-                                            engine=first.engine_for(batch) if first is not None else None)
+            if self.owner.ctx.info.task == "segmentation":
+                bctx = segmenter_batch(self.owner.ctx, batch_images, batch, lo)
+            else:
+                bctx = self.owner.ctx.for_batch(batch_images, batch, images.logits[lo:lo + len(batch_images)], lo,
+                                                engine=first.engine_for(batch) if first is not None else None)
             for stage in order:
                 if stage.name not in self.ended and self._may_run(stage):
                     self._step(stage, bctx, lo, rows)

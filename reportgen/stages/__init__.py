@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import tasks
 from ..context import Context, ImageInput, ModelInfo  # noqa: F401  (the stages' data model)
 from ..errors import ReportgenError
 from ..packaged import templates_dir
@@ -127,11 +128,13 @@ def spec(name: str) -> Stage:
     return STAGES.get(name)
 
 
-def planned(config: Config) -> list[Stage]:
-    """The configured stages in the order they run: report order, each after the stages it requires.
-    A requirement that is not configured is an error naming both."""
+def planned(config: Config, task: str = "classification") -> list[Stage]:
+    """The configured stages in the order they run: report order, each after the stages it requires; each the
+    record the model's `task` runs (`tasks.Task.variants`: a segmenter's data-set metrics). A requirement that is
+    not configured is an error naming both."""
     enabled = config.analyses.enabled()
-    specs = {name: spec(name) for name in enabled}
+    own = tasks.get(task)
+    specs = {name: own.variant(spec(name)) for name in enabled}
     for name, s in specs.items():
         if s.requires_any:
             present = tuple(n for n in s.requires_any if n in specs)
@@ -164,7 +167,7 @@ def batch_order(stages: Sequence[Stage]) -> list[Stage]:
 
 def observed_layers(info: ModelInfo) -> tuple[str, ...]:
     """The layers the configured stages want observed in the engine's gradient passes (`Stage.observes`)."""
-    return tuple(dict.fromkeys(name for s in planned(info.config) if s.observes is not None
+    return tuple(dict.fromkeys(name for s in planned(info.config, info.task) if s.observes is not None
                                for name in s.observes(info, getattr(info.config.analyses, s.name))))
 
 

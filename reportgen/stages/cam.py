@@ -131,10 +131,11 @@ SMALL_MAP = 4  # a map with a side below this many cells is coarse: warn
 def run(ctx: Context, cfg: CamConfig) -> CamResult:
     info = ctx.info
     layers, auto = target_layers(info, cfg)
-    targets = _targets(ctx, cfg)  # (N, k)
+    asked = ctx.targets(cfg.targets)  # (N, k): a segmenter's images may repeat a class to fill their k
+    targets = _targets(ctx, cfg)  # per image, each class once
     n = len(ctx.images)
-    k = len(targets[0])
-    class_sets = [tuple(t[r] for t in targets) for r in range(k)]
+    k = len(asked[0])
+    class_sets = [tuple(int(t[r]) for t in asked) for r in range(k)]
     notes: list[str] = [auto.note()] if auto else []
     share = ctx.engine.input_grad_wanted  # a later stage asked for input gradients: this pass keeps them
     computed = explain(cfg.methods, ctx.engine, class_sets, settings(info, cfg, layers), log=ctx.log).cam
@@ -276,7 +277,7 @@ def settings(info: ModelInfo, cfg: CamConfig, layers: tuple[str, ...], model: nn
 
 
 def _targets(ctx: Context, cfg: CamConfig) -> list[list[int]]:
-    """Per image the classes to explain, duplicates dropped (same count for every image)."""
+    """Per image the classes to explain, duplicates dropped (the same count for every image, but a segmenter's)."""
     return [list(dict.fromkeys(int(c) for c in classes)) for classes in ctx.targets(cfg.targets)]
 
 

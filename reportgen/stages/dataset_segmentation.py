@@ -145,7 +145,7 @@ def summarize(details: list[ImageSegmentation], labels: tuple[str, ...], max_mat
 def run(ctx: Context, cfg) -> SegmentationDatasetResult:
     """One batch: `ctx.logits` (B, K, H, W), each image's `segmentation` (H, W) or None. `cfg`: the dataset options
     (`max_matrix_classes`)."""
-    logits = torch.as_tensor(ctx.logits)
+    logits = torch.as_tensor(ctx.outputs if ctx.outputs is not None else ctx.logits)
     if logits.ndim != 4:
         raise ValueError(f"a segmenter's logits are (B, K, H, W), got shape {tuple(logits.shape)}")
     k = logits.shape[1]
@@ -257,3 +257,16 @@ def records(result: SegmentationDatasetResult) -> list[dict]:
         out.append({"miou": _number(result.score[i]), "pixel_accuracy": _number(result.accuracy[i]),
                     "iou": [{"index": c, "label": result.labels[c], "iou": float(iou[c])} for c in d.present()]})
     return out
+
+
+# what `analyses.dataset` runs for a segmenter (`tasks.Task.variants`): the classifier's record, its functions these
+def _variant():
+    from ..packaged import templates_dir
+    from . import dataset
+
+    return dataclasses.replace(dataset.SPEC, run=run, reduce=reduce, select=select, totals=arrays, to_json=to_json,
+                               metrics=headline, records=records, figures="reportgen.figures.dataset_segmentation",
+                               template=str(templates_dir() / "sections" / "dataset_segmentation.html.jinja2"))
+
+
+VARIANT = _variant()

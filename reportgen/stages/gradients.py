@@ -174,7 +174,7 @@ def run(ctx: Context, cfg: GradientsConfig) -> GradientsResult:
         method = explained.from_baseline[0]
         start = time.perf_counter()
         sums = torch.stack([a.double().sum(dim=(1, 2, 3)) for a in explained.gradients[method]], dim=1)
-        deltas = score_difference(ctx.forward, ctx.logits, explained.baseline, class_sets)
+        deltas = score_difference(ctx.engine.forward, ctx.logits, explained.baseline, class_sets)
         completeness = _completeness(sums.cpu().numpy(), deltas)
         seconds[method] += time.perf_counter() - start
         warnings += _gap_warnings(completeness, targets, ctx, cfg.steps)
