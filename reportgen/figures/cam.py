@@ -47,6 +47,8 @@ def plot(result: CamResult, ctx) -> dict:
         "images": details,
         "hidden_images": max(0, len(ctx.images) - cfg.detail_images),
         "grid": grid_rows if len(ctx.images) > 1 else [],
+        # what the number beside a class is: a segmenter's classes are regions, not probabilities
+        "measure": "share of pixels" if ctx.info.task == "segmentation" else "probability",
         "grid_columns": ", ".join(["the input"] + [method_title(m) for m in result.computed_methods]),
         "timings": [{"step": method_title(step), "seconds": float(s)}
                     for step, s in result.seconds.items()],
