@@ -199,14 +199,34 @@ def evaluate(model: nn.Module, scenes: Scenes) -> dict[str, float | list[float]]
     return scores(confusion(predict(model, scenes.images), scenes.masks))
 
 
+def cam_energy(model: nn.Module, scenes: Scenes, layer: str = CAM_LAYER) -> np.ndarray:
+    """For each (scene, class present in its truth): the fraction of pytorch-grad-cam's Grad-CAM
+    (`SemanticSegmentationTarget` on the model's predicted region of the class) that lies inside
+    the class's true region; 0 where the class is predicted nowhere. Needs the `grad-cam` package."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
+
+    pred = predict(model, scenes.images)  # (N, H, W)
+    pairs = [(i, c) for i in range(len(scenes)) for c in range(1, NUM_CLASSES) if (scenes.masks[i] == c).any()]
+    energy = np.zeros(len(pairs))
+    for start in range(0, len(pairs), 128):
+        chunk = pairs[start:start + 128]
+        targets = [SemanticSegmentationTarget(c, (pred[i] == c).astype(np.float32)) for i, c in chunk]
+        with GradCAM(model=model, target_layers=[model.get_submodule(layer)]) as cam:
+            maps = cam(input_tensor=to_input(scenes.images[[i for i, _ in chunk]]), targets=targets)  # (P, H, W)
+        for k, (m, (i, c)) in enumerate(zip(maps, chunk)):
+            energy[start + k] = m[scenes.masks[i] == c].sum() / m.sum() if m.sum() > 0 else 0.0
+    return energy
+
+
 # ---------------------------------------------------------------- training
 
 
 def train(
     out_dir: str | Path,
     *,
-    epochs: int = 8,
-    train_size: int = 3000,
+    epochs: int = 16,
+    train_size: int = 4000,
     val_size: int = 500,
     batch_size: int = 32,
     lr: float = 3e-3,
@@ -331,14 +351,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     p_train = commands.add_parser("train", help="train the model and write the shipped artefacts")
     p_train.add_argument("--out", required=True, help="output folder, e.g. example_configs/segmentation")
-    p_train.add_argument("--epochs", type=int, default=8)
-    p_train.add_argument("--train-size", type=int, default=3000, help="fresh scenes per epoch")
+    p_train.add_argument("--epochs", type=int, default=16)
+    p_train.add_argument("--train-size", type=int, default=4000, help="fresh scenes per epoch")
     p_train.add_argument("--val-size", type=int, default=500)
     p_train.add_argument("--seed", type=int, default=0)
-    p_eval = commands.add_parser("eval", help="mIoU and pixel accuracy of a checkpoint on fresh scenes")
+    p_eval = commands.add_parser("eval", help="mIoU, pixel accuracy and Grad-CAM energy of a checkpoint on fresh scenes")
     p_eval.add_argument("--checkpoint", required=True)
     p_eval.add_argument("--n", type=int, default=500)
     p_eval.add_argument("--seed", type=int, default=12345)
+    p_eval.add_argument("--layer", default=CAM_LAYER, help="CAM target layer for the energy")
     args = parser.parse_args(argv)
     if args.command == "train":
         metrics = train(args.out, epochs=args.epochs, train_size=args.train_size, val_size=args.val_size, seed=args.seed)
@@ -346,10 +367,18 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"{metrics['elapsed_s']:.1f} s ({metrics['cpu_s']:.1f} s CPU); wrote {args.out}")
     else:
         torch.set_num_threads(2)
-        result = evaluate(load_model(args.checkpoint), generate_scenes(args.n, seed=args.seed))
+        model, scenes = load_model(args.checkpoint), generate_scenes(args.n, seed=args.seed)
+        result = evaluate(model, scenes)
         per_class = ", ".join(f"{name} {iou:.3f}" for name, iou in zip(LABELS, result["iou"]))
         print(f"mIoU {result['miou']:.4f}  pixel accuracy {result['pixel_accuracy']:.4f}  on {args.n} scenes, "
               f"seed {args.seed}; IoU: {per_class}")
+        try:
+            energy = cam_energy(model, scenes, args.layer)
+        except ImportError:
+            print("Grad-CAM energy: needs pytorch-grad-cam (pip install grad-cam)")
+            return
+        print(f"Grad-CAM ({args.layer}) energy inside the true region: mean {energy.mean():.4f} over "
+              f"{len(energy)} (scene, class) instances, {np.mean(energy >= 0.5):.1%} of them >= 0.5")
 
 
 if __name__ == "__main__":
