@@ -72,8 +72,8 @@
       tr.insertCell().textContent = d.labels[r[2]];
       td = tr.insertCell();
       td.className = "num";
-      td.setAttribute("data-sort", r[3]);
-      td.textContent = (100 * r[3]).toFixed(1) + "%";
+      td.setAttribute("data-sort", r[3] === null ? -1 : r[3]);
+      td.textContent = r[3] === null ? "–" : (100 * r[3]).toFixed(1) + "%";
       if (!d.labelled) return;
       td = tr.insertCell();
       if (r[4] === null) return;

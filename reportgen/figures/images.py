@@ -34,14 +34,19 @@ def table(records: Iterable[dict]) -> dict | None:
     labels: dict[str, int] = {}
     rows: list[str] = []  # each row's JSON text: far smaller than its lists of a data set's images
     count = mistakes = 0
-    labelled = False
+    labelled = segmenter = False
     for record in records:
-        best, truth = record["top_k"][0], record["truth"]
+        best, truth = (record["top_k"] or [{"label": "–", "share": 0.0}])[0], record["truth"]
+        if "share" in best:  # a segmenter's: its largest predicted class, and its mIoU where it has a truth mask
+            segmenter = True
+            score = (record.get("dataset") or {}).get("miou")
+            best = dict(best, share=score)
         correct = None if truth is None else int(truth["index"] == best["index"])
         mistakes += correct == 0
         labelled = labelled or truth is not None
         row = [record["name"], None if truth is None else labels.setdefault(truth["label"], len(labels)),
                labels.setdefault(best["label"], len(labels)),
+               None if best.get("share", 0.0) is None else
                round(float(best["probability"] if "probability" in best else best["share"]), 4), correct]
         if record.get("detail"):
             row += [anchor(record["name"]), record["detail"]]
@@ -54,4 +59,5 @@ def table(records: Iterable[dict]) -> dict | None:
     text = head[:-1] + ',"rows":[' + ",".join(rows) + "]}"
     del rows
     text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    return {"count": count, "labelled": labelled, "mistakes": mistakes, "json": text}
+    return {"count": count, "labelled": labelled, "mistakes": mistakes, "json": text,
+            "headers": ("Largest class", "mIoU") if segmenter else ("Prediction", "Confidence")}

@@ -91,8 +91,9 @@ def _build_in(config: Config, group: dist.Group, started: float, log: Log, detai
         if config.output.save_arrays else None
     with arrays_out if arrays_out is not None else contextlib.nullcontext():
         if arrays_out is not None and group.root:
+            kept = "logits" if info.task == "classification" else "pixel_shares"  # a segmenter's: per class
             for lo, rows in images.logits.chunks():
-                arrays_out.add({f"logits/{images.names[lo + i]}": row.numpy() for i, row in enumerate(rows)})
+                arrays_out.add({f"{kept}/{images.names[lo + i]}": row.numpy() for i, row in enumerate(rows)})
         runs = Scheduler(ctx, images, group, log, detail, arrays_out=arrays_out, first=first).run(stages)
         if arrays_out is not None:
             arrays_out.merge_shards(group)

@@ -121,7 +121,7 @@ def describe(config: Config, ctx: Context, images: Collection, records: list[dic
         "created": created.isoformat(timespec="seconds"),
         "versions": _versions(config),
         "config": config.to_dict(relative=True),  # no home folders in a published report
-        "model": {"description": ctx.info.description, "num_classes": ctx.info.num_classes,
+        "model": {"description": ctx.info.description, "task": ctx.info.task, "num_classes": ctx.info.num_classes,
                   "input_size": list(config.model.input_size), "device": str(ctx.device)},
         "inputs": {"images": len(images), "detail": len(images.detail.indices), "records": "images.jsonl"},
         # the images shown in detail; images.jsonl beside this file has every image's record
