@@ -1,6 +1,7 @@
 """Regenerate docs/report.png (the README's picture): the quickstart report at desktop width in headless Chromium.
 
     python docs/make_screenshot.py [--out docs/report.png] [--width 1300] [--height 1500] [--scroll 0] [--at cam]
+    python docs/make_screenshot.py --config segmentation --out docs/segmentation.png --at inputs --height 900
 
 Needs Debian's `chromium` and `chromium-driver`. The PNG is reduced to a 256-colour palette so it stays small.
 """
@@ -60,9 +61,10 @@ def main() -> None:
     parser.add_argument("--scroll", type=int, default=0, help="pixels to scroll down before the shot")
     parser.add_argument("--at", default=None, help="an element id to scroll to first (a section: cam, gradients, ...)")
     parser.add_argument("--dark", action="store_true")
+    parser.add_argument("--config", default="quickstart", help="the example config to build (example_configs/<name>.yaml)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as out:
-        subprocess.run([sys.executable, "-m", "reportgen", "build", str(ROOT / "example_configs" / "quickstart.yaml"),
+        subprocess.run([sys.executable, "-m", "reportgen", "build", str(ROOT / "example_configs" / f"{args.config}.yaml"),
                         "-o", out, "-q"], check=True)
         png = screenshot(Path(out) / "report.html", args.width, args.height, args.scroll, args.dark, args.at)
     image = Image.open(io.BytesIO(png)).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT,

@@ -213,7 +213,29 @@ def render(root: type = Config) -> str:
             doc = f"{doc} Also written as: {' '.join(shorthand.split())}".strip()
         lines += ["", doc] if doc else []
         lines += [""] + _table(cls, anchors) + [""] if fields else ["", "No keys.", ""]
+    if root is Config:
+        lines += _tasks()
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _tasks() -> list[str]:
+    """The tasks `model.task` names (the task registry, plug-ins included): what each reads, what applies to it,
+    and the keys that belong to another task."""
+    from . import registry
+
+    lines = ["## Tasks (`model.task`)", "",
+             "What a model does decides what its output is read as and what applies to it. A key, stage or method that "
+             "does not apply is refused before any work (exit code 2), naming it and what applies.", ""]
+    for task in registry.TASKS:
+        stages = "every stage" if task.stages is None else ", ".join(f"`{s}`" for s in sorted(task.stages))
+        lines += [f"### `{task.name}`: {task.title}", "", f"{task.note[:1].upper()}{task.note[1:]}. Output read as "
+                  f"{task.outputs}; stages: {stages}.", ""]
+        refused = [(f"`analyses.*.methods: {m}`", why) for m, why in task.methods_refused.items()] + \
+                  [(f"`{key}`", instead) for key, instead in task.settings_refused.items()]
+        if refused:
+            lines += ["| does not apply | instead |", "|---|---|"]
+            lines += [f"| {_cell(what)} | {_cell(why)} |" for what, why in refused] + [""]
+    return lines
 
 
 def leaf_keys(root: type = Config, prefix: tuple = ()) -> list[tuple[str, ...]]:
