@@ -77,8 +77,12 @@ def pages(tmp_path_factory) -> dict:
            "inputs": {"images": [str(ROOT / "example_configs" / "grace_hopper.jpg")], "preprocess": "from_weights"},
            "analyses": {"attention": {}, "cam": {"methods": ["gradcam"]}}, "output": {"dir": str(root / "out")}}
     attention = _build(root, vit, "vit")
+    done = CliRunner().invoke(main, ["build", str(ROOT / "example_configs" / "segmentation.yaml"), "-o",
+                                     str(root / "seg"), "-q"])
+    assert done.exit_code == 0, done.output
     return {"report": a / "report.html", "compare": root / "cmp" / "compare.html",
-            "site": root / "site" / "index.html", "attention": attention / "report.html"}
+            "site": root / "site" / "index.html", "attention": attention / "report.html",
+            "segmentation": root / "seg" / "report.html"}
 
 
 # What lies outside `main` (and is not inside a table's own scroll box), and every box that scrolls sideways.
@@ -107,7 +111,7 @@ return {inner: innerWidth, scroll: document.documentElement.scrollWidth, main: b
 
 
 @pytest.mark.parametrize("width", WIDTHS)
-@pytest.mark.parametrize("page", ["report", "site", "compare", "attention"])
+@pytest.mark.parametrize("page", ["report", "site", "compare", "attention", "segmentation"])
 def test_every_page_fits_its_window(driver, pages, page, width):
     open_page(driver, pages[page], width=width, height=900)
     layout = js(driver, LAYOUT)

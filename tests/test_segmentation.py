@@ -184,3 +184,33 @@ def test_a_task_that_is_not_one_or_contradicts_the_source_is_refused(tmp_path):
     refused = _build(_config(tmp_path, [tmp_path / "voc"], model=classifier))
     assert refused.exit_code == 2 and "is segmentation, but the model is a classification" in refused.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("source", ["torchvision", "huggingface"])
+def test_a_torchvision_or_hugging_face_segmenter_says_its_task_and_builds(tmp_path, source):
+    """LRASPP-MobileNetV3 built with no weights (none downloaded), and a SegFormer folder whose logits are at a
+    quarter of the input: each says it segments, and a report with its data-set metrics and maps is built."""
+    import transformers
+
+    data = segment.generate_scenes(3, seed=9)
+    segment.write_samples(tmp_path / "voc", data)
+    if source == "torchvision":
+        model = {"source": "torchvision", "name": "lraspp_mobilenet_v3_large", "kwargs": {"num_classes": 6}}
+        layer = "backbone.4"
+    else:
+        torch.manual_seed(0)
+        config = transformers.SegformerConfig(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1],
+                                              hidden_sizes=[8, 16], num_attention_heads=[1, 2], decoder_hidden_size=16,
+                                              num_labels=6)
+        transformers.SegformerForSemanticSegmentation(config).save_pretrained(tmp_path / "segformer")
+        model = {"source": "huggingface", "path": str(tmp_path / "segformer")}
+        layer = "decode_head.activation"
+    model |= {"input_size": [3, 64, 64], "labels": str(SHIPPED / "labels.txt"), "device": "cpu"}
+    analyses = {"dataset": {}, "cam": {"methods": ["gradcam"], "target_layers": [layer]},
+                "gradients": {"methods": ["saliency"]}}
+    result = _build(_config(tmp_path, [tmp_path / "voc"], model=model, analyses=analyses))
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["model"]["task"] == "segmentation" and report["dataset"]["labelled"] == 3
+    assert [s["status"] for s in report["stages"]] == ["ok", "ok", "ok"]
+    assert 0.0 <= report["dataset"]["pixel_accuracy"] <= 1.0
