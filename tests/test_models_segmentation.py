@@ -296,12 +296,12 @@ def test_segmentation_outputs_and_their_messages() -> None:
         pick_segmentation(LOGITS)
     with pytest.raises(ReportgenError, match=r"the model returns a tuple of 2: \[0\] Tensor \(2, 3, 8, 8\), \[1\] "
                                              r"Tensor \(2, 3\), not segmentation logits .* Set `model.output: "
-                                             r"<index or key>` to the one that holds them: `0` or `1`"):
+                                             r"<index or key>` to the one that holds the logits: `0` or `1`"):
         pick_segmentation((MAPS, LOGITS))
     with pytest.raises(ReportgenError, match=r"`model.output`: 'sge' is not in the model's output.*"
                                              r"Did you mean `seg`"):
         pick_segmentation({"seg": MAPS}, "sge")
-    with pytest.raises(ReportgenError, match=r"`model.output`: 'aux' picks a list .* not a segmentation logits"):
+    with pytest.raises(ReportgenError, match=r"`model.output`: 'aux' picks a list .* not segmentation logits"):
         pick_segmentation({"seg": MAPS, "aux": [MAPS]}, "aux")
     with pytest.raises(ReportgenError, match=r"the model returns None, not a logits tensor"):
         resolve_task(None)

@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure as MplFigure
 
 from ..metrics.segmentation import IGNORE_INDEX
-from ..stages.dataset_segmentation import ImageSegmentation, SegmentationDatasetResult, class_rows
+from ..stages.dataset_segmentation import ImageSegmentation, SegmentationDatasetResult, class_rows, predicted_classes
 from .common import Figure, blend, make_figure, upscale_nearest
 from .training import DPI, _text, _to_figure
 
@@ -70,10 +70,7 @@ def _pct(value: float | None) -> float | None:
 def plot(result: SegmentationDatasetResult, ctx=None) -> dict:
     """The data-set section of a segmenter (`sections/dataset_segmentation.html.jinja2`) and, in `cards`, the
     card of each detail image that `ctx.images` shows, by name (`partials/segmentation_card.html.jinja2`)."""
-    total = int(result.predicted.sum())
-    predicted = [{"index": int(c), "label": result.labels[c], "pixels": int(result.predicted[c]),
-                  "share": 100.0 * int(result.predicted[c]) / total}
-                 for c in np.argsort(-result.predicted, kind="stable") if result.predicted[c] > 0]
+    predicted = [dict(row, share=100.0 * row["share"]) for row in predicted_classes(result)]
     section: dict = {
         "task": "segmentation",
         "images": len(result.images),

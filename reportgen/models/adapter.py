@@ -250,28 +250,10 @@ def pick_segmentation(out: object, output: Output = None, size: tuple[int, int] 
     tensor (Hugging Face's `SemanticSegmenterOutput`) gives that; anything else is an error that lists what
     `model.output` can pick. output an index or key: as in `pick_logits`.
     """
-    if output is None:
-        if torch.is_tensor(out):
-            return _resized(_check_masks(out, None), size)
-        if isinstance(out, Mapping) and torch.is_tensor(out.get(SEGMENTATION_KEY)):
-            return _resized(_check_masks(out[SEGMENTATION_KEY], SEGMENTATION_KEY), size)
-        logits = getattr(out, "logits", None)
-        if torch.is_tensor(logits):
-            return _resized(_check_masks(logits, "logits"), size)
-        choices = _choices(out)
-        hint = (f" Set `model.output: <index or key>` to the one that holds them: "
-                f"{' or '.join(f'`{c}`' for c in choices[:8])}{' or ...' if len(choices) > 8 else ''}."
-                if choices else "")
-        raise ReportgenError(f"the model returns {describe_output(out)}, not segmentation logits of shape "
-                             f"(N, num_classes, H, W) (a tensor, or a dict with `{SEGMENTATION_KEY}`).{hint}")
-    if torch.is_tensor(out):
-        raise ReportgenError(f"`model.output` is {output!r}, but the model returns a tensor "
-                             f"{list(out.shape)}: leave `model.output` out.")
-    picked = _select(out, output)
-    if not torch.is_tensor(picked):
-        raise ReportgenError(f"`model.output`: {output!r} picks {describe_output(picked)} from the model's "
-                             "output, not a segmentation logits tensor." + _also(out))
-    return _resized(_check_masks(picked, output), size)
+    if output is None and isinstance(out, Mapping) and torch.is_tensor(out.get(SEGMENTATION_KEY)):
+        return _resized(_check_masks(out[SEGMENTATION_KEY], SEGMENTATION_KEY), size)
+    return _resized(_picked(out, output, _check_masks, "segmentation logits of shape (N, num_classes, H, W) (a "
+                                                      f"tensor, or a dict with `{SEGMENTATION_KEY}`)"), size)
 
 
 def _check_masks(logits: torch.Tensor, output: Output) -> torch.Tensor:
@@ -297,26 +279,32 @@ def pick_logits(out: object, output: Output = None) -> torch.Tensor:
     output an int: `out[output]` of a tuple or list; a str: `out[output]` of a mapping, else the attribute
     `out.output` (named tuples, `ModelOutput`). The result must be a tensor of shape (N, K).
     """
+    return _picked(out, output, _check_logits, "a logits tensor of shape (N, num_classes)")
+
+
+def _picked(out: object, output: Output, check: Callable[[torch.Tensor, Output], torch.Tensor],
+            what: str) -> torch.Tensor:
+    """The tensor of `out` that `output` names (None: `out` itself, else its `.logits`), checked by `check`; an
+    error naming what the model returns and what `model.output` can pick when there is none."""
     if output is None:
         if torch.is_tensor(out):
-            return _check_logits(out, None)
+            return check(out, None)
         logits = getattr(out, "logits", None)
         if torch.is_tensor(logits):
-            return _check_logits(logits, "logits")
+            return check(logits, "logits")
         choices = _choices(out)
         hint = (f" Set `model.output: <index or key>` to the one that holds the logits: "
                 f"{' or '.join(f'`{c}`' for c in choices[:8])}{' or ...' if len(choices) > 8 else ''}."
                 if choices else "")
-        raise ReportgenError(f"the model returns {describe_output(out)}, not a logits tensor of shape "
-                             f"(N, num_classes).{hint}")
+        raise ReportgenError(f"the model returns {describe_output(out)}, not {what}.{hint}")
     if torch.is_tensor(out):
         raise ReportgenError(f"`model.output` is {output!r}, but the model returns a tensor "
                              f"{list(out.shape)}: leave `model.output` out.")
     picked = _select(out, output)
     if not torch.is_tensor(picked):
         raise ReportgenError(f"`model.output`: {output!r} picks {describe_output(picked)} from the model's "
-                             "output, not a logits tensor." + _also(out))
-    return _check_logits(picked, output)
+                             f"output, not {what.split(' of shape')[0]}." + _also(out))
+    return check(picked, output)
 
 
 def _select(out: object, output: int | str) -> object:

@@ -204,8 +204,15 @@ def class_rows(result: SegmentationDatasetResult) -> list[dict]:
             for c in range(result.num_classes)]
 
 
-def to_json(result: SegmentationDatasetResult) -> dict:
+def predicted_classes(result: SegmentationDatasetResult) -> list[dict]:
+    """The classes predicted anywhere, most pixels first: index, label, pixels and their share of all pixels."""
     total = int(result.predicted.sum())
+    return [{"index": int(c), "label": result.labels[c], "pixels": int(result.predicted[c]),
+             "share": int(result.predicted[c]) / total}
+            for c in np.argsort(-result.predicted, kind="stable") if result.predicted[c] > 0]
+
+
+def to_json(result: SegmentationDatasetResult) -> dict:
     data: dict = {
         "task": "segmentation",
         "images": len(result.images),
@@ -213,9 +220,7 @@ def to_json(result: SegmentationDatasetResult) -> dict:
         "unlabelled": result.unlabelled,
         "num_classes": result.num_classes,
         "ignore_index": result.ignore_index,
-        "predicted": [{"index": int(c), "label": result.labels[c], "pixels": int(result.predicted[c]),
-                       "share": int(result.predicted[c]) / total}
-                      for c in np.argsort(-result.predicted, kind="stable") if result.predicted[c] > 0],
+        "predicted": predicted_classes(result),
     }
     if not result.count:
         return data
