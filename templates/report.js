@@ -59,12 +59,12 @@
     box.addEventListener("close", function () { boxImg.removeAttribute("src"); current = -1; });
   }
 
-  // The table of every image: rows drawn from its JSON (figures/images.py), before sorting and filtering are set up.
+  // The table of every image, drawn from its JSON (figures/images.py) before sorting and filtering are set up.
   var data = doc.getElementById("images-data"), tbody = doc.querySelector("#images-table tbody");
   if (data && tbody) {
     var d = JSON.parse(data.textContent), rows = doc.createDocumentFragment();
     var span = function (td, text, cls) { var s = td.appendChild(doc.createElement("span")); s.textContent = text; s.className = cls; };
-    d.rows.forEach(function (r) {  // name, truth, prediction, confidence, correct[, anchor, detail]
+    d.rows.forEach(function (r) {  // name, truth, prediction, confidence or mIoU, correct[, anchor, detail]
       var tr = rows.appendChild(doc.createElement("tr")), name = tr.insertCell(), td;
       if (r[5]) { name = name.appendChild(doc.createElement("a")); name.href = "#" + r[5]; name.title = r[6]; }
       name.textContent = r[0];
@@ -129,7 +129,7 @@
     if (keep) keep.addEventListener("change", update);
   });
 
-  // Sort a table by a column: its header becomes a button; numbers sort by data-sort. Third press: original order.
+  // Sort a table by a column: its header is a button; numbers sort by data-sort. Third press: original order.
   all("table.sortable").forEach(function (table) {
     var heads = all("thead th", table), body = table.tBodies[0], original = Array.prototype.slice.call(body.rows);
     heads.forEach(function (th, col) {
@@ -185,7 +185,7 @@
     stageLinks.forEach(function (a) {
       var el = target(a);
       if (el && el.getBoundingClientRect().top <= line) stage = a;
-      if (atEnd && el && el === followed) stage = a;  // the last sections never reach the line: trust the link followed
+      if (atEnd && el && el === followed) stage = a;  // the last sections never reach the line: trust the link
     });
     imageLinks.forEach(function (a) {
       var el = target(a);
