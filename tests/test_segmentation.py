@@ -214,6 +214,11 @@ def test_a_torchvision_or_hugging_face_segmenter_says_its_task_and_builds(tmp_pa
     assert report["model"]["task"] == "segmentation" and report["dataset"]["labelled"] == 3
     assert [s["status"] for s in report["stages"]] == ["ok", "ok", "ok"]
     assert 0.0 <= report["dataset"]["pixel_accuracy"] <= 1.0
+    # each image's classes once, though images with fewer classes fill the batch's ranks by repeating one
+    records = [json.loads(line) for line in (tmp_path / "out" / "images.jsonl").read_text().splitlines()]
+    for record in records:
+        classes = record["gradients"]["classes"]
+        assert len(set(classes)) == len(classes) and {t["index"] for t in record["top_k"]} <= set(classes)
 
 
 @pytest.mark.slow  # two processes start torch

@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from ..methods import title as method_title
-from ..stages.gradients import GAP_WARNING, GradientsResult
+from ..stages.gradients import GAP_WARNING, GradientsResult, distinct
 from .common import (Figure, apply_colormap, drawn_in_parallel, make_figure, map_figure, overlay_figure, to_png,
                      upscale_nearest)
 from .grid import colorbar_image
@@ -90,8 +90,9 @@ def plot(result: GradientsResult, ctx) -> dict:
         """Image i's heat maps and overlays, per target rank."""
         image = ctx.images[i]
         under = to_png(grey_beneath(image.display))  # beneath every overlay of this image: one copy in the report
-        drawn = []
-        for r, cls in enumerate(result.classes[i]):
+        drawn = {}
+        for r in distinct(result.classes[i]):
+            cls = result.classes[i, r]
             what = f"{image.name}, class {int(cls)} ({ctx.label(int(cls))})"
             figures = []
             for method, maps in result.maps.items():
@@ -104,13 +105,13 @@ def plot(result: GradientsResult, ctx) -> dict:
                 figures.append(overlay_figure(under, overlay_layer(position, heat, sign), cfg.alpha,
                                               f"{name} over the image ({sign}) for {what}", f"{name}: overlay",
                                               min_side=MIN_SIDE))
-            drawn.append(figures)
+            drawn[r] = figures
         return drawn
 
     per_image = drawn_in_parallel(figures_of, range(len(ctx.images)))
     for i, image in enumerate(ctx.images):
-        for r, cls in enumerate(result.classes[i]):
-            cls = int(cls)
+        for r in distinct(result.classes[i]):
+            cls = int(result.classes[i, r])
             figures = per_image[i][r]
             gap = None if c is None else float(c.gap[i, r])
             groups.append({

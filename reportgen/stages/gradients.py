@@ -198,6 +198,13 @@ def recompute(result: GradientsResult, info: ModelInfo, engine: Engine, targets:
     return {m: a[0].detach() for m, a in found.items()}
 
 
+def distinct(classes) -> list[int]:
+    """The ranks of an image's explained classes, each class once: a segmenter's image holding fewer classes than
+    the batch's image with the most repeats its largest to fill the ranks (`Context.targets`)."""
+    seen: set[int] = set()
+    return [r for r, c in enumerate(classes) if not (int(c) in seen or seen.add(int(c)))]
+
+
 def arrays(result: GradientsResult) -> dict[str, np.ndarray]:
     """`gradients/<method>/<image>/<class>`: (C, H, W) float32, the raw attribution."""
     out = {}
@@ -212,7 +219,7 @@ def to_json(result: GradientsResult) -> dict:
     cfg = result.config
     entry: dict = {
         "methods": list(result.maps),
-        "targets": [{"image": name, "classes": [int(c) for c in result.classes[i]]}
+        "targets": [{"image": name, "classes": [int(result.classes[i, r]) for r in distinct(result.classes[i])]}
                     for i, name in enumerate(result.images)],
         "cam_layer": result.cam_layer,
         "reused_cam_pass": list(result.reused_cam_pass),
@@ -229,7 +236,7 @@ def to_json(result: GradientsResult) -> dict:
                 {"image": name, "class": int(result.classes[i, r]), "attribution_sum": float(c.attribution_sum[i, r]),
                  "score_difference": float(c.delta[i, r]),
                  "gap": None if math.isnan(c.gap[i, r]) else float(c.gap[i, r])}
-                for i, name in enumerate(result.images) for r in range(result.classes.shape[1])
+                for i, name in enumerate(result.images) for r in distinct(result.classes[i])
             ],
         }
     return entry
@@ -239,9 +246,10 @@ def records(result: GradientsResult) -> list[dict]:
     """Per image, the explained classes and, with integrated gradients, the completeness gap per class."""
     out = []
     for i in range(len(result.images)):
-        entry: dict = {"classes": [int(c) for c in result.classes[i]]}
+        ranks = distinct(result.classes[i])
+        entry: dict = {"classes": [int(result.classes[i, r]) for r in ranks]}
         if result.completeness is not None:
-            gaps = result.completeness.gap[i]
+            gaps = result.completeness.gap[i, ranks]
             entry["integrated_gradients_gap"] = [None if math.isnan(g) else float(g) for g in gaps]
         out.append(entry)
     return out
