@@ -224,3 +224,23 @@ def test_a_metric_that_does_not_apply_is_refused(tmp_path, setting, named):
     assert done.exit_code == 2, done.output
     assert named in done.output and "segmentation" in done.output, done.output
     assert not (tmp_path / "out").exists()
+
+
+def test_an_image_whose_explained_class_is_predicted_nowhere_is_left_out(tmp_path):
+    """`targets: [star, circle]`: the images whose prediction holds no star have no star region to score; the
+    others are scored, and a note says why some are left out."""
+    path = _config(tmp_path, {"metrics": ["deletion"], "step": 512},
+                   cam={"methods": ["gradcam"], "target_layers": ["dec2"], "targets": ["star", "circle"]},
+                   gradients={"methods": ["saliency"], "targets": ["star", "circle"]})
+    done = _build(path)
+    assert done.exit_code == 0, done.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    model = segment.load_model(SHIPPED / "model.pt")
+    with torch.no_grad():
+        stars = [bool(predicted_regions(model(_input(f"scene_00{i}")))[0, 5].any()) for i in range(3)]
+    assert 0 < sum(stars) < 3  # the test needs both kinds
+    assert report["evaluation"]["images"] == sum(stars)
+    assert any("left out" in note for note in report["evaluation"]["notes"])
+    values = np.concatenate([np.load(tmp_path / "out" / "arrays.npz")[f"evaluation/deletion_auc/{row}"]
+                             for row in ("gradcam/dec2", "saliency")])
+    assert np.all(np.isfinite(values))

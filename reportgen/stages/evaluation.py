@@ -201,7 +201,8 @@ def run(ctx: Context, cfg: EvaluationConfig) -> EvaluationResult:
                             task=ctx.info.task, offset=ctx.offset, size=n)
     regions = regions_.batch_regions(ctx)  # a segmenter's: what its maps explain
     if regions is not None and positions:  # an explained class predicted nowhere in its image has no score
-        positions = regions_.scorable(regions, positions, batch_maps(cam, grads, positions, ctx.batch)[1].values())
+        positions, left_out = regions_.scorable(regions, positions, batch_maps(cam, grads, positions, ctx.batch)[1])
+        base = dataclasses.replace(base, notes=left_out)
     if not positions:
         return base
 
@@ -246,7 +247,7 @@ def run(ctx: Context, cfg: EvaluationConfig) -> EvaluationResult:
         hits = [hit for j in drawn for hit in peaks(job, j, images[j].name)]
     columns = tuple(c.id for c in COLUMNS if any(c.id in s for s in scores.values())
                     or (c.id == "sanity_spearman" and outcome is not None))
-    notes = []
+    notes = list(base.notes)
     if grads is None and any(m in metrics for m in ("infidelity", "sensitivity")):
         notes.append("Infidelity and max-sensitivity score gradient attributions: without the gradients section "
                      "they have no rows.")
@@ -293,11 +294,8 @@ class FastForwards:
     def of(self, batch: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         shape = tuple(batch.shape[1:])
         if shape not in self.made:
-            adapter = self.info.adapter
-            pick = None if adapter is None else (
-                functools.partial(adapter.pick_logits, size=shape[-2:]) if self.info.task == regions_.SEGMENTATION
-                else adapter.pick_logits)
-            self.made[shape] = inference_forward(self.info.model, batch[:1], logits=pick)
+            self.made[shape] = inference_forward(self.info.model, batch[:1],
+                                                 logits=regions_.output_picker(self.info, shape[-2:]))
         return self.made[shape]
 
 

@@ -14,7 +14,8 @@ no score to perturb: it is left out of the scored images (`scorable`).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -56,6 +57,15 @@ def logits_forward(info: ModelInfo, model: nn.Module) -> Callable[[torch.Tensor]
     return lambda x: adapter.pick_logits(model(x))
 
 
+def output_picker(info: ModelInfo, size: tuple[int, int]) -> Callable[[object], torch.Tensor] | None:
+    """What the fast forward (`metrics.forward.inference_forward`) reads in the model's output for inputs of `size`
+    (H, W): the adapter's logits (a segmenter's at that size); None: the output is the logits."""
+    adapter = info.adapter
+    if adapter is None:
+        return None
+    return functools.partial(adapter.pick_logits, size=size) if info.task == SEGMENTATION else adapter.pick_logits
+
+
 def engine_for(info: ModelInfo, model: nn.Module, x: torch.Tensor, regions: torch.Tensor | None = None) -> Engine:
     """An engine of its own over `model` (the build's model or a randomised copy) and `x`: the passes of maps
     recomputed, shared by both families. `regions` (n, K, H, W): a segmenter's regions of `x`'s images, fixed from
@@ -82,13 +92,14 @@ def perturbation_forward(forward: Callable[[torch.Tensor], torch.Tensor], region
     return forward if regions is None else RegionProbabilities(forward, regions)
 
 
-def scorable(regions: torch.Tensor | None, positions: list[int], targets: Sequence[np.ndarray]) -> list[int]:
+def scorable(regions: torch.Tensor, positions: list[int], targets: Mapping[object, np.ndarray]
+             ) -> tuple[list[int], tuple[str, ...]]:
     """The positions whose explained class (`targets`: per row of maps, (len(positions),)) has a region in the
-    image: all of them for a classifier (`regions` None)."""
-    if regions is None or not positions:
-        return positions
+    image, and a note when some have none."""
     filled = regions[positions].flatten(2).any(dim=2).cpu().numpy()  # (n, K)
     keep = np.ones(len(positions), dtype=bool)
-    for t in targets:
+    for t in targets.values():
         keep &= filled[np.arange(len(positions)), np.asarray(t, dtype=np.int64)]
-    return [p for p, k in zip(positions, keep) if k]
+    note = ("Images whose explained class the model predicts nowhere (a class named in `targets`) are left out: "
+            "a class without a region has no score to perturb.")
+    return [p for p, k in zip(positions, keep) if k], () if keep.all() else (note,)
