@@ -244,3 +244,29 @@ def test_an_image_whose_explained_class_is_predicted_nowhere_is_left_out(tmp_pat
     values = np.concatenate([np.load(tmp_path / "out" / "arrays.npz")[f"evaluation/deletion_auc/{row}"]
                              for row in ("gradcam/dec2", "saliency")])
     assert np.all(np.isfinite(values))
+
+
+def test_a_segformer_whose_logits_are_at_a_quarter_is_evaluated_at_the_input_size(tmp_path):
+    """SegFormer's logits (16² for a 64² input) are upsampled to the input's size in the perturbation forward and
+    in the sanity cascade's copies, as in its maps: every section is built and the curves are in [0, 1]."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.SegformerConfig(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16],
+                                          num_attention_heads=[1, 2], decoder_hidden_size=16, num_labels=6)
+    transformers.SegformerForSemanticSegmentation(config).save_pretrained(tmp_path / "segformer")
+    path = _config(tmp_path, {"metrics": ["deletion", "insertion", "sanity"], "step": 1024, "sanity": {"images": 1}},
+                   cam={"methods": ["gradcam"], "target_layers": ["decode_head.activation"]})
+    cfg = yaml.safe_load(path.read_text())
+    cfg["model"] = {"source": "huggingface", "path": str(tmp_path / "segformer"), "input_size": [3, 64, 64],
+                    "labels": str(SHIPPED / "labels.txt"), "device": "cpu"}
+    cfg["inputs"]["limit"] = 2
+    path.write_text(yaml.safe_dump(cfg))
+    done = _build(path)
+    assert done.exit_code == 0, done.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["model"]["task"] == "segmentation"
+    assert [s["status"] for s in report["stages"]] == ["ok", "ok", "ok"], report["stages"]
+    curves = report["evaluation"]["curves"]["rows"]
+    assert curves and all(0 <= v <= 1 for c in curves for v in c["deletion"] + c["insertion"])
+    assert report["evaluation"]["sanity"]["rows"]
