@@ -97,12 +97,12 @@ BUILT_IN: list[Task] = [
              "analyses.gradients.targets": "a segmenter's maps explain every class present in the prediction; "
                                            "leave `targets` out, or name classes (`targets: [person, car]`).",
              "inputs.top_k": "a segmenter's records list the classes by the share of the pixels predicted as them.",
-             "analyses.evaluation.tolerance": "the pointing game's tolerance: localisation does not apply to a "
+             "analyses.evaluation.tolerance": "it is the pointing game's, and localisation does not apply to a "
                                               "segmenter; its evaluation scores deletion, insertion, ROAD, the "
                                               "confidence change and the sanity cascade.",
-             "analyses.evaluation.infidelity_sd": "infidelity's noise: infidelity does not apply to a segmenter; its "
-                                                  "evaluation scores deletion, insertion, ROAD, the confidence change "
-                                                  "and the sanity cascade.",
+             "analyses.evaluation.infidelity_sd": "it is infidelity's noise, and infidelity does not apply to a "
+                                                  "segmenter; its evaluation scores deletion, insertion, ROAD, the "
+                                                  "confidence change and the sanity cascade.",
          },
          variants={"dataset": "reportgen.stages.dataset_segmentation:VARIANT"}),
 ]

@@ -246,6 +246,7 @@ def test_an_image_whose_explained_class_is_predicted_nowhere_is_left_out(tmp_pat
     assert np.all(np.isfinite(values))
 
 
+@pytest.mark.filterwarnings("ignore:inference_forward")  # fx cannot copy it: the eager model scores, as intended
 def test_a_segformer_whose_logits_are_at_a_quarter_is_evaluated_at_the_input_size(tmp_path):
     """SegFormer's logits (16² for a 64² input) are upsampled to the input's size in the perturbation forward and
     in the sanity cascade's copies, as in its maps: every section is built and the curves are in [0, 1]."""

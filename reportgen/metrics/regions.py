@@ -25,7 +25,8 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 # the evaluation metrics that do not apply to a segmenter, and why (the stage's check names them)
 REFUSED = {
     "localisation": "the pointing game, energy in box and the top-15 % IoU score one object's box or mask per image; "
-                    "a segmenter's maps explain each class inside its own region, which its data-set metrics score",
+                    "a segmenter's maps each explain a class inside its predicted region, and its class masks are "
+                    "scored by the data-set metrics (`analyses.dataset`)",
     "infidelity": "Captum's infidelity perturbs copies of one image and reads one score per row; a segmenter's score "
                   "is the class's logits summed over that image's region, which Captum's copies do not carry",
     "sensitivity": "max-sensitivity recomputes the attributions on Captum's noisy copies of one image, which do not "
