@@ -85,7 +85,8 @@ BUILT_IN: list[Task] = [
          note="one class per image: logits (N, K)"),
     Task(name="segmentation", title="Semantic segmentation", order=20, outputs="logits (N, K, H, W)",
          note="a class per pixel: logits (N, K, H, W); explained per class inside its predicted region",
-         stages=frozenset({"summary", "kernels", "feature_maps", "cam", "gradients", "dataset", "training"}),
+         stages=frozenset({"summary", "kernels", "feature_maps", "cam", "gradients", "dataset", "evaluation",
+                           "training"}),
          methods_refused={"cam": "the original CAM needs a linear head after global pooling, which a segmenter "
                                  "has not; Grad-CAM and the others apply."},
          settings_refused={
@@ -96,6 +97,12 @@ BUILT_IN: list[Task] = [
              "analyses.gradients.targets": "a segmenter's maps explain every class present in the prediction; "
                                            "leave `targets` out, or name classes (`targets: [person, car]`).",
              "inputs.top_k": "a segmenter's records list the classes by the share of the pixels predicted as them.",
+             "analyses.evaluation.tolerance": "it is the pointing game's, and localisation does not apply to a "
+                                              "segmenter; its evaluation scores deletion, insertion, ROAD, the "
+                                              "confidence change and the sanity cascade.",
+             "analyses.evaluation.infidelity_sd": "it is infidelity's noise, and infidelity does not apply to a "
+                                                  "segmenter; its evaluation scores deletion, insertion, ROAD, the "
+                                                  "confidence change and the sanity cascade.",
          },
          variants={"dataset": "reportgen.stages.dataset_segmentation:VARIANT"}),
 ]

@@ -6,7 +6,9 @@ input space, `maps` {method: (N, H, W) float} (a CAM in [0, 1], or a gradient ma
 The maps of all methods are scored together: inputs that do not depend on the map (the original, the
 substrates) are forwarded once per image, and every perturbed input goes through `forward` in batches of
 `batch_size`, whatever method, image or step it comes from. Scores are softmax probabilities of the
-target class (pytorch-grad-cam's `ClassifierOutputSoftmaxTarget`; RISE's models end in softmax).
+target class (pytorch-grad-cam's `ClassifierOutputSoftmaxTarget`; RISE's models end in softmax). A segmenter's
+`forward` is `regions.RegionProbabilities`: the target class's mean probability over its region in the image each
+input derives from (every function passes that image along with the input, `target_probabilities`).
 
 - `deletion_insertion`: RISE's causal metrics (Petsiuk et al. 2018, the authors' `evaluation.py`).
 - `road`: ROAD (Rong et al. 2022) exactly as pytorch-grad-cam 1.5.7 `metrics/road.py` computes it.
@@ -33,18 +35,24 @@ ROAD_PERCENTILES = (20, 40, 60, 80)  # pytorch-grad-cam's README example (its cl
 # --- shared helpers ---------------------------------------------------------------------------------
 
 
-def target_probabilities(forward: Forward, items: Iterable[tuple[int, torch.Tensor]], batch_size: int) -> np.ndarray:
-    """Softmax probability of each item's class: items are (target, input (C, H, W)), forwarded
-    `batch_size` at a time in the order given. Returns (len(items),) float32."""
+def target_probabilities(forward: Forward, items: Iterable[tuple], batch_size: int) -> np.ndarray:
+    """Softmax probability of each item's class: items are (target, input (C, H, W), owner), forwarded
+    `batch_size` at a time in the order given; owner: the image of the metric's batch the input derives from
+    (optional). A forward that scores each image by something of its own (a segmenter's class-in-region
+    probability, `metrics.regions.RegionProbabilities`) is bound to the chunk's owners (`for_rows`) and returns
+    probabilities (`probabilities = True`); any other forward returns logits, scored alike for every row.
+    Returns (len(items),) float32."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     items = iter(items)
     out: list[torch.Tensor] = []
+    bind = getattr(forward, "for_rows", None)
     while chunk := list(itertools.islice(items, batch_size)):
-        targets = torch.tensor([t for t, _ in chunk])
+        targets = torch.tensor([item[0] for item in chunk])
+        score = forward if bind is None or len(chunk[0]) < 3 else bind([item[2] for item in chunk])
         with torch.no_grad():
-            logits = forward(torch.stack([x for _, x in chunk]))
-        probs = torch.softmax(logits.float(), dim=-1)
+            logits = score(torch.stack([item[1] for item in chunk]))
+        probs = logits.float() if getattr(forward, "probabilities", False) else torch.softmax(logits.float(), dim=-1)
         out.append(probs.gather(1, targets.to(probs.device).view(-1, 1)).squeeze(1).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
@@ -151,7 +159,7 @@ def deletion_insertion(forward: Forward, x: torch.Tensor, maps: Mapping[str, np.
     n_steps = math.ceil(h * w / step)
     with torch.no_grad():
         subs = {"deletion": make_substrate(x, substrate), "insertion": make_substrate(x, insertion_substrate)}
-    ends = target_probabilities(forward, [(targets[i], t[i]) for t in (x, subs["deletion"], subs["insertion"])
+    ends = target_probabilities(forward, [(targets[i], t[i], i) for t in (x, subs["deletion"], subs["insertion"])
                                           for i in range(n)], batch_size).reshape(3, n)
     # rank[m][i] (H, W): the step at which each pixel changes is rank // step
     ranks = {}
@@ -165,7 +173,7 @@ def deletion_insertion(forward: Forward, x: torch.Tensor, maps: Mapping[str, np.
     def inner_points() -> Iterator[tuple[int, torch.Tensor]]:
         for i, method, mode, k in itertools.product(range(n), maps, ("deletion", "insertion"), range(1, n_steps)):
             changed = ranks[method][i] < k * step  # (1, H, W)
-            yield targets[i], torch.where(changed, finishes[mode][i], starts[mode][i])
+            yield targets[i], torch.where(changed, finishes[mode][i], starts[mode][i]), i
 
     inner = target_probabilities(forward, inner_points(), batch_size).reshape(n, len(maps), 2, n_steps - 1)
     fraction = (np.minimum(np.arange(n_steps + 1) * step, h * w) / (h * w)).astype(np.float32)
@@ -291,7 +299,7 @@ def road(forward: Forward, x: torch.Tensor, maps: Mapping[str, np.ndarray], targ
     percentiles = tuple(percentiles)
     n = x.shape[0]
     images = x.detach().cpu()
-    before = target_probabilities(forward, [(targets[i], x[i]) for i in range(n)], batch_size)
+    before = target_probabilities(forward, [(targets[i], x[i], i) for i in range(n)], batch_size)
 
     def imputed() -> Iterator[tuple[int, torch.Tensor]]:
         combos = itertools.product(maps, ("lerf", "morf"), percentiles, range(n))
@@ -301,7 +309,7 @@ def road(forward: Forward, x: torch.Tensor, maps: Mapping[str, np.ndarray], targ
                 missing = [road_missing(maps[method][i], p, order) for method, order, p, i in window]
                 solved = pool.map(_imputed_values, [images[i] for *_, i in window], missing)
                 for (*_, i), lost, values in zip(window, missing, solved):
-                    yield targets[i], _imputed(images[i], lost, values, noise, generator).to(x.device)
+                    yield targets[i], _imputed(images[i], lost, values, noise, generator).to(x.device), i
 
     after = target_probabilities(forward, imputed(), batch_size).reshape(len(maps), 2, len(percentiles), n)
     out = {}
@@ -337,9 +345,9 @@ def confidence_change(forward: Forward, x: torch.Tensor, maps: Mapping[str, np.n
     maps = _as_maps(maps, x)
     targets = _targets(targets, x.shape[0])
     n = x.shape[0]
-    p = target_probabilities(forward, [(targets[i], x[i]) for i in range(n)], batch_size)
+    p = target_probabilities(forward, [(targets[i], x[i], i) for i in range(n)], batch_size)
     masked = {m: torch.from_numpy(v).to(x.device, x.dtype)[:, None] * x for m, v in maps.items()}
-    p_masked = target_probabilities(forward, [(targets[i], masked[m][i]) for m in maps for i in range(n)],
+    p_masked = target_probabilities(forward, [(targets[i], masked[m][i], i) for m in maps for i in range(n)],
                                     batch_size).reshape(len(maps), n)
     out = {}
     for j, method in enumerate(maps):

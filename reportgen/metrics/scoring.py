@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..methods.gradients import image_generator
-from . import localisation, perturbation, robustness
+from . import localisation, perturbation, regions, robustness
 from .columns import BOTH, GRADIENTS, Column, Row, family, row_key
 
 SAMPLES = 10  # infidelity and sensitivity: perturbations per image (Captum's default)
@@ -51,7 +51,7 @@ class Options:
 class MapBatch:
     """What the metrics of one batch score: its images in the evaluation subset, every map, their targets."""
 
-    forward: Callable[[torch.Tensor], torch.Tensor]  # perturbed inputs -> logits, no autograd
+    forward: Callable[[torch.Tensor], torch.Tensor]  # perturbed inputs -> logits, no autograd (`regions`: a segmenter)
     x: torch.Tensor  # (n, C, H, W) the scored images
     indices: list[int]  # their indices among all images
     maps: dict[Row, np.ndarray]  # (n, H, W) float32 in [0, 1]
@@ -125,7 +125,7 @@ def score_insertion(job: MapBatch) -> Scores:
 def score_road(job: MapBatch) -> Scores:
     out = {}
     for row in job.rows(COLUMN["road"].families):
-        values = [perturbation.road(job.forward, job.x[i:i + 1], {row: job.maps[row][i:i + 1]},
+        values = [perturbation.road(regions.for_image(job.forward, i), job.x[i:i + 1], {row: job.maps[row][i:i + 1]},
                                     job.targets[row][i:i + 1], percentiles=job.options.percentiles,
                                     generator=job.generator(i), batch_size=job.options.batch_size)[row].combined[0]
                   for i in range(len(job.indices))]

@@ -13,7 +13,8 @@ The target is each image's first explained class of that stage (top-1 by default
 images (at most `sanity.images`): every method's maps recomputed on the randomised copy after each block, the
 maps of the first of those images kept at every step.
 
-Forwards of perturbed inputs go through `metrics.forward.inference_forward`, `batch_size` at a time.
+Forwards of perturbed inputs go through `metrics.forward.inference_forward`, `batch_size` at a time. A segmenter's
+evaluation (its class-in-region scores, the metrics that apply to it): `evaluation_regions`.
 """
 from __future__ import annotations
 
@@ -31,7 +32,6 @@ import torch
 from torch import nn
 
 from ..config.rules import COUNT, SEED, clean, setting
-from ..engine import Engine
 from ..errors import ReportgenError, did_you_mean
 from ..metrics import perturbation, sanity
 from ..metrics.columns import Row, bootstrap, family, row_key
@@ -41,8 +41,10 @@ from ..metrics.scoring import (COLUMN, COLUMNS, METRICS, SCORERS, Hit, MapBatch,
                                object_mask, peaks)
 from . import Context, ModelInfo, Stage
 from . import cam as cam_stage
+from . import evaluation_regions as regions_
 from . import gradients as gradients_stage
 from .cam import CamResult
+from .evaluation_regions import engine_for, logits_forward  # noqa: F401  (the stage's API: tests recompute maps)
 from .gradients import GradientsResult
 
 
@@ -126,6 +128,7 @@ class EvaluationResult:
     boxes: dict[int, tuple] = field(default_factory=dict)  # detail image index -> box (x0, y0, x1, y1) or None
     step: int = 0
     seed: int = 0
+    task: str = "classification"  # the model's (`metrics` that apply)
     offset: int = 0  # batch results: the batch's first image among all images, and its size (for `records`)
     size: int = 0
     notes: tuple[str, ...] = ()
@@ -142,6 +145,7 @@ def check(info: ModelInfo, cfg: EvaluationConfig) -> None:
         raise ReportgenError(f"`analyses.evaluation.step`: {cfg.step} pixels a step is the whole {h}×{w} input, so "
                              f"deletion and insertion have no step in between; use fewer than {h * w} (null: "
                              f"{perturbation.default_step(h, w)}, RISE's 224 at 224²).")
+    regions_.refuse(info.task, cfg.metrics)
     if cfg.metrics is not None and "localisation" in cfg.metrics:
         from .. import datasets
 
@@ -156,9 +160,10 @@ def check(info: ModelInfo, cfg: EvaluationConfig) -> None:
                 "x0, y0, x1, y1 or mask), or leave `metrics` null to localise only the images that have them.")
 
 
-def wanted(cfg: EvaluationConfig) -> tuple[str, ...]:
-    """The metrics asked for (null: every one; localisation then only where boxes or masks exist)."""
-    return cfg.metrics if cfg.metrics is not None else METRICS
+def wanted(cfg: EvaluationConfig, task: str = "classification") -> tuple[str, ...]:
+    """The metrics asked for (null: every one that applies to the task; localisation then only where boxes or masks
+    exist)."""
+    return cfg.metrics if cfg.metrics is not None else regions_.applies(task)
 
 
 @functools.lru_cache(maxsize=8)  # asked once per batch with the same arguments
@@ -176,19 +181,6 @@ def subset(count: int, detail: tuple[int, ...], size: int, seed: int) -> frozens
 # ---------------------------------------------------------------------------- recomputing maps
 
 
-def logits_forward(info: ModelInfo, model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Input -> logits of `model` (the build's model or a randomised copy), unwrapped as the adapter does."""
-    if info.adapter is None:
-        return model
-    return lambda x: info.adapter.pick_logits(model(x))
-
-
-def engine_for(info: ModelInfo, model: nn.Module, x: torch.Tensor) -> Engine:
-    """An engine of its own over `model` (the build's model or a randomised copy) and `x`: the passes of maps
-    recomputed, shared by both families."""
-    return Engine(model, x, forward=logits_forward(info, model))
-
-
 # ---------------------------------------------------------------------------- the stage
 
 
@@ -203,10 +195,14 @@ def run(ctx: Context, cfg: EvaluationConfig) -> EvaluationResult:
     detail = tuple(ctx.detail) if ctx.detail is not None else tuple(range(count))
     chosen = subset(count, detail, cfg.images, seed)
     positions = [p for p in range(n) if ctx.offset + p in chosen]
-    metrics = wanted(cfg)
+    metrics = wanted(cfg, ctx.info.task)
     step = cfg.step if cfg.step is not None else perturbation.default_step(h, w)
     base = EvaluationResult(config=cfg, rows=(), columns=(), indices=(), names=(), scores={}, step=step, seed=seed,
-                            offset=ctx.offset, size=n)
+                            task=ctx.info.task, offset=ctx.offset, size=n)
+    regions = regions_.batch_regions(ctx)  # a segmenter's: what its maps explain
+    if regions is not None and positions:  # an explained class predicted nowhere in its image has no score
+        positions, left_out = regions_.scorable(regions, positions, batch_maps(cam, grads, positions, ctx.batch)[1])
+        base = dataclasses.replace(base, notes=left_out)
     if not positions:
         return base
 
@@ -223,7 +219,8 @@ def run(ctx: Context, cfg: EvaluationConfig) -> EvaluationResult:
     options = Options(step=cfg.step, deletion_substrate=cfg.substrates.deletion,
                       insertion_substrate=cfg.substrates.insertion, batch_size=cfg.batch_size,
                       percentiles=cfg.percentiles, infidelity_sd=cfg.infidelity_sd, tolerance=cfg.tolerance)
-    job = MapBatch(forward=_perturbation_forward(ctx), x=x, indices=indices, maps=maps, targets=targets,
+    forward = regions_.perturbation_forward(_perturbation_forward(ctx), None if regions is None else regions[positions])
+    job = MapBatch(forward=forward, x=x, indices=indices, maps=maps, targets=targets,
                    attributions=attributions, masks=masks, explain=attribution, options=options, seed=seed)
     scores: dict[str, dict[str, np.ndarray]] = {row_key(r): {} for r in maps}
     for metric in metrics:
@@ -242,7 +239,7 @@ def run(ctx: Context, cfg: EvaluationConfig) -> EvaluationResult:
     outcome = None
     if "sanity" in metrics and detail and min(detail) in indices:
         ctx.log("evaluation: sanity cascade")
-        outcome = _sanity(ctx, cfg, cam, grads, [p for p in positions if ctx.offset + p in shown])
+        outcome = _sanity(ctx, cfg, cam, grads, [p for p in positions if ctx.offset + p in shown], regions)
     hits, boxes = [], {}
     if "localisation" in metrics:
         drawn = [j for j in range(len(indices)) if indices[j] in shown and masks[j] is not None]
@@ -250,7 +247,7 @@ def run(ctx: Context, cfg: EvaluationConfig) -> EvaluationResult:
         hits = [hit for j in drawn for hit in peaks(job, j, images[j].name)]
     columns = tuple(c.id for c in COLUMNS if any(c.id in s for s in scores.values())
                     or (c.id == "sanity_spearman" and outcome is not None))
-    notes = []
+    notes = list(base.notes)
     if grads is None and any(m in metrics for m in ("infidelity", "sensitivity")):
         notes.append("Infidelity and max-sensitivity score gradient attributions: without the gradients section "
                      "they have no rows.")
@@ -297,9 +294,8 @@ class FastForwards:
     def of(self, batch: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         shape = tuple(batch.shape[1:])
         if shape not in self.made:
-            adapter = self.info.adapter
             self.made[shape] = inference_forward(self.info.model, batch[:1],
-                                                 logits=adapter.pick_logits if adapter is not None else None)
+                                                 logits=regions_.output_picker(self.info, shape[-2:]))
         return self.made[shape]
 
 
@@ -309,16 +305,18 @@ def _perturbation_forward(ctx: Context) -> Callable[[torch.Tensor], torch.Tensor
 
 
 def _sanity(ctx: Context, cfg: EvaluationConfig, cam: CamResult | None, grads: GradientsResult | None,
-            positions: list[int]) -> SanityOutcome:
-    """The cascade on the batch's detail images (at most `sanity.images`), every method's maps recomputed."""
+            positions: list[int], regions: torch.Tensor | None) -> SanityOutcome:
+    """The cascade on the batch's detail images (at most `sanity.images`), every method's maps recomputed (a
+    segmenter's: in the regions of the trained model's prediction, `regions` of the batch)."""
     positions = positions[:cfg.sanity.images]
+    fixed = None if regions is None else regions[positions]
     x = ctx.batch[positions]
     seed = cfg.sanity.seed if cfg.sanity.seed is not None else ctx.config.seed
     cam_t = np.array([cam.targets[p][0] for p in positions], dtype=np.int64) if cam is not None else None
     grad_t = grads.classes[positions, 0].astype(np.int64) if grads is not None else None
 
     def recompute(model: nn.Module, xs: torch.Tensor, _targets: torch.Tensor) -> dict[str, np.ndarray]:
-        engine = engine_for(ctx.info, model, xs)
+        engine = engine_for(ctx.info, model, xs, fixed)
         out: dict[str, np.ndarray] = {}
         if cam is not None:
             out.update({row_key(r): m for r, m in cam_stage.recompute(cam, ctx.info, engine, cam_t).items()})
@@ -420,7 +418,7 @@ def to_json(result: EvaluationResult) -> dict:
     cfg = result.config
     entry: dict = {
         "images": len(result.indices),
-        "metrics": list(wanted(cfg)),
+        "metrics": list(wanted(cfg, result.task)),
         "step": result.step,
         "seed": result.seed,
         "columns": [{"id": c, "label": COLUMN[c].label, "better": COLUMN[c].better,
