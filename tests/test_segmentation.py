@@ -97,6 +97,41 @@ def test_the_maps_equal_pytorch_grad_cam_semantic_segmentation_target(scenes):
                                        err_msg=f"scene {i}, class {c}")
 
 
+def test_saliency_and_integrated_gradients_equal_captum_with_the_class_in_region_forward(tmp_path):
+    """On the shipped segmenter: Captum's Saliency and IntegratedGradients (Gauss-Legendre, zero baseline) of
+    forward x -> (model(x) * region).sum((2, 3)), the regions fixed from the unperturbed prediction and passed as
+    additional_forward_args (expanded as Captum expands them), equal the report's: saliency to 1e-4 of the largest
+    value, integrated gradients to 2e-3 (its steps run in other batches, and a background region sums the float32
+    logits of thousands of pixels: the sum's rounding reaches the attributions)."""
+    from captum.attr import IntegratedGradients, Saliency
+
+    data = segment.generate_scenes(2, seed=21)
+    segment.write_samples(tmp_path / "voc", data)
+    analyses = {"gradients": {"methods": ["saliency", "integrated_gradients"], "steps": 8}}
+    assert _build(_config(tmp_path, [tmp_path / "voc"], analyses=analyses)).exit_code == 0
+    model = segment.load_model(SHIPPED / "model.pt").eval()
+    x = segment.to_input(data.images)
+    with torch.no_grad():
+        pred = model(x).argmax(dim=1)
+    regions = torch.nn.functional.one_hot(pred, segment.NUM_CLASSES).permute(0, 3, 1, 2).float()
+
+    def forward(inputs, masks):
+        return (model(inputs) * masks).sum(dim=(2, 3))
+
+    with np.load(tmp_path / "out" / "arrays.npz") as arrays:
+        for i in range(2):
+            for c in pred[i].unique().tolist():
+                ours = {m: arrays[f"gradients/{m}/scene_{i:03d}/{c}"] for m in ("saliency", "integrated_gradients")}
+                xi, mi = x[i:i + 1], regions[i:i + 1]
+                want = {"saliency": Saliency(forward).attribute(xi, target=c, abs=True, additional_forward_args=(mi,)),
+                        "integrated_gradients": IntegratedGradients(forward).attribute(
+                            xi, target=c, n_steps=8, method="gausslegendre", additional_forward_args=(mi,))}
+                for method, value in want.items():
+                    value = value[0].detach().numpy()
+                    tolerance = 1e-4 if method == "saliency" else 2e-3
+                    assert np.abs(ours[method] - value).max() <= tolerance * np.abs(value).max(), (i, c, method)
+
+
 def test_the_data_set_metrics_equal_torchmetrics(scenes):
     from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 

@@ -89,11 +89,13 @@ def plot_curves(result: EvaluationResult, colours: dict[str, str]):
         ax.set_xlabel("fraction of pixels " + ("deleted" if k == 0 else "restored"))
         ax.set_xlim(0, 1)
         ax.grid(True, alpha=0.3)
-    axes[0].set_ylabel("p(target), mean over images")
+    region = result.task == "segmentation"  # the class's mean probability in its predicted region
+    axes[0].set_ylabel("p(target in its region), mean over images" if region else "p(target), mean over images")
     fig.legend(*axes[0].get_legend_handles_labels(), fontsize=8, frameon=False, loc="outside right center")
     n = len(result.indices)
+    what = "mean probability over its predicted region" if region else "probability"
     return _to_figure(fig, f"Mean deletion and insertion curves over {n} images, one line per method: the target "
-                           "class's probability against the fraction of pixels changed, most salient first",
+                           f"class's {what} against the fraction of pixels changed, most salient first",
                       f"Deletion and insertion, mean over {n} images")
 
 
