@@ -7,6 +7,7 @@ stay with the few detail images."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 from collections.abc import Iterable
@@ -32,7 +33,7 @@ def table(records: Iterable[dict]) -> dict | None:
     probability (4 decimals); correct is 1 or 0 (truth index == top-1 index), null without truth. A row of a
     detail image adds its card's anchor and its detail."""
     labels: dict[str, int] = {}
-    rows: list[str] = []  # each row's JSON text: far smaller than its lists of a data set's images
+    rows = io.StringIO()  # the rows' JSON text as it is made: a data set's rows are never lists in memory
     count = mistakes = 0
     labelled = segmenter = False
     for record in records:
@@ -50,14 +51,17 @@ def table(records: Iterable[dict]) -> dict | None:
                round(float(best["probability"] if "probability" in best else best["share"]), 4), correct]
         if record.get("detail"):
             row += [anchor(record["name"]), record["detail"]]
-        rows.append(json.dumps(row, ensure_ascii=False, separators=(",", ":")))
+        rows.write(("," if count else "") + _safe(json.dumps(row, ensure_ascii=False, separators=(",", ":"))))
         count += 1
     if not count:
         return None
-    head = json.dumps({"columns": COLUMNS, "labelled": labelled, "labels": list(labels)}, ensure_ascii=False,
-                      separators=(",", ":"))
-    text = head[:-1] + ',"rows":[' + ",".join(rows) + "]}"
-    del rows
-    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    head = _safe(json.dumps({"columns": COLUMNS, "labelled": labelled, "labels": list(labels)}, ensure_ascii=False,
+                            separators=(",", ":")))
+    text = head[:-1] + ',"rows":[' + rows.getvalue() + "]}"
     return {"count": count, "labelled": labelled, "mistakes": mistakes, "json": text,
             "headers": ("Largest class", "mIoU") if segmenter else ("Prediction", "Confidence")}
+
+
+def _safe(text: str) -> str:
+    """JSON text safe inside <script>: `<`, `>` and `&` as \\u escapes (the same JSON)."""
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
