@@ -216,3 +216,18 @@ def test_bad_input_is_refused():
         ours.update(1, empty, {"boxes": np.zeros((0, 4)), "labels": np.zeros(0, np.int64)})
     with pytest.raises(ValueError, match="both evaluations"):
         ours.merge(ours)
+
+
+def test_iou_ties_go_to_the_later_truth():
+    """A detection equally close to two truths takes the later one (COCOeval's `>=` scan): here that leaves the
+    earlier truth to the next detection, two hits; taking the first would leave one."""
+    truths = {"boxes": np.array([[5.0, 10, 20, 20], [10.0, 10, 25, 20]]), "labels": np.array([0, 0]),
+              "iscrowd": np.array([0, 0]), "area": np.array([150.0, 150.0])}
+    detections = {"boxes": np.array([[10.0, 10, 20, 20], [5.0, 10, 19, 20]]), "scores": np.array([0.9, 0.8]),
+                  "labels": np.array([0, 0])}
+    ours = DetectionEval(1)
+    ours.update(7, detections, truths)
+    summary = ours.summary()
+    reference = _cocoeval([{"image_id": 7, "detections": detections, "truths": truths}], 1)
+    _assert_equal(summary, reference, 1)
+    assert summary.ap50 == pytest.approx(1.0)
