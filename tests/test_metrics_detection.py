@@ -197,6 +197,8 @@ def test_no_truth_at_all_gives_none_everywhere():
     ours = DetectionEval(3)
     ours.update(1, {"boxes": np.array([[0.0, 0, 5, 5]]), "scores": np.array([0.5]), "labels": np.array([2])},
                 {"boxes": np.zeros((0, 4)), "labels": np.zeros(0, np.int64)})
+    ours.update("b.png", {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0, np.int64)},
+                {"boxes": np.zeros((0, 4)), "labels": np.zeros(0, np.int64)})  # ids of any kind: ints, then text
     summary = ours.summary()
     assert summary.ap is None and summary.ar100 is None and set(summary.class_ap) == {None}
     assert summary.stats == (-1.0,) * 12
