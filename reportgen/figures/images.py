@@ -27,13 +27,14 @@ def table(records: Iterable[dict]) -> dict | None:
     """{"count", "labelled", "mistakes", "json"} for templates/images_table.html.jinja2, or None for no records.
 
     `json` is compact JSON text safe inside <script type="application/json"> (`<`, `>`, `&` as \\u escapes):
-    {"columns": COLUMNS, "labelled": bool, "labels": [text, ...], "rows": [[name, truth, prediction, confidence,
-    correct], ...]}.
+    {"rows": [[name, truth, prediction, confidence, correct], ...], "columns": COLUMNS, "labelled": bool,
+    "labels": [text, ...]}.
     truth and prediction are positions in labels (truth null without ground truth); confidence is the top-1
     probability (4 decimals); correct is 1 or 0 (truth index == top-1 index), null without truth. A row of a
     detail image adds its card's anchor and its detail."""
     labels: dict[str, int] = {}
-    rows = io.StringIO()  # the rows' JSON text as it is made: a data set's rows are never lists in memory
+    rows = io.StringIO()  # the JSON text as it is made: a data set's rows are never lists in memory, nor copied
+    rows.write('{"rows":[')
     count = mistakes = 0
     labelled = segmenter = False
     for record in records:
@@ -55,9 +56,10 @@ def table(records: Iterable[dict]) -> dict | None:
         count += 1
     if not count:
         return None
-    head = _safe(json.dumps({"columns": COLUMNS, "labelled": labelled, "labels": list(labels)}, ensure_ascii=False,
+    rest = _safe(json.dumps({"columns": COLUMNS, "labelled": labelled, "labels": list(labels)}, ensure_ascii=False,
                             separators=(",", ":")))
-    text = head[:-1] + ',"rows":[' + rows.getvalue() + "]}"
+    rows.write("]," + rest[1:])
+    text = rows.getvalue()
     return {"count": count, "labelled": labelled, "mistakes": mistakes, "json": text,
             "headers": ("Largest class", "mIoU") if segmenter else ("Prediction", "Confidence")}
 
