@@ -116,8 +116,8 @@ def test_a_segmenter_takes_its_checkpoint(tmp_path: Path, no_fetch) -> None:
 
 
 def test_an_unknown_name_lists_segmenters_too() -> None:
-    with pytest.raises(ReportgenError, match=r"`deeplabv3_resnet5` is not a torchvision classification or "
-                                             r"segmentation model. Did you mean `deeplabv3_resnet50`"):
+    with pytest.raises(ReportgenError, match=r"`deeplabv3_resnet5` is not a torchvision classification, "
+                                             r"segmentation or detection model. Did you mean `deeplabv3_resnet50`"):
         load_model(_config("torchvision", (32, 32), name="deeplabv3_resnet5"))
 
 

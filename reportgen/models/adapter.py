@@ -212,8 +212,9 @@ def infer_task(out: object, output: Output = None) -> str | None:
     A logits tensor (N, K) (itself, `out[output]`, or a `ModelOutput`'s `.logits`) is classification; a dict
     with an "out" tensor (N, K, H, W) (torchvision's segmentation models) or a `.logits` (N, K, H, W) (Hugging
     Face's `SemanticSegmenterOutput`) is segmentation; a list of dicts with "boxes" (torchvision's detection
-    models) or `logits` (N, Q, K) with `pred_boxes` (N, Q, 4) (Hugging Face's DETR, YOLOS) is detection. A bare (N, K, H, W) tensor says nothing sure (a segmenter's logits or a feature map):
-    None, and the config must give `model.task`.
+    models) or `logits` (N, Q, K) with `pred_boxes` (N, Q, 4) (Hugging Face's DETR, YOLOS) is detection (also
+    as `out[output]`). A bare (N, K, H, W) tensor says nothing sure (a segmenter's logits or a feature map): None,
+    and the config must give `model.task`.
     """
     if output is not None:
         try:

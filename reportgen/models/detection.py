@@ -119,7 +119,7 @@ def from_queries(logits: torch.Tensor, pred_boxes: torch.Tensor, size: tuple[int
     if size is not None:
         height, width = (float(s) for s in size)
         boxes = boxes * torch.tensor([width, height, width, height], dtype=boxes.dtype, device=boxes.device)
-    return [Detections(b, s, l).above(threshold) for b, s, l in zip(boxes, scores, labels)]
+    return [Detections(*image).above(threshold) for image in zip(boxes, scores, labels)]
 
 
 def takes_unnormalised(model: nn.Module) -> bool:
