@@ -12,13 +12,16 @@ Two formats are read (`adapter.pick_detections` picks the format and says what e
   best class and its probability, boxes to corners scaled to the target (H, W), queries kept in their order.
 
 Inputs: torchvision's detectors take unnormalised 0-1 images (their transform normalises with its own
-`image_mean`/`image_std`, resizes by `min_size`/`max_size` (SSD: to a fixed size) and pads to a multiple of 32), so
+`image_mean`/`image_std`, resizes by `min_size`/`max_size` (SSD: to a fixed size) and pads to `size_divisible`, 32), so
 `inputs.preprocess.normalize` must be off for them (`takes_unnormalised`); reportgen resizes every image to
 `model.input_size`, gives the batch (N, C, H, W) as `list(batch)`, and the boxes come back in the input's pixels.
-With `kwargs: {min_size: min(H, W), max_size: max(H, W)}` the model's resize is the identity (`internal_size` says
-what it resizes to). Hugging Face's DETR and YOLOS take `pixel_values` normalised as their processors do (ImageNet's
-mean and std: `inputs.preprocess: from_weights` with the folder's preprocessor_config.json, or `normalize`), of any
-size; their boxes are scaled to the input's (H, W).
+The model's own resizing is kept (it is part of the model as trained): images of any size are resized by reportgen
+to `input_size` first, so a batch is one tensor, and the model's transform may resize them again. A layer's map then
+covers the transformed image, padded on the right and bottom to a multiple of `size_divisible`: its top-left `internal_size(model,
+(H, W))` is the image, to be cropped and resized to (H, W) to lie over the input. With `kwargs: {min_size: min(H,
+W), max_size: max(H, W)}` the model's resize is the identity. Hugging Face's DETR and YOLOS take `pixel_values`
+normalised as their processors do (ImageNet's mean and std: `inputs.preprocess: from_weights` with the folder's
+preprocessor_config.json, or `normalize`), of any size; their boxes are scaled to the input's (H, W).
 """
 from __future__ import annotations
 
