@@ -189,25 +189,44 @@ def _yolos(root: Path) -> tuple[Path, nn.Module, object]:
     return root / "yolos", model, transformers.YolosImageProcessor()
 
 
-@pytest.mark.parametrize("make, cam", [(_detr, "model.backbone.model.encoder.stages.1"),
-                                       (_yolos, "vit.encoder.layer.1.layernorm_before")])
-def test_hugging_face_detectors_read_as_their_processor_does(tmp_path: Path, make, cam) -> None:
+def _rtdetr(root: Path) -> tuple[Path, nn.Module, object]:
+    torch.manual_seed(0)
+    backbone = transformers.RTDetrResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1],
+                                               out_features=["stage2", "stage3", "stage4"])
+    config = transformers.RTDetrConfig(backbone_config=backbone, use_pretrained_backbone=False, encoder_hidden_dim=16,
+                                       encoder_in_channels=[16, 16, 16], decoder_in_channels=[16, 16, 16], d_model=16,
+                                       encoder_ffn_dim=16, decoder_ffn_dim=16, encoder_layers=1, decoder_layers=1,
+                                       encoder_attention_heads=2, decoder_attention_heads=2, num_queries=6,
+                                       num_denoising=0, num_labels=3)
+    model = transformers.RTDetrForObjectDetection(config).eval()
+    model.save_pretrained(root / "rtdetr")
+    return root / "rtdetr", model, transformers.RTDetrImageProcessor()
+
+
+@pytest.mark.parametrize("make, classes, cam, size", [
+    (_detr, 3 + 1, "model.backbone.model.encoder.stages.1", (64, 48)),  # 3 classes + "no object"
+    (_yolos, 3 + 1, "vit.encoder.layer.1.layernorm_before", (64, 48)),
+    # a sigmoid per class, the best (query, class) pairs; sides of multiples of 32 (its encoder's levels must meet)
+    (_rtdetr, 3, "model.backbone.model.encoder.stages.3", (64, 96)),
+])
+def test_hugging_face_detectors_read_as_their_processor_does(tmp_path: Path, make, classes, cam, size) -> None:
     folder, original, processor = make(tmp_path)
-    adapter = load_model(_config("huggingface", (64, 48), path=folder))
+    adapter = load_model(_config("huggingface", size, path=folder))
     assert adapter.task == "detection" and type(adapter.model) is type(original)
-    x = torch.randn(2, 3, 64, 48, generator=torch.Generator().manual_seed(2))  # normalised, as their processor does
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(2))  # normalised, as their processor does
     with torch.no_grad():
         out = original(pixel_values=x)
         ours = adapter.forward(x)
         assert infer_task(adapter.model(x)) == "detection"
     queries = out.logits.shape[1]
-    assert out.logits.shape[-1] == 4  # 3 classes + "no object"
-    threshold = float(torch.softmax(out.logits, -1)[..., :-1].max(-1).values.median())
+    assert out.logits.shape[-1] == classes
+    every = processor.post_process_object_detection(out, threshold=-1.0, target_sizes=[size] * 2)
+    threshold = float(torch.cat([d["scores"] for d in every]).median())
     for given, expected in ((None, -1.0), (threshold, threshold)):  # None: every query
-        theirs = processor.post_process_object_detection(out, threshold=expected, target_sizes=[(64, 48)] * 2)
-        _same(adapter.pick_logits(out, size=(64, 48), threshold=given), theirs)
+        theirs = processor.post_process_object_detection(out, threshold=expected, target_sizes=[size] * 2)
+        _same(adapter.pick_logits(out, size=size, threshold=given), theirs)
     assert [len(d) for d in ours] == [queries, queries]
-    _same(ours, processor.post_process_object_detection(out, threshold=-1.0, target_sizes=[(64, 48)] * 2))
+    _same(ours, processor.post_process_object_detection(out, threshold=-1.0, target_sizes=[size] * 2))
     normalised = pick_detections(out)  # no size: the boxes stay normalised, as with no target_sizes
     _same(normalised, processor.post_process_object_detection(out, threshold=-1.0))
     assert adapter.layouts.cam_layer == cam and cam in dict(adapter.model.named_modules())
@@ -220,7 +239,8 @@ def test_the_cam_layers_of_hugging_face_detectors_at_their_defaults() -> None:
             use_timm_backbone=False, backbone_config=transformers.ResNetConfig(out_features=["stage4"]),
             use_pretrained_backbone=False))
         yolos = transformers.YolosForObjectDetection(transformers.YolosConfig())
-    for model in (detr, yolos):
+        rtdetr = transformers.RTDetrForObjectDetection(transformers.RTDetrConfig(use_pretrained_backbone=False))
+    for model in (detr, yolos, rtdetr):
         assert declare_layouts(model, (3, 512, 512)).cam_layer == DETECTION_CAM_LAYERS[type(model).__name__]
 
 
@@ -244,14 +264,14 @@ def test_yolos_tokens_fold_into_the_patch_grid_without_its_detection_tokens(tmp_
 
 
 def test_a_hugging_face_detector_reportgen_does_not_read_is_refused(tmp_path: Path) -> None:
-    folder = tmp_path / "rtdetr"
+    folder = tmp_path / "dfine"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"model_type": "rt_detr",
-                                                    "architectures": ["RTDetrForObjectDetection"]}))
+    (folder / "config.json").write_text(json.dumps({"model_type": "d_fine",
+                                                    "architectures": ["DFineForObjectDetection"]}))
     (folder / "model.safetensors").write_bytes(b"")
-    with pytest.raises(ReportgenError, match=r"holds a RTDetrForObjectDetection, whose outputs reportgen does not "
-                                             r"read; it reads the detectors DetrForObjectDetection and "
-                                             r"YolosForObjectDetection"):
+    with pytest.raises(ReportgenError, match=r"holds a DFineForObjectDetection, whose outputs reportgen does not "
+                                             r"read; it reads the detectors DetrForObjectDetection, "
+                                             r"YolosForObjectDetection and RTDetrForObjectDetection"):
         load_model(_config("huggingface", (64, 64), path=folder))
 
 

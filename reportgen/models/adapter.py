@@ -34,7 +34,7 @@ from torch import nn
 
 from ..config import Normalize, Preprocess
 from ..errors import ReportgenError, did_you_mean
-from .detection import (Detections, field_of, from_queries, from_torchvision, is_query_format,
+from .detection import (SIGMOID_OUTPUTS, Detections, field_of, from_queries, from_torchvision, is_query_format,
                         is_torchvision_format, takes_list, takes_unnormalised)
 from .layouts import NONE, Layout, Layouts
 
@@ -288,14 +288,16 @@ def pick_detections(out: object, output: Output = None, size: tuple[int, int] | 
                     threshold: float | None = None) -> list[Detections]:
     """A detector's `Detections`, one per image, scoring more than `threshold` (None: every box the model returned;
     every query of a DETR or YOLOS), from `out` (or `out[output]`, `output` an index or key): torchvision's list
-    of {"boxes", "labels", "scores"} (boxes already in the input's pixels), or DETR's and YOLOS's `logits` and
-    `pred_boxes`, read as their image processors' `post_process_object_detection` with `target_sizes` = `size`
+    of {"boxes", "labels", "scores"} (boxes already in the input's pixels), or DETR's, YOLOS's and RT-DETR's
+    `logits` and `pred_boxes`, read as their image processors' `post_process_object_detection` with `target_sizes`
+    = `size`
     (None: boxes left normalised). Anything else is an error that says what the model returned."""
     picked = out if output is None else _select(out, output)
     if is_torchvision_format(picked):
         return from_torchvision(picked, threshold)
     if is_query_format(picked):
-        return from_queries(field_of(picked, "logits"), field_of(picked, "pred_boxes"), size, threshold)
+        return from_queries(field_of(picked, "logits"), field_of(picked, "pred_boxes"), size, threshold,
+                            sigmoid=type(picked).__name__ in SIGMOID_OUTPUTS)
     if isinstance(picked, (list, tuple)) and not picked:
         raise ReportgenError(f"the model returns an empty {type(picked).__name__}, not {DETECTIONS}.")
     which = "the model returns" if output is None else f"`model.output`: {output!r} picks"

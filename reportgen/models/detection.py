@@ -10,6 +10,8 @@ Two formats are read (`adapter.pick_detections` picks the format and says what e
   and `pred_boxes` (N, Q, 4) normalised (cx, cy, w, h); read as their image processors'
   `post_process_object_detection` reads them: a softmax over the classes, the no-object class dropped, each query's
   best class and its probability, boxes to corners scaled to the target (H, W), queries kept in their order.
+  RT-DETR's (`RTDetrObjectDetectionOutput`, `SIGMOID_OUTPUTS`) has no "no object" class: as its processor does, a
+  sigmoid per class and the Q best (query, class) pairs, best first.
 
 Inputs: torchvision's detectors take unnormalised 0-1 images (their transform normalises with its own
 `image_mean`/`image_std`, resizes by `min_size`/`max_size` (SSD: to a fixed size) and pads to `size_divisible`, 32), so
@@ -35,6 +37,9 @@ from ..errors import ReportgenError
 
 TORCHVISION_KEYS = ("boxes", "labels", "scores")
 TORCHVISION_DETECTION = "torchvision.models.detection"  # the module of torchvision's detector classes
+# the outputs whose queries are scored by a sigmoid per class, the best Q (query, class) pairs kept (RT-DETR's
+# `post_process_object_detection` with its default `use_focal_loss=True`); any other: DETR's softmax
+SIGMOID_OUTPUTS = ("RTDetrObjectDetectionOutput",)
 
 
 @dataclass(frozen=True, eq=False)
@@ -110,18 +115,25 @@ def from_torchvision(out: Sequence[Mapping], threshold: float | None = None) -> 
 
 
 def from_queries(logits: torch.Tensor, pred_boxes: torch.Tensor, size: tuple[int, int] | None = None,
-                 threshold: float | None = None) -> list[Detections]:
+                 threshold: float | None = None, sigmoid: bool = False) -> list[Detections]:
     """DETR's and YOLOS's `logits` (N, Q, K + 1) and `pred_boxes` (N, Q, 4) as their image processors'
     `post_process_object_detection(outputs, threshold, target_sizes=[size] * N)` reads them: softmax over the
     classes, the last ("no object") dropped, each query's best class; (cx, cy, w, h) to corners, times (W, H, W, H)
-    of `size` (None: left normalised). Queries scoring more than `threshold` are kept (None: every query)."""
-    probabilities = torch.softmax(logits, -1)
-    scores, labels = probabilities[..., :-1].max(-1)
+    of `size` (None: left normalised). Queries scoring more than `threshold` are kept (None: every query).
+    `sigmoid` (RT-DETR's `logits` (N, Q, K)): a sigmoid per class, the Q best (query, class) pairs of each image,
+    best first, as RT-DETR's processor reads them."""
     cx, cy, w, h = pred_boxes.unbind(-1)
     boxes = torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
     if size is not None:
         height, width = (float(s) for s in size)
         boxes = boxes * torch.tensor([width, height, width, height], dtype=boxes.dtype, device=boxes.device)
+    if sigmoid:
+        queries, classes = logits.shape[1:]
+        scores, index = torch.topk(torch.sigmoid(logits).flatten(1), queries, dim=-1)
+        labels = index % classes
+        boxes = boxes.gather(1, (index // classes).unsqueeze(-1).expand(-1, -1, 4))
+    else:
+        scores, labels = torch.softmax(logits, -1)[..., :-1].max(-1)
     return [Detections(*image).above(threshold) for image in zip(boxes, scores, labels)]
 
 

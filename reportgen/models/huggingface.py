@@ -10,10 +10,10 @@ be smaller than the input (SegFormer's and BEiT's are at 1/4, MobileViT's at 1/3
 the input's (H, W) as the image processors' `post_process_semantic_segmentation` does (`adapter.pick_segmentation`).
 
 The detectors are DETR (with `use_timm_backbone: false` and a Hugging Face backbone such as `ResNetConfig`, or with
-timm installed) and YOLOS (`DETECTORS`): their `logits` and `pred_boxes` are read as their image processors'
-`post_process_object_detection` reads them (`detection.from_queries`). They take `pixel_values` normalised as
-their processors do (from_weights: the folder's preprocessor_config.json). RT-DETR, D-FINE, Deformable and
-Conditional DETR score their queries with a sigmoid and keep the top ones: not read yet, refused by name.
+timm installed), YOLOS and RT-DETR (v1) (`DETECTORS`): their `logits` and `pred_boxes` are read as their image
+processors' `post_process_object_detection` reads them (`detection.from_queries`). They take `pixel_values`
+normalised as their processors do (from_weights: the folder's preprocessor_config.json). Other detectors (RT-DETR
+v2, D-FINE, Deformable and Conditional DETR) are refused by name: their post-processing is not checked here.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL's codes, as prepro
 TASKS = {"ForSemanticSegmentation": ("segmentation", "AutoModelForSemanticSegmentation"),
          "ForObjectDetection": ("detection", "AutoModelForObjectDetection")}
 # the object detectors whose outputs reportgen reads (a softmax over classes + "no object", DETR's post-processing)
-DETECTORS = ("DetrForObjectDetection", "YolosForObjectDetection")
+DETECTORS = ("DetrForObjectDetection", "YolosForObjectDetection", "RTDetrForObjectDetection")
 CLASSIFIER = ("classification", "AutoModelForImageClassification")
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
     unread = [name for name in architectures if task == "detection" and name not in DETECTORS]
     if unread:
         raise ReportgenError(f"`model.path`: {folder} holds a {unread[0]}, whose outputs reportgen does not read; it "
-                             f"reads the detectors {' and '.join(DETECTORS)}.")
+                             f"reads the detectors {', '.join(DETECTORS[:-1])} and {DETECTORS[-1]}.")
     try:
         import transformers
     except ImportError:

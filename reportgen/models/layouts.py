@@ -277,7 +277,7 @@ def huggingface_segformer(model: nn.Module, input_size: tuple[int, ...]) -> Layo
 # feature pyramid (pytorch-grad-cam's gradient hooks do not take the FPN's dict output). Faster R-CNN, RetinaNet and
 # FCOS: `backbone.body`'s last block (`layer4` of the ResNets, `16` of MobileNetV3); SSD and SSDlite: the last part of
 # `backbone.features` (the trunk whose output the extra layers continue); DETR: the last stage of its ResNet
-# backbone that the transformer reads (`out_features`); YOLOS: the last block's first norm (a ViT, its detection
+# backbone that the transformer reads (`out_features`; RT-DETR's alike); YOLOS: the last block's first norm (a ViT, its detection
 # tokens after the patches dropped). EigenCAM and AblationCAM read the pyramid, `backbone` (pgc's tutorial).
 
 CAM_DETECTOR = ("the backbone's last block before the feature pyramid: a tensor layer, whose gradients pytorch-grad-cam "
@@ -295,7 +295,8 @@ def torchvision_detection(model: nn.Module, input_size: tuple[int, ...]) -> Layo
 
 
 def huggingface_detr(model: nn.Module, input_size: tuple[int, ...]) -> Layouts:
-    """Hugging Face's DetrForObjectDetection with a Hugging Face backbone (`use_timm_backbone: false`): the CAM
+    """Hugging Face's DetrForObjectDetection with a Hugging Face backbone (`use_timm_backbone: false`), and
+    RTDetrForObjectDetection (its ResNet's stages at the same names): the CAM
     layer is the last stage in its `out_features` (`model.backbone.model.encoder.stages.<i>`); with timm's backbone,
     none is named."""
     backbone = getattr(getattr(model.model, "backbone", None), "model", None)
@@ -304,7 +305,8 @@ def huggingface_detr(model: nn.Module, input_size: tuple[int, ...]) -> Layouts:
     if stages is None or not features or not features[-1].startswith("stage"):
         return Layouts("Hugging Face DETR")
     last = int(features[-1][len("stage"):]) - 1  # "stage1" is the first stage after the stem
-    return Layouts("Hugging Face DETR", cam_layer=f"model.backbone.model.encoder.stages.{last}", cam_why=CAM_DETR)
+    return Layouts(f"Hugging Face {type(model).__name__.removesuffix('ForObjectDetection')}",
+                   cam_layer=f"model.backbone.model.encoder.stages.{last}", cam_why=CAM_DETR)
 
 
 def huggingface_yolos(model: nn.Module, input_size: tuple[int, ...]) -> Layouts:
@@ -342,6 +344,7 @@ FAMILIES: dict[str, Callable[[nn.Module, tuple[int, ...]], Layouts]] = {
     "torchvision.models.detection.ssd.SSD": torchvision_detection,
     "transformers.models.detr.modeling_detr.DetrForObjectDetection": huggingface_detr,
     "transformers.models.yolos.modeling_yolos.YolosForObjectDetection": huggingface_yolos,
+    "transformers.models.rt_detr.modeling_rt_detr.RTDetrForObjectDetection": huggingface_detr,
 }
 # the recommended CAM layer of each segmenter family above, for a model built with the defaults (a family's
 # function finds the name on the model itself): the table the docs and the task can show
@@ -363,6 +366,7 @@ DETECTION_CAM_LAYERS = {
     "ssd300_vgg16": "backbone.features.22",
     "DetrForObjectDetection": "model.backbone.model.encoder.stages.3",
     "YolosForObjectDetection": "vit.encoder.layer.11.layernorm_before",
+    "RTDetrForObjectDetection": "model.backbone.model.encoder.stages.3",
 }
 
 
