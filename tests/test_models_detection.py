@@ -15,8 +15,8 @@ from torch import nn
 
 from reportgen.config import ModelConfig, Preprocess
 from reportgen.errors import ReportgenError
-from reportgen.models import (Detections, infer_task, internal_size, load_model, pick_detections, pick_output,
-                              resolve_task, weights_cache_path)
+from reportgen.models import (Detections, infer_task, internal_size, load_model, num_classes, pick_detections,
+                              pick_output, resolve_task, weights_cache_path)
 from reportgen.models.layouts import DETECTION_CAM_LAYERS
 
 transformers = pytest.importorskip("transformers")
@@ -83,7 +83,7 @@ def test_torchvision_detectors_load_offline_and_read_as_their_output(no_fetch, n
     assert all(len(d) > 0 for d in ours)  # threshold 0: seeded random detectors return boxes
     if "detections_per_img" in kwargs:  # the kwargs reach the builder
         assert all(len(d) == kwargs["detections_per_img"] for d in ours)
-    assert int(max(d.labels.max() for d in ours)) < kwargs["num_classes"]
+    assert int(max(d.labels.max() for d in ours)) < kwargs["num_classes"] == num_classes(adapter.model)
     assert adapter.with_task(theirs) is adapter
     # the boxes are in the input's pixels: torchvision maps them back from its own resize
     assert all(float(d.boxes[:, 2].max()) <= 48 and float(d.boxes[:, 3].max()) <= 64 for d in ours)
@@ -101,6 +101,7 @@ def test_torchvision_detectors_load_offline_and_read_as_their_output(no_fetch, n
 def test_the_other_torchvision_detectors_build_offline(no_fetch, name) -> None:
     adapter = load_model(_config("torchvision", (64, 64), name=name, kwargs={"num_classes": 2}))
     assert adapter.task == "detection" and type(adapter.model).__module__.startswith("torchvision.models.detection")
+    assert num_classes(adapter.model) == 2
     assert adapter.layouts.cam_layer == _cam_layer(name) in dict(adapter.model.named_modules())
 
 
@@ -219,7 +220,7 @@ def test_hugging_face_detectors_read_as_their_processor_does(tmp_path: Path, mak
         ours = adapter.forward(x)
         assert infer_task(adapter.model(x)) == "detection"
     queries = out.logits.shape[1]
-    assert out.logits.shape[-1] == classes
+    assert out.logits.shape[-1] == classes and num_classes(adapter.model) == 3
     every = processor.post_process_object_detection(out, threshold=-1.0, target_sizes=[size] * 2)
     threshold = float(torch.cat([d["scores"] for d in every]).median())
     for given, expected in ((None, -1.0), (threshold, threshold)):  # None: every query
@@ -328,6 +329,7 @@ def test_a_factory_returning_torchvision_format_is_a_detector(tmp_path: Path) ->
         ours = adapter.forward(x)
     _same(ours, out)
     assert adapter.preprocess(Preprocess()).normalize is not None  # not torchvision's: its inputs are its own
+    assert num_classes(adapter.model) is None  # its labels say nothing of how many it has
     kept = ours[0].top(1)
     assert len(kept) == 1 and float(kept.scores[0]) == float(out[0]["scores"].max())
     nested = _factory(tmp_path, "nested", output="detections")

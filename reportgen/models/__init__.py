@@ -29,7 +29,7 @@ from . import torchvision as _torchvision
 from .adapter import (TASKS, TORCHSCRIPT_LIMITS, ModelAdapter, describe_output, hooks_refused, infer_task,
                       pick_detections, pick_logits, pick_output, pick_segmentation, refuse_code, resolve_task,
                       takes_hooks)
-from .detection import Detections, internal_size
+from .detection import Detections, internal_size, num_classes
 from .checkpoint import load_checkpoint, pickle_globals, read_checkpoint, torch_load, unwrap_state_dict
 from .labels import load_labels
 from .layouts import Layout, Layouts, declare_layouts
@@ -42,8 +42,8 @@ Loader = Callable[["ModelConfig", "Path | None"], ModelAdapter]
 
 __all__ = [
     "TASKS", "TORCHSCRIPT_LIMITS", "Detections", "Layout", "Layouts", "ModelAdapter", "describe_output",
-    "hooks_refused", "infer_task", "internal_size", "load_checkpoint", "load_labels", "load_model", "pick_detections",
-    "pick_logits", "pick_output", "pick_segmentation",
+    "hooks_refused", "infer_task", "internal_size", "load_checkpoint", "load_labels", "load_model", "num_classes",
+    "pick_detections", "pick_logits", "pick_output", "pick_segmentation",
     "pickle_globals", "preprocess_from_weights", "read_checkpoint", "resolve_device", "resolve_task", "takes_hooks",
     "torch_load", "torchvision_names", "unwrap_state_dict", "weights_cache_path",
 ]

@@ -161,3 +161,18 @@ def internal_size(model: nn.Module, size: tuple[int, int]) -> tuple[int, int] | 
     scale = min(float(transform.min_size[-1]) / min(h, w), float(transform.max_size) / max(h, w))
     # F.interpolate with recompute_scale_factor: floor(side * scale)
     return int(h * scale), int(w * scale)
+
+
+def num_classes(model: nn.Module) -> int | None:
+    """The number of classes a detector scores, background included where it has one (torchvision's `num_classes`:
+    its label indices are 0..K-1; Hugging Face's `config.num_labels`, "no object" not counted), or None when the
+    model does not say (a factory's own detector): what a labels list must hold, as a classifier's logits' K."""
+    roi_heads = getattr(model, "roi_heads", None)
+    if roi_heads is not None and hasattr(getattr(roi_heads, "box_predictor", None), "cls_score"):
+        return int(roi_heads.box_predictor.cls_score.out_features)  # Faster R-CNN
+    head = getattr(getattr(model, "head", None), "classification_head", None)
+    for name in ("num_classes", "num_columns"):  # RetinaNet and FCOS; SSD's scoring head
+        if isinstance(getattr(head, name, None), int):
+            return int(getattr(head, name))
+    labels = getattr(getattr(model, "config", None), "num_labels", None)
+    return int(labels) if isinstance(labels, int) else None
