@@ -116,8 +116,8 @@ def test_a_segmenter_takes_its_checkpoint(tmp_path: Path, no_fetch) -> None:
 
 
 def test_an_unknown_name_lists_segmenters_too() -> None:
-    with pytest.raises(ReportgenError, match=r"`deeplabv3_resnet5` is not a torchvision classification or "
-                                             r"segmentation model. Did you mean `deeplabv3_resnet50`"):
+    with pytest.raises(ReportgenError, match=r"`deeplabv3_resnet5` is not a torchvision classification, "
+                                             r"segmentation or detection model. Did you mean `deeplabv3_resnet50`"):
         load_model(_config("torchvision", (32, 32), name="deeplabv3_resnet5"))
 
 
@@ -305,9 +305,9 @@ def test_segmentation_outputs_and_their_messages() -> None:
         pick_segmentation({"seg": MAPS, "aux": [MAPS]}, "aux")
     with pytest.raises(ReportgenError, match=r"the model returns None, not a logits tensor"):
         resolve_task(None)
-    with pytest.raises(ReportgenError, match=r"`model.task` is detection; reportgen reads the outputs of "
-                                             r"classification and segmentation models"):
-        pick_output(LOGITS, task="detection")
+    with pytest.raises(ReportgenError, match=r"`model.task` is keypoints; reportgen reads the outputs of "
+                                             r"classification, segmentation and detection models"):
+        pick_output(LOGITS, task="keypoints")
     assert resolve_task({"out": MAPS}) == "segmentation" and resolve_task(ClsOut(logits=LOGITS)) == "classification"
     with pytest.raises(ReportgenError, match=r"the model's output `logits` is \[2, 3\]; a segmentation model"):
         resolve_task(ClsOut(logits=LOGITS), task="segmentation")  # a given task is checked against the output

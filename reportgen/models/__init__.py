@@ -27,7 +27,9 @@ from ..errors import ReportgenError
 from ..registry import SOURCES
 from . import torchvision as _torchvision
 from .adapter import (TASKS, TORCHSCRIPT_LIMITS, ModelAdapter, describe_output, hooks_refused, infer_task,
-                      pick_logits, pick_output, pick_segmentation, refuse_code, resolve_task, takes_hooks)
+                      pick_detections, pick_logits, pick_output, pick_segmentation, refuse_code, resolve_task,
+                      takes_hooks)
+from .detection import Detections, internal_size, num_classes
 from .checkpoint import load_checkpoint, pickle_globals, read_checkpoint, torch_load, unwrap_state_dict
 from .labels import load_labels
 from .layouts import Layout, Layouts, declare_layouts
@@ -39,8 +41,9 @@ if TYPE_CHECKING:
 Loader = Callable[["ModelConfig", "Path | None"], ModelAdapter]
 
 __all__ = [
-    "TASKS", "TORCHSCRIPT_LIMITS", "Layout", "Layouts", "ModelAdapter", "describe_output", "hooks_refused",
-    "infer_task", "load_checkpoint", "load_labels", "load_model", "pick_logits", "pick_output", "pick_segmentation",
+    "TASKS", "TORCHSCRIPT_LIMITS", "Detections", "Layout", "Layouts", "ModelAdapter", "describe_output",
+    "hooks_refused", "infer_task", "internal_size", "load_checkpoint", "load_labels", "load_model", "num_classes",
+    "pick_detections", "pick_logits", "pick_output", "pick_segmentation",
     "pickle_globals", "preprocess_from_weights", "read_checkpoint", "resolve_device", "resolve_task", "takes_hooks",
     "torch_load", "torchvision_names", "unwrap_state_dict", "weights_cache_path",
 ]

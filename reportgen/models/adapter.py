@@ -6,7 +6,8 @@ downstream code asks the adapter, never the source, for
 
 - the logits: `forward(x)` runs the model and `pick_logits(out)` unwraps an output that is not a tensor
   (a tuple, a dict, a Hugging Face `ModelOutput`) into what the model's `task` reads: logits (N, K) for
-  classification, (N, K, H, W) at the input's resolution for segmentation (`pick_output`); a source that knows
+  classification, (N, K, H, W) at the input's resolution for segmentation, a list of `Detections` for detection
+  (`pick_output`; `detection.py` says how a detector's inputs and outputs are read); a source that knows
   its task says so (`task`), else it is inferred from the output (`infer_task`) or given in the config;
 - the preprocessing: `preprocess(pre)` resolves `inputs.preprocess: from_weights` to what the source
   prescribes, and `normalize(pre)` gives the mean/std the inputs were normalised with;
@@ -33,6 +34,8 @@ from torch import nn
 
 from ..config import Normalize, Preprocess
 from ..errors import ReportgenError, did_you_mean
+from .detection import (SIGMOID_OUTPUTS, Detections, field_of, from_queries, from_torchvision, is_query_format,
+                        is_torchvision_format, takes_list, takes_unnormalised)
 from .layouts import NONE, Layout, Layouts
 
 Output = int | str | None  # `model.output`: an index (tuple/list) or a key (dict, attribute), None: the output itself
@@ -98,7 +101,8 @@ class ModelAdapter:
     the report header. output: `model.output` (see `pick_logits`). categories: class labels the source knows
     (torchvision weights' meta["categories"]), in class-index order, or None. prescribed: the preprocessing
     the source prescribes for `inputs.preprocess: from_weights` (torchvision weights' transforms), or None.
-    task: what the model does, as its source knows it ("classification", "segmentation"), or None: not known,
+    task: what the model does, as its source knows it ("classification", "segmentation", "detection"), or None:
+    not known,
     inferred from its output (`infer_task`) or given in the config (`load_model(..., task=...)`).
     """
 
@@ -114,18 +118,27 @@ class ModelAdapter:
 
     # ---- logits
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[Detections]:
         """What the task reads for inputs x (N, C, H, W) already on `device`: logits (N, K) for classification,
-        (N, K, H, W) at x's (H, W) for segmentation; `model(x)` unwrapped by `pick_logits`."""
-        return self.pick_logits(self.model(x), size=tuple(x.shape[-2:]))
+        (N, K, H, W) at x's (H, W) for segmentation, one `Detections` per image for detection (boxes in x's
+        pixels, every box the model returned); `model(x)` unwrapped by `pick_logits`. torchvision's detectors are
+        given `list(x)`, their documented input (they take the tensor too)."""
+        return self.pick_logits(self.model(self.model_input(x)), size=tuple(x.shape[-2:]))
 
     __call__ = forward
 
-    def pick_logits(self, out: object, size: tuple[int, int] | None = None) -> torch.Tensor:
+    def model_input(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """What the model is called with for the batch x (N, C, H, W): x, or for torchvision's detectors
+        `list(x)`."""
+        return list(x) if takes_list(self.model) else x
+
+    def pick_logits(self, out: object, size: tuple[int, int] | None = None,
+                    threshold: float | None = None) -> torch.Tensor | list[Detections]:
         """The logits inside an output `model(x)` already returned (for callers that run the model themselves,
         with hooks): (N, K), or for segmentation (N, K, H, W), upsampled to `size` (the input's (H, W)) when
-        given. See the module function `pick_output`."""
-        return pick_output(out, self.output, self.task, size=size)
+        given, or for detection one `Detections` per image (scoring more than `threshold`; None: all). See the
+        module function `pick_output`."""
+        return pick_output(out, self.output, self.task, size=size, threshold=threshold)
 
     def with_task(self, out: object) -> ModelAdapter:
         """This adapter with `task` known: its own, else inferred from an output `model(x)` returned; an error
@@ -138,6 +151,10 @@ class ModelAdapter:
     def preprocess(self, pre: Preprocess) -> Preprocess:
         """The preprocessing to apply: for `pre.from_weights` the one the source prescribes (torchvision
         weights: their resize, crop, interpolation, mean and std); otherwise `pre` unchanged."""
+        if pre.normalize is not None and self.task == "detection" and takes_unnormalised(self.model):
+            raise ReportgenError("`inputs.preprocess.normalize`: torchvision's detectors take unnormalised 0-1 "
+                                 "images and normalise them themselves (their transform's `image_mean` and "
+                                 "`image_std`); set `normalize: null`.")
         if not pre.from_weights:
             return pre
         if self.prescribed is None:
@@ -186,7 +203,7 @@ class ModelAdapter:
         return None if layout is None or layout.kind == "channels_first" else layout.view(name)
 
 
-TASKS = ("classification", "segmentation")  # the tasks whose outputs `pick_output` reads
+TASKS = ("classification", "segmentation", "detection")  # the tasks whose outputs `pick_output` reads
 
 
 def infer_task(out: object, output: Output = None) -> str | None:
@@ -195,24 +212,27 @@ def infer_task(out: object, output: Output = None) -> str | None:
     A logits tensor (N, K) (itself, `out[output]`, or a `ModelOutput`'s `.logits`) is classification; a dict
     with an "out" tensor (N, K, H, W) (torchvision's segmentation models) or a `.logits` (N, K, H, W) (Hugging
     Face's `SemanticSegmenterOutput`) is segmentation; a list of dicts with "boxes" (torchvision's detection
-    models) is detection. A bare (N, K, H, W) tensor says nothing sure (a segmenter's logits or a feature map):
-    None, and the config must give `model.task`.
+    models) or `logits` (N, Q, K) with `pred_boxes` (N, Q, 4) (Hugging Face's DETR, YOLOS) is detection (also
+    as `out[output]`). A bare (N, K, H, W) tensor says nothing sure (a segmenter's logits or a feature map): None,
+    and the config must give `model.task`.
     """
     if output is not None:
         try:
             out = _select(out, output)
         except ReportgenError:
             return None
+        if is_torchvision_format(out) or is_query_format(out):
+            return "detection"
         return "classification" if torch.is_tensor(out) and out.dim() == 2 else None
     if torch.is_tensor(out):
         return "classification" if out.dim() == 2 else None
     if isinstance(out, Mapping) and torch.is_tensor(out.get(SEGMENTATION_KEY)) and out[SEGMENTATION_KEY].dim() == 4:
         return "segmentation"
+    if is_query_format(out) or is_torchvision_format(out):
+        return "detection"
     logits = getattr(out, "logits", None)
     if torch.is_tensor(logits) and logits.dim() in (2, 4):
         return "classification" if logits.dim() == 2 else "segmentation"
-    if isinstance(out, list) and out and all(isinstance(o, Mapping) and "boxes" in o for o in out):
-        return "detection"
     return None
 
 
@@ -226,18 +246,22 @@ def resolve_task(out: object, output: Output = None, task: str | None = None) ->
 
 
 def pick_output(out: object, output: Output = None, task: str | None = None,
-                size: tuple[int, int] | None = None) -> torch.Tensor:
+                size: tuple[int, int] | None = None, threshold: float | None = None) -> torch.Tensor | list[Detections]:
     """What `task` reads in a model's output: classification's logits (N, K) (`pick_logits`), segmentation's
-    (N, K, H, W) (`pick_segmentation`, upsampled to `size` when given). `task` None (not known): segmentation
-    when the output says so (`infer_task`), else classification, whose error for an (N, K, H, W) tensor says
-    to set `model.task: segmentation`."""
+    (N, K, H, W) (`pick_segmentation`, upsampled to `size` when given), detection's `Detections` per image
+    (`pick_detections`, boxes in the pixels of `size`, scoring more than `threshold`). `task` None (not known):
+    segmentation or detection when the output says so (`infer_task`), else classification, whose error for an
+    (N, K, H, W) tensor says to set `model.task: segmentation`."""
     if task is None:
-        task = "segmentation" if infer_task(out, output) == "segmentation" else None
+        inferred = infer_task(out, output)
+        task = inferred if inferred in ("segmentation", "detection") else None
     if task == "segmentation":
         return pick_segmentation(out, output, size)
+    if task == "detection":
+        return pick_detections(out, output, size, threshold)
     if task not in (None, "classification"):
         raise ReportgenError(f"`model.task` is {task}; reportgen reads the outputs of "
-                             f"{' and '.join(TASKS)} models.")
+                             f"{', '.join(TASKS[:-1])} and {TASKS[-1]} models.")
     return pick_logits(out, output)
 
 
@@ -254,6 +278,32 @@ def pick_segmentation(out: object, output: Output = None, size: tuple[int, int] 
         return _resized(_check_masks(out[SEGMENTATION_KEY], SEGMENTATION_KEY), size)
     return _resized(_picked(out, output, _check_masks, "segmentation logits of shape (N, num_classes, H, W) (a "
                                                       f"tensor, or a dict with `{SEGMENTATION_KEY}`)"), size)
+
+
+DETECTIONS = ("detections: per image a dict with `boxes` (n, 4), `labels` and `scores` (torchvision's detectors), "
+              "or `logits` (N, queries, classes + 1) with `pred_boxes` (N, queries, 4) (Hugging Face's DETR, YOLOS)")
+
+
+def pick_detections(out: object, output: Output = None, size: tuple[int, int] | None = None,
+                    threshold: float | None = None) -> list[Detections]:
+    """A detector's `Detections`, one per image, scoring more than `threshold` (None: every box the model returned;
+    every query of a DETR or YOLOS), from `out` (or `out[output]`, `output` an index or key): torchvision's list
+    of {"boxes", "labels", "scores"} (boxes already in the input's pixels), or DETR's, YOLOS's and RT-DETR's
+    `logits` and `pred_boxes`, read as their image processors' `post_process_object_detection` with `target_sizes`
+    = `size`
+    (None: boxes left normalised). Anything else is an error that says what the model returned."""
+    picked = out if output is None else _select(out, output)
+    if is_torchvision_format(picked):
+        return from_torchvision(picked, threshold)
+    if is_query_format(picked):
+        return from_queries(field_of(picked, "logits"), field_of(picked, "pred_boxes"), size, threshold,
+                            sigmoid=type(picked).__name__ in SIGMOID_OUTPUTS)
+    if isinstance(picked, (list, tuple)) and not picked:
+        raise ReportgenError(f"the model returns an empty {type(picked).__name__}, not {DETECTIONS}.")
+    which = "the model returns" if output is None else f"`model.output`: {output!r} picks"
+    hint = "" if output is not None or not _choices(out) else \
+        " Set `model.output: <index or key>` to the one that holds them, or return torchvision's format."
+    raise ReportgenError(f"{which} {describe_output(picked)}, not {DETECTIONS}.{hint}")
 
 
 def _check_masks(logits: torch.Tensor, output: Output) -> torch.Tensor:

@@ -1,13 +1,19 @@
-"""`model.source: huggingface`: an image classifier or semantic segmenter saved in a local folder
+"""`model.source: huggingface`: an image classifier, semantic segmenter or object detector saved in a local folder
 (`save_pretrained`), loaded with `AutoModelForImageClassification` (or, for an architecture `...ForSemanticSegmentation`
-in the config's `architectures`, `AutoModelForSemanticSegmentation`) `.from_pretrained(folder,
-local_files_only=True)`: nothing is downloaded.
+in the config's `architectures`, `AutoModelForSemanticSegmentation`; `...ForObjectDetection`,
+`AutoModelForObjectDetection`) `.from_pretrained(folder, local_files_only=True)`: nothing is downloaded.
 
 The folder holds `config.json` and the weights (`model.safetensors`, `pytorch_model.bin`, or their sharded
 index). The labels are the config's `id2label`; the preprocessing (`inputs.preprocess: from_weights`) is the
 folder's `preprocessor_config.json`; the logits are the output's `.logits`. A segmenter's logits (N, K, h, w) may
 be smaller than the input (SegFormer's and BEiT's are at 1/4, MobileViT's at 1/32): the adapter upsamples them to
 the input's (H, W) as the image processors' `post_process_semantic_segmentation` does (`adapter.pick_segmentation`).
+
+The detectors are DETR (with `use_timm_backbone: false` and a Hugging Face backbone such as `ResNetConfig`, or with
+timm installed), YOLOS and RT-DETR (v1) (`DETECTORS`): their `logits` and `pred_boxes` are read as their image
+processors' `post_process_object_detection` reads them (`detection.from_queries`). They take `pixel_values`
+normalised as their processors do (from_weights: the folder's preprocessor_config.json). Other detectors (RT-DETR
+v2, D-FINE, Deformable and Conditional DETR) are refused by name: their post-processing is not checked here.
 """
 from __future__ import annotations
 
@@ -27,7 +33,10 @@ INSTALL = "pip install 'reportgen[huggingface]'"
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL's codes, as preprocessor configs store them
 # the task of an architecture named `...<suffix>` in config.json, and the Auto class that loads it
-TASKS = {"ForSemanticSegmentation": ("segmentation", "AutoModelForSemanticSegmentation")}
+TASKS = {"ForSemanticSegmentation": ("segmentation", "AutoModelForSemanticSegmentation"),
+         "ForObjectDetection": ("detection", "AutoModelForObjectDetection")}
+# the object detectors whose outputs reportgen reads (a softmax over classes + "no object", DETR's post-processing)
+DETECTORS = ("DetrForObjectDetection", "YolosForObjectDetection", "RTDetrForObjectDetection")
 CLASSIFIER = ("classification", "AutoModelForImageClassification")
 
 if TYPE_CHECKING:
@@ -67,6 +76,10 @@ def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
     architectures = config.get("architectures") or []
     task, auto = next((TASKS[suffix] for suffix in TASKS for name in architectures
                        if isinstance(name, str) and name.endswith(suffix)), CLASSIFIER)
+    unread = [name for name in architectures if task == "detection" and name not in DETECTORS]
+    if unread:
+        raise ReportgenError(f"`model.path`: {folder} holds a {unread[0]}, whose outputs reportgen does not read; it "
+                             f"reads the detectors {', '.join(DETECTORS[:-1])} and {DETECTORS[-1]}.")
     try:
         import transformers
     except ImportError:

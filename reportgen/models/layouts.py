@@ -4,8 +4,9 @@ A CNN's layers output (N, C, H, W) already. A vision transformer's do not, and t
 which layout they have (a (N, H, W, C) Swin block and a (N, C, H, W) convolution are both 4-D; timm's
 ConvNeXt blocks are channels-last inside), so each family declares its layers by module name and type:
 
-- `tokens`: (N, prefix + h·w, C); the `prefix` class (and distillation) tokens are dropped and the patches
-  folded into the (h, w) grid of the patch embedding (pytorch-grad-cam's ViT `reshape_transform`);
+- `tokens`: (N, prefix + h·w + suffix, C); the `prefix` class (and distillation) tokens and the `suffix` ones
+  (YOLOS's detection tokens) are dropped and the patches folded into the (h, w) grid of the patch embedding
+  (pytorch-grad-cam's ViT `reshape_transform`);
 - `channels_last`: (N, H, W, C), permuted (Swin, timm ConvNeXt blocks without `conv_mlp`);
 - `channels_first`: (N, C, H, W) as it is (the patch embedding's convolution).
 
@@ -36,6 +37,7 @@ class Layout:
     kind: Literal["tokens", "channels_last", "channels_first"]
     prefix: int = 0  # tokens: class / distillation tokens before the patches
     grid: tuple[int, int] | None = None  # tokens: (h, w) of the patches; None: a square grid
+    suffix: int = 0  # tokens: tokens after the patches (YOLOS's detection tokens)
 
     def describe(self) -> str:
         if self.kind == "tokens":
@@ -58,20 +60,21 @@ class Layout:
         def tokens(x: torch.Tensor) -> torch.Tensor:
             h, w = self.grid_of(name, tuple(x.shape))
             n, _, c = x.shape
-            return x[:, self.prefix:, :].reshape(n, h, w, c).permute(0, 3, 1, 2)
+            return x[:, self.prefix:self.prefix + h * w, :].reshape(n, h, w, c).permute(0, 3, 1, 2)
         return tokens
 
     def grid_of(self, name: str, shape: tuple) -> tuple[int, int]:
         """(h, w) of the patches in a token output of `shape`; an error naming the layer when the length is
         not prefix + the grid."""
-        length = shape[1] - self.prefix if len(shape) == 3 else -1
+        length = shape[1] - self.prefix - self.suffix if len(shape) == 3 else -1
         if self.grid is not None and length == self.grid[0] * self.grid[1]:
             return self.grid
         side = math.isqrt(max(length, 0))
         if self.grid is None and length > 0 and side * side == length:
             return side, side
         expected = (f"{self.prefix} class token{'s' if self.prefix != 1 else ''} + " if self.prefix else "") + (
-            f"a {self.grid[0]}×{self.grid[1]} grid of patches" if self.grid else "a square grid of patches")
+            f"a {self.grid[0]}×{self.grid[1]} grid of patches" if self.grid else "a square grid of patches") + (
+            f" + {self.suffix} detection tokens" if self.suffix else "")
         raise ReportgenError(f"layer `{name}` outputs shape {list(shape)}, which is not {expected} (N, L, C): it "
                              "cannot be shown as a map. Check `model.input_size` against the model's image size, "
                              "or choose another layer.")
@@ -89,7 +92,9 @@ class Layout:
 class Layouts:
     """What a family declares: `layers` (name -> Layout); `only`: the declared layers are the only maps;
     `cam_layer`: the recommended CAM target layer and `cam_why` in words; `blocks`: its transformer blocks
-    (or stages) in order, the feature maps' default layers."""
+    (or stages) in order, the feature maps' default layers; `pyramid`: a detector's layer that outputs its
+    feature pyramid, a dict of (N, C, h, w) levels (torchvision's `backbone`: EigenCAM and AblationCAM read it
+    through pytorch-grad-cam's `fasterrcnn_reshape_transform`), or None."""
 
     family: str = ""
     layers: dict[str, Layout] = field(default_factory=dict)
@@ -97,6 +102,7 @@ class Layouts:
     cam_layer: str | None = None
     cam_why: str = ""
     blocks: tuple[str, ...] = ()
+    pyramid: str | None = None
 
 
 NONE = Layouts()
@@ -266,6 +272,59 @@ def huggingface_segformer(model: nn.Module, input_size: tuple[int, ...]) -> Layo
                    blocks=tuple(name for name in stages if name in present))
 
 
+# ---------------------------------------------------------------------------- detectors
+# A detector's gradient CAMs target a tensor layer its boxes are read from: the backbone's last block before the
+# feature pyramid (pytorch-grad-cam's gradient hooks do not take the FPN's dict output). Faster R-CNN, RetinaNet and
+# FCOS: `backbone.body`'s last block (`layer4` of the ResNets, `16` of MobileNetV3); SSD and SSDlite: the last part of
+# `backbone.features` (the trunk whose output the extra layers continue); DETR: the last stage of its ResNet
+# backbone that the transformer reads (`out_features`; RT-DETR's alike); YOLOS: the last block's first norm (a ViT, its detection
+# tokens after the patches dropped). EigenCAM and AblationCAM read the pyramid, `backbone` (pgc's tutorial).
+
+CAM_DETECTOR = ("the backbone's last block before the feature pyramid: a tensor layer, whose gradients pytorch-grad-cam "
+                "takes (the pyramid's dict output takes none)")
+CAM_DETR = "the last stage of the ResNet backbone that DETR's transformer reads"
+
+
+def torchvision_detection(model: nn.Module, input_size: tuple[int, ...]) -> Layouts:
+    """torchvision's Faster R-CNN, RetinaNet, FCOS, SSD and SSDlite: CNNs; the CAM layer is the backbone's last
+    block (`backbone.body.<last>`, SSD's `backbone.features.<last>`), the pyramid is `backbone`."""
+    trunk = "body" if hasattr(model.backbone, "body") else "features"
+    last = _children_names(getattr(model.backbone, trunk))[-1]
+    return Layouts(f"torchvision {type(model).__name__}", cam_layer=f"backbone.{trunk}.{last}", cam_why=CAM_DETECTOR,
+                   pyramid="backbone")
+
+
+def huggingface_detr(model: nn.Module, input_size: tuple[int, ...]) -> Layouts:
+    """Hugging Face's DetrForObjectDetection with a Hugging Face backbone (`use_timm_backbone: false`), and
+    RTDetrForObjectDetection (its ResNet's stages at the same names): the CAM
+    layer is the last stage in its `out_features` (`model.backbone.model.encoder.stages.<i>`); with timm's backbone,
+    none is named."""
+    backbone = getattr(getattr(model.model, "backbone", None), "model", None)
+    features = getattr(getattr(backbone, "config", None), "out_features", None) or []
+    stages = getattr(getattr(backbone, "encoder", None), "stages", None)
+    if stages is None or not features or not features[-1].startswith("stage"):
+        return Layouts("Hugging Face DETR")
+    last = int(features[-1][len("stage"):]) - 1  # "stage1" is the first stage after the stem
+    return Layouts(f"Hugging Face {type(model).__name__.removesuffix('ForObjectDetection')}",
+                   cam_layer=f"model.backbone.model.encoder.stages.{last}", cam_why=CAM_DETR)
+
+
+def huggingface_yolos(model: nn.Module, input_size: tuple[int, ...]) -> Layouts:
+    """Hugging Face's YolosForObjectDetection: a ViT whose tokens are (N, 1 + h·w + detection tokens, C) in
+    `vit.encoder` and `vit.layernorm`, the patch grid that of the input (its position embeddings are
+    interpolated to it)."""
+    config = model.config
+    tokens = Layout("tokens", prefix=1, grid=_patch_grid(input_size, config.patch_size),
+                    suffix=config.num_detection_tokens)
+    layers = _under(model, "vit.encoder.layer", tokens, skip=lambda n, m: ".attention" in n)  # per-head tensors
+    layers["vit.layernorm"] = tokens
+    layers["vit.embeddings.patch_embeddings.projection"] = Layout("channels_first")
+    layers.pop("vit.encoder.layer", None)  # a ModuleList, never called
+    blocks = tuple(f"vit.encoder.layer.{i}" for i in range(len(model.vit.encoder.layer)))
+    return Layouts("Hugging Face YOLOS", layers, only=True, cam_layer=f"{blocks[-1]}.layernorm_before",
+                   cam_why=CAM_VIT, blocks=blocks)
+
+
 FAMILIES: dict[str, Callable[[nn.Module, tuple[int, ...]], Layouts]] = {
     "torchvision.models.vision_transformer.VisionTransformer": torchvision_vit,
     "torchvision.models.swin_transformer.SwinTransformer": torchvision_swin,
@@ -279,6 +338,13 @@ FAMILIES: dict[str, Callable[[nn.Module, tuple[int, ...]], Layouts]] = {
     "transformers.models.segformer.modeling_segformer.SegformerForSemanticSegmentation": huggingface_segformer,
     "transformers.models.mobilevit.modeling_mobilevit.MobileViTForSemanticSegmentation": huggingface_mobilevit,
     "transformers.models.mobilevitv2.modeling_mobilevitv2.MobileViTV2ForSemanticSegmentation": huggingface_mobilevit,
+    "torchvision.models.detection.generalized_rcnn.GeneralizedRCNN": torchvision_detection,
+    "torchvision.models.detection.retinanet.RetinaNet": torchvision_detection,
+    "torchvision.models.detection.fcos.FCOS": torchvision_detection,
+    "torchvision.models.detection.ssd.SSD": torchvision_detection,
+    "transformers.models.detr.modeling_detr.DetrForObjectDetection": huggingface_detr,
+    "transformers.models.yolos.modeling_yolos.YolosForObjectDetection": huggingface_yolos,
+    "transformers.models.rt_detr.modeling_rt_detr.RTDetrForObjectDetection": huggingface_detr,
 }
 # the recommended CAM layer of each segmenter family above, for a model built with the defaults (a family's
 # function finds the name on the model itself): the table the docs and the task can show
@@ -288,6 +354,19 @@ SEGMENTATION_CAM_LAYERS = {
     "SegformerForSemanticSegmentation": "decode_head.activation",
     "MobileViTForSemanticSegmentation": "mobilevit.encoder.layer.4",
     "MobileViTV2ForSemanticSegmentation": "mobilevitv2.encoder.layer.4",
+}
+
+
+# the recommended CAM layer of each detector family, built with the defaults (see `torchvision_detection`)
+DETECTION_CAM_LAYERS = {
+    "fasterrcnn_resnet50_fpn, fasterrcnn_resnet50_fpn_v2, retinanet_resnet50_fpn, retinanet_resnet50_fpn_v2, "
+    "fcos_resnet50_fpn": "backbone.body.layer4",
+    "fasterrcnn_mobilenet_v3_large_fpn, fasterrcnn_mobilenet_v3_large_320_fpn": "backbone.body.16",
+    "ssdlite320_mobilenet_v3_large": "backbone.features.1",
+    "ssd300_vgg16": "backbone.features.22",
+    "DetrForObjectDetection": "model.backbone.model.encoder.stages.3",
+    "YolosForObjectDetection": "vit.encoder.layer.11.layernorm_before",
+    "RTDetrForObjectDetection": "model.backbone.model.encoder.stages.3",
 }
 
 

@@ -1,5 +1,5 @@
-"""`model.source: torchvision`: a classification or segmentation model by name, random or with weights from the
-local cache.
+"""`model.source: torchvision`: a classification, segmentation or detection model by name, random or with weights
+from the local cache.
 
 Weights come only from the local torch hub cache (never downloaded) and load with `weights_only=True`. The
 model is built by torchvision's builder without weights, with the arguments the weights imply (the class count,
@@ -13,6 +13,13 @@ return {"out": (N, K, H, W) at the input's resolution, "aux": ...}. They are alw
 weights_backbone=None` passed explicitly (left at their defaults, the builders download ImageNet weights for their
 backbone); weights for the whole model come from `model.weights` (which imply `num_classes` and FCN's and
 DeepLabV3's `aux_loss`) or a `checkpoint:`.
+
+The detectors (Faster R-CNN v1, v2 and MobileNetV3 (320), RetinaNet v1 and v2, FCOS, SSD and SSDlite:
+`torchvision.models.detection`, `DETECTORS`) are task "detection", built the same way (`weights=None,
+weights_backbone=None`); their keyword arguments (`num_classes`, `box_score_thresh` / `score_thresh`,
+`detections_per_img`, `min_size` / `max_size`, ...) pass through. They take unnormalised 0-1 images and return
+boxes in the input's pixels (`detection.py` says how reportgen feeds them); their weights prescribe no resize and no
+normalisation. Mask and Keypoint R-CNN are not among them: reportgen explains boxes.
 """
 from __future__ import annotations
 
@@ -44,7 +51,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class TorchvisionOptions:
-    name: str | None = None  # a classification or segmentation model of torchvision.models (resnet18, fcn_resnet50)
+    name: str | None = None  # a classifier, segmenter or detector of torchvision.models (resnet18, fcn_resnet50)
     weights: str | None = None  # e.g. IMAGENET1K_V1: only from the local torch cache, never downloaded
     kwargs: dict = setting(factory=dict, check=string_keys)  # keyword arguments of the builder (num_classes, ...)
 
@@ -98,14 +105,16 @@ def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
     tvm = import_models()
 
     segmenters = segmentation_names()
-    names = torchvision_names() + segmenters
+    names = torchvision_names() + segmenters + list(DETECTORS)
     if cfg.name not in names:
-        raise ReportgenError(f"`model.name`: `{cfg.name}` is not a torchvision classification or segmentation model."
-                             f"{did_you_mean(cfg.name, names)} See `torchvision.models.list_models()`.")
-    task = "segmentation" if cfg.name in segmenters else "classification"
+        raise ReportgenError(f"`model.name`: `{cfg.name}` is not a torchvision classification, segmentation or "
+                             f"detection model.{did_you_mean(cfg.name, names)} See `torchvision.models.list_models()`."
+                             + (" reportgen explains boxes: Mask and Keypoint R-CNN are not among its detectors."
+                                if cfg.name.startswith(("maskrcnn_", "keypointrcnn_")) else ""))
+    task = "segmentation" if cfg.name in segmenters else "detection" if cfg.name in DETECTORS else "classification"
     kwargs = dict(cfg.kwargs)
     call = cfg.name + (f"({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})" if kwargs else "")
-    fixed = _no_downloads(kwargs) if task == "segmentation" else {}
+    fixed = _no_downloads(kwargs) if task != "classification" else {}
     kwargs = {key: value for key, value in kwargs.items() if key not in fixed}  # given as None: said once
     if cfg.weights is None:
         model = _build(cfg.name, None, kwargs, fixed=fixed)
@@ -131,11 +140,12 @@ def load(cfg: ModelConfig, base_dir: Path | None = None) -> ModelAdapter:
     categories = weights.meta.get("categories")
     return ModelAdapter(model=model, source="torchvision", description=f"torchvision {call} ({weights})",
                         categories=list(categories) if categories else None,
-                        prescribed=preprocess_from_weights(weights), task=task)
+                        prescribed=Preprocess(normalize=None) if task == "detection" else
+                        preprocess_from_weights(weights), task=task)
 
 
 def _no_downloads(kwargs: dict) -> dict:
-    """What a segmentation builder is always given: `weights=None, weights_backbone=None` (their defaults
+    """What a segmentation or detection builder is always given: `weights=None, weights_backbone=None` (their defaults
     download the backbone's ImageNet weights; the model's own weights are loaded afterwards, as a classifier's);
     weights named in the kwargs are refused: reportgen never downloads."""
     for key in ("weights", "weights_backbone"):
@@ -254,6 +264,13 @@ def segmentation_names() -> list[str]:
     tvm = import_models()
 
     return sorted(tvm.list_models(module=tvm.segmentation))
+
+
+# torchvision's detectors of boxes, which `model.source: torchvision` builds (list_models also has Mask and
+# Keypoint R-CNN, whose masks and keypoints reportgen does not read)
+DETECTORS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn",
+             "fasterrcnn_mobilenet_v3_large_320_fpn", "retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2",
+             "fcos_resnet50_fpn", "ssd300_vgg16", "ssdlite320_mobilenet_v3_large")
 
 
 def weights_cache_path(weights: object) -> Path:
