@@ -9,6 +9,7 @@ from collections.abc import Callable
 import torch
 
 from .. import datasets, tasks
+from ..registry import TASKS
 from ..config import Config
 from ..context import ModelInfo
 from ..errors import ConfigWarning, ReportgenError
@@ -39,6 +40,9 @@ def prepare_model(config: Config, log: Log = quiet, *, strict: bool = True,
                              f"(`model.input_size`): {type(exc).__name__}: {exc}") from None
     try:
         loaded = loaded.with_task(out)  # the config's, the source's, else what the output says
+        if loaded.task not in TASKS:  # read, but not explained yet (a detector)
+            raise ReportgenError(f"the model is a {loaded.task} model ({loaded.description}); reportgen explains "
+                                 f"{' and '.join(TASKS.names())} models so far: `reportgen layers` lists its layers.")
         # (1, K) or (1, K, H, W); a clear error for outputs that hold no logits
         logits = loaded.pick_logits(out, size=tuple(example.shape[-2:]))
         tasks.get(loaded.task).refuse(config)
