@@ -55,6 +55,8 @@ class BoxScores:
     `boxes[i]` (J_i, 4) x0, y0, x1, y1 and `labels[i]` (J_i,): the target boxes of the batch's image i. `owner` (B,):
     the image each row of `x` derives from (`engine.for_rows`); None: the rows are the batch's images in order."""
 
+    score_kind = "a detector's box score"  # what the scores are (CAM says it does not apply to them)
+
     def __init__(self, detector: Detector, boxes: Sequence[torch.Tensor], labels: Sequence[torch.Tensor], *,
                  iou_threshold: float = 0.5, owner: torch.Tensor | None = None, picked: tuple | None = None):
         if len(boxes) != len(labels):
