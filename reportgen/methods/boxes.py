@@ -102,16 +102,15 @@ class BoxScores:
     def _row(self, det: Mapping[str, torch.Tensor], boxes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(J,) FasterRCNNBoxScoreTarget([label_j], [box_j]) of one row's detections, 0-padded to J."""
         scores = det["scores"]
-        base = scores.float().sum() * 0  # keeps the row in the graph when nothing matches
-        row = base.expand(self.width).clone()
+        zero = scores.float().sum() * 0  # keeps the row in the graph when nothing matches
         if len(boxes) == 0 or len(det["boxes"]) == 0:
-            return row
+            return zero.expand(self.width).clone()
         ious = box_iou(boxes.to(det["boxes"]), det["boxes"])  # (J_i, M)
         best = ious.argmax(dim=1)  # the first of the highest, as `ious.argmax()`
         iou = ious.gather(1, best[:, None])[:, 0]
         hit = (iou > self.iou_threshold) & (det["labels"][best] == labels.to(det["labels"].device))
         value = torch.where(hit, iou + scores[best], torch.zeros_like(iou)).float()
-        return torch.cat([value, row[len(value):]]) + base
+        return torch.cat([value + zero, zero.expand(self.width - len(value))])
 
     def for_rows(self, owner: torch.Tensor | Sequence[int]) -> BoxScores:
         """This forward for rows derived from images `owner` (of the rows this one is bound to, if any)."""
