@@ -31,7 +31,6 @@ from ..engine import Engine, GradPass, for_rows, forward_replacing
 from ..ops import batches
 from ..progress import track
 from . import REGISTRY, Method, title
-from .regions import RegionScores
 
 FUSED = "fused"
 
@@ -99,9 +98,10 @@ def eigencam(job: CamJob) -> torch.Tensor:
 
 def original_cam(job: CamJob) -> torch.Tensor:
     """The original CAM: the head's weights of each class over the layer's channels."""
-    if isinstance(job.forward, RegionScores):
+    scored = getattr(job.forward, "score_kind", None)  # a segmenter's or a detector's scores (regions, boxes)
+    if scored:
         raise NotApplicable("CAM weighs the layer's channels by a classifier's last linear layer after global "
-                            "average pooling; a segmenter's class-in-region score is not such a layer.")
+                            f"average pooling; {scored} is not such a layer.")
     why = _cam_not_applicable(job.head, job.activations, job.logits)
     if why:
         raise NotApplicable(why)

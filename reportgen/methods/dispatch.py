@@ -14,7 +14,8 @@ randomised copies of the model (the sanity cascade). The same call gives the sam
 - the others (`own_passes`): their own passes, given a `GradientJob`.
 
 A segmenter's engine forward is `regions.RegionScores` (class-in-region scores): a target whose region is empty
-in an image gets all-zero maps from every method (see `methods.regions`).
+in an image gets all-zero maps from every method (see `methods.regions`). A detector's is `boxes.BoxScores` (one
+score per target box): an image's missing target box (fewer boxes than the batch's most) gets all-zero maps too.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from torch import nn
 
 from ..engine import Engine
 from . import REGISTRY, Method
+from .boxes import BoxScores
 from .cam import ComputedMaps, compute_maps
 from .gradients import GradientJob, ReluRulePass, compute_relu_rule_pass
 from .regions import RegionScores
@@ -80,7 +82,7 @@ def explain(methods: Sequence[str], engine: Engine, class_sets: Sequence[Sequenc
     else:
         with torch.enable_grad():  # also when called inside torch.no_grad() (max-sensitivity)
             explained = dataclasses.replace(_gradients(gradient, engine, class_sets, settings, log), cam=cam)
-    if isinstance(engine.forward, RegionScores):
+    if isinstance(engine.forward, (RegionScores, BoxScores)):
         _blank_empty_regions(explained, engine.forward.empty(class_sets))
     return explained
 

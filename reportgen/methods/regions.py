@@ -43,6 +43,8 @@ class RegionScores:
     bound to such rows (what `engine.for_rows` asks for). Scores are summed in float32 (a half-precision
     segmenter's logits over 512² pixels would overflow float16)."""
 
+    score_kind = "a segmenter's class-in-region score"  # what the scores are (CAM says it does not apply to them)
+
     def __init__(self, forward: Forward, masks: torch.Tensor, *, owner: torch.Tensor | None = None,
                  predicted: bool = False):
         if masks.ndim != 4:
