@@ -142,7 +142,7 @@ class Collection:
         top = (row if segmenter else torch.softmax(row, dim=0)).topk(min(top_k, row.shape[0]))
         key = "share" if segmenter else "probability"
         t = int(self.truth[n])
-        return {"name": self.names[n], "source": self.config.shown_path(self.entries[n].path),
+        return {"name": self.names[n], "source": self.config.shown_path(self.entries[n].file),
                 "truth": None if t < 0 else {"index": t, "label": label(t)},
                 "top_k": [{"index": int(i), "label": label(int(i)), key: float(p)}
                           for p, i in zip(top.values.tolist(), top.indices.tolist()) if not segmenter or p > 0],

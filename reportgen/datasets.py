@@ -173,11 +173,12 @@ def read_entry(entry: Entry, config, pre, name: str = ""):
     from .context import ImageInput
 
     inputs = config.inputs
-    pixels = entry.pixels if entry.pixels is not None else read_image(entry.path, alpha=inputs.alpha,
+    # the path as text: a Path per image interns its parts, and the table of interned text never shrinks
+    pixels = entry.pixels if entry.pixels is not None else read_image(entry.file, alpha=inputs.alpha,
                                                                        max_value=inputs.max_value)
     mask = read_mask(entry.mask) if entry.mask is not None else None
     classes = read_class_mask(entry.segmentation) if entry.segmentation is not None else None
-    shown = config.shown_path(entry.path)
+    shown = config.shown_path(entry.file)
     for what, found in (("mask", mask), ("class mask", classes)):
         if found is not None and found.shape != pixels.shape[:2]:
             raise ReportgenError(f"{KEY}: {entry.where or shown}: the {what} is {found.shape[1]}x{found.shape[0]} "

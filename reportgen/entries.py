@@ -285,11 +285,12 @@ def _jsonl_rows(lines: Iterable[str], path: Path, shown: Callable[[Path], str]) 
 
 def _entry(values: dict, line: int, manifest: Path, origin: str, shown: Callable[[Path], str]) -> Entry:
     where = f"{origin}, line {line}"
+    folder = os.fspath(manifest.parent)
 
     def fail(message: str) -> ReportgenError:
         return ReportgenError(f"{KEY}: {where}: {message}")
 
-    def file(key: str) -> Path | None:
+    def file(key: str) -> str | None:
         value = values.get(key)
         if value is None or value == "":
             if key == "path":
@@ -297,8 +298,9 @@ def _entry(values: dict, line: int, manifest: Path, origin: str, shown: Callable
             return None
         if not isinstance(value, str):
             raise fail(f"`{key}` must be a path, got {value!r}.")
-        resolved = Path(os.path.normpath(manifest.parent / Path(value).expanduser()))
-        if not resolved.is_file():
+        # text, not Path objects: a Path interns each of its parts, and a manifest has many
+        resolved = os.path.normpath(os.path.join(folder, os.path.expanduser(value)))
+        if not os.path.isfile(resolved):
             raise fail(f"{'' if key == 'path' else key + ' '}{value} does not exist ({shown(resolved)}).")
         return resolved
 
@@ -308,8 +310,9 @@ def _entry(values: dict, line: int, manifest: Path, origin: str, shown: Callable
         label = label.strip() or None
     elif isinstance(label, bool) or not (label is None or isinstance(label, int)):
         raise fail(f"`label` must be a class index or a label, got {label!r}.")
-    return Entry(image, label=label, box=_box(values, fail), mask=file("mask"), segmentation=file("segmentation"),
-                 origin=origin, line=line)
+    mask, segmentation = file("mask"), file("segmentation")
+    return Entry(image, label=label, box=_box(values, fail), mask=mask and Path(mask),
+                 segmentation=segmentation and Path(segmentation), origin=origin, line=line)
 
 
 def _box(values: dict, fail: Callable[[str], ReportgenError]) -> tuple[float, float, float, float] | None:
