@@ -486,3 +486,17 @@ def test_an_image_folder_whose_file_names_repeat_across_classes_names_them_class
     assert run("build", project.write(config), "-q").exit_code == 0
     records = [json.loads(line) for line in (project.root / "out" / "images.jsonl").read_text().splitlines()]
     assert [r["name"] for r in records] == ["circle/0", "circle/1", "square/0", "square/1", "only"]
+
+
+def test_the_build_modules_import_no_torchvision_nor_what_only_one_task_needs():
+    """A classifier's build pays for no detector's code: the pipeline, the methods' dispatch and the stages import
+    neither torchvision (a detector's box IoU; its import pulls sympy in: 150 MB of a small build's memory) nor
+    transformers, timm or pycocotools."""
+    import subprocess
+    import sys
+
+    code = ("import sys, reportgen.pipeline, reportgen.render, reportgen.methods.dispatch, reportgen.stages.cam, "
+            "reportgen.stages.gradients, reportgen.stages.evaluation\n"
+            "print([m for m in ('torchvision', 'sympy', 'transformers', 'timm', 'pycocotools') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().endswith("[]"), out.stdout

@@ -30,10 +30,8 @@ from torch import nn
 
 from ..engine import Engine
 from . import REGISTRY, Method
-from .boxes import BoxScores
 from .cam import ComputedMaps, compute_maps
 from .gradients import GradientJob, ReluRulePass, compute_relu_rule_pass
-from .regions import RegionScores
 
 
 @dataclass(frozen=True)
@@ -82,8 +80,8 @@ def explain(methods: Sequence[str], engine: Engine, class_sets: Sequence[Sequenc
     else:
         with torch.enable_grad():  # also when called inside torch.no_grad() (max-sensitivity)
             explained = dataclasses.replace(_gradients(gradient, engine, class_sets, settings, log), cam=cam)
-    if isinstance(engine.forward, (RegionScores, BoxScores)):
-        _blank_empty_regions(explained, engine.forward.empty(class_sets))
+    if getattr(engine.forward, "score_kind", None) is not None:  # a region's or a box's scores (RegionScores,
+        _blank_empty_regions(explained, engine.forward.empty(class_sets))  # BoxScores): its empty targets
     return explained
 
 
