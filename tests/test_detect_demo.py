@@ -119,20 +119,27 @@ def test_ap50_on_fresh_scenes(shipped_model: nn.Module, fresh: segment.Scenes) -
     assert stats[1] >= AP50_FLOOR
 
 
-@pytest.fixture(scope="module")
-def grad_cams(shipped_model: nn.Module, fresh: segment.Scenes) -> detect.BoxMaps:
-    return detect.box_maps(shipped_model, fresh, "gradcam")  # pytorch-grad-cam's GradCAM, one map a box
-
-
-def test_grad_cam_of_each_detected_box_points_into_its_true_box(grad_cams: detect.BoxMaps,
-                                                                fresh: segment.Scenes) -> None:
+def _own_and_other(maps: detect.BoxMaps, fresh: segment.Scenes) -> tuple[np.ndarray, np.ndarray]:
+    """Pointing hits of each box's map against its own true box and against the next shape's box of its scene."""
     truth = detect.scene_boxes(fresh)
-    assert len(grad_cams.maps) >= 50 and grad_cams.maps.shape[1:] == (64, 64)
-    hits = detect.points_into(grad_cams.maps, [truth[i][0][t] for i, t in zip(grad_cams.image, grad_cams.truth)])
-    assert hits.mean() >= POINTING_FLOOR
-    # the same maps against the next shape's box of their scene: the game can be lost
-    others = [truth[i][0][(t + 1) % len(truth[i][1])] for i, t in zip(grad_cams.image, grad_cams.truth)]
-    assert detect.points_into(grad_cams.maps, others).mean() < 0.5
+    own = [truth[i][0][t] for i, t in zip(maps.image, maps.truth)]
+    other = [truth[i][0][(t + 1) % len(truth[i][1])] for i, t in zip(maps.image, maps.truth)]
+    return detect.points_into(maps.maps, own), detect.points_into(maps.maps, other)
+
+
+@pytest.mark.parametrize("method", ["layercam", "hirescam"])
+def test_per_box_maps_point_into_their_true_boxes(method: str, shipped_model: nn.Module, fresh: segment.Scenes) -> None:
+    maps = detect.box_maps(shipped_model, fresh, method)  # pytorch-grad-cam, FasterRCNNBoxScoreTarget per box
+    assert len(maps.maps) >= 50 and maps.maps.shape[1:] == (64, 64)
+    own, other = _own_and_other(maps, fresh)
+    assert own.mean() >= POINTING_FLOOR
+    assert other.mean() < 0.5  # the game can be lost: the same maps against another shape's box
+
+
+@pytest.mark.xfail(strict=True, reason="Grad-CAM's channel-mean weights light other shapes too: 0.43 (README)")
+def test_grad_cam_points_into_the_true_boxes(shipped_model: nn.Module, fresh: segment.Scenes) -> None:
+    own, _ = _own_and_other(detect.box_maps(shipped_model, fresh, "gradcam"), fresh)
+    assert own.mean() >= POINTING_FLOOR
 
 
 def test_points_into_reads_x1_y1_as_exclusive() -> None:

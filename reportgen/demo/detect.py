@@ -388,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p_eval.add_argument("--checkpoint", required=True)
     p_eval.add_argument("--n", type=int, default=300)
     p_eval.add_argument("--seed", type=int, default=12345)
-    p_eval.add_argument("--methods", default="gradcam,eigencam", help="pytorch-grad-cam methods for the pointing game")
+    p_eval.add_argument("--methods", default="gradcam,hirescam,layercam,eigencam", help="pytorch-grad-cam methods")
     args = parser.parse_args(argv)
     if args.command == "train":
         metrics = train(args.out, epochs=args.epochs, train_size=args.train_size, val_size=args.val_size, seed=args.seed)
