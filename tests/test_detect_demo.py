@@ -136,12 +136,6 @@ def test_per_box_maps_point_into_their_true_boxes(method: str, shipped_model: nn
     assert other.mean() < 0.5  # the game can be lost: the same maps against another shape's box
 
 
-@pytest.mark.xfail(strict=True, reason="Grad-CAM (channel-mean weights) lights other shapes too: 0.43 (README)")
-def test_grad_cam_points_into_the_true_boxes(shipped_model: nn.Module, fresh: segment.Scenes) -> None:
-    own, _ = _own_and_other(detect.box_maps(shipped_model, fresh, "gradcam"), fresh)
-    assert own.mean() >= POINTING_FLOOR
-
-
 def test_points_into_reads_x1_y1_as_exclusive() -> None:
     maps = np.zeros((3, 8, 8), dtype=np.float32)
     maps[:, 5, 2] = 1.0  # row 5, column 2
