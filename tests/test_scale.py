@@ -266,16 +266,21 @@ def test_peak_memory_does_not_grow_with_the_number_of_images(tmp_path):
 # ---------------------------------------------------------------------------- torchrun
 
 @pytest.mark.slow
+def torchrun_build(path: Path, out: Path) -> Path:
+    """`reportgen build` of `path` into `out` by two processes under torchrun (one thread each)."""
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           "-m", "reportgen", "build", str(path), "-q", "-o", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
 def test_two_processes_under_torchrun_build_what_one_builds(tmp_path):
     images = write_set(tmp_path, 15)
     path = config(tmp_path, [images])
     one = build(path)
-    two = tmp_path / "two"
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                           "-m", "reportgen", "build", str(path), "-q", "-o", str(two)],
-                          capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    two = torchrun_build(path, tmp_path / "two")
     assert_same_build(one, two)
     assert not [p.name for p in two.iterdir() if p.name.startswith(".arrays")]  # the shards are merged and gone
 

@@ -259,23 +259,13 @@ def test_a_torchvision_or_hugging_face_segmenter_says_its_task_and_builds(tmp_pa
 @pytest.mark.slow  # two processes start torch
 def test_two_processes_under_torchrun_segment_what_one_segments(tmp_path):
     """Each rank counts its shard's pixels; the matrices are summed: the same report as one process."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.test_scale import assert_same_build
+    from tests.test_scale import assert_same_build, torchrun_build
 
     segment.write_samples(tmp_path / "voc", segment.generate_scenes(7, seed=13))
     path = _config(tmp_path, [tmp_path / "voc"], inputs__batch_size=2)
     one = tmp_path / "one"
     assert _build(path, "-o", str(one)).exit_code == 0
-    two = tmp_path / "two"
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                           "-m", "reportgen", "build", str(path), "-q", "-o", str(two)],
-                          capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert_same_build(one, two)
+    assert_same_build(one, torchrun_build(path, tmp_path / "two"))
 
 
 def test_a_detector_is_refused_in_one_message_until_detection_is_explained(tmp_path):

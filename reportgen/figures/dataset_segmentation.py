@@ -12,7 +12,8 @@ import numpy as np
 from matplotlib.figure import Figure as MplFigure
 
 from ..metrics.segmentation import IGNORE_INDEX
-from ..stages.dataset_segmentation import ImageSegmentation, SegmentationDatasetResult, class_rows, predicted_classes
+from ..stages.dataset_segmentation import (ImageSegmentation, SegmentationDatasetResult, class_rows, predicted_classes,
+                                          to_json)
 from .common import Figure, blend, make_figure, upscale_nearest
 from .training import DPI, _text, _to_figure
 
@@ -70,15 +71,10 @@ def _pct(value: float | None) -> float | None:
 def plot(result: SegmentationDatasetResult, ctx=None) -> dict:
     """The data-set section of a segmenter (`sections/dataset_segmentation.html.jinja2`) and, in `cards`, the
     card of each detail image that `ctx.images` shows, by name (`partials/segmentation_card.html.jinja2`)."""
-    predicted = [dict(row, share=100.0 * row["share"]) for row in predicted_classes(result)]
     section: dict = {
-        "task": "segmentation",
-        "images": len(result.images),
-        "labelled": result.count,
-        "unlabelled": result.unlabelled,
-        "num_classes": result.num_classes,
-        "ignore_index": result.ignore_index,
-        "predicted": predicted,
+        **{key: value for key, value in to_json(result).items() if key in (
+            "task", "images", "labelled", "unlabelled", "num_classes", "ignore_index")},
+        "predicted": [dict(row, share=100.0 * row["share"]) for row in predicted_classes(result)],
         "metrics": None,
         "figures": [],
         "cards": cards(result, ctx),
