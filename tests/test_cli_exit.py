@@ -16,7 +16,7 @@ import pytest
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing leaves the machine
 import mlflow  # noqa: E402
 
-from tests.test_integrations_wandb import records  # noqa: E402
+from tests.test_integrations_wandb import finished_records  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,7 +76,7 @@ def test_a_wandb_offline_run_is_complete_after_the_command(project, tmp_path):
     _build(project, config, env, script=WANDB_RUN)
     folder = next((tmp_path / "wandb").glob("offline-run-*"))
     kinds, logged = [], {}
-    for record in records(next(folder.glob("run-*.wandb"))):
+    for record in finished_records(next(folder.glob("run-*.wandb"))):
         kinds.append(record.WhichOneof("record_type"))
         if kinds[-1] == "history":
             logged |= {item.key or "/".join(item.nested_key): json.loads(item.value_json)

@@ -50,6 +50,21 @@ def records(path):
             yield record
 
 
+def finished_records(path, wait: float = 60.0):
+    """The records of a finished run's log, read once its `exit` record is there: W&B's service process writes
+    the log, and on a loaded machine it can still be writing when `run.finish()` returns (once, a build's history
+    record was missing when the log was read at once)."""
+    import time
+
+    deadline = time.monotonic() + wait
+    while True:
+        found = list(records(path))
+        if any(r.WhichOneof("record_type") == "exit" for r in found) or time.monotonic() > deadline:
+            assert any(r.WhichOneof("record_type") == "exit" for r in found), "the run's log has no exit record"
+            return found
+        time.sleep(0.2)
+
+
 @pytest.mark.slow  # wandb starts a service process: about 10 s
 def test_the_active_run_gets_the_page_as_html_media_and_the_metrics(project, offline):
     config = project.base() | {"analyses": {"summary": {}, "cam": {"methods": ["gradcam"]}}}
@@ -59,7 +74,7 @@ def test_the_active_run_gets_the_page_as_html_media_and_the_metrics(project, off
     run.finish()
     folder = next((offline / "wandb").glob("offline-run-*"))
     logged, summary = {}, {}
-    for record in records(next(folder.glob("run-*.wandb"))):
+    for record in finished_records(next(folder.glob("run-*.wandb"))):
         kind = record.WhichOneof("record_type")
         if kind == "history":
             logged |= {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
