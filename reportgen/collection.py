@@ -30,7 +30,9 @@ from .inputs import read_ahead, unique_names
 from .ops import release_memory
 from .progress import track
 
-IGNORED = 255  # a class mask's value for pixels without truth
+# what the first pass keeps of a batch that is not a classifier's: (its output, its images) -> ((B, K) per class,
+# one score per image: the detail images are the lowest); a segmenter's is the pipeline's `segmenter_summary`
+Summarize = Callable[[torch.Tensor, list[ImageInput]], tuple[torch.Tensor, list[float]]]
 
 
 class Logits:
@@ -174,11 +176,11 @@ class Records:
 
 def collect(config, info: ModelInfo, device: torch.device, group: dist.Group = dist.SINGLE,
             first: Callable[[torch.Tensor], torch.Tensor] | None = None,
-            entries: list[datasets.Entry] | None = None) -> Collection:
+            entries: list[datasets.Entry] | None = None, summarize: Summarize | None = None) -> Collection:
     """The first pass over `config.inputs` (or over `entries`, images given in Python): see the module
     docstring. `first` (batch -> logits), when given, is the forward of a first pass that reads one batch only
     (no more images than `inputs.batch_size` and the detail budget): the pipeline's, which keeps that forward's
-    graph for the stages."""
+    graph for the stages. `summarize`: what is kept of each batch's output when it is not a classifier's logits."""
     if entries is None:
         entries = datasets.select(config, info.labels, info.num_classes)
     if group.size > 1:  # `inputs.limit` counts entries here (the ranks cannot know what the others fail to read)
@@ -188,7 +190,7 @@ def collect(config, info: ModelInfo, device: torch.device, group: dist.Group = d
     kept: dict = {}
     try:
         if entries:
-            *scanned, kept = _scan(config, info, device, entries, first)
+            *scanned, kept = _scan(config, info, device, entries, first, summarize)
         else:
             scanned = [[], Logits(info.num_classes), [], np.zeros(0)]
         if group.size > 1:  # the logits travel as a tensor
@@ -232,7 +234,8 @@ def collect(config, info: ModelInfo, device: torch.device, group: dist.Group = d
     return collection
 
 
-def _scan(config, info: ModelInfo, device: torch.device, entries: list[datasets.Entry], first=None):
+def _scan(config, info: ModelInfo, device: torch.device, entries: list[datasets.Entry], first=None,
+          summarize: Summarize | None = None):
     """Read `entries` and run the forward on each batch (`first` when they make one batch of at most the detail
     budget) -> (entries read, their `Logits` (n, K), notes, the pixels of every image by position when there are
     no more than the detail budget, else {})."""
@@ -259,8 +262,8 @@ def _scan(config, info: ModelInfo, device: torch.device, entries: list[datasets.
         else:
             with torch.no_grad():
                 out = info.forward(x).float()
-            if info.task == "segmentation":  # kept: each class's share of the pixels, and the image's mean IoU
-                shares, image_scores = segmentation_summary(out, [image for _, image, _ in batch], config)
+            if summarize is not None:  # a segmenter's: each class's share of the pixels, and the image's mean IoU
+                shares, image_scores = summarize(out, [image for _, image, _ in batch])
                 logits.append(shares)
                 scores.extend(image_scores)
             else:
@@ -272,30 +275,3 @@ def _scan(config, info: ModelInfo, device: torch.device, entries: list[datasets.
                 kept = None  # too many to keep: the stages read them again
     return found.entries, logits, found.notes, np.array(scores, dtype=np.float64), kept or {}
 
-
-def segmentation_summary(out: torch.Tensor, images: list[ImageInput], config) -> tuple[torch.Tensor, list[float]]:
-    """A segmenter's batch, logits (B, K, H, W) -> what the first pass keeps of it: each class's share of the
-    image's pixels in the prediction (B, K), and each image's mean IoU against its truth mask (the classes in the
-    truth or the prediction, pixels of value 255 left out; NaN without a mask). A mask value that is no class is
-    an error naming the file."""
-    k = out.shape[1]
-    pred = out.argmax(dim=1).cpu()
-    shares = torch.nn.functional.one_hot(pred.flatten(1), k).float().mean(dim=1)
-    scores = []
-    for image, p in zip(images, pred):
-        if image.segmentation is None:
-            scores.append(float("nan"))
-            continue
-        truth = torch.from_numpy(image.segmentation.astype(np.int64))
-        bad = truth[(truth != IGNORED) & ((truth < 0) | (truth >= k))]
-        if bad.numel():
-            raise ReportgenError(f"`inputs.images`: the class mask of {image.source} has the value {int(bad[0])}, but "
-                                 f"the model has {k} classes (0 to {k - 1}); 255 marks pixels to ignore. Check that "
-                                 "the masks belong to this model's classes.")
-        keep = truth != IGNORED
-        t, q = truth[keep], p[keep]
-        inter = torch.bincount(t[t == q], minlength=k).double()
-        union = torch.bincount(t, minlength=k).double() + torch.bincount(q, minlength=k).double() - inter
-        present = union > 0
-        scores.append(float((inter[present] / union[present]).mean()) if present.any() else float("nan"))
-    return shares, scores

@@ -18,6 +18,12 @@ from .models import ModelAdapter
 T = TypeVar("T")
 
 
+def class_shares(outputs: torch.Tensor) -> torch.Tensor:
+    """A segmenter's logits (N, K, H, W) -> (N, K) on the CPU: each class's share of the image's predicted pixels."""
+    k = outputs.shape[1]
+    return torch.nn.functional.one_hot(outputs.argmax(dim=1).flatten(1), k).float().mean(dim=1).cpu()
+
+
 @dataclass(frozen=True)
 class ImageInput:
     name: str  # unique file stem: the `<image>` of arrays.npz keys
@@ -159,8 +165,7 @@ class Context:
     def probabilities(self) -> torch.Tensor:  # (N, K)
         """Softmax of the logits; a segmenter's: each class's share of the pixels predicted as it."""
         if self.outputs is not None:
-            k = self.outputs.shape[1]
-            return torch.nn.functional.one_hot(self.outputs.argmax(dim=1).flatten(1), k).float().mean(dim=1).cpu()
+            return class_shares(self.outputs)
         return torch.softmax(self.logits.float(), dim=1)
 
     def targets(self, spec: TargetSpec) -> list[list[int]]:
@@ -171,9 +176,8 @@ class Context:
             classes = [self.info.class_index(c) for c in spec.classes]
             return [list(classes) for _ in self.images]
         if self.outputs is not None:
-            k = self.outputs.shape[1]
-            pixels = torch.nn.functional.one_hot(self.outputs.argmax(dim=1).flatten(1), k).sum(dim=1).cpu()
-            present = [[c for c in row.argsort(descending=True, stable=True).tolist() if row[c] > 0] for row in pixels]
+            shares = class_shares(self.outputs)
+            present = [[c for c in row.argsort(descending=True, stable=True).tolist() if row[c] > 0] for row in shares]
             most = max(len(p) for p in present)
             return [p + p[:1] * (most - len(p)) for p in present]
         k = min(spec.k, self.logits.shape[1])

@@ -26,7 +26,7 @@ from ..stages import input_grad_wanted, observed_layers, relu_rules_wanted
 from .assemble import Report, StageRun, describe, mark_undrawn, report_json, source_date_epoch, stage_metrics
 from .checks import Log, check_output_dir, check_outputs, check_stages, prepare_model, quiet, validate
 from ..integrations.tensorboard import write_tensorboard_events
-from .scheduler import FirstPass, Scheduler, figures_module, segmenter_batch
+from .scheduler import FirstPass, Scheduler, figures_module, segmenter_batch, segmenter_summary
 
 __all__ = ["Log", "Report", "StageRun", "build", "check_output_dir", "check_outputs", "check_stages",
            "figures_module", "prepare_model", "source_date_epoch", "stage_metrics", "validate",
@@ -72,7 +72,8 @@ def _build_in(config: Config, group: dist.Group, started: float, log: Log, detai
                                     input_grad_wanted=input_grad_wanted(config), observe=observed_layers(info),
                                     relu_rules=relu_rules_wanted(config))
     first = FirstPass(make_engine, stages, info) if group.size == 1 and info.task == "classification" else None
-    images = collect(config, info, loaded.device, group, first=first, entries=given)
+    images = collect(config, info, loaded.device, group, first=first, entries=given,
+                     summarize=segmenter_summary if info.task == "segmentation" else None)
     info.notes.extend(images.notes)
     for note in images.notes:  # skipped images, boxes cropped away: the report says so too
         log(f"note: {note}")

@@ -13,9 +13,10 @@ import torch
 
 from .. import dist
 from ..collection import Collection
-from ..context import Context, ModelInfo
+from ..context import Context, ModelInfo, class_shares
 from ..engine import Engine
 from ..methods.regions import RegionScores, predicted_regions
+from ..metrics.segmentation import image_scores
 from ..errors import ImageWarning, ReportgenError, StageSkipped, WriteError, merge_warnings
 from ..ops import release_memory
 from ..progress import plural, track
@@ -35,6 +36,23 @@ def segmenter_batch(ctx: Context, images: list, batch: torch.Tensor, offset: int
     logits = (out * regions).sum(dim=(2, 3)).cpu()
     return ctx.for_batch(images, batch, logits, offset, engine=ctx.engine.with_batch(batch, forward=forward),
                          outputs=out)
+
+
+def segmenter_summary(out: torch.Tensor, images: list) -> tuple[torch.Tensor, list[float]]:
+    """What a segmenter's first pass keeps of a batch (`collection.Summarize`): each class's share of the predicted
+    pixels, and each image's mean IoU against its class mask (`metrics.segmentation.image_scores`; NaN without
+    one). A mask value that is no class is an error naming the file."""
+    pred = out.argmax(dim=1)
+    scores = []
+    for image, p in zip(images, pred):
+        if image.segmentation is None:
+            scores.append(float("nan"))
+            continue
+        try:
+            scores.append(float(image_scores(p[None], image.segmentation[None], out.shape[1])[0]))
+        except ReportgenError as exc:
+            raise ReportgenError(f"`inputs.images`: the class mask of {image.source}: {exc}") from None
+    return class_shares(out), scores
 
 
 def figures_module(stage: Stage):
