@@ -13,33 +13,19 @@ import torch
 import torchvision
 from torch import nn
 
-from reportgen.config import ModelConfig, Preprocess
+from reportgen.config import Preprocess
 from reportgen.errors import ReportgenError
 from reportgen.models import (Detections, infer_task, internal_size, load_model, num_classes, pick_detections,
                               pick_output, resolve_task, weights_cache_path)
 from reportgen.models.layouts import DETECTION_CAM_LAYERS
+from tests.test_models_segmentation import _config, no_fetch  # noqa: F401 (no_fetch: a fixture)
 
 transformers = pytest.importorskip("transformers")
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small convolutions: a second thread only waits
 
-BACKBONE_FETCH = "torchvision.models._api.load_state_dict_from_url"
-
-
 def _images(n: int, h: int, w: int, seed: int = 1) -> torch.Tensor:
     return torch.rand(n, 3, h, w, generator=torch.Generator().manual_seed(seed))  # 0-1, unnormalised
-
-
-def _config(source: str, size: tuple[int, int], **kwargs) -> ModelConfig:
-    return ModelConfig(source=source, input_size=(3, *size), labels=None, device="cpu", **kwargs)
-
-
-@pytest.fixture
-def no_fetch(monkeypatch):
-    """Any torchvision weights fetch (download or cache read of a backbone) fails the test."""
-    def fetch(url, *args, **kwargs):
-        raise AssertionError(f"torchvision fetched {url}")
-    monkeypatch.setattr(BACKBONE_FETCH, fetch)
 
 
 def _same(ours: list[Detections], theirs: list[dict]) -> None:
