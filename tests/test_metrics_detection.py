@@ -233,3 +233,19 @@ def test_iou_ties_go_to_the_later_truth():
     reference = _cocoeval([{"image_id": 7, "detections": detections, "truths": truths}], 1)
     _assert_equal(summary, reference, 1)
     assert summary.ap50 == pytest.approx(1.0)
+
+
+def test_match_boxes_takes_the_best_free_truth_of_the_class_in_score_order():
+    from reportgen.metrics.detection import match_boxes
+
+    truth = np.array([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], float)
+    boxes = np.array([[0, 0, 10, 9], [1, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], float)
+    scores = np.array([0.5, 0.9, 0.8, 0.7])
+    labels = np.array([1, 1, 2, 1])
+    found = match_boxes(boxes, scores, labels, truth, np.array([1, 1, 2]))
+    # the 0.9 box takes truth 0 first; the 0.5 box finds it taken; box 2 has the wrong class for truth 1
+    assert found.truth_of.tolist() == [-1, 0, -1, -1]
+    assert found.missed.tolist() == [False, True, True]
+    assert found.false_positive.tolist() == [True, False, True, True]
+    crowd = match_boxes(boxes[:2], scores[:2], labels[:2], truth[:1], [1], crowd=[True])
+    assert crowd.truth_of.tolist() == [-2, -2] and crowd.missed.tolist() == [False]

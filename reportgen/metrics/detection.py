@@ -350,3 +350,38 @@ def _inside(boxes: np.ndarray, size: tuple[int, int], image_id) -> None:
         row = int(np.argmax(bad))
         raise ReportgenError(f"image {image_id}: the true box {row} {boxes[row].tolist()} is not inside the image "
                              f"({w}×{h}) with x0 ≤ x1 and y0 ≤ y1: fix the annotation.")
+
+
+@dataclass(frozen=True)
+class BoxMatch:
+    """One image's detections against its true boxes at one IoU (`match_boxes`)."""
+
+    truth_of: np.ndarray  # (D,) int64: the true box each detection took, −1 for a false positive
+    missed: np.ndarray  # (G,) bool: true boxes no detection took (crowds never count as missed)
+
+    @property
+    def false_positive(self) -> np.ndarray:
+        return self.truth_of < 0
+
+
+def match_boxes(boxes, scores, labels, truth_boxes, truth_labels, iou: float = 0.5, crowd=None) -> BoxMatch:
+    """Which detections are true positives, as COCOeval matches them at one IoU threshold (its rule, one size range:
+    all): detections in score order (stable), each taking the free true box of its class of highest IoU ≥ `iou`
+    (the later one on ties); a crowd box may be taken again and its match is neither hit nor false positive
+    (`truth_of` −2). What a page marks (false positives, misses) and the detail choice counts (misses)."""
+    d_boxes, t_boxes = _boxes(_array(boxes), "detected"), _boxes(_array(truth_boxes), "true")
+    d_scores, d_labels, t_labels = _array(scores).reshape(-1), _array(labels).reshape(-1), _array(truth_labels).reshape(-1)
+    crowd = np.zeros(len(t_boxes), bool) if crowd is None else _array(crowd).astype(bool).reshape(-1)
+    truth_of = np.full(len(d_boxes), -1, np.int64)
+    taken = np.zeros(len(t_boxes), bool)
+    if len(d_boxes) and len(t_boxes):
+        ious = _iou(_xywh(d_boxes), _xywh(t_boxes), crowd)
+        for d in np.argsort(-d_scores, kind="mergesort"):
+            free = (ious[d] >= min(iou, 1 - 1e-10)) & (t_labels == d_labels[d]) & ~(taken & ~crowd)
+            best = _last_best(free[None, None, :] & ~crowd[None, None, :], ious[d])[0, 0]
+            if best < 0:
+                best = _last_best(free[None, None, :], ious[d])[0, 0]
+            if best >= 0:
+                taken[best] = True
+                truth_of[d] = -2 if crowd[best] else best
+    return BoxMatch(truth_of=truth_of, missed=~taken & ~crowd)
