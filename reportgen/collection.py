@@ -24,7 +24,7 @@ import torch
 
 from . import datasets, dist
 from .context import ImageInput, ModelInfo
-from .detail import Detail, choose, lowest_scores
+from .detail import MISSED, Detail, choose, lowest_scores
 from .errors import ReportgenError
 from .inputs import read_ahead, unique_names
 from .ops import release_memory
@@ -140,9 +140,10 @@ class Collection:
         what the streamed stages that ran say of it (`Stage.records`, under the stage's name). `logits`: its row,
         when the caller has read it already."""
         row = self.logits[n:n + 1][0] if logits is None else logits
-        segmenter = self.info.task == "segmentation"  # its row: each class's share of the predicted pixels
+        # a segmenter's row: each class's share of the predicted pixels; a detector's: each class's best box score
+        segmenter = self.info.task in ("segmentation", "detection")
         top = (row if segmenter else torch.softmax(row, dim=0)).topk(min(top_k, row.shape[0]))
-        key = "share" if segmenter else "probability"
+        key = {"segmentation": "share", "detection": "score"}.get(self.info.task, "probability")
         t = int(self.truth[n])
         return {"name": self.names[n], "source": self.config.shown_path(self.entries[n].file),
                 "truth": None if t < 0 else {"index": t, "label": label(t)},
@@ -221,6 +222,8 @@ def collect(config, info: ModelInfo, device: torch.device, group: dist.Group = d
     cfg = config.report.detail
     if info.task == "segmentation":  # the images it segments worst first
         detail = lowest_scores(np.concatenate([part[3] for part in parts]), cfg.budget)
+    elif info.task == "detection":  # the images with the most missed objects first (their scores: -misses)
+        detail = lowest_scores(np.concatenate([part[3] for part in parts]), cfg.budget, MISSED)
     else:
         detail = choose(truth, pred, confidence, budget=cfg.budget, mistakes=cfg.mistakes,
                         uncertain=cfg.uncertain, per_class=cfg.per_class,
@@ -261,13 +264,13 @@ def _scan(config, info: ModelInfo, device: torch.device, entries: list[datasets.
             logits.append(first(x).float().cpu())
         else:
             with torch.no_grad():
-                out = info.forward(x).float()
+                out = info.forward(x)
             if summarize is not None:  # a segmenter's: each class's share of the pixels, and the image's mean IoU
                 shares, image_scores = summarize(out, [image for _, image, _ in batch])
                 logits.append(shares)
                 scores.extend(image_scores)
             else:
-                logits.append(out.cpu())
+                logits.append(out.float().cpu())
         if kept is not None:
             for _, image, tensor in batch:
                 kept[len(kept)] = (image, tensor)

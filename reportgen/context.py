@@ -35,6 +35,8 @@ class ImageInput:
     mask: np.ndarray | None = None  # (H, W) bool over `display`, True on the object, where given
     # segmentation: (H, W) class index per pixel over `display` (255: ignored), where the inputs give class masks
     segmentation: np.ndarray | None = None
+    # boxes: a detector's true boxes moved to `display` pixels (`annotations.ImageBoxes`), where the inputs give them
+    boxes: Any = None
 
 
 @dataclass
@@ -125,7 +127,9 @@ class Context:
     detail: tuple[int, ...] | None = None  # indices of the detail images among all images (None: every image)
     # stage name -> what its `Stage.prepare` made once per build (shared by every batch's context)
     prepared: dict[str, Any] = field(default_factory=dict)
-    outputs: torch.Tensor | None = None  # a segmenter's logits (N, K, H, W) of `batch` (None for a classifier)
+    # a segmenter's logits (N, K, H, W) of `batch`; a detector's `Detections` per image, every box (None: a classifier)
+    outputs: Any = None
+    boxes: list | None = None  # a detector's explained `Detections` per image (`pipeline.scheduler.explained`)
 
     def for_batch(self, images: list[ImageInput], batch: torch.Tensor, logits: torch.Tensor, offset: int,
                   engine: Engine | None = None, outputs: torch.Tensor | None = None) -> "Context":

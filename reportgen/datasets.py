@@ -18,6 +18,7 @@ model's labels and class count; `load` does the whole chain for the pipeline.
 """
 from __future__ import annotations
 
+import os
 import random
 import re
 from collections.abc import Callable
@@ -29,6 +30,7 @@ import torch
 
 from .entries import KEY, Entry, find_entries, listing, numbers_text
 from .errors import ReportgenError, did_you_mean
+from .progress import plural
 from .inputs import (ImageReadError, geometry, pixels_of, prepare_image, read_ahead, read_class_mask, read_image,
                      read_mask, transform_box, transform_class_mask, transform_mask, unique_names)
 
@@ -160,11 +162,60 @@ class Loaded:
 def select(config, labels: list[str] | None, num_classes: int | None) -> list[Entry]:
     """The entries a build reads, before `inputs.limit`: found, labels resolved, sampled per class."""
     inputs = config.inputs
+    boxes = getattr(config, "detection", None) is not None and config.detection.annotations is not None
+    if boxes and not inputs.images:  # a detector's data set: the images its annotations list
+        return with_boxes(config, None, labels, num_classes)
     entries = resolve_labels(find_entries(inputs.images, shown=config.shown_path), labels, num_classes)
+    if boxes:
+        entries = with_boxes(config, entries, labels, num_classes)
     if inputs.sample is not None:
         seed = inputs.sample.seed if inputs.sample.seed is not None else config.seed
         entries = sample_per_class(entries, inputs.sample.per_class, seed)
     return entries
+
+
+def with_boxes(config, entries: list[Entry] | None, labels: list[str] | None, num_classes: int | None) -> list[Entry]:
+    """`entries` each with its true boxes (`Entry.truth`) from `detection.annotations`: a COCO .json (file names
+    relative to its folder) or a .jsonl of `path`, `boxes` and `labels`; None: the images the annotations list.
+    Every image of the build must be one the annotations list (one without objects listed with none): an image
+    they do not know is an error naming the first few."""
+    path = config.detection.annotations
+    names = labels if labels is not None else [str(i) for i in range(num_classes or 0)]
+    if not path.is_file():
+        raise ReportgenError(f"`detection.annotations`: {config.shown_path(path)} does not exist: give a COCO "
+                             "instances .json or a .jsonl of boxes and labels.")
+    try:
+        found = _read_boxes(config, path, entries, names)
+    except ReportgenError as exc:
+        message = str(exc).replace("as the image root", "as the image root (`detection.image_root`)")
+        raise ReportgenError(message if message.startswith("`") else f"`detection.annotations`: {message}") from None
+    if entries is None:
+        entries = [Entry(b.path, origin=config.shown_path(path)) for b in found]
+    return [replace(e, truth=b) for e, b in zip(entries, found)]
+
+
+def _read_boxes(config, path: Path, entries: list[Entry] | None, names: list[str]) -> list:
+    from . import annotations
+
+    if path.suffix.lower() == ".json":
+        root = config.detection.image_root
+        if root is None:
+            one = len(config.inputs.images) == 1 and Path(config.inputs.images[0]).is_dir()
+            root = Path(config.inputs.images[0]) if one else path.parent
+        found = annotations.read_coco(path, root, names, None if entries is None else [e.path for e in entries],
+                                      shown=config.shown_path).images
+    else:
+        found = annotations.read_box_manifest(path, names, shown=config.shown_path).images
+        if entries is not None:
+            by_file = {os.path.normpath(b.path): b for b in found}
+            unknown = [config.shown_path(e.file) for e in entries if os.path.normpath(e.file) not in by_file]
+            if unknown:
+                raise ReportgenError(f"`detection.annotations`: {config.shown_path(path)} lists no boxes for "
+                                     f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''} ({len(unknown)} "
+                                     "images of `inputs.images`): list each image, one without objects with empty "
+                                     "`boxes` and `labels`.")
+            found = [by_file[os.path.normpath(e.file)] for e in entries]
+    return list(found)
 
 
 def read_entry(entry: Entry, config, pre, name: str = ""):
@@ -201,10 +252,36 @@ def read_entry(entry: Entry, config, pre, name: str = ""):
         if not mask.any():
             lost = f"{shown}: its mask has no object pixel inside the crop"
             mask = None
+    truth = None
+    if entry.truth is not None:
+        truth, cut = display_boxes(entry.truth, geo, prepared.display.shape[:2])
+        if cut:
+            lost = f"{shown}: {plural(cut, 'true box', 'true boxes')} of it lie outside the crop"
     image = ImageInput(name=name, source=shown, original=pixels, display=prepared.display, label=entry.label,
-                       box=box, mask=mask,
+                       box=box, mask=mask, boxes=truth,
                        segmentation=transform_class_mask(classes, geo) if classes is not None else None)
     return image, prepared.tensor, lost
+
+
+def display_boxes(truth, geo, size: tuple[int, int]):
+    """A detector's true boxes (`annotations.ImageBoxes`, original pixels) in the prepared image's pixels: each box
+    as `transform_box` moves it, its area scaled as its box's; boxes the crop leaves nothing of dropped. -> (the
+    boxes, how many were dropped)."""
+    kept, boxes, areas = [], [], []
+    for i, box in enumerate(truth.boxes):
+        moved = transform_box(tuple(float(v) for v in box), geo)
+        if moved is None:
+            continue
+        w0, h0 = box[2] - box[0], box[3] - box[1]
+        scale = ((moved[2] - moved[0]) * (moved[3] - moved[1]) / (w0 * h0)) if w0 * h0 > 0 else \
+            (geo.resized[0] / geo.size[0] * geo.resized[1] / geo.size[1] if geo.resized else 1.0)
+        kept.append(i)
+        boxes.append(moved)
+        areas.append(float(truth.area[i]) * scale)
+    keep = np.array(kept, dtype=np.int64)
+    return replace(truth, boxes=np.array(boxes, dtype=np.float64).reshape(-1, 4), labels=truth.labels[keep],
+                   names=tuple(truth.names[i] for i in kept), iscrowd=truth.iscrowd[keep],
+                   area=np.array(areas, dtype=np.float64), size=tuple(size)), len(truth.boxes) - len(kept)
 
 
 def scan(config, pre, entries: list[Entry], found: Scan, progress: Callable = lambda items, **kw: items):

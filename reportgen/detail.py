@@ -77,19 +77,20 @@ def choose(truth: np.ndarray, pred: np.ndarray, confidence: np.ndarray, *, budge
     return Detail(tuple(sorted(reasons)), reasons, tuple(notes))
 
 
-LOWEST, UNSCORED = "lowest IoU", "no truth mask"
+LOWEST, UNSCORED, MISSED = "lowest IoU", "no truth mask", "most missed objects"
 
 
-def lowest_scores(scores: np.ndarray, budget: int) -> Detail:
+def lowest_scores(scores: np.ndarray, budget: int, reason: str = LOWEST) -> Detail:
     """A segmenter's detail images: the `budget` lowest per-image scores (its mean IoU; ties keep the lower index),
-    then, while places are left, images without a score (no truth mask) in image order."""
+    then, while places are left, images without a score (no truth mask) in image order. A detector's: its scores
+    are minus the objects it missed (`reason` MISSED)."""
     n = len(scores)
     if n <= budget:
         return Detail(tuple(range(n)), dict.fromkeys(range(n), ALL))
     scores = np.asarray(scores, dtype=np.float64)
     scored = np.flatnonzero(np.isfinite(scores))
     order = scored[np.argsort(scores[scored], kind="stable")][:budget]
-    reasons = dict.fromkeys((int(i) for i in order), LOWEST)
+    reasons = dict.fromkeys((int(i) for i in order), reason)
     for i in np.flatnonzero(~np.isfinite(scores))[:budget - len(reasons)]:
         reasons[int(i)] = UNSCORED
     return Detail(tuple(sorted(reasons)), reasons)

@@ -45,6 +45,7 @@ class Entry:
     classes: tuple[str, ...] | None = field(default=None, compare=False)  # an ImageFolder's class names, sorted
     root: Path | None = field(default=None, compare=False)  # the ImageFolder folder it came from
     pixels: np.ndarray | None = field(default=None, compare=False, repr=False)  # given in Python: (H, W, 3) uint8
+    truth: object = field(default=None, compare=False, repr=False)  # a detector's true boxes (`annotations.ImageBoxes`)
 
     def __post_init__(self):
         if not isinstance(self.file, str):

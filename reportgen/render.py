@@ -214,6 +214,7 @@ def _input_alt(name: str, top_k: list[dict]) -> str:
     if top_k:
         best = top_k[0]
         alt += (f"; predicted class {best['label']} ({100 * best['probability']:.1f}%)" if "probability" in best
+                else f"; best box a {best['label']} (score {best['score']:.2f})" if "score" in best
                 else f"; most pixels predicted as {best['label']} ({100 * best['share']:.1f}%)")
     return alt
 

@@ -61,8 +61,8 @@ class Task:
                                          f"model: {self.methods_refused[method]}")
         for key, instead in self.settings_refused.items():
             if _is_set(config, key):
-                raise ReportgenError(f"`{key}` applies to classifiers, not to a {self.name} model (`model.task: "
-                                     f"{self.name}`): {instead}")
+                raise ReportgenError(f"`{key}` does not apply to a {self.name} model (`model.task: {self.name}`): "
+                                     f"{instead}")
 
 
 def _is_set(config, key: str) -> bool:
@@ -80,16 +80,24 @@ def _is_set(config, key: str) -> bool:
     return value != getattr(type(owner)(), name, None)
 
 
+_NOT_DETECTION = {"detection": "it holds a detector's options (`model.task: detection`); remove the section."}
+_BOXES = ("a detector's maps explain its boxes: `detection.score_threshold` and `detection.max_boxes` choose them; "
+          "leave `targets` out.")
+
 BUILT_IN: list[Task] = [
     Task(name="classification", title="Classification", order=10, outputs="logits (N, K)",
-         note="one class per image: logits (N, K)"),
+         note="one class per image: logits (N, K)", settings_refused=_NOT_DETECTION,
+         methods_refused={"drise": "D-RISE explains a detector's boxes; for a classifier use RISE-like occlusion "
+                                   "or the gradient methods."}),
     Task(name="segmentation", title="Semantic segmentation", order=20, outputs="logits (N, K, H, W)",
          note="a class per pixel: logits (N, K, H, W); explained per class inside its predicted region",
          stages=frozenset({"summary", "kernels", "feature_maps", "cam", "gradients", "dataset", "evaluation",
                            "training"}),
          methods_refused={"cam": "the original CAM needs a linear head after global pooling, which a segmenter "
-                                 "has not; Grad-CAM and the others apply."},
-         settings_refused={
+                                 "has not; Grad-CAM and the others apply.",
+                          "drise": "D-RISE explains a detector's boxes; a segmenter's classes are explained by the "
+                                   "CAM and gradient methods."},
+         settings_refused={**_NOT_DETECTION,
              "analyses.dataset.top_confused": "a segmenter's data-set section lists every class's IoU and draws the "
                                               "confusion matrix of pixels up to `max_matrix_classes` classes.",
              "analyses.cam.targets": "a segmenter's maps explain every class present in the prediction; leave "
@@ -105,6 +113,19 @@ BUILT_IN: list[Task] = [
                                                   "confidence change and the sanity cascade.",
          },
          variants={"dataset": "reportgen.stages.dataset_segmentation:VARIANT"}),
+    Task(name="detection", title="Object detection", order=30, outputs="boxes, labels, scores per image",
+         note="boxes with a class and a score: torchvision's list of dicts, or DETR-style `logits` and `pred_boxes`; "
+              "explained per box, scored with COCO's AP",
+         stages=frozenset({"summary", "kernels", "feature_maps", "cam", "dataset", "evaluation", "training"}),
+         methods_refused={"cam": "the original CAM needs a linear head after global pooling, which a detector has "
+                                 "not; Grad-CAM and the others apply."},
+         settings_refused={
+             "analyses.dataset.top_confused": "a detector's data-set section lists COCO's AP per class and draws "
+                                              "its precision-recall curves.",
+             "analyses.cam.targets": _BOXES,
+         },
+         variants={"dataset": "reportgen.stages.dataset_detection:VARIANT",
+                   "cam": "reportgen.stages.cam_detection:VARIANT"}),
 ]
 
 

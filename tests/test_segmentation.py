@@ -212,8 +212,10 @@ def test_bad_segmentation_input_is_one_message_exit_2_and_nothing_written(tmp_pa
 def test_a_task_that_is_not_one_or_contradicts_the_source_is_refused(tmp_path):
     data = segment.generate_scenes(2, seed=5)
     segment.write_samples(tmp_path / "voc", data)
-    refused = _build(_config(tmp_path, [tmp_path / "voc"], model__task="detection"))
+    refused = _build(_config(tmp_path, [tmp_path / "voc"], model__task="keypoints"))
     assert refused.exit_code == 2 and "`model.task`" in refused.stderr and "not a task" in refused.stderr
+    refused = _build(_config(tmp_path, [tmp_path / "voc"], model__task="detection"))  # a segmenter's output
+    assert refused.exit_code == 2 and "returns a tensor [1, 6, 64, 64], not detections" in refused.stderr
     classifier = {"source": "torchvision", "name": "resnet18", "kwargs": {"num_classes": 6},
                   "input_size": [3, 64, 64], "labels": None, "task": "segmentation", "device": "cpu"}
     refused = _build(_config(tmp_path, [tmp_path / "voc"], model=classifier))

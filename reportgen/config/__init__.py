@@ -19,7 +19,7 @@ from importlib import resources
 
 from .convert import canonical_methods
 from .rules import INT_LIMIT, Rules, Shorthand, rules_of, setting, yaml_fields
-from .schema import Config, DetailConfig, InputsConfig, OutputConfig, ReportConfig, SampleConfig
+from .schema import Config, DetailConfig, DetectionConfig, InputsConfig, OutputConfig, ReportConfig, SampleConfig
 from .values import LayerPattern, Normalize, Preprocess, TargetSpec
 from .yamlfile import MAX_DEPTH, MAX_NODES, load_config, parse_config, parse_data
 
@@ -37,6 +37,6 @@ def __getattr__(name: str):
 
 STARTER = resources.files(__package__).joinpath("starter.yaml").read_text(encoding="utf-8")
 
-__all__ = ["INT_LIMIT", "MAX_DEPTH", "MAX_NODES", "STARTER", "Config", "DetailConfig", "InputsConfig", "LayerPattern",
+__all__ = ["INT_LIMIT", "MAX_DEPTH", "MAX_NODES", "STARTER", "Config", "DetailConfig", "DetectionConfig", "InputsConfig", "LayerPattern",
            "Normalize", "OutputConfig", "Preprocess", "ReportConfig", "Rules", "SampleConfig", "Shorthand", "TargetSpec",
            "canonical_methods", "load_config", "parse_config", "parse_data", "rules_of", "setting", "yaml_fields"]

@@ -69,6 +69,18 @@ class ReportConfig:
 
 
 @dataclass(frozen=True)
+class DetectionConfig:
+    """A detector's options (`model.task: detection`): which of its boxes are drawn and explained, and its true
+    boxes. AP counts every detection; the threshold only picks what the page shows and the maps explain."""
+
+    annotations: Path | None = setting(None, kind="path")  # true boxes: a COCO .json or a .jsonl of boxes, labels
+    image_root: Path | None = setting(None, kind="path")  # of a COCO file's file_names; default: the one folder of `inputs.images`, else the file's
+    score_threshold: float = setting(0.5, ge=0.0, le=1.0)  # the boxes drawn and explained score at least this
+    max_boxes: int = setting(5, ge=1, le=100)  # at most this many explained per image, the best
+    iou_threshold: float = setting(0.5, ge=0.0, le=1.0)  # a true positive overlaps its true box at least this
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     dir: Path = setting(Path("reports/report"), kind="path")
     self_contained: bool = True
@@ -86,6 +98,7 @@ class Config:
     inputs: InputsConfig = field(default_factory=InputsConfig)
     analyses: AnalysesConfig = field(default_factory=lambda: _registered().AnalysesConfig())
     report: ReportConfig = field(default_factory=ReportConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     source: Path | None = setting(None, yaml="")  # the YAML file (not a YAML key)
     lines: Any = field(default=None, compare=False, repr=False,

@@ -48,8 +48,8 @@ def table(records: Iterable[dict]) -> dict | None:
         labelled = labelled or truth is not None
         row = [record["name"], None if truth is None else labels.setdefault(truth["label"], len(labels)),
                labels.setdefault(best["label"], len(labels)),
-               None if best.get("share", 0.0) is None else
-               round(float(best["probability"] if "probability" in best else best["share"]), 4), correct]
+               None if best.get("share", 0.0) is None else  # a detector's: its best box score
+               round(float(best.get("probability", best.get("share", best.get("score")))), 4), correct]
         if record.get("detail"):
             row += [anchor(record["name"]), record["detail"]]
         rows.write(("," if count else "") + _safe(json.dumps(row, ensure_ascii=False, separators=(",", ":"))))

@@ -31,7 +31,7 @@ from .adapter import (TASKS, TORCHSCRIPT_LIMITS, ModelAdapter, describe_output, 
                       takes_hooks)
 from .detection import Detections, internal_size, num_classes
 from .checkpoint import load_checkpoint, pickle_globals, read_checkpoint, torch_load, unwrap_state_dict
-from .labels import load_labels
+from .labels import load_labels, read_labels_file
 from .layouts import Layout, Layouts, declare_layouts
 from .torchvision import preprocess_from_weights, torchvision_names, weights_cache_path
 
@@ -42,7 +42,7 @@ Loader = Callable[["ModelConfig", "Path | None"], ModelAdapter]
 
 __all__ = [
     "TASKS", "TORCHSCRIPT_LIMITS", "Detections", "Layout", "Layouts", "ModelAdapter", "describe_output",
-    "hooks_refused", "infer_task", "internal_size", "load_checkpoint", "load_labels", "load_model", "num_classes",
+    "hooks_refused", "infer_task", "internal_size", "load_checkpoint", "load_labels", "load_model", "read_labels_file", "num_classes",
     "pick_detections", "pick_logits", "pick_output", "pick_segmentation",
     "pickle_globals", "preprocess_from_weights", "read_checkpoint", "resolve_device", "resolve_task", "takes_hooks",
     "torch_load", "torchvision_names", "unwrap_state_dict", "weights_cache_path",

@@ -44,6 +44,15 @@ def load_labels(choice: str | None, num_classes: int, categories: Sequence[str] 
                           f"Set `model.labels`: {fix}.")
         return labels, ""
     path = Path(choice)
+    labels = read_labels_file(path)
+    if len(labels) != num_classes:
+        raise ReportgenError(f"`model.labels`: {path.name} has {len(labels)} labels, but the model has "
+                             f"{num_classes} outputs: one label a line, in class-index order.")
+    return labels, ""
+
+
+def read_labels_file(path: Path) -> list[str]:
+    """The labels of a text file, one a line (blank lines skipped); a clear error for what is not one."""
     try:
         if path.exists() and not path.is_file():  # a folder, /dev/zero, a FIFO: nothing to read to its end
             raise ReportgenError(f"`model.labels`: {path} is not a plain file; give a text file, one label a line.")
@@ -56,7 +65,5 @@ def load_labels(choice: str | None, num_classes: int, categories: Sequence[str] 
     except UnicodeDecodeError as exc:
         raise ReportgenError(f"`model.labels`: {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8, one "
                              "label a line.") from None
-    if len(labels) != num_classes:
-        raise ReportgenError(f"`model.labels`: {path.name} has {len(labels)} labels, but the model has "
-                             f"{num_classes} outputs: one label a line, in class-index order.")
-    return labels, ""
+    return labels
+

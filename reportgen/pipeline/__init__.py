@@ -26,7 +26,8 @@ from ..stages import input_grad_wanted, observed_layers, relu_rules_wanted
 from .assemble import Report, StageRun, describe, mark_undrawn, report_json, source_date_epoch, stage_metrics
 from .checks import Log, check_output_dir, check_outputs, check_stages, prepare_model, quiet, validate
 from ..integrations.tensorboard import write_tensorboard_events
-from .scheduler import FirstPass, Scheduler, figures_module, segmenter_batch, segmenter_summary
+from .scheduler import (FirstPass, Scheduler, detector_batch, detector_summary, figures_module, segmenter_batch,
+                        segmenter_summary)
 
 __all__ = ["Log", "Report", "StageRun", "build", "check_output_dir", "check_outputs", "check_stages",
            "figures_module", "prepare_model", "source_date_epoch", "stage_metrics", "validate",
@@ -72,8 +73,10 @@ def _build_in(config: Config, group: dist.Group, started: float, log: Log, detai
                                     input_grad_wanted=input_grad_wanted(config), observe=observed_layers(info),
                                     relu_rules=relu_rules_wanted(config))
     first = FirstPass(make_engine, stages, info) if group.size == 1 and info.task == "classification" else None
-    images = collect(config, info, loaded.device, group, first=first, entries=given,
-                     summarize=segmenter_summary if info.task == "segmentation" else None)
+    summarize = {"segmentation": segmenter_summary,
+                 "detection": functools.partial(detector_summary, cfg=config.detection,
+                                                num_classes=info.num_classes)}.get(info.task)
+    images = collect(config, info, loaded.device, group, first=first, entries=given, summarize=summarize)
     info.notes.extend(images.notes)
     for note in images.notes:  # skipped images, boxes cropped away: the report says so too
         log(f"note: {note}")
@@ -87,12 +90,15 @@ def _build_in(config: Config, group: dist.Group, started: float, log: Log, detai
                   log=detail, count=len(images), detail=tuple(shown))
     if info.task == "segmentation" and pixels:
         ctx = segmenter_batch(ctx, ctx.images, batch, 0)
+    elif info.task == "detection" and pixels:
+        ctx = detector_batch(ctx, ctx.images, batch, 0)
     # arrays.npz is written entry by entry as the stages (and the batches of streamed stages) finish
     arrays_out = write.ArraysWriter(config.output.dir, shard=group.rank if group.size > 1 else None) \
         if config.output.save_arrays else None
     with arrays_out if arrays_out is not None else contextlib.nullcontext():
         if arrays_out is not None and group.root:
-            kept = "logits" if info.task == "classification" else "pixel_shares"  # a segmenter's: per class
+            # a segmenter's: each class's share of its pixels; a detector's: each class's best box score
+            kept = {"segmentation": "pixel_shares", "detection": "class_scores"}.get(info.task, "logits")
             for lo, rows in images.logits.chunks():
                 arrays_out.add({f"{kept}/{images.names[lo + i]}": row.numpy() for i, row in enumerate(rows)})
         runs = Scheduler(ctx, images, group, log, detail, arrays_out=arrays_out, first=first).run(stages)

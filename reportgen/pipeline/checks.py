@@ -2,6 +2,7 @@
 options and the images. A problem is a ReportgenError (exit code 2) and nothing is written."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import warnings
 from collections.abc import Callable
@@ -14,7 +15,9 @@ from ..config import Config
 from ..context import ModelInfo
 from ..errors import ConfigWarning, ReportgenError
 from ..layers import describe_model
-from ..models import hooks_refused, load_labels, load_model
+from ..models import hooks_refused, load_labels, load_model, read_labels_file
+from ..models import num_classes as detector_classes
+from ..models.detection import takes_unnormalised
 from ..stages import Stage, planned
 from ..owned import check_output_dir
 
@@ -43,9 +46,11 @@ def prepare_model(config: Config, log: Log = quiet, *, strict: bool = True,
         if loaded.task not in TASKS:  # read, but not explained yet (a detector)
             raise ReportgenError(f"the model is a {loaded.task} model ({loaded.description}); reportgen explains "
                                  f"{' and '.join(TASKS.names())} models so far: `reportgen layers` lists its layers.")
-        # (1, K) or (1, K, H, W); a clear error for outputs that hold no logits
+        # (1, K) or (1, K, H, W), a detector's boxes; a clear error for outputs that hold no logits
         logits = loaded.pick_logits(out, size=tuple(example.shape[-2:]))
         tasks.get(loaded.task).refuse(config)
+        if loaded.task == "detection":
+            logits = _detector_classes(config, loaded.model, logits)
     except ReportgenError as exc:
         if strict:
             raise
@@ -56,11 +61,32 @@ def prepare_model(config: Config, log: Log = quiet, *, strict: bool = True,
     labels, note = load_labels(config.model.labels, logits.shape[1], loaded.categories, explicit=explicit)
     if note:  # a default that does not fit: the build goes on, and says so once
         warnings.warn(note, ConfigWarning, stacklevel=2)
-    pre = loaded.preprocess(config.inputs.preprocess)
+    pre = config.inputs.preprocess
+    if loaded.task == "detection" and takes_unnormalised(loaded.model) and \
+            not (config.lines is not None and config.lines.gave(("inputs", "preprocess", "normalize"))):
+        pre = dataclasses.replace(pre, normalize=None)  # torchvision's detectors normalise their 0-1 input themselves
+    pre = loaded.preprocess(pre)
     info = ModelInfo(model=loaded.model, config=config, labels=labels, num_classes=logits.shape[1], layers=layers,
                      description=loaded.description, notes=[note] if note else [], adapter=loaded,
                      normalize=pre.normalize, preprocess=pre, task=loaded.task)
     return info, loaded
+
+
+def _detector_classes(config: Config, model: torch.nn.Module, found: list) -> torch.Tensor:
+    """A detector's stand-in for the logits of an input of zeros: (1, K) of its highest score per class, K what
+    the model says (`models.detection.num_classes`) or else the lines of `model.labels`."""
+    k = detector_classes(model)
+    if k is None and config.model.labels not in (None, "imagenet"):
+        k = len(read_labels_file(config.model.labels))
+    if k is None:
+        raise ReportgenError("`model.labels`: the detector does not say how many classes it scores (a factory's own "
+                             "detector): give a labels file, one label a line in label-index order (background "
+                             "first where the model has one, as torchvision's).")
+    scores = torch.zeros(1, k)
+    for det in found:
+        inside = det.labels < k
+        scores[0].scatter_reduce_(0, det.labels[inside].cpu(), det.scores[inside].detach().float().cpu(), "amax")
+    return scores
 
 
 def _check_finite(model: torch.nn.Module, logits: torch.Tensor) -> None:

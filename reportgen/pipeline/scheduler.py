@@ -15,7 +15,9 @@ from .. import dist
 from ..collection import Collection
 from ..context import Context, ModelInfo, class_shares
 from ..engine import Engine
+from ..methods.boxes import BoxScores
 from ..methods.regions import RegionScores, predicted_regions
+from ..metrics.detection import match_boxes
 from ..metrics.segmentation import image_scores
 from ..errors import ImageWarning, ReportgenError, StageSkipped, WriteError, merge_warnings
 from ..ops import release_memory
@@ -53,6 +55,56 @@ def segmenter_summary(out: torch.Tensor, images: list) -> tuple[torch.Tensor, li
         except ReportgenError as exc:
             raise ReportgenError(f"`inputs.images`: the class mask of {image.source}: {exc}") from None
     return class_shares(out), scores
+
+
+def explained(found: list, cfg) -> list:
+    """Per image the detections a detector's maps explain and its page draws: score ≥ `detection.score_threshold`,
+    the best `detection.max_boxes`."""
+    return [d.keep(d.scores >= cfg.score_threshold).top(cfg.max_boxes) for d in found]
+
+
+def detections_of(forward) -> Callable:
+    """A detector's adapter forward (x -> `Detections` per image) as torchvision's format, which `BoxScores`
+    scores (x -> per image {"boxes", "labels", "scores"}, with autograd when enabled)."""
+    return lambda x: [d.as_dict() for d in forward(x)]
+
+
+def detector_batch(ctx: Context, images: list, batch: torch.Tensor, offset: int) -> Context:
+    """A detector's context for `batch`: every detection per image as `outputs` (boxes in the batch's pixels, on
+    the CPU), those explained as `boxes` (`explained`), and an engine whose forward scores each explained box as
+    pytorch-grad-cam's FasterRCNNBoxScoreTarget does (`methods.boxes.BoxScores`): box j of every image is rank j.
+    `logits`: (B, J) those scores of the batch itself."""
+    cfg = ctx.config.detection
+    with torch.no_grad():
+        found = [d.to("cpu") for d in ctx.info.forward(batch)]
+    boxes = explained(found, cfg)
+    forward = BoxScores(detections_of(ctx.info.forward), [d.boxes for d in boxes], [d.labels for d in boxes])
+    logits = torch.zeros(len(boxes), forward.width)
+    for i, d in enumerate(boxes):
+        logits[i, :len(d)] = 1 + d.scores.float()  # an own box: IoU 1 plus its score
+    out = ctx.for_batch(images, batch, logits, offset, engine=ctx.engine.with_batch(batch, forward=forward),
+                        outputs=found)
+    return dataclasses.replace(out, boxes=boxes)
+
+
+def detector_summary(out: list, images: list, cfg=None, num_classes: int = 0) -> tuple[torch.Tensor, list[float]]:
+    """What a detector's first pass keeps of a batch (`collection.Summarize`): each class's best box score, and per
+    image minus the true boxes its explained detections miss (`metrics.detection.match_boxes` at
+    `detection.iou_threshold`; NaN without true boxes): the detail images are those that miss most."""
+    rows = torch.zeros(len(out), num_classes)
+    scores = []
+    for row, d, image in zip(rows, out, images):
+        inside = d.labels < num_classes
+        row.scatter_reduce_(0, d.labels[inside].cpu(), d.scores[inside].detach().float().cpu(), "amax")
+        truth = image.boxes
+        if truth is None:
+            scores.append(float("nan"))
+            continue
+        shown = explained([d], cfg)[0]
+        found = match_boxes(shown.boxes, shown.scores, shown.labels, truth.boxes, truth.labels,
+                            iou=cfg.iou_threshold, crowd=truth.iscrowd)
+        scores.append(-float(found.missed.sum()))
+    return rows, scores
 
 
 def figures_module(stage: Stage):
@@ -243,6 +295,8 @@ class _StreamedGroup:
             first = self.owner.first
             if self.owner.ctx.info.task == "segmentation":
                 bctx = segmenter_batch(self.owner.ctx, batch_images, batch, lo)
+            elif self.owner.ctx.info.task == "detection":
+                bctx = detector_batch(self.owner.ctx, batch_images, batch, lo)
             else:
                 bctx = self.owner.ctx.for_batch(batch_images, batch, images.logits[lo:lo + len(batch_images)], lo,
                                                 engine=first.engine_for(batch) if first is not None else None)

@@ -1,0 +1,157 @@
+"""A detector end to end: its true boxes from a COCO file or a JSONL manifest, moved with the image, the records
+and the detail choice (most missed objects first), and the bad input a detection config can hold, refused with
+exit 2 and nothing written."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from PIL import Image
+
+from reportgen.cli import main
+from reportgen.config import load_config
+from reportgen.datasets import select
+from reportgen.demo import detect
+from reportgen.metrics.detection import match_boxes
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "example_configs" / "detection"
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _config(tmp_path: Path, **over) -> Path:
+    cfg = {
+        "title": "detector",
+        "model": {"source": "module", "factory": "reportgen.demo.detect:build_model", "kwargs": {"num_classes": 6},
+                  "checkpoint": str(SHIPPED / "model.pt"), "input_size": [3, 64, 64],
+                  "labels": str(SHIPPED / "labels.txt"), "task": "detection", "device": "cpu"},
+        "inputs": {"images": [str(SHIPPED / "images")], "batch_size": 4},
+        "detection": {"annotations": str(SHIPPED / "instances.json")},
+        "analyses": {"summary": {"depth": 1}},
+        "report": {"detail": {"budget": 3}},
+        "output": {"dir": str(tmp_path / "out")},
+    }
+    for key, value in over.items():
+        section, _, name = key.partition("__")
+        if name:
+            cfg[section][name] = value
+        else:
+            cfg[section] = value
+    path = tmp_path / f"config{len(list(tmp_path.glob('config*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _build(path: Path, *args: str):
+    return CliRunner().invoke(main, ["build", str(path), "-q", *args])
+
+
+def _refused(path: Path, *words: str) -> str:
+    result = _build(path)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    for word in words:
+        assert word in result.output, result.output
+    assert not (path.parent / "out").exists()
+    return result.output
+
+
+def _truth() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The shipped scenes' true boxes by image name, read from the COCO file itself."""
+    coco = json.loads((SHIPPED / "instances.json").read_text())
+    out = {}
+    for im in coco["images"]:
+        anns = [a for a in coco["annotations"] if a["image_id"] == im["id"]]
+        boxes = np.array([a["bbox"] for a in anns], float).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        out[Path(im["file_name"]).stem] = boxes, np.array([a["category_id"] for a in anns])
+    return out
+
+
+def test_records_list_the_best_box_per_class_and_detail_shows_the_most_missed(tmp_path):
+    assert _build(_config(tmp_path)).exit_code == 0
+    records = [json.loads(line) for line in (tmp_path / "out" / "images.jsonl").read_text().splitlines()]
+    assert len(records) == 12
+    model = detect.load_model(SHIPPED / "model.pt")
+    found = detect.detect(model, np.stack([np.asarray(Image.open(SHIPPED / "images" / f"{r['name']}.png")
+                                                     .convert("RGB")) for r in records]))
+    truth = _truth()
+    missed = []
+    for record, d in zip(records, found):
+        best = {int(c): float(d["scores"][d["labels"] == c].max()) for c in np.unique(d["labels"])}
+        top = sorted(best.items(), key=lambda kv: -kv[1])[:5]
+        assert [t["index"] for t in record["top_k"]] == [c for c, _ in top]
+        assert [t["score"] for t in record["top_k"]] == pytest.approx([s for _, s in top], abs=1e-4)
+        keep = np.flatnonzero(d["scores"] >= 0.5)[:5]
+        boxes, labels = truth[record["name"]]
+        missed.append(int(match_boxes(d["boxes"][keep], d["scores"][keep], d["labels"][keep], boxes,
+                                      labels).missed.sum()))
+    # the detail images miss at least as many true boxes as any image left out
+    shown = [i for i, r in enumerate(records) if r["detail"]]
+    assert len(shown) == 3 and {records[i]["detail"] for i in shown} == {"most missed objects"}
+    assert min(missed[i] for i in shown) >= max(m for i, m in enumerate(missed) if i not in shown)
+
+
+def test_true_boxes_from_coco_and_from_a_manifest_agree_and_move_with_the_resize(tmp_path):
+    coco = load_config(_config(tmp_path))
+    manifest = load_config(_config(tmp_path, detection={"annotations": str(SHIPPED / "boxes.jsonl")}))
+    labels = (SHIPPED / "labels.txt").read_text().split()
+    a, b = select(coco, labels, 6), select(manifest, labels, 6)
+    assert [e.file for e in a] == [e.file for e in b]
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.truth.boxes, y.truth.boxes)
+        np.testing.assert_array_equal(x.truth.labels, y.truth.labels)
+    # no `inputs.images`: the images the annotations list
+    alone = load_config(_config(tmp_path, inputs={"batch_size": 4},
+                                detection={"annotations": str(SHIPPED / "instances.json"),
+                                           "image_root": str(SHIPPED / "images")}))
+    assert [e.file for e in select(alone, labels, 6)] == [e.file for e in a]
+    # at half the size the boxes and their areas follow
+    from reportgen.datasets import read_entry
+    from reportgen.models.adapter import Preprocess
+
+    half = load_config(_config(tmp_path, model={**yaml.safe_load(_config(tmp_path).read_text())["model"],
+                                                "input_size": [3, 32, 32]}))
+    image, _, _ = read_entry(a[0], half, Preprocess(normalize=None), "x")
+    np.testing.assert_allclose(image.boxes.boxes, a[0].truth.boxes / 2)
+    np.testing.assert_allclose(image.boxes.area, a[0].truth.area / 4)
+    assert image.boxes.size == (32, 32)
+
+
+def test_detection_options_on_a_classifier_are_refused(project):
+    cfg = project.base()
+    cfg["detection"] = {"score_threshold": 0.3}
+    result = CliRunner().invoke(main, ["build", str(project.write(cfg)), "-q"])
+    assert result.exit_code == 2 and "`detection`" in result.output and "model.task: detection" in result.output
+
+
+def test_bad_annotations_are_refused_before_anything_is_written(tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(SHIPPED / "images", images)
+    (images / "stranger.png").write_bytes((images / "scene_000.png").read_bytes())
+    _refused(_config(tmp_path, inputs__images=[str(images)]), "stranger.png")
+    rows = [json.loads(line) for line in (SHIPPED / "boxes.jsonl").read_text().splitlines()]
+    (tmp_path / "images" / "stranger.png").unlink()
+    rows[0]["boxes"][0] = [30, 30, 20, 40]  # x1 < x0
+    bad = tmp_path / "boxes.jsonl"
+    bad.write_text("\n".join(json.dumps({**r, "path": str(SHIPPED / r["path"])}) for r in rows))
+    _refused(_config(tmp_path, detection={"annotations": str(bad)}, inputs__images=[str(SHIPPED / "images")]),
+             "boxes.jsonl", "line 1")
+    rows[0]["boxes"][0] = [30, 30, 70, 40]  # outside the 64-pixel image
+    bad.write_text("\n".join(json.dumps({**r, "path": str(SHIPPED / r["path"])}) for r in rows))
+    _refused(_config(tmp_path, detection={"annotations": str(bad)}), "line 1")
+    coco = json.loads((SHIPPED / "instances.json").read_text())
+    coco["categories"][0]["name"] = "hexagon"
+    coco["categories"][0]["id"] = 17
+    for a in coco["annotations"]:
+        a["category_id"] = 17 if a["category_id"] == 1 else a["category_id"]
+    (tmp_path / "instances.json").write_text(json.dumps(coco))
+    _refused(_config(tmp_path, detection={"annotations": str(tmp_path / "instances.json")}), "hexagon")
+    _refused(_config(tmp_path, inputs={"images": [str(images)], "preprocess": {"normalize": "imagenet"}}),
+             "normalize")
