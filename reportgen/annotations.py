@@ -18,6 +18,10 @@ Categories to the model's labels (`category_map`), the rule:
 3. else a ReportgenError naming the first categories that match neither.
 
 A manifest's labels are names (matched as in 1) or label indices. Categories no annotation uses are not mapped.
+
+A build reads its images' boxes with `annotations_for` (from `detection.annotations`): an image the annotations do
+not list has no truth (a note says so), an annotated image the build does not use is ignored, and annotations that
+list none of the build's images are an error naming both.
 A stranger's file is bounded: at most MAX_BYTES read, JSON nested at most as deep as Python's parser allows.
 """
 from __future__ import annotations
