@@ -18,6 +18,10 @@ Categories to the model's labels (`category_map`), the rule:
 3. else a ReportgenError naming the first categories that match neither.
 
 A manifest's labels are names (matched as in 1) or label indices. Categories no annotation uses are not mapped.
+
+A build reads its images' boxes with `annotations_for` (from `detection.annotations`): an image the annotations do
+not list has no truth (a note says so), an annotated image the build does not use is ignored, and annotations that
+list none of the build's images are an error naming both.
 A stranger's file is bounded: at most MAX_BYTES read, JSON nested at most as deep as Python's parser allows.
 """
 from __future__ import annotations
@@ -73,12 +77,13 @@ class Annotations:
 
 
 def read_coco(path: Path, root: Path, labels: Sequence[str], images: Iterable[Path] | None = None,
-              shown: Callable[[Path], str] = str) -> Annotations:
+              shown: Callable[[Path], str] = str, partial: bool = False) -> Annotations:
     """A COCO `instances.json` -> the boxes of each of its images under `root` (its `file_name`s are relative to
     `root`), mapped to the model's `labels` (its class names, index = label). `images`: the image files the
-    build uses; each must be one of the file's images, and only those are returned, in that order (default:
-    every image of the file, in its order, each of which must exist). `shown` turns a path into the text
-    messages show. Bad input: a ReportgenError naming what is wrong and how to fix it."""
+    build uses; each must be one of the file's images (with `partial`: those that are not are left out, but one
+    at least must be), and only those are returned, in that order (default: every image of the file, in its
+    order, each of which must exist). `shown` turns a path into the text messages show. Bad input: a
+    ReportgenError naming what is wrong and how to fix it."""
     origin = shown(path)
     data = _load_json(path, origin)
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
@@ -100,10 +105,12 @@ def read_coco(path: Path, root: Path, labels: Sequence[str], images: Iterable[Pa
         files = [Path(p) for p in images]
         relative = [_relative(f, root) for f in files]
         unknown = [shown(f) for f, r in zip(files, relative) if r is None or r not in by_file]
-        if unknown:
+        if unknown and (not partial or len(unknown) == len(files)):
+            listed = _first([name for name, _ in table.values()])
             raise ReportgenError(f"{origin} has no image {_first(unknown)} (file names are matched relative to the "
-                                 f"image root {shown(root)}): give the annotation file of these images, or its root.")
-        chosen = [by_file[r] for r in relative]
+                                 f"image root {shown(root)}; it lists {listed or 'none'}): give the annotation file "
+                                 "of these images, or its root.")
+        chosen = [by_file[r] for r in relative if r is not None and r in by_file]
     out = []
     for image_id in chosen:
         name, size = table[image_id]
@@ -242,28 +249,36 @@ def _key(name: str) -> str:
 # ---------------------------------------------------------------------------- JSONL manifest
 
 
-def read_box_manifest(path: Path, labels: Sequence[str], shown: Callable[[Path], str] = str) -> Annotations:
+def read_box_manifest(path: Path, labels: Sequence[str], shown: Callable[[Path], str] = str,
+                      only: Iterable[Path] | None = None) -> Annotations:
     """A JSONL manifest, one image per line: {"path": "a.jpg", "boxes": [[x0, y0, x1, y1], ...], "labels": ["cat",
     3, ...]}, paths relative to the manifest's folder, labels the model's names or label indices; optional
-    "iscrowd": [0, 1, ...]. -> its images' boxes, in its order. Bad input: a ReportgenError naming the line."""
+    "iscrowd": [0, 1, ...]. -> its images' boxes, in its order. `only`: the image files the build uses; the rows of
+    other files are skipped unread (one row at least must be of them). Bad input: a ReportgenError naming the line."""
     origin = shown(path)
     _check_size(path, origin)
     index = _label_index(labels)
-    out, rules, seen = [], set(), {}
+    wanted = None if only is None else {os.path.abspath(f) for f in only}
+    out, rules, seen, paths = [], set(), {}, []
     try:
         with path.open(encoding="utf-8-sig") as lines:
             for line, raw in enumerate(lines, 1):
                 if raw.strip():
-                    out.append(_manifest_row(raw, line, path, origin, labels, index, rules, seen, shown))
+                    row = _manifest_row(raw, line, path, origin, labels, index, rules, seen, shown, wanted, paths)
+                    out += [row] if row is not None else []
     except (OSError, UnicodeDecodeError) as exc:
         raise ReportgenError(f"cannot read the manifest {origin}: {exc}.") from None
+    if not out and wanted is not None and paths:
+        raise ReportgenError(f"the manifest {origin} lists none of the images: it lists {_first(paths)}, the images "
+                             f"are {_first([shown(Path(f)) for f in sorted(wanted)])} (paths relative to the manifest's folder).")
     if not out:
         raise ReportgenError(f"the manifest {origin} lists no image.")
     return Annotations(tuple(out), " and ".join(sorted(rules)) or "name", {})
 
 
 def _manifest_row(raw: str, line: int, manifest: Path, origin: str, labels: Sequence[str], index: dict[str, int],
-                  rules: set, seen: dict, shown: Callable[[Path], str]) -> ImageBoxes:
+                  rules: set, seen: dict, shown: Callable[[Path], str], wanted: set | None = None,
+                  paths: list | None = None) -> ImageBoxes | None:
     where = f"{origin}, line {line}"
     try:
         row = json.loads(raw)
@@ -278,6 +293,9 @@ def _manifest_row(raw: str, line: int, manifest: Path, origin: str, labels: Sequ
     if not isinstance(boxes, list) or not isinstance(names, list) or len(boxes) != len(names):
         raise ReportgenError(f"{where}: `boxes` and `labels` must be lists of one length, like {example}.")
     file = Path(os.path.normpath(manifest.parent / Path(row["path"]).expanduser()))
+    if wanted is not None and os.path.abspath(file) not in wanted:  # an image the build does not use
+        paths.append(row["path"])
+        return None
     if not file.is_file():
         raise ReportgenError(f"{where}: {row['path']} does not exist ({shown(file)}).")
     if file in seen:
@@ -307,6 +325,42 @@ def _manifest_row(raw: str, line: int, manifest: Path, origin: str, labels: Sequ
     return ImageBoxes(path=os.fspath(file), boxes=array, labels=np.array(indices, dtype=np.int64),
                       names=tuple(str(labels[i]) for i in indices), iscrowd=np.array(crowd, dtype=bool),
                       area=(array[:, 2] - array[:, 0]) * (array[:, 3] - array[:, 1]), size=size, image_id=line)
+
+
+# ---------------------------------------------------------------------------- a build's
+
+
+def annotations_for(config, labels: Sequence[str], entries: Iterable, notes: list[str] | None = None) \
+        -> dict[str, ImageBoxes]:
+    """{entry's file (as the entry gives it): its true boxes} for the build's image `entries` (`entries.Entry`, or
+    paths) from `config.detection.annotations` ({} when none is given): a COCO `.json` whose `file_name`s are
+    relative to the JSON's folder, or a `.jsonl` manifest (`read_box_manifest`), categories mapped to `labels`.
+
+    Which images, the rule: an image of the build that the annotations list gets its boxes (none listed: an
+    empty ImageBoxes, scored); one they do not list has no truth (not in the result: counted, not scored), said
+    once in `notes`; an annotated image the build does not use is ignored (not read: it need not exist). When
+    the annotations list none of the build's images, they are of other images: a ReportgenError naming the first
+    few of both. Call it before any work: every other mismatch (categories, image sizes, boxes outside their
+    image) is a ReportgenError naming the first few too."""
+    path = getattr(getattr(config, "detection", None), "annotations", None)
+    if path is None:
+        return {}
+    path, files = Path(path), [getattr(e, "file", e) for e in entries]
+    shown = getattr(config, "shown_path", str)
+    if path.suffix.lower() == ".json":
+        found = read_coco(path, path.parent, labels, [Path(f) for f in files], shown, partial=True)
+    elif path.suffix.lower() == ".jsonl":
+        found = read_box_manifest(path, labels, shown, only=[Path(f) for f in files])
+    else:
+        raise ReportgenError(f"`detection.annotations`: {shown(path)} is neither a COCO file (.json) nor a manifest of "
+                             "boxes (.jsonl): give one of those.")
+    by_file = {os.path.abspath(image.path): image for image in found.images}
+    out = {os.fspath(f): by_file[os.path.abspath(f)] for f in files if os.path.abspath(f) in by_file}
+    missing = [shown(Path(f)) for f in files if os.fspath(f) not in out]
+    if missing and notes is not None:
+        notes.append(f"{len(missing)} of {len(files)} images are not in {shown(path)} ({_first(missing)}): they have "
+                     "no true boxes, and count in no AP.")
+    return out
 
 
 # ---------------------------------------------------------------------------- shared

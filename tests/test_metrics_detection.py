@@ -115,10 +115,11 @@ def _assert_equal(summary, reference: COCOeval, classes: int) -> None:
         expected = None if not (s > -1).any() else float(np.mean(s[s > -1]))
         if expected is None:
             assert summary.class_ap[k] is None
-            assert np.isnan(summary.precision50[k]).all()
+            assert np.isnan(summary.precision50[k]).all() and np.isnan(summary.precision75[k]).all()
         else:
             assert summary.class_ap[k] == pytest.approx(expected, abs=1e-6)
             np.testing.assert_allclose(summary.precision50[k], s[0], atol=1e-6)
+            np.testing.assert_allclose(summary.precision75[k], s[5], atol=1e-6)  # IoU .75: COCOeval's iouThrs[5]
             np.testing.assert_allclose(summary.precision[k], s.mean(axis=0), atol=1e-6)
             assert summary.class_ap50[k] == pytest.approx(float(s[0].mean()), abs=1e-6)
 
@@ -249,3 +250,4 @@ def test_match_boxes_takes_the_best_free_truth_of_the_class_in_score_order():
     assert found.false_positive.tolist() == [True, False, True, True]
     crowd = match_boxes(boxes[:2], scores[:2], labels[:2], truth[:1], [1], crowd=[True])
     assert crowd.truth_of.tolist() == [-2, -2] and crowd.missed.tolist() == [False]
+    assert crowd.false_positive.tolist() == [False, False]  # a crowd's match is neither hit nor false positive

@@ -43,6 +43,7 @@ RECALL_POINTS = np.linspace(.0, 1.00, int(np.round((1.00 - .0) / .01)) + 1, endp
 MAX_DETECTIONS = (1, 10, 100)
 AREA_RANGES = {"all": (0 ** 2, 1e5 ** 2), "small": (0 ** 2, 32 ** 2), "medium": (32 ** 2, 96 ** 2),
                "large": (96 ** 2, 1e5 ** 2)}
+_AT75 = int(np.argmin(np.abs(IOU_THRESHOLDS - .75)))  # COCOeval's AP75 row
 _LOW = np.array([lo for lo, _ in AREA_RANGES.values()], dtype=np.float64)
 _HIGH = np.array([hi for _, hi in AREA_RANGES.values()], dtype=np.float64)
 
@@ -85,6 +86,7 @@ class DetectionSummary:
     images: int
     recall: np.ndarray  # (101,) the recall points 0:.01:1
     precision50: np.ndarray  # (K, 101) precision at those recalls, IoU .5, area all, 100 detections; NaN: no truth
+    precision75: np.ndarray  # (K, 101) the same at IoU .75
     precision: np.ndarray  # (K, 101) the same averaged over the 10 IoU thresholds
 
 
@@ -172,7 +174,8 @@ class DetectionEval:
         return DetectionSummary(*none, stats=tuple(float(s) for s in stats), classes=self.classes, class_ap=class_ap,
                                 class_ap50=class_ap50, truths=tuple(truths), detections=tuple(kept),
                                 images=len(self._images), recall=RECALL_POINTS.copy(),
-                                precision50=curves[0].T.copy(), precision=curves.mean(axis=0).T)
+                                precision50=curves[0].T.copy(), precision75=curves[_AT75].T.copy(),
+                                precision=curves.mean(axis=0).T)
 
     # ------------------------------------------------------------------------ internals
 
@@ -361,7 +364,7 @@ class BoxMatch:
 
     @property
     def false_positive(self) -> np.ndarray:
-        return self.truth_of < 0
+        return self.truth_of == -1  # a crowd's match (−2) is none
 
 
 def match_boxes(boxes, scores, labels, truth_boxes, truth_labels, iou: float = 0.5, crowd=None) -> BoxMatch:
