@@ -330,11 +330,11 @@ def _manifest_row(raw: str, line: int, manifest: Path, origin: str, labels: Sequ
 # ---------------------------------------------------------------------------- a build's
 
 
-def annotations_for(config, labels: Sequence[str], entries: Iterable, notes: list[str] | None = None) \
-        -> dict[str, ImageBoxes]:
+def annotations_for(config, labels: Sequence[str], entries: Iterable, notes: list[str] | None = None,
+                    root: Path | None = None) -> dict[str, ImageBoxes]:
     """{entry's file (as the entry gives it): its true boxes} for the build's image `entries` (`entries.Entry`, or
     paths) from `config.detection.annotations` ({} when none is given): a COCO `.json` whose `file_name`s are
-    relative to the JSON's folder, or a `.jsonl` manifest (`read_box_manifest`), categories mapped to `labels`.
+    relative to `root` (default: the JSON's folder), or a `.jsonl` manifest (`read_box_manifest`), categories mapped to `labels`.
 
     Which images, the rule: an image of the build that the annotations list gets its boxes (none listed: an
     empty ImageBoxes, scored); one they do not list has no truth (not in the result: counted, not scored), said
@@ -348,7 +348,7 @@ def annotations_for(config, labels: Sequence[str], entries: Iterable, notes: lis
     path, files = Path(path), [getattr(e, "file", e) for e in entries]
     shown = getattr(config, "shown_path", str)
     if path.suffix.lower() == ".json":
-        found = read_coco(path, path.parent, labels, [Path(f) for f in files], shown, partial=True)
+        found = read_coco(path, root or path.parent, labels, [Path(f) for f in files], shown, partial=True)
     elif path.suffix.lower() == ".jsonl":
         found = read_box_manifest(path, labels, shown, only=[Path(f) for f in files])
     else:

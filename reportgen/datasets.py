@@ -18,8 +18,8 @@ model's labels and class count; `load` does the whole chain for the pipeline.
 """
 from __future__ import annotations
 
-import os
 import random
+import warnings
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .entries import KEY, Entry, find_entries, listing, numbers_text
-from .errors import ReportgenError, did_you_mean
+from .errors import ConfigWarning, ReportgenError, did_you_mean
 from .progress import plural
 from .inputs import (ImageReadError, geometry, pixels_of, prepare_image, read_ahead, read_class_mask, read_image,
                      read_mask, transform_box, transform_class_mask, transform_mask, unique_names)
@@ -176,46 +176,32 @@ def select(config, labels: list[str] | None, num_classes: int | None) -> list[En
 
 def with_boxes(config, entries: list[Entry] | None, labels: list[str] | None, num_classes: int | None) -> list[Entry]:
     """`entries` each with its true boxes (`Entry.truth`) from `detection.annotations`: a COCO .json (file names
-    relative to its folder) or a .jsonl of `path`, `boxes` and `labels`; None: the images the annotations list.
-    Every image of the build must be one the annotations list (one without objects listed with none): an image
-    they do not know is an error naming the first few."""
+    relative to `detection.image_root`) or a .jsonl of `path`, `boxes` and `labels` (`annotations.annotations_for`:
+    an image they do not list has none, said once); None: the images the annotations list."""
+    from . import annotations
+
     path = config.detection.annotations
     names = labels if labels is not None else [str(i) for i in range(num_classes or 0)]
     if not path.is_file():
         raise ReportgenError(f"`detection.annotations`: {config.shown_path(path)} does not exist: give a COCO "
                              "instances .json or a .jsonl of boxes and labels.")
+    root = config.detection.image_root
+    if root is None:
+        one = len(config.inputs.images) == 1 and Path(config.inputs.images[0]).is_dir()
+        root = Path(config.inputs.images[0]) if one else path.parent
     try:
-        found = _read_boxes(config, path, entries, names)
+        if entries is None:
+            found = (annotations.read_coco(path, root, names, shown=config.shown_path) if path.suffix.lower() == ".json"
+                     else annotations.read_box_manifest(path, names, shown=config.shown_path)).images
+            return [Entry(b.path, origin=config.shown_path(path), truth=b) for b in found]
+        notes: list[str] = []
+        found = annotations.annotations_for(config, names, entries, notes, root=root)
     except ReportgenError as exc:
         message = str(exc).replace("as the image root", "as the image root (`detection.image_root`)")
         raise ReportgenError(message if message.startswith("`") else f"`detection.annotations`: {message}") from None
-    if entries is None:
-        entries = [Entry(b.path, origin=config.shown_path(path)) for b in found]
-    return [replace(e, truth=b) for e, b in zip(entries, found)]
-
-
-def _read_boxes(config, path: Path, entries: list[Entry] | None, names: list[str]) -> list:
-    from . import annotations
-
-    if path.suffix.lower() == ".json":
-        root = config.detection.image_root
-        if root is None:
-            one = len(config.inputs.images) == 1 and Path(config.inputs.images[0]).is_dir()
-            root = Path(config.inputs.images[0]) if one else path.parent
-        found = annotations.read_coco(path, root, names, None if entries is None else [e.path for e in entries],
-                                      shown=config.shown_path).images
-    else:
-        found = annotations.read_box_manifest(path, names, shown=config.shown_path).images
-        if entries is not None:
-            by_file = {os.path.normpath(b.path): b for b in found}
-            unknown = [config.shown_path(e.file) for e in entries if os.path.normpath(e.file) not in by_file]
-            if unknown:
-                raise ReportgenError(f"`detection.annotations`: {config.shown_path(path)} lists no boxes for "
-                                     f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''} ({len(unknown)} "
-                                     "images of `inputs.images`): list each image, one without objects with empty "
-                                     "`boxes` and `labels`.")
-            found = [by_file[os.path.normpath(e.file)] for e in entries]
-    return list(found)
+    for note in notes:  # images without true boxes: the build goes on, and says so once
+        warnings.warn(note, ConfigWarning, stacklevel=2)
+    return [replace(e, truth=found.get(e.file)) for e in entries]
 
 
 def read_entry(entry: Entry, config, pre, name: str = ""):

@@ -135,7 +135,9 @@ def test_bad_annotations_are_refused_before_anything_is_written(tmp_path):
     images = tmp_path / "images"
     shutil.copytree(SHIPPED / "images", images)
     (images / "stranger.png").write_bytes((images / "scene_000.png").read_bytes())
-    _refused(_config(tmp_path, inputs__images=[str(images)]), "stranger.png")
+    result = _build(_config(tmp_path, inputs__images=[str(images)]))  # an image without boxes: counted, not scored
+    assert result.exit_code == 0 and "1 of 13 images are not in" in result.output + result.stderr
+    (tmp_path / "out").rename(tmp_path / "first")
     rows = [json.loads(line) for line in (SHIPPED / "boxes.jsonl").read_text().splitlines()]
     (tmp_path / "images" / "stranger.png").unlink()
     rows[0]["boxes"][0] = [30, 30, 20, 40]  # x1 < x0
