@@ -157,3 +157,35 @@ def test_bad_annotations_are_refused_before_anything_is_written(tmp_path):
     _refused(_config(tmp_path, detection={"annotations": str(tmp_path / "instances.json")}), "hexagon")
     _refused(_config(tmp_path, inputs={"images": [str(images)], "preprocess": {"normalize": "imagenet"}}),
              "normalize")
+
+
+@pytest.mark.parametrize("name", ["fasterrcnn_mobilenet_v3_large_320_fpn", "retinanet_resnet50_fpn"])
+def test_a_torchvision_detector_says_its_task_and_builds(tmp_path, name):
+    """Built with no weights (none downloaded): the model says it detects; a report with its maps and data-set
+    section is built without true boxes (counted, not scored)."""
+    model = {"source": "torchvision", "name": name, "device": "cpu", "task": None, "labels": None,
+             "kwargs": {"num_classes": 3, "min_size": 64, "max_size": 64,
+                        ("box_score_thresh" if "rcnn" in name else "score_thresh"): 0.0},
+             "input_size": [3, 64, 64]}
+    path = _config(tmp_path, model=model, detection={"score_threshold": 0.0, "max_boxes": 2},
+                   inputs={"images": [str(SHIPPED / "images" / "scene_000.png"),
+                                      str(SHIPPED / "images" / "scene_001.png")]},
+                   analyses={"summary": {"depth": 1}, "dataset": {}})
+    result = _build(path)
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert data["model"]["task"] == "detection"
+    assert data["dataset"]["images"] == 2 and data["dataset"]["labelled"] == 0
+    assert {s["name"]: s["status"] for s in data["stages"]} == {"summary": "ok", "dataset": "ok"}
+
+
+@pytest.mark.slow  # two processes start torch
+def test_two_processes_under_torchrun_detect_what_one_detects(tmp_path):
+    """Each rank scores its shard's detections; the COCO evaluations merge: the same report as one process."""
+    from tests.test_scale import assert_same_build, torchrun_build
+
+    path = _config(tmp_path, inputs__batch_size=2, analyses={"dataset": {}}, output={"dir": str(tmp_path / "out"),
+                                                                                    "save_arrays": True})
+    one = tmp_path / "one"
+    assert _build(path, "-o", str(one)).exit_code == 0
+    assert_same_build(one, torchrun_build(path, tmp_path / "two"))

@@ -268,14 +268,3 @@ def test_two_processes_under_torchrun_segment_what_one_segments(tmp_path):
     one = tmp_path / "one"
     assert _build(path, "-o", str(one)).exit_code == 0
     assert_same_build(one, torchrun_build(path, tmp_path / "two"))
-
-
-def test_a_detector_is_refused_in_one_message_until_detection_is_explained(tmp_path):
-    (tmp_path / "a.png").write_bytes((ROOT / "example_configs" / "shapes" / "images" / "circle_0.png").read_bytes())
-    model = {"source": "torchvision", "name": "fasterrcnn_mobilenet_v3_large_320_fpn",
-             "kwargs": {"num_classes": 3, "min_size": 64, "max_size": 64}, "input_size": [3, 64, 64],
-             "labels": None, "device": "cpu", "task": None}
-    result = _build(_config(tmp_path, [tmp_path / "a.png"], model=model, analyses={"summary": {}}))
-    assert result.exit_code == 2 and "Traceback" not in result.output
-    assert "is a detection model" in result.stderr and "classification and segmentation" in result.stderr
-    assert not (tmp_path / "out").exists()

@@ -37,6 +37,7 @@ def __getattr__(name: str):
 
 STARTER = resources.files(__package__).joinpath("starter.yaml").read_text(encoding="utf-8")
 
-__all__ = ["INT_LIMIT", "MAX_DEPTH", "MAX_NODES", "STARTER", "Config", "DetailConfig", "DetectionConfig", "InputsConfig", "LayerPattern",
+__all__ = ["INT_LIMIT", "MAX_DEPTH", "MAX_NODES", "STARTER", "Config", "DetailConfig", "DetectionConfig", "InputsConfig",
+           "LayerPattern",
            "Normalize", "OutputConfig", "Preprocess", "ReportConfig", "Rules", "SampleConfig", "Shorthand", "TargetSpec",
            "canonical_methods", "load_config", "parse_config", "parse_data", "rules_of", "setting", "yaml_fields"]

@@ -74,7 +74,8 @@ class DetectionConfig:
     boxes. AP counts every detection; the threshold only picks what the page shows and the maps explain."""
 
     annotations: Path | None = setting(None, kind="path")  # true boxes: a COCO .json or a .jsonl of boxes, labels
-    image_root: Path | None = setting(None, kind="path")  # of a COCO file's file_names; default: the one folder of `inputs.images`, else the file's
+    # where a COCO file's file_names are; default: the one folder of `inputs.images`, else the file's folder
+    image_root: Path | None = setting(None, kind="path")
     score_threshold: float = setting(0.5, ge=0.0, le=1.0)  # the boxes drawn and explained score at least this
     max_boxes: int = setting(5, ge=1, le=100)  # at most this many explained per image, the best
     iou_threshold: float = setting(0.5, ge=0.0, le=1.0)  # a true positive overlaps its true box at least this

@@ -42,9 +42,10 @@ Loader = Callable[["ModelConfig", "Path | None"], ModelAdapter]
 
 __all__ = [
     "TASKS", "TORCHSCRIPT_LIMITS", "Detections", "Layout", "Layouts", "ModelAdapter", "describe_output",
-    "hooks_refused", "infer_task", "internal_size", "load_checkpoint", "load_labels", "load_model", "read_labels_file", "num_classes",
+    "hooks_refused", "infer_task", "internal_size", "load_checkpoint", "load_labels", "load_model", "num_classes",
     "pick_detections", "pick_logits", "pick_output", "pick_segmentation",
-    "pickle_globals", "preprocess_from_weights", "read_checkpoint", "resolve_device", "resolve_task", "takes_hooks",
+    "pickle_globals", "preprocess_from_weights", "read_checkpoint", "read_labels_file",
+    "resolve_device", "resolve_task", "takes_hooks",
     "torch_load", "torchvision_names", "unwrap_state_dict", "weights_cache_path",
 ]
 
