@@ -9,8 +9,8 @@ of `stages/dataset_segmentation.py`.
   COCO's AP needs the low scores too. The image's true boxes are `ImageInput.boxes` (display pixels, as the
   detections). An image without them (None: the annotations do not list it) is counted and not scored; an image
   listed with no box IS scored (each of its detections a false positive).
-- Per image, at `detection.iou_threshold` among the detections scoring at least `detection.score_threshold` (those
-  the page draws): true positives, false positives and misses, matched as COCOeval does
+- Per image, at `detection.iou_threshold` among the detections the page draws and the maps explain (scoring at
+  least `detection.score_threshold`, the best `detection.max_boxes`): true positives, false positives and misses, matched as COCOeval does
   (`metrics.detection.match_boxes`: a match of a crowd box is neither, a crowd box is never missed).
 - Streamed with flat memory: a batch's result holds its images' `DetectionEval` (per image and class ≤ 100 scores
   and a few packed bits, about 2.4 kB an image of 100 detections) and four numbers per image; `reduce` merges
@@ -78,14 +78,17 @@ def run(ctx: Context, cfg) -> DetectionDatasetResult:
         raise ValueError(f"a detector's batch needs one Detections per image, got "
                          f"{'none' if detections is None else len(detections)} for {len(ctx.images)} images")
     score_threshold, iou = thresholds(ctx.config)
+    most = int(getattr(getattr(ctx.config, "detection", None), "max_boxes", 5))
     labels = ctx.labels if ctx.labels else ctx.info.num_classes
     evaluation = DetectionEval(labels)
     counts = np.full((len(ctx.images), 5), -1, dtype=np.int64)  # shown, tp, fp, missed, all
     for i, (image, found) in enumerate(zip(ctx.images, detections)):
         boxes, scores, classes = (np.asarray(v.detach().cpu()) if hasattr(v, "detach") else np.asarray(v)
                                   for v in (found.boxes, found.scores, found.labels))
-        keep = scores >= score_threshold
-        counts[i, 0], counts[i, 4] = int(keep.sum()), len(scores)
+        # what the page draws and the maps explain: those scoring at least the threshold, the best `max_boxes`
+        keep = np.flatnonzero(scores >= score_threshold)
+        keep = keep[np.argsort(-scores[keep], kind="stable")][:most]
+        counts[i, 0], counts[i, 4] = len(keep), len(scores)
         truth = getattr(image, "boxes", None)
         if truth is None:
             continue
