@@ -21,9 +21,11 @@ from reportgen.context import Context, ImageInput, ModelInfo
 from reportgen.demo.detect import CAM_LAYER, load_model
 from reportgen.engine import Engine
 from reportgen.errors import ReportgenError
+from reportgen.figures import evaluation as figures
 from reportgen.methods.boxes import BoxScores
 from reportgen.methods.dispatch import Settings, explain
 from reportgen.models.detection import Detections, from_torchvision
+from reportgen.render import _Images, make_environment, section_template
 from reportgen.stages import evaluation_boxes as boxes_stage
 from reportgen.stages.evaluation import EvaluationConfig, SanityConfig, SubstratesConfig, summarize
 
@@ -134,6 +136,11 @@ def test_deletion_and_insertion_are_the_box_score_under_pytorch_grad_cams_target
     entry = boxes_stage.to_json(result)
     assert (entry["images"], entry["boxes"], entry["unit"]) == (3, sum(counts), "box")
     assert summarize(result)[0]["scores"]["deletion_auc"]["n"] == sum(counts)
+    # the section says boxes, not images, and reads the box's score, not a probability
+    section = figures.plot(result)
+    html = section_template(make_environment(_Images(True)), boxes_stage.VARIANT).render(section=section)
+    assert f"scored over {sum(counts)} explained boxes" in html and "softmax" not in html
+    assert section["curves"].caption == f"Deletion and insertion, mean over {sum(counts)} boxes"
 
 
 def test_streamed_batches_reduce_to_the_whole_batch(shipped):

@@ -46,6 +46,7 @@ def plot(result: EvaluationResult, ctx=None) -> dict:
                      "verdict": verdicts.get(row["key"])})
     section: dict = {
         "images": len(result.indices), "step": result.step, "seed": result.seed, "columns": columns, "rows": rows,
+        "unit": "box" if result.task == "detection" else "image",  # what `images` counts (a detector: its boxes)
         "config": result.config, "notes": list(result.notes) + _absent(result), "warnings": list(result.warnings),
         "curves": None, "sanity": None, "localisation": [], "sanity_limit": SANITY_LIMIT,
     }
@@ -90,13 +91,16 @@ def plot_curves(result: EvaluationResult, colours: dict[str, str]):
         ax.set_xlim(0, 1)
         ax.grid(True, alpha=0.3)
     region = result.task == "segmentation"  # the class's mean probability in its predicted region
-    axes[0].set_ylabel("p(target in its region), mean over images" if region else "p(target), mean over images")
+    boxes = result.task == "detection"  # a box's score: IoU + score of its best-matching detection
+    axes[0].set_ylabel("box score (IoU + score), mean over boxes" if boxes else
+                       "p(target in its region), mean over images" if region else "p(target), mean over images")
     fig.legend(*axes[0].get_legend_handles_labels(), fontsize=8, frameon=False, loc="outside right center")
-    n = len(result.indices)
-    what = "mean probability over its predicted region" if region else "probability"
-    return _to_figure(fig, f"Mean deletion and insertion curves over {n} images, one line per method: the target "
-                           f"class's {what} against the fraction of pixels changed, most salient first",
-                      f"Deletion and insertion, mean over {n} images")
+    n, units = len(result.indices), "boxes" if boxes else "images"
+    what = ("explained box's score (IoU + score of the detection of its class that matches it best)" if boxes else
+            "class's mean probability over its predicted region" if region else "class's probability")
+    return _to_figure(fig, f"Mean deletion and insertion curves over {n} {units}, one line per method: the target "
+                           f"{what} against the fraction of pixels changed, most salient first",
+                      f"Deletion and insertion, mean over {n} {units}")
 
 
 def plot_cascade(result: EvaluationResult, colours: dict[str, str]):

@@ -252,7 +252,9 @@ def _sanity(ctx: Context, cfg: evaluation_.EvaluationConfig, found, rows: list[R
     """The cascade on the batch's detail images (at most `sanity.images`): every method's maps of their explained
     boxes recomputed on each randomised copy (the same boxes: only the model changes), one compared map per box."""
     if box_maps is None:
-        from .cam_detection import box_maps
+        from . import cam_detection  # the detector's cam stage
+
+        box_maps = cam_detection.box_maps
     x = ctx.batch[positions]
     boxes = [ctx.boxes[p] for p in positions]
     counts = [len(b) for b in boxes]
