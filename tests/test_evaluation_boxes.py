@@ -8,6 +8,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ from reportgen.methods.dispatch import Settings, explain
 from reportgen.models.detection import Detections, from_torchvision
 from reportgen.render import _Images, make_environment, section_template
 from reportgen.stages import evaluation_boxes as boxes_stage
-from reportgen.stages.evaluation import EvaluationConfig, SanityConfig, SubstratesConfig, summarize
+from reportgen.stages.evaluation import EvaluationConfig, SanityConfig, SubstratesConfig, mean_curves, summarize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -97,11 +98,12 @@ def from_torchvision_of(model):
     return lambda x: from_torchvision(model(x))
 
 
-def test_deletion_and_insertion_are_the_box_score_under_pytorch_grad_cams_target(shipped):
+def test_deletion_and_insertion_are_the_box_score_under_pytorch_grad_cams_target(shipped, monkeypatch):
     """Each box's deletion and insertion curve, point by point, is `FasterRCNNBoxScoreTarget([label], [box])` of the
     model's detections on the perturbed image (pixels in the map's order, most salient first; deletion to zeros,
     insertion from zeros), and its AUC the trapezoid over the fraction changed. Batched forwards against one image
-    a forward: 1e-4 (float32 convolutions in other batch shapes)."""
+    a forward: 1e-4 (float32 convolutions in other batch shapes). Scored 4 boxes at a time (parts across images)."""
+    monkeypatch.setattr(boxes_stage, "BOXES", 4)
     model, x, _, _, found, _ = shipped
     ctx = context(shipped)
     cfg = EvaluationConfig(metrics=("deletion", "insertion", "confidence_change"), step=256, batch_size=16,
@@ -110,7 +112,7 @@ def test_deletion_and_insertion_are_the_box_score_under_pytorch_grad_cams_target
     counts = [len(b) for b in found]
     assert len(result.indices) == sum(counts) >= 8 and result.ranks == tuple(j for k in counts for j in range(k))
     maps = gradcam_found(ctx).maps["gradcam"]
-    k = 0
+    k, curves = 0, []
     for i, b in enumerate(found):
         for j in range(len(b)):
             target = FasterRCNNBoxScoreTarget(labels=b.labels[j:j + 1], bounding_boxes=b.boxes[j:j + 1])
@@ -127,6 +129,8 @@ def test_deletion_and_insertion_are_the_box_score_under_pytorch_grad_cams_target
             drop = max(0.0, deletion[0] - masked)
             assert result.scores[ROW]["drop_in_confidence"][k] == pytest.approx(drop, abs=1e-4)
             k += 1
+            curves.append(deletion)
+    np.testing.assert_allclose(mean_curves(result)[ROW][0], np.mean(curves, axis=0), atol=1e-4)
     # a trained detector's Grad-CAM: deleting its most salient pixels loses the box faster than restoring them finds it
     assert result.scores[ROW]["deletion_auc"].mean() < result.scores[ROW]["insertion_auc"].mean()
     # the result's forms: per image its boxes' scores, best box first; the summary over boxes
@@ -174,10 +178,12 @@ def _peak_at(row: float, col: float) -> np.ndarray:
     return m
 
 
-def test_pointing_game_scores_true_positives_against_their_true_box(shipped):
+def test_pointing_game_scores_true_positives_against_their_true_box(shipped, monkeypatch):
     """Hand-placed maps: a box whose map peaks at the centre of its matched true box is a hit, one peaking 2 px
     outside it a miss (a hit with `tolerance: 3`); a false positive (a star where there is none) and the boxes of an
-    image without annotations are not scored; the hit rate is over the boxes scored."""
+    image without annotations are not scored; the hit rate is over the boxes scored. Scored 3 boxes at a time (the
+    last parts without any truth)."""
+    monkeypatch.setattr(boxes_stage, "BOXES", 3)
     _, _, _, truths, found, _ = shipped
     star = Detections(torch.tensor([[0.0, 0.0, 12.0, 12.0]]), torch.tensor([0.4]), torch.tensor([5]))
     boxes = [Detections(torch.cat([found[0].boxes, star.boxes]), torch.cat([found[0].scores, star.scores]),
@@ -245,3 +251,14 @@ def test_metrics_that_do_not_apply_to_a_detector_are_refused():
         boxes_stage.refuse(["deletion", "infidelity", "sensitivity"])
     boxes_stage.refuse(["deletion", "localisation", "sanity"])
     assert boxes_stage.VARIANT.name == "evaluation" and boxes_stage.VARIANT.run is boxes_stage.run
+    info = SimpleNamespace(config=SimpleNamespace(model=SimpleNamespace(input_size=(3, 64, 64)),
+                                                  detection=SimpleNamespace(annotations=None)))
+    with pytest.raises(ReportgenError, match=r"`infidelity` does not apply to a detector"):
+        boxes_stage.check(info, EvaluationConfig(metrics=("infidelity",)))
+    with pytest.raises(ReportgenError, match=r"localisation.*no true boxes: set `detection.annotations`"):
+        boxes_stage.check(info, EvaluationConfig(metrics=("deletion", "localisation")))
+    boxes_stage.check(info, EvaluationConfig())  # null: localisation where true boxes exist
+    info.config.detection.annotations = Path("boxes.jsonl")
+    boxes_stage.check(info, EvaluationConfig(metrics=("localisation",)))
+    with pytest.raises(ReportgenError, match=r"4096 pixels a step is the whole 64×64 input"):
+        boxes_stage.check(info, EvaluationConfig(step=4096))

@@ -36,12 +36,14 @@ from ..metrics.columns import Row, row_key
 from ..metrics.detection import match_boxes
 from ..metrics.localisation import box_mask
 from ..metrics.scoring import COLUMNS, METRICS, SCORERS, MapBatch, Options
+from ..ops import batches
 from ..progress import plural
 from . import Context, ModelInfo
 from . import evaluation as evaluation_
 
 DETECTION = "detection"
 IOU_THRESHOLD = 0.5  # `detection.iou_threshold`'s default: a true positive's IoU with its true box
+BOXES = 16  # boxes scored together: each holds a copy of its image and of the substrates while it is scored
 
 # the evaluation metrics that do not apply to a detector, and why (`refuse` names them)
 REFUSED = {
@@ -84,13 +86,20 @@ def wanted(cfg: evaluation_.EvaluationConfig) -> tuple[str, ...]:
 
 
 def check(info: ModelInfo, cfg: evaluation_.EvaluationConfig) -> None:
-    """A step that leaves nothing to delete; metrics that do not apply to a detector."""
+    """A step that leaves nothing to delete; metrics that do not apply to a detector; localisation asked for
+    without true boxes."""
     _, h, w = info.config.model.input_size
     if cfg.step is not None and cfg.step >= h * w:
         raise ReportgenError(f"`analyses.evaluation.step`: {cfg.step} pixels a step is the whole {h}×{w} input, so "
                              f"deletion and insertion have no step in between; use fewer than {h * w} (null: "
                              f"{perturbation.default_step(h, w)}, RISE's 224 at 224²).")
     refuse(cfg.metrics)
+    detection = getattr(info.config, "detection", None)
+    if cfg.metrics is not None and "localisation" in cfg.metrics and getattr(detection, "annotations", None) is None:
+        raise ReportgenError("`analyses.evaluation.metrics` asks for localisation, the pointing game of each box's "
+                             "map against its true box, but there are no true boxes: set `detection.annotations` "
+                             "(a COCO JSON or a JSONL manifest of boxes), or leave `metrics` null to score "
+                             "localisation only where true boxes exist.")
 
 
 # ---------------------------------------------------------------------------- results
@@ -126,6 +135,8 @@ def flatten(per_image: Sequence[np.ndarray | torch.Tensor], counts: Sequence[int
     """Per image (J_i or more, H, W) maps -> (ΣJ_i, H, W) float32: each image's first `counts[i]` in order."""
     parts = [np.asarray(m.detach().cpu().numpy() if isinstance(m, torch.Tensor) else m, dtype=np.float32)[:k]
              for m, k in zip(per_image, counts)]
+    if any(len(m) != k for m, k in zip(parts, counts)):
+        raise ValueError(f"maps of {[len(m) for m in parts]} boxes for images with {list(counts)} explained boxes")
     return np.concatenate(parts) if parts else np.zeros((0, 0, 0), np.float32)
 
 
@@ -197,28 +208,31 @@ def evaluate(ctx: Context, cfg: evaluation_.EvaluationConfig, found, *, truths: 
     options = Options(step=cfg.step, deletion_substrate=cfg.substrates.deletion,
                       insertion_substrate=cfg.substrates.insertion, batch_size=cfg.batch_size,
                       percentiles=cfg.percentiles, infidelity_sd=cfg.infidelity_sd, tolerance=cfg.tolerance)
-    # one scored row per box: a copy of its image, its rank as the target, its image as the owner
-    job = MapBatch(forward=BoxTargets(scores_forward.for_rows(torch.as_tensor(image_of))),
-                   x=ctx.batch[torch.as_tensor(image_of, device=ctx.batch.device)],
-                   indices=[ctx.offset + int(p) for p in image_of], maps=maps,
-                   targets={row: ranks for row in rows}, attributions={}, masks=masks,
-                   explain=_no_attributions, options=options, seed=seed)
     scores: dict[str, dict[str, np.ndarray]] = {row_key(r): {} for r in rows}
-    for metric in metrics:
-        if metric in SCORERS and metric not in REFUSED:
-            ctx.log(f"evaluation: {metric} on {plural(len(image_of), 'box', 'boxes')}")
-            for row, columns in SCORERS[metric](job).items():
-                scores[row_key(row)].update(columns)
     fraction, sums = None, {}
-    for row, c in job.cache.get("curves", {}).items():
-        fraction = c.fraction
-        sums[row_key(row)] = (c.deletion.sum(0, dtype=np.float64), c.insertion.sum(0, dtype=np.float64),
-                              len(image_of))
+    ctx.log(f"evaluation: {', '.join(m for m in metrics if m in SCORERS)} on {plural(len(image_of), 'box', 'boxes')}")
+    for part in batches(len(image_of), BOXES):
+        # one scored row per box: a copy of its image, its rank as the target, its image as the owner
+        owners = torch.as_tensor(image_of[part])
+        job = MapBatch(forward=BoxTargets(scores_forward.for_rows(owners)), x=ctx.batch[owners.to(ctx.batch.device)],
+                       indices=[ctx.offset + int(p) for p in image_of[part]], maps={r: m[part] for r, m in maps.items()},
+                       targets={row: ranks[part] for row in rows}, attributions={}, masks=masks[part],
+                       explain=_no_attributions, options=options, seed=seed)
+        for metric in metrics:
+            if metric in SCORERS and metric not in REFUSED:
+                for row, columns in SCORERS[metric](job).items():
+                    for column, values in columns.items():  # a part's boxes without truth: no localisation columns
+                        scores[row_key(row)].setdefault(column, np.full(len(image_of), np.nan))[part] = values
+        for row, c in job.cache.get("curves", {}).items():
+            fraction = c.fraction
+            d, i, k = sums.get(row_key(row), (0.0, 0.0, 0))
+            sums[row_key(row)] = (d + c.deletion.sum(0, dtype=np.float64), i + c.insertion.sum(0, dtype=np.float64),
+                                  k + len(c.deletion))
 
     outcome, notes = None, list(base.notes)
-    if "sanity" in metrics and detail and min(detail) in {ctx.offset + p for p in positions}:
-        shown = [p for p in positions if ctx.offset + p in set(detail)][:cfg.sanity.images]
-        ctx.log("evaluation: sanity cascade")
+    shown = [p for p in positions if ctx.offset + p in set(detail)][:cfg.sanity.images]
+    if "sanity" in metrics and detail and ctx.offset <= min(detail) < ctx.offset + n and shown:
+        ctx.log("evaluation: sanity cascade")  # on the first detail image's batch, its detail images with boxes
         outcome = _sanity(ctx, cfg, found, rows, shown, box_maps)
         notes.append(_found_note(outcome))
     if "localisation" in metrics and not any(m is not None for m in masks):
