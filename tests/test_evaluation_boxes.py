@@ -223,6 +223,7 @@ def test_pointing_game_scores_true_positives_against_their_true_box(shipped, mon
     # without any truth: no pointing game, and a note says why
     none = boxes_stage.evaluate(ctx, cfg, found_maps, truths=[None] * 3)
     assert "pointing_game" not in none.columns and any("no pointing game" in n for n in none.notes)
+    assert not any("manifest" in n for n in figures.plot(none)["notes"])  # not the classifier's advice
 
 
 def test_the_cascade_loses_similarity_as_layers_are_randomised(shipped):

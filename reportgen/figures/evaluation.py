@@ -72,7 +72,8 @@ def _absent(result: EvaluationResult) -> list[str]:
     """What was asked for (or is in the default set) but could not be scored."""
     notes = []
     wanted = wanted_metrics(result.config)
-    if "localisation" in wanted and not any(COLUMN[c].metric == "localisation" for c in result.columns):
+    if ("localisation" in wanted and not any(COLUMN[c].metric == "localisation" for c in result.columns)
+            and result.task != "detection"):  # a detector's result says why itself (its true boxes)
         notes.append("No scored image comes with a box or mask, so there is no localisation score: a manifest "
                      "(.csv / .jsonl with x0, y0, x1, y1 or mask) adds the pointing game and its kin.")
     return notes

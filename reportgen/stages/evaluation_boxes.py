@@ -236,8 +236,8 @@ def evaluate(ctx: Context, cfg: evaluation_.EvaluationConfig, found, *, truths: 
         outcome = _sanity(ctx, cfg, found, rows, shown, box_maps)
         notes.append(_found_note(outcome))
     if "localisation" in metrics and not any(m is not None for m in masks):
-        notes.append("No scored box matches a true box (no annotations, or only false positives): there is no "
-                     "pointing game.")
+        notes.append("No scored box matches a true box (`detection.annotations` gives none for these images, or "
+                     "every explained box is a false positive): there is no pointing game.")
     columns = tuple(c.id for c in COLUMNS if any(c.id in s for s in scores.values())
                     or (c.id == "sanity_spearman" and outcome is not None))
     return dataclasses.replace(
