@@ -46,6 +46,7 @@ def plot(result: EvaluationResult, ctx=None) -> dict:
                      "verdict": verdicts.get(row["key"])})
     section: dict = {
         "images": len(result.indices), "step": result.step, "seed": result.seed, "columns": columns, "rows": rows,
+        "unit": "box" if result.task == "detection" else "image",  # what `images` counts (a detector: its boxes)
         "config": result.config, "notes": list(result.notes) + _absent(result), "warnings": list(result.warnings),
         "curves": None, "sanity": None, "localisation": [], "sanity_limit": SANITY_LIMIT,
     }
@@ -71,7 +72,8 @@ def _absent(result: EvaluationResult) -> list[str]:
     """What was asked for (or is in the default set) but could not be scored."""
     notes = []
     wanted = wanted_metrics(result.config)
-    if "localisation" in wanted and not any(COLUMN[c].metric == "localisation" for c in result.columns):
+    if ("localisation" in wanted and not any(COLUMN[c].metric == "localisation" for c in result.columns)
+            and result.task != "detection"):  # a detector's result says why itself (its true boxes)
         notes.append("No scored image comes with a box or mask, so there is no localisation score: a manifest "
                      "(.csv / .jsonl with x0, y0, x1, y1 or mask) adds the pointing game and its kin.")
     return notes
@@ -90,13 +92,16 @@ def plot_curves(result: EvaluationResult, colours: dict[str, str]):
         ax.set_xlim(0, 1)
         ax.grid(True, alpha=0.3)
     region = result.task == "segmentation"  # the class's mean probability in its predicted region
-    axes[0].set_ylabel("p(target in its region), mean over images" if region else "p(target), mean over images")
+    boxes = result.task == "detection"  # a box's score: IoU + score of its best-matching detection
+    axes[0].set_ylabel("box score (IoU + score), mean over boxes" if boxes else
+                       "p(target in its region), mean over images" if region else "p(target), mean over images")
     fig.legend(*axes[0].get_legend_handles_labels(), fontsize=8, frameon=False, loc="outside right center")
-    n = len(result.indices)
-    what = "mean probability over its predicted region" if region else "probability"
-    return _to_figure(fig, f"Mean deletion and insertion curves over {n} images, one line per method: the target "
-                           f"class's {what} against the fraction of pixels changed, most salient first",
-                      f"Deletion and insertion, mean over {n} images")
+    n, units = len(result.indices), "boxes" if boxes else "images"
+    what = ("explained box's score (IoU + score of the detection of its class that matches it best)" if boxes else
+            "class's mean probability over its predicted region" if region else "class's probability")
+    return _to_figure(fig, f"Mean deletion and insertion curves over {n} {units}, one line per method: the target "
+                           f"{what} against the fraction of pixels changed, most salient first",
+                      f"Deletion and insertion, mean over {n} {units}")
 
 
 def plot_cascade(result: EvaluationResult, colours: dict[str, str]):
