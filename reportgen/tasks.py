@@ -123,9 +123,14 @@ BUILT_IN: list[Task] = [
              "analyses.dataset.top_confused": "a detector's data-set section lists COCO's AP per class and draws "
                                               "its precision-recall curves.",
              "analyses.cam.targets": _BOXES,
+             "analyses.evaluation.infidelity_sd": "it is infidelity's noise, and infidelity does not apply to a "
+                                                  "detector; its evaluation scores deletion, insertion, ROAD, the "
+                                                  "confidence change, the pointing game against the true boxes and "
+                                                  "the sanity cascade.",
          },
          variants={"dataset": "reportgen.stages.dataset_detection:VARIANT",
-                   "cam": "reportgen.stages.cam_detection:VARIANT"}),
+                   "cam": "reportgen.stages.cam_detection:VARIANT",
+                   "evaluation": "reportgen.stages.evaluation_boxes:VARIANT"}),
 ]
 
 
