@@ -15,7 +15,6 @@ from .. import dist
 from ..collection import Collection
 from ..context import Context, ModelInfo, class_shares
 from ..engine import Engine
-from ..methods.boxes import BoxScores
 from ..methods.regions import RegionScores, predicted_regions
 from ..metrics.detection import match_boxes
 from ..metrics.segmentation import image_scores
@@ -74,6 +73,8 @@ def detector_batch(ctx: Context, images: list, batch: torch.Tensor, offset: int)
     the CPU), those explained as `boxes` (`explained`), and an engine whose forward scores each explained box as
     pytorch-grad-cam's FasterRCNNBoxScoreTarget does (`methods.boxes.BoxScores`): box j of every image is rank j.
     `logits`: (B, J) those scores of the batch itself."""
+    from ..methods.boxes import BoxScores  # torchvision's box IoU: imported by a detector's build only
+
     cfg = ctx.config.detection
     with torch.no_grad():
         found = [d.to("cpu") for d in ctx.info.forward(batch)]
