@@ -305,7 +305,7 @@ def test_the_card_draws_boxes_truth_and_one_map_per_box_and_method_without_scrip
     assert "<script" not in html and "style=" not in html and "&lt;" in html and "a<b" not in html
     assert html.count('class="bx') == 2 and html.count('class="bx d"') == 1  # the best box's maps show first
     assert html.count('<g class="p" visibility="hidden">') == 2
-    assert html.count('stroke-dasharray="5 3"') == 2 and "cross missed" in html and "square &amp; co" in html
+    assert html.count('stroke-dasharray="5 3"') == 2 and "missed: cross" in html and "square &amp; co" in html
     assert len(re.findall(r'<image href="data:image/png;base64,[^"]+" x=', html)) == 2 * 2  # boxes × methods
     assert html.count("<symbol") == 2 and "No detection was explained" in html  # image c has none
     assert html.count('tabindex="0"') == 2 and "Grad-CAM" in html and "D-RISE" in html

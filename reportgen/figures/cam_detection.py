@@ -120,7 +120,7 @@ def card(result: BoxMapsResult, i: int, display: np.ndarray) -> dict:
     truth = []
     for row in truths or ():
         rect = _rect(row["box"], scale)
-        text = f"{row['name']}" + (" missed" if row["missed"] else "")
+        text = f"missed: {row['name']}" if row["missed"] else ""  # a found box's label would repeat its detection's
         truth.append({**row, **rect, "text": text, "colour": MISSED if row["missed"] else "#ffffff",
                       "tab": _tab(rect, text, width, below=height)})
     return {
