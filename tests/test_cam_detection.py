@@ -39,6 +39,7 @@ from reportgen.methods.dispatch import Settings, explain
 from reportgen.metrics.detection import match_boxes
 from reportgen.models.detection import Detections, from_torchvision
 from reportgen.stages import cam_detection as D
+from tests.test_browser import driver  # noqa: F401  (the Chromium fixture)
 from tests.test_box_targets import (CAM_TOL, AblationLayerAnyPyramid, eigen_diff, faster_rcnn, images, pgc_map, quiet,
                                     retinanet, signs)
 
@@ -319,3 +320,39 @@ def test_the_variant_names_its_figures_and_template():
     assert variant.name == "cam" and variant.run is D.run and variant.records is D.records
     css = (render.templates_dir() / "style.css").read_text()
     assert ".bx:is(:hover,:focus)>.p" in css  # the maps of the box hovered or focused show (no script)
+
+
+def test_in_chromium_the_maps_follow_hover_then_focus_then_the_best_box_and_fit_a_phone(driver, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    from tests.test_browser import PHONE, open_page
+
+    result = made_result()
+    display = np.zeros((2, 16, 16, 3), np.uint8)
+    ctx = type("Ctx", (), {"images": [ImageInput(name=n, source="", original=display[i], display=display[i])
+                                      for i, n in enumerate(result.images)]})()
+    images = render._Images(True)
+    html = render.make_environment(images).get_template("sections/cam_detection.html.jinja2").render(
+        report={}, section=figures.plot(result, ctx))
+    css = (render.templates_dir() / "style.css").read_text() + "\n" + images.css()
+    page = tmp_path / "page.html"
+    page.write_text(f'<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="Content-Security-Policy" '
+                    f'content="{render.page_policy(css, "", "data:")}"><meta name="viewport" content="width=device-width">'
+                    f'<style>{css}</style></head><body><main><section class="section"><h2>CAM</h2>{html}</section>'
+                    '</main></body></html>', encoding="utf-8")
+    shown = ("return [...document.querySelectorAll('.det')[0].querySelectorAll('.bx')].filter("
+             "g => getComputedStyle(g.querySelector('.p')).visibility === 'visible').map(g => g.getAttribute('aria-label'))")
+    for width, height in ((1300, 1000), PHONE):
+        events = open_page(driver, page, width=width, height=height, scripts=False)
+        assert events["errors"] == []  # nothing refused by the page's policy
+        assert driver.execute_script("return document.documentElement.scrollWidth") <= width
+        boxes = driver.find_elements(By.CSS_SELECTOR, ".det")[0].find_elements(By.CSS_SELECTOR, ".bx")
+        driver.execute_script("arguments[0].scrollIntoView()", boxes[0])
+        best = "Box 1: circle, score 0.90, true positive: its maps"
+        other = "Box 2: square & co, score 0.60, false positive: its maps"
+        assert driver.execute_script(shown) == [best]  # nothing hovered or focused: the best box's
+        driver.execute_script("arguments[0].focus()", boxes[1])
+        assert driver.execute_script(shown) == [other]  # focused (Tab, or a tap)
+        ActionChains(driver).move_to_element(boxes[0].find_element(By.TAG_NAME, "rect")).perform()
+        assert driver.execute_script(shown) == [best]  # hovered, although another box has the focus
