@@ -33,7 +33,7 @@ from reportgen.engine import Engine
 from reportgen.figures import cam_detection as figures
 from reportgen.hooks import capture_outputs
 from reportgen.layers import describe_model
-from reportgen.methods.boxes import BoxScores, drise, fpn_levels, fpn_reshape
+from reportgen.methods.boxes import BoxScores, drise, drise_boxes, fpn_levels, fpn_reshape
 from reportgen.methods.cam import NotApplicable, project_2d
 from reportgen.methods.dispatch import Settings, explain
 from reportgen.metrics.detection import match_boxes
@@ -176,6 +176,28 @@ def test_drise_maps_are_its_formula_scaled_and_box_maps_pads_missing_boxes(shipp
         assert np.allclose(result.maps["drise"][i], maps["drise"][:len(boxes[i]), i].numpy(), atol=1e-6)
     again = D.box_maps(model, lambda images: from_torchvision(model(images)), x, boxes, ("gradcam",), cfg)
     assert torch.allclose(again["gradcam"], maps["gradcam"], atol=1e-6)
+
+
+def test_a_batch_without_boxes_has_empty_maps_and_every_true_box_missed(shipped):
+    model, x, boxes, truth, scenes = shipped
+    none = [Detections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long))] * 3
+    ctx = detector_context(model, x, none, truth, LABELS)
+    result = D.run(ctx, CamConfig(methods=("ablationcam", "drise"), target_layers=(CAM_LAYER,)))
+    assert result.layers == {"ablationcam": CAM_LAYER, "drise": ""} and result.seconds == {}  # nothing ran
+    assert [v.shape for v in result.maps["drise"]] == [(0, 64, 64)] * 3
+    assert [r["missed"] for r in D.records(result)] == [len(t.boxes) for t in truth]
+
+
+def test_drise_of_a_label_no_masked_image_detects_is_zero():
+    """The one-hot of D-RISE's similarity covers the targets' labels even when the masked images' detections are all
+    of lower labels (cos 0: the weight of every mask is 0)."""
+    def detector(images):
+        return [{"boxes": torch.tensor([[0.0, 0, 8, 8]]), "labels": torch.tensor([1]), "scores": torch.tensor([0.9])}
+                for _ in images]
+
+    scores = BoxScores(detector, [torch.tensor([[0.0, 0, 8, 8], [0, 0, 8, 8]])], [torch.tensor([1, 3])])
+    maps = drise_boxes(scores, torch.rand(1, 3, 16, 16), masks=6, cells=4)
+    assert maps.shape == (2, 1, 16, 16) and maps[0].amax() > 0 and not maps[1].any()
 
 
 def test_drise_is_a_cam_method_id_with_options_and_not_applicable_to_a_classifier():

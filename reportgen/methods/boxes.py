@@ -321,12 +321,13 @@ def torchvision_detect(detector: Detector, num_classes: int) -> Callable:
 DRISE_BATCH = 16  # masked images per detector forward
 
 
-def _one_hot_detect(detector: Detector) -> Callable:
-    """`torchvision_detect` with as many classes as the labels need (cos(one-hot, one-hot) is [same label] for any
-    count): the count of a model's classes is not always known."""
+def _one_hot_detect(detector: Detector, least: int) -> Callable:
+    """`torchvision_detect` with as many classes as the labels need, at least `least` (the targets'): cos(one-hot,
+    one-hot) is [same label] for any count, and the count of a model's classes is not always known."""
     def detect(images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         found = detector(images)
-        k = 1 + max([int(d["labels"].max()) for d in found if len(d["labels"])], default=0)
+        k = 1 + max([int(d["labels"].max()) for d in found if len(d["labels"])], default=least - 1)
+        k = max(k, least)
         return torchvision_detect(lambda _x: found, k)(images)
 
     return detect
@@ -341,7 +342,7 @@ def drise_boxes(scores: BoxScores, batch: torch.Tensor, class_sets: Sequence[Seq
     class_sets = [tuple(c) for c in (class_sets or scores.ranks())]
     n, (h, w) = batch.shape[0], batch.shape[-2:]
     cell = math.ceil(max(h, w) / cells)
-    detect = _one_hot_detect(scores.detector)
+    detect = _one_hot_detect(scores.detector, 1 + max([int(c.max()) for c in scores.labels if len(c)], default=0))
     out = torch.zeros(len(class_sets), n, h, w, device=batch.device)
     for i in range(n):
         if len(scores.boxes[i]) == 0:

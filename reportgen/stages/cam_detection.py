@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -163,6 +164,10 @@ def _compute(model, forward, batch, boxes, methods, cfg, *, info=None, engine=No
     ranks = scores.ranks()
     on_pyramid = [m for m in methods if m in (EIGEN, ABLATION) and pyramid is not None]
     on_tensors = [m for m in methods if m != DRISE and m not in on_pyramid]
+    if not any(len(b) for b in scores.boxes) and "cam" not in methods:  # nothing to explain: no masked forwards
+        where = {**dict.fromkeys(on_tensors, ", ".join(tensors)), **dict.fromkeys(on_pyramid, pyramid), DRISE: ""}
+        zero = batch.new_zeros((1, batch.shape[0], *batch.shape[-2:]), dtype=torch.float32)
+        return {m: zero for m in methods}, {m: where[m] for m in methods}, {}, [], {}
     maps: dict[str, torch.Tensor] = {}
     layers: dict[str, str] = {}
     not_applicable: dict[str, str] = {}
@@ -181,17 +186,21 @@ def _compute(model, forward, batch, boxes, methods, cfg, *, info=None, engine=No
         seconds.update(computed.seconds)
     if on_pyramid:
         log(f"cam: {', '.join(on_pyramid)} on the feature pyramid `{pyramid}`")
+        start = time.perf_counter()
         maps.update(fpn_cams(on_pyramid, scores, model, batch, ranks, layer=pyramid,
                              batch_size=getattr(cfg, "batch_size", 32)))
         layers.update(dict.fromkeys(on_pyramid, pyramid))
+        seconds["pyramid"] = time.perf_counter() - start
     if DRISE in methods:
         log(f"cam: D-RISE, {getattr(cfg, 'drise_masks', 500)} masked forwards per image")
+        start = time.perf_counter()
         raw = drise_boxes(scores, batch, ranks, masks=getattr(cfg, "drise_masks", 500),
                           cells=getattr(cfg, "drise_cells", 8), p=getattr(cfg, "drise_p", 0.5), seed=seed)
         drise = cam.scale_cams(raw.clamp_min(0))
-        drise[scores.empty(ranks)] = 0
+        drise[scores.empty(ranks).to(drise.device)] = 0
         maps[DRISE] = drise
         layers[DRISE] = ""
+        seconds[DRISE] = time.perf_counter() - start
     ordered = {m: maps[m] for m in methods if m in maps}
     return ordered, {m: layers[m] for m in ordered}, not_applicable, warnings, seconds
 
