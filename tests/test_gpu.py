@@ -64,7 +64,7 @@ def test_a_cuda_build_equals_the_cpu_build(project, float32_math):
     config["analyses"] = {
         "summary": {"depth": 2},
         "feature_maps": {},
-        "cam": {"methods": list(methods.ids("cam")), "targets": "top2"},
+        "cam": {"methods": [m for m in methods.ids("cam") if m != "drise"], "targets": "top2"},  # drise: detectors
         "gradients": {"methods": list(methods.ids("gradients")), "samples": 3, "steps": 8, "targets": "top2"},
         "evaluation": {"metrics": ["deletion", "insertion", "road", "confidence_change"], "step": 16},
     }

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..registry import METHODS
-from .options import GuidedGradCamOptions, IntegratedGradientsOptions, MaskedOptions, SmoothGradOptions
+from .options import DriseOptions, GuidedGradCamOptions, IntegratedGradientsOptions, MaskedOptions, SmoothGradOptions
 
 FAMILIES = ("cam", "gradients")
 # what a method can need from the engine
@@ -156,6 +156,10 @@ _cam("eigencam", "Eigen-CAM", {"activations"}, "eigencam")
 _cam("eigengradcam", "EigenGrad-CAM", {"activations", "gradients"}, "eigengradcam")
 _cam("scorecam", "Score-CAM", {"activations", "masked_forwards"}, "scorecam", options=MaskedOptions)
 _cam("ablationcam", "Ablation-CAM", {"activations", "masked_forwards"}, "ablationcam", options=MaskedOptions)
+# detectors only (the task records refuse it for the others): black-box, masked forwards of the detector, no layer
+BUILT_IN.append(Method(id="drise", family="cam", title="D-RISE", aliases=("detrise",), hooks=False,
+                       compute="reportgen.methods.boxes:drise_cam", options=DriseOptions,
+                       note="detectors only: saliency of random masks weighed by the box's detection similarity"))
 
 # ---------------------------------------------------------------------------- the gradient family (Captum 0.9.0)
 

@@ -42,7 +42,7 @@ from torchvision.ops import box_iou
 
 from ..hooks import capture_outputs
 from ..ops import batches
-from .cam import project_2d, scale_cams
+from .cam import NotApplicable, project_2d, scale_cams
 
 Detector = Callable[[torch.Tensor], Sequence[Mapping[str, torch.Tensor]]]  # torchvision's format, eval mode
 ABLATED = -1000.0  # AblationLayerFasterRCNN's value of an ablated channel
@@ -316,3 +316,49 @@ def torchvision_detect(detector: Detector, num_classes: int) -> Callable:
                 for d in detector(images)]
 
     return detect
+
+
+DRISE_BATCH = 16  # masked images per detector forward
+
+
+def _one_hot_detect(detector: Detector, least: int) -> Callable:
+    """`torchvision_detect` with as many classes as the labels need, at least `least` (the targets'): cos(one-hot,
+    one-hot) is [same label] for any count, and the count of a model's classes is not always known."""
+    def detect(images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        found = detector(images)
+        k = 1 + max([int(d["labels"].max()) for d in found if len(d["labels"])], default=least - 1)
+        k = max(k, least)
+        return torchvision_detect(lambda _x: found, k)(images)
+
+    return detect
+
+
+def drise_boxes(scores: BoxScores, batch: torch.Tensor, class_sets: Sequence[Sequence[int]] | None = None, *,
+                masks: int = 500, cells: int = 8, p: float = 0.5, seed: int = 0,
+                batch_size: int = DRISE_BATCH) -> torch.Tensor:
+    """(k, N, H, W) raw D-RISE saliency (`drise`) of target box `class_sets[r][i]` of image i (default
+    `scores.ranks()`; a missing box: zeros), from `scores.detector`: per image `masks` masked forwards shared by all
+    its boxes, masks of `cells` cells along the longer side (the same masks for every image: seeded by `seed`)."""
+    class_sets = [tuple(c) for c in (class_sets or scores.ranks())]
+    n, (h, w) = batch.shape[0], batch.shape[-2:]
+    cell = math.ceil(max(h, w) / cells)
+    detect = _one_hot_detect(scores.detector, 1 + max([int(c.max()) for c in scores.labels if len(c)], default=0))
+    out = torch.zeros(len(class_sets), n, h, w, device=batch.device)
+    for i in range(n):
+        if len(scores.boxes[i]) == 0:
+            continue
+        saliency = drise(detect, batch[i], scores.boxes[i], scores.labels[i], masks=masks, cell=cell, p=p, seed=seed,
+                         batch=batch_size)  # (J_i, H, W)
+        for r, classes in enumerate(class_sets):
+            if classes[i] < len(saliency):
+                out[r, i] = saliency[classes[i]]
+    return out
+
+
+def drise_cam(job) -> torch.Tensor:
+    """D-RISE as a CAM method's function (`methods.cam.CamJob` -> (k, N, H, W)), with its default options: for a
+    detector's box scores only (it reads no layer)."""
+    if not isinstance(job.forward, BoxScores):
+        raise NotApplicable("D-RISE explains a detector's boxes (`model.task: detection`); it has no target box "
+                            "here.")
+    return drise_boxes(job.forward, job.batch, job.class_sets)

@@ -35,3 +35,12 @@ class SmoothGradOptions:
 @dataclass(frozen=True)
 class GuidedGradCamOptions:
     cam_layer: str | None = None  # guided_gradcam; default: the cam stage's layer or the auto-picked one
+
+
+@dataclass(frozen=True)
+class DriseOptions:
+    """D-RISE (detectors only): one forward of the detector per random mask of each image, shared by its boxes."""
+
+    drise_masks: int = setting(500, **COUNT)  # drise: random masks per image (a masked forward each)
+    drise_cells: int = setting(8, **COUNT)  # drise: mask grid cells along the image's longer side
+    drise_p: float = setting(0.5, gt=0, le=1)  # drise: the probability that a cell is kept
