@@ -34,6 +34,7 @@ class Task:
     methods_refused: Mapping[str, str] = field(default_factory=dict)  # method id -> why it does not apply
     settings_refused: Mapping[str, str] = field(default_factory=dict)  # dotted config key -> what applies instead
     variants: Mapping[str, str] = field(default_factory=dict)  # stage name -> "module:ATTRIBUTE" of its Stage record
+    named_targets: bool = True  # whether `targets: [classes]` applies (a refused `targets` is then only its top-k)
 
     def variant(self, stage):
         """The stage record this task runs for `stage` (its own `variants` entry, else `stage` itself)."""
@@ -60,14 +61,14 @@ class Task:
                     raise ReportgenError(f"`analyses.{name}.methods`: `{method}` does not apply to a {self.name} "
                                          f"model: {self.methods_refused[method]}")
         for key, instead in self.settings_refused.items():
-            if _is_set(config, key):
+            if _is_set(config, key, self.named_targets):
                 raise ReportgenError(f"`{key}` does not apply to a {self.name} model (`model.task: {self.name}`): "
                                      f"{instead}")
 
 
-def _is_set(config, key: str) -> bool:
-    """Whether the dotted `key` of `config` is present and differs from its default (an explicit list of classes
-    for `targets` is not a top-k: it applies to every task)."""
+def _is_set(config, key: str, named_targets: bool = True) -> bool:
+    """Whether the dotted `key` of `config` is present and differs from its default (with `named_targets`, an
+    explicit list of classes for `targets` is not a top-k: it applies)."""
     owner: object = config
     *path, name = key.split(".")
     for part in path:
@@ -75,14 +76,14 @@ def _is_set(config, key: str) -> bool:
         if owner is None:
             return False
     value = getattr(owner, name, None)
-    if getattr(value, "explicit", False):
+    if named_targets and getattr(value, "explicit", False):
         return False
     return value != getattr(type(owner)(), name, None)
 
 
 _NOT_DETECTION = {"detection": "it holds a detector's options (`model.task: detection`); remove the section."}
-_BOXES = ("a detector's maps explain its boxes: `detection.score_threshold` and `detection.max_boxes` choose them; "
-          "leave `targets` out.")
+_BOXES = ("a detector's maps explain its boxes, whatever their class: `detection.score_threshold` and "
+          "`detection.max_boxes` choose them; leave `targets` out.")
 
 BUILT_IN: list[Task] = [
     Task(name="classification", title="Classification", order=10, outputs="logits (N, K)",
@@ -130,7 +131,8 @@ BUILT_IN: list[Task] = [
          },
          variants={"dataset": "reportgen.stages.dataset_detection:VARIANT",
                    "cam": "reportgen.stages.cam_detection:VARIANT",
-                   "evaluation": "reportgen.stages.evaluation_boxes:VARIANT"}),
+                   "evaluation": "reportgen.stages.evaluation_boxes:VARIANT"},
+         named_targets=False),
 ]
 
 

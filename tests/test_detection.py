@@ -157,6 +157,10 @@ def test_bad_annotations_are_refused_before_anything_is_written(tmp_path):
     _refused(_config(tmp_path, detection={"annotations": str(tmp_path / "instances.json")}), "hexagon")
     _refused(_config(tmp_path, inputs={"images": [str(images)], "preprocess": {"normalize": "imagenet"}}),
              "normalize")
+    for targets in ("top3", [3]):
+        _refused(_config(tmp_path, analyses={"cam": {"methods": ["gradcam"], "targets": targets}}),
+                 "analyses.cam.targets")
+    _refused(_config(tmp_path, analyses={"cam": {"methods": ["cam"]}}), "original CAM")
 
 
 @pytest.mark.parametrize("name", ["fasterrcnn_mobilenet_v3_large_320_fpn", "retinanet_resnet50_fpn"])
@@ -167,16 +171,19 @@ def test_a_torchvision_detector_says_its_task_and_builds(tmp_path, name):
              "kwargs": {"num_classes": 3, "min_size": 64, "max_size": 64,
                         ("box_score_thresh" if "rcnn" in name else "score_thresh"): 0.0},
              "input_size": [3, 64, 64]}
+    layer = "backbone.body.layer4" if "retina" in name else "backbone.body.16"
     path = _config(tmp_path, model=model, detection={"score_threshold": 0.0, "max_boxes": 2},
                    inputs={"images": [str(SHIPPED / "images" / "scene_000.png"),
                                       str(SHIPPED / "images" / "scene_001.png")]},
-                   analyses={"summary": {"depth": 1}, "dataset": {}})
+                   analyses={"summary": {"depth": 1}, "dataset": {},
+                             "cam": {"methods": ["gradcam"], "target_layers": [layer]}})
     result = _build(path)
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "out" / "report.json").read_text())
     assert data["model"]["task"] == "detection"
     assert data["dataset"]["images"] == 2 and data["dataset"]["labelled"] == 0
-    assert {s["name"]: s["status"] for s in data["stages"]} == {"summary": "ok", "dataset": "ok"}
+    assert {s["name"]: s["status"] for s in data["stages"]} == {"summary": "ok", "dataset": "ok", "cam": "ok"}
+    assert [len(image["boxes"]) for image in data["cam"]["images"]] == [2, 2]
 
 
 @pytest.mark.slow  # two processes start torch
