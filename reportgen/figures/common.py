@@ -137,8 +137,11 @@ def resize_float(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def normalize01(values: np.ndarray) -> np.ndarray:
-    """Min-max scale to [0, 1]; a constant map becomes zeros."""
+    """Min-max scale to [0, 1]; a constant map (or one of NaN only: a detector's box its randomised copy lost)
+    becomes zeros."""
     values = np.asarray(values, dtype=np.float32)
+    if values.size == 0 or np.isnan(values).all():
+        return np.zeros_like(values)
     lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
     if not np.isfinite(lo) or hi - lo <= 0:
         return np.zeros_like(values)
