@@ -9,15 +9,17 @@ visible mask pixels with x1, y1 exclusive (`mask[y0:y1, x0:x1]` holds all of the
 coordinates, pixel i spans [i, i + 1), so these are also torchvision's float box edges. Labels
 are the mask values 1..5 (torchvision's convention, 0 = background; `LABELS`).
 
-Model: `build_model()` is torchvision's `FasterRCNN` around `TinyBackbone`, whose `body` holds
-four conv-BN-ReLU blocks (`block1`, `block2` end in 2x2 max-pooling): one feature map of 64
-channels at stride 4 (16x16 for a 64x64 image), no FPN. The RPN has 9 anchors per position
-(12 to 32 px, three aspect ratios), RoIAlign pools 5x5 (one sample a bin), the box head is two 128-wide layers.
-`min_size=64, max_size=128`: 64x64 images are not resized (torchvision would upscale to 800).
+Model: `build_model()` is torchvision's `FasterRCNN` around `TinyBackbone`: `body`, four conv-BN-ReLU blocks
+(`block1`, `block2` end in 2x2 max-pooling) to 64 channels at stride 4 (16x16 for a 64x64 image), no FPN, and
+`classes`, a 1x1 conv + ReLU to one evidence map per class (5). The RPN (9 anchors per position, 12 to 32 px,
+three aspect ratios) and the box head (RoIAlign 5x5, one sample a bin; two 128-wide layers) read the `body`
+channels; the class logit of a box is its class's mean evidence in the RoI, scaled, and the background logit
+comes from the box head (`BoxPredictor`). `min_size=64, max_size=128`: 64x64 images are not resized.
 
-Recommended CAM target layer: ``backbone.body.block4`` (`CAM_LAYER`), a tensor output (16x16 for
-a 64x64 image). Training adds a per-pixel class loss on it (a 1x1 conv head, not saved), so its
-channels are class-selective and a box's Grad-CAM lights its own shape, not every shape.
+Recommended CAM target layer: ``backbone.classes`` (`CAM_LAYER`), a tensor (5x16x16 for a 64x64 image). It
+reaches a box's score only through the box's class logit, uniformly over the RoI, so Grad-CAM's channel weights
+single out the box's class and its map lights that shape (a scene has one shape a class); on `body.block4`,
+read by a box head that mixes positions, a box's Grad-CAM pointed into its box less than half the time.
 
 Model input: unnormalised RGB images as float in [0, 1], (N, 3, H, W) or a list of (3, H, W);
 the model normalises with `shapes.MEAN` / `shapes.STD` itself (`image_mean` / `image_std`).
