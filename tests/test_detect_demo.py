@@ -1,6 +1,7 @@
 """The detection demo: scene boxes, the shipped Faster R-CNN and its samples, COCO AP by pycocotools,
 and per-box maps (pytorch-grad-cam 1.5.7's CAMs and AblationCAM, our D-RISE) that point into their true
-boxes, for every method the shipped example config uses (reportgen.demo.detect; issue 25, item 6)."""
+boxes, for every method the shipped example config uses (reportgen.demo.detect and pointing; issue 25,
+item 6)."""
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ import yaml
 from PIL import Image
 from torch import nn
 
-from reportgen.demo import detect, segment
+from reportgen.demo import detect, pointing, segment
 
 SHIPPED = Path(__file__).resolve().parents[1] / "example_configs" / "detection"
 CONFIG = SHIPPED.parent / "detection.yaml"
@@ -130,7 +131,7 @@ def test_per_box_maps_point_into_their_true_boxes(method: str, shipped_model: nn
     # pytorch-grad-cam with FasterRCNNBoxScoreTarget per box on CAM_LAYER; D-RISE: reportgen.methods.boxes.drise
     maps = detect.box_maps(shipped_model, fresh, method, masks=DRISE_MASKS)
     assert len(maps.maps) >= MIN_BOXES and maps.maps.shape[1:] == (64, 64)
-    own, other = detect.hits(maps, fresh)
+    own, other = pointing.hits(maps, detect.scene_boxes(fresh))
     assert own.mean() >= POINTING_FLOOR
     assert other.mean() < 0.5  # the game can be lost: the same maps against another shape's box
 
@@ -145,8 +146,8 @@ def test_in_boxes_keeps_each_map_inside_its_box_scaled_to_0_1() -> None:
     """pgc's in-box renormalisation, one box a map: its maximum must then lie in the box (why eigencam is not shipped)."""
     maps = np.random.default_rng(0).random((4, 16, 16)).astype(np.float32)
     boxes = np.array([[2, 3, 6, 9], [0, 0, 16, 16], [10.4, 10.6, 14.5, 13.2], [5, 5, 5, 9]])
-    out = detect.in_boxes(maps, boxes)
-    np.testing.assert_array_equal(detect.points_into(out[:3], boxes[:3].round()), [1.0, 1.0, 1.0])
+    out = pointing.in_boxes(maps, boxes)
+    np.testing.assert_array_equal(pointing.points_into(out[:3], boxes[:3].round()), [1.0, 1.0, 1.0])
     assert out[0, 3:9, 2:6].min() == 0.0 and out[0, 3:9, 2:6].max() == 1.0 and not out[0, :3].any()
     np.testing.assert_allclose(out[1], (maps[1] - maps[1].min()) / (maps[1].max() - maps[1].min()), rtol=1e-6)
     assert not out[3].any()  # an empty box: a zero map
@@ -156,4 +157,4 @@ def test_points_into_reads_x1_y1_as_exclusive() -> None:
     maps = np.zeros((3, 8, 8), dtype=np.float32)
     maps[:, 5, 2] = 1.0  # row 5, column 2
     boxes = np.array([[2, 5, 3, 6], [0, 0, 2, 8], [0, 0, 8, 5]])  # holds it; x1 = 2 and y1 = 5 exclude it
-    np.testing.assert_array_equal(detect.points_into(maps, boxes), [1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(pointing.points_into(maps, boxes), [1.0, 0.0, 0.0])

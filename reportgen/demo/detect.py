@@ -36,10 +36,10 @@ import csv
 import io
 import json
 import math
+import dataclasses
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign, box_iou
 
+from reportgen.demo.pointing import BoxMaps, hits, in_boxes
 from reportgen.demo.segment import LABELS, NUM_CLASSES, Scenes, generate_scenes
 from reportgen.demo.shapes import MEAN, STD, _block
 
@@ -241,21 +242,7 @@ def true_positives(truth: tuple[np.ndarray, np.ndarray], found: dict[str, np.nda
     return pairs
 
 
-@dataclass(frozen=True)
-class BoxMaps:
-    """The maps of the true-positive detections of some scenes: `image[j]` the scene, `label[j]`
-    the class, `box[j]` the detected box, `truth[j]` the index of its true box in `scene_boxes`,
-    `maps[j]` (H, W) the CAM."""
-
-    image: np.ndarray  # (J,) int64
-    label: np.ndarray  # (J,) int64
-    box: np.ndarray  # (J, 4) float32
-    truth: np.ndarray  # (J,) int64
-    maps: np.ndarray  # (J, H, W) float32
-
-
 PGC_METHODS = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam", "ablationcam")
-EVAL_METHODS = ("gradcam", "gradcampp", "layercam", "hirescam", "ablationcam", "drise", "eigencam")
 DRISE_MASKS, DRISE_CELL = 1000, 8  # D-RISE: masks per image and cell size (px) of their 8x8 grid at 64x64
 
 
@@ -312,40 +299,32 @@ def _drise_maps(model: nn.Module, scenes: Scenes, jobs: list, maps: np.ndarray, 
         maps[mine] = (saliency - low) / np.maximum(saliency.max(axis=(1, 2), keepdims=True) - low, 1e-12)
 
 
-def points_into(maps: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """1.0 where the maximum of maps[j] (H, W) (its first, in row-major order) lies in the pixels of
-    boxes[j] `x0, y0, x1, y1` (x1, y1 exclusive), else 0.0."""
-    flat = maps.reshape(len(maps), -1).argmax(1)
-    r, c = np.unravel_index(flat, maps.shape[1:])
-    x0, y0, x1, y1 = np.asarray(boxes).reshape(-1, 4).T
-    return ((x0 <= c) & (c < x1) & (y0 <= r) & (r < y1)).astype(float)
-
-
 def pointing_game(model: nn.Module, scenes: Scenes, method: str = "gradcam", layer: str = CAM_LAYER,
                   score_threshold: float = SCORE_THRESHOLD, **kwargs) -> np.ndarray:
     """Per true-positive detection of `scenes`: 1.0 where the maximum of its map (`box_maps`, which takes
     `kwargs`) lies inside its true box, else 0.0."""
-    return hits(box_maps(model, scenes, method, layer, score_threshold, **kwargs), scenes)[0]
+    return hits(box_maps(model, scenes, method, layer, score_threshold, **kwargs), scene_boxes(scenes))[0]
 
 
-def hits(found: BoxMaps, scenes: Scenes) -> tuple[np.ndarray, np.ndarray]:
-    """The pointing game of `found` against each box's own true box, and, as a control that the game can be
-    lost, against the next shape's true box of the same scene (a scene has 2 to 4 shapes)."""
+def print_pointing(model: nn.Module, scenes: Scenes, methods: Sequence[str], masks: int = DRISE_MASKS) -> None:
+    """Print each method's pointing game on `scenes`, its control and its time; for eigencam also the game of its
+    map renormalised in each detected box (`in_boxes`) and of a map that is only the detected box's centre."""
     truth = scene_boxes(scenes)
-    own = [truth[i][0][t] for i, t in zip(found.image, found.truth)]
-    other = [truth[i][0][(t + 1) % len(truth[i][1])] for i, t in zip(found.image, found.truth)]
-    return points_into(found.maps, own), points_into(found.maps, other)
-
-
-def in_boxes(maps: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """pytorch-grad-cam's tutorial's `renormalize_cam_in_bounding_boxes`, one box a map: maps[j] zero outside
-    boxes[j] (rounded to whole pixels) and min-max scaled to [0, 1] inside it."""
-    out = np.zeros_like(maps)
-    for j, (x0, y0, x1, y1) in enumerate(np.asarray(boxes).round().astype(int)):
-        part = maps[j, max(y0, 0):y1, max(x0, 0):x1]
-        if part.size:
-            out[j, max(y0, 0):y1, max(x0, 0):x1] = (part - part.min()) / max(part.max() - part.min(), 1e-7)
-    return out
+    for method in methods:
+        start = time.perf_counter()
+        found = box_maps(model, scenes, method, masks=masks)
+        own, other = hits(found, truth)
+        where = f"{masks} masks of {DRISE_CELL} px cells" if method == "drise" else CAM_LAYER
+        print(f"pointing game, {method} ({where}): {own.mean():.4f} over {len(own)} true-positive boxes (score >= "
+              f"{SCORE_THRESHOLD}) of {len(scenes)} scenes; into another shape's box {other.mean():.4f}; "
+              f"{time.perf_counter() - start:.0f} s", flush=True)
+        if method == "eigencam":  # one map per image: the README says what renormalising in the box proves
+            centre = np.zeros_like(found.maps)
+            for j, (x0, y0, x1, y1) in enumerate(found.box):
+                centre[j, int((y0 + y1) / 2), int((x0 + x1) / 2)] = 1.0
+            renormalised = hits(dataclasses.replace(found, maps=in_boxes(found.maps, found.box)), truth)[0]
+            print(f"  eigencam renormalised in each detected box: {renormalised.mean():.4f}; a map that is only the "
+                  f"detected box's centre: {hits(dataclasses.replace(found, maps=centre), truth)[0].mean():.4f}")
 
 
 # ---------------------------------------------------------------- training
@@ -482,7 +461,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p_eval.add_argument("--n", type=int, default=300, help="scenes for COCO AP")
     p_eval.add_argument("--seed", type=int, default=12345)
     p_eval.add_argument("--cam-n", type=int, default=100, help="the first scenes of those for the pointing game")
-    p_eval.add_argument("--methods", default=",".join(EVAL_METHODS), help="pytorch-grad-cam's and drise")
+    p_eval.add_argument("--methods", default="gradcam,gradcampp,layercam,hirescam,ablationcam,drise,eigencam",
+                        help="pytorch-grad-cam's methods and drise")
     p_eval.add_argument("--masks", type=int, default=DRISE_MASKS, help="D-RISE masks per image")
     args = parser.parse_args(argv)
     if args.command == "train":
@@ -495,22 +475,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     stats = coco_ap(scene_boxes(scenes), detect(model, scenes.images))
     print(f"AP {stats[0]:.4f}  AP50 {stats[1]:.4f}  AP75 {stats[2]:.4f}  AR@100 {stats[8]:.4f}  on {args.n} scenes, "
           f"seed {args.seed}")
-    cams = generate_scenes(args.cam_n, seed=args.seed, size=SIZE)
-    for method in args.methods.split(","):
-        start = time.perf_counter()
-        found = box_maps(model, cams, method, masks=args.masks)
-        own, other = hits(found, cams)
-        where = f"{args.masks} masks of {DRISE_CELL} px cells" if method == "drise" else CAM_LAYER
-        print(f"pointing game, {method} ({where}): {own.mean():.4f} over {len(own)} true-positive boxes (score >= "
-              f"{SCORE_THRESHOLD}) of {args.cam_n} scenes; into another shape's box {other.mean():.4f}; "
-              f"{time.perf_counter() - start:.0f} s")
-        if method == "eigencam":  # one map per image: see the README for what renormalising in the box proves
-            renormalised = hits(BoxMaps(**{**found.__dict__, "maps": in_boxes(found.maps, found.box)}), cams)[0]
-            centre = np.zeros_like(found.maps)
-            for j, (x0, y0, x1, y1) in enumerate(found.box):
-                centre[j, int((y0 + y1) / 2), int((x0 + x1) / 2)] = 1.0
-            print(f"  eigencam renormalised in each detected box: {renormalised.mean():.4f}; a map that is only the "
-                  f"detected box's centre: {hits(BoxMaps(**{**found.__dict__, 'maps': centre}), cams)[0].mean():.4f}")
+    print_pointing(model, generate_scenes(args.cam_n, seed=args.seed, size=SIZE), args.methods.split(","), args.masks)
 
 
 if __name__ == "__main__":
