@@ -1,6 +1,7 @@
 """The detection demo: scene boxes, the shipped Faster R-CNN and its samples, COCO AP by pycocotools,
-and per-box Grad-CAMs (pytorch-grad-cam 1.5.7) that point into their true boxes
-(reportgen.demo.detect; issue 25, item 6)."""
+and per-box maps (pytorch-grad-cam 1.5.7's CAMs and AblationCAM, our D-RISE) that point into their true
+boxes, for every method the shipped example config uses (reportgen.demo.detect and pointing; issue 25,
+item 6)."""
 from __future__ import annotations
 
 import json
@@ -9,15 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from torch import nn
 
-from reportgen.demo import detect, segment
+from reportgen.demo import detect, pointing, segment
 
 SHIPPED = Path(__file__).resolve().parents[1] / "example_configs" / "detection"
-FRESH_SEED = 4343  # distinct from training (0..9, 999) and sample (2026) seeds
+CONFIG = SHIPPED.parent / "detection.yaml"
+FRESH_SEED = 4343  # distinct from training (0..15, 999) and sample (2026) seeds
 AP50_FLOOR = 0.8  # see README.md for what the shipped checkpoint scores on these scenes
 POINTING_FLOOR = 0.85  # issue 25, item 6
+MIN_BOXES = 50  # issue 25, item 6: over at least this many true-positive boxes
+SHIPPED_METHODS = ("gradcam", "layercam", "hirescam", "ablationcam", "drise")  # detection.yaml's
+DRISE_MASKS = 300  # fewer than eval's 1000 (README.md), to keep the test fast
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +34,7 @@ def shipped_model() -> nn.Module:
 
 @pytest.fixture(scope="module")
 def fresh() -> segment.Scenes:
+    """40 scenes: 110 true-positive boxes of the shipped detector (score >= 0.5, IoU >= 0.5)."""
     return segment.generate_scenes(40, seed=FRESH_SEED)
 
 
@@ -94,7 +101,7 @@ def test_the_model_keeps_a_64_pixel_image_at_64_pixels(shipped_model: nn.Module)
             shipped_model(torch.rand(1, 3, 64, 64))
     finally:
         handle.remove()
-    assert seen == [torch.Size([1, 64, 16, 16])], "a tensor at stride 4, not upscaled to 800"
+    assert seen == [torch.Size([1, 5, 16, 16])], "one map per class, a tensor at stride 4, not upscaled to 800"
 
 
 def test_samples_on_disk_match_their_annotations() -> None:
@@ -119,25 +126,35 @@ def test_ap50_on_fresh_scenes(shipped_model: nn.Module, fresh: segment.Scenes) -
     assert stats[1] >= AP50_FLOOR
 
 
-def _own_and_other(maps: detect.BoxMaps, fresh: segment.Scenes) -> tuple[np.ndarray, np.ndarray]:
-    """Pointing hits of each box's map against its own true box and against the next shape's box of its scene."""
-    truth = detect.scene_boxes(fresh)
-    own = [truth[i][0][t] for i, t in zip(maps.image, maps.truth)]
-    other = [truth[i][0][(t + 1) % len(truth[i][1])] for i, t in zip(maps.image, maps.truth)]
-    return detect.points_into(maps.maps, own), detect.points_into(maps.maps, other)
-
-
-@pytest.mark.parametrize("method", ["layercam", "hirescam"])
+@pytest.mark.parametrize("method", SHIPPED_METHODS)
 def test_per_box_maps_point_into_their_true_boxes(method: str, shipped_model: nn.Module, fresh: segment.Scenes) -> None:
-    maps = detect.box_maps(shipped_model, fresh, method)  # pytorch-grad-cam, FasterRCNNBoxScoreTarget per box
-    assert len(maps.maps) >= 50 and maps.maps.shape[1:] == (64, 64)
-    own, other = _own_and_other(maps, fresh)
+    # pytorch-grad-cam with FasterRCNNBoxScoreTarget per box on CAM_LAYER; D-RISE: reportgen.methods.boxes.drise
+    maps = detect.box_maps(shipped_model, fresh, method, masks=DRISE_MASKS)
+    assert len(maps.maps) >= MIN_BOXES and maps.maps.shape[1:] == (64, 64)
+    own, other = pointing.hits(maps, detect.scene_boxes(fresh))
     assert own.mean() >= POINTING_FLOOR
     assert other.mean() < 0.5  # the game can be lost: the same maps against another shape's box
+
+
+def test_the_example_config_uses_the_tested_methods_on_the_cam_layer() -> None:
+    cam = yaml.safe_load(CONFIG.read_text())["analyses"]["cam"]
+    assert set(cam["methods"]) <= set(SHIPPED_METHODS) and "gradcam" in cam["methods"]
+    assert cam["target_layers"] == [detect.CAM_LAYER]
+
+
+def test_in_boxes_keeps_each_map_inside_its_box_scaled_to_0_1() -> None:
+    """pgc's in-box renormalisation, one box a map: its maximum must then lie in the box (why eigencam is not shipped)."""
+    maps = np.random.default_rng(0).random((4, 16, 16)).astype(np.float32)
+    boxes = np.array([[2, 3, 6, 9], [0, 0, 16, 16], [10.4, 10.6, 14.5, 13.2], [5, 5, 5, 9]])
+    out = pointing.in_boxes(maps, boxes)
+    np.testing.assert_array_equal(pointing.points_into(out[:3], boxes[:3].round()), [1.0, 1.0, 1.0])
+    assert out[0, 3:9, 2:6].min() == 0.0 and out[0, 3:9, 2:6].max() == 1.0 and not out[0, :3].any()
+    np.testing.assert_allclose(out[1], (maps[1] - maps[1].min()) / (maps[1].max() - maps[1].min()), rtol=1e-6)
+    assert not out[3].any()  # an empty box: a zero map
 
 
 def test_points_into_reads_x1_y1_as_exclusive() -> None:
     maps = np.zeros((3, 8, 8), dtype=np.float32)
     maps[:, 5, 2] = 1.0  # row 5, column 2
     boxes = np.array([[2, 5, 3, 6], [0, 0, 2, 8], [0, 0, 8, 5]])  # holds it; x1 = 2 and y1 = 5 exclude it
-    np.testing.assert_array_equal(detect.points_into(maps, boxes), [1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(pointing.points_into(maps, boxes), [1.0, 0.0, 0.0])

@@ -9,15 +9,17 @@ visible mask pixels with x1, y1 exclusive (`mask[y0:y1, x0:x1]` holds all of the
 coordinates, pixel i spans [i, i + 1), so these are also torchvision's float box edges. Labels
 are the mask values 1..5 (torchvision's convention, 0 = background; `LABELS`).
 
-Model: `build_model()` is torchvision's `FasterRCNN` around `TinyBackbone`, whose `body` holds
-four conv-BN-ReLU blocks (`block1`, `block2` end in 2x2 max-pooling): one feature map of 64
-channels at stride 4 (16x16 for a 64x64 image), no FPN. The RPN has 9 anchors per position
-(12 to 32 px, three aspect ratios), RoIAlign pools 5x5 (one sample a bin), the box head is two 128-wide layers.
-`min_size=64, max_size=128`: 64x64 images are not resized (torchvision would upscale to 800).
+Model: `build_model()` is torchvision's `FasterRCNN` around `TinyBackbone`: `body`, four conv-BN-ReLU blocks
+(`block1`, `block2` end in 2x2 max-pooling) to 64 channels at stride 4 (16x16 for a 64x64 image), no FPN, and
+`classes`, a 1x1 conv + ReLU to one evidence map per class (5). The RPN (9 anchors per position, 12 to 32 px,
+three aspect ratios) and the box head (RoIAlign 5x5, one sample a bin; two 128-wide layers) read the `body`
+channels; the class logit of a box is its class's mean evidence in the RoI, scaled, and the background logit
+comes from the box head (`BoxPredictor`). `min_size=64, max_size=128`: 64x64 images are not resized.
 
-Recommended CAM target layer: ``backbone.body.block4`` (`CAM_LAYER`), a tensor output (16x16 for
-a 64x64 image). Training adds a per-pixel class loss on it (a 1x1 conv head, not saved), so its
-channels are class-selective and a box's Grad-CAM lights its own shape, not every shape.
+Recommended CAM target layer: ``backbone.classes`` (`CAM_LAYER`), a tensor (5x16x16 for a 64x64 image). It
+reaches a box's score only through the box's class logit, uniformly over the RoI, so Grad-CAM's channel weights
+single out the box's class and its map lights that shape (a scene has one shape a class); on `body.block4`,
+read by a box head that mixes positions, a box's Grad-CAM pointed into its box less than half the time.
 
 Model input: unnormalised RGB images as float in [0, 1], (N, 3, H, W) or a list of (3, H, W);
 the model normalises with `shapes.MEAN` / `shapes.STD` itself (`image_mean` / `image_std`).
@@ -34,10 +36,10 @@ import csv
 import io
 import json
 import math
+import dataclasses
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,13 +48,14 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign, box_iou
 
+from reportgen.demo.pointing import BoxMaps, hits, in_boxes
 from reportgen.demo.segment import LABELS, NUM_CLASSES, Scenes, generate_scenes
 from reportgen.demo.shapes import MEAN, STD, _block
 
-CAM_LAYER = "backbone.body.block4"
+CAM_LAYER = "backbone.classes"
 SIZE = 64  # the training and sample image size
 SAMPLE_SEED = 2026  # the shipped samples (training uses 1000*seed + epoch, validation 1000*seed + 999)
 POOLED = 5  # RoIAlign output: shapes span 3.5 to 8.5 cells of the stride-4 map
@@ -85,37 +88,81 @@ def to_tensors(images: np.ndarray) -> torch.Tensor:
 
 
 class TinyBackbone(nn.Module):
-    """Four conv-BN-ReLU blocks to one 64-channel map at stride 4; `out_channels` for FasterRCNN."""
+    """Four conv-BN-ReLU blocks to a 64-channel map at stride 4 (`body`), then `classes`, a 1x1 conv and ReLU to
+    one evidence map per object class (label k + 1 is channel k): the logits of a per-pixel classifier whose
+    background logit is fixed at 0, trained by the per-pixel class loss, so a map is positive where its class is
+    likelier than the background. Returns both, concatenated: `out_channels` = 64 + num_classes - 1."""
 
-    def __init__(self) -> None:
+    def __init__(self, num_classes: int = NUM_CLASSES) -> None:
         super().__init__()
         self.body = nn.Sequential(OrderedDict(
             block1=_block(3, 16, pool=True),  # 1/2
             block2=_block(16, 32, pool=True),  # 1/4
             block3=_block(32, 64, pool=False),
-            block4=_block(64, 64, pool=False),  # the CAM layer: a tensor, not a dict
+            block4=_block(64, 64, pool=False),
         ))
-        self.out_channels = 64
+        self.classes = nn.Sequential(nn.Conv2d(64, num_classes - 1, kernel_size=1), nn.ReLU())  # the CAM layer
+        self.out_channels = 64 + num_classes - 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
+        features = self.body(x)
+        return torch.cat([features, self.classes(features)], dim=1)
+
+
+class BodyRPNHead(RPNHead):
+    """torchvision's RPN head on the 64 `body` channels only: the class evidence reaches nothing but the class logits."""
+
+    def forward(self, x: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        return super().forward([level[:, :64] for level in x])
+
+
+class BoxHead(nn.Module):
+    """torchvision's `TwoMLPHead` on the RoI's 64 `body` channels, and each class's mean evidence over the RoI:
+    (hidden (R, 128), evidence (R, num_classes - 1)) for `BoxPredictor`."""
+
+    def __init__(self, hidden: int = 128) -> None:
+        super().__init__()
+        self.fc6 = nn.Linear(64 * POOLED**2, hidden)
+        self.fc7 = nn.Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = F.relu(self.fc7(F.relu(self.fc6(x[:, :64].flatten(1)))))
+        return hidden, x[:, 64:].mean(dim=(2, 3))
+
+
+class BoxPredictor(nn.Module):
+    """The background logit from the hidden features (is the box well placed?); the logit of class k + 1 is
+    `scale[k]` times class k's mean evidence in the RoI plus `bias[k]` (which shape it holds, as CAM's global
+    average pooling does); box deltas from the hidden features. The `classes` layer reaches a box's score only
+    through the evidence, uniformly over the RoI, so Grad-CAM's channel weights there single out the box's class."""
+
+    def __init__(self, hidden: int, num_classes: int) -> None:
+        super().__init__()
+        self.background = nn.Linear(hidden, 1)
+        self.scale = nn.Parameter(torch.ones(num_classes - 1))
+        self.bias = nn.Parameter(torch.zeros(num_classes - 1))
+        self.bbox_pred = nn.Linear(hidden, num_classes * 4)
+
+    def forward(self, x: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, evidence = x
+        return torch.cat([self.background(hidden), self.scale * evidence + self.bias], dim=1), self.bbox_pred(hidden)
 
 
 def build_model(num_classes: int = NUM_CLASSES) -> nn.Module:
     """A randomly initialised Faster R-CNN with `TinyBackbone` (load `example_configs/detection/model.pt`)."""
-    backbone = TinyBackbone()
+    backbone = TinyBackbone(num_classes)
     anchors = AnchorGenerator(sizes=((12, 20, 32),), aspect_ratios=((0.5, 1.0, 2.0),))
     roi_pool = MultiScaleRoIAlign(featmap_names=["0"], output_size=POOLED, sampling_ratio=1)  # RoIAlign dominated the step
     return FasterRCNN(
         backbone,
         min_size=SIZE, max_size=2 * SIZE, image_mean=MEAN, image_std=STD,
-        rpn_anchor_generator=anchors,
+        rpn_anchor_generator=anchors, rpn_head=BodyRPNHead(64, anchors.num_anchors_per_location()[0]),
         rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=100,
         rpn_pre_nms_top_n_test=150, rpn_post_nms_top_n_test=50,
         rpn_batch_size_per_image=64,
         box_roi_pool=roi_pool,
-        box_head=TwoMLPHead(backbone.out_channels * POOLED**2, 128),
-        box_predictor=FastRCNNPredictor(128, num_classes),
+        box_head=BoxHead(128),
+        box_predictor=BoxPredictor(128, num_classes),
         box_batch_size_per_image=32,
     )
 
@@ -195,63 +242,89 @@ def true_positives(truth: tuple[np.ndarray, np.ndarray], found: dict[str, np.nda
     return pairs
 
 
-@dataclass(frozen=True)
-class BoxMaps:
-    """The maps of the true-positive detections of some scenes: `image[j]` the scene, `label[j]`
-    the class, `box[j]` the detected box, `truth[j]` the index of its true box in `scene_boxes`,
-    `maps[j]` (H, W) the CAM."""
-
-    image: np.ndarray  # (J,) int64
-    label: np.ndarray  # (J,) int64
-    box: np.ndarray  # (J, 4) float32
-    truth: np.ndarray  # (J,) int64
-    maps: np.ndarray  # (J, H, W) float32
+PGC_METHODS = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam", "ablationcam")
+DRISE_MASKS, DRISE_CELL = 1000, 8  # D-RISE: masks per image and cell size (px) of their 8x8 grid at 64x64
 
 
 def box_maps(model: nn.Module, scenes: Scenes, method: str = "gradcam", layer: str = CAM_LAYER,
-             score_threshold: float = SCORE_THRESHOLD, chunk: int = 32) -> BoxMaps:
-    """pytorch-grad-cam's map (`method`: gradcam, gradcampp, xgradcam, layercam, hirescam, eigencam)
-    on `layer` for each true-positive detection (`true_positives`) of `scenes`, with the target
-    `FasterRCNNBoxScoreTarget(labels=[label], bounding_boxes=[box])` of the detection, as pgc's
-    Faster R-CNN tutorial does. Each box's map comes from its own copy of the image in a batch of
-    `chunk` (eval mode: the detector sees each image alone)."""
-    import pytorch_grad_cam as pgc
-    from pytorch_grad_cam.utils.model_targets import FasterRCNNBoxScoreTarget
+             score_threshold: float = SCORE_THRESHOLD, chunk: int = 32, *, masks: int = DRISE_MASKS,
+             cell: int = DRISE_CELL) -> BoxMaps:
+    """The map of `method` for each true-positive detection (`true_positives`) of `scenes`.
 
-    cams = {"gradcam": pgc.GradCAM, "gradcampp": pgc.GradCAMPlusPlus, "xgradcam": pgc.XGradCAM,
-            "layercam": pgc.LayerCAM, "hirescam": pgc.HiResCAM, "eigencam": pgc.EigenCAM}
+    `PGC_METHODS`: pytorch-grad-cam's, on `layer`, with the target `FasterRCNNBoxScoreTarget(labels=[label],
+    bounding_boxes=[box])` of the detection, as pgc's Faster R-CNN tutorial does; each box's map comes from its
+    own copy of the image in a batch of `chunk` (eval mode: the detector sees each image alone). AblationCAM
+    uses pgc's default `AblationLayer` (a ReLU layer: an ablated channel is set to 0). `drise`: ours
+    (`reportgen.methods.boxes.drise` of `torchvision_detect`), `masks` masks of `cell`-pixel cells per image,
+    all of an image's boxes at once, min-max scaled to [0, 1] per box."""
     model.eval()
     found = detect(model, scenes.images)
     jobs = [(i, int(d["labels"][det]), d["boxes"][det], true)
             for i, (t, d) in enumerate(zip(scene_boxes(scenes), found)) for det, true in true_positives(t, d, score_threshold)]
     size = scenes.images.shape[1:3]
     maps = np.zeros((len(jobs), *size), dtype=np.float32)
-    with cams[method](model=model, target_layers=[model.get_submodule(layer)]) as cam:
-        for start in range(0, len(jobs), chunk):
-            part = jobs[start:start + chunk]
-            targets = [FasterRCNNBoxScoreTarget(labels=[label], bounding_boxes=[box]) for _, label, box, _ in part]
-            maps[start:start + len(part)] = cam(input_tensor=to_tensors(scenes.images[[j[0] for j in part]]), targets=targets)
+    if method == "drise":
+        _drise_maps(model, scenes, jobs, maps, masks, cell)
+    else:
+        _pgc_maps(model, scenes, jobs, maps, method, layer, chunk)
     return BoxMaps(image=np.array([j[0] for j in jobs], dtype=np.int64), label=np.array([j[1] for j in jobs], dtype=np.int64),
                    box=np.array([j[2] for j in jobs], dtype=np.float32).reshape(-1, 4),
                    truth=np.array([j[3] for j in jobs], dtype=np.int64), maps=maps)
 
 
-def points_into(maps: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """1.0 where the maximum of maps[j] (H, W) (its first, in row-major order) lies in the pixels of
-    boxes[j] `x0, y0, x1, y1` (x1, y1 exclusive), else 0.0."""
-    flat = maps.reshape(len(maps), -1).argmax(1)
-    r, c = np.unravel_index(flat, maps.shape[1:])
-    x0, y0, x1, y1 = np.asarray(boxes).reshape(-1, 4).T
-    return ((x0 <= c) & (c < x1) & (y0 <= r) & (r < y1)).astype(float)
+def _pgc_maps(model: nn.Module, scenes: Scenes, jobs: list, maps: np.ndarray, method: str, layer: str, chunk: int) -> None:
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.model_targets import FasterRCNNBoxScoreTarget
+
+    cams = {"gradcam": pgc.GradCAM, "gradcampp": pgc.GradCAMPlusPlus, "xgradcam": pgc.XGradCAM,
+            "layercam": pgc.LayerCAM, "hirescam": pgc.HiResCAM, "eigencam": pgc.EigenCAM, "ablationcam": pgc.AblationCAM}
+    with cams[method](model=model, target_layers=[model.get_submodule(layer)]) as cam, \
+            contextlib.redirect_stderr(io.StringIO()):  # AblationCAM's progress bars
+        for start in range(0, len(jobs), chunk):
+            part = jobs[start:start + chunk]
+            targets = [FasterRCNNBoxScoreTarget(labels=[label], bounding_boxes=[box]) for _, label, box, _ in part]
+            maps[start:start + len(part)] = cam(input_tensor=to_tensors(scenes.images[[j[0] for j in part]]), targets=targets)
+
+
+def _drise_maps(model: nn.Module, scenes: Scenes, jobs: list, maps: np.ndarray, masks: int, cell: int) -> None:
+    from reportgen.methods.boxes import drise, torchvision_detect
+
+    detector = torchvision_detect(model, len(LABELS))
+    rows = np.array([j[0] for j in jobs], dtype=np.int64)
+    for i in np.unique(rows):
+        mine = np.nonzero(rows == i)[0]
+        saliency = drise(detector, to_tensors(scenes.images[i:i + 1])[0], torch.as_tensor(np.stack([jobs[j][2] for j in mine])),
+                         torch.as_tensor([jobs[j][1] for j in mine]), masks=masks, cell=cell).numpy()
+        low = saliency.min(axis=(1, 2), keepdims=True)
+        maps[mine] = (saliency - low) / np.maximum(saliency.max(axis=(1, 2), keepdims=True) - low, 1e-12)
 
 
 def pointing_game(model: nn.Module, scenes: Scenes, method: str = "gradcam", layer: str = CAM_LAYER,
-                  score_threshold: float = SCORE_THRESHOLD) -> np.ndarray:
-    """Per true-positive detection of `scenes`: 1.0 where the maximum of its map (`box_maps`) lies
-    inside its true box, else 0.0."""
-    found = box_maps(model, scenes, method, layer, score_threshold)
+                  score_threshold: float = SCORE_THRESHOLD, **kwargs) -> np.ndarray:
+    """Per true-positive detection of `scenes`: 1.0 where the maximum of its map (`box_maps`, which takes
+    `kwargs`) lies inside its true box, else 0.0."""
+    return hits(box_maps(model, scenes, method, layer, score_threshold, **kwargs), scene_boxes(scenes))[0]
+
+
+def print_pointing(model: nn.Module, scenes: Scenes, methods: Sequence[str], masks: int = DRISE_MASKS) -> None:
+    """Print each method's pointing game on `scenes`, its control and its time; for eigencam also the game of its
+    map renormalised in each detected box (`in_boxes`) and of a map that is only the detected box's centre."""
     truth = scene_boxes(scenes)
-    return points_into(found.maps, [truth[i][0][t] for i, t in zip(found.image, found.truth)])
+    for method in methods:
+        start = time.perf_counter()
+        found = box_maps(model, scenes, method, masks=masks)
+        own, other = hits(found, truth)
+        where = f"{masks} masks of {DRISE_CELL} px cells" if method == "drise" else CAM_LAYER
+        print(f"pointing game, {method} ({where}): {own.mean():.4f} over {len(own)} true-positive boxes (score >= "
+              f"{SCORE_THRESHOLD}) of {len(scenes)} scenes; into another shape's box {other.mean():.4f}; "
+              f"{time.perf_counter() - start:.0f} s", flush=True)
+        if method == "eigencam":  # one map per image: the README says what renormalising in the box proves
+            centre = np.zeros_like(found.maps)
+            for j, (x0, y0, x1, y1) in enumerate(found.box):
+                centre[j, int((y0 + y1) / 2), int((x0 + x1) / 2)] = 1.0
+            renormalised = hits(dataclasses.replace(found, maps=in_boxes(found.maps, found.box)), truth)[0]
+            print(f"  eigencam renormalised in each detected box: {renormalised.mean():.4f}; a map that is only the "
+                  f"detected box's centre: {hits(dataclasses.replace(found, maps=centre), truth)[0].mean():.4f}")
 
 
 # ---------------------------------------------------------------- training
@@ -264,7 +337,7 @@ def _targets(truth: list[tuple[np.ndarray, np.ndarray]]) -> list[dict[str, torch
 def train(
     out_dir: str | Path,
     *,
-    epochs: int = 10,
+    epochs: int = 16,
     train_size: int = 1600,
     val_size: int = 300,
     batch_size: int = 16,
@@ -284,14 +357,12 @@ def train(
     torch.use_deterministic_algorithms(True)
     try:
         model = build_model()
-        # training only, not saved: a per-pixel class head on CAM_LAYER (cross-entropy against the
-        # scene's class mask at stride 4) makes its channels class-selective; without it Grad-CAM's
-        # channel-weighted sum of a box lit every shape alike and pointed into the box 0.35 of the time
-        segment_head = nn.Conv2d(model.backbone.out_channels, NUM_CLASSES, kernel_size=1)
-        features: dict[str, torch.Tensor] = {}
-        model.get_submodule(CAM_LAYER).register_forward_hook(lambda m, i, o: features.__setitem__("cam", o))
+        # the per-pixel class loss on the logits of `classes` (cross-entropy against the scene's class mask at
+        # stride 4) makes its maps class evidence: see BoxPredictor
+        logits: dict[str, torch.Tensor] = {}
+        model.backbone.classes[0].register_forward_hook(lambda m, i, o: logits.__setitem__("classes", o))
         steps_per_epoch = math.ceil(train_size / batch_size)
-        optimiser = torch.optim.AdamW([*model.parameters(), *segment_head.parameters()], lr=lr, weight_decay=1e-4)
+        optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
         schedule = torch.optim.lr_scheduler.OneCycleLR(
             optimiser, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch, pct_start=0.2
         )
@@ -315,9 +386,10 @@ def train(
                 for b in range(steps_per_epoch):
                     idx = order[b * batch_size:(b + 1) * batch_size]
                     losses = model(list(to_tensors(data.images[idx])), _targets([truth[i] for i in idx]))
-                    stride = SIZE // features["cam"].shape[-1]  # the mask's pixel at each cell's centre
+                    stride = SIZE // logits["classes"].shape[-1]  # the mask's pixel at each cell's centre
                     cells = torch.from_numpy(data.masks[idx][:, stride // 2::stride, stride // 2::stride]).long()
-                    losses["loss_segment"] = F.cross_entropy(segment_head(features["cam"]), cells)
+                    background = torch.zeros_like(logits["classes"][:, :1])  # the fixed background logit
+                    losses["loss_segment"] = F.cross_entropy(torch.cat([background, logits["classes"]], 1), cells)
                     loss = sum(losses[p] for p in parts)
                     optimiser.zero_grad()
                     loss.backward()
@@ -380,15 +452,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     p_train = commands.add_parser("train", help="train the model and write the shipped artefacts")
     p_train.add_argument("--out", required=True, help="output folder, e.g. example_configs/detection")
-    p_train.add_argument("--epochs", type=int, default=10)
+    p_train.add_argument("--epochs", type=int, default=16)
     p_train.add_argument("--train-size", type=int, default=1600, help="fresh scenes per epoch")
     p_train.add_argument("--val-size", type=int, default=300)
     p_train.add_argument("--seed", type=int, default=0)
     p_eval = commands.add_parser("eval", help="COCO AP and the pointing game of a checkpoint on fresh scenes")
     p_eval.add_argument("--checkpoint", required=True)
-    p_eval.add_argument("--n", type=int, default=300)
+    p_eval.add_argument("--n", type=int, default=300, help="scenes for COCO AP")
     p_eval.add_argument("--seed", type=int, default=12345)
-    p_eval.add_argument("--methods", default="gradcam,hirescam,layercam,eigencam", help="pytorch-grad-cam methods")
+    p_eval.add_argument("--cam-n", type=int, default=100, help="the first scenes of those for the pointing game")
+    p_eval.add_argument("--methods", default="gradcam,gradcampp,layercam,hirescam,ablationcam,drise,eigencam",
+                        help="pytorch-grad-cam's methods and drise")
+    p_eval.add_argument("--masks", type=int, default=DRISE_MASKS, help="D-RISE masks per image")
     args = parser.parse_args(argv)
     if args.command == "train":
         metrics = train(args.out, epochs=args.epochs, train_size=args.train_size, val_size=args.val_size, seed=args.seed)
@@ -400,10 +475,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     stats = coco_ap(scene_boxes(scenes), detect(model, scenes.images))
     print(f"AP {stats[0]:.4f}  AP50 {stats[1]:.4f}  AP75 {stats[2]:.4f}  AR@100 {stats[8]:.4f}  on {args.n} scenes, "
           f"seed {args.seed}")
-    for method in args.methods.split(","):
-        hits = pointing_game(model, scenes, method)
-        print(f"pointing game, {method} on {CAM_LAYER}: {hits.mean():.4f} over {len(hits)} true-positive boxes "
-              f"(score >= {SCORE_THRESHOLD})")
+    print_pointing(model, generate_scenes(args.cam_n, seed=args.seed, size=SIZE), args.methods.split(","), args.masks)
 
 
 if __name__ == "__main__":
