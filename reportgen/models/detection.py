@@ -168,8 +168,11 @@ def num_classes(model: nn.Module) -> int | None:
     its label indices are 0..K-1; Hugging Face's `config.num_labels`, "no object" not counted), or None when the
     model does not say (a factory's own detector): what a labels list must hold, as a classifier's logits' K."""
     roi_heads = getattr(model, "roi_heads", None)
-    if roi_heads is not None and hasattr(getattr(roi_heads, "box_predictor", None), "cls_score"):
-        return int(roi_heads.box_predictor.cls_score.out_features)  # Faster R-CNN
+    predictor = getattr(roi_heads, "box_predictor", None)
+    if hasattr(predictor, "cls_score"):
+        return int(predictor.cls_score.out_features)  # Faster R-CNN
+    if isinstance(getattr(getattr(predictor, "bbox_pred", None), "out_features", None), int):
+        return int(predictor.bbox_pred.out_features) // 4  # a Faster R-CNN predictor of its own: 4 deltas a class
     head = getattr(getattr(model, "head", None), "classification_head", None)
     for name in ("num_classes", "num_columns"):  # RetinaNet and FCOS; SSD's scoring head
         if isinstance(getattr(head, name, None), int):
