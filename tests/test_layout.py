@@ -80,9 +80,13 @@ def pages(tmp_path_factory) -> dict:
     done = CliRunner().invoke(main, ["build", str(ROOT / "example_configs" / "segmentation.yaml"), "-o",
                                      str(root / "seg"), "-q"])
     assert done.exit_code == 0, done.output
+    done = CliRunner().invoke(main, ["build", str(ROOT / "example_configs" / "detection.yaml"), "-o",
+                                     str(root / "det"), "-q", "--set", "analyses.cam.drise_masks=50",
+                                     "--set", "analyses.evaluation.images=2"])
+    assert done.exit_code == 0, done.output
     return {"report": a / "report.html", "compare": root / "cmp" / "compare.html",
             "site": root / "site" / "index.html", "attention": attention / "report.html",
-            "segmentation": root / "seg" / "report.html"}
+            "segmentation": root / "seg" / "report.html", "detection": root / "det" / "report.html"}
 
 
 # What lies outside `main` (and is not inside a table's own scroll box), and every box that scrolls sideways.
@@ -111,7 +115,7 @@ return {inner: innerWidth, scroll: document.documentElement.scrollWidth, main: b
 
 
 @pytest.mark.parametrize("width", WIDTHS)
-@pytest.mark.parametrize("page", ["report", "site", "compare", "attention", "segmentation"])
+@pytest.mark.parametrize("page", ["report", "site", "compare", "attention", "segmentation", "detection"])
 def test_every_page_fits_its_window(driver, pages, page, width):
     open_page(driver, pages[page], width=width, height=900)
     layout = js(driver, LAYOUT)

@@ -10,8 +10,9 @@ of `stages/dataset_segmentation.py`.
   detections). An image without them (None: the annotations do not list it) is counted and not scored; an image
   listed with no box IS scored (each of its detections a false positive).
 - Per image, at `detection.iou_threshold` among the detections the page draws and the maps explain (scoring at
-  least `detection.score_threshold`, the best `detection.max_boxes`): true positives, false positives and misses, matched as COCOeval does
-  (`metrics.detection.match_boxes`: a match of a crowd box is neither, a crowd box is never missed).
+  least `detection.score_threshold`, the best `detection.max_boxes`): true positives, false positives and misses,
+  matched as COCOeval does (`metrics.detection.match_boxes`: a match of a crowd box is neither, a crowd box is
+  never missed).
 - Streamed with flat memory: a batch's result holds its images' `DetectionEval` (per image and class ≤ 100 scores
   and a few packed bits, about 2.4 kB an image of 100 detections) and four numbers per image; `reduce` merges
   them (batches, then torchrun's ranks: `dist.gather` pickles the results). An image is given once in all: its
