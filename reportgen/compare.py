@@ -12,6 +12,7 @@ compare_maps.npz (every pair's two maps).
 from __future__ import annotations
 
 import contextlib
+import math
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,7 +181,8 @@ def read_side(folder: Path) -> Side:
                     input_size=input_size,
                     images={r["name"]: SideImage(source=r.get("source"), truth=(r.get("truth") or {}).get("label"),
                                                  top1=_top1(r)) for r in records},
-                    layers={r["name"]: r for r in summary.get("rows", []) if r.get("name")},
+                    layers={r["name"]: r for r in _list(summary.get("rows")) if isinstance(r, dict)
+                            and isinstance(r.get("name"), str) and r["name"]},
                     totals={key: _total(summary, key) for _, key in TOTALS}, metrics=metrics(data),
                     arrays=folder / "arrays.npz", intervals=_intervals(data))
 
@@ -307,10 +309,24 @@ def _plane(values: np.ndarray) -> np.ndarray:
 
 def _layers(rows_a: dict[str, dict], rows_b: dict[str, dict]):
     names = list(dict.fromkeys([*rows_a, *rows_b]))
-    rows = [(n, rows_a.get(n, {}).get("class_name"), rows_b.get(n, {}).get("class_name"),
-             rows_a.get(n, {}).get("num_params"), rows_b.get(n, {}).get("num_params")) for n in names]
+    rows = [(n, _text(rows_a.get(n, {}).get("class_name")), _text(rows_b.get(n, {}).get("class_name")),
+             _count(rows_a.get(n, {}).get("num_params")), _count(rows_b.get(n, {}).get("num_params"))) for n in names]
     return rows, {"layers in A only": [n for n in rows_a if n not in rows_b],
                   "layers in B only": [n for n in rows_b if n not in rows_a]}
+
+
+def _count(value) -> int | None:
+    """A layer's parameter count as report.json gives it; anything else (a tampered file's) is unknown."""
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        else None
+
+
+def _list(value) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _text(value) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _total(summary: dict, key: str) -> float | None:

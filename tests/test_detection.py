@@ -196,3 +196,23 @@ def test_two_processes_under_torchrun_detect_what_one_detects(tmp_path):
     one = tmp_path / "one"
     assert _build(path, "-o", str(one)).exit_code == 0
     assert_same_build(one, torchrun_build(path, tmp_path / "two"))
+
+
+@pytest.mark.parametrize("make", ["_detr", "_yolos"])
+def test_a_hugging_face_detector_folder_builds_with_its_boxes_explained(tmp_path, make):
+    """A DETR (Hugging Face ResNet backbone, no timm) and a YOLOS folder, random weights: every query scores, so
+    at threshold 0 each image's best two boxes are explained by Grad-CAM and D-RISE."""
+    from tests import test_models_detection as hf
+
+    folder, _, _ = getattr(hf, make)(tmp_path)
+    model = {"source": "huggingface", "path": str(folder), "device": "cpu", "input_size": [3, 32, 32],
+             "labels": None}
+    path = _config(tmp_path, model=model, detection={"score_threshold": 0.0, "max_boxes": 2},
+                   inputs={"images": [str(SHIPPED / "images" / "scene_000.png")], "preprocess": {"resize": [32, 32]}},
+                   analyses={"dataset": {}, "cam": {"methods": ["gradcam", "drise"], "drise_masks": 8}})
+    result = _build(path)
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert data["model"]["task"] == "detection" and data["dataset"]["images"] == 1
+    boxes = data["cam"]["images"][0]["boxes"]
+    assert len(boxes) == 2 and boxes[0]["score"] >= boxes[1]["score"]
