@@ -113,7 +113,7 @@ def shipped():
 
 def test_shipped_detector_maps_equal_pytorch_grad_cam_per_box(shipped):
     model, x, boxes, truth, scenes = shipped
-    assert [len(d) for d in boxes] == [4, 4, 3]  # an image with fewer boxes than the batch's most
+    assert sorted(len(d) for d in boxes) == [3, 4, 4]  # an image with fewer boxes than the batch's most
     ctx = detector_context(model, x, boxes, truth, LABELS, display=scenes.images)
     cfg = CamConfig(methods=("gradcam", "gradcampp", "eigencam", "ablationcam", "cam"), target_layers=(CAM_LAYER,))
     result = D.run(ctx, cfg)
@@ -152,7 +152,7 @@ def test_shipped_detector_maps_equal_pytorch_grad_cam_per_box(shipped):
     assert [r["missed"] for r in records] == [int(m.sum()) for m in result.missed]
     assert records[0]["boxes"][0]["match"] == "tp" and records[0]["boxes"][0]["name"] in LABELS
     arrays = D.arrays(result)
-    assert arrays["cam/gradcam/img2"].shape == (3, 64, 64) and arrays["cam/gradcam/img0"].shape == (4, 64, 64)
+    assert [arrays[f"cam/gradcam/img{i}"].shape for i in range(3)] == [(len(d), 64, 64) for d in boxes]
 
 
 def test_drise_maps_are_its_formula_scaled_and_box_maps_pads_missing_boxes(shipped):
@@ -161,12 +161,14 @@ def test_drise_maps_are_its_formula_scaled_and_box_maps_pads_missing_boxes(shipp
     maps = D.box_maps(model, model, x, boxes, cfg.methods, cfg)
     assert list(maps) == ["drise", "gradcam"]
     assert maps["drise"].shape == (4, 3, 64, 64) and maps["gradcam"].shape == (4, 3, 64, 64)
-    assert not maps["drise"][3, 2].any() and not maps["gradcam"][3, 2].any()  # image 2 has 3 boxes
+    short = min(range(3), key=lambda i: len(boxes[i]))  # the image with 3 boxes: its 4th maps are zeros
+    assert len(boxes[short]) == 3 and not maps["drise"][3, short].any() and not maps["gradcam"][3, short].any()
     detect = lambda images: [{"boxes": d["boxes"], "probs": torch.nn.functional.one_hot(d["labels"], 6).float(),  # noqa: E731
                               "objectness": d["scores"]} for d in model(images)]
-    raw = drise(detect, x[1], boxes[1].boxes, boxes[1].labels, masks=24, cell=16, p=0.5, seed=0)
+    full = max(range(3), key=lambda i: len(boxes[i]))
+    raw = drise(detect, x[full], boxes[full].boxes, boxes[full].labels, masks=24, cell=16, p=0.5, seed=0)
     expected = (raw - raw.amin((1, 2), keepdim=True)) / (1e-7 + (raw - raw.amin((1, 2), keepdim=True)).amax((1, 2), keepdim=True))
-    assert torch.allclose(maps["drise"][:4, 1], expected, atol=1e-5)
+    assert torch.allclose(maps["drise"][:4, full], expected, atol=1e-5)
     assert maps["drise"].amax((2, 3))[:3].min() > 0.99
     # the same maps from the stage on a context, and from a forward returning Detections
     ctx = detector_context(model, x, boxes, truth, LABELS)

@@ -229,7 +229,7 @@ def test_pointing_game_scores_true_positives_against_their_true_box(shipped, mon
 def test_the_cascade_loses_similarity_as_layers_are_randomised(shipped):
     """The sanity cascade, head first (roi_heads, rpn, backbone), on the same boxes: Eigen-CAM on the backbone's
     last block does not change while only the heads are random (Spearman 1 for every box) and falls once the
-    backbone is; Grad-CAM of a box changes as soon as the box head is random."""
+    backbone is."""
     ctx = context(shipped)
     cfg = EvaluationConfig(metrics=("sanity",), sanity=SanityConfig(images=2, seed=0))
     found = gradcam_found(ctx, ("gradcam", "eigencam"))
@@ -241,7 +241,11 @@ def test_the_cascade_loses_similarity_as_layers_are_randomised(shipped):
     assert eigen.shape == grad.shape == (3, len(ctx.boxes[0]) + len(ctx.boxes[1]))
     np.testing.assert_allclose(eigen[:2], 1.0, atol=1e-9)
     assert np.nanmean(eigen[2]) < 0.5
-    assert np.nanmean(grad[0]) < 0.9 and np.isfinite(grad[0]).any()
+    # the shipped detector's class-evidence layer reaches a box's score only through its class logit, a scale of
+    # the evidence inside the box: a random box head rescales that logit and leaves the map's order (Spearman ~1)
+    # for the boxes it still finds; a random backbone loses them all (their maps constant: NaN, left out)
+    assert np.isfinite(grad[0]).any() and np.nanmin(grad[0]) > 0.5
+    assert np.isnan(grad[2]).sum() >= np.isnan(grad[0]).sum()
     assert result.sanity.maps[ROW].shape == (4, 64, 64)  # the first box's map: trained, then each block
     assert "sanity_spearman" in result.columns and any("still compared" in n for n in result.notes)
 

@@ -174,8 +174,10 @@ def _compute(model, forward, batch, boxes, methods, cfg, *, info=None, engine=No
     warnings: list[str] = []
     seconds: dict[str, float] = {}
     if on_tensors:
+        adapter = getattr(info, "adapter", None)  # a transformer's tokens folded into their grid (YOLOS)
         computed = explain(on_tensors, engine, ranks, Settings(
-            layers=tensors, masked_batch_size=getattr(cfg, "batch_size", 32),
+            layers=tensors, views={name: adapter.layer_view(name) for name in tensors} if adapter else {},
+            masked_batch_size=getattr(cfg, "batch_size", 32),
             max_channels=getattr(cfg, "max_channels", None)), log=log).cam
         key = FUSED if len(tensors) > 1 else tensors[0]
         for m, method in enumerate(computed.layer_methods[key]):
