@@ -122,3 +122,17 @@ def render_section(name: str, section: dict) -> str:
                                     jinja2.FileSystemLoader(TEMPLATES)]),
         autoescape=True, undefined=jinja2.StrictUndefined)
     return env.get_template(f"sections/{name}.html.jinja2").render(section=section, report={})
+
+
+def write_config(folder: Path, cfg: dict, over: dict) -> Path:
+    """`cfg` with `over`'s keys set (`section__key=value`, or `section=value` for a whole section), written to the
+    next free `config<N>.yaml` of `folder`."""
+    for key, value in over.items():
+        section, _, name = key.partition("__")
+        if name:
+            cfg[section][name] = value
+        else:
+            cfg[section] = value
+    path = folder / f"config{len(list(folder.glob('config*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from reportgen.cli import main
+from tests.conftest import write_config
 from reportgen.config import load_config
 from reportgen.datasets import select
 from reportgen.demo import detect
@@ -37,15 +38,7 @@ def _config(tmp_path: Path, **over) -> Path:
         "report": {"detail": {"budget": 3}},
         "output": {"dir": str(tmp_path / "out")},
     }
-    for key, value in over.items():
-        section, _, name = key.partition("__")
-        if name:
-            cfg[section][name] = value
-        else:
-            cfg[section] = value
-    path = tmp_path / f"config{len(list(tmp_path.glob('config*.yaml')))}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return write_config(tmp_path, cfg, over)
 
 
 def _build(path: Path, *args: str):

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from click.testing import CliRunner
 from PIL import Image
 
 from reportgen.cli import main
+from tests.conftest import write_config
 from reportgen.demo import segment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,15 +32,7 @@ def _config(tmp_path: Path, images, **over) -> Path:
         "report": {"detail": {"budget": 3}},
         "output": {"dir": str(tmp_path / "out"), "save_arrays": True},
     }
-    for key, value in over.items():
-        section, _, name = key.partition("__")
-        if name:
-            cfg[section][name] = value
-        else:
-            cfg[section] = value
-    path = tmp_path / f"config{len(list(tmp_path.glob('config*.yaml')))}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return write_config(tmp_path, cfg, over)
 
 
 def _build(path: Path, *args: str):

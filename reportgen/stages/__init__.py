@@ -113,6 +113,12 @@ class Stage:
         if not self.template_path.is_file():
             raise ReportgenError(f"stage `{self.name}`: its template {self.template_path} does not exist.")
 
+    def variant(self, name: str, **functions: Any) -> Stage:
+        """This record as a task computes it (`tasks.Task.variants`): its options and key, the functions given, and
+        the figure module `reportgen.figures.<name>` and template `sections/<name>.html.jinja2` of that name."""
+        return dataclasses.replace(self, figures=f"reportgen.figures.{name}",
+                                   template=str(templates_dir() / "sections" / f"{name}.html.jinja2"), **functions)
+
     def hooked(self, cfg: Any) -> tuple[str, ...] | bool:
         """What of this stage needs hooks with these options: True (all of it), method ids, or nothing."""
         return self.needs_hooks(cfg) if callable(self.needs_hooks) else self.needs_hooks

@@ -353,13 +353,5 @@ def first_pass(info: ModelInfo, cfg) -> tuple[tuple[str, ...], bool]:
 
 
 # what `analyses.cam` runs for a detector (`tasks.Task.variants`): the classifier's record, its functions these
-def _variant():
-    from ..packaged import templates_dir
-
-    return dataclasses.replace(cam.SPEC, run=run, check=check, reduce=reduce, select=select, arrays=arrays,
-                               to_json=to_json, records=records, first_pass=first_pass,
-                               figures="reportgen.figures.cam_detection",
-                               template=str(templates_dir() / "sections" / "cam_detection.html.jinja2"))
-
-
-VARIANT = _variant()
+VARIANT = cam.SPEC.variant("cam_detection", run=run, check=check, reduce=reduce, select=select, arrays=arrays,
+                           to_json=to_json, records=records, first_pass=first_pass)

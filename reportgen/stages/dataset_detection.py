@@ -210,12 +210,10 @@ def records(result: DetectionDatasetResult) -> list[dict]:
 
 # what `analyses.dataset` runs for a detector (`tasks.Task.variants`): the classifier's record, its functions these
 def _variant():
-    from ..packaged import templates_dir
     from . import dataset
 
-    return dataclasses.replace(dataset.SPEC, run=run, reduce=reduce, select=None, totals=totals, to_json=to_json,
-                               metrics=headline, records=records, figures="reportgen.figures.dataset_detection",
-                               template=str(templates_dir() / "sections" / "dataset_detection.html.jinja2"))
+    return dataset.SPEC.variant("dataset_detection", run=run, reduce=reduce, select=None, totals=totals,
+                                to_json=to_json, metrics=headline, records=records)
 
 
 VARIANT = _variant()

@@ -266,12 +266,10 @@ def records(result: SegmentationDatasetResult) -> list[dict]:
 
 # what `analyses.dataset` runs for a segmenter (`tasks.Task.variants`): the classifier's record, its functions these
 def _variant():
-    from ..packaged import templates_dir
     from . import dataset
 
-    return dataclasses.replace(dataset.SPEC, run=run, reduce=reduce, select=select, totals=arrays, to_json=to_json,
-                               metrics=headline, records=records, figures="reportgen.figures.dataset_segmentation",
-                               template=str(templates_dir() / "sections" / "dataset_segmentation.html.jinja2"))
+    return dataset.SPEC.variant("dataset_segmentation", run=run, reduce=reduce, select=select, totals=arrays,
+                                to_json=to_json, metrics=headline, records=records)
 
 
 VARIANT = _variant()
