@@ -229,6 +229,7 @@ def test_faster_rcnn_fpn_maps_equal_pytorch_grad_cam():
     result = D.run(ctx, CamConfig(methods=("gradcam", "eigencam", "ablationcam"), target_layers=(layer,),
                                   batch_size=256))
     assert result.layers == {"gradcam": layer, "eigencam": "backbone", "ablationcam": "backbone"}
+    assert "its levels 0, 1, pool, each resized to the size of `pool`" in " ".join(result.notes)
     assert D.plan_layers(ctx.info, CamConfig(target_layers=(layer, "backbone"))) == ((layer,), "backbone")
     flips = signs(project_2d(fpn_reshape(fpn_levels(model, x)), fix_sign=False), (48, 48))
     d = boxes[0]
@@ -262,6 +263,8 @@ def test_retinanet_maps_equal_pytorch_grad_cam():
     assert [len(d) for d in boxes] == [TOP, TOP]
     result = D.run(detector_context(model, x, boxes), CamConfig(methods=("gradcam", "eigencam")))
     assert result.layers == {"gradcam": layer, "eigencam": "backbone"}  # the default layer: the body's last block
+    assert "its levels 0, 1, 2, p6, p7, each resized to the size of `1` (it has no `pool` level" in \
+        " ".join(result.notes)
     flips = signs(project_2d(retinanet_reshape_transform(fpn_levels(model, x)), fix_sign=False), (64, 64))
     for j in range(TOP):  # per box rank on the batch (see the module)
         ref = pgc_map(pgc.GradCAM, model, layer, x, BoxScores(model, [d.boxes for d in boxes],

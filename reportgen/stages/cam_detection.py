@@ -37,7 +37,7 @@ from torch import nn
 from ..engine import Engine
 from ..errors import ReportgenError
 from ..methods import REGISTRY
-from ..methods.boxes import ABLATION, EIGEN, BoxScores, drise_boxes, fpn_cams
+from ..methods.boxes import ABLATION, EIGEN, BoxScores, drise_boxes, fpn_cams, fpn_levels, size_level
 from ..methods.cam import FUSED
 from ..methods.dispatch import Settings, explain
 from ..metrics.detection import match_boxes
@@ -252,7 +252,8 @@ def run(ctx: Context, cfg) -> BoxMapsResult:
         truth_labels=tuple(None if t is None else np.asarray(t.labels, np.int64) for t in truth),
         truth_of=tuple(None if m is None else m.truth_of for m in matches),
         missed=tuple(None if m is None else m.missed for m in matches),
-        iou_threshold=iou, not_applicable=not_applicable, notes=tuple(_notes(layers)), warnings=tuple(warnings),
+        iou_threshold=iou, not_applicable=not_applicable, notes=tuple(_notes(layers) + _pyramid_note(ctx, cfg, layers)),
+        warnings=tuple(warnings),
         seconds=seconds, image_count=len(boxes))
 
 
@@ -262,6 +263,19 @@ def _notes(layers: dict[str, str]) -> list[str]:
         by_layer.setdefault(layer, []).append(REGISTRY[method].title)
     return [f"{', '.join(titles)}: " + (f"layer `{layer}`" if layer else "no layer (masked forwards of the image)")
             for layer, titles in by_layer.items()]
+
+
+def _pyramid_note(ctx: Context, cfg, layers: dict[str, str]) -> list[str]:
+    """Which levels of the feature pyramid Eigen- and Ablation-CAM read, at which level's size: pytorch-grad-cam's
+    `pool` level, or (RetinaNet, FCOS, SSDlite have none) the coarsest level of at least 4 x 4."""
+    _, pyramid = plan_layers(ctx.info, cfg)
+    if pyramid is None or pyramid not in layers.values():
+        return []
+    with torch.no_grad():
+        levels = fpn_levels(ctx.model, ctx.batch[:1], pyramid)
+    where = size_level(levels)
+    return [f"the pyramid `{pyramid}`: its levels {', '.join(levels)}, each resized to the size of `{where}`"
+            + ("" if where == "pool" else " (it has no `pool` level, which pytorch-grad-cam's reshape takes)")]
 
 
 _PER_IMAGE = ("images", "boxes", "labels", "scores", "truth_boxes", "truth_labels", "truth_of", "missed")
