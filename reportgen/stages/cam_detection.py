@@ -252,17 +252,9 @@ def run(ctx: Context, cfg) -> BoxMapsResult:
         truth_labels=tuple(None if t is None else np.asarray(t.labels, np.int64) for t in truth),
         truth_of=tuple(None if m is None else m.truth_of for m in matches),
         missed=tuple(None if m is None else m.missed for m in matches),
-        iou_threshold=iou, not_applicable=not_applicable, notes=tuple(_notes(layers) + _pyramid_note(ctx, cfg, layers)),
+        iou_threshold=iou, not_applicable=not_applicable, notes=tuple(_pyramid_note(ctx, cfg, layers)),
         warnings=tuple(warnings),
         seconds=seconds, image_count=len(boxes))
-
-
-def _notes(layers: dict[str, str]) -> list[str]:
-    by_layer: dict[str, list[str]] = {}
-    for method, layer in layers.items():
-        by_layer.setdefault(layer, []).append(REGISTRY[method].title)
-    return [f"{', '.join(titles)}: " + (f"layer `{layer}`" if layer else "no layer (masked forwards of the image)")
-            for layer, titles in by_layer.items()]
 
 
 def _pyramid_note(ctx: Context, cfg, layers: dict[str, str]) -> list[str]:
