@@ -161,6 +161,22 @@ BUILT_IN.append(Method(id="drise", family="cam", title="D-RISE", aliases=("detri
                        compute="reportgen.methods.boxes:drise_cam", options=DriseOptions,
                        note="detectors only: saliency of random masks weighed by the box's detection similarity"))
 
+# issue 26, the rest of pytorch-grad-cam 1.5.7's CAMs (reportgen.methods.cam_more)
+_MORE = "reportgen.methods.cam_more"
+BUILT_IN += [
+    Method(id="gradcam_elementwise", family="cam", title="Grad-CAM element-wise", aliases=("gradcamelementwise",),
+           needs=frozenset({"activations", "gradients"}), compute=f"{_MORE}:gradcam_elementwise",
+           note="Σ_c relu(gradient × activation)"),
+    Method(id="randomcam", family="cam", title="Random CAM", needs=frozenset({"activations"}),
+           compute=f"{_MORE}:randomcam", note="a baseline: seeded random channel weights in [-1, 1)"),
+    Method(id="kpcacam", family="cam", title="KPCA-CAM", aliases=("kpca_cam",), needs=frozenset({"activations"}),
+           compute=f"{_MORE}:kpcacam", note="the activations' first kernel principal component (sigmoid kernel)"),
+    Method(id="fem", family="cam", title="FEM", needs=frozenset({"activations"}), compute=f"{_MORE}:fem",
+           note="weights: each channel's share of cells above its mean + 2 standard deviations"),
+    Method(id="shapleycam", family="cam", title="ShapleyCAM", needs=frozenset({"activations", "own_passes"}),
+           compute=f"{_MORE}:shapleycam", note="weights: gradient − ½ Hessian × activations (a second-order pass)"),
+]
+
 # ---------------------------------------------------------------------------- the gradient family (Captum 0.9.0)
 
 _grad("saliency", "Saliency", {"input_grad"}, "saliency", aliases=("vanillagradient",))

@@ -1,0 +1,105 @@
+"""More of pytorch-grad-cam 1.5.7's CAMs (issue 26): Grad-CAM element-wise, RandomCAM, KPCA-CAM, FEM and ShapleyCAM.
+
+Each is a function named by its record in `reportgen.methods` and called like the CAMs of `methods.cam` (see there):
+`fn(a, g)` for a gradient CAM, `fn(job)` with a `CamJob` otherwise; pytorch-grad-cam's post-processing (ReLU,
+min-max, resize, multi-layer mean) comes after, in `methods.cam.postprocess`.
+
+- `gradcam_elementwise`: Σ_c relu(g·A) (`GradCAMElementWise`).
+- `randomcam`: channel weights uniform in [-1, 1) (`RandomCAM`, a baseline). pytorch-grad-cam draws them from numpy's
+  global generator; we draw the same numbers from a generator of our own seeded with `RANDOM_SEED`: per layer, one
+  (N, C) draw per target rank in rank order, which is what pytorch-grad-cam draws for that layer alone after
+  `np.random.seed(RANDOM_SEED)` (the build stays deterministic and leaves numpy's global state alone).
+- `kpcacam`: each image's centred (h·w, C) activations projected on the first kernel principal component
+  (`KPCA_CAM` with its defaults: scikit-learn's `KernelPCA(n_components=1, kernel="sigmoid")`, gamma = 1/C,
+  coef0 = 1), written out in torch: the centred kernel's top eigenvector (largest eigenvalue), its sign such that
+  its entry of largest magnitude is positive (scikit-learn's `svd_flip`), times √eigenvalue (negative ones: 0).
+- `fem`: channel weights = the share of the channel's cells above its mean + 2 standard deviations (`FEM`, k = 2).
+- `shapleycam`: channel weights = spatial mean of g − ½·H·A, H the Hessian of the target score with respect to the
+  layer's activations (`ShapleyCAM`): one forward, then per rank a backward that keeps its graph and one
+  Hessian-vector product. On a model that is piecewise linear after the layer (ReLU, pooling, a linear head) H·A = 0
+  and it is Grad-CAM.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..engine import for_rows
+from ..hooks import get_layer
+from ..ops import batches
+from .cam import CamJob, NotApplicable
+
+RANDOM_SEED = 0  # randomcam's draws (see the module)
+FEM_K = 2.0  # fem: a cell counts when above mean + k·std of its channel (pytorch-grad-cam's default)
+
+
+def gradcam_elementwise(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return (g * a).clamp_min(0).sum(dim=1)
+
+
+def randomcam(job: CamJob) -> torch.Tensor:
+    a = job.activations
+    k, (n, c) = len(job.class_sets), a.shape[:2]
+    draws = np.random.RandomState(RANDOM_SEED).uniform(-1, 1, size=(k, n, c))  # rank-major, as pgc's calls
+    weights = torch.as_tensor(draws, dtype=torch.float32, device=a.device)
+    return torch.einsum("knc,nchw->knhw", weights, a)
+
+
+def kpcacam(job: CamJob) -> torch.Tensor:
+    return kernel_projection(job.activations).expand(len(job.class_sets), -1, -1, -1)
+
+
+def kernel_projection(values: torch.Tensor) -> torch.Tensor:
+    """(N, C, h, w) -> (N, h, w): scikit-learn's `KernelPCA(n_components=1, kernel="sigmoid").fit_transform` of each
+    image's centred (h·w, C) matrix (NaN -> 0), in float64."""
+    n, c, h, w = values.shape
+    x = torch.nan_to_num(values.double(), nan=0.0).reshape(n, c, h * w).transpose(1, 2)  # (N, hw, C)
+    x = x - x.mean(dim=1, keepdim=True)
+    kernel = torch.tanh(x @ x.transpose(1, 2) / c + 1.0)  # sigmoid kernel, gamma = 1 / n_features, coef0 = 1
+    kernel = (kernel - kernel.mean(dim=1, keepdim=True) - kernel.mean(dim=2, keepdim=True)
+              + kernel.mean(dim=(1, 2), keepdim=True))  # centred in feature space (KernelCenterer)
+    values_, vectors = torch.linalg.eigh(kernel)  # ascending
+    top, v = values_[:, -1], vectors[:, :, -1]  # (N,), (N, hw)
+    biggest = v.abs().argmax(dim=1, keepdim=True)
+    v = v * torch.sign(v.gather(1, biggest))  # svd_flip: the entry of largest magnitude is positive
+    return (v * top.clamp_min(0).sqrt()[:, None]).reshape(n, h, w).float()
+
+
+def fem(job: CamJob) -> torch.Tensor:
+    a = job.activations.double()
+    threshold = a.mean(dim=(2, 3), keepdim=True) + FEM_K * a.std(dim=(2, 3), correction=0, keepdim=True)
+    weights = (a > threshold).double().mean(dim=(2, 3))  # (N, C)
+    cam = torch.einsum("nc,nchw->nhw", weights, a).float()
+    return cam.expand(len(job.class_sets), -1, -1, -1)
+
+
+def shapleycam(job: CamJob) -> torch.Tensor:
+    if job.channels_last:
+        raise NotApplicable("ShapleyCAM's Hessian-vector product is taken on (N, C, h, w) activations; this layer "
+                            "holds its channels last (tokens), which it does not read yet.")
+    layer = get_layer(job.model, job.layer)
+    n = job.batch.shape[0]
+    out = torch.zeros(len(job.class_sets), *job.activations.shape[:1], *job.activations.shape[2:],
+                      device=job.activations.device)
+    for rows in batches(n, job.batch_size):
+        seen: list[torch.Tensor] = []
+        handle = layer.register_forward_hook(lambda module, inputs, output: seen.append(output))
+        try:
+            with torch.enable_grad():
+                x = job.batch[rows].detach().requires_grad_(True)  # the graph starts at the input, as pgc's
+                logits = for_rows(job.forward, torch.arange(n)[rows])(x)
+                a = seen[-1]
+                index = torch.arange(rows.stop - rows.start, device=logits.device)
+                for r, classes in enumerate(job.class_sets):
+                    target = torch.as_tensor(classes[rows], device=logits.device)
+                    (g,) = torch.autograd.grad(logits[index, target].sum(), a, retain_graph=True, create_graph=True)
+                    hvp = None
+                    if g.requires_grad:  # else nothing after the layer has curvature (frozen, linear): H·A = 0
+                        (hvp,) = torch.autograd.grad(g, a, grad_outputs=a.detach(), retain_graph=True,
+                                                     allow_unused=True)
+                    hvp = torch.zeros_like(g) if hvp is None else hvp
+                    weights = (g - 0.5 * hvp).detach().float().mean(dim=(2, 3))  # (n, C)
+                    out[r, rows] = torch.einsum("nc,nchw->nhw", weights, a.detach().float())
+        finally:
+            handle.remove()
+    return out
