@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from torch import nn
 
 import pytorch_grad_cam as pgc
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -72,3 +73,58 @@ def test_tiny_pre_activation_layer_top2() -> None:
     model = _seeded(TinyNet)
     _check(model, _batch(3, size=20), ("gradcam_elementwise", "fem", "kpcacam", "randomcam"), ["body", "act"], k=2,
            fused=False)
+
+
+def test_kpcacam_resnet18_fused_and_arpack_sized_layer() -> None:
+    """ResNet-18 `layer2` + `layer3` fused; TinyNet's `act` at 16×16 = 256 cells, where scikit-learn's KernelPCA
+    switches from a dense eigensolver to ARPACK (more than 200 samples)."""
+    _check(_seeded(torchvision.models.resnet18), _batch(2), ("kpcacam",), ["layer2", "layer3"], k=1)
+    _check(_seeded(TinyNet), _batch(2, size=32), ("kpcacam",), ["act"], k=1)
+
+
+def test_randomcam_draws_pytorch_grad_cams_numbers_per_layer() -> None:
+    """Per layer, ours equals pytorch-grad-cam after `np.random.seed(RANDOM_SEED)` (two ranks: two draws in rank
+    order); it is deterministic, leaves numpy's global generator alone, and is not Grad-CAM."""
+    model = _seeded(torchvision.models.resnet18)
+    x = _batch(2)
+    _check(model, x, ("randomcam",), ["layer2", "layer3"], k=2, fused=False)
+    state = np.random.get_state()[1].copy()
+    _, again = _run(model, x, ("randomcam", "gradcam"), ["layer2"], TargetSpec(k=2))
+    assert np.array_equal(np.random.get_state()[1], state)
+    _, first = _run(model, x, ("randomcam",), ["layer2"], TargetSpec(k=2))
+    key = ("randomcam", "layer2", 0, again.targets[0][0])
+    assert np.array_equal(again.maps[key], first.maps[key])
+    assert np.abs(again.maps[key] - again.maps[("gradcam",) + key[1:]]).max() > 0.1
+
+
+def _curved_resnet18() -> nn.Module:
+    """ResNet-18 whose head is Linear, Tanh, Linear: curved after `layer4` (MobileNet-V3's Hardswish head is curved
+    too, but at random weights its activations there are ~1e-8, where the curvature term vanishes)."""
+    model = torchvision.models.resnet18(num_classes=10)
+    model.fc = nn.Sequential(nn.Linear(512, 32), nn.Tanh(), nn.Linear(32, 10))
+    return model
+
+
+def test_shapleycam_on_a_head_with_curvature_differs_from_gradcam() -> None:
+    """After `layer3` and `layer4` of a curved-head ResNet-18 the Hessian term matters, so ShapleyCAM must differ
+    from Grad-CAM by more than 1e-2 and still equal pytorch-grad-cam's, per layer and rank (pytorch-grad-cam's
+    ShapleyCAM fails on several layers at once: its first Hessian-vector product frees the graph the second needs;
+    our fused map is the mean of the per-layer maps, as for every method)."""
+    model = _seeded(_curved_resnet18)
+    x = _batch(2)
+    _check(model, x, ("shapleycam",), ["layer3", "layer4"], k=2, fused=False)
+    _, result = _run(model, x, ("shapleycam", "gradcam"), ["layer4"], TargetSpec(k=1))
+    classes = [t[0] for t in result.targets]
+    differ = np.abs(_ours(result, "shapleycam", "layer4", classes) - _ours(result, "gradcam", "layer4", classes))
+    assert differ.max() > 1e-2
+
+
+def test_shapleycam_is_gradcam_when_the_model_is_piecewise_linear_after_the_layer() -> None:
+    """ResNet-18 after `layer3` is ReLUs, pooling and one linear layer: H·A = 0, ShapleyCAM = Grad-CAM; two layers
+    fused, two ranks, against pytorch-grad-cam too (per layer: see above)."""
+    model = _seeded(torchvision.models.resnet18)
+    x = _batch(2)
+    _check(model, x, ("shapleycam",), ["layer3", "layer4"], k=2, fused=False)
+    _, result = _run(model, x, ("shapleycam", "gradcam"), ["layer3", "layer4"], TargetSpec(k=1))
+    classes = [t[0] for t in result.targets]
+    assert _max_diff(_ours(result, "shapleycam", C.FUSED, classes), _ours(result, "gradcam", C.FUSED, classes)) < 1e-5
