@@ -128,3 +128,33 @@ def test_shapleycam_is_gradcam_when_the_model_is_piecewise_linear_after_the_laye
     _, result = _run(model, x, ("shapleycam", "gradcam"), ["layer3", "layer4"], TargetSpec(k=1))
     classes = [t[0] for t in result.targets]
     assert _max_diff(_ours(result, "shapleycam", C.FUSED, classes), _ours(result, "gradcam", C.FUSED, classes)) < 1e-5
+
+
+MORE = ("gradcam_elementwise", "randomcam", "kpcacam", "fem", "shapleycam")
+
+
+def test_a_build_draws_writes_and_scores_every_method(project) -> None:
+    """The records alone put the methods in a build: arrays.npz holds each one's maps (one per image, min-max'd)
+    and the evaluation has a row for each."""
+    import json
+
+    from click.testing import CliRunner
+
+    from reportgen.cli import main
+    from tests.test_evaluation_stage import boxed_project
+
+    config = boxed_project(project)
+    config["analyses"]["cam"] = {"methods": list(MORE)}
+    config["analyses"]["evaluation"]["sanity"] = {"images": 1}
+    done = CliRunner().invoke(main, ["build", str(project.write(config)), "-q"])
+    assert done.exit_code == 0, done.output
+    out = project.root / "out"
+    data = json.loads((out / "report.json").read_text())
+    layer = data["cam"]["layers"][0]
+    assert data["cam"]["methods"] == list(MORE) and data["cam"]["not_applicable"] == {}
+    assert {r["method"] for r in data["evaluation"]["rows"]} >= set(MORE)
+    with np.load(out / "arrays.npz") as npz:
+        for method in MORE:
+            maps = [npz[k] for k in npz.files if k.startswith(f"cam/{method}/{layer}/")]
+            assert len(maps) == 3 and all(m.shape == (32, 32) and 0 <= m.min() and m.max() <= 1 for m in maps)
+            assert max(float(m.max()) for m in maps) > 0.99  # min-max'd, not blank
