@@ -8,7 +8,6 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 import torchvision
 from torch import nn
 
