@@ -99,3 +99,43 @@ def test_gradientshap_is_seeded_and_its_draws_are_per_image():
     alone = compute_gradientshap(model, x[2:], [classes[0][2:]], baseline=torch.zeros_like(x[2:]), samples=3,
                                  stdev=0.0, seed=0, batch_size=4, offset=2)[0]
     np.testing.assert_allclose(alone.numpy()[0], whole[2, 0], rtol=1e-5, atol=1e-7 * np.abs(whole[2, 0]).max())
+
+
+def test_a_build_draws_writes_and_scores_them(project):
+    """The records alone wire them in: the stage writes their arrays, the evaluation scores them (sensitivity and the
+    sanity cascade recompute them through the same dispatch)."""
+    import json
+
+    from tests.test_evaluation_stage import BOXES, boxed_project, build
+
+    config = boxed_project(project)
+    config["analyses"]["gradients"] = {"methods": list(MORE), "samples": 2, "shap_stdev": 0.05}
+    done = build(project, config)
+    assert done.exit_code == 0, done.output
+    out = project.root / "out"
+    with np.load(out / "arrays.npz") as npz:
+        keys = npz.files
+        for method in MORE:
+            found = [k for k in keys if k.startswith(f"gradients/{method}/")]
+            assert len(found) == len(BOXES) and all(np.isfinite(npz[k]).all() for k in found), method
+    rows = {r["method"]: r for r in json.loads((out / "report.json").read_text())["evaluation"]["rows"]}
+    for method in MORE:
+        scores = rows[method]["scores"]
+        for column in ("deletion_auc", "sensitivity", "infidelity"):
+            assert scores[column] is not None and np.isfinite(scores[column]["mean"]), (method, column)
+
+
+def test_the_maps_recomputed_for_the_evaluation_equal_the_stages_maps():
+    from reportgen.config import AnalysesConfig, Config
+    from reportgen.stages import evaluation
+
+    build_model, _, _ = MODELS["tiny"]
+    model, x = build_model(), batch(n=3, size=16)
+    config = Config(analyses=AnalysesConfig(gradients=GradientsConfig(methods=MORE, samples=3, shap_stdev=0.1)))
+    ctx = make_context(model, x, config=config)
+    grads = G.run(ctx, config.analyses.gradients)
+    found = G.recompute(grads, ctx.info, evaluation.engine_for(ctx.info, model, x), grads.classes[:, 0], list(MORE),
+                        seed=0)
+    for method in MORE:
+        np.testing.assert_allclose(found[method].numpy(), grads.maps[method][:, 0], rtol=1e-5,
+                                   atol=1e-6 * np.abs(grads.maps[method]).max(), err_msg=method)
