@@ -32,7 +32,10 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..registry import METHODS
-from .options import DriseOptions, GuidedGradCamOptions, IntegratedGradientsOptions, MaskedOptions, SmoothGradOptions
+from .options import (
+    DriseOptions, GradientShapOptions, GuidedGradCamOptions, IntegratedGradientsOptions, MaskedOptions,
+    SmoothGradOptions,
+)
 
 FAMILIES = ("cam", "gradients")
 # what a method can need from the engine
@@ -190,3 +193,12 @@ _grad("guided_gradcam", "Guided Grad-CAM", {"relu_rule", "activations", "gradien
 _grad("smoothgrad", "SmoothGrad", {"own_passes"}, "smoothgrad", aliases=("noisetunnel",), options=SmoothGradOptions)
 _grad("integrated_gradients", "Integrated gradients", {"own_passes"}, "integrated_gradients", aliases=("ig",),
       options=IntegratedGradientsOptions)
+# part m26grad: more of Captum's gradient family (reportgen.methods.gradients_more)
+for _id, _title, _fn, _options, _note in (
+        ("smoothgrad_sq", "SmoothGrad²", "smoothgrad_sq", SmoothGradOptions,
+         "mean squared gradient over SmoothGrad's noisy copies"),
+        ("vargrad", "VarGrad", "vargrad", SmoothGradOptions, "variance of |gradient| over SmoothGrad's noisy copies"),
+        ("gradientshap", "GradientShap", "gradientshap", GradientShapOptions,
+         "(x − baseline) × gradient at random points between them, averaged")):
+    BUILT_IN.append(Method(id=_id, family="gradients", title=_title, needs=frozenset({"own_passes"}), hooks=False,
+                           compute=f"reportgen.methods.gradients_more:{_fn}", note=_note, options=_options))

@@ -171,6 +171,17 @@ def compute_smoothgrad(model: nn.Module, batch: torch.Tensor, class_sets: Sequen
     among all images): the numbers Captum draws after `torch.manual_seed(seed + offset + i)` when called image
     by image on the CPU, whatever the batching or sharding of a build. Every class set sees the same
     noisy copies (one forward each). Per class set (N, C, H, W)."""
+    inputs = noisy_copies(batch, samples=samples, stdev=stdev, seed=seed, offset=offset)
+    rows = batch.shape[0] * samples
+    totals = _sum_input_grads(model, inputs, torch.arange(rows) // samples, None, class_sets, batch, batch_size,
+                              transform=torch.abs, forward=forward, desc="SmoothGrad")
+    return [total / samples for total in totals]
+
+
+def noisy_copies(batch: torch.Tensor, *, samples: int, stdev: float, seed: int,
+                 offset: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """SmoothGrad's noisy copies (see `compute_smoothgrad`): rows -> (B, C, H, W), rows image-major (image =
+    row // samples, sample = row % samples), asked in increasing order."""
     sds = [stdev * float(x.max() - x.min()) for x in batch]
     noise: dict[int, torch.Tensor] = {}  # image -> (S, C, H, W) noise, drawn in image order, dropped once used
 
@@ -185,10 +196,7 @@ def compute_smoothgrad(model: nn.Module, batch: torch.Tensor, class_sets: Sequen
             del noise[i]
         return chunk
 
-    rows = batch.shape[0] * samples
-    totals = _sum_input_grads(model, inputs, torch.arange(rows) // samples, None, class_sets, batch, batch_size,
-                              transform=torch.abs, forward=forward, desc="SmoothGrad")
-    return [total / samples for total in totals]
+    return inputs
 
 
 def gauss_legendre(steps: int) -> tuple[list[float], list[float]]:

@@ -27,7 +27,7 @@ class IntegratedGradientsOptions:
 
 @dataclass(frozen=True)
 class SmoothGradOptions:
-    samples: int = setting(25, **COUNT)  # smoothgrad: noisy copies of each image
+    samples: int = setting(25, **COUNT)  # noisy copies of each image (gradientshap: random points)
     stdev: float = setting(0.15, ge=0)  # smoothgrad noise, fraction of the input range
     internal_batch_size: int | None = setting(None, **COUNT)  # inputs per forward (ig, smoothgrad)
 
@@ -44,3 +44,14 @@ class DriseOptions:
     drise_masks: int = setting(500, **COUNT)  # drise: random masks per image (a masked forward each)
     drise_cells: int = setting(8, **COUNT)  # drise: mask grid cells along the image's longer side
     drise_p: float = setting(0.5, gt=0, le=1)  # drise: the probability that a cell is kept
+
+
+# ---------------------------------------------------------------------------- part m26grad: Captum's GradientShap
+
+
+@dataclass(frozen=True)
+class GradientShapOptions:
+    samples: int = setting(25, **COUNT)  # noisy copies of each image (gradientshap: random points)
+    shap_stdev: float = setting(0.0, ge=0)  # gradientshap noise, fraction of the input range (Captum's default 0)
+    baseline: Literal["zero", "blur", "uniform"] | Path = setting("zero", kind="path")  # or a .npy (C, H, W)
+    internal_batch_size: int | None = setting(None, **COUNT)  # inputs per forward (ig, smoothgrad)
