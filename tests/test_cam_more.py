@@ -151,7 +151,7 @@ def test_finercam_top1_and_an_explicit_class(name, layers) -> None:
     assert _max_diff(_ours(result, "finercam", key, [7, 7]), _finer_reference(model, x, layers, 7)) <= TOL
 
 
-MORE = ("gradcam_elementwise", "randomcam", "kpcacam", "fem", "shapleycam", "finercam")
+MORE = ("gradcam_elementwise", "randomcam", "kpcacam", "fem", "shapleycam", "finercam", "fullgrad")
 
 
 def test_a_build_draws_writes_and_scores_every_method(project) -> None:
@@ -179,3 +179,21 @@ def test_a_build_draws_writes_and_scores_every_method(project) -> None:
             maps = [npz[k] for k in npz.files if k.startswith(f"cam/{method}/{layer}/")]
             assert len(maps) == 3 and all(m.shape == (32, 32) and 0 <= m.min() and m.max() <= 1 for m in maps)
             assert max(float(m.max()) for m in maps) > 0.99  # min-max'd, not blank
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg11_bn"])
+def test_fullgrad_equals_pytorch_grad_cam_beside_a_layer_method(name) -> None:
+    """FullGrad's input-sized map next to Grad-CAM's layer-sized one in one stage (two ranks); on ResNet-18 the
+    biases include BatchNorms followed by in-place ReLUs and the downsample branches."""
+    model = _seeded(getattr(torchvision.models, name))
+    x = _batch(2, size=32)
+    layer = "layer4" if name == "resnet18" else "features"
+    _, result = _run(model, x, ("fullgrad", "gradcam"), [layer], TargetSpec(k=2))
+    for r in range(2):
+        classes = [t[r] for t in result.targets]
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            with pgc.FullGrad(model, []) as cam:
+                ref = cam(x, [ClassifierOutputTarget(int(c)) for c in classes])
+        ours = _ours(result, "fullgrad", layer, classes)
+        assert _max_diff(ours, ref) <= TOL and ours.max() > 0.99 and ours.std() > 0.05  # not a blank map

@@ -178,6 +178,9 @@ BUILT_IN += [
     Method(id="finercam", family="cam", title="FinerCAM", aliases=("finer_cam",),
            needs=frozenset({"activations", "own_passes"}), compute=f"{_MORE}:finercam",
            note="Grad-CAM of the target's score against its 3 nearest classes (a backward of its own)"),
+    Method(id="fullgrad", family="cam", title="FullGrad", aliases=("full_grad",),
+           needs=frozenset({"own_passes"}), compute=f"{_MORE}:fullgrad",
+           note="input × gradient plus every conv / batch-norm bias × gradient; reads no target layer"),
 ]
 
 # ---------------------------------------------------------------------------- the gradient family (Captum 0.9.0)

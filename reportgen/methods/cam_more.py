@@ -22,13 +22,18 @@ min-max, resize, multi-layer mean) comes after, in `methods.cam.postprocess`.
 - `finercam`: Grad-CAM of `FinerWeightedTarget` (α = 1) against the 3 classes whose logits are nearest the target's
   (`FinerCAM` with its defaults; pgc picks them for the top class, or for `target_idx`; we for each target class).
 
-ShapleyCAM and FinerCAM take passes of their own (`_own_passes`): one forward per chunk of `batch_size` images that
+- `fullgrad`: FullGrad (input·gradient plus every Conv2d / BatchNorm2d bias·gradient), the same map on every target
+  layer (it reads none); its raw map has the input's size.
+
+ShapleyCAM, FinerCAM and FullGrad take passes of their own (`_own_passes`): one forward per chunk of `batch_size` images that
 keeps its graph, with the layer's output hooked; not on a layer that holds its channels last (tokens).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from ..engine import for_rows
 from ..hooks import get_layer
@@ -141,3 +146,56 @@ def _own_passes(job: CamJob, what: str, weights) -> torch.Tensor:
                 w = weights(logits, a, index, target)
             out[r, rows] = torch.einsum("nc,nchw->nhw", w.to(out), a.detach().float())
     return out
+
+
+FULLGRAD_LAYERS = (nn.Conv2d, nn.BatchNorm2d)  # the layers whose bias FullGrad reads (pytorch-grad-cam's choice)
+
+
+def fullgrad(job: CamJob) -> torch.Tensor:
+    """FullGrad (`FullGrad`): Σ over input channels of |x·∂y/∂x| and over every Conv2d / BatchNorm2d with a bias of
+    |bias·∂y/∂output| summed over its channels, each channel's map min-max'd, resized to the input. It reads no
+    target layer: every target layer gets the same map (k, N, H, W) at the input's size."""
+    layers = [m for m in job.model.modules() if type(m) in FULLGRAD_LAYERS and m.bias is not None]
+    n, size = job.batch.shape[0], tuple(job.batch.shape[-2:])
+    out = torch.zeros(len(job.class_sets), n, *size, device=job.batch.device)
+    total: list[torch.Tensor] = []  # the current rank's sum, (n, H, W)
+
+    def add(bias: torch.Tensor, grad: torch.Tensor) -> None:
+        maps = _minmax((bias.to(grad)[None, :, None, None] * grad).abs().float()).sum(dim=1, keepdim=True)
+        total[0] += F.interpolate(maps, size=size, mode="bilinear", align_corners=False)[:, 0]  # linear: sum first
+
+    def hook(module, inputs, output):
+        if output.requires_grad:  # as pytorch-grad-cam: a tensor hook on the output (what reaches it, in-place ops too)
+            bias = _bias(module)
+            output.register_hook(lambda grad: add(bias, grad.detach()))
+
+    for rows in batches(n, job.batch_size):
+        handles = [m.register_forward_hook(hook) for m in layers]
+        try:
+            with torch.enable_grad():
+                x = job.batch[rows].detach().requires_grad_(True)
+                logits = for_rows(job.forward, torch.arange(n)[rows])(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        index = torch.arange(len(x), device=logits.device)
+        for r, classes in enumerate(job.class_sets):
+            total[:] = [torch.zeros(len(x), *size, device=x.device)]
+            target = torch.as_tensor(classes[rows], device=logits.device)
+            with torch.enable_grad():
+                (g,) = torch.autograd.grad(logits[index, target].sum(), x, retain_graph=True)
+            out[r, rows] = total[0] + _minmax((g * x.detach()).abs().float()).sum(dim=1)
+    return out
+
+
+def _bias(module: nn.Module) -> torch.Tensor:
+    """A Conv2d's bias, or a BatchNorm2d's effective one (β − μ·γ/√(σ² + ε)), as FullGrad's authors."""
+    if isinstance(module, nn.BatchNorm2d):
+        return (module.bias - module.running_mean * module.weight / torch.sqrt(module.running_var + module.eps)).detach()
+    return module.bias.detach()
+
+
+def _minmax(maps: torch.Tensor) -> torch.Tensor:
+    """(n, C, h, w): each map - its min, / (1e-7 + its max), as pytorch-grad-cam's `scale_cam_image`."""
+    maps = maps - maps.amin(dim=(2, 3), keepdim=True)
+    return maps / (1e-7 + maps.amax(dim=(2, 3), keepdim=True))
