@@ -129,7 +129,29 @@ def test_shapleycam_is_gradcam_when_the_model_is_piecewise_linear_after_the_laye
     assert _max_diff(_ours(result, "shapleycam", C.FUSED, classes), _ours(result, "gradcam", C.FUSED, classes)) < 1e-5
 
 
-MORE = ("gradcam_elementwise", "randomcam", "kpcacam", "fem", "shapleycam")
+def _finer_reference(model, x, layers, target_idx=None) -> np.ndarray:
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        with pgc.FinerCAM(model, [model.get_submodule(name) for name in layers]) as cam:
+            return cam(x, target_idx=target_idx)  # its own comparison classes: the 3 of nearest logits
+
+
+@pytest.mark.parametrize("name,layers", [("resnet18", ["layer3", "layer4"]), ("vgg11_bn", ["features"])])
+def test_finercam_top1_and_an_explicit_class(name, layers) -> None:
+    """pytorch-grad-cam's FinerCAM choosing its own targets: the top class (top1), or a given class (`target_idx`,
+    ours: an explicit class); several layers fused; and it is not Grad-CAM."""
+    model = _seeded(getattr(torchvision.models, name))
+    x = _batch(2)
+    key = C.FUSED if len(layers) > 1 else layers[0]
+    _, result = _run(model, x, ("finercam", "gradcam"), layers, TargetSpec(k=1))
+    top = [t[0] for t in result.targets]
+    assert _max_diff(_ours(result, "finercam", key, top), _finer_reference(model, x, layers)) <= TOL
+    assert np.abs(_ours(result, "finercam", key, top) - _ours(result, "gradcam", key, top)).max() > 1e-2
+    _, result = _run(model, x, ("finercam",), layers, TargetSpec(k=0, classes=(7,)))
+    assert _max_diff(_ours(result, "finercam", key, [7, 7]), _finer_reference(model, x, layers, 7)) <= TOL
+
+
+MORE = ("gradcam_elementwise", "randomcam", "kpcacam", "fem", "shapleycam", "finercam", "fullgrad")
 
 
 def test_a_build_draws_writes_and_scores_every_method(project) -> None:
@@ -157,3 +179,21 @@ def test_a_build_draws_writes_and_scores_every_method(project) -> None:
             maps = [npz[k] for k in npz.files if k.startswith(f"cam/{method}/{layer}/")]
             assert len(maps) == 3 and all(m.shape == (32, 32) and 0 <= m.min() and m.max() <= 1 for m in maps)
             assert max(float(m.max()) for m in maps) > 0.99  # min-max'd, not blank
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg11_bn"])
+def test_fullgrad_equals_pytorch_grad_cam_beside_a_layer_method(name) -> None:
+    """FullGrad's input-sized map next to Grad-CAM's layer-sized one in one stage (two ranks); on ResNet-18 the
+    biases include BatchNorms followed by in-place ReLUs and the downsample branches."""
+    model = _seeded(getattr(torchvision.models, name))
+    x = _batch(2, size=32)
+    layer = "layer4" if name == "resnet18" else "features"
+    _, result = _run(model, x, ("fullgrad", "gradcam"), [layer], TargetSpec(k=2))
+    for r in range(2):
+        classes = [t[r] for t in result.targets]
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            with pgc.FullGrad(model, []) as cam:
+                ref = cam(x, [ClassifierOutputTarget(int(c)) for c in classes])
+        ours = _ours(result, "fullgrad", layer, classes)
+        assert _max_diff(ours, ref) <= TOL and ours.max() > 0.99 and ours.std() > 0.05  # not a blank map

@@ -178,6 +178,12 @@ BUILT_IN += [
            note="weights: each channel's share of cells above its mean + 2 standard deviations"),
     Method(id="shapleycam", family="cam", title="ShapleyCAM", needs=frozenset({"activations", "own_passes"}),
            compute=f"{_MORE}:shapleycam", note="weights: gradient − ½ Hessian × activations (a second-order pass)"),
+    Method(id="finercam", family="cam", title="FinerCAM", aliases=("finer_cam",),
+           needs=frozenset({"activations", "own_passes"}), compute=f"{_MORE}:finercam",
+           note="Grad-CAM of the target's score against its 3 nearest classes (a backward of its own)"),
+    Method(id="fullgrad", family="cam", title="FullGrad", aliases=("full_grad",),
+           needs=frozenset({"own_passes"}), compute=f"{_MORE}:fullgrad",
+           note="input × gradient plus every conv / batch-norm bias × gradient; reads no target layer"),
 ]
 
 # ---------------------------------------------------------------------------- the gradient family (Captum 0.9.0)

@@ -412,8 +412,8 @@ def postprocess(raw: dict[str, dict[str, torch.Tensor]], skipped: dict[str, dict
     done = tuple(m for m in methods if m not in not_applicable)
     layer_methods = {name: tuple(m for m in done if m in raw[name]) for name in layers}
     empty = batch.new_zeros((0, k, n, *size), dtype=torch.float32)
-    per_layer = {name: scale_cams(torch.stack([raw[name][m] for m in layer_methods[name]]).clamp_min(0), size)
-                 if layer_methods[name] else empty for name in layers}  # (M, k, N, H, W)
+    per_layer = {name: torch.stack([scale_cams(raw[name][m].clamp_min(0), size) for m in layer_methods[name]])
+                 if layer_methods[name] else empty for name in layers}  # (M, k, N, H, W); raw sizes may differ
     final = {name: scale_cams(stage.clamp_min(0)) for name, stage in per_layer.items()}
     if len(layers) > 1:
         fused = []

@@ -1,4 +1,5 @@
-"""More of pytorch-grad-cam 1.5.7's CAMs (issue 26): Grad-CAM element-wise, RandomCAM, KPCA-CAM, FEM and ShapleyCAM.
+"""More of pytorch-grad-cam 1.5.7's CAMs (issue 26): Grad-CAM element-wise, RandomCAM, KPCA-CAM, FEM, ShapleyCAM
+and FinerCAM.
 
 Each is a function named by its record in `reportgen.methods` and called like the CAMs of `methods.cam` (see there):
 `fn(a, g)` for a gradient CAM, `fn(job)` with a `CamJob` otherwise; pytorch-grad-cam's post-processing (ReLU,
@@ -18,11 +19,21 @@ min-max, resize, multi-layer mean) comes after, in `methods.cam.postprocess`.
   layer's activations (`ShapleyCAM`): one forward, then per rank a backward that keeps its graph and one
   Hessian-vector product. On a model that is piecewise linear after the layer (ReLU, pooling, a linear head) H·A = 0
   and it is Grad-CAM.
+- `finercam`: Grad-CAM of `FinerWeightedTarget` (α = 1) against the 3 classes whose logits are nearest the target's
+  (`FinerCAM` with its defaults; pgc picks them for the top class, or for `target_idx`; we for each target class).
+
+- `fullgrad`: FullGrad (input·gradient plus every Conv2d / BatchNorm2d bias·gradient), the same map on every target
+  layer (it reads none); its raw map has the input's size.
+
+ShapleyCAM, FinerCAM and FullGrad take passes of their own (`_own_passes`): one forward per chunk of `batch_size` images that
+keeps its graph, with the layer's output hooked; not on a layer that holds its channels last (tokens).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from ..engine import for_rows
 from ..hooks import get_layer
@@ -74,13 +85,50 @@ def fem(job: CamJob) -> torch.Tensor:
 
 
 def shapleycam(job: CamJob) -> torch.Tensor:
+    def weights(logits, a, index, target):
+        (g,) = torch.autograd.grad(logits[index, target].sum(), a, retain_graph=True, create_graph=True)
+        hvp = None
+        if g.requires_grad:  # else nothing after the layer has curvature (frozen, linear): H·A = 0
+            (hvp,) = torch.autograd.grad(g, a, grad_outputs=a.detach(), retain_graph=True, allow_unused=True)
+        hvp = torch.zeros_like(g) if hvp is None else hvp
+        return (g - 0.5 * hvp).detach().float().mean(dim=(2, 3))
+
+    return _own_passes(job, "ShapleyCAM's Hessian-vector product", weights)
+
+
+FINER_COMPARED = 3  # finercam: the classes compared with the target, the nearest in logit first (pgc's (1, 2, 3))
+FINER_ALPHA = 1.0  # finercam: how much of the compared classes' scores is subtracted (pgc's default)
+
+
+def finercam(job: CamJob) -> torch.Tensor:
+    """Grad-CAM of pytorch-grad-cam's `FinerWeightedTarget`: Σ_j p_j·(y_c − α·y_j) / (Σ_j p_j + 1e-9) over the
+    `FINER_COMPARED` classes j whose logits are nearest the target's (p: softmax, differentiated as well)."""
+    scored = getattr(job.forward, "score_kind", None)
+    if scored:
+        raise NotApplicable(f"FinerCAM compares a classifier's class scores with each other; {scored} are not.")
+
+    def weights(logits, a, index, target):
+        distance = (logits.detach() - logits.detach()[index, target][:, None]).abs()
+        compared = distance.argsort(dim=1, stable=True)[:, 1:1 + FINER_COMPARED]  # (n, J): [0] is the target
+        p = torch.softmax(logits, dim=1).gather(1, compared)
+        main = logits[index, target][:, None]
+        loss = ((p * (main - FINER_ALPHA * logits.gather(1, compared))).sum(1) / (p.sum(1) + 1e-9)).sum()
+        (g,) = torch.autograd.grad(loss, a, retain_graph=True)
+        return g.float().mean(dim=(2, 3))
+
+    return _own_passes(job, "FinerCAM's own backward", weights)
+
+
+def _own_passes(job: CamJob, what: str, weights) -> torch.Tensor:
+    """(k, N, h, w): Σ_c w_c·A_c with w = `weights(logits, a, index, target)` (n, C) per rank, from one forward of
+    each chunk of `job.batch_size` images that keeps the graph from the input to the logits through the layer's
+    output `a` (hooked)."""
     if job.channels_last:
-        raise NotApplicable("ShapleyCAM's Hessian-vector product is taken on (N, C, h, w) activations; this layer "
-                            "holds its channels last (tokens), which it does not read yet.")
+        raise NotApplicable(f"{what} is taken on (N, C, h, w) activations; this layer holds its channels last "
+                            "(tokens), which it does not read yet.")
     layer = get_layer(job.model, job.layer)
     n = job.batch.shape[0]
-    out = torch.zeros(len(job.class_sets), *job.activations.shape[:1], *job.activations.shape[2:],
-                      device=job.activations.device)
+    out = torch.zeros(len(job.class_sets), n, *job.activations.shape[2:], device=job.activations.device)
     for rows in batches(n, job.batch_size):
         seen: list[torch.Tensor] = []
         handle = layer.register_forward_hook(lambda module, inputs, output: seen.append(output))
@@ -88,18 +136,66 @@ def shapleycam(job: CamJob) -> torch.Tensor:
             with torch.enable_grad():
                 x = job.batch[rows].detach().requires_grad_(True)  # the graph starts at the input, as pgc's
                 logits = for_rows(job.forward, torch.arange(n)[rows])(x)
-                a = seen[-1]
-                index = torch.arange(rows.stop - rows.start, device=logits.device)
-                for r, classes in enumerate(job.class_sets):
-                    target = torch.as_tensor(classes[rows], device=logits.device)
-                    (g,) = torch.autograd.grad(logits[index, target].sum(), a, retain_graph=True, create_graph=True)
-                    hvp = None
-                    if g.requires_grad:  # else nothing after the layer has curvature (frozen, linear): H·A = 0
-                        (hvp,) = torch.autograd.grad(g, a, grad_outputs=a.detach(), retain_graph=True,
-                                                     allow_unused=True)
-                    hvp = torch.zeros_like(g) if hvp is None else hvp
-                    weights = (g - 0.5 * hvp).detach().float().mean(dim=(2, 3))  # (n, C)
-                    out[r, rows] = torch.einsum("nc,nchw->nhw", weights, a.detach().float())
         finally:
             handle.remove()
+        a = seen[-1]
+        index = torch.arange(len(x), device=logits.device)
+        for r, classes in enumerate(job.class_sets):
+            target = torch.as_tensor(classes[rows], device=logits.device)
+            with torch.enable_grad():
+                w = weights(logits, a, index, target)
+            out[r, rows] = torch.einsum("nc,nchw->nhw", w.to(out), a.detach().float())
     return out
+
+
+FULLGRAD_LAYERS = (nn.Conv2d, nn.BatchNorm2d)  # the layers whose bias FullGrad reads (pytorch-grad-cam's choice)
+
+
+def fullgrad(job: CamJob) -> torch.Tensor:
+    """FullGrad (`FullGrad`): Σ over input channels of |x·∂y/∂x| and over every Conv2d / BatchNorm2d with a bias of
+    |bias·∂y/∂output| summed over its channels, each channel's map min-max'd, resized to the input. It reads no
+    target layer: every target layer gets the same map (k, N, H, W) at the input's size."""
+    layers = [m for m in job.model.modules() if type(m) in FULLGRAD_LAYERS and m.bias is not None]
+    n, size = job.batch.shape[0], tuple(job.batch.shape[-2:])
+    out = torch.zeros(len(job.class_sets), n, *size, device=job.batch.device)
+    total: list[torch.Tensor] = []  # the current rank's sum, (n, H, W)
+
+    def add(bias: torch.Tensor, grad: torch.Tensor) -> None:
+        maps = _minmax((bias.to(grad)[None, :, None, None] * grad).abs().float()).sum(dim=1, keepdim=True)
+        total[0] += F.interpolate(maps, size=size, mode="bilinear", align_corners=False)[:, 0]  # linear: sum first
+
+    def hook(module, inputs, output):
+        if output.requires_grad:  # as pytorch-grad-cam: a tensor hook on the output (what reaches it, in-place ops too)
+            bias = _bias(module)
+            output.register_hook(lambda grad: add(bias, grad.detach()))
+
+    for rows in batches(n, job.batch_size):
+        handles = [m.register_forward_hook(hook) for m in layers]
+        try:
+            with torch.enable_grad():
+                x = job.batch[rows].detach().requires_grad_(True)
+                logits = for_rows(job.forward, torch.arange(n)[rows])(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        index = torch.arange(len(x), device=logits.device)
+        for r, classes in enumerate(job.class_sets):
+            total[:] = [torch.zeros(len(x), *size, device=x.device)]
+            target = torch.as_tensor(classes[rows], device=logits.device)
+            with torch.enable_grad():
+                (g,) = torch.autograd.grad(logits[index, target].sum(), x, retain_graph=True)
+            out[r, rows] = total[0] + _minmax((g * x.detach()).abs().float()).sum(dim=1)
+    return out
+
+
+def _bias(module: nn.Module) -> torch.Tensor:
+    """A Conv2d's bias, or a BatchNorm2d's effective one (β − μ·γ/√(σ² + ε)), as FullGrad's authors."""
+    if isinstance(module, nn.BatchNorm2d):
+        return (module.bias - module.running_mean * module.weight / torch.sqrt(module.running_var + module.eps)).detach()
+    return module.bias.detach()
+
+
+def _minmax(maps: torch.Tensor) -> torch.Tensor:
+    """(n, C, h, w): each map - its min, / (1e-7 + its max), as pytorch-grad-cam's `scale_cam_image`."""
+    maps = maps - maps.amin(dim=(2, 3), keepdim=True)
+    return maps / (1e-7 + maps.amax(dim=(2, 3), keepdim=True))
