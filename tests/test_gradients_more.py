@@ -1,6 +1,7 @@
-"""Captum 0.9.0's NoiseTunnel smoothgrad_sq / vargrad and GradientShap: equal to Captum per image, on the panels of
-tests/test_gradients.py, with the same draws (seeded per image as `smoothgrad` is; GradientShap's α from a numpy
-RandomState seeded as Captum's global one, which the build leaves untouched)."""
+"""Captum 0.9.0's NoiseTunnel smoothgrad_sq / vargrad, GradientShap and DeepLift: equal to Captum per image, on the
+panels of tests/test_gradients.py (DeepLift: VGG-11-BN, and ResNet-18 against Captum on a copy with its own ReLUs),
+with the same draws (seeded per image as `smoothgrad` is; GradientShap's α from a numpy RandomState seeded as
+Captum's global one, which the build leaves untouched)."""
 from __future__ import annotations
 
 import warnings
@@ -109,17 +110,17 @@ def test_a_build_draws_writes_and_scores_them(project):
     from tests.test_evaluation_stage import BOXES, boxed_project, build
 
     config = boxed_project(project)
-    config["analyses"]["gradients"] = {"methods": list(MORE), "samples": 2, "shap_stdev": 0.05}
+    config["analyses"]["gradients"] = {"methods": [*MORE, "deeplift"], "samples": 2, "shap_stdev": 0.05}
     done = build(project, config)
     assert done.exit_code == 0, done.output
     out = project.root / "out"
     with np.load(out / "arrays.npz") as npz:
         keys = npz.files
-        for method in MORE:
+        for method in (*MORE, "deeplift"):
             found = [k for k in keys if k.startswith(f"gradients/{method}/")]
             assert len(found) == len(BOXES) and all(np.isfinite(npz[k]).all() for k in found), method
     rows = {r["method"]: r for r in json.loads((out / "report.json").read_text())["evaluation"]["rows"]}
-    for method in MORE:
+    for method in (*MORE, "deeplift"):
         scores = rows[method]["scores"]
         for column in ("deletion_auc", "sensitivity", "infidelity"):
             assert scores[column] is not None and np.isfinite(scores[column]["mean"]), (method, column)
@@ -131,11 +132,77 @@ def test_the_maps_recomputed_for_the_evaluation_equal_the_stages_maps():
 
     build_model, _, _ = MODELS["tiny"]
     model, x = build_model(), batch(n=3, size=16)
-    config = Config(analyses=AnalysesConfig(gradients=GradientsConfig(methods=MORE, samples=3, shap_stdev=0.1)))
+    methods = (*MORE, "deeplift")
+    config = Config(analyses=AnalysesConfig(gradients=GradientsConfig(methods=methods, samples=3, shap_stdev=0.1)))
     ctx = make_context(model, x, config=config)
     grads = G.run(ctx, config.analyses.gradients)
-    found = G.recompute(grads, ctx.info, evaluation.engine_for(ctx.info, model, x), grads.classes[:, 0], list(MORE),
+    found = G.recompute(grads, ctx.info, evaluation.engine_for(ctx.info, model, x), grads.classes[:, 0], list(methods),
                         seed=0)
-    for method in MORE:
+    for method in methods:
         np.testing.assert_allclose(found[method].numpy(), grads.maps[method][:, 0], rtol=1e-5,
                                    atol=1e-6 * np.abs(grads.maps[method]).max(), err_msg=method)
+
+
+# ---------------------------------------------------------------------------- DeepLift
+
+
+def own_relus(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a torchvision ResNet whose blocks call a second ReLU module instead of their one ReLU twice (Captum
+    raises on a module called twice); the same function."""
+    import copy
+    import types
+
+    from torchvision.models.resnet import BasicBlock
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.relu2(out + identity)
+
+    model = copy.deepcopy(model)
+    for block in model.modules():
+        if isinstance(block, BasicBlock):
+            block.relu2 = torch.nn.ReLU(inplace=True)
+            block.forward = types.MethodType(forward, block)
+    return model
+
+
+def with_batch_norm_stats(model: torch.nn.Module) -> torch.nn.Module:
+    """Seeded BatchNorm statistics and affine terms (the defaults make eval-mode BN an identity)."""
+    g = torch.Generator().manual_seed(5)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            for t, lo, hi in ((m.running_mean, -0.1, 0.1), (m.running_var, 0.5, 1.5), (m.weight.data, 0.5, 1.5),
+                              (m.bias.data, -0.1, 0.1)):
+                t.copy_(torch.rand(t.shape, generator=g) * (hi - lo) + lo)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["vgg11_bn", "resnet18"])
+def test_deeplift_equals_captum_per_image(name):
+    import torchvision
+    from captum.attr import DeepLift
+
+    torch.manual_seed(0)
+    model = with_batch_norm_stats(getattr(torchvision.models, name)(num_classes=10))
+    x = batch(n=2, size=32)
+    result = G.run(make_context(model, x), GradientsConfig(methods=("deeplift",), baseline="zero"))
+    targets = result.classes[:, 0].tolist()
+    reference = own_relus(model) if name == "resnet18" else model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if name == "resnet18":  # the reason for the copy: Captum refuses ResNet's ReLU called twice
+            with pytest.raises(RuntimeError, match="more than once"):
+                DeepLift(model).attribute(x[:1], baselines=torch.zeros_like(x[:1]), target=targets[0])
+        # image by image, as the other references here
+        ref = torch.cat([DeepLift(reference).attribute(x[i:i + 1], baselines=torch.zeros_like(x[i:i + 1]), target=t)
+                         for i, t in enumerate(targets)]).detach()
+    assert float(ref.abs().max()) > 0
+    assert max(per_image(result.maps["deeplift"][:, 0], ref)) <= TOL
+    from reportgen.hooks import count_hooks
+    assert count_hooks(model) == 0
+    # not saliency or input × gradient under another name
+    with torch.enable_grad():
+        xs = x.clone().requires_grad_()
+        (grad,) = torch.autograd.grad(model(xs).gather(1, torch.tensor(targets).view(-1, 1)).sum(), xs)
+    assert max(per_image((x * grad).numpy(), ref)) > 1e-2

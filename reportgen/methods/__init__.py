@@ -33,7 +33,7 @@ from typing import Any
 
 from ..registry import METHODS
 from .options import (
-    DriseOptions, GradientShapOptions, GuidedGradCamOptions, IntegratedGradientsOptions, MaskedOptions,
+    DeepLiftOptions, DriseOptions, GradientShapOptions, GuidedGradCamOptions, IntegratedGradientsOptions, MaskedOptions,
     SmoothGradOptions,
 )
 
@@ -205,6 +205,9 @@ for _id, _title, _fn, _options, _note in (
          "mean squared gradient over SmoothGrad's noisy copies"),
         ("vargrad", "VarGrad", "vargrad", SmoothGradOptions, "variance of |gradient| over SmoothGrad's noisy copies"),
         ("gradientshap", "GradientShap", "gradientshap", GradientShapOptions,
-         "(x − baseline) × gradient at random points between them, averaged")):
-    BUILT_IN.append(Method(id=_id, family="gradients", title=_title, needs=frozenset({"own_passes"}), hooks=False,
+         "(x − baseline) × gradient at random points between them, averaged"),
+        ("deeplift", "DeepLift", "deeplift", DeepLiftOptions,
+         "rescale rule from the baseline; a ReLU module called twice (ResNet's) is two calls")):
+    BUILT_IN.append(Method(id=_id, family="gradients", title=_title, needs=frozenset({"own_passes"}),
+                           hooks=_id == "deeplift",  # its rule hooks the non-linear modules: no TorchScript
                            compute=f"reportgen.methods.gradients_more:{_fn}", note=_note, options=_options))

@@ -55,3 +55,9 @@ class GradientShapOptions:
     shap_stdev: float = setting(0.0, ge=0)  # gradientshap noise, fraction of the input range (Captum's default 0)
     baseline: Literal["zero", "blur", "uniform"] | Path = setting("zero", kind="path")  # or a .npy (C, H, W)
     internal_batch_size: int | None = setting(None, **COUNT)  # inputs per forward (ig, smoothgrad)
+
+
+@dataclass(frozen=True)
+class DeepLiftOptions:
+    baseline: Literal["zero", "blur", "uniform"] | Path = setting("zero", kind="path")  # or a .npy (C, H, W)
+    internal_batch_size: int | None = setting(None, **COUNT)  # inputs per forward (ig, smoothgrad)
