@@ -32,7 +32,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..registry import METHODS
-from .options import DriseOptions, GuidedGradCamOptions, IntegratedGradientsOptions, MaskedOptions, SmoothGradOptions
+from .options import (DriseOptions, GuidedGradCamOptions, IntegratedGradientsOptions, MaskedOptions, OcclusionOptions,
+                      RiseOptions, SmoothGradOptions)
 
 FAMILIES = ("cam", "gradients")
 # what a method can need from the engine
@@ -174,3 +175,11 @@ _grad("guided_gradcam", "Guided Grad-CAM", {"relu_rule", "activations", "gradien
 _grad("smoothgrad", "SmoothGrad", {"own_passes"}, "smoothgrad", aliases=("noisetunnel",), options=SmoothGradOptions)
 _grad("integrated_gradients", "Integrated gradients", {"own_passes"}, "integrated_gradients", aliases=("ig",),
       options=IntegratedGradientsOptions)
+
+# -- the perturbation methods (m26pert): black-box, forward only, through the build's fast inference forward
+BUILT_IN.append(Method(id="rise", family="gradients", title="RISE", hooks=False, options=RiseOptions,
+                       compute="reportgen.methods.perturbation:rise",
+                       note="classifiers: the mean of random masks weighed by the class probability of the masked image"))
+BUILT_IN.append(Method(id="occlusion", family="gradients", title="Occlusion", hooks=False, options=OcclusionOptions,
+                       compute="reportgen.methods.perturbation:occlusion",
+                       note="classifiers: the logit's drop when a square window of zeros covers the pixel"))

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..config.rules import COUNT, setting
+from ..errors import ReportgenError
 
 
 @dataclass(frozen=True)
@@ -44,3 +45,33 @@ class DriseOptions:
     drise_masks: int = setting(500, **COUNT)  # drise: random masks per image (a masked forward each)
     drise_cells: int = setting(8, **COUNT)  # drise: mask grid cells along the image's longer side
     drise_p: float = setting(0.5, gt=0, le=1)  # drise: the probability that a cell is kept
+
+
+# ---------------------------------------------------------------------------- perturbation methods (m26pert)
+
+
+@dataclass(frozen=True)
+class RiseOptions:
+    """RISE (classifiers): one forward per random mask of each image, the masks D-RISE draws."""
+
+    rise_masks: int = setting(1000, **COUNT)  # rise: random masks per image (a masked forward each)
+    rise_cell: int | None = setting(None, **COUNT)  # rise: a mask cell's side in pixels; null: RISE's 7 × 7 grid
+    rise_p: float = setting(0.5, gt=0, le=1)  # rise: the probability that a cell is kept
+
+
+@dataclass(frozen=True)
+class OcclusionOptions:
+    """Occlusion (classifiers): one forward per position of a square window of zeros (Captum's Occlusion)."""
+
+    occlusion_window: int = setting(15, **COUNT)  # occlusion: the occluding square's side in pixels
+    occlusion_stride: int = setting(8, **COUNT)  # occlusion: pixels between window positions, at most the window
+
+    def check(self, size: tuple[int, int]) -> None:
+        """A ReportgenError unless the window fits an input of `size` (H, W) and the stride leaves no pixel out."""
+        if self.occlusion_window > min(size):
+            raise ReportgenError(f"`analyses.gradients.occlusion_window`: {self.occlusion_window} px is larger than "
+                                 f"the input ({size[0]} × {size[1]} px); take at most {min(size)}.")
+        if self.occlusion_stride > self.occlusion_window:
+            raise ReportgenError(f"`analyses.gradients.occlusion_stride`: {self.occlusion_stride} px is larger than "
+                                 f"the window ({self.occlusion_window} px): pixels between two positions would never "
+                                 "be occluded (Captum refuses it too).")
