@@ -4,6 +4,7 @@ Captum 0.9.0's on ResNet-18; both run in a build, are written to arrays.npz and 
 that does not fit or a stride of 0 exits 2 at validation."""
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -179,7 +180,8 @@ def test_a_build_draws_writes_and_scores_rise_and_occlusion(project):
         assert all(np.abs(arrays[k]).max() > 0 for k in keys)
     html = (project.root / "out" / "report.html").read_text()
     assert "RISE" in html and "Occlusion" in html
-    import json
-    data = json.loads((project.root / "out" / "report.json").read_text())
-    rows = json.dumps(data["sections"]["evaluation"] if "sections" in data else data)
-    assert '"rise"' in rows and '"occlusion"' in rows
+    rows = {row["method"]: row for row in json.loads((project.root / "out" / "report.json").read_text())
+            ["evaluation"]["rows"]}
+    for method in ("rise", "occlusion"):
+        assert rows[method]["family"] == "gradients"
+        assert all(np.isfinite(rows[method]["scores"][m]["mean"]) for m in ("deletion_auc", "insertion_auc"))

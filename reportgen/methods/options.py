@@ -57,6 +57,7 @@ class RiseOptions:
     rise_masks: int = setting(1000, **COUNT)  # rise: random masks per image (a masked forward each)
     rise_cell: int | None = setting(None, **COUNT)  # rise: a mask cell's side in pixels; null: RISE's 7 × 7 grid
     rise_p: float = setting(0.5, gt=0, le=1)  # rise: the probability that a cell is kept
+    internal_batch_size: int | None = setting(None, **COUNT)  # inputs per forward (ig, smoothgrad)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class OcclusionOptions:
 
     occlusion_window: int = setting(15, **COUNT)  # occlusion: the occluding square's side in pixels
     occlusion_stride: int = setting(8, **COUNT)  # occlusion: pixels between window positions, at most the window
+    internal_batch_size: int | None = setting(None, **COUNT)  # inputs per forward (ig, smoothgrad)
 
     def check(self, size: tuple[int, int]) -> None:
         """A ReportgenError unless the window fits an input of `size` (H, W) and the stride leaves no pixel out."""
