@@ -97,7 +97,11 @@ BUILT_IN: list[Task] = [
          methods_refused={"cam": "the original CAM needs a linear head after global pooling, which a segmenter "
                                  "has not; Grad-CAM and the others apply.",
                           "drise": "D-RISE explains a detector's boxes; a segmenter's classes are explained by the "
-                                   "CAM and gradient methods."},
+                                   "CAM and gradient methods.",
+                          "rise": "RISE weighs its masks by a classifier's class probability; a segmenter's classes "
+                                  "are explained by the CAM and gradient methods.",
+                          "occlusion": "Occlusion reads a classifier's logit; a segmenter's classes are explained by "
+                                       "the CAM and gradient methods."},
          settings_refused={**_NOT_DETECTION,
              "analyses.dataset.top_confused": "a segmenter's data-set section lists every class's IoU and draws the "
                                               "confusion matrix of pixels up to `max_matrix_classes` classes.",

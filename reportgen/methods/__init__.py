@@ -34,7 +34,7 @@ from typing import Any
 from ..registry import METHODS
 from .options import (
     DeepLiftOptions, DriseOptions, GradientShapOptions, GuidedGradCamOptions, IntegratedGradientsOptions, MaskedOptions,
-    SmoothGradOptions,
+    OcclusionOptions, RiseOptions, SmoothGradOptions,
 )
 
 FAMILIES = ("cam", "gradients")
@@ -211,3 +211,11 @@ for _id, _title, _fn, _options, _note in (
     BUILT_IN.append(Method(id=_id, family="gradients", title=_title, needs=frozenset({"own_passes"}),
                            hooks=_id == "deeplift",  # its rule hooks the non-linear modules: no TorchScript
                            compute=f"reportgen.methods.gradients_more:{_fn}", note=_note, options=_options))
+
+# -- the perturbation methods (m26pert): black-box, forward only, through the build's fast inference forward
+BUILT_IN.append(Method(id="rise", family="gradients", title="RISE", hooks=False, options=RiseOptions,
+                       compute="reportgen.methods.perturbation:rise",
+                       note="classifiers: the mean of random masks weighed by the class probability of the masked image"))
+BUILT_IN.append(Method(id="occlusion", family="gradients", title="Occlusion", hooks=False, options=OcclusionOptions,
+                       compute="reportgen.methods.perturbation:occlusion",
+                       note="classifiers: the logit's drop when a square window of zeros covers the pixel"))

@@ -259,16 +259,21 @@ def fpn_cams(methods: Sequence[str], scores: BoxScores, model: nn.Module, batch:
 # ---------------------------------------------------------------------------- D-RISE
 
 
-def drise_masks(n: int, size: tuple[int, int], cell: int, p: float, seed: int = 0) -> torch.Tensor:
+def drise_masks(n: int, size: tuple[int, int], cell: int, p: float, seed: int = 0,
+                rows: slice | None = None) -> torch.Tensor:
     """(n, H, W) RISE's masks: per mask a ceil(H/cell) × ceil(W/cell) grid of cells kept with probability `p`,
     upsampled bilinearly (align_corners=False) to one cell more each way and cropped at a random offset in
-    [0, cell) each way. Seeded: the same arguments give the same masks."""
+    [0, cell) each way. Seeded: the same arguments give the same masks. `rows`: only those masks, the same as
+    `drise_masks(n, ...)[rows]` (every draw is made; only those masks are upsampled, so many masks need not
+    be held at once)."""
     h, w = size
     gh, gw = math.ceil(h / cell), math.ceil(w / cell)
     generator = torch.Generator().manual_seed(seed)
     grid = (torch.rand(n, 1, gh, gw, generator=generator) < p).float()
-    up = F.interpolate(grid, size=((gh + 1) * cell, (gw + 1) * cell), mode="bilinear", align_corners=False)[:, 0]
     shifts = torch.randint(0, cell, (n, 2), generator=generator)
+    if rows is not None:
+        grid, shifts = grid[rows], shifts[rows]
+    up = F.interpolate(grid, size=((gh + 1) * cell, (gw + 1) * cell), mode="bilinear", align_corners=False)[:, 0]
     return torch.stack([m[dy:dy + h, dx:dx + w] for m, (dy, dx) in zip(up, shifts.tolist())])
 
 

@@ -51,6 +51,9 @@ class Settings:
     # what holds the methods' options as attributes (the stage's options), or None for their defaults: each method
     # with passes of its own gets its record's options from it as `GradientJob.options`
     options: Any = None
+    # perturbation methods: (model, batch) -> the fast no-grad forward x -> logits of that model for inputs like the
+    # batch (`metrics.forward.inference_forward`, which this layer cannot import); None: the engine's forward
+    inference: Callable[[nn.Module, torch.Tensor], Callable[[torch.Tensor], torch.Tensor]] | None = None
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,9 @@ def _gradients(records: list[Method], engine: Engine, class_sets: list[tuple[int
 
     job = GradientJob(model=engine.model, forward=engine.forward, batch=engine.batch, class_sets=class_sets,
                       batch_size=settings.batch_size, seed=settings.seed, offset=settings.offset,
-                      make_baseline=settings.baseline)
+                      make_baseline=settings.baseline,
+                      make_inference=None if settings.inference is None else
+                      lambda: settings.inference(engine.model, engine.batch))
     out: dict[str, list[torch.Tensor]] = {}
     from_baseline = []
     for method in records:

@@ -44,8 +44,24 @@ class GradientJob:
     offset: int = 0  # the index of the batch's first image among all images (its noise seeds)
     make_baseline: Callable[[], torch.Tensor] | None = None  # integrated gradients: makes the (N, C, H, W) baseline
     options: Any = None  # the options of the method being run (its record's `options` dataclass: SmoothGrad's samples)
+    # perturbation methods (`methods.perturbation`): makes the fast no-grad forward x -> logits of `model` (the
+    # build's `metrics.forward.inference_forward`); None: `forward` without autograd
+    make_inference: Callable[[], Callable[[torch.Tensor], torch.Tensor]] | None = None
     made_baseline: torch.Tensor | None = field(default=None, init=False, repr=False)
     baseline_reads: int = field(default=0, init=False)  # how often a method read `baseline`
+    made_inference: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, init=False, repr=False)
+
+    def inference(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The no-grad forward x -> logits of perturbed copies of the batch's images (made on the first call)."""
+        if self.made_inference is None:
+            if self.make_inference is not None:
+                self.made_inference = self.make_inference()
+            else:
+                def plain(x: torch.Tensor) -> torch.Tensor:
+                    with torch.inference_mode():
+                        return self.forward(x)
+                self.made_inference = plain
+        return self.made_inference
 
     @property
     def baseline(self) -> torch.Tensor | None:

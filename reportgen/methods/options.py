@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..config.rules import COUNT, setting
+from ..errors import ReportgenError
 
 
 @dataclass(frozen=True)
@@ -61,3 +62,35 @@ class GradientShapOptions:
 class DeepLiftOptions:
     baseline: Literal["zero", "blur", "uniform"] | Path = setting("zero", kind="path")  # or a .npy (C, H, W)
     internal_batch_size: int | None = setting(None, **COUNT)  # inputs per forward (ig, smoothgrad)
+
+
+# ---------------------------------------------------------------------------- perturbation methods (m26pert)
+
+
+@dataclass(frozen=True)
+class RiseOptions:
+    """RISE (classifiers): one forward per random mask of each image, the masks D-RISE draws."""
+
+    rise_masks: int = setting(1000, **COUNT)  # rise: random masks per image (a masked forward each)
+    rise_cell: int | None = setting(None, **COUNT)  # rise: a mask cell's side in pixels; null: RISE's 7 × 7 grid
+    rise_p: float = setting(0.5, gt=0, le=1)  # rise: the probability that a cell is kept
+    internal_batch_size: int | None = setting(None, **COUNT)  # inputs per forward (ig, smoothgrad)
+
+
+@dataclass(frozen=True)
+class OcclusionOptions:
+    """Occlusion (classifiers): one forward per position of a square window of zeros (Captum's Occlusion)."""
+
+    occlusion_window: int = setting(15, **COUNT)  # occlusion: the occluding square's side in pixels
+    occlusion_stride: int = setting(8, **COUNT)  # occlusion: pixels between window positions, at most the window
+    internal_batch_size: int | None = setting(None, **COUNT)  # inputs per forward (ig, smoothgrad)
+
+    def check(self, size: tuple[int, int]) -> None:
+        """A ReportgenError unless the window fits an input of `size` (H, W) and the stride leaves no pixel out."""
+        if self.occlusion_window > min(size):
+            raise ReportgenError(f"`analyses.gradients.occlusion_window`: {self.occlusion_window} px is larger than "
+                                 f"the input ({size[0]} × {size[1]} px); take at most {min(size)}.")
+        if self.occlusion_stride > self.occlusion_window:
+            raise ReportgenError(f"`analyses.gradients.occlusion_stride`: {self.occlusion_stride} px is larger than "
+                                 f"the window ({self.occlusion_window} px): pixels between two positions would never "
+                                 "be occluded (Captum refuses it too).")

@@ -11,8 +11,10 @@ stage adds the completeness gap of the attributions measured from a baseline (in
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -29,6 +31,7 @@ from ..layers import auto_cam_layer, map_view, spatial_shape
 from ..methods import REGISTRY
 from ..methods.dispatch import Settings, explain
 from ..methods.gradients import image_generator, score_difference
+from ..metrics.forward import inference_forward
 from ..ops import gaussian_blur
 from . import Context, ModelInfo, Stage
 from .cam import CamResult
@@ -88,6 +91,10 @@ def check(info: ModelInfo, cfg: GradientsConfig) -> None:
         load_baseline_file(cfg.baseline, tuple(info.config.model.input_size))
     for target in cfg.targets.classes:
         info.class_index(target)
+    for method in cfg.methods:  # options that need the input's size (occlusion's window)
+        options = REGISTRY[method].options_from(cfg)
+        if hasattr(options, "check"):
+            options.check(tuple(info.config.model.input_size)[-2:])
 
 
 def _needs_layer(cfg: GradientsConfig) -> bool:
@@ -153,7 +160,15 @@ def settings(info: ModelInfo, cfg: GradientsConfig, batch: torch.Tensor, seed: i
     return Settings(cam_layer=layer, views={layer: map_view(info, layer)} if layer is not None else {},
                     batch_size=cfg.internal_batch_size or max(1, BATCH_ELEMENTS // batch[0].numel()), seed=seed,
                     offset=offset, baseline=lambda: make_baseline(cfg.baseline, batch, seed, offset=offset)[0],
-                    options=cfg)
+                    options=cfg,  # a classifier's logits: the fast forward (a segmenter's or detector's scores: not)
+                    inference=functools.partial(fast_forward, info) if info.task == "classification" else None)
+
+
+def fast_forward(info: ModelInfo, model: nn.Module, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The checked fast no-grad forward x -> logits of `model` (the build's or a randomised copy) for inputs like
+    `example` (`metrics.forward`), which the perturbation methods (RISE, occlusion) send their inputs through."""
+    adapter = info.adapter
+    return inference_forward(model, example[:1], logits=None if adapter is None else adapter.pick_logits)
 
 
 def run(ctx: Context, cfg: GradientsConfig) -> GradientsResult:
