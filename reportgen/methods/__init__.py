@@ -33,8 +33,8 @@ from typing import Any
 
 from ..registry import METHODS
 from .options import (
-    DeepLiftOptions, DriseOptions, GradientShapOptions, GuidedGradCamOptions, IntegratedGradientsOptions, MaskedOptions,
-    OcclusionOptions, RiseOptions, SmoothGradOptions,
+    DeepLiftOptions, DriseOptions, FeatureAblationOptions, GradientShapOptions, GuidedGradCamOptions,
+    IntegratedGradientsOptions, MaskedOptions, OcclusionOptions, RiseOptions, SmoothGradOptions,
 )
 
 FAMILIES = ("cam", "gradients")
@@ -219,3 +219,7 @@ BUILT_IN.append(Method(id="rise", family="gradients", title="RISE", hooks=False,
 BUILT_IN.append(Method(id="occlusion", family="gradients", title="Occlusion", hooks=False, options=OcclusionOptions,
                        compute="reportgen.methods.perturbation:occlusion",
                        note="classifiers: the logit's drop when a square window of zeros covers the pixel"))
+# part m26fa: Captum's FeatureAblation over SLIC superpixels (reportgen.methods.ablation)
+BUILT_IN.append(Method(id="feature_ablation", family="gradients", title="Feature ablation", aliases=("featureablation",),
+                       hooks=False, options=FeatureAblationOptions, compute="reportgen.methods.ablation:feature_ablation",
+                       note="classifiers: the logit's drop when the pixel's SLIC superpixel is set to zero"))

@@ -94,3 +94,29 @@ class OcclusionOptions:
             raise ReportgenError(f"`analyses.gradients.occlusion_stride`: {self.occlusion_stride} px is larger than "
                                  f"the window ({self.occlusion_window} px): pixels between two positions would never "
                                  "be occluded (Captum refuses it too).")
+
+
+# ---------------------------------------------------------------------------- part m26fa: superpixel feature masks
+
+SUPERPIXELS_INSTALL = "pip install 'reportgen[superpixels]'"
+
+
+@dataclass(frozen=True)
+class FeatureAblationOptions:
+    """FeatureAblation (classifiers): one forward per superpixel of each image (scikit-image's SLIC, deterministic)."""
+
+    slic_segments: int = setting(50, **COUNT)  # feature_ablation: SLIC's n_segments (about that many superpixels)
+    slic_compactness: float = setting(10.0, gt=0)  # feature_ablation: SLIC's compactness (higher: squarer superpixels)
+    slic_sigma: float = setting(1.0, ge=0)  # feature_ablation: SLIC's Gaussian smoothing before segmenting, in px
+    internal_batch_size: int | None = setting(None, **COUNT)  # inputs per forward (ig, smoothgrad)
+
+    def check(self, size: tuple[int, int]) -> None:
+        """A ReportgenError when scikit-image (the `superpixels` extra) is missing."""
+        require_skimage()
+
+
+def require_skimage() -> None:
+    """A ReportgenError naming the extra when scikit-image cannot be imported (the superpixels come from its SLIC)."""
+    import importlib.util
+    if importlib.util.find_spec("skimage") is None:
+        raise ReportgenError(f"the superpixel feature mask (feature_ablation) needs scikit-image: {SUPERPIXELS_INSTALL}")

@@ -1,0 +1,72 @@
+"""Perturbation methods of the gradient family over a feature mask of superpixels (classifiers, forward only).
+
+- The feature mask: scikit-image's SLIC (deterministic) of each image, labels 0 … K_i − 1 per image. SLIC sees the
+  preprocessed image with each channel min-max scaled to [0, 1]: the same for any per-channel normalisation
+  (x − mean) / std, so the superpixels follow the image's colours, not the model's statistics.
+- `feature_ablation`: Captum 0.9.0's `FeatureAblation` with that mask, baseline 0 and the class's LOGIT (as
+  occlusion): each pixel gets f_c(x) − f_c(x with its superpixel at zero), over all channels.
+
+Forwards go through `GradientJob.inference()` (the build's fast no-grad forward), `batch_size` ablated inputs at a
+time; one forward serves every target rank.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import ReportgenError
+from ..ops import batches
+from ..progress import track
+from .gradients import GradientJob
+from .options import require_skimage
+from .perturbation import Forward, _classifier_forward
+
+
+def feature_ablation(job: GradientJob) -> list[torch.Tensor]:
+    o = job.options
+    mask = superpixels(job.batch, segments=o.slic_segments, compactness=o.slic_compactness, sigma=o.slic_sigma)
+    return compute_feature_ablation(_classifier_forward(job, "FeatureAblation"), job.batch, job.class_sets, mask,
+                                    batch_size=job.batch_size)
+
+
+def superpixels(batch: torch.Tensor, *, segments: int, compactness: float, sigma: float) -> torch.Tensor:
+    """SLIC superpixels of each image of `batch` (N, C, H, W): an (N, H, W) long tensor of labels 0 … K_i − 1."""
+    require_skimage()
+    from skimage.segmentation import slic
+
+    images = batch.detach().float().cpu()
+    low = images.amin(dim=(2, 3), keepdim=True)
+    span = (images.amax(dim=(2, 3), keepdim=True) - low).clamp_min(1e-12)
+    images = ((images - low) / span).permute(0, 2, 3, 1).numpy().astype(np.float64)  # (N, H, W, C) in [0, 1]
+    labels = [slic(image, n_segments=segments, compactness=compactness, sigma=sigma, start_label=0,
+                   channel_axis=-1, convert2lab=image.shape[-1] == 3) for image in images]
+    return torch.as_tensor(np.stack(labels), dtype=torch.long, device=batch.device)
+
+
+def compute_feature_ablation(forward: Forward, batch: torch.Tensor, class_sets: Sequence[Sequence[int]],
+                             mask: torch.Tensor, *, batch_size: int, baseline: float = 0.0) -> list[torch.Tensor]:
+    """Captum's `FeatureAblation(forward).attribute(batch, baselines=baseline, target=class_sets[r],
+    feature_mask=mask[:, None])` for every rank r: per rank (N, C, H, W). `mask`: (N, H, W) labels 0 … K_i − 1 per
+    image (a label an image lacks is skipped: Captum's drop for it is 0 and paints no pixel). `forward`: x -> scores
+    (N, K) without autograd; rows are (image, feature) pairs, image-major."""
+    n, c, h, w = batch.shape
+    if mask.shape != (n, h, w):
+        raise ReportgenError(f"feature_ablation: the feature mask is {tuple(mask.shape)}, not (N, H, W) = {(n, h, w)}.")
+    classes = torch.as_tensor([list(s) for s in class_sets], dtype=torch.long, device=batch.device)  # (R, N)
+    before = forward(batch).gather(1, classes.T)  # (N, R): f_c(x), through the same forward as the ablated inputs
+    pairs = torch.as_tensor([(i, int(k)) for i in range(n) for k in torch.unique(mask[i]).tolist()],
+                            dtype=torch.long, device=batch.device)  # (P, 2): every label present in each image
+    labels = int(mask.max()) + 1
+    drops = torch.zeros(len(class_sets), n, labels, dtype=before.dtype, device=batch.device)
+    chunks = list(batches(len(pairs), batch_size))
+    for chunk in track(chunks, total=len(chunks), desc="FeatureAblation", unit="batch"):
+        image, feature = pairs[chunk, 0], pairs[chunk, 1]
+        off = (mask[image] == feature[:, None, None])[:, None]  # (B, 1, H, W): the ablated superpixel
+        out = forward(torch.where(off, torch.as_tensor(baseline, dtype=batch.dtype), batch[image]))
+        for k in range(len(class_sets)):
+            drops[k, image, feature] = before[image, k] - out.gather(1, classes[k, image][:, None])[:, 0]
+    # each pixel takes its superpixel's drop
+    attribution = drops.gather(2, mask.reshape(1, n, h * w).expand(len(class_sets), -1, -1)).view(-1, n, h, w)
+    return [a[:, None].expand(n, c, h, w).to(batch.dtype).contiguous() for a in attribution]

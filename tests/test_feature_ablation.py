@@ -1,0 +1,127 @@
+"""`feature_ablation` (`methods.ablation`): equal to Captum 0.9.0's FeatureAblation per image on ResNet-18 with the
+same SLIC feature mask and perturbations_per_eval = our batch size; the superpixels are deterministic and do not
+depend on the normalisation; a build draws, writes and scores it; without scikit-image, validation exits 2."""
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from captum.attr import FeatureAblation
+from click.testing import CliRunner
+from torch import nn
+
+from reportgen.cli import main
+from reportgen.config import GradientsConfig, TargetSpec
+from reportgen.errors import ReportgenError
+from reportgen.methods import ablation as A
+from reportgen.stages import gradients as G
+from tests.helpers import make_context
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+TOL = 1e-4  # max |ours − Captum| relative to max |Captum| (float32 forwards of other batch compositions)
+
+
+def no_grad(model: nn.Module):
+    def forward(x):
+        with torch.inference_mode():
+            return model(x)
+    return forward
+
+
+def captum_ablation(forward, x, targets, mask, per_eval):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return FeatureAblation(forward).attribute(x, baselines=0, target=targets, feature_mask=mask[:, None],
+                                                  perturbations_per_eval=per_eval)
+
+
+def test_feature_ablation_equals_captum_on_resnet18_per_image_and_rank():
+    """The stage's maps (its fast forward, batch_size ablated inputs per forward) equal Captum's FeatureAblation given
+    the same forward and the same SLIC mask; and, with the eager model, Captum's on it."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(3))
+    ctx = make_context(model, x)
+    cfg = GradientsConfig(methods=("feature_ablation",), targets=TargetSpec(k=2), slic_segments=12,
+                          internal_batch_size=8)
+    result = G.run(ctx, cfg)
+    mask = A.superpixels(x, segments=12, compactness=10.0, sigma=1.0)
+    assert len(torch.unique(mask[0])) > 4 and not torch.equal(mask[0], mask[1])  # per-image superpixels
+    fast = G.fast_forward(ctx.info, model, x)
+    for r in range(2):
+        targets = result.classes[:, r].tolist()
+        ref = captum_ablation(fast, x, targets, mask, 8)
+        eager_ref = captum_ablation(no_grad(model), x, targets, mask, 8)
+        eager = A.compute_feature_ablation(no_grad(model), x, [targets], mask, batch_size=8)[0]
+        for i in range(2):  # per image
+            ours = result.maps["feature_ablation"][i, r]
+            assert np.abs(ours - ref[i].numpy()).max() <= TOL * ref[i].abs().max().item()
+            assert (eager[i] - eager_ref[i]).abs().max() <= TOL * eager_ref[i].abs().max()
+        assert ref.abs().max() > 0
+
+
+def test_every_pixel_of_a_superpixel_gets_its_drop_for_every_rank_and_batching():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(6, 4)).eval()
+    x = torch.randn(3, 3, 20, 24, generator=torch.Generator().manual_seed(1))
+    mask = A.superpixels(x, segments=8, compactness=10.0, sigma=1.0)
+    class_sets = [(0, 2, 1), (3, 3, 0)]
+    with torch.no_grad():
+        logits = model(x)
+        expected = torch.zeros(2, 3, 20, 24)
+        for i in range(3):
+            for k in torch.unique(mask[i]).tolist():
+                off = mask[i] == k
+                drop = logits[i] - model(x[i:i + 1] * ~off)[0]
+                for r, cs in enumerate(class_sets):
+                    expected[r, i][off] = drop[cs[i]]
+    for batch_size in (1, 5, 500):
+        maps = A.compute_feature_ablation(no_grad(model), x, class_sets, mask, batch_size=batch_size)
+        for r in range(2):
+            assert maps[r].shape == (3, 3, 20, 24) and torch.equal(maps[r][:, 0], maps[r][:, 2])
+            assert (maps[r][:, 1] - expected[r]).abs().max() <= TOL * expected[r].abs().max()
+    with pytest.raises(ReportgenError, match="feature mask"):
+        A.compute_feature_ablation(no_grad(model), x, class_sets, mask[:, :-1], batch_size=4)
+
+
+def test_superpixels_are_deterministic_and_follow_the_image_not_its_normalisation():
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    a = A.superpixels(x, segments=16, compactness=10.0, sigma=1.0)
+    assert torch.equal(a, A.superpixels(x, segments=16, compactness=10.0, sigma=1.0))
+    assert torch.equal(a, A.superpixels((x - mean) / std, segments=16, compactness=10.0, sigma=1.0))
+    fewer = A.superpixels(x, segments=4, compactness=10.0, sigma=1.0)
+    assert a.min() == 0 and int(fewer[0].max()) < int(a[0].max())  # labels from 0; `segments` is SLIC's
+
+
+def test_validate_exits_2_without_scikit_image(project, monkeypatch):
+    monkeypatch.setitem(sys.modules, "skimage", None)  # what an environment without the extra imports
+    config = project.base()
+    config["analyses"]["gradients"] = {"methods": ["feature_ablation"]}
+    result = CliRunner().invoke(main, ["validate", str(project.write(config))])
+    assert result.exit_code == 2, result.output
+    assert "reportgen[superpixels]" in result.output and "Traceback" not in result.output
+
+
+def test_a_build_draws_writes_and_scores_feature_ablation(project):
+    config = project.base()
+    config["analyses"] = {"gradients": {"methods": ["saliency", "feature_ablation"], "slic_segments": 10},
+                          "evaluation": {"metrics": ["deletion", "insertion"], "images": 2}}
+    config["output"]["save_arrays"] = True
+    result = CliRunner().invoke(main, ["build", str(project.write(config)), "-q"])
+    assert result.exit_code == 0, result.output
+    arrays = np.load(project.root / "out" / "arrays.npz")
+    keys = [k for k in arrays.files if k.startswith("gradients/feature_ablation/")]
+    assert len(keys) == 2 and all(arrays[k].shape == (3, 16, 16) for k in keys)
+    assert all(np.abs(arrays[k]).max() > 0 for k in keys)
+    assert "Feature ablation" in (project.root / "out" / "report.html").read_text()
+    rows = {row["method"]: row for row in json.loads((project.root / "out" / "report.json").read_text())
+            ["evaluation"]["rows"]}
+    assert rows["feature_ablation"]["family"] == "gradients"
+    assert all(np.isfinite(rows["feature_ablation"]["scores"][m]["mean"]) for m in ("deletion_auc", "insertion_auc"))
