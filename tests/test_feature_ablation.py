@@ -1,6 +1,7 @@
-"""`feature_ablation` (`methods.ablation`): equal to Captum 0.9.0's FeatureAblation per image on ResNet-18 with the
-same SLIC feature mask and perturbations_per_eval = our batch size; the superpixels are deterministic and do not
-depend on the normalisation; a build draws, writes and scores it; without scikit-image, validation exits 2."""
+"""`feature_ablation` and `shapley_value_sampling` (`methods.ablation`): equal to Captum 0.9.0's FeatureAblation
+and ShapleyValueSampling (its permutations under the same seed, per image) on ResNet-18 with the same SLIC feature
+mask and perturbations_per_eval = our batch size; the superpixels are deterministic and do not depend on the
+normalisation; a build draws, writes and scores both; without scikit-image, validation exits 2."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from captum.attr import FeatureAblation
+from captum.attr import FeatureAblation, ShapleyValueSampling
 from click.testing import CliRunner
 from torch import nn
 
@@ -100,28 +101,94 @@ def test_superpixels_are_deterministic_and_follow_the_image_not_its_normalisatio
     assert a.min() == 0 and int(fewer[0].max()) < int(a[0].max())  # labels from 0; `segments` is SLIC's
 
 
-def test_validate_exits_2_without_scikit_image(project, monkeypatch):
+def captum_shapley(forward, x, targets, mask, samples, seed, per_eval):
+    """Captum called image by image after torch.manual_seed(seed + i): the permutations ours draws."""
+    maps = []
+    for i in range(x.shape[0]):
+        torch.manual_seed(seed + i)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            maps.append(ShapleyValueSampling(forward).attribute(
+                x[i:i + 1], baselines=0, target=targets[i], feature_mask=mask[i:i + 1, None], n_samples=samples,
+                perturbations_per_eval=per_eval)[0])
+    return torch.stack(maps)
+
+
+def test_shapley_value_sampling_equals_captum_on_resnet18_with_its_permutations():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(2, 3, 40, 40, generator=torch.Generator().manual_seed(3))
+    ctx = make_context(model, x)
+    cfg = GradientsConfig(methods=("shapley_value_sampling",), targets=TargetSpec(k=2), slic_segments=8,
+                          shapley_samples=3, internal_batch_size=8)
+    result = G.run(ctx, cfg)
+    mask = A.superpixels(x, segments=8, compactness=10.0, sigma=1.0)
+    fast = G.fast_forward(ctx.info, model, x)
+    for r in range(2):
+        targets = result.classes[:, r].tolist()
+        ref = captum_shapley(fast, x, targets, mask, 3, ctx.config.seed, 8)
+        for i in range(2):
+            ours = result.maps["shapley_value_sampling"][i, r]
+            assert np.abs(ours - ref[i].numpy()).max() <= TOL * ref[i].abs().max().item()
+        assert ref.abs().max() > 0
+    # another seed draws other permutations, and other values (a test that the orders matter)
+    other = captum_shapley(fast, x, result.classes[:, 0].tolist(), mask, 3, ctx.config.seed + 100, 8)
+    assert np.abs(result.maps["shapley_value_sampling"][:, 0] - other.numpy()).max() > 1e-3 * other.abs().max()
+
+
+def test_shapley_values_add_up_to_the_logits_rise_from_the_baseline_for_any_batching():
+    """Efficiency: along every order the rises add up to f_c(x) − f_c(0), so the superpixels' values do too."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(6, 4)).eval()
+    x = torch.randn(3, 3, 20, 24, generator=torch.Generator().manual_seed(1))
+    mask = A.superpixels(x, segments=8, compactness=10.0, sigma=1.0)
+    with torch.no_grad():
+        rise = model(x) - model(torch.zeros_like(x))
+    maps = [A.compute_shapley_sampling(no_grad(model), x, [(0, 2, 1)], mask, samples=4, seed=5, offset=1,
+                                       batch_size=b)[0] for b in (1, 7, 1000)]
+    for i in range(3):
+        ids, first = np.unique(mask[i].numpy(), return_index=True)
+        total = maps[0][i, 0].flatten()[first].sum()  # one pixel per superpixel
+        assert abs(float(total - rise[i, (0, 2, 1)[i]])) <= 1e-5 * float(rise[i].abs().max())
+    for other in maps[1:]:
+        assert (other - maps[0]).abs().max() <= TOL * maps[0].abs().max()
+
+
+@pytest.mark.parametrize("method", ["feature_ablation", "shapley_value_sampling"])
+def test_validate_exits_2_without_scikit_image(project, monkeypatch, method):
     monkeypatch.setitem(sys.modules, "skimage", None)  # what an environment without the extra imports
     config = project.base()
-    config["analyses"]["gradients"] = {"methods": ["feature_ablation"]}
+    config["analyses"]["gradients"] = {"methods": [method]}
     result = CliRunner().invoke(main, ["validate", str(project.write(config))])
     assert result.exit_code == 2, result.output
     assert "reportgen[superpixels]" in result.output and "Traceback" not in result.output
 
 
-def test_a_build_draws_writes_and_scores_feature_ablation(project):
+def test_validate_exits_2_for_zero_shapley_samples(project):
     config = project.base()
-    config["analyses"] = {"gradients": {"methods": ["saliency", "feature_ablation"], "slic_segments": 10},
+    config["analyses"]["gradients"] = {"methods": ["shapley_value_sampling"], "shapley_samples": 0}
+    result = CliRunner().invoke(main, ["validate", str(project.write(config))])
+    assert result.exit_code == 2, result.output
+    assert "shapley_samples" in result.output and "Traceback" not in result.output
+
+
+def test_a_build_draws_writes_and_scores_feature_ablation_and_shapley_value_sampling(project):
+    config = project.base()
+    config["analyses"] = {"gradients": {"methods": ["saliency", "feature_ablation", "shapley_value_sampling"],
+                                        "slic_segments": 10, "shapley_samples": 2},
                           "evaluation": {"metrics": ["deletion", "insertion"], "images": 2}}
     config["output"]["save_arrays"] = True
     result = CliRunner().invoke(main, ["build", str(project.write(config)), "-q"])
     assert result.exit_code == 0, result.output
     arrays = np.load(project.root / "out" / "arrays.npz")
-    keys = [k for k in arrays.files if k.startswith("gradients/feature_ablation/")]
-    assert len(keys) == 2 and all(arrays[k].shape == (3, 16, 16) for k in keys)
-    assert all(np.abs(arrays[k]).max() > 0 for k in keys)
-    assert "Feature ablation" in (project.root / "out" / "report.html").read_text()
+    html = (project.root / "out" / "report.html").read_text()
     rows = {row["method"]: row for row in json.loads((project.root / "out" / "report.json").read_text())
             ["evaluation"]["rows"]}
-    assert rows["feature_ablation"]["family"] == "gradients"
-    assert all(np.isfinite(rows["feature_ablation"]["scores"][m]["mean"]) for m in ("deletion_auc", "insertion_auc"))
+    for method, title in (("feature_ablation", "Feature ablation"), ("shapley_value_sampling", "Shapley value sampling")):
+        keys = [k for k in arrays.files if k.startswith(f"gradients/{method}/")]
+        assert len(keys) == 2 and all(arrays[k].shape == (3, 16, 16) for k in keys)
+        assert all(np.abs(arrays[k]).max() > 0 for k in keys)
+        assert title in html
+        assert rows[method]["family"] == "gradients"
+        assert all(np.isfinite(rows[method]["scores"][m]["mean"]) for m in ("deletion_auc", "insertion_auc"))

@@ -34,7 +34,7 @@ from typing import Any
 from ..registry import METHODS
 from .options import (
     DeepLiftOptions, DriseOptions, FeatureAblationOptions, GradientShapOptions, GuidedGradCamOptions,
-    IntegratedGradientsOptions, MaskedOptions, OcclusionOptions, RiseOptions, SmoothGradOptions,
+    IntegratedGradientsOptions, MaskedOptions, OcclusionOptions, RiseOptions, ShapleySamplingOptions, SmoothGradOptions,
 )
 
 FAMILIES = ("cam", "gradients")
@@ -223,3 +223,7 @@ BUILT_IN.append(Method(id="occlusion", family="gradients", title="Occlusion", ho
 BUILT_IN.append(Method(id="feature_ablation", family="gradients", title="Feature ablation", aliases=("featureablation",),
                        hooks=False, options=FeatureAblationOptions, compute="reportgen.methods.ablation:feature_ablation",
                        note="classifiers: the logit's drop when the pixel's SLIC superpixel is set to zero"))
+BUILT_IN.append(Method(id="shapley_value_sampling", family="gradients", title="Shapley value sampling",
+                       aliases=("shapleyvaluesampling",), hooks=False, options=ShapleySamplingOptions,
+                       compute="reportgen.methods.ablation:shapley_value_sampling",
+                       note="classifiers: each SLIC superpixel's mean logit rise when put back in random orders"))

@@ -5,6 +5,13 @@
   (x − mean) / std, so the superpixels follow the image's colours, not the model's statistics.
 - `feature_ablation`: Captum 0.9.0's `FeatureAblation` with that mask, baseline 0 and the class's LOGIT (as
   occlusion): each pixel gets f_c(x) − f_c(x with its superpixel at zero), over all channels.
+- `shapley_value_sampling`: Captum 0.9.0's `ShapleyValueSampling` with that mask, baseline 0 and the logit: per
+  image, `shapley_samples` random orders of its K superpixels; along each, the superpixels are put back one by one
+  onto the baseline and each gets the logit's rise; a superpixel's value is its mean rise. Image i's orders are
+  `torch.randperm(K_i)` drawn from a torch.Generator seeded with `seed + offset + i` (as smoothgrad's noise): the
+  orders Captum draws after `torch.manual_seed(seed + offset + i)` called on that image alone (Captum draws one
+  order per call for the whole batch, over the batch's largest label, so its map of an image would depend on the
+  images batched with it; ours does not).
 
 Forwards go through `GradientJob.inference()` (the build's fast no-grad forward), `batch_size` ablated inputs at a
 time; one forward serves every target rank.
@@ -19,7 +26,7 @@ import torch
 from ..errors import ReportgenError
 from ..ops import batches
 from ..progress import track
-from .gradients import GradientJob
+from .gradients import GradientJob, image_generator
 from .options import require_skimage
 from .perturbation import Forward, _classifier_forward
 
@@ -28,6 +35,14 @@ def feature_ablation(job: GradientJob) -> list[torch.Tensor]:
     o = job.options
     mask = superpixels(job.batch, segments=o.slic_segments, compactness=o.slic_compactness, sigma=o.slic_sigma)
     return compute_feature_ablation(_classifier_forward(job, "FeatureAblation"), job.batch, job.class_sets, mask,
+                                    batch_size=job.batch_size)
+
+
+def shapley_value_sampling(job: GradientJob) -> list[torch.Tensor]:
+    o = job.options
+    mask = superpixels(job.batch, segments=o.slic_segments, compactness=o.slic_compactness, sigma=o.slic_sigma)
+    return compute_shapley_sampling(_classifier_forward(job, "ShapleyValueSampling"), job.batch, job.class_sets, mask,
+                                    samples=o.shapley_samples, seed=job.seed, offset=job.offset,
                                     batch_size=job.batch_size)
 
 
@@ -69,4 +84,47 @@ def compute_feature_ablation(forward: Forward, batch: torch.Tensor, class_sets: 
             drops[k, image, feature] = before[image, k] - out.gather(1, classes[k, image][:, None])[:, 0]
     # each pixel takes its superpixel's drop
     attribution = drops.gather(2, mask.reshape(1, n, h * w).expand(len(class_sets), -1, -1)).view(-1, n, h, w)
+    return [a[:, None].expand(n, c, h, w).to(batch.dtype).contiguous() for a in attribution]
+
+
+def compute_shapley_sampling(forward: Forward, batch: torch.Tensor, class_sets: Sequence[Sequence[int]],
+                             mask: torch.Tensor, *, samples: int, seed: int, batch_size: int, offset: int = 0,
+                             baseline: float = 0.0) -> list[torch.Tensor]:
+    """Captum's `ShapleyValueSampling(forward).attribute(batch[i:i + 1], baselines=baseline, target=class_sets[r][i],
+    feature_mask=mask[i:i + 1, None], n_samples=samples)` after `torch.manual_seed(seed + offset + i)`, for every
+    image i and rank r (see the module): per rank (N, C, H, W). Rows are (image, order, step), the image's inputs
+    with the first step + 1 superpixels of the order put back."""
+    n, c, h, w = batch.shape
+    if mask.shape != (n, h, w):
+        raise ReportgenError(f"shapley_value_sampling: the feature mask is {tuple(mask.shape)}, not (N, H, W) = "
+                             f"{(n, h, w)}.")
+    device = batch.device
+    counts = [int(m.max()) + 1 for m in mask]  # K_i, Captum's count of features of a mask: its largest label + 1
+    k_max = max(counts)
+    # rank[i, j, f]: the step at which order j of image i puts superpixel f back (K_max: a label beyond K_i, never)
+    rank = torch.full((n, samples, k_max), k_max, dtype=torch.long)
+    for i, k in enumerate(counts):
+        generator = image_generator(seed, offset + i)
+        for j in range(samples):
+            rank[i, j, torch.randperm(k, generator=generator)] = torch.arange(k)
+    rank = rank.to(device)
+    rows = torch.cat([torch.stack(torch.meshgrid(torch.tensor([i]), torch.arange(samples), torch.arange(k),
+                                                 indexing="ij")).reshape(3, -1) for i, k in enumerate(counts)], 1)
+    rows = rows.to(device)  # (3, P): image, order, step
+    classes = torch.as_tensor([list(s) for s in class_sets], dtype=torch.long, device=device)  # (R, N)
+    start = forward(torch.full_like(batch, baseline)).gather(1, classes.T)  # (N, R): f_c(baseline), Captum's first eval
+    scores = torch.zeros(len(class_sets), n, samples, k_max + 1, dtype=start.dtype, device=device)  # f_c after step t
+    scores[:, :, :, 0] = start.T[:, :, None]  # column 0: before any step; column t + 1: after step t
+    chunks = list(batches(rows.shape[1], batch_size))
+    for chunk in track(chunks, total=len(chunks), desc="ShapleyValueSampling", unit="batch"):
+        image, order, step = rows[:, chunk]
+        put_back = rank[image, order].gather(1, mask[image].reshape(len(image), -1))  # (B, H·W): each pixel's step
+        on = (put_back <= step[:, None]).view(-1, 1, h, w)
+        out = forward(torch.where(on, batch[image], torch.as_tensor(baseline, dtype=batch.dtype)))
+        for k in range(len(class_sets)):
+            scores[k, image, order, step + 1] = out.gather(1, classes[k, image][:, None])[:, 0]
+    rises = scores[..., 1:] - scores[..., :-1]  # (R, N, S, K_max): the rise of step t
+    # superpixel f's value: the mean over the orders of the rise of the step that put it back
+    values = rises.gather(3, rank.clamp(max=k_max - 1).expand(len(class_sets), -1, -1, -1)).mean(dim=2)  # (R, N, K_max)
+    attribution = values.gather(2, mask.reshape(1, n, h * w).expand(len(class_sets), -1, -1)).view(-1, n, h, w)
     return [a[:, None].expand(n, c, h, w).to(batch.dtype).contiguous() for a in attribution]

@@ -105,10 +105,26 @@ SUPERPIXELS_INSTALL = "pip install 'reportgen[superpixels]'"
 class FeatureAblationOptions:
     """FeatureAblation (classifiers): one forward per superpixel of each image (scikit-image's SLIC, deterministic)."""
 
-    slic_segments: int = setting(50, **COUNT)  # feature_ablation: SLIC's n_segments (about that many superpixels)
-    slic_compactness: float = setting(10.0, gt=0)  # feature_ablation: SLIC's compactness (higher: squarer superpixels)
-    slic_sigma: float = setting(1.0, ge=0)  # feature_ablation: SLIC's Gaussian smoothing before segmenting, in px
+    slic_segments: int = setting(50, **COUNT)  # superpixels: SLIC's n_segments (about that many superpixels)
+    slic_compactness: float = setting(10.0, gt=0)  # superpixels: SLIC's compactness (higher: squarer superpixels)
+    slic_sigma: float = setting(1.0, ge=0)  # superpixels: SLIC's Gaussian smoothing before segmenting, in px
     internal_batch_size: int | None = setting(None, **COUNT)  # inputs per forward (ig, smoothgrad)
+
+    def check(self, size: tuple[int, int]) -> None:
+        """A ReportgenError when scikit-image (the `superpixels` extra) is missing."""
+        require_skimage()
+
+
+@dataclass(frozen=True)
+class ShapleySamplingOptions:
+    """ShapleyValueSampling (classifiers): per image, `shapley_samples` random orders of its superpixels, one forward
+    per superpixel added."""
+
+    slic_segments: int = setting(50, **COUNT)  # superpixels: SLIC's n_segments (about that many superpixels)
+    slic_compactness: float = setting(10.0, gt=0)  # superpixels: SLIC's compactness (higher: squarer superpixels)
+    slic_sigma: float = setting(1.0, ge=0)  # superpixels: SLIC's Gaussian smoothing before segmenting, in px
+    internal_batch_size: int | None = setting(None, **COUNT)  # inputs per forward (ig, smoothgrad)
+    shapley_samples: int = setting(25, **COUNT)  # shapley_value_sampling: random superpixel orders per image
 
     def check(self, size: tuple[int, int]) -> None:
         """A ReportgenError when scikit-image (the `superpixels` extra) is missing."""
@@ -119,4 +135,5 @@ def require_skimage() -> None:
     """A ReportgenError naming the extra when scikit-image cannot be imported (the superpixels come from its SLIC)."""
     import importlib.util
     if importlib.util.find_spec("skimage") is None:
-        raise ReportgenError(f"the superpixel feature mask (feature_ablation) needs scikit-image: {SUPERPIXELS_INSTALL}")
+        raise ReportgenError("the superpixel feature mask (feature_ablation, shapley_value_sampling) needs "
+                             f"scikit-image: {SUPERPIXELS_INSTALL}")
