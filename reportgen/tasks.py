@@ -101,7 +101,11 @@ BUILT_IN: list[Task] = [
                           "rise": "RISE weighs its masks by a classifier's class probability; a segmenter's classes "
                                   "are explained by the CAM and gradient methods.",
                           "occlusion": "Occlusion reads a classifier's logit; a segmenter's classes are explained by "
-                                       "the CAM and gradient methods."},
+                                       "the CAM and gradient methods.",
+                          "feature_ablation": "FeatureAblation reads a classifier's logit; a segmenter's classes are "
+                                              "explained by the CAM and gradient methods.",
+                          "shapley_value_sampling": "Shapley value sampling reads a classifier's logit; a segmenter's "
+                                                    "classes are explained by the CAM and gradient methods."},
          settings_refused={**_NOT_DETECTION,
              "analyses.dataset.top_confused": "a segmenter's data-set section lists every class's IoU and draws the "
                                               "confusion matrix of pixels up to `max_matrix_classes` classes.",
