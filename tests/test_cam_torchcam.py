@@ -1,4 +1,4 @@
-"""torchcam 0.5.0's SS-CAM and IS-CAM (`reportgen.methods.cam_torchcam`) equal torchcam's own normalised maps to 1e-3
+"""torchcam 0.5.0's SS-CAM, IS-CAM and Smooth Grad-CAM++ (`reportgen.methods.cam_torchcam`) equal torchcam's own normalised maps to 1e-3
 on panels of tests/test_cam.py (seeded random weights, small inputs, per-image targets, two ranks).
 
 torchcam normalises at the layer's resolution (ReLU, min-max with eps 1e-8) and never resizes, so the raw maps are
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from torchcam.methods import ISCAM, SSCAM
+from torchcam.methods import ISCAM, SSCAM, SmoothGradCAMpp
 
 from reportgen.methods import cam_torchcam
 from reportgen.methods.cam import CamJob
@@ -42,7 +42,7 @@ def _reference(extractor, model, x, layer, class_sets, **kwargs) -> list[np.ndar
     """torchcam's normalised maps (N, h, w), one call per rank (as it is used), its global generator seeded as ours."""
     torch.manual_seed(cam_torchcam.RANDOM_SEED)
     out = []
-    with extractor(model, layer, input_shape=tuple(x.shape[1:]), **kwargs) as cam:
+    with extractor(model, layer, input_shape=tuple(x.shape[1:]), **kwargs) as cam:  # a clean forward per rank
         for classes in class_sets:
             with torch.no_grad():
                 model(x)
@@ -51,13 +51,15 @@ def _reference(extractor, model, x, layer, class_sets, **kwargs) -> list[np.ndar
 
 
 def _check(method, model, x, layer, monkeypatch, samples) -> float:
-    constant, extractor = {"sscam": ("SSCAM_SAMPLES", SSCAM), "iscam": ("ISCAM_SAMPLES", ISCAM)}[method]
+    constant, extractor = {"sscam": ("SSCAM_SAMPLES", SSCAM), "iscam": ("ISCAM_SAMPLES", ISCAM),
+                           "smoothgradcampp": ("SMOOTH_SAMPLES", SmoothGradCAMpp)}[method]
     monkeypatch.setattr(cam_torchcam, constant, samples)
     with torch.no_grad():
         top2 = model(x).topk(2, dim=1).indices
     class_sets = [top2[:, 0].tolist(), top2[:, 1].tolist()]
     ours = _torchcam_normalised(getattr(cam_torchcam, method)(_job(model, x, layer, class_sets, batch_size=48)))
-    refs = _reference(extractor, model, x, layer, class_sets, num_samples=samples, batch_size=32)
+    kwargs = {} if method == "smoothgradcampp" else {"batch_size": 32}
+    refs = _reference(extractor, model, x, layer, class_sets, num_samples=samples, **kwargs)
     worst = 0.0
     for r, ref in enumerate(refs):
         assert ours[r].shape == ref.shape
@@ -68,7 +70,7 @@ def _check(method, model, x, layer, monkeypatch, samples) -> float:
     return worst
 
 
-@pytest.mark.parametrize("method", ["sscam", "iscam"])
+@pytest.mark.parametrize("method", ["sscam", "iscam", "smoothgradcampp"])
 def test_parity_resnet18_layer2_top2(method, monkeypatch) -> None:
     """ResNet-18 `layer2` (128 channels, 4 × 4 at 32 px), two images, two ranks; masked forwards in chunks of 48
     (torchcam: 32), the last partial."""
@@ -76,7 +78,7 @@ def test_parity_resnet18_layer2_top2(method, monkeypatch) -> None:
     _check(method, model, _batch(2, size=32, seed=4), "layer2", monkeypatch, samples=3)
 
 
-@pytest.mark.parametrize("method", ["sscam", "iscam"])
+@pytest.mark.parametrize("method", ["sscam", "iscam", "smoothgradcampp"])
 def test_parity_vgg11_bn_inner_layer(method, monkeypatch) -> None:
     """VGG-11-BN `features.6` (a ReLU after the second conv: 128 channels, 8 × 8 at 32 px), top 2."""
     model = _seeded(torchvision.models.vgg11_bn)
@@ -109,7 +111,7 @@ def test_a_build_draws_writes_and_scores_them(project, monkeypatch) -> None:
 
     monkeypatch.setattr(cam_torchcam, "SSCAM_SAMPLES", 2)
     monkeypatch.setattr(cam_torchcam, "ISCAM_SAMPLES", 2)
-    methods = ["sscam", "iscam"]
+    methods = ["sscam", "iscam", "smoothgradcampp"]
     config = boxed_project(project)
     config["analyses"]["cam"] = {"methods": methods}
     config["analyses"]["evaluation"]["sanity"] = {"images": 1}
@@ -125,3 +127,14 @@ def test_a_build_draws_writes_and_scores_them(project, monkeypatch) -> None:
             maps = [npz[k] for k in npz.files if k.startswith(f"cam/{method}/{layer}/")]
             assert len(maps) == 3 and all(m.shape == (32, 32) and 0 <= m.min() and m.max() <= 1 for m in maps)
             assert max(float(m.max()) for m in maps) > 0.99
+
+
+def test_smoothgradcampp_defaults_resnet18_two_chunks() -> None:
+    """torchcam's defaults (4 samples, std 0.3), three images in passes of two (the last chunk partial)."""
+    model = _seeded(torchvision.models.resnet18)
+    x = _batch(3, size=32, seed=5)
+    with torch.no_grad():
+        classes = model(x).argmax(1).tolist()
+    ours = _torchcam_normalised(cam_torchcam.smoothgradcampp(_job(model, x, "layer3", [classes], batch_size=2)))
+    (ref,) = _reference(SmoothGradCAMpp, model, x, "layer3", [classes])
+    assert np.abs(ours[0] - ref).max() <= TOL and ref.max() > 0.99

@@ -195,6 +195,9 @@ BUILT_IN += [
     Method(id="iscam", family="cam", title="IS-CAM", aliases=("integrated_scorecam",),
            needs=frozenset({"activations"}), compute=f"{_TC}:iscam",
            note="Score-CAM's weights averaged over 10 masked inputs scaled by torchcam's running sums 0.1, 0.3, …, 5.5"),
+    Method(id="smoothgradcampp", family="cam", title="Smooth Grad-CAM++", aliases=("smoothgradcamplusplus",),
+           needs=frozenset({"activations", "own_passes"}), compute=f"{_TC}:smoothgradcampp",
+           note="Grad-CAM++ with gradient moments averaged over 4 passes of the input plus seeded noise (std 0.3)"),
 ]
 
 # ---------------------------------------------------------------------------- the gradient family (Captum 0.9.0)
