@@ -1,5 +1,5 @@
-"""torchcam 0.5.0's SS-CAM, IS-CAM and Smooth Grad-CAM++ (`reportgen.methods.cam_torchcam`) equal torchcam's own normalised maps to 1e-3
-on panels of tests/test_cam.py (seeded random weights, small inputs, per-image targets, two ranks).
+"""torchcam 0.5.0's SS-CAM, IS-CAM and Smooth Grad-CAM++ (`reportgen.methods.cam_torchcam`) equal torchcam's own
+normalised maps to 1e-3 on panels of tests/test_cam.py (seeded random weights, small inputs, per-image targets, two ranks).
 
 torchcam normalises at the layer's resolution (ReLU, min-max with eps 1e-8) and never resizes, so the raw maps are
 compared after that same post-processing (the report's shared one resizes; see the module). The masked forwards
