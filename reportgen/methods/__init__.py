@@ -186,6 +186,20 @@ BUILT_IN += [
            note="input × gradient plus every conv / batch-norm bias × gradient; reads no target layer"),
 ]
 
+# issue 26, torchcam 0.5.0's Score-CAM variants (m26tc: reportgen.methods.cam_torchcam)
+_TC = "reportgen.methods.cam_torchcam"
+BUILT_IN += [
+    Method(id="sscam", family="cam", title="SS-CAM", aliases=("smoothed_scorecam",),
+           needs=frozenset({"activations"}), compute=f"{_TC}:sscam",
+           note="Score-CAM's weights averaged over 35 forwards with seeded Gaussian noise (std 2) on the masks"),
+    Method(id="iscam", family="cam", title="IS-CAM", aliases=("integrated_scorecam",),
+           needs=frozenset({"activations"}), compute=f"{_TC}:iscam",
+           note="Score-CAM's weights averaged over 10 masked inputs scaled by torchcam's running sums 0.1, 0.3, …, 5.5"),
+    Method(id="smoothgradcampp", family="cam", title="Smooth Grad-CAM++", aliases=("smoothgradcamplusplus",),
+           needs=frozenset({"activations", "own_passes"}), compute=f"{_TC}:smoothgradcampp",
+           note="Grad-CAM++ with gradient moments averaged over 4 passes of the input plus seeded noise (std 0.3)"),
+]
+
 # ---------------------------------------------------------------------------- the gradient family (Captum 0.9.0)
 
 _grad("saliency", "Saliency", {"input_grad"}, "saliency", aliases=("vanillagradient",))

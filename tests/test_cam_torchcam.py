@@ -1,0 +1,140 @@
+"""torchcam 0.5.0's SS-CAM, IS-CAM and Smooth Grad-CAM++ (`reportgen.methods.cam_torchcam`) equal torchcam's own
+normalised maps to 1e-3 on panels of tests/test_cam.py (seeded random weights, small inputs, per-image targets, two ranks).
+
+torchcam normalises at the layer's resolution (ReLU, min-max with eps 1e-8) and never resizes, so the raw maps are
+compared after that same post-processing (the report's shared one resizes; see the module). The masked forwards
+dominate the cost: the parity tests take fewer samples than torchcam's defaults, the same number on both sides."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torchcam.methods import ISCAM, SSCAM, SmoothGradCAMpp
+
+from reportgen.methods import cam_torchcam
+from reportgen.methods.cam import CamJob
+from tests.test_cam import _batch, _seeded
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+TOL = 1e-3
+
+
+def _job(model, x, layer, class_sets, batch_size) -> CamJob:
+    seen = []
+    handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+    with torch.no_grad():
+        logits = model(x)
+    handle.remove()
+    per_image = [tuple(int(classes[i]) for classes in class_sets) for i in range(x.shape[0])]
+    return CamJob(model=model, forward=model, batch=x, layer=layer, activations=seen[0].float(),
+                  raw_activations=seen[0], logits=logits, class_sets=[tuple(c) for c in class_sets],
+                  per_image=per_image, batch_size=batch_size, head=None)
+
+
+def _torchcam_normalised(raw: torch.Tensor) -> np.ndarray:
+    cam = raw.clamp_min(0)
+    cam = cam - cam.amin(dim=(-2, -1), keepdim=True)
+    return (cam / (cam.amax(dim=(-2, -1), keepdim=True) + 1e-8)).numpy()
+
+
+def _reference(extractor, model, x, layer, class_sets, **kwargs) -> list[np.ndarray]:
+    """torchcam's normalised maps (N, h, w), one call per rank (as it is used), its global generator seeded as ours."""
+    torch.manual_seed(cam_torchcam.RANDOM_SEED)
+    out = []
+    with extractor(model, layer, input_shape=tuple(x.shape[1:]), **kwargs) as cam:  # a clean forward per rank
+        for classes in class_sets:
+            with torch.no_grad():
+                model(x)
+            out.append(cam(class_idx=[int(c) for c in classes])[0].numpy())
+    return out
+
+
+def _check(method, model, x, layer, monkeypatch, samples) -> float:
+    constant, extractor = {"sscam": ("SSCAM_SAMPLES", SSCAM), "iscam": ("ISCAM_SAMPLES", ISCAM),
+                           "smoothgradcampp": ("SMOOTH_SAMPLES", SmoothGradCAMpp)}[method]
+    monkeypatch.setattr(cam_torchcam, constant, samples)
+    with torch.no_grad():
+        top2 = model(x).topk(2, dim=1).indices
+    class_sets = [top2[:, 0].tolist(), top2[:, 1].tolist()]
+    ours = _torchcam_normalised(getattr(cam_torchcam, method)(_job(model, x, layer, class_sets, batch_size=48)))
+    kwargs = {} if method == "smoothgradcampp" else {"batch_size": 32}
+    refs = _reference(extractor, model, x, layer, class_sets, num_samples=samples, **kwargs)
+    worst = 0.0
+    for r, ref in enumerate(refs):
+        assert ours[r].shape == ref.shape
+        diff = float(np.abs(ours[r] - ref).max())
+        assert diff <= TOL, f"{method} rank {r}: max |ours - torchcam| = {diff:.2e}"
+        assert ref.max() > 0.99  # a map, not a blank one
+        worst = max(worst, diff)
+    return worst
+
+
+@pytest.mark.parametrize("method", ["sscam", "iscam", "smoothgradcampp"])
+def test_parity_resnet18_layer2_top2(method, monkeypatch) -> None:
+    """ResNet-18 `layer2` (128 channels, 4 × 4 at 32 px), two images, two ranks; masked forwards in chunks of 48
+    (torchcam: 32), the last partial."""
+    model = _seeded(torchvision.models.resnet18)
+    _check(method, model, _batch(2, size=32, seed=4), "layer2", monkeypatch, samples=3)
+
+
+@pytest.mark.parametrize("method", ["sscam", "iscam", "smoothgradcampp"])
+def test_parity_vgg11_bn_inner_layer(method, monkeypatch) -> None:
+    """VGG-11-BN `features.6` (a ReLU after the second conv: 128 channels, 8 × 8 at 32 px), top 2."""
+    model = _seeded(torchvision.models.vgg11_bn)
+    _check(method, model, _batch(2, size=32, seed=3), "features.6", monkeypatch, samples=3)
+
+
+def test_sscam_noise_matters_and_is_seeded(monkeypatch) -> None:
+    """Ours draws its own noise: the same map twice, another with another seed, and torch's global generator
+    untouched."""
+    monkeypatch.setattr(cam_torchcam, "SSCAM_SAMPLES", 2)
+    model = _seeded(torchvision.models.resnet18)
+    x = _batch(1, size=32)
+    job = _job(model, x, "layer2", [[0]], batch_size=64)
+    state = torch.get_rng_state()
+    first, second = cam_torchcam.sscam(job), cam_torchcam.sscam(job)
+    assert torch.equal(torch.get_rng_state(), state) and torch.equal(first, second)
+    monkeypatch.setattr(cam_torchcam, "RANDOM_SEED", 1)
+    assert not torch.allclose(first, cam_torchcam.sscam(job))
+
+
+def test_a_build_draws_writes_and_scores_them(project, monkeypatch) -> None:
+    """The records alone put the methods in a build: arrays.npz holds each one's maps and the evaluation has a
+    row for each."""
+    import json
+
+    from click.testing import CliRunner
+
+    from reportgen.cli import main
+    from tests.test_evaluation_stage import boxed_project
+
+    monkeypatch.setattr(cam_torchcam, "SSCAM_SAMPLES", 2)
+    monkeypatch.setattr(cam_torchcam, "ISCAM_SAMPLES", 2)
+    methods = ["sscam", "iscam", "smoothgradcampp"]
+    config = boxed_project(project)
+    config["analyses"]["cam"] = {"methods": methods}
+    config["analyses"]["evaluation"]["sanity"] = {"images": 1}
+    done = CliRunner().invoke(main, ["build", str(project.write(config)), "-q"])
+    assert done.exit_code == 0, done.output
+    out = project.root / "out"
+    data = json.loads((out / "report.json").read_text())
+    layer = data["cam"]["layers"][0]
+    assert data["cam"]["methods"] == methods and data["cam"]["not_applicable"] == {}
+    assert {r["method"] for r in data["evaluation"]["rows"]} >= set(methods)
+    with np.load(out / "arrays.npz") as npz:
+        for method in methods:
+            maps = [npz[k] for k in npz.files if k.startswith(f"cam/{method}/{layer}/")]
+            assert len(maps) == 3 and all(m.shape == (32, 32) and 0 <= m.min() and m.max() <= 1 for m in maps)
+            assert max(float(m.max()) for m in maps) > 0.99
+
+
+def test_smoothgradcampp_defaults_resnet18_two_chunks() -> None:
+    """torchcam's defaults (4 samples, std 0.3), three images in passes of two (the last chunk partial)."""
+    model = _seeded(torchvision.models.resnet18)
+    x = _batch(3, size=32, seed=5)
+    with torch.no_grad():
+        classes = model(x).argmax(1).tolist()
+    ours = _torchcam_normalised(cam_torchcam.smoothgradcampp(_job(model, x, "layer3", [classes], batch_size=2)))
+    (ref,) = _reference(SmoothGradCAMpp, model, x, "layer3", [classes])
+    assert np.abs(ours[0] - ref).max() <= TOL and ref.max() > 0.99
