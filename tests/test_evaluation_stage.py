@@ -60,7 +60,8 @@ def test_a_streamed_build_scores_every_map_as_the_metric_functions_do(project):
         arrays = {k: npz[k] for k in npz.files}
     ev = data["evaluation"]
     layer = data["cam"]["layers"][0]
-    assert [(r["method"], r["layer"]) for r in ev["rows"]] == [("gradcam", layer), ("saliency", None)]
+    assert [(r["method"], r["layer"]) for r in ev["rows"]] == [("gradcam", layer), ("saliency", None),
+                                                         ("baseline_centre", None)]  # the computed baseline last
     assert ev["images"] == 3 and ev["step"] == 16
     assert {c["id"] for c in ev["columns"]} == {c.id for c in scoring.COLUMNS}
 
@@ -168,7 +169,7 @@ def test_gradients_alone_and_chosen_metrics(project):
     data = json.loads((project.root / "out" / "report.json").read_text())
     ev = data["evaluation"]
     assert [c["id"] for c in ev["columns"]] == ["deletion_auc", "infidelity"]
-    assert [r["method"] for r in ev["rows"]] == ["saliency", "input_x_gradient"]
+    assert [r["method"] for r in ev["rows"]] == ["saliency", "input_x_gradient", "baseline_centre"]
     assert "sanity" not in ev and "curves" in ev
     # the headline metrics (Report.metrics(), report.json "metrics"): every mean, `evaluation/<column>/<row>`
     assert {k: v for k, v in data["metrics"].items() if k.startswith("evaluation/")} == pytest.approx(
@@ -204,7 +205,7 @@ def test_when_cam_fails_the_gradients_maps_are_scored_unless_it_had_started(proj
     assert status["cam"] == ("failed", "RuntimeError: cam broke") and status["gradients"][0] == "ok"
     if fails_on == 1:
         assert status["evaluation"][0] == "ok"
-        assert [r["method"] for r in data["evaluation"]["rows"]] == ["saliency"]
+        assert [r["method"] for r in data["evaluation"]["rows"]] == ["saliency", "baseline_centre"]
         assert data["evaluation"]["images"] == 3  # every image, the first batch's included
     else:
         assert status["evaluation"] == ("skipped", "it needs the cam section, which failed")
