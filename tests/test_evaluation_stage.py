@@ -133,7 +133,7 @@ def test_a_streamed_build_scores_every_map_as_the_metric_functions_do(project):
     assert sanity["images"] == ["a", "b"] and sanity["blocks"] == ["7", "3", "1", "0"]
     assert {r["row"] for r in sanity["rows"]} == set(keys.values())
     assert arrays["evaluation/sanity/saliency"].shape == (5, SIZE, SIZE)
-    assert len(ev["localisation"]["hits"]) == 2 * 3
+    assert len(ev["localisation"]["hits"]) == 3 * 3  # gradcam, saliency and the centre baseline, 3 images
     assert ev["localisation"]["boxes"] == {n: list(map(float, b)) for n, b in BOXES.items()}
     assert [s["name"] for s in data["stages"]] == ["cam", "gradients", "evaluation"]
     html = (out / "report.html").read_text()
@@ -173,7 +173,8 @@ def test_gradients_alone_and_chosen_metrics(project):
     assert "sanity" not in ev and "curves" in ev
     # the headline metrics (Report.metrics(), report.json "metrics"): every mean, `evaluation/<column>/<row>`
     assert {k: v for k, v in data["metrics"].items() if k.startswith("evaluation/")} == pytest.approx(
-        {f"evaluation/{c}/{r['method']}": r["scores"][c]["mean"] for r in ev["rows"] for c in r["scores"]},
+        {f"evaluation/{c}/{r['method']}": r["scores"][c]["mean"] for r in ev["rows"] for c in r["scores"]
+         if r["scores"][c] is not None},  # the centre baseline has no infidelity (no raw attribution)
         rel=1e-5, abs=1e-6)  # report.json: 6 decimals
 
 
@@ -238,12 +239,13 @@ def test_bad_input_is_one_message_and_exit_2(project, change, expected):
 
 def test_the_section_escapes_names_and_marks_the_best_and_the_failed_sanity():
     section = {
-        "images": 2, "step": 16, "seed": 0, "notes": [], "warnings": ["<script>w</script>"],
+        "images": 2, "step": 16, "seed": 0, "notes": [], "warnings": ["<script>w</script>"], "sigma": 0.25,
         "columns": [{"id": "deletion_auc", "label": "Deletion AUC", "better": "lower", "definition": "d"}],
-        "rows": [{"title": "<b>x</b>", "family": "cam", "verdict": 0.9,
-                  "cells": [{"text": "0.100", "interval": "0.05–0.2", "sort": "0.1", "best": True, "n": 2}]},
-                 {"title": "y", "family": "gradients", "verdict": None,
-                  "cells": [{"text": "–", "interval": "", "sort": "", "best": False, "n": 0}]}],
+        "rows": [{"title": "<b>x</b>", "family": "cam", "verdict": 0.9, "baseline": False,
+                  "cells": [{"text": "0.100", "interval": "0.05–0.2", "sort": "0.1", "best": True, "n": 2,
+                             "not_better": ""}]},
+                 {"title": "y", "family": "gradients", "verdict": None, "baseline": False,
+                  "cells": [{"text": "–", "interval": "", "sort": "", "best": False, "n": 0, "not_better": ""}]}],
         "config": EvaluationConfig(), "curves": None, "localisation": [], "sanity_limit": 0.5,
         "sanity": {"chart": _fig("chart"), "maps": _fig("maps"), "images": ["i"], "image": "i", "blocks": ["fc"],
                    "mode": "blocks", "seed": 0, "verdicts": [{"title": "<i>gb</i>", "spearman": 0.8}],
