@@ -46,6 +46,12 @@ def test_a_tiny_build_scores_the_centre_row_and_marks_randomcam_a_baseline(proje
     assert np.isfinite(centre["scores"]["deletion_auc"]["mean"]) and centre["scores"]["deletion_auc"]["n"] == 2
     with np.load(out / "arrays.npz") as npz:
         assert npz["evaluation/insertion_auc/baseline_centre"].shape == (2,)
+    html = (out / "report.html").read_text()
+    badges = sum(r["baseline"] for r in ev["rows"])  # the centre and randomcam's rows (its layer, `fused` if any)
+    assert badges >= 2 and html.count('<span class="badge baseline"') == badges
+    assert "Centre Gaussian (baseline)" in html
+    marked = sum(len(r["not_better"]) for r in ev["rows"])
+    assert marked > 0 and html.count(">not better than a baseline</span>") == marked  # 2 images: wide intervals
 
 
 def test_the_centre_row_is_the_metric_on_the_gaussian_map():
