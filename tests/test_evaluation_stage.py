@@ -60,7 +60,8 @@ def test_a_streamed_build_scores_every_map_as_the_metric_functions_do(project):
         arrays = {k: npz[k] for k in npz.files}
     ev = data["evaluation"]
     layer = data["cam"]["layers"][0]
-    assert [(r["method"], r["layer"]) for r in ev["rows"]] == [("gradcam", layer), ("saliency", None)]
+    assert [(r["method"], r["layer"]) for r in ev["rows"]] == [("gradcam", layer), ("saliency", None),
+                                                         ("baseline_centre", None)]  # the computed baseline last
     assert ev["images"] == 3 and ev["step"] == 16
     assert {c["id"] for c in ev["columns"]} == {c.id for c in scoring.COLUMNS}
 
@@ -132,7 +133,7 @@ def test_a_streamed_build_scores_every_map_as_the_metric_functions_do(project):
     assert sanity["images"] == ["a", "b"] and sanity["blocks"] == ["7", "3", "1", "0"]
     assert {r["row"] for r in sanity["rows"]} == set(keys.values())
     assert arrays["evaluation/sanity/saliency"].shape == (5, SIZE, SIZE)
-    assert len(ev["localisation"]["hits"]) == 2 * 3
+    assert len(ev["localisation"]["hits"]) == 3 * 3  # gradcam, saliency and the centre baseline, 3 images
     assert ev["localisation"]["boxes"] == {n: list(map(float, b)) for n, b in BOXES.items()}
     assert [s["name"] for s in data["stages"]] == ["cam", "gradients", "evaluation"]
     html = (out / "report.html").read_text()
@@ -168,11 +169,12 @@ def test_gradients_alone_and_chosen_metrics(project):
     data = json.loads((project.root / "out" / "report.json").read_text())
     ev = data["evaluation"]
     assert [c["id"] for c in ev["columns"]] == ["deletion_auc", "infidelity"]
-    assert [r["method"] for r in ev["rows"]] == ["saliency", "input_x_gradient"]
+    assert [r["method"] for r in ev["rows"]] == ["saliency", "input_x_gradient", "baseline_centre"]
     assert "sanity" not in ev and "curves" in ev
     # the headline metrics (Report.metrics(), report.json "metrics"): every mean, `evaluation/<column>/<row>`
     assert {k: v for k, v in data["metrics"].items() if k.startswith("evaluation/")} == pytest.approx(
-        {f"evaluation/{c}/{r['method']}": r["scores"][c]["mean"] for r in ev["rows"] for c in r["scores"]},
+        {f"evaluation/{c}/{r['method']}": r["scores"][c]["mean"] for r in ev["rows"] for c in r["scores"]
+         if r["scores"][c] is not None},  # the centre baseline has no infidelity (no raw attribution)
         rel=1e-5, abs=1e-6)  # report.json: 6 decimals
 
 
@@ -204,7 +206,7 @@ def test_when_cam_fails_the_gradients_maps_are_scored_unless_it_had_started(proj
     assert status["cam"] == ("failed", "RuntimeError: cam broke") and status["gradients"][0] == "ok"
     if fails_on == 1:
         assert status["evaluation"][0] == "ok"
-        assert [r["method"] for r in data["evaluation"]["rows"]] == ["saliency"]
+        assert [r["method"] for r in data["evaluation"]["rows"]] == ["saliency", "baseline_centre"]
         assert data["evaluation"]["images"] == 3  # every image, the first batch's included
     else:
         assert status["evaluation"] == ("skipped", "it needs the cam section, which failed")
@@ -237,12 +239,13 @@ def test_bad_input_is_one_message_and_exit_2(project, change, expected):
 
 def test_the_section_escapes_names_and_marks_the_best_and_the_failed_sanity():
     section = {
-        "images": 2, "step": 16, "seed": 0, "notes": [], "warnings": ["<script>w</script>"],
+        "images": 2, "step": 16, "seed": 0, "notes": [], "warnings": ["<script>w</script>"], "sigma": 0.25,
         "columns": [{"id": "deletion_auc", "label": "Deletion AUC", "better": "lower", "definition": "d"}],
-        "rows": [{"title": "<b>x</b>", "family": "cam", "verdict": 0.9,
-                  "cells": [{"text": "0.100", "interval": "0.05–0.2", "sort": "0.1", "best": True, "n": 2}]},
-                 {"title": "y", "family": "gradients", "verdict": None,
-                  "cells": [{"text": "–", "interval": "", "sort": "", "best": False, "n": 0}]}],
+        "rows": [{"title": "<b>x</b>", "family": "cam", "verdict": 0.9, "baseline": False,
+                  "cells": [{"text": "0.100", "interval": "0.05–0.2", "sort": "0.1", "best": True, "n": 2,
+                             "not_better": ""}]},
+                 {"title": "y", "family": "gradients", "verdict": None, "baseline": False,
+                  "cells": [{"text": "–", "interval": "", "sort": "", "best": False, "n": 0, "not_better": ""}]}],
         "config": EvaluationConfig(), "curves": None, "localisation": [], "sanity_limit": 0.5,
         "sanity": {"chart": _fig("chart"), "maps": _fig("maps"), "images": ["i"], "image": "i", "blocks": ["fc"],
                    "mode": "blocks", "seed": 0, "verdicts": [{"title": "<i>gb</i>", "spearman": 0.8}],

@@ -87,7 +87,7 @@ def test_a_segmenter_build_scores_deletion_insertion_and_sanity(built):
             values = arrays[f"evaluation/{column}/{row}"]
             assert values.shape == (3,) and np.all((values >= 0) & (values <= 1)), (column, row, values)
     curves = {c["row"]: c for c in evaluation["curves"]["rows"]}
-    assert set(curves) == {"gradcam/dec2", "saliency"}
+    assert set(curves) == {"gradcam/dec2", "saliency", "baseline_centre"}
     model = segment.load_model(SHIPPED / "model.pt")
     explained = {entry["image"]: entry["classes"][0] for entry in report["gradients"]["targets"]}  # detail images
     direct = []

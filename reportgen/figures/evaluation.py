@@ -7,7 +7,8 @@ import numpy as np
 
 from ..methods import title as method_title
 from ..methods.cam import FUSED
-from ..metrics.columns import family, row_key
+from ..metrics import baselines
+from ..metrics.columns import CENTRE, family, row_key
 from ..metrics.scoring import COLUMN
 from ..stages.evaluation import SANITY_LIMIT, EvaluationResult, mean_curves, sanity_verdicts, summarize
 from ..stages.evaluation import wanted as wanted_metrics
@@ -18,6 +19,8 @@ MAX_LOCALISED = 8  # detail images drawn with their pointing-game hits
 
 
 def row_title(method: str, layer: str | None) -> str:
+    if method == CENTRE:
+        return baselines.TITLE
     return method_title(method) + (f" ({'all layers, fused' if layer == FUSED else layer})" if layer else "")
 
 
@@ -39,16 +42,19 @@ def plot(result: EvaluationResult, ctx=None) -> dict:
         cells = []
         for c in result.columns:
             s = row["scores"][c]
-            cells.append({"text": "–", "interval": "", "sort": "", "best": False, "n": 0} if s is None else
+            beaten = ", ".join(key_title(result, k) for k in row["not_better"].get(c, ()))  # '' when better
+            cells.append({"text": "–", "interval": "", "sort": "", "best": False, "n": 0, "not_better": ""}
+                         if s is None else
                          {"text": f"{s['mean']:.3f}", "interval": f"{s['low']:.3f}–{s['high']:.3f}",
-                          "sort": f"{s['mean']:.6g}", "best": c in row["best"], "n": s["n"]})
+                          "sort": f"{s['mean']:.6g}", "best": c in row["best"], "n": s["n"], "not_better": beaten})
         rows.append({"title": row_title(row["method"], row["layer"]), "family": row["family"], "cells": cells,
-                     "verdict": verdicts.get(row["key"])})
+                     "verdict": verdicts.get(row["key"]), "baseline": row["baseline"]})
     section: dict = {
         "images": len(result.indices), "step": result.step, "seed": result.seed, "columns": columns, "rows": rows,
         "unit": "box" if result.task == "detection" else "image",  # what `images` counts (a detector: its boxes)
         "config": result.config, "notes": list(result.notes) + _absent(result), "warnings": list(result.warnings),
         "curves": None, "sanity": None, "localisation": [], "sanity_limit": SANITY_LIMIT,
+        "sigma": baselines.SIGMA_FRACTION,
     }
     if result.fraction is not None and result.curve_sums:
         section["curves"] = plot_curves(result, colours)

@@ -56,6 +56,9 @@ class Method:
     # its options (a dataclass, `options.py`): keys of its family's stage, given to every configured method that has
     # them; None: no options
     options: type | None = field(default=None, compare=False)
+    # a baseline, not an explanation (the random map): its rows of the evaluation's ranking are the bar a method must
+    # clear (`metrics.baselines`)
+    baseline: bool = False
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -171,7 +174,8 @@ BUILT_IN += [
            needs=frozenset({"activations", "gradients"}), compute=f"{_MORE}:gradcam_elementwise",
            note="Σ_c relu(gradient × activation)"),
     Method(id="randomcam", family="cam", title="Random CAM", needs=frozenset({"activations"}),
-           compute=f"{_MORE}:randomcam", note="a baseline: seeded random channel weights in [-1, 1)"),
+           compute=f"{_MORE}:randomcam", note="a baseline: seeded random channel weights in [-1, 1)",
+           baseline=True),
     Method(id="kpcacam", family="cam", title="KPCA-CAM", aliases=("kpca_cam",), needs=frozenset({"activations"}),
            compute=f"{_MORE}:kpcacam", note="the activations' first kernel principal component (sigmoid kernel)"),
     Method(id="fem", family="cam", title="FEM", needs=frozenset({"activations"}), compute=f"{_MORE}:fem",

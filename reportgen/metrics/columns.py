@@ -10,7 +10,10 @@ import numpy as np
 from ..methods import REGISTRY
 
 Row = tuple[str, str]  # (method, layer): a CAM at a target layer (or `fused`); a gradient method at ""
-BOTH, GRADIENTS = ("cam", "gradients"), ("gradients",)
+# the columns that score any map also score the computed baseline maps (`baselines`: family "baseline"); those of
+# gradient methods only need a raw attribution, which a baseline has not
+BOTH, GRADIENTS = ("cam", "gradients", "baseline"), ("gradients",)
+CENTRE = "baseline_centre"  # the centre-Gaussian baseline's row (`baselines.centre_map`), a name no method has
 RESAMPLES = 1000  # bootstrap resamples of the images
 
 
@@ -33,6 +36,8 @@ def row_key(row: Row) -> str:
 
 
 def family(row: Row) -> str:
+    if row[0] == CENTRE:
+        return "baseline"
     return REGISTRY[row[0]].family if row[0] in REGISTRY else ("cam" if row[1] else "gradients")
 
 

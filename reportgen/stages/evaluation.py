@@ -33,7 +33,7 @@ from torch import nn
 
 from ..config.rules import COUNT, SEED, clean, setting
 from ..errors import ReportgenError, did_you_mean
-from ..metrics import perturbation, sanity
+from ..metrics import baselines, perturbation, sanity
 from ..metrics.columns import Row, bootstrap, family, row_key
 from ..metrics.forward import inference_forward
 from ..progress import plural
@@ -207,6 +207,7 @@ def run(ctx: Context, cfg: EvaluationConfig) -> EvaluationResult:
         return base
 
     maps, targets, attributions = batch_maps(cam, grads, positions, ctx.batch)
+    baselines.add_centre(maps, targets, (h, w))  # a computed map, scored as the methods' (no method runs)
     x = ctx.batch[positions]
     images = [ctx.images[p] for p in positions]
     masks = [object_mask(image.mask, image.box, (h, w)) for image in images]
@@ -385,11 +386,12 @@ def per_image(result: EvaluationResult, row: Row, column: str) -> np.ndarray:
 
 def summarize(result: EvaluationResult) -> list[dict]:
     """Per row: method, layer, family and per column its bootstrap summary (None where not defined); `best` lists
-    the columns in which the row's mean is the best of all rows."""
+    the columns in which the row's mean is the best of all rows; `baseline` and `not_better` (`baselines.mark`)."""
     table = [{"method": m, "layer": layer or None, "family": family((m, layer)), "key": row_key((m, layer)),
               "scores": {c: bootstrap(per_image(result, (m, layer), c), result.seed) for c in result.columns},
               "best": []} for m, layer in result.rows]
     mark_best(table, result.columns)
+    baselines.mark(table, result.columns)
     return table
 
 
@@ -423,7 +425,7 @@ def to_json(result: EvaluationResult) -> dict:
         "seed": result.seed,
         "columns": [{"id": c, "label": COLUMN[c].label, "better": COLUMN[c].better,
                      "definition": COLUMN[c].definition} for c in result.columns],
-        "rows": [{**{k: row[k] for k in ("method", "layer", "family", "best")},
+        "rows": [{**{k: row[k] for k in ("method", "layer", "family", "best", "baseline", "not_better")},
                   "scores": {c: None if s is None else {k: _round(v) if k != "n" else v for k, v in s.items()}
                              for c, s in row["scores"].items()}} for row in summarize(result)],
         "notes": list(result.notes),
