@@ -157,23 +157,10 @@ MORE = ("gradcam_elementwise", "randomcam", "kpcacam", "fem", "shapleycam", "fin
 def test_a_build_draws_writes_and_scores_every_method(project) -> None:
     """The records alone put the methods in a build: arrays.npz holds each one's maps (one per image, min-max'd)
     and the evaluation has a row for each."""
-    import json
+    from tests.test_evaluation_stage import build_cam_methods
 
-    from click.testing import CliRunner
-
-    from reportgen.cli import main
-    from tests.test_evaluation_stage import boxed_project
-
-    config = boxed_project(project)
-    config["analyses"]["cam"] = {"methods": list(MORE)}
-    config["analyses"]["evaluation"]["sanity"] = {"images": 1}
-    done = CliRunner().invoke(main, ["build", str(project.write(config)), "-q"])
-    assert done.exit_code == 0, done.output
-    out = project.root / "out"
-    data = json.loads((out / "report.json").read_text())
+    data, out = build_cam_methods(project, MORE)
     layer = data["cam"]["layers"][0]
-    assert data["cam"]["methods"] == list(MORE) and data["cam"]["not_applicable"] == {}
-    assert {r["method"] for r in data["evaluation"]["rows"]} >= set(MORE)
     with np.load(out / "arrays.npz") as npz:
         for method in MORE:
             maps = [npz[k] for k in npz.files if k.startswith(f"cam/{method}/{layer}/")]

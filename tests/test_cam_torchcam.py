@@ -102,26 +102,13 @@ def test_sscam_noise_matters_and_is_seeded(monkeypatch) -> None:
 def test_a_build_draws_writes_and_scores_them(project, monkeypatch) -> None:
     """The records alone put the methods in a build: arrays.npz holds each one's maps and the evaluation has a
     row for each."""
-    import json
-
-    from click.testing import CliRunner
-
-    from reportgen.cli import main
-    from tests.test_evaluation_stage import boxed_project
+    from tests.test_evaluation_stage import build_cam_methods
 
     monkeypatch.setattr(cam_torchcam, "SSCAM_SAMPLES", 2)
     monkeypatch.setattr(cam_torchcam, "ISCAM_SAMPLES", 2)
     methods = ["sscam", "iscam", "smoothgradcampp"]
-    config = boxed_project(project)
-    config["analyses"]["cam"] = {"methods": methods}
-    config["analyses"]["evaluation"]["sanity"] = {"images": 1}
-    done = CliRunner().invoke(main, ["build", str(project.write(config)), "-q"])
-    assert done.exit_code == 0, done.output
-    out = project.root / "out"
-    data = json.loads((out / "report.json").read_text())
+    data, out = build_cam_methods(project, methods)
     layer = data["cam"]["layers"][0]
-    assert data["cam"]["methods"] == methods and data["cam"]["not_applicable"] == {}
-    assert {r["method"] for r in data["evaluation"]["rows"]} >= set(methods)
     with np.load(out / "arrays.npz") as npz:
         for method in methods:
             maps = [npz[k] for k in npz.files if k.startswith(f"cam/{method}/{layer}/")]

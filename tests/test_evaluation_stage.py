@@ -378,3 +378,18 @@ def test_the_maps_recomputed_for_sanity_and_sensitivity_equal_the_stages_maps():
     for (method, layer), maps in recomputed.items():
         expected = np.stack([cams.maps[(method, layer, i, cams.targets[i][0])] for i in range(3)])
         np.testing.assert_allclose(maps, expected, atol=1e-5, err_msg=f"{method} {layer}")
+
+
+def build_cam_methods(project, methods) -> tuple[dict, object]:
+    """A build of `boxed_project` with `methods` as the cam stage's and a one-image sanity cascade: its report.json
+    data and output folder; the methods are all drawn (none "not applicable") and each is a row of the evaluation."""
+    config = boxed_project(project)
+    config["analyses"]["cam"] = {"methods": list(methods)}
+    config["analyses"]["evaluation"]["sanity"] = {"images": 1}
+    done = CliRunner().invoke(main, ["build", str(project.write(config)), "-q"])
+    assert done.exit_code == 0, done.output
+    out = project.root / "out"
+    data = json.loads((out / "report.json").read_text())
+    assert data["cam"]["methods"] == list(methods) and data["cam"]["not_applicable"] == {}
+    assert {r["method"] for r in data["evaluation"]["rows"]} >= set(methods)
+    return data, out

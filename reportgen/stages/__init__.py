@@ -124,6 +124,19 @@ class Stage:
         return self.needs_hooks(cfg) if callable(self.needs_hooks) else self.needs_hooks
 
 
+class LabelledImages:
+    """For a data-set result over `images` with `labelled` (N,) bool (an image has ground truth): the counts."""
+
+    @property
+    def count(self) -> int:
+        """Images with ground truth."""
+        return int(self.labelled.sum())
+
+    @property
+    def unlabelled(self) -> int:
+        return len(self.images) - self.count
+
+
 def stage_names() -> tuple[str, ...]:
     """Every stage, in report order."""
     return STAGES.names()

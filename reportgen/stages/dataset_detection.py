@@ -28,14 +28,14 @@ import numpy as np
 
 from ..metrics.detection import AREA_RANGES, DetectionEval, DetectionSummary, match_boxes
 from ..progress import plural
-from . import Context
+from . import Context, LabelledImages
 
 SCORE_THRESHOLD = 0.5  # `detection.score_threshold`'s default, where a config has no `detection` section
 IOU_THRESHOLD = 0.5  # `detection.iou_threshold`'s
 
 
 @dataclass(frozen=True)
-class DetectionDatasetResult:
+class DetectionDatasetResult(LabelledImages):
     evaluation: DetectionEval  # the scored images' matches: what COCO's AP needs, nothing more
     images: tuple[str, ...]  # (N,) image names
     labelled: np.ndarray  # (N,) bool: the image has true boxes (it is scored)
@@ -46,15 +46,6 @@ class DetectionDatasetResult:
     detections: np.ndarray  # (N,) int64 every detection (what AP counts)
     score_threshold: float
     iou_threshold: float
-
-    @property
-    def count(self) -> int:
-        """Images with true boxes."""
-        return int(self.labelled.sum())
-
-    @property
-    def unlabelled(self) -> int:
-        return len(self.images) - self.count
 
     @functools.cached_property
     def summary(self) -> DetectionSummary:

@@ -29,7 +29,7 @@ import torch
 from ..errors import ReportgenError
 from ..metrics.segmentation import IGNORE_INDEX, Confusion, iou_of
 from ..progress import plural
-from . import Context
+from . import Context, LabelledImages
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class ImageSegmentation:
 
 
 @dataclass(frozen=True)
-class SegmentationDatasetResult:
+class SegmentationDatasetResult(LabelledImages):
     images: tuple[str, ...]  # (N,) image names
     labelled: np.ndarray  # (N,) bool: the image has a truth mask
     score: np.ndarray  # (N,) float64 the image's mIoU (NaN without truth, or with every pixel ignored)
@@ -69,15 +69,6 @@ class SegmentationDatasetResult:
     @property
     def num_classes(self) -> int:
         return len(self.labels)
-
-    @property
-    def count(self) -> int:
-        """Images with a truth mask."""
-        return int(self.labelled.sum())
-
-    @property
-    def unlabelled(self) -> int:
-        return len(self.images) - self.count
 
     @property
     def scores(self) -> Confusion:
