@@ -77,6 +77,16 @@ class Detections:
         return {"boxes": self.boxes, "labels": self.labels, "scores": self.scores}
 
 
+def best_scores(found: Sequence[Detections], num_classes: int) -> torch.Tensor:
+    """(N, K) on the CPU: each image's best box score per class (0 where it has no box of that class; labels
+    beyond K left out). What a detector's first pass keeps of an image in place of a classifier's logits."""
+    rows = torch.zeros(len(found), num_classes)
+    for row, d in zip(rows, found):
+        inside = d.labels < num_classes
+        row.scatter_reduce_(0, d.labels[inside].cpu(), d.scores[inside].detach().float().cpu(), "amax")
+    return rows
+
+
 def is_torchvision_format(out: object) -> bool:
     """Whether `out` is a list (or tuple) of dicts with "boxes": torchvision's detectors' output."""
     return isinstance(out, (list, tuple)) and bool(out) and all(isinstance(o, Mapping) and "boxes" in o for o in out)

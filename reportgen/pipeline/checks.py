@@ -17,7 +17,7 @@ from ..errors import ConfigWarning, ReportgenError
 from ..layers import describe_model
 from ..models import hooks_refused, load_labels, load_model, read_labels_file
 from ..models import num_classes as detector_classes
-from ..models.detection import takes_unnormalised
+from ..models.detection import best_scores, takes_unnormalised
 from ..stages import Stage, planned
 from ..owned import check_output_dir
 
@@ -82,11 +82,7 @@ def _detector_classes(config: Config, model: torch.nn.Module, found: list) -> to
         raise ReportgenError("`model.labels`: the detector does not say how many classes it scores (a factory's own "
                              "detector): give a labels file, one label a line in label-index order (background "
                              "first where the model has one, as torchvision's).")
-    scores = torch.zeros(1, k)
-    for det in found:
-        inside = det.labels < k
-        scores[0].scatter_reduce_(0, det.labels[inside].cpu(), det.scores[inside].detach().float().cpu(), "amax")
-    return scores
+    return best_scores(found, k)
 
 
 def _check_finite(model: torch.nn.Module, logits: torch.Tensor) -> None:

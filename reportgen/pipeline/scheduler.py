@@ -17,6 +17,7 @@ from ..context import Context, ModelInfo, class_shares
 from ..engine import Engine
 from ..methods.regions import RegionScores, predicted_regions
 from ..metrics.detection import match_boxes
+from ..models.detection import best_scores
 from ..metrics.segmentation import image_scores
 from ..errors import ImageWarning, ReportgenError, StageSkipped, WriteError, merge_warnings
 from ..ops import release_memory
@@ -92,11 +93,8 @@ def detector_summary(out: list, images: list, cfg=None, num_classes: int = 0) ->
     """What a detector's first pass keeps of a batch (`collection.Summarize`): each class's best box score, and per
     image minus the true boxes its explained detections miss (`metrics.detection.match_boxes` at
     `detection.iou_threshold`; NaN without true boxes): the detail images are those that miss most."""
-    rows = torch.zeros(len(out), num_classes)
     scores = []
-    for row, d, image in zip(rows, out, images):
-        inside = d.labels < num_classes
-        row.scatter_reduce_(0, d.labels[inside].cpu(), d.scores[inside].detach().float().cpu(), "amax")
+    for d, image in zip(out, images):
         truth = image.boxes
         if truth is None:
             scores.append(float("nan"))
@@ -105,7 +103,7 @@ def detector_summary(out: list, images: list, cfg=None, num_classes: int = 0) ->
         found = match_boxes(shown.boxes, shown.scores, shown.labels, truth.boxes, truth.labels,
                             iou=cfg.iou_threshold, crowd=truth.iscrowd)
         scores.append(-float(found.missed.sum()))
-    return rows, scores
+    return best_scores(out, num_classes), scores
 
 
 def figures_module(stage: Stage):
