@@ -5,7 +5,6 @@ figures and the template ("n/a" for a size range without objects); and `annotati
 true boxes, with its messages. Floats: COCOeval's and ours agree to 1e-9 in practice, asserted to 1e-6."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import pickle
 from types import SimpleNamespace
@@ -17,6 +16,7 @@ from torch import nn
 
 from reportgen import render
 from reportgen.annotations import ImageBoxes, annotations_for
+from reportgen.config import Config, DetectionConfig
 from reportgen.context import Context, ImageInput, ModelInfo
 from reportgen.errors import ReportgenError
 from reportgen.figures import dataset_detection as figures
@@ -28,11 +28,6 @@ from tests.test_metrics_detection import SIZE, _cocoeval, _data
 K = 5
 CFG = None  # the dataset options: a detector's numbers read none of them
 TOL = 1e-6
-
-
-@dataclasses.dataclass(frozen=True)
-class _Image(ImageInput):
-    boxes: ImageBoxes | None = None  # the contract's field (the lead adds it to ImageInput; this stays valid)
 
 
 def _truth(d) -> ImageBoxes:
@@ -47,10 +42,10 @@ def _context(data, labels=None, unlabelled=(), config=None, offset=0) -> Context
     oracle's) and each image's true boxes (None for `unlabelled` positions)."""
     n = len(data)
     pixels = np.zeros((SIZE, SIZE, 3), np.uint8)
-    images = [_Image(name=f"img{d['image_id']}", source="", original=pixels, display=pixels,
+    images = [ImageInput(name=f"img{d['image_id']}", source="", original=pixels, display=pixels,
                      boxes=None if i in unlabelled else _truth(d)) for i, d in enumerate(data)]
     outputs = [Detections(*(torch.as_tensor(d["detections"][k]) for k in ("boxes", "scores", "labels"))) for d in data]
-    info = ModelInfo(model=nn.Identity(), config=config or SimpleNamespace(), labels=labels or [str(k) for k in range(K)],
+    info = ModelInfo(model=nn.Identity(), config=config or Config(), labels=labels or [str(k) for k in range(K)],
                      num_classes=K, layers={})
     return Context(info=info, device=torch.device("cpu"), batch=torch.zeros(n, 3, 1, 1), images=images,
                    logits=torch.zeros(n, 1), engine=None, offset=offset, outputs=outputs)
@@ -148,13 +143,13 @@ def test_per_image_counts_at_the_thresholds_of_the_config():
     result = det.run(_context([image]), CFG)  # no `detection` section: score .5, IoU .5
     assert det.records(result) == [{"detections": 4, "true_positives": 1, "false_positives": 2, "missed": 1}]
     assert result.detections.tolist() == [5] and result.score_threshold == 0.5
-    low = SimpleNamespace(detection=SimpleNamespace(score_threshold=0.25, iou_threshold=0.5))
+    low = Config(detection=DetectionConfig(score_threshold=0.25, iou_threshold=0.5))
     assert det.records(det.run(_context([image], config=low), CFG)) == [
         {"detections": 5, "true_positives": 2, "false_positives": 2, "missed": 0}]
-    strict = SimpleNamespace(detection=SimpleNamespace(score_threshold=0.5, iou_threshold=0.99))  # the duplicate
+    strict = Config(detection=DetectionConfig(score_threshold=0.5, iou_threshold=0.99))  # the duplicate
     assert det.records(det.run(_context([image], config=strict), CFG)) == [  # fails too: nothing matches
         {"detections": 4, "true_positives": 1, "false_positives": 2, "missed": 1}]
-    exact = SimpleNamespace(detection=SimpleNamespace(score_threshold=0.5, iou_threshold=1.0))
+    exact = Config(detection=DetectionConfig(score_threshold=0.5, iou_threshold=1.0))
     shifted = _box_image(8, [[10, 10, 50, 51]], [.9], [1], [[10, 10, 50, 50]], [1])
     assert det.records(det.run(_context([shifted], config=exact), CFG)) == [
         {"detections": 1, "true_positives": 0, "false_positives": 1, "missed": 1}]

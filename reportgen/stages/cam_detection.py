@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import DetectionConfig
 from ..engine import Engine
 from ..errors import ReportgenError
 from ..methods import REGISTRY
@@ -47,7 +48,6 @@ from . import Context, ModelInfo, cam
 
 DRISE = "drise"
 PYRAMID = "backbone"  # torchvision's BackboneWithFPN: the module returning the levels
-IOU_THRESHOLD = 0.5  # `detection.iou_threshold`'s default, until the config has it
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class BoxMapsResult:
     # per image (J_i,) int64: the true box each explained box took (−1 a false positive, −2 a crowd); None: no truth
     truth_of: tuple[np.ndarray | None, ...] = ()
     missed: tuple[np.ndarray | None, ...] = ()  # per image (G_i,) bool: true boxes no explained box took
-    iou_threshold: float = IOU_THRESHOLD
+    iou_threshold: float = DetectionConfig.iou_threshold
     not_applicable: dict[str, str] = field(default_factory=dict)  # method -> why it has no maps
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
@@ -212,9 +212,8 @@ def _compute(model, forward, batch, boxes, methods, cfg, *, info=None, engine=No
 
 def _explained(ctx: Context) -> list[Detections]:
     """The explained detections per image: `ctx.boxes`, else the engine's BoxScores' targets (no scores known)."""
-    boxes = getattr(ctx, "boxes", None)
-    if boxes is not None:
-        return list(boxes)
+    if ctx.boxes is not None:
+        return list(ctx.boxes)
     forward = ctx.engine.forward
     if not isinstance(forward, BoxScores):
         raise ReportgenError("a detector's cam needs its explained boxes (`ctx.boxes`) and box scores as the engine's "
@@ -228,9 +227,9 @@ def run(ctx: Context, cfg) -> BoxMapsResult:
     maps, layers, not_applicable, warnings, seconds = _compute(
         ctx.model, ctx.engine.forward, ctx.batch, boxes, cfg.methods, cfg, info=ctx.info, engine=ctx.engine,
         seed=seed, log=ctx.log)
-    iou = float(getattr(getattr(ctx.config, "detection", None), "iou_threshold", IOU_THRESHOLD))
+    iou = ctx.config.detection.iou_threshold
     counts = [len(d) for d in boxes]
-    truth = [getattr(image, "boxes", None) for image in ctx.images]
+    truth = [image.boxes for image in ctx.images]
     matches = [None if t is None else match_boxes(d.boxes.cpu().numpy(), d.scores.cpu().numpy(),
                                                   d.labels.cpu().numpy(), t.boxes, t.labels, iou=iou,
                                                   crowd=getattr(t, "iscrowd", None))

@@ -30,8 +30,6 @@ from ..metrics.detection import AREA_RANGES, DetectionEval, DetectionSummary, ma
 from ..progress import plural
 from . import Context, LabelledImages
 
-SCORE_THRESHOLD = 0.5  # `detection.score_threshold`'s default, where a config has no `detection` section
-IOU_THRESHOLD = 0.5  # `detection.iou_threshold`'s
 
 
 @dataclass(frozen=True)
@@ -55,13 +53,6 @@ class DetectionDatasetResult(LabelledImages):
 
 # ---------------------------------------------------------------------------- the stage contract
 
-def thresholds(config) -> tuple[float, float]:
-    """(score threshold, IoU threshold) of the config's `detection` section (the defaults without one)."""
-    section = getattr(config, "detection", None)
-    return (float(getattr(section, "score_threshold", SCORE_THRESHOLD)),
-            float(getattr(section, "iou_threshold", IOU_THRESHOLD)))
-
-
 def run(ctx: Context, cfg) -> DetectionDatasetResult:
     """One batch: `ctx.outputs` (per image its Detections, all of them, display pixels) and each image's
     `boxes` (`annotations.ImageBoxes` in display pixels, or None). `cfg`: the dataset options (none used)."""
@@ -69,8 +60,8 @@ def run(ctx: Context, cfg) -> DetectionDatasetResult:
     if detections is None or len(detections) != len(ctx.images):
         raise ValueError(f"a detector's batch needs one Detections per image, got "
                          f"{'none' if detections is None else len(detections)} for {len(ctx.images)} images")
-    score_threshold, iou = thresholds(ctx.config)
-    most = int(getattr(getattr(ctx.config, "detection", None), "max_boxes", 5))
+    options = ctx.config.detection
+    score_threshold, iou, most = options.score_threshold, options.iou_threshold, options.max_boxes
     labels = ctx.labels if ctx.labels else ctx.info.num_classes
     evaluation = DetectionEval(labels)
     counts = np.full((len(ctx.images), 5), -1, dtype=np.int64)  # shown, tp, fp, missed, all
@@ -81,7 +72,7 @@ def run(ctx: Context, cfg) -> DetectionDatasetResult:
         keep = np.flatnonzero(scores >= score_threshold)
         keep = keep[np.argsort(-scores[keep], kind="stable")][:most]
         counts[i, 0], counts[i, 4] = len(keep), len(scores)
-        truth = getattr(image, "boxes", None)
+        truth = image.boxes
         if truth is None:
             continue
         image_id = truth.image_id if truth.image_id is not None else ctx.offset + i

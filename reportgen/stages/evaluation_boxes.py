@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import DetectionConfig
 from ..errors import ReportgenError
 from ..methods.boxes import BoxScores
 from ..metrics import perturbation, sanity
@@ -42,7 +43,6 @@ from . import Context, ModelInfo
 from . import evaluation as evaluation_
 
 DETECTION = "detection"
-IOU_THRESHOLD = 0.5  # `detection.iou_threshold`'s default: a true positive's IoU with its true box
 BOXES = 16  # boxes scored together: each holds a copy of its image and of the substrates while it is scored
 
 # the evaluation metrics that do not apply to a detector, and why (`refuse` names them)
@@ -94,8 +94,7 @@ def check(info: ModelInfo, cfg: evaluation_.EvaluationConfig) -> None:
                              f"deletion and insertion have no step in between; use fewer than {h * w} (null: "
                              f"{perturbation.default_step(h, w)}, RISE's 224 at 224²).")
     refuse(cfg.metrics)
-    detection = getattr(info.config, "detection", None)
-    if cfg.metrics is not None and "localisation" in cfg.metrics and getattr(detection, "annotations", None) is None:
+    if cfg.metrics is not None and "localisation" in cfg.metrics and info.config.detection.annotations is None:
         raise ReportgenError("`analyses.evaluation.metrics` asks for localisation, the pointing game of each box's "
                              "map against its true box, but there are no true boxes: set `detection.annotations` "
                              "(a COCO JSON or a JSONL manifest of boxes), or leave `metrics` null to score "
@@ -112,7 +111,7 @@ class BoxEvaluationResult(evaluation_.EvaluationResult):
 
     ranks: tuple[int, ...] = ()
     truth: tuple[int, ...] = ()  # per scored box: the true box it matches (index in `ImageInput.boxes`), or -1
-    iou_threshold: float = IOU_THRESHOLD
+    iou_threshold: float = DetectionConfig.iou_threshold  # a true positive's IoU with its true box
 
 
 class BoxTargets:
@@ -186,12 +185,12 @@ def evaluate(ctx: Context, cfg: evaluation_.EvaluationConfig, found, *, truths: 
     chosen = evaluation_.subset(count, detail, cfg.images, seed)
     metrics = wanted(cfg)
     step = cfg.step if cfg.step is not None else perturbation.default_step(h, w)
-    iou = float(getattr(getattr(ctx.config, "detection", None), "iou_threshold", IOU_THRESHOLD))
+    iou = ctx.config.detection.iou_threshold
     base = BoxEvaluationResult(config=cfg, rows=(), columns=(), indices=(), names=(), scores={}, step=step,
                                seed=seed, task=DETECTION, offset=ctx.offset, size=n, iou_threshold=iou, notes=(NOTE,))
     where = {name: k for k, name in enumerate(found.images)}
     boxes = list(ctx.boxes)
-    truths = list(truths) if truths is not None else [getattr(image, "boxes", None) for image in ctx.images]
+    truths = list(truths) if truths is not None else [image.boxes for image in ctx.images]
     positions = [p for p in range(n) if ctx.offset + p in chosen and len(boxes[p])]
     if not positions:
         return base
