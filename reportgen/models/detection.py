@@ -69,6 +69,11 @@ class Detections:
         order = torch.sort(self.scores, descending=True, stable=True).indices
         return self.keep(order if k is None else order[:k])
 
+    def drawn(self, score_threshold: float, most: int) -> Detections:
+        """Those a report draws and explains: scoring at least `score_threshold` (`detection.score_threshold`),
+        the best `most` (`detection.max_boxes`), best first."""
+        return self.keep(self.scores >= score_threshold).top(most)
+
     def to(self, device: torch.device | str) -> Detections:
         return Detections(self.boxes.to(device), self.scores.to(device), self.labels.to(device))
 

@@ -60,7 +60,7 @@ def segmenter_summary(out: torch.Tensor, images: list) -> tuple[torch.Tensor, li
 def explained(found: list, cfg) -> list:
     """Per image the detections a detector's maps explain and its page draws: score ≥ `detection.score_threshold`,
     the best `detection.max_boxes`."""
-    return [d.keep(d.scores >= cfg.score_threshold).top(cfg.max_boxes) for d in found]
+    return [d.drawn(cfg.score_threshold, cfg.max_boxes) for d in found]
 
 
 def detections_of(forward) -> Callable:
@@ -99,7 +99,7 @@ def detector_summary(out: list, images: list, cfg=None, num_classes: int = 0) ->
         if truth is None:
             scores.append(float("nan"))
             continue
-        shown = explained([d], cfg)[0]
+        shown = d.drawn(cfg.score_threshold, cfg.max_boxes)
         found = match_boxes(shown.boxes, shown.scores, shown.labels, truth.boxes, truth.labels,
                             iou=cfg.iou_threshold, crowd=truth.iscrowd)
         scores.append(-float(found.missed.sum()))

@@ -68,10 +68,8 @@ def run(ctx: Context, cfg) -> DetectionDatasetResult:
     for i, (image, found) in enumerate(zip(ctx.images, detections)):
         boxes, scores, classes = (np.asarray(v.detach().cpu()) if hasattr(v, "detach") else np.asarray(v)
                                   for v in (found.boxes, found.scores, found.labels))
-        # what the page draws and the maps explain: those scoring at least the threshold, the best `max_boxes`
-        keep = np.flatnonzero(scores >= score_threshold)
-        keep = keep[np.argsort(-scores[keep], kind="stable")][:most]
-        counts[i, 0], counts[i, 4] = len(keep), len(scores)
+        shown = found.drawn(score_threshold, most)  # what the page draws and the maps explain
+        counts[i, 0], counts[i, 4] = len(shown), len(scores)
         truth = image.boxes
         if truth is None:
             continue
@@ -80,7 +78,7 @@ def run(ctx: Context, cfg) -> DetectionDatasetResult:
             evaluation.update(image_id, (boxes, scores, classes), truth.truths())
         except ValueError as exc:
             raise ValueError(f"image {image.name}: {exc}") from None
-        match = match_boxes(boxes[keep], scores[keep], classes[keep], truth.boxes, truth.labels, iou=iou,
+        match = match_boxes(shown.boxes, shown.scores, shown.labels, truth.boxes, truth.labels, iou=iou,
                             crowd=truth.iscrowd)
         counts[i, 1:4] = (match.truth_of >= 0).sum(), match.false_positive.sum(), match.missed.sum()
     result = DetectionDatasetResult(
