@@ -32,18 +32,24 @@ from .perturbation import Forward, _classifier_forward
 
 
 def feature_ablation(job: GradientJob) -> list[torch.Tensor]:
-    o = job.options
-    mask = superpixels(job.batch, segments=o.slic_segments, compactness=o.slic_compactness, sigma=o.slic_sigma)
+    mask = feature_mask(job)
     return compute_feature_ablation(_classifier_forward(job, "FeatureAblation"), job.batch, job.class_sets, mask,
                                     batch_size=job.batch_size)
 
 
 def shapley_value_sampling(job: GradientJob) -> list[torch.Tensor]:
     o = job.options
-    mask = superpixels(job.batch, segments=o.slic_segments, compactness=o.slic_compactness, sigma=o.slic_sigma)
+    mask = feature_mask(job)
     return compute_shapley_sampling(_classifier_forward(job, "ShapleyValueSampling"), job.batch, job.class_sets, mask,
                                     samples=o.shapley_samples, seed=job.seed, offset=job.offset,
                                     batch_size=job.batch_size)
+
+
+def feature_mask(job: GradientJob) -> torch.Tensor:
+    """The feature mask of the job's images, (N, H, W) labels 0 … K_i − 1 per image: SLIC's superpixels with the
+    method's options."""
+    o = job.options
+    return superpixels(job.batch, segments=o.slic_segments, compactness=o.slic_compactness, sigma=o.slic_sigma)
 
 
 def superpixels(batch: torch.Tensor, *, segments: int, compactness: float, sigma: float) -> torch.Tensor:
