@@ -70,6 +70,12 @@ class _Images:
         self._layers: dict[bytes, str] = {}
         self._alphas: dict[float, str] = {}
         self._blanks: dict[tuple[int, int], str] = {}
+        self._picks: dict[tuple[str, str], str] = {}  # (section, method) -> the picker's checkbox id
+
+    def pick(self, section: str, method: str) -> str:
+        """The id of the checkbox that shows `method`'s figures (class `m-<method>`) in `section`: unchecked, a
+        rule of `css()` hides them (CSS only: the page needs no script for it)."""
+        return self._picks.setdefault((section, method), f"pick-{section}-{method}")
 
     def under_class(self, png: bytes | None) -> str:
         return "" if png is None else self._unders.setdefault(png, f"u{len(self._unders)}")
@@ -92,6 +98,10 @@ class _Images:
         rules = [f'.{name}{{background-image:url("{self.src(png)}")}}' for png, name in self._unders.items()]
         rules += [f'.{name}::after{{background-image:url("{self.src(png)}")}}' for png, name in self._layers.items()]
         rules += [f".{name}::after{{opacity:{alpha:g}}}" for alpha, name in self._alphas.items()]
+        if self._picks:  # the method pickers: their look, then a rule per method
+            rules.append(".picker fieldset{border:0;margin:0;padding:0 0 .4em;display:flex;flex-wrap:wrap;"
+                         "gap:.2em 1em}.picker legend{float:left;width:100%;padding:0;font-weight:600}")
+            rules += [f"#{s}:has(#{box}:not(:checked)) .m-{m}{{display:none}}" for (s, m), box in self._picks.items()]
         return "\n".join(rules)
 
     def src(self, png: bytes) -> str:
@@ -175,6 +185,7 @@ def make_environment(images: _Images) -> Environment:
     env.filters["anchor"] = anchor  # the id of an image's card, as the images table links it
     env.filters["shown_size"] = lambda fig: png_size(fig.thumb) if fig.thumb else _size(fig)  # the inline picture
     env.globals["self_contained"] = images.self_contained
+    env.globals["pick"] = images.pick
     return env
 
 

@@ -396,6 +396,35 @@ def test_sections_fold_and_unfold(driver, quickstart):
         assert section.find_element("css selector", "details").get_attribute("open") is not None
 
 
+def test_the_method_picker_hides_and_shows_a_methods_figures_and_only_them(driver, quickstart):
+    """Each section with several methods has a picker, grouped by family; unticking a method hides every figure of
+    it in that section (CSS only, so with JavaScript off too) and nothing else; ticking it shows them again."""
+    for scripts in (True, False):
+        open_page(driver, quickstart["html"], scripts=scripts)
+        for section in ("cam", "gradients"):
+            picker = driver.find_element("css selector", f"#{section} details.picker")
+            boxes = picker.find_elements("css selector", "input[type=checkbox]")
+            assert len(boxes) >= 2 and all(b.is_selected() for b in boxes)
+            assert picker.find_elements("css selector", "fieldset legend")  # the groups
+            method = boxes[0].get_attribute("id").removeprefix(f"pick-{section}-")
+            shown = f"#{section} .m-{method}"
+            others = f"#{section} [class*=' m-']:not(.m-{method}), #{section} [class^='m-']:not(.m-{method})"
+
+            def visible(selector):
+                return [e.is_displayed() for e in driver.find_elements("css selector", selector)]
+
+            assert visible(shown) and all(visible(shown))
+            before = visible(others)
+            assert before and all(before)
+            picker.find_element("css selector", "summary").click()
+            driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", boxes[0])
+            boxes[0].click()
+            assert not any(visible(shown))
+            assert visible(others) == before  # the other methods stay
+            boxes[0].click()
+            assert all(visible(shown))
+
+
 def test_phone_width_has_no_sideways_scrolling_and_desktop_and_phone_screenshots_are_kept(driver, quickstart):
     open_page(driver, quickstart["html"])
     assert js(driver, "return getComputedStyle(document.getElementById('toc')).position") == "sticky"

@@ -620,12 +620,15 @@ def test_figures_and_section_describe_every_map() -> None:
     assert html.count('class="zoom stack layered u') == 3 * 3 + 2 * 2 * cells_with_maps  # overlays
     assert html.count('class="zoom stack layered m') == 2 * 2 * cells_with_maps  # heat maps alone
     # a heat map shown alone and in its overlay is one picture: the same CSS class, its bytes once in the page
-    pairs = re.findall(r'<div class="pair">(.*?)</div>', html, re.S)
+    pairs = re.findall(r'<div class="pair m-\w+">(.*?)</div>', html, re.S)
     assert len(pairs) == 2 * 2 * cells_with_maps
     for pair in pairs:
         over_map, alone_map = re.findall(r'class="zoom stack layered (?:u\d+ )?(m\d+) o\d+"', pair)
         assert over_map == alone_map
-    assert len(images.css().splitlines()) == len(images._unders) + len(images._layers) + len(images._alphas)
+    # one rule per picture and opacity; then the method picker's look and one rule per method it shows or hides
+    picks = len(images._picks)
+    assert picks == 3 and len(images.css().splitlines()) == len(images._unders) + len(images._layers) + \
+        len(images._alphas) + 1 + picks
     assert all(images.css().count(images.src(png)) == 1 for png in images._layers)
     assert "CAM is not applicable on layer `body`: CAM needs" in html  # CAM has maps on `act` and fused only
     assert "fused CAM map uses `act` only" in html

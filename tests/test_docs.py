@@ -127,3 +127,16 @@ def test_the_readme_config_parses_and_runs_the_stages_it_names():
     config = parse_config(block, base_dir=ROOT, origin="README.md")
     assert config.analyses.enabled() == ["summary", "feature_maps", "cam", "gradients"]
     assert config.analyses.cam.methods == ("gradcam", "layercam", "scorecam")
+
+
+def test_the_readmes_method_table_is_the_registrys():
+    """The README's method table is generated from the method registry (`python -m reportgen.reference methods`):
+    every built-in method is a row with its id, and the block equals what the registry writes now."""
+    from reportgen.methods import BUILT_IN
+    from reportgen.reference import METHODS_BEGIN, METHODS_END, method_table
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start, end = readme.index(METHODS_BEGIN), readme.index(METHODS_END) + len(METHODS_END)
+    assert readme[start:end] + "\n" == method_table(), "regenerate it: python -m reportgen.reference methods"
+    rows = [line for line in method_table().splitlines() if line.startswith("| `")]
+    assert sorted(line.split(" | ")[2].strip("`") for line in rows) == sorted(m.id for m in BUILT_IN)

@@ -9,8 +9,8 @@ import numpy as np
 from ..methods import title as method_title
 from ..stages.cam import FUSED, CamResult
 from ..stages.cam import notes as cam_notes
-from .common import (apply_colormap, drawn_in_parallel, make_figure, map_figure, overlay_figure, resize_float,
-                     to_png, upscale_nearest)
+from .common import (apply_colormap, drawn_in_parallel, make_figure, map_figure, method_picker, overlay_figure,
+                     resize_float, to_png, upscale_nearest)
 from .grid import colorbar_image, fit_height
 
 MIN_SIDE = 160  # small inputs (64x64) are enlarged (nearest, after drawing) to at least this many pixels
@@ -35,6 +35,7 @@ def plot(result: CamResult, ctx) -> dict:
     layer_rows = [{"name": name, "shape": list(result.layer_shapes[name])} for name in result.layers]
     return {
         "methods": titles,
+        "picker": method_picker(result.methods),
         "figure_class": "pixel" if small_input else "",  # enlarged pictures keep hard pixel edges
         "layers": layer_rows,
         "layer_auto": result.layer_auto,
@@ -80,7 +81,7 @@ def _detail(result: CamResult, i: int, name: str, base: np.ndarray, alpha: float
                 title = method_title(method)
                 why = result.not_applicable.get(method) or result.layer_not_applicable.get(method, {}).get(layer)
                 if why:
-                    cells.append({"title": title, "figures": [], "why": why})
+                    cells.append({"title": title, "figures": [], "why": why, "method": method})
                     continue
                 heat = apply_colormap(_heat(result.maps[(method, layer, i, c)], shape), cmap)
                 about = f"{title} for image {name}, class {what}, {where}"
@@ -90,7 +91,7 @@ def _detail(result: CamResult, i: int, name: str, base: np.ndarray, alpha: float
                     map_figure(heat, alt=f"{about}: the heat map alone", caption=f"{title}: heat map",
                                min_side=MIN_SIDE),
                 ]
-                cells.append({"title": title, "figures": figures, "why": ""})
+                cells.append({"title": title, "figures": figures, "why": "", "method": method})
             rows.append({"layer": FUSED if layer == FUSED else layer, "fused": layer == FUSED, "cells": cells})
         classes.append({"index": c, "label": what, "probability": p, "rows": rows})
     original = make_figure(upscale_nearest(base, MIN_SIDE), alt=f"Input image {name} as the model sees it", caption=name)
@@ -111,4 +112,4 @@ def _grid_row(result: CamResult, i: int, name: str, base: np.ndarray, alpha: flo
                                     alt=f"{title} for image {name}, class {_class_text(result, c)}, {where}: "
                                         "the heat map over the image"))
     return {"name": name, "label": _class_text(result, c), "probability": result.probabilities[i][0],
-            "figures": tiles}
+            "figures": tiles, "methods": [""] + list(result.computed_methods)}

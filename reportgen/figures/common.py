@@ -12,6 +12,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
+from ..methods import grouped
+
 
 @dataclass(frozen=True)
 class Figure:
@@ -216,3 +218,14 @@ def thumbnail(pixels: np.ndarray, max_side: int) -> np.ndarray:
     img = Image.fromarray(pixels)
     img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.LANCZOS)
     return np.asarray(img)
+
+
+def method_picker(method_ids) -> list[dict]:
+    """The page's method picker for `method_ids`: their groups in order, each with its methods' ids and titles.
+    Empty for fewer than two methods (nothing to choose)."""
+    ids = list(dict.fromkeys(method_ids))
+    if len(ids) < 2:
+        return []
+    return [{"title": group, "methods": [{"id": m.id, "title": m.title} for m in members]}
+            for group, members in grouped(ids)]
+

@@ -10,8 +10,8 @@ import numpy as np
 
 from ..methods import title as method_title
 from ..stages.gradients import GAP_WARNING, GradientsResult, distinct
-from .common import (Figure, apply_colormap, drawn_in_parallel, make_figure, map_figure, overlay_figure, to_png,
-                     upscale_nearest)
+from .common import (Figure, apply_colormap, drawn_in_parallel, make_figure, map_figure, method_picker, overlay_figure,
+                     to_png, upscale_nearest)
 from .grid import colorbar_image
 
 DEFAULT_CMAPS = {"absolute_value": "Blues", "positive": "Greens", "all": "RdBu_r"}  # Captum's, diverging for all
@@ -118,6 +118,7 @@ def plot(result: GradientsResult, ctx) -> dict:
                 "title": f"{image.name}: {ctx.label(cls)} (class {cls}, rank {r + 1})",
                 "image": _figure(image.display[..., :3], f"Input image {image.name}", "input"),
                 "figures": figures,
+                "methods": [m for m in result.maps for _ in range(2)],  # each figure's method (heat map, overlay)
                 "gap": None if gap is None else _gap_text(gap),
                 "gap_warn": gap is not None and not gap <= GAP_WARNING,
             })
@@ -137,6 +138,7 @@ def plot(result: GradientsResult, ctx) -> dict:
         "notes": _notes(result, ctx),
         "warnings": list(result.warnings),
         "groups": groups,
+        "picker": method_picker(result.maps),
         "completeness": rows,
         "timings": [{"method": method_title(m), "seconds": s} for m, s in result.seconds.items()],
     }

@@ -38,6 +38,12 @@ from .options import (
 )
 
 FAMILIES = ("cam", "gradients")
+# how the page's method picker groups each family's methods, in this order (a record names its `group`; a plug-in
+# may name a group of its own, listed after these)
+GROUPS = {
+    "cam": ("Gradient-weighted CAMs", "Gradient-free CAMs", "Perturbation CAMs", "Baselines"),
+    "gradients": ("Gradients", "Noise and paths", "Propagation rules", "Perturbation (black box)", "Baselines"),
+}
 # what a method can need from the engine
 NEEDS = ("activations", "gradients", "input_grad", "masked_forwards", "head", "relu_rule", "own_passes")
 
@@ -59,6 +65,8 @@ class Method:
     # a baseline, not an explanation (the random map): its rows of the evaluation's ranking are the bar a method must
     # clear (`metrics.baselines`)
     baseline: bool = False
+    # the group the page's method picker lists it under (`GROUPS`); "": its family's first group
+    group: str = ""
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -67,6 +75,8 @@ class Method:
         if unknown:
             raise ValueError(f"method {self.id!r}: unknown needs {sorted(unknown)}; known: {NEEDS}")
         object.__setattr__(self, "needs", frozenset(self.needs))
+        if not self.group:
+            object.__setattr__(self, "group", "Baselines" if self.baseline else GROUPS[self.family][0])
 
     def options_from(self, values: Any = None) -> Any:
         """Its options (its `options` dataclass) read from `values`, which holds them as attributes (its stage's
@@ -131,6 +141,15 @@ def title(method_id: str) -> str:
     return method.title if method is not None else method_id.replace("_", " ")
 
 
+def grouped(method_ids) -> list[tuple[str, list[Method]]]:
+    """The methods of `method_ids` by the group the page's picker lists them under: their family's `GROUPS` in
+    order, then any other group (a plug-in's) in order of appearance; within a group, in the order given."""
+    methods = [get(m) for m in method_ids]
+    order = [g for m in methods for g in GROUPS.get(m.family, ())] + [m.group for m in methods]
+    return [(g, [m for m in methods if m.group == g]) for g in dict.fromkeys(order)
+            if any(m.group == g for m in methods)]
+
+
 def canonical(name: str, family: str | None = None) -> str | None:
     """The method id `name` spells (an id or an alias, any case), within `family` when given; None if none."""
     method = METHODS.spelled(name, lambda m: family is None or m.family == family)
@@ -138,32 +157,41 @@ def canonical(name: str, family: str | None = None) -> str | None:
 
 
 def _cam(id: str, title: str, needs: set[str], fn: str, aliases: tuple[str, ...] = (), note: str = "",
-         options: type | None = None) -> None:
+         options: type | None = None, group: str = "") -> None:
     BUILT_IN.append(Method(id=id, family="cam", title=title, aliases=aliases, needs=frozenset(needs),
-                           compute=f"reportgen.methods.cam:{fn}", note=note, options=options))
+                           compute=f"reportgen.methods.cam:{fn}", note=note, options=options, group=group))
 
 
 def _grad(id: str, title: str, needs: set[str], fn: str, aliases: tuple[str, ...] = (), relu_rule: str | None = None,
-          hooks: bool = False, note: str = "", options: type | None = None) -> None:
+          hooks: bool = False, note: str = "", options: type | None = None, group: str = "") -> None:
     BUILT_IN.append(Method(id=id, family="gradients", title=title, aliases=aliases, needs=frozenset(needs),
                            relu_rule=relu_rule, hooks=hooks, compute=f"reportgen.methods.gradients:{fn}", note=note,
-                           options=options))
+                           options=options, group=group))
 
 
 # ---------------------------------------------------------------------------- the CAM family (pytorch-grad-cam 1.5.7)
 
-_cam("cam", "CAM", {"activations", "head"}, "original_cam", note="the weights of the linear head after global average pooling")
-_cam("gradcam", "Grad-CAM", {"activations", "gradients"}, "gradcam")
-_cam("gradcampp", "Grad-CAM++", {"activations", "gradients"}, "gradcampp", aliases=("gradcamplusplus",))
-_cam("xgradcam", "XGrad-CAM", {"activations", "gradients"}, "xgradcam")
-_cam("layercam", "LayerCAM", {"activations", "gradients"}, "layercam", aliases=("layerwisecam",))
-_cam("hirescam", "HiResCAM", {"activations", "gradients"}, "hirescam")
-_cam("eigencam", "Eigen-CAM", {"activations"}, "eigencam")
-_cam("eigengradcam", "EigenGrad-CAM", {"activations", "gradients"}, "eigengradcam")
-_cam("scorecam", "Score-CAM", {"activations", "masked_forwards"}, "scorecam", options=MaskedOptions)
-_cam("ablationcam", "Ablation-CAM", {"activations", "masked_forwards"}, "ablationcam", options=MaskedOptions)
+_cam("cam", "CAM", {"activations", "head"}, "original_cam", group="Gradient-free CAMs",
+     note="the weights of the linear head after global average pooling")
+_cam("gradcam", "Grad-CAM", {"activations", "gradients"}, "gradcam", note="channel weights: the mean gradient over the map")
+_cam("gradcampp", "Grad-CAM++", {"activations", "gradients"}, "gradcampp", aliases=("gradcamplusplus",),
+     note="channel weights: positive gradients weighed by second- and third-order terms")
+_cam("xgradcam", "XGrad-CAM", {"activations", "gradients"}, "xgradcam",
+     note="channel weights: gradient × activation over the activation's sum")
+_cam("layercam", "LayerCAM", {"activations", "gradients"}, "layercam", aliases=("layerwisecam",),
+     note="relu(gradient) × activation per cell, summed over channels")
+_cam("hirescam", "HiResCAM", {"activations", "gradients"}, "hirescam",
+     note="gradient × activation per cell, summed over channels")
+_cam("eigencam", "Eigen-CAM", {"activations"}, "eigencam", group="Gradient-free CAMs",
+     note="the activations' first principal component")
+_cam("eigengradcam", "EigenGrad-CAM", {"activations", "gradients"}, "eigengradcam",
+     note="the first principal component of gradient × activation")
+_cam("scorecam", "Score-CAM", {"activations", "masked_forwards"}, "scorecam", options=MaskedOptions,
+     group="Perturbation CAMs", note="channel weights: the class probability of the input masked by each channel")
+_cam("ablationcam", "Ablation-CAM", {"activations", "masked_forwards"}, "ablationcam", options=MaskedOptions,
+     group="Perturbation CAMs", note="channel weights: the score's relative drop when the channel is zeroed")
 # detectors only (the task records refuse it for the others): black-box, masked forwards of the detector, no layer
-BUILT_IN.append(Method(id="drise", family="cam", title="D-RISE", aliases=("detrise",), hooks=False,
+BUILT_IN.append(Method(id="drise", family="cam", title="D-RISE", aliases=("detrise",), hooks=False, group="Perturbation CAMs",
                        compute="reportgen.methods.boxes:drise_cam", options=DriseOptions,
                        note="detectors only: saliency of random masks weighed by the box's detection similarity"))
 
@@ -177,8 +205,10 @@ BUILT_IN += [
            compute=f"{_MORE}:randomcam", note="a baseline: seeded random channel weights in [-1, 1)",
            baseline=True),
     Method(id="kpcacam", family="cam", title="KPCA-CAM", aliases=("kpca_cam",), needs=frozenset({"activations"}),
-           compute=f"{_MORE}:kpcacam", note="the activations' first kernel principal component (sigmoid kernel)"),
+           compute=f"{_MORE}:kpcacam", group="Gradient-free CAMs",
+           note="the activations' first kernel principal component (sigmoid kernel)"),
     Method(id="fem", family="cam", title="FEM", needs=frozenset({"activations"}), compute=f"{_MORE}:fem",
+           group="Gradient-free CAMs",
            note="weights: each channel's share of cells above its mean + 2 standard deviations"),
     Method(id="shapleycam", family="cam", title="ShapleyCAM", needs=frozenset({"activations", "own_passes"}),
            compute=f"{_MORE}:shapleycam", note="weights: gradient − ½ Hessian × activations (a second-order pass)"),
@@ -194,10 +224,10 @@ BUILT_IN += [
 _TC = "reportgen.methods.cam_torchcam"
 BUILT_IN += [
     Method(id="sscam", family="cam", title="SS-CAM", aliases=("smoothed_scorecam",),
-           needs=frozenset({"activations"}), compute=f"{_TC}:sscam",
+           needs=frozenset({"activations"}), compute=f"{_TC}:sscam", group="Perturbation CAMs",
            note="Score-CAM's weights averaged over 35 forwards with seeded Gaussian noise (std 2) on the masks"),
     Method(id="iscam", family="cam", title="IS-CAM", aliases=("integrated_scorecam",),
-           needs=frozenset({"activations"}), compute=f"{_TC}:iscam",
+           needs=frozenset({"activations"}), compute=f"{_TC}:iscam", group="Perturbation CAMs",
            note="Score-CAM's weights averaged over 10 masked inputs scaled by torchcam's running sums 0.1, 0.3, …, 5.5"),
     Method(id="smoothgradcampp", family="cam", title="Smooth Grad-CAM++", aliases=("smoothgradcamplusplus",),
            needs=frozenset({"activations", "own_passes"}), compute=f"{_TC}:smoothgradcampp",
@@ -206,17 +236,22 @@ BUILT_IN += [
 
 # ---------------------------------------------------------------------------- the gradient family (Captum 0.9.0)
 
-_grad("saliency", "Saliency", {"input_grad"}, "saliency", aliases=("vanillagradient",))
-_grad("input_x_gradient", "Input × gradient", {"input_grad"}, "input_x_gradient", aliases=("inputxgradient",))
+_grad("saliency", "Saliency", {"input_grad"}, "saliency", aliases=("vanillagradient",), note="|gradient| of the logit")
+_grad("input_x_gradient", "Input × gradient", {"input_grad"}, "input_x_gradient", aliases=("inputxgradient",),
+      note="input × gradient")
 _grad("guided_backprop", "Guided backprop", {"relu_rule"}, "guided_backprop", relu_rule="guided", hooks=True,
-      aliases=("guidedbackpropagation",))
-_grad("deconvnet", "Deconvnet", {"relu_rule"}, "deconvnet", relu_rule="deconv", hooks=True,
-      aliases=("deconvolution",))
+      group="Propagation rules", aliases=("guidedbackpropagation",),
+      note="the gradient with each ReLU passing back only positive gradients at positive inputs")
+_grad("deconvnet", "Deconvnet", {"relu_rule"}, "deconvnet", relu_rule="deconv", hooks=True, group="Propagation rules",
+      aliases=("deconvolution",), note="the gradient with each ReLU passing back only positive gradients")
 _grad("guided_gradcam", "Guided Grad-CAM", {"relu_rule", "activations", "gradients"}, "guided_gradcam",
-      relu_rule="guided", hooks=True, options=GuidedGradCamOptions)
-_grad("smoothgrad", "SmoothGrad", {"own_passes"}, "smoothgrad", aliases=("noisetunnel",), options=SmoothGradOptions)
+      relu_rule="guided", hooks=True, options=GuidedGradCamOptions, group="Propagation rules",
+      note="guided backprop × the Grad-CAM of the CAM layer, upsampled")
+_grad("smoothgrad", "SmoothGrad", {"own_passes"}, "smoothgrad", aliases=("noisetunnel",), options=SmoothGradOptions,
+      group="Noise and paths", note="mean gradient over noisy copies of the input")
 _grad("integrated_gradients", "Integrated gradients", {"own_passes"}, "integrated_gradients", aliases=("ig",),
-      options=IntegratedGradientsOptions)
+      options=IntegratedGradientsOptions, group="Noise and paths",
+      note="(x − baseline) × the gradient's mean along the straight path from the baseline")
 # part m26grad: more of Captum's gradient family (reportgen.methods.gradients_more)
 for _id, _title, _fn, _options, _note in (
         ("smoothgrad_sq", "SmoothGrad²", "smoothgrad_sq", SmoothGradOptions,
@@ -228,20 +263,25 @@ for _id, _title, _fn, _options, _note in (
          "rescale rule from the baseline; a ReLU module called twice (ResNet's) is two calls")):
     BUILT_IN.append(Method(id=_id, family="gradients", title=_title, needs=frozenset({"own_passes"}),
                            hooks=_id == "deeplift",  # its rule hooks the non-linear modules: no TorchScript
-                           compute=f"reportgen.methods.gradients_more:{_fn}", note=_note, options=_options))
+                           compute=f"reportgen.methods.gradients_more:{_fn}", note=_note, options=_options,
+                           group="Propagation rules" if _id == "deeplift" else "Noise and paths"))
 
 # -- the perturbation methods (m26pert): black-box, forward only, through the build's fast inference forward
 BUILT_IN.append(Method(id="rise", family="gradients", title="RISE", hooks=False, options=RiseOptions,
                        compute="reportgen.methods.perturbation:rise",
-                       note="classifiers: the mean of random masks weighed by the class probability of the masked image"))
+                       note="classifiers: the mean of random masks weighed by the class probability of the masked image",
+                       group="Perturbation (black box)"))
 BUILT_IN.append(Method(id="occlusion", family="gradients", title="Occlusion", hooks=False, options=OcclusionOptions,
                        compute="reportgen.methods.perturbation:occlusion",
-                       note="classifiers: the logit's drop when a square window of zeros covers the pixel"))
+                       note="classifiers: the logit's drop when a square window of zeros covers the pixel",
+                       group="Perturbation (black box)"))
 # part m26fa: Captum's FeatureAblation over SLIC superpixels (reportgen.methods.ablation)
 BUILT_IN.append(Method(id="feature_ablation", family="gradients", title="Feature ablation", aliases=("featureablation",),
                        hooks=False, options=FeatureAblationOptions, compute="reportgen.methods.ablation:feature_ablation",
-                       note="classifiers: the logit's drop when the pixel's SLIC superpixel is set to zero"))
+                       note="classifiers: the logit's drop when the pixel's SLIC superpixel is set to zero",
+                       group="Perturbation (black box)"))
 BUILT_IN.append(Method(id="shapley_value_sampling", family="gradients", title="Shapley value sampling",
                        aliases=("shapleyvaluesampling",), hooks=False, options=ShapleySamplingOptions,
                        compute="reportgen.methods.ablation:shapley_value_sampling",
-                       note="classifiers: each SLIC superpixel's mean logit rise when put back in random orders"))
+                       note="classifiers: each SLIC superpixel's mean logit rise when put back in random orders",
+                       group="Perturbation (black box)"))

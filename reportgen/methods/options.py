@@ -1,8 +1,12 @@
 """The options of the methods that have some: one dataclass per method (or per methods that share them), named by
 the method's record (`Method.options`). The stage that computes a family takes every option of its methods as a
-key of its own (`analyses.gradients.steps`): a key applies to each configured method that has it. No torch here."""
+key of its own (`analyses.gradients.steps`): a key applies to each configured method that has it. No torch here.
+
+A forward-only (perturbation) method's options also say what one map of one image costs, `forwards(size)` (size:
+the input's (H, W)): the evaluation bounds what recomputing its maps may cost against its deletion curve."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -76,6 +80,10 @@ class RiseOptions:
     rise_p: float = setting(0.5, gt=0, le=1)  # rise: the probability that a cell is kept
     internal_batch_size: int | None = setting(None, **COUNT)  # inputs per forward (ig, smoothgrad)
 
+    def forwards(self, size: tuple[int, int]) -> int:
+        """Forwards one map of one image costs (the evaluation bounds what recomputing it costs)."""
+        return self.rise_masks
+
 
 @dataclass(frozen=True)
 class OcclusionOptions:
@@ -84,6 +92,11 @@ class OcclusionOptions:
     occlusion_window: int = setting(15, **COUNT)  # occlusion: the occluding square's side in pixels
     occlusion_stride: int = setting(8, **COUNT)  # occlusion: pixels between window positions, at most the window
     internal_batch_size: int | None = setting(None, **COUNT)  # inputs per forward (ig, smoothgrad)
+
+    def forwards(self, size: tuple[int, int]) -> int:
+        """Forwards one map of one image costs: Captum's window positions, ceil((side − window) / stride) + 1 a side."""
+        w, s = self.occlusion_window, self.occlusion_stride
+        return math.prod(-(-(side - w) // s) + 1 for side in size)
 
     def check(self, size: tuple[int, int]) -> None:
         """A ReportgenError unless the window fits an input of `size` (H, W) and the stride leaves no pixel out."""
@@ -110,6 +123,10 @@ class FeatureAblationOptions:
     slic_sigma: float = setting(1.0, ge=0)  # superpixels: SLIC's Gaussian smoothing before segmenting, in px
     internal_batch_size: int | None = setting(None, **COUNT)  # inputs per forward (ig, smoothgrad)
 
+    def forwards(self, size: tuple[int, int]) -> int:
+        """Forwards one map of one image costs: one per superpixel (about `slic_segments`)."""
+        return self.slic_segments + 1
+
     def check(self, size: tuple[int, int]) -> None:
         """A ReportgenError when scikit-image (the `superpixels` extra) is missing."""
         require_skimage()
@@ -125,6 +142,10 @@ class ShapleySamplingOptions:
     slic_sigma: float = setting(1.0, ge=0)  # superpixels: SLIC's Gaussian smoothing before segmenting, in px
     internal_batch_size: int | None = setting(None, **COUNT)  # inputs per forward (ig, smoothgrad)
     shapley_samples: int = setting(25, **COUNT)  # shapley_value_sampling: random superpixel orders per image
+
+    def forwards(self, size: tuple[int, int]) -> int:
+        """Forwards one map of one image costs: one per superpixel put back, along each order."""
+        return self.shapley_samples * self.slic_segments + 1
 
     def check(self, size: tuple[int, int]) -> None:
         """A ReportgenError when scikit-image (the `superpixels` extra) is missing."""

@@ -45,6 +45,7 @@ class Options:
     percentiles: tuple[float, ...] = (20.0, 40.0, 60.0, 80.0)  # ROAD
     infidelity_sd: float = 0.1
     tolerance: float = 0.0  # pointing game: pixels around the object that still count
+    not_recomputed: frozenset[str] = frozenset()  # methods max-sensitivity leaves out (costly to recompute)
 
 
 @dataclass
@@ -170,6 +171,8 @@ def score_infidelity(job: MapBatch) -> Scores:
 def score_sensitivity(job: MapBatch) -> Scores:
     out = {}
     for row in job.rows(COLUMN["sensitivity"].families):
+        if row[0] in job.options.not_recomputed:
+            continue
         t = torch.as_tensor(job.targets[row])
         explain = functools.partial(job.explain, row[0])  # (x, targets) -> raw attributions
         out[row] = {"sensitivity": np.array([

@@ -33,7 +33,7 @@ from torch import nn
 
 from ..config.rules import COUNT, SEED, clean, setting
 from ..errors import ReportgenError, did_you_mean
-from ..metrics import baselines, perturbation, sanity
+from ..metrics import baselines, cost, perturbation, sanity
 from ..metrics.columns import Row, bootstrap, family, row_key
 from ..metrics.forward import inference_forward
 from ..progress import plural
@@ -79,6 +79,9 @@ class EvaluationConfig:
     infidelity_sd: float = setting(0.1, gt=0)  # infidelity's Gaussian noise, normalised input units
     tolerance: float = setting(0.0, ge=0)  # pointing game: pixels around the box that still count (15: the paper's)
     sanity: SanityConfig = field(default_factory=SanityConfig)
+    # max-sensitivity and the sanity cascade recompute maps: "bounded" skips a forward-only method (rise, occlusion,
+    # the superpixel methods) whose recomputations cost more forwards than its deletion curve; "always" recomputes all
+    recompute: Literal["bounded", "always"] = "bounded"
 
     def _validate(self, err: Callable[[str, str], None]) -> EvaluationConfig:
         if not self.percentiles:
@@ -181,6 +184,7 @@ def subset(count: int, detail: tuple[int, ...], size: int, seed: int) -> frozens
 # ---------------------------------------------------------------------------- recomputing maps
 
 
+
 # ---------------------------------------------------------------------------- the stage
 
 
@@ -217,9 +221,12 @@ def run(ctx: Context, cfg: EvaluationConfig) -> EvaluationResult:
         return gradients_stage.recompute(grads, ctx.info, engine_for(ctx.info, ctx.model, xs), ts.cpu().numpy(),
                                          [method], seed)[method]
 
+    costly = {} if cfg.recompute == "always" or grads is None or not {"sensitivity", "sanity"} & set(metrics) else \
+        cost.costly_recomputes(list(grads.maps), grads.config, (h, w), step)
     options = Options(step=cfg.step, deletion_substrate=cfg.substrates.deletion,
                       insertion_substrate=cfg.substrates.insertion, batch_size=cfg.batch_size,
-                      percentiles=cfg.percentiles, infidelity_sd=cfg.infidelity_sd, tolerance=cfg.tolerance)
+                      percentiles=cfg.percentiles, infidelity_sd=cfg.infidelity_sd, tolerance=cfg.tolerance,
+                      not_recomputed=frozenset(costly))
     forward = regions_.perturbation_forward(_perturbation_forward(ctx), None if regions is None else regions[positions])
     job = MapBatch(forward=forward, x=x, indices=indices, maps=maps, targets=targets,
                    attributions=attributions, masks=masks, explain=attribution, options=options, seed=seed)
@@ -240,7 +247,8 @@ def run(ctx: Context, cfg: EvaluationConfig) -> EvaluationResult:
     outcome = None
     if "sanity" in metrics and detail and min(detail) in indices:
         ctx.log("evaluation: sanity cascade")
-        outcome = _sanity(ctx, cfg, cam, grads, [p for p in positions if ctx.offset + p in shown], regions)
+        outcome = _sanity(ctx, cfg, cam, grads, [p for p in positions if ctx.offset + p in shown], regions,
+                          skip=frozenset(costly))
     hits, boxes = [], {}
     if "localisation" in metrics:
         drawn = [j for j in range(len(indices)) if indices[j] in shown and masks[j] is not None]
@@ -248,7 +256,7 @@ def run(ctx: Context, cfg: EvaluationConfig) -> EvaluationResult:
         hits = [hit for j in drawn for hit in peaks(job, j, images[j].name)]
     columns = tuple(c.id for c in COLUMNS if any(c.id in s for s in scores.values())
                     or (c.id == "sanity_spearman" and outcome is not None))
-    notes = list(base.notes)
+    notes = list(base.notes) + cost.costly_note(costly, metrics, (h, w), step)
     if grads is None and any(m in metrics for m in ("infidelity", "sensitivity")):
         notes.append("Infidelity and max-sensitivity score gradient attributions: without the gradients section "
                      "they have no rows.")
@@ -306,7 +314,7 @@ def _perturbation_forward(ctx: Context) -> Callable[[torch.Tensor], torch.Tensor
 
 
 def _sanity(ctx: Context, cfg: EvaluationConfig, cam: CamResult | None, grads: GradientsResult | None,
-            positions: list[int], regions: torch.Tensor | None) -> SanityOutcome:
+            positions: list[int], regions: torch.Tensor | None, skip: frozenset[str] = frozenset()) -> SanityOutcome:
     """The cascade on the batch's detail images (at most `sanity.images`), every method's maps recomputed (a
     segmenter's: in the regions of the trained model's prediction, `regions` of the batch)."""
     positions = positions[:cfg.sanity.images]
@@ -322,8 +330,8 @@ def _sanity(ctx: Context, cfg: EvaluationConfig, cam: CamResult | None, grads: G
         if cam is not None:
             out.update({row_key(r): m for r, m in cam_stage.recompute(cam, ctx.info, engine, cam_t).items()})
         if grads is not None:
-            found = gradients_stage.recompute(grads, ctx.info, engine, grad_t, list(grads.maps), ctx.config.seed,
-                                              ctx.offset + positions[0])
+            found = gradients_stage.recompute(grads, ctx.info, engine, grad_t, [m for m in grads.maps if m not in skip],
+                                              ctx.config.seed, ctx.offset + positions[0])
             out.update({m: gradient_map(a.cpu().numpy()) for m, a in found.items()})
         return out
 
