@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ReportgenError
-from .inputs import CLASS_MASK_MODES, _read_mask_file
+from .inputs import CLASS_MASK_MODES, ImageReadError, _read_mask_file
 
 # labels per image at most: a feature mask of 1024 segments costs feature_ablation 1024 forwards per image, about
 # RISE's default masks (1000) and more than occlusion's positions at 224² (27² = 729); every pixel of a 32 × 32 input
@@ -45,12 +45,12 @@ def checked(labels: np.ndarray, what: str, shape: tuple[int, int], where: str) -
         raise ReportgenError(f"{what} holds {labels.dtype} values; a feature mask is {expected} (save it with "
                              "`np.save(path, labels.astype(np.int64))`).")
     if labels.size and labels.min() < 0:
-        raise ReportgenError(f"{what} holds the negative label {int(labels.min())}; a feature mask's labels are "
-                             "non-negative integers (0, 1, 2, …), one per segment.")
+        raise ReportgenError(f"{what} holds the negative label {int(labels.min())}; a feature mask is {expected}, "
+                             "its labels non-negative (0, 1, 2, …), one per segment.")
     out, count = relabel(labels)
     if count > MAX_FEATURES:
-        raise ReportgenError(f"{what} holds {count} distinct labels; a feature mask may hold at most {MAX_FEATURES} "
-                             "(each label costs forwards of the model per image): merge segments.")
+        raise ReportgenError(f"{what} holds {count} distinct labels; a feature mask is {expected} of at most "
+                             f"{MAX_FEATURES} labels (each costs forwards of the model per image): merge segments.")
     return out
 
 
@@ -60,14 +60,16 @@ def read_npy(path: Path, what: str, shape: tuple[int, int], where: str) -> np.nd
         raise ReportgenError(f"{what} is not an existing .npy file; a feature mask is an (H, W) = {tuple(shape)} "
                              f"integer label map in {where}.")
     if path.stat().st_size > 8 * shape[0] * shape[1] + HEADER:
-        raise ReportgenError(f"{what} is larger than an (H, W) = {tuple(shape)} integer label map ({where}) can be.")
+        raise ReportgenError(f"{what} is larger than an (H, W) = {tuple(shape)} integer label map in {where} can be.")
     try:
         array = np.load(path, allow_pickle=False)
         if not isinstance(array, np.ndarray):  # an .npz: a zip of several arrays
             array.close()
             raise ValueError("it holds several arrays (an .npz); save the one label map with np.save")
     except (OSError, ValueError, EOFError) as exc:
-        raise ReportgenError(f"{what}: cannot read it as a .npy array ({exc}); a feature mask is an (H, W) = "
+        # numpy's word for a file it does not know, or one of Python objects, suggests unpickling: never here
+        reason = "not a .npy array of numbers" if "pickle" in str(exc) else str(exc)
+        raise ReportgenError(f"{what}: cannot read it as a .npy array ({reason}); a feature mask is an (H, W) = "
                              f"{tuple(shape)} integer label map in {where}.") from None
     return array
 
@@ -97,7 +99,8 @@ def read_segments(path: Path, shape: tuple[int, int], where: str) -> np.ndarray:
 
     try:
         found = _read_mask_file(Path(path), labels)
-    except ReportgenError as exc:  # unreadable: an error, not an image skipped (the user asked for these segments)
-        raise ReportgenError(str(exc) if str(exc).startswith(what) else
-                             f"{what} cannot be read: {exc.reason if hasattr(exc, 'reason') else exc}.") from None
+    except ImageReadError as exc:  # unreadable: an error, not an image skipped (the user asked for these segments)
+        reason = exc.reason.removeprefix(f"mask {Path(path).name}: ")
+        raise ReportgenError(f"{what} cannot be read ({reason}); segments are a PNG of integer labels or a .npy: "
+                             f"an (H, W) = {tuple(shape)} integer label map in {pixels}.") from None
     return checked(found, what, shape, pixels)

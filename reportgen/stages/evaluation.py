@@ -213,9 +213,12 @@ def run(ctx: Context, cfg: EvaluationConfig) -> EvaluationResult:
     masks = [object_mask(image.mask, image.box, (h, w)) for image in images]
     indices = [ctx.offset + p for p in positions]
 
-    def attribution(method: str, xs: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+    segments = gradients_stage.image_segments(images, x)  # (n, H, W): the images' own feature masks, or None
+
+    def attribution(method: str, xs: torch.Tensor, ts: torch.Tensor, image: int) -> torch.Tensor:
+        rows = None if segments is None else segments[image:image + 1].expand(len(xs), -1, -1)  # copies of `image`
         return gradients_stage.recompute(grads, ctx.info, engine_for(ctx.info, ctx.model, xs), ts.cpu().numpy(),
-                                         [method], seed)[method]
+                                         [method], seed, segments=rows)[method]
 
     options = Options(step=cfg.step, deletion_substrate=cfg.substrates.deletion,
                       insertion_substrate=cfg.substrates.insertion, batch_size=cfg.batch_size,
@@ -315,6 +318,7 @@ def _sanity(ctx: Context, cfg: EvaluationConfig, cam: CamResult | None, grads: G
     seed = cfg.sanity.seed if cfg.sanity.seed is not None else ctx.config.seed
     cam_t = np.array([cam.targets[p][0] for p in positions], dtype=np.int64) if cam is not None else None
     grad_t = grads.classes[positions, 0].astype(np.int64) if grads is not None else None
+    segments = gradients_stage.image_segments([ctx.images[p] for p in positions], x)  # their own feature masks
 
     def recompute(model: nn.Module, xs: torch.Tensor, _targets: torch.Tensor) -> dict[str, np.ndarray]:
         engine = engine_for(ctx.info, model, xs, fixed)
@@ -323,7 +327,7 @@ def _sanity(ctx: Context, cfg: EvaluationConfig, cam: CamResult | None, grads: G
             out.update({row_key(r): m for r, m in cam_stage.recompute(cam, ctx.info, engine, cam_t).items()})
         if grads is not None:
             found = gradients_stage.recompute(grads, ctx.info, engine, grad_t, list(grads.maps), ctx.config.seed,
-                                              ctx.offset + positions[0])
+                                              ctx.offset + positions[0], segments)
             out.update({m: gradient_map(a.cpu().numpy()) for m, a in found.items()})
         return out
 
