@@ -10,7 +10,7 @@ An entry of `inputs.images` is an image file, a glob, a folder, or a manifest:
 - a manifest, `.csv` with a header row or `.jsonl`: `path` (relative to the manifest's folder), optional
   `label` (a class index or a label), box `x0, y0, x1, y1` (original-image pixels; JSONL also `box: [...]`)
   and `mask` (a grayscale image, nonzero = object), and `segmentation` (a class-index PNG: one class per pixel,
-  255 ignored; for a segmenter);
+  255 ignored; for a segmenter), and `segments` (a feature mask, `reportgen.segments`: integer labels);
 - a Pascal VOC folder (`JPEGImages/`, `SegmentationClass/`): the images that have a class mask, with it.
 
 `entries.find_entries` needs no model (so it runs first and checks the files); `resolve_labels` needs the

@@ -109,9 +109,8 @@ class FeatureAblationOptions:
     slic_compactness: float = setting(10.0, gt=0)  # superpixels: SLIC's compactness (higher: squarer superpixels)
     slic_sigma: float = setting(1.0, ge=0)  # superpixels: SLIC's Gaussian smoothing before segmenting, in px
     internal_batch_size: int | None = setting(None, **COUNT)  # inputs per forward (ig, smoothgrad)
-    # a .npy (H, W) of integer labels in the model's input pixels, the feature mask of every image (a manifest's
-    # `segments` column overrides it per image); null: SLIC superpixels
-    feature_mask: Path | None = setting(None, kind="path")
+    # a .npy (H, W) of integer labels in input pixels, every image's feature mask (a manifest's `segments` first);
+    feature_mask: Path | None = setting(None, kind="path")  # null: SLIC superpixels
 
     def check(self, size: tuple[int, int]) -> None:
         """A ReportgenError for a feature-mask file that is no (H, W) label map of `size`, or when scikit-image (the
@@ -129,9 +128,8 @@ class ShapleySamplingOptions:
     slic_sigma: float = setting(1.0, ge=0)  # superpixels: SLIC's Gaussian smoothing before segmenting, in px
     internal_batch_size: int | None = setting(None, **COUNT)  # inputs per forward (ig, smoothgrad)
     shapley_samples: int = setting(25, **COUNT)  # shapley_value_sampling: random superpixel orders per image
-    # a .npy (H, W) of integer labels in the model's input pixels, the feature mask of every image (a manifest's
-    # `segments` column overrides it per image); null: SLIC superpixels
-    feature_mask: Path | None = setting(None, kind="path")
+    # a .npy (H, W) of integer labels in input pixels, every image's feature mask (a manifest's `segments` first);
+    feature_mask: Path | None = setting(None, kind="path")  # null: SLIC superpixels
 
     def check(self, size: tuple[int, int]) -> None:
         """A ReportgenError for a feature-mask file that is no (H, W) label map of `size`, or when scikit-image (the
