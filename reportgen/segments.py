@@ -95,6 +95,9 @@ def read_segments(path: Path, shape: tuple[int, int], where: str) -> np.ndarray:
             raise ReportgenError(f"{what} is a {img.mode} image; segments are a PNG of integer labels (palette "
                                  f"or grayscale, 8 or 16 bit) or a .npy: an (H, W) = {tuple(shape)} integer label "
                                  f"map in {pixels}.")
+        if img.size != (shape[1], shape[0]):  # before decoding: a stranger's huge PNG costs no memory
+            raise ReportgenError(f"{what} has shape {(img.size[1], img.size[0])}; a feature mask is an (H, W) = "
+                                 f"{tuple(shape)} integer label map in {pixels}.")
         return np.asarray(img).astype(np.int64)
 
     try:
