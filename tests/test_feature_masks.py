@@ -105,6 +105,22 @@ def test_a_file_of_labels_is_relabelled_in_order(tmp_path):
     assert labels.dtype == np.int32 and labels.tolist() == [[0, 0, 1, 1]] * 4
 
 
+def test_segments_move_with_the_image_and_a_crops_padding_is_a_segment_of_its_own(tmp_path):
+    """An 8 × 8 image centre-cropped to 12 × 12 (padded by 2 px): its halves (labels 4, 9) land in the middle,
+    relabelled 0 and 1; the padding is segment 2."""
+    from reportgen.config import Preprocess
+    from reportgen.datasets import moved_segments
+    from reportgen.entries import Entry
+    from reportgen.inputs import geometry
+
+    np.save(tmp_path / "s.npy", halves(8, 8, 4, 9))
+    geo = geometry(8, 8, Preprocess(center_crop=(12, 12)), (3, 12, 12))
+    moved = moved_segments(Entry(str(tmp_path / "a.png"), segments=tmp_path / "s.npy"), (8, 8), geo, "a.png")
+    expected = np.full((12, 12), 2)
+    expected[2:10, 2:6], expected[2:10, 6:10] = 0, 1
+    assert moved.dtype == np.int32 and (moved == expected).all()
+
+
 # ---------------------------------------------------------------------------- a build, from a manifest
 
 
