@@ -35,6 +35,8 @@ class ImageInput:
     mask: np.ndarray | None = None  # (H, W) bool over `display`, True on the object, where given
     # segmentation: (H, W) class index per pixel over `display` (255: ignored), where the inputs give class masks
     segmentation: np.ndarray | None = None
+    # segments: (H, W) int32 labels 0 … K − 1 over `display`, the feature mask the inputs give (`reportgen.segments`)
+    segments: np.ndarray | None = None
     # boxes: a detector's true boxes moved to `display` pixels (`annotations.ImageBoxes`), where the inputs give them
     boxes: Any = None
 

@@ -10,7 +10,7 @@ An entry of `inputs.images` is an image file, a glob, a folder, or a manifest:
 - a manifest, `.csv` with a header row or `.jsonl`: `path` (relative to the manifest's folder), optional
   `label` (a class index or a label), box `x0, y0, x1, y1` (original-image pixels; JSONL also `box: [...]`)
   and `mask` (a grayscale image, nonzero = object), and `segmentation` (a class-index PNG: one class per pixel,
-  255 ignored; for a segmenter);
+  255 ignored; for a segmenter), and `segments` (a feature mask, `reportgen.segments`: integer labels);
 - a Pascal VOC folder (`JPEGImages/`, `SegmentationClass/`): the images that have a class mask, with it.
 
 `entries.find_entries` needs no model (so it runs first and checks the files); `resolve_labels` needs the
@@ -31,6 +31,7 @@ import torch
 from .entries import KEY, Entry, find_entries, listing, numbers_text
 from .errors import ConfigWarning, ReportgenError, did_you_mean
 from .progress import plural
+from .segments import MAX_FEATURES, read_segments, relabel
 from .inputs import (ImageReadError, geometry, pixels_of, prepare_image, read_ahead, read_class_mask, read_image,
                      read_mask, transform_box, transform_class_mask, transform_mask, unique_names)
 
@@ -238,15 +239,27 @@ def read_entry(entry: Entry, config, pre, name: str = ""):
         if not mask.any():
             lost = f"{shown}: its mask has no object pixel inside the crop"
             mask = None
+    segments = moved_segments(entry, pixels.shape[:2], geo, shown) if entry.segments is not None else None
     truth = None
     if entry.truth is not None:
         truth, cut = display_boxes(entry.truth, geo, prepared.display.shape[:2])
         if cut:
             lost = f"{shown}: {plural(cut, 'true box', 'true boxes')} of it lie outside the crop"
     image = ImageInput(name=name, source=shown, original=pixels, display=prepared.display, label=entry.label,
-                       box=box, mask=mask, boxes=truth,
+                       box=box, mask=mask, boxes=truth, segments=segments,
                        segmentation=transform_class_mask(classes, geo) if classes is not None else None)
     return image, prepared.tensor, lost
+
+
+def moved_segments(entry: Entry, shape: tuple[int, int], geo, shown: str) -> np.ndarray:
+    """An entry's `segments` (original pixels, `shape` (H0, W0)) in the prepared image's pixels: nearest resize, the
+    same crop, the padding of a crop larger than the image one segment of its own; relabelled 0 … K − 1 (int32)."""
+    labels = read_segments(entry.segments, shape, entry.where or shown)
+    moved, count = relabel(transform_class_mask(labels, geo, ignore_index=int(labels.max(initial=0)) + 1))
+    if count > MAX_FEATURES:  # the padding's segment: one more than the file's (at most MAX_FEATURES) labels
+        raise ReportgenError(f"{KEY}: {entry.where or shown}: segments {entry.segments} hold {count} segments once "
+                             f"the image is cropped (its padding is one); at most {MAX_FEATURES}.")
+    return moved
 
 
 def display_boxes(truth, geo, size: tuple[int, int]):

@@ -40,6 +40,7 @@ class Entry:
     box: tuple[float, float, float, float] | None = None  # (x0, y0, x1, y1) in original-image pixels
     mask: Path | None = None  # one object's mask (nonzero: the object)
     segmentation: Path | None = None  # a class-index mask, one class per pixel (255: ignored)
+    segments: Path | None = None  # a feature mask: integer labels, one per segment (`reportgen.segments`)
     origin: str = field(default="", compare=False)  # the manifest, folder or argument it came from: for messages
     line: int = field(default=0, compare=False)  # its line in a manifest (0: none)
     classes: tuple[str, ...] | None = field(default=None, compare=False)  # an ImageFolder's class names, sorted
@@ -311,9 +312,10 @@ def _entry(values: dict, line: int, manifest: Path, origin: str, shown: Callable
         label = label.strip() or None
     elif isinstance(label, bool) or not (label is None or isinstance(label, int)):
         raise fail(f"`label` must be a class index or a label, got {label!r}.")
-    mask, segmentation = file("mask"), file("segmentation")
+    mask, segmentation, segments = file("mask"), file("segmentation"), file("segments")
     return Entry(image, label=label, box=_box(values, fail), mask=mask and Path(mask),
-                 segmentation=segmentation and Path(segmentation), origin=origin, line=line)
+                 segmentation=segmentation and Path(segmentation), segments=segments and Path(segments),
+                 origin=origin, line=line)
 
 
 def _box(values: dict, fail: Callable[[str], ReportgenError]) -> tuple[float, float, float, float] | None:

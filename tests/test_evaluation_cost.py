@@ -5,6 +5,7 @@ have cost; `recompute: always` computes them."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 from click.testing import CliRunner
@@ -17,12 +18,18 @@ from reportgen.metrics import cost
 def test_what_a_map_costs_and_which_methods_are_left_out():
     size, step = (16, 16), 1  # the deletion curve: the image, then 256 steps of one pixel
     assert cost.curve_forwards(size, step) == 257
-    values = GradientsConfig(methods=("saliency", "rise", "occlusion"), rise_masks=100, occlusion_window=6,
-                             occlusion_stride=4)
+    def result(methods, **options):  # what `costly_recomputes` reads of the gradients stage's result
+        return SimpleNamespace(maps=dict.fromkeys(methods), config=GradientsConfig(methods=methods, **options))
+
+    both = ("sensitivity", "sanity")
+    grads = result(("saliency", "rise", "occlusion"), rise_masks=100, occlusion_window=6, occlusion_stride=4)
     # occlusion: ceil((16 - 6) / 4) + 1 = 4 positions a side, 16 forwards a map, 160 for ten: kept
-    assert cost.costly_recomputes(["saliency", "rise", "occlusion"], values, size, step) == {"rise": 100}
-    assert cost.costly_recomputes(["occlusion"], GradientsConfig(methods=("occlusion",), occlusion_window=3,
-                                                                 occlusion_stride=1), size, step) == {"occlusion": 196}
+    assert cost.costly_recomputes(grads, "bounded", both, size, step) == {"rise": 100}
+    assert cost.costly_recomputes(grads, "always", both, size, step) == {}
+    assert cost.costly_recomputes(grads, "bounded", ("deletion", "localisation"), size, step) == {}
+    assert cost.costly_recomputes(None, "bounded", both, size, step) == {}
+    assert cost.costly_recomputes(result(("occlusion",), occlusion_window=3, occlusion_stride=1), "bounded",
+                                  ("sanity",), size, step) == {"occlusion": 196}
     note, = cost.costly_note({"rise": 100}, ("sensitivity", "sanity"), size, step)
     assert "RISE (100 forwards a map)" in note and "257 forwards" in note and "recompute: always" in note
     assert cost.costly_note({"rise": 100}, ("deletion",), size, step) == []
@@ -55,3 +62,14 @@ def test_a_build_leaves_costly_recomputations_out_and_says_so_unless_asked(proje
     assert np.isfinite(rows["rise"]["scores"]["sensitivity"]["mean"])
     assert "rise" in {r["row"] for r in ev["sanity"]["rows"]}
     assert not any("forwards a map" in n for n in ev["notes"])
+
+
+def test_no_cascade_when_every_map_is_too_costly_to_recompute(project):
+    config = project.base()
+    config["analyses"] = {"gradients": {"methods": ["rise"], "rise_masks": 100},
+                          "evaluation": {"metrics": ["deletion", "sanity"], "images": 2}}
+    result = CliRunner().invoke(main, ["build", str(project.write(config)), "-q"])
+    assert result.exit_code == 0, result.output
+    ev = json.loads((project.root / "out" / "report.json").read_text())["evaluation"]
+    assert ev.get("sanity") is None and any("RISE (100 forwards a map)" in n for n in ev["notes"])
+    assert np.isfinite(ev["rows"][0]["scores"]["deletion_auc"]["mean"])

@@ -1,8 +1,10 @@
 """Perturbation methods of the gradient family over a feature mask of superpixels (classifiers, forward only).
 
-- The feature mask: scikit-image's SLIC (deterministic) of each image, labels 0 … K_i − 1 per image. SLIC sees the
-  preprocessed image with each channel min-max scaled to [0, 1]: the same for any per-channel normalisation
-  (x − mean) / std, so the superpixels follow the image's colours, not the model's statistics.
+- The feature mask (`feature_mask`): an image's own segments (a manifest's `segments` column), else the config's
+  `feature_mask` file (`reportgen.segments`), else scikit-image's SLIC (deterministic) of each image; labels 0 …
+  K_i − 1 per image. SLIC sees the preprocessed image with each channel min-max scaled to [0, 1]: the same for any
+  per-channel normalisation (x − mean) / std, so the superpixels follow the image's colours, not the model's
+  statistics.
 - `feature_ablation`: Captum 0.9.0's `FeatureAblation` with that mask, baseline 0 and the class's LOGIT (as
   occlusion): each pixel gets f_c(x) − f_c(x with its superpixel at zero), over all channels.
 - `shapley_value_sampling`: Captum 0.9.0's `ShapleyValueSampling` with that mask, baseline 0 and the logit: per
@@ -26,6 +28,7 @@ import torch
 from ..errors import ReportgenError
 from ..ops import batches
 from ..progress import track
+from ..segments import load_feature_mask
 from .gradients import GradientJob, image_generator
 from .options import require_skimage
 from .perturbation import Forward, _classifier_forward
@@ -46,10 +49,26 @@ def shapley_value_sampling(job: GradientJob) -> list[torch.Tensor]:
 
 
 def feature_mask(job: GradientJob) -> torch.Tensor:
-    """The feature mask of the job's images, (N, H, W) labels 0 … K_i − 1 per image: SLIC's superpixels with the
-    method's options."""
+    """The feature mask of the job's images, (N, H, W) long, labels 0 … K_i − 1 per image: per image, its own
+    segments (a manifest's `segments` column, `job.segments`), else the config's `feature_mask` file (one label map
+    for every image), else SLIC's superpixels with the method's options."""
     o = job.options
-    return superpixels(job.batch, segments=o.slic_segments, compactness=o.slic_compactness, sigma=o.slic_sigma)
+    n, _, h, w = job.batch.shape
+    device = job.batch.device
+    given = job.segments.to(device) if job.segments is not None else torch.full((n, h, w), -1, device=device)
+    if given.shape != (n, h, w):
+        raise ReportgenError(f"the feature masks are {tuple(given.shape)}, not (N, H, W) = {(n, h, w)}.")
+    missing = given[:, 0, 0] < 0  # (N,) bool: an image without segments of its own
+    if not missing.any():
+        return given.long()
+    path = getattr(o, "feature_mask", None)
+    if path is not None:  # read (and checked) again here: the file may have changed since validation
+        other = torch.as_tensor(load_feature_mask(path, (h, w)), dtype=torch.long, device=device).expand(n, h, w)
+    else:
+        other = torch.zeros(n, h, w, dtype=torch.long, device=device)
+        other[missing] = superpixels(job.batch[missing], segments=o.slic_segments, compactness=o.slic_compactness,
+                                     sigma=o.slic_sigma)
+    return torch.where(missing[:, None, None], other, given.long())
 
 
 def superpixels(batch: torch.Tensor, *, segments: int, compactness: float, sigma: float) -> torch.Tensor:

@@ -54,6 +54,7 @@ class Settings:
     # perturbation methods: (model, batch) -> the fast no-grad forward x -> logits of that model for inputs like the
     # batch (`metrics.forward.inference_forward`, which this layer cannot import); None: the engine's forward
     inference: Callable[[nn.Module, torch.Tensor], Callable[[torch.Tensor], torch.Tensor]] | None = None
+    segments: torch.Tensor | None = None  # the batch's feature masks (N, H, W) (`GradientJob.segments`)
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ def _gradients(records: list[Method], engine: Engine, class_sets: list[tuple[int
 
     job = GradientJob(model=engine.model, forward=engine.forward, batch=engine.batch, class_sets=class_sets,
                       batch_size=settings.batch_size, seed=settings.seed, offset=settings.offset,
-                      make_baseline=settings.baseline,
+                      make_baseline=settings.baseline, segments=settings.segments,
                       make_inference=None if settings.inference is None else
                       lambda: settings.inference(engine.model, engine.batch))
     out: dict[str, list[torch.Tensor]] = {}

@@ -47,6 +47,9 @@ class GradientJob:
     # perturbation methods (`methods.perturbation`): makes the fast no-grad forward x -> logits of `model` (the
     # build's `metrics.forward.inference_forward`); None: `forward` without autograd
     make_inference: Callable[[], Callable[[torch.Tensor], torch.Tensor]] | None = None
+    # the inputs' feature masks (the manifest's `segments`, `methods.ablation.feature_mask`): (N, H, W) long, labels
+    # 0 … K_i − 1 per image, a row of −1 for an image without; None: no image has one
+    segments: torch.Tensor | None = None
     made_baseline: torch.Tensor | None = field(default=None, init=False, repr=False)
     baseline_reads: int = field(default=0, init=False)  # how often a method read `baseline`
     made_inference: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, init=False, repr=False)

@@ -122,14 +122,17 @@ class FeatureAblationOptions:
     slic_compactness: float = setting(10.0, gt=0)  # superpixels: SLIC's compactness (higher: squarer superpixels)
     slic_sigma: float = setting(1.0, ge=0)  # superpixels: SLIC's Gaussian smoothing before segmenting, in px
     internal_batch_size: int | None = setting(None, **COUNT)  # inputs per forward (ig, smoothgrad)
+    # a .npy (H, W) of integer labels in input pixels, every image's feature mask (a manifest's `segments` first);
+    feature_mask: Path | None = setting(None, kind="path")  # null: SLIC superpixels
 
     def forwards(self, size: tuple[int, int]) -> int:
         """Forwards one map of one image costs: one per superpixel (about `slic_segments`)."""
         return self.slic_segments + 1
 
     def check(self, size: tuple[int, int]) -> None:
-        """A ReportgenError when scikit-image (the `superpixels` extra) is missing."""
-        require_skimage()
+        """A ReportgenError for a feature-mask file that is no (H, W) label map of `size`, or when scikit-image (the
+        `superpixels` extra) is missing."""
+        check_feature_mask(self.feature_mask, size)
 
 
 @dataclass(frozen=True)
@@ -142,14 +145,28 @@ class ShapleySamplingOptions:
     slic_sigma: float = setting(1.0, ge=0)  # superpixels: SLIC's Gaussian smoothing before segmenting, in px
     internal_batch_size: int | None = setting(None, **COUNT)  # inputs per forward (ig, smoothgrad)
     shapley_samples: int = setting(25, **COUNT)  # shapley_value_sampling: random superpixel orders per image
+    # a .npy (H, W) of integer labels in input pixels, every image's feature mask (a manifest's `segments` first);
+    feature_mask: Path | None = setting(None, kind="path")  # null: SLIC superpixels
 
     def forwards(self, size: tuple[int, int]) -> int:
         """Forwards one map of one image costs: one per superpixel put back, along each order."""
         return self.shapley_samples * self.slic_segments + 1
 
     def check(self, size: tuple[int, int]) -> None:
-        """A ReportgenError when scikit-image (the `superpixels` extra) is missing."""
+        """A ReportgenError for a feature-mask file that is no (H, W) label map of `size`, or when scikit-image (the
+        `superpixels` extra) is missing."""
+        check_feature_mask(self.feature_mask, size)
+
+
+def check_feature_mask(path: Path | None, size: tuple[int, int]) -> None:
+    """The feature-mask file read and checked against the input's `size` (H, W) (`segments.load_feature_mask`);
+    without one, scikit-image is required (SLIC makes the mask; a manifest's `segments` may not cover every image)."""
+    if path is None:
         require_skimage()
+        return
+    from ..segments import load_feature_mask  # numpy: read only when a file is given
+
+    load_feature_mask(path, size)
 
 
 def require_skimage() -> None:

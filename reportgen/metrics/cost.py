@@ -20,12 +20,16 @@ def curve_forwards(size: tuple[int, int], step: int) -> int:
     return -(-size[0] * size[1] // step) + 1
 
 
-def costly_recomputes(methods: list[str], values: Any, size: tuple[int, int], step: int) -> dict[str, int]:
-    """The methods of `methods` (read with their stage's options `values`) whose `SAMPLES` recomputations cost more
-    forwards than the deletion curve of an input of `size` (H, W), each with its forwards a map."""
+def costly_recomputes(grads: Any, recompute: str, metrics: tuple[str, ...], size: tuple[int, int],
+                      step: int) -> dict[str, int]:
+    """The methods of the gradients stage's result `grads` (None: none) whose `SAMPLES` recomputations cost more
+    forwards than the deletion curve of an input of `size` (H, W), each with its forwards a map; none when
+    `recompute` is "always" or `metrics` recompute no map."""
+    if grads is None or recompute == "always" or not {"sensitivity", "sanity"} & set(metrics):
+        return {}
     out = {}
-    for method in methods:
-        options = get(method).options_from(values)
+    for method in grads.maps:
+        options = get(method).options_from(grads.config)
         forwards = options.forwards(size) if hasattr(options, "forwards") else None
         if forwards is not None and forwards * SAMPLES > curve_forwards(size, step):
             out[method] = forwards

@@ -59,7 +59,9 @@ class MapBatch:
     targets: dict[Row, np.ndarray]  # (n,) int64
     attributions: dict[Row, torch.Tensor]  # gradient rows: (n, C, H, W) raw
     masks: list[np.ndarray | None]  # per image (H, W) bool, or None
-    explain: Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor]  # gradient method, x, targets -> raw maps
+    # gradient method, x, targets, i -> raw maps of x: rows that are all (perturbed) copies of image i of `x` (its
+    # feature mask, where the inputs give one, is image i's)
+    explain: Callable[[str, torch.Tensor, torch.Tensor, int], torch.Tensor]
     options: Options
     seed: int
     cache: dict = field(default_factory=dict)
@@ -174,10 +176,9 @@ def score_sensitivity(job: MapBatch) -> Scores:
         if row[0] in job.options.not_recomputed:
             continue
         t = torch.as_tensor(job.targets[row])
-        explain = functools.partial(job.explain, row[0])  # (x, targets) -> raw attributions
-        out[row] = {"sensitivity": np.array([
-            robustness.sensitivity_max(explain, job.x[i:i + 1], t[i:i + 1], n_samples=SAMPLES,
-                                       generator=job.generator(i))[0]
+        out[row] = {"sensitivity": np.array([  # explain: (x, targets) -> raw attributions of copies of image i
+            robustness.sensitivity_max(functools.partial(job.explain, row[0], image=i), job.x[i:i + 1], t[i:i + 1],
+                                       n_samples=SAMPLES, generator=job.generator(i))[0]
             for i in range(len(job.indices))])}
     return out
 

@@ -217,12 +217,14 @@ def run(ctx: Context, cfg: EvaluationConfig) -> EvaluationResult:
     masks = [object_mask(image.mask, image.box, (h, w)) for image in images]
     indices = [ctx.offset + p for p in positions]
 
-    def attribution(method: str, xs: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
-        return gradients_stage.recompute(grads, ctx.info, engine_for(ctx.info, ctx.model, xs), ts.cpu().numpy(),
-                                         [method], seed)[method]
+    segments = gradients_stage.image_segments(images, x)  # (n, H, W): the images' own feature masks, or None
 
-    costly = {} if cfg.recompute == "always" or grads is None or not {"sensitivity", "sanity"} & set(metrics) else \
-        cost.costly_recomputes(list(grads.maps), grads.config, (h, w), step)
+    def attribution(method: str, xs: torch.Tensor, ts: torch.Tensor, image: int) -> torch.Tensor:
+        rows = None if segments is None else segments[image:image + 1].expand(len(xs), -1, -1)  # copies of `image`
+        return gradients_stage.recompute(grads, ctx.info, engine_for(ctx.info, ctx.model, xs), ts.cpu().numpy(),
+                                         [method], seed, segments=rows)[method]
+
+    costly = cost.costly_recomputes(grads, cfg.recompute, metrics, (h, w), step)
     options = Options(step=cfg.step, deletion_substrate=cfg.substrates.deletion,
                       insertion_substrate=cfg.substrates.insertion, batch_size=cfg.batch_size,
                       percentiles=cfg.percentiles, infidelity_sd=cfg.infidelity_sd, tolerance=cfg.tolerance,
@@ -237,16 +239,13 @@ def run(ctx: Context, cfg: EvaluationConfig) -> EvaluationResult:
             for row, columns in SCORERS[metric](job).items():
                 scores[row_key(row)].update(columns)
     fraction, sums = None, {}
-    if "curves" in job.cache:
-        for row, c in job.cache["curves"].items():
-            fraction = c.fraction
-            sums[row_key(row)] = (c.deletion.sum(0, dtype=np.float64), c.insertion.sum(0, dtype=np.float64),
-                                  len(indices))
+    for row, c in job.cache.get("curves", {}).items():
+        fraction = c.fraction
+        sums[row_key(row)] = (c.deletion.sum(0, dtype=np.float64), c.insertion.sum(0, dtype=np.float64), len(indices))
 
-    shown = set(detail)
-    outcome = None
-    if "sanity" in metrics and detail and min(detail) in indices:
-        ctx.log("evaluation: sanity cascade")
+    shown, outcome = set(detail), None
+    if "sanity" in metrics and detail and min(detail) in indices and (cam or set(grads.maps) - set(costly)):
+        ctx.log("evaluation: sanity cascade")  # (on the maps it may recompute: none, no cascade)
         outcome = _sanity(ctx, cfg, cam, grads, [p for p in positions if ctx.offset + p in shown], regions,
                           skip=frozenset(costly))
     hits, boxes = [], {}
@@ -323,6 +322,7 @@ def _sanity(ctx: Context, cfg: EvaluationConfig, cam: CamResult | None, grads: G
     seed = cfg.sanity.seed if cfg.sanity.seed is not None else ctx.config.seed
     cam_t = np.array([cam.targets[p][0] for p in positions], dtype=np.int64) if cam is not None else None
     grad_t = grads.classes[positions, 0].astype(np.int64) if grads is not None else None
+    segments = gradients_stage.image_segments([ctx.images[p] for p in positions], x)  # their own feature masks
 
     def recompute(model: nn.Module, xs: torch.Tensor, _targets: torch.Tensor) -> dict[str, np.ndarray]:
         engine = engine_for(ctx.info, model, xs, fixed)
@@ -331,7 +331,7 @@ def _sanity(ctx: Context, cfg: EvaluationConfig, cam: CamResult | None, grads: G
             out.update({row_key(r): m for r, m in cam_stage.recompute(cam, ctx.info, engine, cam_t).items()})
         if grads is not None:
             found = gradients_stage.recompute(grads, ctx.info, engine, grad_t, [m for m in grads.maps if m not in skip],
-                                              ctx.config.seed, ctx.offset + positions[0])
+                                              ctx.config.seed, ctx.offset + positions[0], segments)
             out.update({m: gradient_map(a.cpu().numpy()) for m, a in found.items()})
         return out
 

@@ -245,7 +245,7 @@ def evaluate(ctx: Context, cfg: evaluation_.EvaluationConfig, found, *, truths: 
         sanity=outcome, ranks=tuple(int(r) for r in ranks), truth=tuple(truth), notes=tuple(notes))
 
 
-def _no_attributions(method: str, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _no_attributions(method: str, x: torch.Tensor, targets: torch.Tensor, image: int = 0) -> torch.Tensor:
     raise ReportgenError(f"`{method}`: a detector's evaluation recomputes no gradient attributions.")
 
 

@@ -33,7 +33,7 @@ from ..methods.dispatch import Settings, explain
 from ..methods.gradients import image_generator, score_difference
 from ..metrics.forward import inference_forward
 from ..ops import gaussian_blur
-from . import Context, ModelInfo, Stage
+from . import Context, ImageInput, ModelInfo, Stage
 from .cam import CamResult
 
 
@@ -154,14 +154,26 @@ def load_baseline_file(path: Path, input_size: tuple[int, ...]) -> np.ndarray:
 
 
 def settings(info: ModelInfo, cfg: GradientsConfig, batch: torch.Tensor, seed: int, offset: int = 0,
-             layer: str | None = None) -> Settings:
+             layer: str | None = None, segments: torch.Tensor | None = None) -> Settings:
     """What the methods of `cfg` need from `dispatch.explain` for `batch` (the batch's first image is image
-    `offset` among all images); `layer`: guided Grad-CAM's (`cam_layer`)."""
+    `offset` among all images); `layer`: guided Grad-CAM's (`cam_layer`); `segments`: the rows' own feature masks
+    (`image_segments`)."""
     return Settings(cam_layer=layer, views={layer: map_view(info, layer)} if layer is not None else {},
+                    segments=segments,
                     batch_size=cfg.internal_batch_size or max(1, BATCH_ELEMENTS // batch[0].numel()), seed=seed,
                     offset=offset, baseline=lambda: make_baseline(cfg.baseline, batch, seed, offset=offset)[0],
                     options=cfg,  # a classifier's logits: the fast forward (a segmenter's or detector's scores: not)
                     inference=functools.partial(fast_forward, info) if info.task == "classification" else None)
+
+
+def image_segments(images: list[ImageInput], batch: torch.Tensor) -> torch.Tensor | None:
+    """The images' own feature masks (`ImageInput.segments`, a manifest's `segments` column) for the batch's rows:
+    (N, H, W) long on its device, a row of −1 for an image without; None when no image has one."""
+    if all(image.segments is None for image in images):
+        return None
+    h, w = batch.shape[-2:]
+    return torch.stack([torch.from_numpy(image.segments.astype(np.int64)) if image.segments is not None
+                        else torch.full((h, w), -1, dtype=torch.long) for image in images]).to(batch.device)
 
 
 def fast_forward(info: ModelInfo, model: nn.Module, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -181,7 +193,8 @@ def run(ctx: Context, cfg: GradientsConfig) -> GradientsResult:
         warnings.append("The model has no nn.ReLU modules (it may call F.relu): guided backprop, deconvnet and "
                         "guided Grad-CAM then use plain gradients, as Captum does.")
     explained = explain(cfg.methods, ctx.engine, class_sets,
-                        settings(ctx.info, cfg, batch, ctx.config.seed, ctx.offset, layer), log=ctx.log)
+                        settings(ctx.info, cfg, batch, ctx.config.seed, ctx.offset, layer,
+                                 image_segments(ctx.images, batch)), log=ctx.log)
     seconds = dict(explained.seconds)
 
     completeness, baseline_text = None, ""
@@ -205,11 +218,12 @@ def run(ctx: Context, cfg: GradientsConfig) -> GradientsResult:
 
 
 def recompute(result: GradientsResult, info: ModelInfo, engine: Engine, targets: np.ndarray, methods: list[str],
-              seed: int, offset: int = 0) -> dict[str, torch.Tensor]:
+              seed: int, offset: int = 0, segments: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Method -> (n, C, H, W): the raw attributions of `methods` of `result` for `targets` (n,) of the engine's model
-    and batch (perturbed inputs, a randomised copy of the model), computed as `run` computes them."""
+    and batch (perturbed inputs, a randomised copy of the model), computed as `run` computes them; `segments`: the
+    feature masks of the images the rows are (copies of), as `image_segments` gives them."""
     found = explain(methods, engine, [[int(t) for t in targets]],
-                    settings(info, result.config, engine.batch, seed, offset, result.cam_layer)).gradients
+                    settings(info, result.config, engine.batch, seed, offset, result.cam_layer, segments)).gradients
     return {m: a[0].detach() for m, a in found.items()}
 
 
