@@ -36,6 +36,9 @@ from .options import (
     DeepLiftOptions, DriseOptions, FeatureAblationOptions, GradientShapOptions, GuidedGradCamOptions,
     IntegratedGradientsOptions, MaskedOptions, OcclusionOptions, RiseOptions, ShapleySamplingOptions, SmoothGradOptions,
 )
+from .options import (  # part m26tc2
+    DeepLiftShapOptions, ISCamOptions, LeGradOptions, SmoothGradCamppOptions, SSCamOptions, VarGradOptions,
+)
 
 FAMILIES = ("cam", "gradients")
 # what a method can need from the engine
@@ -194,14 +197,18 @@ BUILT_IN += [
 _TC = "reportgen.methods.cam_torchcam"
 BUILT_IN += [
     Method(id="sscam", family="cam", title="SS-CAM", aliases=("smoothed_scorecam",),
-           needs=frozenset({"activations"}), compute=f"{_TC}:sscam",
-           note="Score-CAM's weights averaged over 35 forwards with seeded Gaussian noise (std 2) on the masks"),
+           needs=frozenset({"activations"}), compute=f"{_TC}:sscam", options=SSCamOptions,
+           note="Score-CAM's weights averaged over `sscam_samples` (35) forwards with seeded Gaussian noise "
+                "(`sscam_std` 2) on the masks"),
     Method(id="iscam", family="cam", title="IS-CAM", aliases=("integrated_scorecam",),
-           needs=frozenset({"activations"}), compute=f"{_TC}:iscam",
-           note="Score-CAM's weights averaged over 10 masked inputs scaled by torchcam's running sums 0.1, 0.3, …, 5.5"),
+           needs=frozenset({"activations"}), compute=f"{_TC}:iscam", options=ISCamOptions,
+           note="Score-CAM's weights averaged over `iscam_steps` (10) masked inputs scaled by torchcam's running "
+                "sums 0.1, 0.3, …"),
     Method(id="smoothgradcampp", family="cam", title="Smooth Grad-CAM++", aliases=("smoothgradcamplusplus",),
            needs=frozenset({"activations", "own_passes"}), compute=f"{_TC}:smoothgradcampp",
-           note="Grad-CAM++ with gradient moments averaged over 4 passes of the input plus seeded noise (std 0.3)"),
+           options=SmoothGradCamppOptions,
+           note="Grad-CAM++ with gradient moments averaged over `smoothgradcampp_samples` (4) passes of the input "
+                "plus seeded noise (`smoothgradcampp_std` 0.3)"),
 ]
 
 # ---------------------------------------------------------------------------- the gradient family (Captum 0.9.0)
@@ -221,7 +228,7 @@ _grad("integrated_gradients", "Integrated gradients", {"own_passes"}, "integrate
 for _id, _title, _fn, _options, _note in (
         ("smoothgrad_sq", "SmoothGrad²", "smoothgrad_sq", SmoothGradOptions,
          "mean squared gradient over SmoothGrad's noisy copies"),
-        ("vargrad", "VarGrad", "vargrad", SmoothGradOptions, "variance of |gradient| over SmoothGrad's noisy copies"),
+        ("vargrad", "VarGrad", "vargrad", VarGradOptions, "variance of |gradient| over SmoothGrad's noisy copies"),
         ("gradientshap", "GradientShap", "gradientshap", GradientShapOptions,
          "(x − baseline) × gradient at random points between them, averaged"),
         ("deeplift", "DeepLift", "deeplift", DeepLiftOptions,
