@@ -236,6 +236,11 @@ for _id, _title, _fn, _options, _note in (
     BUILT_IN.append(Method(id=_id, family="gradients", title=_title, needs=frozenset({"own_passes"}),
                            hooks=_id == "deeplift",  # its rule hooks the non-linear modules: no TorchScript
                            compute=f"reportgen.methods.gradients_more:{_fn}", note=_note, options=_options))
+# part m26tc2: Captum's DeepLiftShap (reportgen.methods.gradients_shap)
+BUILT_IN.append(Method(id="deepliftshap", family="gradients", title="DeepLiftShap",
+                       needs=frozenset({"own_passes"}), hooks=True,  # DeepLift's rule hooks the non-linear modules
+                       compute="reportgen.methods.gradients_shap:deepliftshap", options=DeepLiftShapOptions,
+                       note="DeepLift averaged over `shap_baselines` (10) noisy copies of the baseline"))
 
 # -- the perturbation methods (m26pert): black-box, forward only, through the build's fast inference forward
 BUILT_IN.append(Method(id="rise", family="gradients", title="RISE", hooks=False, options=RiseOptions,
