@@ -210,6 +210,11 @@ BUILT_IN += [
            note="Grad-CAM++ with gradient moments averaged over `smoothgradcampp_samples` (4) passes of the input "
                 "plus seeded noise (`smoothgradcampp_std` 0.3)"),
 ]
+# part m26tc2: torchcam 0.5.0's LeGrad for vision transformers (reportgen.methods.legrad)
+BUILT_IN.append(Method(id="legrad", family="cam", title="LeGrad", needs=frozenset({"own_passes"}),
+                       compute="reportgen.methods.legrad:legrad", options=LeGradOptions,
+                       note="vision transformers: positive gradients of each block's class score with respect to its "
+                            "attention, averaged over heads, queries and blocks; reads no target layer"))
 
 # ---------------------------------------------------------------------------- the gradient family (Captum 0.9.0)
 
