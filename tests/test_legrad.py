@@ -5,6 +5,7 @@ logits), torchcam given timm's own readout as its `score_projection`. A CNN is "
 a build draws it on a tiny ViT, writes it and scores it."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -196,3 +197,56 @@ def test_a_build_draws_writes_and_scores_it_on_a_vit(project) -> None:
     for column in ("deletion_auc", "insertion_auc", "sanity_spearman"):  # the sanity cascade recomputes it
         score = rows["legrad"]["scores"][column]
         assert score is not None and np.isfinite(score["mean"]), column
+
+
+def _huggingface_vit():
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(4)
+    config = ViTConfig(image_size=SIZE, patch_size=PATCH, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=64, num_labels=CLASSES, layer_norm_eps=1e-6)
+    model = ViTForImageClassification(config).eval()
+    torch.nn.init.normal_(model.classifier.weight, std=0.5)
+    return model
+
+
+def _torchvision_copy_of_huggingface(hf) -> VisionTransformer:
+    t = hf.state_dict()
+    e = "vit.embeddings."
+    copy = {"class_token": t[e + "cls_token"], "conv_proj.weight": t[e + "patch_embeddings.projection.weight"],
+            "conv_proj.bias": t[e + "patch_embeddings.projection.bias"],
+            "encoder.pos_embedding": t[e + "position_embeddings"], "encoder.ln.weight": t["vit.layernorm.weight"],
+            "encoder.ln.bias": t["vit.layernorm.bias"], "heads.head.weight": t["classifier.weight"],
+            "heads.head.bias": t["classifier.bias"]}
+    for i in range(hf.config.num_hidden_layers):
+        ours, theirs = f"encoder.layers.encoder_layer_{i}.", f"vit.layers.{i}."
+        for kind in ("weight", "bias"):
+            copy[f"{ours}self_attention.in_proj_{kind}"] = torch.cat(
+                [t[f"{theirs}attention.{p}_proj.{kind}"] for p in "qkv"])
+            for a, b in (("self_attention.out_proj", "attention.o_proj"), ("ln_1", "layernorm_before"),
+                         ("ln_2", "layernorm_after"), ("mlp.0", "mlp.fc1"), ("mlp.3", "mlp.fc2")):
+                copy[f"{ours}{a}.{kind}"] = t[f"{theirs}{b}.{kind}"]
+    model = tiny_vit(hf.config.num_hidden_layers)
+    model.load_state_dict(copy)
+    return model.eval()
+
+
+@pytest.mark.slow  # importing transformers
+def test_a_huggingface_vit_equals_torchcam_on_its_torchvision_copy() -> None:
+    """As timm's: Hugging Face's ViT (through a wrapper that returns its logits, as a build runs it) against torchcam
+    on a torchvision copy with its readout (layernorm, class token, classifier); its attention implementation is
+    restored after."""
+    hf = _huggingface_vit()
+    copy = _torchvision_copy_of_huggingface(hf)
+    x = _batch(2, seed=5)
+    forward = lambda batch: hf(pixel_values=batch).logits  # noqa: E731
+    with torch.no_grad():
+        assert torch.allclose(forward(x), copy(x), atol=1e-5)
+    implementation = hf.config._attn_implementation
+    class_sets = _top2(copy, x)
+    job = dataclasses.replace(_job(copy, x, class_sets), model=hf, forward=forward)
+    ours = _normalised(L.legrad(job))
+    refs = _torchcam(copy, list(copy.encoder.layers), x, class_sets,
+                     score_projection=lambda tokens: copy.heads(copy.encoder.ln(tokens)[:, 0]))
+    _compare(ours, refs)
+    assert hf.config._attn_implementation == implementation and count_hooks(hf) == 0
