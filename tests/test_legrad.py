@@ -171,7 +171,6 @@ def build(num_classes=3):
 """
 
 
-@pytest.mark.slow
 def test_a_build_draws_writes_and_scores_it_on_a_vit(project) -> None:
     """The record alone puts LeGrad in a build of a tiny torchvision ViT: arrays.npz holds its maps at the input's
     size and the evaluation scores it beside Grad-CAM."""
@@ -231,7 +230,6 @@ def _torchvision_copy_of_huggingface(hf) -> VisionTransformer:
     return model.eval()
 
 
-@pytest.mark.slow  # importing transformers
 def test_a_huggingface_vit_equals_torchcam_on_its_torchvision_copy() -> None:
     """As timm's: Hugging Face's ViT (through a wrapper that returns its logits, as a build runs it) against torchcam
     on a torchvision copy with its readout (layernorm, class token, classifier); its attention implementation is

@@ -19,7 +19,9 @@ The block's class score s^l (its "score projection") per family (`models.layouts
 
 The probabilities come from each attention's explicit path (torchvision: `need_weights=True`; timm: `fused_attn =
 False`, read at `attn_drop`; Hugging Face: the eager implementation), as the `attention` stage reads them; the model
-is restored after. Not a vision transformer with global self-attention (a CNN, Swin): `NotApplicable`.
+is restored after. Its forward and backward passes are its own, `job.batch_size` images each (`analyses.cam.
+batch_size`): per pass one forward, then per target rank one backward per block (each to its own attention). Not a
+vision transformer with global self-attention (a CNN, Swin): `NotApplicable`.
 """
 from __future__ import annotations
 
@@ -60,9 +62,11 @@ def find_vit(model: nn.Module, input_size: tuple[int, ...]) -> Vit:
         layouts = declare_layouts(module, input_size)
         if not layouts.family:
             continue
-        if layouts.family not in FAMILIES:
+        if "Swin" in layouts.family:
             raise NotApplicable(NOT_A_VIT.format(what=f"A {layouts.family}'s attention is windowed: there is no "
                                                       "global attention over the image to differentiate."))
+        if layouts.family not in FAMILIES:
+            raise NotApplicable(NOT_A_VIT.format(what=f"This model is a {layouts.family}."))
         return Vit(module=module, family=layouts.family, blocks=layouts.blocks,
                    layouts={name: layouts.layers[name] for name in layouts.blocks}, project=_projection(module,
                                                                                                       layouts.family))
