@@ -380,11 +380,12 @@ def test_the_maps_recomputed_for_sanity_and_sensitivity_equal_the_stages_maps():
         np.testing.assert_allclose(maps, expected, atol=1e-5, err_msg=f"{method} {layer}")
 
 
-def build_cam_methods(project, methods) -> tuple[dict, object]:
-    """A build of `boxed_project` with `methods` as the cam stage's and a one-image sanity cascade: its report.json
-    data and output folder; the methods are all drawn (none "not applicable") and each is a row of the evaluation."""
+def build_cam_methods(project, methods, **options) -> tuple[dict, object]:
+    """A build of `boxed_project` with `methods` as the cam stage's (and its `options`) and a one-image sanity
+    cascade: its report.json data and output folder; the methods are all drawn (none "not applicable") and each is a
+    row of the evaluation."""
     config = boxed_project(project)
-    config["analyses"]["cam"] = {"methods": list(methods)}
+    config["analyses"]["cam"] = {"methods": list(methods), **options}
     config["analyses"]["evaluation"]["sanity"] = {"images": 1}
     done = CliRunner().invoke(main, ["build", str(project.write(config)), "-q"])
     assert done.exit_code == 0, done.output

@@ -36,6 +36,9 @@ from .options import (
     DeepLiftOptions, DriseOptions, FeatureAblationOptions, GradientShapOptions, GuidedGradCamOptions,
     IntegratedGradientsOptions, MaskedOptions, OcclusionOptions, RiseOptions, ShapleySamplingOptions, SmoothGradOptions,
 )
+from .options import (  # part m26tc2
+    DeepLiftShapOptions, ISCamOptions, LeGradOptions, SmoothGradCamppOptions, SSCamOptions, VarGradOptions,
+)
 
 FAMILIES = ("cam", "gradients")
 # how the page's method picker groups each family's methods, in this order (a record names its `group`; a plug-in
@@ -224,15 +227,27 @@ BUILT_IN += [
 _TC = "reportgen.methods.cam_torchcam"
 BUILT_IN += [
     Method(id="sscam", family="cam", title="SS-CAM", aliases=("smoothed_scorecam",),
-           needs=frozenset({"activations"}), compute=f"{_TC}:sscam", group="Perturbation CAMs",
-           note="Score-CAM's weights averaged over 35 forwards with seeded Gaussian noise (std 2) on the masks"),
+           needs=frozenset({"activations"}), compute=f"{_TC}:sscam", options=SSCamOptions,
+           group="Perturbation CAMs",
+           note="Score-CAM's weights averaged over `sscam_samples` (35) forwards with seeded Gaussian noise "
+                "(`sscam_std` 2) on the masks"),
     Method(id="iscam", family="cam", title="IS-CAM", aliases=("integrated_scorecam",),
-           needs=frozenset({"activations"}), compute=f"{_TC}:iscam", group="Perturbation CAMs",
-           note="Score-CAM's weights averaged over 10 masked inputs scaled by torchcam's running sums 0.1, 0.3, …, 5.5"),
+           needs=frozenset({"activations"}), compute=f"{_TC}:iscam", options=ISCamOptions,
+           group="Perturbation CAMs",
+           note="Score-CAM's weights averaged over `iscam_steps` (10) masked inputs scaled by torchcam's running "
+                "sums 0.1, 0.3, …"),
     Method(id="smoothgradcampp", family="cam", title="Smooth Grad-CAM++", aliases=("smoothgradcamplusplus",),
            needs=frozenset({"activations", "own_passes"}), compute=f"{_TC}:smoothgradcampp",
-           note="Grad-CAM++ with gradient moments averaged over 4 passes of the input plus seeded noise (std 0.3)"),
+           options=SmoothGradCamppOptions,
+           note="Grad-CAM++ with gradient moments averaged over `smoothgradcampp_samples` (4) passes of the input "
+                "plus seeded noise (`smoothgradcampp_std` 0.3)"),
 ]
+# part m26tc2: torchcam 0.5.0's LeGrad for vision transformers (reportgen.methods.legrad)
+BUILT_IN.append(Method(id="legrad", family="cam", title="LeGrad", needs=frozenset({"own_passes"}),
+                       group="Gradient-weighted CAMs",
+                       compute="reportgen.methods.legrad:legrad", options=LeGradOptions,
+                       note="vision transformers: positive gradients of each block's class score with respect to its "
+                            "attention, averaged over heads, queries and blocks; reads no target layer"))
 
 # ---------------------------------------------------------------------------- the gradient family (Captum 0.9.0)
 
@@ -256,7 +271,7 @@ _grad("integrated_gradients", "Integrated gradients", {"own_passes"}, "integrate
 for _id, _title, _fn, _options, _note in (
         ("smoothgrad_sq", "SmoothGrad²", "smoothgrad_sq", SmoothGradOptions,
          "mean squared gradient over SmoothGrad's noisy copies"),
-        ("vargrad", "VarGrad", "vargrad", SmoothGradOptions, "variance of |gradient| over SmoothGrad's noisy copies"),
+        ("vargrad", "VarGrad", "vargrad", VarGradOptions, "variance of |gradient| over SmoothGrad's noisy copies"),
         ("gradientshap", "GradientShap", "gradientshap", GradientShapOptions,
          "(x − baseline) × gradient at random points between them, averaged"),
         ("deeplift", "DeepLift", "deeplift", DeepLiftOptions,
@@ -265,6 +280,12 @@ for _id, _title, _fn, _options, _note in (
                            hooks=_id == "deeplift",  # its rule hooks the non-linear modules: no TorchScript
                            compute=f"reportgen.methods.gradients_more:{_fn}", note=_note, options=_options,
                            group="Propagation rules" if _id == "deeplift" else "Noise and paths"))
+# part m26tc2: Captum's DeepLiftShap (reportgen.methods.gradients_shap)
+BUILT_IN.append(Method(id="deepliftshap", family="gradients", title="DeepLiftShap",
+                       needs=frozenset({"own_passes"}), hooks=True,  # DeepLift's rule hooks the non-linear modules
+                       compute="reportgen.methods.gradients_shap:deepliftshap", options=DeepLiftShapOptions,
+                       group="Propagation rules",
+                       note="DeepLift averaged over `shap_baselines` (10) noisy copies of the baseline"))
 
 # -- the perturbation methods (m26pert): black-box, forward only, through the build's fast inference forward
 BUILT_IN.append(Method(id="rise", family="gradients", title="RISE", hooks=False, options=RiseOptions,

@@ -22,6 +22,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +59,7 @@ class CamJob:
     warnings: list[str] = field(default_factory=list)  # the method may add some
     channels_last: bool = False  # raw_activations hold the channels last (tokens, (N, H, W, C)): a viewed layer
     keep: torch.Tensor | None = None  # (N, M) per image, the channels to mask (`cam.max_channels`); None: all
+    options: Any = None  # the method's options (its record's `options` dataclass), or None for a method without
 
 
 # ---------------------------------------------------------------------------- the methods
@@ -312,6 +314,7 @@ def compute_maps(
     log: Callable[[str], None] = lambda message: None,
     views: dict[str, Callable[[torch.Tensor], torch.Tensor] | None] | None = None,
     max_channels: int | None = None,
+    options: Any = None,
 ) -> ComputedMaps:
     """Every requested method's maps for `class_sets[r][i]` (rank r, image i), on each layer.
 
@@ -322,6 +325,7 @@ def compute_maps(
     `views`: layer -> how its output becomes (N, C, h, w) (a transformer's tokens; `ModelAdapter.layer_view`),
     applied to its activations and gradients alike (pytorch-grad-cam's `reshape_transform`). `max_channels`:
     Score-CAM and Ablation-CAM mask only each image's channels of highest spatial mean, at most this many.
+    `options`: what holds the methods' options as attributes (the stage's options; None: their defaults).
     """
     engine = engine or Engine(model, batch, chunk=chunk)
     records = [REGISTRY[m] for m in methods]
@@ -332,7 +336,7 @@ def compute_maps(
     seconds["forward_backward" if passes else "forward"] = time.perf_counter() - start
     raw, skipped, warnings = run_methods(engine, layers, records, class_sets, logits, activations, passes,
                                          batch_size=batch_size, head=head, seconds=seconds, views=views or {},
-                                         max_channels=max_channels)
+                                         max_channels=max_channels, options=options)
     start = time.perf_counter()
     done, final, layer_methods, not_applicable, layer_not_applicable = postprocess(
         raw, skipped, list(layers), [m.id for m in records], len(class_sets), batch)
@@ -362,7 +366,7 @@ def run_methods(engine: Engine, layers: Sequence[str], records: Sequence[Method]
                 class_sets: Sequence[tuple[int, ...]], logits: torch.Tensor, activations: dict[str, torch.Tensor],
                 passes: list[GradPass] | None, *, batch_size: int, head: nn.Linear | None,
                 seconds: dict[str, float], views: dict | None = None, max_channels: int | None = None,
-                ) -> tuple[dict, dict, list[str]]:
+                options: Any = None) -> tuple[dict, dict, list[str]]:
     """Each method's raw maps: (layer -> method -> (k, N, h, w), method -> {layer -> why not applicable}, warnings).
     `views` and `max_channels`: see `compute_maps`."""
     views = views or {}
@@ -386,7 +390,8 @@ def run_methods(engine: Engine, layers: Sequence[str], records: Sequence[Method]
             job = CamJob(model=engine.model, forward=engine.forward, batch=engine.batch, layer=name, activations=a,
                          raw_activations=activations[name], logits=logits, class_sets=list(class_sets),
                          per_image=per_image, batch_size=batch_size, head=head,
-                         channels_last=views.get(name) is not None, keep=keep)
+                         channels_last=views.get(name) is not None, keep=keep,
+                         options=method.options_from(options))
             try:
                 raw[name][method.id] = fn(job)
             except NotApplicable as exc:

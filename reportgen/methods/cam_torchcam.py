@@ -30,7 +30,9 @@ over `num_samples` masked forwards, of score(masked input) − score(input), the
   are its own (one per chunk of `job.batch_size` images); not on a layer that holds its channels last.
 
 The masked forwards go through the engine's forward (`engine.for_rows`) in chunks of `job.batch_size`
-(`analyses.cam.batch_size`, Score-CAM's key). torchcam's defaults are constants here (it has no options yet).
+(`analyses.cam.batch_size`, Score-CAM's key). The counts and noise are the records' options (`job.options`:
+`sscam_samples`, `sscam_std`, `iscam_steps`, `smoothgradcampp_samples`, `smoothgradcampp_std`), torchcam's defaults
+unless configured; a job without options takes those defaults.
 """
 from __future__ import annotations
 
@@ -41,42 +43,41 @@ from ..engine import for_rows
 from ..hooks import get_layer
 from ..ops import batches
 from .cam import CamJob, NotApplicable
+from .options import ISCamOptions, SmoothGradCamppOptions, SSCamOptions
 
 RANDOM_SEED = 0  # sscam's noise (see the module)
-SSCAM_SAMPLES = 35  # sscam: noisy masked forwards per channel (torchcam's default)
-SSCAM_STD = 2.0  # sscam: the noise's standard deviation (torchcam's default)
-ISCAM_SAMPLES = 10  # iscam: integration steps per channel (torchcam's default)
-SMOOTH_SAMPLES = 4  # smoothgradcampp: noisy passes per rank (torchcam's default)
-SMOOTH_STD = 0.3  # smoothgradcampp: the noise's standard deviation (torchcam's default)
 
 
 def sscam(job: CamJob) -> torch.Tensor:
+    options = job.options or SSCamOptions()
+    samples = options.sscam_samples
     masks = _masks(job)  # (N, C, H, W)
     generator = torch.Generator().manual_seed(RANDOM_SEED)
-    mean, std = torch.tensor(0.0), torch.tensor(SSCAM_STD)
+    mean, std = torch.tensor(0.0), torch.tensor(float(options.sscam_std))
     weights = []
     for classes in job.class_sets:
         total = torch.zeros(masks.shape[:2], device=masks.device)
-        for _ in range(SSCAM_SAMPLES):
+        for _ in range(samples):
             # torchcam's `Normal(0, std).sample(size)`: torch.normal of the expanded parameters, on the CPU
             noise = torch.normal(mean.expand(masks.shape), std.expand(masks.shape), generator=generator)
             gains = _score_gains(job, masks + noise.to(masks.device), 1.0)  # (N, C, K)
             total += gains.gather(2, _targets(classes, masks)).squeeze(2)
-        weights.append(torch.softmax(total / SSCAM_SAMPLES, dim=1))
+        weights.append(torch.softmax(total / samples, dim=1))
     return torch.einsum("knc,nchw->knhw", torch.stack(weights), job.activations)
 
 
 def iscam(job: CamJob) -> torch.Tensor:
+    steps = (job.options or ISCamOptions()).iscam_steps
     masks = _masks(job)
     k = len(job.class_sets)
     total = torch.zeros(k, *masks.shape[:2], device=masks.device)
     coeff = 0.0
-    for i in range(ISCAM_SAMPLES):
-        coeff += (i + 1) / ISCAM_SAMPLES
+    for i in range(steps):
+        coeff += (i + 1) / steps
         gains = _score_gains(job, masks, coeff)  # (N, C, K)
         for r, classes in enumerate(job.class_sets):
             total[r] += gains.gather(2, _targets(classes, masks)).squeeze(2)
-    weights = torch.softmax(total / ISCAM_SAMPLES, dim=2)  # (k, N, C)
+    weights = torch.softmax(total / steps, dim=2)  # (k, N, C)
     return torch.einsum("knc,nchw->knhw", weights, job.activations)
 
 
@@ -112,19 +113,21 @@ def smoothgradcampp(job: CamJob) -> torch.Tensor:
     if job.channels_last:
         raise NotApplicable("Smooth Grad-CAM++ takes (N, C, h, w) activations from passes of its own; this layer "
                             "holds its channels last (tokens), which it does not read yet.")
+    options = job.options or SmoothGradCamppOptions()
+    samples = options.smoothgradcampp_samples
     clean = job.activations.float()
     generator = torch.Generator().manual_seed(RANDOM_SEED)
-    mean, std = torch.tensor(0.0), torch.tensor(SMOOTH_STD)
+    mean, std = torch.tensor(0.0), torch.tensor(float(options.smoothgradcampp_std))
     shape = job.batch.shape
     out = []
     for classes in job.class_sets:
         g2, g3 = torch.zeros_like(clean), torch.zeros_like(clean)
-        for _ in range(SMOOTH_SAMPLES):
+        for _ in range(samples):
             noise = torch.normal(mean.expand(shape), std.expand(shape), generator=generator)  # as torchcam's draw
             a, g = _noisy_pass(job, job.batch + noise.to(job.batch), classes)
             g2 += g.pow(2)
             g3 += g.pow(3)
-        g2, g3 = g2 / SMOOTH_SAMPLES, g3 / SMOOTH_SAMPLES
+        g2, g3 = g2 / samples, g3 / samples
         alpha = g2 / (2 * g2 + (g3 * clean).sum(dim=(2, 3), keepdim=True) + 1e-8)
         weights = (alpha * g.clamp_min(0)).sum(dim=(2, 3))  # the last pass's gradients, as torchcam's
         out.append(torch.einsum("nc,nchw->nhw", weights, a))  # and its activations

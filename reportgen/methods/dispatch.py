@@ -77,7 +77,8 @@ def explain(methods: Sequence[str], engine: Engine, class_sets: Sequence[Sequenc
     cams = [m.id for m in records if m.family == "cam"]
     cam = compute_maps(engine.model, engine.batch, settings.layers, cams, class_sets,
                        batch_size=settings.masked_batch_size, head=settings.head, engine=engine, log=log,
-                       views=settings.views, max_channels=settings.max_channels) if cams else None
+                       views=settings.views, max_channels=settings.max_channels,
+                       options=settings.options) if cams else None
     gradient = [m for m in records if m.family == "gradients"]
     if not gradient:
         explained = Explained(cam=cam, gradients={})

@@ -175,3 +175,66 @@ def require_skimage() -> None:
     if importlib.util.find_spec("skimage") is None:
         raise ReportgenError("the superpixel feature mask (feature_ablation, shapley_value_sampling) needs "
                              f"scikit-image: {SUPERPIXELS_INSTALL}")
+
+
+# ---------------------------------------------------------------------------- part m26tc2: torchcam's sample counts,
+# DeepLiftShap's baselines, VarGrad's samples, LeGrad's blocks
+
+
+@dataclass(frozen=True)
+class SSCamOptions:
+    """SS-CAM (torchcam's `SSCAM`): its noisy masked forwards per channel and the noise; torchcam's defaults."""
+
+    sscam_samples: int = setting(35, **COUNT)  # sscam: noisy masked forwards per channel (torchcam's num_samples)
+    sscam_std: float = setting(2.0, gt=0)  # sscam: the masks' Gaussian noise standard deviation (torchcam's std)
+
+
+@dataclass(frozen=True)
+class ISCamOptions:
+    """IS-CAM (torchcam's `ISCAM`): its integration steps per channel; torchcam's default."""
+
+    iscam_steps: int = setting(10, **COUNT)  # iscam: masked inputs per channel, scaled 0.1, 0.3, … (num_samples)
+
+
+@dataclass(frozen=True)
+class SmoothGradCamppOptions:
+    """Smooth Grad-CAM++ (torchcam's `SmoothGradCAMpp`): its noisy passes and the noise; torchcam's defaults."""
+
+    smoothgradcampp_samples: int = setting(4, **COUNT)  # smoothgradcampp: noisy forward + backward passes per rank
+    smoothgradcampp_std: float = setting(0.3, gt=0)  # smoothgradcampp: the input noise's standard deviation
+
+
+@dataclass(frozen=True)
+class VarGradOptions(SmoothGradOptions):
+    """VarGrad: SmoothGrad's keys; a variance needs two samples at least (one gives a map of zeros)."""
+
+    def check(self, size: tuple[int, int]) -> None:
+        if self.samples < 2:
+            raise ReportgenError(f"`analyses.gradients.samples`: vargrad is the variance of the gradient over the "
+                                 f"noisy copies, which needs at least 2 of them ({self.samples} gives a map of "
+                                 "zeros); take 2 or more.")
+
+
+@dataclass(frozen=True)
+class DeepLiftShapOptions:
+    """DeepLiftShap (Captum's `DeepLiftShap`): DeepLift averaged over a distribution of baselines, here
+    `shap_baselines` copies of the configured baseline plus seeded Gaussian noise (sd `shap_baseline_stdev` × the
+    image's range). Captum needs at least 2 baselines."""
+
+    baseline: Literal["zero", "blur", "uniform"] | Path = setting("zero", kind="path")  # or a .npy (C, H, W)
+    internal_batch_size: int | None = setting(None, **COUNT)  # inputs per forward (ig, smoothgrad)
+    shap_baselines: int = setting(10, **COUNT)  # deepliftshap: baselines in its distribution (at least 2)
+    shap_baseline_stdev: float = setting(0.1, ge=0)  # deepliftshap: the baselines' noise, fraction of the input range
+
+    def check(self, size: tuple[int, int]) -> None:
+        if self.shap_baselines < 2:
+            raise ReportgenError(f"`analyses.gradients.shap_baselines`: deepliftshap averages DeepLift over a "
+                                 f"distribution of baselines, which needs at least 2 (Captum refuses fewer); got "
+                                 f"{self.shap_baselines}. For one baseline use `deeplift`.")
+
+
+@dataclass(frozen=True)
+class LeGradOptions:
+    """LeGrad (torchcam's `LeGrad`, vision transformers): which blocks it reads."""
+
+    legrad_blocks: int | None = setting(None, **COUNT)  # legrad: the last this many transformer blocks; null: all

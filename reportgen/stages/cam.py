@@ -123,6 +123,10 @@ def check(info: ModelInfo, cfg: CamConfig) -> None:
     target_layers(info, cfg)
     for c in cfg.targets.classes:
         info.class_index(c)
+    for method in cfg.methods:  # options that need the input's size or another option (a method's counts)
+        options = REGISTRY[method].options_from(cfg)
+        if hasattr(options, "check"):
+            options.check(tuple(info.config.model.input_size)[-2:])
 
 
 SMALL_MAP = 4  # a map with a side below this many cells is coarse: warn
@@ -273,7 +277,7 @@ def settings(info: ModelInfo, cfg: CamConfig, layers: tuple[str, ...], model: nn
     copy of it: its own head)."""
     return Settings(layers=layers, views={name: map_view(info, name) for name in layers},
                     head=_linear_head(info, model or info.model), masked_batch_size=cfg.batch_size,
-                    max_channels=cfg.max_channels)
+                    max_channels=cfg.max_channels, options=cfg)
 
 
 def _targets(ctx: Context, cfg: CamConfig) -> list[list[int]]:
