@@ -170,6 +170,14 @@ def test_streamed_batches_reduce_to_the_whole_batch(shipped):
     for column in ("deletion_auc", "pointing_game"):
         np.testing.assert_allclose(reduced.scores[ROW][column], one.scores[ROW][column], atol=1e-4)
     assert [len(r[ROW]["deletion_auc"]) for r in boxes_stage.records(parts[1])] == [len(found[1]), len(found[2])]
+    # the centre-Gaussian baseline is a row of every box too, scored like a method and marked in the ranking
+    centre = "baseline_centre"
+    assert len(one.scores[centre]["deletion_auc"]) == len(one.scores[ROW]["deletion_auc"])
+    np.testing.assert_allclose(reduced.scores[centre]["pointing_game"], one.scores[centre]["pointing_game"])
+    table = {row["method"]: row for row in summarize(one)}
+    assert table[centre]["baseline"] and not table["gradcam"]["baseline"]
+    assert set(table["gradcam"]["not_better"]) <= {"deletion_auc", "insertion_auc", "pointing_game",
+                                                   "energy_pointing_game", "top_iou"}
 
 
 def _peak_at(row: float, col: float) -> np.ndarray:

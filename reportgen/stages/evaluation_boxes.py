@@ -17,6 +17,9 @@ every score here is per box (the unit a mean and its bootstrap interval are over
   (no detection of its class at IoU > 0.5) scores 0 everywhere, so its gradient maps are constant: its correlation
   is NaN, left out of the mean as any constant map's (a note says how many boxes were still found at the end).
 
+The centre-Gaussian baseline (`metrics.baselines`) is a row as in a classifier's evaluation: the same map for every
+box, scored by every column; a method whose interval meets it is marked "not better than a baseline".
+
 Infidelity and max-sensitivity (`REFUSED`) are refused by `refuse`, naming them.
 """
 from __future__ import annotations
@@ -32,7 +35,7 @@ from torch import nn
 from ..config import DetectionConfig
 from ..errors import ReportgenError
 from ..methods.boxes import BoxScores
-from ..metrics import perturbation, sanity
+from ..metrics import baselines, perturbation, sanity
 from ..metrics.columns import Row, row_key
 from ..metrics.detection import match_boxes
 from ..metrics.localisation import box_mask
@@ -200,6 +203,7 @@ def evaluate(ctx: Context, cfg: evaluation_.EvaluationConfig, found, *, truths: 
     maps = {row: flatten([found.maps[row[0]][where[ctx.images[p].name]] for p in positions], counts) for row in rows}
     image_of = np.repeat(np.asarray(positions), counts)  # each scored box's image (position in the batch)
     ranks = np.concatenate([np.arange(k) for k in counts])
+    baselines.add_centre(maps, {row: ranks for row in rows}, (h, w))  # the centre-Gaussian row, scored as the maps
     masks, truth = true_boxes([boxes[p] for p in positions], [truths[p] for p in positions], iou, (h, w))
     scores_forward = ctx.engine.forward
     if not isinstance(scores_forward, BoxScores):
@@ -207,7 +211,7 @@ def evaluate(ctx: Context, cfg: evaluation_.EvaluationConfig, found, *, truths: 
     options = Options(step=cfg.step, deletion_substrate=cfg.substrates.deletion,
                       insertion_substrate=cfg.substrates.insertion, batch_size=cfg.batch_size,
                       percentiles=cfg.percentiles, infidelity_sd=cfg.infidelity_sd, tolerance=cfg.tolerance)
-    scores: dict[str, dict[str, np.ndarray]] = {row_key(r): {} for r in rows}
+    scores: dict[str, dict[str, np.ndarray]] = {row_key(r): {} for r in maps}
     fraction, sums = None, {}
     ctx.log(f"evaluation: {', '.join(m for m in metrics if m in SCORERS)} on {plural(len(image_of), 'box', 'boxes')}")
     for part in batches(len(image_of), BOXES):
@@ -215,7 +219,7 @@ def evaluate(ctx: Context, cfg: evaluation_.EvaluationConfig, found, *, truths: 
         owners = torch.as_tensor(image_of[part])
         job = MapBatch(forward=BoxTargets(scores_forward.for_rows(owners)), x=ctx.batch[owners.to(ctx.batch.device)],
                        indices=[ctx.offset + int(p) for p in image_of[part]], maps={r: m[part] for r, m in maps.items()},
-                       targets={row: ranks[part] for row in rows}, attributions={}, masks=masks[part],
+                       targets={row: ranks[part] for row in maps}, attributions={}, masks=masks[part],
                        explain=_no_attributions, options=options, seed=seed)
         for metric in metrics:
             if metric in SCORERS and metric not in REFUSED:
@@ -240,7 +244,7 @@ def evaluate(ctx: Context, cfg: evaluation_.EvaluationConfig, found, *, truths: 
     columns = tuple(c.id for c in COLUMNS if any(c.id in s for s in scores.values())
                     or (c.id == "sanity_spearman" and outcome is not None))
     return dataclasses.replace(
-        base, rows=tuple(rows), columns=columns, indices=tuple(ctx.offset + int(p) for p in image_of),
+        base, rows=tuple(maps), columns=columns, indices=tuple(ctx.offset + int(p) for p in image_of),
         names=tuple(ctx.images[int(p)].name for p in image_of), scores=scores, fraction=fraction, curve_sums=sums,
         sanity=outcome, ranks=tuple(int(r) for r in ranks), truth=tuple(truth), notes=tuple(notes))
 
