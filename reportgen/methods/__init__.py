@@ -36,6 +36,7 @@ from .options import (
     DeepLiftOptions, DriseOptions, FeatureAblationOptions, GradientShapOptions, GuidedGradCamOptions,
     IntegratedGradientsOptions, MaskedOptions, OcclusionOptions, RiseOptions, ShapleySamplingOptions, SmoothGradOptions,
 )
+from .options import CaptumLrpOptions, LrpOptions  # part m26lrp
 
 FAMILIES = ("cam", "gradients")
 # what a method can need from the engine
@@ -245,3 +246,16 @@ BUILT_IN.append(Method(id="shapley_value_sampling", family="gradients", title="S
                        aliases=("shapleyvaluesampling",), hooks=False, options=ShapleySamplingOptions,
                        compute="reportgen.methods.ablation:shapley_value_sampling",
                        note="classifiers: each SLIC superpixel's mean logit rise when put back in random orders"))
+# part m26lrp: layer-wise relevance propagation, Captum's LRP and Zennit's composites (reportgen.methods.lrp); hooked
+# (no TorchScript); a layer without a rule is refused at validation
+for _id, _title, _options, _note in (
+        ("lrp", "LRP", CaptumLrpOptions,
+         "Captum's LRP: ε-rule (1e-9) on every layer, × the logit; VGG-like chains only (no residual sums)"),
+        ("lrp_epsilon_plus_flat", "LRP ε-plus-flat", LrpOptions,
+         "Zennit's EpsilonPlusFlat: flat first layer, z⁺ convolutions, ε dense layers; VGG-like and torchvision ResNets"),
+        ("lrp_epsilon_gamma_box", "LRP ε-γ-box", LrpOptions,
+         "Zennit's EpsilonGammaBox: z-box first layer (the normalised pixel range), γ convolutions, ε dense layers"),
+        ("lrp_epsilon_alpha2_beta1_flat", "LRP ε-α2β1-flat", LrpOptions,
+         "Zennit's EpsilonAlpha2Beta1Flat: flat first layer, α2β1 convolutions, ε dense layers")):
+    BUILT_IN.append(Method(id=_id, family="gradients", title=_title, needs=frozenset({"own_passes"}), hooks=True,
+                           compute=f"reportgen.methods.lrp:{_id}", note=_note, options=_options))

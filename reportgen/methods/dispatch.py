@@ -54,6 +54,8 @@ class Settings:
     # perturbation methods: (model, batch) -> the fast no-grad forward x -> logits of that model for inputs like the
     # batch (`metrics.forward.inference_forward`, which this layer cannot import); None: the engine's forward
     inference: Callable[[nn.Module, torch.Tensor], Callable[[torch.Tensor], torch.Tensor]] | None = None
+    # per channel (lowest, highest) value of the model's input (pixels 0 and 1 normalised); None: [0, 1]
+    input_range: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,7 @@ def _gradients(records: list[Method], engine: Engine, class_sets: list[tuple[int
 
     job = GradientJob(model=engine.model, forward=engine.forward, batch=engine.batch, class_sets=class_sets,
                       batch_size=settings.batch_size, seed=settings.seed, offset=settings.offset,
-                      make_baseline=settings.baseline,
+                      make_baseline=settings.baseline, input_range=settings.input_range,
                       make_inference=None if settings.inference is None else
                       lambda: settings.inference(engine.model, engine.batch))
     out: dict[str, list[torch.Tensor]] = {}

@@ -47,6 +47,9 @@ class GradientJob:
     # perturbation methods (`methods.perturbation`): makes the fast no-grad forward x -> logits of `model` (the
     # build's `metrics.forward.inference_forward`); None: `forward` without autograd
     make_inference: Callable[[], Callable[[torch.Tensor], torch.Tensor]] | None = None
+    # per channel (lowest, highest) value of the model's input: pixels 0 and 1 after the normalisation (LRP's box rule);
+    # None: pixels in [0, 1]
+    input_range: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     made_baseline: torch.Tensor | None = field(default=None, init=False, repr=False)
     baseline_reads: int = field(default=0, init=False)  # how often a method read `baseline`
     made_inference: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, init=False, repr=False)

@@ -137,3 +137,32 @@ def require_skimage() -> None:
     if importlib.util.find_spec("skimage") is None:
         raise ReportgenError("the superpixel feature mask (feature_ablation, shapley_value_sampling) needs "
                              f"scikit-image: {SUPERPIXELS_INSTALL}")
+
+
+# ---------------------------------------------------------------------------- part m26lrp: LRP (reportgen.methods.lrp)
+
+
+def _check_lrp_model(model, method: str) -> None:
+    from .lrp import check_model  # torch: imported when a config with LRP is checked against its model
+    check_model(model, method)
+
+
+@dataclass(frozen=True)
+class CaptumLrpOptions:
+    """Captum's LRP (`lrp`): its default rules, no option; the model's layers are checked against them."""
+
+    def check_model(self, model, method: str) -> None:
+        """A ReportgenError naming the first layer of `model` the rules of `method` do not cover."""
+        _check_lrp_model(model, method)
+
+
+@dataclass(frozen=True)
+class LrpOptions:
+    """Zennit's LRP composites (`lrp_epsilon_*`); the model's layers are checked against their rules."""
+
+    lrp_epsilon: float = setting(1e-6, gt=0)  # lrp_epsilon_*: the epsilon rule's stabiliser (Zennit's default)
+    lrp_gamma: float = setting(0.25, ge=0)  # lrp_epsilon_gamma_box: the gamma rule's γ (Zennit's default)
+
+    def check_model(self, model, method: str) -> None:
+        """A ReportgenError naming the first layer of `model` the rules of `method` do not cover."""
+        _check_lrp_model(model, method)
