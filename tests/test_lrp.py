@@ -221,3 +221,17 @@ def test_the_cli_refuses_a_layer_without_a_rule_before_writing(project):
     assert done.exit_code == 2, done.output
     assert "lrp_epsilon_gamma_box: the layer `2` (GELU)" in done.output and "EpsilonGammaBox" in done.output
     assert not (project.root / "out").exists()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_torchscript_is_refused_at_validation(project, method):
+    (project.root / "vgglike.py").write_text(VGGLIKE)
+    namespace: dict = {}
+    exec(VGGLIKE, namespace)
+    torch.jit.save(torch.jit.script(namespace["build"]().eval()), project.root / "tiny.ts")
+    config = project.base()
+    config["model"] = {"source": "torchscript", "path": "tiny.ts", "input_size": [3, 32, 32], "labels": None,
+                       "device": "cpu"}
+    config["analyses"] = {"gradients": {"methods": [method]}}
+    refused = CliRunner().invoke(main, ["validate", str(project.write(config))])
+    assert refused.exit_code == 2 and f"{method} needs hooks" in refused.stderr
