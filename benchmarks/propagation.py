@@ -89,7 +89,6 @@ def main() -> None:
         a, b = timed(lambda: compute_lrp(vgg, x, [targets], method="lrp")[0], args.repeat, ours, ref,
                      lambda: LRP(vgg).attribute(x, target=targets))
     row("lrp vs Captum LRP (VGG-16-BN)", ours, ref, difference(a, b))
-    del vgg
 
     resnet = seeded("resnet18")
     with torch.no_grad():

@@ -235,3 +235,29 @@ def test_torchscript_is_refused_at_validation(project, method):
     config["analyses"] = {"gradients": {"methods": [method]}}
     refused = CliRunner().invoke(main, ["validate", str(project.write(config))])
     assert refused.exit_code == 2 and f"{method} needs hooks" in refused.stderr
+
+
+def test_the_cli_refuses_captum_lrp_on_a_residual_model_at_validation(project):
+    (project.root / "residual.py").write_text(textwrap.dedent('''
+        import torch
+        from torch import nn
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv2d(3, 3, 3, padding=1)
+                self.pool = nn.AdaptiveAvgPool2d(1)
+                self.fc = nn.Linear(3, 3)
+
+            def forward(self, x):
+                return self.fc(self.pool(x + self.conv(x)).flatten(1))
+
+        def build(num_classes=3):
+            torch.manual_seed(0)
+            return Net()
+    '''))
+    config = project.base()
+    config["model"]["factory"] = "residual:build"
+    config["analyses"] = {"gradients": {"methods": ["lrp"]}}
+    refused = CliRunner().invoke(main, ["validate", str(project.write(config))])
+    assert refused.exit_code == 2 and "lrp: the model joins two branches by `AddBackward0`" in refused.stderr

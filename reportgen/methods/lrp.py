@@ -127,9 +127,17 @@ class Rules:
     blocks: list[nn.Module]
 
 
-def check_model(model: nn.Module, method: str) -> None:
-    """A ReportgenError naming the first layer `method`'s rules do not cover (see the module)."""
-    plan(model, method)
+def check_model(model: nn.Module, method: str, forward: Callable | None = None,
+                input_size: Sequence[int] | None = None) -> None:
+    """A ReportgenError naming the first layer `method`'s rules do not cover (see the module); with `input_size`
+    (C, H, W), also the first join of branches they do not cover, from one forward of a zero image (validation)."""
+    rules = plan(model, method)
+    if input_size is None:
+        return
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    x = torch.zeros(1, *input_size, device=device, requires_grad=True)
+    with _hooked(rules), torch.enable_grad():
+        check_joins((forward or model)(x), x, method)
 
 
 def plan(model: nn.Module, method: str, *, epsilon: float = STABILIZER, gamma: float = 0.25,

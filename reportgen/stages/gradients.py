@@ -96,7 +96,7 @@ def check(info: ModelInfo, cfg: GradientsConfig) -> None:
         if hasattr(options, "check"):
             options.check(tuple(info.config.model.input_size)[-2:])
         if hasattr(options, "check_model"):  # LRP: every layer needs a rule
-            options.check_model(info.model, method)
+            options.check_model(info.model, method, info.forward, tuple(info.config.model.input_size))
 
 
 def _needs_layer(cfg: GradientsConfig) -> bool:
