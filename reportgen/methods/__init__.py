@@ -39,6 +39,7 @@ from .options import (
 from .options import (  # part m26tc2
     DeepLiftShapOptions, ISCamOptions, LeGradOptions, SmoothGradCamppOptions, SSCamOptions, VarGradOptions,
 )
+from .options import CaptumLrpOptions, LrpOptions  # part m26lrp
 
 FAMILIES = ("cam", "gradients")
 # how the page's method picker groups each family's methods, in this order (a record names its `group`; a plug-in
@@ -306,3 +307,17 @@ BUILT_IN.append(Method(id="shapley_value_sampling", family="gradients", title="S
                        compute="reportgen.methods.ablation:shapley_value_sampling",
                        note="classifiers: each SLIC superpixel's mean logit rise when put back in random orders",
                        group="Perturbation (black box)"))
+# part m26lrp: layer-wise relevance propagation, Captum's LRP and Zennit's composites (reportgen.methods.lrp); hooked
+# (no TorchScript); a layer without a rule is refused at validation
+for _id, _title, _options, _note in (
+        ("lrp", "LRP", CaptumLrpOptions,
+         "Captum's LRP: ε-rule (1e-9) on every layer, × the logit; VGG-like chains only (no residual sums)"),
+        ("lrp_epsilon_plus_flat", "LRP ε-plus-flat", LrpOptions,
+         "Zennit's EpsilonPlusFlat: flat first layer, z⁺ convolutions, ε dense layers; VGG-like and torchvision ResNets"),
+        ("lrp_epsilon_gamma_box", "LRP ε-γ-box", LrpOptions,
+         "Zennit's EpsilonGammaBox: z-box first layer (the normalised pixel range), γ convolutions, ε dense layers"),
+        ("lrp_epsilon_alpha2_beta1_flat", "LRP ε-α2β1-flat", LrpOptions,
+         "Zennit's EpsilonAlpha2Beta1Flat: flat first layer, α2β1 convolutions, ε dense layers")):
+    BUILT_IN.append(Method(id=_id, family="gradients", title=_title, needs=frozenset({"own_passes"}), hooks=True,
+                           compute=f"reportgen.methods.lrp:{_id}", note=_note, options=_options,
+                           group="Propagation rules"))

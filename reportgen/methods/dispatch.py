@@ -55,6 +55,8 @@ class Settings:
     # batch (`metrics.forward.inference_forward`, which this layer cannot import); None: the engine's forward
     inference: Callable[[nn.Module, torch.Tensor], Callable[[torch.Tensor], torch.Tensor]] | None = None
     segments: torch.Tensor | None = None  # the batch's feature masks (N, H, W) (`GradientJob.segments`)
+    # per channel (lowest, highest) value of the model's input (pixels 0 and 1 normalised); None: [0, 1]
+    input_range: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,7 @@ def _gradients(records: list[Method], engine: Engine, class_sets: list[tuple[int
 
     job = GradientJob(model=engine.model, forward=engine.forward, batch=engine.batch, class_sets=class_sets,
                       batch_size=settings.batch_size, seed=settings.seed, offset=settings.offset,
-                      make_baseline=settings.baseline, segments=settings.segments,
+                      make_baseline=settings.baseline, segments=settings.segments, input_range=settings.input_range,
                       make_inference=None if settings.inference is None else
                       lambda: settings.inference(engine.model, engine.batch))
     out: dict[str, list[torch.Tensor]] = {}

@@ -50,6 +50,9 @@ class GradientJob:
     # the inputs' feature masks (the manifest's `segments`, `methods.ablation.feature_mask`): (N, H, W) long, labels
     # 0 … K_i − 1 per image, a row of −1 for an image without; None: no image has one
     segments: torch.Tensor | None = None
+    # per channel (lowest, highest) value of the model's input: pixels 0 and 1 after the normalisation (LRP's box rule);
+    # None: pixels in [0, 1]
+    input_range: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     made_baseline: torch.Tensor | None = field(default=None, init=False, repr=False)
     baseline_reads: int = field(default=0, init=False)  # how often a method read `baseline`
     made_inference: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, init=False, repr=False)

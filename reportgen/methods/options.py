@@ -238,3 +238,32 @@ class LeGradOptions:
     """LeGrad (torchcam's `LeGrad`, vision transformers): which blocks it reads."""
 
     legrad_blocks: int | None = setting(None, **COUNT)  # legrad: the last this many transformer blocks; null: all
+# ---------------------------------------------------------------------------- part m26lrp: LRP (reportgen.methods.lrp)
+
+
+def _check_lrp_model(model, method: str, forward, input_size) -> None:
+    from .lrp import check_model  # torch: imported when a config with LRP is checked against its model
+    check_model(model, method, forward, input_size)
+
+
+@dataclass(frozen=True)
+class CaptumLrpOptions:
+    """Captum's LRP (`lrp`): its default rules, no option; the model's layers are checked against them."""
+
+    def check_model(self, model, method: str, forward=None, input_size=None) -> None:
+        """A ReportgenError naming the first layer of `model` (or join of branches, from one forward of a zero input
+        of `input_size` through `forward`) the rules of `method` do not cover."""
+        _check_lrp_model(model, method, forward, input_size)
+
+
+@dataclass(frozen=True)
+class LrpOptions:
+    """Zennit's LRP composites (`lrp_epsilon_*`); the model's layers are checked against their rules."""
+
+    lrp_epsilon: float = setting(1e-6, gt=0)  # lrp_epsilon_*: the epsilon rule's stabiliser (Zennit's default)
+    lrp_gamma: float = setting(0.25, ge=0)  # lrp_epsilon_gamma_box: the gamma rule's γ (Zennit's default)
+
+    def check_model(self, model, method: str, forward=None, input_size=None) -> None:
+        """A ReportgenError naming the first layer of `model` (or join of branches, from one forward of a zero input
+        of `input_size` through `forward`) the rules of `method` do not cover."""
+        _check_lrp_model(model, method, forward, input_size)

@@ -95,6 +95,8 @@ def check(info: ModelInfo, cfg: GradientsConfig) -> None:
         options = REGISTRY[method].options_from(cfg)
         if hasattr(options, "check"):
             options.check(tuple(info.config.model.input_size)[-2:])
+        if hasattr(options, "check_model"):  # LRP: every layer needs a rule
+            options.check_model(info.model, method, info.forward, tuple(info.config.model.input_size))
 
 
 def _needs_layer(cfg: GradientsConfig) -> bool:
@@ -163,7 +165,18 @@ def settings(info: ModelInfo, cfg: GradientsConfig, batch: torch.Tensor, seed: i
                     batch_size=cfg.internal_batch_size or max(1, BATCH_ELEMENTS // batch[0].numel()), seed=seed,
                     offset=offset, baseline=lambda: make_baseline(cfg.baseline, batch, seed, offset=offset)[0],
                     options=cfg,  # a classifier's logits: the fast forward (a segmenter's or detector's scores: not)
-                    inference=functools.partial(fast_forward, info) if info.task == "classification" else None)
+                    inference=functools.partial(fast_forward, info) if info.task == "classification" else None,
+                    input_range=input_range(info, batch.shape[1]))
+
+
+def input_range(info: ModelInfo, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per channel, the lowest and highest value the model's input takes: pixels 0 and 1 after the normalisation
+    (`inputs.preprocess.normalize`, or the weights'), [0, 1] without one."""
+    norm = info.normalize
+    if norm is None:
+        return (0.0,) * channels, (1.0,) * channels
+    mean, std = (list(v) * (channels if len(v) == 1 else 1) for v in (norm.mean, norm.std))
+    return tuple(-m / s for m, s in zip(mean, std)), tuple((1 - m) / s for m, s in zip(mean, std))
 
 
 def image_segments(images: list[ImageInput], batch: torch.Tensor) -> torch.Tensor | None:
