@@ -6,7 +6,7 @@ import io
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -62,10 +62,11 @@ def map_figure(colour: np.ndarray, alt: str, caption: str = "", min_side: int = 
 
 def flatten(fig: Figure) -> np.ndarray:
     """(H, W, 3) uint8: the figure as the page shows it (an overlay composed as `overlay()` blends; a layer with
-    an alpha channel weighted per pixel by it)."""
+    an alpha channel weighted per pixel by it, over white when shown alone)."""
     top = _decode(fig.png)
-    if fig.under is None:
-        return top[..., :3]
+    if fig.under is None:  # a layer with its own alpha shown alone lies over white (the page's `.layered`)
+        return top[..., :3] if top.shape[2] == 3 else flatten(replace(fig, under=to_png(np.full_like(top[..., :3], 255)),
+                                                                     alpha=1.0))
     under = _decode(fig.under)[..., :3]
     if under.shape[:2] != top.shape[:2]:  # the page stretches the picture beneath to the map (nearest for small inputs)
         rows = np.arange(top.shape[0]) * under.shape[0] // top.shape[0]

@@ -66,18 +66,22 @@ def grey_beneath(display: np.ndarray) -> np.ndarray:
     return np.repeat(GREY_FLOOR + grey * (255 - GREY_FLOOR) / 255, 3, axis=2).round().astype(np.uint8)
 
 
-def overlay_layer(position: np.ndarray, heat: np.ndarray, sign: str) -> np.ndarray:
-    """(H, W, 4) uint8: the heat map's colours, each pixel as opaque as its attribution is strong.
+def overlay_layer(heat: np.ndarray) -> np.ndarray:
+    """(H, W, 4) uint8: the heat map as ONE layer that the page shows both alone (over white: exactly the heat map,
+    to rounding) and over the input (each pixel as opaque as its colour is dark, so as its attribution is strong).
 
     A gradient map is mostly near zero, and a colour map's zero is a colour too (white for Blues and RdBu):
-    laid evenly over the image it veiled all of it, and the input beneath was lost in a grey wash. Where the
-    attribution is weak the image shows as it is; where it is strong the map's colour, at `alpha`, does. The
-    input beneath is grey (`grey_beneath`): the map's colours are not confused with the image's own.
-    The opacity is a function of the colour-map entry (`position`, quantised as `apply_colormap` does: for
-    `all`, the distance from the middle), so the layer has at most 256 colours and is stored as a palette PNG."""
-    index = np.clip(np.nan_to_num(position) * 255.0, 0, 255).astype(np.uint8)
-    alpha = np.abs(2 * index.astype(np.int16) - 255).clip(0, 255) if sign == "all" else index
-    return np.dstack([heat, alpha.astype(np.uint8)])
+    laid evenly over the image it veiled all of it, and the input beneath was lost in a grey wash. Here a pixel's
+    opacity is its colour's largest distance from white and its colour the heat map's un-blended from white
+    (alpha · colour + (1 − alpha) · white = heat): where the attribution is weak the image shows as it is, where it
+    is strong the map's colour, at `alpha`, does. The input beneath is grey (`grey_beneath`): the map's colours are
+    not confused with the image's own. A function of the colour-map entry, so at most 256 colours: a palette PNG,
+    carried once for the heat map and its overlay. (A colour map whose low end is dark, as jet's, is opaque
+    everywhere: it covers the input at `alpha`, as a CAM's overlay does.)"""
+    dark = 255.0 - heat[..., :3].astype(np.float32)  # each channel's distance from white
+    alpha = dark.max(axis=2, keepdims=True)
+    colour = 255.0 - dark * 255.0 / np.maximum(alpha, 1.0)
+    return np.dstack([colour, alpha]).round().clip(0, 255).astype(np.uint8)
 
 
 def plot(result: GradientsResult, ctx) -> dict:
@@ -99,10 +103,11 @@ def plot(result: GradientsResult, ctx) -> dict:
                 name = method_title(method)
                 if method == "guided_gradcam":
                     name += f" at {result.cam_layer}"
-                position, heat = colour(normalize_attribution(maps[i, r], sign, cfg.outlier_perc), sign, cmap)
-                figures.append(map_figure(heat, f"{name} heat map ({sign}) for {what}", f"{name}: heat map",
+                _, heat = colour(normalize_attribution(maps[i, r], sign, cfg.outlier_perc), sign, cmap)
+                layer = overlay_layer(heat)  # the heat map alone (over white) and its overlay: one picture
+                figures.append(map_figure(layer, f"{name} heat map ({sign}) for {what}", f"{name}: heat map",
                                           min_side=MIN_SIDE))
-                figures.append(overlay_figure(under, overlay_layer(position, heat, sign), cfg.alpha,
+                figures.append(overlay_figure(under, layer, cfg.alpha,
                                               f"{name} over the image ({sign}) for {what}", f"{name}: overlay",
                                               min_side=MIN_SIDE))
             drawn[r] = figures
