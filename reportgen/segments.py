@@ -56,21 +56,26 @@ def checked(labels: np.ndarray, what: str, shape: tuple[int, int], where: str) -
 
 def read_npy(path: Path, what: str, shape: tuple[int, int], where: str) -> np.ndarray:
     """The (H, W) integer array of a .npy file, its size bounded before reading and no pickle."""
+    expected = f"a feature mask is an (H, W) = {tuple(shape)} integer label map in {where}"
     if not path.is_file():
-        raise ReportgenError(f"{what} is not an existing .npy file; a feature mask is an (H, W) = {tuple(shape)} "
-                             f"integer label map in {where}.")
-    if path.stat().st_size > 8 * shape[0] * shape[1] + HEADER:
-        raise ReportgenError(f"{what} is larger than an (H, W) = {tuple(shape)} integer label map in {where} can be.")
+        raise ReportgenError(f"{what} is not an existing .npy file; {expected}.")
+    return load_array(path, 8 * shape[0] * shape[1] + HEADER, what, expected)
+
+
+def load_array(path: Path, limit: int, what: str, expected: str) -> np.ndarray:
+    """The one array of the .npy file `path` (a stranger's, maybe): refused unread when larger than `limit` bytes,
+    read without unpickling anything. Errors name `what` and say what it should be (`expected`)."""
+    if path.stat().st_size > limit:
+        raise ReportgenError(f"{what} is larger than it can be: {expected}.")
     try:
         array = np.load(path, allow_pickle=False)
         if not isinstance(array, np.ndarray):  # an .npz: a zip of several arrays
             array.close()
-            raise ValueError("it holds several arrays (an .npz); save the one label map with np.save")
+            raise ValueError("it holds several arrays (an .npz); save the one array with np.save")
     except (OSError, ValueError, EOFError) as exc:
         # numpy's word for a file it does not know, or one of Python objects, suggests unpickling: never here
         reason = "not a .npy array of numbers" if "pickle" in str(exc) else str(exc)
-        raise ReportgenError(f"{what}: cannot read it as a .npy array ({reason}); a feature mask is an (H, W) = "
-                             f"{tuple(shape)} integer label map in {where}.") from None
+        raise ReportgenError(f"{what}: cannot read it as a .npy array ({reason}); {expected}.") from None
     return array
 
 

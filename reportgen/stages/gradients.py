@@ -33,6 +33,7 @@ from ..methods.dispatch import Settings, explain
 from ..methods.gradients import image_generator, score_difference
 from ..metrics.forward import inference_forward
 from ..ops import gaussian_blur
+from ..segments import load_array
 from . import Context, ImageInput, ModelInfo, Stage
 from .cam import CamResult
 
@@ -132,16 +133,9 @@ def load_baseline_file(path: Path, input_size: tuple[int, ...]) -> np.ndarray:
         hint = did_you_mean(path.name, BASELINES)
         raise ReportgenError(f"`analyses.gradients.baseline`: `{path}` is neither {', '.join(BASELINES)} nor an "
                              f"existing .npy file.{hint}")
-    if path.stat().st_size > 8 * math.prod(input_size) + 4096:  # float64 and a header: more is not this array
-        raise ReportgenError(f"`analyses.gradients.baseline`: `{path}` is larger than one array of the model's "
-                             f"input size {list(input_size)} can be.")
-    try:
-        array = np.load(path, allow_pickle=False)
-        if not isinstance(array, np.ndarray):  # an .npz: a zip of several arrays
-            array.close()
-            raise ValueError("it holds several arrays (an .npz); save the one baseline with np.save")
-    except (OSError, ValueError, EOFError) as exc:
-        raise ReportgenError(f"`analyses.gradients.baseline`: cannot read `{path}` as a .npy array: {exc}") from None
+    # float64 and a header: more is not this array
+    array = load_array(path, 8 * math.prod(input_size) + 4096, f"`analyses.gradients.baseline` (`{path}`)",
+                       f"a baseline is one array of the model's input size {list(input_size)}, saved with np.save")
     if array.ndim == 4 and array.shape[0] == 1:
         array = array[0]
     if tuple(array.shape) != tuple(input_size):
