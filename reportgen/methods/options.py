@@ -135,5 +135,52 @@ def require_skimage() -> None:
     """A ReportgenError naming the extra when scikit-image cannot be imported (the superpixels come from its SLIC)."""
     import importlib.util
     if importlib.util.find_spec("skimage") is None:
-        raise ReportgenError("the superpixel feature mask (feature_ablation, shapley_value_sampling) needs "
+        raise ReportgenError("the superpixel feature mask (feature_ablation, shapley_value_sampling, lime, kernel_shap) needs "
                              f"scikit-image: {SUPERPIXELS_INSTALL}")
+
+
+# ---------------------------------------------------------------------------- part m26lime: surrogate models
+
+
+@dataclass(frozen=True)
+class LimeOptions:
+    """Lime (classifiers): per image, `lime_samples` random subsets of its superpixels (a forward each) and a Lasso
+    fitted to the logit over them (Captum's Lime)."""
+
+    slic_segments: int = setting(50, **COUNT)  # superpixels: SLIC's n_segments (about that many superpixels)
+    slic_compactness: float = setting(10.0, gt=0)  # superpixels: SLIC's compactness (higher: squarer superpixels)
+    slic_sigma: float = setting(1.0, ge=0)  # superpixels: SLIC's Gaussian smoothing before segmenting, in px
+    internal_batch_size: int | None = setting(None, **COUNT)  # inputs per forward (ig, smoothgrad)
+    lime_samples: int = setting(200, **COUNT)  # lime: random superpixel subsets per image (a forward each)
+    lime_kernel_width: float = setting(1.0, gt=0)  # lime: width of the exponential kernel on the cosine distance
+    lime_alpha: float = setting(0.01, ge=0)  # lime: the Lasso's L1 weight (Captum's SkLearnLasso(alpha=0.01))
+
+    def check(self, size: tuple[int, int]) -> None:
+        """A ReportgenError when scikit-image is missing, or for fewer than 2 samples (a fit with an intercept learns
+        nothing from one)."""
+        require_skimage()
+        if self.lime_samples < 2:
+            raise ReportgenError(f"`analyses.gradients.lime_samples`: {self.lime_samples} is too few; lime fits a "
+                                 "linear model with an intercept to the samples and needs at least 2 (default 200).")
+
+
+@dataclass(frozen=True)
+class KernelShapOptions:
+    """KernelShap (classifiers): per image, `kernel_shap_samples` subsets of its superpixels (all, none, then random
+    ones of Shapley-kernel sizes; a forward each) and a weighted least-squares fit of the logit over them."""
+
+    slic_segments: int = setting(50, **COUNT)  # superpixels: SLIC's n_segments (about that many superpixels)
+    slic_compactness: float = setting(10.0, gt=0)  # superpixels: SLIC's compactness (higher: squarer superpixels)
+    slic_sigma: float = setting(1.0, ge=0)  # superpixels: SLIC's Gaussian smoothing before segmenting, in px
+    internal_batch_size: int | None = setting(None, **COUNT)  # inputs per forward (ig, smoothgrad)
+    kernel_shap_samples: int = setting(200, **COUNT)  # kernel_shap: superpixel subsets per image (a forward each)
+
+    def check(self, size: tuple[int, int]) -> None:
+        """A ReportgenError when scikit-image is missing, or for fewer samples than the fit's unknowns: a value per
+        superpixel (about `slic_segments` of them) and an intercept."""
+        require_skimage()
+        if self.kernel_shap_samples < self.slic_segments + 1:
+            raise ReportgenError(
+                f"`analyses.gradients.kernel_shap_samples`: {self.kernel_shap_samples} is too few for "
+                f"{self.slic_segments} superpixels (`slic_segments`); kernel_shap fits a value per superpixel and an "
+                f"intercept, so it needs at least {self.slic_segments + 1} samples (default 200).")
