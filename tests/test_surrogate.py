@@ -121,6 +121,23 @@ def test_an_images_map_does_not_depend_on_the_batching_or_its_neighbours(method)
         compute(no_grad(model), x, class_sets, mask[:, :-1], seed=5, batch_size=4, **options)
 
 
+def test_a_coalition_drawn_twice_is_one_forward():
+    """KernelShap's sizes 1 and K − 1 repeat: with 4 superpixels, 40 samples hold at most 2⁴ distinct coalitions."""
+    model = tiny_cnn()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    mask = torch.arange(4).repeat_interleave(64).view(1, 16, 16).expand(2, -1, -1).contiguous()  # 4 bands
+    rows = []
+
+    def counting(t):
+        rows.append(t.shape[0])
+        return no_grad(model)(t)
+
+    once = S.compute_kernel_shap(counting, x, [(0, 1)], mask, samples=40, seed=1, batch_size=8)[0]
+    assert sum(rows) <= 2 * 16 and max(rows) <= 8
+    ref = captum(KernelShap, no_grad(model), x, [0, 1], mask, 40, 1, 8)
+    assert (once - ref).abs().max() <= TOL * ref.abs().max()
+
+
 def test_kernel_shap_values_add_up_to_the_logits_rise_from_the_baseline():
     """Its end coalitions' weight of 10⁶ makes the fit all but pass through f(x) and f(0): the superpixels' values
     add up to f_c(x) − f_c(0) (Shapley's efficiency), to 1e-3 of the logits' largest rise."""

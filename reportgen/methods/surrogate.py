@@ -29,7 +29,7 @@ scikit-learn's stopping error (under 1e-4 of the largest coefficient on the test
 a Lasso run to tol 1e-12; see docs/methods.md).
 
 Forwards go through `GradientJob.inference()`, `batch_size` perturbed inputs at a time; one forward serves every
-target rank (the coalitions do not depend on the class).
+target rank (the coalitions do not depend on the class) and every draw of the same coalition of an image.
 """
 from __future__ import annotations
 
@@ -176,21 +176,23 @@ def _padded(coalitions: list[torch.Tensor], width: int) -> torch.Tensor:
 def _scores(forward: Forward, batch: torch.Tensor, class_sets: Sequence[Sequence[int]], mask: torch.Tensor,
             z: torch.Tensor, batch_size: int, desc: str) -> torch.Tensor:
     """The class logits of every coalition of every image, (N, S, R) float64: the image with the features its
-    coalition has off set to 0. Rows are (image, sample), image-major."""
+    coalition has off set to 0. A coalition an image draws twice (KernelShap's sizes 1 and K − 1 repeat often) is
+    one forward: rows are the distinct (image, coalition) pairs."""
     n, c, h, w = batch.shape
     samples = z.shape[1]
-    z = z.to(batch.device).bool()
     classes = torch.as_tensor([list(s) for s in class_sets], dtype=torch.long, device=batch.device)  # (R, N)
-    scores = torch.zeros(n, samples, len(class_sets), dtype=torch.float64, device=batch.device)
+    images = torch.arange(n, device=z.device).repeat_interleave(samples)[:, None].to(z.dtype)
+    pairs, inverse = torch.unique(torch.cat([images, z.flatten(0, 1)], 1), dim=0, return_inverse=True)
+    image_of, on_of = pairs[:, 0].long(), pairs[:, 1:].bool()
+    distinct = torch.zeros(len(pairs), len(class_sets), dtype=torch.float64, device=batch.device)
     flat = mask.flatten(1)
-    chunks = list(batches(n * samples, batch_size))
+    chunks = list(batches(len(pairs), batch_size))
     for chunk in track(chunks, total=len(chunks), desc=desc, unit="batch"):
-        rows = torch.arange(chunk.start, chunk.stop, device=batch.device)
-        image, sample = rows // samples, rows % samples
-        on = z[image, sample].gather(1, flat[image]).view(-1, 1, h, w)  # each pixel: its feature is on
+        image = image_of[chunk]
+        on = on_of[chunk].gather(1, flat[image]).view(-1, 1, h, w)  # each pixel: its feature is on
         out = forward(torch.where(on, batch[image], torch.zeros((), dtype=batch.dtype, device=batch.device)))
-        scores[image, sample] = out.gather(1, classes[:, image].T).double()
-    return scores
+        distinct[chunk] = out.gather(1, classes[:, image].T).double()
+    return distinct[inverse].view(n, samples, len(class_sets))
 
 
 def _paint(coef: torch.Tensor, batch: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
