@@ -153,6 +153,21 @@ def test_kernel_shap_values_add_up_to_the_logits_rise_from_the_baseline():
         assert abs(float(total - rise[i, c])) <= 1e-3 * float(rise[i].abs().max())
 
 
+def test_a_mask_of_one_feature_gets_its_whole_rise():
+    """A mask of one label (a user's): KernelShap (where Captum raises) gives it f_c(x) − f_c(0); Lime, on an image
+    of zeros too, a finite map."""
+    model = tiny_cnn()
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(8))
+    mask = torch.zeros(1, 16, 16, dtype=torch.long)
+    with torch.no_grad():
+        rise = float(model(x)[0, 2] - model(torch.zeros_like(x))[0, 2])
+    shap = S.compute_kernel_shap(no_grad(model), x, [(2,)], mask, samples=10, seed=0, batch_size=4)[0]
+    assert abs(float(shap[0, 0, 0, 0]) - rise) <= 1e-5 * abs(rise) and torch.equal(shap, shap[0, 0, 0, 0].expand_as(shap))
+    lime = S.compute_lime(no_grad(model), torch.zeros_like(x), [(2,)], mask, samples=10, kernel_width=1.0, alpha=0.01,
+                          seed=0, batch_size=4)[0]
+    assert torch.isfinite(lime).all()
+
+
 def test_the_fits_equal_scikit_learns_run_to_convergence():
     """Per problem and target: the Lasso (a constant column gets 0, as scikit-learn skips it) and least squares
     (minimum norm when under-determined) with sample weights and an intercept."""

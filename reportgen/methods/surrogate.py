@@ -80,7 +80,8 @@ def compute_lime(forward: Forward, batch: torch.Tensor, class_sets: Sequence[Seq
     # the cosine kernel: with baseline 0, cos(x, x on z) = sqrt(Σ_f z_f s_f / Σ_f s_f), s_f = Σ x² over feature f
     energy = torch.zeros(len(counts), z.shape[2], dtype=torch.float64, device=batch.device)
     energy.scatter_add_(1, mask.flatten(1), batch.double().pow(2).sum(1).flatten(1))
-    cosine = ((z @ energy[:, :, None])[..., 0] / energy.sum(1, keepdim=True)).sqrt()
+    # (an image of zeros: 0, as Captum's CosineSimilarity gives with its eps)
+    cosine = ((z @ energy[:, :, None])[..., 0] / energy.sum(1, keepdim=True).clamp_min(1e-300)).sqrt()
     weights = torch.exp(-(1 - cosine) ** 2 / (2 * kernel_width ** 2))  # (N, S)
     return _paint(weighted_lasso(z, scores, weights, alpha), batch, mask)
 
@@ -101,7 +102,10 @@ def compute_kernel_shap(forward: Forward, batch: torch.Tensor, class_sets: Seque
 
 def kernel_shap_coalitions(k: int, samples: int, generator: torch.Generator) -> torch.Tensor:
     """KernelShap's `samples` coalitions of `k` features, (samples, k) 0/1 float64, drawn as Captum's
-    `kernel_shap_perturb_generator` draws them (a size, then K normal numbers, per sample)."""
+    `kernel_shap_perturb_generator` draws them (a size, then K normal numbers, per sample). One feature (a mask of
+    one label) has no size to draw, where Captum raises: all and none are then every coalition."""
+    if k < 2:
+        return torch.tensor([1.0, 0.0], dtype=torch.float64).repeat(samples)[:samples, None].expand(samples, k).clone()
     sizes = torch.arange(k, dtype=torch.float)
     probs = torch.tensor(k - 1) / (sizes * (k - sizes))  # float32, as Captum computes them
     probs[0] = 0.0
