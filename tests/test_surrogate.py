@@ -26,8 +26,9 @@ from reportgen.stages import gradients as G
 from tests.helpers import make_context
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
-# max |ours − Captum| relative to max |Captum| per image: KernelShap's least squares and Lime against a Lasso run to
-# convergence differ by float32 rounding (Captum's fits run in float32) and forwards of other batch compositions
+# max |ours − Captum| relative to max |Captum| per image, on panels of ≤ 12 superpixels: Captum's fits run in float32
+# (scikit-learn's), ours in float64, and forwards of other batch compositions round differently. (At 50 superpixels
+# Captum's float32 KernelShap fit, with its end weights of 10⁶, is only good to about 1e-3: docs/methods.md.)
 TOL = 1e-4
 # Lime against Captum's default Lasso (scikit-learn's tol=1e-4 dual-gap stop): its stopping error, measured up to
 # 3e-5 on these panels (docs/methods.md); a Lasso run to tol 1e-12 is within 1e-6
