@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 import warnings
 
 import numpy as np
@@ -242,3 +243,22 @@ def test_a_build_with_an_occlusion_window_larger_than_the_image_or_stride_0_writ
     config = project.base()  # 16 × 16 inputs
     config["analyses"]["gradients"] = {"methods": ["occlusion"], **over}
     _refused(project, config, said)
+
+
+def test_lime_and_kernel_shap_take_the_mask_file_and_count_its_labels_at_validation(project):
+    """The surrogate methods read the same mask: with a 2-label file KernelShap needs 3 samples (a value per label and
+    an intercept), counted from the file at validation; without it, `slic_segments` + 1."""
+    np.save(project.root / "halves.npy", halves(16, 16))
+    config = project.base()
+    config["analyses"] = {"gradients": {"methods": ["lime", "kernel_shap"], "feature_mask": "halves.npy",
+                                        "kernel_shap_samples": 3, "lime_samples": 8, "lime_alpha": 0.0}}
+    config["output"]["save_arrays"] = True
+    result = CliRunner().invoke(main, ["build", str(project.write(config)), "-q"])
+    assert result.exit_code == 0, result.output
+    arrays = np.load(project.root / "out" / "arrays.npz")
+    for method in ("lime", "kernel_shap"):
+        maps = [arrays[k][0] for k in arrays.files if k.startswith(f"gradients/{method}/")]
+        assert maps and all(len(np.unique(m)) <= 2 and (m[:, :8] == m[0, 0]).all() for m in maps)
+    del config["analyses"]["gradients"]["feature_mask"]
+    shutil.rmtree(project.root / "out")
+    _refused(project, config, "kernel_shap_samples", "3 is too few for 50 superpixels", "at least 51")

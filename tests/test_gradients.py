@@ -493,7 +493,7 @@ def test_guided_gradcam_without_a_spatial_layer():
 
 
 @pytest.mark.parametrize("baseline, message", [("wrong.npy", r"shape \[3, 8, 8\]"), ("zeroo", "Did you mean `zero`"),
-                                               ("x.npz", "several arrays"), ("big.npy", "larger than it can be: a baseline is one array")])
+                                               ("x.npz", "several arrays"), ("big.npy", "larger than it can be: a baseline")])
 def test_validate_exits_2_for_a_bad_baseline(project, baseline, message):
     np.save(project.root / "wrong.npy", np.zeros((3, 8, 8), dtype=np.float32))
     np.savez(project.root / "x.npz", a=np.zeros((3, 16, 16), dtype=np.float32))

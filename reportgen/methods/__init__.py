@@ -34,7 +34,8 @@ from typing import Any
 from ..registry import METHODS
 from .options import (
     DeepLiftOptions, DriseOptions, FeatureAblationOptions, GradientShapOptions, GuidedGradCamOptions,
-    IntegratedGradientsOptions, MaskedOptions, OcclusionOptions, RiseOptions, ShapleySamplingOptions, SmoothGradOptions,
+    IntegratedGradientsOptions, KernelShapOptions, LimeOptions, MaskedOptions, OcclusionOptions, RiseOptions,
+    ShapleySamplingOptions, SmoothGradOptions,
 )
 from .options import (  # part m26tc2
     DeepLiftShapOptions, ISCamOptions, LeGradOptions, SmoothGradCamppOptions, SSCamOptions, VarGradOptions,
@@ -306,6 +307,15 @@ BUILT_IN.append(Method(id="shapley_value_sampling", family="gradients", title="S
                        aliases=("shapleyvaluesampling",), hooks=False, options=ShapleySamplingOptions,
                        compute="reportgen.methods.ablation:shapley_value_sampling",
                        note="classifiers: each SLIC superpixel's mean logit rise when put back in random orders",
+                       group="Perturbation (black box)"))
+# part m26lime: Captum's Lime and KernelShap over the same superpixels (reportgen.methods.surrogate)
+BUILT_IN.append(Method(id="lime", family="gradients", title="LIME", hooks=False, options=LimeOptions,
+                       compute="reportgen.methods.surrogate:lime",
+                       note="classifiers: a Lasso fitted to the logit over random subsets of the SLIC superpixels",
+                       group="Perturbation (black box)"))
+BUILT_IN.append(Method(id="kernel_shap", family="gradients", title="Kernel SHAP", aliases=("kernelshap",),
+                       hooks=False, options=KernelShapOptions, compute="reportgen.methods.surrogate:kernel_shap",
+                       note="classifiers: superpixel Shapley values from a Shapley-kernel weighted linear fit",
                        group="Perturbation (black box)"))
 # part m26lrp: layer-wise relevance propagation, Captum's LRP and Zennit's composites (reportgen.methods.lrp); hooked
 # (no TorchScript); a layer without a rule is refused at validation

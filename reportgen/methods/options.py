@@ -115,8 +115,9 @@ SUPERPIXELS_INSTALL = "pip install 'reportgen[superpixels]'"
 
 
 @dataclass(frozen=True)
-class FeatureAblationOptions:
-    """FeatureAblation (classifiers): one forward per superpixel of each image (scikit-image's SLIC, deterministic)."""
+class SuperpixelOptions:
+    """What the methods over a feature mask share (feature_ablation, shapley_value_sampling, lime, kernel_shap): the
+    mask (a user's, else scikit-image's SLIC, deterministic) and the inputs per forward."""
 
     slic_segments: int = setting(50, **COUNT)  # superpixels: SLIC's n_segments (about that many superpixels)
     slic_compactness: float = setting(10.0, gt=0)  # superpixels: SLIC's compactness (higher: squarer superpixels)
@@ -125,9 +126,17 @@ class FeatureAblationOptions:
     # a .npy (H, W) of integer labels in input pixels, every image's feature mask (a manifest's `segments` first);
     feature_mask: Path | None = setting(None, kind="path")  # null: SLIC superpixels
 
+    def features(self, size: tuple[int, int]) -> int:
+        """About how many features an image has: the file's labels, else `slic_segments`."""
+        if self.feature_mask is None:
+            return self.slic_segments
+        from ..segments import load_feature_mask  # numpy: read only when a file is given
+
+        return int(load_feature_mask(self.feature_mask, size).max()) + 1
+
     def forwards(self, size: tuple[int, int]) -> int:
-        """Forwards one map of one image costs: one per superpixel (about `slic_segments`)."""
-        return self.slic_segments + 1
+        """Forwards one map of one image costs: one per feature, and the image (feature_ablation)."""
+        return self.features(size) + 1
 
     def check(self, size: tuple[int, int]) -> None:
         """A ReportgenError for a feature-mask file that is no (H, W) label map of `size`, or when scikit-image (the
@@ -136,26 +145,20 @@ class FeatureAblationOptions:
 
 
 @dataclass(frozen=True)
-class ShapleySamplingOptions:
+class FeatureAblationOptions(SuperpixelOptions):
+    """FeatureAblation (classifiers): one forward per superpixel of each image (scikit-image's SLIC, deterministic)."""
+
+
+@dataclass(frozen=True)
+class ShapleySamplingOptions(SuperpixelOptions):
     """ShapleyValueSampling (classifiers): per image, `shapley_samples` random orders of its superpixels, one forward
     per superpixel added."""
 
-    slic_segments: int = setting(50, **COUNT)  # superpixels: SLIC's n_segments (about that many superpixels)
-    slic_compactness: float = setting(10.0, gt=0)  # superpixels: SLIC's compactness (higher: squarer superpixels)
-    slic_sigma: float = setting(1.0, ge=0)  # superpixels: SLIC's Gaussian smoothing before segmenting, in px
-    internal_batch_size: int | None = setting(None, **COUNT)  # inputs per forward (ig, smoothgrad)
     shapley_samples: int = setting(25, **COUNT)  # shapley_value_sampling: random superpixel orders per image
-    # a .npy (H, W) of integer labels in input pixels, every image's feature mask (a manifest's `segments` first);
-    feature_mask: Path | None = setting(None, kind="path")  # null: SLIC superpixels
 
     def forwards(self, size: tuple[int, int]) -> int:
         """Forwards one map of one image costs: one per superpixel put back, along each order."""
-        return self.shapley_samples * self.slic_segments + 1
-
-    def check(self, size: tuple[int, int]) -> None:
-        """A ReportgenError for a feature-mask file that is no (H, W) label map of `size`, or when scikit-image (the
-        `superpixels` extra) is missing."""
-        check_feature_mask(self.feature_mask, size)
+        return self.shapley_samples * self.features(size) + 1
 
 
 def check_feature_mask(path: Path | None, size: tuple[int, int]) -> None:
@@ -173,7 +176,7 @@ def require_skimage() -> None:
     """A ReportgenError naming the extra when scikit-image cannot be imported (the superpixels come from its SLIC)."""
     import importlib.util
     if importlib.util.find_spec("skimage") is None:
-        raise ReportgenError("the superpixel feature mask (feature_ablation, shapley_value_sampling) needs "
+        raise ReportgenError("the superpixel feature mask (feature_ablation, shapley_value_sampling, lime, kernel_shap) needs "
                              f"scikit-image: {SUPERPIXELS_INSTALL}")
 
 
@@ -267,3 +270,51 @@ class LrpOptions:
         """A ReportgenError naming the first layer of `model` (or join of branches, from one forward of a zero input
         of `input_size` through `forward`) the rules of `method` do not cover."""
         _check_lrp_model(model, method, forward, input_size)
+
+
+# ---------------------------------------------------------------------------- part m26lime: surrogate models
+
+
+@dataclass(frozen=True)
+class LimeOptions(SuperpixelOptions):
+    """Lime (classifiers): per image, `lime_samples` random subsets of its superpixels (a forward each) and a Lasso
+    fitted to the logit over them (Captum's Lime)."""
+
+    lime_samples: int = setting(200, **COUNT)  # lime: random superpixel subsets per image (a forward each)
+    lime_kernel_width: float = setting(1.0, gt=0)  # lime: width of the exponential kernel on the cosine distance
+    lime_alpha: float = setting(0.01, ge=0)  # lime: the Lasso's L1 weight (Captum's SkLearnLasso(alpha=0.01))
+
+    def forwards(self, size: tuple[int, int]) -> int:
+        return self.lime_samples
+
+    def check(self, size: tuple[int, int]) -> None:
+        """A ReportgenError for a bad feature-mask file, when scikit-image is missing, or for fewer than 2 samples (a
+        fit with an intercept learns nothing from one)."""
+        super().check(size)
+        if self.lime_samples < 2:
+            raise ReportgenError(f"`analyses.gradients.lime_samples`: {self.lime_samples} is too few; lime fits a "
+                                 "linear model with an intercept to the samples and needs at least 2 (default 200).")
+
+
+@dataclass(frozen=True)
+class KernelShapOptions(SuperpixelOptions):
+    """KernelShap (classifiers): per image, `kernel_shap_samples` subsets of its superpixels (all, none, then random
+    ones of Shapley-kernel sizes; a forward each) and a weighted least-squares fit of the logit over them."""
+
+    kernel_shap_samples: int = setting(200, **COUNT)  # kernel_shap: superpixel subsets per image (a forward each)
+
+    def forwards(self, size: tuple[int, int]) -> int:
+        return self.kernel_shap_samples
+
+    def check(self, size: tuple[int, int]) -> None:
+        """A ReportgenError for a bad feature-mask file, when scikit-image is missing, or for fewer samples than the
+        fit's unknowns: a value per feature (the file's labels, else about `slic_segments`) and an intercept. (A
+        manifest's own segments are counted when read: more than the samples allow get the minimum-norm fit.)"""
+        super().check(size)
+        k = self.features(size)
+        if self.kernel_shap_samples < k + 1:
+            what = "the feature mask's labels" if self.feature_mask is not None else "superpixels (`slic_segments`)"
+            raise ReportgenError(
+                f"`analyses.gradients.kernel_shap_samples`: {self.kernel_shap_samples} is too few for {k} {what}; "
+                f"kernel_shap fits a value per feature and an intercept, so it needs at least {k + 1} samples "
+                "(default 200).")
