@@ -92,7 +92,8 @@ def ranking_table(evaluation: dict) -> str:
         for c in columns:
             s = row["scores"].get(c["id"])
             cells.append("–" if s is None else f"{s['mean']:.3f} [{s['low']:.3f}, {s['high']:.3f}]")
-        worse = ", ".join(sorted(row["not_better"])) or ("(a baseline)" if row["baseline"] else "–")
+        worse = ", ".join(c["label"] for c in columns if c["id"] in row["not_better"]) or \
+            ("(a baseline)" if row["baseline"] else "–")
         lines.append(f"| {name}{' (baseline)' if row['baseline'] else ''} | {group} | " + " | ".join(cells) +
                      f" | {worse} |")
     return "\n".join(lines) + "\n"
