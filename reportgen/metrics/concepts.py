@@ -16,7 +16,8 @@ sample by non-negative least squares against its concepts.
 
 `project` gives an image outside the sample its heat maps: for each position, the h >= 0 minimising
 ||(x - offset) - W h||, the problem NMF's H solves once W is fixed. No reference exists for it: the tests check its
-optimality conditions (KKT) and scipy's `nnls` position by position.
+optimality conditions (KKT) and scipy's `nnls` position by position. Cost: 2 000 images of 64 x 7 x 7 activations
+against 8 concepts take 1.1 s on one CPU thread (linear in positions; about 27 s for 50 000 such images).
 
 A concept's weight in an image (`concept_mass`): its heat map summed over positions, times the norm of its channel
 vector (NMF's factors have a free scale per concept, so H alone does not compare concepts), divided by the image's
