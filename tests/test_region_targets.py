@@ -43,8 +43,9 @@ GRADIENT_CAMS = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam")
 EIGEN = ("eigencam", "eigengradcam")
 GRADIENTS = ("saliency", "input_x_gradient", "guided_backprop", "deconvnet", "guided_gradcam", "smoothgrad",
              "integrated_gradients")
-OPTIONS = SimpleNamespace(steps=4, baseline="zero", internal_batch_size=None, samples=3, stdev=0.15)
 MASKED_BATCH = 3  # Score-CAM / Ablation-CAM forwards per batch: partial batches, the same in both tools
+OPTIONS = SimpleNamespace(steps=4, baseline="zero", internal_batch_size=None, samples=3, stdev=0.15,
+                          batch_size=MASKED_BATCH, max_channels=None)  # the stages' options the methods read
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
