@@ -16,7 +16,7 @@ import pytest
 
 from reportgen import render
 from reportgen.figures.images import anchor
-from reportgen.figures.scatter import LEVELS, scatter_payload
+from reportgen.figures.scatter import LEVELS, UNKNOWN, class_colour, scatter_payload
 from tests.test_browser import assert_offline_and_clean, driver, js, open_page, save_screenshot  # noqa: F401
 from tests.test_browser import wait_for
 
@@ -29,7 +29,7 @@ SCATTER_JS = (render.templates_dir() / "scatter.js").read_text(encoding="utf-8")
 SECTION = '{% from "partials/scatter.html.jinja2" import scatter %}\n{{ scatter(section.scatter, "feature-space", ' \
           '"Penultimate features, PCA to 2-D.") }}\n'
 FAR, NEAR = 0, 1  # two points drawn apart from the cloud: FAR is a detail image and a mistake, NEAR has no card
-DETAILS = [FAR, 7, 4242]
+DETAILS = [FAR, 7, 2424]
 
 
 def _points(n: int = N, seed: int = 0):
@@ -40,9 +40,9 @@ def _points(n: int = N, seed: int = 0):
     predicted = np.where(wrong, (truth + rng.integers(1, len(LABELS), n)) % len(LABELS), truth)
     centres = rng.normal(0, 4, (len(LABELS), 2))
     xy = centres[truth] + rng.normal(0, 1, (n, 2))
-    names = [f"val/{LABELS[t]}/image_{i:06d}.jpg" for i, t in enumerate(truth)]
     truth[FAR], predicted[FAR], xy[FAR] = 1, 2, xy.max(axis=0) + 3  # up right, apart
     truth[NEAR], predicted[NEAR], xy[NEAR] = 3, 3, xy.min(axis=0) - 3  # down left, apart
+    names = [f"val/{LABELS[t]}/image_{i:06d}.jpg" for i, t in enumerate(truth)]
     names[NEAR] = f"val/{LABELS[3]}/{HOSTILE}.jpg"
     return xy, truth, predicted, names
 
@@ -111,14 +111,15 @@ def _decode(payload: dict) -> dict:
     """The payload read back as scatter.js reads it."""
     import json
     d = json.loads(payload["json"])
-    kind = "<u2" if d["wide"] else "u1"
+    kind = "<u2" if d["size"] == 2 else "u1"
     shared, rest, names, previous = base64.b64decode(d["shared"]), d["names"].split("\n"), [], ""
     for k, tail in zip(shared, rest):
         previous = previous[:k] + tail
         names.append(previous)
     read = lambda key, dtype: np.frombuffer(base64.b64decode(d[key]), dtype=dtype)  # noqa: E731
     return {"names": names, "x": read("x", "<u2"), "y": read("y", "<u2"), "truth": read("truth", kind),
-            "pred": read("pred", kind), "anchors": dict(map(tuple, d["anchors"])), "d": d}
+            "pred": read("pred", kind), "anchors": {int(k): v for k, v in d["anchors"].items()},
+            "colours": base64.b64decode(d["colours"]), "d": d}
 
 
 def test_payload_keeps_every_point_name_class_and_the_maps_shape():
@@ -137,11 +138,15 @@ def test_payload_keeps_every_point_name_class_and_the_maps_shape():
     expected = (xy - xy.min(axis=0)) / span * LEVELS
     assert np.abs(got["x"][at] - expected[:, 0]).max() <= 0.5 and np.abs(got["y"][at] - expected[:, 1]).max() <= 0.5
     assert max(got["d"]["extent"]) == LEVELS and min(got["d"]["extent"]) < LEVELS
-    assert got["truth"][at[5]] == 255 and (got["truth"][at][truth >= 0] == truth[truth >= 0]).all()
+    assert got["truth"][at[5]] == len(LABELS) and (got["truth"][at][truth >= 0] == truth[truth >= 0]).all()
     assert (got["pred"][at] == predicted).all()
     assert got["anchors"] == {int(at[i]): f"card-{i}" for i in range(0, n, 500)}
     assert [(k, fig.png) for k, fig in payload["thumbs"]] == [(int(at[500]), b"png")]
     assert payload["mistakes"] == int(((truth >= 0) & (truth != predicted)).sum())
+    # a colour per class, then unknown's, as the RGBA bytes the script writes into the canvas; the legend says so
+    hexes = [class_colour(k) for k in range(len(LABELS))] + [UNKNOWN]
+    assert got["colours"] == bytes.fromhex("".join(c[1:] + "ff" for c in hexes))
+    assert payload["legend"] == list(zip(LABELS, hexes)) and len(set(hexes)) == len(hexes)
 
 
 def test_payload_is_safe_inside_a_script_element_and_wide_for_many_classes():
@@ -150,7 +155,8 @@ def test_payload_is_safe_inside_a_script_element_and_wide_for_many_classes():
                               [None, None], {})
     assert "<" not in payload["json"] and ">" not in payload["json"] and "&" not in payload["json"]
     got = _decode(payload)
-    assert got["d"]["wide"] and got["names"] == [HOSTILE, "b"] and list(got["truth"]) == [300, 65535]
+    assert got["d"]["size"] == 2 and got["names"] == [HOSTILE, "b"] and list(got["truth"]) == [300, 301]
+    assert payload["legend"] == [] and payload["unknown"] == 1
     assert payload["mistakes"] == 1 and list(got["x"]) == [0, 0]  # all in one place: no division by zero
 
 
@@ -241,7 +247,7 @@ def _click_here(driver) -> None:
 PIXEL = """const c = document.querySelector('.scatter canvas'), r = devicePixelRatio;
     return [...c.getContext('2d').getImageData(Math.round(arguments[0] * r), Math.round(arguments[1] * r), 1, 1).data]"""
 SWATCH = """return [...document.querySelectorAll('.scatter-legend li')].filter(li => li.textContent === arguments[0])
-    .map(li => getComputedStyle(li.firstChild).backgroundColor)[0]"""
+    .map(li => li.querySelector('circle').getAttribute('fill'))[0]"""
 
 
 def test_50_000_points_draw_in_under_2_s_offline_within_the_policy_and_answer_the_pointer(driver, pages):
@@ -258,7 +264,7 @@ def test_50_000_points_draw_in_under_2_s_offline_within_the_policy_and_answer_th
     assert names[FAR] in tip["text"] and f"Truth: {LABELS[1]}" in tip["text"] and f"Predicted: {LABELS[2]}" in tip["text"]
     assert "mistake" in tip["text"] and tip["thumb"] == "data:image/png;base64,"
     x, y = _where(driver, FAR)  # the dot wears its true class's colour, then its predicted one
-    rgb = lambda css: [int(v) for v in re.findall(r"\d+", css)[:3]]  # noqa: E731
+    rgb = lambda hex_colour: list(bytes.fromhex(hex_colour[1:]))  # noqa: E731
     assert js(driver, PIXEL, x, y)[:3] == rgb(js(driver, SWATCH, LABELS[1]))
     driver.find_element("css selector", ".scatter input[value=pred]").click()
     assert wait_for(lambda: js(driver, PIXEL, x, y)[:3] == rgb(js(driver, SWATCH, LABELS[2])), message="recoloured")
@@ -285,11 +291,20 @@ def test_the_keyboard_steps_through_the_mistakes(driver, pages):
     open_page(driver, pages["path"])
     canvas = driver.find_element("css selector", ".scatter canvas")
     js(driver, "arguments[0].scrollIntoView({block: 'center'}); arguments[0].focus()", canvas)
+    said = "return document.querySelector('.scatter-said').textContent"
     canvas.send_keys(Keys.ARROW_RIGHT)
-    said = wait_for(lambda: js(driver, "return document.querySelector('.scatter-said').textContent"), message="said")
-    assert "✗ mistake" in said and "Truth: " in said
-    canvas.send_keys(Keys.ESCAPE)
-    assert js(driver, "return document.querySelector('.scatter-tip').hidden")
+    first = wait_for(lambda: js(driver, said), message="the first mistake said")
+    assert "✗ mistake" in first and "Truth: " in first and "Predicted: " in first
+    canvas.send_keys(Keys.ARROW_RIGHT)
+    assert wait_for(lambda: js(driver, said) != first and "✗ mistake" in js(driver, said), message="the next one")
+    canvas.send_keys(Keys.ARROW_LEFT)
+    assert wait_for(lambda: js(driver, said) == first, message="back")
+    canvas.send_keys(Keys.ENTER)  # opens it: the table of every image filtered to its name (or its card)
+    name = first.split(". ")[0]
+    assert wait_for(lambda: js(driver, "return document.querySelector('input.filter').value") == name
+                    or js(driver, "return location.hash") == "#" + anchor(name), message="Enter to open the image")
+    js(driver, "document.activeElement.blur()")
+    assert js(driver, "return document.querySelector('.scatter-tip').hidden")  # leaving the map hides its tooltip
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])

@@ -5,7 +5,9 @@ picture of 50 000 points can neither say which point is which nor link to it. Th
 scale (about 1.2 MB at 50 000 points named like `val/class_name/image_012345.jpg`, tests/test_scatter.py):
 
 - coordinates quantised to uint16 on one common scale (the map's aspect ratio is kept), little-endian, base64;
-- classes as uint8 (uint16 beyond 254 classes), the largest value meaning "truth unknown", base64;
+- classes as uint8 (uint16 beyond 255 classes), base64; the value len(labels) means "truth unknown";
+- one colour per class (Tableau 10, then golden-angle hues: mid tones, readable on the light and the dark page)
+  and a grey for unknown truth, as RGBA bytes, base64: the script writes them straight into the canvas's pixels;
 - mistakes are not stored: a point is one where truth is known and differs from the prediction;
 - names sorted and front-coded (how many leading characters each shares with the one before, uint8, and the
   rest, joined by newlines): names of a data set share long prefixes, whatever order the points come in.
@@ -15,6 +17,7 @@ drawn over another) and the mistakes last."""
 from __future__ import annotations
 
 import base64
+import colorsys
 import json
 
 import numpy as np
@@ -22,6 +25,18 @@ import numpy as np
 from .common import Figure
 
 LEVELS = 65535  # uint16 coordinates
+TABLEAU = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"]
+UNKNOWN = "#8a9096"  # the colour of a point whose truth is unknown
+LEGEND_MAX = 24  # more classes than this: no legend (hover a point for its class)
+
+
+def class_colour(k: int) -> str:
+    """The colour of class k, "#rrggbb": Tableau 10, then hues 137.5° apart at the same lightness."""
+    if k < len(TABLEAU):
+        return TABLEAU[k]
+    hue = (k * 137.508) % 360
+    rgb = colorsys.hls_to_rgb(hue / 360, 0.55, 0.6)
+    return "#" + "".join(f"{round(255 * v):02x}" for v in rgb)
 
 
 def scatter_payload(xy: np.ndarray, truth: np.ndarray, predicted: np.ndarray, names: list[str], labels: list[str],
@@ -34,9 +49,10 @@ def scatter_payload(xy: np.ndarray, truth: np.ndarray, predicted: np.ndarray, na
     it has none: clicking such a point filters the table of every image to its name instead.
     thumbs: point index -> PNG, the thumbnail its tooltip shows (detail images only: each one is page weight).
 
-    Returns {"count", "labelled", "mistakes", "json", "thumbs"}: `json` is compact JSON text safe inside
-    <script type="application/json"> ({"n", "x", "y", "extent", "truth", "pred", "wide", "labels", "shared",
-    "names", "anchors"}), `thumbs` a list of (position in the payload, Figure) for the template's `src` filter."""
+    Returns {"count", "labelled", "mistakes", "unknown", "classes", "legend", "json", "thumbs"}: `json` is compact JSON
+    text safe inside <script type="application/json"> ({"n", "x", "y", "extent", "truth", "pred", "size",
+    "colours", "labels", "shared", "names", "anchors"}); `legend` [(label, "#rrggbb")] (empty beyond LEGEND_MAX
+    classes); `thumbs` a list of (position in the payload, Figure) for the template's `src` filter."""
     xy = np.asarray(xy, dtype=np.float64)
     n = len(names)
     truth, predicted = np.asarray(truth).astype(np.int64).reshape(-1), np.asarray(predicted).astype(np.int64).reshape(-1)
@@ -59,10 +75,13 @@ def scatter_payload(xy: np.ndarray, truth: np.ndarray, predicted: np.ndarray, na
     low = xy.min(axis=0) if n else np.zeros(2)
     span = float((xy.max(axis=0) - low).max()) if n else 0.0
     q = np.zeros((n, 2), dtype="<u2") if span == 0 else np.rint((xy - low) / span * LEVELS).astype("<u2")
-    wide = k >= 255
-    unknown = 65535 if wide else 255
-    dtype = "<u2" if wide else "u1"
-    stored_truth = np.where(truth < 0, unknown, truth).astype(dtype)
+    if k >= 65535:
+        raise ValueError(f"scatter: {k} classes, at most 65 534")
+    size = 1 if k < 256 else 2
+    dtype = "u1" if size == 1 else "<u2"
+    stored_truth = np.where(truth < 0, k, truth).astype(dtype)  # k: unknown
+    colours = [class_colour(c) for c in range(k)]
+    rgba = bytes.fromhex("".join(c[1:] + "ff" for c in colours + [UNKNOWN]))
 
     shared, rest, previous = bytearray(), [], ""
     for i in order:
@@ -78,15 +97,17 @@ def scatter_payload(xy: np.ndarray, truth: np.ndarray, predicted: np.ndarray, na
 
     data = {
         "n": n, "x": _b64(q[:, 0]), "y": _b64(q[:, 1]), "extent": [int(q[:, 0].max(initial=0)), int(q[:, 1].max(initial=0))],
-        "truth": _b64(stored_truth), "pred": _b64(predicted.astype(dtype)), "wide": wide, "labels": list(labels),
+        "truth": _b64(stored_truth), "pred": _b64(predicted.astype(dtype)), "size": size,
+        "colours": base64.b64encode(rgba).decode("ascii"), "labels": list(labels),
         "shared": base64.b64encode(bytes(shared)).decode("ascii"), "names": "\n".join(rest),
-        "anchors": sorted([int(where[i]), a] for i, a in enumerate(anchors) if a),
+        "anchors": {str(k): a for k, a in sorted((int(where[i]), a) for i, a in enumerate(anchors) if a)},
     }
     text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
     text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")  # safe inside <script>
     known = truth >= 0
     return {"count": n, "labelled": bool(known.any()), "mistakes": int((known & (truth != predicted)).sum()),
-            "json": text,
+            "unknown": int((~known).sum()), "classes": k, "legend": list(zip(labels, colours)) if k <= LEGEND_MAX else [],
+            "json": text, "unknown_colour": UNKNOWN,
             "thumbs": sorted(((int(where[i]), Figure(png=png, alt=f"Thumbnail of {names[i]}")) for i, png in thumbs.items()),
                              key=lambda t: t[0])}
 
