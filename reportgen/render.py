@@ -328,8 +328,8 @@ def render_report(config, ctx, runs, described: dict, *, records: list[dict] | N
                 errors[run.name] = error
         stages.append({"name": run.name, "title": run.title, "status": status,
                        "error": error, "seconds": run.seconds, "section": run.section, "html": html})
-    extra_css, report["scripts"] = page_extras(extras)
-    css += extra_css + "\n/* the pictures of layered figures, one rule each */\n" + images.css()  # complete once the sections are drawn
+    extra_css, report["scripts"] = page_extras(extras)  # what the sections asked for, known once they are drawn
+    css += extra_css + "\n/* the pictures of layered figures, one rule each */\n" + images.css()  # complete now too
     report["css"] = css
     report["csp"] = page_policy(css, js, "data:" if config.output.self_contained else "'self' data:", report["scripts"])
     html = env.get_template("report.html.jinja2").render(report=report)
