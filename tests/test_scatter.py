@@ -59,14 +59,15 @@ def _payload(n: int = N):
         xy, truth, predicted, names)
 
 
-def _render(tmp_path, with_scatter: bool, n: int = N) -> str:
-    """A report page: the table of every image (n rows), cards for DETAILS, and a section with the scatter."""
+def _render(tmp_path, with_scatter: bool, n: int = N, self_contained: bool = True):
+    """A report page: the table of every image (n rows), cards for DETAILS, and a section with the scatter.
+    Its HTML; a static site's page (`self_contained=False`) as `render.Rendered`, with its assets."""
     payload, (xy, truth, predicted, names) = _payload(n)
     pixels = np.random.default_rng(0).integers(0, 256, size=(24, 32, 3), dtype=np.uint8)
     top = lambda i: [{"index": int(predicted[i]), "label": LABELS[predicted[i]], "probability": 0.9}]  # noqa: E731
     records = [{"name": names[i], "source": names[i], "truth": {"index": int(truth[i]), "label": LABELS[truth[i]]},
                 "top_k": top(i), "detail": "class sample" if i in DETAILS else None} for i in range(n)]
-    config = SimpleNamespace(title="Feature space", output=SimpleNamespace(self_contained=True))
+    config = SimpleNamespace(title="Feature space", output=SimpleNamespace(self_contained=self_contained))
     ctx = SimpleNamespace(images=[SimpleNamespace(name=names[i], source=names[i], display=pixels) for i in DETAILS],
                           info=SimpleNamespace(notes=[]))
     template = tmp_path / "insight.html.jinja2"
@@ -80,7 +81,7 @@ def _render(tmp_path, with_scatter: bool, n: int = N) -> str:
             "images": [{"top_k": records[i]["top_k"], "truth": records[i]["truth"]} for i in DETAILS]}
     page = render.render_report(config, ctx, runs, data, records=records)
     assert page.failed == {}, page.failed
-    return page.html
+    return page.html if self_contained else page
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +200,14 @@ def test_only_a_page_with_a_scatter_carries_its_script_and_allows_it(pages):
 def test_the_scatter_adds_at_most_2_mb_at_50_000_points(pages):
     added = len(pages["with"].encode()) - len(pages["without"].encode())
     assert 0.5 * MB < added <= 2 * MB, added
+
+
+def test_a_static_sites_thumbnails_are_files_of_its_assets(tmp_path):
+    import json
+    page = _render(tmp_path, True, n=3000, self_contained=False)
+    thumbs = json.loads(re.search(r'class="scatter-thumbs">(.*?)</script>', page.html).group(1))
+    assert len(thumbs) == len(DETAILS)
+    assert all(src.startswith("assets/") and src.removeprefix("assets/") in page.assets for src in thumbs.values())
 
 
 def test_a_section_may_ask_only_for_files_of_the_templates():

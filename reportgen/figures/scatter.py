@@ -2,7 +2,7 @@
 
 The page draws it itself (templates/partials/scatter.html.jinja2 with templates/scatter.js): no PNG, since a
 picture of 50 000 points can neither say which point is which nor link to it. The payload stays small at that
-scale (about 1.2 MB at 50 000 points named like `val/class_name/image_012345.jpg`, tests/test_scatter.py):
+scale (0.87 MB at 50 000 points named like `val/class_name/image_012345.jpg`, tests/test_scatter.py):
 
 - coordinates quantised to uint16 on one common scale (the map's aspect ratio is kept), little-endian, base64;
 - classes as uint8 (uint16 beyond 255 classes), base64; the value len(labels) means "truth unknown";
