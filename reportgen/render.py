@@ -5,6 +5,8 @@ import base64
 import hashlib
 import io
 import math
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import yaml
@@ -163,7 +165,11 @@ def section_template(env: Environment, stage):
     return env.from_string(path.read_text(encoding="utf-8"))
 
 
-def make_environment(images: _Images) -> Environment:
+def make_environment(images: _Images, extras: list[str] | None = None) -> Environment:
+    """The one Jinja environment of a page. `extras` collects the files a section's template asks for with
+    `page_extra("scatter.js")` (a script or stylesheet of templates/, once each): only pages that need them
+    carry them (`render_report` inlines them and allows each script's hash)."""
+    extras = [] if extras is None else extras  # a section drawn on its own (tests) may ask too
     env = Environment(
         loader=ChoiceLoader([FileSystemLoader(str(templates_dir()))]),
         autoescape=select_autoescape(default=True, default_for_string=True),
@@ -186,7 +192,22 @@ def make_environment(images: _Images) -> Environment:
     env.filters["shown_size"] = lambda fig: png_size(fig.thumb) if fig.thumb else _size(fig)  # the inline picture
     env.globals["self_contained"] = images.self_contained
     env.globals["pick"] = images.pick
+    env.globals["page_extra"] = lambda name: _ask_extra(extras, name)
     return env
+
+
+def _ask_extra(extras: list[str], name: str) -> str:
+    if not re.fullmatch(r"[a-z_]+\.(js|css)", name) or not (templates_dir() / name).is_file():
+        raise ValueError(f"no page extra {name!r} here: a report section may ask for a .js or .css of templates/")
+    if name not in extras:
+        extras.append(name)
+    return ""
+
+
+def page_extras(extras: list[str]) -> tuple[str, list[str]]:
+    """The stylesheet text and the scripts of the extras a page's sections asked for (see `make_environment`)."""
+    read = lambda name: (templates_dir() / name).read_text(encoding="utf-8")  # noqa: E731
+    return ("".join(read(n) for n in extras if n.endswith(".css")), [read(n) for n in extras if n.endswith(".js")])
 
 
 def page_style_and_script() -> tuple[str, str]:
@@ -195,10 +216,11 @@ def page_style_and_script() -> tuple[str, str]:
     return (folder / "style.css").read_text(encoding="utf-8"), (folder / "report.js").read_text(encoding="utf-8")
 
 
-def page_policy(css: str, js: str, img_src: str) -> str:
+def page_policy(css: str, js: str, img_src: str, extra_scripts: Sequence[str] = ()) -> str:
     """The Content-Security-Policy of such a page: nothing from the network; only its own inline stylesheet and
-    script (by hash) and pictures from `img_src`."""
-    return (f"default-src 'none'; img-src {img_src}; style-src {_csp_hash(css)}; script-src {_csp_hash(js)}; "
+    scripts (report.js and `extra_scripts`, by hash) and pictures from `img_src`."""
+    scripts = " ".join(_csp_hash(text) for text in [js, *extra_scripts])
+    return (f"default-src 'none'; img-src {img_src}; style-src {_csp_hash(css)}; script-src {scripts}; "
             "base-uri 'none'; form-action 'none'")
 
 
@@ -259,7 +281,8 @@ def render_report(config, ctx, runs, described: dict, *, records: list[dict] | N
     (`Rendered.failed`: the caller marks it failed in the build's record too, so report.json and the exit code
     agree) and the rest of the report is still drawn."""
     images = _Images(config.output.self_contained)
-    env = make_environment(images)
+    extras: list[str] = []  # the scripts and stylesheets the sections ask for (page_extra)
+    env = make_environment(images, extras)
     css, js = page_style_and_script()
     inputs = [
         {"name": img.name, "source": img.source,
@@ -305,9 +328,10 @@ def render_report(config, ctx, runs, described: dict, *, records: list[dict] | N
                 errors[run.name] = error
         stages.append({"name": run.name, "title": run.title, "status": status,
                        "error": error, "seconds": run.seconds, "section": run.section, "html": html})
-    css += "\n/* the pictures of layered figures, one rule each */\n" + images.css()  # complete once the sections are drawn
+    extra_css, report["scripts"] = page_extras(extras)  # what the sections asked for, known once they are drawn
+    css += extra_css + "\n/* the pictures of layered figures, one rule each */\n" + images.css()  # complete now too
     report["css"] = css
-    report["csp"] = page_policy(css, js, "data:" if config.output.self_contained else "'self' data:")
+    report["csp"] = page_policy(css, js, "data:" if config.output.self_contained else "'self' data:", report["scripts"])
     html = env.get_template("report.html.jinja2").render(report=report)
     return Rendered(html=html, assets=images.assets, failed=errors, record=_page_record(images, inputs))
 
