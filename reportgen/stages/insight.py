@@ -134,15 +134,15 @@ class InsightResult:
 
 def resolve_method(cam_methods: tuple[str, ...], method: str | None) -> str:
     """The CAM method clustered: `method` (any spelling of a configured one), or the first configured."""
-    from ..methods import REGISTRY
+    from ..methods import canonical
 
     if method is None:
         return cam_methods[0]
-    record = REGISTRY.spelled(method)
-    if record is None or record.name not in cam_methods:
+    name = canonical(method, "cam")
+    if name is None or name not in cam_methods:
         raise ReportgenError(f"`analyses.insight.method`: `{method}` is not one of the configured CAM methods "
                              f"(`analyses.cam.methods`: {', '.join(cam_methods)}); name one of them, or add it there.")
-    return record.name
+    return name
 
 
 def check(info: ModelInfo, cfg: InsightConfig) -> None:
@@ -274,7 +274,7 @@ def _analyse(cfg: InsightConfig, seed: int, c: int, label: str, images: int, kep
 
 
 def _num(v: float | None, digits: int = 6) -> float | None:
-    return None if v is None or not math.isfinite(v) else round(float(v), digits)
+    return None if v is None or not math.isfinite(v) else round(float(v), digits) + 0.0  # no -0.0
 
 
 def to_json(result: InsightResult) -> dict:

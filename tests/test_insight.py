@@ -1,0 +1,161 @@
+"""The `insight` stage (SpRAy per class over the cam maps): a streamed build's report.json against SpRAy run on the
+same maps, batch invariance, the cap, the page section, and bad input (exit 2, nothing written). The parity of SpRAy
+itself with CoRelAy is tests/test_spray.py; the planted shortcut is tests/test_insight_planted.py."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from PIL import Image
+
+from reportgen.cli import main
+from reportgen.demo import shapes
+from reportgen.errors import ReportgenError
+from reportgen.metrics import spray
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+pytest.importorskip("sklearn")
+
+SHIPPED = Path(__file__).resolve().parents[1] / "example_configs" / "shapes"
+SIZE = 32
+
+
+def shapes_project(root: Path, n: int = 48, seed: int = 11, **insight) -> dict:
+    """`n` generated shapes at 32 px with labels and boxes in a manifest, the shipped model, gradcam + insight."""
+    batch = shapes.generate(n, seed, size=SIZE)
+    rows = ["path,label,x0,y0,x1,y1"]
+    for i in range(n):
+        Image.fromarray(batch.images[i]).save(root / f"s{i:03d}.png")
+        rows.append(f"s{i:03d}.png,{int(batch.labels[i])}," + ",".join(str(int(v)) for v in batch.boxes[i]))
+    (root / "set.csv").write_text("\n".join(rows) + "\n")
+    return {
+        "title": "insight", "seed": 0,
+        "model": {"source": "module", "factory": "reportgen.demo.shapes:build_model", "kwargs": {"num_classes": 5},
+                  "checkpoint": str(SHIPPED / "model.pt"), "input_size": [3, SIZE, SIZE],
+                  "labels": str(SHIPPED / "labels.txt"), "device": "cpu"},
+        "inputs": {"images": ["set.csv"], "batch_size": 16,
+                   "preprocess": {"normalize": {"mean": shapes.MEAN, "std": shapes.STD}}},
+        "analyses": {"cam": {"methods": ["gradcam", "layercam"], "target_layers": ["features.2"],
+                             "targets": {"topk": 5}, "detail_images": 2},
+                     "insight": {"min_images": 5, "k": 4, "size": 8, "exemplars": 2, **insight}},
+        "output": {"dir": "out", "save_arrays": True},
+    }
+
+
+def build(root: Path, config: dict, *args):
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return CliRunner().invoke(main, ["build", str(path), "-q", *args])
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("insight")
+    config = shapes_project(root)
+    done = build(root, config)
+    assert done.exit_code == 0, done.output
+    with np.load(root / "out" / "arrays.npz") as npz:
+        arrays = {k: npz[k] for k in npz.files if k.startswith("insight/")}
+    return root, config, json.loads((root / "out" / "report.json").read_text()), arrays
+
+
+def test_a_build_clusters_every_class_with_spray(built):
+    root, config, report, arrays = built
+    entry = report["insight"]
+    assert entry["method"] == "gradcam" and entry["layer"] == "features.2" and entry["by"] == "predicted"
+    assert entry["classes"], entry
+    records = [json.loads(line) for line in (root / "out" / "images.jsonl").read_text().splitlines()]
+    predicted = [r["top_k"][0]["index"] for r in records]
+    for c in entry["classes"]:
+        groups = c["groups"]
+        assert sum(g["size"] for g in groups) == c["analysed"] == c["images"] == predicted.count(c["class"]) >= 5
+        assert c["from_eigengap"] and len(groups) == c["clusters"] >= 2
+        values = np.asarray(c["eigenvalues"])
+        assert np.all(np.diff(values) >= -1e-9) and values[0] == pytest.approx(0, abs=1e-6)
+        # the chosen count is where the gap is largest
+        assert c["clusters"] == spray.eigengap(values)
+        labels = arrays[f"insight/{c['class']}/clusters"].astype(int)
+        assert [int((labels == j).sum()) for j in range(len(groups))] == [g["size"] for g in groups]
+        assert [g["size"] for g in groups] == sorted((g["size"] for g in groups), reverse=True)
+        for g in groups:
+            assert 1 <= len(g["exemplars"]) <= 2
+            assert g["accuracy"] is None or 0 <= g["accuracy"] <= 1
+            assert g["outside"] is not None and 0 <= g["outside"] <= 1  # every image has a box
+            assert ("outside" in g["flags"]) == (g["outside"] > 0.5)
+            assert ("unlike" in g["flags"]) == (g["pearson"] is not None and g["pearson"] < 0.5)
+        mean_maps = arrays[f"insight/{c['class']}/mean_maps"]
+        assert mean_maps.shape == (len(groups), 8, 8)
+        np.testing.assert_allclose(mean_maps.mean((1, 2)), 1.0, atol=1e-2)  # each map's cells average 1
+    assert report["metrics"]["insight/classes"] == len(entry["classes"])
+    assert report["metrics"]["insight/flagged_clusters"] == sum(bool(g["flags"]) for c in entry["classes"]
+                                                                for g in c["groups"])
+    assert sum(entry["skipped"].values()) + sum(c["images"] for c in entry["classes"]) == len(records)
+
+
+def test_batching_and_the_cap_do_not_change_the_clusters(built, tmp_path):
+    root, config, report, arrays = built
+    again = dict(config, inputs=dict(config["inputs"], batch_size=5))
+    (tmp_path / "set.csv").write_text((root / "set.csv").read_text())
+    for png in root.glob("s*.png"):
+        (tmp_path / png.name).write_bytes(png.read_bytes())
+    done = build(tmp_path, again)
+    assert done.exit_code == 0, done.output
+    other = json.loads((tmp_path / "out" / "report.json").read_text())["insight"]
+    entry = report["insight"]
+    assert [c["groups"] for c in other["classes"]] == [c["groups"] for c in entry["classes"]]
+    np.testing.assert_allclose([v for c in other["classes"] for v in c["eigenvalues"]],
+                               [v for c in entry["classes"] for v in c["eigenvalues"]], atol=1e-6)
+    # a cap below a class's count: a seeded sample of that size, the same whatever the batching
+    capped = dict(again, analyses=dict(again["analyses"], insight=dict(again["analyses"]["insight"], max_per_class=6)))
+    done = build(tmp_path, capped)
+    assert done.exit_code == 0, done.output
+    small = json.loads((tmp_path / "out" / "report.json").read_text())["insight"]
+    for c, full in zip(small["classes"], entry["classes"]):
+        assert c["images"] == full["images"] and c["analysed"] == min(6, full["images"])
+
+
+def test_the_section_shows_spectra_clusters_and_flags(built):
+    root, *_ = built
+    html = (root / "out" / "report.html").read_text()
+    start = html.index('<section id="insight"')
+    section = html[start:start + html[start:].find("</section>")]
+    assert "Spectral Relevance Analysis" in section and "Spectrum:" in section
+    assert "Cluster 1:" in section and "nearest the cluster" in section
+    assert section.count("<img") >= 4
+
+
+def test_by_truth_and_an_explicit_cluster_count(tmp_path):
+    config = shapes_project(tmp_path, by="truth", clusters=2)
+    done = build(tmp_path, config)
+    assert done.exit_code == 0, done.output
+    entry = json.loads((tmp_path / "out" / "report.json").read_text())["insight"]
+    truth = shapes.generate(48, 11, size=SIZE).labels
+    for c in entry["classes"]:
+        assert c["clusters"] == 2 and not c["from_eigengap"]
+        assert c["images"] == int((truth == c["class"]).sum())
+
+
+@pytest.mark.parametrize("insight,message", [
+    ({"method": "scorecam"}, "not one of the configured CAM methods"),
+    ({"clusters": 1}, "clusters"),
+    ({"clusters": 6}, "fewer than its clusters"),
+])
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, insight, message):
+    config = shapes_project(tmp_path, n=6, **insight)
+    done = build(tmp_path, config)
+    assert done.exit_code == 2, done.output
+    assert message in done.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_without_the_extra_the_message_names_it(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sklearn" else real(name, *a))
+    with pytest.raises(ReportgenError, match=r"pip install 'reportgen\[insight\]'"):
+        spray.require()
