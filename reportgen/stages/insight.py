@@ -239,7 +239,7 @@ def reduce(results: list[InsightResult]) -> InsightResult:
     notes = list(dict.fromkeys(n for r in results for n in r.notes))
     if missing and not any("had no map" in n for n in notes):
         why = "no ground truth or no map of their true class" if cfg.by == "truth" else "no map of their predicted class"
-        notes.append(f"{missing} images had no map for SpRAy ({why} from `analyses.cam`).")
+        notes.append(f"{missing} images had no map for SpRAy ({why} among the class activation maps).")
     return InsightResult(config=cfg, method=first.method, layer=first.layer, seed=first.seed,
                          kept=Kept.join(capped, cfg.size), seen=seen, labels=labels, classes=tuple(classes),
                          skipped=skipped, missing=missing, notes=tuple(notes))
