@@ -16,6 +16,7 @@ from reportgen.cli import main
 from reportgen.demo import shapes
 from reportgen.errors import ReportgenError
 from reportgen.metrics import spray
+from tests.test_browser import driver  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 pytest.importorskip("sklearn")
@@ -159,3 +160,19 @@ def test_without_the_extra_the_message_names_it(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sklearn" else real(name, *a))
     with pytest.raises(ReportgenError, match=r"pip install 'reportgen\[insight\]'"):
         spray.require()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("width", [375, 1400])
+def test_the_section_fits_a_phone_and_a_desktop_with_no_console_error(built, driver, width):
+    """The layout harness of tests/test_layout.py on a report with the insight section."""
+    from tests.test_browser import js, open_page
+    from tests.test_layout import LAYOUT
+
+    root, *_ = built
+    events = open_page(driver, root / "out" / "report.html", width=width, height=900)
+    layout = js(driver, LAYOUT)
+    assert layout["inner"] == width and layout["scroll"] <= layout["inner"], layout
+    assert [o for o in layout["outside"] if "#insight" in o] == [], layout["outside"]
+    assert [s for s in layout["scrolls"] if "#insight" in s["what"] and not s["table"]] == [], layout["scrolls"]
+    assert events["errors"] == [], events["errors"]
