@@ -86,7 +86,7 @@ def _screenshot(html: Path, out: Path) -> None:
     spec = importlib.util.spec_from_file_location("make_screenshot", ROOT / "docs" / "make_screenshot.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    png = module.screenshot(html, 1300, 1000, 0, False, "insight")
+    png = module.screenshot(html, 1300, 1400, 0, False, "insight")  # down to the flagged cluster
     image = Image.open(io.BytesIO(png)).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT,
                                                                 dither=Image.Dither.NONE)
     image.save(out, optimize=True)
