@@ -176,3 +176,28 @@ def test_the_section_fits_a_phone_and_a_desktop_with_no_console_error(built, dri
     assert [o for o in layout["outside"] if "#insight" in o] == [], layout["outside"]
     assert [s for s in layout["scrolls"] if "#insight" in s["what"] and not s["table"]] == [], layout["scrolls"]
     assert events["errors"] == [], events["errors"]
+
+
+def test_the_clusters_are_spray_of_pytorch_grad_cams_maps(built):
+    """End to end: the build's clusters per class are `spray.spray` of pytorch-grad-cam 1.5.7's Grad-CAM maps of the
+    same images for their predicted class, downsampled and stored as float16 as the stage does."""
+    import torch
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    root, config, report, arrays = built
+    test = shapes.generate(48, 11, size=SIZE)
+    model = shapes.load_model(SHIPPED / "model.pt")
+    x = shapes.to_input(test.images)
+    with torch.no_grad():
+        predicted = model(x).argmax(1).numpy()
+    with GradCAM(model=model, target_layers=[model.get_submodule("features.2")]) as cam:
+        maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in predicted])
+    options = config["analyses"]["insight"]
+    for c in report["insight"]["classes"]:
+        images = arrays[f"insight/{c['class']}/images"].astype(int)
+        assert images.tolist() == np.flatnonzero(predicted == c["class"]).tolist()
+        x_c = spray.downsample(maps[images], options["size"]).astype(np.float16).astype(np.float32)
+        ours = spray.spray(x_c, k=options["k"], clusters=None, eigen=10, seed=0)
+        np.testing.assert_allclose(ours.eigenvalues, c["eigenvalues"], atol=1e-4)  # float16 maps of float32 CAMs
+        np.testing.assert_array_equal(ours.labels, arrays[f"insight/{c['class']}/clusters"].astype(int))
