@@ -201,3 +201,35 @@ def test_the_clusters_are_spray_of_pytorch_grad_cams_maps(built):
         ours = spray.spray(x_c, k=options["k"], clusters=None, eigen=10, seed=0)
         np.testing.assert_allclose(ours.eigenvalues, c["eigenvalues"], atol=1e-4)  # float16 maps of float32 CAMs
         np.testing.assert_array_equal(ours.labels, arrays[f"insight/{c['class']}/clusters"].astype(int))
+
+
+def test_reducing_the_ranks_reductions_is_reducing_every_batch():
+    """Under torchrun each rank reduces its batches, then rank 0 reduces those: the same result as one reduce of all
+    batches (the cap keeps the same seeded sample, the counts add up)."""
+    from reportgen.config import InsightConfig
+    from reportgen.stages import insight
+    from tests.test_spray import _maps
+
+    maps, _ = _maps(5, n=60)
+    small = spray.downsample(maps, 8).astype(np.float16)
+    cfg = InsightConfig(size=8, k=5, min_images=5, max_per_class=25, exemplars=2)
+
+    def batch(rows: range) -> insight.InsightResult:
+        rows = np.asarray(rows)
+        classes = (rows % 2).astype(np.int64)
+        kept = insight.Kept(classes=classes, indices=rows.astype(np.int64), truth=classes, predicted=classes,
+                            maps=small[rows], thumbs=np.zeros((len(rows), insight.THUMB, insight.THUMB, 3), np.uint8),
+                            outside=np.full(len(rows), np.nan, np.float32),
+                            priority=np.array([insight._priority(0, int(i)) for i in rows]),
+                            names=tuple(f"i{i}" for i in rows))
+        return insight.InsightResult(config=cfg, method="gradcam", layer="l", seed=0, kept=kept,
+                                     seen={c: int((classes == c).sum()) for c in (0, 1)}, labels={0: "a", 1: "b"})
+
+    batches = [batch(range(s, min(s + 7, 60))) for s in range(0, 60, 7)]
+    once = insight.reduce(batches)
+    twice = insight.reduce([insight.reduce(batches[:4]), insight.reduce(batches[4:])])
+    assert insight.to_json(once) == insight.to_json(twice)
+    assert [c.analysed for c in once.classes] == [25, 25] and [c.images for c in once.classes] == [30, 30]
+    for a, b in zip(once.classes, twice.classes):
+        np.testing.assert_array_equal(a.indices, b.indices)
+        np.testing.assert_array_equal(a.labels, b.labels)
