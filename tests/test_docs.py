@@ -105,7 +105,7 @@ def test_the_example_validates_and_shows_defaults_unless_it_says_e_g():
 
     result = CliRunner().invoke(main, ["validate", str(EXAMPLE)])
     assert result.exit_code == 0, result.output
-    assert "stages: summary, dataset, kernels, feature_maps, cam, gradients, evaluation, training." in result.output
+    assert "stages: summary, dataset, kernels, feature_maps, cam, gradients, evaluation, insight, training." in result.output
 
 
 def test_links_between_the_readme_and_the_pages_lead_to_files():

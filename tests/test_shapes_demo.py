@@ -149,3 +149,32 @@ def test_training_is_deterministic(tmp_path: Path) -> None:
         runs.append(torch.load(tmp_path / name / "model.pt", weights_only=True))
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
     assert (tmp_path / "a" / "train_log.csv").read_text() == (tmp_path / "b" / "train_log.csv").read_text()
+
+
+def test_watermark_off_is_todays_generator_and_on_marks_one_class():
+    """`watermark=None` is byte-identical to the generator before the option existed (hashes taken then); with it,
+    the same shapes, and the mark on `share` of one class only."""
+    import hashlib
+
+    from reportgen.demo.shapes import Watermark, generate
+
+    for (n, seed, size), expected in {(40, 0, 64): "2e2ba24f8f63bc606b1ab4335c2183be9bb136c0b1928dc5112ac250696b414d",
+                                      (30, 7, 32): "2b6bcbc210d1d6fbe1da0e7bed066f29e3c0e4776bd80cb8a368cf0ee703f8f3"}.items():
+        batch = generate(n, seed, size)
+        digest = hashlib.sha256()
+        for array in (batch.images, batch.labels, batch.boxes, batch.masks):
+            digest.update(array.tobytes())
+        assert digest.hexdigest() == expected and batch.marked is None
+    plain = generate(200, 3)
+    mark = Watermark(label=1, share=0.5, corner="top-right")
+    stamped = generate(200, 3, watermark=mark)
+    assert not stamped.marked[plain.labels != 1].any()
+    assert 0.3 < stamped.marked[plain.labels == 1].mean() < 0.7
+    x0, y0, x1, y1 = mark.box(64)
+    changed = (stamped.images != plain.images).any(-1)  # (N, H, W)
+    assert not changed[~stamped.marked].any()
+    outside = changed.copy()
+    outside[:, y0:y1, x0:x1] = False
+    assert not outside.any() and changed[stamped.marked].any()
+    assert x1 == 63 and y0 == 1  # the top-right corner
+    np.testing.assert_array_equal(stamped.labels, plain.labels)

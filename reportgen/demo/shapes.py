@@ -64,6 +64,7 @@ class ShapesBatch:
     labels: np.ndarray  # (N,) int64, index into CLASSES
     boxes: np.ndarray  # (N, 4) int64, x0, y0, x1, y1 (x1, y1 exclusive)
     masks: np.ndarray  # (N, H, W) bool, True on the shape
+    marked: np.ndarray | None = None  # (N,) bool, the images that carry the watermark (with `watermark` only)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -117,9 +118,44 @@ def _shape_mask(label: int, size: int, cx: float, cy: float, radius: float, angl
     return mask
 
 
-def generate(n: int, seed: int, size: int = 64) -> ShapesBatch:
+@dataclass(frozen=True)
+class Watermark:
+    """A planted shortcut: a small black-and-white checkerboard in one corner of a `share` of the images of class
+    `label` (`share` 1: all of them, so a model can learn the class from the mark alone). Which images carry it
+    is drawn from its own generator (`seed`), so the shapes themselves are those of `generate` without it."""
+
+    label: int = 0
+    share: float = 1.0
+    corner: str = "top-left"  # top-left | top-right | bottom-left | bottom-right
+    side: float = 0.15  # the mark's side as a share of the image side (10 px at 64)
+    seed: int = 0
+
+    def box(self, size: int) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1) of the mark in a `size` x `size` image, 1 px in from the corner."""
+        side = max(2, round(self.side * size))
+        x0 = 1 if "left" in self.corner else size - 1 - side
+        y0 = 1 if "top" in self.corner else size - 1 - side
+        return x0, y0, x0 + side, y0 + side
+
+    def quadrant(self, size: int) -> tuple[slice, slice]:
+        """(rows, columns) of the image quadrant that holds the mark."""
+        half = size // 2
+        rows = slice(0, half) if "top" in self.corner else slice(size - half, size)
+        cols = slice(0, half) if "left" in self.corner else slice(size - half, size)
+        return rows, cols
+
+
+def _stamp(image: np.ndarray, mark: Watermark) -> None:
+    """Draw the checkerboard (2 x 2 px squares) in place."""
+    x0, y0, x1, y1 = mark.box(image.shape[0])
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    image[y0:y1, x0:x1] = np.where((((yy - y0) // 2 + (xx - x0) // 2) % 2 == 0)[..., None], 255, 0)
+
+
+def generate(n: int, seed: int, size: int = 64, watermark: Watermark | None = None) -> ShapesBatch:
     """`n` images of `size` x `size`, deterministic for (`n`, `seed`, `size`); image i does not
-    depend on `n` (a longer batch extends a shorter one with the same seed)."""
+    depend on `n` (a longer batch extends a shorter one with the same seed). With `watermark`, the same images
+    with the mark stamped on a share of one class (`marked` says which)."""
     rng = np.random.default_rng(seed)
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     labels = np.empty(n, dtype=np.int64)
@@ -142,7 +178,13 @@ def generate(n: int, seed: int, size: int = 64) -> ShapesBatch:
         ys, xs = np.nonzero(mask)
         images[i], labels[i], masks[i] = image.astype(np.uint8), label, mask
         boxes[i] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
-    return ShapesBatch(images=images, labels=labels, boxes=boxes, masks=masks)
+    if watermark is None:
+        return ShapesBatch(images=images, labels=labels, boxes=boxes, masks=masks)
+    draws = np.random.default_rng([watermark.seed, seed]).random(n)  # its own stream: the shapes stay the same
+    marked = (labels == watermark.label) & (draws < watermark.share)
+    for i in np.flatnonzero(marked):
+        _stamp(images[i], watermark)
+    return ShapesBatch(images=images, labels=labels, boxes=boxes, masks=masks, marked=marked)
 
 
 def to_input(images: np.ndarray) -> torch.Tensor:
@@ -269,12 +311,14 @@ def train(
     size: int = 64,
     num_samples: int = 12,
     tensorboard: bool = True,
+    watermark: Watermark | None = None,
 ) -> dict[str, float]:
     """Train ShapesNet on fresh generated images every epoch and write to `out_dir`:
     `model.pt` (state_dict), `labels.txt`, `images/<class>_<k>.png`, `train_log.csv` (per step),
     `metrics.csv` (per epoch) and `tb/` (TensorBoard, if installed and `tensorboard`).
 
-    Deterministic for a given `seed`. Returns the final epoch's metrics.
+    Deterministic for a given `seed`. Returns the final epoch's metrics. `watermark`: the training and validation
+    images carry it (a planted shortcut, `Watermark`).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -290,7 +334,7 @@ def train(
         schedule = torch.optim.lr_scheduler.OneCycleLR(
             optimiser, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch, pct_start=0.2
         )
-        val = generate(val_size, seed=1000 * seed + 999, size=size)
+        val = generate(val_size, seed=1000 * seed + 999, size=size, watermark=watermark)
         val_x, val_y = to_input(val.images), torch.from_numpy(val.labels)
         generator = torch.Generator().manual_seed(seed)
         start, cpu_start, step, metrics = time.perf_counter(), time.process_time(), 0, {}
@@ -300,7 +344,7 @@ def train(
             epoch_log.writerow(["epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
                                 "elapsed_s", "cpu_s"])
             for epoch in range(epochs):
-                data = generate(train_size, seed=1000 * seed + epoch, size=size)
+                data = generate(train_size, seed=1000 * seed + epoch, size=size, watermark=watermark)
                 labels = torch.from_numpy(data.labels)
                 order = torch.randperm(train_size, generator=generator)
                 model.train()

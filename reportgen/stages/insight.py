@@ -1,0 +1,317 @@
+"""The `insight` stage: what the model learned across the data set. Spectral Relevance Analysis (SpRAy) per class:
+are the images of a class decided for one reason, or is a group of them decided on something else (a watermark,
+the background)?
+
+Streamed with the `cam` stage: in each batch it reads the cam result of the batch (`ctx.results`, every image,
+before `select`) and keeps, per image, only what SpRAy and the page need: the image's map for its class (predicted,
+or true with `by: truth`) of one CAM method, area-downsampled to `size` × `size` and stored as float16
+(`metrics.spray.downsample`), a `THUMB`-pixel thumbnail (uint8), its index, truth and prediction, the share of its
+map's mass outside the object where the inputs give a box or mask, and a seeded priority. `reduce` puts the batches
+together, keeps per class the `max_per_class` images of lowest priority (a seeded sample that does not depend on
+the batching), and runs SpRAy (`metrics.spray.spray`) per class with at least `min_images` images. Per cluster: its
+size, mean map, the `exemplars` images nearest its k-means centre, its accuracy, and two flags:
+
+- `outside`: its images put on average more than `OUTSIDE` of their map's mass outside the object (each map's
+  mass normalised to the same total, so this is the share of the cluster's mean map outside the objects);
+- `unlike`: Pearson's r between its mean map and the mean map of the rest of its class is below `UNLIKE`.
+
+Memory: per image (size² × 2 + THUMB² × 3) bytes, 3.8 KB at size 32: 190 MB at 50 000 images, held until
+`reduce`; SpRAy's affinity is a sparse k-NN graph of at most `max_per_class` images (docs/insight.md).
+
+The result has room for the lead's two other parts (`concepts`, `feature_space`): optional fields, None here.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from ..config.rules import COUNT, SEED, setting
+from ..errors import ReportgenError
+from ..metrics import spray
+from ..metrics.scoring import object_mask
+from . import Context, ModelInfo, Stage
+from .cam import CamResult
+
+THUMB = 24  # side of the thumbnail kept per image (exemplars are drawn from it)
+OUTSIDE = 0.5  # flag: more than this share of the mass outside the object
+UNLIKE = 0.5  # flag: Pearson's r with the rest of the class below this
+
+
+@dataclass(frozen=True)
+class InsightConfig:
+    """What the model learned across the data set: SpRAy (spectral clustering of one CAM method's maps) per class."""
+
+    method: str | None = None  # the CAM method whose maps are clustered; null: the first of `analyses.cam.methods`
+    by: Literal["predicted", "truth"] = "predicted"  # group images by predicted class, or by true class
+    min_images: int = setting(20, ge=2)  # classes with fewer images are not analysed
+    size: int = setting(32, ge=2, le=256)  # maps are area-downsampled to size × size (the paper's 32)
+    k: int = setting(10, **COUNT)  # neighbours of the k-NN affinity
+    clusters: int | None = setting(None, ge=2)  # per class; null: where the eigengap is largest
+    eigenvalues: int = setting(10, ge=3)  # smallest Laplacian eigenvalues computed (the spectrum drawn, the gap)
+    max_per_class: int = setting(2000, ge=2)  # a seeded sample of at most this many images per class
+    exemplars: int = setting(4, ge=0)  # images nearest each cluster's centre shown
+    seed: int | None = setting(None, **SEED)  # default: the config's seed
+
+
+@dataclass(frozen=True)
+class Kept:
+    """Per image what SpRAy needs (all arrays with the same first axis, n)."""
+
+    classes: np.ndarray  # (n,) int64 the class it is grouped under
+    indices: np.ndarray  # (n,) int64 among all images
+    truth: np.ndarray  # (n,) int64, -1 without ground truth
+    predicted: np.ndarray  # (n,) int64
+    maps: np.ndarray = field(repr=False)  # (n, size²) float16, `spray.downsample`
+    thumbs: np.ndarray = field(repr=False)  # (n, THUMB, THUMB, 3) uint8
+    outside: np.ndarray = field(repr=False)  # (n,) float32, NaN: no box or mask
+    priority: np.ndarray = field(repr=False)  # (n,) float64 seeded: the cap keeps the lowest
+    names: tuple[str, ...] = ()
+
+    def take(self, rows: np.ndarray) -> Kept:
+        return Kept(self.classes[rows], self.indices[rows], self.truth[rows], self.predicted[rows], self.maps[rows],
+                    self.thumbs[rows], self.outside[rows], self.priority[rows], tuple(self.names[i] for i in rows))
+
+    @staticmethod
+    def join(parts: list[Kept], size: int) -> Kept:
+        if not parts:
+            return Kept(*(np.zeros(0, np.int64) for _ in range(4)), np.zeros((0, size * size), np.float16),
+                        np.zeros((0, THUMB, THUMB, 3), np.uint8), np.zeros(0, np.float32), np.zeros(0))
+        arrays = [np.concatenate([getattr(p, f) for p in parts]) for f in
+                  ("classes", "indices", "truth", "predicted", "maps", "thumbs", "outside", "priority")]
+        return Kept(*arrays, names=tuple(n for p in parts for n in p.names))
+
+
+@dataclass(frozen=True)
+class Cluster:
+    size: int
+    mean_map: np.ndarray  # (size, size) float32, mean 1 (`spray.downsample`'s scale)
+    exemplars: tuple[str, ...]  # image names, nearest the centre first
+    exemplar_indices: tuple[int, ...]
+    exemplar_thumbs: np.ndarray = field(repr=False)  # (e, THUMB, THUMB, 3) uint8
+    exemplar_maps: np.ndarray = field(repr=False)  # (e, size, size) float32
+    accuracy: float | None = None  # over its images with ground truth
+    outside: float | None = None  # mean share of mass outside the object, over its images with a box or mask
+    pearson: float | None = None  # r of its mean map with the mean map of the rest of its class
+    flags: tuple[str, ...] = ()  # "outside", "unlike"
+
+
+@dataclass(frozen=True)
+class ClassSpray:
+    cls: int
+    label: str
+    images: int  # of this class in the build
+    analysed: int  # after the `max_per_class` cap
+    eigenvalues: np.ndarray  # (m,) the Laplacian's smallest, ascending
+    chosen: bool  # the cluster count came from the eigengap
+    labels: np.ndarray = field(repr=False)  # (analysed,) cluster per image, 0 = largest
+    indices: np.ndarray = field(repr=False)  # (analysed,) image index among all images
+    clusters: tuple[Cluster, ...] = ()
+
+
+@dataclass(frozen=True)
+class InsightResult:
+    config: InsightConfig
+    method: str
+    layer: str
+    seed: int
+    kept: Kept = field(repr=False)  # batches: their images; reduced: every class's sample (a later reduce joins them)
+    seen: dict[int, int] = field(default_factory=dict)  # class -> images in the build (before the cap)
+    labels: dict[int, str] = field(default_factory=dict)  # class -> display label
+    classes: tuple[ClassSpray, ...] = ()  # reduced: the analysed classes, by class index
+    skipped: dict[int, int] = field(default_factory=dict)  # class -> images, for classes below `min_images`
+    missing: int = 0  # images without a map for their class (not a target of the cam stage; `by: truth` unlabelled)
+    notes: tuple[str, ...] = ()
+    # the lead's parts, added later: Deep Feature Factorization's concepts and the feature-space map
+    concepts: Any = None
+    feature_space: Any = None
+
+
+# ---------------------------------------------------------------------------- checks
+
+
+def resolve_method(cam_methods: tuple[str, ...], method: str | None) -> str:
+    """The CAM method clustered: `method` (any spelling of a configured one), or the first configured."""
+    from ..methods import canonical
+
+    if method is None:
+        return cam_methods[0]
+    name = canonical(method, "cam")
+    if name is None or name not in cam_methods:
+        raise ReportgenError(f"`analyses.insight.method`: `{method}` is not one of the configured CAM methods "
+                             f"(`analyses.cam.methods`: {', '.join(cam_methods)}); name one of them, or add it there.")
+    return name
+
+
+def check(info: ModelInfo, cfg: InsightConfig) -> None:
+    """The extra, the method, cluster counts that a class analysed could not have."""
+    spray.require()
+    cam = getattr(info.config.analyses, "cam", None)
+    if cam is None:
+        raise ReportgenError("`analyses.insight` clusters the maps of `analyses.cam`: add it to the config.")
+    resolve_method(tuple(cam.methods), cfg.method)
+    if cfg.clusters is not None and cfg.clusters > min(cfg.min_images, cfg.max_per_class):
+        key, value = ("min_images", cfg.min_images) if cfg.min_images <= cfg.max_per_class else \
+            ("max_per_class", cfg.max_per_class)
+        raise ReportgenError(f"`analyses.insight.clusters`: {cfg.clusters} clusters, but a class analysed may have "
+                             f"only {value} images (`analyses.insight.{key}`), fewer than its clusters; raise "
+                             f"`{key}` to at least {cfg.clusters}, or lower `clusters` (null: from the eigengap).")
+
+
+# ---------------------------------------------------------------------------- the stage
+
+
+def _priority(seed: int, index: int) -> float:
+    """A seeded number per image: the cap keeps each class's lowest, whatever the batching."""
+    return float(np.random.default_rng([seed, index]).random())
+
+
+def run(ctx: Context, cfg: InsightConfig) -> InsightResult:
+    cam = ctx.results.get(CamResult)
+    if cam is None:
+        raise ReportgenError("no CAM maps reached `insight`: it must run in the same batches as the cam stage.")
+    method = resolve_method(cam.methods, cfg.method)
+    layer = cam.main_layer
+    seed = cfg.seed if cfg.seed is not None else ctx.config.seed
+    predicted = ctx.probabilities.argmax(1).cpu().numpy().astype(np.int64)
+    h, w = ctx.batch.shape[-2:]
+    rows, maps, missing = [], [], 0
+    for p, image in enumerate(ctx.images):
+        c = int(predicted[p]) if cfg.by == "predicted" else image.label
+        values = None if c is None else cam.maps.get((method, layer, p, c))
+        if values is None:
+            missing += 1
+            continue
+        rows.append((p, c))
+        maps.append(values)
+    n = len(rows)
+    if n:
+        stack = np.stack(maps).astype(np.float32)
+        masks = [object_mask(ctx.images[p].mask, ctx.images[p].box, (h, w)) for p, _ in rows]
+        outside = np.full(n, np.nan, np.float32)
+        boxed = [j for j, m in enumerate(masks) if m is not None]
+        if boxed:
+            outside[boxed] = spray.outside_share(stack[boxed], np.stack([masks[j] for j in boxed]))
+        thumbs = np.stack([np.clip(spray.area(ctx.images[p].display.transpose(2, 0, 1)[:3], THUMB), 0, 255)
+                           .round().astype(np.uint8).transpose(1, 2, 0) for p, _ in rows])
+        small = spray.downsample(stack, cfg.size).astype(np.float16)
+    else:
+        outside, thumbs = np.zeros(0, np.float32), np.zeros((0, THUMB, THUMB, 3), np.uint8)
+        small = np.zeros((0, cfg.size * cfg.size), np.float16)
+    positions = [p for p, _ in rows]
+    indices = np.array([ctx.offset + p for p in positions], dtype=np.int64)
+    truth = np.array([-1 if ctx.images[p].label is None else ctx.images[p].label for p in positions], np.int64)
+    kept = Kept(classes=np.array([c for _, c in rows], np.int64), indices=indices, truth=truth,
+                predicted=predicted[positions], maps=small, thumbs=thumbs, outside=outside,
+                priority=np.array([_priority(seed, int(i)) for i in indices]),
+                names=tuple(ctx.images[p].name for p in positions))
+    seen: dict[int, int] = {}
+    for _, c in rows:
+        seen[c] = seen.get(c, 0) + 1
+    return InsightResult(config=cfg, method=method, layer=layer, seed=seed, kept=kept, seen=seen,
+                         labels={c: ctx.label(c) for c in seen}, missing=missing)
+
+
+def reduce(results: list[InsightResult]) -> InsightResult:
+    """Every batch's images joined, each class capped at `max_per_class` (lowest priority), SpRAy per class."""
+    first = results[0]
+    cfg = first.config
+    kept = Kept.join([r.kept for r in results], cfg.size)
+    seen: dict[int, int] = {}
+    labels: dict[int, str] = {}
+    for r in results:
+        labels.update(r.labels)
+        for c, count in r.seen.items():
+            seen[c] = seen.get(c, 0) + count
+    capped, classes, skipped = [], [], {}
+    for c in sorted(seen):
+        rows = np.flatnonzero(kept.classes == c)
+        rows = rows[np.lexsort((kept.indices[rows], kept.priority[rows]))][:cfg.max_per_class]
+        rows = np.sort(rows)
+        capped.append(kept.take(rows))
+        if seen[c] < cfg.min_images:
+            skipped[c] = seen[c]
+            continue
+        classes.append(_analyse(cfg, first.seed, c, labels.get(c, f"class {c}"), seen[c], kept.take(rows)))
+    missing = sum(r.missing for r in results)
+    notes = list(dict.fromkeys(n for r in results for n in r.notes))
+    if missing and not any("had no map" in n for n in notes):
+        why = "no ground truth or no map of their true class" if cfg.by == "truth" else "no map of their predicted class"
+        notes.append(f"{missing} images had no map for SpRAy ({why} among the class activation maps).")
+    return InsightResult(config=cfg, method=first.method, layer=first.layer, seed=first.seed,
+                         kept=Kept.join(capped, cfg.size), seen=seen, labels=labels, classes=tuple(classes),
+                         skipped=skipped, missing=missing, notes=tuple(notes))
+
+
+def _analyse(cfg: InsightConfig, seed: int, c: int, label: str, images: int, kept: Kept) -> ClassSpray:
+    x = kept.maps.astype(np.float32)
+    found = spray.spray(x, k=cfg.k, clusters=cfg.clusters, eigen=cfg.eigenvalues, seed=seed)
+    clusters = []
+    for j in range(found.clusters):
+        inside = found.labels == j
+        members = np.flatnonzero(inside)
+        mean = x[inside].mean(0)
+        near = members[np.argsort(found.distance[members], kind="stable")][:cfg.exemplars]
+        labelled = kept.truth[inside] >= 0
+        accuracy = float((kept.truth[inside] == kept.predicted[inside])[labelled].mean()) if labelled.any() else None
+        shares = kept.outside[inside]
+        outside = float(np.nanmean(shares)) if np.isfinite(shares).any() else None
+        pearson = spray.pearson(mean, x[~inside].mean(0)) if (~inside).any() else None
+        flags = tuple(name for name, on in (("outside", outside is not None and outside > OUTSIDE),
+                                            ("unlike", pearson is not None and pearson < UNLIKE)) if on)
+        clusters.append(Cluster(
+            size=int(inside.sum()), mean_map=mean.reshape(cfg.size, cfg.size), exemplars=tuple(kept.names[i] for i in near),
+            exemplar_indices=tuple(int(kept.indices[i]) for i in near), exemplar_thumbs=kept.thumbs[near],
+            exemplar_maps=x[near].reshape(-1, cfg.size, cfg.size), accuracy=accuracy, outside=outside,
+            pearson=pearson, flags=flags))
+    return ClassSpray(cls=c, label=label, images=images, analysed=len(x), eigenvalues=found.eigenvalues,
+                      chosen=found.chosen, labels=found.labels, indices=kept.indices, clusters=tuple(clusters))
+
+
+# ---------------------------------------------------------------------------- outputs
+
+
+def _num(v: float | None, digits: int = 6) -> float | None:
+    return None if v is None or not math.isfinite(v) else round(float(v), digits) + 0.0  # no -0.0
+
+
+def to_json(result: InsightResult) -> dict:
+    cfg = result.config
+    return {
+        "method": result.method, "layer": result.layer, "by": cfg.by, "size": cfg.size, "k": cfg.k,
+        "max_per_class": cfg.max_per_class, "seed": result.seed,
+        "classes": [{
+            "class": s.cls, "label": s.label, "images": s.images, "analysed": s.analysed,
+            "eigenvalues": [_num(v) for v in s.eigenvalues], "clusters": len(s.clusters), "from_eigengap": s.chosen,
+            "groups": [{"cluster": j, "size": g.size, "accuracy": _num(g.accuracy), "outside": _num(g.outside),
+                        "pearson": _num(g.pearson), "flags": list(g.flags), "exemplars": list(g.exemplars)}
+                       for j, g in enumerate(s.clusters)]} for s in result.classes],
+        "skipped": {result.labels.get(c, f"class {c}"): n for c, n in result.skipped.items()},
+        "notes": list(result.notes),
+    }
+
+
+def totals(result: InsightResult) -> dict[str, np.ndarray]:
+    """Per analysed class c: `insight/<c>/eigenvalues` (m,), `insight/<c>/images` (n,) image indices,
+    `insight/<c>/clusters` (n,) their clusters, `insight/<c>/mean_maps` (clusters, size, size)."""
+    out = {}
+    for s in result.classes:
+        out[f"insight/{s.cls}/eigenvalues"] = s.eigenvalues.astype(np.float32)
+        out[f"insight/{s.cls}/images"] = s.indices.astype(np.float32)
+        out[f"insight/{s.cls}/clusters"] = s.labels.astype(np.float32)
+        out[f"insight/{s.cls}/mean_maps"] = np.stack([g.mean_map for g in s.clusters]).astype(np.float32)
+    return out
+
+
+def headline(result: InsightResult) -> dict[str, float]:
+    """`classes` analysed and `flagged_clusters` (either flag)."""
+    return {"classes": float(len(result.classes)),
+            "flagged_clusters": float(sum(1 for s in result.classes for g in s.clusters if g.flags))}
+
+
+SPEC = Stage(
+    name="insight", title="What the model learned across the data set", order=85, options=InsightConfig, run=run,
+    check=check, reduce=reduce, totals=totals, to_json=to_json, metrics=headline, requires=("cam",),
+)
