@@ -7,11 +7,14 @@ import io
 import numpy as np
 
 from ..stages.insight import OUTSIDE, UNLIKE, ClassSpray, InsightResult
-from .common import Figure, apply_colormap, make_figure, matplotlib_classes, normalize01, overlay, upscale_nearest
+from .common import (Figure, apply_colormap, make_figure, matplotlib_classes, normalize01, overlay, to_png,
+                     upscale_nearest)
+from .grid import fit_height
 
 SPECTRUM_SIZE = (3.2, 2.0)  # inches at DPI
 DPI = 100
 SHOWN = 96  # side in pixels of a mean map or exemplar on the page
+MISTAKES = 50  # mistakes listed with their nearest correct images
 
 
 def spectrum(s: ClassSpray) -> Figure:
@@ -82,4 +85,62 @@ def plot(result: InsightResult, ctx=None) -> dict:
     cfg = result.config
     return {"classes": classes, "skipped": skipped, "method": result.method, "layer": result.layer, "by": cfg.by,
             "size": cfg.size, "k": cfg.k, "min_images": cfg.min_images, "max_per_class": cfg.max_per_class,
-            "notes": list(result.notes)}
+            "notes": list(result.notes), "concepts": _concepts(result, ctx), "space": _space(result, ctx)}
+
+
+def _label(ctx, c: int) -> str:
+    return ctx.label(int(c)) if ctx is not None else f"class {int(c)}"
+
+
+def _concepts(result: InsightResult, ctx) -> dict | None:
+    """Each concept: its top patches (crops of the sample's thumbnails around its strongest positions) and its heat
+    map over the first images of the sample; the table of each concept's share per class."""
+    found = result.concepts
+    if found is None:
+        return None
+    acts, heat = found.activations, found.heat_maps
+    _, k, h, w = heat.shape
+    side = acts.thumbs.shape[1]
+    cell = max(1, side // max(h, w))
+    rows = []
+    for j in range(k):
+        patches = []
+        for row, y, x in found.top[j]:
+            y0, x0 = max(0, (y - 1) * side // h), max(0, (x - 1) * side // w)
+            crop = acts.thumbs[row][y0:y0 + 3 * cell, x0:x0 + 3 * cell]
+            patches.append(make_figure(upscale_nearest(crop, SHOWN // 2), alt=f"Concept {j + 1}: a top patch of "
+                                                                                f"{acts.names[row]}"))
+        maps = [make_figure(overlay(upscale_nearest(acts.thumbs[i], SHOWN), _map(heat[i, j]), 0.5, "jet"),
+                            alt=f"Concept {j + 1} over {acts.names[i]}") for i in range(min(3, len(heat)))]
+        rows.append({"number": j + 1, "patches": patches, "maps": maps})
+    shares = []
+    for c in range(found.shares.shape[0]):
+        values = found.shares[c]
+        if np.isfinite(values).any():
+            sole = int(found.sole[c])
+            shares.append({"label": _label(ctx, c), "values": [None if not np.isfinite(v) else float(v) for v in values],
+                           "sole": sole + 1 if sole >= 0 else None})
+    return {"layer": found.layer, "count": k, "fitted": found.fitted, "sample": len(heat), "concepts": rows,
+            "shares": shares}
+
+
+def _space(result: InsightResult, ctx) -> dict | None:
+    """The scatter of the feature space and each mistake's nearest correct images."""
+    from .images import anchor
+    from .scatter import scatter_payload
+
+    space = result.feature_space
+    if space is None:
+        return None
+    f = space.features
+    labels = [_label(ctx, c) for c in range(max(result.num_classes, int(f.predicted.max()) + 1, int(f.truth.max()) + 1))]
+    detail = {image.name: image for image in (ctx.images if ctx is not None else [])}
+    thumbs = {i: to_png(fit_height(np.ascontiguousarray(detail[name].display[..., :3]), SHOWN))
+              for i, name in enumerate(f.names) if name in detail}
+    payload = scatter_payload(space.xy, f.truth, f.predicted, list(f.names), labels,
+                              [anchor(name) if name in detail else None for name in f.names], thumbs)
+    mistakes = [{"name": f.names[i], "truth": labels[f.truth[i]], "predicted": labels[f.predicted[i]],
+                 "neighbours": [{"name": f.names[j], "label": labels[f.truth[j]], "distance": float(d)}
+                                for j, d in near]} for i, near in space.neighbours[:MISTAKES]]
+    return {"layer": space.layer, "projection": space.projection.upper(), "payload": payload, "mistakes": mistakes,
+            "more_mistakes": max(0, len(space.neighbours) - MISTAKES)}

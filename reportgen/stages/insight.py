@@ -18,13 +18,13 @@ size, mean map, the `exemplars` images nearest its k-means centre, its accuracy,
 Memory: per image (size² × 2 + THUMB² × 3) bytes, 3.8 KB at size 32: 190 MB at 50 000 images, held until
 `reduce`; SpRAy's affinity is a sparse k-NN graph of at most `max_per_class` images (docs/insight.md).
 
-The result has room for the lead's two other parts (`concepts`, `feature_space`): optional fields, None here.
+The stage's two other parts, Deep Feature Factorization's concepts and the feature space: `insight_parts`.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -33,6 +33,7 @@ from ..errors import ReportgenError
 from ..metrics import spray
 from ..metrics.scoring import object_mask
 from . import Context, ModelInfo, Stage
+from . import insight_parts as parts
 from .cam import CamResult
 
 THUMB = 24  # side of the thumbnail kept per image (exemplars are drawn from it)
@@ -52,8 +53,17 @@ class InsightConfig:
     clusters: int | None = setting(None, ge=2)  # per class; null: where the eigengap is largest
     eigenvalues: int = setting(10, ge=3)  # smallest Laplacian eigenvalues computed (the spectrum drawn, the gap)
     max_per_class: int = setting(2000, ge=2)  # a seeded sample of at most this many images per class
-    exemplars: int = setting(4, ge=0)  # images nearest each cluster's centre shown
+    exemplars: int = setting(4, ge=0)  # images nearest each cluster's centre shown (and each concept's top patches)
     seed: int | None = setting(None, **SEED)  # default: the config's seed
+    # Deep Feature Factorization (pytorch-grad-cam's `dff`): NMF concepts of a layer's activations; 0: none
+    concepts: int = setting(6, ge=0)
+    concept_layer: str | None = None  # null: the cam stage's main layer (it needs a spatial (C, h, w) output)
+    concept_sample: int = setting(256, ge=2)  # about this many images' activations kept (a seeded sample)
+    concept_fit: int = setting(64, ge=2)  # the NMF is fitted on this many of them; the rest projected (NNLS)
+    # the feature space: each image's feature vector, drawn in 2-D; null: the input of the classifier head
+    features: str | None = None
+    projection: Literal["pca", "umap"] = "pca"  # pca: exact; umap: pip install 'reportgen[umap]'
+    neighbours: int = setting(3, ge=0)  # each mistake's nearest correct images in feature space listed
 
 
 @dataclass(frozen=True)
@@ -124,9 +134,14 @@ class InsightResult:
     skipped: dict[int, int] = field(default_factory=dict)  # class -> images, for classes below `min_images`
     missing: int = 0  # images without a map for their class (not a target of the cam stage; `by: truth` unlabelled)
     notes: tuple[str, ...] = ()
-    # the lead's parts, added later: Deep Feature Factorization's concepts and the feature-space map
-    concepts: Any = None
-    feature_space: Any = None
+    # the concepts and the feature space (`insight_parts`): per batch their raw parts, reduced what was found
+    activations: parts.Activations | None = field(default=None, repr=False)
+    features: parts.Features | None = field(default=None, repr=False)
+    concept_layer: str = ""
+    feature_layer: str | None = None
+    num_classes: int = 0
+    concepts: parts.ConceptsFound | None = None
+    feature_space: parts.FeatureSpace | None = None
 
 
 # ---------------------------------------------------------------------------- checks
@@ -152,6 +167,13 @@ def check(info: ModelInfo, cfg: InsightConfig) -> None:
     if cam is None:
         raise ReportgenError("`analyses.insight` clusters the maps of `analyses.cam`: add it to the config.")
     resolve_method(tuple(cam.methods), cfg.method)
+    if cfg.concepts:
+        parts.concept_layer(info, cfg.concept_layer)
+    parts.feature_layer(info, cfg.features)
+    if cfg.projection == "umap":
+        from ..metrics.feature_space import require_umap
+
+        require_umap()
     if cfg.clusters is not None and cfg.clusters > min(cfg.min_images, cfg.max_per_class):
         key, value = ("min_images", cfg.min_images) if cfg.min_images <= cfg.max_per_class else \
             ("max_per_class", cfg.max_per_class)
@@ -210,8 +232,17 @@ def run(ctx: Context, cfg: InsightConfig) -> InsightResult:
     seen: dict[int, int] = {}
     for _, c in rows:
         seen[c] = seen.get(c, 0) + 1
+    concept_layer = parts.concept_layer(ctx.info, cfg.concept_layer) if cfg.concepts else ""
+    feature_layer = parts.feature_layer(ctx.info, cfg.features)
+    found = parts.outputs(ctx, [name for name in (concept_layer, feature_layer) if name])
+    priority = np.array([_priority(seed, ctx.offset + p) for p in range(len(ctx.images))])
+    acts = parts.batch_activations(ctx, found[concept_layer], predicted, priority, cfg.concept_sample) \
+        if concept_layer in found else None
+    features = parts.batch_features(ctx, feature_layer, found[feature_layer], predicted) \
+        if feature_layer in found else None
     return InsightResult(config=cfg, method=method, layer=layer, seed=seed, kept=kept, seen=seen,
-                         labels={c: ctx.label(c) for c in seen}, missing=missing)
+                         labels={c: ctx.label(c) for c in seen}, missing=missing, activations=acts, features=features,
+                         concept_layer=concept_layer, feature_layer=feature_layer, num_classes=ctx.info.num_classes)
 
 
 def reduce(results: list[InsightResult]) -> InsightResult:
@@ -240,9 +271,15 @@ def reduce(results: list[InsightResult]) -> InsightResult:
     if missing and not any("had no map" in n for n in notes):
         why = "no ground truth or no map of their true class" if cfg.by == "truth" else "no map of their predicted class"
         notes.append(f"{missing} images had no map for SpRAy ({why} among the class activation maps).")
+    acts = parts.Activations.join([r.activations for r in results])
+    features = parts.Features.join([r.features for r in results])
     return InsightResult(config=cfg, method=first.method, layer=first.layer, seed=first.seed,
                          kept=Kept.join(capped, cfg.size), seen=seen, labels=labels, classes=tuple(classes),
-                         skipped=skipped, missing=missing, notes=tuple(notes))
+                         skipped=skipped, missing=missing, notes=tuple(notes), activations=acts, features=features,
+                         concept_layer=first.concept_layer, feature_layer=first.feature_layer,
+                         num_classes=first.num_classes,
+                         concepts=parts.find_concepts(acts, first.concept_layer, cfg, first.num_classes, first.seed),
+                         feature_space=parts.find_feature_space(features, first.feature_layer, cfg, first.seed))
 
 
 def _analyse(cfg: InsightConfig, seed: int, c: int, label: str, images: int, kept: Kept) -> ClassSpray:
@@ -290,18 +327,36 @@ def to_json(result: InsightResult) -> dict:
                        for j, g in enumerate(s.clusters)]} for s in result.classes],
         "skipped": {result.labels.get(c, f"class {c}"): n for c, n in result.skipped.items()},
         "notes": list(result.notes),
+        "concepts": None if (k := result.concepts) is None else {
+            "layer": k.layer, "concepts": int(k.heat_maps.shape[1]), "fitted": k.fitted, "sample": len(k.heat_maps),
+            "iterations": k.iterations, "images": list(k.activations.names),
+            "shares": {result.labels.get(c, f"class {c}"): [_num(v) for v in row]
+                       for c, row in enumerate(k.shares) if np.isfinite(row).any()},
+            "leans_on": {result.labels.get(c, f"class {c}"): int(j) for c, j in enumerate(k.sole) if j >= 0}},
+        "feature_space": None if (f := result.feature_space) is None else {
+            "layer": f.layer, "projection": f.projection, "images": len(f.xy),
+            "mistakes": [{"image": f.features.names[i], "nearest_correct": [
+                {"image": f.features.names[j], "distance": _num(d)} for j, d in near]} for i, near in f.neighbours]},
     }
 
 
 def totals(result: InsightResult) -> dict[str, np.ndarray]:
     """Per analysed class c: `insight/<c>/eigenvalues` (m,), `insight/<c>/images` (n,) image indices,
-    `insight/<c>/clusters` (n,) their clusters, `insight/<c>/mean_maps` (clusters, size, size)."""
+    `insight/<c>/clusters` (n,) their clusters, `insight/<c>/mean_maps` (clusters, size, size); the concepts'
+    `insight/concepts/heat_maps` (m, K, h, w) of the sample `insight/concepts/images`; the feature space's
+    `insight/feature_space/xy` (n, 2) of `insight/feature_space/images`."""
     out = {}
     for s in result.classes:
         out[f"insight/{s.cls}/eigenvalues"] = s.eigenvalues.astype(np.float32)
         out[f"insight/{s.cls}/images"] = s.indices.astype(np.float32)
         out[f"insight/{s.cls}/clusters"] = s.labels.astype(np.float32)
         out[f"insight/{s.cls}/mean_maps"] = np.stack([g.mean_map for g in s.clusters]).astype(np.float32)
+    if result.concepts is not None:  # the concepts (K, C) and the sample's maps (m, K, h, w)
+        out["insight/concepts/heat_maps"] = result.concepts.heat_maps.astype(np.float32)
+        out["insight/concepts/images"] = result.concepts.activations.indices.astype(np.float32)
+    if result.feature_space is not None:  # each image's 2-D point, in image order
+        out["insight/feature_space/xy"] = result.feature_space.xy.astype(np.float32)
+        out["insight/feature_space/images"] = result.feature_space.features.indices.astype(np.float32)
     return out
 
 
@@ -314,4 +369,6 @@ def headline(result: InsightResult) -> dict[str, float]:
 SPEC = Stage(
     name="insight", title="What the model learned across the data set", order=85, options=InsightConfig, run=run,
     check=check, reduce=reduce, totals=totals, to_json=to_json, metrics=headline, requires=("cam",),
+    observes=lambda info, cfg: [name for name in ((parts.concept_layer(info, cfg.concept_layer) if cfg.concepts
+                                                   else None), parts.feature_layer(info, cfg.features)) if name],
 )
