@@ -56,7 +56,7 @@ class InsightConfig:
     exemplars: int = setting(4, ge=0)  # images nearest each cluster's centre shown (and each concept's top patches)
     seed: int | None = setting(None, **SEED)  # default: the config's seed
     # Deep Feature Factorization (pytorch-grad-cam's `dff`): NMF concepts of a layer's activations; 0: none
-    concepts: int = setting(6, ge=0)
+    concepts: int = setting(0, ge=0)  # e.g. 6; it imports scikit-learn (0.85 s) and fits an NMF
     concept_layer: str | None = None  # null: the cam stage's main layer (it needs a spatial (C, h, w) output)
     concept_sample: int = setting(256, ge=2)  # about this many images' activations kept (a seeded sample)
     concept_fit: int = setting(64, ge=2)  # the NMF is fitted on this many of them; the rest projected (NNLS)
@@ -142,6 +142,7 @@ class InsightResult:
     num_classes: int = 0
     concepts: parts.ConceptsFound | None = None
     feature_space: parts.FeatureSpace | None = None
+    reduced: bool = False  # `reduce` made it (SpRAy run): reduced alone again, it is the same
 
 
 # ---------------------------------------------------------------------------- checks
@@ -246,7 +247,10 @@ def run(ctx: Context, cfg: InsightConfig) -> InsightResult:
 
 
 def reduce(results: list[InsightResult]) -> InsightResult:
-    """Every batch's images joined, each class capped at `max_per_class` (lowest priority), SpRAy per class."""
+    """Every batch's images joined, each class capped at `max_per_class` (lowest priority), SpRAy per class. One
+    result already reduced (the one process's reduction, reduced again across processes) is the answer as it is."""
+    if len(results) == 1 and results[0].reduced:
+        return results[0]
     first = results[0]
     cfg = first.config
     kept = Kept.join([r.kept for r in results], cfg.size)
@@ -279,7 +283,8 @@ def reduce(results: list[InsightResult]) -> InsightResult:
                          concept_layer=first.concept_layer, feature_layer=first.feature_layer,
                          num_classes=first.num_classes,
                          concepts=parts.find_concepts(acts, first.concept_layer, cfg, first.num_classes, first.seed),
-                         feature_space=parts.find_feature_space(features, first.feature_layer, cfg, first.seed))
+                         feature_space=parts.find_feature_space(features, first.feature_layer, cfg, first.seed),
+                         reduced=True)
 
 
 def _analyse(cfg: InsightConfig, seed: int, c: int, label: str, images: int, kept: Kept) -> ClassSpray:
