@@ -88,7 +88,7 @@ def test_the_section_draws_the_concepts_and_the_scatter(built):
 
 
 @pytest.mark.parametrize("insight, message", [
-    ({"concept_layer": "fc"}, "`fc` has no spatial output"),
+    ({"concepts": 2, "concept_layer": "fc"}, "`fc` has no spatial output"),
     ({"features": "nope"}, "no layer `nope`"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, insight, message):
