@@ -47,3 +47,32 @@ def _to_display(batch: torch.Tensor) -> list[np.ndarray]:
 def shared_passes(ctx: Context) -> dict:
     """The engine's passes that kept input gradients, as a later stage finds them: ("grad_pass", classes) -> pass."""
     return {("grad_pass", p.classes): p for p in ctx.engine.cached_passes() if p.input_grad is not None}
+
+
+def build_black_box(project, gradients: dict) -> None:
+    """Build `project`'s two images (16 × 16) with `analyses.gradients` = `gradients` and a deletion/insertion
+    evaluation, then check what every method the config names (but saliency) gave: two non-zero maps in arrays.npz,
+    its title on the page, and finite deletion and insertion scores in the gradients family."""
+    import json
+
+    from click.testing import CliRunner
+
+    from reportgen import methods
+    from reportgen.cli import main
+
+    config = project.base()
+    config["analyses"] = {"gradients": gradients, "evaluation": {"metrics": ["deletion", "insertion"], "images": 2}}
+    config["output"]["save_arrays"] = True
+    result = CliRunner().invoke(main, ["build", str(project.write(config)), "-q"])
+    assert result.exit_code == 0, result.output
+    arrays = np.load(project.root / "out" / "arrays.npz")
+    html = (project.root / "out" / "report.html").read_text()
+    rows = {row["method"]: row for row in json.loads((project.root / "out" / "report.json").read_text())
+            ["evaluation"]["rows"]}
+    for method in (m for m in gradients["methods"] if m != "saliency"):
+        keys = [k for k in arrays.files if k.startswith(f"gradients/{method}/")]
+        assert len(keys) == 2 and all(arrays[k].shape == (3, 16, 16) for k in keys), method
+        assert all(np.abs(arrays[k]).max() > 0 for k in keys), method
+        assert methods.title(method) in html
+        assert rows[method]["family"] == "gradients"
+        assert all(np.isfinite(rows[method]["scores"][m]["mean"]) for m in ("deletion_auc", "insertion_auc"))

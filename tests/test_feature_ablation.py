@@ -4,7 +4,6 @@ mask and perturbations_per_eval = our batch size; the superpixels are determinis
 normalisation; a build draws, writes and scores both; without scikit-image, validation exits 2."""
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 
@@ -21,7 +20,7 @@ from reportgen.config import GradientsConfig, TargetSpec
 from reportgen.errors import ReportgenError
 from reportgen.methods import ablation as A
 from reportgen.stages import gradients as G
-from tests.helpers import make_context
+from tests.helpers import build_black_box, make_context
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 TOL = 1e-4  # max |ours − Captum| relative to max |Captum| (float32 forwards of other batch compositions)
@@ -174,21 +173,6 @@ def test_validate_exits_2_for_zero_shapley_samples(project):
 
 
 def test_a_build_draws_writes_and_scores_feature_ablation_and_shapley_value_sampling(project):
-    config = project.base()
-    config["analyses"] = {"gradients": {"methods": ["saliency", "feature_ablation", "shapley_value_sampling"],
-                                        "slic_segments": 10, "shapley_samples": 2},
-                          "evaluation": {"metrics": ["deletion", "insertion"], "images": 2}}
-    config["output"]["save_arrays"] = True
-    result = CliRunner().invoke(main, ["build", str(project.write(config)), "-q"])
-    assert result.exit_code == 0, result.output
-    arrays = np.load(project.root / "out" / "arrays.npz")
-    html = (project.root / "out" / "report.html").read_text()
-    rows = {row["method"]: row for row in json.loads((project.root / "out" / "report.json").read_text())
-            ["evaluation"]["rows"]}
-    for method, title in (("feature_ablation", "Feature ablation"), ("shapley_value_sampling", "Shapley value sampling")):
-        keys = [k for k in arrays.files if k.startswith(f"gradients/{method}/")]
-        assert len(keys) == 2 and all(arrays[k].shape == (3, 16, 16) for k in keys)
-        assert all(np.abs(arrays[k]).max() > 0 for k in keys)
-        assert title in html
-        assert rows[method]["family"] == "gradients"
-        assert all(np.isfinite(rows[method]["scores"][m]["mean"]) for m in ("deletion_auc", "insertion_auc"))
+    build_black_box(project, {"methods": ["saliency", "feature_ablation", "shapley_value_sampling"],
+                              "slic_segments": 10, "shapley_samples": 2})
+

@@ -4,7 +4,6 @@ Captum 0.9.0's on ResNet-18; both run in a build, are written to arrays.npz and 
 that does not fit or a stride of 0 exits 2 at validation."""
 from __future__ import annotations
 
-import json
 import warnings
 
 import numpy as np
@@ -21,7 +20,7 @@ from reportgen.errors import ReportgenError
 from reportgen.methods import perturbation as P
 from reportgen.methods.boxes import drise_masks
 from reportgen.stages import gradients as G
-from tests.helpers import make_context
+from tests.helpers import build_black_box, make_context
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 TOL = 1e-4  # max |ours − reference| relative to max |reference| (float32 sums in another order, another batching)
@@ -166,22 +165,5 @@ def test_validate_exits_2_for_an_occlusion_window_that_does_not_fit(project, ove
 
 
 def test_a_build_draws_writes_and_scores_rise_and_occlusion(project):
-    config = project.base()
-    config["analyses"] = {"gradients": {"methods": ["saliency", "rise", "occlusion"], "rise_masks": 16,
-                                        "occlusion_window": 6, "occlusion_stride": 4},
-                          "evaluation": {"metrics": ["deletion", "insertion"], "images": 2}}
-    config["output"]["save_arrays"] = True
-    result = CliRunner().invoke(main, ["build", str(project.write(config)), "-q"])
-    assert result.exit_code == 0, result.output
-    arrays = np.load(project.root / "out" / "arrays.npz")
-    for method in ("rise", "occlusion"):
-        keys = [k for k in arrays.files if k.startswith(f"gradients/{method}/")]
-        assert len(keys) == 2 and all(arrays[k].shape == (3, 16, 16) for k in keys)
-        assert all(np.abs(arrays[k]).max() > 0 for k in keys)
-    html = (project.root / "out" / "report.html").read_text()
-    assert "RISE" in html and "Occlusion" in html
-    rows = {row["method"]: row for row in json.loads((project.root / "out" / "report.json").read_text())
-            ["evaluation"]["rows"]}
-    for method in ("rise", "occlusion"):
-        assert rows[method]["family"] == "gradients"
-        assert all(np.isfinite(rows[method]["scores"][m]["mean"]) for m in ("deletion_auc", "insertion_auc"))
+    build_black_box(project, {"methods": ["saliency", "rise", "occlusion"], "rise_masks": 16, "occlusion_window": 6,
+                              "occlusion_stride": 4})

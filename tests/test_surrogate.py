@@ -4,7 +4,6 @@ scikit-learn's run to convergence; an image's map does not depend on the batchin
 draws, writes and scores both; too few samples or no scikit-image: validation exits 2."""
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 
@@ -23,7 +22,7 @@ from reportgen.errors import ReportgenError
 from reportgen.methods import ablation as A
 from reportgen.methods import surrogate as S
 from reportgen.stages import gradients as G
-from tests.helpers import make_context
+from tests.helpers import build_black_box, make_context
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 # max |ours − Captum| relative to max |Captum| per image, on panels of ≤ 12 superpixels: Captum's fits run in float32
@@ -221,21 +220,6 @@ def test_validate_exits_2_for_too_few_samples(project, keys, words):
 
 def test_a_build_draws_writes_and_scores_lime_and_kernel_shap(project):
     """(tinynet's logits vary by less than Lasso's default alpha of 0.01 buys: a smaller one keeps its map non-zero)"""
-    config = project.base()
-    config["analyses"] = {"gradients": {"methods": ["saliency", "lime", "kernel_shap"], "slic_segments": 10,
-                                        "lime_samples": 16, "lime_alpha": 1e-4, "kernel_shap_samples": 12},
-                          "evaluation": {"metrics": ["deletion", "insertion"], "images": 2}}
-    config["output"]["save_arrays"] = True
-    result = CliRunner().invoke(main, ["build", str(project.write(config)), "-q"])
-    assert result.exit_code == 0, result.output
-    arrays = np.load(project.root / "out" / "arrays.npz")
-    html = (project.root / "out" / "report.html").read_text()
-    rows = {row["method"]: row for row in json.loads((project.root / "out" / "report.json").read_text())
-            ["evaluation"]["rows"]}
-    for method, title in (("lime", "LIME"), ("kernel_shap", "Kernel SHAP")):
-        keys = [k for k in arrays.files if k.startswith(f"gradients/{method}/")]
-        assert len(keys) == 2 and all(arrays[k].shape == (3, 16, 16) for k in keys)
-        assert all(np.abs(arrays[k]).max() > 0 for k in keys)
-        assert title in html
-        assert rows[method]["family"] == "gradients"
-        assert all(np.isfinite(rows[method]["scores"][m]["mean"]) for m in ("deletion_auc", "insertion_auc"))
+    build_black_box(project, {"methods": ["saliency", "lime", "kernel_shap"], "slic_segments": 10, "lime_samples": 16,
+                              "lime_alpha": 1e-4, "kernel_shap_samples": 12})
+

@@ -289,34 +289,30 @@ BUILT_IN.append(Method(id="deepliftshap", family="gradients", title="DeepLiftSha
                        group="Propagation rules",
                        note="DeepLift averaged over `shap_baselines` (10) noisy copies of the baseline"))
 
-# -- the perturbation methods (m26pert): black-box, forward only, through the build's fast inference forward
-BUILT_IN.append(Method(id="rise", family="gradients", title="RISE", hooks=False, options=RiseOptions,
-                       compute="reportgen.methods.perturbation:rise",
-                       note="classifiers: the mean of random masks weighed by the class probability of the masked image",
-                       group="Perturbation (black box)"))
-BUILT_IN.append(Method(id="occlusion", family="gradients", title="Occlusion", hooks=False, options=OcclusionOptions,
-                       compute="reportgen.methods.perturbation:occlusion",
-                       note="classifiers: the logit's drop when a square window of zeros covers the pixel",
-                       group="Perturbation (black box)"))
-# part m26fa: Captum's FeatureAblation over SLIC superpixels (reportgen.methods.ablation)
-BUILT_IN.append(Method(id="feature_ablation", family="gradients", title="Feature ablation", aliases=("featureablation",),
-                       hooks=False, options=FeatureAblationOptions, compute="reportgen.methods.ablation:feature_ablation",
-                       note="classifiers: the logit's drop when the pixel's SLIC superpixel is set to zero",
-                       group="Perturbation (black box)"))
-BUILT_IN.append(Method(id="shapley_value_sampling", family="gradients", title="Shapley value sampling",
-                       aliases=("shapleyvaluesampling",), hooks=False, options=ShapleySamplingOptions,
-                       compute="reportgen.methods.ablation:shapley_value_sampling",
-                       note="classifiers: each SLIC superpixel's mean logit rise when put back in random orders",
-                       group="Perturbation (black box)"))
-# part m26lime: Captum's Lime and KernelShap over the same superpixels (reportgen.methods.surrogate)
-BUILT_IN.append(Method(id="lime", family="gradients", title="LIME", hooks=False, options=LimeOptions,
-                       compute="reportgen.methods.surrogate:lime",
-                       note="classifiers: a Lasso fitted to the logit over random subsets of the SLIC superpixels",
-                       group="Perturbation (black box)"))
-BUILT_IN.append(Method(id="kernel_shap", family="gradients", title="Kernel SHAP", aliases=("kernelshap",),
-                       hooks=False, options=KernelShapOptions, compute="reportgen.methods.surrogate:kernel_shap",
-                       note="classifiers: superpixel Shapley values from a Shapley-kernel weighted linear fit",
-                       group="Perturbation (black box)"))
+# -- the perturbation methods: black-box, forward only, through the build's fast inference forward (classifiers)
+
+
+def _black_box(id: str, title: str, options: type, compute: str, note: str, aliases: tuple[str, ...] = ()) -> None:
+    BUILT_IN.append(Method(id=id, family="gradients", title=title, aliases=aliases, hooks=False, options=options,
+                           compute=f"reportgen.methods.{compute}", note=f"classifiers: {note}",
+                           group="Perturbation (black box)"))
+
+
+_black_box("rise", "RISE", RiseOptions, "perturbation:rise",
+           "the mean of random masks weighed by the class probability of the masked image")
+_black_box("occlusion", "Occlusion", OcclusionOptions, "perturbation:occlusion",
+           "the logit's drop when a square window of zeros covers the pixel")
+# Captum's FeatureAblation and ShapleyValueSampling over superpixels (reportgen.methods.ablation)
+_black_box("feature_ablation", "Feature ablation", FeatureAblationOptions, "ablation:feature_ablation",
+           "the logit's drop when the pixel's SLIC superpixel is set to zero", aliases=("featureablation",))
+_black_box("shapley_value_sampling", "Shapley value sampling", ShapleySamplingOptions,
+           "ablation:shapley_value_sampling",
+           "each SLIC superpixel's mean logit rise when put back in random orders", aliases=("shapleyvaluesampling",))
+# Captum's Lime and KernelShap over the same superpixels (reportgen.methods.surrogate)
+_black_box("lime", "LIME", LimeOptions, "surrogate:lime",
+           "a Lasso fitted to the logit over random subsets of the SLIC superpixels")
+_black_box("kernel_shap", "Kernel SHAP", KernelShapOptions, "surrogate:kernel_shap",
+           "superpixel Shapley values from a Shapley-kernel weighted linear fit", aliases=("kernelshap",))
 # part m26lrp: layer-wise relevance propagation, Captum's LRP and Zennit's composites (reportgen.methods.lrp); hooked
 # (no TorchScript); a layer without a rule is refused at validation
 for _id, _title, _options, _note in (
