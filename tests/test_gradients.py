@@ -425,7 +425,7 @@ def test_plot_figures_and_template_escape_names():
     plain = ctx.images[0].display.mean(axis=2)
     assert grey.min() >= gfig.GREY_FLOOR and np.corrcoef(grey[..., 0].ravel(), plain.ravel())[0, 1] > 0.999
     normed = gfig.normalize_attribution(result.maps["saliency"][0, 0], "all", 2)
-    _, colours = gfig.colour(normed, "all", "RdBu_r")
+    colours = gfig.colour(normed, "all", "RdBu_r")
     assert np.abs(flatten(heat).astype(int) - upscale_nearest(colours, gfig.MIN_SIDE)).max() <= 1
     dark = (255 - colours.astype(float)).max(axis=2, keepdims=True)  # opacity: the colour's darkness from white
     unblended = 255 - (255 - colours.astype(float)) * 255 / np.maximum(dark, 1)  # over white: the colour again

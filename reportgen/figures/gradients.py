@@ -49,10 +49,9 @@ def normalize_attribution(attr: np.ndarray, sign: str, outlier_perc: float) -> n
     return np.clip(reduced / threshold, -1, 1).astype(np.float32)
 
 
-def colour(normed: np.ndarray, sign: str, cmap: str) -> tuple[np.ndarray, np.ndarray]:
-    """(H, W) normalised map -> ((H, W) position on the colour map in [0, 1], (H, W, 3) uint8 heat map)."""
-    position = (normed + 1) / 2 if sign == "all" else normed
-    return position, apply_colormap(position, cmap)
+def colour(normed: np.ndarray, sign: str, cmap: str) -> np.ndarray:
+    """(H, W) normalised map -> (H, W, 3) uint8 heat map (for `all`, [−1, 1] spans the colour map)."""
+    return apply_colormap((normed + 1) / 2 if sign == "all" else normed, cmap)
 
 
 GREY_FLOOR = 96  # the darkest grey beneath an overlay: the maps' strong colours (dark blue, green, red) stay distinct
@@ -103,7 +102,7 @@ def plot(result: GradientsResult, ctx) -> dict:
                 name = method_title(method)
                 if method == "guided_gradcam":
                     name += f" at {result.cam_layer}"
-                _, heat = colour(normalize_attribution(maps[i, r], sign, cfg.outlier_perc), sign, cmap)
+                heat = colour(normalize_attribution(maps[i, r], sign, cfg.outlier_perc), sign, cmap)
                 layer = overlay_layer(heat)  # the heat map alone (over white) and its overlay: one picture
                 figures.append(map_figure(layer, f"{name} heat map ({sign}) for {what}", f"{name}: heat map",
                                           min_side=MIN_SIDE))
