@@ -168,9 +168,7 @@ def check(info: ModelInfo, cfg: InsightConfig) -> None:
     if cam is None:
         raise ReportgenError("`analyses.insight` clusters the maps of `analyses.cam`: add it to the config.")
     resolve_method(tuple(cam.methods), cfg.method)
-    if cfg.concepts:
-        parts.concept_layer(info, cfg.concept_layer)
-    parts.feature_layer(info, cfg.features)
+    layers(info, cfg)  # a concept layer without spatial output, a feature layer the model does not have
     if cfg.projection == "umap":
         from ..metrics.feature_space import require_umap
 
@@ -181,6 +179,12 @@ def check(info: ModelInfo, cfg: InsightConfig) -> None:
         raise ReportgenError(f"`analyses.insight.clusters`: {cfg.clusters} clusters, but a class analysed may have "
                              f"only {value} images (`analyses.insight.{key}`), fewer than its clusters; raise "
                              f"`{key}` to at least {cfg.clusters}, or lower `clusters` (null: from the eigengap).")
+
+
+def layers(info: ModelInfo, cfg: InsightConfig) -> tuple[str, str | None]:
+    """(the concept layer, "" without concepts; the feature layer, None when the model has none)."""
+    return (parts.concept_layer(info, cfg.concept_layer) if cfg.concepts else "",
+            parts.feature_layer(info, cfg.features))
 
 
 # ---------------------------------------------------------------------------- the stage
@@ -226,17 +230,16 @@ def run(ctx: Context, cfg: InsightConfig) -> InsightResult:
     positions = [p for p, _ in rows]
     indices = np.array([ctx.offset + p for p in positions], dtype=np.int64)
     truth = np.array([-1 if ctx.images[p].label is None else ctx.images[p].label for p in positions], np.int64)
+    priority = np.array([_priority(seed, ctx.offset + p) for p in range(len(ctx.images))])  # every image's, once
     kept = Kept(classes=np.array([c for _, c in rows], np.int64), indices=indices, truth=truth,
                 predicted=predicted[positions], maps=small, thumbs=thumbs, outside=outside,
-                priority=np.array([_priority(seed, int(i)) for i in indices]),
-                names=tuple(ctx.images[p].name for p in positions))
+                priority=priority[positions], names=tuple(ctx.images[p].name for p in positions))
     seen: dict[int, int] = {}
     for _, c in rows:
         seen[c] = seen.get(c, 0) + 1
-    concept_layer = parts.concept_layer(ctx.info, cfg.concept_layer) if cfg.concepts else ""
-    feature_layer = parts.feature_layer(ctx.info, cfg.features)
+    # resolved once for the build (`prepare`); a context made by hand (a test calling `run`) resolves them here
+    concept_layer, feature_layer = ctx.prepared.get("insight") or layers(ctx.info, cfg)
     found = parts.outputs(ctx, [name for name in (concept_layer, feature_layer) if name])
-    priority = np.array([_priority(seed, ctx.offset + p) for p in range(len(ctx.images))])
     acts = parts.batch_activations(ctx, found[concept_layer], predicted, priority, cfg.concept_sample) \
         if concept_layer in found else None
     features = parts.batch_features(ctx, feature_layer, found[feature_layer], predicted) \
@@ -374,6 +377,5 @@ def headline(result: InsightResult) -> dict[str, float]:
 SPEC = Stage(
     name="insight", title="What the model learned across the data set", order=85, options=InsightConfig, run=run,
     check=check, reduce=reduce, totals=totals, to_json=to_json, metrics=headline, requires=("cam",),
-    observes=lambda info, cfg: [name for name in ((parts.concept_layer(info, cfg.concept_layer) if cfg.concepts
-                                                   else None), parts.feature_layer(info, cfg.features)) if name],
+    prepare=layers, observes=lambda info, cfg: [name for name in layers(info, cfg) if name],
 )
