@@ -204,6 +204,23 @@ def to_json(result: FeatureMapsResult) -> dict:
 
 # ---------------------------------------------------------------------------- compute
 
+def layer_outputs(model: torch.nn.Module, batch: torch.Tensor, names: Sequence[str], chunk: int, forward=None,
+                  engine=None) -> list[dict]:
+    """Per chunk of images, layer -> its output (copied to the CPU as the layer returned, `hooks.cpu_copy`): from
+    the forward of a gradient pass the `engine` already ran when it observed every one of `names`, else one
+    forward without autograd per `chunk` images of our own, with hooks that are gone on return, also on error."""
+    chunks = engine.observed(names) if engine is not None and names else None
+    if chunks is not None or not names:
+        return chunks or []
+    chunks = []
+    with torch.no_grad(), capture_outputs(model, names, keep=cpu_copy) as outputs:
+        for rows in batches(batch.shape[0], chunk):
+            outputs.clear()
+            (forward or model)(batch[rows])
+            chunks.append(dict(outputs))
+    return chunks
+
+
 def capture_maps(model: torch.nn.Module, batch: torch.Tensor, names: Sequence[str],
                  chunk: int, forward=None, engine=None, views=None) -> tuple[dict[str, np.ndarray], list[str]]:
     """The output of every layer in `names` for every image -> (name -> (N, C, h, w) float32, notes on layers
@@ -213,17 +230,8 @@ def capture_maps(model: torch.nn.Module, batch: torch.Tensor, names: Sequence[st
     chunk of images of our own, with hooks that are gone on return, also on error. `views`: layer -> how its
     output becomes (N, C, h, w) (a transformer's tokens; `ModelAdapter.layer_view`)."""
     bad: dict[str, str] = {}
-    chunks = engine.observed(names) if engine is not None and names else None
-    if chunks is None:
-        chunks = []
-        if names:
-            with torch.no_grad(), capture_outputs(model, names, keep=cpu_copy) as outputs:
-                for rows in batches(batch.shape[0], chunk):
-                    outputs.clear()
-                    (forward or model)(batch[rows])
-                    chunks.append(dict(outputs))
     parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    for outputs in chunks:
+    for outputs in layer_outputs(model, batch, names, chunk, forward, engine):
         for name in names:
             out = outputs.get(name)
             view = (views or {}).get(name)

@@ -25,11 +25,10 @@ import numpy as np
 import torch
 
 from ..errors import ReportgenError
-from ..hooks import capture_outputs, cpu_copy
 from ..metrics import concepts as concepts_, feature_space
 from ..metrics.spray import area
-from ..ops import batches
 from . import Context, ModelInfo
+from .feature_maps import layer_outputs
 
 SAMPLE_THUMB = 64  # side of the thumbnail kept per concept-sample image (top patches and heat maps drawn on it)
 
@@ -141,17 +140,11 @@ def concept_layer(info: ModelInfo, named: str | None) -> str:
 
 
 def outputs(ctx: Context, names: list[str]) -> dict[str, torch.Tensor]:
-    """Layer -> its output for the batch: from the engine's pass where it observed them, else forwards of our own."""
-    chunks = ctx.engine.observed(names) if ctx.engine is not None and names else None
-    if chunks is None:
-        chunks = []
-        with torch.no_grad(), capture_outputs(ctx.model, names, keep=cpu_copy) as found:
-            for rows in batches(ctx.batch.shape[0], ctx.config.inputs.batch_size):
-                found.clear()
-                (ctx.forward or ctx.model)(ctx.batch[rows])
-                chunks.append(dict(found))
-    return {name: torch.cat([c[name] for c in chunks]) for name in names if all(torch.is_tensor(c.get(name))
-                                                                               for c in chunks)}
+    """Layer -> its output for the batch: from the engine's pass where it observed them, else forwards of our own
+    (`feature_maps.layer_outputs`); a layer whose output is no tensor is left out."""
+    chunks = layer_outputs(ctx.model, ctx.batch, names, ctx.config.inputs.batch_size, ctx.forward, ctx.engine)
+    return {name: torch.cat([c[name] for c in chunks]) for name in names
+            if chunks and all(torch.is_tensor(c.get(name)) for c in chunks)}
 
 
 # ---------------------------------------------------------------------------- per batch
