@@ -65,12 +65,17 @@ def test_feature_ablation_equals_captum_on_resnet18_per_image_and_rank():
         assert ref.abs().max() > 0
 
 
-def test_every_pixel_of_a_superpixel_gets_its_drop_for_every_rank_and_batching():
+def three_images():
+    """A seeded tiny CNN of 4 classes, 3 images of 20 × 24 and their SLIC superpixels (about 8 each)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                           nn.Linear(6, 4)).eval()
     x = torch.randn(3, 3, 20, 24, generator=torch.Generator().manual_seed(1))
-    mask = A.superpixels(x, segments=8, compactness=10.0, sigma=1.0)
+    return model, x, A.superpixels(x, segments=8, compactness=10.0, sigma=1.0)
+
+
+def test_every_pixel_of_a_superpixel_gets_its_drop_for_every_rank_and_batching():
+    model, x, mask = three_images()
     class_sets = [(0, 2, 1), (3, 3, 0)]
     with torch.no_grad():
         logits = model(x)
@@ -137,11 +142,7 @@ def test_shapley_value_sampling_equals_captum_on_resnet18_with_its_permutations(
 
 def test_shapley_values_add_up_to_the_logits_rise_from_the_baseline_for_any_batching():
     """Efficiency: along every order the rises add up to f_c(x) − f_c(0), so the superpixels' values do too."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(6, 4)).eval()
-    x = torch.randn(3, 3, 20, 24, generator=torch.Generator().manual_seed(1))
-    mask = A.superpixels(x, segments=8, compactness=10.0, sigma=1.0)
+    model, x, mask = three_images()
     with torch.no_grad():
         rise = model(x) - model(torch.zeros_like(x))
     maps = [A.compute_shapley_sampling(no_grad(model), x, [(0, 2, 1)], mask, samples=4, seed=5, offset=1,
@@ -154,14 +155,14 @@ def test_shapley_values_add_up_to_the_logits_rise_from_the_baseline_for_any_batc
         assert (other - maps[0]).abs().max() <= TOL * maps[0].abs().max()
 
 
-@pytest.mark.parametrize("method", ["feature_ablation", "shapley_value_sampling"])
+@pytest.mark.parametrize("method", ["feature_ablation", "shapley_value_sampling", "lime", "kernel_shap"])
 def test_validate_exits_2_without_scikit_image(project, monkeypatch, method):
     monkeypatch.setitem(sys.modules, "skimage", None)  # what an environment without the extra imports
     config = project.base()
     config["analyses"]["gradients"] = {"methods": [method]}
     result = CliRunner().invoke(main, ["validate", str(project.write(config))])
     assert result.exit_code == 2, result.output
-    assert "reportgen[superpixels]" in result.output and "Traceback" not in result.output
+    assert "reportgen[superpixels]" in result.output and method in result.output and "Traceback" not in result.output
 
 
 def test_validate_exits_2_for_zero_shapley_samples(project):

@@ -4,7 +4,6 @@ scikit-learn's run to convergence; an image's map does not depend on the batchin
 draws, writes and scores both; too few samples or no scikit-image: validation exits 2."""
 from __future__ import annotations
 
-import sys
 import warnings
 
 import numpy as np
@@ -189,16 +188,6 @@ def test_the_fits_equal_scikit_learns_run_to_convergence():
             ref = LinearRegression().fit(z[p, :4], y[p, :4, t], sample_weight=w[p, :4]).coef_
             np.testing.assert_allclose(few[p, t].numpy(), ref, rtol=0, atol=1e-9)
     assert (lasso == 0).any() and (lasso != 0).any() and (lasso[1, :, 4] == 0).all()
-
-
-@pytest.mark.parametrize("method", ["lime", "kernel_shap"])
-def test_validate_exits_2_without_scikit_image(project, monkeypatch, method):
-    monkeypatch.setitem(sys.modules, "skimage", None)  # what an environment without the extra imports
-    config = project.base()
-    config["analyses"]["gradients"] = {"methods": [method]}
-    result = CliRunner().invoke(main, ["validate", str(project.write(config))])
-    assert result.exit_code == 2, result.output
-    assert "reportgen[superpixels]" in result.output and method in result.output and "Traceback" not in result.output
 
 
 @pytest.mark.parametrize("keys, words", [
