@@ -100,10 +100,8 @@ class _Images:
         rules = [f'.{name}{{background-image:url("{self.src(png)}")}}' for png, name in self._unders.items()]
         rules += [f'.{name}::after{{background-image:url("{self.src(png)}")}}' for png, name in self._layers.items()]
         rules += [f".{name}::after{{opacity:{alpha:g}}}" for alpha, name in self._alphas.items()]
-        if self._picks:  # the method pickers: their look, then a rule per method
-            rules.append(".picker fieldset{border:0;margin:0;padding:0 0 .4em;display:flex;flex-wrap:wrap;"
-                         "gap:.2em 1em}.picker legend{float:left;width:100%;padding:0;font-weight:600}")
-            rules += [f"#{s}:has(#{box}:not(:checked)) .m-{m}{{display:none}}" for (s, m), box in self._picks.items()]
+        # the method pickers: a rule per method (their look is templates/picker.css, a page extra)
+        rules += [f"#{s}:has(#{box}:not(:checked)) .m-{m}{{display:none}}" for (s, m), box in self._picks.items()]
         return "\n".join(rules)
 
     def src(self, png: bytes) -> str:

@@ -406,6 +406,8 @@ def test_the_method_picker_hides_and_shows_a_methods_figures_and_only_them(drive
             boxes = picker.find_elements("css selector", "input[type=checkbox]")
             assert len(boxes) >= 2 and all(b.is_selected() for b in boxes)
             assert picker.find_elements("css selector", "fieldset legend")  # the groups
+            assert js(driver, "return getComputedStyle(arguments[0]).display", picker.find_element(
+                "css selector", "fieldset")) == "flex"  # its look (picker.css) came with it
             method = boxes[0].get_attribute("id").removeprefix(f"pick-{section}-")
             shown = f"#{section} .m-{method}"
             others = f"#{section} [class*=' m-']:not(.m-{method}), #{section} [class^='m-']:not(.m-{method})"

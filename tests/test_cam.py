@@ -625,10 +625,10 @@ def test_figures_and_section_describe_every_map() -> None:
     for pair in pairs:
         over_map, alone_map = re.findall(r'class="zoom stack layered (?:u\d+ )?(m\d+) o\d+"', pair)
         assert over_map == alone_map
-    # one rule per picture and opacity; then the method picker's look and one rule per method it shows or hides
+    # one rule per picture and opacity; then one rule per method the picker shows or hides (its look: picker.css)
     picks = len(images._picks)
     assert picks == 3 and len(images.css().splitlines()) == len(images._unders) + len(images._layers) + \
-        len(images._alphas) + 1 + picks
+        len(images._alphas) + picks
     assert all(images.css().count(images.src(png)) == 1 for png in images._layers)
     assert "CAM is not applicable on layer `body`: CAM needs" in html  # CAM has maps on `act` and fused only
     assert "fused CAM map uses `act` only" in html
