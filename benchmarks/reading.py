@@ -67,7 +67,7 @@ def main() -> None:
                     out.append(info.forward(torch.stack(tensors[lo:lo + args.batch_size]).to(device)).float().cpu())
             return torch.cat(out)
 
-        assert torch.allclose(bare(), first.logits, atol=1e-5)
+        assert torch.allclose(bare(), first.logits[:], atol=1e-5)
         timed: dict[str, list[float]] = {"first pass (read + forward)": [], "bare forward, preloaded": []}
         for _ in range(args.repeats):  # alternated, so that a change in the machine's load hits both
             for label, run in (("first pass (read + forward)", lambda: collect(config, info, device)),
