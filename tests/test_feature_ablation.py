@@ -15,6 +15,7 @@ from captum.attr import FeatureAblation, ShapleyValueSampling
 from click.testing import CliRunner
 from torch import nn
 
+from reportgen.local_forward import Whole, near
 from reportgen.cli import main
 from reportgen.config import GradientsConfig, TargetSpec
 from reportgen.errors import ReportgenError
@@ -53,6 +54,7 @@ def test_feature_ablation_equals_captum_on_resnet18_per_image_and_rank():
     mask = A.superpixels(x, segments=12, compactness=10.0, sigma=1.0)
     assert len(torch.unique(mask[0])) > 4 and not torch.equal(mask[0], mask[1])  # per-image superpixels
     fast = G.fast_forward(ctx.info, model, x)
+    assert not isinstance(near(fast), Whole)  # the first layers ran on crops (`local_forward`)
     for r in range(2):
         targets = result.classes[:, r].tolist()
         ref = captum_ablation(fast, x, targets, mask, 8)
@@ -128,6 +130,7 @@ def test_shapley_value_sampling_equals_captum_on_resnet18_with_its_permutations(
     result = G.run(ctx, cfg)
     mask = A.superpixels(x, segments=8, compactness=10.0, sigma=1.0)
     fast = G.fast_forward(ctx.info, model, x)
+    assert not isinstance(near(fast), Whole)  # the first layers ran on crops (`local_forward`)
     for r in range(2):
         targets = result.classes[:, r].tolist()
         ref = captum_shapley(fast, x, targets, mask, 3, ctx.config.seed, 8)

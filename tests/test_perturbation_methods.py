@@ -14,6 +14,7 @@ from captum.attr import Occlusion
 from click.testing import CliRunner
 from torch import nn
 
+from reportgen.local_forward import Whole, near
 from reportgen.cli import main
 from reportgen.config import GradientsConfig, TargetSpec
 from reportgen.errors import ReportgenError
@@ -125,6 +126,7 @@ def test_occlusion_equals_captum_on_resnet18_per_image_and_rank():
                           occlusion_stride=6, internal_batch_size=16)
     result = G.run(ctx, cfg)
     fast = G.fast_forward(ctx.info, model, x)
+    assert not isinstance(near(fast), Whole)  # the first layers ran on crops (`local_forward`)
     for r in range(2):
         targets = result.classes[:, r].tolist()
         ref = captum_occlusion(fast, x, targets, 11, 6, 16)
