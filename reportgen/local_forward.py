@@ -186,6 +186,10 @@ class LocalForward:
         `chain[r]`, row r's reference is row r − 1 as given here instead (`reference[r]` is not read)."""
         h, w = self.size
         plans = [self._plan(box) for box in boxes]
+        if chain is None and all(p is not None and p[5] - p[4] == h and p[7] - p[6] == w for p in plans):
+            with torch.inference_mode():  # every row runs whole: no features to paste
+                out = self._run(self.parts.suffix, self.features(x), self.chunk)
+                return out if self.output is None else self.output(out)
         groups: dict[tuple[int, int], list[int]] = {}
         for r, plan in enumerate(plans):
             if plan is not None:
