@@ -13,9 +13,9 @@ in a child process (imports included), timed under each setting:
   first, and every build before the default changed): OpenMP's own wait policy, which spins;
 
 on idle cores and beside a busy process: one other process running a one-thread torch matmul loop
-(`torch.set_num_threads(1)`), started before and stopped after each build. Settings and states alternate
-within each repeat. Prints median, min and max seconds per state and setting, the ratio of each median to
-one thread's in the same state (target: busy default <= 1.1) and, on idle cores, to the best idle median
+(`torch.set_num_threads(1)`), started before and stopped after each build. Each repeat runs every state and
+setting once, in a seeded shuffled order (so that no setting always runs first, or right after the busy loop
+ends). Prints median, min and max seconds per state and setting, the ratio of each median to one thread's in the same state (target: busy default <= 1.1) and, on idle cores, to the best idle median
 (target: default <= 1.1), and the load average before and after. Exits 0.
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -91,16 +92,18 @@ def main() -> None:
             "inputs": {"images": [str(folder)], "preprocess": {"normalize": "none"}},
             "analyses": {"cam": {"methods": ["gradcam", "gradcampp", "layercam"]}, "evaluation": {}},
             "output": {"dir": str(root / "out")}}, sort_keys=False))
-        for _ in range(args.repeats):
-            for state in ("idle", "busy"):
-                for setting, (env, torch_first) in SETTINGS.items():
-                    other = busy() if state == "busy" else None
-                    try:
-                        times.setdefault((state, setting), []).append(build(config, root, env, torch_first))
-                    finally:
-                        if other is not None:
-                            other.kill()
-                            other.wait()
+        for repeat in range(args.repeats):
+            runs = [(state, setting) for state in ("idle", "busy") for setting in SETTINGS]
+            random.Random(repeat).shuffle(runs)
+            for state, setting in runs:
+                env, torch_first = SETTINGS[setting]
+                other = busy() if state == "busy" else None
+                try:
+                    times.setdefault((state, setting), []).append(build(config, root, env, torch_first))
+                finally:
+                    if other is not None:
+                        other.kill()
+                        other.wait()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"{args.images} digits at {args.size}², 3 CAMs + evaluation, {cores} cores, {args.repeats} repeat(s)")
     print(f"\n{'state':6s} {'setting':11s} {'median s':>9s} {'min':>7s} {'max':>7s} {'÷ 1 thread':>11s} {'÷ best idle':>12s}")
