@@ -15,8 +15,9 @@ in a child process (imports included), timed under each setting:
 on idle cores and beside a busy process: one other process running a one-thread torch matmul loop
 (`torch.set_num_threads(1)`), started before and stopped after each build. Each repeat runs every state and
 setting once, in a seeded shuffled order (so that no setting always runs first, or right after the busy loop
-ends). Prints median, min and max seconds per state and setting, the ratio of each median to one thread's in the same state (target: busy default <= 1.1) and, on idle cores, to the best idle median
-(target: default <= 1.1), and the load average before and after. Exits 0.
+ends). Prints median, min and max seconds per state and setting, the ratio of each median to one thread's in the
+same state (target: busy default <= 1.1) and, on idle cores, to the best idle median (target: default <= 1.1),
+and the load average before and after. Exits 0.
 """
 from __future__ import annotations
 
