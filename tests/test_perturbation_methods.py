@@ -169,3 +169,24 @@ def test_validate_exits_2_for_an_occlusion_window_that_does_not_fit(project, ove
 def test_a_build_draws_writes_and_scores_rise_and_occlusion(project):
     build_black_box(project, {"methods": ["saliency", "rise", "occlusion"], "rise_masks": 16, "occlusion_window": 6,
                               "occlusion_stride": 4})
+
+
+def test_the_batches_of_a_build_share_one_fast_forward():
+    """The fast forward (a copy of the model, checked) is made once per build and input shape, not per batch; a
+    randomised copy of the model (the sanity cascade's) gets its own."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=5).eval()
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    ctx = make_context(model, x[:2])
+    cfg = GradientsConfig(methods=("occlusion",), targets=TargetSpec(k=1), occlusion_window=8, occlusion_stride=8)
+    G.run(ctx, cfg)
+    fast = ctx.prepared["gradients"]
+    made = dict(fast.made)
+    assert len(made) == 1
+    with torch.no_grad():
+        logits = model(x[2:])
+    second = ctx.for_batch(ctx.images, x[2:], logits, offset=2)
+    G.run(second, cfg)
+    assert second.prepared["gradients"] is fast and fast.made == made  # the same forward object, reused
+    other = torchvision.models.resnet18(weights=None, num_classes=5).eval()
+    assert fast(other, x[:1]) is not made[next(iter(made))] and fast.made == made

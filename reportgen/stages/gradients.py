@@ -11,7 +11,6 @@ stage adds the completeness gap of the attributions measured from a baseline (in
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import time
 from collections.abc import Callable
@@ -150,16 +149,17 @@ def load_baseline_file(path: Path, input_size: tuple[int, ...]) -> np.ndarray:
 
 
 def settings(info: ModelInfo, cfg: GradientsConfig, batch: torch.Tensor, seed: int, offset: int = 0,
-             layer: str | None = None, segments: torch.Tensor | None = None) -> Settings:
+             layer: str | None = None, segments: torch.Tensor | None = None,
+             fast: FastForwards | None = None) -> Settings:
     """What the methods of `cfg` need from `dispatch.explain` for `batch` (the batch's first image is image
     `offset` among all images); `layer`: guided Grad-CAM's (`cam_layer`); `segments`: the rows' own feature masks
-    (`image_segments`)."""
+    (`image_segments`); `fast`: the build's fast forwards (else one made for this batch)."""
     return Settings(cam_layer=layer, views={layer: map_view(info, layer)} if layer is not None else {},
                     segments=segments,
                     batch_size=cfg.internal_batch_size or max(1, BATCH_ELEMENTS // batch[0].numel()), seed=seed,
                     offset=offset, baseline=lambda: make_baseline(cfg.baseline, batch, seed, offset=offset)[0],
                     options=cfg,  # a classifier's logits: the fast forward (a segmenter's or detector's scores: not)
-                    inference=functools.partial(fast_forward, info) if info.task == "classification" else None,
+                    inference=(fast or FastForwards(info)) if info.task == "classification" else None,
                     input_range=input_range(info, batch.shape[1]))
 
 
@@ -183,6 +183,24 @@ def image_segments(images: list[ImageInput], batch: torch.Tensor) -> torch.Tenso
                         else torch.full((h, w), -1, dtype=torch.long) for image in images]).to(batch.device)
 
 
+class FastForwards:
+    """`fast_forward` of the build's model per input shape, made once per build (`Stage.prepare`): the perturbation
+    methods of a streamed build do not copy and check the model again on every batch. Another model (the sanity
+    cascade's randomised copy) gets one of its own each time."""
+
+    def __init__(self, info: ModelInfo, cfg: GradientsConfig | None = None):
+        self.info = info
+        self.made: dict[tuple, Callable[[torch.Tensor], torch.Tensor]] = {}
+
+    def __call__(self, model: nn.Module, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        if model is not self.info.model:
+            return fast_forward(self.info, model, example)
+        key = (tuple(example.shape[1:]), example.dtype, example.device)
+        if key not in self.made:
+            self.made[key] = fast_forward(self.info, model, example)
+        return self.made[key]
+
+
 def fast_forward(info: ModelInfo, model: nn.Module, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """The checked fast no-grad forward x -> logits of `model` (the build's or a randomised copy) for inputs like
     `example` (`metrics.forward`), which the perturbation methods (RISE, occlusion) send their inputs through."""
@@ -201,7 +219,8 @@ def run(ctx: Context, cfg: GradientsConfig) -> GradientsResult:
                         "guided Grad-CAM then use plain gradients, as Captum does.")
     explained = explain(cfg.methods, ctx.engine, class_sets,
                         settings(ctx.info, cfg, batch, ctx.config.seed, ctx.offset, layer,
-                                 image_segments(ctx.images, batch)), log=ctx.log)
+                                 image_segments(ctx.images, batch),
+                                 ctx.prepared.setdefault("gradients", FastForwards(ctx.info))), log=ctx.log)
     seconds = dict(explained.seconds)
 
     completeness, baseline_text = None, ""
@@ -387,7 +406,7 @@ def select(result: GradientsResult, rows: list[int]) -> GradientsResult:
 
 SPEC = Stage(
     name="gradients", title="Gradient saliency", order=60, options=GradientsConfig, run=run, check=check, reduce=reduce,
-    select=select, records=records,
+    select=select, records=records, prepare=FastForwards,
     arrays=arrays, to_json=to_json,
     needs_hooks=lambda cfg: tuple(m for m in cfg.methods if REGISTRY[m].hooks),
     wants_input_grad=lambda cfg: any("input_grad" in REGISTRY[m].needs for m in cfg.methods),
