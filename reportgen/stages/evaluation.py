@@ -222,7 +222,7 @@ def run(ctx: Context, cfg: EvaluationConfig) -> EvaluationResult:
     def attribution(method: str, xs: torch.Tensor, ts: torch.Tensor, image: int) -> torch.Tensor:
         rows = None if segments is None else segments[image:image + 1].expand(len(xs), -1, -1)  # copies of `image`
         return gradients_stage.recompute(grads, ctx.info, engine_for(ctx.info, ctx.model, xs), ts.cpu().numpy(),
-                                         [method], seed, segments=rows)[method]
+                                         [method], seed, segments=rows, fast=ctx.prepared.get("gradients"))[method]
 
     costly = cost.costly_recomputes(grads, cfg.recompute, metrics, (h, w), step)
     options = Options(step=cfg.step, deletion_substrate=cfg.substrates.deletion,
@@ -331,7 +331,8 @@ def _sanity(ctx: Context, cfg: EvaluationConfig, cam: CamResult | None, grads: G
             out.update({row_key(r): m for r, m in cam_stage.recompute(cam, ctx.info, engine, cam_t).items()})
         if grads is not None:
             found = gradients_stage.recompute(grads, ctx.info, engine, grad_t, [m for m in grads.maps if m not in skip],
-                                              ctx.config.seed, ctx.offset + positions[0], segments)
+                                              ctx.config.seed, ctx.offset + positions[0], segments,
+                                              ctx.prepared.get("gradients"))
             out.update({m: gradient_map(a.cpu().numpy()) for m, a in found.items()})
         return out
 

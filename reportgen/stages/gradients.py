@@ -244,12 +244,15 @@ def run(ctx: Context, cfg: GradientsConfig) -> GradientsResult:
 
 
 def recompute(result: GradientsResult, info: ModelInfo, engine: Engine, targets: np.ndarray, methods: list[str],
-              seed: int, offset: int = 0, segments: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+              seed: int, offset: int = 0, segments: torch.Tensor | None = None,
+              fast: FastForwards | None = None) -> dict[str, torch.Tensor]:
     """Method -> (n, C, H, W): the raw attributions of `methods` of `result` for `targets` (n,) of the engine's model
     and batch (perturbed inputs, a randomised copy of the model), computed as `run` computes them; `segments`: the
-    feature masks of the images the rows are (copies of), as `image_segments` gives them."""
+    feature masks of the images the rows are (copies of), as `image_segments` gives them; `fast`: the build's fast
+    forwards (`ctx.prepared["gradients"]`), else made for this call."""
     found = explain(methods, engine, [[int(t) for t in targets]],
-                    settings(info, result.config, engine.batch, seed, offset, result.cam_layer, segments)).gradients
+                    settings(info, result.config, engine.batch, seed, offset, result.cam_layer, segments,
+                             fast)).gradients
     return {m: a[0].detach() for m, a in found.items()}
 
 
