@@ -23,7 +23,8 @@ compared; prints the seconds of each part, the speed-up (b)/(a) per part and in 
 largest |difference| of ROAD's combined score, the curves (softmax probabilities) and the AUCs, and the
 load average before and after (the references run with the eager model as they are: a per-image loop with
 the same batch size and threads). Last, the forward alone: one batch through ours and the eager model, and
-the eager model at its best of batches of 4, 8 and 16.
+the eager model at its best of batches of 4, 8 and 16; with `--forward-only`, also ours with Winograd's products
+by `torch.bmm` instead of oneDNN (`metrics.forward._one_dnn_linear`).
 """
 from __future__ import annotations
 
@@ -150,7 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.forward_only:  # no maps, no metrics
         print(f"ResNet-18, {args.images} images at {args.size}², batch {args.batch_size}, "
               f"{torch.get_num_threads()} threads")
-        print(forward_alone(model, inference_forward(model, x[:1], fast=not args.eager), x, args.batch_size))
+        forward = inference_forward(model, x[:1], fast=not args.eager)
+        print(forward_alone(model, forward, x, args.batch_size))
+        if not args.eager and forward_module._one_dnn_linear() is not None:
+            one_dnn = forward_module._one_dnn_linear
+            forward_module._one_dnn_linear = lambda: None  # Winograd's 36 products by torch.bmm (MKL), as before
+            try:
+                print("Winograd's products by torch.bmm: " + forward_alone(model, forward, x, args.batch_size))
+            finally:
+                forward_module._one_dnn_linear = one_dnn
         return 0
     with torch.no_grad():
         targets = model(x).argmax(1).tolist()

@@ -206,7 +206,7 @@ def _one_dnn_linear() -> Callable | None:
     """oneDNN's inner product (`torch.ops.mkldnn._linear_pointwise`, the op torch's own compiler emits for linear
     layers on the CPU): (tiles, in) x (out, in) -> (tiles, out), or None where this torch has no such op or it does
     not compute a product. On the CPUs measured it runs the Winograd products 1.5-2x faster than `torch.bmm`
-    (MKL) and the fast ResNet-18 forward ~7 % faster (`python benchmarks/evaluation.py`); `inference_forward`'s
+    (MKL) and the fast ResNet-18 forward 5-10 % faster (`python benchmarks/evaluation.py --forward-only`); `inference_forward`'s
     equivalence check compares the logits either way."""
     op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
     if op is None or not torch.backends.mkldnn.is_available():
