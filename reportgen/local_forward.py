@@ -155,7 +155,7 @@ class Whole:
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return x.new_empty(len(x), 0)
 
-    def __call__(self, x: torch.Tensor, reference: torch.Tensor, boxes: list[Box],
+    def __call__(self, x: torch.Tensor, features: torch.Tensor, reference: torch.Tensor, boxes: list[Box],
                  chain: list[bool] | None = None) -> torch.Tensor:
         return self.forward(x)
 
@@ -179,17 +179,18 @@ class LocalForward:
         with torch.inference_mode():
             return self._run(self.parts.prefix, x.contiguous(memory_format=torch.channels_last), self.chunk)
 
-    def __call__(self, x: torch.Tensor, reference: torch.Tensor, boxes: list[Box],
+    def __call__(self, x: torch.Tensor, features: torch.Tensor, reference: torch.Tensor, boxes: list[Box],
                  chain: list[bool] | None = None) -> torch.Tensor:
-        """The logits of `x` (B, C, H, W), row r equal to its reference outside `boxes[r]`. `reference`: (B, ...) the
-        rows' reference features (`features` of the reference inputs), which this call overwrites; where
-        `chain[r]`, row r's reference is row r − 1 as given here instead (`reference[r]` is not read)."""
+        """The logits of `x` (B, C, H, W), row r equal outside `boxes[r]` to the input whose features are
+        `features[reference[r]]` (`features` of the references, (R, ...); `reference`: (B,) indices), or, where
+        `chain[r]` (r > 0), to row r − 1 of `x`."""
         h, w = self.size
         plans = [self._plan(box) for box in boxes]
         if chain is None and all(p is not None and p[5] - p[4] == h and p[7] - p[6] == w for p in plans):
             with torch.inference_mode():  # every row runs whole: no features to paste
                 out = self._run(self.parts.suffix, self.features(x), self.chunk)
                 return out if self.output is None else self.output(out)
+        reference = features[reference].contiguous(memory_format=torch.channels_last)  # a copy: pasted into
         groups: dict[tuple[int, int], list[int]] = {}
         for r, plan in enumerate(plans):
             if plan is not None:
@@ -273,6 +274,6 @@ def local_forward(module: fx.GraphModule, example: torch.Tensor, chunk: int | No
     for r, (y0, x0, y1, x1) in enumerate(boxes):
         x[r, :, y0:y1, x0:x1] = 0
     expected = whole(x).float()
-    got = local(x, features.repeat(len(boxes), 1, 1, 1), boxes).float()
+    got = local(x, features, torch.zeros(len(boxes), dtype=torch.long), boxes).float()
     difference = float((got - expected).abs().max()) / max(1.0, float(expected.abs().max()))
     return local if difference <= tolerance else None

@@ -48,7 +48,7 @@ def test_boxes_anywhere_give_the_whole_forwards_logits(name):
     for r, (y0, x0, y1, x1) in enumerate(BOXES):
         x[r, :, y0:y1, x0:x1] = 0.25 * r
     expected = forward(x)
-    got = local(x, local.features(images)[torch.arange(len(BOXES)) % 2], BOXES)
+    got = local(x, local.features(images), torch.arange(len(BOXES)) % 2, BOXES)
     scale = float(expected.abs().max())
     assert (got - expected).abs().max() <= TOLERANCE * max(1.0, scale)
     changed = (expected - forward(images[torch.arange(len(BOXES)) % 2])).abs().max()
@@ -68,7 +68,8 @@ def test_the_resnet_cut_at_224_lies_after_its_first_stage_and_chains():
     for r, (y0, x0, y1, x1) in enumerate(boxes):  # cumulative: each row keeps the boxes before it
         x[r:, :, y0:y1, x0:x1] = -1.0
     expected = forward(x)
-    got = local(x, local.features(image).repeat(len(boxes), 1, 1, 1), boxes, chain=[False, True, True, True])
+    got = local(x, local.features(image), torch.zeros(len(boxes), dtype=torch.long), boxes,
+                chain=[False, True, True, True])
     assert (got - expected).abs().max() <= TOLERANCE * max(1.0, float(expected.abs().max()))
 
 
@@ -91,4 +92,4 @@ def test_a_model_without_a_local_start_runs_whole():
     forward = inference_forward(model, x[:1])
     local = near(forward)
     assert isinstance(local, Whole)
-    assert torch.equal(local(x, local.features(x), [(0, 0, 4, 4)] * 2), forward(x))
+    assert torch.equal(local(x, local.features(x), torch.arange(2), [(0, 0, 4, 4)] * 2), forward(x))

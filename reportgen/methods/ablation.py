@@ -109,7 +109,7 @@ def compute_feature_ablation(forward: Forward, batch: torch.Tensor, class_sets: 
     for chunk in track(chunks, total=len(chunks), desc="FeatureAblation", unit="batch"):
         image, feature = pairs[chunk, 0], pairs[chunk, 1]
         off = (mask[image] == feature[:, None, None])[:, None]  # (B, 1, H, W): the ablated superpixel
-        out = local(torch.where(off, torch.as_tensor(baseline, dtype=batch.dtype), batch[image]), features[image],
+        out = local(batch[image].masked_fill_(off, baseline), features, image,
                     [tuple(b) for b in boxes[image, feature].tolist()])
         for k in range(len(class_sets)):
             drops[k, image, feature] = before[image, k] - out.gather(1, classes[k, image][:, None])[:, 0]
@@ -150,19 +150,19 @@ def compute_shapley_sampling(forward: Forward, batch: torch.Tensor, class_sets: 
     # each step's input differs from the step before in one superpixel: the first layers run near it
     local, put = near(forward), rank.argsort(dim=2)  # put[i, j, t]: the superpixel step t of order j puts back
     features, boxes = local.features(empty), label_boxes(mask, k_max)
-    fill = torch.as_tensor(baseline, dtype=batch.dtype)
     chunks = list(batches(rows.shape[1], batch_size))
     for chunk in track(chunks, total=len(chunks), desc="ShapleyValueSampling", unit="batch"):
         image, order, step = rows[:, chunk]
         put_back = rank[image, order].gather(1, mask[image].reshape(len(image), -1))  # (B, H·W): each pixel's step
         on = (put_back <= step[:, None]).view(-1, 1, h, w)
-        reference = features[image]  # step 0's: the baseline's; later steps': the row before (`chain`)
+        known, reference = features, image  # step 0's: the baseline's; later steps': the row before (`chain`)
         if step[0] > 0:  # the chunk starts mid-order: its first reference is the step before, run whole
             before = (put_back[:1] < step[0]).view(1, 1, h, w)
-            reference[0] = local.features(torch.where(before, batch[image[:1]], fill))[0]
-        out = local(torch.where(on, batch[image], fill), reference,
+            known = torch.cat([features, local.features(batch[image[:1]].masked_fill_(~before, baseline))])
+            reference = torch.cat([torch.tensor([n], device=device), image[1:]])
+        out = local(batch[image].masked_fill_(~on, baseline), known, reference,
                     [tuple(b) for b in boxes[image, put[image, order, step]].tolist()],
-                    chain=(step > 0).tolist())
+                    chain=[False] + (step[1:] > 0).tolist())
         for k in range(len(class_sets)):
             scores[k, image, order, step + 1] = out.gather(1, classes[k, image][:, None])[:, 0]
     rises = scores[..., 1:] - scores[..., :-1]  # (R, N, S, K_max): the rise of step t

@@ -117,7 +117,7 @@ def compute_occlusion(forward: Forward, batch: torch.Tensor, class_sets: Sequenc
             y0, x0 = (at // nx) * stride, (at % nx) * stride
             x[row, :, y0:y0 + window, x0:x0 + window] = baseline
             boxes.append((y0, x0, y0 + window, x0 + window))
-        out = local(x, features[image], boxes)
+        out = local(x, features, image, boxes)
         for k in range(len(class_sets)):
             drops[k, image, position] = before[image, k] - out.gather(1, classes[k, image][:, None])[:, 0]
     # Σ over positions of drop · window, and how many windows cover each pixel: a transposed convolution of the

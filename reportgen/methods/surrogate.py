@@ -192,7 +192,6 @@ def _scores(forward: Forward, batch: torch.Tensor, class_sets: Sequence[Sequence
     image_of, on_of = pairs[:, 0].long(), pairs[:, 1:].bool()
     distinct = torch.zeros(len(pairs), len(class_sets), dtype=torch.float64, device=batch.device)
     flat = mask.flatten(1)
-    zero = torch.zeros((), dtype=batch.dtype, device=batch.device)
     # a coalition of few features on differs from the baseline near them, one of few off from the image near
     # those: the model's first, local layers then run on a crop (`local_forward`; KernelShap draws many such)
     local, boxes = near(forward), label_boxes(mask, z.shape[2])
@@ -208,7 +207,7 @@ def _scores(forward: Forward, batch: torch.Tensor, class_sets: Sequence[Sequence
         changed = torch.where(from_baseline[:, None], features_on, features_off)[..., None]  # (B, K, 1)
         box = torch.where(changed, boxes[image], torch.tensor([h, w, 0, 0], device=batch.device))
         box = torch.cat([box[..., :2].amin(1), box[..., 2:].amax(1)], 1)  # (B, 4): around every changed feature
-        out = local(torch.where(on, batch[image], zero), features[torch.where(from_baseline, n, image)],
+        out = local(batch[image].masked_fill_(~on, 0), features, torch.where(from_baseline, n, image),
                     [tuple(b) for b in box.tolist()])
         distinct[chunk] = out.gather(1, classes[:, image].T).double()
     return distinct[inverse].view(n, samples, len(class_sets))
