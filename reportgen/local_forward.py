@@ -188,7 +188,7 @@ class LocalForward:
         plans = [self._plan(box) for box in boxes]
         if chain is None and all(p is not None and p[5] - p[4] == h and p[7] - p[6] == w for p in plans):
             with torch.inference_mode():  # every row runs whole: no features to paste
-                out = self._run(self.parts.suffix, self.features(x), self.chunk)
+                out = self._run(self._whole, x, self.chunk)
                 return out if self.output is None else self.output(out)
         reference = features[reference].contiguous(memory_format=torch.channels_last)  # a copy: pasted into
         groups: dict[tuple[int, int], list[int]] = {}
@@ -224,8 +224,11 @@ class LocalForward:
             rows, cols = (0, fh, 0, h), (0, fw, 0, w)
         return (rows[0], rows[1], cols[0], cols[1], rows[2], rows[3], cols[2], cols[3])
 
+    def _whole(self, x: torch.Tensor) -> Any:
+        return self.parts.suffix(self.parts.prefix(x.contiguous(memory_format=torch.channels_last)))
+
     @staticmethod
-    def _run(module: nn.Module, x: torch.Tensor, chunk: int | None) -> Any:
+    def _run(module: Callable[[torch.Tensor], Any], x: torch.Tensor, chunk: int | None) -> Any:
         if chunk is None or len(x) <= chunk:
             return module(x)
         return torch.cat([module(part) for part in x.split(chunk)])
