@@ -190,7 +190,7 @@ class LocalForward:
             with torch.inference_mode():  # every row runs whole: no features to paste
                 out = self._run(self._whole, x, self.chunk)
                 return out if self.output is None else self.output(out)
-        reference = features[reference].contiguous(memory_format=torch.channels_last)  # a copy: pasted into
+        stitched = features[reference].contiguous(memory_format=torch.channels_last)  # a copy, pasted into
         groups: dict[tuple[int, int], list[int]] = {}
         for r, plan in enumerate(plans):
             if plan is not None:
@@ -205,12 +205,12 @@ class LocalForward:
             jy, jx = self.parts.geometry.jump
             for r, plan in enumerate(plans):
                 if chain is not None and chain[r] and r > 0:
-                    reference[r] = reference[r - 1]
+                    stitched[r] = stitched[r - 1]
                 if plan is None:
                     continue
                 i0, i1, k0, k1, c0, _, d0, _ = plan
-                reference[r, :, i0:i1, k0:k1] = computed[r][:, i0 - c0 // jy:i1 - c0 // jy, k0 - d0 // jx:k1 - d0 // jx]
-            out = self._run(self.parts.suffix, reference, self.chunk)
+                stitched[r, :, i0:i1, k0:k1] = computed[r][:, i0 - c0 // jy:i1 - c0 // jy, k0 - d0 // jx:k1 - d0 // jx]
+            out = self._run(self.parts.suffix, stitched, self.chunk)
             return out if self.output is None else self.output(out)
 
     def _plan(self, box: Box) -> tuple[int, ...] | None:
