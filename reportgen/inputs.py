@@ -249,11 +249,15 @@ def prepare_image(pixels: np.ndarray, pre: Preprocess, input_size: tuple[int, ..
     """The math in numpy, not torch: images are read in threads beside the model (`read_ahead`), and a torch op
     on a large tensor there would start an OpenMP team of its own in each of them."""
     channels = input_size[0]
-    img = Image.fromarray(pixels)
-    img = apply_geometry(img, geometry(img.width, img.height, pre, input_size))
-    display = np.asarray(img, dtype=np.uint8)  # RGB already: made from (H, W, 3) pixels
+    geo = geometry(pixels.shape[1], pixels.shape[0], pre, input_size)
+    if geo.resized in (None, geo.size) and geo.crop in (None, pixels.shape[:2]):
+        img, display = None, pixels  # nothing moves: the display is the pixels (one array, never written to)
+    else:
+        img = apply_geometry(Image.fromarray(pixels), geo)
+        display = np.asarray(img, dtype=np.uint8)  # RGB already: made from (H, W, 3) pixels
     if channels == 1:
-        x = (np.asarray(img.convert("L"), dtype=np.float32) / np.float32(255.0))[None]
+        grey = (img if img is not None else Image.fromarray(pixels)).convert("L")
+        x = (np.asarray(grey, dtype=np.float32) / np.float32(255.0))[None]
     elif channels == 3:
         x = (display.astype(np.float32) / np.float32(255.0)).transpose(2, 0, 1)
     else:

@@ -45,9 +45,10 @@ def _malloc_trim():
         return None
 
 
-# Trimming costs page faults when the heap refills: trim again only once this many times the last trim's cost has
-# passed since it, so that trimming takes at most ~1/TRIM_SPACING (5 %) of a build's time however small its batches.
-TRIM_SPACING = 20.0
+# Trim again only once this many times the last trim's own time has passed since it. The trim's call is the
+# smaller part of its cost: the page faults of the heap refilling after it are the larger (the digits' first pass,
+# `benchmarks/reading.py`: spaced 20x it was still 19 % slower than never trimming, 100x: 2-6 %).
+TRIM_SPACING = 100.0
 _last_trim = {"end": -math.inf, "cost": 0.0}  # when the last trim ended and what it took (perf_counter seconds)
 
 
@@ -58,8 +59,9 @@ def release_memory() -> None:
     thousand images) although nothing is kept. A streamed build calls it after every batch; the heap's
     refilling costs page faults (`benchmarks/dataset.py`: about 15% of the time of ResNet-18 at 96², for a
     peak 1.05x instead of 1.08x at 1 600 images; trimming every 16 batches measured no cheaper in peak).
-    A call that comes sooner than TRIM_SPACING times the last trim's cost after it does nothing: with tiny
-    batches (the digits at batch 8: a trim per 2 ms of forward) trimming every batch cost more than the model."""
+    A call that comes sooner than TRIM_SPACING times the last trim's time after it does nothing: with tiny
+    batches (the digits at batch 8, 2 ms of forward each) trimming after every one made the first pass 40 % slower;
+    with batches that take longer than that, every call still trims."""
     trim = _malloc_trim()
     if trim is None:
         return
