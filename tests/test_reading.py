@@ -1,9 +1,10 @@
 """Images are read ahead of the model, in a pool of threads (`inputs.read_ahead`) where torch leaves a core free:
 the next batch is read while the model runs on this one, in the same order, with the same images skipped and the
 same messages; with torch on every core the caller reads, and no thread is started. Reading one image copies
-less than it did, and gives the same pixels."""
+less than it did, and gives the same pixels. Memory is trimmed between batches at a bounded share of the time."""
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from reportgen import datasets, inputs
+from reportgen import datasets, inputs, ops
 from reportgen.config import Preprocess, load_config
 from reportgen.inputs import ImageReadError, free_readers, prepare_image, read_image
 from reportgen.pipeline import prepare_model
@@ -132,6 +133,20 @@ def test_order_skipped_images_and_messages_are_those_of_one_image_at_a_time(proj
     with pytest.raises(ImageReadError, match="02.png is not an image"):  # the first in order, not a later one
         datasets.load(cfg, info.preprocess)
 
+
+
+def test_memory_is_trimmed_again_only_once_100_times_the_last_trims_time_has_passed(monkeypatch):
+    trims = []
+    monkeypatch.setattr(ops, "_malloc_trim", lambda: trims.append)  # each trim's argument, recorded
+    monkeypatch.setattr(ops, "_last_trim", {"end": -math.inf, "cost": 0.0})
+    ops.release_memory()
+    assert trims == [0]
+    ops._last_trim["cost"] = 3600.0  # as if that trim had taken an hour: the next waits 100 hours
+    ops.release_memory()
+    assert trims == [0]
+    ops._last_trim["end"] -= ops.TRIM_SPACING * 3600.0  # and they have passed
+    ops.release_memory()
+    assert trims == [0, 0] and ops._last_trim["cost"] < 3600.0
 
 
 def _copying_read(path, input_size, pre):
