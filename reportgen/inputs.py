@@ -311,12 +311,16 @@ CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os
 MAX_READERS = 4
 
 
-def free_readers(cores: int | None = None, torch_threads: int | None = None) -> int:
+def free_readers(cores: int | None = None, torch_threads: int | None = None,
+                 device: torch.device | str | None = None) -> int:
     """How many reader threads `read_ahead` starts: the cores (None: the usable ones, CORES) that torch's threads
     (None: `torch.get_num_threads()`) leave free, at most MAX_READERS. With torch on every core, readers would
-    only take cores from the model (on 2 cores its forward ran 2x slower beside them): 0, the caller reads."""
+    only take cores from the model (on 2 cores its forward ran 2x slower beside them): 0, the caller reads. A
+    model on another `device` (a GPU) keeps one core busy, the caller's, which launches its kernels."""
     cores = CORES if cores is None else cores
     threads = torch.get_num_threads() if torch_threads is None else torch_threads
+    if device is not None and torch.device(device).type != "cpu":
+        threads = 1
     return max(0, min(MAX_READERS, cores - threads))
 
 

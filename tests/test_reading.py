@@ -47,6 +47,9 @@ def torch_threads():
 def test_readers_are_the_cores_torch_leaves_free_at_most_four():
     assert [free_readers(cores, 2) for cores in (1, 2, 3, 4, 8, 64)] == [0, 0, 1, 2, 4, 4]
     assert free_readers(16, 1) == 4 and free_readers(2, 1) == 1
+    # a model on a GPU: torch's CPU threads wait, the caller's thread launches the kernels
+    assert [free_readers(cores, 2, "cuda") for cores in (1, 2, 3, 8)] == [0, 1, 2, 4]
+    assert free_readers(2, 2, torch.device("cpu")) == 0
 
 
 def test_the_next_batch_is_read_in_other_threads_while_the_caller_holds_this_one(project, monkeypatch,
