@@ -62,8 +62,9 @@ def release_memory() -> None:
     A call that comes sooner than TRIM_SPACING times the last trim's time after it does nothing: with tiny
     batches (the digits at batch 8, 2 ms of forward each) trimming after every one made the first pass 40 % slower;
     a streamed ResNet-18 build at 96² (a trim about 8 ms, a batch's forward and backward 0.17 s) trims every
-    few batches: `benchmarks/dataset.py --counts 100 400 1600` peaked at 1.04-1.05x the first N's memory at 1 600
-    images (1.03x trimming after every batch, in the same minutes), in 20 s instead of 22."""
+    few batches: `benchmarks/dataset.py --counts 100 400 1600`, three runs, peaked at 1.04-1.05x the first N's
+    memory at 1 600 images (trimming after every batch, two runs in the same minutes: 1.03x, 1.07x; the peak
+    varies by about ±15 MB from run to run), in 19.7-20.6 s instead of 21.9-23.2 s."""
     trim = _malloc_trim()
     if trim is None:
         return
