@@ -26,7 +26,7 @@ from . import datasets, dist
 from .context import ImageInput, ModelInfo
 from .detail import MISSED, Detail, choose, lowest_scores
 from .errors import ReportgenError
-from .inputs import read_ahead, unique_names
+from .inputs import free_readers, read_ahead, unique_names
 from .ops import release_memory
 from .progress import track
 
@@ -130,7 +130,8 @@ class Collection:
     def batches(self, size: int) -> Iterator[tuple[int, list[ImageInput], torch.Tensor]]:
         """This process's images in batches of `size`: (index of the first, ImageInputs, (n, C, H, W) tensor on
         the model's device)."""
-        reads = read_ahead(self.read, self.shard, ahead=size)  # the next batch read while the stages run on this
+        # the next batch read while the stages run on this, where a core is free for it
+        reads = read_ahead(self.read, self.shard, ahead=size, readers=free_readers(device=self.device))
         for lo in range(self.shard.start, self.shard.stop, size):
             read = [next(reads)[1].result() for _ in range(lo, min(lo + size, self.shard.stop))]
             yield lo, [image for image, _ in read], torch.stack([t for _, t in read]).to(self.device)
@@ -250,7 +251,7 @@ def _scan(config, info: ModelInfo, device: torch.device, entries: list[datasets.
     scores: list[float] = []  # a segmenter's per-image mean IoU (NaN without a truth mask)
     kept: dict[int, tuple[ImageInput, torch.Tensor]] | None = {}
     shape = None
-    for batch in datasets.scan(config, info.preprocess, entries, found, track):
+    for batch in datasets.scan(config, info.preprocess, entries, found, track, readers=free_readers(device=device)):
         release_memory()  # the last batch's decoded pixels leave holes the next do not fill exactly
         for entry, _, tensor in batch:
             if shape is None:

@@ -283,16 +283,18 @@ def display_boxes(truth, geo, size: tuple[int, int]):
                    area=np.array(areas, dtype=np.float64), size=tuple(size)), len(truth.boxes) - len(kept)
 
 
-def scan(config, pre, entries: list[Entry], found: Scan, progress: Callable = lambda items, **kw: items):
+def scan(config, pre, entries: list[Entry], found: Scan, progress: Callable = lambda items, **kw: items,
+         readers: int | None = None):
     """Read `entries` in order, the first `inputs.limit` that can be read, and yield them in batches of
     `inputs.batch_size` as lists of (entry, ImageInput, tensor); the ImageInputs have no name yet. `found`
     collects the entries read and what went wrong; its names and notes are set once the scan is done. An image
     that cannot be decoded is skipped with a note (`inputs.strict: false`) or is an error (`strict: true`);
-    none readable is an error either way."""
+    none readable is an error either way. `readers`: `read_ahead`'s (None: the cores torch leaves free)."""
     inputs = config.inputs
     wanted = len(entries) if inputs.limit is None else min(inputs.limit, len(entries))
     batch: list = []  # the next batch is read ahead while the caller's model runs on this one
-    reads = read_ahead(lambda entry: read_entry(entry, config, pre), entries, ahead=inputs.batch_size)
+    reads = read_ahead(lambda entry: read_entry(entry, config, pre), entries, ahead=inputs.batch_size,
+                       readers=readers)
     for entry, read in progress(reads, total=wanted, desc="reading images", unit="image"):
         if len(found.entries) >= wanted:
             break

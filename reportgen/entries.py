@@ -143,9 +143,9 @@ def _walk(folder: Path, seen_folders: set | None = None) -> list[Path]:
         dirs[:] = [name for name in sorted(d for d in dirs if not d.startswith("."))
                    if _new(os.path.join(root, name), seen_folders)]
         walked.append((root, files))
-    seen_files: set = set()
-    return [Path(root) / name for root, files in sorted(walked) for name in sorted(files)
-            if _new(Path(root) / name, seen_files)]
+    seen_files: set = set()  # each path made once, as text first: pathlib's parsing was most of a walk's time
+    return [Path(path) for root, files in sorted(walked) for name in sorted(files)
+            if _new(path := os.path.join(root, name), seen_files)]
 
 
 def _recursive_glob(pattern: str) -> list[Path]:

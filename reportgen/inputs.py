@@ -50,7 +50,7 @@ def read_image(path: Path, alpha: str = "drop", max_value: int | None = None) ->
     try:
         with Image.open(path) as img:
             img.seek(0)  # first frame of animations / multi-page files
-            img = ImageOps.exif_transpose(img)
+            ImageOps.exif_transpose(img, in_place=True)  # in place: no copy of the pixels when nothing turns
             return _to_rgb(img, alpha, max_value)
     except UnidentifiedImageError:
         raise _read_error(path, f"{path} is not an image Pillow can read.", "not an image Pillow can read") from None
@@ -158,8 +158,8 @@ def _to_rgb(img: Image.Image, alpha: str = "drop", max_value: int | None = None)
         gray = np.clip(values / top * 255.0, 0, 255).round().astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
     has_alpha = mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in img.info
-    if not has_alpha:
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    if not has_alpha:  # an RGB image as it is (convert would copy it first)
+        return np.asarray(img if mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
     rgba = img.convert("RGBA")  # palette / grey transparency becomes an alpha channel
     if alpha == "drop":
         return np.asarray(rgba.convert("RGB"), dtype=np.uint8)
@@ -199,9 +199,9 @@ def geometry(width: int, height: int, pre: Preprocess, input_size: tuple[int, ..
 def apply_geometry(img: Image.Image, geo: Geometry, resample: int | None = None, fill: int = 0) -> Image.Image:
     """`img` resized and cropped as `geo` says (`resample` overrides its filter: NEAREST for masks; `fill` is the
     value of the padding of a crop larger than the image)."""
-    if geo.resized is not None:
+    if geo.resized is not None and geo.resized != img.size:  # to its own size Pillow would return a copy
         img = img.resize(geo.resized, geo.resample if resample is None else resample)
-    if geo.crop is not None:
+    if geo.crop is not None and geo.crop != (img.height, img.width):  # the whole image: a copy too
         img = _center_crop(img, geo.crop, fill)
     return img
 
@@ -249,11 +249,15 @@ def prepare_image(pixels: np.ndarray, pre: Preprocess, input_size: tuple[int, ..
     """The math in numpy, not torch: images are read in threads beside the model (`read_ahead`), and a torch op
     on a large tensor there would start an OpenMP team of its own in each of them."""
     channels = input_size[0]
-    img = Image.fromarray(pixels)
-    img = apply_geometry(img, geometry(img.width, img.height, pre, input_size))
-    display = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    geo = geometry(pixels.shape[1], pixels.shape[0], pre, input_size)
+    if geo.resized in (None, geo.size) and geo.crop in (None, pixels.shape[:2]):
+        img, display = None, pixels  # nothing moves: the display is the pixels (one array, never written to)
+    else:
+        img = apply_geometry(Image.fromarray(pixels), geo)
+        display = np.asarray(img, dtype=np.uint8)  # RGB already: made from (H, W, 3) pixels
     if channels == 1:
-        x = (np.asarray(img.convert("L"), dtype=np.float32) / np.float32(255.0))[None]
+        grey = (img if img is not None else Image.fromarray(pixels)).convert("L")
+        x = (np.asarray(grey, dtype=np.float32) / np.float32(255.0))[None]
     elif channels == 3:
         x = (display.astype(np.float32) / np.float32(255.0)).transpose(2, 0, 1)
     else:
@@ -303,18 +307,38 @@ def _center_crop(img: Image.Image, size: tuple[int, int], fill: int = 0) -> Imag
 
 T = TypeVar("T")
 R = TypeVar("R")
-READERS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+MAX_READERS = 4
 
 
-def read_ahead(read: Callable[[T], R], items: Iterable[T], ahead: int) -> Iterator[tuple[T, Future[R]]]:
-    """(item, the future of `read(item)`) for each of `items`, in their order, while a pool of `READERS`
-    threads reads up to `ahead` items beyond the one handed out: Pillow's decoding and resizing release the
-    GIL, so the next images are read while the model runs on these; an item whose read has not started when it
-    is wanted is read in the caller's thread. `future.result()` is `read`'s value, or raises what `read` raised.
-    The memory held is bounded by `ahead` items. When the loop ends (done, left early, an exception, Ctrl-C)
-    the reads not started are cancelled and the pool is shut down without waiting for the few that run (each
-    ends with its image)."""
-    pool = ThreadPoolExecutor(max_workers=max(1, min(READERS, ahead)), thread_name_prefix="reportgen-read")
+def free_readers(cores: int | None = None, torch_threads: int | None = None,
+                 device: torch.device | str | None = None) -> int:
+    """How many reader threads `read_ahead` starts: the cores (None: the usable ones, CORES) that torch's threads
+    (None: `torch.get_num_threads()`) leave free, at most MAX_READERS. With torch on every core, readers would
+    only take cores from the model (on 2 cores its forward ran 2x slower beside them): 0, the caller reads. A
+    model on another `device` (a GPU) keeps one core busy, the caller's, which launches its kernels."""
+    cores = CORES if cores is None else cores
+    threads = torch.get_num_threads() if torch_threads is None else torch_threads
+    if device is not None and torch.device(device).type != "cpu":
+        threads = 1
+    return max(0, min(MAX_READERS, cores - threads))
+
+
+def read_ahead(read: Callable[[T], R], items: Iterable[T], ahead: int,
+               readers: int | None = None) -> Iterator[tuple[T, Future[R]]]:
+    """(item, the future of `read(item)`) for each of `items`, in their order. With `readers` threads (None:
+    `free_readers()`) a pool reads up to `ahead` items beyond the one handed out: Pillow's decoding and resizing
+    release the GIL, so the next images are read while the model runs on these; an item whose read has not
+    started when it is wanted is read in the caller's thread. With 0 readers each item is read in the caller's
+    thread when it is wanted, and no thread is started. `future.result()` is `read`'s value, or raises what
+    `read` raised. The memory held is bounded by `ahead` items. When the loop ends (done, left early, an
+    exception, Ctrl-C) the reads not started are cancelled and the pool is shut down without waiting for the few
+    that run (each ends with its image)."""
+    readers = free_readers() if readers is None else readers
+    if readers < 1:
+        yield from ((item, _read_here(read, item)) for item in items)
+        return
+    pool = ThreadPoolExecutor(max_workers=max(1, min(readers, ahead)), thread_name_prefix="reportgen-read")
     pending: deque[tuple[T, Future[R]]] = deque()
     source = iter(items)
     try:
@@ -327,14 +351,21 @@ def read_ahead(read: Callable[[T], R], items: Iterable[T], ahead: int) -> Iterat
                 return
             item, future = pending.popleft()
             if future.cancel():  # not started: the readers are behind (no free core); reading it here beats waiting
-                future = Future()
-                try:
-                    future.set_result(read(item))
-                except Exception as exc:  # handed out as the pool's reads are: raised by `result()`
-                    future.set_exception(exc)
+                future = _read_here(read, item)
             yield item, future
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _read_here(read: Callable[[T], R], item: T) -> Future[R]:
+    """`read(item)` done in the caller's thread, as a finished future: its value, or what it raised (handed out
+    as the pool's reads are: raised by `result()`)."""
+    future: Future[R] = Future()
+    try:
+        future.set_result(read(item))
+    except Exception as exc:
+        future.set_exception(exc)
+    return future
 
 
 def unique_names(paths: list[Path] | list[str]) -> list[str]:

@@ -6,6 +6,7 @@ import ctypes
 import ctypes.util
 import functools
 import math
+import time
 from collections.abc import Iterator
 
 import torch
@@ -44,13 +45,32 @@ def _malloc_trim():
         return None
 
 
+# Trim again only once this many times the last trim's own time has passed since it. The trim's call is the
+# smaller part of its cost: the page faults of the heap refilling after it are the larger (the digits' first pass,
+# `benchmarks/reading.py`: spaced 20x it was still 19 % slower than never trimming, 100x: 2-6 %).
+TRIM_SPACING = 100.0
+_last_trim = {"end": -math.inf, "cost": 0.0}  # when the last trim ended and what it took (perf_counter seconds)
+
+
 def release_memory() -> None:
     """Give the memory freed since the last call back to the system (glibc: `malloc_trim(0)`; elsewhere nothing).
     A batch's activations and gradients leave holes in the heap that later, differently sized batches do not
     fill exactly: without this, a build's resident memory creeps up batch after batch (tens of MB over a
     thousand images) although nothing is kept. A streamed build calls it after every batch; the heap's
     refilling costs page faults (`benchmarks/dataset.py`: about 15% of the time of ResNet-18 at 96², for a
-    peak 1.05x instead of 1.08x at 1 600 images; trimming every 16 batches measured no cheaper in peak)."""
+    peak 1.05x instead of 1.08x at 1 600 images; trimming every 16 batches measured no cheaper in peak).
+    A call that comes sooner than TRIM_SPACING times the last trim's time after it does nothing: with tiny
+    batches (the digits at batch 8, 2 ms of forward each) trimming after every one made the first pass 40 % slower;
+    a streamed ResNet-18 build at 96² (a trim about 8 ms, a batch's forward and backward 0.17 s) trims every
+    few batches: `benchmarks/dataset.py --counts 100 400 1600`, three runs, peaked at 1.04-1.05x the first N's
+    memory at 1 600 images (trimming after every batch, two runs in the same minutes: 1.03x, 1.07x; the peak
+    varies by about ±15 MB from run to run), in 19.7-20.6 s instead of 21.9-23.2 s."""
     trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
+    if trim is None:
+        return
+    start = time.perf_counter()
+    if start - _last_trim["end"] < TRIM_SPACING * _last_trim["cost"]:
+        return
+    trim(0)
+    end = time.perf_counter()
+    _last_trim.update(end=end, cost=end - start)
