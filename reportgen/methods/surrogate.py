@@ -179,6 +179,9 @@ def _padded(coalitions: list[torch.Tensor], width: int) -> torch.Tensor:
     return out
 
 
+LOCAL_FEATURES = 4  # a coalition that differs from the baseline or the image in more features runs whole
+
+
 def _scores(forward: Forward, batch: torch.Tensor, class_sets: Sequence[Sequence[int]], mask: torch.Tensor,
             z: torch.Tensor, batch_size: int, desc: str) -> torch.Tensor:
     """The class logits of every coalition of every image, (N, S, R) float64: the image with the features its
@@ -204,11 +207,11 @@ def _scores(forward: Forward, batch: torch.Tensor, class_sets: Sequence[Sequence
         on = features_on.gather(1, flat[image]).view(-1, 1, h, w)  # each pixel: its feature is on
         features_off = ~features_on & present[image]
         from_baseline = features_on.sum(1) <= features_off.sum(1)
-        changed = torch.where(from_baseline[:, None], features_on, features_off)[..., None]  # (B, K, 1)
-        box = torch.where(changed, boxes[image], torch.tensor([h, w, 0, 0], device=batch.device))
-        box = torch.cat([box[..., :2].amin(1), box[..., 2:].amax(1)], 1)  # (B, 4): around every changed feature
+        changed = torch.where(from_baseline[:, None], features_on, features_off)  # (B, K)
+        around = [boxes[i][c].tolist() if c.sum() <= LOCAL_FEATURES else [[0, 0, h, w]]
+                  for i, c in zip(image.tolist(), changed)]  # each changed feature's box: a crop each
         out = local(batch[image].masked_fill_(~on, 0), features, torch.where(from_baseline, n, image),
-                    [tuple(b) for b in box.tolist()])
+                    [[tuple(b) for b in row] for row in around])
         distinct[chunk] = out.gather(1, classes[:, image].T).double()
     return distinct[inverse].view(n, samples, len(class_sets))
 

@@ -53,7 +53,9 @@ def inference_forward(model: nn.Module, example: torch.Tensor, *, fast: bool = T
         why = f"{type(error).__name__}: {error}"
     else:
         if difference <= tolerance:
-            fast_forward.local = _local(module, example, chunk, logits, fast_forward, tolerance)
+            # made when a perturbation method first asks (`local_forward.near`): the metrics never do
+            fast_forward.make_local = functools.cache(
+                lambda: _local(module, example, chunk, logits, fast_forward, tolerance))
             return fast_forward
         why = f"the fast equivalent's logits differ by {difference:.1e} relative, above {tolerance:.0e}"
     warnings.warn(f"inference_forward: the eager model is used ({why})", stacklevel=2)
