@@ -3,6 +3,7 @@
     OMP_NUM_THREADS=2 python benchmarks/attribution.py [--images 4] [--size 224] [--batch 64] [--segments 50]
                                                        [--samples 200] [--permutations 25] [--rise-masks 1000]
                                                        [--methods occlusion,feature_ablation,...] [--device cpu]
+                                                       [--repeats 1]
 
 ResNet-18 (weights=None, seeded: no download), `--images` random images at `--size`², on the CPU, target the top-1
 class. Per method, ours is `reportgen.stages.gradients.run` with that one method (SLIC, the fast inference forward
@@ -19,11 +20,13 @@ each after `torch.manual_seed(seed + i)`: the draws ours makes), `--batch` / ima
 - RISE: no Captum counterpart; ours alone.
 
 Prints the fixed costs ours pays in each run, then per method: ours s, Captum s, Captum / ours (the target is
-≥ 2), and max |ours − Captum| / max |Captum| over the images (per image, the largest).
+≥ 2), and max |ours − Captum| / max |Captum| over the images (per image, the largest). With `--repeats`, each
+side runs that many times, alternated: the medians, their ratio and the range of the runs' ratios.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 import warnings
@@ -81,6 +84,7 @@ def main() -> None:
     parser.add_argument("--rise-masks", type=int, default=1000)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each side, alternated; medians")
     args = parser.parse_args()
     warnings.simplefilter("ignore")  # Captum's advice to attribute one example at a time, and the like
 
@@ -112,18 +116,27 @@ def main() -> None:
                               occlusion_window=15, occlusion_stride=8, slic_segments=args.segments,
                               shapley_samples=args.permutations, lime_samples=args.samples,
                               kernel_shap_samples=args.samples, rise_masks=args.rise_masks)
-        ctx = make_context(model, x)  # each method pays the fast forward's copy (a build pays it once for all)
-        start = time.perf_counter()
-        ours = torch.as_tensor(G.run(ctx, cfg).maps[method][:, 0])
-        ours_s = time.perf_counter() - start
+        ours_times, captum_times = [], []
+        for _ in range(args.repeats):  # alternated, so that a change in the machine's load hits both
+            ctx = make_context(model, x)  # each run pays the fast forward's copy (a build pays it once for all)
+            start = time.perf_counter()
+            ours = torch.as_tensor(G.run(ctx, cfg).maps[method][:, 0])
+            ours_times.append(time.perf_counter() - start)
+            if method == "rise":
+                continue
+            start = time.perf_counter()
+            ref = captum_call(method, eager, x, targets, mask, seed, args).cpu()
+            captum_times.append(time.perf_counter() - start)
+        ours_s = statistics.median(ours_times)
         if method == "rise":
             print(f"{method:24s} {ours_s:8.2f} {'-':>9s} {'-':>12s} {'(no Captum counterpart)':>26s}", flush=True)
             continue
-        start = time.perf_counter()
-        ref = captum_call(method, eager, x, targets, mask, seed, args).cpu()
-        captum_s = time.perf_counter() - start
+        captum_s = statistics.median(captum_times)
+        ratios = [c / o for c, o in zip(captum_times, ours_times)]
+        spread = f" (runs {min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else ""
         difference = max(float((ours[i] - ref[i]).abs().max() / ref[i].abs().max()) for i in range(len(ref)))
-        print(f"{method:24s} {ours_s:8.2f} {captum_s:9.2f} {captum_s / ours_s:12.2f} {difference:26.1e}", flush=True)
+        print(f"{method:24s} {ours_s:8.2f} {captum_s:9.2f} {captum_s / ours_s:12.2f} {difference:26.1e}{spread}",
+              flush=True)
 
 
 if __name__ == "__main__":
