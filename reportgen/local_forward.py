@@ -155,7 +155,7 @@ class Whole:
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return x.new_empty(len(x), 0)
 
-    def __call__(self, x: torch.Tensor, features: torch.Tensor, reference: torch.Tensor, boxes: list[list[Box]],
+    def __call__(self, x: torch.Tensor, features: torch.Tensor, reference: torch.Tensor, boxes: list[Box],
                  chain: list[bool] | None = None) -> torch.Tensor:
         return self.forward(x)
 
@@ -180,57 +180,46 @@ class LocalForward:
         with torch.inference_mode():
             return self._run(self.parts.prefix, x.contiguous(memory_format=torch.channels_last), self.chunk)
 
-    def __call__(self, x: torch.Tensor, features: torch.Tensor, reference: torch.Tensor, boxes: list[list[Box]],
+    def __call__(self, x: torch.Tensor, features: torch.Tensor, reference: torch.Tensor, boxes: list[Box],
                  chain: list[bool] | None = None) -> torch.Tensor:
-        """The logits of `x` (B, C, H, W), row r equal outside the boxes `boxes[r]` to the input whose features are
+        """The logits of `x` (B, C, H, W), row r equal outside `boxes[r]` to the input whose features are
         `features[reference[r]]` (`features` of the references, (R, ...); `reference`: (B,) indices), or, where
-        `chain[r]` (r > 0), to row r − 1 of `x`. Each box runs on a crop of its own: a position two boxes change
-        is computed twice, the same way (each crop holds all it sees)."""
+        `chain[r]` (r > 0), to row r − 1 of `x`."""
         h, w = self.size
-        plans = [self._plans(row) for row in boxes]
-        whole = [(0, self.features_size[0], 0, self.features_size[1], 0, h, 0, w)]
-        if chain is None and all(p == whole for p in plans):
-            with torch.inference_mode():  # every row runs whole: no features to paste
-                out = self._run(self._whole, x, self.chunk)
-                return out if self.output is None else self.output(out)
+        plans = [self._plan(box) for box in boxes]
         stitched = features[reference].contiguous(memory_format=torch.channels_last)  # a copy, pasted into
-        groups: dict[tuple[int, int], list[tuple[int, int]]] = {}  # crop shape -> (row, plan)
-        for r, row in enumerate(plans):
-            for k, p in enumerate(row):
-                groups.setdefault((p[5] - p[4], p[7] - p[6]), []).append((r, k))
+        groups: dict[tuple[int, int], list[int]] = {}
+        for r, plan in enumerate(plans):
+            if plan is not None:
+                groups.setdefault((plan[5] - plan[4], plan[7] - plan[6]), []).append(r)
         with torch.inference_mode():
-            computed: dict[tuple[int, int], torch.Tensor] = {}
-            for (ch, cw), keys in groups.items():
-                crops = torch.stack([x[r, :, p[4]:p[5], p[6]:p[7]] for r, k in keys for p in (plans[r][k],)])
+            computed: dict[int, torch.Tensor] = {}
+            for (ch, cw), rows in groups.items():
+                crops = torch.stack([x[r, :, p[4]:p[5], p[6]:p[7]] for r in rows for p in (plans[r],)])
                 chunk = None if self.chunk is None else max(1, self.chunk * h * w // (ch * cw))
                 out = self._run(self.parts.prefix, crops.contiguous(memory_format=torch.channels_last), chunk)
-                computed.update(zip(keys, out))
+                computed.update(zip(rows, out))
             jy, jx = self.parts.geometry.jump
-            for r, row in enumerate(plans):
+            for r, plan in enumerate(plans):
                 if chain is not None and chain[r] and r > 0:
                     stitched[r] = stitched[r - 1]
-                for k, (i0, i1, k0, k1, c0, _, d0, _) in enumerate(row):
-                    stitched[r, :, i0:i1, k0:k1] = computed[r, k][:, i0 - c0 // jy:i1 - c0 // jy,
-                                                                   k0 - d0 // jx:k1 - d0 // jx]
+                if plan is None:
+                    continue
+                i0, i1, k0, k1, c0, _, d0, _ = plan
+                stitched[r, :, i0:i1, k0:k1] = computed[r][:, i0 - c0 // jy:i1 - c0 // jy, k0 - d0 // jx:k1 - d0 // jx]
             out = self._run(self.parts.suffix, stitched, self.chunk)
             return out if self.output is None else self.output(out)
 
-    def _plans(self, boxes: list[Box]) -> list[tuple[int, ...]]:
-        """Per box that changes something: (i0, i1, k0, k1), the feature rows and columns it changes, and
-        (c0, c1, d0, d1), the crop that computes them. Crops of more than `CROP_SHARE` of the input in all: one
-        plan, the whole input."""
+    def _plan(self, box: Box) -> tuple[int, ...] | None:
+        """(i0, i1, k0, k1): the feature rows and columns the box changes; (c0, c1, d0, d1): the crop that computes
+        them; None when the box is empty."""
         g, (h, w), (fh, fw) = self.parts.geometry, self.size, self.features_size
-        plans = []
-        for box in boxes:
-            rows, cols = _span(box[0], box[2], h, fh, g, 0), _span(box[1], box[3], w, fw, g, 1)
-            if rows is not None and cols is not None:
-                plans.append((rows[0], rows[1], cols[0], cols[1], rows[2], rows[3], cols[2], cols[3]))
-        if sum((p[5] - p[4]) * (p[7] - p[6]) for p in plans) > CROP_SHARE * h * w:
-            return [(0, fh, 0, fw, 0, h, 0, w)]
-        return plans
-
-    def _whole(self, x: torch.Tensor) -> Any:
-        return self.parts.suffix(self.parts.prefix(x.contiguous(memory_format=torch.channels_last)))
+        rows, cols = _span(box[0], box[2], h, fh, g, 0), _span(box[1], box[3], w, fw, g, 1)
+        if rows is None or cols is None:
+            return None
+        if (rows[3] - rows[2]) * (cols[3] - cols[2]) > CROP_SHARE * h * w:
+            rows, cols = (0, fh, 0, h), (0, fw, 0, w)
+        return (rows[0], rows[1], cols[0], cols[1], rows[2], rows[3], cols[2], cols[3])
 
     @staticmethod
     def _run(module: Callable[[torch.Tensor], Any], x: torch.Tensor, chunk: int | None) -> Any:
@@ -282,6 +271,6 @@ def local_forward(module: fx.GraphModule, example: torch.Tensor, chunk: int | No
     for r, (y0, x0, y1, x1) in enumerate(boxes):
         x[r, :, y0:y1, x0:x1] = 0
     expected = whole(x).float()
-    got = local(x, features, torch.zeros(len(boxes), dtype=torch.long), [[box] for box in boxes]).float()
+    got = local(x, features, torch.zeros(len(boxes), dtype=torch.long), boxes).float()
     difference = float((got - expected).abs().max()) / max(1.0, float(expected.abs().max()))
     return local if difference <= tolerance else None

@@ -15,7 +15,6 @@ from click.testing import CliRunner
 from sklearn.linear_model import Lasso, LinearRegression
 from torch import nn
 
-from reportgen.local_forward import Whole, near
 from reportgen.cli import main
 from reportgen.config import GradientsConfig, TargetSpec
 from reportgen.errors import ReportgenError
@@ -76,7 +75,6 @@ def test_lime_and_kernel_shap_equal_captum_per_image_and_rank():
     mask = A.superpixels(x, segments=10, compactness=10.0, sigma=1.0)
     assert int(mask[0].max()) > 4 and not torch.equal(mask[0], mask[1])  # per-image superpixels
     fast = G.fast_forward(ctx.info, model, x)
-    assert not isinstance(near(fast), Whole)  # few-feature coalitions ran the first layers on crops
     seed = ctx.config.seed
     for r in range(2):
         targets = result.classes[:, r].tolist()

@@ -110,7 +110,7 @@ def compute_feature_ablation(forward: Forward, batch: torch.Tensor, class_sets: 
         image, feature = pairs[chunk, 0], pairs[chunk, 1]
         off = (mask[image] == feature[:, None, None])[:, None]  # (B, 1, H, W): the ablated superpixel
         out = local(batch[image].masked_fill_(off, baseline), features, image,
-                    [[tuple(b)] for b in boxes[image, feature].tolist()])
+                    [tuple(b) for b in boxes[image, feature].tolist()])
         for k in range(len(class_sets)):
             drops[k, image, feature] = before[image, k] - out.gather(1, classes[k, image][:, None])[:, 0]
     # each pixel takes its superpixel's drop
@@ -161,7 +161,7 @@ def compute_shapley_sampling(forward: Forward, batch: torch.Tensor, class_sets: 
             known = torch.cat([features, local.features(batch[image[:1]].masked_fill_(~before, baseline))])
             reference = torch.cat([torch.tensor([n], device=device), image[1:]])
         out = local(batch[image].masked_fill_(~on, baseline), known, reference,
-                    [[tuple(b)] for b in boxes[image, put[image, order, step]].tolist()],
+                    [tuple(b) for b in boxes[image, put[image, order, step]].tolist()],
                     chain=[False] + (step[1:] > 0).tolist())
         for k in range(len(class_sets)):
             scores[k, image, order, step + 1] = out.gather(1, classes[k, image][:, None])[:, 0]

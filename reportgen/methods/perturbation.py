@@ -116,7 +116,7 @@ def compute_occlusion(forward: Forward, batch: torch.Tensor, class_sets: Sequenc
         for row, at in enumerate(position.tolist()):
             y0, x0 = (at // nx) * stride, (at % nx) * stride
             x[row, :, y0:y0 + window, x0:x0 + window] = baseline
-            boxes.append([(y0, x0, y0 + window, x0 + window)])
+            boxes.append((y0, x0, y0 + window, x0 + window))
         out = local(x, features, image, boxes)
         for k in range(len(class_sets)):
             drops[k, image, position] = before[image, k] - out.gather(1, classes[k, image][:, None])[:, 0]

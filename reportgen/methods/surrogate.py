@@ -28,8 +28,7 @@ The fits run here in torch float64, not in scikit-learn (no extra dependency): l
 float32 errors (under 1e-4 of the largest value on the tests' panels; at 50 superpixels about 1e-3 for KernelShap,
 whose end weights of 10⁶ cost float32 least squares three digits; see docs/methods.md).
 
-Forwards go through `GradientJob.inference()`, `batch_size` perturbed inputs at a time (a coalition of few
-features on, or few off, runs the model's first layers on a crop: `local_forward`); one forward serves every
+Forwards go through `GradientJob.inference()`, `batch_size` perturbed inputs at a time; one forward serves every
 target rank (the coalitions do not depend on the class) and every draw of the same coalition of an image.
 """
 from __future__ import annotations
@@ -39,10 +38,9 @@ from collections.abc import Sequence
 import torch
 
 from ..errors import ReportgenError
-from ..local_forward import near
 from ..ops import batches
 from ..progress import track
-from .ablation import feature_mask, label_boxes
+from .ablation import feature_mask
 from .gradients import GradientJob, image_generator
 from .perturbation import Forward, _classifier_forward
 
@@ -179,9 +177,6 @@ def _padded(coalitions: list[torch.Tensor], width: int) -> torch.Tensor:
     return out
 
 
-LOCAL_FEATURES = 4  # a coalition that differs from the baseline or the image in more features runs whole
-
-
 def _scores(forward: Forward, batch: torch.Tensor, class_sets: Sequence[Sequence[int]], mask: torch.Tensor,
             z: torch.Tensor, batch_size: int, desc: str) -> torch.Tensor:
     """The class logits of every coalition of every image, (N, S, R) float64: the image with the features its
@@ -195,23 +190,11 @@ def _scores(forward: Forward, batch: torch.Tensor, class_sets: Sequence[Sequence
     image_of, on_of = pairs[:, 0].long(), pairs[:, 1:].bool()
     distinct = torch.zeros(len(pairs), len(class_sets), dtype=torch.float64, device=batch.device)
     flat = mask.flatten(1)
-    # a coalition of few features on differs from the baseline near them, one of few off from the image near
-    # those: the model's first, local layers then run on a crop (`local_forward`; KernelShap draws many such)
-    local, boxes = near(forward), label_boxes(mask, z.shape[2])
-    features = local.features(torch.cat([batch, torch.zeros_like(batch[:1])]))  # the images', then the baseline's
-    present = torch.arange(z.shape[2], device=batch.device) < torch.as_tensor(_counts(desc, batch, mask),
-                                                                             device=batch.device)[:, None]
     chunks = list(batches(len(pairs), batch_size))
     for chunk in track(chunks, total=len(chunks), desc=desc, unit="batch"):
-        image, features_on = image_of[chunk], on_of[chunk]
-        on = features_on.gather(1, flat[image]).view(-1, 1, h, w)  # each pixel: its feature is on
-        features_off = ~features_on & present[image]
-        from_baseline = features_on.sum(1) <= features_off.sum(1)
-        changed = torch.where(from_baseline[:, None], features_on, features_off)  # (B, K)
-        around = [boxes[i][c].tolist() if c.sum() <= LOCAL_FEATURES else [[0, 0, h, w]]
-                  for i, c in zip(image.tolist(), changed)]  # each changed feature's box: a crop each
-        out = local(batch[image].masked_fill_(~on, 0), features, torch.where(from_baseline, n, image),
-                    [[tuple(b) for b in row] for row in around])
+        image = image_of[chunk]
+        on = on_of[chunk].gather(1, flat[image]).view(-1, 1, h, w)  # each pixel: its feature is on
+        out = forward(torch.where(on, batch[image], torch.zeros((), dtype=batch.dtype, device=batch.device)))
         distinct[chunk] = out.gather(1, classes[:, image].T).double()
     return distinct[inverse].view(n, samples, len(class_sets))
 
