@@ -180,13 +180,15 @@ def test_the_batches_of_a_build_share_one_fast_forward():
     ctx = make_context(model, x[:2])
     cfg = GradientsConfig(methods=("occlusion",), targets=TargetSpec(k=1), occlusion_window=8, occlusion_stride=8)
     G.run(ctx, cfg)
-    fast = ctx.prepared["gradients"]
+    fast = G.fast_forwards(ctx)
     made = dict(fast.made)
     assert len(made) == 1
     with torch.no_grad():
         logits = model(x[2:])
     second = ctx.for_batch(ctx.images, x[2:], logits, offset=2)
     G.run(second, cfg)
-    assert second.prepared["gradients"] is fast and fast.made == made  # the same forward object, reused
+    assert G.fast_forwards(second) is fast and fast.made == made  # the same forward object, reused
+    from reportgen.stages import evaluation
+    assert evaluation._perturbation_forward(second) is made[next(iter(made))]  # the evaluation's metrics share it
     other = torchvision.models.resnet18(weights=None, num_classes=5).eval()
     assert fast(other, x[:1]) is not made[next(iter(made))] and fast.made == made

@@ -35,7 +35,6 @@ from ..config.rules import COUNT, SEED, clean, setting
 from ..errors import ReportgenError, did_you_mean
 from ..metrics import baselines, cost, perturbation, sanity
 from ..metrics.columns import Row, bootstrap, family, row_key
-from ..metrics.forward import inference_forward
 from ..progress import plural
 from ..metrics.scoring import (COLUMN, COLUMNS, METRICS, SCORERS, Hit, MapBatch, Options, gradient_map, mark_best,
                                object_mask, peaks)
@@ -222,7 +221,7 @@ def run(ctx: Context, cfg: EvaluationConfig) -> EvaluationResult:
     def attribution(method: str, xs: torch.Tensor, ts: torch.Tensor, image: int) -> torch.Tensor:
         rows = None if segments is None else segments[image:image + 1].expand(len(xs), -1, -1)  # copies of `image`
         return gradients_stage.recompute(grads, ctx.info, engine_for(ctx.info, ctx.model, xs), ts.cpu().numpy(),
-                                         [method], seed, segments=rows, fast=ctx.prepared.get("gradients"))[method]
+                                         [method], seed, segments=rows, fast=gradients_stage.fast_forwards(ctx))[method]
 
     costly = cost.costly_recomputes(grads, cfg.recompute, metrics, (h, w), step)
     options = Options(step=cfg.step, deletion_substrate=cfg.substrates.deletion,
@@ -290,26 +289,8 @@ def batch_maps(cam: CamResult | None, grads: GradientsResult | None, positions: 
     return maps, targets, attributions
 
 
-class FastForwards:
-    """The checked fast no-grad forward (`metrics.forward`) per input shape, made once per build (a deep copy
-    and its check on the first batch's first image: not a cost of every batch); the adapter picks the logits.
-    What the stage prepares (`Stage.prepare`)."""
-
-    def __init__(self, info: ModelInfo, cfg: EvaluationConfig):
-        self.info = info
-        self.made: dict[tuple, Callable[[torch.Tensor], torch.Tensor]] = {}
-
-    def of(self, batch: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        shape = tuple(batch.shape[1:])
-        if shape not in self.made:
-            self.made[shape] = inference_forward(self.info.model, batch[:1],
-                                                 logits=regions_.output_picker(self.info, shape[-2:]))
-        return self.made[shape]
-
-
 def _perturbation_forward(ctx: Context) -> Callable[[torch.Tensor], torch.Tensor]:
-    # a build prepared it; a context made by hand (a test calling `run`) gets one here
-    return ctx.prepared.setdefault("evaluation", FastForwards(ctx.info, None)).of(ctx.batch)
+    return gradients_stage.fast_forwards(ctx)(ctx.model, ctx.batch)  # the build's, shared with the gradients stage
 
 
 def _sanity(ctx: Context, cfg: EvaluationConfig, cam: CamResult | None, grads: GradientsResult | None,
@@ -332,7 +313,7 @@ def _sanity(ctx: Context, cfg: EvaluationConfig, cam: CamResult | None, grads: G
         if grads is not None:
             found = gradients_stage.recompute(grads, ctx.info, engine, grad_t, [m for m in grads.maps if m not in skip],
                                               ctx.config.seed, ctx.offset + positions[0], segments,
-                                              ctx.prepared.get("gradients"))
+                                              gradients_stage.fast_forwards(ctx))
             out.update({m: gradient_map(a.cpu().numpy()) for m, a in found.items()})
         return out
 
@@ -495,6 +476,6 @@ def headline(result: EvaluationResult) -> dict[str, float]:
 SPEC = Stage(
     name="evaluation", title="Which map to believe", order=80, options=EvaluationConfig, run=run, check=check,
     reduce=reduce, totals=totals, to_json=to_json, records=records, requires_any=("cam", "gradients"),
-    metrics=headline, prepare=FastForwards,
+    metrics=headline,
     needs_hooks=lambda cfg: ("the sanity check",) if "sanity" in wanted(cfg) else (),
 )

@@ -35,6 +35,7 @@ from ..ops import gaussian_blur
 from ..segments import load_array
 from . import Context, ImageInput, ModelInfo, Stage
 from .cam import CamResult
+from .evaluation_regions import output_picker
 
 
 @dataclass(frozen=True)
@@ -184,11 +185,12 @@ def image_segments(images: list[ImageInput], batch: torch.Tensor) -> torch.Tenso
 
 
 class FastForwards:
-    """`fast_forward` of the build's model per input shape, made once per build (`Stage.prepare`): the perturbation
-    methods of a streamed build do not copy and check the model again on every batch. Another model (the sanity
-    cascade's randomised copy) gets one of its own each time."""
+    """`fast_forward` of the build's model per input shape, made once per build and shared by the stages
+    (`fast_forwards`): the perturbation methods and the evaluation's metrics of a streamed build do not copy and
+    check the model again on every batch, nor each for itself. Another model (the sanity cascade's randomised copy)
+    gets one of its own each time."""
 
-    def __init__(self, info: ModelInfo, cfg: GradientsConfig | None = None):
+    def __init__(self, info: ModelInfo):
         self.info = info
         self.made: dict[tuple, Callable[[torch.Tensor], torch.Tensor]] = {}
 
@@ -201,11 +203,16 @@ class FastForwards:
         return self.made[key]
 
 
+def fast_forwards(ctx: Context) -> FastForwards:
+    """The build's `FastForwards`: one for every stage and batch (`ctx.prepared` is the build's)."""
+    return ctx.prepared.setdefault("fast forwards", FastForwards(ctx.info))
+
+
 def fast_forward(info: ModelInfo, model: nn.Module, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """The checked fast no-grad forward x -> logits of `model` (the build's or a randomised copy) for inputs like
-    `example` (`metrics.forward`), which the perturbation methods (RISE, occlusion) send their inputs through."""
-    adapter = info.adapter
-    return inference_forward(model, example[:1], logits=None if adapter is None else adapter.pick_logits)
+    `example` (`metrics.forward`), which the perturbation methods (RISE, occlusion) and the evaluation's metrics send
+    their inputs through; the adapter picks the logits (a segmenter's at the input's size)."""
+    return inference_forward(model, example[:1], logits=output_picker(info, tuple(example.shape[-2:])))
 
 
 def run(ctx: Context, cfg: GradientsConfig) -> GradientsResult:
@@ -219,8 +226,7 @@ def run(ctx: Context, cfg: GradientsConfig) -> GradientsResult:
                         "guided Grad-CAM then use plain gradients, as Captum does.")
     explained = explain(cfg.methods, ctx.engine, class_sets,
                         settings(ctx.info, cfg, batch, ctx.config.seed, ctx.offset, layer,
-                                 image_segments(ctx.images, batch),
-                                 ctx.prepared.setdefault("gradients", FastForwards(ctx.info))), log=ctx.log)
+                                 image_segments(ctx.images, batch), fast_forwards(ctx)), log=ctx.log)
     seconds = dict(explained.seconds)
 
     completeness, baseline_text = None, ""
@@ -249,7 +255,7 @@ def recompute(result: GradientsResult, info: ModelInfo, engine: Engine, targets:
     """Method -> (n, C, H, W): the raw attributions of `methods` of `result` for `targets` (n,) of the engine's model
     and batch (perturbed inputs, a randomised copy of the model), computed as `run` computes them; `segments`: the
     feature masks of the images the rows are (copies of), as `image_segments` gives them; `fast`: the build's fast
-    forwards (`ctx.prepared["gradients"]`), else made for this call."""
+    forwards (`fast_forwards`), else made for this call."""
     found = explain(methods, engine, [[int(t) for t in targets]],
                     settings(info, result.config, engine.batch, seed, offset, result.cam_layer, segments,
                              fast)).gradients
@@ -409,7 +415,7 @@ def select(result: GradientsResult, rows: list[int]) -> GradientsResult:
 
 SPEC = Stage(
     name="gradients", title="Gradient saliency", order=60, options=GradientsConfig, run=run, check=check, reduce=reduce,
-    select=select, records=records, prepare=FastForwards,
+    select=select, records=records,
     arrays=arrays, to_json=to_json,
     needs_hooks=lambda cfg: tuple(m for m in cfg.methods if REGISTRY[m].hooks),
     wants_input_grad=lambda cfg: any("input_grad" in REGISTRY[m].needs for m in cfg.methods),
