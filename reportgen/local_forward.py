@@ -230,9 +230,9 @@ class LocalForward:
 
 def _span(lo: int, hi: int, size: int, positions: int, g: Geometry, axis: int) -> tuple[int, int, int, int] | None:
     """Along one axis of `size` pixels and `positions` features, for input pixels [lo, hi) changed: the feature
-    positions [i0, i1) whose field meets them and
-    the crop [c0, c1) that computes those exactly (c0 a multiple of the jump, so the grids agree), its length
-    rounded up to two jumps (fewer crop shapes, larger batches) within the input."""
+    positions [i0, i1) whose field meets them and the crop [c0, c1) that computes those exactly (c0 a multiple of
+    the jump, so the grids agree), its length rounded up to two jumps (fewer crop shapes, larger batches) within the
+    input."""
     jump, offset, field = g.jump[axis], g.offset[axis], g.field[axis]
     lo, hi = max(lo, 0), min(hi, size)
     if hi <= lo:
@@ -247,7 +247,6 @@ def _span(lo: int, hi: int, size: int, positions: int, g: Geometry, axis: int) -
     if c0 + length > size:  # keep the rounded length by starting earlier, on the grid
         c0 = max(0, (size - length) // jump * jump)
     return i0, i1, c0, min(size, c0 + length)
-
 
 
 def local_forward(module: fx.GraphModule, example: torch.Tensor, chunk: int | None,

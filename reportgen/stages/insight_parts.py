@@ -45,11 +45,7 @@ class Features:
 
     @staticmethod
     def join(parts: list[Features]) -> Features | None:
-        parts = [p for p in parts if p is not None]
-        if not parts:
-            return None
-        return Features(*(np.concatenate([getattr(p, f) for p in parts]) for f in
-                          ("indices", "truth", "predicted", "vectors")), names=tuple(n for p in parts for n in p.names))
+        return _joined(Features, parts, ("indices", "truth", "predicted", "vectors"))
 
 
 @dataclass(frozen=True)
@@ -69,12 +65,17 @@ class Activations:
 
     @staticmethod
     def join(parts: list[Activations]) -> Activations | None:
-        parts = [p for p in parts if p is not None]
-        if not parts:
-            return None
-        return Activations(*(np.concatenate([getattr(p, f) for p in parts]) for f in
-                             ("indices", "priority", "predicted", "values", "thumbs")),
-                           names=tuple(n for p in parts for n in p.names))
+        return _joined(Activations, parts, ("indices", "priority", "predicted", "values", "thumbs"))
+
+
+def _joined(cls, parts: list, arrays: tuple[str, ...]):
+    """`cls` of the batches' `parts` (None where a batch had none) one after the other: each of its `arrays`
+    concatenated, and its names; None when no batch had one."""
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        return None
+    return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in arrays),
+               names=tuple(n for p in parts for n in p.names))
 
 
 @dataclass(frozen=True)
